@@ -1,0 +1,205 @@
+//! The plug-in API: what an algorithm is, and how it announces itself.
+//!
+//! An algorithm is a Rust type implementing [`Algorithm`], with typed input and output
+//! (serde for the wire, schemars for the published JSON Schemas). A module registers it
+//! with [`register_algorithm!`](crate::register_algorithm) right beside its definition;
+//! the kit collects every registration linked into the binary at start-up, so there is
+//! no hand-written list anywhere.
+
+use futures::future::BoxFuture;
+use schemars::JsonSchema;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// An algorithm a runner can serve.
+pub trait Algorithm: Sized + Send + Sync + 'static {
+    /// The input document; `Run` validates payloads against its JSON Schema first.
+    type Input: DeserializeOwned + JsonSchema + Send + 'static;
+    /// The output document.
+    type Output: Serialize + JsonSchema + Send + 'static;
+
+    /// Name used in jobs, Consul tags and gRPC calls (snake_case, unique in a runner).
+    const NAME: &'static str;
+    /// Version reported with every result (bump it when results may change).
+    const VERSION: &'static str;
+    /// One sentence for `ListAlgorithms` and `plugworker algorithms`.
+    const DESCRIPTION: &'static str;
+
+    /// Loads resources (models, galleries) once, at start-up. Blocking work is fine here:
+    /// the kit calls it on a blocking thread.
+    fn load(context: &LoadContext) -> Result<Self, LoadError>;
+
+    /// Runs on one validated input. CPU-heavy work belongs in [`RunContext::blocking`] so
+    /// it does not stall the runner's I/O threads.
+    fn run(
+        &self,
+        input: Self::Input,
+        context: &RunContext,
+    ) -> impl Future<Output = Result<Self::Output, RunError>> + Send;
+}
+
+/// What an algorithm may use while loading.
+#[derive(Clone, Debug)]
+pub struct LoadContext {
+    /// Folder holding model files (`--models-dir`).
+    pub models_dir: PathBuf,
+}
+
+impl LoadContext {
+    /// A path inside the models folder.
+    pub fn model_path(&self, relative: impl AsRef<Path>) -> PathBuf {
+        self.models_dir.join(relative)
+    }
+}
+
+/// A resource an algorithm could not load.
+#[derive(Debug, thiserror::Error)]
+#[error("{}{reason}", file.as_ref().map(|f| format!("{}: ", f.display())).unwrap_or_default())]
+pub struct LoadError {
+    /// The file that could not be used, if the failure concerns one.
+    pub file: Option<PathBuf>,
+    pub reason: String,
+}
+
+impl LoadError {
+    pub fn file(file: impl Into<PathBuf>, reason: impl std::fmt::Display) -> Self {
+        Self {
+            file: Some(file.into()),
+            reason: reason.to_string(),
+        }
+    }
+
+    pub fn other(reason: impl std::fmt::Display) -> Self {
+        Self {
+            file: None,
+            reason: reason.to_string(),
+        }
+    }
+}
+
+/// What an algorithm knows about the run in progress.
+#[derive(Clone, Debug)]
+pub struct RunContext {
+    pub algorithm: &'static str,
+    /// When the caller stops waiting, if it set a deadline.
+    pub deadline: Option<Instant>,
+}
+
+impl RunContext {
+    /// Runs CPU-bound work on the blocking thread pool.
+    pub async fn blocking<T, F>(&self, work: F) -> Result<T, RunError>
+    where
+        F: FnOnce() -> Result<T, RunError> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::task::spawn_blocking(work)
+            .await
+            .map_err(|e| RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm)))?
+    }
+}
+
+/// Why a run failed; each variant maps to one gRPC status code and so to one error class
+/// of DESIGN.md §3.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The input is wrong in a way the schema cannot express (`INVALID_ARGUMENT`, permanent).
+    #[error("{0}")]
+    InvalidInput(String),
+    /// The input is well-formed but cannot be processed, e.g. an undecodable image
+    /// (`FAILED_PRECONDITION`, permanent).
+    #[error("{0}")]
+    Unprocessable(String),
+    /// Something the algorithm depends on is temporarily unavailable (`UNAVAILABLE`, transient).
+    #[error("{0}")]
+    Unavailable(String),
+    /// The algorithm failed unexpectedly (`INTERNAL`, transient).
+    #[error("{0}")]
+    Internal(String),
+}
+
+/// One registration in the binary, produced by [`register_algorithm!`](crate::register_algorithm).
+pub struct AlgorithmEntry {
+    pub name: &'static str,
+    pub version: &'static str,
+    pub description: &'static str,
+    pub(crate) input_schema: fn() -> serde_json::Value,
+    pub(crate) output_schema: fn() -> serde_json::Value,
+    pub(crate) load: fn(&LoadContext) -> Result<Arc<dyn LoadedAlgorithm>, LoadError>,
+}
+
+inventory::collect!(AlgorithmEntry);
+
+impl AlgorithmEntry {
+    /// The registration of `A`. `const` so it can live in a link-time registry.
+    pub const fn of<A: Algorithm>() -> Self {
+        Self {
+            name: A::NAME,
+            version: A::VERSION,
+            description: A::DESCRIPTION,
+            input_schema: schema_of::<A::Input>,
+            output_schema: schema_of::<A::Output>,
+            load: load_erased::<A>,
+        }
+    }
+}
+
+fn schema_of<T: JsonSchema>() -> serde_json::Value {
+    schemars::schema_for!(T).to_value()
+}
+
+fn load_erased<A: Algorithm>(context: &LoadContext) -> Result<Arc<dyn LoadedAlgorithm>, LoadError> {
+    Ok(Arc::new(Erased(A::load(context)?)))
+}
+
+/// A loaded algorithm with its types erased: JSON in, JSON bytes out.
+pub(crate) trait LoadedAlgorithm: Send + Sync {
+    fn run(
+        self: Arc<Self>,
+        payload: serde_json::Value,
+        context: RunContext,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RunError>>;
+}
+
+struct Erased<A>(A);
+
+impl<A: Algorithm> LoadedAlgorithm for Erased<A> {
+    fn run(
+        self: Arc<Self>,
+        payload: serde_json::Value,
+        context: RunContext,
+    ) -> BoxFuture<'static, Result<Vec<u8>, RunError>> {
+        Box::pin(async move {
+            // The schema already passed; this only fails where serde is stricter than it.
+            let input: A::Input = serde_json::from_value(payload)
+                .map_err(|e| RunError::InvalidInput(format!("payload does not fit {}: {e}", A::NAME)))?;
+            let output = self.0.run(input, &context).await?;
+            serde_json::to_vec(&output)
+                .map_err(|e| RunError::Internal(format!("cannot serialise {} output: {e}", A::NAME)))
+        })
+    }
+}
+
+/// Registers an algorithm type with the kit. Put it next to the type's definition:
+///
+/// ```ignore
+/// plugworker_kit::register_algorithm!(LanguageDetection);
+/// ```
+#[macro_export]
+macro_rules! register_algorithm {
+    ($algorithm:ty) => {
+        $crate::inventory::submit! { $crate::AlgorithmEntry::of::<$algorithm>() }
+    };
+}
+
+/// Declares the modules under the runner crate's `src/algorithms/` (see
+/// `plugworker-kit-build`). Call once, at the top level of `main.rs`.
+#[macro_export]
+macro_rules! algorithms {
+    () => {
+        include!(concat!(env!("OUT_DIR"), "/plugworker_algorithms.rs"));
+    };
+}

@@ -1,0 +1,117 @@
+//! The algorithms of this runner: discovered from the link-time registry, described, and
+//! loaded once.
+
+use crate::algorithm::{AlgorithmEntry, LoadContext, LoadedAlgorithm};
+use plugworker_rpc::runner::v1::AlgorithmInfo;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+/// Why a runner's algorithm set is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum CatalogError {
+    #[error("no algorithms are linked into this runner (does main.rs call plugworker_kit::algorithms!()?)")]
+    Empty,
+    #[error("algorithm name {0:?} is registered twice")]
+    Duplicate(&'static str),
+    #[error("algorithm name {0:?} is not usable as a Consul tag (use lowercase letters, digits and _)")]
+    BadName(&'static str),
+    #[error("the input schema of {algorithm} does not compile: {reason}")]
+    BadSchema {
+        algorithm: &'static str,
+        reason: String,
+    },
+    #[error("algorithm {algorithm} failed to load: {source}")]
+    Load {
+        algorithm: &'static str,
+        #[source]
+        source: crate::LoadError,
+    },
+}
+
+/// An algorithm's published description plus its compiled input validator.
+pub(crate) struct Described {
+    pub entry: &'static AlgorithmEntry,
+    pub info: AlgorithmInfo,
+    pub validator: jsonschema::Validator,
+}
+
+/// Every algorithm linked into the binary, described but not yet loaded.
+pub struct Catalog {
+    pub(crate) algorithms: BTreeMap<&'static str, Described>,
+}
+
+impl Catalog {
+    /// Collects every [`register_algorithm!`](crate::register_algorithm) in the binary.
+    pub fn discover() -> Result<Self, CatalogError> {
+        Self::from_entries(inventory::iter::<AlgorithmEntry>)
+    }
+
+    pub(crate) fn from_entries<'a>(
+        entries: impl IntoIterator<Item = &'static AlgorithmEntry>,
+    ) -> Result<Self, CatalogError> {
+        let mut algorithms = BTreeMap::new();
+        for entry in entries {
+            if entry.name.is_empty()
+                || !entry
+                    .name
+                    .chars()
+                    .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+            {
+                return Err(CatalogError::BadName(entry.name));
+            }
+            let input_schema = (entry.input_schema)();
+            let output_schema = (entry.output_schema)();
+            let validator =
+                jsonschema::validator_for(&input_schema).map_err(|e| CatalogError::BadSchema {
+                    algorithm: entry.name,
+                    reason: e.to_string(),
+                })?;
+            let info = AlgorithmInfo {
+                name: entry.name.to_string(),
+                version: entry.version.to_string(),
+                description: entry.description.to_string(),
+                input_schema: input_schema.to_string(),
+                output_schema: output_schema.to_string(),
+            };
+            let described = Described {
+                entry,
+                info,
+                validator,
+            };
+            if algorithms.insert(entry.name, described).is_some() {
+                return Err(CatalogError::Duplicate(entry.name));
+            }
+        }
+        if algorithms.is_empty() {
+            return Err(CatalogError::Empty);
+        }
+        Ok(Self { algorithms })
+    }
+
+    /// Algorithm names, sorted: exactly the runner's Consul tags.
+    pub fn names(&self) -> Vec<String> {
+        self.algorithms.keys().map(|n| n.to_string()).collect()
+    }
+
+    pub fn infos(&self) -> Vec<AlgorithmInfo> {
+        self.algorithms.values().map(|d| d.info.clone()).collect()
+    }
+
+    /// Loads every algorithm, in name order; the first failure names the algorithm.
+    pub(crate) fn load_all(
+        &self,
+        context: &LoadContext,
+    ) -> Result<BTreeMap<&'static str, Arc<dyn LoadedAlgorithm>>, CatalogError> {
+        let mut loaded = BTreeMap::new();
+        for (name, described) in &self.algorithms {
+            let started = std::time::Instant::now();
+            let algorithm = (described.entry.load)(context).map_err(|source| CatalogError::Load {
+                algorithm: name,
+                source,
+            })?;
+            tracing::info!(algorithm = name, elapsed_ms = started.elapsed().as_millis() as u64, "algorithm loaded");
+            loaded.insert(*name, algorithm);
+        }
+        Ok(loaded)
+    }
+}

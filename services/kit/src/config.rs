@@ -1,0 +1,81 @@
+//! Runner configuration: every flag can also be set through the environment.
+
+use plugworker_telemetry::LogFormat;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// A plugworker runner: serves the algorithms compiled into this binary over gRPC and
+/// registers itself in Consul, tagged with their names, so the controller can find it.
+#[derive(Clone, Debug, clap::Parser)]
+#[command(version)]
+pub struct RunnerConfig {
+    /// Address the gRPC server listens on (port 0 picks a free port).
+    #[arg(long, env = "PLUGWORKER_LISTEN", default_value = "0.0.0.0:50051")]
+    pub listen: SocketAddr,
+
+    /// `host[:port]` other processes use to reach this runner, as registered in Consul.
+    /// Defaults to the listen address, or this host's address when listening on 0.0.0.0.
+    #[arg(long, env = "PLUGWORKER_ADVERTISE_ADDRESS")]
+    pub advertise_address: Option<String>,
+
+    /// Consul service name (defaults to the runner binary's name).
+    #[arg(long, env = "PLUGWORKER_SERVICE_NAME")]
+    pub service_name: Option<String>,
+
+    /// Consul agent HTTP address.
+    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
+    pub consul_address: String,
+
+    /// Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+
+    /// Serve without registering in Consul (benchmarks, debugging).
+    #[arg(long, env = "PLUGWORKER_NO_REGISTER")]
+    pub no_register: bool,
+
+    /// How often Consul probes the runner's gRPC health, and how often the runner checks
+    /// that the agent still knows it (re-registering if not).
+    #[arg(long, env = "PLUGWORKER_CHECK_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub check_interval: Duration,
+
+    /// Timeout of one health probe.
+    #[arg(long, env = "PLUGWORKER_CHECK_TIMEOUT", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub check_timeout: Duration,
+
+    /// Consul removes the instance after its check has been critical this long.
+    #[arg(long, env = "PLUGWORKER_DEREGISTER_CRITICAL_AFTER", default_value = "1m", value_parser = humantime::parse_duration)]
+    pub deregister_critical_after: Duration,
+
+    /// Runs executing at once (default: number of CPUs).
+    #[arg(long, env = "PLUGWORKER_MAX_CONCURRENT_RUNS")]
+    pub max_concurrent_runs: Option<usize>,
+
+    /// Runs allowed to wait for a slot; beyond that, calls get RESOURCE_EXHAUSTED.
+    #[arg(long, env = "PLUGWORKER_MAX_QUEUED_RUNS", default_value_t = 64)]
+    pub max_queued_runs: usize,
+
+    /// Largest gRPC message accepted or sent, in bytes (inline images travel in payloads).
+    #[arg(long, env = "PLUGWORKER_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// On SIGTERM, how long in-flight runs may take to finish before the runner exits.
+    #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+
+    /// Folder holding model files.
+    #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
+    pub models_dir: PathBuf,
+
+    /// Log format (level comes from RUST_LOG, default info).
+    #[arg(long, env = "PLUGWORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+impl RunnerConfig {
+    pub(crate) fn max_concurrent_runs(&self) -> usize {
+        self.max_concurrent_runs
+            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+    }
+}

@@ -1,0 +1,83 @@
+//! The plugworker runner kit.
+//!
+//! A runner is a binary crate whose `src/algorithms/` holds one module per algorithm. The
+//! kit turns it into a gRPC server that:
+//!
+//! - finds every algorithm linked in at start-up (each module calls
+//!   [`register_algorithm!`]; there is no list to maintain),
+//! - publishes each algorithm's name, version, description and input/output JSON Schemas
+//!   (`ListAlgorithms`), validates payloads against the input schema before running them
+//!   (`Run`), bounds concurrency and honours deadlines,
+//! - serves `grpc.health.v1` (`SERVING` only once every algorithm loaded, and not while
+//!   draining) and server reflection,
+//! - registers in Consul, tagged with exactly its algorithm names, re-registers if the
+//!   agent forgets it, and deregisters after draining on SIGTERM.
+//!
+//! A runner's `main.rs` is three lines:
+//!
+//! ```ignore
+//! plugworker_kit::algorithms!();
+//!
+//! fn main() -> std::process::ExitCode {
+//!     plugworker_kit::main(env!("CARGO_BIN_NAME"))
+//! }
+//! ```
+//!
+//! and its `build.rs` calls `plugworker_kit_build::declare_algorithms()`.
+
+mod algorithm;
+mod catalog;
+mod config;
+mod deadline;
+mod registration;
+mod runtime;
+mod service;
+mod slots;
+
+pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
+pub use catalog::{Catalog, CatalogError};
+pub use config::RunnerConfig;
+pub use registration::{META_KIT_VERSION, META_ROLE};
+pub use runtime::run;
+
+/// Re-exported for [`register_algorithm!`]; not part of the API.
+#[doc(hidden)]
+pub use inventory;
+
+/// The kit version runners publish in their Consul meta.
+pub const KIT_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+use clap::{CommandFactory, FromArgMatches};
+use std::process::ExitCode;
+
+/// Entry point of a runner binary: parses flags and environment, sets up logging, runs
+/// until SIGTERM/SIGINT. Exits non-zero with a message if the runner cannot start.
+pub fn main(runner_name: &'static str) -> ExitCode {
+    let mut command = RunnerConfig::command().name(runner_name).bin_name(runner_name);
+    // `--help` lists what this particular binary serves.
+    if let Ok(catalog) = Catalog::discover() {
+        let mut list = String::from("Algorithms compiled into this runner (its Consul tags):\n");
+        for info in catalog.infos() {
+            list.push_str(&format!("  {:<24} {} (v{})\n", info.name, info.description, info.version));
+        }
+        command = command.after_help(list);
+    }
+    let matches = command.get_matches();
+    let config = RunnerConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    plugworker_telemetry::init_logs(config.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("{runner_name}: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(config, runner_name)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %format!("{error:#}"), "runner failed");
+            eprintln!("{runner_name}: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! Keeping this runner registered in Consul (DESIGN.md §3): service name = runner name,
+//! one instance ID per process, tags = exactly the algorithm names, plugworker meta, a gRPC
+//! health check, and `DeregisterCriticalServiceAfter`.
+//!
+//! Consul may be down when the runner starts, or restart and forget it later; the runner
+//! must not care about start-up order. So registration retries until it succeeds, and
+//! every check interval the runner asks the agent whether it still knows the instance,
+//! registering again if not.
+
+use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceRegistration};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Meta key marking a service as a plugworker runner; its value is the kit version.
+pub const META_KIT_VERSION: &str = "plugworker_kit_version";
+/// Meta key holding the runner's role, always `runner`.
+pub const META_ROLE: &str = "plugworker_role";
+
+/// What to register, and where.
+#[derive(Clone)]
+pub(crate) struct Registration {
+    pub client: ConsulClient,
+    pub service: ServiceRegistration,
+    pub interval: Duration,
+}
+
+impl Registration {
+    pub fn new(
+        client: ConsulClient,
+        instance_id: &str,
+        service_name: &str,
+        algorithms: Vec<String>,
+        (host, port): (String, u16),
+        config: &crate::RunnerConfig,
+    ) -> Self {
+        let meta = BTreeMap::from([
+            (META_ROLE.to_string(), "runner".to_string()),
+            (META_KIT_VERSION.to_string(), crate::KIT_VERSION.to_string()),
+        ]);
+        let check = CheckDefinition {
+            check_id: format!("service:{instance_id}:grpc-health"),
+            name: format!("{service_name} gRPC health"),
+            grpc: Some(format!("{host}:{port}")),
+            interval: Some(config.check_interval),
+            timeout: Some(config.check_timeout),
+            deregister_critical_service_after: Some(config.deregister_critical_after),
+            ..Default::default()
+        };
+        Self {
+            client,
+            service: ServiceRegistration {
+                id: instance_id.to_string(),
+                name: service_name.to_string(),
+                tags: algorithms,
+                address: host,
+                port,
+                meta,
+                check: Some(check),
+                checks: Vec::new(),
+            },
+            interval: config.check_interval,
+        }
+    }
+
+    /// Registers, then keeps the registration alive until `stop` flips to true.
+    pub async fn maintain(self, mut stop: watch::Receiver<bool>) {
+        let mut registered = false;
+        let mut failures = 0u32;
+        loop {
+            let step = async {
+                if registered {
+                    match self.client.agent_service(&self.service.id).await {
+                        Ok(Some(_)) => Ok(()),
+                        Ok(None) => {
+                            tracing::warn!(instance = %self.service.id, "Consul agent no longer knows this runner; registering again");
+                            self.client.register_service(&self.service).await
+                        }
+                        Err(e) => Err(e),
+                    }
+                } else {
+                    self.client.register_service(&self.service).await
+                }
+            };
+            let delay = match step.await {
+                Ok(()) => {
+                    if !registered || failures > 0 {
+                        tracing::info!(
+                            instance = %self.service.id,
+                            service = %self.service.name,
+                            tags = ?self.service.tags,
+                            consul = %self.client.base_url(),
+                            "registered in Consul"
+                        );
+                    }
+                    registered = true;
+                    failures = 0;
+                    self.interval
+                }
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(%error, attempt = failures, "Consul registration failed; will retry");
+                    // Retry quickly at first: a runner that is not registered gets no work.
+                    (Duration::from_millis(200) * 2u32.saturating_pow(failures.min(6))).min(self.interval)
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|s| *s) => return,
+            }
+        }
+    }
+
+    pub async fn deregister(&self) {
+        match self.client.deregister_service(&self.service.id).await {
+            Ok(()) => tracing::info!(instance = %self.service.id, "deregistered from Consul"),
+            Err(error) => tracing::warn!(%error, "could not deregister from Consul; its check will expire the instance"),
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! The `plugworker.runner.v1.Runner` gRPC service: validation, bounded concurrency,
+//! deadlines, and the mapping of failures to status codes.
+
+use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
+use crate::catalog::Catalog;
+use crate::deadline;
+use crate::slots::RunSlots;
+use plugworker_rpc::runner::v1::runner_server::Runner;
+use plugworker_rpc::runner::v1::{
+    ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
+};
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+use tonic::{Request, Response, Status};
+
+/// Violations listed in one `INVALID_ARGUMENT` message, at most.
+const MAX_LISTED_VIOLATIONS: usize = 20;
+/// Each violation's text is cut to this many characters (messages travel in HTTP/2 headers).
+const MAX_VIOLATION_CHARS: usize = 240;
+
+/// State shared by the gRPC service and the runner's lifecycle.
+pub(crate) struct RunnerState {
+    pub catalog: Catalog,
+    pub service_name: String,
+    pub instance_id: String,
+    /// Set once every algorithm has loaded.
+    pub loaded: OnceLock<BTreeMap<&'static str, Arc<dyn LoadedAlgorithm>>>,
+    pub draining: AtomicBool,
+    pub slots: RunSlots,
+}
+
+#[derive(Clone)]
+pub(crate) struct RunnerService {
+    pub state: Arc<RunnerState>,
+}
+
+#[tonic::async_trait]
+impl Runner for RunnerService {
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        let received = Instant::now();
+        let deadline = deadline::grpc_timeout(request.metadata()).map(|t| received + t);
+        let request = request.into_inner();
+        let state = &self.state;
+
+        let Some(described) = state.catalog.algorithms.get(request.algorithm.as_str()) else {
+            return Err(Status::not_found(format!(
+                "algorithm {:?} is not served by {} (it serves: {})",
+                request.algorithm,
+                state.service_name,
+                state.catalog.names().join(", ")
+            )));
+        };
+        if state.draining.load(Ordering::Acquire) {
+            return Err(Status::unavailable("runner is shutting down; retry on another instance"));
+        }
+        let Some(algorithm) = state.loaded.get().and_then(|l| l.get(described.entry.name)) else {
+            return Err(Status::unavailable("runner is still loading its algorithms"));
+        };
+
+        let payload: serde_json::Value = serde_json::from_slice(&request.payload)
+            .map_err(|e| Status::invalid_argument(format!("payload is not valid JSON: {e}")))?;
+        let violations = violations(&described.validator, &payload);
+        if !violations.is_empty() {
+            return Err(Status::invalid_argument(format!(
+                "payload violates the input schema of {}: {violations}",
+                described.entry.name
+            )));
+        }
+
+        let _slot = state.slots.acquire(deadline).await?;
+        let started = Instant::now();
+        let context = RunContext {
+            algorithm: described.entry.name,
+            deadline,
+        };
+        let run = algorithm.clone().run(payload, context);
+        let outcome = match deadline {
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), run)
+                .await
+                .map_err(|_| Status::deadline_exceeded(format!("{} did not finish before the deadline", described.entry.name)))?,
+            None => run.await,
+        };
+        let result = outcome.map_err(|e| status_of(described.entry.name, e))?;
+        Ok(Response::new(RunResponse {
+            result,
+            algorithm_version: described.entry.version.to_string(),
+            instance_id: state.instance_id.clone(),
+            queued_micros: started.duration_since(received).as_micros() as u64,
+            run_micros: started.elapsed().as_micros() as u64,
+        }))
+    }
+
+    async fn list_algorithms(
+        &self,
+        _request: Request<ListAlgorithmsRequest>,
+    ) -> Result<Response<ListAlgorithmsResponse>, Status> {
+        Ok(Response::new(ListAlgorithmsResponse {
+            algorithms: self.state.catalog.infos(),
+            service_name: self.state.service_name.clone(),
+            instance_id: self.state.instance_id.clone(),
+        }))
+    }
+}
+
+/// Every schema violation as `path: message`, joined; empty if the payload is valid.
+/// Values are masked so a huge field does not end up in the status message.
+fn violations(validator: &jsonschema::Validator, payload: &serde_json::Value) -> String {
+    if validator.is_valid(payload) {
+        return String::new();
+    }
+    let mut text = String::new();
+    let mut count = 0;
+    for error in validator.iter_errors(payload) {
+        count += 1;
+        if count > MAX_LISTED_VIOLATIONS {
+            continue;
+        }
+        let path = error.instance_path().to_string();
+        let path = if path.is_empty() { "/".to_string() } else { path };
+        let message: String = error.masked().to_string().chars().take(MAX_VIOLATION_CHARS).collect();
+        if !text.is_empty() {
+            text.push_str("; ");
+        }
+        let _ = write!(text, "{path}: {message}");
+    }
+    if count > MAX_LISTED_VIOLATIONS {
+        let _ = write!(text, "; and {} more", count - MAX_LISTED_VIOLATIONS);
+    }
+    text
+}
+
+fn status_of(algorithm: &str, error: RunError) -> Status {
+    match error {
+        RunError::InvalidInput(m) => Status::invalid_argument(m),
+        RunError::Unprocessable(m) => Status::failed_precondition(m),
+        RunError::Unavailable(m) => Status::unavailable(m),
+        RunError::Internal(m) => {
+            tracing::error!(algorithm, error = %m, "algorithm failed");
+            Status::internal(m)
+        }
+    }
+}

@@ -1,0 +1,52 @@
+//! `bare-echo`: the Runner service with nothing but tonic underneath: `Run` returns the
+//! payload as the result. The kit benchmark compares a kit runner against it, to show what
+//! validation, scheduling and registration cost on top of plain gRPC.
+
+use plugworker_rpc::runner::v1::runner_server::{Runner, RunnerServer};
+use plugworker_rpc::runner::v1::{
+    ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
+};
+use tonic::{Request, Response, Status};
+
+struct BareEcho;
+
+#[tonic::async_trait]
+impl Runner for BareEcho {
+    async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        Ok(Response::new(RunResponse {
+            result: request.into_inner().payload,
+            ..Default::default()
+        }))
+    }
+
+    async fn list_algorithms(
+        &self,
+        _request: Request<ListAlgorithmsRequest>,
+    ) -> Result<Response<ListAlgorithmsResponse>, Status> {
+        Ok(Response::new(ListAlgorithmsResponse::default()))
+    }
+}
+
+/// A Runner gRPC server with no kit: echoes payloads.
+#[derive(clap::Parser)]
+#[command(version, about)]
+struct Args {
+    /// Address to listen on; the bound address is printed on stdout.
+    #[arg(long, default_value = "127.0.0.1:0")]
+    listen: std::net::SocketAddr,
+}
+
+#[tokio::main]
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    let args = <Args as clap::Parser>::parse();
+    let listener = tokio::net::TcpListener::bind(args.listen).await?;
+    println!("listening on {}", listener.local_addr()?);
+    let shutdown = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    tonic::transport::Server::builder()
+        .add_service(RunnerServer::new(BareEcho))
+        .serve_with_incoming_shutdown(tokio_stream::wrappers::TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,174 @@
+//! Support for tests that run plugworker the way it runs in production: real processes,
+//! real gRPC, a real (embedded or external) Consul-compatible registry.
+
+use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use std::future::Future;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+/// Path of a binary built from this workspace (`cargo test --workspace` builds them all
+/// before running tests; so does `cargo build --workspace --bins`).
+pub fn bin_path(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary has a path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let mut dir = exe.parent().expect("test binary has a folder").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} does not exist: build the workspace binaries first (cargo build --workspace --bins)",
+        path.display()
+    );
+    path
+}
+
+/// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("can bind an ephemeral port")
+}
+
+/// A child process killed when dropped. Its stderr goes to a log file that is printed if
+/// the test fails, so a failing test shows what the process said.
+pub struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    /// Starts `program` with `args` and `envs` (added to the test's own environment).
+    pub fn spawn(program: &Path, args: &[&str], envs: &[(&str, &str)]) -> Self {
+        let name = program
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let log = std::env::temp_dir().join(format!(
+            "plugworker-test-{name}-{}-{}.log",
+            std::process::id(),
+            unique()
+        ));
+        let log_file = std::fs::File::create(&log).expect("can create a log file");
+        let child = Command::new(program)
+            .args(args)
+            .envs(envs.iter().copied())
+            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log_file)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
+        Self { name, child, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Everything the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = std::fs::File::open(&self.log) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Sends a signal by name (`TERM`, `KILL`, `INT`).
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{signal}"), &self.pid().to_string()])
+            .status()
+            .expect("kill(1) is available");
+        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+    }
+
+    /// Waits for the process to exit, up to `timeout`.
+    pub async fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("can poll a child") {
+                return status;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} did not exit within {timeout:?}; log:\n{}",
+                self.name,
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        self.child.try_wait().expect("can poll a child").is_none()
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("---- {} (pid {}) log ----\n{}", self.name, self.child.id(), self.log());
+        }
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+fn unique() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Polls `probe` every 50 ms until it yields `Some`, panicking with `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut probe: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = probe().await {
+            return value;
+        }
+        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A gRPC client for the runner at `address` (`host:port`), retrying the connection until
+/// `timeout` so callers need not race the runner's start-up.
+pub async fn runner_client(
+    address: &str,
+    timeout: Duration,
+) -> RunnerClient<tonic::transport::Channel> {
+    let url = format!("http://{address}");
+    eventually(timeout, &format!("a gRPC connection to {address}"), || {
+        let url = url.clone();
+        async move { RunnerClient::connect(url).await.ok() }
+    })
+    .await
+    .max_decoding_message_size(64 * 1024 * 1024)
+    .max_encoding_message_size(64 * 1024 * 1024)
+}
+
+/// Healthy (`?passing`) instances of `service` in the registry at `consul`.
+pub async fn passing_instances(
+    consul: &plugworker_discovery::ConsulClient,
+    service: &str,
+) -> Vec<plugworker_discovery::ServiceEntry> {
+    consul
+        .health_service(service, &[], true, Default::default())
+        .await
+        .map(|(entries, _)| entries)
+        .unwrap_or_default()
+}
