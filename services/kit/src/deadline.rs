@@ -1,10 +1,31 @@
 //! The caller's deadline, from the `grpc-timeout` header (gRPC over HTTP/2 spec:
 //! up to 8 digits and a unit H, M, S, m, u or n).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::metadata::MetadataMap;
 
-pub(crate) fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+/// tonic's server applies the same header with its own timer and answers `CANCELLED` when
+/// it fires. The kit's deadline fires this much earlier, so callers get the
+/// `DEADLINE_EXCEEDED` the contract promises.
+const AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
+
+/// When a request's headers arrived, stamped by [`stamp_arrival`] before the body is read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ArrivedAt(pub Instant);
+
+/// Tower middleware body: records [`ArrivedAt`] on every request.
+pub(crate) fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
+    request.extensions_mut().insert(ArrivedAt(Instant::now()));
+    request
+}
+
+/// The deadline of a request that arrived at `arrived`, if the caller set one.
+pub(crate) fn deadline(metadata: &MetadataMap, arrived: Instant) -> Option<Instant> {
+    let timeout = grpc_timeout(metadata)?;
+    Some(arrived + timeout.saturating_sub(AHEAD_OF_TRANSPORT))
+}
+
+fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     parse(metadata.get("grpc-timeout")?.to_str().ok()?)
 }
 

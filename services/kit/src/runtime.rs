@@ -64,6 +64,7 @@ pub async fn run(config: RunnerConfig, default_service_name: &str) -> anyhow::Re
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
+            .layer(tower::util::MapRequestLayer::new(crate::deadline::stamp_arrival))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(runner)

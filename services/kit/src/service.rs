@@ -40,8 +40,12 @@ pub(crate) struct RunnerService {
 #[tonic::async_trait]
 impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        let received = Instant::now();
-        let deadline = deadline::grpc_timeout(request.metadata()).map(|t| received + t);
+        let received = request
+            .extensions()
+            .get::<deadline::ArrivedAt>()
+            .map(|a| a.0)
+            .unwrap_or_else(Instant::now);
+        let deadline = deadline::deadline(request.metadata(), received);
         let request = request.into_inner();
         let state = &self.state;
 

@@ -1,0 +1,82 @@
+//! Shared set-up for the runner process tests.
+
+#![allow(dead_code)]
+
+use plugworker_discovery::{ConsulClient, ConsulConfig};
+use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_testkit::{Process, bin_path, free_port};
+use std::path::PathBuf;
+
+pub const CHECK_INTERVAL_SECS: u64 = 1;
+
+/// An embedded registry and a client for it.
+pub async fn registry() -> (RunningRegistry, ConsulClient) {
+    registry_on("127.0.0.1:0").await
+}
+
+pub async fn registry_on(address: &str) -> (RunningRegistry, ConsulClient) {
+    let registry = Registry::spawn(address, RegistryConfig::default()).await.unwrap();
+    let client = ConsulClient::new(ConsulConfig {
+        address: registry.url(),
+        ..Default::default()
+    })
+    .unwrap();
+    (registry, client)
+}
+
+/// Starts `binary` registered in the registry at `consul_url` under `service_name`, with
+/// a 1 s check interval. Returns the process and its gRPC address.
+pub fn start_runner(
+    binary: &str,
+    service_name: &str,
+    consul_url: &str,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Process, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let interval = format!("{CHECK_INTERVAL_SECS}s");
+    let mut args = vec![
+        "--listen",
+        &address,
+        "--service-name",
+        service_name,
+        "--consul-address",
+        consul_url,
+        "--check-interval",
+        &interval,
+        "--check-timeout",
+        "1s",
+        "--deregister-critical-after",
+        "30s",
+    ];
+    args.extend_from_slice(extra_args);
+    let process = Process::spawn(&bin_path(binary), &args, envs);
+    (process, address)
+}
+
+/// Starts `binary` without Consul registration. Returns the process and its gRPC address.
+pub fn start_unregistered(binary: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let mut args = vec!["--listen", address.as_str(), "--no-register"];
+    args.extend_from_slice(extra_args);
+    (Process::spawn(&bin_path(binary), &args, envs), address)
+}
+
+/// The algorithm module names of a runner crate, read from its `src/algorithms/` folder:
+/// what the kit must discover without any list.
+pub fn algorithm_modules(runner_crate_dir: &str) -> Vec<String> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(runner_crate_dir).join("src/algorithms");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter_map(|p| {
+            if p.is_dir() {
+                p.join("mod.rs").exists().then(|| p.file_name().unwrap().to_string_lossy().into_owned())
+            } else {
+                (p.extension()? == "rs").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+            }
+        })
+        .collect();
+    names.sort();
+    names
+}
