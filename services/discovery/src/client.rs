@@ -75,7 +75,9 @@ impl ConsulConfig {
         if let Ok(address) = std::env::var("CONSUL_HTTP_ADDR") {
             config.address = address;
         }
-        config.token = std::env::var("CONSUL_HTTP_TOKEN").ok().filter(|t| !t.is_empty());
+        config.token = std::env::var("CONSUL_HTTP_TOKEN")
+            .ok()
+            .filter(|t| !t.is_empty());
         config
     }
 }
@@ -221,7 +223,9 @@ impl ConsulClient {
     /// `GET /v1/status/leader`: cheap reachability probe.
     pub async fn leader(&self) -> Result<String, Error> {
         let path = "/v1/status/leader";
-        let response = self.send(self.request(Method::GET, path), Method::GET, path).await?;
+        let response = self
+            .send(self.request(Method::GET, path), Method::GET, path)
+            .await?;
         decode(path, &response.bytes)
     }
 

@@ -9,15 +9,17 @@
 //! - [`duration`]: Go's duration text format, which Consul uses for every interval.
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
+//! - [`runners`]: how plugworker runners look in Consul, and finding them.
 
 pub mod client;
 pub mod duration;
 pub mod model;
+pub mod runners;
 pub mod watch;
 
 pub use client::{ConsulClient, ConsulConfig, Error, QueryMeta, QueryOptions};
 pub use model::{
-    AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node,
-    ServiceEntry, ServiceRegistration,
+    AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node, ServiceEntry,
+    ServiceRegistration,
 };
 pub use watch::Watch;

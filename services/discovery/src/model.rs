@@ -77,7 +77,11 @@ pub struct CheckDefinition {
     pub http: Option<String>,
     #[serde(rename = "TCP", skip_serializing_if = "Option::is_none")]
     pub tcp: Option<String>,
-    #[serde(rename = "TTL", with = "duration::option", skip_serializing_if = "Option::is_none")]
+    #[serde(
+        rename = "TTL",
+        with = "duration::option",
+        skip_serializing_if = "Option::is_none"
+    )]
     pub ttl: Option<Duration>,
     #[serde(with = "duration::option", skip_serializing_if = "Option::is_none")]
     pub interval: Option<Duration>,

@@ -68,7 +68,11 @@ impl Watch {
                         continue; // the wait ran out with nothing new
                     }
                     self.index = if index < self.index {
-                        tracing::debug!(old = self.index, new = index, "Consul index went backwards; resetting");
+                        tracing::debug!(
+                            old = self.index,
+                            new = index,
+                            "Consul index went backwards; resetting"
+                        );
                         0
                     } else {
                         index

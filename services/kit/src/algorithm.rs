@@ -96,9 +96,9 @@ impl RunContext {
         F: FnOnce() -> Result<T, RunError> + Send + 'static,
         T: Send + 'static,
     {
-        tokio::task::spawn_blocking(work)
-            .await
-            .map_err(|e| RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm)))?
+        tokio::task::spawn_blocking(work).await.map_err(|e| {
+            RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm))
+        })?
     }
 }
 
@@ -174,11 +174,13 @@ impl<A: Algorithm> LoadedAlgorithm for Erased<A> {
     ) -> BoxFuture<'static, Result<Vec<u8>, RunError>> {
         Box::pin(async move {
             // The schema already passed; this only fails where serde is stricter than it.
-            let input: A::Input = serde_json::from_value(payload)
-                .map_err(|e| RunError::InvalidInput(format!("payload does not fit {}: {e}", A::NAME)))?;
+            let input: A::Input = serde_json::from_value(payload).map_err(|e| {
+                RunError::InvalidInput(format!("payload does not fit {}: {e}", A::NAME))
+            })?;
             let output = self.0.run(input, &context).await?;
-            serde_json::to_vec(&output)
-                .map_err(|e| RunError::Internal(format!("cannot serialise {} output: {e}", A::NAME)))
+            serde_json::to_vec(&output).map_err(|e| {
+                RunError::Internal(format!("cannot serialise {} output: {e}", A::NAME))
+            })
         })
     }
 }

@@ -9,11 +9,15 @@ use std::sync::Arc;
 /// Why a runner's algorithm set is unusable.
 #[derive(Debug, thiserror::Error)]
 pub enum CatalogError {
-    #[error("no algorithms are linked into this runner (does main.rs call plugworker_kit::algorithms!()?)")]
+    #[error(
+        "no algorithms are linked into this runner (does main.rs call plugworker_kit::algorithms!()?)"
+    )]
     Empty,
     #[error("algorithm name {0:?} is registered twice")]
     Duplicate(&'static str),
-    #[error("algorithm name {0:?} is not usable as a Consul tag (use lowercase letters, digits and _)")]
+    #[error(
+        "algorithm name {0:?} is not usable as a Consul tag (use lowercase letters, digits and _)"
+    )]
     BadName(&'static str),
     #[error("the input schema of {algorithm} does not compile: {reason}")]
     BadSchema {
@@ -46,7 +50,7 @@ impl Catalog {
         Self::from_entries(inventory::iter::<AlgorithmEntry>)
     }
 
-    pub(crate) fn from_entries<'a>(
+    pub(crate) fn from_entries(
         entries: impl IntoIterator<Item = &'static AlgorithmEntry>,
     ) -> Result<Self, CatalogError> {
         let mut algorithms = BTreeMap::new();
@@ -105,13 +109,106 @@ impl Catalog {
         let mut loaded = BTreeMap::new();
         for (name, described) in &self.algorithms {
             let started = std::time::Instant::now();
-            let algorithm = (described.entry.load)(context).map_err(|source| CatalogError::Load {
-                algorithm: name,
-                source,
-            })?;
-            tracing::info!(algorithm = name, elapsed_ms = started.elapsed().as_millis() as u64, "algorithm loaded");
+            let algorithm =
+                (described.entry.load)(context).map_err(|source| CatalogError::Load {
+                    algorithm: name,
+                    source,
+                })?;
+            tracing::info!(
+                algorithm = name,
+                elapsed_ms = started.elapsed().as_millis() as u64,
+                "algorithm loaded"
+            );
             loaded.insert(*name, algorithm);
         }
         Ok(loaded)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Algorithm, LoadError, RunContext, RunError};
+
+    struct Twice;
+    struct BadName;
+
+    impl Algorithm for Twice {
+        type Input = f64;
+        type Output = f64;
+        const NAME: &'static str = "twice";
+        const VERSION: &'static str = "1";
+        const DESCRIPTION: &'static str = "Doubles a number.";
+        fn load(_: &LoadContext) -> Result<Self, LoadError> {
+            Ok(Self)
+        }
+        async fn run(&self, input: f64, _: &RunContext) -> Result<f64, RunError> {
+            Ok(input * 2.0)
+        }
+    }
+
+    impl Algorithm for BadName {
+        type Input = f64;
+        type Output = f64;
+        const NAME: &'static str = "Bad Name";
+        const VERSION: &'static str = "1";
+        const DESCRIPTION: &'static str = "Not a tag.";
+        fn load(_: &LoadContext) -> Result<Self, LoadError> {
+            Err(LoadError::other("unreachable"))
+        }
+        async fn run(&self, input: f64, _: &RunContext) -> Result<f64, RunError> {
+            Ok(input)
+        }
+    }
+
+    static TWICE: AlgorithmEntry = AlgorithmEntry::of::<Twice>();
+    static TWICE_AGAIN: AlgorithmEntry = AlgorithmEntry::of::<Twice>();
+    static BAD_NAME: AlgorithmEntry = AlgorithmEntry::of::<BadName>();
+
+    #[test]
+    fn a_name_registered_twice_is_refused() {
+        let error = Catalog::from_entries([&TWICE, &TWICE_AGAIN]).err().unwrap();
+        assert!(matches!(error, CatalogError::Duplicate("twice")), "{error}");
+    }
+
+    #[test]
+    fn names_must_be_usable_as_consul_tags() {
+        let error = Catalog::from_entries([&BAD_NAME]).err().unwrap();
+        assert!(
+            matches!(error, CatalogError::BadName("Bad Name")),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn an_empty_runner_is_refused() {
+        let error = Catalog::from_entries([]).err().unwrap();
+        assert!(matches!(error, CatalogError::Empty));
+    }
+
+    #[tokio::test]
+    async fn described_and_loaded_algorithms_run() {
+        let catalog = Catalog::from_entries([&TWICE]).unwrap();
+        assert_eq!(catalog.names(), vec!["twice"]);
+        let info = &catalog.infos()[0];
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&info.input_schema).unwrap()["type"],
+            "number"
+        );
+        let loaded = catalog
+            .load_all(&LoadContext {
+                models_dir: ".".into(),
+            })
+            .unwrap();
+        let context = RunContext {
+            algorithm: "twice",
+            deadline: None,
+        };
+        let output = loaded["twice"]
+            .clone()
+            .run(serde_json::json!(21.0), context)
+            .await
+            .unwrap();
+        assert_eq!(output, b"42.0");
     }
 }

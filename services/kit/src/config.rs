@@ -75,7 +75,10 @@ pub struct RunnerConfig {
 
 impl RunnerConfig {
     pub(crate) fn max_concurrent_runs(&self) -> usize {
-        self.max_concurrent_runs
-            .unwrap_or_else(|| std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2))
+        self.max_concurrent_runs.unwrap_or_else(|| {
+            std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(2)
+        })
     }
 }

@@ -37,7 +37,6 @@ mod slots;
 pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
 pub use catalog::{Catalog, CatalogError};
 pub use config::RunnerConfig;
-pub use registration::{META_KIT_VERSION, META_ROLE};
 pub use runtime::run;
 
 /// Re-exported for [`register_algorithm!`]; not part of the API.
@@ -53,19 +52,27 @@ use std::process::ExitCode;
 /// Entry point of a runner binary: parses flags and environment, sets up logging, runs
 /// until SIGTERM/SIGINT. Exits non-zero with a message if the runner cannot start.
 pub fn main(runner_name: &'static str) -> ExitCode {
-    let mut command = RunnerConfig::command().name(runner_name).bin_name(runner_name);
+    let mut command = RunnerConfig::command()
+        .name(runner_name)
+        .bin_name(runner_name);
     // `--help` lists what this particular binary serves.
     if let Ok(catalog) = Catalog::discover() {
         let mut list = String::from("Algorithms compiled into this runner (its Consul tags):\n");
         for info in catalog.infos() {
-            list.push_str(&format!("  {:<24} {} (v{})\n", info.name, info.description, info.version));
+            list.push_str(&format!(
+                "  {:<24} {} (v{})\n",
+                info.name, info.description, info.version
+            ));
         }
         command = command.after_help(list);
     }
     let matches = command.get_matches();
     let config = RunnerConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
     plugworker_telemetry::init_logs(config.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("{runner_name}: cannot start the async runtime: {error}");

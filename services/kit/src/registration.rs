@@ -7,15 +7,11 @@
 //! every check interval the runner asks the agent whether it still knows the instance,
 //! registering again if not.
 
+use plugworker_discovery::runners::{META_KIT_VERSION, META_ROLE, ROLE_RUNNER};
 use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceRegistration};
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio::sync::watch;
-
-/// Meta key marking a service as a plugworker runner; its value is the kit version.
-pub const META_KIT_VERSION: &str = "plugworker_kit_version";
-/// Meta key holding the runner's role, always `runner`.
-pub const META_ROLE: &str = "plugworker_role";
 
 /// What to register, and where.
 #[derive(Clone)]
@@ -35,7 +31,7 @@ impl Registration {
         config: &crate::RunnerConfig,
     ) -> Self {
         let meta = BTreeMap::from([
-            (META_ROLE.to_string(), "runner".to_string()),
+            (META_ROLE.to_string(), ROLE_RUNNER.to_string()),
             (META_KIT_VERSION.to_string(), crate::KIT_VERSION.to_string()),
         ]);
         let check = CheckDefinition {
@@ -101,7 +97,8 @@ impl Registration {
                     failures += 1;
                     tracing::warn!(%error, attempt = failures, "Consul registration failed; will retry");
                     // Retry quickly at first: a runner that is not registered gets no work.
-                    (Duration::from_millis(200) * 2u32.saturating_pow(failures.min(6))).min(self.interval)
+                    (Duration::from_millis(200) * 2u32.saturating_pow(failures.min(6)))
+                        .min(self.interval)
                 }
             };
             tokio::select! {
@@ -114,7 +111,9 @@ impl Registration {
     pub async fn deregister(&self) {
         match self.client.deregister_service(&self.service.id).await {
             Ok(()) => tracing::info!(instance = %self.service.id, "deregistered from Consul"),
-            Err(error) => tracing::warn!(%error, "could not deregister from Consul; its check will expire the instance"),
+            Err(error) => {
+                tracing::warn!(%error, "could not deregister from Consul; its check will expire the instance")
+            }
         }
     }
 }

@@ -2,12 +2,12 @@
 //! turn `SERVING`; then on SIGTERM/SIGINT: `NOT_SERVING`, refuse new runs, let in-flight
 //! runs finish (bounded by the grace period), deregister, stop serving, exit 0.
 
+use crate::RunnerConfig;
 use crate::algorithm::LoadContext;
 use crate::catalog::Catalog;
 use crate::registration::Registration;
 use crate::service::{RunnerService, RunnerState};
 use crate::slots::RunSlots;
-use crate::RunnerConfig;
 use anyhow::{Context, anyhow};
 use plugworker_discovery::{ConsulClient, ConsulConfig};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
@@ -31,7 +31,9 @@ pub async fn run(config: RunnerConfig, default_service_name: &str) -> anyhow::Re
     let listener = TcpListener::bind(config.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = listener.local_addr().context("listener has no local address")?;
+    let local = listener
+        .local_addr()
+        .context("listener has no local address")?;
     let (host, port) = advertised_address(&config, local).await?;
     let instance_id = format!(
         "{service_name}-{}-{port}-{:04x}",
@@ -64,7 +66,9 @@ pub async fn run(config: RunnerConfig, default_service_name: &str) -> anyhow::Re
     let (stop_server, server_stopped) = oneshot::channel::<()>();
     let mut server = tokio::spawn(
         tonic::transport::Server::builder()
-            .layer(tower::util::MapRequestLayer::new(crate::deadline::stamp_arrival))
+            .layer(tower::util::MapRequestLayer::new(
+                crate::deadline::stamp_arrival,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(runner)
@@ -197,9 +201,9 @@ async fn advertised_address(
     if let Some(advertised) = &config.advertise_address {
         return Ok(match advertised.rsplit_once(':') {
             Some((host, port)) if !host.ends_with(']') || advertised.starts_with('[') => {
-                let port = port
-                    .parse()
-                    .with_context(|| format!("invalid port in --advertise-address {advertised:?}"))?;
+                let port = port.parse().with_context(|| {
+                    format!("invalid port in --advertise-address {advertised:?}")
+                })?;
                 (host.trim_matches(['[', ']']).to_string(), port)
             }
             _ => (advertised.clone(), local.port()),

@@ -58,10 +58,14 @@ impl Runner for RunnerService {
             )));
         };
         if state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable("runner is shutting down; retry on another instance"));
+            return Err(Status::unavailable(
+                "runner is shutting down; retry on another instance",
+            ));
         }
         let Some(algorithm) = state.loaded.get().and_then(|l| l.get(described.entry.name)) else {
-            return Err(Status::unavailable("runner is still loading its algorithms"));
+            return Err(Status::unavailable(
+                "runner is still loading its algorithms",
+            ));
         };
 
         let payload: serde_json::Value = serde_json::from_slice(&request.payload)
@@ -84,7 +88,12 @@ impl Runner for RunnerService {
         let outcome = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), run)
                 .await
-                .map_err(|_| Status::deadline_exceeded(format!("{} did not finish before the deadline", described.entry.name)))?,
+                .map_err(|_| {
+                    Status::deadline_exceeded(format!(
+                        "{} did not finish before the deadline",
+                        described.entry.name
+                    ))
+                })?,
             None => run.await,
         };
         let result = outcome.map_err(|e| status_of(described.entry.name, e))?;
@@ -123,8 +132,17 @@ fn violations(validator: &jsonschema::Validator, payload: &serde_json::Value) ->
             continue;
         }
         let path = error.instance_path().to_string();
-        let path = if path.is_empty() { "/".to_string() } else { path };
-        let message: String = error.masked().to_string().chars().take(MAX_VIOLATION_CHARS).collect();
+        let path = if path.is_empty() {
+            "/".to_string()
+        } else {
+            path
+        };
+        let message: String = error
+            .masked()
+            .to_string()
+            .chars()
+            .take(MAX_VIOLATION_CHARS)
+            .collect();
         if !text.is_empty() {
             text.push_str("; ");
         }

@@ -45,7 +45,9 @@ impl RunSlots {
         let permit = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), acquire)
                 .await
-                .map_err(|_| Status::deadline_exceeded("deadline passed while waiting for a run slot"))?,
+                .map_err(|_| {
+                    Status::deadline_exceeded("deadline passed while waiting for a run slot")
+                })?,
             None => acquire.await,
         };
         permit.map_err(|_| Status::unavailable("runner is shutting down"))
@@ -101,7 +103,11 @@ mod tests {
         let late = slots
             .acquire(Some(Instant::now() + Duration::from_millis(20)))
             .await;
-        assert_eq!(late.unwrap_err().code(), tonic::Code::ResourceExhausted, "queue still full");
+        assert_eq!(
+            late.unwrap_err().code(),
+            tonic::Code::ResourceExhausted,
+            "queue still full"
+        );
         drop(first);
         waiter.await.unwrap().unwrap();
         assert_eq!(slots.in_flight(), 0);
@@ -117,6 +123,9 @@ mod tests {
             .await
             .unwrap_err();
         assert_eq!(error.code(), tonic::Code::DeadlineExceeded);
-        assert!(!slots.drain(Duration::from_millis(30)).await, "a held slot blocks draining");
+        assert!(
+            !slots.drain(Duration::from_millis(30)).await,
+            "a held slot blocks draining"
+        );
     }
 }

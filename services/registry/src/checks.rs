@@ -35,7 +35,10 @@ pub(crate) fn start(shared: &Arc<Shared>, checks: Vec<NewCheck>) {
 }
 
 async fn probe_loop(shared: Weak<Shared>, check_id: String, definition: CheckDefinition) {
-    let interval = definition.interval.unwrap_or(MIN_INTERVAL).max(MIN_INTERVAL);
+    let interval = definition
+        .interval
+        .unwrap_or(MIN_INTERVAL)
+        .max(MIN_INTERVAL);
     let timeout = definition.timeout.unwrap_or(DEFAULT_TIMEOUT);
     let mut ticker = tokio::time::interval(interval);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -44,11 +47,15 @@ async fn probe_loop(shared: Weak<Shared>, check_id: String, definition: CheckDef
         let Some(http) = shared.upgrade().map(|s| s.http.clone()) else {
             return;
         };
-        let (status, output) = match tokio::time::timeout(timeout, probe(&http, &definition)).await {
+        let (status, output) = match tokio::time::timeout(timeout, probe(&http, &definition)).await
+        {
             Ok(result) => result,
             Err(_) => (
                 CheckStatus::Critical,
-                format!("Timeout exceeded ({})", plugworker_discovery::duration::format(timeout)),
+                format!(
+                    "Timeout exceeded ({})",
+                    plugworker_discovery::duration::format(timeout)
+                ),
             ),
         };
         let Some(shared) = shared.upgrade() else {
@@ -74,7 +81,10 @@ async fn probe(http: &reqwest::Client, definition: &CheckDefinition) -> (CheckSt
         probe_http(http, url).await
     } else if let Some(address) = &definition.tcp {
         match tokio::net::TcpStream::connect(address).await {
-            Ok(_) => (CheckStatus::Passing, format!("TCP connect {address}: Success")),
+            Ok(_) => (
+                CheckStatus::Passing,
+                format!("TCP connect {address}: Success"),
+            ),
             Err(e) => (CheckStatus::Critical, format!("dial tcp {address}: {e}")),
         }
     } else {
@@ -96,11 +106,21 @@ async fn probe_grpc(target: &str, use_tls: bool) -> (CheckStatus, String) {
     };
     let endpoint = match tonic::transport::Endpoint::from_shared(format!("http://{address}")) {
         Ok(endpoint) => endpoint.connect_timeout(Duration::from_secs(3)),
-        Err(e) => return (CheckStatus::Critical, format!("invalid gRPC target {target:?}: {e}")),
+        Err(e) => {
+            return (
+                CheckStatus::Critical,
+                format!("invalid gRPC target {target:?}: {e}"),
+            );
+        }
     };
     let channel = match endpoint.connect().await {
         Ok(channel) => channel,
-        Err(e) => return (CheckStatus::Critical, format!("gRPC {target}: connect: {e}")),
+        Err(e) => {
+            return (
+                CheckStatus::Critical,
+                format!("gRPC {target}: connect: {e}"),
+            );
+        }
     };
     let mut client = tonic_health::pb::health_client::HealthClient::new(channel);
     let request = HealthCheckRequest {
@@ -117,13 +137,20 @@ async fn probe_grpc(target: &str, use_tls: bool) -> (CheckStatus, String) {
             } else {
                 (
                     CheckStatus::Critical,
-                    format!("gRPC check {target}: failed with status {}", status.as_str_name()),
+                    format!(
+                        "gRPC check {target}: failed with status {}",
+                        status.as_str_name()
+                    ),
                 )
             }
         }
         Err(status) => (
             CheckStatus::Critical,
-            format!("gRPC check {target}: {} {}", status.code(), status.message()),
+            format!(
+                "gRPC check {target}: {} {}",
+                status.code(),
+                status.message()
+            ),
         ),
     }
 }
@@ -168,7 +195,10 @@ pub(crate) fn spawn_reaper(shared: &Arc<Shared>) {
             for service_id in doomed {
                 let index = shared.lock().deregister(&service_id);
                 if let Some(index) = index {
-                    tracing::info!(service_id, "deregistered: critical for longer than DeregisterCriticalServiceAfter");
+                    tracing::info!(
+                        service_id,
+                        "deregistered: critical for longer than DeregisterCriticalServiceAfter"
+                    );
                     shared.notify(index);
                 }
             }

@@ -160,9 +160,10 @@ async fn agent_service(
     State(shared): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let service = shared.lock().agent_service(&id).ok_or_else(|| {
-        ApiError(StatusCode::NOT_FOUND, format!("unknown service ID: {id}"))
-    })?;
+    let service = shared
+        .lock()
+        .agent_service(&id)
+        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")))?;
     let index = service.modify_index;
     Ok(with_index(Json(service), index))
 }

@@ -96,6 +96,10 @@ mod tests {
                       "DeregisterCriticalServiceAfter": "1m", "CheckID": "c"}
         }));
         assert_eq!(snake, pascal);
-        assert_eq!(snake["Meta"], json!({"some_key": "v"}), "meta keys are left alone");
+        assert_eq!(
+            snake["Meta"],
+            json!({"some_key": "v"}),
+            "meta keys are left alone"
+        );
     }
 }

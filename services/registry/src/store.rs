@@ -51,7 +51,7 @@ impl Shared {
     pub fn new(config: RegistryConfig) -> Arc<Self> {
         let mut store = Store::default();
         store.insert_consul_service(&config);
-        let shared = Arc::new(Self {
+        Arc::new(Self {
             config,
             changes: watch::Sender::new(store.index),
             store: Mutex::new(store),
@@ -60,8 +60,7 @@ impl Shared {
                 .redirect(reqwest::redirect::Policy::none())
                 .build()
                 .expect("static reqwest configuration is valid"),
-        });
-        shared
+        })
     }
 
     pub fn lock(&self) -> MutexGuard<'_, Store> {
@@ -207,7 +206,8 @@ impl Store {
         let mut kept_status: HashMap<String, (CheckStatus, String, Option<Instant>)> =
             HashMap::new();
         if let Some(previous) = &previous {
-            self.name_index.insert(previous.service.service.clone(), index);
+            self.name_index
+                .insert(previous.service.service.clone(), index);
             for check_id in &previous.check_ids {
                 if let Some(mut old) = self.checks.remove(check_id) {
                     if let Some(probe) = old.probe.take() {
@@ -283,7 +283,8 @@ impl Store {
 
         self.name_index.insert(registration.name.clone(), index);
         self.services_index = index;
-        self.services.insert(id, ServiceRecord { service, check_ids });
+        self.services
+            .insert(id, ServiceRecord { service, check_ids });
         Ok((index, new_checks))
     }
 
@@ -516,7 +517,10 @@ fn validate(registration: &ServiceRegistration) -> Result<(), String> {
         return Err("Missing service name".into());
     }
     if registration.meta.len() > 64 {
-        return Err("Invalid Service Meta: Node metadata cannot contain more than 64 key/value pairs".into());
+        return Err(
+            "Invalid Service Meta: Node metadata cannot contain more than 64 key/value pairs"
+                .into(),
+        );
     }
     for (key, value) in &registration.meta {
         let key_ok = !key.is_empty()
@@ -525,13 +529,19 @@ fn validate(registration: &ServiceRegistration) -> Result<(), String> {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
         if !key_ok {
-            return Err(format!("Invalid Service Meta: Key contains invalid characters: {key:?}"));
+            return Err(format!(
+                "Invalid Service Meta: Key contains invalid characters: {key:?}"
+            ));
         }
         if key.starts_with("consul-") {
-            return Err(format!("Invalid Service Meta: Key prefix 'consul-' is reserved for internal use: {key:?}"));
+            return Err(format!(
+                "Invalid Service Meta: Key prefix 'consul-' is reserved for internal use: {key:?}"
+            ));
         }
         if value.len() > 512 {
-            return Err(format!("Invalid Service Meta: Value is too long (limit: 512 characters): {key:?}"));
+            return Err(format!(
+                "Invalid Service Meta: Value is too long (limit: 512 characters): {key:?}"
+            ));
         }
     }
     let checks = registration.check.iter().chain(registration.checks.iter());

@@ -51,11 +51,7 @@ async fn target() -> Target {
 
 /// A name no other test (or earlier run against a real agent) uses.
 fn unique(prefix: &str) -> String {
-    format!(
-        "{prefix}-{}-{:06x}",
-        std::process::id(),
-        rand_suffix()
-    )
+    format!("{prefix}-{}-{:06x}", std::process::id(), rand_suffix())
 }
 
 fn rand_suffix() -> u32 {
@@ -81,7 +77,12 @@ async fn health_server() -> (String, tonic_health::server::HealthReporter) {
     (address, reporter)
 }
 
-fn registration(id: &str, name: &str, tags: &[&str], check: Option<CheckDefinition>) -> ServiceRegistration {
+fn registration(
+    id: &str,
+    name: &str,
+    tags: &[&str],
+    check: Option<CheckDefinition>,
+) -> ServiceRegistration {
     ServiceRegistration {
         id: id.into(),
         name: name.into(),
@@ -94,14 +95,28 @@ fn registration(id: &str, name: &str, tags: &[&str], check: Option<CheckDefiniti
     }
 }
 
-async fn wait_for_status(client: &ConsulClient, name: &str, status: CheckStatus, timeout: Duration) {
+async fn wait_for_status(
+    client: &ConsulClient,
+    name: &str,
+    status: CheckStatus,
+    timeout: Duration,
+) {
     let deadline = Instant::now() + timeout;
     loop {
-        let (entries, _) = client.health_service(name, &[], false, QueryOptions::default()).await.unwrap();
-        if entries.first().is_some_and(|e| e.aggregated_status() == status) {
+        let (entries, _) = client
+            .health_service(name, &[], false, QueryOptions::default())
+            .await
+            .unwrap();
+        if entries
+            .first()
+            .is_some_and(|e| e.aggregated_status() == status)
+        {
             return;
         }
-        assert!(Instant::now() < deadline, "{name} never became {status}: {entries:#?}");
+        assert!(
+            Instant::now() < deadline,
+            "{name} never became {status}: {entries:#?}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -118,27 +133,65 @@ async fn grpc_check_follows_the_served_status_and_passing_filters_on_it() {
         timeout: Some(Duration::from_secs(1)),
         ..Default::default()
     };
-    client.register_service(&registration(&name, &name, &["alpha"], Some(check))).await.unwrap();
+    client
+        .register_service(&registration(&name, &name, &["alpha"], Some(check)))
+        .await
+        .unwrap();
 
     // A new check starts critical; the probe turns it passing.
     wait_for_status(client, &name, CheckStatus::Passing, Duration::from_secs(10)).await;
-    let (passing, _) = client.health_service(&name, &[], true, QueryOptions::default()).await.unwrap();
+    let (passing, _) = client
+        .health_service(&name, &[], true, QueryOptions::default())
+        .await
+        .unwrap();
     assert_eq!(passing.len(), 1);
     let entry = &passing[0];
     assert_eq!(entry.service.id, name);
     assert_eq!(entry.service.tags, vec!["alpha"]);
-    assert_eq!(entry.service.meta.get("plugworker_role").map(String::as_str), Some("runner"));
-    let service_check = entry.checks.iter().find(|c| c.service_id == name).expect("service check listed");
+    assert_eq!(
+        entry
+            .service
+            .meta
+            .get("plugworker_role")
+            .map(String::as_str),
+        Some("runner")
+    );
+    let service_check = entry
+        .checks
+        .iter()
+        .find(|c| c.service_id == name)
+        .expect("service check listed");
     assert_eq!(service_check.check_type, "grpc");
     assert_eq!(service_check.check_id, format!("service:{name}"));
-    assert!(entry.checks.iter().any(|c| c.check_id == "serfHealth"), "node check included");
+    assert!(
+        entry.checks.iter().any(|c| c.check_id == "serfHealth"),
+        "node check included"
+    );
 
-    health.set_service_status("", ServingStatus::NotServing).await;
-    wait_for_status(client, &name, CheckStatus::Critical, Duration::from_secs(10)).await;
-    let (passing, _) = client.health_service(&name, &[], true, QueryOptions::default()).await.unwrap();
+    health
+        .set_service_status("", ServingStatus::NotServing)
+        .await;
+    wait_for_status(
+        client,
+        &name,
+        CheckStatus::Critical,
+        Duration::from_secs(10),
+    )
+    .await;
+    let (passing, _) = client
+        .health_service(&name, &[], true, QueryOptions::default())
+        .await
+        .unwrap();
     assert!(passing.is_empty(), "?passing hides critical instances");
-    let (all, _) = client.health_service(&name, &[], false, QueryOptions::default()).await.unwrap();
-    assert_eq!(all.len(), 1, "without ?passing the instance is still listed");
+    let (all, _) = client
+        .health_service(&name, &[], false, QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        all.len(),
+        1,
+        "without ?passing the instance is still listed"
+    );
 
     client.deregister_service(&name).await.unwrap();
 }
@@ -149,10 +202,19 @@ async fn tag_filters_require_every_tag_and_catalog_lists_the_union() {
     let client = &target.client;
     let name = unique("conf-tags");
     let (a, b) = (format!("{name}-a"), format!("{name}-b"));
-    client.register_service(&registration(&a, &name, &["ocr", "meme_classifier"], None)).await.unwrap();
-    client.register_service(&registration(&b, &name, &["ocr"], None)).await.unwrap();
+    client
+        .register_service(&registration(&a, &name, &["ocr", "meme_classifier"], None))
+        .await
+        .unwrap();
+    client
+        .register_service(&registration(&b, &name, &["ocr"], None))
+        .await
+        .unwrap();
 
-    let (both, _) = client.catalog_service(&name, &["ocr"], QueryOptions::default()).await.unwrap();
+    let (both, _) = client
+        .catalog_service(&name, &["ocr"], QueryOptions::default())
+        .await
+        .unwrap();
     let mut ids: Vec<_> = both.iter().map(|s| s.service_id.clone()).collect();
     ids.sort();
     assert_eq!(ids, vec![a.clone(), b.clone()]);
@@ -163,10 +225,16 @@ async fn tag_filters_require_every_tag_and_catalog_lists_the_union() {
     assert_eq!(one.len(), 1, "repeated tag parameters must all match");
     assert_eq!(one[0].service_id, a);
     assert_eq!(one[0].service_port, 9000);
-    let (none, _) = client.health_service(&name, &["nope"], false, QueryOptions::default()).await.unwrap();
+    let (none, _) = client
+        .health_service(&name, &["nope"], false, QueryOptions::default())
+        .await
+        .unwrap();
     assert!(none.is_empty());
 
-    let (services, _) = client.catalog_services(QueryOptions::default()).await.unwrap();
+    let (services, _) = client
+        .catalog_services(QueryOptions::default())
+        .await
+        .unwrap();
     let mut tags = services.get(&name).cloned().expect("service listed");
     tags.sort();
     assert_eq!(tags, vec!["meme_classifier", "ocr"]);
@@ -174,8 +242,14 @@ async fn tag_filters_require_every_tag_and_catalog_lists_the_union() {
 
     client.deregister_service(&a).await.unwrap();
     client.deregister_service(&b).await.unwrap();
-    let (services, _) = client.catalog_services(QueryOptions::default()).await.unwrap();
-    assert!(!services.contains_key(&name), "a service with no instances leaves the catalog");
+    let (services, _) = client
+        .catalog_services(QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        !services.contains_key(&name),
+        "a service with no instances leaves the catalog"
+    );
 }
 
 #[tokio::test]
@@ -183,14 +257,29 @@ async fn blocking_queries_wake_on_change_and_time_out_with_the_same_index() {
     let target = target().await;
     let client = &target.client;
     let name = unique("conf-block");
-    let (_, meta) = client.health_service(&name, &[], false, QueryOptions::default()).await.unwrap();
-    assert!(meta.last_index > 0, "X-Consul-Index is always set and positive");
+    let (_, meta) = client
+        .health_service(&name, &[], false, QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        meta.last_index > 0,
+        "X-Consul-Index is always set and positive"
+    );
 
     // Nothing changes: the query is held for `wait` and returns the same index.
     let started = Instant::now();
-    let wait = QueryOptions { index: meta.last_index, wait: Some(Duration::from_secs(1)) };
-    let (_, unchanged) = client.health_service(&name, &[], false, wait).await.unwrap();
-    assert!(started.elapsed() >= Duration::from_millis(900), "held for the wait");
+    let wait = QueryOptions {
+        index: meta.last_index,
+        wait: Some(Duration::from_secs(1)),
+    };
+    let (_, unchanged) = client
+        .health_service(&name, &[], false, wait)
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "held for the wait"
+    );
     assert_eq!(unchanged.last_index, meta.last_index);
 
     // A registration wakes a held query at once with a larger index.
@@ -199,24 +288,44 @@ async fn blocking_queries_wake_on_change_and_time_out_with_the_same_index() {
         let name = name.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let options = QueryOptions { index: meta.last_index, wait: Some(Duration::from_secs(30)) };
-            let (entries, after) = client.health_service(&name, &[], false, options).await.unwrap();
+            let options = QueryOptions {
+                index: meta.last_index,
+                wait: Some(Duration::from_secs(30)),
+            };
+            let (entries, after) = client
+                .health_service(&name, &[], false, options)
+                .await
+                .unwrap();
             (entries, after, started.elapsed())
         })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    client.register_service(&registration(&name, &name, &["x"], None)).await.unwrap();
+    client
+        .register_service(&registration(&name, &name, &["x"], None))
+        .await
+        .unwrap();
     let (entries, after, elapsed) = waiter.await.unwrap();
     assert_eq!(entries.len(), 1);
     assert!(after.last_index > meta.last_index);
-    assert!(elapsed < Duration::from_secs(5), "woke on the change, not the wait ({elapsed:?})");
+    assert!(
+        elapsed < Duration::from_secs(5),
+        "woke on the change, not the wait ({elapsed:?})"
+    );
 
     // Deregistration moves the index of that service's view too, so watchers see removals.
-    let options = QueryOptions { index: after.last_index, wait: Some(Duration::from_secs(30)) };
+    let options = QueryOptions {
+        index: after.last_index,
+        wait: Some(Duration::from_secs(30)),
+    };
     let waiter = {
         let client = client.clone();
         let name = name.clone();
-        tokio::spawn(async move { client.health_service(&name, &[], false, options).await.unwrap() })
+        tokio::spawn(async move {
+            client
+                .health_service(&name, &[], false, options)
+                .await
+                .unwrap()
+        })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
     client.deregister_service(&name).await.unwrap();
@@ -235,17 +344,42 @@ async fn check_state_changes_move_health_but_not_the_service_list() {
         ttl: Some(Duration::from_secs(30)),
         ..Default::default()
     };
-    client.register_service(&registration(&name, &name, &["x"], Some(check))).await.unwrap();
-    let (_, services_before) = client.catalog_services(QueryOptions::default()).await.unwrap();
-    let (_, health_before) = client.health_service(&name, &[], false, QueryOptions::default()).await.unwrap();
+    client
+        .register_service(&registration(&name, &name, &["x"], Some(check)))
+        .await
+        .unwrap();
+    let (_, services_before) = client
+        .catalog_services(QueryOptions::default())
+        .await
+        .unwrap();
+    let (_, health_before) = client
+        .health_service(&name, &[], false, QueryOptions::default())
+        .await
+        .unwrap();
 
-    client.update_ttl_check(&format!("{name}-ttl"), CheckStatus::Passing, "ok").await.unwrap();
-    let (entries, health_after) = client.health_service(&name, &[], true, QueryOptions::default()).await.unwrap();
-    assert_eq!(entries.len(), 1, "a passed TTL check makes the instance passing");
+    client
+        .update_ttl_check(&format!("{name}-ttl"), CheckStatus::Passing, "ok")
+        .await
+        .unwrap();
+    let (entries, health_after) = client
+        .health_service(&name, &[], true, QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.len(),
+        1,
+        "a passed TTL check makes the instance passing"
+    );
     assert!(health_after.last_index > health_before.last_index);
-    let options = QueryOptions { index: services_before.last_index, wait: Some(Duration::from_secs(1)) };
+    let options = QueryOptions {
+        index: services_before.last_index,
+        wait: Some(Duration::from_secs(1)),
+    };
     let (_, services_after) = client.catalog_services(options).await.unwrap();
-    assert_eq!(services_after.last_index, services_before.last_index, "health changes do not move the service list");
+    assert_eq!(
+        services_after.last_index, services_before.last_index,
+        "health changes do not move the service list"
+    );
 
     client.deregister_service(&name).await.unwrap();
 }
@@ -261,8 +395,14 @@ async fn ttl_checks_expire_to_critical() {
         ttl: Some(Duration::from_secs(2)),
         ..Default::default()
     };
-    client.register_service(&registration(&name, &name, &[], Some(check))).await.unwrap();
-    client.update_ttl_check(&check_id, CheckStatus::Passing, "alive").await.unwrap();
+    client
+        .register_service(&registration(&name, &name, &[], Some(check)))
+        .await
+        .unwrap();
+    client
+        .update_ttl_check(&check_id, CheckStatus::Passing, "alive")
+        .await
+        .unwrap();
     wait_for_status(client, &name, CheckStatus::Passing, Duration::from_secs(2)).await;
     wait_for_status(client, &name, CheckStatus::Critical, Duration::from_secs(6)).await;
     client.deregister_service(&name).await.unwrap();
@@ -284,14 +424,20 @@ async fn critical_instances_are_reaped_after_deregister_critical_service_after()
         deregister_critical_service_after: Some(Duration::from_secs(2)),
         ..Default::default()
     };
-    client.register_service(&registration(&name, &name, &[], Some(check))).await.unwrap();
+    client
+        .register_service(&registration(&name, &name, &[], Some(check)))
+        .await
+        .unwrap();
     assert!(client.agent_service(&name).await.unwrap().is_some());
     let started = Instant::now();
     while client.agent_service(&name).await.unwrap().is_some() {
         assert!(started.elapsed() < Duration::from_secs(8), "never reaped");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
-    assert!(started.elapsed() >= Duration::from_millis(1500), "reaped too early");
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "reaped too early"
+    );
 }
 
 #[tokio::test]
@@ -304,17 +450,34 @@ async fn registrations_in_snake_case_are_understood() {
         "check": {"check_id": format!("{name}-ttl"), "ttl": "30s", "status": "passing",
                   "deregister_critical_service_after": "1m"}
     });
-    let url = target.client.base_url().join("/v1/agent/service/register").unwrap();
+    let url = target
+        .client
+        .base_url()
+        .join("/v1/agent/service/register")
+        .unwrap();
     let mut request = reqwest::Client::new().put(url).json(&body);
     if let Ok(token) = std::env::var("CONSUL_HTTP_TOKEN") {
         request = request.header("X-Consul-Token", token);
     }
     let response = request.send().await.unwrap();
-    assert!(response.status().is_success(), "{:?}", response.text().await);
-    let service = target.client.agent_service(&name).await.unwrap().expect("registered");
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+    let service = target
+        .client
+        .agent_service(&name)
+        .await
+        .unwrap()
+        .expect("registered");
     assert_eq!(service.tags, vec!["snake"]);
     assert_eq!(service.port, 1234);
-    let (passing, _) = target.client.health_service(&name, &[], true, QueryOptions::default()).await.unwrap();
+    let (passing, _) = target
+        .client
+        .health_service(&name, &[], true, QueryOptions::default())
+        .await
+        .unwrap();
     assert_eq!(passing.len(), 1, "snake_case `status` was honoured");
     target.client.deregister_service(&name).await.unwrap();
 }
@@ -323,13 +486,25 @@ async fn registrations_in_snake_case_are_understood() {
 async fn bad_requests_get_clear_errors() {
     let target = target().await;
     let client = &target.client;
-    let missing_name = ServiceRegistration { id: unique("conf-bad"), ..Default::default() };
+    let missing_name = ServiceRegistration {
+        id: unique("conf-bad"),
+        ..Default::default()
+    };
     let error = client.register_service(&missing_name).await.unwrap_err();
     assert!(error.to_string().contains("400"), "{error}");
     assert!(!error.is_transient());
 
-    assert!(client.agent_service(&unique("conf-unknown")).await.unwrap().is_none());
-    let error = client.deregister_service(&unique("conf-unknown")).await.unwrap_err();
+    assert!(
+        client
+            .agent_service(&unique("conf-unknown"))
+            .await
+            .unwrap()
+            .is_none()
+    );
+    let error = client
+        .deregister_service(&unique("conf-unknown"))
+        .await
+        .unwrap_err();
     assert!(error.to_string().contains("404"), "{error}");
 }
 
@@ -340,6 +515,9 @@ async fn an_unreachable_agent_is_a_transient_error() {
         ..Default::default()
     })
     .unwrap();
-    let error = client.catalog_services(QueryOptions::default()).await.unwrap_err();
+    let error = client
+        .catalog_services(QueryOptions::default())
+        .await
+        .unwrap_err();
     assert!(error.is_transient(), "{error}");
 }

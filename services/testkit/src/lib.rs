@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 pub fn bin_path(name: &str) -> PathBuf {
     let exe = std::env::current_exe().expect("test binary has a path");
     // target/<profile>/deps/<test> -> target/<profile>/<name>
-    let mut dir = exe.parent().expect("test binary has a folder").to_path_buf();
+    let mut dir = exe
+        .parent()
+        .expect("test binary has a folder")
+        .to_path_buf();
     if dir.ends_with("deps") {
         dir.pop();
     }
@@ -58,7 +61,10 @@ impl Process {
         let child = Command::new(program)
             .args(args)
             .envs(envs.iter().copied())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log_file)
@@ -117,7 +123,12 @@ impl Drop for Process {
         let _ = self.child.kill();
         let _ = self.child.wait();
         if std::thread::panicking() {
-            eprintln!("---- {} (pid {}) log ----\n{}", self.name, self.child.id(), self.log());
+            eprintln!(
+                "---- {} (pid {}) log ----\n{}",
+                self.name,
+                self.child.id(),
+                self.log()
+            );
         }
         let _ = std::fs::remove_file(&self.log);
     }
@@ -140,7 +151,10 @@ where
         if let Some(value) = probe().await {
             return value;
         }
-        assert!(Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }

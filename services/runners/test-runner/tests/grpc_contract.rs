@@ -20,22 +20,31 @@ async fn started(extra_args: &[&str]) -> (plugworker_testkit::Process, RunnerCli
 }
 
 async fn wait_until_serving(address: &str) {
-    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
     plugworker_testkit::eventually(Duration::from_secs(15), "SERVING", || {
         let mut health = health.clone();
         async move {
             let response = health
-                .check(tonic_health::pb::HealthCheckRequest { service: String::new() })
+                .check(tonic_health::pb::HealthCheckRequest {
+                    service: String::new(),
+                })
                 .await
                 .ok()?;
-            (response.into_inner().status() == tonic_health::pb::health_check_response::ServingStatus::Serving)
+            (response.into_inner().status()
+                == tonic_health::pb::health_check_response::ServingStatus::Serving)
                 .then_some(())
         }
     })
     .await;
     let runner_status = health
-        .check(tonic_health::pb::HealthCheckRequest { service: plugworker_rpc::RUNNER_SERVICE_NAME.into() })
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: plugworker_rpc::RUNNER_SERVICE_NAME.into(),
+        })
         .await
         .unwrap();
     assert_eq!(
@@ -45,13 +54,20 @@ async fn wait_until_serving(address: &str) {
 }
 
 fn run(algorithm: &str, payload: &[u8]) -> RunRequest {
-    RunRequest { algorithm: algorithm.into(), payload: payload.to_vec() }
+    RunRequest {
+        algorithm: algorithm.into(),
+        payload: payload.to_vec(),
+    }
 }
 
 #[tokio::test]
 async fn list_algorithms_publishes_every_module_with_valid_json_schemas() {
     let (_runner, mut client) = started(&[]).await;
-    let response = client.list_algorithms(ListAlgorithmsRequest {}).await.unwrap().into_inner();
+    let response = client
+        .list_algorithms(ListAlgorithmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
     let names: Vec<_> = response.algorithms.iter().map(|a| a.name.clone()).collect();
     assert_eq!(names, algorithm_modules("."));
     assert_eq!(response.service_name, "test-runner");
@@ -64,7 +80,11 @@ async fn list_algorithms_publishes_every_module_with_valid_json_schemas() {
                 .unwrap_or_else(|e| panic!("{} publishes an invalid schema: {e}", algorithm.name));
         }
     }
-    let add = response.algorithms.iter().find(|a| a.name == "add").unwrap();
+    let add = response
+        .algorithms
+        .iter()
+        .find(|a| a.name == "add")
+        .unwrap();
     let input: serde_json::Value = serde_json::from_str(&add.input_schema).unwrap();
     assert_eq!(input["required"], serde_json::json!(["numbers"]));
     assert_eq!(input["properties"]["numbers"]["type"], "array");
@@ -73,14 +93,26 @@ async fn list_algorithms_publishes_every_module_with_valid_json_schemas() {
 #[tokio::test]
 async fn a_valid_run_returns_the_result_with_version_instance_and_timings() {
     let (_runner, mut client) = started(&[]).await;
-    let response = client.run(run("add", br#"{"numbers": [1, 2.5, -0.5]}"#)).await.unwrap().into_inner();
+    let response = client
+        .run(run("add", br#"{"numbers": [1, 2.5, -0.5]}"#))
+        .await
+        .unwrap()
+        .into_inner();
     let result: serde_json::Value = serde_json::from_slice(&response.result).unwrap();
     assert_eq!(result, serde_json::json!({"sum": 3.0}));
     assert_eq!(response.algorithm_version, "1.0.0");
     assert!(response.instance_id.starts_with("test-runner-"));
 
-    let response = client.run(run("echo", br#"{"message": "hi", "delay_ms": 50}"#)).await.unwrap().into_inner();
-    assert!(response.run_micros >= 50_000, "run time measured: {}", response.run_micros);
+    let response = client
+        .run(run("echo", br#"{"message": "hi", "delay_ms": 50}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        response.run_micros >= 50_000,
+        "run time measured: {}",
+        response.run_micros
+    );
 }
 
 #[tokio::test]
@@ -96,46 +128,88 @@ async fn schema_violations_are_invalid_argument_naming_each_field() {
         let status = client.run(run("add", payload)).await.unwrap_err();
         assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
         for fragment in expected {
-            assert!(status.message().contains(fragment), "{:?} lacks {fragment:?}", status.message());
+            assert!(
+                status.message().contains(fragment),
+                "{:?} lacks {fragment:?}",
+                status.message()
+            );
         }
-        assert!(status.message().starts_with("payload violates the input schema of add"));
+        assert!(
+            status
+                .message()
+                .starts_with("payload violates the input schema of add")
+        );
     }
     // Two violations at once are both listed.
-    let status = client.run(run("echo", br#"{"message": 5, "delay_ms": -1}"#)).await.unwrap_err();
-    assert!(status.message().contains("/message") && status.message().contains("/delay_ms"), "{}", status.message());
+    let status = client
+        .run(run("echo", br#"{"message": 5, "delay_ms": -1}"#))
+        .await
+        .unwrap_err();
+    assert!(
+        status.message().contains("/message") && status.message().contains("/delay_ms"),
+        "{}",
+        status.message()
+    );
 }
 
 #[tokio::test]
 async fn bad_input_gets_clear_errors_and_the_runner_keeps_serving() {
     let (mut runner, mut client) = started(&[]).await;
 
-    let status = client.run(run("add", b"this is not json")).await.unwrap_err();
+    let status = client
+        .run(run("add", b"this is not json"))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().starts_with("payload is not valid JSON"), "{}", status.message());
+    assert!(
+        status.message().starts_with("payload is not valid JSON"),
+        "{}",
+        status.message()
+    );
 
-    let status = client.run(run("add", &[0xff, 0xfe, 0x00])).await.unwrap_err();
+    let status = client
+        .run(run("add", &[0xff, 0xfe, 0x00]))
+        .await
+        .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
 
     let status = client.run(run("translate", b"{}")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
-    assert!(status.message().contains("\"translate\"") && status.message().contains("add, echo"), "{}", status.message());
+    assert!(
+        status.message().contains("\"translate\"") && status.message().contains("add, echo"),
+        "{}",
+        status.message()
+    );
 
     let status = client.run(run("", b"{}")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
 
     // 10 MB of payload: within the message limit, rejected by the schema, not a crash.
-    let big = format!(r#"{{"message": 1, "padding": "{}"}}"#, "x".repeat(10 * 1024 * 1024));
+    let big = format!(
+        r#"{{"message": 1, "padding": "{}"}}"#,
+        "x".repeat(10 * 1024 * 1024)
+    );
     let status = client.run(run("echo", big.as_bytes())).await.unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert!(status.message().len() < 4096, "the error does not echo the payload");
+    assert!(
+        status.message().len() < 4096,
+        "the error does not echo the payload"
+    );
 
     // Beyond the message limit: refused by the transport with a clear code.
     let huge = vec![b' '; 17 * 1024 * 1024];
     let status = client.run(run("echo", &huge)).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
 
-    let ok = client.run(run("add", br#"{"numbers": [2, 2]}"#)).await.unwrap().into_inner();
-    assert_eq!(serde_json::from_slice::<serde_json::Value>(&ok.result).unwrap()["sum"], 4.0);
+    let ok = client
+        .run(run("add", br#"{"numbers": [2, 2]}"#))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&ok.result).unwrap()["sum"],
+        4.0
+    );
     assert!(runner.is_running());
 }
 
@@ -144,7 +218,9 @@ async fn the_callers_deadline_is_honoured() {
     let (_runner, mut client) = started(&[]).await;
     let mut request = Request::new(run("echo", br#"{"message": "slow", "delay_ms": 5000}"#));
     // Set only the header, so the deadline the server sees is what is being tested.
-    request.metadata_mut().insert("grpc-timeout", "300m".parse().unwrap());
+    request
+        .metadata_mut()
+        .insert("grpc-timeout", "300m".parse().unwrap());
     let started = std::time::Instant::now();
     let status = client.run(request).await.unwrap_err();
     assert_eq!(status.code(), Code::DeadlineExceeded, "{status:?}");
@@ -153,10 +229,15 @@ async fn the_callers_deadline_is_honoured() {
 
 #[tokio::test]
 async fn runs_beyond_the_concurrency_and_queue_bounds_are_refused_not_crashed() {
-    let (mut runner, client) = started(&["--max-concurrent-runs", "1", "--max-queued-runs", "1"]).await;
+    let (mut runner, client) =
+        started(&["--max-concurrent-runs", "1", "--max-queued-runs", "1"]).await;
     let calls = (0..3).map(|_| {
         let mut client = client.clone();
-        async move { client.run(run("echo", br#"{"message": "m", "delay_ms": 600}"#)).await }
+        async move {
+            client
+                .run(run("echo", br#"{"message": "m", "delay_ms": 600}"#))
+                .await
+        }
     });
     let outcomes = futures::future::join_all(calls).await;
     let ok = outcomes.iter().filter(|o| o.is_ok()).count();
@@ -169,14 +250,18 @@ async fn runs_beyond_the_concurrency_and_queue_bounds_are_refused_not_crashed() 
 
 #[tokio::test]
 async fn server_reflection_lists_the_runner_and_health_services() {
+    use tonic_reflection::pb::v1::ServerReflectionRequest;
     use tonic_reflection::pb::v1::server_reflection_client::ServerReflectionClient;
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
-    use tonic_reflection::pb::v1::ServerReflectionRequest;
 
     let (process, address) = start_unregistered("test-runner", &[], &[]);
     let _ = runner_client(&address, Duration::from_secs(15)).await;
-    let channel = Channel::from_shared(format!("http://{address}")).unwrap().connect().await.unwrap();
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
     let mut reflection = ServerReflectionClient::new(channel);
     let request = ServerReflectionRequest {
         host: String::new(),
@@ -192,7 +277,13 @@ async fn server_reflection_lists_the_runner_and_health_services() {
         panic!("unexpected reflection answer {response:?}");
     };
     let names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    assert!(names.contains(&plugworker_rpc::RUNNER_SERVICE_NAME.to_string()), "{names:?}");
-    assert!(names.contains(&"grpc.health.v1.Health".to_string()), "{names:?}");
+    assert!(
+        names.contains(&plugworker_rpc::RUNNER_SERVICE_NAME.to_string()),
+        "{names:?}"
+    );
+    assert!(
+        names.contains(&"grpc.health.v1.Health".to_string()),
+        "{names:?}"
+    );
     drop(process);
 }

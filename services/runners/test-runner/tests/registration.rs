@@ -24,40 +24,83 @@ async fn two_runners_register_with_exactly_their_algorithm_tags_and_pass_only_on
         &[("TEST_RUNNER_LOAD_DELAY_MS", "2000")],
     );
 
-    let catalog = eventually(Duration::from_secs(20), "both runners in the catalog", || async {
-        let (services, _) = consul.catalog_services(QueryOptions::default()).await.ok()?;
-        (services.contains_key("nlp-runner") && services.contains_key("test-runner")).then_some(services)
-    })
+    let catalog = eventually(
+        Duration::from_secs(20),
+        "both runners in the catalog",
+        || async {
+            let (services, _) = consul
+                .catalog_services(QueryOptions::default())
+                .await
+                .ok()?;
+            (services.contains_key("nlp-runner") && services.contains_key("test-runner"))
+                .then_some(services)
+        },
+    )
     .await;
     assert_eq!(catalog["nlp-runner"], algorithm_modules("../nlp"));
     assert_eq!(catalog["test-runner"], algorithm_modules("."));
     assert_eq!(catalog["test-runner"], vec!["add", "echo"]);
 
     // Registered but still loading: listed, not passing.
-    let (entries, _) = consul.health_service("test-runner", &[], false, QueryOptions::default()).await.unwrap();
+    let (entries, _) = consul
+        .health_service("test-runner", &[], false, QueryOptions::default())
+        .await
+        .unwrap();
     assert_eq!(entries.len(), 1);
-    assert_ne!(entries[0].aggregated_status(), CheckStatus::Passing, "passing before its algorithms loaded");
+    assert_ne!(
+        entries[0].aggregated_status(),
+        CheckStatus::Passing,
+        "passing before its algorithms loaded"
+    );
     let entry = &entries[0];
     assert_eq!(entry.service.meta["plugworker_role"], "runner");
-    assert_eq!(entry.service.meta["plugworker_kit_version"], plugworker_kit::KIT_VERSION);
-    let check = entry.checks.iter().find(|c| c.check_type == "grpc").expect("a gRPC health check");
-    assert!(check.check_id.starts_with("service:test-runner-"), "{}", check.check_id);
+    assert_eq!(
+        entry.service.meta["plugworker_kit_version"],
+        plugworker_kit::KIT_VERSION
+    );
+    let check = entry
+        .checks
+        .iter()
+        .find(|c| c.check_type == "grpc")
+        .expect("a gRPC health check");
+    assert!(
+        check.check_id.starts_with("service:test-runner-"),
+        "{}",
+        check.check_id
+    );
 
-    let passing = eventually(Duration::from_secs(20), "the test runner to pass", || async {
-        let entries = passing_instances(&consul, "test-runner").await;
-        (!entries.is_empty()).then_some(entries)
-    })
+    let passing = eventually(
+        Duration::from_secs(20),
+        "the test runner to pass",
+        || async {
+            let entries = passing_instances(&consul, "test-runner").await;
+            (!entries.is_empty()).then_some(entries)
+        },
+    )
     .await;
     assert_eq!(passing.len(), 1);
-    eventually(Duration::from_secs(20), "the nlp runner to pass", || async {
-        (!passing_instances(&consul, "nlp-runner").await.is_empty()).then_some(())
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the nlp runner to pass",
+        || async { (!passing_instances(&consul, "nlp-runner").await.is_empty()).then_some(()) },
+    )
     .await;
 
     // The tag filter finds each algorithm on its runner only.
-    let (by_tag, _) = consul.health_service("nlp-runner", &["language_detection"], true, QueryOptions::default()).await.unwrap();
+    let (by_tag, _) = consul
+        .health_service(
+            "nlp-runner",
+            &["language_detection"],
+            true,
+            QueryOptions::default(),
+        )
+        .await
+        .unwrap();
     assert_eq!(by_tag.len(), 1);
-    let (wrong_tag, _) = consul.health_service("nlp-runner", &["echo"], true, QueryOptions::default()).await.unwrap();
+    let (wrong_tag, _) = consul
+        .health_service("nlp-runner", &["echo"], true, QueryOptions::default())
+        .await
+        .unwrap();
     assert!(wrong_tag.is_empty());
 }
 
@@ -72,23 +115,44 @@ async fn sigkilled_runner_drops_out_of_passing_within_two_check_intervals() {
 
     runner.signal("KILL");
     let killed = Instant::now();
-    eventually(Duration::from_secs(10), "the killed runner to leave ?passing", || async {
-        passing_instances(&consul, "killed-runner").await.is_empty().then_some(())
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the killed runner to leave ?passing",
+        || async {
+            passing_instances(&consul, "killed-runner")
+                .await
+                .is_empty()
+                .then_some(())
+        },
+    )
     .await;
     let elapsed = killed.elapsed();
-    assert!(elapsed <= 2 * INTERVAL, "took {elapsed:?}, more than two check intervals");
-    let (entries, _) = consul.health_service("killed-runner", &[], false, QueryOptions::default()).await.unwrap();
-    assert_eq!(entries.len(), 1, "still registered (until DeregisterCriticalServiceAfter)");
+    assert!(
+        elapsed <= 2 * INTERVAL,
+        "took {elapsed:?}, more than two check intervals"
+    );
+    let (entries, _) = consul
+        .health_service("killed-runner", &[], false, QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        entries.len(),
+        1,
+        "still registered (until DeregisterCriticalServiceAfter)"
+    );
     assert_eq!(entries[0].aggregated_status(), CheckStatus::Critical);
 }
 
 #[tokio::test]
 async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
     let (registry, consul) = registry().await;
-    let (mut runner, address) = start_runner("test-runner", "drained-runner", &registry.url(), &[], &[]);
+    let (mut runner, address) =
+        start_runner("test-runner", "drained-runner", &registry.url(), &[], &[]);
     eventually(Duration::from_secs(20), "the runner to pass", || async {
-        (!passing_instances(&consul, "drained-runner").await.is_empty()).then_some(())
+        (!passing_instances(&consul, "drained-runner")
+            .await
+            .is_empty())
+        .then_some(())
     })
     .await;
 
@@ -98,8 +162,14 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
         tokio::spawn(async move {
             let mut index = 0;
             loop {
-                let options = QueryOptions { index, wait: Some(Duration::from_secs(30)) };
-                let (instances, meta) = consul.catalog_service("drained-runner", &[], options).await.unwrap();
+                let options = QueryOptions {
+                    index,
+                    wait: Some(Duration::from_secs(30)),
+                };
+                let (instances, meta) = consul
+                    .catalog_service("drained-runner", &[], options)
+                    .await
+                    .unwrap();
                 index = meta.last_index;
                 if instances.is_empty() {
                     return Instant::now();
@@ -113,10 +183,16 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
     let in_flight = {
         let mut client = client.clone();
         tokio::spawn(async move {
-            let payload = format!(r#"{{"message": "still here", "delay_ms": {}}}"#, run_delay.as_millis());
+            let payload = format!(
+                r#"{{"message": "still here", "delay_ms": {}}}"#,
+                run_delay.as_millis()
+            );
             let started = Instant::now();
             let response = client
-                .run(RunRequest { algorithm: "echo".into(), payload: payload.into_bytes() })
+                .run(RunRequest {
+                    algorithm: "echo".into(),
+                    payload: payload.into_bytes(),
+                })
                 .await;
             (response, started)
         })
@@ -128,12 +204,22 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
     // Draining: new runs are refused so callers retry elsewhere.
     tokio::time::sleep(Duration::from_millis(200)).await;
     let refused = client
-        .run(RunRequest { algorithm: "echo".into(), payload: br#"{"message": "late"}"#.to_vec() })
+        .run(RunRequest {
+            algorithm: "echo".into(),
+            payload: br#"{"message": "late"}"#.to_vec(),
+        })
         .await
         .unwrap_err();
     assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
-    let (still_registered, _) = consul.catalog_service("drained-runner", &[], QueryOptions::default()).await.unwrap();
-    assert_eq!(still_registered.len(), 1, "deregistered while a run was still in flight");
+    let (still_registered, _) = consul
+        .catalog_service("drained-runner", &[], QueryOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(
+        still_registered.len(),
+        1,
+        "deregistered while a run was still in flight"
+    );
 
     let (response, run_started) = in_flight.await.unwrap();
     let response = response.expect("the in-flight run completes").into_inner();
@@ -142,7 +228,10 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
 
     let status = runner.wait_exit(Duration::from_secs(15)).await;
     assert!(status.success(), "exit status {status:?}");
-    let deregistered = tokio::time::timeout(Duration::from_secs(5), watcher).await.unwrap().unwrap();
+    let deregistered = tokio::time::timeout(Duration::from_secs(5), watcher)
+        .await
+        .unwrap()
+        .unwrap();
     assert!(
         deregistered >= run_started + run_delay,
         "deregistered {:?} after SIGTERM, before the run could have finished",
@@ -156,24 +245,38 @@ async fn runner_registers_again_when_the_agent_forgets_it() {
     let address = format!("127.0.0.1:{port}");
     let (registry, consul) = registry_on(&address).await;
     let (_runner, _) = start_runner("test-runner", "phoenix-runner", &registry.url(), &[], &[]);
-    eventually(Duration::from_secs(20), "the runner to register", || async {
-        consul.agent_service_by_name("phoenix-runner").await
-    })
+    eventually(
+        Duration::from_secs(20),
+        "the runner to register",
+        || async { consul.agent_service_by_name("phoenix-runner").await },
+    )
     .await;
 
     // A dev agent restart forgets everything.
     registry.stop().await;
     let (_registry, consul) = registry_on(&address).await;
     let restarted = Instant::now();
-    eventually(Duration::from_secs(10), "the runner to register again", || async {
-        consul.agent_service_by_name("phoenix-runner").await
-    })
+    eventually(
+        Duration::from_secs(10),
+        "the runner to register again",
+        || async { consul.agent_service_by_name("phoenix-runner").await },
+    )
     .await;
     let elapsed = restarted.elapsed();
-    assert!(elapsed <= INTERVAL + Duration::from_millis(500), "re-registered after {elapsed:?}");
-    eventually(Duration::from_secs(10), "the re-registered runner to pass", || async {
-        (!passing_instances(&consul, "phoenix-runner").await.is_empty()).then_some(())
-    })
+    assert!(
+        elapsed <= INTERVAL + Duration::from_millis(500),
+        "re-registered after {elapsed:?}"
+    );
+    eventually(
+        Duration::from_secs(10),
+        "the re-registered runner to pass",
+        || async {
+            (!passing_instances(&consul, "phoenix-runner")
+                .await
+                .is_empty())
+            .then_some(())
+        },
+    )
     .await;
 }
 
@@ -186,15 +289,24 @@ async fn a_model_that_fails_to_load_stops_the_runner_with_a_message_naming_algor
         "broken-runner",
         &registry.url(),
         &[],
-        &[("TEST_RUNNER_REQUIRED_FILE", missing), ("TEST_RUNNER_LOAD_DELAY_MS", "500")],
+        &[
+            ("TEST_RUNNER_REQUIRED_FILE", missing),
+            ("TEST_RUNNER_LOAD_DELAY_MS", "500"),
+        ],
     );
     let status = runner.wait_exit(Duration::from_secs(20)).await;
     assert!(!status.success(), "a failed load must exit non-zero");
     let log = runner.log();
     assert!(log.contains("algorithm echo failed to load"), "{log}");
     assert!(log.contains(missing), "{log}");
-    let (instances, _) = consul.catalog_service("broken-runner", &[], QueryOptions::default()).await.unwrap();
-    assert!(instances.is_empty(), "a runner that failed to load leaves no instance behind");
+    let (instances, _) = consul
+        .catalog_service("broken-runner", &[], QueryOptions::default())
+        .await
+        .unwrap();
+    assert!(
+        instances.is_empty(),
+        "a runner that failed to load leaves no instance behind"
+    );
 }
 
 /// Lookup helper: the agent's service whose name is `name`, if registered.
@@ -204,7 +316,10 @@ trait AgentLookup {
 
 impl AgentLookup for plugworker_discovery::ConsulClient {
     async fn agent_service_by_name(&self, name: &str) -> Option<()> {
-        let (instances, _) = self.catalog_service(name, &[], QueryOptions::default()).await.ok()?;
+        let (instances, _) = self
+            .catalog_service(name, &[], QueryOptions::default())
+            .await
+            .ok()?;
         (!instances.is_empty()).then_some(())
     }
 }

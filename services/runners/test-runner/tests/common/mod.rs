@@ -15,7 +15,9 @@ pub async fn registry() -> (RunningRegistry, ConsulClient) {
 }
 
 pub async fn registry_on(address: &str) -> (RunningRegistry, ConsulClient) {
-    let registry = Registry::spawn(address, RegistryConfig::default()).await.unwrap();
+    let registry = Registry::spawn(address, RegistryConfig::default())
+        .await
+        .unwrap();
     let client = ConsulClient::new(ConsulConfig {
         address: registry.url(),
         ..Default::default()
@@ -55,7 +57,11 @@ pub fn start_runner(
 }
 
 /// Starts `binary` without Consul registration. Returns the process and its gRPC address.
-pub fn start_unregistered(binary: &str, extra_args: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
+pub fn start_unregistered(
+    binary: &str,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Process, String) {
     let address = format!("127.0.0.1:{}", free_port());
     let mut args = vec!["--listen", address.as_str(), "--no-register"];
     args.extend_from_slice(extra_args);
@@ -65,15 +71,20 @@ pub fn start_unregistered(binary: &str, extra_args: &[&str], envs: &[(&str, &str
 /// The algorithm module names of a runner crate, read from its `src/algorithms/` folder:
 /// what the kit must discover without any list.
 pub fn algorithm_modules(runner_crate_dir: &str) -> Vec<String> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(runner_crate_dir).join("src/algorithms");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join(runner_crate_dir)
+        .join("src/algorithms");
     let mut names: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().path())
         .filter_map(|p| {
             if p.is_dir() {
-                p.join("mod.rs").exists().then(|| p.file_name().unwrap().to_string_lossy().into_owned())
+                p.join("mod.rs")
+                    .exists()
+                    .then(|| p.file_name().unwrap().to_string_lossy().into_owned())
             } else {
-                (p.extension()? == "rs").then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
+                (p.extension()? == "rs")
+                    .then(|| p.file_stem().unwrap().to_string_lossy().into_owned())
             }
         })
         .collect();

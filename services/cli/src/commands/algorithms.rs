@@ -1,0 +1,138 @@
+//! `plugworker algorithms`: one view of every algorithm Consul knows, instead of visiting
+//! each runner. Instances come from Consul's catalog and health endpoints; version,
+//! description and schemas from `ListAlgorithms` on a passing instance.
+
+use crate::ConsulArgs;
+use plugworker_discovery::runners::all_runner_instances;
+use plugworker_discovery::{CheckStatus, ServiceEntry};
+use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
+use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Serialize, Debug, Default)]
+pub struct AlgorithmView {
+    pub name: String,
+    pub version: Option<String>,
+    pub description: Option<String>,
+    pub input_schema: Option<serde_json::Value>,
+    pub instances: Vec<InstanceView>,
+}
+
+#[derive(Serialize, Debug)]
+pub struct InstanceView {
+    pub service: String,
+    pub id: String,
+    pub address: String,
+    pub status: CheckStatus,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let consul = args.consul.client()?;
+    let views = collect(&all_runner_instances(&consul).await?).await;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&views)?);
+        return Ok(());
+    }
+    if views.is_empty() {
+        println!(
+            "no runners are registered in Consul at {}",
+            consul.base_url()
+        );
+        return Ok(());
+    }
+    for view in &views {
+        let passing = view
+            .instances
+            .iter()
+            .filter(|i| i.status == CheckStatus::Passing)
+            .count();
+        println!(
+            "{}  v{}  ({passing}/{} instances passing)",
+            view.name,
+            view.version.as_deref().unwrap_or("?"),
+            view.instances.len()
+        );
+        if let Some(description) = &view.description {
+            println!("  {description}");
+        }
+        for instance in &view.instances {
+            println!(
+                "  - {:<8} {}  {}  [{}]",
+                instance.status.to_string(),
+                instance.address,
+                instance.id,
+                instance.service
+            );
+        }
+        match &view.input_schema {
+            Some(schema) => println!("  input schema: {schema}"),
+            None => {
+                println!("  input schema: unknown (no passing instance answered ListAlgorithms)")
+            }
+        }
+        println!();
+    }
+    Ok(())
+}
+
+/// Groups instances by algorithm (tag) and asks one passing instance per runner service
+/// for the algorithms' descriptions.
+pub async fn collect(instances: &[ServiceEntry]) -> Vec<AlgorithmView> {
+    let mut views: BTreeMap<String, AlgorithmView> = BTreeMap::new();
+    let mut described_services = Vec::new();
+    for entry in instances {
+        let address = format!("{}:{}", entry.address(), entry.service.port);
+        for tag in &entry.service.tags {
+            views
+                .entry(tag.clone())
+                .or_insert_with(|| AlgorithmView {
+                    name: tag.clone(),
+                    ..Default::default()
+                })
+                .instances
+                .push(InstanceView {
+                    service: entry.service.service.clone(),
+                    id: entry.service.id.clone(),
+                    address: address.clone(),
+                    status: entry.aggregated_status(),
+                });
+        }
+        if entry.aggregated_status() != CheckStatus::Passing
+            || described_services.contains(&entry.service.service)
+        {
+            continue;
+        }
+        let Ok(Ok(Ok(response))) = tokio::time::timeout(Duration::from_secs(5), async {
+            let client = RunnerClient::connect(format!("http://{address}")).await;
+            match client {
+                Ok(mut client) => Ok(client.list_algorithms(ListAlgorithmsRequest {}).await),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+        else {
+            tracing::warn!(%address, "runner did not answer ListAlgorithms");
+            continue;
+        };
+        described_services.push(entry.service.service.clone());
+        for info in response.into_inner().algorithms {
+            if let Some(view) = views.get_mut(&info.name) {
+                view.version = Some(info.version);
+                view.description = Some(info.description);
+                view.input_schema = serde_json::from_str(&info.input_schema).ok();
+            }
+        }
+    }
+    views.into_values().collect()
+}

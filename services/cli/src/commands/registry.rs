@@ -1,0 +1,52 @@
+//! `plugworker registry`: the embedded Consul-compatible registry as a server.
+
+use anyhow::Context;
+use plugworker_registry::{Registry, RegistryConfig};
+use std::time::Duration;
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// HTTP address to serve the Consul API on (Consul's default port is 8500).
+    #[arg(
+        long,
+        env = "PLUGWORKER_REGISTRY_LISTEN",
+        default_value = "127.0.0.1:8500"
+    )]
+    pub listen: String,
+    /// Node name reported for every service.
+    #[arg(long, default_value = "plugworker-dev")]
+    pub node_name: String,
+    /// Datacenter name reported.
+    #[arg(long, default_value = "dc1")]
+    pub datacenter: String,
+    /// How often instances critical for longer than their DeregisterCriticalServiceAfter
+    /// are removed.
+    #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+    pub reap_interval: Duration,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(&args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let address = listener.local_addr()?;
+    let node_address = match address.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        ip => ip.to_string(),
+    };
+    let registry = Registry::new(RegistryConfig {
+        node_name: args.node_name,
+        datacenter: args.datacenter,
+        node_address,
+        reap_interval: args.reap_interval,
+    });
+    // The bound address on stdout, so scripts that asked for port 0 can find it.
+    println!("registry listening on http://{address}");
+    tracing::info!(%address, "embedded Consul-compatible registry serving; set CONSUL_HTTP_ADDR=http://{address}");
+    registry
+        .serve(listener, super::shutdown_signal())
+        .await
+        .context("registry server failed")?;
+    tracing::info!("registry stopped");
+    Ok(())
+}

@@ -1,0 +1,83 @@
+//! The `plugworker` command. One module per subcommand under [`commands`]; this file only
+//! parses arguments and reports errors.
+
+pub mod commands;
+
+use clap::{Parser, Subcommand};
+use plugworker_discovery::{ConsulClient, ConsulConfig};
+use std::process::ExitCode;
+
+/// plugworker: a plug & play ML worker. Runners announce their algorithms in Consul; jobs
+/// are routed to whichever healthy runner serves the algorithm they name.
+#[derive(Parser, Debug)]
+#[command(name = "plugworker", version, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+
+    /// Log format (level comes from RUST_LOG, default info).
+    #[arg(long, global = true, env = "PLUGWORKER_LOG_FORMAT", value_enum, default_value_t = plugworker_telemetry::LogFormat::Human)]
+    pub log_format: plugworker_telemetry::LogFormat,
+}
+
+/// Where Consul (or the embedded registry) is.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConsulArgs {
+    /// Consul agent HTTP address.
+    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
+    pub consul_address: String,
+    /// Consul ACL token.
+    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
+    pub consul_token: Option<String>,
+}
+
+impl ConsulArgs {
+    pub fn client(&self) -> anyhow::Result<ConsulClient> {
+        Ok(ConsulClient::new(ConsulConfig {
+            address: self.consul_address.clone(),
+            token: self.consul_token.clone(),
+            ..ConsulConfig::default()
+        })?)
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Serve the embedded Consul-compatible registry (for machines without Consul; like
+    /// `consul agent -dev`: one node, ACLs off, state in memory).
+    Registry(commands::registry::Args),
+    /// List every algorithm the healthy and unhealthy runners in Consul announce, with
+    /// their instances, health, version and input schema.
+    Algorithms(commands::algorithms::Args),
+    /// Run one algorithm now on a healthy runner found through Consul, and print the result.
+    Call(commands::call::Args),
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    plugworker_telemetry::init_logs(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("plugworker: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = runtime.block_on(async {
+        match cli.command {
+            Command::Registry(args) => commands::registry::run(args).await,
+            Command::Algorithms(args) => commands::algorithms::run(args).await,
+            Command::Call(args) => commands::call::run(args).await,
+        }
+    });
+    match outcome {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("plugworker: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,5 @@
+//! `plugworker`: see `plugworker --help`.
+
+fn main() -> std::process::ExitCode {
+    plugworker_cli::main()
+}

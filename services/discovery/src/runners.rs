@@ -1,0 +1,57 @@
+//! How plugworker runners appear in Consul, and how to find them (DESIGN.md §3).
+//!
+//! A runner registers its service with `Meta` [`META_ROLE`] = `runner` and tags equal to
+//! the algorithm names it serves. Anything that needs runners finds them here, never by a
+//! static list.
+
+use crate::client::{ConsulClient, Error, QueryOptions};
+use crate::model::{CheckStatus, ServiceEntry};
+
+/// Meta key holding the service's plugworker role; runners set it to [`ROLE_RUNNER`].
+pub const META_ROLE: &str = "plugworker_role";
+/// Value of [`META_ROLE`] for runners.
+pub const ROLE_RUNNER: &str = "runner";
+/// Meta key holding the runner kit version a runner was built with.
+pub const META_KIT_VERSION: &str = "plugworker_kit_version";
+
+/// Whether a health entry is a plugworker runner instance.
+pub fn is_runner(entry: &ServiceEntry) -> bool {
+    entry.service.meta.get(META_ROLE).map(String::as_str) == Some(ROLE_RUNNER)
+}
+
+/// Every runner instance Consul knows, healthy or not, by one catalog read plus one
+/// health read per service.
+pub async fn all_runner_instances(client: &ConsulClient) -> Result<Vec<ServiceEntry>, Error> {
+    let (services, _) = client.catalog_services(QueryOptions::default()).await?;
+    let mut instances = Vec::new();
+    for name in services.keys() {
+        let (entries, _) = client
+            .health_service(name, &[], false, QueryOptions::default())
+            .await?;
+        instances.extend(entries.into_iter().filter(is_runner));
+    }
+    Ok(instances)
+}
+
+/// Healthy runner instances that serve `algorithm`, across every runner service.
+pub async fn passing_instances_for(
+    client: &ConsulClient,
+    algorithm: &str,
+) -> Result<Vec<ServiceEntry>, Error> {
+    let (services, _) = client.catalog_services(QueryOptions::default()).await?;
+    let mut instances = Vec::new();
+    for (name, tags) in &services {
+        if !tags.iter().any(|t| t == algorithm) {
+            continue;
+        }
+        let (entries, _) = client
+            .health_service(name, &[algorithm], true, QueryOptions::default())
+            .await?;
+        instances.extend(
+            entries
+                .into_iter()
+                .filter(|e| is_runner(e) && e.aggregated_status() == CheckStatus::Passing),
+        );
+    }
+    Ok(instances)
+}
