@@ -88,11 +88,16 @@ impl Process {
 
     /// Sends a signal by name (`TERM`, `KILL`, `INT`).
     pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{signal}"), &self.pid().to_string()])
-            .status()
-            .expect("kill(1) is available");
-        assert!(status.success(), "kill -{signal} {} failed", self.pid());
+        let number = match signal {
+            "TERM" => libc::SIGTERM,
+            "KILL" => libc::SIGKILL,
+            "INT" => libc::SIGINT,
+            other => panic!("unsupported signal {other}"),
+        };
+        let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child.
+        let result = unsafe { libc::kill(pid, number) };
+        assert_eq!(result, 0, "kill -{signal} {pid} failed: {}", std::io::Error::last_os_error());
     }
 
     /// Waits for the process to exit, up to `timeout`.

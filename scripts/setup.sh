@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Installs what building and testing plugworker needs on a fresh machine, and nothing
+# twice. Everything comes from the package registries (crates.io, Debian); protoc comes
+# from the protoc-bin-vendored crate, so no system protobuf compiler is needed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "setup: cargo is missing; install a Rust toolchain (rustup, Rust >= 1.88) first" >&2
+  exit 1
+fi
+
+missing=()
+command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+if ((${#missing[@]})); then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "setup: installing ${missing[*]} from Debian"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
+    echo "setup: please install: ${missing[*]}" >&2
+    exit 1
+  fi
+fi
+
+rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
+echo "setup: ready ($(cargo --version))"
