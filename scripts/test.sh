@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# The test command (README, and what CI runs): formatting, every test of the workspace
-# (unit, conformance, and real-process integration tests), then lints.
+# The test command (README, and what CI runs): formatting and lints, then every test of
+# the workspace (unit, conformance, and real-process integration tests) with cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh
 
 cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
 # Integration tests start the workspace's binaries as real processes: build them first.
 cargo build --workspace --bins --locked
-cargo test --workspace --locked
-cargo clippy --workspace --all-targets --locked -- -D warnings
+cargo nextest run --workspace --locked

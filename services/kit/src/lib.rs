@@ -52,22 +52,28 @@ use std::process::ExitCode;
 /// Entry point of a runner binary: parses flags and environment, sets up logging, runs
 /// until SIGTERM/SIGINT. Exits non-zero with a message if the runner cannot start.
 pub fn main(runner_name: &'static str) -> ExitCode {
-    let mut command = RunnerConfig::command()
-        .name(runner_name)
-        .bin_name(runner_name);
-    // `--help` lists what this particular binary serves.
-    if let Ok(catalog) = Catalog::discover() {
-        let mut list = String::from("Algorithms compiled into this runner (its Consul tags):\n");
-        for info in catalog.infos() {
-            list.push_str(&format!(
-                "  {:<24} {} (v{})\n",
-                info.name, info.description, info.version
-            ));
+    // An unusable algorithm set is a build mistake: say so before anything else.
+    let catalog = match Catalog::discover() {
+        Ok(catalog) => catalog,
+        Err(error) => {
+            eprintln!("{runner_name}: {error}");
+            return ExitCode::FAILURE;
         }
-        command = command.after_help(list);
+    };
+    // `--help` lists what this particular binary serves.
+    let mut list = String::from("Algorithms compiled into this runner (its Consul tags):\n");
+    for info in catalog.infos() {
+        list.push_str(&format!(
+            "  {:<24} {} (v{})\n",
+            info.name, info.description, info.version
+        ));
     }
-    let matches = command.get_matches();
-    let config = RunnerConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let command = RunnerConfig::command()
+        .name(runner_name)
+        .bin_name(runner_name)
+        .after_help(list);
+    let config =
+        RunnerConfig::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
     plugworker_telemetry::init_logs(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -79,7 +85,7 @@ pub fn main(runner_name: &'static str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, runner_name)) {
+    match runtime.block_on(run(config, catalog, runner_name)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "runner failed");

@@ -22,8 +22,11 @@ use tonic_health::server::HealthReporter;
 
 /// Runs a runner until it is told to stop. `Err` means it could not start or an algorithm
 /// failed to load; the message says which and why.
-pub async fn run(config: RunnerConfig, default_service_name: &str) -> anyhow::Result<()> {
-    let catalog = Catalog::discover()?;
+pub async fn run(
+    config: RunnerConfig,
+    catalog: Catalog,
+    default_service_name: &str,
+) -> anyhow::Result<()> {
     let service_name = config
         .service_name
         .clone()

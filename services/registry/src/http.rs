@@ -28,9 +28,30 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/agent/service/{id}", get(agent_service))
         .route("/v1/agent/services", get(agent_services))
         .route("/v1/agent/checks", get(agent_checks))
-        .route("/v1/agent/check/pass/{id}", put(check_pass))
-        .route("/v1/agent/check/warn/{id}", put(check_warn))
-        .route("/v1/agent/check/fail/{id}", put(check_fail))
+        .route(
+            "/v1/agent/check/pass/{id}",
+            put(
+                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
+                    check_ttl(s, id, q, CheckStatus::Passing)
+                },
+            ),
+        )
+        .route(
+            "/v1/agent/check/warn/{id}",
+            put(
+                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
+                    check_ttl(s, id, q, CheckStatus::Warning)
+                },
+            ),
+        )
+        .route(
+            "/v1/agent/check/fail/{id}",
+            put(
+                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
+                    check_ttl(s, id, q, CheckStatus::Critical)
+                },
+            ),
+        )
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
@@ -192,31 +213,15 @@ fn update_check(
     Ok(StatusCode::OK.into_response())
 }
 
-async fn check_pass(
-    State(shared): State<AppState>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
+/// `PUT /v1/agent/check/{pass,warn,fail}/:id?note=`: a TTL check's heartbeat.
+async fn check_ttl(
+    shared: AppState,
+    id: String,
+    query: Option<String>,
+    status: CheckStatus,
 ) -> Result<Response, ApiError> {
     let params = Params::parse(query)?;
-    update_check(&shared, &id, CheckStatus::Passing, &params.note)
-}
-
-async fn check_warn(
-    State(shared): State<AppState>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    update_check(&shared, &id, CheckStatus::Warning, &params.note)
-}
-
-async fn check_fail(
-    State(shared): State<AppState>,
-    Path(id): Path<String>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    update_check(&shared, &id, CheckStatus::Critical, &params.note)
+    update_check(&shared, &id, status, &params.note)
 }
 
 async fn check_update(

@@ -97,7 +97,12 @@ impl Process {
         let pid = libc::pid_t::try_from(self.pid()).expect("pid fits pid_t");
         // SAFETY: kill(2) has no memory-safety preconditions; the pid is our own child.
         let result = unsafe { libc::kill(pid, number) };
-        assert_eq!(result, 0, "kill -{signal} {pid} failed: {}", std::io::Error::last_os_error());
+        assert_eq!(
+            result,
+            0,
+            "kill -{signal} {pid} failed: {}",
+            std::io::Error::last_os_error()
+        );
     }
 
     /// Waits for the process to exit, up to `timeout`.
