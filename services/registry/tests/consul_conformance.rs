@@ -521,3 +521,72 @@ async fn an_unreachable_agent_is_a_transient_error() {
         .unwrap_err();
     assert!(error.is_transient(), "{error}");
 }
+
+/// The next change of `name`'s passing instances, through a [`Watch`].
+async fn passing_view(
+    watch: &mut plugworker_discovery::Watch,
+    client: &ConsulClient,
+    name: &str,
+) -> Vec<plugworker_discovery::ServiceEntry> {
+    watch
+        .next(|options| client.health_service(name, &[], true, options))
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_watch_follows_a_service_through_registration_health_and_removal() {
+    use plugworker_discovery::Watch;
+    let target = target().await;
+    let name = unique("conf-watch");
+    let check_id = format!("{name}-ttl");
+    let mut watch = Watch::new(Duration::from_secs(10));
+    // The first call returns the current (empty) view at once.
+    assert!(
+        passing_view(&mut watch, &target.client, &name)
+            .await
+            .is_empty()
+    );
+
+    let check = CheckDefinition {
+        check_id: check_id.clone(),
+        ttl: Some(Duration::from_secs(60)),
+        ..Default::default()
+    };
+    let registrar = {
+        let client = target.client.clone();
+        let (name, check_id) = (name.clone(), check_id.clone());
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client
+                .register_service(&registration(&name, &name, &["w"], Some(check)))
+                .await
+                .unwrap();
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            client
+                .update_ttl_check(&check_id, CheckStatus::Passing, "up")
+                .await
+                .unwrap();
+        })
+    };
+    // Registered (critical, so still not in the passing view), then passing.
+    let started = Instant::now();
+    let mut view = passing_view(&mut watch, &target.client, &name).await;
+    while view.is_empty() {
+        view = passing_view(&mut watch, &target.client, &name).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "changes arrive without waiting out `wait`"
+    );
+    assert_eq!(view[0].service.id, name);
+    registrar.await.unwrap();
+
+    target.client.deregister_service(&name).await.unwrap();
+    assert!(
+        passing_view(&mut watch, &target.client, &name)
+            .await
+            .is_empty(),
+        "the removal is seen"
+    );
+}
