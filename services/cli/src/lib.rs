@@ -51,6 +51,15 @@ pub enum Command {
     Algorithms(commands::algorithms::Args),
     /// Run one algorithm now on a healthy runner found through Consul, and print the result.
     Call(commands::call::Args),
+    /// Run the controller: jobs from SQS, runners from Consul, results to SQS.
+    Controller(commands::controller::Args),
+    /// Put a job on the jobs queue; prints its message id.
+    Submit(commands::submit::Args),
+    /// Print (and remove) results from the results queue.
+    Results(commands::results::Args),
+    /// Run everything on this machine: embedded registry, this build's runners and the
+    /// controller, with jobs from a JSONL file and results as JSON lines. No AWS, no Consul.
+    Dev(commands::dev::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -71,6 +80,10 @@ pub fn main() -> ExitCode {
             Command::Registry(args) => commands::registry::run(args).await,
             Command::Algorithms(args) => commands::algorithms::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
+            Command::Controller(args) => commands::controller::run(args).await,
+            Command::Submit(args) => commands::submit::run(args).await,
+            Command::Results(args) => commands::results::run(args).await,
+            Command::Dev(args) => commands::dev::run(args).await,
         }
     });
     match outcome {

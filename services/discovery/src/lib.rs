@@ -10,10 +10,12 @@
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
 //! - [`runners`]: how plugworker runners look in Consul, and finding them.
+//! - [`resolver`]: [`Resolver`], the live algorithm → healthy instances view.
 
 pub mod client;
 pub mod duration;
 pub mod model;
+pub mod resolver;
 pub mod runners;
 pub mod watch;
 
@@ -22,4 +24,5 @@ pub use model::{
     AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node, ServiceEntry,
     ServiceRegistration,
 };
+pub use resolver::{Instance, Resolver, Snapshot};
 pub use watch::Watch;

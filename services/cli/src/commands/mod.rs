@@ -2,7 +2,11 @@
 
 pub mod algorithms;
 pub mod call;
+pub mod controller;
+pub mod dev;
 pub mod registry;
+pub mod results;
+pub mod submit;
 
 /// Resolves when SIGTERM or SIGINT arrives.
 pub async fn shutdown_signal() {

@@ -1,0 +1,61 @@
+//! `plugworker controller`: SQS jobs → Consul-resolved runners → results.
+
+use crate::ConsulArgs;
+use anyhow::Context;
+use axum::http::StatusCode;
+use plugworker_controller::ControllerArgs;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[command(flatten)]
+    pub controller: ControllerArgs,
+    #[command(flatten)]
+    pub consul: ConsulArgs,
+    /// Address of the health endpoint (`GET /healthz`: 200 while taking jobs, 503 while
+    /// draining).
+    #[arg(
+        long,
+        env = "PLUGWORKER_HEALTH_ADDRESS",
+        default_value = "0.0.0.0:9090"
+    )]
+    pub health_address: String,
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let consul = args.consul.client()?;
+    let serving = Arc::new(AtomicBool::new(true));
+    let listener = tokio::net::TcpListener::bind(&args.health_address)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.health_address))?;
+    tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz");
+    let health = {
+        let serving = serving.clone();
+        axum::Router::new().route(
+            "/healthz",
+            axum::routing::get(move || {
+                let serving = serving.load(Ordering::Acquire);
+                async move {
+                    if serving {
+                        (StatusCode::OK, "ok")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                    }
+                }
+            }),
+        )
+    };
+    let health_server = tokio::spawn(async move { axum::serve(listener, health).await });
+    let shutdown = {
+        let serving = serving.clone();
+        async move {
+            super::shutdown_signal().await;
+            tracing::info!("shutdown requested");
+            serving.store(false, Ordering::Release);
+        }
+    };
+    let outcome = plugworker_controller::run_on_sqs(args.controller, consul, shutdown).await;
+    health_server.abort();
+    outcome
+}

@@ -1,0 +1,265 @@
+//! `plugworker dev`: the whole pattern on one machine, with no AWS and no Consul.
+//!
+//! An embedded Consul-compatible registry serves on a local port; the runner binaries of
+//! this build start as child processes and register with it over HTTP exactly as with
+//! Consul; the controller (the same code as on SQS) takes jobs, one JSON document per
+//! line, from a file or stdin through an in-process queue with SQS's delivery semantics,
+//! and writes one result line per job. It exits when every job has a final result.
+
+use anyhow::{Context, bail};
+use plugworker_controller::memory::{ChannelSink, MemoryQueue};
+use plugworker_controller::{Controller, Dispatcher, Settings};
+use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
+use plugworker_jobs::{ErrorClass, JobResult, Status};
+use plugworker_registry::{Registry, RegistryConfig};
+use std::collections::HashSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    /// Jobs, one JSON document per line (`-`: stdin).
+    #[arg(long, default_value = "-")]
+    pub jobs: String,
+    /// Where to write results, one JSON document per line (`-`: stdout).
+    #[arg(long, default_value = "-")]
+    pub results: String,
+    /// Runner binaries to start (default: every `*-runner` next to this binary, except
+    /// the test-runner fixture).
+    #[arg(long = "runner")]
+    pub runners: Vec<String>,
+    /// Deliveries per job before it is dead-lettered (like SQS maxReceiveCount).
+    #[arg(long, default_value_t = 5)]
+    pub max_attempts: u32,
+    /// Deadline of one run.
+    #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+    /// Folder where runner logs go (default: a temporary folder).
+    #[arg(long)]
+    pub logs: Option<PathBuf>,
+}
+
+/// A runner child process, stopped with SIGTERM (then killed) when dropped.
+struct Child {
+    name: String,
+    process: tokio::process::Child,
+}
+
+impl Child {
+    async fn stop(mut self) {
+        if let Some(pid) = self.process.id() {
+            // SAFETY: kill(2) on our own child; no memory is involved.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGTERM) };
+        }
+        if tokio::time::timeout(Duration::from_secs(10), self.process.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(runner = %self.name, "runner did not stop within 10 s; killing it");
+            let _ = self.process.kill().await;
+        }
+    }
+}
+
+fn runner_binaries(requested: &[String]) -> anyhow::Result<Vec<PathBuf>> {
+    let exe = std::env::current_exe().context("cannot locate the plugworker binary")?;
+    let dir = exe
+        .parent()
+        .context("the plugworker binary has no folder")?;
+    if !requested.is_empty() {
+        return requested
+            .iter()
+            .map(|name| {
+                let path = if name.contains('/') {
+                    PathBuf::from(name)
+                } else {
+                    dir.join(name)
+                };
+                if path.exists() {
+                    Ok(path)
+                } else {
+                    bail!("runner binary {} not found", path.display())
+                }
+            })
+            .collect();
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let name = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            name.ends_with("-runner") && name != "test-runner" && is_executable(p)
+        })
+        .collect();
+    found.sort();
+    if found.is_empty() {
+        bail!(
+            "no runner binaries next to {} (build them: cargo build --workspace --bins)",
+            exe.display()
+        );
+    }
+    Ok(found)
+}
+
+fn is_executable(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    path.metadata()
+        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        .unwrap_or(false)
+}
+
+fn read_jobs(source: &str) -> anyhow::Result<Vec<String>> {
+    let reader: Box<dyn BufRead> = if source == "-" {
+        Box::new(std::io::BufReader::new(std::io::stdin()))
+    } else {
+        Box::new(std::io::BufReader::new(
+            std::fs::File::open(source).with_context(|| format!("cannot open {source}"))?,
+        ))
+    };
+    let mut jobs = Vec::new();
+    for line in reader.lines() {
+        let line = line.context("cannot read jobs")?;
+        if !line.trim().is_empty() {
+            jobs.push(line);
+        }
+    }
+    Ok(jobs)
+}
+
+/// Whether no further result will come for this job.
+fn is_final(result: &JobResult, max_attempts: u32) -> bool {
+    match (&result.status, &result.error) {
+        (Status::Ok, _) => true,
+        (Status::Error, Some(error)) => {
+            error.class == ErrorClass::Permanent || result.attempt >= max_attempts
+        }
+        (Status::Error, None) => true,
+    }
+}
+
+pub async fn run(args: Args) -> anyhow::Result<()> {
+    let jobs = read_jobs(&args.jobs)?;
+    let mut output: Box<dyn Write + Send> = if args.results == "-" {
+        Box::new(std::io::stdout())
+    } else {
+        Box::new(
+            std::fs::File::create(&args.results)
+                .with_context(|| format!("cannot create {}", args.results))?,
+        )
+    };
+    if jobs.is_empty() {
+        tracing::warn!("no jobs given");
+        return Ok(());
+    }
+
+    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default()).await?;
+    let logs = match &args.logs {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("plugworker-dev-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&logs)?;
+    let mut children = Vec::new();
+    for binary in runner_binaries(&args.runners)? {
+        let name = binary
+            .file_name()
+            .unwrap_or_default()
+            .to_string_lossy()
+            .into_owned();
+        let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let process = tokio::process::Command::new(&binary)
+            .args([
+                "--listen",
+                "127.0.0.1:0",
+                "--check-interval",
+                "1s",
+                "--deregister-critical-after",
+                "10s",
+            ])
+            .env("CONSUL_HTTP_ADDR", registry.url())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot start {}", binary.display()))?;
+        tracing::info!(runner = %name, "runner started");
+        children.push(Child { name, process });
+    }
+    tracing::info!(registry = %registry.url(), logs = %logs.display(), jobs = jobs.len(), "plugworker dev running");
+
+    let queue = Arc::new(MemoryQueue::new(
+        Duration::from_secs(1),
+        Duration::from_secs(60),
+        args.max_attempts,
+    ));
+    for job in &jobs {
+        queue.send(job.clone());
+    }
+    let consul = ConsulClient::new(ConsulConfig {
+        address: registry.url(),
+        ..Default::default()
+    })?;
+    let resolver = Arc::new(Resolver::start(consul, Duration::from_secs(30)));
+    let settings = Settings {
+        max_in_flight: 16,
+        max_in_flight_per_algorithm: 16,
+        job_timeout: args.job_timeout,
+        runner_wait: Duration::from_secs(30),
+        retry_base: Duration::from_secs(1),
+        retry_max: Duration::from_secs(10),
+        shutdown_grace: Duration::from_secs(10),
+        ..Settings::default()
+    };
+    let (results, mut received) = mpsc::unbounded_channel();
+    let dispatcher = Arc::new(Dispatcher::new(
+        resolver,
+        settings.max_calls_per_instance,
+        settings.job_timeout,
+    ));
+    let controller = Controller::new(
+        queue.clone(),
+        Arc::new(ChannelSink(results)),
+        dispatcher,
+        settings,
+    );
+    let (stop, stopped) = oneshot::channel::<()>();
+    let running = tokio::spawn(controller.run(async {
+        let _ = stopped.await;
+    }));
+
+    let mut finished = HashSet::new();
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut interrupted = std::pin::pin!(super::shutdown_signal());
+    while finished.len() < jobs.len() {
+        let result = tokio::select! {
+            result = received.recv() => match result { Some(result) => result, None => break },
+            () = &mut interrupted => { tracing::warn!("interrupted"); break }
+        };
+        writeln!(output, "{}", serde_json::to_string(&result)?)?;
+        output.flush()?;
+        if is_final(&result, args.max_attempts) && finished.insert(result.message_id.clone()) {
+            match result.status {
+                Status::Ok => ok += 1,
+                Status::Error => failed += 1,
+            }
+        }
+    }
+    let _ = stop.send(());
+    let _ = running.await;
+    for child in children {
+        child.stop().await;
+    }
+    registry.stop().await;
+    eprintln!(
+        "plugworker dev: {} jobs, {ok} ok, {failed} failed (runner logs in {})",
+        jobs.len(),
+        logs.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,86 @@
+//! `plugworker controller` flags; each has an environment variable.
+
+use crate::controller::Settings;
+use std::time::Duration;
+
+/// Where the queues are.
+#[derive(clap::Args, Debug, Clone)]
+pub struct QueueArgs {
+    /// URL of the jobs queue.
+    #[arg(long, env = "PLUGWORKER_JOBS_QUEUE_URL")]
+    pub jobs_queue_url: String,
+    /// URL of the results queue.
+    #[arg(long, env = "PLUGWORKER_RESULTS_QUEUE_URL")]
+    pub results_queue_url: String,
+    /// URL of the dead-letter queue (default: the jobs queue's redrive target).
+    #[arg(long, env = "PLUGWORKER_DLQ_URL")]
+    pub dlq_url: Option<String>,
+    /// SQS endpoint override, for local emulators (e.g. http://127.0.0.1:5000).
+    #[arg(long, env = "PLUGWORKER_SQS_ENDPOINT")]
+    pub sqs_endpoint: Option<String>,
+    /// AWS region (default: the standard AWS configuration chain).
+    #[arg(long, env = "AWS_REGION")]
+    pub region: Option<String>,
+}
+
+/// How the controller runs jobs.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ControllerArgs {
+    #[command(flatten)]
+    pub queues: QueueArgs,
+    /// Long-poll wait of each receive (SQS allows up to 20 s). Shutdown waits at most this
+    /// long for a receive in progress.
+    #[arg(long, env = "PLUGWORKER_RECEIVE_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
+    pub receive_wait: Duration,
+    /// Override the jobs queue's visibility timeout (default: read from the queue).
+    #[arg(long, env = "PLUGWORKER_VISIBILITY_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub visibility_timeout: Option<Duration>,
+    /// Jobs running at once, all algorithms together.
+    #[arg(long, env = "PLUGWORKER_MAX_IN_FLIGHT", default_value_t = 64)]
+    pub max_in_flight: usize,
+    /// Jobs running at once per algorithm (default: --max-in-flight).
+    #[arg(long, env = "PLUGWORKER_MAX_IN_FLIGHT_PER_ALGORITHM")]
+    pub max_in_flight_per_algorithm: Option<usize>,
+    /// Concurrent calls to one runner instance.
+    #[arg(long, env = "PLUGWORKER_MAX_CALLS_PER_INSTANCE", default_value_t = 64)]
+    pub max_calls_per_instance: usize,
+    /// Deadline of one run (propagated to the runner as the gRPC deadline).
+    #[arg(long, env = "PLUGWORKER_JOB_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub job_timeout: Duration,
+    /// How long a job waits for a runner of its algorithm to appear before it is put back.
+    #[arg(long, env = "PLUGWORKER_RUNNER_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub runner_wait: Duration,
+    /// First redelivery delay after a transient error (doubles per attempt).
+    #[arg(long, env = "PLUGWORKER_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub retry_base: Duration,
+    /// Longest redelivery delay.
+    #[arg(long, env = "PLUGWORKER_RETRY_MAX", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub retry_max: Duration,
+    /// Extend a running job's visibility every (visibility timeout × this).
+    #[arg(long, env = "PLUGWORKER_HEARTBEAT_FRACTION", default_value_t = 0.5)]
+    pub heartbeat_fraction: f64,
+    /// On SIGTERM, how long running jobs may finish before they are released.
+    #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub shutdown_grace: Duration,
+    /// How long Consul may hold each blocking query of the resolver.
+    #[arg(long, env = "PLUGWORKER_CONSUL_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub consul_wait: Duration,
+}
+
+impl ControllerArgs {
+    pub fn settings(&self) -> Settings {
+        Settings {
+            max_in_flight: self.max_in_flight,
+            max_in_flight_per_algorithm: self
+                .max_in_flight_per_algorithm
+                .unwrap_or(self.max_in_flight),
+            max_calls_per_instance: self.max_calls_per_instance,
+            job_timeout: self.job_timeout,
+            runner_wait: self.runner_wait,
+            retry_base: self.retry_base,
+            retry_max: self.retry_max,
+            heartbeat_fraction: self.heartbeat_fraction,
+            shutdown_grace: self.shutdown_grace,
+        }
+    }
+}

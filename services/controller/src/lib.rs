@@ -1,0 +1,73 @@
+//! The plugworker controller: the only component that talks to the job queue. It knows no
+//! algorithm by name; the [`Resolver`](plugworker_discovery::Resolver) says which healthy
+//! runners serve what, live, from Consul.
+//!
+//! - [`queue`]: what the controller needs of a queue and a result destination;
+//!   [`sqs`] implements them on Amazon SQS, [`memory`] in process (`plugworker dev`).
+//! - [`dispatch`]: instance choice (power of two choices), connections, retry elsewhere.
+//! - [`classify`] maps a gRPC status to an error class.
+//! - [`controller`] is the job loop and its delivery rules.
+//! - [`config`] holds the flags.
+
+pub mod classify;
+pub mod config;
+pub mod controller;
+pub mod dispatch;
+pub mod memory;
+pub mod queue;
+pub mod sqs;
+
+pub use config::{ControllerArgs, QueueArgs};
+pub use controller::{Controller, Settings, Stats};
+pub use dispatch::Dispatcher;
+
+use anyhow::Context as _;
+use plugworker_discovery::{ConsulClient, Resolver};
+use std::sync::Arc;
+
+/// Runs the controller on SQS until `shutdown` resolves.
+pub async fn run_on_sqs(
+    args: ControllerArgs,
+    consul: ConsulClient,
+    shutdown: impl std::future::Future<Output = ()>,
+) -> anyhow::Result<()> {
+    let client = sqs::client(
+        args.queues.sqs_endpoint.as_deref(),
+        args.queues.region.as_deref(),
+    )
+    .await;
+    let queue = sqs::SqsJobQueue::connect(
+        client.clone(),
+        args.queues.jobs_queue_url.clone(),
+        args.queues.dlq_url.clone(),
+        args.receive_wait,
+        args.visibility_timeout,
+    )
+    .await
+    .with_context(|| format!("cannot use the jobs queue {}", args.queues.jobs_queue_url))?;
+    tracing::info!(
+        jobs = %args.queues.jobs_queue_url,
+        results = %args.queues.results_queue_url,
+        dlq = %queue.dlq_url(),
+        visibility = ?queue_visibility(&queue),
+        max_receive_count = ?crate::queue::JobQueue::max_receive_count(&queue),
+        consul = %consul.base_url(),
+        "controller starting"
+    );
+    let sink = sqs::SqsResults::new(client, args.queues.results_queue_url.clone());
+    let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
+    let settings = args.settings();
+    let dispatcher = Arc::new(Dispatcher::new(
+        resolver,
+        settings.max_calls_per_instance,
+        settings.job_timeout,
+    ));
+    Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings)
+        .run(shutdown)
+        .await;
+    Ok(())
+}
+
+fn queue_visibility(queue: &sqs::SqsJobQueue) -> std::time::Duration {
+    crate::queue::JobQueue::visibility_timeout(queue)
+}

@@ -1,0 +1,256 @@
+//! An in-process job queue with SQS's delivery semantics (visibility timeout, receive
+//! counts, redrive to a dead-letter list after `max_receive_count`), and a channel as the
+//! result destination. It backs `plugworker dev` (jobs from a file, no AWS) and the
+//! controller benchmark, so both exercise the exact controller code SQS does.
+
+use crate::queue::{Delivery, JobQueue, QueueError, ResultSink};
+use async_trait::async_trait;
+use plugworker_jobs::{ErrorInfo, JobResult};
+use std::sync::Mutex;
+use std::time::Duration;
+use tokio::sync::{Notify, mpsc};
+use tokio::time::Instant;
+
+struct Message {
+    id: String,
+    body: String,
+    receives: u32,
+    visible_at: Instant,
+    receipt: String,
+}
+
+/// A message that ended in the dead-letter list, with the error that put it there
+/// (`None` when the queue's redrive moved it after too many receives).
+#[derive(Clone, Debug)]
+pub struct DeadLetter {
+    pub message_id: String,
+    pub body: String,
+    pub error: Option<ErrorInfo>,
+}
+
+pub struct MemoryQueue {
+    messages: Mutex<Vec<Message>>,
+    dead: Mutex<Vec<DeadLetter>>,
+    changed: Notify,
+    wait: Duration,
+    visibility: Duration,
+    max_receive_count: u32,
+    next_id: Mutex<u64>,
+}
+
+impl MemoryQueue {
+    pub fn new(wait: Duration, visibility: Duration, max_receive_count: u32) -> Self {
+        Self {
+            messages: Mutex::new(Vec::new()),
+            dead: Mutex::new(Vec::new()),
+            changed: Notify::new(),
+            wait,
+            visibility,
+            max_receive_count,
+            next_id: Mutex::new(0),
+        }
+    }
+
+    /// Enqueues a message body; returns its message id.
+    pub fn send(&self, body: impl Into<String>) -> String {
+        let id = {
+            let mut next = lock(&self.next_id);
+            *next += 1;
+            format!("local-{:06}", *next)
+        };
+        lock(&self.messages).push(Message {
+            id: id.clone(),
+            body: body.into(),
+            receives: 0,
+            visible_at: Instant::now(),
+            receipt: String::new(),
+        });
+        self.changed.notify_waiters();
+        id
+    }
+
+    /// Messages not yet deleted (visible or in flight).
+    pub fn len(&self) -> usize {
+        lock(&self.messages).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn dead_letters(&self) -> Vec<DeadLetter> {
+        lock(&self.dead).clone()
+    }
+
+    fn take_visible(&self, max: usize) -> Vec<Delivery> {
+        let now = Instant::now();
+        let mut messages = lock(&self.messages);
+        let mut deliveries = Vec::new();
+        let mut redriven = Vec::new();
+        for (index, message) in messages.iter_mut().enumerate() {
+            if deliveries.len() >= max {
+                break;
+            }
+            if message.visible_at > now {
+                continue;
+            }
+            if message.receives >= self.max_receive_count {
+                redriven.push(index);
+                continue;
+            }
+            message.receives += 1;
+            message.visible_at = now + self.visibility;
+            message.receipt = format!("{}#{}", message.id, message.receives);
+            deliveries.push(Delivery {
+                message_id: message.id.clone(),
+                body: message.body.clone(),
+                receive_count: message.receives,
+                receipt: message.receipt.clone(),
+                traceparent: None,
+            });
+        }
+        for index in redriven.into_iter().rev() {
+            let message = messages.remove(index);
+            lock(&self.dead).push(DeadLetter {
+                message_id: message.id,
+                body: message.body,
+                error: None,
+            });
+        }
+        deliveries
+    }
+
+    fn with_current<T>(
+        &self,
+        delivery: &Delivery,
+        f: impl FnOnce(&mut Vec<Message>, usize) -> T,
+    ) -> Option<T> {
+        let mut messages = lock(&self.messages);
+        let index = messages
+            .iter()
+            .position(|m| m.receipt == delivery.receipt)?;
+        Some(f(&mut messages, index))
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn stale(operation: &'static str) -> QueueError {
+    QueueError::new(
+        operation,
+        "the receipt is no longer current (the message was redelivered or deleted)",
+    )
+}
+
+#[async_trait]
+impl JobQueue for MemoryQueue {
+    async fn receive(&self, max: usize) -> Result<Vec<Delivery>, QueueError> {
+        let deadline = Instant::now() + self.wait;
+        loop {
+            let notified = self.changed.notified();
+            let deliveries = self.take_visible(max.max(1));
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let next_visible = lock(&self.messages).iter().map(|m| m.visible_at).min();
+            let wake = next_visible.map_or(deadline, |t| t.min(deadline));
+            if Instant::now() >= deadline {
+                return Ok(Vec::new());
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
+        self.with_current(delivery, |messages, index| {
+            messages.remove(index);
+        })
+        .ok_or_else(|| stale("DeleteMessage"))?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        self.with_current(delivery, |messages, index| {
+            messages[index].visible_at = Instant::now() + delay;
+        })
+        .ok_or_else(|| stale("ChangeMessageVisibility"))?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
+    async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), QueueError> {
+        self.retry_later(delivery, visibility).await
+    }
+
+    async fn dead_letter(&self, delivery: &Delivery, error: &ErrorInfo) -> Result<(), QueueError> {
+        lock(&self.dead).push(DeadLetter {
+            message_id: delivery.message_id.clone(),
+            body: delivery.body.clone(),
+            error: Some(error.clone()),
+        });
+        Ok(())
+    }
+
+    fn max_receive_count(&self) -> Option<u32> {
+        Some(self.max_receive_count)
+    }
+
+    fn visibility_timeout(&self) -> Duration {
+        self.visibility
+    }
+}
+
+/// Results go into a channel.
+pub struct ChannelSink(pub mpsc::UnboundedSender<JobResult>);
+
+#[async_trait]
+impl ResultSink for ChannelSink {
+    async fn publish(&self, result: &JobResult) -> Result<(), QueueError> {
+        self.0
+            .send(result.clone())
+            .map_err(|_| QueueError::new("publish", "the result reader is gone"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn redelivers_after_the_visibility_timeout_and_redrives_after_max_receives() {
+        let queue = MemoryQueue::new(Duration::from_millis(200), Duration::from_millis(50), 2);
+        let id = queue.send("job");
+        let first = queue.receive(10).await.unwrap();
+        assert_eq!(first.len(), 1);
+        assert_eq!(first[0].receive_count, 1);
+        let second = queue.receive(10).await.unwrap();
+        assert_eq!(
+            second[0].receive_count, 2,
+            "redelivered after the visibility timeout"
+        );
+        assert!(
+            queue.complete(&first[0]).await.is_err(),
+            "an old receipt is stale"
+        );
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        assert!(queue.receive(10).await.unwrap().is_empty());
+        assert_eq!(queue.dead_letters()[0].message_id, id);
+        assert!(queue.is_empty());
+    }
+
+    #[tokio::test]
+    async fn completed_messages_are_gone() {
+        let queue = MemoryQueue::new(Duration::from_millis(50), Duration::from_secs(30), 5);
+        queue.send("a");
+        let delivery = queue.receive(1).await.unwrap().remove(0);
+        queue.complete(&delivery).await.unwrap();
+        assert!(queue.is_empty());
+        assert!(queue.receive(1).await.unwrap().is_empty());
+    }
+}

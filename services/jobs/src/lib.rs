@@ -1,0 +1,236 @@
+//! The job and result contracts (DESIGN.md §3).
+//!
+//! A **job** is the body of a message on the jobs queue:
+//! `{"id": "optional client id", "algorithm": "ocr", "payload": {...}}`.
+//! A **result** is what the controller publishes for every job, successful or not.
+//! Error codes are stable strings; each belongs to one [`ErrorClass`].
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Longest client-chosen job id accepted.
+pub const MAX_JOB_ID_CHARS: usize = 256;
+
+/// A job, as submitted.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    /// Client-chosen id, echoed in the result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Algorithm name (a runner tag in Consul).
+    pub algorithm: String,
+    /// The algorithm's input; validated by the runner against the algorithm's schema.
+    pub payload: Value,
+}
+
+/// Why a message body is not a job. Always permanent: redelivery cannot fix it.
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum JobError {
+    #[error("message body is not valid JSON: {0}")]
+    NotJson(String),
+    #[error("message body must be a JSON object with \"algorithm\" and \"payload\"")]
+    NotAnObject,
+    #[error("job has no \"algorithm\" (a non-empty string naming the algorithm to run)")]
+    MissingAlgorithm,
+    #[error("job has no \"payload\" (the algorithm's input)")]
+    MissingPayload,
+    #[error("job \"id\" must be a string of at most {MAX_JOB_ID_CHARS} characters")]
+    BadId,
+}
+
+impl JobError {
+    /// The stable error code published in the result.
+    pub fn code(&self) -> &'static str {
+        match self {
+            JobError::NotJson(_) => codes::BAD_JSON,
+            JobError::MissingAlgorithm => codes::MISSING_ALGORITHM,
+            _ => codes::INVALID_JOB,
+        }
+    }
+}
+
+/// Parses a message body into a job, or says exactly what is wrong with it.
+pub fn parse_job(body: &str) -> Result<Job, JobError> {
+    let value: Value = serde_json::from_str(body).map_err(|e| JobError::NotJson(e.to_string()))?;
+    let Value::Object(mut object) = value else {
+        return Err(JobError::NotAnObject);
+    };
+    let algorithm = match object.remove("algorithm") {
+        Some(Value::String(name)) if !name.trim().is_empty() => name,
+        _ => return Err(JobError::MissingAlgorithm),
+    };
+    let payload = object.remove("payload").ok_or(JobError::MissingPayload)?;
+    let id = match object.remove("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if id.chars().count() <= MAX_JOB_ID_CHARS => Some(id),
+        Some(_) => return Err(JobError::BadId),
+    };
+    Ok(Job {
+        id,
+        algorithm,
+        payload,
+    })
+}
+
+/// Whether retrying can help.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorClass {
+    /// The job itself is wrong: error result, message to the DLQ, never retried.
+    Permanent,
+    /// Something around the job is wrong for now: redelivered with backoff.
+    Transient,
+}
+
+/// Stable error codes.
+pub mod codes {
+    pub const BAD_JSON: &str = "bad_json";
+    pub const MISSING_ALGORITHM: &str = "missing_algorithm";
+    pub const INVALID_JOB: &str = "invalid_job";
+    pub const INVALID_PAYLOAD: &str = "invalid_payload";
+    pub const UNPROCESSABLE: &str = "unprocessable";
+    pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
+    pub const NO_RUNNER: &str = "no_runner";
+    pub const ALGORITHM_NOT_SERVED: &str = "algorithm_not_served";
+    pub const RUNNER_UNAVAILABLE: &str = "runner_unavailable";
+    pub const RUNNER_BUSY: &str = "runner_busy";
+    pub const TIMEOUT: &str = "timeout";
+    pub const RUNNER_ERROR: &str = "runner_error";
+}
+
+/// The error part of a result.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorInfo {
+    pub code: String,
+    pub message: String,
+    pub class: ErrorClass,
+}
+
+/// `ok` or `error`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    Ok,
+    Error,
+}
+
+/// The runner instance that ran a job.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RunnerInfo {
+    pub service: String,
+    pub instance_id: String,
+    pub address: String,
+}
+
+/// Where the time went, in milliseconds.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Timings {
+    /// When the controller received the message (RFC 3339, UTC).
+    pub received_at: String,
+    /// Waiting inside the controller for a run slot and a runner.
+    pub queued_ms: f64,
+    /// The runner's own run time.
+    pub run_ms: f64,
+    /// From receipt to result.
+    pub total_ms: f64,
+}
+
+/// A result document, as published on the results queue.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct JobResult {
+    /// The client's job id, if the job had one.
+    pub job_id: Option<String>,
+    /// The queue's message id (stable across redeliveries: duplicates share it).
+    pub message_id: String,
+    /// The algorithm, if the job named one.
+    pub algorithm: Option<String>,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RunnerInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm_version: Option<String>,
+    /// W3C trace id of the job's trace, when tracing is on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    /// Which delivery of the message this is (1 for the first).
+    pub attempt: u32,
+    pub timings: Timings,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_a_job_and_names_each_defect() {
+        let job = parse_job(r#"{"id": "j1", "algorithm": "ocr", "payload": {"image_url": "x"}}"#)
+            .unwrap();
+        assert_eq!(job.id.as_deref(), Some("j1"));
+        assert_eq!(job.algorithm, "ocr");
+        assert!(
+            parse_job(r#"{"algorithm": "ocr", "payload": 1}"#)
+                .unwrap()
+                .id
+                .is_none()
+        );
+
+        assert!(matches!(parse_job("{not json"), Err(JobError::NotJson(_))));
+        assert_eq!(parse_job("[1]"), Err(JobError::NotAnObject));
+        assert_eq!(
+            parse_job(r#"{"payload": {}}"#),
+            Err(JobError::MissingAlgorithm)
+        );
+        assert_eq!(
+            parse_job(r#"{"algorithm": " ", "payload": {}}"#),
+            Err(JobError::MissingAlgorithm)
+        );
+        assert_eq!(
+            parse_job(r#"{"algorithm": 3, "payload": {}}"#),
+            Err(JobError::MissingAlgorithm)
+        );
+        assert_eq!(
+            parse_job(r#"{"algorithm": "ocr"}"#),
+            Err(JobError::MissingPayload)
+        );
+        assert_eq!(
+            parse_job(r#"{"id": 5, "algorithm": "ocr", "payload": {}}"#),
+            Err(JobError::BadId)
+        );
+        assert_eq!(
+            parse_job("{}").unwrap_err().code(),
+            codes::MISSING_ALGORITHM
+        );
+        assert_eq!(parse_job("nope").unwrap_err().code(), codes::BAD_JSON);
+    }
+
+    #[test]
+    fn results_serialise_per_the_contract() {
+        let result = JobResult {
+            job_id: Some("j1".into()),
+            message_id: "m1".into(),
+            algorithm: Some("ocr".into()),
+            status: Status::Error,
+            result: None,
+            error: Some(ErrorInfo {
+                code: codes::INVALID_PAYLOAD.into(),
+                message: "bad".into(),
+                class: ErrorClass::Permanent,
+            }),
+            runner: None,
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings::default(),
+        };
+        let json = serde_json::to_value(&result).unwrap();
+        assert_eq!(json["status"], "error");
+        assert_eq!(json["error"]["class"], "permanent");
+        assert!(json.get("result").is_none());
+        let back: JobResult = serde_json::from_value(json).unwrap();
+        assert_eq!(back, result);
+    }
+}
