@@ -2,8 +2,10 @@
 //! deadline tests).
 //!
 //! Test hooks read at load time: `TEST_RUNNER_LOAD_DELAY_MS` delays loading (to observe
-//! health before load), and `TEST_RUNNER_REQUIRED_FILE` names a file that must exist, as a
-//! model file would (to observe a failed load).
+//! health before load), `TEST_RUNNER_REQUIRED_FILE` names a file that must exist, as a
+//! model file would (to observe a failed load), and `TEST_RUNNER_ALWAYS_UNAVAILABLE=1`
+//! makes every run fail with `UNAVAILABLE` while health stays `SERVING` (a broken
+//! dependency the health check cannot see).
 
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use schemars::JsonSchema;
@@ -27,7 +29,9 @@ pub struct Output {
     pub delayed_ms: u32,
 }
 
-pub struct Echo;
+pub struct Echo {
+    always_unavailable: bool,
+}
 
 impl Algorithm for Echo {
     type Input = Input;
@@ -43,10 +47,15 @@ impl Algorithm for Echo {
         if let Ok(file) = std::env::var("TEST_RUNNER_REQUIRED_FILE") {
             std::fs::metadata(&file).map_err(|e| LoadError::file(&file, e))?;
         }
-        Ok(Self)
+        Ok(Self {
+            always_unavailable: std::env::var("TEST_RUNNER_ALWAYS_UNAVAILABLE").is_ok_and(|v| v == "1"),
+        })
     }
 
     async fn run(&self, input: Input, _context: &RunContext) -> Result<Output, RunError> {
+        if self.always_unavailable {
+            return Err(RunError::Unavailable("echo's backend is down (TEST_RUNNER_ALWAYS_UNAVAILABLE)".into()));
+        }
         if input.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(input.delay_ms.into())).await;
         }

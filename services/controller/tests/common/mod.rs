@@ -1,0 +1,112 @@
+//! A whole plugworker stack per test: moto SQS, the embedded registry, runner processes
+//! and `plugworker controller` processes.
+
+#![allow(dead_code)]
+
+use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_testkit::sqs::{AWS_ENV, Queues, Sqs};
+use plugworker_testkit::{Process, bin_path, free_port};
+use std::time::Duration;
+
+pub struct Stack {
+    pub sqs: Sqs,
+    pub queues: Queues,
+    pub registry: Option<RunningRegistry>,
+    pub registry_address: String,
+}
+
+impl Stack {
+    pub async fn start(visibility: Duration, max_receive_count: u32) -> Self {
+        let sqs = Sqs::start().await;
+        let queues = sqs
+            .create_queues("plugworker", visibility, max_receive_count)
+            .await;
+        let registry_address = format!("127.0.0.1:{}", free_port());
+        let registry = Registry::spawn(&registry_address, RegistryConfig::default())
+            .await
+            .unwrap();
+        Self {
+            sqs,
+            queues,
+            registry: Some(registry),
+            registry_address,
+        }
+    }
+
+    pub fn consul_url(&self) -> String {
+        format!("http://{}", self.registry_address)
+    }
+
+    pub async fn stop_registry(&mut self) {
+        if let Some(registry) = self.registry.take() {
+            registry.stop().await;
+        }
+    }
+
+    pub async fn restart_registry(&mut self) {
+        self.stop_registry().await;
+        self.registry = Some(
+            Registry::spawn(&self.registry_address, RegistryConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+
+    pub fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> Process {
+        let listen = format!("127.0.0.1:{}", free_port());
+        let consul = self.consul_url();
+        Process::spawn(
+            &bin_path(binary),
+            &[
+                "--listen",
+                &listen,
+                "--consul-address",
+                &consul,
+                "--check-interval",
+                "1s",
+                "--deregister-critical-after",
+                "5s",
+            ],
+            envs,
+        )
+    }
+
+    pub fn controller(&self, extra: &[&str]) -> Process {
+        let consul = self.consul_url();
+        let mut args = vec![
+            "controller",
+            "--jobs-queue-url",
+            &self.queues.jobs,
+            "--results-queue-url",
+            &self.queues.results,
+            "--sqs-endpoint",
+            &self.sqs.endpoint,
+            "--consul-address",
+            &consul,
+            "--health-address",
+            "127.0.0.1:0",
+            "--receive-wait",
+            "1s",
+            "--consul-wait",
+            "10s",
+        ];
+        args.extend_from_slice(extra);
+        Process::spawn(&bin_path("plugworker"), &args, &AWS_ENV)
+    }
+
+    pub async fn submit(&self, job: serde_json::Value) -> String {
+        self.sqs.send(&self.queues.jobs, &job.to_string()).await
+    }
+
+    /// Both counts of the jobs queue and the DLQ.
+    pub async fn queue_depths(&self) -> ((u64, u64), (u64, u64)) {
+        (
+            self.sqs.counts(&self.queues.jobs).await,
+            self.sqs.counts(&self.queues.dlq).await,
+        )
+    }
+}
+
+pub fn job(algorithm: &str, payload: serde_json::Value) -> serde_json::Value {
+    serde_json::json!({ "algorithm": algorithm, "payload": payload })
+}

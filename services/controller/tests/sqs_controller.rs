@@ -1,0 +1,376 @@
+//! The controller end to end: moto SQS, the embedded registry, real runner processes and
+//! real `plugworker controller` processes.
+
+mod common;
+
+use common::{Stack, job};
+use plugworker_discovery::{ConsulClient, ConsulConfig};
+use plugworker_testkit::{eventually, passing_instances};
+use serde_json::json;
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+fn consul(stack: &Stack) -> ConsulClient {
+    ConsulClient::new(ConsulConfig {
+        address: stack.consul_url(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+async fn wait_passing(stack: &Stack, service: &str, count: usize) {
+    let client = consul(stack);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{count} passing {service}"),
+        || {
+            let client = client.clone();
+            async move { (passing_instances(&client, service).await.len() >= count).then_some(()) }
+        },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let _nlp = stack.runner("nlp-runner", &[]);
+    let _test = stack.runner("test-runner", &[]);
+    let _controller = stack.controller(&[]);
+    let texts = [
+        "The weather is lovely today and we are going for a long walk.",
+        "Il fait très beau aujourd'hui et nous allons nous promener.",
+    ];
+    let mut expected = HashMap::new();
+    for i in 0..25 {
+        let text = texts[i % 2];
+        let id = stack.submit(json!({"id": format!("lang-{i}"), "algorithm": "language_detection", "payload": {"text": text}})).await;
+        expected.insert(id, if i % 2 == 0 { json!("en") } else { json!("fr") });
+        let id = stack.submit(json!({"id": format!("add-{i}"), "algorithm": "add", "payload": {"numbers": [i, 1]}})).await;
+        expected.insert(id, json!((i + 1) as f64));
+    }
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 50, Duration::from_secs(90))
+        .await;
+    assert_eq!(results.len(), 50, "{results:#?}");
+    let mut seen = HashSet::new();
+    for result in &results {
+        assert_eq!(result["status"], "ok", "{result}");
+        let message_id = result["message_id"].as_str().unwrap();
+        assert!(
+            seen.insert(message_id.to_string()),
+            "duplicate result for {message_id}"
+        );
+        let value = match result["algorithm"].as_str().unwrap() {
+            "language_detection" => result["result"]["language"].clone(),
+            "add" => result["result"]["sum"].clone(),
+            other => panic!("unexpected algorithm {other}"),
+        };
+        assert_eq!(value, expected[message_id], "{result}");
+        assert!(
+            result["runner"]["instance_id"]
+                .as_str()
+                .unwrap()
+                .contains("-runner-")
+        );
+        assert_eq!(result["attempt"], 1);
+    }
+    eventually(
+        Duration::from_secs(10),
+        "empty jobs queue and DLQ",
+        || async { (stack.queue_depths().await == ((0, 0), (0, 0))).then_some(()) },
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
+    let stack = Stack::start(Duration::from_secs(6), 5).await;
+    let first = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let _controller = stack.controller(&["--retry-base", "500ms"]);
+    let message_id = stack
+        .submit(job("echo", json!({"message": "survive", "delay_ms": 3000})))
+        .await;
+    // The job is now running on the only instance; a second one comes up.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let _second = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 2).await;
+    let first_pid = first.pid();
+    first.signal("KILL");
+
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
+        .await;
+    assert!(!results.is_empty(), "the job was lost");
+    let ok: Vec<_> = results.iter().filter(|r| r["status"] == "ok").collect();
+    assert_eq!(ok.len(), 1, "{results:#?}");
+    assert_eq!(ok[0]["message_id"], message_id.as_str());
+    assert_eq!(ok[0]["result"]["message"], "survive");
+    assert!(!ok[0]["runner"]["instance_id"].as_str().unwrap().is_empty());
+    for result in &results {
+        assert_eq!(
+            result["message_id"],
+            message_id.as_str(),
+            "duplicates carry the same message id"
+        );
+    }
+    drop(first_pid);
+    eventually(Duration::from_secs(10), "an empty jobs queue", || async {
+        (stack.queue_depths().await.0 == (0, 0)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_job_waits_for_a_runner_that_starts_later() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let _controller = stack.controller(&["--retry-base", "1s", "--runner-wait", "3s"]);
+    let message_id = stack.submit(job("add", json!({"numbers": [40, 2]}))).await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let _runner = stack.runner("test-runner", &[]);
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 1, "{results:#?}");
+    assert_eq!(results[0]["status"], "ok");
+    assert_eq!(results[0]["message_id"], message_id.as_str());
+    assert_eq!(results[0]["result"]["sum"], 42.0);
+    assert!(
+        results[0]["attempt"].as_u64().unwrap() >= 2,
+        "it was released and redelivered meanwhile"
+    );
+}
+
+#[tokio::test]
+async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let _runner = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let _controller = stack.controller(&[]);
+    let bodies = [
+        ("{this is not json", "bad_json"),
+        (r#"{"payload": {"numbers": [1]}}"#, "missing_algorithm"),
+        (
+            r#"{"algorithm": "add", "payload": {"numbers": "one"}}"#,
+            "invalid_payload",
+        ),
+    ];
+    let mut expected = HashMap::new();
+    for (body, code) in bodies {
+        expected.insert(stack.sqs.send(&stack.queues.jobs, body).await, code);
+    }
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 3, Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 3, "{results:#?}");
+    for result in &results {
+        let code = expected[result["message_id"].as_str().unwrap()];
+        assert_eq!(result["status"], "error");
+        assert_eq!(result["error"]["code"], code, "{result}");
+        assert_eq!(result["error"]["class"], "permanent");
+        assert_eq!(result["attempt"], 1, "never retried");
+        assert!(!result["error"]["message"].as_str().unwrap().is_empty());
+    }
+    let schema_error = results
+        .iter()
+        .find(|r| r["error"]["code"] == "invalid_payload")
+        .unwrap();
+    assert!(
+        schema_error["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("/numbers"),
+        "{schema_error}"
+    );
+
+    let dead = stack.sqs.drain(&stack.queues.dlq).await;
+    assert_eq!(dead.len(), 3);
+    for message in &dead {
+        let attributes = message.message_attributes().unwrap();
+        let original = attributes["plugworker_original_message_id"]
+            .string_value()
+            .unwrap();
+        let code = attributes["plugworker_error_code"].string_value().unwrap();
+        assert_eq!(expected[original], code);
+    }
+    assert_eq!(stack.sqs.counts(&stack.queues.jobs).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_receive_count() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let _runner = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let _controller = stack.controller(&["--retry-base", "300ms"]);
+    let message_id = stack
+        .submit(job("echo", json!({"message": "doomed"})))
+        .await;
+
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(
+        results.len(),
+        1,
+        "only the last attempt publishes a result: {results:#?}"
+    );
+    let result = &results[0];
+    assert_eq!(result["message_id"], message_id.as_str());
+    assert_eq!(result["status"], "error");
+    assert_eq!(result["error"]["code"], "runner_unavailable");
+    assert_eq!(result["error"]["class"], "transient");
+    assert_eq!(result["attempt"], 3);
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("backend is down")
+    );
+
+    eventually(Duration::from_secs(30), "the job in the DLQ", || async {
+        let ((jobs_visible, jobs_hidden), (dlq_visible, _)) = stack.queue_depths().await;
+        (jobs_visible + jobs_hidden == 0 && dlq_visible == 1).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after() {
+    let mut stack = Stack::start(Duration::from_secs(30), 5).await;
+    let _nlp = stack.runner("nlp-runner", &[]);
+    wait_passing(&stack, "nlp-runner", 1).await;
+    let _controller = stack.controller(&[]);
+    let text = json!({"text": "This is an English sentence about the registry going away."});
+    for _ in 0..3 {
+        stack.submit(job("language_detection", text.clone())).await;
+    }
+    assert_eq!(
+        stack
+            .sqs
+            .collect_results(&stack.queues.results, 3, Duration::from_secs(30))
+            .await
+            .len(),
+        3
+    );
+
+    stack.stop_registry().await;
+    for _ in 0..3 {
+        stack.submit(job("language_detection", text.clone())).await;
+    }
+    let during = stack
+        .sqs
+        .collect_results(&stack.queues.results, 3, Duration::from_secs(30))
+        .await;
+    assert_eq!(during.len(), 3, "the last known instances keep serving");
+    assert!(during.iter().all(|r| r["status"] == "ok"), "{during:#?}");
+
+    // Back, empty: the runner registers again, and a new runner kind is picked up.
+    stack.restart_registry().await;
+    let _test = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    stack
+        .submit(job("add", json!({"numbers": [1, 2, 3]})))
+        .await;
+    let after = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
+        .await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0]["status"], "ok", "{:#?}", after[0]);
+    assert_eq!(after[0]["result"]["sum"], 6.0);
+}
+
+#[tokio::test]
+async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered() {
+    let stack = Stack::start(Duration::from_secs(2), 5).await;
+    let _runner = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let _controller = stack.controller(&[]);
+    let message_id = stack
+        .submit(job("echo", json!({"message": "slow", "delay_ms": 6000})))
+        .await;
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(30))
+        .await;
+    assert_eq!(results.len(), 1);
+    assert_eq!(results[0]["status"], "ok");
+    assert_eq!(results[0]["message_id"], message_id.as_str());
+    assert_eq!(
+        results[0]["attempt"], 1,
+        "the message was not delivered again while it ran"
+    );
+    // Nothing else arrives: no second run finishes later.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(stack.sqs.drain(&stack.queues.results).await.is_empty());
+    assert_eq!(stack.sqs.counts(&stack.queues.jobs).await, (0, 0));
+}
+
+#[tokio::test]
+async fn sigterm_under_load_exits_zero_and_loses_nothing() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let _runner = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let mut controller = stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
+    let mut submitted = HashSet::new();
+    for i in 0..20 {
+        submitted.insert(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("m{i}"), "delay_ms": 700}),
+                ))
+                .await,
+        );
+    }
+    let mut results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 4, Duration::from_secs(30))
+        .await;
+    controller.signal("TERM");
+    let status = controller.wait_exit(Duration::from_secs(20)).await;
+    assert!(status.success(), "{status:?}");
+    // Nothing stays invisible: unfinished jobs were released, finished ones deleted.
+    let (visible, hidden) = stack.sqs.counts(&stack.queues.jobs).await;
+    assert_eq!(hidden, 0, "messages left invisible after shutdown");
+    results.extend(
+        stack
+            .sqs
+            .drain(&stack.queues.results)
+            .await
+            .iter()
+            .map(|m| serde_json::from_str(m.body().unwrap()).unwrap()),
+    );
+    let done: HashSet<String> = results
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        done.len() as u64 + visible,
+        20,
+        "every job is either done or back in the queue"
+    );
+    assert!(visible > 0, "the test should stop the controller mid-load");
+
+    let _next = stack.controller(&[]);
+    let rest = stack
+        .sqs
+        .collect_results(
+            &stack.queues.results,
+            visible as usize,
+            Duration::from_secs(60),
+        )
+        .await;
+    let mut all = done.clone();
+    all.extend(
+        rest.iter()
+            .map(|r| r["message_id"].as_str().unwrap().to_string()),
+    );
+    assert_eq!(all, submitted, "no job lost");
+}

@@ -1,0 +1,218 @@
+//! A real SQS emulator for tests: moto in server mode (DESIGN.md §5), one process per test,
+//! with helpers to create the jobs/results/dead-letter queues and inspect them.
+
+use crate::{Process, eventually, free_port};
+use aws_sdk_sqs::Client;
+use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Environment for processes that talk to the emulator through the AWS SDK.
+pub const AWS_ENV: [(&str, &str); 3] = [
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+];
+
+/// The moto_server binary: `$PLUGWORKER_MOTO_SERVER`, the project venv that
+/// `scripts/setup.sh` makes, or `PATH`.
+pub fn moto_server() -> PathBuf {
+    if let Ok(path) = std::env::var("PLUGWORKER_MOTO_SERVER") {
+        return PathBuf::from(path);
+    }
+    let home = std::env::var("HOME").unwrap_or_default();
+    let venv = PathBuf::from(home).join(".cache/plugworker/venv/bin/moto_server");
+    if venv.exists() {
+        return venv;
+    }
+    PathBuf::from("moto_server")
+}
+
+/// A running moto server.
+pub struct Sqs {
+    pub endpoint: String,
+    pub client: Client,
+    _process: Process,
+}
+
+/// URLs of one test's queues.
+#[derive(Clone, Debug)]
+pub struct Queues {
+    pub jobs: String,
+    pub results: String,
+    pub dlq: String,
+}
+
+impl Sqs {
+    pub async fn start() -> Self {
+        let port = free_port().to_string();
+        let process = Process::spawn(&moto_server(), &["-H", "127.0.0.1", "-p", &port], &[]);
+        let endpoint = format!("http://127.0.0.1:{port}");
+        let config = aws_sdk_sqs::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .credentials_provider(Credentials::new(
+                "test",
+                "test",
+                None,
+                None,
+                "plugworker-tests",
+            ))
+            .endpoint_url(&endpoint)
+            .build();
+        let client = Client::from_conf(config);
+        eventually(Duration::from_secs(30), "moto_server to answer", || {
+            let client = client.clone();
+            async move { client.list_queues().send().await.ok() }
+        })
+        .await;
+        Self {
+            endpoint,
+            client,
+            _process: process,
+        }
+    }
+
+    /// Creates `<prefix>-jobs` (with a redrive policy to `<prefix>-dlq`), `<prefix>-results`
+    /// and `<prefix>-dlq`.
+    pub async fn create_queues(
+        &self,
+        prefix: &str,
+        visibility: Duration,
+        max_receive_count: u32,
+    ) -> Queues {
+        let dlq = self.create(&format!("{prefix}-dlq"), &[]).await;
+        let dlq_arn = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&dlq)
+            .attribute_names(QueueAttributeName::QueueArn)
+            .send()
+            .await
+            .unwrap()
+            .attributes()
+            .unwrap()[&QueueAttributeName::QueueArn]
+            .clone();
+        let redrive = serde_json::json!({
+            "deadLetterTargetArn": dlq_arn,
+            "maxReceiveCount": max_receive_count.to_string(),
+        })
+        .to_string();
+        let visibility = visibility.as_secs().to_string();
+        let jobs = self
+            .create(
+                &format!("{prefix}-jobs"),
+                &[
+                    (QueueAttributeName::RedrivePolicy, redrive.as_str()),
+                    (QueueAttributeName::VisibilityTimeout, visibility.as_str()),
+                ],
+            )
+            .await;
+        let results = self.create(&format!("{prefix}-results"), &[]).await;
+        Queues { jobs, results, dlq }
+    }
+
+    async fn create(&self, name: &str, attributes: &[(QueueAttributeName, &str)]) -> String {
+        let mut request = self.client.create_queue().queue_name(name);
+        for (key, value) in attributes {
+            request = request.attributes(key.clone(), *value);
+        }
+        request
+            .send()
+            .await
+            .unwrap()
+            .queue_url()
+            .unwrap()
+            .to_string()
+    }
+
+    pub async fn send(&self, queue: &str, body: &str) -> String {
+        self.client
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap()
+            .message_id()
+            .unwrap()
+            .to_string()
+    }
+
+    /// (visible, in flight) message counts.
+    pub async fn counts(&self, queue: &str) -> (u64, u64) {
+        let attributes = self
+            .client
+            .get_queue_attributes()
+            .queue_url(queue)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .unwrap();
+        let attributes = attributes.attributes().unwrap();
+        let get = |name: &QueueAttributeName| {
+            attributes
+                .get(name)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        (
+            get(&QueueAttributeName::ApproximateNumberOfMessages),
+            get(&QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        )
+    }
+
+    /// Receives (and deletes) every message currently visible in `queue`.
+    pub async fn drain(&self, queue: &str) -> Vec<Message> {
+        let mut all = Vec::new();
+        loop {
+            let output = self
+                .client
+                .receive_message()
+                .queue_url(queue)
+                .max_number_of_messages(10)
+                .message_attribute_names("All")
+                .message_system_attribute_names(MessageSystemAttributeName::All)
+                .send()
+                .await
+                .unwrap();
+            let messages = output.messages().to_vec();
+            if messages.is_empty() {
+                return all;
+            }
+            for message in &messages {
+                self.client
+                    .delete_message()
+                    .queue_url(queue)
+                    .receipt_handle(message.receipt_handle().unwrap())
+                    .send()
+                    .await
+                    .unwrap();
+            }
+            all.extend(messages);
+        }
+    }
+
+    /// Receives results until `count` have arrived or `timeout` passes; returns them parsed.
+    pub async fn collect_results(
+        &self,
+        queue: &str,
+        count: usize,
+        timeout: Duration,
+    ) -> Vec<serde_json::Value> {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut results = Vec::new();
+        while results.len() < count && std::time::Instant::now() < deadline {
+            for message in self.drain(queue).await {
+                results
+                    .push(serde_json::from_str(message.body().unwrap()).expect("results are JSON"));
+            }
+            if results.len() < count {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        results
+    }
+}
