@@ -34,8 +34,8 @@ async fn wait_passing(stack: &Stack, service: &str, count: usize) {
 #[tokio::test]
 async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let _nlp = stack.runner("nlp-runner", &[]);
-    let _test = stack.runner("test-runner", &[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let (_test, _) = stack.runner("test-runner", &[]);
     let _controller = stack.controller(&[]);
     let texts = [
         "The weather is lovely today and we are going for a long walk.",
@@ -87,7 +87,7 @@ async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     let stack = Stack::start(Duration::from_secs(6), 5).await;
-    let first = stack.runner("test-runner", &[]);
+    let (first, first_address) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
     let _controller = stack.controller(&["--retry-base", "500ms"]);
     let message_id = stack
@@ -95,9 +95,8 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
         .await;
     // The job is now running on the only instance; a second one comes up.
     tokio::time::sleep(Duration::from_millis(1000)).await;
-    let _second = stack.runner("test-runner", &[]);
+    let (_second, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 2).await;
-    let first_pid = first.pid();
     first.signal("KILL");
 
     let results = stack
@@ -109,7 +108,11 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     assert_eq!(ok.len(), 1, "{results:#?}");
     assert_eq!(ok[0]["message_id"], message_id.as_str());
     assert_eq!(ok[0]["result"]["message"], "survive");
-    assert!(!ok[0]["runner"]["instance_id"].as_str().unwrap().is_empty());
+    assert_ne!(
+        ok[0]["runner"]["address"],
+        first_address.as_str(),
+        "completed by the other instance"
+    );
     for result in &results {
         assert_eq!(
             result["message_id"],
@@ -117,7 +120,6 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
             "duplicates carry the same message id"
         );
     }
-    drop(first_pid);
     eventually(Duration::from_secs(10), "an empty jobs queue", || async {
         (stack.queue_depths().await.0 == (0, 0)).then_some(())
     })
@@ -130,7 +132,7 @@ async fn a_job_waits_for_a_runner_that_starts_later() {
     let _controller = stack.controller(&["--retry-base", "1s", "--runner-wait", "3s"]);
     let message_id = stack.submit(job("add", json!({"numbers": [40, 2]}))).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
-    let _runner = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]);
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
@@ -148,7 +150,7 @@ async fn a_job_waits_for_a_runner_that_starts_later() {
 #[tokio::test]
 async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let _runner = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
     let _controller = stack.controller(&[]);
     let bodies = [
@@ -204,7 +206,7 @@ async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive(
 #[tokio::test]
 async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_receive_count() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let _runner = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
+    let (_runner, _) = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
     wait_passing(&stack, "test-runner", 1).await;
     let _controller = stack.controller(&["--retry-base", "300ms"]);
     let message_id = stack
@@ -243,7 +245,7 @@ async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_
 #[tokio::test]
 async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after() {
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
-    let _nlp = stack.runner("nlp-runner", &[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]);
     wait_passing(&stack, "nlp-runner", 1).await;
     let _controller = stack.controller(&[]);
     let text = json!({"text": "This is an English sentence about the registry going away."});
@@ -272,7 +274,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
 
     // Back, empty: the runner registers again, and a new runner kind is picked up.
     stack.restart_registry().await;
-    let _test = stack.runner("test-runner", &[]);
+    let (_test, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
     stack
         .submit(job("add", json!({"numbers": [1, 2, 3]})))
@@ -289,7 +291,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
 #[tokio::test]
 async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered() {
     let stack = Stack::start(Duration::from_secs(2), 5).await;
-    let _runner = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
     let _controller = stack.controller(&[]);
     let message_id = stack
@@ -315,7 +317,7 @@ async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let _runner = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
     let mut controller = stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
     let mut submitted = HashSet::new();

@@ -52,10 +52,11 @@ impl Stack {
         );
     }
 
-    pub fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> Process {
+    /// Starts a runner; returns it with its gRPC address.
+    pub fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> (Process, String) {
         let listen = format!("127.0.0.1:{}", free_port());
         let consul = self.consul_url();
-        Process::spawn(
+        let process = Process::spawn(
             &bin_path(binary),
             &[
                 "--listen",
@@ -68,7 +69,8 @@ impl Stack {
                 "5s",
             ],
             envs,
-        )
+        );
+        (process, listen)
     }
 
     pub fn controller(&self, extra: &[&str]) -> Process {
