@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what building and testing plugworker needs on a fresh machine, and nothing
-# twice. Everything comes from the package registries (crates.io, Debian); protoc comes
-# from the protoc-bin-vendored crate, so no system protobuf compiler is needed.
+# twice. Everything comes from the package registries (crates.io, PyPI, Debian); protoc
+# comes from the protoc-bin-vendored crate, so no system protobuf compiler is needed.
+# The SQS emulator (moto, server mode) goes into a venv under ~/.cache/plugworker.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,6 +28,21 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
+fi
+
+venv="${PLUGWORKER_VENV:-$HOME/.cache/plugworker/venv}"
+if [ ! -x "$venv/bin/moto_server" ]; then
+  echo "setup: installing the SQS emulator (moto) into $venv"
+  python3 -m venv "$venv" 2>/dev/null || {
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-venv
+      python3 -m venv "$venv"
+    else
+      echo "setup: python3 -m venv failed; install python3-venv" >&2
+      exit 1
+    fi
+  }
+  "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' flask flask-cors
 fi
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true

@@ -136,3 +136,74 @@ fn help_explains_every_subcommand() {
     );
     assert!(help.contains("CONSUL_HTTP_ADDR"));
 }
+
+#[test]
+fn dev_runs_a_jsonl_file_of_jobs_and_prints_one_result_per_job() {
+    let dir = std::env::temp_dir().join(format!("plugworker-dev-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jobs = dir.join("jobs.jsonl");
+    let texts = [
+        (
+            "en",
+            "The children are playing football in the park after school.",
+        ),
+        (
+            "fr",
+            "Les enfants jouent au football dans le parc après l'école.",
+        ),
+        ("de", "Die Kinder spielen nach der Schule im Park Fußball."),
+        (
+            "es",
+            "Los niños juegan al fútbol en el parque después de la escuela.",
+        ),
+        ("ja", "子供たちは放課後に公園でサッカーをしています。"),
+    ];
+    let mut lines: Vec<String> = texts
+        .iter()
+        .enumerate()
+        .map(|(i, (_, text))| serde_json::json!({"id": format!("job-{i}"), "algorithm": "language_detection", "payload": {"text": text}}).to_string())
+        .collect();
+    lines.push(
+        r#"{"id": "broken", "algorithm": "language_detection", "payload": {"text": ""}}"#.into(),
+    );
+    std::fs::write(&jobs, lines.join("\n") + "\n").unwrap();
+
+    let output = Command::new(bin_path("plugworker"))
+        .args([
+            "dev",
+            "--jobs",
+            jobs.to_str().unwrap(),
+            "--results",
+            "-",
+            "--logs",
+            dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let results: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(
+        results.len(),
+        lines.len(),
+        "one result per job: {results:#?}"
+    );
+    for (i, (language, _)) in texts.iter().enumerate() {
+        let result = results
+            .iter()
+            .find(|r| r["job_id"] == format!("job-{i}"))
+            .unwrap();
+        assert_eq!(result["status"], "ok", "{result}");
+        assert_eq!(result["result"]["language"], *language);
+        assert_eq!(result["runner"]["service"], "nlp-runner");
+    }
+    let broken = results.iter().find(|r| r["job_id"] == "broken").unwrap();
+    assert_eq!(broken["status"], "error");
+    assert_eq!(broken["error"]["code"], "invalid_payload");
+    assert!(stderr.contains("6 jobs, 5 ok, 1 failed"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -35,6 +35,10 @@ pub struct Args {
     /// Deliveries per job before it is dead-lettered (like SQS maxReceiveCount).
     #[arg(long, default_value_t = 5)]
     pub max_attempts: u32,
+    /// How long a job waits for a runner of its algorithm (runners start with the jobs;
+    /// model loading takes a moment) before its attempt counts as failed.
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub runner_wait: Duration,
     /// Deadline of one run.
     #[arg(long, default_value = "2m", value_parser = humantime::parse_duration)]
     pub job_timeout: Duration,
@@ -210,7 +214,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         max_in_flight: 16,
         max_in_flight_per_algorithm: 16,
         job_timeout: args.job_timeout,
-        runner_wait: Duration::from_secs(30),
+        runner_wait: args.runner_wait,
         retry_base: Duration::from_secs(1),
         retry_max: Duration::from_secs(10),
         shutdown_grace: Duration::from_secs(10),
