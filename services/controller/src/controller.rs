@@ -80,7 +80,8 @@ struct Context {
     dispatcher: Arc<Dispatcher>,
     settings: Settings,
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
-    in_flight: Mutex<HashMap<String, Delivery>>,
+    /// Jobs being handled, by receipt, for releasing them if shutdown outlasts the grace.
+    in_flight: Mutex<HashMap<String, Arc<Delivery>>>,
     stats: Arc<Stats>,
 }
 
@@ -166,6 +167,7 @@ impl Controller {
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
                 context.stats.received.fetch_add(1, Ordering::Relaxed);
+                let delivery = Arc::new(delivery);
                 context
                     .in_flight
                     .lock()
@@ -185,7 +187,7 @@ impl Controller {
         if !drained {
             jobs.abort_all();
             while jobs.join_next().await.is_some() {}
-            let abandoned: Vec<Delivery> = context
+            let abandoned: Vec<Arc<Delivery>> = context
                 .in_flight
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
@@ -216,35 +218,36 @@ async fn release(context: &Context, delivery: &Delivery) {
     }
 }
 
-async fn handle(context: Arc<Context>, delivery: Delivery, _slot: OwnedSemaphorePermit) {
+async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, _slot: OwnedSemaphorePermit) {
     let received_at = SystemTime::now();
     let started = Instant::now();
-    let heartbeat = tokio::spawn(keep_invisible(context.clone(), delivery.clone()));
-    let _stop_heartbeat = AbortOnDrop(heartbeat);
-
-    let (algorithm, job_id, outcome, queued) = match parse_job(&delivery.body) {
-        Err(error) => {
-            let failure = Failure {
-                error: ErrorInfo {
-                    code: error.code().into(),
-                    message: error.to_string(),
-                    class: ErrorClass::Permanent,
-                },
-                runner: None,
-            };
-            (None, None, Err(failure), Duration::ZERO)
-        }
-        Ok(job) => {
-            let limit = context.algorithm_limit(&job.algorithm);
-            let _running = limit.acquire_owned().await.expect("never closed");
-            let queued = started.elapsed();
-            let outcome = context
-                .dispatcher
-                .run_waiting(&job, context.settings.runner_wait)
-                .await;
-            (Some(job.algorithm), job.id, outcome, queued)
+    let work = async {
+        match parse_job(&delivery.body) {
+            Err(error) => {
+                let failure = Failure {
+                    error: ErrorInfo {
+                        code: error.code().into(),
+                        message: error.to_string(),
+                        class: ErrorClass::Permanent,
+                    },
+                    runner: None,
+                };
+                (None, None, Err(failure), Duration::ZERO)
+            }
+            Ok(job) => {
+                let limit = context.algorithm_limit(&job.algorithm);
+                let _running = limit.acquire_owned().await.expect("never closed");
+                let queued = started.elapsed();
+                let outcome = context
+                    .dispatcher
+                    .run_waiting(&job, context.settings.runner_wait)
+                    .await;
+                (Some(job.algorithm), job.id, outcome, queued)
+            }
         }
     };
+    let (algorithm, job_id, outcome, queued) =
+        keep_invisible_while(&context, &delivery, work).await;
 
     let total = started.elapsed();
     let mut result = JobResult {
@@ -364,26 +367,32 @@ async fn deliver(
     }
 }
 
-/// Extends the message's visibility while the job runs.
-async fn keep_invisible(context: Arc<Context>, delivery: Delivery) {
+/// Runs `work`, extending the message's visibility every `visibility × heartbeat_fraction`
+/// until it finishes, so a job longer than the visibility timeout is not delivered twice.
+async fn keep_invisible_while<T>(
+    context: &Context,
+    delivery: &Delivery,
+    work: impl Future<Output = T>,
+) -> T {
     let visibility = context.queue.visibility_timeout();
     let period = visibility.mul_f64(context.settings.heartbeat_fraction.clamp(0.1, 0.9));
+    let mut work = std::pin::pin!(work);
     if period.is_zero() {
-        return;
+        return work.await;
     }
-    let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    let mut next = tokio::time::Instant::now() + period;
     loop {
-        ticker.tick().await;
-        match context.queue.extend(&delivery, visibility).await {
-            Ok(()) => {
-                context
-                    .stats
-                    .visibility_extensions
-                    .fetch_add(1, Ordering::Relaxed);
-                tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
-            }
-            Err(error) => {
-                tracing::warn!(%error, message_id = %delivery.message_id, "could not extend visibility")
+        tokio::select! {
+            output = &mut work => return output,
+            () = tokio::time::sleep_until(next) => {
+                next += period;
+                match context.queue.extend(delivery, visibility).await {
+                    Ok(()) => {
+                        context.stats.visibility_extensions.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
+                    }
+                    Err(error) => tracing::warn!(%error, message_id = %delivery.message_id, "could not extend visibility"),
+                }
             }
         }
     }
@@ -392,6 +401,9 @@ async fn keep_invisible(context: Arc<Context>, delivery: Delivery) {
 impl Context {
     fn algorithm_limit(&self, algorithm: &str) -> Arc<Semaphore> {
         let mut limits = self.per_algorithm.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(limit) = limits.get(algorithm) {
+            return limit.clone();
+        }
         limits
             .entry(algorithm.to_string())
             .or_insert_with(|| {
@@ -415,14 +427,6 @@ fn backoff(settings: &Settings, attempt: u32) -> Duration {
 
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
-}
-
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
 }
 
 #[cfg(test)]

@@ -22,6 +22,7 @@ type Client = RunnerClient<ConcurrencyLimit<Channel>>;
 
 /// One runner instance's connection and load.
 struct Connection {
+    address: String,
     client: Client,
     in_flight: AtomicUsize,
 }
@@ -44,7 +45,8 @@ pub struct Failure {
 
 pub struct Dispatcher {
     resolver: Arc<Resolver>,
-    connections: Mutex<HashMap<(String, String), Arc<Connection>>>,
+    /// By instance ID.
+    connections: Mutex<HashMap<String, Arc<Connection>>>,
     per_instance_limit: usize,
     job_timeout: Duration,
 }
@@ -66,8 +68,9 @@ impl Dispatcher {
     /// Runs `job` on a healthy instance; on `UNAVAILABLE` (or an instance that lost the
     /// algorithm), once more on a different one.
     pub async fn run(&self, job: &Job) -> Result<Success, Failure> {
-        let candidates = self.resolver.instances(&job.algorithm);
-        let Some(first) = pick(&candidates, None, |i| self.load(i)) else {
+        let snapshot = self.resolver.snapshot();
+        let candidates = snapshot.instances(&job.algorithm);
+        let Some(first) = pick(candidates, None, |i| self.load(i)) else {
             return Err(Failure {
                 error: ErrorInfo {
                     code: codes::NO_RUNNER.into(),
@@ -77,12 +80,12 @@ impl Dispatcher {
                 runner: None,
             });
         };
-        match self.call(&first, job).await {
+        match self.call(first, job).await {
             Err((status, runner)) if classify::retry_elsewhere(&status) => {
-                match pick(&candidates, Some(&first), |i| self.load(i)) {
+                match pick(candidates, Some(first), |i| self.load(i)) {
                     Some(second) => {
                         tracing::info!(first = %first.id, second = %second.id, code = ?status.code(), "retrying on another instance");
-                        self.call(&second, job)
+                        self.call(second, job)
                             .await
                             .map_err(|(status, runner)| failure(&status, runner))
                     }
@@ -96,7 +99,13 @@ impl Dispatcher {
     /// Like [`Dispatcher::run`], but when no runner serves the algorithm yet, waits up to
     /// `wait` for one to appear (a runner deployed after its jobs were queued).
     pub async fn run_waiting(&self, job: &Job, wait: Duration) -> Result<Success, Failure> {
-        if self.resolver.instances(&job.algorithm).is_empty() && !wait.is_zero() {
+        if self
+            .resolver
+            .snapshot()
+            .instances(&job.algorithm)
+            .is_empty()
+            && !wait.is_zero()
+        {
             let mut snapshots = self.resolver.subscribe();
             let appeared = tokio::time::timeout(
                 wait,
@@ -111,37 +120,39 @@ impl Dispatcher {
     }
 
     fn connection(&self, instance: &Instance) -> Arc<Connection> {
-        let key = (instance.id.clone(), instance.address.clone());
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(connection) = connections.get(&instance.id)
+            && connection.address == instance.address
+        {
+            return connection.clone();
+        }
         if connections.len() > 4096 {
             // Instances come and go; forget idle connections to departed ones.
             connections.retain(|_, c| c.in_flight.load(Ordering::Relaxed) > 0);
         }
-        connections
-            .entry(key)
-            .or_insert_with(|| {
-                let channel = Endpoint::from_shared(format!("http://{}", instance.address))
-                    .expect("an address from Consul forms a valid URI")
-                    .connect_timeout(Duration::from_secs(3))
-                    .tcp_nodelay(true)
-                    .connect_lazy();
-                let service = tower::ServiceBuilder::new()
-                    .concurrency_limit(self.per_instance_limit)
-                    .service(channel);
-                Arc::new(Connection {
-                    client: RunnerClient::new(service)
-                        .max_decoding_message_size(64 * 1024 * 1024)
-                        .max_encoding_message_size(64 * 1024 * 1024),
-                    in_flight: AtomicUsize::new(0),
-                })
-            })
-            .clone()
+        let channel = Endpoint::from_shared(format!("http://{}", instance.address))
+            .expect("an address from Consul forms a valid URI")
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true)
+            .connect_lazy();
+        let service = tower::ServiceBuilder::new()
+            .concurrency_limit(self.per_instance_limit)
+            .service(channel);
+        let connection = Arc::new(Connection {
+            address: instance.address.clone(),
+            client: RunnerClient::new(service)
+                .max_decoding_message_size(64 * 1024 * 1024)
+                .max_encoding_message_size(64 * 1024 * 1024),
+            in_flight: AtomicUsize::new(0),
+        });
+        connections.insert(instance.id.clone(), connection.clone());
+        connection
     }
 
     fn load(&self, instance: &Instance) -> usize {
         let connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         connections
-            .get(&(instance.id.clone(), instance.address.clone()))
+            .get(&instance.id)
             .map_or(0, |c| c.in_flight.load(Ordering::Relaxed))
     }
 
@@ -156,7 +167,7 @@ impl Dispatcher {
             instance_id: instance.id.clone(),
             address: instance.address.clone(),
         };
-        let payload = serde_json::to_vec(&job.payload).expect("a JSON value serialises");
+        let payload = job.payload.get().as_bytes().to_vec();
         let mut request = tonic::Request::new(RunRequest {
             algorithm: job.algorithm.clone(),
             payload,
@@ -201,15 +212,16 @@ fn failure(status: &tonic::Status, runner: Option<RunnerInfo>) -> Failure {
 
 /// Power of two choices: of two random candidates (other than `exclude`), the one with
 /// fewer calls in flight.
-fn pick(
-    candidates: &[Instance],
+fn pick<'a>(
+    candidates: &'a [Instance],
     exclude: Option<&Instance>,
     load: impl Fn(&Instance) -> usize,
-) -> Option<Instance> {
-    let eligible: Vec<&Instance> = candidates.iter().filter(|c| Some(*c) != exclude).collect();
-    match eligible.len() {
+) -> Option<&'a Instance> {
+    let eligible = |i: &&Instance| Some(*i) != exclude;
+    let nth = |k: usize| candidates.iter().filter(eligible).nth(k);
+    match candidates.iter().filter(eligible).count() {
         0 => None,
-        1 => Some(eligible[0].clone()),
+        1 => nth(0),
         n => {
             let mut rng = rand::rng();
             let a = rng.random_range(0..n);
@@ -217,12 +229,8 @@ fn pick(
             if b >= a {
                 b += 1;
             }
-            let (a, b) = (eligible[a], eligible[b]);
-            Some(if load(b) < load(a) {
-                b.clone()
-            } else {
-                a.clone()
-            })
+            let (a, b) = (nth(a)?, nth(b)?);
+            Some(if load(b) < load(a) { b } else { a })
         }
     }
 }
@@ -260,7 +268,7 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..400 {
             *counts
-                .entry(pick(&candidates, None, |_| 0).unwrap().id)
+                .entry(pick(&candidates, None, |_| 0).unwrap().id.clone())
                 .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 4, "{counts:?}");

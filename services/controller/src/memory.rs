@@ -6,13 +6,13 @@
 use crate::queue::{Delivery, JobQueue, QueueError, ResultSink};
 use async_trait::async_trait;
 use plugworker_jobs::{ErrorInfo, JobResult};
+use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::sync::{Notify, mpsc};
 use tokio::time::Instant;
 
 struct Message {
-    id: String,
     body: String,
     receives: u32,
     visible_at: Instant,
@@ -29,7 +29,8 @@ pub struct DeadLetter {
 }
 
 pub struct MemoryQueue {
-    messages: Mutex<Vec<Message>>,
+    /// By sequence number, so receives go oldest first and acknowledgements are O(log n).
+    messages: Mutex<BTreeMap<u64, Message>>,
     dead: Mutex<Vec<DeadLetter>>,
     changed: Notify,
     wait: Duration,
@@ -41,7 +42,7 @@ pub struct MemoryQueue {
 impl MemoryQueue {
     pub fn new(wait: Duration, visibility: Duration, max_receive_count: u32) -> Self {
         Self {
-            messages: Mutex::new(Vec::new()),
+            messages: Mutex::new(BTreeMap::new()),
             dead: Mutex::new(Vec::new()),
             changed: Notify::new(),
             wait,
@@ -53,20 +54,22 @@ impl MemoryQueue {
 
     /// Enqueues a message body; returns its message id.
     pub fn send(&self, body: impl Into<String>) -> String {
-        let id = {
+        let seq = {
             let mut next = lock(&self.next_id);
             *next += 1;
-            format!("local-{:06}", *next)
+            *next
         };
-        lock(&self.messages).push(Message {
-            id: id.clone(),
-            body: body.into(),
-            receives: 0,
-            visible_at: Instant::now(),
-            receipt: String::new(),
-        });
+        lock(&self.messages).insert(
+            seq,
+            Message {
+                body: body.into(),
+                receives: 0,
+                visible_at: Instant::now(),
+                receipt: String::new(),
+            },
+        );
         self.changed.notify_waiters();
-        id
+        message_id(seq)
     }
 
     /// Messages not yet deleted (visible or in flight).
@@ -87,7 +90,7 @@ impl MemoryQueue {
         let mut messages = lock(&self.messages);
         let mut deliveries = Vec::new();
         let mut redriven = Vec::new();
-        for (index, message) in messages.iter_mut().enumerate() {
+        for (seq, message) in messages.iter_mut() {
             if deliveries.len() >= max {
                 break;
             }
@@ -95,42 +98,49 @@ impl MemoryQueue {
                 continue;
             }
             if message.receives >= self.max_receive_count {
-                redriven.push(index);
+                redriven.push(*seq);
                 continue;
             }
             message.receives += 1;
             message.visible_at = now + self.visibility;
-            message.receipt = format!("{}#{}", message.id, message.receives);
+            message.receipt = format!("{seq}#{}", message.receives);
             deliveries.push(Delivery {
-                message_id: message.id.clone(),
+                message_id: message_id(*seq),
                 body: message.body.clone(),
                 receive_count: message.receives,
                 receipt: message.receipt.clone(),
                 traceparent: None,
             });
         }
-        for index in redriven.into_iter().rev() {
-            let message = messages.remove(index);
-            lock(&self.dead).push(DeadLetter {
-                message_id: message.id,
-                body: message.body,
-                error: None,
-            });
+        for seq in redriven {
+            if let Some(message) = messages.remove(&seq) {
+                lock(&self.dead).push(DeadLetter {
+                    message_id: message_id(seq),
+                    body: message.body,
+                    error: None,
+                });
+            }
         }
         deliveries
     }
 
+    /// Runs `f` on the message if `delivery` is its current receipt.
     fn with_current<T>(
         &self,
         delivery: &Delivery,
-        f: impl FnOnce(&mut Vec<Message>, usize) -> T,
+        f: impl FnOnce(&mut BTreeMap<u64, Message>, u64) -> T,
     ) -> Option<T> {
+        let seq: u64 = delivery.receipt.split('#').next()?.parse().ok()?;
         let mut messages = lock(&self.messages);
-        let index = messages
-            .iter()
-            .position(|m| m.receipt == delivery.receipt)?;
-        Some(f(&mut messages, index))
+        if messages.get(&seq)?.receipt != delivery.receipt {
+            return None;
+        }
+        Some(f(&mut messages, seq))
     }
+}
+
+fn message_id(seq: u64) -> String {
+    format!("local-{seq:06}")
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -154,7 +164,7 @@ impl JobQueue for MemoryQueue {
             if !deliveries.is_empty() {
                 return Ok(deliveries);
             }
-            let next_visible = lock(&self.messages).iter().map(|m| m.visible_at).min();
+            let next_visible = lock(&self.messages).values().map(|m| m.visible_at).min();
             let wake = next_visible.map_or(deadline, |t| t.min(deadline));
             if Instant::now() >= deadline {
                 return Ok(Vec::new());
@@ -167,8 +177,8 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
-        self.with_current(delivery, |messages, index| {
-            messages.remove(index);
+        self.with_current(delivery, |messages, seq| {
+            messages.remove(&seq);
         })
         .ok_or_else(|| stale("DeleteMessage"))?;
         self.changed.notify_waiters();
@@ -176,8 +186,10 @@ impl JobQueue for MemoryQueue {
     }
 
     async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
-        self.with_current(delivery, |messages, index| {
-            messages[index].visible_at = Instant::now() + delay;
+        self.with_current(delivery, |messages, seq| {
+            if let Some(message) = messages.get_mut(&seq) {
+                message.visible_at = Instant::now() + delay;
+            }
         })
         .ok_or_else(|| stale("ChangeMessageVisibility"))?;
         self.changed.notify_waiters();

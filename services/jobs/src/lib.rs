@@ -7,20 +7,23 @@
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
 
 /// Longest client-chosen job id accepted.
 pub const MAX_JOB_ID_CHARS: usize = 256;
 
 /// A job, as submitted.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Job {
     /// Client-chosen id, echoed in the result.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
     /// Algorithm name (a runner tag in Consul).
     pub algorithm: String,
-    /// The algorithm's input; validated by the runner against the algorithm's schema.
-    pub payload: Value,
+    /// The algorithm's input, as the JSON text it arrived in: forwarded to the runner
+    /// byte for byte (no re-encoding of large inline images), validated there against the
+    /// algorithm's schema.
+    pub payload: Box<RawValue>,
 }
 
 /// Why a message body is not a job. Always permanent: redelivery cannot fix it.
@@ -51,18 +54,26 @@ impl JobError {
 
 /// Parses a message body into a job, or says exactly what is wrong with it.
 pub fn parse_job(body: &str) -> Result<Job, JobError> {
-    let value: Value = serde_json::from_str(body).map_err(|e| JobError::NotJson(e.to_string()))?;
-    let Value::Object(mut object) = value else {
-        return Err(JobError::NotAnObject);
-    };
-    let algorithm = match object.remove("algorithm") {
+    // Top-level fields only; the payload stays unparsed text.
+    let mut fields: std::collections::HashMap<String, Box<RawValue>> =
+        match serde_json::from_str(body) {
+            Ok(fields) => fields,
+            Err(error) => {
+                return Err(match serde_json::from_str::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => JobError::NotAnObject,
+                    Err(_) => JobError::NotJson(error.to_string()),
+                });
+            }
+        };
+    let field = |raw: Box<RawValue>| serde_json::from_str::<Value>(raw.get()).ok();
+    let algorithm = match fields.remove("algorithm").and_then(field) {
         Some(Value::String(name)) if !name.trim().is_empty() => name,
         _ => return Err(JobError::MissingAlgorithm),
     };
-    let payload = object.remove("payload").ok_or(JobError::MissingPayload)?;
-    let id = match object.remove("id") {
-        None | Some(Value::Null) => None,
-        Some(Value::String(id)) if id.chars().count() <= MAX_JOB_ID_CHARS => Some(id),
+    let payload = fields.remove("payload").ok_or(JobError::MissingPayload)?;
+    let id = match fields.remove("id").map(field) {
+        None | Some(Some(Value::Null)) => None,
+        Some(Some(Value::String(id))) if id.chars().count() <= MAX_JOB_ID_CHARS => Some(id),
         Some(_) => return Err(JobError::BadId),
     };
     Ok(Job {
@@ -171,40 +182,34 @@ mod tests {
             .unwrap();
         assert_eq!(job.id.as_deref(), Some("j1"));
         assert_eq!(job.algorithm, "ocr");
-        assert!(
-            parse_job(r#"{"algorithm": "ocr", "payload": 1}"#)
-                .unwrap()
-                .id
-                .is_none()
+        assert_eq!(
+            job.payload.get(),
+            r#"{"image_url": "x"}"#,
+            "forwarded verbatim"
         );
+        let anonymous = parse_job(r#"{"algorithm": "ocr", "payload": 1}"#).unwrap();
+        assert!(anonymous.id.is_none());
 
-        assert!(matches!(parse_job("{not json"), Err(JobError::NotJson(_))));
-        assert_eq!(parse_job("[1]"), Err(JobError::NotAnObject));
+        let error = |body: &str| parse_job(body).unwrap_err();
+        assert!(matches!(error("{not json"), JobError::NotJson(_)));
+        assert_eq!(error("[1]"), JobError::NotAnObject);
+        assert_eq!(error("\"text\""), JobError::NotAnObject);
+        assert_eq!(error(r#"{"payload": {}}"#), JobError::MissingAlgorithm);
         assert_eq!(
-            parse_job(r#"{"payload": {}}"#),
-            Err(JobError::MissingAlgorithm)
+            error(r#"{"algorithm": " ", "payload": {}}"#),
+            JobError::MissingAlgorithm
         );
         assert_eq!(
-            parse_job(r#"{"algorithm": " ", "payload": {}}"#),
-            Err(JobError::MissingAlgorithm)
+            error(r#"{"algorithm": 3, "payload": {}}"#),
+            JobError::MissingAlgorithm
         );
+        assert_eq!(error(r#"{"algorithm": "ocr"}"#), JobError::MissingPayload);
         assert_eq!(
-            parse_job(r#"{"algorithm": 3, "payload": {}}"#),
-            Err(JobError::MissingAlgorithm)
+            error(r#"{"id": 5, "algorithm": "ocr", "payload": {}}"#),
+            JobError::BadId
         );
-        assert_eq!(
-            parse_job(r#"{"algorithm": "ocr"}"#),
-            Err(JobError::MissingPayload)
-        );
-        assert_eq!(
-            parse_job(r#"{"id": 5, "algorithm": "ocr", "payload": {}}"#),
-            Err(JobError::BadId)
-        );
-        assert_eq!(
-            parse_job("{}").unwrap_err().code(),
-            codes::MISSING_ALGORITHM
-        );
-        assert_eq!(parse_job("nope").unwrap_err().code(), codes::BAD_JSON);
+        assert_eq!(error("{}").code(), codes::MISSING_ALGORITHM);
+        assert_eq!(error("nope").code(), codes::BAD_JSON);
     }
 
     #[test]
