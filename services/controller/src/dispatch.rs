@@ -30,7 +30,7 @@ struct Connection {
 /// A successful run.
 #[derive(Debug)]
 pub struct Success {
-    pub result: serde_json::Value,
+    pub result: Box<serde_json::value::RawValue>,
     pub algorithm_version: String,
     pub runner: RunnerInfo,
     pub run_micros: u64,
@@ -181,12 +181,20 @@ impl Dispatcher {
         let response = outcome
             .map_err(|status| (status, Some(runner.clone())))?
             .into_inner();
-        let result = serde_json::from_slice(&response.result).map_err(|e| {
-            (
-                tonic::Status::internal(format!("runner returned a result that is not JSON: {e}")),
-                Some(runner.clone()),
-            )
-        })?;
+        // Checked to be JSON, but not parsed into a tree: it is embedded verbatim.
+        let result = String::from_utf8(response.result)
+            .map_err(|e| e.to_string())
+            .and_then(|text| {
+                serde_json::value::RawValue::from_string(text).map_err(|e| e.to_string())
+            })
+            .map_err(|e| {
+                (
+                    tonic::Status::internal(format!(
+                        "runner returned a result that is not JSON: {e}"
+                    )),
+                    Some(runner.clone()),
+                )
+            })?;
         Ok(Success {
             result,
             algorithm_version: response.algorithm_version,

@@ -147,7 +147,7 @@ pub struct Timings {
 }
 
 /// A result document, as published on the results queue.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct JobResult {
     /// The client's job id, if the job had one.
     pub job_id: Option<String>,
@@ -156,8 +156,9 @@ pub struct JobResult {
     /// The algorithm, if the job named one.
     pub algorithm: Option<String>,
     pub status: Status,
+    /// The algorithm's output, embedded verbatim as the runner produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
+    pub result: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -235,7 +236,20 @@ mod tests {
         assert_eq!(json["status"], "error");
         assert_eq!(json["error"]["class"], "permanent");
         assert!(json.get("result").is_none());
-        let back: JobResult = serde_json::from_value(json).unwrap();
-        assert_eq!(back, result);
+        let text = serde_json::to_string(&result).unwrap();
+        let back: JobResult = serde_json::from_str(&text).unwrap();
+        assert_eq!(serde_json::to_string(&back).unwrap(), text);
+
+        let ok = JobResult {
+            status: Status::Ok,
+            error: None,
+            result: Some(RawValue::from_string(r#"{"sum": 3}"#.into()).unwrap()),
+            ..result
+        };
+        let text = serde_json::to_string(&ok).unwrap();
+        assert!(
+            text.contains(r#""result":{"sum": 3}"#),
+            "embedded verbatim: {text}"
+        );
     }
 }
