@@ -3,8 +3,11 @@
 //! direct gRPC calls to the same runner process at the same concurrency; the ratio (goal
 //! >= 0.8). Then, for information, jobs/s through the SQS emulator (moto).
 //!
-//! `scripts/bench-controller.sh`; BENCH_JOBS (default 20000), BENCH_CONCURRENCY (32),
-//! BENCH_SQS_JOBS (100; moto slows down with queue depth).
+//! Direct and controller runs alternate (BENCH_ROUNDS, default 3); throughput is the
+//! median round, latency percentiles over all rounds.
+//!
+//! `scripts/bench-controller.sh`; BENCH_JOBS per round (default 10000), BENCH_CONCURRENCY
+//! (32), BENCH_SQS_JOBS (100; moto slows down with queue depth).
 
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::sqs::{SqsJobQueue, SqsResults};
@@ -128,9 +131,18 @@ async fn direct(address: &str, jobs: usize, concurrency: usize) -> (f64, Vec<f64
     (latencies.len() as f64 / elapsed, latencies)
 }
 
+/// The median round's throughput, with the latencies of every round.
+fn median_of(mut runs: Vec<(f64, Vec<f64>)>) -> (f64, Vec<f64>) {
+    runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+    let median = runs[runs.len() / 2].0;
+    let mut latencies: Vec<f64> = runs.into_iter().flat_map(|r| r.1).collect();
+    latencies.sort_by(f64::total_cmp);
+    (median, latencies)
+}
+
 fn report(name: &str, (rate, latencies): &(f64, Vec<f64>)) {
     println!(
-        "{name:<44} {rate:>8.0} jobs/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} jobs)",
+        "{name:<48} {rate:>8.0} jobs/s   p50 {:>6.2} ms   p99 {:>6.2} ms   ({} jobs)",
         percentile(latencies, 0.5),
         percentile(latencies, 0.99),
         latencies.len()
@@ -138,7 +150,8 @@ fn report(name: &str, (rate, latencies): &(f64, Vec<f64>)) {
 }
 
 fn main() {
-    let jobs: usize = env_or("BENCH_JOBS", 20_000);
+    let jobs: usize = env_or("BENCH_JOBS", 10_000);
+    let rounds: usize = env_or("BENCH_ROUNDS", 3);
     let concurrency: usize = env_or("BENCH_CONCURRENCY", 32);
     let sqs_jobs: usize = env_or("BENCH_SQS_JOBS", 100);
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -160,16 +173,24 @@ fn main() {
             .await
             .expect("runner registered")
             .unwrap();
-        println!("controller throughput: {jobs} echo jobs, {concurrency} in flight, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
+        println!("controller throughput: {rounds} alternating rounds of {jobs} echo jobs, {concurrency} in flight, {} CPUs", std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0));
 
         // Warm both paths.
         direct(&address, 2000, concurrency).await;
         let warm = Arc::new(MemoryQueue::new(Duration::from_millis(100), Duration::from_secs(60), 5));
         through_controller(warm.clone(), || { for _ in 0..2000 { warm.send(JOB); } }, 2000, resolver.clone(), concurrency, None, None).await;
 
-        let direct_run = direct(&address, jobs, concurrency).await;
-        let queue = Arc::new(MemoryQueue::new(Duration::from_millis(100), Duration::from_secs(60), 5));
-        let controller_run = through_controller(queue.clone(), || { for _ in 0..jobs { queue.send(JOB); } }, jobs, resolver.clone(), concurrency, None, None).await;
+        let mut direct_runs = Vec::new();
+        let mut controller_runs = Vec::new();
+        for _ in 0..rounds {
+            direct_runs.push(direct(&address, jobs, concurrency).await);
+            let queue = Arc::new(MemoryQueue::new(Duration::from_millis(100), Duration::from_secs(60), 5));
+            controller_runs.push(
+                through_controller(queue.clone(), || { for _ in 0..jobs { queue.send(JOB); } }, jobs, resolver.clone(), concurrency, None, None).await,
+            );
+        }
+        let direct_run = median_of(direct_runs);
+        let controller_run = median_of(controller_runs);
         report("direct gRPC calls to the runner", &direct_run);
         report("through the controller (in-memory queue)", &controller_run);
         let ratio = controller_run.0 / direct_run.0;

@@ -16,13 +16,19 @@ pub const AWS_ENV: [(&str, &str); 3] = [
 ];
 
 /// The moto_server binary: `$PLUGWORKER_MOTO_SERVER`, the project venv that
-/// `scripts/setup.sh` makes, or `PATH`.
+/// `scripts/setup.sh` makes (`$PLUGWORKER_VENV`, default `~/.cache/plugworker/venv`), or
+/// `PATH`.
 pub fn moto_server() -> PathBuf {
     if let Ok(path) = std::env::var("PLUGWORKER_MOTO_SERVER") {
         return PathBuf::from(path);
     }
-    let home = std::env::var("HOME").unwrap_or_default();
-    let venv = PathBuf::from(home).join(".cache/plugworker/venv/bin/moto_server");
+    let venv = match std::env::var("PLUGWORKER_VENV") {
+        Ok(venv) => PathBuf::from(venv),
+        Err(_) => {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/plugworker/venv")
+        }
+    };
+    let venv = venv.join("bin/moto_server");
     if venv.exists() {
         return venv;
     }
