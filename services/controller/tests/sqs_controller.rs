@@ -36,7 +36,7 @@ async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_nlp, _) = stack.runner("nlp-runner", &[]);
     let (_test, _) = stack.runner("test-runner", &[]);
-    let _controller = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]);
     let texts = [
         "The weather is lovely today and we are going for a long walk.",
         "Il fait très beau aujourd'hui et nous allons nous promener.",
@@ -89,7 +89,7 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     let stack = Stack::start(Duration::from_secs(6), 5).await;
     let (first, first_address) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
-    let _controller = stack.controller(&["--retry-base", "500ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "500ms"]);
     let message_id = stack
         .submit(job("echo", json!({"message": "survive", "delay_ms": 3000})))
         .await;
@@ -129,7 +129,7 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
 #[tokio::test]
 async fn a_job_waits_for_a_runner_that_starts_later() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let _controller = stack.controller(&["--retry-base", "1s", "--runner-wait", "3s"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "1s", "--runner-wait", "3s"]);
     let message_id = stack.submit(job("add", json!({"numbers": [40, 2]}))).await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
@@ -152,7 +152,7 @@ async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive(
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
-    let _controller = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]);
     let bodies = [
         ("{this is not json", "bad_json"),
         (r#"{"payload": {"numbers": [1]}}"#, "missing_algorithm"),
@@ -208,7 +208,7 @@ async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let (_runner, _) = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
     wait_passing(&stack, "test-runner", 1).await;
-    let _controller = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
     let message_id = stack
         .submit(job("echo", json!({"message": "doomed"})))
         .await;
@@ -247,7 +247,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_nlp, _) = stack.runner("nlp-runner", &[]);
     wait_passing(&stack, "nlp-runner", 1).await;
-    let _controller = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]);
     let text = json!({"text": "This is an English sentence about the registry going away."});
     for _ in 0..3 {
         stack.submit(job("language_detection", text.clone())).await;
@@ -293,7 +293,7 @@ async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered
     let stack = Stack::start(Duration::from_secs(2), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
-    let _controller = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]);
     let message_id = stack
         .submit(job("echo", json!({"message": "slow", "delay_ms": 6000})))
         .await;
@@ -319,7 +319,14 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
     wait_passing(&stack, "test-runner", 1).await;
-    let mut controller = stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
+    let (mut controller, health) =
+        stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
+    let healthy = eventually(Duration::from_secs(10), "the controller's /healthz", || {
+        let health = health.clone();
+        async move { reqwest::get(&health).await.ok() }
+    })
+    .await;
+    assert_eq!(healthy.status(), 200);
     let mut submitted = HashSet::new();
     for i in 0..20 {
         submitted.insert(
@@ -338,6 +345,10 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     controller.signal("TERM");
     let status = controller.wait_exit(Duration::from_secs(20)).await;
     assert!(status.success(), "{status:?}");
+    assert!(
+        reqwest::get(&health).await.is_err(),
+        "the health endpoint is gone after exit"
+    );
     // Nothing stays invisible: unfinished jobs were released, finished ones deleted.
     let (visible, hidden) = stack.sqs.counts(&stack.queues.jobs).await;
     assert_eq!(hidden, 0, "messages left invisible after shutdown");
@@ -360,7 +371,7 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     );
     assert!(visible > 0, "the test should stop the controller mid-load");
 
-    let _next = stack.controller(&[]);
+    let (_next, _) = stack.controller(&[]);
     let rest = stack
         .sqs
         .collect_results(
@@ -375,4 +386,76 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
             .map(|r| r["message_id"].as_str().unwrap().to_string()),
     );
     assert_eq!(all, submitted, "no job lost");
+}
+
+#[tokio::test]
+async fn submit_and_results_commands_use_the_queues() {
+    use plugworker_testkit::bin_path;
+    use plugworker_testkit::sqs::AWS_ENV;
+    use std::process::Command;
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let plugworker = |args: &[&str]| {
+        Command::new(bin_path("plugworker"))
+            .args(args)
+            .envs(AWS_ENV)
+            .env("PLUGWORKER_SQS_ENDPOINT", &stack.sqs.endpoint)
+            .env("PLUGWORKER_JOBS_QUEUE_URL", &stack.queues.jobs)
+            .env("PLUGWORKER_RESULTS_QUEUE_URL", &stack.queues.results)
+            .env("RUST_LOG", "warn")
+            .output()
+            .unwrap()
+    };
+    let output = plugworker(&[
+        "submit",
+        "--algorithm",
+        "language_detection",
+        "--id",
+        "cli-1",
+        "--text",
+        "Hallo Welt",
+    ]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let message_id = String::from_utf8_lossy(&output.stdout).trim().to_string();
+    let sent = stack.sqs.drain(&stack.queues.jobs).await;
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].message_id().unwrap(), message_id);
+    let body: serde_json::Value = serde_json::from_str(sent[0].body().unwrap()).unwrap();
+    assert_eq!(
+        body,
+        json!({"id": "cli-1", "algorithm": "language_detection", "payload": {"text": "Hallo Welt"}})
+    );
+
+    let output = plugworker(&["submit", "--algorithm", "x", "--payload", "{broken"]);
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--payload is not valid JSON"));
+
+    for n in 0..3 {
+        stack
+            .sqs
+            .send(
+                &stack.queues.results,
+                &json!({"message_id": format!("m{n}")}).to_string(),
+            )
+            .await;
+    }
+    let output = plugworker(&["results"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let printed: Vec<serde_json::Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(printed.len(), 3);
+    assert_eq!(
+        stack.sqs.counts(&stack.queues.results).await,
+        (0, 0),
+        "printed results are removed"
+    );
 }

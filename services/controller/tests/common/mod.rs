@@ -73,8 +73,10 @@ impl Stack {
         (process, listen)
     }
 
-    pub fn controller(&self, extra: &[&str]) -> Process {
+    /// Starts `plugworker controller`; returns it with its health URL.
+    pub fn controller(&self, extra: &[&str]) -> (Process, String) {
         let consul = self.consul_url();
+        let health = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "controller",
             "--jobs-queue-url",
@@ -86,14 +88,15 @@ impl Stack {
             "--consul-address",
             &consul,
             "--health-address",
-            "127.0.0.1:0",
+            &health,
             "--receive-wait",
             "1s",
             "--consul-wait",
             "10s",
         ];
         args.extend_from_slice(extra);
-        Process::spawn(&bin_path("plugworker"), &args, &AWS_ENV)
+        let process = Process::spawn(&bin_path("plugworker"), &args, &AWS_ENV);
+        (process, format!("http://{health}/healthz"))
     }
 
     pub async fn submit(&self, job: serde_json::Value) -> String {
