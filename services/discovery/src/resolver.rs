@@ -41,13 +41,6 @@ impl Snapshot {
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
-
-    /// Every algorithm with at least one passing instance.
-    pub fn algorithms(&self) -> impl Iterator<Item = (&str, &[Instance])> {
-        self.by_algorithm
-            .iter()
-            .map(|(a, i)| (a.as_str(), i.as_slice()))
-    }
 }
 
 /// Counters a metrics endpoint can expose.
@@ -106,11 +99,6 @@ impl Resolver {
     /// The current view (no I/O).
     pub fn snapshot(&self) -> Arc<Snapshot> {
         self.snapshot.borrow().clone()
-    }
-
-    /// Passing instances serving `algorithm` right now (no I/O).
-    pub fn instances(&self, algorithm: &str) -> Vec<Instance> {
-        self.snapshot.borrow().instances(algorithm).to_vec()
     }
 
     /// A receiver that sees every new snapshot, e.g. to wait for a runner to appear.
