@@ -1,0 +1,352 @@
+//! Image input against real bytes and a real local HTTP server.
+
+use axum::Router;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use base64::Engine;
+use image::{ImageEncoder, RgbImage};
+use plugworker_image_input::{ImageLimits, ImageLoader, ImageSource, decode};
+use plugworker_kit::RunError;
+use std::time::{Duration, Instant};
+
+fn sample(width: u32, height: u32) -> RgbImage {
+    RgbImage::from_fn(width, height, |x, y| {
+        image::Rgb([(x * 7) as u8, (y * 13) as u8, 128])
+    })
+}
+
+fn encode(image: &RgbImage, format: image::ImageFormat) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    match format {
+        image::ImageFormat::WebP => image::codecs::webp::WebPEncoder::new_lossless(&mut bytes)
+            .write_image(
+                image.as_raw(),
+                image.width(),
+                image.height(),
+                image::ExtendedColorType::Rgb8,
+            )
+            .unwrap(),
+        _ => image
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap(),
+    }
+    bytes
+}
+
+fn base64_of(bytes: &[u8]) -> ImageSource {
+    ImageSource {
+        image_base64: Some(base64::engine::general_purpose::STANDARD.encode(bytes)),
+        ..Default::default()
+    }
+}
+
+fn url(url: String) -> ImageSource {
+    ImageSource {
+        image_url: Some(url),
+        ..Default::default()
+    }
+}
+
+fn loader(allow_private: bool) -> ImageLoader {
+    ImageLoader::new(ImageLimits {
+        allow_private_addresses: allow_private,
+        fetch_timeout: Duration::from_millis(800),
+        max_bytes: 1024 * 1024,
+        ..ImageLimits::default()
+    })
+}
+
+/// A PNG whose header claims `width`×`height` (no pixel data needed to be refused).
+fn png_header_only(width: u32, height: u32) -> Vec<u8> {
+    fn crc32(bytes: &[u8]) -> u32 {
+        let mut crc = 0xffff_ffffu32;
+        for byte in bytes {
+            crc ^= u32::from(*byte);
+            for _ in 0..8 {
+                crc = if crc & 1 != 0 {
+                    (crc >> 1) ^ 0xedb8_8320
+                } else {
+                    crc >> 1
+                };
+            }
+        }
+        !crc
+    }
+    fn chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
+        let mut out = (data.len() as u32).to_be_bytes().to_vec();
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+        out
+    }
+    let mut ihdr = width.to_be_bytes().to_vec();
+    ihdr.extend_from_slice(&height.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
+    png.extend(chunk(b"IHDR", &ihdr));
+    png.extend(chunk(
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    ));
+    png.extend(chunk(b"IEND", &[]));
+    png
+}
+
+/// `jpeg` with an EXIF APP1 segment saying orientation = `orientation`.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"II*\x00\x08\x00\x00\x00".to_vec(); // little endian, IFD at 8
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]); // value padding
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    let mut app1 = b"Exif\x00\x00".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xff, 0xe1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+async fn server() -> String {
+    let png = encode(&sample(40, 30), image::ImageFormat::Png);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let redirect_target = format!("{base}/ok.png");
+    let app = Router::new()
+        .route(
+            "/ok.png",
+            get(
+                move || async move { ([(header::CONTENT_TYPE, "image/png")], png).into_response() },
+            ),
+        )
+        .route("/missing.png", get(|| async { StatusCode::NOT_FOUND }))
+        .route(
+            "/stall.png",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                StatusCode::OK
+            }),
+        )
+        .route(
+            "/redirect.png",
+            get(move || async move { (StatusCode::FOUND, [(header::LOCATION, redirect_target)]) }),
+        )
+        .route("/huge.png", get(|| async { vec![0u8; 3 * 1024 * 1024] }));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+fn assert_error(result: Result<RgbImage, RunError>, expected_kind: &str, fragment: &str) {
+    match result {
+        Err(RunError::InvalidInput(m)) if expected_kind == "invalid" => {
+            assert!(m.contains(fragment), "{m}")
+        }
+        Err(RunError::Unprocessable(m)) if expected_kind == "unprocessable" => {
+            assert!(m.contains(fragment), "{m}")
+        }
+        Ok(image) => panic!(
+            "expected {expected_kind} error containing {fragment:?}, got a {:?} image",
+            image.dimensions()
+        ),
+        Err(other) => {
+            panic!("expected {expected_kind} error containing {fragment:?}, got {other:?}")
+        }
+    }
+}
+
+#[tokio::test]
+async fn decodes_png_jpeg_webp_and_gif_from_base64() {
+    let loader = loader(false);
+    let image = sample(32, 24);
+    for format in [
+        image::ImageFormat::Png,
+        image::ImageFormat::Jpeg,
+        image::ImageFormat::WebP,
+        image::ImageFormat::Gif,
+    ] {
+        let decoded = loader
+            .load(&base64_of(&encode(&image, format)))
+            .await
+            .unwrap();
+        assert_eq!(decoded.dimensions(), (32, 24), "{format:?}");
+    }
+    // Whitespace and missing padding are tolerated.
+    let text = base64::engine::general_purpose::STANDARD_NO_PAD
+        .encode(encode(&image, image::ImageFormat::Png));
+    let wrapped: String = text
+        .as_bytes()
+        .chunks(60)
+        .map(|c| std::str::from_utf8(c).unwrap().to_string() + "\n")
+        .collect();
+    let source = ImageSource {
+        image_base64: Some(wrapped),
+        ..Default::default()
+    };
+    assert_eq!(loader.load(&source).await.unwrap().dimensions(), (32, 24));
+}
+
+#[tokio::test]
+async fn exif_orientation_is_applied() {
+    let jpeg = encode(&sample(20, 10), image::ImageFormat::Jpeg);
+    let rotated = with_exif_orientation(&jpeg, 6); // rotate 90° clockwise to display
+    assert_eq!(decode(&jpeg, 1_000_000).unwrap().dimensions(), (20, 10));
+    assert_eq!(decode(&rotated, 1_000_000).unwrap().dimensions(), (10, 20));
+}
+
+#[tokio::test]
+async fn bad_bytes_get_clear_errors() {
+    let loader = loader(false);
+    assert_error(
+        loader.load(&base64_of(b"definitely not an image")).await,
+        "unprocessable",
+        "not a PNG, JPEG, WebP or GIF",
+    );
+    let jpeg = encode(&sample(64, 64), image::ImageFormat::Jpeg);
+    assert_error(
+        loader.load(&base64_of(&jpeg[..jpeg.len() / 2])).await,
+        "unprocessable",
+        "truncated",
+    );
+    let png = encode(&sample(64, 64), image::ImageFormat::Png);
+    assert_error(
+        loader.load(&base64_of(&png[..png.len() / 2])).await,
+        "unprocessable",
+        "cannot decode",
+    );
+    let source = ImageSource {
+        image_base64: Some("!!not base64!!".into()),
+        ..Default::default()
+    };
+    assert_error(loader.load(&source).await, "invalid", "not valid base64");
+    assert_error(
+        loader.load(&ImageSource::default()).await,
+        "invalid",
+        "required",
+    );
+    let both = ImageSource {
+        image_url: Some("https://example.com/a.png".into()),
+        image_base64: Some("AA==".into()),
+    };
+    assert_error(loader.load(&both).await, "invalid", "not both");
+    let bmp = {
+        let mut bytes = Vec::new();
+        sample(4, 4)
+            .write_to(
+                &mut std::io::Cursor::new(&mut bytes),
+                image::ImageFormat::Png,
+            )
+            .unwrap();
+        let mut bmp = b"BM".to_vec();
+        bmp.extend_from_slice(&bytes[2..]);
+        bmp
+    };
+    assert!(loader.load(&base64_of(&bmp)).await.is_err());
+}
+
+#[tokio::test]
+async fn a_decompression_bomb_is_refused_from_its_header() {
+    let loader = loader(false);
+    let started = Instant::now();
+    let bomb = png_header_only(30_000, 30_000);
+    assert_error(
+        loader.load(&base64_of(&bomb)).await,
+        "unprocessable",
+        "900000000 pixels",
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused before decoding"
+    );
+}
+
+#[tokio::test]
+async fn urls_are_fetched_with_limits_and_without_redirects() {
+    let base = server().await;
+    let allowed = loader(true);
+    assert_eq!(
+        allowed
+            .load(&url(format!("{base}/ok.png")))
+            .await
+            .unwrap()
+            .dimensions(),
+        (40, 30)
+    );
+    assert_error(
+        allowed.load(&url(format!("{base}/missing.png"))).await,
+        "unprocessable",
+        "404",
+    );
+    let started = Instant::now();
+    assert_error(
+        allowed.load(&url(format!("{base}/stall.png"))).await,
+        "unprocessable",
+        "timed out",
+    );
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_error(
+        allowed.load(&url(format!("{base}/redirect.png"))).await,
+        "unprocessable",
+        "redirects are not followed",
+    );
+    assert_error(
+        allowed.load(&url(format!("{base}/huge.png"))).await,
+        "unprocessable",
+        "allowed",
+    );
+    assert_error(
+        allowed.load(&url("ftp://example.com/a.png".into())).await,
+        "invalid",
+        "http or https",
+    );
+    assert_error(
+        allowed.load(&url("not a url".into())).await,
+        "invalid",
+        "not a URL",
+    );
+}
+
+#[tokio::test]
+async fn private_addresses_are_refused_unless_allowed() {
+    let base = server().await;
+    let guarded = loader(false);
+    assert_error(
+        guarded.load(&url(format!("{base}/ok.png"))).await,
+        "invalid",
+        "private or reserved",
+    );
+    assert_error(
+        guarded
+            .load(&url("http://169.254.169.254/latest/meta-data".into()))
+            .await,
+        "invalid",
+        "private or reserved",
+    );
+    assert_error(
+        guarded.load(&url("http://[::1]:9/x.png".into())).await,
+        "invalid",
+        "private or reserved",
+    );
+    // A name that resolves to loopback is refused at resolution time.
+    let by_name = base.replace("127.0.0.1", "localhost");
+    assert_error(
+        guarded.load(&url(format!("{by_name}/ok.png"))).await,
+        "unprocessable",
+        "private or reserved",
+    );
+}
+
+#[test]
+fn the_schema_requires_exactly_one_source() {
+    let schema = serde_json::to_value(schemars::schema_for!(ImageSource)).unwrap();
+    assert_eq!(
+        schema["oneOf"],
+        serde_json::json!([{"required": ["image_url"]}, {"required": ["image_base64"]}])
+    );
+}
