@@ -202,7 +202,6 @@ impl Controller {
                 release(&context, delivery).await;
             }
         }
-        context.queue.flush().await;
         tracing::info!("controller stopped");
     }
 }

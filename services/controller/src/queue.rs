@@ -56,8 +56,6 @@ pub trait JobQueue: Send + Sync + 'static {
     fn max_receive_count(&self) -> Option<u32>;
     /// The visibility timeout of received messages.
     fn visibility_timeout(&self) -> Duration;
-    /// Waits until pending acknowledgements (batched deletes) are sent.
-    async fn flush(&self) {}
 }
 
 #[async_trait]

@@ -1,7 +1,7 @@
 //! Amazon SQS as the job queue and the results destination (`aws-sdk-sqs`).
 //!
 //! Deletes are batched (`DeleteMessageBatch`, up to 10 per call, flushed every 20 ms), and
-//! each caller still learns whether its own delete succeeded.
+//! each caller waits for, and learns, the outcome of its own delete.
 
 use crate::queue::{Delivery, JobQueue, QueueError, ResultSink};
 use async_trait::async_trait;
@@ -226,11 +226,6 @@ impl JobQueue for SqsJobQueue {
 
     fn visibility_timeout(&self) -> Duration {
         self.visibility
-    }
-
-    async fn flush(&self) {
-        // A delete queued before this call is sent within one batching period.
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

@@ -78,7 +78,12 @@ impl Registration {
                     self.client.register_service(&self.service).await
                 }
             };
-            let delay = match step.await {
+            // A request hanging on an unreachable agent must not hold up shutdown.
+            let outcome = tokio::select! {
+                outcome = step => outcome,
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let delay = match outcome {
                 Ok(()) => {
                     if !registered || failures > 0 {
                         tracing::info!(

@@ -154,7 +154,16 @@ pub async fn run(
         let _ = task.await;
     }
     if let Some(registration) = &registration {
-        registration.deregister().await;
+        // Bounded: with Consul unreachable, the check's DeregisterCriticalServiceAfter
+        // removes the instance anyway.
+        let deregistered =
+            tokio::time::timeout(std::time::Duration::from_secs(5), registration.deregister())
+                .await;
+        if deregistered.is_err() {
+            tracing::warn!(
+                "Consul did not answer the deregistration in 5 s; its health check will expire the instance"
+            );
+        }
     }
     let _ = stop_server.send(());
     if !server.is_finished() {

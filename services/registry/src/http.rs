@@ -146,11 +146,15 @@ fn with_index(body: impl IntoResponse, index: u64) -> Response {
     (headers, body).into_response()
 }
 
+/// A request body in PascalCase or snake_case (see [`keys`]), as Consul accepts both.
+fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
+    let decode_failed = |e: serde_json::Error| bad_request(format!("Request decode failed: {e}"));
+    let value: serde_json::Value = serde_json::from_slice(body).map_err(decode_failed)?;
+    serde_json::from_value(keys::normalize(value)).map_err(decode_failed)
+}
+
 async fn register(State(shared): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
-    let registration: ServiceRegistration = serde_json::from_value(keys::normalize(value))
-        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
+    let registration: ServiceRegistration = decode_body(&body)?;
     let name = registration.name.clone();
     let (index, new_checks) = shared
         .lock()
@@ -236,10 +240,7 @@ async fn check_update(
         #[serde(default)]
         output: String,
     }
-    let value: serde_json::Value = serde_json::from_slice(&body)
-        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
-    let update: Update = serde_json::from_value(keys::normalize(value))
-        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
+    let update: Update = decode_body(&body)?;
     update_check(&shared, &id, update.status, &update.output)
 }
 
