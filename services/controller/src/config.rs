@@ -15,12 +15,26 @@ pub struct QueueArgs {
     /// URL of the dead-letter queue (default: the jobs queue's redrive target).
     #[arg(long, env = "PLUGWORKER_DLQ_URL")]
     pub dlq_url: Option<String>,
+    #[command(flatten)]
+    pub sqs: SqsArgs,
+}
+
+/// How to reach SQS; shared by every command that talks to a queue.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SqsArgs {
     /// SQS endpoint override, for local emulators (e.g. http://127.0.0.1:5000).
     #[arg(long, env = "PLUGWORKER_SQS_ENDPOINT")]
     pub sqs_endpoint: Option<String>,
     /// AWS region (default: the standard AWS configuration chain).
     #[arg(long, env = "AWS_REGION")]
     pub region: Option<String>,
+}
+
+impl SqsArgs {
+    /// An SQS client from the standard AWS configuration chain, with these overrides.
+    pub async fn client(&self) -> aws_sdk_sqs::Client {
+        crate::sqs::client(self.sqs_endpoint.as_deref(), self.region.as_deref()).await
+    }
 }
 
 /// How the controller runs jobs.

@@ -17,7 +17,7 @@ pub mod memory;
 pub mod queue;
 pub mod sqs;
 
-pub use config::{ControllerArgs, QueueArgs};
+pub use config::{ControllerArgs, QueueArgs, SqsArgs};
 pub use controller::{Controller, Settings, Stats};
 pub use dispatch::Dispatcher;
 
@@ -31,11 +31,7 @@ pub async fn run_on_sqs(
     consul: ConsulClient,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> anyhow::Result<()> {
-    let client = sqs::client(
-        args.queues.sqs_endpoint.as_deref(),
-        args.queues.region.as_deref(),
-    )
-    .await;
+    let client = args.queues.sqs.client().await;
     let queue = sqs::SqsJobQueue::connect(
         client.clone(),
         args.queues.jobs_queue_url.clone(),

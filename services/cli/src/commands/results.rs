@@ -9,12 +9,8 @@ pub struct Args {
     /// URL of the results queue.
     #[arg(long, env = "PLUGWORKER_RESULTS_QUEUE_URL")]
     pub results_queue_url: String,
-    /// SQS endpoint override, for local emulators.
-    #[arg(long, env = "PLUGWORKER_SQS_ENDPOINT")]
-    pub sqs_endpoint: Option<String>,
-    /// AWS region.
-    #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
+    #[command(flatten)]
+    pub sqs: plugworker_controller::SqsArgs,
     /// Keep waiting for new results (until interrupted) instead of stopping when the
     /// queue is empty.
     #[arg(long)]
@@ -25,9 +21,7 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let client =
-        plugworker_controller::sqs::client(args.sqs_endpoint.as_deref(), args.region.as_deref())
-            .await;
+    let client = args.sqs.client().await;
     let mut printed = 0usize;
     let mut stdout = std::io::stdout();
     let mut stop = std::pin::pin!(super::shutdown_signal());

@@ -11,12 +11,8 @@ pub struct Args {
     /// URL of the jobs queue.
     #[arg(long, env = "PLUGWORKER_JOBS_QUEUE_URL")]
     pub jobs_queue_url: String,
-    /// SQS endpoint override, for local emulators.
-    #[arg(long, env = "PLUGWORKER_SQS_ENDPOINT")]
-    pub sqs_endpoint: Option<String>,
-    /// AWS region.
-    #[arg(long, env = "AWS_REGION")]
-    pub region: Option<String>,
+    #[command(flatten)]
+    pub sqs: plugworker_controller::SqsArgs,
     /// Algorithm to run.
     #[arg(long)]
     pub algorithm: String,
@@ -61,9 +57,7 @@ pub fn job_body(args: &Args) -> anyhow::Result<String> {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let body = job_body(&args)?;
-    let client =
-        plugworker_controller::sqs::client(args.sqs_endpoint.as_deref(), args.region.as_deref())
-            .await;
+    let client = args.sqs.client().await;
     let output = client
         .send_message()
         .queue_url(&args.jobs_queue_url)
