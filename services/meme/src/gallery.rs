@@ -1,0 +1,502 @@
+//! The labelled template images, and their embeddings cached on disk.
+//!
+//! A gallery is a folder. By default every image in a sub-folder is a template whose
+//! label is the sub-folder's name (`gallery/distracted-boyfriend/original.jpg`); an image
+//! directly in the folder is labelled by its file stem. A `manifest.json` in the folder,
+//! `{"templates": [{"label": "...", "file": "relative/path.jpg"}]}`, replaces that
+//! convention when labels and files must not be tied to names.
+//!
+//! Embedding thousands of templates takes minutes, so embeddings are cached in one file
+//! per model and preprocessing ([`Embedder::cache_key`]), keyed inside by each template
+//! file's sha256: an edited, renamed or added image is embedded again, the rest are read.
+
+use crate::embedder::{EMBEDDING_DIM, Embedder, EmbedderError};
+use crate::index::EmbeddingIndex;
+use image::{ImageDecoder, ImageReader, RgbImage};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::io::{Cursor, Read, Write};
+use std::path::{Path, PathBuf};
+
+const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif"];
+const MANIFEST: &str = "manifest.json";
+const CACHE_MAGIC: &[u8] = b"plugworker-gallery-embeddings/1\n";
+
+#[derive(Debug, thiserror::Error)]
+pub enum GalleryError {
+    #[error("gallery folder {0} not found")]
+    Missing(PathBuf),
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}: {reason}")]
+    Manifest { path: PathBuf, reason: String },
+    #[error("template {path}: {reason}")]
+    Template { path: PathBuf, reason: String },
+    #[error("gallery {0} has no template images")]
+    Empty(PathBuf),
+    #[error("template {path}: {source}")]
+    Embed {
+        path: PathBuf,
+        source: EmbedderError,
+    },
+}
+
+/// One template image.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Template {
+    pub label: String,
+    /// Path relative to the gallery folder, `/`-separated (reported in results).
+    pub file: String,
+    /// Hex sha256 of the file's bytes.
+    pub sha256: String,
+}
+
+/// Templates and their embeddings, row `i` of the index belonging to template `i`.
+pub struct Gallery {
+    templates: Vec<Template>,
+    index: EmbeddingIndex,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Manifest {
+    templates: Vec<ManifestEntry>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ManifestEntry {
+    label: String,
+    file: String,
+}
+
+/// How loading went, for logs and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    pub templates: usize,
+    pub embedded: usize,
+    pub from_cache: usize,
+}
+
+impl Gallery {
+    /// Builds a gallery from templates already embedded (benchmarks, tests).
+    pub fn from_parts(templates: Vec<Template>, index: EmbeddingIndex) -> Self {
+        assert_eq!(templates.len(), index.len(), "one embedding per template");
+        Self { templates, index }
+    }
+
+    /// Reads the gallery at `root`, embedding each template or reading its embedding from
+    /// `cache_dir`. A cache that cannot be read or written costs time, never correctness:
+    /// it is logged and ignored.
+    pub fn load(
+        root: &Path,
+        embedder: &Embedder,
+        cache_dir: Option<&Path>,
+    ) -> Result<(Self, LoadStats), GalleryError> {
+        let files = discover(root)?;
+        let cache_file =
+            cache_dir.map(|dir| dir.join(format!("embeddings-{}.bin", embedder.cache_key())));
+        let mut cached = match &cache_file {
+            Some(path) => read_cache(path, &embedder.cache_key()).unwrap_or_else(|e| {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(cache = %path.display(), error = %e, "ignoring unreadable gallery cache");
+                }
+                HashMap::new()
+            }),
+            None => HashMap::new(),
+        };
+        let mut stats = LoadStats::default();
+        let mut templates = Vec::with_capacity(files.len());
+        let mut index = EmbeddingIndex::new(EMBEDDING_DIM);
+        let mut fresh: HashMap<String, Vec<f32>> = HashMap::new();
+        for (label, relative) in files {
+            let path = root.join(&relative);
+            let bytes = std::fs::read(&path).map_err(|source| GalleryError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            let sha256 = hex(&Sha256::digest(&bytes));
+            let embedding = if let Some(embedding) =
+                cached.get(&sha256).or_else(|| fresh.get(&sha256))
+            {
+                stats.from_cache += 1;
+                embedding.clone()
+            } else {
+                let image = decode_template(&bytes).map_err(|reason| GalleryError::Template {
+                    path: path.clone(),
+                    reason,
+                })?;
+                let embedding = embedder
+                    .embed(&image)
+                    .map_err(|source| GalleryError::Embed {
+                        path: path.clone(),
+                        source,
+                    })?;
+                stats.embedded += 1;
+                fresh.insert(sha256.clone(), embedding.clone());
+                embedding
+            };
+            index.push(&embedding);
+            templates.push(Template {
+                label,
+                file: relative,
+                sha256,
+            });
+        }
+        stats.templates = templates.len();
+        if let Some(path) = cache_file
+            && !fresh.is_empty()
+        {
+            // Keep entries of templates removed since: they cost nothing to keep and a
+            // template put back is then free.
+            cached.extend(fresh);
+            if let Err(e) = write_cache(&path, &embedder.cache_key(), &cached) {
+                tracing::warn!(cache = %path.display(), error = %e, "cannot write gallery cache");
+            }
+        }
+        Ok((Self { templates, index }, stats))
+    }
+
+    pub fn templates(&self) -> &[Template] {
+        &self.templates
+    }
+
+    pub fn index(&self) -> &EmbeddingIndex {
+        &self.index
+    }
+
+    /// Distinct labels, sorted.
+    pub fn labels(&self) -> Vec<&str> {
+        let mut labels: Vec<&str> = self.templates.iter().map(|t| t.label.as_str()).collect();
+        labels.sort_unstable();
+        labels.dedup();
+        labels
+    }
+}
+
+/// (label, path relative to root) of every template, in a stable order.
+pub fn discover(root: &Path) -> Result<Vec<(String, String)>, GalleryError> {
+    if !root.is_dir() {
+        return Err(GalleryError::Missing(root.to_owned()));
+    }
+    let manifest = root.join(MANIFEST);
+    let mut files = if manifest.is_file() {
+        from_manifest(root, &manifest)?
+    } else {
+        from_folders(root)?
+    };
+    if files.is_empty() {
+        return Err(GalleryError::Empty(root.to_owned()));
+    }
+    for (label, file) in &files {
+        validate_label(label).map_err(|reason| GalleryError::Template {
+            path: root.join(file),
+            reason,
+        })?;
+    }
+    files.sort();
+    Ok(files)
+}
+
+fn from_manifest(root: &Path, manifest: &Path) -> Result<Vec<(String, String)>, GalleryError> {
+    let text = std::fs::read_to_string(manifest).map_err(|source| GalleryError::Io {
+        path: manifest.to_owned(),
+        source,
+    })?;
+    let parsed: Manifest = serde_json::from_str(&text).map_err(|e| GalleryError::Manifest {
+        path: manifest.to_owned(),
+        reason: e.to_string(),
+    })?;
+    parsed
+        .templates
+        .into_iter()
+        .map(|entry| {
+            let relative = Path::new(&entry.file);
+            if relative.is_absolute()
+                || relative
+                    .components()
+                    .any(|c| matches!(c, std::path::Component::ParentDir))
+            {
+                return Err(GalleryError::Manifest {
+                    path: manifest.to_owned(),
+                    reason: format!(
+                        "file {:?} must be a path inside the gallery folder",
+                        entry.file
+                    ),
+                });
+            }
+            if !root.join(relative).is_file() {
+                return Err(GalleryError::Manifest {
+                    path: manifest.to_owned(),
+                    reason: format!("file {:?} does not exist", entry.file),
+                });
+            }
+            Ok((entry.label, entry.file))
+        })
+        .collect()
+}
+
+fn from_folders(root: &Path) -> Result<Vec<(String, String)>, GalleryError> {
+    let mut files = Vec::new();
+    for entry in read_dir(root)? {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if name.starts_with('.') {
+            continue;
+        }
+        let path = entry.path();
+        if path.is_dir() {
+            for inner in read_dir(&path)? {
+                let inner_name = inner.file_name().to_string_lossy().into_owned();
+                if inner.path().is_file() && is_image(&inner_name) {
+                    files.push((name.clone(), format!("{name}/{inner_name}")));
+                }
+            }
+        } else if is_image(&name) {
+            let stem = Path::new(&name)
+                .file_stem()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned();
+            files.push((stem, name));
+        }
+    }
+    Ok(files)
+}
+
+fn read_dir(dir: &Path) -> Result<Vec<std::fs::DirEntry>, GalleryError> {
+    let io = |source| GalleryError::Io {
+        path: dir.to_owned(),
+        source,
+    };
+    std::fs::read_dir(dir)
+        .map_err(io)?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(io)
+}
+
+fn is_image(name: &str) -> bool {
+    Path::new(name)
+        .extension()
+        .map(|e| IMAGE_EXTENSIONS.contains(&e.to_string_lossy().to_ascii_lowercase().as_str()))
+        .unwrap_or(false)
+}
+
+fn validate_label(label: &str) -> Result<(), String> {
+    if label.trim().is_empty() {
+        return Err("empty label".into());
+    }
+    if label == crate::UNKNOWN_LABEL {
+        return Err(format!(
+            "label {label:?} is reserved for images that match no template"
+        ));
+    }
+    Ok(())
+}
+
+/// Templates are the operator's own files: decoded with EXIF orientation, like inputs,
+/// so a template and a photo of it agree, but without the untrusted-input limits.
+fn decode_template(bytes: &[u8]) -> Result<RgbImage, String> {
+    let reader = ImageReader::new(Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let orientation = decoder.orientation().map_err(|e| e.to_string())?;
+    let mut image = image::DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    image.apply_orientation(orientation);
+    Ok(image.to_rgb8())
+}
+
+fn read_cache(path: &Path, key: &str) -> std::io::Result<HashMap<String, Vec<f32>>> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut bytes = Vec::new();
+    std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    let mut cursor = Cursor::new(bytes);
+    let mut magic = vec![0u8; CACHE_MAGIC.len()];
+    cursor.read_exact(&mut magic)?;
+    if magic != CACHE_MAGIC {
+        return Err(invalid("not a gallery cache"));
+    }
+    let stored_key = read_string(&mut cursor)?;
+    if stored_key != key {
+        return Err(invalid("cache belongs to another model"));
+    }
+    let dim = read_u32(&mut cursor)? as usize;
+    let count = read_u32(&mut cursor)? as usize;
+    if dim != EMBEDDING_DIM {
+        return Err(invalid("cache has embeddings of another width"));
+    }
+    let mut entries = HashMap::with_capacity(count);
+    let mut buffer = vec![0u8; dim * 4];
+    for _ in 0..count {
+        let sha = read_string(&mut cursor)?;
+        cursor.read_exact(&mut buffer)?;
+        let embedding = buffer
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|b| f32::from_le_bytes(*b))
+            .collect();
+        entries.insert(sha, embedding);
+    }
+    Ok(entries)
+}
+
+/// Written to a temporary file then renamed, so a crash or a concurrent runner never
+/// leaves a torn cache behind.
+fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut bytes = Vec::with_capacity(64 + entries.len() * (EMBEDDING_DIM * 4 + 72));
+    bytes.extend_from_slice(CACHE_MAGIC);
+    write_string(&mut bytes, key);
+    bytes.extend_from_slice(&(EMBEDDING_DIM as u32).to_le_bytes());
+    bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+    let mut keys: Vec<&String> = entries.keys().collect();
+    keys.sort();
+    for sha in keys {
+        write_string(&mut bytes, sha);
+        for value in &entries[sha] {
+            bytes.extend_from_slice(&value.to_le_bytes());
+        }
+    }
+    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    let mut file = std::fs::File::create(&temporary)?;
+    file.write_all(&bytes)?;
+    file.sync_all()?;
+    std::fs::rename(&temporary, path)
+}
+
+fn read_u32(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<u32> {
+    let mut buffer = [0u8; 4];
+    cursor.read_exact(&mut buffer)?;
+    Ok(u32::from_le_bytes(buffer))
+}
+
+fn read_string(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<String> {
+    let length = read_u32(cursor)? as usize;
+    if length > 4096 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "string too long",
+        ));
+    }
+    let mut buffer = vec![0u8; length];
+    cursor.read_exact(&mut buffer)?;
+    String::from_utf8(buffer).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+fn write_string(bytes: &mut Vec<u8>, value: &str) {
+    bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
+    bytes.extend_from_slice(value.as_bytes());
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn touch(path: &Path) {
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"not read by discover").unwrap();
+    }
+
+    #[test]
+    fn folders_name_labels_and_root_images_are_labelled_by_stem() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("drake/a.jpg"));
+        touch(&dir.path().join("drake/b.PNG"));
+        touch(&dir.path().join("drake/notes.txt"));
+        touch(&dir.path().join("doge.webp"));
+        touch(&dir.path().join("PROVENANCE.md"));
+        touch(&dir.path().join(".cache/x.png"));
+        let files = discover(dir.path()).unwrap();
+        assert_eq!(
+            files,
+            vec![
+                ("doge".to_string(), "doge.webp".to_string()),
+                ("drake".to_string(), "drake/a.jpg".to_string()),
+                ("drake".to_string(), "drake/b.PNG".to_string()),
+            ]
+        );
+    }
+
+    #[test]
+    fn a_manifest_replaces_the_folder_convention_and_is_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        touch(&dir.path().join("x/1.jpg"));
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            r#"{"templates": [{"label": "success kid", "file": "x/1.jpg"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(
+            discover(dir.path()).unwrap(),
+            vec![("success kid".into(), "x/1.jpg".into())]
+        );
+
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            r#"{"templates": [{"label": "a", "file": "../etc/passwd"}]}"#,
+        )
+        .unwrap();
+        assert!(
+            discover(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("inside the gallery")
+        );
+        std::fs::write(
+            dir.path().join(MANIFEST),
+            r#"{"templates": [{"label": "a", "file": "missing.jpg"}]}"#,
+        )
+        .unwrap();
+        assert!(
+            discover(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("does not exist")
+        );
+    }
+
+    #[test]
+    fn empty_galleries_and_the_reserved_label_are_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(matches!(discover(dir.path()), Err(GalleryError::Empty(_))));
+        touch(&dir.path().join("unknown/a.jpg"));
+        assert!(
+            discover(dir.path())
+                .unwrap_err()
+                .to_string()
+                .contains("reserved")
+        );
+        assert!(matches!(
+            discover(&dir.path().join("nope")),
+            Err(GalleryError::Missing(_))
+        ));
+    }
+
+    #[test]
+    fn the_cache_round_trips_and_refuses_another_model() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("c.bin");
+        let mut entries = HashMap::new();
+        entries.insert(
+            "ab".repeat(32),
+            (0..EMBEDDING_DIM).map(|i| i as f32).collect::<Vec<_>>(),
+        );
+        write_cache(&path, "model-1", &entries).unwrap();
+        assert_eq!(read_cache(&path, "model-1").unwrap(), entries);
+        assert!(read_cache(&path, "model-2").is_err());
+        std::fs::write(&path, b"garbage").unwrap();
+        assert!(read_cache(&path, "model-1").is_err());
+    }
+}

@@ -1,0 +1,19 @@
+//! Which meme template an image uses.
+//!
+//! A meme is a known template image with captions, crops, banners and recompression on
+//! top. Copy-detection embeddings (SSCD, DESIGN.md §4) are trained to map exactly such
+//! edits of one image close together and different images far apart, so recognising a
+//! template is a nearest-neighbour lookup: embed the image ([`Embedder`]), compare it
+//! with the embedded templates ([`Gallery`], [`EmbeddingIndex`]) by cosine similarity, and
+//! answer the best label, or `unknown` below a threshold ([`MemeClassifier`]).
+//! Adding a template is adding an image to the gallery folder; nothing is retrained.
+
+mod classifier;
+mod embedder;
+mod gallery;
+mod index;
+
+pub use classifier::{Candidate, Classification, MemeClassifier, UNKNOWN_LABEL, rank};
+pub use embedder::{EMBEDDING_DIM, Embedder, EmbedderError};
+pub use gallery::{Gallery, GalleryError, Template};
+pub use index::{EmbeddingIndex, Hit};

@@ -1,0 +1,192 @@
+//! The PP-OCRv6 engine: detection, then recognition of each box, on ONNX Runtime.
+
+mod detection;
+mod recognition;
+
+pub use detection::DetectionConfig;
+
+use crate::{OcrEngine, OcrError, OcrOutput, TextLine, assemble};
+use image::RgbImage;
+use plugworker_onnx::ort::value::Tensor;
+use plugworker_onnx::{OnnxError, OnnxModel, Runtime};
+use recognition::Charset;
+use std::path::{Path, PathBuf};
+
+/// Files and thresholds.
+#[derive(Clone, Debug)]
+pub struct PpOcrConfig {
+    pub detection_model: PathBuf,
+    pub recognition_model: PathBuf,
+    pub detection: DetectionConfig,
+    /// Lines recognised with less confidence are dropped (PaddleOCR's `text_score`).
+    pub min_confidence: f32,
+    /// Lines recognised per model call.
+    pub batch_size: usize,
+}
+
+impl PpOcrConfig {
+    /// The PP-OCRv6 small models where `scripts/fetch-models.sh` puts them.
+    pub fn in_models_dir(models_dir: &Path) -> Self {
+        Self {
+            detection_model: models_dir.join("cache/ppocr/PP-OCRv6_det_small.onnx"),
+            recognition_model: models_dir.join("cache/ppocr/PP-OCRv6_rec_small.onnx"),
+            detection: DetectionConfig::default(),
+            min_confidence: 0.5,
+            batch_size: 6,
+        }
+    }
+}
+
+pub struct PpOcr {
+    detector: OnnxModel,
+    recognizer: OnnxModel,
+    charset: Charset,
+    config: PpOcrConfig,
+}
+
+/// Boxes whose top-left corners are this close vertically are on the same row (pixels).
+const ROW_TOLERANCE: f32 = 10.0;
+
+impl PpOcr {
+    pub fn load(runtime: &Runtime, config: PpOcrConfig) -> Result<Self, OcrError> {
+        let missing: Vec<PathBuf> = [&config.detection_model, &config.recognition_model]
+            .into_iter()
+            .filter(|p| !p.is_file())
+            .cloned()
+            .collect();
+        if !missing.is_empty() {
+            return Err(OcrError::ModelsMissing {
+                paths: missing,
+                hint: "scripts/fetch-models.sh",
+            });
+        }
+        let detector = runtime.open(&config.detection_model)?;
+        let recognizer = runtime.open(&config.recognition_model)?;
+        let charset = Charset::from_metadata(&recognizer.custom_metadata("character")?);
+        let engine = Self {
+            detector,
+            recognizer,
+            charset,
+            config,
+        };
+        // One line through the recogniser checks the charset against the model's classes
+        // now rather than on the first job, and warms the runtime up.
+        let classes = engine.recognize_lines(&[RgbImage::new(96, 48)])?.1;
+        if classes != engine.charset.len() {
+            return Err(OcrError::Model {
+                path: engine.config.recognition_model.clone(),
+                reason: format!(
+                    "outputs {classes} classes but its character list gives {}",
+                    engine.charset.len()
+                ),
+            });
+        }
+        Ok(engine)
+    }
+
+    fn detect(&self, image: &RgbImage) -> Result<Vec<(crate::Quad, f32)>, OcrError> {
+        let input = detection::preprocess(image, &self.config.detection);
+        let tensor = Tensor::from_array((
+            [1usize, 3, input.height, input.width],
+            input.data.into_boxed_slice(),
+        ))
+        .map_err(OnnxError::from)?;
+        let mut session = self.detector.session();
+        let outputs = session.run([tensor.into()]).map_err(OnnxError::from)?;
+        let (shape, map) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(OnnxError::from)?;
+        let (map_height, map_width) = match shape[..] {
+            [1, 1, h, w] => (h as usize, w as usize),
+            _ => {
+                return Err(OcrError::Model {
+                    path: self.config.detection_model.clone(),
+                    reason: format!("unexpected output shape {shape:?}"),
+                });
+            }
+        };
+        Ok(detection::boxes(
+            map,
+            map_width,
+            map_height,
+            image.dimensions(),
+            &self.config.detection,
+        ))
+    }
+
+    /// Texts and confidences of line images, and the model's class count.
+    fn recognize_lines(&self, lines: &[RgbImage]) -> Result<(Vec<(String, f32)>, usize), OcrError> {
+        // Similar ratios batch together, so little of each batch is padding.
+        let mut order: Vec<usize> = (0..lines.len()).collect();
+        order.sort_by(|&a, &b| {
+            recognition::ratio(&lines[a]).total_cmp(&recognition::ratio(&lines[b]))
+        });
+        let mut results = vec![(String::new(), 0.0); lines.len()];
+        let mut classes = 0;
+        for chunk in order.chunks(self.config.batch_size.max(1)) {
+            let batch: Vec<&RgbImage> = chunk.iter().map(|&i| &lines[i]).collect();
+            let (data, width) = recognition::batch(&batch);
+            let tensor = Tensor::from_array((
+                [batch.len(), 3, recognition::LINE_HEIGHT, width],
+                data.into_boxed_slice(),
+            ))
+            .map_err(OnnxError::from)?;
+            let mut session = self.recognizer.session();
+            let outputs = session.run([tensor.into()]).map_err(OnnxError::from)?;
+            let (shape, probabilities) = outputs[0]
+                .try_extract_tensor::<f32>()
+                .map_err(OnnxError::from)?;
+            let [n, _steps, c] = shape[..] else {
+                return Err(OcrError::Model {
+                    path: self.config.recognition_model.clone(),
+                    reason: format!("unexpected output shape {shape:?}"),
+                });
+            };
+            classes = c as usize;
+            let per_line = probabilities.len() / n as usize;
+            for (k, &i) in chunk.iter().enumerate() {
+                results[i] = recognition::decode(
+                    &probabilities[k * per_line..(k + 1) * per_line],
+                    classes,
+                    &self.charset,
+                );
+            }
+        }
+        Ok((results, classes))
+    }
+}
+
+impl OcrEngine for PpOcr {
+    fn name(&self) -> &'static str {
+        "ppocr"
+    }
+
+    fn recognize(&self, image: &RgbImage) -> Result<OcrOutput, OcrError> {
+        if image.width() == 0 || image.height() == 0 {
+            return Err(OcrError::EmptyImage);
+        }
+        let boxes = self.detect(image)?;
+        let mut quads = Vec::with_capacity(boxes.len());
+        let mut crops = Vec::with_capacity(boxes.len());
+        for (quad, _) in &boxes {
+            if let Some(crop) = recognition::crop(image, quad) {
+                quads.push(*quad);
+                crops.push(crop);
+            }
+        }
+        let (texts, _) = self.recognize_lines(&crops)?;
+        let lines = quads
+            .into_iter()
+            .zip(texts)
+            .filter(|(_, (text, confidence))| {
+                !text.trim().is_empty() && *confidence >= self.config.min_confidence
+            })
+            .map(|(quad, (text, confidence))| TextLine {
+                text: text.trim().to_string(),
+                confidence: Some(confidence),
+                quad,
+            })
+            .collect();
+        Ok(assemble(lines, ROW_TOLERANCE))
+    }
+}

@@ -1,0 +1,3 @@
+fn main() {
+    plugworker_kit_build::declare_algorithms();
+}
