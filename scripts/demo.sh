@@ -4,14 +4,26 @@
 # `plugworker dev` starts the embedded Consul-compatible registry, this build's runners
 # as separate processes (they register over HTTP exactly as with Consul), and the
 # controller; it feeds it the jobs in scripts/demo-jobs.jsonl (or the file given) and
-# prints one result per job. Bad jobs get clear error results; a job for an algorithm no
+# prints one result per job. With no file given, two image jobs are added: the meme in
+# scripts/demo/meme.jpg (a gallery template with captions) classified and its text read. Bad jobs get clear error results; a job for an algorithm no
 # runner serves is retried, then reported once its attempts are used up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh >/dev/null
 
-jobs="${1:-scripts/demo-jobs.jsonl}"
+if [ $# -ge 1 ]; then
+  jobs="$1"
+else
+  jobs="$(mktemp --suffix=.jsonl)"
+  trap 'rm -f "$jobs"' EXIT
+  cp scripts/demo-jobs.jsonl "$jobs"
+  meme="$(base64 -w0 scripts/demo/meme.jpg)"
+  for algorithm in meme_classifier ocr; do
+    printf '{"id": "meme-%s", "algorithm": "%s", "payload": {"image_base64": "%s"}}\n' \
+      "$algorithm" "$algorithm" "$meme" >>"$jobs"
+  done
+fi
 echo "==> building"
 cargo build --workspace --bins --locked -q
 echo "==> plugworker dev --jobs $jobs"

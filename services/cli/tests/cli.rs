@@ -1,7 +1,9 @@
 //! The `plugworker` command against real processes: its own registry server, an
 //! nlp-runner registered there, and `algorithms` / `call` reading it back.
 
+use base64::Engine;
 use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
@@ -166,6 +168,13 @@ fn dev_runs_a_jsonl_file_of_jobs_and_prints_one_result_per_job() {
     lines.push(
         r#"{"id": "broken", "algorithm": "language_detection", "payload": {"text": ""}}"#.into(),
     );
+    // The demo meme, through the image-runner that `dev` starts beside the nlp-runner.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+    let meme = base64::engine::general_purpose::STANDARD
+        .encode(std::fs::read(root.join("scripts/demo/meme.jpg")).unwrap());
+    for algorithm in ["meme_classifier", "ocr"] {
+        lines.push(serde_json::json!({"id": algorithm, "algorithm": algorithm, "payload": {"image_base64": meme}}).to_string());
+    }
     std::fs::write(&jobs, lines.join("\n") + "\n").unwrap();
 
     let output = Command::new(bin_path("plugworker"))
@@ -178,6 +187,8 @@ fn dev_runs_a_jsonl_file_of_jobs_and_prints_one_result_per_job() {
             "--logs",
             dir.to_str().unwrap(),
         ])
+        // Runners find their models in ./models, as in scripts/demo.sh.
+        .current_dir(&root)
         .env("RUST_LOG", "warn")
         .output()
         .unwrap();
@@ -192,6 +203,17 @@ fn dev_runs_a_jsonl_file_of_jobs_and_prints_one_result_per_job() {
         lines.len(),
         "one result per job: {results:#?}"
     );
+    let by_id = |id: &str| results.iter().find(|r| r["job_id"] == id).unwrap();
+    assert_eq!(
+        by_id("meme_classifier")["result"]["label"],
+        "chelsea-the-cat"
+    );
+    assert_eq!(
+        by_id("meme_classifier")["runner"]["service"],
+        "image-runner"
+    );
+    let text = by_id("ocr")["result"]["text"].as_str().unwrap().to_string();
+    assert!(text.contains("FINALLY REACHES"), "{text}");
     for (i, (language, _)) in texts.iter().enumerate() {
         let result = results
             .iter()
@@ -204,6 +226,6 @@ fn dev_runs_a_jsonl_file_of_jobs_and_prints_one_result_per_job() {
     let broken = results.iter().find(|r| r["job_id"] == "broken").unwrap();
     assert_eq!(broken["status"], "error");
     assert_eq!(broken["error"]["code"], "invalid_payload");
-    assert!(stderr.contains("6 jobs, 5 ok, 1 failed"), "{stderr}");
+    assert!(stderr.contains("8 jobs, 7 ok, 1 failed"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -1,0 +1,92 @@
+//! The image-runner end to end: registered in the embedded Consul-compatible registry
+//! with exactly its algorithms as tags, found by tag, and called over gRPC at the
+//! address it registered.
+
+mod support;
+
+use plugworker_discovery::{ConsulClient, ConsulConfig, QueryOptions};
+use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_testkit::memes::{self, models_dir};
+use plugworker_testkit::{Process, bin_path, eventually, free_port, runner_client};
+use std::time::Duration;
+use support::{base64_payload, call};
+
+#[tokio::test]
+async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_grpc() {
+    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default())
+        .await
+        .unwrap();
+    let consul = ConsulClient::new(ConsulConfig {
+        address: registry.url(),
+        ..Default::default()
+    })
+    .unwrap();
+    let address = format!("127.0.0.1:{}", free_port());
+    let models = models_dir();
+    let _runner = Process::spawn(
+        &bin_path("image-runner"),
+        &[
+            "--listen",
+            &address,
+            "--consul-address",
+            &registry.url(),
+            "--check-interval",
+            "1s",
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+        &[],
+    );
+
+    let (services, _) = eventually(
+        Duration::from_secs(30),
+        "image-runner in the catalog",
+        || async {
+            let (services, index) = consul
+                .catalog_services(QueryOptions::default())
+                .await
+                .ok()?;
+            services
+                .contains_key("image-runner")
+                .then_some((services, index))
+        },
+    )
+    .await;
+    assert_eq!(services["image-runner"], vec!["meme_classifier", "ocr"]);
+
+    // Found the way the controller finds runners: passing instances with the tag.
+    for tag in ["meme_classifier", "ocr"] {
+        let entries = eventually(
+            Duration::from_secs(60),
+            "a passing instance for the tag",
+            || async {
+                let (entries, _) = consul
+                    .health_service("image-runner", &[tag], true, QueryOptions::default())
+                    .await
+                    .ok()?;
+                (!entries.is_empty()).then_some(entries)
+            },
+        )
+        .await;
+        assert_eq!(entries.len(), 1);
+        let registered = format!("{}:{}", entries[0].service.address, entries[0].service.port);
+        assert_eq!(registered, address);
+    }
+
+    let mut client = runner_client(&address, Duration::from_secs(10)).await;
+    let meme = std::fs::read(models.join("../scripts/demo/meme.jpg")).unwrap();
+    let classified = call(&mut client, "meme_classifier", &base64_payload(&meme))
+        .await
+        .unwrap();
+    assert_eq!(classified["label"], "chelsea-the-cat", "{classified}");
+    let read = call(&mut client, "ocr", &base64_payload(&meme))
+        .await
+        .unwrap();
+    assert!(
+        memes::character_accuracy(
+            "WHEN THE JOB FINALLY REACHES THE RUNNER",
+            read["text"].as_str().unwrap()
+        ) > 0.95,
+        "{read}"
+    );
+}
