@@ -59,3 +59,47 @@ async fn captions_of_rendered_memes_are_read_with_high_character_accuracy() {
         "character accuracy {accuracy:.4} < 0.97\n{report}"
     );
 }
+
+/// The ocrs engine: where its models were fetched (scripts/fetch-ocrs-models.sh, which
+/// needs the internet) it reads the demo meme; where they were not, as in CI, choosing it
+/// stops the runner with an error naming the missing file and the script.
+#[tokio::test]
+async fn the_ocrs_engine_reads_text_or_without_its_model_files_names_them() {
+    let models = plugworker_testkit::memes::models_dir();
+    if models.join("cache/ocrs/text-detection.rten").is_file()
+        && models.join("cache/ocrs/text-recognition.rten").is_file()
+    {
+        let mut runner = start(&[("PLUGWORKER_OCR_ENGINE", "ocrs")]).await;
+        let meme = std::fs::read(models.join("../scripts/demo/meme.jpg")).unwrap();
+        let read = call(&mut runner.client, "ocr", &base64_payload(&meme))
+            .await
+            .unwrap();
+        assert_eq!(read["engine"], "ocrs");
+        let accuracy = character_accuracy(
+            "WHEN THE JOB FINALLY REACHES THE RUNNER",
+            read["text"].as_str().unwrap(),
+        );
+        assert!(accuracy > 0.9, "{read}");
+        return;
+    }
+    let mut runner = plugworker_testkit::Process::spawn(
+        &plugworker_testkit::bin_path("image-runner"),
+        &[
+            "--listen",
+            &format!("127.0.0.1:{}", plugworker_testkit::free_port()),
+            "--no-register",
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+        &[
+            ("PLUGWORKER_OCR_ENGINE", "ocrs"),
+            ("PLUGWORKER_MEME_GALLERY_CACHE", "off"),
+        ],
+    );
+    let status = runner.wait_exit(std::time::Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = runner.log();
+    assert!(log.contains("text-detection.rten"), "{log}");
+    assert!(log.contains("fetch-ocrs-models.sh"), "{log}");
+    assert!(log.contains("ocr"), "{log}");
+}

@@ -1,0 +1,148 @@
+//! Warm per-image latency of `meme_classifier` and `ocr` (decode included, gRPC not: the
+//! kit's own overhead is `kit_overhead`'s subject), and gallery lookup time at 10 000
+//! templates. `scripts/bench-image.sh` runs this beside the Python reference on the same
+//! images and model files and prints the ratios.
+//!
+//! `cargo bench -p image-runner --bench image_latency -- INPUT_DIR` writes the rendered
+//! test memes (500 px on the longer side) into INPUT_DIR first, for the reference to read.
+
+use plugworker_meme::{
+    EMBEDDING_DIM, Embedder, EmbeddingIndex, Gallery, MemeClassifier, Template, rank,
+};
+use plugworker_ocr::{OcrEngine, PpOcr, PpOcrConfig};
+use plugworker_onnx::Runtime;
+use plugworker_testkit::memes::{self, Lcg, models_dir};
+use std::path::PathBuf;
+use std::time::Instant;
+
+const CAPTIONS: &[(&str, &str)] = &[
+    ("one does not simply", "walk into production"),
+    ("when the build passes", "on the first try"),
+    ("it works", "on my machine"),
+    ("keep calm", "and retry later"),
+    ("such latency", "very wow"),
+    ("this is fine", "everything is fine"),
+];
+
+fn percentile(samples: &mut [f64], p: f64) -> f64 {
+    samples.sort_by(f64::total_cmp);
+    samples[((samples.len() - 1) as f64 * p).round() as usize]
+}
+
+/// Milliseconds per call of `work` over `iterations` calls, after `warmup` unmeasured ones.
+fn measure(iterations: usize, warmup: usize, mut work: impl FnMut(usize)) -> (f64, f64) {
+    for i in 0..warmup {
+        work(i);
+    }
+    let mut samples: Vec<f64> = (0..iterations)
+        .map(|i| {
+            let started = Instant::now();
+            work(i);
+            started.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    (
+        percentile(&mut samples, 0.5),
+        percentile(&mut samples, 0.95),
+    )
+}
+
+fn main() {
+    let inputs = std::env::args()
+        .skip(1)
+        .find(|a| !a.starts_with('-'))
+        .map(PathBuf::from);
+    let models = models_dir();
+
+    // Rendered memes at 500 px, as JPEG bytes: what a job carries.
+    let fonts = memes::fonts();
+    let mut random = Lcg::new(3);
+    let mut images = Vec::new();
+    let mut labels: Vec<_> = std::fs::read_dir(models.join("gallery"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    labels.sort();
+    for (i, label) in labels.iter().enumerate() {
+        let file = std::fs::read_dir(label)
+            .unwrap()
+            .next()
+            .unwrap()
+            .unwrap()
+            .path();
+        let template = memes::load(&file);
+        let (top, bottom) = CAPTIONS[i % CAPTIONS.len()];
+        let meme = memes::caption(&template, top, bottom, random.pick(&fonts));
+        let factor = 500.0 / meme.width().max(meme.height()) as f32;
+        images.push(memes::jpeg_bytes(&memes::scale(&meme, factor), 85));
+    }
+    if let Some(dir) = &inputs {
+        std::fs::create_dir_all(dir).unwrap();
+        for (i, bytes) in images.iter().enumerate() {
+            std::fs::write(dir.join(format!("meme-{i:02}.jpg")), bytes).unwrap();
+        }
+    }
+
+    let runtime = Runtime::load(&models.join("cache"), None).unwrap();
+    let embedder = Embedder::new(
+        runtime
+            .open(&models.join("cache/sscd/sscd_distilled.onnx"))
+            .unwrap(),
+    );
+    let (gallery, _) = Gallery::load(&models.join("gallery"), &embedder, None).unwrap();
+    let classifier = MemeClassifier::new(embedder, gallery, 0.3);
+    let decode = |bytes: &[u8]| plugworker_image_input::decode(bytes, 40_000_000).unwrap();
+
+    let (meme_p50, meme_p95) = measure(60, 5, |i| {
+        let image = decode(&images[i % images.len()]);
+        std::hint::black_box(classifier.classify(&image, 3).unwrap());
+    });
+
+    let ocr = PpOcr::load(runtime, PpOcrConfig::in_models_dir(&models)).unwrap();
+    let (ocr_p50, ocr_p95) = measure(18, 2, |i| {
+        let image = decode(&images[i % images.len()]);
+        std::hint::black_box(ocr.recognize(&image).unwrap());
+    });
+
+    // Gallery scaling: 10 000 templates of random unit embeddings.
+    let mut random = Lcg::new(5);
+    let mut index = EmbeddingIndex::new(EMBEDDING_DIM);
+    let mut templates = Vec::new();
+    let unit = |random: &mut Lcg| {
+        let mut v: Vec<f32> = (0..EMBEDDING_DIM)
+            .map(|_| random.range(-1.0, 1.0))
+            .collect();
+        let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter_mut().for_each(|x| *x /= norm);
+        v
+    };
+    for i in 0..10_000 {
+        index.push(&unit(&mut random));
+        templates.push(Template {
+            label: format!("template-{}", i / 2),
+            file: format!("t{i}.jpg"),
+            sha256: String::new(),
+        });
+    }
+    let large = Gallery::from_parts(templates, index);
+    let query = unit(&mut random);
+    let (lookup_p50, lookup_p95) = measure(200, 10, |_| {
+        std::hint::black_box(rank(&large, &query, 0.3, 3));
+    });
+
+    println!(
+        "image algorithms, warm, per image (decode included), {} rendered memes at 500 px:",
+        images.len()
+    );
+    println!("  meme_classifier p50 {meme_p50:.2} ms  p95 {meme_p95:.2} ms  (goal p50 <= 20 ms)");
+    println!("  ocr (PP-OCRv6)   p50 {ocr_p50:.1} ms  p95 {ocr_p95:.1} ms  (goal p50 <= 400 ms)");
+    println!("  gallery lookup, 10 000 templates: p50 {lookup_p50:.3} ms  p95 {lookup_p95:.3} ms");
+    println!(
+        "RESULT {}",
+        serde_json::json!({
+            "meme_p50_ms": meme_p50, "meme_p95_ms": meme_p95,
+            "ocr_p50_ms": ocr_p50, "ocr_p95_ms": ocr_p95,
+            "lookup_10k_p50_ms": lookup_p50, "lookup_10k_p95_ms": lookup_p95,
+        })
+    );
+}
