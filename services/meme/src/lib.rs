@@ -15,5 +15,5 @@ mod index;
 
 pub use classifier::{Candidate, Classification, MemeClassifier, UNKNOWN_LABEL, rank};
 pub use embedder::{EMBEDDING_DIM, Embedder, EmbedderError};
-pub use gallery::{Gallery, GalleryError, Template};
+pub use gallery::{Gallery, GalleryError, LoadStats, Template};
 pub use index::{EmbeddingIndex, Hit};
