@@ -64,7 +64,6 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    plugworker_telemetry::init_logs(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -74,6 +73,18 @@ pub fn main() -> ExitCode {
             eprintln!("plugworker: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
+    };
+    // Traces name the role, not the binary: the producer and the controller are both
+    // `plugworker`. The exporter's client runs on the runtime, so it is created inside it
+    // and flushed before the runtime goes.
+    let service_name = match &cli.command {
+        Command::Controller(_) | Command::Dev(_) => "plugworker-controller",
+        Command::Submit(_) => "plugworker-submit",
+        _ => "plugworker",
+    };
+    let telemetry = {
+        let _context = runtime.enter();
+        plugworker_telemetry::init(service_name, cli.log_format)
     };
     let outcome = runtime.block_on(async {
         match cli.command {
@@ -86,6 +97,8 @@ pub fn main() -> ExitCode {
             Command::Dev(args) => commands::dev::run(args).await,
         }
     });
+    // Flushed from a blocking thread of the runtime that owns the exporter's connection.
+    let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -12,6 +12,7 @@
 //!   make the rest visible again at once.
 
 use crate::dispatch::{Dispatcher, Failure, Success};
+use crate::metrics::{ControllerMetrics, MetricsSource, Outcome};
 use crate::queue::{Delivery, JobQueue, ResultSink};
 use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, Status, Timings, parse_job};
 use rand::Rng;
@@ -22,6 +23,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 /// How the controller behaves; see `ControllerArgs` for the flags that set it.
 #[derive(Clone, Debug)]
@@ -83,6 +85,7 @@ struct Context {
     /// Jobs being handled, by receipt, for releasing them if shutdown outlasts the grace.
     in_flight: Mutex<HashMap<String, Arc<Delivery>>>,
     stats: Arc<Stats>,
+    metrics: ControllerMetrics,
 }
 
 pub struct Controller {
@@ -105,12 +108,28 @@ impl Controller {
                 per_algorithm: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
                 stats: Arc::new(Stats::default()),
+                metrics: ControllerMetrics::new(),
             }),
         }
     }
 
     pub fn stats(&self) -> Arc<Stats> {
         self.context.stats.clone()
+    }
+
+    /// The Prometheus metrics, refreshed from `resolver` and the queue at each scrape.
+    pub fn metrics_source(&self, resolver: Arc<plugworker_discovery::Resolver>) -> MetricsSource {
+        let mut registry = plugworker_telemetry::metrics::Registry::default();
+        self.context.metrics.register(&mut registry);
+        let metrics = self.context.metrics.clone();
+        let queue = self.context.queue.clone();
+        MetricsSource {
+            registry: Arc::new(Mutex::new(registry)),
+            refresh: Arc::new(move || {
+                let (metrics, queue, resolver) = (metrics.clone(), queue.clone(), resolver.clone());
+                Box::pin(async move { metrics.refresh(&resolver, queue.as_ref()).await })
+            }),
+        }
     }
 
     /// Runs until `shutdown` resolves, then drains as the module docs say.
@@ -138,6 +157,11 @@ impl Controller {
             let deliveries = match received {
                 Ok(deliveries) => {
                     queue_errors = 0;
+                    context.metrics.receives.inc();
+                    context
+                        .metrics
+                        .messages_received
+                        .inc_by(deliveries.len() as u64);
                     deliveries
                 }
                 Err(error) => {
@@ -167,6 +191,7 @@ impl Controller {
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
                 context.stats.received.fetch_add(1, Ordering::Relaxed);
+                context.metrics.in_flight.inc();
                 let delivery = Arc::new(delivery);
                 context
                     .in_flight
@@ -217,7 +242,43 @@ async fn release(context: &Context, delivery: &Delivery) {
     }
 }
 
-async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, _slot: OwnedSemaphorePermit) {
+async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, slot: OwnedSemaphorePermit) {
+    // The CONSUMER span of the job's trace, continuing the producer's when the message
+    // carries a `traceparent`.
+    let span = tracing::info_span!(
+        "process job",
+        otel.kind = "consumer",
+        messaging.system = "aws_sqs",
+        messaging.operation.type = "process",
+        messaging.message.id = %delivery.message_id,
+        plugworker.receive_count = delivery.receive_count,
+        plugworker.algorithm = tracing::field::Empty,
+        plugworker.job_id = tracing::field::Empty,
+        plugworker.outcome = tracing::field::Empty,
+        error.type = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &delivery.traceparent {
+        plugworker_telemetry::propagation::continue_from(
+            &span,
+            [(
+                plugworker_telemetry::propagation::TRACEPARENT,
+                traceparent.as_str(),
+            )],
+        );
+    }
+    handle_traced(context, delivery, slot, span.clone())
+        .instrument(span)
+        .await
+}
+
+async fn handle_traced(
+    context: Arc<Context>,
+    delivery: Arc<Delivery>,
+    _slot: OwnedSemaphorePermit,
+    span: tracing::Span,
+) {
     let received_at = SystemTime::now();
     let started = Instant::now();
     let work = async {
@@ -234,6 +295,10 @@ async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, _slot: OwnedSema
                 (None, None, Err(failure), Duration::ZERO)
             }
             Ok(job) => {
+                tracing::Span::current().record("plugworker.algorithm", job.algorithm.as_str());
+                if let Some(id) = &job.id {
+                    tracing::Span::current().record("plugworker.job_id", id.as_str());
+                }
                 let limit = context.algorithm_limit(&job.algorithm);
                 let _running = limit.acquire_owned().await.expect("never closed");
                 let queued = started.elapsed();
@@ -258,7 +323,7 @@ async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, _slot: OwnedSema
         error: None,
         runner: None,
         algorithm_version: None,
-        trace_id: None,
+        trace_id: plugworker_telemetry::propagation::trace_id(&span),
         attempt: delivery.receive_count,
         timings: Timings {
             received_at: humantime::format_rfc3339_millis(received_at).to_string(),
@@ -288,12 +353,33 @@ async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, _slot: OwnedSema
             Some(class)
         }
     };
-    deliver(&context, &delivery, result, class).await;
+    if let Some(error) = &result.error {
+        span.record("otel.status_code", "ERROR");
+        span.record("otel.status_description", error.message.as_str());
+        span.record(
+            "error.type",
+            format!("{}/{}", class_name(error.class), error.code).as_str(),
+        );
+    }
+    let algorithm = result.algorithm.clone();
+    let outcome = deliver(&context, &delivery, result, class).await;
+    span.record("plugworker.outcome", outcome.label());
+    context
+        .metrics
+        .job_finished(algorithm.as_deref(), outcome, started.elapsed());
+    context.metrics.in_flight.dec();
     context
         .in_flight
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .remove(&delivery.receipt);
+}
+
+fn class_name(class: ErrorClass) -> &'static str {
+    match class {
+        ErrorClass::Permanent => "permanent",
+        ErrorClass::Transient => "transient",
+    }
 }
 
 /// Publishes the result and acknowledges the message according to its error class.
@@ -302,7 +388,7 @@ async fn deliver(
     delivery: &Delivery,
     result: JobResult,
     class: Option<ErrorClass>,
-) {
+) -> Outcome {
     let queue = &context.queue;
     let message_id = &delivery.message_id;
     match class {
@@ -312,7 +398,7 @@ async fn deliver(
                 let _ = queue
                     .retry_later(delivery, backoff(&context.settings, delivery.receive_count))
                     .await;
-                return;
+                return Outcome::TransientError;
             }
             if let Some(error) = result.error.as_ref().filter(|_| class.is_some()) {
                 context
@@ -325,14 +411,25 @@ async fn deliver(
                     let _ = queue
                         .retry_later(delivery, backoff(&context.settings, delivery.receive_count))
                         .await;
-                    return;
+                    return Outcome::TransientError;
                 }
                 context.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
+                context.metrics.dlq_move("permanent_error");
             } else {
                 context.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             }
-            if let Err(error) = queue.complete(delivery).await {
-                tracing::warn!(%error, %message_id, "result delivered but the job could not be deleted; it may run again (same message id)");
+            match queue.complete(delivery).await {
+                Ok(()) => {
+                    context.metrics.deletes.inc();
+                }
+                Err(error) => {
+                    tracing::warn!(%error, %message_id, "result delivered but the job could not be deleted; it may run again (same message id)");
+                }
+            };
+            if class.is_some() {
+                Outcome::PermanentError
+            } else {
+                Outcome::Ok
             }
         }
         Some(ErrorClass::Transient) => {
@@ -353,6 +450,7 @@ async fn deliver(
                 if let Err(publish_error) = context.sink.publish(&result).await {
                     tracing::warn!(error = %publish_error, %message_id, "could not publish the final error result");
                 }
+                context.metrics.dlq_move("max_receives");
                 Duration::ZERO
             } else {
                 let delay = backoff(&context.settings, delivery.receive_count);
@@ -362,6 +460,7 @@ async fn deliver(
             if let Err(error) = queue.retry_later(delivery, delay).await {
                 tracing::warn!(%error, %message_id, "could not set the redelivery delay; the visibility timeout applies");
             }
+            Outcome::TransientError
         }
     }
 }
@@ -388,6 +487,7 @@ async fn keep_invisible_while<T>(
                 match context.queue.extend(delivery, visibility).await {
                     Ok(()) => {
                         context.stats.visibility_extensions.fetch_add(1, Ordering::Relaxed);
+                        context.metrics.visibility_extensions.inc();
                         tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
                     }
                     Err(error) => tracing::warn!(%error, message_id = %delivery.message_id, "could not extend visibility"),

@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 use tower::limit::ConcurrencyLimit;
+use tracing::Instrument;
 
 type Client = RunnerClient<ConcurrencyLimit<Channel>>;
 
@@ -174,10 +175,36 @@ impl Dispatcher {
         });
         // Sent as `grpc-timeout`: the runner stops waiting when the controller does.
         request.set_timeout(self.job_timeout);
+        // The CLIENT span of the job's trace; its context travels in the request metadata
+        // so the runner's SERVER span continues it.
+        let span = tracing::info_span!(
+            "Run",
+            otel.kind = "client",
+            otel.name = %format!("Run {}", job.algorithm),
+            rpc.system = "grpc",
+            rpc.service = "plugworker.runner.v1.Runner",
+            rpc.method = "Run",
+            server.address = %instance.address,
+            plugworker.instance_id = %instance.id,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        plugworker_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
         connection.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut client = connection.client.clone();
-        let outcome = client.run(request).await;
+        let outcome = client.run(request).instrument(span.clone()).await;
         connection.in_flight.fetch_sub(1, Ordering::Relaxed);
+        match &outcome {
+            Ok(_) => {
+                span.record("rpc.grpc.status_code", 0);
+            }
+            Err(status) => {
+                span.record("rpc.grpc.status_code", status.code() as i32);
+                span.record("otel.status_code", "ERROR");
+                span.record("otel.status_description", status.message());
+            }
+        }
         let response = outcome
             .map_err(|status| (status, Some(runner.clone())))?
             .into_inner();

@@ -14,6 +14,7 @@ pub mod config;
 pub mod controller;
 pub mod dispatch;
 pub mod memory;
+pub mod metrics;
 pub mod queue;
 pub mod sqs;
 
@@ -25,12 +26,12 @@ use anyhow::Context as _;
 use plugworker_discovery::{ConsulClient, Resolver};
 use std::sync::Arc;
 
-/// Runs the controller on SQS until `shutdown` resolves.
-pub async fn run_on_sqs(
+/// Connects the controller to SQS and Consul, ready to [`Controller::run`]; also returns
+/// its metrics.
+pub async fn build_on_sqs(
     args: ControllerArgs,
     consul: ConsulClient,
-    shutdown: impl std::future::Future<Output = ()>,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<(Controller, metrics::MetricsSource)> {
     let client = args.queues.sqs.client().await;
     let queue = sqs::SqsJobQueue::connect(
         client.clone(),
@@ -54,14 +55,13 @@ pub async fn run_on_sqs(
     let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
     let settings = args.settings();
     let dispatcher = Arc::new(Dispatcher::new(
-        resolver,
+        resolver.clone(),
         settings.max_calls_per_instance,
         settings.job_timeout,
     ));
-    Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings)
-        .run(shutdown)
-        .await;
-    Ok(())
+    let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
+    let metrics = controller.metrics_source(resolver);
+    Ok((controller, metrics))
 }
 
 fn queue_visibility(queue: &sqs::SqsJobQueue) -> std::time::Duration {

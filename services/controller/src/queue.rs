@@ -56,6 +56,17 @@ pub trait JobQueue: Send + Sync + 'static {
     fn max_receive_count(&self) -> Option<u32>;
     /// The visibility timeout of received messages.
     fn visibility_timeout(&self) -> Duration;
+    /// Approximate messages waiting and in flight, where the queue can tell.
+    async fn depth(&self) -> Result<Option<QueueDepth>, QueueError> {
+        Ok(None)
+    }
+}
+
+/// Approximate queue depth (SQS's `ApproximateNumberOfMessages[NotVisible]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct QueueDepth {
+    pub visible: u64,
+    pub in_flight: u64,
 }
 
 #[async_trait]

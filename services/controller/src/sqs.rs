@@ -3,7 +3,7 @@
 //! Deletes are batched (`DeleteMessageBatch`, up to 10 per call, flushed every 20 ms), and
 //! each caller waits for, and learns, the outcome of its own delete.
 
-use crate::queue::{Delivery, JobQueue, QueueError, ResultSink};
+use crate::queue::{Delivery, JobQueue, QueueDepth, QueueError, ResultSink};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::error::DisplayErrorContext;
@@ -226,6 +226,29 @@ impl JobQueue for SqsJobQueue {
 
     fn visibility_timeout(&self) -> Duration {
         self.visibility
+    }
+
+    async fn depth(&self) -> Result<Option<QueueDepth>, QueueError> {
+        let output = self
+            .client
+            .get_queue_attributes()
+            .queue_url(&self.queue_url)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessages)
+            .attribute_names(QueueAttributeName::ApproximateNumberOfMessagesNotVisible)
+            .send()
+            .await
+            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
+        let get = |name: QueueAttributeName| {
+            output
+                .attributes()
+                .and_then(|a| a.get(&name))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0)
+        };
+        Ok(Some(QueueDepth {
+            visible: get(QueueAttributeName::ApproximateNumberOfMessages),
+            in_flight: get(QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        }))
     }
 }
 

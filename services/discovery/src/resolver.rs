@@ -35,6 +35,13 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
+    /// Each algorithm with its number of passing instances.
+    pub fn instance_counts(&self) -> impl Iterator<Item = (&str, usize)> {
+        self.by_algorithm
+            .iter()
+            .map(|(algorithm, instances)| (algorithm.as_str(), instances.len()))
+    }
+
     pub fn instances(&self, algorithm: &str) -> &[Instance] {
         self.by_algorithm
             .get(algorithm)

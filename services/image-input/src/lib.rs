@@ -117,9 +117,22 @@ impl ImageLoader {
 
     /// The image as RGB, orientation applied. Decoding runs on the blocking pool.
     pub async fn load(&self, source: &ImageSource) -> Result<RgbImage, RunError> {
-        let bytes = self.bytes(source).await?;
+        use tracing::Instrument;
+        let kind = if source.image_url.is_some() {
+            "url"
+        } else {
+            "base64"
+        };
+        let bytes = self
+            .bytes(source)
+            .instrument(tracing::info_span!(
+                "image.fetch",
+                plugworker.image.source = kind
+            ))
+            .await?;
         let max_pixels = self.limits.max_pixels;
-        tokio::task::spawn_blocking(move || decode(&bytes, max_pixels))
+        let span = tracing::info_span!("image.decode", plugworker.image.bytes = bytes.len());
+        tokio::task::spawn_blocking(move || span.in_scope(|| decode(&bytes, max_pixels)))
             .await
             .map_err(|e| RunError::Internal(format!("image decoder thread failed: {e}")))?
     }

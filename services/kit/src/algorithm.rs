@@ -96,9 +96,13 @@ impl RunContext {
         F: FnOnce() -> Result<T, RunError> + Send + 'static,
         T: Send + 'static,
     {
-        tokio::task::spawn_blocking(work).await.map_err(|e| {
-            RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm))
-        })?
+        // The work's spans (inference, post-processing) belong to the run's trace.
+        let span = tracing::Span::current();
+        tokio::task::spawn_blocking(move || span.in_scope(work))
+            .await
+            .map_err(|e| {
+                RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm))
+            })?
     }
 }
 

@@ -64,6 +64,10 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
 
+    /// Serve Prometheus metrics at http://ADDRESS/metrics (e.g. 0.0.0.0:9464); off if unset.
+    #[arg(long, env = "PLUGWORKER_METRICS_ADDRESS")]
+    pub metrics_address: Option<String>,
+
     /// Folder holding model files.
     #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,

@@ -29,6 +29,7 @@ mod algorithm;
 mod catalog;
 mod config;
 mod deadline;
+mod metrics;
 mod registration;
 mod runtime;
 mod service;
@@ -74,7 +75,6 @@ pub fn main(runner_name: &'static str) -> ExitCode {
         .after_help(list);
     let config =
         RunnerConfig::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    plugworker_telemetry::init_logs(config.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -85,12 +85,24 @@ pub fn main(runner_name: &'static str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(run(config, catalog, runner_name)) {
+    // The trace exporter's gRPC client runs on this runtime: create it inside, and flush
+    // it (telemetry.shutdown) before the runtime goes.
+    let telemetry = {
+        let _context = runtime.enter();
+        plugworker_telemetry::init(
+            config.service_name.as_deref().unwrap_or(runner_name),
+            config.log_format,
+        )
+    };
+    let code = match runtime.block_on(run(config, catalog, runner_name)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "runner failed");
             eprintln!("{runner_name}: {error:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // Flushed from a blocking thread of the runtime that owns the exporter's connection.
+    let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
+    code
 }

@@ -44,7 +44,10 @@ pub async fn run(
         rand::random::<u16>()
     );
 
+    let mut registry = plugworker_telemetry::metrics::Registry::default();
+    let metrics = crate::metrics::RunnerMetrics::new(&mut registry);
     let state = Arc::new(RunnerState {
+        metrics,
         service_name: service_name.clone(),
         instance_id: instance_id.clone(),
         loaded: OnceLock::new(),
@@ -79,6 +82,17 @@ pub async fn run(
                 let _ = server_stopped.await;
             }),
     );
+    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
+    if let Some(address) = &config.metrics_address {
+        let router =
+            plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(registry)));
+        let bound = plugworker_telemetry::metrics::serve(address, router, async {
+            let _ = metrics_stopped.await;
+        })
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+        tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
+    }
     tracing::info!(
         listen = %local,
         advertised = %format!("{host}:{port}"),
@@ -166,6 +180,7 @@ pub async fn run(
         }
     }
     let _ = stop_server.send(());
+    let _ = stop_metrics.send(());
     if !server.is_finished() {
         // Responses of finished runs are still being written; give them a moment.
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;

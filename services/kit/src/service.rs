@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 use tonic::{Request, Response, Status};
+use tracing::Instrument;
 
 /// Violations listed in one `INVALID_ARGUMENT` message, at most.
 const MAX_LISTED_VIOLATIONS: usize = 20;
@@ -30,6 +31,7 @@ pub(crate) struct RunnerState {
     pub loaded: OnceLock<BTreeMap<&'static str, Arc<dyn LoadedAlgorithm>>>,
     pub draining: AtomicBool,
     pub slots: RunSlots,
+    pub metrics: crate::metrics::RunnerMetrics,
 }
 
 #[derive(Clone)]
@@ -40,6 +42,84 @@ pub(crate) struct RunnerService {
 #[tonic::async_trait]
 impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
+        // The SERVER span of the job's trace: a child of the controller's CLIENT span,
+        // whose context arrives in the request metadata.
+        let span = tracing::info_span!(
+            "Run",
+            otel.kind = "server",
+            otel.name = %format!("Run {}", request.get_ref().algorithm),
+            rpc.system = "grpc",
+            rpc.service = "plugworker.runner.v1.Runner",
+            rpc.method = "Run",
+            plugworker.algorithm = %request.get_ref().algorithm,
+            plugworker.instance_id = %self.state.instance_id,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
+        plugworker_telemetry::propagation::continue_from_metadata(&span, request.metadata());
+        let algorithm = request.get_ref().algorithm.clone();
+        let known = self
+            .state
+            .catalog
+            .algorithms
+            .contains_key(algorithm.as_str());
+        let started = Instant::now();
+        let labels = crate::metrics::AlgorithmLabel {
+            algorithm: algorithm.clone(),
+        };
+        if known {
+            self.state.metrics.in_flight.get_or_create(&labels).inc();
+        }
+        let outcome = self.run_traced(request).instrument(span.clone()).await;
+        let code = match &outcome {
+            Ok(_) => tonic::Code::Ok,
+            Err(status) => status.code(),
+        };
+        span.record("rpc.grpc.status_code", code as i32);
+        if let Err(status) = &outcome {
+            span.record("otel.status_code", "ERROR");
+            span.record("otel.status_description", status.message());
+        }
+        // Unknown names are not labels: a caller must not be able to grow the series set.
+        if known {
+            self.state.metrics.in_flight.get_or_create(&labels).dec();
+            self.state
+                .metrics
+                .runs
+                .get_or_create(&crate::metrics::RunLabels {
+                    algorithm,
+                    code: crate::metrics::code_label(code),
+                })
+                .inc();
+            if outcome.is_ok() {
+                self.state
+                    .metrics
+                    .run_seconds
+                    .get_or_create(&labels)
+                    .observe(started.elapsed().as_secs_f64());
+            }
+        }
+        outcome
+    }
+
+    async fn list_algorithms(
+        &self,
+        _request: Request<ListAlgorithmsRequest>,
+    ) -> Result<Response<ListAlgorithmsResponse>, Status> {
+        Ok(Response::new(ListAlgorithmsResponse {
+            algorithms: self.state.catalog.infos(),
+            service_name: self.state.service_name.clone(),
+            instance_id: self.state.instance_id.clone(),
+        }))
+    }
+}
+
+impl RunnerService {
+    async fn run_traced(
+        &self,
+        request: Request<RunRequest>,
+    ) -> Result<Response<RunResponse>, Status> {
         let received = request
             .extensions()
             .get::<deadline::ArrivedAt>()
@@ -103,17 +183,6 @@ impl Runner for RunnerService {
             instance_id: state.instance_id.clone(),
             queued_micros: started.duration_since(received).as_micros() as u64,
             run_micros: started.elapsed().as_micros() as u64,
-        }))
-    }
-
-    async fn list_algorithms(
-        &self,
-        _request: Request<ListAlgorithmsRequest>,
-    ) -> Result<Response<ListAlgorithmsResponse>, Status> {
-        Ok(Response::new(ListAlgorithmsResponse {
-            algorithms: self.state.catalog.infos(),
-            service_name: self.state.service_name.clone(),
-            instance_id: self.state.instance_id.clone(),
         }))
     }
 }

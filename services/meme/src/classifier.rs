@@ -62,6 +62,11 @@ impl MemeClassifier {
         candidates: usize,
     ) -> Result<Classification, EmbedderError> {
         let embedding = self.embedder.embed(image)?;
+        let _lookup = tracing::info_span!(
+            "gallery.lookup",
+            plugworker.templates = self.gallery.templates().len()
+        )
+        .entered();
         Ok(self.lookup(&embedding, candidates))
     }
 

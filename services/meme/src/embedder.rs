@@ -47,13 +47,21 @@ impl Embedder {
         if image.width() == 0 || image.height() == 0 {
             return Err(EmbedderError::EmptyImage);
         }
-        let scaled = scale_to_longer_side(image, LONGER_SIDE);
+        let scaled = tracing::info_span!("image.preprocess")
+            .in_scope(|| scale_to_longer_side(image, LONGER_SIDE));
         let (width, height) = scaled.dimensions();
         let input = Tensor::from_array((
             [1usize, height as usize, width as usize, 3],
             scaled.into_raw().into_boxed_slice(),
         ))
         .map_err(OnnxError::from)?;
+        let _inference = tracing::info_span!(
+            "model.inference",
+            plugworker.model = "sscd",
+            plugworker.width = width,
+            plugworker.height = height
+        )
+        .entered();
         let mut session = self.model.session();
         let outputs = session.run([input.into()]).map_err(OnnxError::from)?;
         let (_, values) = outputs[0]

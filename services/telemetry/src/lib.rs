@@ -1,11 +1,28 @@
-//! Telemetry set-up shared by every plugworker binary.
+//! Telemetry shared by every plugworker binary: logs, traces and metrics.
 //!
-//! Logs go to stderr through `tracing`, human-readable or JSON, filtered by `RUST_LOG`
-//! (default `info`).
+//! - **Logs** go to stderr through `tracing`, human-readable or JSON, filtered by
+//!   `RUST_LOG` (default `info`).
+//! - **Traces**: `tracing` spans are exported as OpenTelemetry spans over OTLP/gRPC when an
+//!   exporter is configured with the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+//!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_TRACES_EXPORTER=otlp`), sampled by
+//!   `OTEL_TRACES_SAMPLER`, named by `OTEL_SERVICE_NAME` (default: the binary's role) and
+//!   described by `OTEL_RESOURCE_ATTRIBUTES`. With none configured, no exporter exists:
+//!   no network traffic and no error messages. [`propagation`] carries the W3C context
+//!   across SQS messages and gRPC calls, so one job is one trace.
+//! - **Metrics**: Prometheus text exposition of a [`prometheus_client`] registry
+//!   ([`metrics`]).
 
-use tracing_subscriber::EnvFilter;
-use tracing_subscriber::fmt;
+pub mod metrics;
+pub mod propagation;
+
+pub use prometheus_client;
+
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::Resource;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
+use tracing_subscriber::{EnvFilter, Layer, fmt};
 
 /// How log lines are written.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
@@ -17,18 +34,111 @@ pub enum LogFormat {
     Json,
 }
 
-/// Installs the global subscriber. Safe to call more than once (later calls do nothing),
-/// so tests can call it freely.
-pub fn init_logs(format: LogFormat) {
+/// Keeps the trace pipeline alive; [`Telemetry::shutdown`] (or drop) flushes it.
+#[must_use = "dropping the guard shuts tracing down"]
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    /// Whether spans are being exported.
+    pub fn exporting(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports the spans still buffered and stops the exporter. Call it after the work
+    /// is done but while the Tokio runtime still exists (the exporter's gRPC client
+    /// runs on it).
+    pub fn shutdown(mut self) {
+        self.flush_and_stop();
+    }
+
+    fn flush_and_stop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("telemetry: flushing spans failed: {error}");
+        }
+    }
+}
+
+impl Drop for Telemetry {
+    fn drop(&mut self) {
+        self.flush_and_stop();
+    }
+}
+
+/// Whether the environment asks for an OTLP trace exporter.
+fn exporter_configured() -> bool {
+    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
+    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+        return false;
+    }
+    match std::env::var("OTEL_TRACES_EXPORTER") {
+        Ok(value) if value.trim() == "none" => false,
+        Ok(value) if value.trim() == "otlp" => true,
+        _ => set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+    }
+}
+
+/// Installs the global subscriber and, if configured, the OTLP trace pipeline.
+///
+/// `service_name` is used when `OTEL_SERVICE_NAME` is not set. Must be called inside a
+/// Tokio runtime context (`runtime.enter()`) when an exporter may be configured. Safe to
+/// call more than once: later calls install nothing and return an inert guard.
+pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Human => registry
-            .with(fmt::layer().with_writer(std::io::stderr))
-            .try_init(),
-        LogFormat::Json => registry
-            .with(fmt::layer().json().with_writer(std::io::stderr))
-            .try_init(),
-    };
-    drop(result);
+    let logs = match format {
+        LogFormat::Human => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
+    }
+    .with_filter(filter);
+
+    let mut provider = None;
+    let mut exporter_error = None;
+    if exporter_configured() {
+        match opentelemetry_otlp::SpanExporter::builder()
+            .with_tonic()
+            .build()
+        {
+            Ok(exporter) => {
+                let mut resource = Resource::builder();
+                if std::env::var("OTEL_SERVICE_NAME").is_err() {
+                    resource = resource.with_service_name(service_name.to_string());
+                }
+                provider = Some(
+                    SdkTracerProvider::builder()
+                        .with_batch_exporter(exporter)
+                        .with_resource(resource.build())
+                        .build(),
+                );
+            }
+            Err(error) => exporter_error = Some(error.to_string()),
+        }
+    }
+    // Spans are exported at INFO and above whatever RUST_LOG says: quieting logs must not
+    // cut traces short.
+    let traces = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("plugworker"))
+            .with_filter(LevelFilter::INFO)
+    });
+    let installed = tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()
+        .is_ok();
+    if !installed {
+        return Telemetry { provider: None };
+    }
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+    );
+    if let Some(error) = exporter_error {
+        tracing::warn!(%error, "OTLP exporter not started; traces are off");
+    }
+    if provider.is_some() {
+        tracing::info!(service = service_name, "exporting traces over OTLP");
+    }
+    Telemetry { provider }
 }

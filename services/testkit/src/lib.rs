@@ -2,6 +2,7 @@
 //! real gRPC, a real (embedded or external) Consul-compatible registry, a real SQS emulator.
 
 pub mod memes;
+pub mod otlp;
 pub mod sqs;
 
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
@@ -198,4 +199,80 @@ pub async fn passing_instances(
         .await
         .map(|(entries, _)| entries)
         .unwrap_or_default()
+}
+
+/// Reads one sample from Prometheus text exposition: the value of `name` whose labels
+/// include all of `labels`; `None` if absent.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|line| {
+            let (series, value) = line.rsplit_once(' ')?;
+            let (series_name, label_text) = match series.split_once('{') {
+                Some((n, rest)) => (n, rest.trim_end_matches('}')),
+                None => (series, ""),
+            };
+            if series_name != name {
+                return None;
+            }
+            let present: Vec<(String, String)> = label_text
+                .split(',')
+                .filter(|p| !p.is_empty())
+                .filter_map(|p| p.split_once('='))
+                .map(|(k, v)| (k.to_string(), v.trim_matches('"').to_string()))
+                .collect();
+            labels
+                .iter()
+                .all(|(k, v)| present.iter().any(|(pk, pv)| pk == k && pv == v))
+                .then(|| value.parse().ok())?
+        })
+}
+
+/// `GET url` as text (HTTP/1.1, plain); an error if nothing listens there yet.
+pub async fn http_get(url: &str) -> std::io::Result<String> {
+    let url = url.strip_prefix("http://").expect("http URL");
+    let (host, path) = url
+        .split_once('/')
+        .map(|(h, p)| (h, format!("/{p}")))
+        .unwrap_or((url, "/".into()));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    stream
+        .write_all(
+            format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
+        .await?;
+    let mut response = Vec::new();
+    stream.read_to_end(&mut response).await?;
+    let response = String::from_utf8_lossy(&response).into_owned();
+    let body = response
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    Ok(
+        if response
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
+            dechunk(&body)
+        } else {
+            body
+        },
+    )
+}
+
+fn dechunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    while let Some((size, tail)) = rest.split_once("\r\n") {
+        let Ok(size) = usize::from_str_radix(size.trim(), 16) else {
+            break;
+        };
+        if size == 0 || tail.len() < size {
+            break;
+        }
+        out.push_str(&tail[..size]);
+        rest = tail[size..].trim_start_matches("\r\n");
+    }
+    out
 }

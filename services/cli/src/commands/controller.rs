@@ -13,8 +13,8 @@ pub struct Args {
     pub controller: ControllerArgs,
     #[command(flatten)]
     pub consul: ConsulArgs,
-    /// Address of the health endpoint (`GET /healthz`: 200 while taking jobs, 503 while
-    /// draining).
+    /// Address of the health and metrics endpoints (`GET /healthz`: 200 while taking
+    /// jobs, 503 while draining; `GET /metrics`: Prometheus text).
     #[arg(
         long,
         env = "PLUGWORKER_HEALTH_ADDRESS",
@@ -29,22 +29,40 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(&args.health_address)
         .await
         .with_context(|| format!("cannot listen on {}", args.health_address))?;
-    tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz");
+    tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz, metrics at /metrics");
+    let (controller, metrics) =
+        plugworker_controller::build_on_sqs(args.controller, consul).await?;
     let health = {
         let serving = serving.clone();
-        axum::Router::new().route(
-            "/healthz",
-            axum::routing::get(move || {
-                let serving = serving.load(Ordering::Acquire);
-                async move {
-                    if serving {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "draining")
+        axum::Router::new()
+            .route(
+                "/healthz",
+                axum::routing::get(move || {
+                    let serving = serving.load(Ordering::Acquire);
+                    async move {
+                        if serving {
+                            (StatusCode::OK, "ok")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "draining")
+                        }
                     }
-                }
-            }),
-        )
+                }),
+            )
+            .route(
+                "/metrics",
+                axum::routing::get(move || {
+                    let metrics = metrics.clone();
+                    async move {
+                        (
+                            [(
+                                axum::http::header::CONTENT_TYPE,
+                                plugworker_telemetry::metrics::CONTENT_TYPE,
+                            )],
+                            metrics.render().await,
+                        )
+                    }
+                }),
+            )
     };
     let health_server = tokio::spawn(async move { axum::serve(listener, health).await });
     let shutdown = {
@@ -55,7 +73,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             serving.store(false, Ordering::Release);
         }
     };
-    let outcome = plugworker_controller::run_on_sqs(args.controller, consul, shutdown).await;
+    controller.run(shutdown).await;
     health_server.abort();
-    outcome
+    Ok(())
 }

@@ -2,8 +2,10 @@
 
 use anyhow::{Context, bail};
 use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::types::MessageAttributeValue;
 use base64::Engine;
 use std::path::PathBuf;
+use tracing::Instrument;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "text", "image_url", "image"])))]
@@ -58,13 +60,37 @@ pub fn job_body(args: &Args) -> anyhow::Result<String> {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let body = job_body(&args)?;
     let client = args.sqs.client().await;
-    let output = client
+    // The PRODUCER span: the root of the job's trace. Its context rides along as the
+    // `traceparent` (and `tracestate`) message attributes.
+    let span = tracing::info_span!(
+        "send job",
+        otel.kind = "producer",
+        messaging.system = "aws_sqs",
+        messaging.operation.type = "send",
+        messaging.destination.name = %args.jobs_queue_url,
+        messaging.message.id = tracing::field::Empty,
+        plugworker.algorithm = %args.algorithm,
+        plugworker.job_id = args.id.as_deref().unwrap_or_default(),
+    );
+    let mut request = client
         .send_message()
         .queue_url(&args.jobs_queue_url)
-        .message_body(body)
+        .message_body(body);
+    for (name, value) in plugworker_telemetry::propagation::context_headers(&span) {
+        let attribute = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .context("trace context attribute")?;
+        request = request.message_attributes(name, attribute);
+    }
+    let output = request
         .send()
+        .instrument(span.clone())
         .await
         .map_err(|e| anyhow::anyhow!("cannot send the job: {}", DisplayErrorContext(e)))?;
-    println!("{}", output.message_id().unwrap_or_default());
+    let message_id = output.message_id().unwrap_or_default();
+    span.record("messaging.message.id", message_id);
+    println!("{message_id}");
     Ok(())
 }

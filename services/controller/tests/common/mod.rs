@@ -75,6 +75,11 @@ impl Stack {
 
     /// Starts `plugworker controller`; returns it with its health URL.
     pub fn controller(&self, extra: &[&str]) -> (Process, String) {
+        self.controller_with_env(extra, &[])
+    }
+
+    /// Starts `plugworker controller` with extra environment variables.
+    pub fn controller_with_env(&self, extra: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
         let consul = self.consul_url();
         let health = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
@@ -95,7 +100,9 @@ impl Stack {
             "10s",
         ];
         args.extend_from_slice(extra);
-        let process = Process::spawn(&bin_path("plugworker"), &args, &AWS_ENV);
+        let mut all_envs = AWS_ENV.to_vec();
+        all_envs.extend_from_slice(envs);
+        let process = Process::spawn(&bin_path("plugworker"), &args, &all_envs);
         (process, format!("http://{health}/healthz"))
     }
 

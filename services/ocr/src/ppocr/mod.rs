@@ -85,14 +85,23 @@ impl PpOcr {
     }
 
     fn detect(&self, image: &RgbImage) -> Result<Vec<(crate::Quad, f32)>, OcrError> {
-        let input = detection::preprocess(image, &self.config.detection);
+        let input = tracing::info_span!("image.preprocess")
+            .in_scope(|| detection::preprocess(image, &self.config.detection));
         let tensor = Tensor::from_array((
             [1usize, 3, input.height, input.width],
             input.data.into_boxed_slice(),
         ))
         .map_err(OnnxError::from)?;
+        let inference = tracing::info_span!(
+            "model.inference",
+            plugworker.model = "ppocr_det",
+            plugworker.width = input.width,
+            plugworker.height = input.height
+        )
+        .entered();
         let mut session = self.detector.session();
         let outputs = session.run([tensor.into()]).map_err(OnnxError::from)?;
+        drop(inference);
         let (shape, map) = outputs[0]
             .try_extract_tensor::<f32>()
             .map_err(OnnxError::from)?;
@@ -131,6 +140,12 @@ impl PpOcr {
                 data.into_boxed_slice(),
             ))
             .map_err(OnnxError::from)?;
+            let _inference = tracing::info_span!(
+                "model.inference",
+                plugworker.model = "ppocr_rec",
+                plugworker.lines = batch.len()
+            )
+            .entered();
             let mut session = self.recognizer.session();
             let outputs = session.run([tensor.into()]).map_err(OnnxError::from)?;
             let (shape, probabilities) = outputs[0]
@@ -166,6 +181,7 @@ impl OcrEngine for PpOcr {
             return Err(OcrError::EmptyImage);
         }
         let boxes = self.detect(image)?;
+        let crop_span = tracing::info_span!("ocr.crop", plugworker.boxes = boxes.len()).entered();
         let mut quads = Vec::with_capacity(boxes.len());
         let mut crops = Vec::with_capacity(boxes.len());
         for (quad, _) in &boxes {
@@ -174,6 +190,7 @@ impl OcrEngine for PpOcr {
                 crops.push(crop);
             }
         }
+        drop(crop_span);
         let (texts, _) = self.recognize_lines(&crops)?;
         let lines = quads
             .into_iter()

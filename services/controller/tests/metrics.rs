@@ -1,0 +1,160 @@
+//! The Prometheus endpoints of the controller (`/metrics` beside `/healthz`) and of a
+//! runner (`--metrics-address`) expose the documented series, and their values follow
+//! the jobs that ran.
+
+mod common;
+
+use common::{Stack, job};
+use plugworker_testkit::{eventually, free_port, http_get, metric_value};
+use serde_json::json;
+use std::time::Duration;
+
+#[tokio::test]
+async fn controller_and_runner_metrics_count_what_happened() {
+    // A 2 s visibility timeout so a 3 s job needs extensions.
+    let stack = Stack::start(Duration::from_secs(2), 3).await;
+    let runner_metrics = format!("127.0.0.1:{}", free_port());
+    let (_nlp, _) = stack.runner(
+        "nlp-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", runner_metrics.as_str())],
+    );
+    let (_test, _) = stack.runner("test-runner", &[]);
+    let (_controller, health) = stack.controller(&[]);
+    let controller_metrics = health.replace("/healthz", "/metrics");
+
+    let before = eventually(
+        Duration::from_secs(30),
+        "both runners seen by the controller",
+        || async {
+            let text = http_get(&controller_metrics).await.ok()?;
+            let nlp = metric_value(
+                &text,
+                "plugworker_runner_instances",
+                &[("algorithm", "language_detection")],
+            )?;
+            let echo = metric_value(
+                &text,
+                "plugworker_runner_instances",
+                &[("algorithm", "echo")],
+            )?;
+            (nlp == 1.0 && echo == 1.0).then_some(text)
+        },
+    )
+    .await;
+    assert_eq!(
+        metric_value(&before, "plugworker_jobs_in_flight", &[]),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric_value(&before, "plugworker_consul_watch_errors_total", &[]),
+        Some(0.0)
+    );
+
+    for text in [
+        "The weather is lovely today.",
+        "Il fait très beau aujourd'hui.",
+        "Das Wetter ist heute schön.",
+    ] {
+        stack
+            .submit(job("language_detection", json!({ "text": text })))
+            .await;
+    }
+    stack
+        .submit(job("language_detection", json!({ "text": 42 })))
+        .await;
+    stack
+        .submit(job("echo", json!({ "message": "slow", "delay_ms": 3000 })))
+        .await;
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 5, Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 5, "{results:#?}");
+
+    let text = eventually(Duration::from_secs(10), "all five jobs counted", || async {
+        let text = http_get(&controller_metrics).await.ok()?;
+        (metric_value(&text, "plugworker_sqs_deletes_total", &[]) == Some(5.0)).then_some(text)
+    })
+    .await;
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    let lang = ("algorithm", "language_detection");
+    assert_eq!(
+        value("plugworker_jobs_total", &[lang, ("outcome", "ok")]),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "plugworker_jobs_total",
+            &[lang, ("outcome", "permanent_error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "plugworker_jobs_total",
+            &[("algorithm", "echo"), ("outcome", "ok")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "plugworker_job_duration_seconds_count",
+            &[lang, ("outcome", "ok")]
+        ),
+        Some(3.0)
+    );
+    let slow = value(
+        "plugworker_job_duration_seconds_sum",
+        &[("algorithm", "echo"), ("outcome", "ok")],
+    )
+    .unwrap();
+    assert!(slow >= 3.0, "the echo job took its 3 s: {slow}");
+    assert_eq!(
+        value(
+            "plugworker_dlq_moves_total",
+            &[("reason", "permanent_error")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("plugworker_sqs_messages_received_total", &[]),
+        Some(5.0)
+    );
+    assert!(value("plugworker_sqs_receives_total", &[]).unwrap() >= 1.0);
+    assert!(
+        value("plugworker_visibility_extensions_total", &[]).unwrap() >= 1.0,
+        "{text}"
+    );
+    assert_eq!(value("plugworker_jobs_in_flight", &[]), Some(0.0));
+    assert_eq!(
+        value("plugworker_queue_messages", &[("state", "visible")]),
+        Some(0.0)
+    );
+    assert_eq!(value("plugworker_runner_instances", &[lang]), Some(1.0));
+
+    let runner = http_get(&format!("http://{runner_metrics}/metrics"))
+        .await
+        .unwrap();
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&runner, name, labels);
+    assert_eq!(
+        value("plugworker_runner_runs_total", &[lang, ("code", "ok")]),
+        Some(3.0),
+        "{runner}"
+    );
+    assert_eq!(
+        value(
+            "plugworker_runner_runs_total",
+            &[lang, ("code", "invalid_argument")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value("plugworker_runner_run_duration_seconds_count", &[lang]),
+        Some(3.0)
+    );
+    assert_eq!(
+        value("plugworker_runner_runs_in_flight", &[lang]),
+        Some(0.0)
+    );
+}
