@@ -136,6 +136,7 @@ async fn controller_and_runner_metrics_count_what_happened() {
     let runner = http_get(&format!("http://{runner_metrics}/metrics"))
         .await
         .unwrap();
+    check_dashboard(&format!("{text}\n{runner}"));
     let value = |name: &str, labels: &[(&str, &str)]| metric_value(&runner, name, labels);
     assert_eq!(
         value("plugworker_runner_runs_total", &[lang, ("code", "ok")]),
@@ -157,4 +158,36 @@ async fn controller_and_runner_metrics_count_what_happened() {
         value("plugworker_runner_runs_in_flight", &[lang]),
         Some(0.0)
     );
+}
+
+/// Every PromQL query of the Grafana dashboard refers to series the controller or a
+/// runner exposes, with labels those series carry.
+fn check_dashboard(scraped: &str) {
+    let dashboard = plugworker_testkit::dashboard::load();
+    let queries = plugworker_testkit::dashboard::queries(&dashboard, "prometheus");
+    assert!(queries.len() >= 10, "{queries:#?}");
+    for query in &queries {
+        let metrics = plugworker_testkit::dashboard::identifiers(query, "plugworker_");
+        assert!(
+            !metrics.is_empty(),
+            "query uses no plugworker metric: {query}"
+        );
+        for metric in &metrics {
+            let series: Vec<&str> = scraped
+                .lines()
+                .filter(|l| {
+                    !l.starts_with('#')
+                        && (l.starts_with(&format!("{metric}{{"))
+                            || l.starts_with(&format!("{metric} ")))
+                })
+                .collect();
+            assert!(!series.is_empty(), "{metric} (in {query}) is not exposed");
+            for label in plugworker_testkit::dashboard::label_names(query) {
+                assert!(
+                    series.iter().any(|l| l.contains(&format!("{label}=\""))),
+                    "label {label} (in {query}) is not on {metric}"
+                );
+            }
+        }
+    }
 }

@@ -154,6 +154,8 @@ async fn a_submitted_job_is_one_trace_across_producer_controller_and_runner() {
         "{about_job:#?}"
     );
 
+    check_dashboard_trace_queries(&receiver.trace(&trace_id));
+
     // The failed job: its trace carries the error, classified.
     let bad = result_of(&bad_id);
     assert_eq!(bad["status"], "error", "{bad}");
@@ -176,4 +178,38 @@ async fn a_submitted_job_is_one_trace_across_producer_controller_and_runner() {
     let server = one(&spans, KIND_SERVER, "nlp-runner");
     assert_eq!(server.status_code, STATUS_ERROR);
     assert_eq!(server.attributes["rpc.grpc.status_code"], "3");
+}
+
+/// Every TraceQL query of the Grafana dashboard refers to services and span attributes
+/// that the job's trace really carries.
+fn check_dashboard_trace_queries(spans: &[ReceivedSpan]) {
+    let dashboard = plugworker_testkit::dashboard::load();
+    let queries = plugworker_testkit::dashboard::queries(&dashboard, "tempo");
+    assert!(!queries.is_empty());
+    for query in &queries {
+        for attribute in plugworker_testkit::dashboard::identifiers(query, "span.") {
+            let name = attribute.trim_start_matches("span.");
+            assert!(
+                spans.iter().any(|s| s.attributes.contains_key(name)),
+                "span attribute {name} (in {query}) is never emitted"
+            );
+        }
+        for attribute in plugworker_testkit::dashboard::identifiers(query, "resource.") {
+            assert_eq!(
+                attribute, "resource.service.name",
+                "only service names are queried: {query}"
+            );
+        }
+        // Each quoted service name is one of ours.
+        for service in query
+            .split("resource.service.name = \"")
+            .skip(1)
+            .filter_map(|s| s.split('"').next())
+        {
+            assert!(
+                spans.iter().any(|s| s.service == service),
+                "service {service} (in {query}) sends no spans"
+            );
+        }
+    }
 }

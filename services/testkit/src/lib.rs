@@ -1,6 +1,7 @@
 //! Support for tests that run plugworker the way it runs in production: real processes,
 //! real gRPC, a real (embedded or external) Consul-compatible registry, a real SQS emulator.
 
+pub mod dashboard;
 pub mod memes;
 pub mod otlp;
 pub mod sqs;
