@@ -68,15 +68,15 @@ impl Drop for Telemetry {
     }
 }
 
-/// Whether the environment asks for an OTLP trace exporter.
-fn exporter_configured() -> bool {
-    let set = |name: &str| std::env::var(name).is_ok_and(|v| !v.trim().is_empty());
-    if std::env::var("OTEL_SDK_DISABLED").is_ok_and(|v| v.eq_ignore_ascii_case("true")) {
+/// Whether the environment (`var`) asks for an OTLP trace exporter.
+fn exporter_configured(var: impl Fn(&str) -> Option<String>) -> bool {
+    let set = |name: &str| var(name).is_some_and(|v| !v.trim().is_empty());
+    if var("OTEL_SDK_DISABLED").is_some_and(|v| v.trim().eq_ignore_ascii_case("true")) {
         return false;
     }
-    match std::env::var("OTEL_TRACES_EXPORTER") {
-        Ok(value) if value.trim() == "none" => false,
-        Ok(value) if value.trim() == "otlp" => true,
+    match var("OTEL_TRACES_EXPORTER").as_deref().map(str::trim) {
+        Some("none") => false,
+        Some("otlp") => true,
         _ => set("OTEL_EXPORTER_OTLP_ENDPOINT") || set("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
     }
 }
@@ -96,7 +96,7 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
 
     let mut provider = None;
     let mut exporter_error = None;
-    if exporter_configured() {
+    if exporter_configured(|name| std::env::var(name).ok()) {
         match opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .build()
@@ -118,9 +118,15 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
     }
     // Spans are exported at INFO and above whatever RUST_LOG says: quieting logs must not
     // cut traces short.
+    // Busy/idle time, thread and source-location attributes are off: they cost a clock
+    // read per poll and several attributes per span, and say nothing a job's trace needs
+    // (span durations are exact without them). See docs/benchmarks.md, tracing overhead.
     let traces = provider.as_ref().map(|provider| {
         tracing_opentelemetry::layer()
             .with_tracer(provider.tracer("plugworker"))
+            .with_tracked_inactivity(false)
+            .with_threads(false)
+            .with_location(false)
             .with_filter(LevelFilter::INFO)
     });
     let installed = tracing_subscriber::registry()
@@ -141,4 +147,44 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
         tracing::info!(service = service_name, "exporting traces over OTLP");
     }
     Telemetry { provider }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::exporter_configured;
+
+    fn with(vars: &[(&str, &str)]) -> bool {
+        exporter_configured(|name| {
+            vars.iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    #[test]
+    fn an_exporter_exists_only_when_the_environment_asks_for_one() {
+        assert!(!with(&[]), "nothing configured: no exporter, no traffic");
+        assert!(!with(&[
+            ("OTEL_SERVICE_NAME", "x"),
+            ("OTEL_TRACES_SAMPLER", "always_on")
+        ]));
+        assert!(!with(&[("OTEL_EXPORTER_OTLP_ENDPOINT", " ")]));
+        assert!(with(&[(
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "http://collector:4317"
+        )]));
+        assert!(with(&[(
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+            "http://collector:4317"
+        )]));
+        assert!(with(&[("OTEL_TRACES_EXPORTER", "otlp")]));
+        assert!(!with(&[
+            ("OTEL_TRACES_EXPORTER", "none"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")
+        ]));
+        assert!(!with(&[
+            ("OTEL_SDK_DISABLED", "true"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4317")
+        ]));
+    }
 }

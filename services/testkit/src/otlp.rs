@@ -40,6 +40,10 @@ pub struct ReceivedSpan {
 #[derive(Clone, Default)]
 struct Collector {
     spans: Arc<Mutex<Vec<ReceivedSpan>>>,
+    /// Count only (benchmarks): keeping hundreds of thousands of spans would make the
+    /// receiver, not the exporters, the cost being measured.
+    count_only: bool,
+    count: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 fn text(value: &Option<AnyValue>) -> String {
@@ -69,6 +73,20 @@ impl TraceService for Collector {
         &self,
         request: Request<ExportTraceServiceRequest>,
     ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        if self.count_only {
+            let spans: usize = request
+                .get_ref()
+                .resource_spans
+                .iter()
+                .flat_map(|r| &r.scope_spans)
+                .map(|s| s.spans.len())
+                .sum();
+            self.count
+                .fetch_add(spans, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Response::new(ExportTraceServiceResponse {
+                partial_success: None,
+            }));
+        }
         let mut received = Vec::new();
         for resource_spans in request.into_inner().resource_spans {
             let resource = resource_spans
@@ -93,6 +111,8 @@ impl TraceService for Collector {
                 }
             }
         }
+        self.count
+            .fetch_add(received.len(), std::sync::atomic::Ordering::Relaxed);
         self.spans.lock().unwrap().extend(received);
         Ok(Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -110,9 +130,21 @@ pub struct OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// A receiver that only counts spans (see [`OtlpReceiver::count`]).
+    pub async fn start_counting() -> Self {
+        Self::start_with(true).await
+    }
+
+    async fn start_with(count_only: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
-        let collector = Collector::default();
+        let collector = Collector {
+            count_only,
+            ..Collector::default()
+        };
         let service = TraceServiceServer::new(collector.clone());
         let task = tokio::spawn(async move {
             let _ = tonic::transport::Server::builder()
@@ -125,6 +157,13 @@ impl OtlpReceiver {
             collector,
             task,
         }
+    }
+
+    /// How many spans arrived.
+    pub fn count(&self) -> usize {
+        self.collector
+            .count
+            .load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Everything received so far.

@@ -45,6 +45,9 @@ pub struct Args {
     /// Folder where runner logs go (default: a temporary folder).
     #[arg(long)]
     pub logs: Option<PathBuf>,
+    /// Jobs running at once.
+    #[arg(long, default_value_t = 16)]
+    pub max_in_flight: usize,
 }
 
 /// A runner child process, stopped with SIGTERM (then killed) when dropped.
@@ -211,8 +214,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     })?;
     let resolver = Arc::new(Resolver::start(consul, Duration::from_secs(30)));
     let settings = Settings {
-        max_in_flight: 16,
-        max_in_flight_per_algorithm: 16,
+        max_in_flight: args.max_in_flight,
+        max_in_flight_per_algorithm: args.max_in_flight,
         job_timeout: args.job_timeout,
         runner_wait: args.runner_wait,
         retry_base: Duration::from_secs(1),
