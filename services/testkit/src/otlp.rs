@@ -130,16 +130,21 @@ pub struct OtlpReceiver {
 
 impl OtlpReceiver {
     pub async fn start() -> Self {
-        Self::start_with(false).await
+        Self::start_with(false, "127.0.0.1:0").await
     }
 
     /// A receiver that only counts spans (see [`OtlpReceiver::count`]).
     pub async fn start_counting() -> Self {
-        Self::start_with(true).await
+        Self::start_with(true, "127.0.0.1:0").await
     }
 
-    async fn start_with(count_only: bool) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    /// A counting receiver on a given address.
+    pub async fn start_counting_on(address: &str) -> Self {
+        Self::start_with(true, address).await
+    }
+
+    async fn start_with(count_only: bool, address: &str) -> Self {
+        let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let endpoint = format!("http://{}", listener.local_addr().unwrap());
         let collector = Collector {
             count_only,
