@@ -5,9 +5,14 @@
 mod common;
 
 use common::{Stack, job};
-use plugworker_testkit::{eventually, free_port, http_get, metric_value};
+use plugworker_testkit::{eventually, free_port, metric_value};
 use serde_json::json;
 use std::time::Duration;
+
+/// The body of `GET url`; an error while nothing listens there yet.
+async fn http_get(url: &str) -> reqwest::Result<String> {
+    reqwest::get(url).await?.error_for_status()?.text().await
+}
 
 #[tokio::test]
 async fn controller_and_runner_metrics_count_what_happened() {
