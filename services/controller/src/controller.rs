@@ -18,7 +18,6 @@ use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, Status, Timings, parse_j
 use rand::Rng;
 use std::collections::HashMap;
 use std::future::Future;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -64,18 +63,6 @@ impl Default for Settings {
     }
 }
 
-/// Counters for logs, tests and (later) metrics.
-#[derive(Debug, Default)]
-pub struct Stats {
-    pub received: AtomicU64,
-    pub succeeded: AtomicU64,
-    pub failed_permanently: AtomicU64,
-    pub failed_transiently: AtomicU64,
-    pub dead_lettered: AtomicU64,
-    pub visibility_extensions: AtomicU64,
-    pub released_on_shutdown: AtomicU64,
-}
-
 struct Context {
     queue: Arc<dyn JobQueue>,
     sink: Arc<dyn ResultSink>,
@@ -84,7 +71,6 @@ struct Context {
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
     /// Jobs being handled, by receipt, for releasing them if shutdown outlasts the grace.
     in_flight: Mutex<HashMap<String, Arc<Delivery>>>,
-    stats: Arc<Stats>,
     metrics: ControllerMetrics,
 }
 
@@ -107,22 +93,18 @@ impl Controller {
                 settings,
                 per_algorithm: Mutex::new(HashMap::new()),
                 in_flight: Mutex::new(HashMap::new()),
-                stats: Arc::new(Stats::default()),
                 metrics: ControllerMetrics::new(),
             }),
         }
     }
 
-    pub fn stats(&self) -> Arc<Stats> {
-        self.context.stats.clone()
-    }
-
-    /// The Prometheus metrics, refreshed from `resolver` and the queue at each scrape.
-    pub fn metrics_source(&self, resolver: Arc<plugworker_discovery::Resolver>) -> MetricsSource {
+    /// The Prometheus metrics, refreshed from the resolver and the queue at each scrape.
+    pub fn metrics_source(&self) -> MetricsSource {
         let mut registry = plugworker_telemetry::metrics::Registry::default();
         self.context.metrics.register(&mut registry);
         let metrics = self.context.metrics.clone();
         let queue = self.context.queue.clone();
+        let resolver = self.context.dispatcher.resolver().clone();
         MetricsSource {
             registry: Arc::new(Mutex::new(registry)),
             refresh: Arc::new(move || {
@@ -190,7 +172,6 @@ impl Controller {
                     Some(permit) => permit,
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
-                context.stats.received.fetch_add(1, Ordering::Relaxed);
                 context.metrics.in_flight.inc();
                 let delivery = Arc::new(delivery);
                 context
@@ -233,10 +214,7 @@ impl Controller {
 
 /// Makes a message visible again now.
 async fn release(context: &Context, delivery: &Delivery) {
-    context
-        .stats
-        .released_on_shutdown
-        .fetch_add(1, Ordering::Relaxed);
+    context.metrics.released.inc();
     if let Err(error) = context.queue.retry_later(delivery, Duration::ZERO).await {
         tracing::warn!(%error, message_id = %delivery.message_id, "could not release a job; it reappears after its visibility timeout");
     }
@@ -364,9 +342,12 @@ async fn handle_traced(
     let algorithm = result.algorithm.clone();
     let outcome = deliver(&context, &delivery, result, class).await;
     span.record("plugworker.outcome", outcome.label());
-    context
-        .metrics
-        .job_finished(algorithm.as_deref(), outcome, started.elapsed());
+    context.metrics.job_finished(
+        algorithm.as_deref(),
+        &context.dispatcher.resolver().snapshot(),
+        outcome,
+        started.elapsed(),
+    );
     context.metrics.in_flight.dec();
     context
         .in_flight
@@ -401,10 +382,6 @@ async fn deliver(
                 return Outcome::TransientError;
             }
             if let Some(error) = result.error.as_ref().filter(|_| class.is_some()) {
-                context
-                    .stats
-                    .failed_permanently
-                    .fetch_add(1, Ordering::Relaxed);
                 tracing::info!(%message_id, code = %error.code, error = %error.message, "job failed permanently; moving it to the dead-letter queue");
                 if let Err(dlq_error) = queue.dead_letter(delivery, error).await {
                     tracing::warn!(error = %dlq_error, %message_id, "could not copy the job to the dead-letter queue; it will be redelivered");
@@ -413,10 +390,7 @@ async fn deliver(
                         .await;
                     return Outcome::TransientError;
                 }
-                context.stats.dead_lettered.fetch_add(1, Ordering::Relaxed);
                 context.metrics.dlq_move("permanent_error");
-            } else {
-                context.stats.succeeded.fetch_add(1, Ordering::Relaxed);
             }
             match queue.complete(delivery).await {
                 Ok(()) => {
@@ -433,10 +407,6 @@ async fn deliver(
             }
         }
         Some(ErrorClass::Transient) => {
-            context
-                .stats
-                .failed_transiently
-                .fetch_add(1, Ordering::Relaxed);
             let error = result
                 .error
                 .as_ref()
@@ -486,7 +456,6 @@ async fn keep_invisible_while<T>(
                 next += period;
                 match context.queue.extend(delivery, visibility).await {
                     Ok(()) => {
-                        context.stats.visibility_extensions.fetch_add(1, Ordering::Relaxed);
                         context.metrics.visibility_extensions.inc();
                         tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
                     }

@@ -19,7 +19,7 @@ pub mod queue;
 pub mod sqs;
 
 pub use config::{ControllerArgs, QueueArgs, SqsArgs};
-pub use controller::{Controller, Settings, Stats};
+pub use controller::{Controller, Settings};
 pub use dispatch::Dispatcher;
 
 use anyhow::Context as _;
@@ -55,12 +55,12 @@ pub async fn build_on_sqs(
     let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
     let settings = args.settings();
     let dispatcher = Arc::new(Dispatcher::new(
-        resolver.clone(),
+        resolver,
         settings.max_calls_per_instance,
         settings.job_timeout,
     ));
     let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
-    let metrics = controller.metrics_source(resolver);
+    let metrics = controller.metrics_source();
     Ok((controller, metrics))
 }
 

@@ -5,16 +5,20 @@
 
 use crate::queue::JobQueue;
 use futures::future::BoxFuture;
-use plugworker_discovery::Resolver;
+use plugworker_discovery::{Resolver, Snapshot};
 use plugworker_telemetry::metrics::{Registry, latency_buckets};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+/// The `algorithm` label of jobs for algorithms no runner has announced.
+pub const UNKNOWN_ALGORITHM: &str = "unknown";
 
 /// How a job ended (label `outcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -39,7 +43,8 @@ impl Outcome {
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct JobLabels {
-    /// The job's algorithm; empty for messages that are not valid jobs.
+    /// The job's algorithm if some runner announces (or announced) it, `unknown` if none
+    /// ever did, empty for messages that are not valid jobs.
     pub algorithm: String,
     pub outcome: String,
 }
@@ -71,9 +76,13 @@ pub struct ControllerMetrics {
     pub deletes: Counter,
     pub dlq_moves: Family<ReasonLabel, Counter>,
     pub visibility_extensions: Counter,
+    pub released: Counter,
     pub runner_instances: Family<AlgorithmLabel, Gauge>,
     pub consul_errors: Counter,
     pub queue_messages: Family<StateLabel, Gauge>,
+    /// Algorithms seen in the resolver's view: the only names used as label values, so
+    /// job producers cannot grow the set of series at will.
+    known_algorithms: Arc<Mutex<HashSet<String>>>,
 }
 
 impl Default for ControllerMetrics {
@@ -93,9 +102,11 @@ impl ControllerMetrics {
             deletes: Counter::default(),
             dlq_moves: Family::default(),
             visibility_extensions: Counter::default(),
+            released: Counter::default(),
             runner_instances: Family::default(),
             consul_errors: Counter::default(),
             queue_messages: Family::default(),
+            known_algorithms: Arc::default(),
         }
     }
 
@@ -141,6 +152,11 @@ impl ControllerMetrics {
             self.visibility_extensions.clone(),
         );
         registry.register(
+            "plugworker_jobs_released",
+            "Jobs handed back to the queue unfinished at shutdown, for redelivery",
+            self.released.clone(),
+        );
+        registry.register(
             "plugworker_runner_instances",
             "Passing runner instances per algorithm, as the resolver sees them",
             self.runner_instances.clone(),
@@ -157,15 +173,39 @@ impl ControllerMetrics {
         );
     }
 
-    pub fn job_finished(&self, algorithm: Option<&str>, outcome: Outcome, took: Duration) {
+    /// Counts a finished job. `snapshot` is the resolver's current view, which says
+    /// whether `algorithm` is a name runners announce.
+    pub fn job_finished(
+        &self,
+        algorithm: Option<&str>,
+        snapshot: &Snapshot,
+        outcome: Outcome,
+        took: Duration,
+    ) {
         let labels = JobLabels {
-            algorithm: algorithm.unwrap_or_default().to_string(),
+            algorithm: self.algorithm_label(algorithm, snapshot),
             outcome: outcome.label().to_string(),
         };
         self.jobs.get_or_create(&labels).inc();
         self.job_seconds
             .get_or_create(&labels)
             .observe(took.as_secs_f64());
+    }
+
+    fn algorithm_label(&self, algorithm: Option<&str>, snapshot: &Snapshot) -> String {
+        let Some(algorithm) = algorithm else {
+            return String::new();
+        };
+        let mut known = self
+            .known_algorithms
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if known.contains(algorithm) || !snapshot.instances(algorithm).is_empty() {
+            known.insert(algorithm.to_string());
+            algorithm.to_string()
+        } else {
+            UNKNOWN_ALGORITHM.to_string()
+        }
     }
 
     pub fn dlq_move(&self, reason: &str) {
@@ -223,5 +263,28 @@ impl MetricsSource {
         plugworker_telemetry::metrics::render(
             &self.registry.lock().unwrap_or_else(|e| e.into_inner()),
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_announced_algorithms_become_label_values() {
+        let metrics = ControllerMetrics::new();
+        let empty = Snapshot::default();
+        assert_eq!(metrics.algorithm_label(None, &empty), "");
+        assert_eq!(
+            metrics.algorithm_label(Some("made-up-by-a-producer"), &empty),
+            UNKNOWN_ALGORITHM
+        );
+        // Once announced, a name stays a label even while its runners are gone.
+        metrics
+            .known_algorithms
+            .lock()
+            .unwrap()
+            .insert("ocr".into());
+        assert_eq!(metrics.algorithm_label(Some("ocr"), &empty), "ocr");
     }
 }
