@@ -4,6 +4,7 @@
 use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
 use crate::catalog::Catalog;
 use crate::deadline;
+use crate::metrics::{AlgorithmLabel, RunLabels, code_label};
 use crate::slots::RunSlots;
 use plugworker_rpc::runner::v1::runner_server::Runner;
 use plugworker_rpc::runner::v1::{
@@ -58,19 +59,24 @@ impl Runner for RunnerService {
             otel.status_description = tracing::field::Empty,
         );
         plugworker_telemetry::propagation::continue_from_metadata(&span, request.metadata());
-        let algorithm = request.get_ref().algorithm.clone();
-        let known = self
+        // Unknown names are not labels: a caller must not be able to grow the series set.
+        let algorithm = self
             .state
             .catalog
             .algorithms
-            .contains_key(algorithm.as_str());
+            .get(request.get_ref().algorithm.as_str())
+            .map(|described| described.entry.name);
+        let in_flight = algorithm.map(|algorithm| {
+            let gauge = self
+                .state
+                .metrics
+                .in_flight
+                .get_or_create(&AlgorithmLabel { algorithm })
+                .clone();
+            gauge.inc();
+            gauge
+        });
         let started = Instant::now();
-        let labels = crate::metrics::AlgorithmLabel {
-            algorithm: algorithm.clone(),
-        };
-        if known {
-            self.state.metrics.in_flight.get_or_create(&labels).inc();
-        }
         let outcome = self.run_traced(request).instrument(span.clone()).await;
         let code = match &outcome {
             Ok(_) => tonic::Code::Ok,
@@ -81,22 +87,20 @@ impl Runner for RunnerService {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", status.message());
         }
-        // Unknown names are not labels: a caller must not be able to grow the series set.
-        if known {
-            self.state.metrics.in_flight.get_or_create(&labels).dec();
-            self.state
-                .metrics
+        if let (Some(algorithm), Some(in_flight)) = (algorithm, in_flight) {
+            in_flight.dec();
+            let metrics = &self.state.metrics;
+            metrics
                 .runs
-                .get_or_create(&crate::metrics::RunLabels {
+                .get_or_create(&RunLabels {
                     algorithm,
-                    code: crate::metrics::code_label(code),
+                    code: code_label(code),
                 })
                 .inc();
             if outcome.is_ok() {
-                self.state
-                    .metrics
+                metrics
                     .run_seconds
-                    .get_or_create(&labels)
+                    .get_or_create(&AlgorithmLabel { algorithm })
                     .observe(started.elapsed().as_secs_f64());
             }
         }
