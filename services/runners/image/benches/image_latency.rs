@@ -6,6 +6,10 @@
 //! `cargo bench -p image-runner --bench image_latency -- INPUT_DIR` writes the rendered
 //! test memes (500 px on the longer side) into INPUT_DIR first, for the reference to read.
 
+// The tests' gallery reader: one template per label, in label order.
+#[path = "../tests/support/mod.rs"]
+mod support;
+
 use plugworker_meme::{
     EMBEDDING_DIM, Embedder, EmbeddingIndex, Gallery, MemeClassifier, Template, rank,
 };
@@ -58,21 +62,9 @@ fn main() {
     let fonts = memes::fonts();
     let mut random = Lcg::new(3);
     let mut images = Vec::new();
-    let mut labels: Vec<_> = std::fs::read_dir(models.join("gallery"))
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect();
-    labels.sort();
-    for (i, label) in labels.iter().enumerate() {
-        let file = std::fs::read_dir(label)
-            .unwrap()
-            .next()
-            .unwrap()
-            .unwrap()
-            .path();
-        let template = memes::load(&file);
+    for (i, (_, template)) in support::templates().iter().enumerate() {
         let (top, bottom) = CAPTIONS[i % CAPTIONS.len()];
-        let meme = memes::caption(&template, top, bottom, random.pick(&fonts));
+        let meme = memes::caption(template, top, bottom, random.pick(&fonts));
         let factor = 500.0 / meme.width().max(meme.height()) as f32;
         images.push(memes::jpeg_bytes(&memes::scale(&meme, factor), 85));
     }
