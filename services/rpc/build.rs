@@ -3,7 +3,10 @@
 use std::path::PathBuf;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let proto_root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../proto");
+    // Read at run time, not with env!(): cargo reuses a compiled build script when the
+    // workspace moves (a clone elsewhere sharing CARGO_TARGET_DIR), and a path baked in
+    // at compile time would point at the old checkout.
+    let proto_root = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR")?).join("../../proto");
     let runner = proto_root.join("plugworker/runner/v1/runner.proto");
     println!("cargo:rerun-if-changed={}", proto_root.display());
 
