@@ -60,6 +60,9 @@ pub enum Command {
     /// Run everything on this machine: embedded registry, this build's runners and the
     /// controller, with jobs from a JSONL file and results as JSON lines. No AWS, no Consul.
     Dev(commands::dev::Args),
+    /// Exit 0 if the controller on this machine answers 200 on /healthz, 1 otherwise (for
+    /// container health checks).
+    Healthcheck(commands::healthcheck::Args),
 }
 
 pub fn main() -> ExitCode {
@@ -82,10 +85,11 @@ pub fn main() -> ExitCode {
         Command::Submit(_) => "plugworker-submit",
         _ => "plugworker",
     };
-    let telemetry = {
+    // A health probe runs every few seconds and has nothing to trace or log.
+    let telemetry = (!matches!(cli.command, Command::Healthcheck(_))).then(|| {
         let _context = runtime.enter();
         plugworker_telemetry::init(service_name, cli.log_format)
-    };
+    });
     let outcome = runtime.block_on(async {
         match cli.command {
             Command::Registry(args) => commands::registry::run(args).await,
@@ -95,10 +99,13 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => commands::submit::run(args).await,
             Command::Results(args) => commands::results::run(args).await,
             Command::Dev(args) => commands::dev::run(args).await,
+            Command::Healthcheck(args) => commands::healthcheck::run(args).await,
         }
     });
     // Flushed from a blocking thread of the runtime that owns the exporter's connection.
-    let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
+    if let Some(telemetry) = telemetry {
+        let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
+    }
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -124,7 +124,7 @@ fn help_explains_every_subcommand() {
         .output()
         .unwrap();
     let help = String::from_utf8_lossy(&output.stdout);
-    for subcommand in ["registry", "algorithms", "call"] {
+    for subcommand in ["registry", "algorithms", "call", "healthcheck"] {
         assert!(help.contains(subcommand), "{help}");
     }
     let output = Command::new(bin_path("nlp-runner"))

@@ -327,6 +327,13 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     })
     .await;
     assert_eq!(healthy.status(), 200);
+    // The container health check (`plugworker healthcheck`) agrees.
+    let health_address = health
+        .trim_start_matches("http://")
+        .trim_end_matches("/healthz")
+        .to_string();
+    let probe = healthcheck(&health_address);
+    assert!(probe.status.success(), "{probe:?}");
     let mut submitted = HashSet::new();
     for i in 0..20 {
         submitted.insert(
@@ -348,6 +355,12 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     assert!(
         reqwest::get(&health).await.is_err(),
         "the health endpoint is gone after exit"
+    );
+    let probe = healthcheck(&health_address);
+    assert!(!probe.status.success());
+    assert!(
+        String::from_utf8_lossy(&probe.stderr).contains("no controller answers at"),
+        "{probe:?}"
     );
     // Nothing stays invisible: unfinished jobs were released, finished ones deleted.
     let (visible, hidden) = stack.sqs.counts(&stack.queues.jobs).await;
@@ -458,4 +471,18 @@ async fn submit_and_results_commands_use_the_queues() {
         (0, 0),
         "printed results are removed"
     );
+}
+
+/// `plugworker healthcheck`, as the controller image's HEALTHCHECK runs it.
+fn healthcheck(health_address: &str) -> std::process::Output {
+    std::process::Command::new(plugworker_testkit::bin_path("plugworker"))
+        .args([
+            "healthcheck",
+            "--timeout",
+            "2s",
+            "--health-address",
+            health_address,
+        ])
+        .output()
+        .unwrap()
 }

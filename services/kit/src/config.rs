@@ -72,6 +72,12 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
 
+    /// Do not serve: ask the runner already listening on --listen (on 127.0.0.1 when that
+    /// is all interfaces) for its gRPC health, print it, and exit 0 only if it is SERVING.
+    /// For container health checks (the Dockerfiles' HEALTHCHECK).
+    #[arg(long)]
+    pub health_probe: bool,
+
     /// Log format (level comes from RUST_LOG, default info).
     #[arg(long, env = "PLUGWORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,

@@ -30,6 +30,7 @@ mod catalog;
 mod config;
 mod deadline;
 mod metrics;
+mod probe;
 mod registration;
 mod runtime;
 mod service;
@@ -85,6 +86,15 @@ pub fn main(runner_name: &'static str) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
+    if config.health_probe {
+        return match runtime.block_on(probe::check(&config)) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(error) => {
+                eprintln!("{runner_name}: unhealthy: {error:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     // The trace exporter's gRPC client runs on this runtime: create it inside, and flush
     // it (telemetry.shutdown) before the runtime goes.
     let telemetry = {

@@ -287,3 +287,40 @@ async fn server_reflection_lists_the_runner_and_health_services() {
     );
     drop(process);
 }
+
+/// `test-runner --health-probe`, as a container HEALTHCHECK runs it.
+fn probe(listen: &str) -> std::process::Output {
+    std::process::Command::new(plugworker_testkit::bin_path("test-runner"))
+        .args([
+            "--health-probe",
+            "--listen",
+            listen,
+            "--check-timeout",
+            "2s",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_health_probe_fails_without_a_runner_and_passes_once_it_serves() {
+    let (process, address) = start_unregistered("test-runner", &[], &[]);
+    let port = address.rsplit_once(':').unwrap().1.to_string();
+    let absent = probe(&format!("127.0.0.1:{}", plugworker_testkit::free_port()));
+    assert!(!absent.status.success());
+    assert!(
+        String::from_utf8_lossy(&absent.stderr).contains("no runner answers at 127.0.0.1:"),
+        "{absent:?}"
+    );
+
+    let _ = runner_client(&address, Duration::from_secs(15)).await;
+    wait_until_serving(&address).await;
+    // Given the all-interfaces listen address, as in the images, it probes loopback.
+    let serving = probe(&format!("0.0.0.0:{port}"));
+    assert!(serving.status.success(), "{serving:?}");
+    assert_eq!(
+        String::from_utf8_lossy(&serving.stdout).trim(),
+        format!("runner at 127.0.0.1:{port} is SERVING")
+    );
+    drop(process);
+}
