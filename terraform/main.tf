@@ -1,0 +1,152 @@
+# plugworker on AWS: network, queues, image repositories, Consul, the ECS services and
+# the observability task. README, "Deploy to AWS", walks through it.
+
+data "aws_caller_identity" "current" {}
+data "aws_region" "current" {}
+
+locals {
+  create_consul = var.consul_address == ""
+  # Known before the observability module exists, so the services can point at it.
+  namespace     = "${var.name}.internal"
+  otlp_endpoint = "http://observability.${local.namespace}:4317"
+}
+
+# One customer-managed key for the stack's data at rest: queues, logs, images, volumes.
+data "aws_iam_policy_document" "kms" {
+  #checkov:skip=CKV_AWS_111:A key policy's Resource "*" means this key only; writes are limited to the account root, CloudWatch Logs for this stack's log groups, and Auto Scaling.
+  #checkov:skip=CKV_AWS_356:A key policy's Resource "*" means this key only (AWS requires "*" in key policies).
+  #checkov:skip=CKV_AWS_109:The account root administering its own key is AWS's default key policy; without it the key would become unmanageable.
+  statement {
+    sid       = "AccountAdministers"
+    actions   = ["kms:*"]
+    resources = ["*"] # in a key policy, "*" is this key
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:root"]
+    }
+  }
+  statement {
+    sid       = "CloudWatchLogsEncrypt"
+    actions   = ["kms:Encrypt*", "kms:Decrypt*", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:Describe*"]
+    resources = ["*"]
+    principals {
+      type        = "Service"
+      identifiers = ["logs.${data.aws_region.current.name}.amazonaws.com"]
+    }
+    condition {
+      test     = "ArnLike"
+      variable = "kms:EncryptionContext:aws:logs:arn"
+      values   = ["arn:aws:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:/${var.name}/*"]
+    }
+  }
+  statement {
+    sid       = "AutoScalingVolumes"
+    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey", "kms:CreateGrant"]
+    resources = ["*"]
+    principals {
+      type        = "AWS"
+      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]
+    }
+  }
+}
+
+resource "aws_kms_key" "this" {
+  description             = "${var.name}: queues, logs, images and volumes at rest"
+  enable_key_rotation     = true
+  deletion_window_in_days = 30
+  policy                  = data.aws_iam_policy_document.kms.json
+}
+
+resource "aws_kms_alias" "this" {
+  name          = "alias/${var.name}"
+  target_key_id = aws_kms_key.this.key_id
+}
+
+module "network" {
+  source             = "./modules/network"
+  name               = var.name
+  cidr               = var.vpc_cidr
+  az_count           = var.availability_zone_count
+  log_retention_days = var.log_retention_days
+  kms_key_arn        = aws_kms_key.this.arn
+}
+
+module "queues" {
+  source              = "./modules/queues"
+  name                = var.name
+  job_timeout_seconds = var.job_timeout_seconds
+  max_receive_count   = var.max_receive_count
+  kms_key_arn         = aws_kms_key.this.arn
+}
+
+module "ecr" {
+  source      = "./modules/ecr"
+  name        = var.name
+  kms_key_arn = aws_kms_key.this.arn
+}
+
+module "consul" {
+  source         = "./modules/consul"
+  count          = local.create_consul ? 1 : 0
+  name           = var.name
+  vpc_id         = module.network.vpc_id
+  vpc_cidr       = module.network.vpc_cidr
+  subnet_ids     = module.network.private_subnet_ids
+  server_count   = var.consul_server_count
+  consul_version = var.consul_version
+  kms_key_arn    = aws_kms_key.this.arn
+}
+
+module "ecs" {
+  source                = "./modules/ecs"
+  name                  = var.name
+  vpc_id                = module.network.vpc_id
+  vpc_cidr              = module.network.vpc_cidr
+  subnet_ids            = module.network.private_subnet_ids
+  image_repositories    = module.ecr.repository_urls
+  image_repository_arns = module.ecr.repository_arns
+  image_tag             = var.image_tag
+  queues = {
+    jobs    = module.queues.jobs
+    results = module.queues.results
+    dlq     = module.queues.dlq
+  }
+  queue_kms_key_arn   = aws_kms_key.this.arn
+  job_timeout_seconds = var.job_timeout_seconds
+  consul = {
+    retry_join   = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join
+    http_address = var.consul_address
+    version      = var.consul_version
+    datacenter   = var.name
+  }
+  otlp_endpoint      = local.otlp_endpoint
+  controller         = var.controller
+  runners            = var.runners
+  log_retention_days = var.log_retention_days
+  logs_kms_key_arn   = aws_kms_key.this.arn
+}
+
+module "observability" {
+  source                               = "./modules/observability"
+  name                                 = var.name
+  cluster_arn                          = module.ecs.cluster_arn
+  subnet_ids                           = module.network.private_subnet_ids
+  security_group_id                    = module.ecs.tasks_security_group_id
+  namespace_id                         = module.ecs.namespace_id
+  namespace                            = module.ecs.namespace
+  runner_names                         = keys(var.runners)
+  execution_role_arn                   = module.ecs.execution_role_arn
+  execution_role_name                  = module.ecs.execution_role_name
+  task_policy_json                     = module.ecs.task_common_policy_json
+  grafana_admin_password_ssm_parameter = var.grafana_admin_password_ssm_parameter
+  log_retention_days                   = var.log_retention_days
+  logs_kms_key_arn                     = aws_kms_key.this.arn
+}
+
+# The namespace the services were pointed at must be the one the ECS module created.
+check "otlp_endpoint_matches" {
+  assert {
+    condition     = module.observability.otlp_endpoint == local.otlp_endpoint
+    error_message = "The services export to ${local.otlp_endpoint} but the collector is at ${module.observability.otlp_endpoint}."
+  }
+}

@@ -1,0 +1,106 @@
+# Least privilege: one execution role (pull images, write logs), and one task role per
+# service with only what that service does.
+
+data "aws_iam_policy_document" "ecs_tasks_assume" {
+  statement {
+    actions = ["sts:AssumeRole"]
+    principals {
+      type        = "Service"
+      identifiers = ["ecs-tasks.amazonaws.com"]
+    }
+  }
+}
+
+resource "aws_iam_role" "execution" {
+  name               = "${var.name}-ecs-execution"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+data "aws_iam_policy_document" "execution" {
+  statement {
+    sid       = "PullImages"
+    actions   = ["ecr:BatchCheckLayerAvailability", "ecr:GetDownloadUrlForLayer", "ecr:BatchGetImage"]
+    resources = var.image_repository_arns
+  }
+  statement {
+    sid       = "EcrLogin"
+    actions   = ["ecr:GetAuthorizationToken"]
+    resources = ["*"] # GetAuthorizationToken has no resource type
+  }
+  statement {
+    sid       = "WriteLogs"
+    actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
+    resources = [for group in aws_cloudwatch_log_group.service : "${group.arn}:*"]
+  }
+}
+
+resource "aws_iam_role_policy" "execution" {
+  name   = "pull-and-log"
+  role   = aws_iam_role.execution.id
+  policy = data.aws_iam_policy_document.execution.json
+}
+
+# What every task needs: ECS Exec (operators' shells and port forwards, through SSM) and,
+# with the sidecar, the Consul agent's cloud auto-join.
+data "aws_iam_policy_document" "task_common" {
+  statement {
+    sid = "EcsExec"
+    actions = [
+      "ssmmessages:CreateControlChannel", "ssmmessages:CreateDataChannel",
+      "ssmmessages:OpenControlChannel", "ssmmessages:OpenDataChannel",
+    ]
+    resources = ["*"] # ssmmessages actions have no resource type
+  }
+  dynamic "statement" {
+    for_each = local.consul_sidecar ? [1] : []
+    content {
+      sid       = "ConsulAutoJoin"
+      actions   = ["ec2:DescribeInstances"]
+      resources = ["*"] # DescribeInstances cannot be scoped to resources
+    }
+  }
+}
+
+# The controller: receive, delete and extend visibility on the jobs queue (and read its
+# depth); send to the results queue and the DLQ. Nothing else on any queue.
+data "aws_iam_policy_document" "controller" {
+  source_policy_documents = [data.aws_iam_policy_document.task_common.json]
+  statement {
+    sid       = "ConsumeJobs"
+    actions   = ["sqs:ReceiveMessage", "sqs:DeleteMessage", "sqs:ChangeMessageVisibility", "sqs:GetQueueAttributes"]
+    resources = [var.queues["jobs"].arn]
+  }
+  statement {
+    sid       = "SendResultsAndDeadLetters"
+    actions   = ["sqs:SendMessage"]
+    resources = [var.queues["results"].arn, var.queues["dlq"].arn]
+  }
+  statement {
+    sid       = "QueueEncryption"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.queue_kms_key_arn]
+  }
+}
+
+resource "aws_iam_role" "controller" {
+  name               = "${var.name}-controller"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy" "controller" {
+  name   = "controller"
+  role   = aws_iam_role.controller.id
+  policy = data.aws_iam_policy_document.controller.json
+}
+
+# Runners touch no queue and no AWS data: only ECS Exec and Consul auto-join.
+resource "aws_iam_role" "runner" {
+  name               = "${var.name}-runner"
+  assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+}
+
+resource "aws_iam_role_policy" "runner" {
+  name   = "runner"
+  role   = aws_iam_role.runner.id
+  policy = data.aws_iam_policy_document.task_common.json
+}

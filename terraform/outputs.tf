@@ -1,0 +1,44 @@
+output "jobs_queue_url" {
+  description = "Submit jobs here (plugworker submit --jobs-queue-url)."
+  value       = module.queues.jobs.url
+}
+
+output "results_queue_url" {
+  description = "Results arrive here (plugworker results --results-queue-url)."
+  value       = module.queues.results.url
+}
+
+output "dlq_url" {
+  description = "Poison jobs end up here."
+  value       = module.queues.dlq.url
+}
+
+output "jobs_visibility_timeout_seconds" {
+  description = "The jobs queue's visibility timeout (job timeout + margin)."
+  value       = module.queues.visibility_timeout_seconds
+}
+
+output "ecr_repositories" {
+  description = "Push the images here (controller, image-runner, nlp-runner)."
+  value       = module.ecr.repository_urls
+}
+
+output "ecs_cluster" {
+  description = "The ECS cluster running the services."
+  value       = module.ecs.cluster_name
+}
+
+output "consul_http_address" {
+  description = "Consul's HTTP API inside the VPC: port 8500 of any server (scripts/aws-port-forward.sh consul forwards it to 127.0.0.1:8500), or the existing cluster's address."
+  value       = local.create_consul ? "any instance tagged ${module.consul[0].join_tag}, port 8500" : var.consul_address
+}
+
+output "grafana_url" {
+  description = "Grafana inside the VPC (scripts/aws-port-forward.sh grafana forwards it to http://127.0.0.1:3000)."
+  value       = module.observability.grafana_url
+}
+
+output "region" {
+  description = "The region everything is in."
+  value       = var.region
+}

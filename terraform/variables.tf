@@ -1,0 +1,158 @@
+variable "name" {
+  description = "Name prefix of every resource (queues, cluster, repositories)."
+  type        = string
+  default     = "plugworker"
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name))
+    error_message = "name: 2-31 lowercase letters, digits or dashes, starting with a letter."
+  }
+}
+
+variable "region" {
+  description = "AWS region to deploy to."
+  type        = string
+  default     = "eu-west-1"
+}
+
+variable "vpc_cidr" {
+  description = "CIDR block of the VPC."
+  type        = string
+  default     = "10.42.0.0/16"
+  validation {
+    condition     = can(cidrnetmask(var.vpc_cidr)) && tonumber(split("/", var.vpc_cidr)[1]) <= 20
+    error_message = "vpc_cidr must be an IPv4 CIDR of /20 or larger (room for the subnets)."
+  }
+}
+
+variable "availability_zone_count" {
+  description = "Availability zones to spread subnets and tasks over."
+  type        = number
+  default     = 2
+  validation {
+    condition     = var.availability_zone_count >= 2 && var.availability_zone_count <= 4
+    error_message = "availability_zone_count must be 2, 3 or 4."
+  }
+}
+
+variable "image_tag" {
+  description = "Tag of the three images pushed to the ECR repositories (see README, Deploy to AWS)."
+  type        = string
+  validation {
+    condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
+    error_message = "image_tag must be a valid Docker tag other than 'latest' (the repositories are immutable)."
+  }
+}
+
+variable "job_timeout_seconds" {
+  description = "The controller's --job-timeout. The jobs queue's visibility timeout is derived from it."
+  type        = number
+  default     = 300
+  validation {
+    condition     = var.job_timeout_seconds >= 1 && var.job_timeout_seconds <= 43000
+    error_message = "job_timeout_seconds must be between 1 and 43000 (SQS visibility is at most 43200 s)."
+  }
+}
+
+variable "max_receive_count" {
+  description = "Receives of one job before SQS moves it to the dead-letter queue."
+  type        = number
+  default     = 5
+  validation {
+    condition     = var.max_receive_count >= 1 && var.max_receive_count <= 1000
+    error_message = "max_receive_count must be between 1 and 1000."
+  }
+}
+
+variable "consul_address" {
+  description = "HTTP address (host:port) of an existing Consul cluster's agents. Empty: this stack creates a Consul server cluster."
+  type        = string
+  default     = ""
+}
+
+variable "consul_retry_join" {
+  description = "Consul retry_join string for the client agents when consul_address is an existing cluster (e.g. provider=aws tag_key=consul tag_value=prod)."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.consul_retry_join == "" || length(var.consul_retry_join) > 3
+    error_message = "consul_retry_join must be empty or a go-discover string."
+  }
+}
+
+variable "consul_server_count" {
+  description = "Consul servers to run when this stack creates the cluster (odd, for a quorum)."
+  type        = number
+  default     = 3
+  validation {
+    condition     = contains([1, 3, 5], var.consul_server_count)
+    error_message = "consul_server_count must be 1, 3 or 5."
+  }
+}
+
+variable "consul_version" {
+  description = "Consul version for the servers and the client agent in every task."
+  type        = string
+  default     = "1.20.5"
+}
+
+variable "controller" {
+  description = "Controller service: task size, and autoscaling on the jobs queue's depth."
+  type = object({
+    cpu              = number
+    memory           = number
+    min_count        = number
+    max_count        = number
+    backlog_per_task = number
+    max_in_flight    = number
+  })
+  default = {
+    cpu              = 512
+    memory           = 1024
+    min_count        = 1
+    max_count        = 4
+    backlog_per_task = 200
+    max_in_flight    = 64
+  }
+  validation {
+    condition     = var.controller.min_count >= 1 && var.controller.max_count >= var.controller.min_count
+    error_message = "controller: need min_count >= 1 and max_count >= min_count."
+  }
+}
+
+variable "runners" {
+  description = "Runner services by name (image-runner, nlp-runner): task size and autoscaling on CPU."
+  type = map(object({
+    cpu        = number
+    memory     = number
+    min_count  = number
+    max_count  = number
+    cpu_target = number
+  }))
+  default = {
+    image-runner = { cpu = 2048, memory = 4096, min_count = 2, max_count = 10, cpu_target = 60 }
+    nlp-runner   = { cpu = 512, memory = 1024, min_count = 1, max_count = 4, cpu_target = 60 }
+  }
+  validation {
+    condition     = alltrue([for name, r in var.runners : contains(["image-runner", "nlp-runner"], name) && r.min_count >= 1 && r.max_count >= r.min_count && r.cpu_target > 0 && r.cpu_target <= 100])
+    error_message = "runners: keys image-runner/nlp-runner; min_count >= 1, max_count >= min_count, 0 < cpu_target <= 100."
+  }
+}
+
+variable "log_retention_days" {
+  description = "CloudWatch Logs retention of every service's logs."
+  type        = number
+  default     = 365
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_retention_days)
+    error_message = "log_retention_days must be a value CloudWatch Logs accepts."
+  }
+}
+
+variable "grafana_admin_password_ssm_parameter" {
+  description = "Name of an SSM SecureString parameter holding Grafana's admin password (created by you; never in state)."
+  type        = string
+  validation {
+    condition     = startswith(var.grafana_admin_password_ssm_parameter, "/")
+    error_message = "grafana_admin_password_ssm_parameter must be a parameter name starting with '/'."
+  }
+}
