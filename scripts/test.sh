@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# The test command (README, and what CI runs): formatting and lints, then every test of
-# the workspace (unit, conformance, and real-process integration tests) with cargo-nextest.
+# The test command (README, and what CI runs): formatting and lints, the deployment
+# checks, then every test of the workspace (unit, conformance, and real-process
+# integration tests) with cargo-nextest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -10,4 +11,7 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Integration tests start the workspace's binaries as real processes: build them first.
 cargo build --workspace --bins --locked
+# Deployment files: HCL rules, checkov, compose against the binaries' --help, and the
+# tests proving each check can fail.
+scripts/check-deploy.sh
 cargo nextest run --workspace --locked

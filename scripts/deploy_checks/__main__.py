@@ -1,0 +1,32 @@
+"""`python -m deploy_checks [REPO]`: every deployment check; exit 1 on any violation."""
+import pathlib
+import sys
+
+from . import compose_rules, dockerfile_rules, terraform_rules, tools
+
+
+def main() -> int:
+    repo = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2])
+    sections = {
+        "terraform HCL rules": terraform_rules.run(repo / "terraform"),
+        "checkov terraform": tools.checkov(repo / "terraform", "terraform"),
+        "checkov dockerfiles": tools.checkov(repo / "infra" / "docker", "dockerfile"),
+        "Dockerfiles": dockerfile_rules.run(repo),
+        "docker compose": compose_rules.run(repo),
+    }
+    fmt = tools.terraform_fmt(repo / "terraform")
+    if fmt is None:
+        print("deploy checks: terraform fmt: no terraform binary here, skipped")
+    else:
+        sections["terraform fmt"] = fmt
+    failed = False
+    for name, problems in sections.items():
+        print(f"deploy checks: {name}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+        for problem in problems:
+            print(f"  - {problem}")
+        failed |= bool(problems)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
