@@ -11,9 +11,12 @@ locals {
   otlp_endpoint = "http://observability.${local.namespace}:4317"
 }
 
-# One customer-managed key for the stack's data at rest: queues, logs, images, volumes.
+# One customer-managed key for the stack's data at rest: queues, logs and images. The
+# Consul servers' volumes use the account's EBS key instead: a customer key would have to
+# name the Auto Scaling service-linked role, which does not exist before an account's
+# first auto-scaling group.
 data "aws_iam_policy_document" "kms" {
-  #checkov:skip=CKV_AWS_111:A key policy's Resource "*" means this key only; writes are limited to the account root, CloudWatch Logs for this stack's log groups, and Auto Scaling.
+  #checkov:skip=CKV_AWS_111:A key policy's Resource "*" means this key only; writes are limited to the account root and CloudWatch Logs for this stack's log groups.
   #checkov:skip=CKV_AWS_356:A key policy's Resource "*" means this key only (AWS requires "*" in key policies).
   #checkov:skip=CKV_AWS_109:The account root administering its own key is AWS's default key policy; without it the key would become unmanageable.
   statement {
@@ -39,19 +42,10 @@ data "aws_iam_policy_document" "kms" {
       values   = ["arn:aws:logs:${data.aws_region.current.name}:${data.aws_caller_identity.current.account_id}:log-group:/${var.name}/*"]
     }
   }
-  statement {
-    sid       = "AutoScalingVolumes"
-    actions   = ["kms:Encrypt", "kms:Decrypt", "kms:ReEncrypt*", "kms:GenerateDataKey*", "kms:DescribeKey", "kms:CreateGrant"]
-    resources = ["*"]
-    principals {
-      type        = "AWS"
-      identifiers = ["arn:aws:iam::${data.aws_caller_identity.current.account_id}:role/aws-service-role/autoscaling.amazonaws.com/AWSServiceRoleForAutoScaling"]
-    }
-  }
 }
 
 resource "aws_kms_key" "this" {
-  description             = "${var.name}: queues, logs, images and volumes at rest"
+  description             = "${var.name}: queues, logs and images at rest"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.kms.json
@@ -94,7 +88,6 @@ module "consul" {
   subnet_ids     = module.network.private_subnet_ids
   server_count   = var.consul_server_count
   consul_version = var.consul_version
-  kms_key_arn    = aws_kms_key.this.arn
 }
 
 module "ecs" {
@@ -117,7 +110,7 @@ module "ecs" {
     retry_join   = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join
     http_address = var.consul_address
     version      = var.consul_version
-    datacenter   = var.name
+    datacenter   = var.consul_datacenter != "" ? var.consul_datacenter : var.name
   }
   otlp_endpoint      = local.otlp_endpoint
   controller         = var.controller

@@ -70,13 +70,19 @@ variable "consul_address" {
 }
 
 variable "consul_retry_join" {
-  description = "Consul retry_join string for the client agents when consul_address is an existing cluster (e.g. provider=aws tag_key=consul tag_value=prod)."
+  description = "Consul retry_join string for the client agents when consul_address is an existing cluster (e.g. provider=aws region=eu-west-1 tag_key=consul tag_value=prod)."
   type        = string
   default     = ""
   validation {
     condition     = var.consul_retry_join == "" || length(var.consul_retry_join) > 3
     error_message = "consul_retry_join must be empty or a go-discover string."
   }
+}
+
+variable "consul_datacenter" {
+  description = "Datacenter of the existing Consul cluster the task agents join (default: the stack's name, which is also the datacenter of a cluster this stack creates)."
+  type        = string
+  default     = ""
 }
 
 variable "consul_server_count" {

@@ -3,9 +3,12 @@
 # client agent in every ECS task does. Operators reach the HTTP API through SSM port
 # forwarding (scripts/aws-port-forward.sh consul); nothing is exposed outside the VPC.
 
+data "aws_region" "current" {}
+
 locals {
   join_tag_key = "plugworker-consul"
-  retry_join   = "provider=aws tag_key=${local.join_tag_key} tag_value=${var.name}"
+  # The region is explicit: Fargate tasks have no instance metadata to read it from.
+  retry_join = "provider=aws region=${data.aws_region.current.name} tag_key=${local.join_tag_key} tag_value=${var.name}"
 }
 
 data "aws_ssm_parameter" "al2023" {
@@ -118,8 +121,7 @@ resource "aws_launch_template" "server" {
     ebs {
       volume_size = 20
       volume_type = "gp3"
-      encrypted   = true
-      kms_key_id  = var.kms_key_arn
+      encrypted   = true # with the account's EBS key (see main.tf of the root module)
     }
   }
   tag_specifications {

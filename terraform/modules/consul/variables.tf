@@ -33,8 +33,3 @@ variable "instance_type" {
   type        = string
   default     = "t3.small"
 }
-
-variable "kms_key_arn" {
-  description = "KMS key encrypting the servers' volumes."
-  type        = string
-}
