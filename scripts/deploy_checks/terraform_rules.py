@@ -33,7 +33,7 @@ def redrive(tree) -> list:
     by_name = {(m, b.name): b for m, b in queues(tree)}
     for module, queue in queues(tree):
         name = str(queue.attr("name", ""))
-        is_jobs = re.search(r"-jobs\"?$", name) is not None or name.endswith("-jobs")
+        is_jobs = name.endswith("-jobs")
         policy = queue.attr("redrive_policy")
         if is_jobs:
             found_jobs = True
