@@ -119,6 +119,7 @@ resource "aws_security_group" "tasks" {
 }
 
 resource "aws_cloudwatch_log_group" "service" {
+  # Not keys(local.services): those services' containers refer to these groups.
   for_each          = toset(concat(["controller"], keys(var.runners)))
   name              = "/${var.name}/${each.value}"
   retention_in_days = var.log_retention_days

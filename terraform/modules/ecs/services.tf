@@ -60,46 +60,52 @@ locals {
   }
 }
 
-resource "aws_ecs_task_definition" "controller" {
-  family                   = "${var.name}-controller"
-  requires_compatibilities = ["FARGATE"]
-  network_mode             = "awsvpc"
-  cpu                      = var.controller.cpu
-  memory                   = var.controller.memory
-  execution_role_arn       = aws_iam_role.execution.arn
-  task_role_arn            = aws_iam_role.controller.arn
-  runtime_platform {
-    operating_system_family = "LINUX"
-    cpu_architecture        = "X86_64"
-  }
-  container_definitions = jsonencode(concat(
-    [local.controller_container],
-    [for agent in local.with_agent : merge(agent, { logConfiguration = local.log_configuration["controller"] })],
-  ))
+# One task definition and one service per deployable; they differ only in these.
+locals {
+  services = merge(
+    {
+      controller = {
+        container = local.controller_container
+        cpu       = var.controller.cpu
+        memory    = var.controller.memory
+        task_role = aws_iam_role.controller.arn
+        min_count = var.controller.min_count
+      }
+    },
+    {
+      for name, runner in var.runners : name => {
+        container = local.runner_containers[name]
+        cpu       = runner.cpu
+        memory    = runner.memory
+        task_role = aws_iam_role.runner.arn
+        min_count = runner.min_count
+      }
+    },
+  )
 }
 
-resource "aws_ecs_task_definition" "runner" {
-  for_each                 = var.runners
+resource "aws_ecs_task_definition" "this" {
+  for_each                 = local.services
   family                   = "${var.name}-${each.key}"
   requires_compatibilities = ["FARGATE"]
   network_mode             = "awsvpc"
   cpu                      = each.value.cpu
   memory                   = each.value.memory
   execution_role_arn       = aws_iam_role.execution.arn
-  task_role_arn            = aws_iam_role.runner.arn
+  task_role_arn            = each.value.task_role
   runtime_platform {
     operating_system_family = "LINUX"
-    cpu_architecture        = "X86_64" # the image carries the x86_64 ONNX Runtime
+    cpu_architecture        = "X86_64" # the image-runner carries the x86_64 ONNX Runtime
   }
   container_definitions = jsonencode(concat(
-    [local.runner_containers[each.key]],
+    [each.value.container],
     [for agent in local.with_agent : merge(agent, { logConfiguration = local.log_configuration[each.key] })],
   ))
 }
 
 resource "aws_service_discovery_service" "this" {
-  for_each = toset(concat(["controller"], keys(var.runners)))
-  name     = each.value
+  for_each = local.services
+  name     = each.key
   dns_config {
     namespace_id   = aws_service_discovery_private_dns_namespace.this.id
     routing_policy = "MULTIVALUE"
@@ -113,36 +119,11 @@ resource "aws_service_discovery_service" "this" {
   }
 }
 
-resource "aws_ecs_service" "controller" {
-  name                   = "controller"
-  cluster                = aws_ecs_cluster.this.id
-  task_definition        = aws_ecs_task_definition.controller.arn
-  desired_count          = var.controller.min_count
-  launch_type            = "FARGATE"
-  enable_execute_command = true
-  propagate_tags         = "SERVICE"
-  network_configuration {
-    subnets          = var.subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
-    assign_public_ip = false
-  }
-  service_registries {
-    registry_arn = aws_service_discovery_service.this["controller"].arn
-  }
-  deployment_circuit_breaker {
-    enable   = true
-    rollback = true
-  }
-  lifecycle {
-    ignore_changes = [desired_count] # owned by autoscaling
-  }
-}
-
-resource "aws_ecs_service" "runner" {
-  for_each               = var.runners
+resource "aws_ecs_service" "this" {
+  for_each               = local.services
   name                   = each.key
   cluster                = aws_ecs_cluster.this.id
-  task_definition        = aws_ecs_task_definition.runner[each.key].arn
+  task_definition        = aws_ecs_task_definition.this[each.key].arn
   desired_count          = each.value.min_count
   launch_type            = "FARGATE"
   enable_execute_command = true
@@ -160,6 +141,6 @@ resource "aws_ecs_service" "runner" {
     rollback = true
   }
   lifecycle {
-    ignore_changes = [desired_count]
+    ignore_changes = [desired_count] # owned by autoscaling
   }
 }
