@@ -79,10 +79,11 @@ def _documented_settings(repo: pathlib.Path) -> set:
     return set(re.findall(r"`(PLUGWORKER_\w+)`", (repo / "README.md").read_text()))
 
 
-def _references(value: str, services: set):
-    """(service, port) pairs in a value: URLs and host:port pairs naming a service."""
+def _closed_ports(value: str, listening: dict):
+    """(service, port) pairs a value names (URLs, host:port) where that service does not
+    listen on that port."""
     for host, port in re.findall(r"(?:^|//|\s|\")([a-z][\w-]*):(\d+)", value):
-        if host in services:
+        if host in listening and int(port) not in listening[host]:
             yield host, int(port)
 
 
@@ -155,9 +156,8 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
 
     for name, service in services.items():
         for variable, value in _environment(service).items():
-            for host, port in _references(value, names):
-                if port not in listening.get(host, set()):
-                    problems.append(f"{where}: service {name}: {variable}={value} names {host}:{port}, but {host} listens on {sorted(listening[host])}")
+            for host, port in _closed_ports(value, listening):
+                problems.append(f"{where}: service {name}: {variable}={value} names {host}:{port}, but {host} listens on {sorted(listening[host])}")
 
     problems += _config_references(infra, names, listening)
     problems += _queues(where, services)
@@ -180,14 +180,12 @@ def _config_references(infra, names, listening) -> list:
     collector = yaml.safe_load((infra / "otel-collector.yaml").read_text())
     for exporter_name, exporter in (collector.get("exporters") or {}).items():
         endpoint = str((exporter or {}).get("endpoint", ""))
-        for host, port in _references(endpoint, names):
-            if port not in listening[host]:
-                problems.append(f"{infra}/otel-collector.yaml: exporter {exporter_name} sends to {endpoint}, but {host} listens on {sorted(listening[host])}")
+        for host, port in _closed_ports(endpoint, listening):
+            problems.append(f"{infra}/otel-collector.yaml: exporter {exporter_name} sends to {endpoint}, but {host} listens on {sorted(listening[host])}")
     datasources = yaml.safe_load((infra / "grafana/provisioning/datasources/datasources.yaml").read_text())
     for source in datasources.get("datasources", []):
-        for host, port in _references(str(source.get("url", "")), names):
-            if port not in listening[host]:
-                problems.append(f"{infra}/grafana/provisioning/datasources/datasources.yaml: {source['name']} at {source['url']}, but {host} listens on {sorted(listening[host])}")
+        for host, port in _closed_ports(str(source.get("url", "")), listening):
+            problems.append(f"{infra}/grafana/provisioning/datasources/datasources.yaml: {source['name']} at {source['url']}, but {host} listens on {sorted(listening[host])}")
     return problems
 
 
