@@ -49,6 +49,21 @@ if [ ! -x "$venv/bin/moto_server" ]; then
   }
   "$venv/bin/pip" install -q --disable-pip-version-check 'moto[server]==5.2.5' flask flask-cors
 fi
+# Independent real clients the tests drive our services with (py-consul, AWS's SQS
+# extended client, boto3, ...): one pinned requirements file per concern in
+# scripts/requirements/, installed into the same venv, again whenever a file changes.
+requirements=(scripts/requirements/*.txt)
+if [ -e "${requirements[0]}" ]; then
+  stamp="$venv/.plugworker-requirements"
+  wanted="$(cat "${requirements[@]}" | sha256sum | cut -d' ' -f1)"
+  if [ "$(cat "$stamp" 2>/dev/null)" != "$wanted" ]; then
+    echo "setup: installing the test clients in ${requirements[*]} into $venv"
+    args=()
+    for file in "${requirements[@]}"; do args+=(-r "$file"); done
+    "$venv/bin/pip" install -q --disable-pip-version-check "${args[@]}"
+    echo "$wanted" >"$stamp"
+  fi
+fi
 
 # The deployment checks (scripts/check-deploy.sh): checkov, python-hcl2 and PyYAML, pinned.
 deploy_venv="${PLUGWORKER_DEPLOY_VENV:-$HOME/.cache/plugworker/deploy-venv}"
