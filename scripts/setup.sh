@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 if ! command -v cargo >/dev/null 2>&1; then
-  echo "setup: cargo is missing; install a Rust toolchain (rustup, Rust >= 1.88) first" >&2
+  echo "setup: cargo is missing; install a Rust toolchain (rustup, Rust >= 1.94, the workspace's rust-version) first" >&2
   exit 1
 fi
 

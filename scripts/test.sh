@@ -8,6 +8,9 @@ source scripts/env.sh
 scripts/setup.sh
 
 cargo fmt --all --check
+# Algorithm modules reach the compiler through the kit's generated `include!`, which
+# cargo fmt does not follow: check them by name so a misformatted algorithm fails here.
+rustfmt --check --edition 2024 services/runners/*/src/algorithms/*.rs
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # Integration tests start the workspace's binaries as real processes: build them first.
 cargo build --workspace --bins --locked

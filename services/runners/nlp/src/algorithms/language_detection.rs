@@ -50,13 +50,19 @@ impl Algorithm for LanguageDetection {
 
     async fn run(&self, input: Input, _context: &RunContext) -> Result<Output, RunError> {
         if input.text.trim().is_empty() {
-            return Err(RunError::InvalidInput("text is empty or only whitespace".into()));
+            return Err(RunError::InvalidInput(
+                "text is empty or only whitespace".into(),
+            ));
         }
         if input.text.chars().count() > MAX_CHARS {
-            return Err(RunError::InvalidInput(format!("text is longer than {MAX_CHARS} characters")));
+            return Err(RunError::InvalidInput(format!(
+                "text is longer than {MAX_CHARS} characters"
+            )));
         }
         let info = whatlang::detect(&input.text).ok_or_else(|| {
-            RunError::Unprocessable("no language could be detected: the text has no letters of a known script".into())
+            RunError::Unprocessable(
+                "no language could be detected: the text has no letters of a known script".into(),
+            )
         })?;
         let iso639_3 = info.lang().code();
         Ok(Output {
@@ -75,20 +81,75 @@ plugworker_kit::register_algorithm!(LanguageDetection);
 /// ISO 639-1 codes of the languages whatlang detects.
 fn iso639_1(iso639_3: &str) -> Option<&'static str> {
     Some(match iso639_3 {
-        "afr" => "af", "aka" => "ak", "amh" => "am", "ara" => "ar", "aze" => "az",
-        "bel" => "be", "ben" => "bn", "bul" => "bg", "cat" => "ca", "ces" => "cs",
-        "cmn" => "zh", "dan" => "da", "deu" => "de", "ell" => "el", "eng" => "en",
-        "epo" => "eo", "est" => "et", "fin" => "fi", "fra" => "fr", "guj" => "gu",
-        "heb" => "he", "hin" => "hi", "hrv" => "hr", "hun" => "hu", "hye" => "hy",
-        "ind" => "id", "ita" => "it", "jav" => "jv", "jpn" => "ja", "kan" => "kn",
-        "kat" => "ka", "khm" => "km", "kor" => "ko", "lat" => "la", "lav" => "lv",
-        "lit" => "lt", "mal" => "ml", "mar" => "mr", "mkd" => "mk", "mya" => "my",
-        "nep" => "ne", "nld" => "nl", "nob" => "nb", "ori" => "or", "pan" => "pa",
-        "pes" => "fa", "pol" => "pl", "por" => "pt", "ron" => "ro", "rus" => "ru",
-        "sin" => "si", "slk" => "sk", "slv" => "sl", "sna" => "sn", "spa" => "es",
-        "srp" => "sr", "swe" => "sv", "tam" => "ta", "tel" => "te", "tgl" => "tl",
-        "tha" => "th", "tuk" => "tk", "tur" => "tr", "ukr" => "uk", "urd" => "ur",
-        "uzb" => "uz", "vie" => "vi", "yid" => "yi", "zul" => "zu",
+        "afr" => "af",
+        "aka" => "ak",
+        "amh" => "am",
+        "ara" => "ar",
+        "aze" => "az",
+        "bel" => "be",
+        "ben" => "bn",
+        "bul" => "bg",
+        "cat" => "ca",
+        "ces" => "cs",
+        "cmn" => "zh",
+        "dan" => "da",
+        "deu" => "de",
+        "ell" => "el",
+        "eng" => "en",
+        "epo" => "eo",
+        "est" => "et",
+        "fin" => "fi",
+        "fra" => "fr",
+        "guj" => "gu",
+        "heb" => "he",
+        "hin" => "hi",
+        "hrv" => "hr",
+        "hun" => "hu",
+        "hye" => "hy",
+        "ind" => "id",
+        "ita" => "it",
+        "jav" => "jv",
+        "jpn" => "ja",
+        "kan" => "kn",
+        "kat" => "ka",
+        "khm" => "km",
+        "kor" => "ko",
+        "lat" => "la",
+        "lav" => "lv",
+        "lit" => "lt",
+        "mal" => "ml",
+        "mar" => "mr",
+        "mkd" => "mk",
+        "mya" => "my",
+        "nep" => "ne",
+        "nld" => "nl",
+        "nob" => "nb",
+        "ori" => "or",
+        "pan" => "pa",
+        "pes" => "fa",
+        "pol" => "pl",
+        "por" => "pt",
+        "ron" => "ro",
+        "rus" => "ru",
+        "sin" => "si",
+        "slk" => "sk",
+        "slv" => "sl",
+        "sna" => "sn",
+        "spa" => "es",
+        "srp" => "sr",
+        "swe" => "sv",
+        "tam" => "ta",
+        "tel" => "te",
+        "tgl" => "tl",
+        "tha" => "th",
+        "tuk" => "tk",
+        "tur" => "tr",
+        "ukr" => "uk",
+        "urd" => "ur",
+        "uzb" => "uz",
+        "vie" => "vi",
+        "yid" => "yi",
+        "zul" => "zu",
         _ => return None,
     })
 }
