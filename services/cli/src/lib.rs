@@ -2,6 +2,7 @@
 //! parses arguments and reports errors.
 
 pub mod commands;
+pub mod output;
 
 use clap::{Parser, Subcommand};
 use plugworker_discovery::{ConsulClient, ConsulConfig};

@@ -1,0 +1,586 @@
+//! How `plugworker dev` and `plugworker results` show result documents: a table a person can
+//! read at a glance on a terminal, or the documents themselves as JSON lines when the output
+//! goes to a program (a pipe, a file) or `--format json` asks for them.
+//!
+//! The table streams: each result is one row as it arrives, so the column widths are fixed
+//! up front from the terminal's width instead of measured over every row. Every cell is
+//! cut to its column (by display width, so CJK text lines up), and the summary column
+//! takes whatever the terminal has left.
+
+use plugworker_jobs::{JobResult, Status};
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::Value;
+use std::io::{self, Write};
+use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
+
+/// `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    /// A table on a terminal, JSON lines otherwise.
+    Auto,
+    /// Always the table.
+    Table,
+    /// Always one JSON result document per line (the results queue's own format).
+    Json,
+}
+
+impl Format {
+    /// Whether this format, on this output, is the table.
+    pub fn is_table(self, output_is_terminal: bool) -> bool {
+        match self {
+            Format::Auto => output_is_terminal,
+            Format::Table => true,
+            Format::Json => false,
+        }
+    }
+}
+
+/// Width used when the terminal does not say (`COLUMNS` unset, not a terminal).
+pub const DEFAULT_WIDTH: usize = 100;
+/// Narrowest table drawn; a narrower terminal wraps lines rather than lose a column.
+const MIN_WIDTH: usize = 40;
+/// Widest the job and algorithm columns get (`language_detection` fits).
+const NAME: usize = 18;
+const STATUS: usize = 6;
+const MILLIS: usize = 9;
+/// Two spaces between each of the five columns.
+const GAPS: usize = 4 * 2;
+
+/// Column widths for a table `width` columns wide: status and time fixed, job and
+/// algorithm a quarter each of the rest (at most [`NAME`]), the summary whatever remains.
+#[derive(Clone, Copy, Debug)]
+struct Columns {
+    name: usize,
+    summary: usize,
+}
+
+impl Columns {
+    fn for_width(width: usize) -> Self {
+        let rest = width.max(MIN_WIDTH) - STATUS - MILLIS - GAPS;
+        let name = (rest / 4).min(NAME);
+        Self {
+            name,
+            summary: rest - 2 * name,
+        }
+    }
+}
+
+/// The terminal's width in columns: `COLUMNS` when set to a number, else what the terminal
+/// on standard output reports, else [`DEFAULT_WIDTH`].
+pub fn terminal_width() -> usize {
+    if let Some(columns) = std::env::var("COLUMNS")
+        .ok()
+        .and_then(|c| c.trim().parse::<usize>().ok())
+        .filter(|&c| c > 0)
+    {
+        return columns;
+    }
+    // SAFETY: TIOCGWINSZ fills a `winsize` we own; on failure it is left zeroed.
+    let mut size: libc::winsize = unsafe { std::mem::zeroed() };
+    let ok = unsafe { libc::ioctl(libc::STDOUT_FILENO, libc::TIOCGWINSZ, &mut size) } == 0;
+    if ok && size.ws_col > 0 {
+        size.ws_col as usize
+    } else {
+        DEFAULT_WIDTH
+    }
+}
+
+/// Counts over the results shown, for the closing summary.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Tally {
+    pub ok: usize,
+    pub error: usize,
+    pub unreadable: usize,
+    total_ms: Vec<f64>,
+}
+
+impl Tally {
+    fn add(&mut self, result: &JobResult) {
+        match result.status {
+            Status::Ok => self.ok += 1,
+            Status::Error => self.error += 1,
+        }
+        self.total_ms.push(result.timings.total_ms);
+    }
+
+    /// One line: counts, then median and slowest time when any result carried one.
+    pub fn line(&self) -> String {
+        let shown = self.ok + self.error + self.unreadable;
+        let mut line = format!(
+            "{shown} result{}: {} ok, {} error",
+            if shown == 1 { "" } else { "s" },
+            self.ok,
+            self.error
+        );
+        if self.unreadable > 0 {
+            line.push_str(&format!(", {} not a result document", self.unreadable));
+        }
+        let mut times = self.total_ms.clone();
+        if !times.is_empty() {
+            times.sort_by(f64::total_cmp);
+            let median = times[(times.len() - 1) / 2];
+            let slowest = times[times.len() - 1];
+            line.push_str(&format!(
+                "; total ms: median {}, slowest {}",
+                number(median),
+                number(slowest)
+            ));
+        }
+        line
+    }
+}
+
+/// Writes results in the chosen format and keeps the tally.
+pub struct ResultWriter<W: Write> {
+    out: W,
+    table: Option<(usize, Columns)>,
+    header_written: bool,
+    tally: Tally,
+}
+
+impl<W: Write> ResultWriter<W> {
+    /// `table_width`: `Some(columns)` draws the table that wide, `None` writes JSON lines.
+    pub fn new(out: W, table_width: Option<usize>) -> Self {
+        Self {
+            out,
+            table: table_width.map(|w| (w.max(MIN_WIDTH), Columns::for_width(w))),
+            header_written: false,
+            tally: Tally::default(),
+        }
+    }
+
+    /// One result document.
+    pub fn result(&mut self, result: &JobResult) -> io::Result<()> {
+        self.tally.add(result);
+        match self.table {
+            None => writeln!(self.out, "{}", serde_json::to_string(result)?)?,
+            Some((_, columns)) => self.row(columns, &Row::of(result))?,
+        }
+        self.out.flush()
+    }
+
+    /// A message body as it came off the results queue: unchanged in JSON mode; in the
+    /// table, parsed as a result document or shown as what it is.
+    pub fn body(&mut self, body: &str) -> io::Result<()> {
+        match (self.table, serde_json::from_str::<JobResult>(body)) {
+            (Some(_), Ok(result)) => return self.result(&result),
+            (None, Ok(result)) => {
+                self.tally.add(&result);
+                writeln!(self.out, "{body}")?;
+            }
+            (None, Err(_)) => {
+                self.tally.unreadable += 1;
+                writeln!(self.out, "{body}")?;
+            }
+            (Some((_, columns)), Err(error)) => {
+                self.tally.unreadable += 1;
+                let row = Row {
+                    job: "?".into(),
+                    algorithm: String::new(),
+                    status: "?".into(),
+                    millis: String::new(),
+                    summary: format!("not a result document ({error}): {}", one_line(body)),
+                };
+                self.row(columns, &row)?;
+            }
+        }
+        self.out.flush()
+    }
+
+    /// The closing summary (table only: JSON lines stay pure documents), and the tally.
+    pub fn finish(mut self) -> io::Result<Tally> {
+        if let Some((width, _)) = self.table
+            && self.header_written
+        {
+            writeln!(self.out, "{}", "─".repeat(width))?;
+            writeln!(self.out, "{}", fit(&self.tally.line(), width))?;
+            self.out.flush()?;
+        }
+        Ok(self.tally)
+    }
+
+    fn row(&mut self, columns: Columns, row: &Row) -> io::Result<()> {
+        if !self.header_written {
+            self.header_written = true;
+            let header = Row {
+                job: "JOB".into(),
+                algorithm: "ALGORITHM".into(),
+                status: "STATUS".into(),
+                millis: "MS".into(),
+                summary: "RESULT / ERROR".into(),
+            };
+            writeln!(self.out, "{}", header.render(columns))?;
+        }
+        writeln!(self.out, "{}", row.render(columns))
+    }
+}
+
+/// One table row's cells, before fitting.
+struct Row {
+    job: String,
+    algorithm: String,
+    status: String,
+    millis: String,
+    summary: String,
+}
+
+impl Row {
+    fn of(result: &JobResult) -> Self {
+        let job = result
+            .job_id
+            .clone()
+            .unwrap_or_else(|| format!("({})", result.message_id));
+        let summary = match (&result.error, &result.result) {
+            (Some(error), _) => format!("{}: {}", error.code, one_line(&error.message)),
+            (None, Some(document)) => summarize(document.get()),
+            (None, None) => String::new(),
+        };
+        Row {
+            job,
+            algorithm: result.algorithm.clone().unwrap_or_default(),
+            status: match result.status {
+                Status::Ok => "ok".into(),
+                Status::Error => "error".into(),
+            },
+            millis: number(result.timings.total_ms),
+            summary,
+        }
+    }
+
+    fn render(&self, columns: Columns) -> String {
+        let name = columns.name;
+        let line = format!(
+            "{}  {}  {}  {}  {}",
+            pad(&fit(&self.job, name), name),
+            pad(&fit(&self.algorithm, name), name),
+            pad(&fit(&self.status, STATUS), STATUS),
+            pad_left(&fit(&self.millis, MILLIS), MILLIS),
+            fit(&self.summary, columns.summary),
+        );
+        line.trim_end().to_string()
+    }
+}
+
+/// A result document in one line: its fields in the document's own order, scalars as
+/// `name=value`, lists and objects by size (their detail is in the JSON).
+pub fn summarize(document: &str) -> String {
+    match serde_json::from_str::<Ordered>(document) {
+        Ok(Ordered(fields)) => fields
+            .iter()
+            .map(|(name, value)| format!("{name}={}", scalar(value)))
+            .collect::<Vec<_>>()
+            .join(" "),
+        Err(_) => match serde_json::from_str::<Value>(document) {
+            Ok(value) => scalar(&value),
+            Err(_) => one_line(document),
+        },
+    }
+}
+
+fn scalar(value: &Value) -> String {
+    match value {
+        Value::String(text) => {
+            let text = one_line(text);
+            if text.is_empty() || text.contains(' ') {
+                format!("\"{text}\"")
+            } else {
+                text
+            }
+        }
+        Value::Number(n) => n
+            .as_f64()
+            .filter(|_| n.is_f64())
+            .map_or(n.to_string(), number),
+        Value::Bool(b) => b.to_string(),
+        Value::Null => "null".into(),
+        Value::Array(items) => format!("[{} items]", items.len()),
+        Value::Object(fields) => format!("{{{} fields}}", fields.len()),
+    }
+}
+
+/// Lines joined with " / ", runs of other white space as one space.
+fn one_line(text: &str) -> String {
+    text.lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>().join(" "))
+        .filter(|line| !line.is_empty())
+        .collect::<Vec<_>>()
+        .join(" / ")
+}
+
+/// A float with at most three decimals and no trailing zeros.
+fn number(value: f64) -> String {
+    let text = format!("{value:.3}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    if text.is_empty() || text == "-" {
+        "0".into()
+    } else {
+        text.into()
+    }
+}
+
+/// Cut to `width` display columns, marking the cut with `…`.
+fn fit(text: &str, width: usize) -> String {
+    if UnicodeWidthStr::width(text) <= width {
+        return text.to_string();
+    }
+    let mut out = String::new();
+    let mut used = 0;
+    for c in text.chars() {
+        let w = c.width().unwrap_or(0);
+        if used + w + 1 > width {
+            break;
+        }
+        out.push(c);
+        used += w;
+    }
+    out.push('…');
+    out
+}
+
+fn pad(text: &str, width: usize) -> String {
+    let fill = width.saturating_sub(UnicodeWidthStr::width(text));
+    format!("{text}{}", " ".repeat(fill))
+}
+
+fn pad_left(text: &str, width: usize) -> String {
+    let fill = width.saturating_sub(UnicodeWidthStr::width(text));
+    format!("{}{text}", " ".repeat(fill))
+}
+
+/// A JSON object's fields in the order the document gives them (serde_json's `Value`
+/// sorts them, which would put `confidence` before `language`).
+struct Ordered(Vec<(String, Value)>);
+
+impl<'de> Deserialize<'de> for Ordered {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Fields;
+        impl<'de> Visitor<'de> for Fields {
+            type Value = Ordered;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+                let mut fields = Vec::new();
+                while let Some(entry) = map.next_entry::<String, Value>()? {
+                    fields.push(entry);
+                }
+                Ok(Ordered(fields))
+            }
+        }
+        deserializer.deserialize_map(Fields)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use plugworker_jobs::{ErrorClass, ErrorInfo, Timings};
+    use serde_json::value::RawValue;
+
+    fn ok(id: &str, algorithm: &str, document: &str, ms: f64) -> JobResult {
+        JobResult {
+            job_id: Some(id.into()),
+            message_id: "m-1".into(),
+            algorithm: Some(algorithm.into()),
+            status: Status::Ok,
+            result: Some(RawValue::from_string(document.into()).unwrap()),
+            error: None,
+            runner: None,
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings {
+                total_ms: ms,
+                ..Timings::default()
+            },
+        }
+    }
+
+    fn failed(id: Option<&str>, code: &str, message: &str) -> JobResult {
+        JobResult {
+            job_id: id.map(Into::into),
+            status: Status::Error,
+            result: None,
+            error: Some(ErrorInfo {
+                code: code.into(),
+                message: message.into(),
+                class: ErrorClass::Permanent,
+            }),
+            ..ok("x", "language_detection", "{}", 2.0)
+        }
+    }
+
+    fn table(width: usize, results: &[JobResult]) -> (String, Tally) {
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, Some(width));
+        for result in results {
+            writer.result(result).unwrap();
+        }
+        let tally = writer.finish().unwrap();
+        (String::from_utf8(out).unwrap(), tally)
+    }
+
+    #[test]
+    fn a_table_row_per_result_then_a_summary_within_the_terminal_width() {
+        let results = [
+            ok(
+                "english",
+                "language_detection",
+                r#"{"language":"en","iso639_3":"eng","name":"English","confidence":0.9912345,"reliable":true}"#,
+                3.25,
+            ),
+            ok(
+                "meme-ocr",
+                "ocr",
+                r#"{"text":"WHEN THE JOB\nFINALLY REACHES THE\nRUNNER","lines":[1,2,3],"engine":"ppocr"}"#,
+                241.0,
+            ),
+            failed(
+                Some("wrong-type"),
+                "invalid_payload",
+                "/text: 42 is not of type \"string\"\nsecond line",
+            ),
+        ];
+        let (text, tally) = table(100, &results);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(
+            lines.len(),
+            1 + 3 + 2,
+            "header, rows, rule and summary:\n{text}"
+        );
+        assert!(lines[0].starts_with("JOB") && lines[0].contains("RESULT / ERROR"));
+        for line in &lines {
+            assert!(
+                UnicodeWidthStr::width(*line) <= 100,
+                "wider than 100: {line:?}"
+            );
+        }
+        assert!(lines[1].starts_with("english "), "{}", lines[1]);
+        assert!(
+            lines[1].contains("language=en iso639_3=eng name=English"),
+            "document order: {}",
+            lines[1]
+        );
+        assert!(lines[1].contains(" 3.25 "), "ms: {}", lines[1]);
+        assert!(
+            lines[2].contains("text=\"WHEN THE JOB / FINALLY"),
+            "lines joined: {}",
+            lines[2]
+        );
+        assert!(lines[3].contains("error") && lines[3].contains("invalid_payload: /text: 42"));
+        assert!(!lines[3].contains('\n'));
+        assert_eq!((tally.ok, tally.error), (2, 1));
+        assert_eq!(
+            lines[5],
+            "3 results: 2 ok, 1 error; total ms: median 3.25, slowest 241"
+        );
+    }
+
+    #[test]
+    fn long_cells_are_cut_and_marked_and_wide_characters_count_double() {
+        let long = "x".repeat(500);
+        let results = [
+            ok(
+                &"j".repeat(40),
+                "language_detection",
+                &format!(r#"{{"text":"{long}"}}"#),
+                1.0,
+            ),
+            ok(
+                "日本語のジョブ識別子です長い",
+                "language_detection",
+                r#"{"name":"Japanese"}"#,
+                1.0,
+            ),
+        ];
+        for width in [40, 60, 100, 160] {
+            let (text, _) = table(width, &results);
+            for line in text.lines() {
+                assert!(
+                    UnicodeWidthStr::width(line) <= width,
+                    "wider than {width}: {line:?}"
+                );
+            }
+            let row = text.lines().nth(1).unwrap();
+            assert!(row.ends_with('…'), "cut summary is marked: {row}");
+            let name = Columns::for_width(width).name;
+            assert!(
+                row.starts_with(&format!("{}…", "j".repeat(name - 1))),
+                "{row}"
+            );
+            // The Japanese id is cut to the column by display width, and the next column
+            // starts where it does on the other rows.
+            let japanese = text.lines().nth(2).unwrap();
+            let column = |line: &str| {
+                let at = line.find("  ok  ").expect("a status column");
+                UnicodeWidthStr::width(&line[..at])
+            };
+            assert_eq!(column(row), column(japanese), "aligned:\n{row}\n{japanese}");
+        }
+        // A terminal narrower than the table's floor still gets every column.
+        let (text, _) = table(20, &results);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.contains("ok") && row.contains("text="), "{row}");
+    }
+
+    #[test]
+    fn json_lines_are_the_documents_themselves_with_no_summary() {
+        let results = [
+            ok("a", "echo", r#"{"echo":1}"#, 1.0),
+            failed(None, "no_runner", "none"),
+        ];
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, None);
+        for result in &results {
+            writer.result(result).unwrap();
+        }
+        writer.body("not json").unwrap();
+        let tally = writer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3);
+        assert_eq!(lines[0], serde_json::to_string(&results[0]).unwrap());
+        assert_eq!(lines[2], "not json", "bodies pass through unchanged");
+        assert_eq!((tally.ok, tally.error, tally.unreadable), (1, 1, 1));
+    }
+
+    #[test]
+    fn queue_bodies_in_the_table_are_parsed_or_named_for_what_they_are() {
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, Some(90));
+        writer
+            .body(&serde_json::to_string(&ok("a", "echo", r#"{"echo":"hi"}"#, 1.5)).unwrap())
+            .unwrap();
+        writer.body("{\"not\": \"a result\"}").unwrap();
+        let tally = writer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(text.contains("echo=hi"), "{text}");
+        assert!(text.contains("not a result document"), "{text}");
+        assert_eq!(tally.unreadable, 1);
+        assert!(text.ends_with("2 results: 1 ok, 0 error, 1 not a result document; total ms: median 1.5, slowest 1.5\n"), "{text}");
+    }
+
+    #[test]
+    fn auto_is_a_table_only_on_a_terminal() {
+        assert!(Format::Auto.is_table(true));
+        assert!(!Format::Auto.is_table(false));
+        assert!(Format::Table.is_table(false));
+        assert!(!Format::Json.is_table(true));
+    }
+
+    #[test]
+    fn numbers_and_scalars_read_naturally() {
+        assert_eq!(number(241.0), "241");
+        assert_eq!(number(0.99123), "0.991");
+        assert_eq!(number(0.0), "0");
+        assert_eq!(
+            summarize(r#"{"sum": 3, "ok": true, "none": null, "o": {"a": 1}}"#),
+            "sum=3 ok=true none=null o={1 fields}"
+        );
+        assert_eq!(summarize("[1, 2]"), "[2 items]");
+        assert_eq!(
+            summarize(r#"{"label":"chelsea-the-cat","score":0.8123}"#),
+            "label=chelsea-the-cat score=0.812"
+        );
+    }
+}
