@@ -10,7 +10,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
-scripts/setup.sh >/dev/null
+echo "==> setup: build tools and models (scripts/setup.sh --demo)"
+scripts/setup.sh --demo
 
 if [ $# -ge 1 ]; then
   jobs="$1"
@@ -24,7 +25,9 @@ else
       "$algorithm" "$algorithm" "$meme" >>"$jobs"
   done
 fi
-echo "==> building"
-cargo build --workspace --bins --locked -q
+# Only what the demo runs: the plugworker command and the two deployable runners (the
+# test command builds the rest). Cargo shows its own progress.
+echo "==> building plugworker, image-runner and nlp-runner (first time: a few minutes)"
+cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins
 echo "==> plugworker dev --jobs $jobs"
 "$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --results - --max-attempts 3 --runner-wait 3s

