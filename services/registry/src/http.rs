@@ -273,6 +273,7 @@ async fn agent_members(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
+    query.refuse_filter()?;
     let wan = query.get("wan").is_some_and(|w| !w.is_empty());
     let segment = query.get("segment").unwrap_or_default();
     if wan && !matches!(segment, "" | "_all") {
