@@ -1,17 +1,18 @@
-//! The HTTP API: routing, query parameters, blocking queries and Consul's response headers.
+//! The HTTP API: routing, query parameters, blocking queries, Consul's response headers
+//! and Consul's error answers (status and text, from `agent/*_endpoint.go`).
 
-use crate::checks;
-use crate::keys;
-use crate::store::{Shared, Store};
+use crate::decode::{self, ServiceDefinition};
+use crate::go;
+use crate::store::{RegisterError, Shared, Status, Store, TtlUpdateError, truncate_output};
+use crate::{checks, views};
 use axum::body::Bytes;
 use axum::extract::{Path, RawQuery, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Json, Router};
-use plugworker_discovery::{CheckStatus, ServiceRegistration, duration};
 use rand::Rng;
-use serde::Serialize;
+use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,9 +21,15 @@ type AppState = Arc<Shared>;
 /// Consul's default and maximum `wait` for blocking queries.
 const DEFAULT_WAIT: Duration = Duration::from_secs(300);
 const MAX_WAIT: Duration = Duration::from_secs(600);
+/// Consul's default `kv_max_value_size`.
+const KV_MAX_VALUE_SIZE: usize = 512 * 1024;
+/// Consul's limit on a check update's output (`CheckBufSize`).
+const CHECK_BUF_SIZE: i64 = 4 * 1024;
 
 pub(crate) fn router(shared: AppState) -> Router {
     Router::new()
+        .route("/v1/agent/self", get(agent_self))
+        .route("/v1/agent/members", get(agent_members))
         .route("/v1/agent/service/register", put(register))
         .route("/v1/agent/service/deregister/{id}", put(deregister))
         .route("/v1/agent/service/{id}", get(agent_service))
@@ -30,33 +37,35 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/agent/checks", get(agent_checks))
         .route(
             "/v1/agent/check/pass/{id}",
-            put(
-                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
-                    check_ttl(s, id, q, CheckStatus::Passing)
-                },
-            ),
+            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
+                check_ttl(s, p, q, Status::Passing)
+            }),
         )
         .route(
             "/v1/agent/check/warn/{id}",
-            put(
-                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
-                    check_ttl(s, id, q, CheckStatus::Warning)
-                },
-            ),
+            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
+                check_ttl(s, p, q, Status::Warning)
+            }),
         )
         .route(
             "/v1/agent/check/fail/{id}",
-            put(
-                |State(s): State<AppState>, Path(id): Path<String>, RawQuery(q): RawQuery| {
-                    check_ttl(s, id, q, CheckStatus::Critical)
-                },
-            ),
+            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
+                check_ttl(s, p, q, Status::Critical)
+            }),
         )
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/catalog/services", get(catalog_services))
         .route("/v1/catalog/service/{name}", get(catalog_service))
+        .route("/v1/catalog/nodes", get(catalog_nodes))
+        .route("/v1/catalog/node/{node}", get(catalog_node))
         .route("/v1/health/service/{name}", get(health_service))
+        .route("/v1/health/checks/{service}", get(health_checks))
+        .route("/v1/health/state/{state}", get(health_state))
+        .route("/v1/health/node/{node}", get(health_node))
         .route("/v1/status/leader", get(leader))
+        .route("/v1/status/peers", get(peers))
+        .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
+        .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
         .with_state(shared)
 }
 
@@ -73,97 +82,329 @@ fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-/// Query parameters, parsed by hand because Consul repeats `tag` and uses bare flags.
-#[derive(Default)]
-struct Params {
+fn not_found(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::NOT_FOUND, message.into())
+}
+
+/// Consul answers plain Go errors (not `HTTPError`s) with a 500 and the error text.
+fn internal(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
+}
+
+/// The query string, read like Go's `url.Values`: `get` is the first value, `has` is
+/// presence (Consul's bare flags: `?recurse`, `?raw`, `?passing`).
+struct Query(Vec<(String, String)>);
+
+impl Query {
+    fn new(raw: Option<String>) -> Self {
+        let raw = raw.unwrap_or_default();
+        Self(
+            url::form_urlencoded::parse(raw.as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect(),
+        )
+    }
+
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.0.iter().any(|(k, _)| k == key)
+    }
+
+    fn all(&self, key: &str) -> Vec<String> {
+        self.0
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+
+    /// Go's `Values.Encode`: sorted by key.
+    fn encode(&self) -> String {
+        let mut pairs = self.0.clone();
+        pairs.sort_by(|a, b| a.0.cmp(&b.0));
+        url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(pairs)
+            .finish()
+    }
+
+    /// `?passing`, `?passing=true` ... as `getBoolQueryParam` reads it.
+    fn bool_flag(&self, key: &str) -> Option<bool> {
+        if !self.has(key) {
+            return Some(false);
+        }
+        match self.get(key).unwrap_or_default() {
+            "" => Some(true),
+            value => go::parse_bool(value),
+        }
+    }
+
+    /// The registry has no bexpr engine; refusing beats answering unfiltered data.
+    fn refuse_filter(&self) -> Result<(), ApiError> {
+        match self.get("filter") {
+            Some(filter) if !filter.is_empty() => Err(bad_request(
+                "?filter expressions are not supported by the embedded registry",
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// `index` and `wait` of a blocking query (Consul's `parseWait`), and `dc`.
+struct Blocking {
     index: u64,
     wait: Duration,
-    tags: Vec<String>,
-    passing: bool,
-    note: String,
 }
 
-impl Params {
-    fn parse(raw: Option<String>) -> Result<Self, ApiError> {
-        let mut params = Params {
+impl Blocking {
+    fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
+        if let Some(dc) = query.get("dc")
+            && !dc.is_empty()
+            && dc != shared.config.datacenter
+        {
+            return Err(internal("No path to datacenter"));
+        }
+        let mut blocking = Blocking {
+            index: 0,
             wait: DEFAULT_WAIT,
-            ..Default::default()
         };
-        let raw = raw.unwrap_or_default();
-        for (key, value) in url::form_urlencoded::parse(raw.as_bytes()) {
-            match key.as_ref() {
-                "index" => {
-                    params.index = value
-                        .parse()
-                        .map_err(|_| bad_request(format!("Invalid index: {value:?}")))?
-                }
-                "wait" => {
-                    params.wait = duration::parse(&value)
-                        .map_err(|e| bad_request(format!("Invalid wait time: {e}")))?
-                        .min(MAX_WAIT)
-                }
-                "tag" => params.tags.push(value.into_owned()),
-                "passing" => params.passing = !matches!(value.as_ref(), "false" | "0"),
-                "note" => params.note = value.into_owned(),
-                _ => {}
+        if let Some(wait) = query.get("wait").filter(|w| !w.is_empty()) {
+            let nanos = go::parse_duration(wait).map_err(|_| bad_request("Invalid wait time"))?;
+            if nanos > 0 {
+                blocking.wait = crate::store::nanos(nanos).min(MAX_WAIT);
             }
         }
-        Ok(params)
+        if let Some(index) = query.get("index").filter(|i| !i.is_empty()) {
+            blocking.index = index.parse().map_err(|_| bad_request("Invalid index"))?;
+        }
+        Ok(blocking)
+    }
+
+    /// Runs `read` now and, for a blocking query, again after each change until its
+    /// index passes the client's or the wait (plus Consul's up-to-1/16 jitter) runs out.
+    async fn run<T>(&self, shared: &Shared, read: impl Fn(&Store) -> (T, u64)) -> (T, u64) {
+        let mut changes = shared.changes.subscribe();
+        let (mut value, mut index) = read(&shared.lock());
+        if self.index > 0 && index <= self.index {
+            let jitter = rand::rng().random_range(Duration::ZERO..=self.wait / 16);
+            let deadline = tokio::time::Instant::now() + self.wait + jitter;
+            loop {
+                tokio::select! {
+                    changed = changes.changed() => {
+                        if changed.is_err() { break; }
+                        (value, index) = read(&shared.lock());
+                        if index > self.index { break; }
+                    }
+                    _ = tokio::time::sleep_until(deadline) => break,
+                }
+            }
+        }
+        (value, index.max(1))
     }
 }
 
-/// Runs `read` now and, for a blocking query, again after each change until its index
-/// passes the client's or the wait (plus Consul's up-to-1/16 jitter) runs out.
-async fn blocking<T: Serialize>(
-    shared: &Shared,
-    params: &Params,
-    read: impl Fn(&Store) -> (T, u64),
-) -> Response {
-    let mut changes = shared.changes.subscribe();
-    let (mut value, mut index) = read(&shared.lock());
-    if params.index > 0 && index <= params.index {
-        let jitter = rand::rng().random_range(Duration::ZERO..=params.wait / 16);
-        let deadline = tokio::time::Instant::now() + params.wait + jitter;
-        loop {
-            tokio::select! {
-                changed = changes.changed() => {
-                    if changed.is_err() { break; }
-                    (value, index) = read(&shared.lock());
-                    if index > params.index { break; }
-                }
-                _ = tokio::time::sleep_until(deadline) => break,
-            }
-        }
-    }
-    with_index(Json(value), index)
-}
-
-fn with_index(body: impl IntoResponse, index: u64) -> Response {
+fn index_headers(index: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
     headers.insert("X-Consul-LastContact", HeaderValue::from_static("0"));
-    (headers, body).into_response()
+    headers
 }
 
-/// A request body in PascalCase or snake_case (see [`keys`]), as Consul accepts both.
-fn decode_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
-    let decode_failed = |e: serde_json::Error| bad_request(format!("Request decode failed: {e}"));
-    let value: serde_json::Value = serde_json::from_slice(body).map_err(decode_failed)?;
-    serde_json::from_value(keys::normalize(value)).map_err(decode_failed)
+fn with_index(body: impl IntoResponse, index: u64) -> Response {
+    (index_headers(index), body).into_response()
 }
 
-async fn register(State(shared): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let registration: ServiceRegistration = decode_body(&body)?;
-    let name = registration.name.clone();
-    let (index, new_checks) = shared
-        .lock()
-        .register(registration, &shared.config)
-        .map_err(bad_request)?;
+// ---------------------------------------------------------------- agent
+
+async fn agent_self(State(shared): State<AppState>) -> Response {
+    let store = shared.lock();
+    let config = &shared.config;
+    let services = store.services().filter(|r| r.local).count();
+    Json(json!({
+        "Config": {
+            "Datacenter": config.datacenter,
+            "PrimaryDatacenter": config.datacenter,
+            "NodeName": config.node_name,
+            "NodeID": shared.node_id,
+            "Revision": format!("plugworker-registry-{}", env!("CARGO_PKG_VERSION")),
+            "Server": true,
+            "Version": crate::CONSUL_API_VERSION,
+            "BuildDate": "1970-01-01T00:00:00Z",
+        },
+        "DebugConfig": {
+            "Datacenter": config.datacenter,
+            "NodeName": config.node_name,
+            "NodeID": shared.node_id,
+            "DevMode": true,
+            "ServerMode": true,
+            "ACLsEnabled": false,
+            "AdvertiseAddrLAN": config.node_address,
+        },
+        "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5},
+        "Member": views::member(&shared, false),
+        "Stats": {
+            "agent": {
+                "check_monitors": "0",
+                "check_ttls": store.checks.values().filter(|c| c.definition.ttl > 0).count().to_string(),
+                "checks": store.local_check_count().to_string(),
+                "services": services.to_string(),
+            },
+            "consul": {
+                "bootstrap": "false",
+                "known_datacenters": "1",
+                "leader": "true",
+                "leader_addr": format!("{}:8300", config.node_address),
+                "server": "true",
+            },
+        },
+        "Meta": {"consul-network-segment": "", "consul-version": crate::CONSUL_API_VERSION},
+    }))
+    .into_response()
+}
+
+async fn agent_members(
+    State(shared): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let wan = query.get("wan").is_some_and(|w| !w.is_empty());
+    let segment = query.get("segment").unwrap_or_default();
+    if wan && !matches!(segment, "" | "_all") {
+        return Err(bad_request("Cannot provide a segment with wan=true"));
+    }
+    Ok(Json(json!([views::member(&shared, wan)])).into_response())
+}
+
+/// `PUT /v1/agent/service/register`, validated in Consul's order with Consul's answers.
+async fn register(
+    State(shared): State<AppState>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let query = Query::new(query);
+    let def = decode::service_definition(&body)
+        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
+    validate_registration(&def)?;
+    let replace = query.has("replace-existing-checks")
+        && matches!(
+            query.get("replace-existing-checks").unwrap_or_default(),
+            "" | "true"
+        );
+    let name = def.name.clone();
+    let (index, new_checks) =
+        shared
+            .lock()
+            .register(def, replace)
+            .map_err(|error| match error {
+                RegisterError::Unsupported(message) => bad_request(message),
+                RegisterError::Internal(message) => internal(message),
+            })?;
     checks::start(&shared, new_checks);
-    shared.notify(index);
+    if let Some(index) = index {
+        shared.notify(index);
+    }
     tracing::info!(service = name, "service registered");
     Ok(StatusCode::OK.into_response())
+}
+
+fn validate_registration(def: &ServiceDefinition) -> Result<(), ApiError> {
+    if def.name.is_empty() {
+        return Err(bad_request("Missing service name"));
+    }
+    if go::is_any_address(&def.address) {
+        return Err(bad_request("Invalid service address"));
+    }
+    if let Some(weights) = def.weights {
+        let problem = if weights.passing < 1 {
+            Some("Passing must be greater than 0")
+        } else if weights.warning < 0 {
+            Some("Warning must be greater or equal than 0")
+        } else if weights.passing > 65535 || weights.warning > 65535 {
+            Some("DNS Weight must be between 0 and 65535")
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(bad_request(format!("Invalid Weights: {problem}")));
+        }
+    }
+    if let Some(meta) = &def.meta {
+        validate_meta(meta).map_err(|e| bad_request(format!("Invalid Service Meta: {e}")))?;
+    }
+    let checks = (!def.check.is_empty())
+        .then_some(&def.check)
+        .into_iter()
+        .chain(def.checks.iter());
+    for check in checks.clone() {
+        check
+            .validate()
+            .map_err(|e| bad_request(format!("Invalid check: {e}")))?;
+    }
+    for check in checks {
+        if !check.status.is_empty() && Status::parse(&check.status).is_none() {
+            return Err(bad_request(
+                "Status for checks must 'passing', 'warning', 'critical'",
+            ));
+        }
+    }
+    // The agent's own validation, answered as a plain error (500) by Consul.
+    for (key, family) in [
+        ("lan_ipv4", 4),
+        ("wan_ipv4", 4),
+        ("lan_ipv6", 6),
+        ("wan_ipv6", 6),
+    ] {
+        if let Some(tagged) = def.tagged_addresses.get(key) {
+            let ok = match tagged.address.parse::<std::net::IpAddr>() {
+                Ok(ip) => ip.is_ipv4() == (family == 4),
+                Err(_) => false,
+            };
+            if !ok {
+                return Err(internal(format!(
+                    "Service tagged address {key:?} must be a valid ipv{family} address"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Consul's `validateMetadata` (limits and messages of `agent/structs/structs.go`).
+fn validate_meta(meta: &std::collections::BTreeMap<String, String>) -> Result<(), String> {
+    if meta.len() > 64 {
+        return Err("Node metadata cannot contain more than 64 key/value pairs".into());
+    }
+    for (key, value) in meta {
+        let problem = if key.is_empty() {
+            Some("Key cannot be blank".to_string())
+        } else if !key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+        {
+            Some("Key contains invalid characters".to_string())
+        } else if key.len() > 128 {
+            Some("Key is too long (limit: 128 characters)".to_string())
+        } else if key.starts_with("consul-") {
+            Some("Key prefix 'consul-' is reserved for internal use".to_string())
+        } else if value.len() > 512 {
+            Some("Value is too long (limit: 512 characters)".to_string())
+        } else {
+            None
+        };
+        if let Some(problem) = problem {
+            return Err(format!(
+                "Couldn't load metadata pair ('{key}', '{value}'): {problem}"
+            ));
+        }
+    }
+    Ok(())
 }
 
 async fn deregister(
@@ -171,46 +412,121 @@ async fn deregister(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let index = shared.lock().deregister(&id).ok_or_else(|| {
-        ApiError(
-            StatusCode::NOT_FOUND,
-            format!("Unknown service ID \"{id}\". Ensure that the service ID is passed, not the service name."),
-        )
+        not_found(format!(
+            "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
+        ))
     })?;
     shared.notify(index);
     tracing::info!(service_id = id, "service deregistered");
     Ok(StatusCode::OK.into_response())
 }
 
+/// FNV-1a over the view's canonical JSON: an opaque content hash, like Consul's.
+fn content_hash(view: &serde_json::Map<String, Value>) -> String {
+    let bytes = serde_json::to_vec(view).unwrap_or_default();
+    let mut hash: u64 = 0xcbf29ce484222325;
+    for byte in bytes {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x100000001b3);
+    }
+    format!("{hash:x}")
+}
+
+/// `GET /v1/agent/service/:id`: the service with its `ContentHash`; with `?hash=` the
+/// request blocks until the content hash differs or `wait` runs out.
 async fn agent_service(
     State(shared): State<AppState>,
     Path(id): Path<String>,
+    RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let service = shared
-        .lock()
-        .agent_service(&id)
-        .ok_or_else(|| ApiError(StatusCode::NOT_FOUND, format!("unknown service ID: {id}")))?;
-    let index = service.modify_index;
-    Ok(with_index(Json(service), index))
+    let query = Query::new(query);
+    let blocking = Blocking::parse(&shared, &query)?;
+    let hash = query.get("hash").unwrap_or_default().to_string();
+    let read = |store: &Store| {
+        store.service(&id).filter(|r| r.local).map(|record| {
+            let mut view = views::agent_service(&shared, record);
+            let hash = content_hash(&view);
+            view.insert("ContentHash".into(), json!(hash));
+            (hash, view)
+        })
+    };
+    let mut changes = shared.changes.subscribe();
+    let mut current = read(&shared.lock());
+    if !hash.is_empty() {
+        let jitter = rand::rng().random_range(Duration::ZERO..=blocking.wait / 16);
+        let deadline = tokio::time::Instant::now() + blocking.wait + jitter;
+        while current.as_ref().is_some_and(|(h, _)| *h == hash) {
+            tokio::select! {
+                changed = changes.changed() => {
+                    if changed.is_err() { break; }
+                    current = read(&shared.lock());
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+    }
+    let (hash, view) = current.ok_or_else(|| not_found(format!("unknown service ID: {id}")))?;
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = HeaderValue::from_str(&hash) {
+        headers.insert("X-Consul-ContentHash", value);
+    }
+    Ok((headers, Json(view)).into_response())
 }
 
-async fn agent_services(State(shared): State<AppState>) -> Response {
-    Json(shared.lock().agent_services()).into_response()
+async fn agent_services(
+    State(shared): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    Query::new(query).refuse_filter()?;
+    let store = shared.lock();
+    let view: serde_json::Map<String, Value> = store
+        .services()
+        .filter(|r| r.local)
+        .map(|r| {
+            (
+                r.service.id.clone(),
+                Value::Object(views::agent_service(&shared, r)),
+            )
+        })
+        .collect();
+    Ok(Json(view).into_response())
 }
 
-async fn agent_checks(State(shared): State<AppState>) -> Response {
-    Json(shared.lock().agent_checks()).into_response()
+async fn agent_checks(
+    State(shared): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    Query::new(query).refuse_filter()?;
+    let store = shared.lock();
+    let view: serde_json::Map<String, Value> = store
+        .checks
+        .values()
+        .map(|c| {
+            (
+                c.check_id.clone(),
+                views::health_check(&shared, &store, c, false),
+            )
+        })
+        .collect();
+    Ok(Json(view).into_response())
 }
 
-fn update_check(
+fn update_ttl(
     shared: &Shared,
     id: &str,
-    status: CheckStatus,
+    status: Status,
     output: &str,
 ) -> Result<Response, ApiError> {
-    let changed = shared
-        .lock()
-        .set_check_status(id, status, output)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e))?;
+    let changed = shared.lock().update_ttl_check(id, status, output).map_err(
+        |error| match error {
+            TtlUpdateError::Unknown => not_found(format!(
+                "Unknown check ID {id:?}. Ensure that the check ID is passed, not the check name."
+            )),
+            TtlUpdateError::NotTtl => {
+                internal(format!("CheckID {id:?} does not have associated TTL"))
+            }
+        },
+    )?;
     if let Some(index) = changed {
         shared.notify(index);
     }
@@ -219,13 +535,13 @@ fn update_check(
 
 /// `PUT /v1/agent/check/{pass,warn,fail}/:id?note=`: a TTL check's heartbeat.
 async fn check_ttl(
-    shared: AppState,
-    id: String,
-    query: Option<String>,
-    status: CheckStatus,
+    State(shared): State<AppState>,
+    Path(id): Path<String>,
+    RawQuery(query): RawQuery,
+    status: Status,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    update_check(&shared, &id, status, &params.note)
+    let query = Query::new(query);
+    update_ttl(&shared, &id, status, query.get("note").unwrap_or_default())
 }
 
 async fn check_update(
@@ -233,23 +549,39 @@ async fn check_update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    #[derive(serde::Deserialize)]
-    #[serde(rename_all = "PascalCase")]
-    struct Update {
-        status: CheckStatus,
-        #[serde(default)]
-        output: String,
-    }
-    let update: Update = decode_body(&body)?;
-    update_check(&shared, &id, update.status, &update.output)
+    let update = decode::check_update(&body)
+        .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
+    let status = Status::parse(&update.status)
+        .ok_or_else(|| bad_request(format!("Invalid check status: '{}'", update.status)))?;
+    let output = truncate_output(&update.output, CHECK_BUF_SIZE);
+    update_ttl(&shared, &id, status, &output)
 }
+
+// ---------------------------------------------------------------- catalog and health
 
 async fn catalog_services(
     State(shared): State<AppState>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    Ok(blocking(&shared, &params, |store| store.catalog_services()).await)
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            let mut services: std::collections::BTreeMap<String, Vec<String>> =
+                std::collections::BTreeMap::new();
+            for record in store.services() {
+                let tags = services.entry(record.service.name.clone()).or_default();
+                for tag in &record.service.tags {
+                    if !tags.contains(tag) {
+                        tags.push(tag.clone());
+                    }
+                }
+            }
+            (services, store.catalog_index())
+        })
+        .await;
+    Ok(with_index(Json(view), index))
 }
 
 async fn catalog_service(
@@ -257,12 +589,61 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    let node = shared.node();
-    Ok(blocking(&shared, &params, |store| {
-        store.catalog_service(&name, &params.tags, &node)
-    })
-    .await)
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let tags = query.all("tag");
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            let view: Vec<Value> = store
+                .instances(&name, &tags)
+                .map(|r| views::catalog_service(&shared, store, r))
+                .collect();
+            (view, store.name_index(&name))
+        })
+        .await;
+    Ok(with_index(Json(view), index))
+}
+
+async fn catalog_nodes(
+    State(shared): State<AppState>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            (vec![views::node(&shared, store)], store.node_index)
+        })
+        .await;
+    Ok(with_index(Json(view), index))
+}
+
+/// `GET /v1/catalog/node/:node`: the node and its services, or `null` for another node.
+async fn catalog_node(
+    State(shared): State<AppState>,
+    Path(node): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            let view = if node == shared.config.node_name {
+                let services: serde_json::Map<String, Value> = store
+                    .services()
+                    .map(|r| (r.service.id.clone(), views::node_service(r)))
+                    .collect();
+                json!({"Node": views::node(&shared, store), "Services": services})
+            } else {
+                Value::Null
+            };
+            (view, store.catalog_index())
+        })
+        .await;
+    Ok(with_index(Json(view), index))
 }
 
 async fn health_service(
@@ -270,14 +651,265 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let params = Params::parse(query)?;
-    let node = shared.node();
-    Ok(blocking(&shared, &params, |store| {
-        store.health_service(&name, &params.tags, params.passing, &node)
-    })
-    .await)
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let passing_only = query
+        .bool_flag("passing")
+        .ok_or_else(|| bad_request("Invalid value for ?passing"))?;
+    let tags = query.all("tag");
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            let view: Vec<Value> = store
+                .instances(&name, &tags)
+                .map(|r| views::health_entry(&shared, store, r))
+                .filter(|(_, passing)| *passing || !passing_only)
+                .map(|(entry, _)| entry)
+                .collect();
+            (view, store.name_index(&name))
+        })
+        .await;
+    Ok(with_index(Json(view), index))
+}
+
+/// Checks selected from the whole table, indexed by the checks table like Consul.
+async fn health_checks_where(
+    shared: AppState,
+    query: Option<String>,
+    include_node_check: impl Fn(&Store) -> bool + Send + Sync,
+    keep: impl Fn(&Store, &crate::store::CheckRecord) -> bool + Send + Sync,
+) -> Result<Response, ApiError> {
+    let query = Query::new(query);
+    query.refuse_filter()?;
+    let blocking = Blocking::parse(&shared, &query)?;
+    let (view, index) = blocking
+        .run(&shared, |store| {
+            let mut view = Vec::new();
+            if include_node_check(store) {
+                view.push(views::serf_health(&shared, store));
+            }
+            view.extend(
+                store
+                    .checks
+                    .values()
+                    .filter(|c| keep(store, c))
+                    .map(|c| views::health_check(&shared, store, c, true)),
+            );
+            (view, store.checks_index())
+        })
+        .await;
+    Ok(with_index(Json(view), index))
+}
+
+async fn health_checks(
+    State(shared): State<AppState>,
+    Path(service): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    health_checks_where(
+        shared,
+        query,
+        |_| false,
+        |store, check| {
+            store
+                .service(&check.service_id)
+                .is_some_and(|r| r.service.name == service)
+        },
+    )
+    .await
+}
+
+async fn health_state(
+    State(shared): State<AppState>,
+    Path(state): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let wanted = state.clone();
+    health_checks_where(
+        shared,
+        query,
+        move |_| matches!(wanted.as_str(), "any" | "passing"),
+        move |_, check| state == "any" || check.status.as_str() == state,
+    )
+    .await
+}
+
+async fn health_node(
+    State(shared): State<AppState>,
+    Path(node): Path<String>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let ours = node == shared.config.node_name;
+    health_checks_where(shared, query, move |_| ours, move |_, _| ours).await
 }
 
 async fn leader(State(shared): State<AppState>) -> Response {
     Json(format!("{}:8300", shared.config.node_address)).into_response()
+}
+
+async fn peers(State(shared): State<AppState>) -> Response {
+    Json(json!([format!("{}:8300", shared.config.node_address)])).into_response()
+}
+
+// ---------------------------------------------------------------- KV
+
+fn kv_key(key: Option<Path<String>>) -> String {
+    key.map(|Path(k)| k).unwrap_or_default()
+}
+
+/// `strconv.ParseUint` of a query value; Consul answers a bad one with a plain error (500).
+fn parse_u64(query: &Query, key: &str) -> Result<Option<u64>, ApiError> {
+    if !query.has(key) {
+        return Ok(None);
+    }
+    let value = query.get(key).unwrap_or_default();
+    value.parse().map(Some).map_err(|_| {
+        internal(format!(
+            "strconv.ParseUint: parsing {value:?}: invalid syntax"
+        ))
+    })
+}
+
+fn conflicting(query: &Query, flags: &[&str]) -> Result<(), ApiError> {
+    if flags.iter().filter(|f| query.has(f)).count() > 1 {
+        return Err(bad_request(format!(
+            "Conflicting flags: {}",
+            query.encode()
+        )));
+    }
+    Ok(())
+}
+
+async fn kv_get(
+    State(shared): State<AppState>,
+    key: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let key = kv_key(key);
+    let query = Query::new(query);
+    let blocking = Blocking::parse(&shared, &query)?;
+    if query.has("keys") {
+        let separator = query
+            .get("separator")
+            .or_else(|| query.get("seperator"))
+            .unwrap_or_default()
+            .to_string();
+        let (keys, index) = blocking
+            .run(&shared, |store| store.kv_keys(&key, &separator))
+            .await;
+        if keys.is_empty() && !key.is_empty() {
+            return Ok(with_index(StatusCode::NOT_FOUND, index));
+        }
+        return Ok(with_index(Json(keys), index));
+    }
+    if query.has("recurse") {
+        let (entries, index) = blocking.run(&shared, |store| store.kv_list(&key)).await;
+        if entries.is_empty() {
+            return Ok(with_index(StatusCode::NOT_FOUND, index));
+        }
+        let view: Vec<Value> = entries.iter().map(|(k, e)| views::kv_entry(k, e)).collect();
+        return Ok(with_index(Json(view), index));
+    }
+    if key.is_empty() {
+        return Err(bad_request("Missing key name"));
+    }
+    let (entry, index) = blocking.run(&shared, |store| store.kv_get(&key)).await;
+    let Some((key, entry)) = entry else {
+        return Ok(with_index(StatusCode::NOT_FOUND, index));
+    };
+    if query.has("raw") {
+        let mut headers = index_headers(index);
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+        headers.insert(
+            "X-Content-Type-Options",
+            HeaderValue::from_static("nosniff"),
+        );
+        headers.insert(
+            "Content-Security-Policy",
+            HeaderValue::from_static("sandbox"),
+        );
+        return Ok((headers, entry.value).into_response());
+    }
+    Ok(with_index(
+        Json(json!([views::kv_entry(&key, &entry)])),
+        index,
+    ))
+}
+
+async fn kv_put(
+    State(shared): State<AppState>,
+    key: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let key = kv_key(key);
+    let query = Query::new(query);
+    if let Some(dc) = query.get("dc")
+        && !dc.is_empty()
+        && dc != shared.config.datacenter
+    {
+        return Err(internal("No path to datacenter"));
+    }
+    if key.is_empty() {
+        return Err(bad_request("Missing key name"));
+    }
+    conflicting(&query, &["cas", "acquire", "release"])?;
+    let flags = parse_u64(&query, "flags")?.unwrap_or(0);
+    let cas = parse_u64(&query, "cas")?;
+    // Locks need sessions, which the registry does not have: every session ID is
+    // unknown, and Consul answers an unknown one like this.
+    for lock in ["acquire", "release"] {
+        if query.has(lock) {
+            return Err(internal(format!(
+                "Invalid session {:?}",
+                query.get(lock).unwrap_or_default()
+            )));
+        }
+    }
+    if body.len() > KV_MAX_VALUE_SIZE {
+        return Err(ApiError(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!(
+                "Request body({} bytes) too large, max size: {KV_MAX_VALUE_SIZE} bytes. See https://www.consul.io/docs/agent/config/config-files#kv_max_value_size.",
+                body.len()
+            ),
+        ));
+    }
+    let (written, index) = shared.lock().kv_put(&key, body.to_vec(), flags, cas);
+    if let Some(index) = index {
+        shared.notify(index);
+    }
+    Ok(Json(written).into_response())
+}
+
+async fn kv_delete(
+    State(shared): State<AppState>,
+    key: Option<Path<String>>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let key = kv_key(key);
+    let query = Query::new(query);
+    if let Some(dc) = query.get("dc")
+        && !dc.is_empty()
+        && dc != shared.config.datacenter
+    {
+        return Err(internal("No path to datacenter"));
+    }
+    conflicting(&query, &["recurse", "cas"])?;
+    if query.has("recurse") {
+        let index = shared.lock().kv_delete_tree(&key);
+        if let Some(index) = index {
+            shared.notify(index);
+        }
+        return Ok(Json(true).into_response());
+    }
+    if key.is_empty() {
+        return Err(bad_request("Missing key name"));
+    }
+    let cas = parse_u64(&query, "cas")?;
+    let (deleted, index) = shared.lock().kv_delete(&key, cas);
+    if let Some(index) = index {
+        shared.notify(index);
+    }
+    Ok(Json(deleted).into_response())
 }

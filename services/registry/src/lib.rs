@@ -5,23 +5,23 @@
 //! behind `plugworker dev` (like `consul agent -dev`: one node, ACLs off, state in memory)
 //! and the stand-in for tests. Production always uses real Consul.
 //!
-//! It follows Consul's documented HTTP API for the endpoints plugworker and the `consul`
-//! CLI's `catalog services` use:
+//! It answers like a Consul agent, checked against Consul's source (request decoding,
+//! validation order and messages, response shapes, indexes); the remaining differences
+//! are listed in `docs/consul-compatibility.md`.
 //!
 //! | endpoint | notes |
 //! |---|---|
-//! | `PUT /v1/agent/service/register` | PascalCase and snake_case keys; `Check` / `Checks` |
+//! | `PUT /v1/agent/service/register` | Consul's strict decoder and validation; `?replace-existing-checks` |
 //! | `PUT /v1/agent/service/deregister/:id` | |
-//! | `GET /v1/agent/service/:id`, `/v1/agent/services`, `/v1/agent/checks` | |
+//! | `GET /v1/agent/service/:id` | `ContentHash`, `?hash=` blocking |
+//! | `GET /v1/agent/services`, `/v1/agent/checks`, `/v1/agent/self`, `/v1/agent/members` | |
 //! | `PUT /v1/agent/check/{pass,warn,fail}/:id`, `/v1/agent/check/update/:id` | TTL checks |
-//! | `GET /v1/catalog/services`, `/v1/catalog/service/:name` | blocking, repeated `tag` |
-//! | `GET /v1/health/service/:name` | blocking, `passing`, repeated `tag` |
-//! | `GET /v1/status/leader` | |
+//! | `GET /v1/catalog/services`, `/v1/catalog/service/:name`, `/v1/catalog/nodes`, `/v1/catalog/node/:node` | blocking, `tag` |
+//! | `GET /v1/health/service/:name`, `/v1/health/checks/:service`, `/v1/health/state/:state`, `/v1/health/node/:node` | blocking, `passing`, `tag` |
+//! | `GET`/`PUT`/`DELETE /v1/kv/:key` | `recurse`, `keys`, `separator`, `raw`, `cas`, `flags`, blocking |
+//! | `GET /v1/status/leader`, `/v1/status/peers` | |
 //!
-//! Blocking queries carry a per-endpoint `X-Consul-Index`: the catalog's service list
-//! moves only on registrations and deregistrations; a service's catalog and health views
-//! move on changes to that service's instances and check states. Checks are really
-//! performed (gRPC health, HTTP, TCP; TTL checks expire), and
+//! Checks are really performed (gRPC health, HTTP, TCP; TTL checks expire), and
 //! `DeregisterCriticalServiceAfter` reaps instances whose checks stay critical.
 //!
 //! Deliberate differences from a real agent, all in the direction of faster tests: the
@@ -31,11 +31,18 @@
 //! registry only speaks plaintext gRPC.
 
 mod checks;
+mod decode;
+mod go;
 mod http;
-mod keys;
+mod kv;
 mod store;
+mod views;
 
 pub use store::RegistryConfig;
+
+/// The Consul version whose HTTP API the registry implements, reported where Consul
+/// reports its version (`/v1/agent/self`, node meta, member tags).
+pub const CONSUL_API_VERSION: &str = "1.21.0";
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -1,13 +1,17 @@
-//! The registry's state: services, checks and the indexes blocking queries wait on.
+//! The registry's state: the node, services, checks, the KV store, and the indexes
+//! blocking queries wait on.
 //!
 //! One mutex guards everything; every critical section is a few map operations, and
 //! check probes run outside it. A `watch` channel carries the global index so blocked
 //! readers wake on any change and re-check the index of the view they asked for.
+//!
+//! Indexes follow Consul's state store (`agent/consul/state/catalog.go`, `kvs.go`):
+//! one global, Raft-like counter; per-table maxima (nodes, services, checks, KV); a
+//! per-service-name index moved by that service's instances and checks; and the
+//! "last extinction" index that a service with no instances reports.
 
-use plugworker_discovery::{
-    AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node, ServiceEntry,
-    ServiceRegistration,
-};
+use crate::decode::{CheckType, Locality, ServiceAddress, ServiceDefinition, Weights};
+use crate::go::Nanos;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -39,27 +43,24 @@ impl Default for RegistryConfig {
 /// Everything the HTTP handlers and check tasks share.
 pub(crate) struct Shared {
     pub config: RegistryConfig,
+    pub node_id: String,
     store: Mutex<Store>,
     /// The global index after every change.
     pub changes: watch::Sender<u64>,
     /// Flips to `true` once when the registry stops; background tasks watch it.
     pub stopped: watch::Sender<bool>,
-    pub http: reqwest::Client,
 }
 
 impl Shared {
     pub fn new(config: RegistryConfig) -> Arc<Self> {
         let mut store = Store::default();
-        store.insert_consul_service(&config);
+        store.register_node_and_consul_service();
         Arc::new(Self {
+            node_id: node_id(&config.node_name),
             config,
             changes: watch::Sender::new(store.index),
             store: Mutex::new(store),
             stopped: watch::Sender::new(false),
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .expect("static reqwest configuration is valid"),
         })
     }
 
@@ -82,15 +83,6 @@ impl Shared {
             }
         }
     }
-
-    pub fn node(&self) -> Node {
-        Node {
-            id: node_id(&self.config.node_name),
-            node: self.config.node_name.clone(),
-            address: self.config.node_address.clone(),
-            datacenter: self.config.datacenter.clone(),
-        }
-    }
 }
 
 /// A stable, UUID-shaped node ID derived from the node name.
@@ -111,233 +103,490 @@ fn node_id(name: &str) -> String {
     )
 }
 
+/// A check's state (`maintenance` exists in Consul only for maintenance mode, which the
+/// registry does not implement, and is refused everywhere a client can set a status).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Status {
+    Passing,
+    Warning,
+    Critical,
+}
+
+impl Status {
+    /// Consul's `structs.ValidStatus`.
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "passing" => Some(Status::Passing),
+            "warning" => Some(Status::Warning),
+            "critical" => Some(Status::Critical),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Status::Passing => "passing",
+            Status::Warning => "warning",
+            Status::Critical => "critical",
+        }
+    }
+}
+
+/// A registered service instance (Consul's `structs.NodeService`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct Service {
+    pub id: String,
+    pub name: String,
+    pub tags: Vec<String>,
+    pub address: String,
+    pub tagged_addresses: BTreeMap<String, ServiceAddress>,
+    pub meta: Option<BTreeMap<String, String>>,
+    pub port: i64,
+    pub socket_path: String,
+    pub weights: Weights,
+    pub enable_tag_override: bool,
+    pub locality: Option<Locality>,
+}
+
 pub(crate) struct ServiceRecord {
-    pub service: AgentService,
-    pub check_ids: Vec<String>,
+    pub service: Service,
+    /// False for the catalog-only `consul` service, which agent endpoints do not list.
+    pub local: bool,
+    pub create_index: u64,
+    pub modify_index: u64,
 }
 
 pub(crate) struct CheckRecord {
-    pub check: HealthCheck,
-    pub definition: CheckDefinition,
+    pub check_id: String,
+    pub name: String,
+    pub notes: String,
+    pub status: Status,
+    pub output: String,
+    pub service_id: String,
+    pub definition: CheckType,
+    pub create_index: u64,
+    pub modify_index: u64,
     /// When the check last turned critical, for `DeregisterCriticalServiceAfter`.
     pub critical_since: Option<Instant>,
     /// For TTL checks: when the check turns critical unless refreshed.
     pub ttl_expires: Option<Instant>,
+    /// For TTL checks: the last output, quoted when the TTL expires.
+    pub last_ttl_output: String,
     pub probe: Option<AbortHandle>,
 }
 
 /// A check the caller must start probing (after releasing the lock).
 pub(crate) struct NewCheck {
     pub check_id: String,
-    pub definition: CheckDefinition,
+    pub definition: CheckType,
+}
+
+#[derive(Clone, Debug)]
+pub(crate) struct KvEntry {
+    pub value: Vec<u8>,
+    pub flags: u64,
+    pub create_index: u64,
+    pub modify_index: u64,
 }
 
 #[derive(Default)]
 pub(crate) struct Store {
     /// Global, monotonically increasing index (Consul's Raft index).
     pub index: u64,
-    /// Index of the last registration or deregistration (`/v1/catalog/services`).
+    pub node_index: u64,
     services_index: u64,
-    /// Index of the last change touching a service name, kept after it is gone so
-    /// watchers of that name see the removal.
+    checks_index: u64,
+    /// Index of the last change touching each service name that has instances.
     name_index: HashMap<String, u64>,
+    /// Index at which some service name last lost its last instance: what Consul
+    /// reports for a service that has none.
+    extinction_index: u64,
     services: BTreeMap<String, ServiceRecord>,
     pub checks: BTreeMap<String, CheckRecord>,
+    pub(crate) kv: BTreeMap<String, KvEntry>,
+    /// Deleted keys and when, so prefix reads see removals (Consul's graveyard).
+    pub(crate) kv_tombstones: BTreeMap<String, u64>,
+    pub(crate) kv_index: u64,
+}
+
+/// What [`Store::register`] refuses after decoding and validation.
+pub(crate) enum RegisterError {
+    /// Not representable by the embedded registry (Consul would accept it).
+    Unsupported(String),
+    /// Consul answers these with a 500 (e.g. script checks with scripts disabled).
+    Internal(String),
+}
+
+/// Checks the registry can run: Consul's default agent refuses scripts from the API,
+/// and the rest need facilities the embedded registry does not have.
+fn supported(check: &CheckType) -> Result<(), RegisterError> {
+    if !check.script_args.is_empty() {
+        return Err(RegisterError::Internal(
+            "Scripts are disabled on this agent from remote calls; to enable, configure 'enable_script_checks' to true".into(),
+        ));
+    }
+    let unsupported = match check.kind() {
+        "udp" => Some("UDP"),
+        "alias" => Some("alias"),
+        "h2ping" => Some("H2PING"),
+        "os_service" => Some("OSService"),
+        _ => None,
+    };
+    if let Some(kind) = unsupported {
+        return Err(RegisterError::Unsupported(format!(
+            "{kind} checks are not supported by the embedded registry"
+        )));
+    }
+    if !check.tls_server_name.is_empty() {
+        return Err(RegisterError::Unsupported(
+            "TLSServerName is not supported by the embedded registry".into(),
+        ));
+    }
+    Ok(())
 }
 
 impl Store {
-    fn bump(&mut self) -> u64 {
-        self.index += 1;
-        self.index
+    fn next(&self) -> u64 {
+        self.index + 1
     }
 
-    /// Consul servers list themselves as the `consul` service; so does the registry.
-    fn insert_consul_service(&mut self, config: &RegistryConfig) {
-        let index = self.bump();
+    /// The node, and the `consul` service every Consul server registers for itself.
+    fn register_node_and_consul_service(&mut self) {
+        self.index += 1;
+        self.node_index = self.index;
+        self.index += 1;
+        let index = self.index;
         self.services.insert(
             "consul".into(),
             ServiceRecord {
-                service: AgentService {
+                service: Service {
                     id: "consul".into(),
-                    service: "consul".into(),
+                    name: "consul".into(),
+                    tags: Vec::new(),
+                    address: String::new(),
+                    tagged_addresses: BTreeMap::new(),
+                    meta: Some(BTreeMap::from([
+                        ("raft_version".into(), "3".into()),
+                        ("serf_protocol_current".into(), "2".into()),
+                        ("serf_protocol_max".into(), "5".into()),
+                        ("serf_protocol_min".into(), "1".into()),
+                        ("version".into(), crate::CONSUL_API_VERSION.into()),
+                    ])),
                     port: 8300,
-                    address: config.node_address.clone(),
-                    datacenter: config.datacenter.clone(),
-                    create_index: index,
-                    modify_index: index,
-                    ..Default::default()
+                    socket_path: String::new(),
+                    weights: Weights {
+                        passing: 1,
+                        warning: 1,
+                    },
+                    enable_tag_override: false,
+                    locality: None,
                 },
-                check_ids: Vec::new(),
+                local: false,
+                create_index: index,
+                modify_index: index,
             },
         );
         self.services_index = index;
         self.name_index.insert("consul".into(), index);
     }
 
-    /// Registers (or replaces) a service. Returns the new index and the checks to probe.
+    /// Registers (or updates) a service from a validated definition, as the agent's
+    /// `AddService` does. Returns the index if anything changed and the checks to probe.
     pub fn register(
         &mut self,
-        registration: ServiceRegistration,
-        config: &RegistryConfig,
-    ) -> Result<(u64, Vec<NewCheck>), String> {
-        validate(&registration)?;
-        let id = if registration.id.is_empty() {
-            registration.name.clone()
+        def: ServiceDefinition,
+        replace_existing_checks: bool,
+    ) -> Result<(Option<u64>, Vec<NewCheck>), RegisterError> {
+        let mut check_types: Vec<CheckType> = Vec::new();
+        if !def.check.is_empty() {
+            check_types.push(def.check.clone());
+        }
+        check_types.extend(def.checks.iter().cloned());
+        for check in &check_types {
+            supported(check)?;
+        }
+        if def.kind.is_empty() && def.connect_requested {
+            return Err(RegisterError::Unsupported(
+                "Connect (Proxy, Connect) is not supported by the embedded registry".into(),
+            ));
+        }
+        if !def.kind.is_empty() {
+            return Err(RegisterError::Unsupported(format!(
+                "service kind {:?} is not supported by the embedded registry",
+                def.kind
+            )));
+        }
+
+        let id = if def.id.is_empty() {
+            def.name.clone()
         } else {
-            registration.id.clone()
+            def.id.clone()
         };
-        let index = self.bump();
-
-        let mut definitions: Vec<(String, CheckDefinition)> = Vec::new();
-        if let Some(check) = registration.check.clone() {
-            let check_id = non_empty_or(&check.check_id, || format!("service:{id}"));
-            definitions.push((check_id, check));
+        // Consul fills in lan/wan tagged addresses from an IP service address.
+        let mut tagged_addresses = def.tagged_addresses.clone();
+        if let Ok(ip) = def.address.parse::<std::net::IpAddr>() {
+            let (lan, wan) = if ip.is_ipv4() {
+                ("lan_ipv4", "wan_ipv4")
+            } else {
+                ("lan_ipv6", "wan_ipv6")
+            };
+            for key in [lan, wan] {
+                tagged_addresses
+                    .entry(key.to_string())
+                    .or_insert_with(|| ServiceAddress {
+                        address: def.address.clone(),
+                        port: def.port,
+                    });
+            }
         }
-        for (n, check) in registration.checks.iter().enumerate() {
-            let check_id = non_empty_or(&check.check_id, || format!("service:{id}:{}", n + 1));
-            definitions.push((check_id, check.clone()));
-        }
+        let service = Service {
+            id: id.clone(),
+            name: def.name.clone(),
+            tags: def.tags.clone(),
+            address: def.address.clone(),
+            tagged_addresses,
+            meta: def.meta.clone(),
+            port: def.port,
+            socket_path: def.socket_path.clone(),
+            weights: def.weights.unwrap_or(Weights {
+                passing: 1,
+                warning: 1,
+            }),
+            enable_tag_override: def.enable_tag_override,
+            locality: def.locality.clone(),
+        };
 
-        let previous = self.services.remove(&id);
-        let create_index = previous
-            .as_ref()
-            .map(|p| p.service.create_index)
-            .unwrap_or(index);
-        let mut kept_status: HashMap<String, (CheckStatus, String, Option<Instant>)> =
-            HashMap::new();
-        if let Some(previous) = &previous {
-            self.name_index
-                .insert(previous.service.service.clone(), index);
-            for check_id in &previous.check_ids {
-                if let Some(mut old) = self.checks.remove(check_id) {
-                    if let Some(probe) = old.probe.take() {
-                        probe.abort();
-                    }
-                    kept_status.insert(
-                        check_id.clone(),
-                        (old.check.status, old.check.output, old.critical_since),
-                    );
+        let index = self.next();
+        let mut changed = false;
+        let mut touched_names: BTreeSet<String> = BTreeSet::new();
+
+        match self.services.get_mut(&id) {
+            Some(existing) if existing.service == service => {}
+            Some(existing) => {
+                if existing.service.name != service.name {
+                    touched_names.insert(existing.service.name.clone());
                 }
+                existing.service = service.clone();
+                existing.modify_index = index;
+                existing.local = true;
+                self.services_index = index;
+                touched_names.insert(service.name.clone());
+                changed = true;
+            }
+            None => {
+                self.services.insert(
+                    id.clone(),
+                    ServiceRecord {
+                        service: service.clone(),
+                        local: true,
+                        create_index: index,
+                        modify_index: index,
+                    },
+                );
+                self.services_index = index;
+                touched_names.insert(service.name.clone());
+                changed = true;
             }
         }
 
-        let service = AgentService {
-            id: id.clone(),
-            service: registration.name.clone(),
-            tags: registration.tags.clone(),
-            meta: registration.meta.clone(),
-            port: registration.port,
-            address: registration.address.clone(),
-            datacenter: config.datacenter.clone(),
-            create_index,
-            modify_index: index,
-        };
-
-        let mut new_checks = Vec::new();
-        let mut check_ids = Vec::new();
+        // Consul's default check IDs: `service:<id>` for a service's only check, and
+        // `service:<id>:<n>` (1-based, `Check` before `Checks`) when it has several.
+        let several = check_types.len() > 1;
         let now = Instant::now();
-        for (check_id, definition) in definitions {
-            // Re-registering keeps a check's state, so a runner that re-registers after an
-            // agent hiccup does not flap to critical.
-            let (status, output, critical_since) = match kept_status.remove(&check_id) {
-                Some(kept) => kept,
-                None => {
-                    let status = definition.status.unwrap_or(CheckStatus::Critical);
-                    let since = (status == CheckStatus::Critical).then_some(now);
-                    (status, String::new(), since)
+        let mut wanted: BTreeSet<String> = BTreeSet::new();
+        let mut new_checks = Vec::new();
+        for (n, definition) in check_types.into_iter().enumerate() {
+            let check_id = if definition.check_id.is_empty() {
+                if several {
+                    format!("service:{id}:{}", n + 1)
+                } else {
+                    format!("service:{id}")
                 }
+            } else {
+                definition.check_id.clone()
             };
-            let check = HealthCheck {
-                node: config.node_name.clone(),
-                check_id: check_id.clone(),
-                name: non_empty_or(&definition.name, || {
-                    format!("Service '{}' check", registration.name)
-                }),
-                status,
-                notes: definition.notes.clone(),
-                output,
-                service_id: id.clone(),
-                service_name: registration.name.clone(),
-                service_tags: registration.tags.clone(),
-                check_type: check_type(&definition).to_string(),
-                create_index: index,
-                modify_index: index,
+            wanted.insert(check_id.clone());
+            let name = if definition.name.is_empty() {
+                format!("Service '{}' check", service.name)
+            } else {
+                definition.name.clone()
             };
-            let ttl_expires = definition.ttl.map(|ttl| now + ttl);
-            self.checks.insert(
-                check_id.clone(),
-                CheckRecord {
-                    check,
-                    definition: definition.clone(),
-                    critical_since,
-                    ttl_expires,
-                    probe: None,
-                },
-            );
-            check_ids.push(check_id.clone());
+            let ttl_expires = (definition.ttl > 0).then(|| now + nanos(definition.ttl));
+            match self.checks.get_mut(&check_id) {
+                // Re-registering keeps a check's status and output (Consul restores them
+                // from its snapshot), so a runner that re-registers does not flap.
+                Some(existing) => {
+                    if let Some(probe) = existing.probe.take() {
+                        probe.abort();
+                    }
+                    let same = existing.name == name
+                        && existing.notes == definition.notes
+                        && existing.service_id == id
+                        && existing.definition == definition;
+                    if !same {
+                        existing.name = name;
+                        existing.notes = definition.notes.clone();
+                        existing.service_id = id.clone();
+                        existing.definition = definition.clone();
+                        existing.modify_index = index;
+                        self.checks_index = index;
+                        touched_names.insert(service.name.clone());
+                        changed = true;
+                    }
+                    existing.ttl_expires = ttl_expires;
+                }
+                None => {
+                    let status = Status::parse(&definition.status).unwrap_or(Status::Critical);
+                    self.checks.insert(
+                        check_id.clone(),
+                        CheckRecord {
+                            check_id: check_id.clone(),
+                            name,
+                            notes: definition.notes.clone(),
+                            status,
+                            output: String::new(),
+                            service_id: id.clone(),
+                            definition: definition.clone(),
+                            create_index: index,
+                            modify_index: index,
+                            critical_since: (status == Status::Critical).then_some(now),
+                            ttl_expires,
+                            last_ttl_output: String::new(),
+                            probe: None,
+                        },
+                    );
+                    self.checks_index = index;
+                    touched_names.insert(service.name.clone());
+                    changed = true;
+                }
+            }
             new_checks.push(NewCheck {
                 check_id,
                 definition,
             });
         }
+        if replace_existing_checks {
+            let stale: Vec<String> = self
+                .checks
+                .values()
+                .filter(|c| c.service_id == id && !wanted.contains(&c.check_id))
+                .map(|c| c.check_id.clone())
+                .collect();
+            for check_id in stale {
+                if let Some(mut check) = self.checks.remove(&check_id)
+                    && let Some(probe) = check.probe.take()
+                {
+                    probe.abort();
+                }
+                self.checks_index = index;
+                touched_names.insert(service.name.clone());
+                changed = true;
+            }
+        }
 
-        self.name_index.insert(registration.name.clone(), index);
-        self.services_index = index;
-        self.services
-            .insert(id, ServiceRecord { service, check_ids });
-        Ok((index, new_checks))
+        if !changed {
+            return Ok((None, new_checks));
+        }
+        self.index = index;
+        for name in touched_names {
+            self.touch_name(&name, index);
+        }
+        Ok((Some(index), new_checks))
     }
 
-    /// Removes a service and its checks. Returns the new index, or `None` if unknown.
+    /// Records a change to `name`'s instances or checks at `index`.
+    fn touch_name(&mut self, name: &str, index: u64) {
+        if self.services.values().any(|r| r.service.name == name) {
+            self.name_index.insert(name.to_string(), index);
+        } else if self.name_index.remove(name).is_some() {
+            self.extinction_index = index;
+        }
+    }
+
+    /// Removes a local service and its checks. Returns the new index, or `None` if unknown.
     pub fn deregister(&mut self, id: &str) -> Option<u64> {
+        if !self.services.get(id).is_some_and(|r| r.local) {
+            return None;
+        }
         let record = self.services.remove(id)?;
-        for check_id in &record.check_ids {
-            if let Some(mut check) = self.checks.remove(check_id)
+        let index = self.next();
+        self.index = index;
+        let doomed: Vec<String> = self
+            .checks
+            .values()
+            .filter(|c| c.service_id == id)
+            .map(|c| c.check_id.clone())
+            .collect();
+        for check_id in doomed {
+            if let Some(mut check) = self.checks.remove(&check_id)
                 && let Some(probe) = check.probe.take()
             {
                 probe.abort();
             }
+            self.checks_index = index;
         }
-        let index = self.bump();
         self.services_index = index;
-        self.name_index.insert(record.service.service, index);
+        self.touch_name(&record.service.name, index);
         Some(index)
     }
 
-    /// Sets a check's state. Returns the new index if anything changed that readers see,
-    /// `Ok(None)` if nothing did, or an error if the check is unknown.
+    /// A TTL check's heartbeat or update (`/v1/agent/check/{pass,warn,fail,update}`).
+    pub fn update_ttl_check(
+        &mut self,
+        check_id: &str,
+        status: Status,
+        output: &str,
+    ) -> Result<Option<u64>, TtlUpdateError> {
+        let record = self
+            .checks
+            .get_mut(check_id)
+            .ok_or(TtlUpdateError::Unknown)?;
+        if record.definition.ttl <= 0 {
+            return Err(TtlUpdateError::NotTtl);
+        }
+        let output = truncate_output(output, record.definition.output_max_size);
+        record.ttl_expires = Some(Instant::now() + nanos(record.definition.ttl));
+        record.last_ttl_output = output.clone();
+        Ok(self.set_check_status(check_id, status, &output))
+    }
+
+    /// Sets a check's state, as the agent's local state does. Returns the new index if
+    /// readers of the catalog must be woken.
     ///
-    /// Like Consul, an output-only change is not propagated (Consul defers those by its
-    /// `check_update_interval`), so repeated probes do not wake every watcher.
+    /// The output always updates. Like Consul, which syncs output-only changes to the
+    /// catalog only every `check_update_interval`, an output-only change does not move
+    /// any index, so a probe repeating the same verdict does not wake every watcher.
     pub fn set_check_status(
         &mut self,
         check_id: &str,
-        status: CheckStatus,
+        status: Status,
         output: &str,
-    ) -> Result<Option<u64>, String> {
-        let now = Instant::now();
-        let Some(record) = self.checks.get_mut(check_id) else {
-            return Err(format!("Unknown check ID \"{check_id}\""));
-        };
-        if let Some(ttl) = record.definition.ttl {
-            record.ttl_expires = Some(now + ttl);
+    ) -> Option<u64> {
+        let index = self.next();
+        let record = self.checks.get_mut(check_id)?;
+        if status == Status::Critical {
+            record.critical_since.get_or_insert_with(Instant::now);
+        } else {
+            record.critical_since = None;
         }
-        if record.check.status == status {
-            return Ok(None);
+        if record.status == status {
+            record.output = output.to_string();
+            return None;
         }
-        record.critical_since = match status {
-            CheckStatus::Critical => record.critical_since.or(Some(now)),
-            _ => None,
-        };
-        record.check.status = status;
-        record.check.output = output.to_string();
-        let service_name = record.check.service_name.clone();
-        let index = self.bump();
-        if let Some(record) = self.checks.get_mut(check_id) {
-            record.check.modify_index = index;
+        record.status = status;
+        record.output = output.to_string();
+        record.modify_index = index;
+        let service_id = record.service_id.clone();
+        self.index = index;
+        self.checks_index = index;
+        if let Some(name) = self
+            .services
+            .get(&service_id)
+            .map(|s| s.service.name.clone())
+        {
+            self.touch_name(&name, index);
         }
-        self.name_index.insert(service_name, index);
-        Ok(Some(index))
+        Some(index)
     }
 
     /// Service IDs whose check has been critical for longer than its
@@ -345,221 +594,124 @@ impl Store {
     pub fn services_to_reap(&self, now: Instant) -> Vec<String> {
         let mut ids = BTreeSet::new();
         for record in self.checks.values() {
-            if let (Some(after), Some(since)) = (
-                record.definition.deregister_critical_service_after,
-                record.critical_since,
-            ) && record.check.status == CheckStatus::Critical
-                && now.duration_since(since) >= after
+            let after = record.definition.deregister_critical_service_after;
+            if let Some(since) = record.critical_since
+                && after > 0
+                && record.status == Status::Critical
+                && now.duration_since(since) >= nanos(after)
             {
-                ids.insert(record.check.service_id.clone());
+                ids.insert(record.service_id.clone());
             }
         }
         ids.into_iter().collect()
     }
 
-    /// TTL checks whose deadline passed while not already critical.
-    pub fn expired_ttl_checks(&self, now: Instant) -> Vec<String> {
-        self.checks
-            .iter()
-            .filter(|(_, r)| {
-                r.check.status != CheckStatus::Critical && r.ttl_expires.is_some_and(|t| t <= now)
-            })
-            .map(|(id, _)| id.clone())
-            .collect()
-    }
-
-    // ---- reads: each returns its value and the index a blocking query compares ----
-
-    fn name_index(&self, name: &str) -> u64 {
-        self.name_index
-            .get(name)
-            .copied()
-            .unwrap_or(self.services_index)
-            .max(1)
-    }
-
-    pub fn catalog_services(&self) -> (BTreeMap<String, Vec<String>>, u64) {
-        let mut services: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
-        for record in self.services.values() {
-            services
-                .entry(record.service.service.clone())
-                .or_default()
-                .extend(record.service.tags.iter().cloned());
+    /// TTL checks whose deadline passed; each fires once until the next update.
+    pub fn expire_ttl_checks(&mut self, now: Instant) -> Vec<(String, String)> {
+        let mut expired = Vec::new();
+        for record in self.checks.values_mut() {
+            if record.ttl_expires.is_some_and(|t| t <= now) {
+                record.ttl_expires = None;
+                expired.push((
+                    record.check_id.clone(),
+                    format!(
+                        "TTL expired (last output before timeout follows): {}",
+                        record.last_ttl_output
+                    ),
+                ));
+            }
         }
-        let view = services
-            .into_iter()
-            .map(|(name, tags)| (name, tags.into_iter().collect()))
-            .collect();
-        (view, self.services_index.max(1))
+        expired
     }
 
-    fn instances<'a>(
+    // ---- reads ----
+
+    pub fn services(&self) -> impl Iterator<Item = &ServiceRecord> {
+        self.services.values()
+    }
+
+    pub fn service(&self, id: &str) -> Option<&ServiceRecord> {
+        self.services.get(id)
+    }
+
+    pub fn checks_of<'a>(&'a self, service_id: &'a str) -> impl Iterator<Item = &'a CheckRecord> {
+        self.checks
+            .values()
+            .filter(move |c| c.service_id == service_id)
+    }
+
+    /// The catalog's `max(nodes, services)` index (`/v1/catalog/services`, node views).
+    pub fn catalog_index(&self) -> u64 {
+        self.node_index.max(self.services_index).max(1)
+    }
+
+    pub fn checks_index(&self) -> u64 {
+        self.checks_index.max(self.node_index).max(1)
+    }
+
+    /// The index of one service name's catalog and health views.
+    pub fn name_index(&self, name: &str) -> u64 {
+        match self.name_index.get(name) {
+            Some(index) => *index,
+            None if self.extinction_index > 0 => self.extinction_index,
+            None => self.catalog_index(),
+        }
+        .max(1)
+    }
+
+    /// Instances of `name` carrying every tag in `tags`, compared case-insensitively as
+    /// Consul's `serviceTagFilter` does.
+    pub fn instances<'a>(
         &'a self,
         name: &'a str,
         tags: &'a [String],
     ) -> impl Iterator<Item = &'a ServiceRecord> + 'a {
         self.services.values().filter(move |r| {
-            r.service.service == name && tags.iter().all(|t| r.service.tags.contains(t))
+            r.service.name == name
+                && tags.iter().all(|wanted| {
+                    r.service
+                        .tags
+                        .iter()
+                        .any(|tag| tag.to_lowercase() == wanted.to_lowercase())
+                })
         })
     }
 
-    pub fn catalog_service(
-        &self,
-        name: &str,
-        tags: &[String],
-        node: &Node,
-    ) -> (Vec<CatalogService>, u64) {
-        let view = self
-            .instances(name, tags)
-            .map(|r| CatalogService {
-                id: node.id.clone(),
-                node: node.node.clone(),
-                address: node.address.clone(),
-                datacenter: node.datacenter.clone(),
-                service_id: r.service.id.clone(),
-                service_name: r.service.service.clone(),
-                service_tags: r.service.tags.clone(),
-                service_address: r.service.address.clone(),
-                service_port: r.service.port,
-                service_meta: r.service.meta.clone(),
-                create_index: r.service.create_index,
-                modify_index: r.service.modify_index,
-            })
-            .collect();
-        (view, self.name_index(name))
-    }
-
-    pub fn health_service(
-        &self,
-        name: &str,
-        tags: &[String],
-        passing_only: bool,
-        node: &Node,
-    ) -> (Vec<ServiceEntry>, u64) {
-        let node_check = HealthCheck {
-            node: node.node.clone(),
-            check_id: "serfHealth".into(),
-            name: "Serf Health Status".into(),
-            status: CheckStatus::Passing,
-            notes: String::new(),
-            output: "Agent alive and reachable".into(),
-            ..Default::default()
-        };
-        let view = self
-            .instances(name, tags)
-            .map(|r| {
-                let mut checks = vec![node_check.clone()];
-                checks.extend(
-                    r.check_ids
-                        .iter()
-                        .filter_map(|id| self.checks.get(id))
-                        .map(|c| c.check.clone()),
-                );
-                ServiceEntry {
-                    node: node.clone(),
-                    service: r.service.clone(),
-                    checks,
-                }
-            })
-            .filter(|entry| !passing_only || entry.aggregated_status() == CheckStatus::Passing)
-            .collect();
-        (view, self.name_index(name))
-    }
-
-    pub fn agent_services(&self) -> BTreeMap<String, AgentService> {
-        self.services
-            .iter()
-            .filter(|(id, _)| id.as_str() != "consul")
-            .map(|(id, r)| (id.clone(), r.service.clone()))
-            .collect()
-    }
-
-    pub fn agent_service(&self, id: &str) -> Option<AgentService> {
-        self.services
-            .get(id)
-            .filter(|_| id != "consul")
-            .map(|r| r.service.clone())
-    }
-
-    pub fn agent_checks(&self) -> BTreeMap<String, HealthCheck> {
-        self.checks
-            .iter()
-            .map(|(id, r)| (id.clone(), r.check.clone()))
-            .collect()
+    pub fn local_check_count(&self) -> usize {
+        self.checks.len()
     }
 }
 
-fn non_empty_or(value: &str, default: impl FnOnce() -> String) -> String {
-    if value.is_empty() {
-        default()
+/// Why a TTL update was refused.
+pub(crate) enum TtlUpdateError {
+    Unknown,
+    NotTtl,
+}
+
+/// Consul's default check output limit (`checks.DefaultBufSize`).
+pub(crate) const DEFAULT_OUTPUT_MAX_SIZE: usize = 4096;
+
+/// Truncates like Consul's TTL and update endpoints: `<first n bytes> ... (captured n of m bytes)`.
+pub(crate) fn truncate_output(output: &str, max_size: i64) -> String {
+    let max = if max_size > 0 {
+        max_size as usize
     } else {
-        value.to_string()
+        DEFAULT_OUTPUT_MAX_SIZE
+    };
+    if output.len() <= max {
+        return output.to_string();
     }
+    let mut cut = max;
+    while !output.is_char_boundary(cut) {
+        cut -= 1;
+    }
+    format!(
+        "{} ... (captured {max} of {} bytes)",
+        &output[..cut],
+        output.len()
+    )
 }
 
-pub(crate) fn check_type(definition: &CheckDefinition) -> &'static str {
-    if definition.grpc.is_some() {
-        "grpc"
-    } else if definition.http.is_some() {
-        "http"
-    } else if definition.tcp.is_some() {
-        "tcp"
-    } else if definition.ttl.is_some() {
-        "ttl"
-    } else {
-        ""
-    }
-}
-
-/// The validation a Consul agent applies to a registration, with its messages.
-fn validate(registration: &ServiceRegistration) -> Result<(), String> {
-    if registration.name.is_empty() {
-        return Err("Missing service name".into());
-    }
-    if registration.meta.len() > 64 {
-        return Err(
-            "Invalid Service Meta: Node metadata cannot contain more than 64 key/value pairs"
-                .into(),
-        );
-    }
-    for (key, value) in &registration.meta {
-        let key_ok = !key.is_empty()
-            && key.len() <= 128
-            && key
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
-        if !key_ok {
-            return Err(format!(
-                "Invalid Service Meta: Key contains invalid characters: {key:?}"
-            ));
-        }
-        if key.starts_with("consul-") {
-            return Err(format!(
-                "Invalid Service Meta: Key prefix 'consul-' is reserved for internal use: {key:?}"
-            ));
-        }
-        if value.len() > 512 {
-            return Err(format!(
-                "Invalid Service Meta: Value is too long (limit: 512 characters): {key:?}"
-            ));
-        }
-    }
-    let checks = registration.check.iter().chain(registration.checks.iter());
-    for check in checks {
-        let kinds = [
-            check.grpc.is_some(),
-            check.http.is_some(),
-            check.tcp.is_some(),
-            check.ttl.is_some(),
-        ];
-        match kinds.iter().filter(|k| **k).count() {
-            0 => return Err("Invalid check: TTL, HTTP, TCP or GRPC must be set (the embedded registry runs no scripts)".into()),
-            1 => {}
-            _ => return Err("Invalid check: only one of TTL, HTTP, TCP or GRPC may be set".into()),
-        }
-        if check.ttl.is_none() && check.interval.is_none_or(|i| i.is_zero()) {
-            return Err("Invalid check: Interval must be > 0 for HTTP, TCP and GRPC checks".into());
-        }
-    }
-    Ok(())
+pub(crate) fn nanos(value: Nanos) -> Duration {
+    Duration::from_nanos(value.max(0) as u64)
 }
