@@ -5,7 +5,6 @@ pub mod commands;
 pub mod output;
 
 use clap::{Parser, Subcommand};
-use plugworker_discovery::{ConsulClient, ConsulConfig};
 use std::process::ExitCode;
 
 /// plugworker: a plug & play ML worker. Runners announce their algorithms in Consul; jobs
@@ -21,27 +20,13 @@ pub struct Cli {
     pub log_format: plugworker_telemetry::LogFormat,
 }
 
-/// Where Consul (or the embedded registry) is.
-#[derive(clap::Args, Debug, Clone)]
-pub struct ConsulArgs {
-    /// Consul agent HTTP address.
-    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
-    pub consul_address: String,
-    /// Consul ACL token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
-}
+/// Where Consul (or the embedded registry) is and how to reach it: the flags and
+/// `CONSUL_*` variables every command that talks to Consul shares with the runners.
+pub use plugworker_discovery::ConsulArgs;
 
-impl ConsulArgs {
-    pub fn client(&self) -> anyhow::Result<ConsulClient> {
-        Ok(ConsulClient::new(ConsulConfig {
-            address: self.consul_address.clone(),
-            token: self.consul_token.clone(),
-            ..ConsulConfig::default()
-        })?)
-    }
-}
-
+// Parsed once per process and matched at once: the size of its variants costs nothing,
+// and boxing them would only add noise.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Serve the embedded Consul-compatible registry (for machines without Consul; like
@@ -110,8 +95,25 @@ pub fn main() -> ExitCode {
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("plugworker: {error:#}");
+            eprintln!("plugworker: {}", describe(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: some errors (the Consul client's
+/// transport errors) already carry their causes in their own message, for log lines.
+fn describe(error: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in error.chain() {
+        let cause = cause.to_string();
+        if text.contains(&cause) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&cause);
+    }
+    text
 }

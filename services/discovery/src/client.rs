@@ -1,5 +1,6 @@
 //! [`ConsulClient`]: one method per Consul endpoint plugworker uses.
 
+use crate::config::{HttpAuth, Setting, settings};
 use crate::duration;
 use crate::model::{AgentService, CatalogService, ServiceEntry, ServiceRegistration};
 use reqwest::{Method, RequestBuilder, StatusCode};
@@ -8,12 +9,21 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 use url::Url;
 
+pub use crate::config::ConsulConfig;
+
 /// Errors talking to Consul.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("invalid Consul address {address:?}: {reason}")]
+    #[error("invalid Consul address {address:?} ({setting}): {reason}", setting = settings::HTTP_ADDR)]
     InvalidAddress { address: String, reason: String },
-    #[error("Consul request {method} {path} failed: {source}")]
+    /// A client setting (flag or `CONSUL_*` variable) that cannot be used.
+    #[error("invalid Consul client setting {setting} = {value:?}: {reason}")]
+    Config {
+        setting: Setting,
+        value: String,
+        reason: String,
+    },
+    #[error("Consul request {method} {path} failed: {}", chain(.source))]
     Transport {
         method: Method,
         path: String,
@@ -42,44 +52,26 @@ impl Error {
         match self {
             Error::Transport { .. } => true,
             Error::Status { status, .. } => status.is_server_error() || *status == 429,
-            Error::InvalidAddress { .. } | Error::Decode { .. } => false,
+            Error::InvalidAddress { .. } | Error::Config { .. } | Error::Decode { .. } => false,
         }
     }
 }
 
-/// Where Consul is and how to authenticate, as the standard `CONSUL_HTTP_*` variables say.
-#[derive(Clone, Debug)]
-pub struct ConsulConfig {
-    /// `host:port` or a full `http(s)://host:port` URL.
-    pub address: String,
-    /// ACL token sent as `X-Consul-Token`.
-    pub token: Option<String>,
-    /// Timeout of non-blocking requests.
-    pub request_timeout: Duration,
-}
-
-impl Default for ConsulConfig {
-    fn default() -> Self {
-        Self {
-            address: "127.0.0.1:8500".into(),
-            token: None,
-            request_timeout: Duration::from_secs(10),
+/// reqwest's own message is only "error sending request for url (...)"; the reason (a
+/// refused connection, an unknown certificate issuer) is in its sources, and log lines
+/// print only the top error, so the message carries the whole chain.
+fn chain(error: &reqwest::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
         }
+        source = cause.source();
     }
-}
-
-impl ConsulConfig {
-    /// Reads `CONSUL_HTTP_ADDR` and `CONSUL_HTTP_TOKEN`, with Consul's defaults.
-    pub fn from_env() -> Self {
-        let mut config = Self::default();
-        if let Ok(address) = std::env::var("CONSUL_HTTP_ADDR") {
-            config.address = address;
-        }
-        config.token = std::env::var("CONSUL_HTTP_TOKEN")
-            .ok()
-            .filter(|t| !t.is_empty());
-        config
-    }
+    text
 }
 
 /// Blocking-query parameters (`index`, `wait`). The default asks for the current state.
@@ -101,44 +93,160 @@ pub struct QueryMeta {
 }
 
 /// Typed Consul HTTP client. Cheap to clone.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct ConsulClient {
     http: reqwest::Client,
+    /// Scheme, host, port and path prefix of every request.
     base: Url,
+    /// The address as configured, for messages (`unix:///…` stays readable).
+    address: String,
     token: Option<String>,
+    http_auth: Option<HttpAuth>,
+    /// `ns` and `partition`, sent with every request as Consul's Go client does.
+    params: Vec<(&'static str, String)>,
     request_timeout: Duration,
 }
 
-impl ConsulClient {
-    pub fn new(config: ConsulConfig) -> Result<Self, Error> {
-        let with_scheme = if config.address.contains("://") {
-            config.address.clone()
-        } else {
-            format!("http://{}", config.address)
-        };
-        let base = Url::parse(&with_scheme).map_err(|e| Error::InvalidAddress {
-            address: config.address.clone(),
-            reason: e.to_string(),
+impl std::fmt::Debug for ConsulClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ConsulClient")
+            .field("base", &self.base.as_str())
+            .field("address", &self.address)
+            .field("params", &self.params)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where requests go: a URL, and the Unix socket to reach it through if any.
+struct Target {
+    base: Url,
+    unix_socket: Option<std::path::PathBuf>,
+}
+
+/// Reads the address as Consul's Go client does (`api.NewClient`): `host:port` takes the
+/// scheme `CONSUL_HTTP_SSL` says; `http://` becomes HTTPS too when SSL is asked for
+/// ("never revert to http if TLS was explicitly requested"); `https://` is HTTPS;
+/// `unix://` is a socket path; a path after the host is a prefix for every request (an
+/// agent behind a reverse proxy).
+fn target(address: &str, ssl: bool) -> Result<Target, Error> {
+    let invalid = |reason: String| Error::InvalidAddress {
+        address: address.to_string(),
+        reason,
+    };
+    let secure = if ssl { "https" } else { "http" };
+    let (scheme, rest) = match address.split_once("://") {
+        Some(("http", rest)) => (secure, rest),
+        Some(("https", rest)) => ("https", rest),
+        Some(("unix", path)) => {
+            if path.is_empty() {
+                return Err(invalid("a unix:// address needs a socket path".into()));
+            }
+            if !cfg!(unix) {
+                return Err(invalid(
+                    "Unix sockets are not supported on this platform".into(),
+                ));
+            }
+            // The host is a placeholder: every connection goes to the socket.
+            let base = Url::parse(&format!("{secure}://localhost/"))
+                .map_err(|e| invalid(e.to_string()))?;
+            return Ok(Target {
+                base,
+                unix_socket: Some(path.into()),
+            });
+        }
+        Some((other, _)) => {
+            return Err(invalid(format!(
+                "unknown scheme {other:?} (expected http://, https:// or unix://)"
+            )));
+        }
+        None => (secure, address),
+    };
+    if rest.is_empty() {
+        return Err(invalid("no host".into()));
+    }
+    let base = Url::parse(&format!("{scheme}://{rest}")).map_err(|e| invalid(e.to_string()))?;
+    if base.host_str().is_none_or(str::is_empty) {
+        return Err(invalid("no host".into()));
+    }
+    if base.query().is_some() || base.fragment().is_some() {
+        return Err(invalid("a query or fragment has no meaning here".into()));
+    }
+    Ok(Target {
+        base,
+        unix_socket: None,
+    })
+}
+
+/// The token file wins over the token when it holds one (Consul's Go client).
+fn token(config: &ConsulConfig) -> Result<Option<String>, Error> {
+    if let Some(file) = &config.token_file {
+        let text = std::fs::read_to_string(file).map_err(|e| Error::Config {
+            setting: settings::HTTP_TOKEN_FILE,
+            value: file.display().to_string(),
+            reason: format!("cannot read the token file: {e}"),
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(3))
+        let token = text.trim();
+        if !token.is_empty() {
+            return Ok(Some(token.to_string()));
+        }
+    }
+    Ok(config.token.clone().filter(|t| !t.is_empty()))
+}
+
+fn setup_error(setting: Setting, value: String) -> impl FnOnce(reqwest::Error) -> Error {
+    move |e| Error::Config {
+        setting,
+        value,
+        reason: format!("cannot set up the HTTP client: {}", chain(&e)),
+    }
+}
+
+impl ConsulClient {
+    /// A client for `config`. Fails, naming the setting, on an address that does not parse
+    /// and on token, CA or client certificate files that cannot be read or used; it does
+    /// not contact Consul.
+    pub fn new(config: ConsulConfig) -> Result<Self, Error> {
+        let Target { base, unix_socket } = target(&config.address, config.ssl)?;
+        let token = token(&config)?;
+        let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
+        if base.scheme() == "https" {
+            builder = builder.use_preconfigured_tls(crate::tls::client_config(&config.tls)?);
+        }
+        #[cfg(unix)]
+        if let Some(path) = unix_socket {
+            builder = builder.unix_socket(path);
+        }
+        #[cfg(not(unix))]
+        let _ = unix_socket;
+        let http = builder
             .build()
-            .map_err(|source| Error::Transport {
-                method: Method::GET,
-                path: "(client setup)".into(),
-                source,
-            })?;
+            .map_err(setup_error(settings::HTTP_ADDR, config.address.clone()))?;
+        let mut params = Vec::new();
+        if let Some(namespace) = config.namespace.filter(|n| !n.is_empty()) {
+            params.push(("ns", namespace));
+        }
+        if let Some(partition) = config.partition.filter(|p| !p.is_empty()) {
+            params.push(("partition", partition));
+        }
         Ok(Self {
             http,
             base,
-            token: config.token,
+            address: config.address,
+            token,
+            http_auth: config.http_auth,
+            params,
             request_timeout: config.request_timeout,
         })
     }
 
-    /// The base URL requests go to.
+    /// The base URL requests go to (over the socket, for a `unix://` address).
     pub fn base_url(&self) -> &Url {
         &self.base
+    }
+
+    /// The address as configured (`CONSUL_HTTP_ADDR`), for messages.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// `PUT /v1/agent/service/register`. Registering an existing ID replaces it.
@@ -188,7 +296,14 @@ impl ConsulClient {
         &self,
         options: QueryOptions,
     ) -> Result<(BTreeMap<String, Vec<String>>, QueryMeta), Error> {
-        self.query("/v1/catalog/services", &[], options).await
+        // Agents before 0.3 answered `"consul": null` for a service without tags.
+        let (services, meta): (BTreeMap<String, Option<Vec<String>>>, _) =
+            self.query("/v1/catalog/services", &[], options).await?;
+        let services = services
+            .into_iter()
+            .map(|(name, tags)| (name, tags.unwrap_or_default()))
+            .collect();
+        Ok((services, meta))
     }
 
     /// `GET /v1/catalog/service/:name`, optionally filtered to instances carrying all `tags`.
@@ -229,7 +344,7 @@ impl ConsulClient {
         decode(path, &response.bytes)
     }
 
-    async fn query<T: DeserializeOwned>(
+    async fn query<T: DeserializeOwned + Default>(
         &self,
         path: &str,
         params: &[(&str, &str)],
@@ -250,10 +365,16 @@ impl ConsulClient {
 
     fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut url = self.base.clone();
-        url.set_path(path);
+        url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
         let mut request = self.http.request(method, url).timeout(self.request_timeout);
+        if !self.params.is_empty() {
+            request = request.query(&self.params);
+        }
         if let Some(token) = &self.token {
             request = request.header("X-Consul-Token", token);
+        }
+        if let Some(auth) = &self.http_auth {
+            request = request.basic_auth(&auth.username, auth.password.as_ref());
         }
         request
     }
@@ -302,11 +423,15 @@ struct Response {
     meta: QueryMeta,
 }
 
-fn decode<T: DeserializeOwned>(path: &str, bytes: &[u8]) -> Result<T, Error> {
-    serde_json::from_slice(bytes).map_err(|source| Error::Decode {
-        path: path.to_string(),
-        source,
-    })
+/// Parses a body; `null` reads as the empty value, as in Go (a nil slice or map encodes
+/// as `null`).
+fn decode<T: DeserializeOwned + Default>(path: &str, bytes: &[u8]) -> Result<T, Error> {
+    serde_json::from_slice::<Option<T>>(bytes)
+        .map(Option::unwrap_or_default)
+        .map_err(|source| Error::Decode {
+            path: path.to_string(),
+            source,
+        })
 }
 
 /// Percent-encodes one path segment (service names and IDs may hold any character).
@@ -314,4 +439,45 @@ fn encode(segment: &str) -> String {
     url::form_urlencoded::byte_serialize(segment.as_bytes())
         .collect::<String>()
         .replace('+', "%20")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_null_body_is_an_empty_answer() {
+        let entries: Vec<ServiceEntry> = decode("/v1/health/service/x", b"null").unwrap();
+        assert!(entries.is_empty());
+        let services: BTreeMap<String, Option<Vec<String>>> =
+            decode("/v1/catalog/services", br#"{"consul": null, "web": ["a"]}"#).unwrap();
+        assert_eq!(services["consul"], None);
+        let error = decode::<Vec<ServiceEntry>>("/v1/health/service/x", b"{").unwrap_err();
+        assert!(
+            error.to_string().contains("/v1/health/service/x"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn transport_errors_carry_their_cause() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        // A port nothing listens on: the refusal must be in the message itself.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .unwrap()
+            .port();
+        let client = ConsulClient::new(ConsulConfig {
+            address: format!("127.0.0.1:{port}"),
+            ..ConsulConfig::default()
+        })
+        .unwrap();
+        let error = runtime.block_on(client.leader()).unwrap_err();
+        assert!(error.is_transient());
+        let text = error.to_string();
+        assert!(text.to_lowercase().contains("refused"), "{text}");
+    }
 }

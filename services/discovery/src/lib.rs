@@ -2,10 +2,14 @@
 //!
 //! Why a thin client of our own: the `consulrs` crate has been unmaintained since 2021 and
 //! has no health endpoint, and plugworker needs only a handful of endpoints. Owning them
-//! means we control blocking-query semantics (index handling, jittered backoff) exactly as
-//! Consul documents them, with one HTTP stack (`reqwest`) shared with the rest of the code.
+//! means we control blocking-query semantics (index handling, rate limiting, jittered
+//! backoff) exactly as Consul documents them, with one HTTP stack (`reqwest`) shared with
+//! the rest of the code.
 //!
-//! - [`model`]: the JSON shapes of the Consul API we use.
+//! - [`config`]: [`ConsulConfig`] and the [`ConsulArgs`] flags, from Consul's standard
+//!   `CONSUL_*` variables (address with scheme, token and token file, TLS, namespace).
+//! - [`model`]: the JSON shapes of the Consul API we use, parsed as leniently as Consul's
+//!   own client parses them (`null` anywhere, unknown fields).
 //! - [`duration`]: Go's duration text format, which Consul uses for every interval.
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
@@ -13,13 +17,16 @@
 //! - [`resolver`]: [`Resolver`], the live algorithm → healthy instances view.
 
 pub mod client;
+pub mod config;
 pub mod duration;
 pub mod model;
 pub mod resolver;
 pub mod runners;
+mod tls;
 pub mod watch;
 
-pub use client::{ConsulClient, ConsulConfig, Error, QueryMeta, QueryOptions};
+pub use client::{ConsulClient, Error, QueryMeta, QueryOptions};
+pub use config::{ConsulArgs, ConsulConfig, HttpAuth, Setting, TlsConfig};
 pub use model::{
     AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node, ServiceEntry,
     ServiceRegistration,

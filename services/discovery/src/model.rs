@@ -1,13 +1,29 @@
 //! The JSON shapes of the Consul HTTP API endpoints plugworker uses.
 //!
 //! Field names follow Consul's (PascalCase, with its own capitalisation of `ID`, `GRPC`,
-//! `TTL`...). Every response field has a default, so fields a Consul version adds or drops
-//! never break parsing.
+//! `TTL`...). Parsing is as lenient as Consul's own Go decoder, so that any agent's answer
+//! parses, whatever else shares the datacenter:
+//! - every field has a default, so fields a Consul version drops never break parsing, and
+//!   fields it adds (`Weights`, `Proxy`, `Connect`, `TaggedAddresses`...) are ignored;
+//! - every field accepts `null` as its empty value ([`nullable`]). Go encodes a nil map or
+//!   slice as `null`, so a real agent answers `"Meta": null` for a service registered
+//!   without meta, `"ServiceMeta": null` and `"NodeMeta": null` in the catalog, and older
+//!   agents `"Tags": null`; Go's decoder reads `null` into any field as "leave it empty".
 
 use crate::duration;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Deserializes `null` (or an absent field, with `#[serde(default)]`) as the type's empty
+/// value, as Go's `encoding/json` does for maps, slices, strings and numbers.
+pub fn nullable<'de, D, T>(deserializer: D) -> Result<T, D::Error>
+where
+    D: Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Option::<T>::deserialize(deserializer).map(Option::unwrap_or_default)
+}
 
 /// State of a health check, as Consul reports it.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -42,18 +58,25 @@ impl std::fmt::Display for CheckStatus {
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceRegistration {
     #[serde(rename = "ID")]
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
+    #[serde(deserialize_with = "nullable")]
     pub tags: Vec<String>,
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub port: u16,
+    #[serde(deserialize_with = "nullable")]
     pub meta: BTreeMap<String, String>,
     /// A single check; Consul names it `service:<ID>`.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub check: Option<CheckDefinition>,
     /// Several checks; Consul names them `service:<ID>:<n>` (1-based).
     #[serde(skip_serializing_if = "Vec::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub checks: Vec<CheckDefinition>,
 }
 
@@ -63,15 +86,19 @@ pub struct ServiceRegistration {
 #[serde(rename_all = "PascalCase", default)]
 pub struct CheckDefinition {
     #[serde(rename = "CheckID", skip_serializing_if = "String::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub check_id: String,
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
     #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(deserialize_with = "nullable")]
     pub notes: String,
     /// `host:port` or `host:port/service` of a `grpc.health.v1` server.
     #[serde(rename = "GRPC", skip_serializing_if = "Option::is_none")]
     pub grpc: Option<String>,
     #[serde(rename = "GRPCUseTLS")]
+    #[serde(deserialize_with = "nullable")]
     pub grpc_use_tls: bool,
     #[serde(rename = "HTTP", skip_serializing_if = "Option::is_none")]
     pub http: Option<String>,
@@ -100,14 +127,23 @@ pub struct CheckDefinition {
 #[serde(rename_all = "PascalCase", default)]
 pub struct AgentService {
     #[serde(rename = "ID")]
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
+    #[serde(deserialize_with = "nullable")]
     pub service: String,
+    #[serde(deserialize_with = "nullable")]
     pub tags: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
     pub meta: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
     pub port: u16,
+    #[serde(deserialize_with = "nullable")]
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub datacenter: String,
+    #[serde(deserialize_with = "nullable")]
     pub create_index: u64,
+    #[serde(deserialize_with = "nullable")]
     pub modify_index: u64,
 }
 
@@ -116,9 +152,13 @@ pub struct AgentService {
 #[serde(rename_all = "PascalCase", default)]
 pub struct Node {
     #[serde(rename = "ID")]
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
+    #[serde(deserialize_with = "nullable")]
     pub node: String,
+    #[serde(deserialize_with = "nullable")]
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub datacenter: String,
 }
 
@@ -127,18 +167,30 @@ pub struct Node {
 #[serde(rename_all = "PascalCase", default)]
 pub struct CatalogService {
     #[serde(rename = "ID")]
+    #[serde(deserialize_with = "nullable")]
     pub id: String,
+    #[serde(deserialize_with = "nullable")]
     pub node: String,
+    #[serde(deserialize_with = "nullable")]
     pub address: String,
+    #[serde(deserialize_with = "nullable")]
     pub datacenter: String,
     #[serde(rename = "ServiceID")]
+    #[serde(deserialize_with = "nullable")]
     pub service_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub service_name: String,
+    #[serde(deserialize_with = "nullable")]
     pub service_tags: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
     pub service_address: String,
+    #[serde(deserialize_with = "nullable")]
     pub service_port: u16,
+    #[serde(deserialize_with = "nullable")]
     pub service_meta: BTreeMap<String, String>,
+    #[serde(deserialize_with = "nullable")]
     pub create_index: u64,
+    #[serde(deserialize_with = "nullable")]
     pub modify_index: u64,
 }
 
@@ -146,21 +198,33 @@ pub struct CatalogService {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct HealthCheck {
+    #[serde(deserialize_with = "nullable")]
     pub node: String,
     #[serde(rename = "CheckID")]
+    #[serde(deserialize_with = "nullable")]
     pub check_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub name: String,
+    #[serde(deserialize_with = "nullable")]
     pub status: CheckStatus,
+    #[serde(deserialize_with = "nullable")]
     pub notes: String,
+    #[serde(deserialize_with = "nullable")]
     pub output: String,
     #[serde(rename = "ServiceID")]
+    #[serde(deserialize_with = "nullable")]
     pub service_id: String,
+    #[serde(deserialize_with = "nullable")]
     pub service_name: String,
+    #[serde(deserialize_with = "nullable")]
     pub service_tags: Vec<String>,
     /// `grpc`, `http`, `tcp`, `ttl`, or empty for node checks such as `serfHealth`.
     #[serde(rename = "Type")]
+    #[serde(deserialize_with = "nullable")]
     pub check_type: String,
+    #[serde(deserialize_with = "nullable")]
     pub create_index: u64,
+    #[serde(deserialize_with = "nullable")]
     pub modify_index: u64,
 }
 
@@ -168,8 +232,11 @@ pub struct HealthCheck {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "PascalCase", default)]
 pub struct ServiceEntry {
+    #[serde(deserialize_with = "nullable")]
     pub node: Node,
+    #[serde(deserialize_with = "nullable")]
     pub service: AgentService,
+    #[serde(deserialize_with = "nullable")]
     pub checks: Vec<HealthCheck>,
 }
 

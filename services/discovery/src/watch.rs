@@ -1,10 +1,15 @@
-//! [`Watch`]: a Consul blocking-query loop, implemented as Consul's documentation asks.
+//! [`Watch`]: a Consul blocking-query loop, implemented as Consul's documentation asks
+//! ("Blocking Queries: Implementation Details").
 //!
 //! - Pass the last `X-Consul-Index` back; Consul holds the request until something changes
 //!   or `wait` runs out, and answers with the same index on a timeout, which is not a change.
-//! - An index of 0 is treated as 1 (Consul: "sanity check the index is greater than zero").
+//! - Sanity-check the index: one of 0 is treated as 1, so the next request really blocks.
 //! - If the index goes backwards (a Consul restart, a snapshot restore), reset to 0 so the
 //!   next read starts afresh.
+//! - Rate-limit the loop with a token bucket: a few requests go out at once, then at most
+//!   one per interval. In the happy case (changes seconds apart, or a request held for the
+//!   whole `wait`) nothing waits; an agent or proxy that answers at once with the same
+//!   index, or a view that churns, degrades to polling instead of a busy loop.
 //! - After an error, back off exponentially with jitter before the next request, so many
 //!   watchers do not hammer a recovering agent in lock-step.
 
@@ -12,8 +17,14 @@ use crate::client::{Error, QueryMeta, QueryOptions};
 use rand::Rng;
 use std::future::Future;
 use std::time::Duration;
+use tokio::time::Instant;
 
-/// Keeps the index and backoff state of one blocking query.
+/// Requests a watch may send at once before the rate limit applies.
+pub const DEFAULT_BURST: u32 = 4;
+/// Sustained request rate of a watch whose answers come back at once: one per interval.
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// Keeps the index, rate limit and backoff state of one blocking query.
 #[derive(Debug)]
 pub struct Watch {
     index: u64,
@@ -21,6 +32,7 @@ pub struct Watch {
     consecutive_errors: u32,
     min_backoff: Duration,
     max_backoff: Duration,
+    limit: RateLimit,
 }
 
 impl Watch {
@@ -32,6 +44,7 @@ impl Watch {
             consecutive_errors: 0,
             min_backoff: Duration::from_millis(100),
             max_backoff: Duration::from_secs(10),
+            limit: RateLimit::new(DEFAULT_BURST, DEFAULT_INTERVAL),
         }
     }
 
@@ -39,6 +52,13 @@ impl Watch {
     pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
         self.min_backoff = min;
         self.max_backoff = max.max(min);
+        self
+    }
+
+    /// Overrides the rate limit: `burst` requests at once, then one per `interval`
+    /// (defaults: [`DEFAULT_BURST`], [`DEFAULT_INTERVAL`]). A zero interval disables it.
+    pub fn with_rate_limit(mut self, burst: u32, interval: Duration) -> Self {
+        self.limit = RateLimit::new(burst, interval);
         self
     }
 
@@ -56,6 +76,7 @@ impl Watch {
         Fut: Future<Output = Result<(T, QueryMeta), Error>>,
     {
         loop {
+            self.limit.acquire().await;
             let options = QueryOptions {
                 index: self.index,
                 wait: Some(self.wait),
@@ -100,6 +121,51 @@ impl Watch {
     }
 }
 
+/// A token bucket: `burst` tokens, one more every `interval`; a request takes one.
+#[derive(Debug)]
+struct RateLimit {
+    burst: f64,
+    interval: Duration,
+    tokens: f64,
+    updated: Instant,
+}
+
+impl RateLimit {
+    fn new(burst: u32, interval: Duration) -> Self {
+        let burst = f64::from(burst.max(1));
+        Self {
+            burst,
+            interval,
+            tokens: burst,
+            updated: Instant::now(),
+        }
+    }
+
+    async fn acquire(&mut self) {
+        if self.interval.is_zero() {
+            return;
+        }
+        self.refill();
+        if self.tokens < 1.0 {
+            let wait = self.interval.mul_f64(1.0 - self.tokens);
+            tracing::debug!(
+                ?wait,
+                "Consul answers come back faster than the watch rate limit; waiting"
+            );
+            tokio::time::sleep(wait).await;
+            self.refill();
+        }
+        self.tokens = (self.tokens - 1.0).max(0.0);
+    }
+
+    fn refill(&mut self) {
+        let now = Instant::now();
+        let earned = now.duration_since(self.updated).as_secs_f64() / self.interval.as_secs_f64();
+        self.tokens = (self.tokens + earned).min(self.burst);
+        self.updated = now;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +204,47 @@ mod tests {
         let value = watch.next(|_| async { reply(0, 9) }).await.unwrap();
         assert_eq!(value, 9);
         assert_eq!(watch.index(), 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_same_index_at_once_degrades_to_polling_not_a_busy_loop() {
+        // An agent (or proxy) that answers every blocking query at once with the same index.
+        let requests = std::cell::Cell::new(0u32);
+        let mut watch = Watch::new(Duration::from_secs(300));
+        let ask = |_: QueryOptions| {
+            requests.set(requests.get() + 1);
+            async { reply(42, 1) }
+        };
+        assert_eq!(watch.next(ask).await.unwrap(), 1);
+        // The clock is paused: it jumps over every rate-limit sleep, so this measures the
+        // loop's request count over 60 s of Consul time without taking 60 s.
+        let window = Duration::from_secs(60);
+        let outcome = tokio::time::timeout(window, watch.next(ask)).await;
+        assert!(outcome.is_err(), "nothing changed, so nothing is returned");
+        let sent = requests.get();
+        let most =
+            DEFAULT_BURST + (window.as_secs_f64() / DEFAULT_INTERVAL.as_secs_f64()) as u32 + 1;
+        assert!(
+            (60..=most).contains(&sent),
+            "{sent} requests in {window:?}: expected about one per {DEFAULT_INTERVAL:?}"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn changes_within_the_burst_are_not_delayed() {
+        let start = Instant::now();
+        let mut watch = Watch::new(Duration::from_secs(300));
+        for expected in 1..=DEFAULT_BURST {
+            // Each answer carries a new index: a change.
+            let index = u64::from(expected);
+            let value = watch.next(|_| async move { reply(index, expected) }).await;
+            assert_eq!(value.unwrap(), expected);
+        }
+        assert_eq!(
+            start.elapsed(),
+            Duration::ZERO,
+            "the happy path never waits"
+        );
     }
 
     #[test]

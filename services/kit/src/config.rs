@@ -1,5 +1,6 @@
 //! Runner configuration: every flag can also be set through the environment.
 
+use plugworker_discovery::ConsulArgs;
 use plugworker_telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -22,14 +23,6 @@ pub struct RunnerConfig {
     /// Consul service name (defaults to the runner binary's name).
     #[arg(long, env = "PLUGWORKER_SERVICE_NAME")]
     pub service_name: Option<String>,
-
-    /// Consul agent HTTP address.
-    #[arg(long, env = "CONSUL_HTTP_ADDR", default_value = "127.0.0.1:8500")]
-    pub consul_address: String,
-
-    /// Consul ACL token.
-    #[arg(long, env = "CONSUL_HTTP_TOKEN", hide_env_values = true)]
-    pub consul_token: Option<String>,
 
     /// Serve without registering in Consul (benchmarks, debugging).
     #[arg(long, env = "PLUGWORKER_NO_REGISTER")]
@@ -81,6 +74,11 @@ pub struct RunnerConfig {
     /// Log format (level comes from RUST_LOG, default info).
     #[arg(long, env = "PLUGWORKER_LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
     pub log_format: LogFormat,
+
+    /// Where Consul is and how to reach it (`--consul-address`, TLS, token...), from the
+    /// standard `CONSUL_*` variables: one definition shared with the `plugworker` command.
+    #[command(flatten)]
+    pub consul: ConsulArgs,
 }
 
 impl RunnerConfig {

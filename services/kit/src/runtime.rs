@@ -9,7 +9,6 @@ use crate::registration::Registration;
 use crate::service::{RunnerService, RunnerState};
 use crate::slots::RunSlots;
 use anyhow::{Context, anyhow};
-use plugworker_discovery::{ConsulClient, ConsulConfig};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -106,11 +105,7 @@ pub async fn run(
     let registration = if config.no_register {
         None
     } else {
-        let consul = ConsulClient::new(ConsulConfig {
-            address: config.consul_address.clone(),
-            token: config.consul_token.clone(),
-            ..ConsulConfig::default()
-        })?;
+        let consul = config.consul.client()?;
         Some(Registration::new(
             consul,
             &instance_id,

@@ -47,7 +47,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     if views.is_empty() {
         println!(
             "no runners are registered in Consul at {}",
-            consul.base_url()
+            consul.address()
         );
         return Ok(());
     }
