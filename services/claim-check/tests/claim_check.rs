@@ -494,10 +494,10 @@ async fn the_python_extended_client_receives_our_5_mb_message_transparently() {
 fn plugworker(args: &[&str], env: &[(&str, String)]) -> Output {
     std::process::Command::new(plugworker_testkit::bin_path("plugworker"))
         .args(args)
-        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
-        .env("RUST_LOG", "warn")
         .env_remove("PLUGWORKER_SQS_ENDPOINT")
         .env_remove("PLUGWORKER_PAYLOAD_BUCKET")
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap()
 }
