@@ -11,7 +11,7 @@ locals {
   otlp_endpoint = "http://observability.${local.namespace}:4317"
 }
 
-# One customer-managed key for the stack's data at rest: queues, logs and images. The
+# One customer-managed key for the stack's data at rest: queues, payloads, logs and images. The
 # Consul servers' volumes use the account's EBS key instead: a customer key would have to
 # name the Auto Scaling service-linked role, which does not exist before an account's
 # first auto-scaling group.
@@ -45,7 +45,7 @@ data "aws_iam_policy_document" "kms" {
 }
 
 resource "aws_kms_key" "this" {
-  description             = "${var.name}: queues, logs and images at rest"
+  description             = "${var.name}: queues, payloads, logs and images at rest"
   enable_key_rotation     = true
   deletion_window_in_days = 30
   policy                  = data.aws_iam_policy_document.kms.json
@@ -71,6 +71,14 @@ module "queues" {
   job_timeout_seconds = var.job_timeout_seconds
   max_receive_count   = var.max_receive_count
   kms_key_arn         = aws_kms_key.this.arn
+}
+
+# Bodies too large for their queue (claim-check) and the runners' input images.
+module "payloads" {
+  source          = "./modules/payloads"
+  name            = var.name
+  kms_key_arn     = aws_kms_key.this.arn
+  expiration_days = var.payload_expiration_days
 }
 
 module "ecr" {
@@ -105,6 +113,7 @@ module "ecs" {
     dlq     = module.queues.dlq
   }
   queue_kms_key_arn   = aws_kms_key.this.arn
+  payloads            = module.payloads.bucket
   job_timeout_seconds = var.job_timeout_seconds
   consul = {
     retry_join   = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join

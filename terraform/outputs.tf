@@ -13,6 +13,11 @@ output "dlq_url" {
   value       = module.queues.dlq.url
 }
 
+output "payload_bucket" {
+  description = "Bodies too large for their queue go here (plugworker submit --payload-bucket; AWS's SQS extended clients: this bucket, key prefix payloads/); runners read image_s3 inputs under inputs/."
+  value       = module.payloads.bucket.name
+}
+
 output "jobs_visibility_timeout_seconds" {
   description = "The jobs queue's visibility timeout (job timeout + margin)."
   value       = module.queues.visibility_timeout_seconds

@@ -63,6 +63,16 @@ variable "max_receive_count" {
   }
 }
 
+variable "payload_expiration_days" {
+  description = "Days after which objects in the payload bucket expire: the backstop for bodies of messages never consumed by a client that deletes them. Longer than the dead-letter queue's 14 days, so no message outlives its body."
+  type        = number
+  default     = 15
+  validation {
+    condition     = var.payload_expiration_days >= 15 && var.payload_expiration_days <= 3650
+    error_message = "payload_expiration_days must be between 15 (the DLQ keeps messages 14 days) and 3650."
+  }
+}
+
 variable "consul_address" {
   description = "HTTP address (host:port) of an existing Consul cluster's agents. Empty: this stack creates a Consul server cluster."
   type        = string

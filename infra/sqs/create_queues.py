@@ -1,22 +1,26 @@
 #!/usr/bin/env python3
-"""Creates plugworker's queues on an SQS endpoint (the local stack's emulator), idempotently.
+"""Creates plugworker's queues and payload bucket on the local stack's emulator, idempotently.
 
 - the dead-letter queue first, kept 14 days (the SQS maximum) so nothing poisoned is lost;
 - the jobs queue, redriving to the DLQ after MAX_RECEIVE_COUNT receives, with a visibility
   timeout of the controller's job timeout plus a margin: the same rule as terraform/
   (modules/queues), so a job whose controller died reappears soon after its run would have
   timed out, never while it may still be running;
-- the results queue.
+- the results queue;
+- the payload bucket, for bodies too large for their queue (claim-check,
+  docs/claim-check.md), on the same endpoint: moto serves S3 beside SQS.
 
 Environment: SQS_ENDPOINT (e.g. http://sqs:5000), AWS_REGION, QUEUE_PREFIX (plugworker),
 JOB_TIMEOUT_SECONDS (300, the controller's --job-timeout), VISIBILITY_MARGIN_SECONDS (60),
-MAX_RECEIVE_COUNT (5). Prints the queue URLs as KEY=URL lines.
+MAX_RECEIVE_COUNT (5), PAYLOAD_BUCKET (QUEUE_PREFIX-payloads). Prints the queue URLs and
+the bucket as KEY=VALUE lines.
 """
 import json
 import os
 import sys
 
 import boto3
+from botocore.config import Config
 
 
 def settings(env=os.environ):
@@ -34,10 +38,12 @@ def settings(env=os.environ):
     visibility = job_timeout + number("VISIBILITY_MARGIN_SECONDS", 60)
     if visibility > 43200:
         sys.exit(f"create_queues: visibility timeout {visibility}s exceeds the SQS maximum of 43200s")
+    prefix = env.get("QUEUE_PREFIX", "plugworker")
     return {
-        "prefix": env.get("QUEUE_PREFIX", "plugworker"),
+        "prefix": prefix,
         "visibility": visibility,
         "max_receive_count": number("MAX_RECEIVE_COUNT", 5),
+        "bucket": env.get("PAYLOAD_BUCKET", f"{prefix}-payloads"),
     }
 
 
@@ -62,15 +68,26 @@ def create(sqs, config):
     return {"JOBS_QUEUE_URL": jobs_url, "RESULTS_QUEUE_URL": results_url, "DLQ_URL": dlq_url}
 
 
+def create_bucket(s3, name):
+    try:
+        s3.create_bucket(Bucket=name)
+    except s3.exceptions.BucketAlreadyOwnedByYou:
+        pass
+    return {"PAYLOAD_BUCKET": name}
+
+
 def main():
     config = settings()
-    sqs = boto3.client(
-        "sqs",
-        endpoint_url=os.environ.get("SQS_ENDPOINT"),
-        region_name=os.environ.get("AWS_REGION", "us-east-1"),
+    endpoint = os.environ.get("SQS_ENDPOINT")
+    region = os.environ.get("AWS_REGION", "us-east-1")
+    sqs = boto3.client("sqs", endpoint_url=endpoint, region_name=region)
+    # Path-style: the emulator's host name has no per-bucket DNS.
+    s3 = boto3.client(
+        "s3", endpoint_url=endpoint, region_name=region, config=Config(s3={"addressing_style": "path"})
     )
-    for key, url in create(sqs, config).items():
-        print(f"{key}={url}")
+    created = dict(create(sqs, config), **create_bucket(s3, config["bucket"]))
+    for key, value in created.items():
+        print(f"{key}={value}")
 
 
 if __name__ == "__main__":

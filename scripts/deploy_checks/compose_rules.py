@@ -9,7 +9,7 @@
   collector's exporters and Grafana's data sources is a port that service listens on;
   published ports are ports the service listens on;
 - the queues the controller uses are the ones the init job creates, with the same job
-  timeout.
+  timeout, and so is its payload bucket.
 """
 import pathlib
 import re
@@ -214,6 +214,9 @@ def _queues(where, services) -> list:
     for variable, queue in expected.items():
         if variable in env and env[variable].rstrip("/").rsplit("/", 1)[-1] != queue:
             problems.append(f"{where}: controller {variable}={env[variable]} is not the queue {queue} that sqs-init creates")
+    bucket = init_env.get("PAYLOAD_BUCKET", f"{prefix}-payloads")
+    if env.get("PLUGWORKER_PAYLOAD_BUCKET", bucket) != bucket:
+        problems.append(f"{where}: controller PLUGWORKER_PAYLOAD_BUCKET={env['PLUGWORKER_PAYLOAD_BUCKET']} is not the bucket {bucket} that sqs-init creates")
     job_timeout = _seconds(env.get("PLUGWORKER_JOB_TIMEOUT", "300s"))
     if job_timeout != _seconds(init_env.get("JOB_TIMEOUT_SECONDS", "300")):
         problems.append(

@@ -3,6 +3,7 @@ import pathlib
 import re
 
 from . import hcl
+from .hcl import Block
 
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
 SQS_MAX_VISIBILITY = 43200
@@ -261,10 +262,107 @@ def controller_permissions(tree) -> list:
     return problems
 
 
+def _of_bucket(blocks, type_: str, bucket: str) -> list:
+    """The `type_` resources of a module attached to aws_s3_bucket.`bucket`."""
+    ref = f"${{aws_s3_bucket.{bucket}.id}}"
+    return [b for b in blocks if b.kind == "resource" and b.type == type_ and b.attr("bucket") in (ref, f"${{aws_s3_bucket.{bucket}.bucket}}")]
+
+
+def _first(node, *path):
+    """The value down a path of nested blocks/attributes (python-hcl2 lists unwrapped)."""
+    for key in path:
+        if isinstance(node, list):
+            node = node[0] if node else None
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return hcl.unwrap(node)
+
+
+def _denies_plain_http(document: Block, bucket: str) -> bool:
+    """A Deny of s3:* to everyone when aws:SecureTransport is false, on the bucket and
+    its objects."""
+    arn = f"${{aws_s3_bucket.{bucket}.arn}}"
+    for statement in _statements(document.body):
+        if str(hcl.unwrap(statement.get("effect"))) != "Deny":
+            continue
+        actions = {str(a) for a in hcl.unwrap(statement.get("actions", [])) or []}
+        resources = {str(r) for r in hcl.unwrap(statement.get("resources", [])) or []}
+        principals = statement.get("principals", [])
+        everyone = any(
+            str(_first(p, "type")) in ("*", "AWS") and "*" in [str(i) for i in (hcl.unwrap(p.get("identifiers", [])) or [])]
+            for p in principals if isinstance(p, dict)
+        )
+        insecure = any(
+            str(_first(c, "variable")) == "aws:SecureTransport" and [str(v).lower() for v in (hcl.unwrap(c.get("values", [])) or [])] == ["false"]
+            and str(_first(c, "test")) == "Bool"
+            for c in statement.get("condition", []) if isinstance(c, dict)
+        )
+        if actions & {"s3:*"} and {arn, f"{arn}/*"} <= resources and everyone and insecure:
+            return True
+    return False
+
+
+def _root_value(tree, module: str, expression):
+    """A module variable's value as the root module sets it (its default when the root
+    passes one of its own variables)."""
+    match = re.fullmatch(r"\$\{var\.(\w+)\}", str(expression))
+    if not match:
+        return expression
+    name = match.group(1)
+    blocks = tree[module]
+    if module:
+        calls = [b for b in tree[""] if b.kind == "module" and str(b.attr("source")) == f"./modules/{module}"]
+        if calls and calls[0].attr(name) is not None:
+            return _root_value(tree, "", calls[0].attr(name))
+    return _defaults(blocks).get(name)
+
+
+def s3_buckets(tree) -> list:
+    """Every bucket: SSE-KMS with a key, public access blocked (all four settings), a
+    policy refusing plain HTTP, and objects expiring after every message that may point at
+    them (claim-check payloads) is gone: no sooner than the longest queue retention."""
+    problems = []
+    retention = max([int(q.attr("message_retention_seconds", 345600)) for _, q in queues(tree)
+                     if isinstance(q.attr("message_retention_seconds", 345600), int)] or [0])
+    for module, bucket in all_blocks(tree):
+        if bucket.kind != "resource" or bucket.type != "aws_s3_bucket":
+            continue
+        blocks, name, where = tree[module], bucket.name, bucket.where()
+        encryption = _of_bucket(blocks, "aws_s3_bucket_server_side_encryption_configuration", name)
+        default = _first(encryption[0].body, "rule", "apply_server_side_encryption_by_default") if encryption else None
+        if not encryption or _first(default, "sse_algorithm") != "aws:kms" or not _first(default, "kms_master_key_id"):
+            problems.append(f"{where}: aws_s3_bucket.{name} is not encrypted with a KMS key (aws_s3_bucket_server_side_encryption_configuration with aws:kms and kms_master_key_id)")
+        block = _of_bucket(blocks, "aws_s3_bucket_public_access_block", name)
+        settings = ("block_public_acls", "block_public_policy", "ignore_public_acls", "restrict_public_buckets")
+        open_settings = [s for s in settings if not block or block[0].attr(s) is not True]
+        if open_settings:
+            problems.append(f"{where}: aws_s3_bucket.{name} does not block public access ({', '.join(open_settings)} not true)")
+        policies = _of_bucket(blocks, "aws_s3_bucket_policy", name)
+        documents = {b.name: b for b in blocks if b.kind == "data" and b.type == "aws_iam_policy_document"}
+        referenced = [re.search(r"data\.aws_iam_policy_document\.(\w+)\.json", str(p.attr("policy", ""))) for p in policies]
+        if not any(m and m.group(1) in documents and _denies_plain_http(documents[m.group(1)], name) for m in referenced):
+            problems.append(f"{where}: aws_s3_bucket.{name} has no bucket policy denying s3:* to everyone without TLS (aws:SecureTransport false) on the bucket and its objects")
+        lifecycle = _of_bucket(blocks, "aws_s3_bucket_lifecycle_configuration", name)
+        days = [_root_value(tree, module, _first(rule, "expiration", "days"))
+                for config in lifecycle for rule in config.blocks("rule")
+                if _first(rule, "status") == "Enabled" and _first(rule, "expiration", "days") is not None]
+        if not days:
+            problems.append(f"{where}: aws_s3_bucket.{name} has no lifecycle rule expiring objects")
+        for value in days:
+            if not isinstance(value, int):
+                problems.append(f"{where}: cannot tell how many days objects of aws_s3_bucket.{name} live ({value})")
+            elif value * 86400 <= retention:
+                problems.append(
+                    f"{where}: objects of aws_s3_bucket.{name} expire after {value} days, not after the longest queue retention ({retention // 86400} days): a message could outlive the body it points at"
+                )
+    return problems
+
+
 def run(root: pathlib.Path) -> list:
     tree = hcl.modules(root)
     problems = []
-    for rule in (redrive, encryption, open_ingress, controller_permissions):
+    for rule in (redrive, encryption, open_ingress, controller_permissions, s3_buckets):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree)]
     problems += [f"[visibility] {p}" for p in visibility(tree, root)]
     return problems

@@ -110,6 +110,22 @@ class TerraformRules(Case):
         self.scratch.edit("terraform/modules/ecs/iam.tf", 'actions   = ["ec2:DescribeInstances"]', 'actions   = ["ec2:DescribeInstances", "sqs:ReceiveMessage"]')
         self.assertReports(self.check(), r"\[controller_permissions\].*policy task_common grants \['sqs:ReceiveMessage'\]")
 
+    def test_a_bucket_without_kms_fails(self):
+        self.scratch.edit("terraform/modules/payloads/main.tf", 'sse_algorithm     = "aws:kms"', 'sse_algorithm     = "AES256"')
+        self.assertReports(self.check(), r"\[s3_buckets\].*aws_s3_bucket\.payloads is not encrypted with a KMS key")
+
+    def test_a_bucket_accepting_public_acls_fails(self):
+        self.scratch.edit("terraform/modules/payloads/main.tf", "block_public_acls       = true", "block_public_acls       = false")
+        self.assertReports(self.check(), r"\[s3_buckets\].*aws_s3_bucket\.payloads does not block public access \(block_public_acls not true\)")
+
+    def test_a_bucket_served_over_plain_http_fails(self):
+        self.scratch.edit("terraform/modules/payloads/main.tf", '      "${aws_s3_bucket.payloads.arn}/*",\n', "")
+        self.assertReports(self.check(), r"\[s3_buckets\].*aws_s3_bucket\.payloads has no bucket policy denying s3:\* to everyone without TLS")
+
+    def test_payloads_expiring_before_the_dlq_fails(self):
+        self.scratch.edit("terraform/variables.tf", "  default     = 15\n", "  default     = 14\n")
+        self.assertReports(self.check(), r"\[s3_buckets\].*objects of aws_s3_bucket\.payloads expire after 14 days, not after the longest queue retention \(14 days\)")
+
 
 class Checkov(Case):
     def test_the_repository_passes(self):
@@ -172,6 +188,10 @@ class Compose(Case):
         problems = self.check()
         self.assertReports(problems, r"controller sets PLUGWORKER_JOBS_QUEUE_ULR, which `plugworker controller` does not read")
         self.assertReports(problems, r"controller does not set PLUGWORKER_JOBS_QUEUE_URL \(--jobs-queue-url\)")
+
+    def test_a_payload_bucket_sqs_init_does_not_create_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "      AWS_ENDPOINT_URL_S3: http://sqs:5000\n", "      AWS_ENDPOINT_URL_S3: http://sqs:5000\n      PLUGWORKER_PAYLOAD_BUCKET: elsewhere\n")
+        self.assertReports(self.check(), r"controller PLUGWORKER_PAYLOAD_BUCKET=elsewhere is not the bucket plugworker-payloads that sqs-init creates")
 
     def test_a_runner_variable_typo_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "      PLUGWORKER_METRICS_ADDRESS: 0.0.0.0:9464\n", "      PLUGWORKER_METRIC_ADDRESS: 0.0.0.0:9464\n")
@@ -266,6 +286,16 @@ class CreateQueues(unittest.TestCase):
         self.assertEqual(again.returncode, 0, again.stderr)
         self.assertEqual(again.stdout, first.stdout)
         self.assertEqual(self.attributes(urls["JOBS_QUEUE_URL"])["VisibilityTimeout"], "660")
+
+    def test_the_payload_bucket_is_created_idempotently(self):
+        for _ in range(2):
+            run = self.run_script()
+            self.assertEqual(run.returncode, 0, run.stderr)
+            self.assertIn("PAYLOAD_BUCKET=plugworker-payloads", run.stdout.split())
+        code = ("import boto3, sys; s3 = boto3.client('s3', endpoint_url=sys.argv[1], region_name='us-east-1');"
+                "print(' '.join(b['Name'] for b in s3.list_buckets()['Buckets']))")
+        out = subprocess.run([self.python, "-c", code, self.env["SQS_ENDPOINT"]], env=self.env, capture_output=True, text=True, check=True)
+        self.assertEqual(out.stdout.split(), ["plugworker-payloads"])
 
     def test_bad_settings_are_refused_with_the_variable_named(self):
         bad = self.run_script(JOB_TIMEOUT_SECONDS="five minutes")

@@ -62,7 +62,8 @@ data "aws_iam_policy_document" "task_common" {
 }
 
 # The controller: receive, delete and extend visibility on the jobs queue (and read its
-# depth); send to the results queue and the DLQ. Nothing else on any queue.
+# depth); send to the results queue and the DLQ. Nothing else on any queue. On the payload
+# bucket: write, read and delete claim-check bodies under their prefix only.
 data "aws_iam_policy_document" "controller" {
   source_policy_documents = [data.aws_iam_policy_document.task_common.json]
   statement {
@@ -80,6 +81,21 @@ data "aws_iam_policy_document" "controller" {
     actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
     resources = [var.queue_kms_key_arn]
   }
+  statement {
+    sid       = "ClaimCheckPayloads"
+    actions   = ["s3:GetObject", "s3:PutObject", "s3:DeleteObject"]
+    resources = ["${var.payloads.arn}/${var.payloads.key_prefix}*"]
+  }
+  statement {
+    sid       = "PayloadEncryption"
+    actions   = ["kms:Decrypt", "kms:GenerateDataKey"]
+    resources = [var.payloads.kms_key_arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
+    }
+  }
 }
 
 resource "aws_iam_role" "controller" {
@@ -93,7 +109,27 @@ resource "aws_iam_role_policy" "controller" {
   policy = data.aws_iam_policy_document.controller.json
 }
 
-# Runners touch no queue and no AWS data: only ECS Exec and Consul auto-join.
+# Runners touch no queue: ECS Exec, Consul auto-join, and reading input images (image_s3)
+# under the payload bucket's inputs prefix.
+data "aws_iam_policy_document" "runner" {
+  source_policy_documents = [data.aws_iam_policy_document.task_common.json]
+  statement {
+    sid       = "ReadInputImages"
+    actions   = ["s3:GetObject"]
+    resources = ["${var.payloads.arn}/${var.payloads.inputs_prefix}*"]
+  }
+  statement {
+    sid       = "InputDecryption"
+    actions   = ["kms:Decrypt"]
+    resources = [var.payloads.kms_key_arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
+    }
+  }
+}
+
 resource "aws_iam_role" "runner" {
   name               = "${var.name}-runner"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
@@ -102,5 +138,5 @@ resource "aws_iam_role" "runner" {
 resource "aws_iam_role_policy" "runner" {
   name   = "runner"
   role   = aws_iam_role.runner.id
-  policy = data.aws_iam_policy_document.task_common.json
+  policy = data.aws_iam_policy_document.runner.json
 }

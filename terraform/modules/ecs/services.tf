@@ -21,6 +21,8 @@ locals {
       { name = "PLUGWORKER_JOB_TIMEOUT", value = "${var.job_timeout_seconds}s" },
       { name = "PLUGWORKER_MAX_IN_FLIGHT", value = tostring(var.controller.max_in_flight) },
       { name = "PLUGWORKER_HEALTH_ADDRESS", value = "0.0.0.0:9090" },
+      { name = "PLUGWORKER_PAYLOAD_BUCKET", value = var.payloads.name },
+      { name = "PLUGWORKER_PAYLOAD_KEY_PREFIX", value = var.payloads.key_prefix },
       { name = "OTEL_SERVICE_NAME", value = "plugworker-controller" },
     ])
     healthCheck = {

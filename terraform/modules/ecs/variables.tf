@@ -43,6 +43,11 @@ variable "queue_kms_key_arn" {
   type        = string
 }
 
+variable "payloads" {
+  description = "The payload bucket: name, arn, key_prefix (claim-check, the controller's), inputs_prefix (read by runners) and kms_key_arn."
+  type        = object({ name = string, arn = string, key_prefix = string, inputs_prefix = string, kms_key_arn = string })
+}
+
 variable "job_timeout_seconds" {
   description = "The controller's --job-timeout."
   type        = number

@@ -1,7 +1,13 @@
 //! `plugworker results`: print results from the results queue (one JSON document per
 //! line) and delete each once printed.
+//!
+//! A result too large for the queue arrives as a pointer to S3 in the format of AWS's SQS
+//! Extended Client Library (docs/claim-check.md): its body is fetched and printed, and the
+//! object deleted after the message (unless `--keep-payloads`).
 
+use anyhow::bail;
 use aws_sdk_sqs::error::DisplayErrorContext;
+use plugworker_claim_check as claim_check;
 use std::io::Write;
 
 #[derive(clap::Args, Debug)]
@@ -18,30 +24,72 @@ pub struct Args {
     /// Stop after this many results.
     #[arg(long)]
     pub max: Option<usize>,
+    /// Keep the S3 objects of results that came through S3 (default: delete each once its
+    /// result is printed and deleted). S3 endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL.
+    #[arg(long, env = "PLUGWORKER_KEEP_PAYLOADS")]
+    pub keep_payloads: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let client = args.sqs.client().await;
+    // Reading needs no bucket of our own: a pointer names its bucket.
+    let storage = claim_check::ClaimCheck::new(
+        claim_check::s3_client(None, args.sqs.region.as_deref()).await,
+        claim_check::ClaimCheckConfig {
+            bucket: None,
+            threshold: claim_check::SQS_MAXIMUM_MESSAGE_SIZE,
+            key_prefix: claim_check::DEFAULT_KEY_PREFIX.to_string(),
+            delete_after_use: !args.keep_payloads,
+        },
+    );
     let mut printed = 0usize;
+    let mut unreadable = 0usize;
     let mut stdout = std::io::stdout();
     let mut stop = std::pin::pin!(super::shutdown_signal());
+    let finished = |unreadable: usize| {
+        if unreadable > 0 {
+            bail!("{unreadable} result(s) could not be read and were left on the queue");
+        }
+        Ok(())
+    };
     loop {
         let receive = client
             .receive_message()
             .queue_url(&args.results_queue_url)
-            .max_number_of_messages(10)
+            // No more than are still wanted: a received message that is not printed would
+            // stay invisible until its visibility timeout.
+            .max_number_of_messages(args.max.map_or(10, |max| (max - printed).clamp(1, 10)) as i32)
+            .message_attribute_names("All")
             .wait_time_seconds(if args.follow { 20 } else { 1 })
             .send();
         let output = tokio::select! {
             output = receive => output.map_err(|e| anyhow::anyhow!("cannot receive results: {}", DisplayErrorContext(e)))?,
-            () = &mut stop => return Ok(()),
+            () = &mut stop => return finished(unreadable),
         };
         let messages = output.messages();
         if messages.is_empty() && !args.follow {
-            return Ok(());
+            return finished(unreadable);
         }
         for message in messages {
-            writeln!(stdout, "{}", message.body().unwrap_or_default())?;
+            let attributes = message.message_attributes().cloned().unwrap_or_default();
+            let result = match storage
+                .resolve(message.body().unwrap_or_default(), &attributes)
+                .await
+            {
+                Ok(result) => result,
+                Err(error) => {
+                    // Left on the queue: it reappears after the visibility timeout, and
+                    // the results queue's own policy decides its fate.
+                    tracing::error!(
+                        message_id = message.message_id().unwrap_or_default(),
+                        %error,
+                        "cannot read a result; it stays on the queue"
+                    );
+                    unreadable += 1;
+                    continue;
+                }
+            };
+            writeln!(stdout, "{}", result.body)?;
             stdout.flush()?;
             client
                 .delete_message()
@@ -52,9 +100,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .map_err(|e| {
                     anyhow::anyhow!("cannot delete a printed result: {}", DisplayErrorContext(e))
                 })?;
+            // After the message: were the message delete to fail, the result would come
+            // back and still need its body.
+            if let Some(pointer) = &result.pointer
+                && let Err(error) = storage.release(pointer).await
+            {
+                tracing::warn!(%error, "cannot delete a printed result's body from S3; the bucket's lifecycle rule will");
+            }
             printed += 1;
             if args.max.is_some_and(|max| printed >= max) {
-                return Ok(());
+                return finished(unreadable);
             }
         }
     }
