@@ -27,7 +27,8 @@ use plugworker_discovery::{ConsulClient, Resolver};
 use std::sync::Arc;
 
 /// Connects the controller to SQS and Consul, ready to [`Controller::run`]; also returns
-/// its metrics.
+/// its metrics. The queues are checked first ([`sqs::StartupError`] names the attribute
+/// at fault).
 pub async fn build_on_sqs(
     args: ControllerArgs,
     consul: ConsulClient,
@@ -39,19 +40,33 @@ pub async fn build_on_sqs(
         args.queues.dlq_url.clone(),
         args.receive_wait,
         args.visibility_timeout,
+        &sqs::JobsQueueOptions {
+            allow_no_dlq: args.queues.allow_no_dlq,
+            job_timeout: args.job_timeout,
+            runner_wait: args.runner_wait,
+        },
     )
     .await
     .with_context(|| format!("cannot use the jobs queue {}", args.queues.jobs_queue_url))?;
+    let sink = sqs::SqsResults::connect(client, args.queues.results_queue_url.clone())
+        .await
+        .with_context(|| {
+            format!(
+                "cannot use the results queue {}",
+                args.queues.results_queue_url
+            )
+        })?;
     tracing::info!(
         jobs = %args.queues.jobs_queue_url,
         results = %args.queues.results_queue_url,
-        dlq = %queue.dlq_url(),
-        visibility = ?queue_visibility(&queue),
-        max_receive_count = ?crate::queue::JobQueue::max_receive_count(&queue),
+        dlq = queue.dlq_url().unwrap_or("none"),
+        fifo = queue.is_fifo(),
+        visibility = ?crate::queue::JobQueue::visibility_timeout(&queue),
+        max_attempts = crate::queue::JobQueue::max_attempts(&queue),
+        results_max_bytes = sink.max_message_size(),
         consul = %consul.base_url(),
         "controller starting"
     );
-    let sink = sqs::SqsResults::new(client, args.queues.results_queue_url.clone());
     let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
     let settings = args.settings();
     let dispatcher = Arc::new(Dispatcher::new(
@@ -62,8 +77,4 @@ pub async fn build_on_sqs(
     let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
     let metrics = controller.metrics_source();
     Ok((controller, metrics))
-}
-
-fn queue_visibility(queue: &sqs::SqsJobQueue) -> std::time::Duration {
-    crate::queue::JobQueue::visibility_timeout(queue)
 }
