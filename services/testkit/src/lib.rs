@@ -4,6 +4,7 @@
 pub mod dashboard;
 pub mod memes;
 pub mod otlp;
+pub mod s3;
 pub mod sqs;
 
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
