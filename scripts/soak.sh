@@ -7,6 +7,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh >/dev/null
-cargo build --locked -p plugworker-cli -p test-runner --bins
+cargo build --locked --workspace --bins
 venv="${PLUGWORKER_VENV:-$HOME/.cache/plugworker/venv}"
 exec "$venv/bin/python" scripts/soak.py

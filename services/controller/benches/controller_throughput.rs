@@ -208,6 +208,7 @@ fn main() {
                 Duration::from_secs(1),
                 None,
                 &JobsQueueOptions { allow_no_dlq: false, job_timeout: Duration::from_secs(300), runner_wait: Duration::from_secs(10) },
+                plugworker_claim_check::ClaimCheck::disabled(),
             )
             .await
             .unwrap(),
@@ -215,7 +216,7 @@ fn main() {
         for _ in 0..sqs_jobs {
             sqs.send(&queues.jobs, JOB).await;
         }
-        let sink: Arc<dyn plugworker_controller::queue::ResultSink> = Arc::new(SqsResults::connect(sqs.client.clone(), queues.results.clone()).await.unwrap());
+        let sink: Arc<dyn plugworker_controller::queue::ResultSink> = Arc::new(SqsResults::connect(sqs.client.clone(), queues.results.clone(), plugworker_claim_check::ClaimCheck::disabled(), false).await.unwrap());
         let sqs_run = through_controller(queue, || {}, sqs_jobs, resolver.clone(), concurrency, Some(sink), Some((&sqs, &queues.results))).await;
         report("through the controller (moto SQS, information)", &sqs_run);
         registry.stop().await;

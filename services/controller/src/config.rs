@@ -23,6 +23,9 @@ pub struct QueueArgs {
     pub allow_no_dlq: bool,
     #[command(flatten)]
     pub sqs: SqsArgs,
+    /// Large jobs, results and DLQ copies through S3 (AWS's extended client format).
+    #[command(flatten)]
+    pub payload: plugworker_claim_check::PayloadArgs,
 }
 
 /// How to reach SQS; shared by every command that talks to a queue.

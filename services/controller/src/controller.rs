@@ -120,25 +120,31 @@ struct Finals {
     inner: Mutex<FinalsInner>,
 }
 
+/// A published final result: whether it is an error, and the DLQ copy still to make.
+#[derive(Clone, Debug, PartialEq)]
+struct Final {
+    failed: bool,
+    dead_letter: Option<ErrorInfo>,
+}
+
 #[derive(Default)]
 struct FinalsInner {
-    /// Message id → the error to copy the job to the DLQ with, if still to be done.
-    by_id: HashMap<String, Option<ErrorInfo>>,
+    /// Message id → its final state.
+    by_id: HashMap<String, Final>,
     /// Oldest first, for forgetting.
     order: VecDeque<String>,
 }
 
 impl Finals {
-    fn get(&self, message_id: &str) -> Option<Option<ErrorInfo>> {
+    fn get(&self, message_id: &str) -> Option<Final> {
         lock(&self.inner).by_id.get(message_id).cloned()
     }
 
-    /// Records a published final result; `dead_letter` is the error to copy the job to the
-    /// DLQ with, if that is still to be done.
-    fn record(&self, message_id: &str, dead_letter: Option<ErrorInfo>) {
+    /// Records a published final result and the DLQ copy still to make.
+    fn record(&self, message_id: &str, state: Final) {
         let mut inner = lock(&self.inner);
         let FinalsInner { by_id, order } = &mut *inner;
-        if by_id.insert(message_id.to_string(), dead_letter).is_none() {
+        if by_id.insert(message_id.to_string(), state).is_none() {
             order.push_back(message_id.to_string());
             while order.len() > FINALS_REMEMBERED {
                 if let Some(oldest) = order.pop_front() {
@@ -545,6 +551,13 @@ async fn run_job(
     slot: OwnedSemaphorePermit,
     started: Instant,
 ) -> Ran {
+    if let Some(error) = &delivery.unreadable {
+        let verdict = match error.class {
+            ErrorClass::Permanent => Verdict::Permanent(error.clone(), None),
+            ErrorClass::Transient => Verdict::Transient(error.clone(), None),
+        };
+        return (None, None, verdict, Duration::ZERO);
+    }
     let job = match parse_job(&delivery.body) {
         Ok(job) => job,
         Err(error) => {
@@ -675,20 +688,30 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
             return Outcome::Unpublished;
         }
     };
-    let dead_letter = result.error.clone();
-    context.finals.record(message_id, dead_letter.clone());
-    finish(context, delivery, dead_letter).await
+    let state = Final {
+        failed: result.error.is_some(),
+        dead_letter: result.error,
+    };
+    context.finals.record(message_id, state.clone());
+    finish(context, delivery, state).await
 }
 
-/// After the final result is out: the DLQ copy (for failed jobs), then the delete.
-async fn finish(context: &Context, delivery: &Delivery, dead_letter: Option<ErrorInfo>) -> Outcome {
+/// After the final result is out: the DLQ copy (for failed jobs), then the delete, then
+/// (for jobs that succeeded: a DLQ copy refers to it) the job's body in S3.
+async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome {
     let message_id = &delivery.message_id;
-    let failed = dead_letter.is_some();
-    if let Some(error) = &dead_letter {
+    let failed = state.failed;
+    if let Some(error) = &state.dead_letter {
         tracing::info!(%message_id, code = %error.code, error = %error.message, "job failed; copying it to the dead-letter queue");
         match context.queue.dead_letter(delivery, error).await {
             Ok(copied) => {
-                context.finals.record(message_id, None);
+                context.finals.record(
+                    message_id,
+                    Final {
+                        failed,
+                        dead_letter: None,
+                    },
+                );
                 if copied {
                     context.metrics.dlq_move(match error.class {
                         ErrorClass::Permanent => "permanent_error",
@@ -711,6 +734,9 @@ async fn finish(context: &Context, delivery: &Delivery, dead_letter: Option<Erro
     match context.queue.complete(delivery).await {
         Ok(()) => {
             context.metrics.deletes.inc();
+            if !failed {
+                context.queue.release_payload(delivery).await;
+            }
         }
         Err(error) => {
             tracing::warn!(%error, %message_id, "result delivered but the job could not be deleted; if it is received again it is deleted without running (here) or may run again (elsewhere, same message id)");
@@ -896,12 +922,25 @@ mod tests {
     #[test]
     fn finals_are_remembered_up_to_a_bound() {
         let finals = Finals::default();
-        finals.record("a", Some(ErrorInfo::permanent("x", "y")));
-        assert!(finals.get("a").unwrap().is_some(), "DLQ copy pending");
-        finals.record("a", None);
-        assert_eq!(finals.get("a"), Some(None));
+        let done = |failed| Final {
+            failed,
+            dead_letter: None,
+        };
+        finals.record(
+            "a",
+            Final {
+                failed: true,
+                dead_letter: Some(ErrorInfo::permanent("x", "y")),
+            },
+        );
+        assert!(
+            finals.get("a").unwrap().dead_letter.is_some(),
+            "DLQ copy pending"
+        );
+        finals.record("a", done(true));
+        assert_eq!(finals.get("a"), Some(done(true)));
         for i in 0..FINALS_REMEMBERED {
-            finals.record(&i.to_string(), None);
+            finals.record(&i.to_string(), done(false));
         }
         assert!(finals.get("a").is_none(), "the oldest is forgotten");
         assert!(finals.get("1").is_some());

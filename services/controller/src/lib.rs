@@ -34,6 +34,16 @@ pub async fn build_on_sqs(
     consul: ConsulClient,
 ) -> anyhow::Result<(Controller, metrics::MetricsSource)> {
     let client = args.queues.sqs.client().await;
+    // One claim-check: it resolves pointers of received jobs whatever their bucket; its
+    // threshold is set per destination from that queue's MaximumMessageSize.
+    let claim = args
+        .queues
+        .payload
+        .claim_check(
+            args.queues.sqs.region.as_deref(),
+            plugworker_claim_check::SQS_MAXIMUM_MESSAGE_SIZE,
+        )
+        .await;
     let queue = sqs::SqsJobQueue::connect(
         client.clone(),
         args.queues.jobs_queue_url.clone(),
@@ -45,17 +55,23 @@ pub async fn build_on_sqs(
             job_timeout: args.job_timeout,
             runner_wait: args.runner_wait,
         },
+        claim.clone(),
     )
     .await
     .with_context(|| format!("cannot use the jobs queue {}", args.queues.jobs_queue_url))?;
-    let sink = sqs::SqsResults::connect(client, args.queues.results_queue_url.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot use the results queue {}",
-                args.queues.results_queue_url
-            )
-        })?;
+    let sink = sqs::SqsResults::connect(
+        client,
+        args.queues.results_queue_url.clone(),
+        claim.clone(),
+        args.queues.payload.payload_threshold.is_some(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot use the results queue {}",
+            args.queues.results_queue_url
+        )
+    })?;
     tracing::info!(
         jobs = %args.queues.jobs_queue_url,
         results = %args.queues.results_queue_url,
@@ -64,6 +80,7 @@ pub async fn build_on_sqs(
         visibility = ?crate::queue::JobQueue::visibility_timeout(&queue),
         max_attempts = crate::queue::JobQueue::max_attempts(&queue),
         results_max_bytes = sink.max_message_size(),
+        payload_bucket = claim.bucket().unwrap_or("none"),
         consul = %consul.base_url(),
         "controller starting"
     );

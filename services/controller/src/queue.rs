@@ -24,6 +24,15 @@ pub struct Attribute {
     pub value: String,
 }
 
+/// A message whose body came from S3 (claim-check, AWS's extended client format).
+#[derive(Clone, Debug)]
+pub struct Stored {
+    pub pointer: plugworker_claim_check::Pointer,
+    /// The body as it travelled on the queue (the pointer): re-queued and dead-lettered
+    /// copies send it again, so they refer to the same object.
+    pub wire_body: String,
+}
+
 /// One received message.
 #[derive(Clone, Debug, Default)]
 pub struct Delivery {
@@ -44,6 +53,11 @@ pub struct Delivery {
     /// The producer's message attributes (other than the controller's own), carried on
     /// re-queued and dead-lettered copies.
     pub attributes: Vec<Attribute>,
+    /// Set when the body was fetched from S3.
+    pub stored: Option<Stored>,
+    /// Set when the body could not be read (a claim-check pointer whose object cannot be
+    /// fetched): the job fails with this error instead of running.
+    pub unreadable: Option<ErrorInfo>,
 }
 
 impl Delivery {
@@ -75,7 +89,9 @@ impl QueueError {
 pub enum PublishError {
     /// The result itself cannot go on the queue: larger than it accepts. Sending it again
     /// will not help; a smaller result (an error saying so) may.
-    #[error("the result is {size} bytes; the results queue accepts at most {max}")]
+    #[error(
+        "the result is {size} bytes, over the {max} bytes the results queue takes (its MaximumMessageSize less headroom for attributes); configure --payload-bucket to send large results through S3"
+    )]
     TooLarge { size: usize, max: usize },
     /// The queue refused this result's content (not its size).
     #[error("the results queue refused the result: {0}")]
@@ -118,6 +134,11 @@ pub trait JobQueue: Send + Sync + 'static {
     fn max_attempts(&self) -> u32;
     /// The visibility timeout of received messages.
     fn visibility_timeout(&self) -> Duration;
+    /// Deletes the S3 object of a message whose body was stored there, after the message
+    /// is deleted and nothing else (a DLQ copy) refers to it.
+    async fn release_payload(&self, delivery: &Delivery) {
+        let _ = delivery;
+    }
     /// Approximate messages waiting and in flight, where the queue can tell.
     async fn depth(&self) -> Result<Option<QueueDepth>, QueueError> {
         Ok(None)

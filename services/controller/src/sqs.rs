@@ -9,7 +9,7 @@
 
 use crate::queue::{
     Attribute, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, PRIOR_ATTEMPTS, PublishError, QueueDepth,
-    QueueError, ResultSink,
+    QueueError, ResultSink, Stored,
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -18,8 +18,9 @@ use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName,
 };
+use plugworker_claim_check::{ClaimCheck, Incoming, threshold_for_max_message_size};
 use plugworker_jobs::text::sqs_attribute;
-use plugworker_jobs::{ErrorInfo, JobResult};
+use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, codes};
 use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
@@ -220,10 +221,12 @@ pub fn check_jobs_queue(
     Ok(redrive)
 }
 
-/// Checks the dead-letter queue against the jobs queue.
+/// Checks the dead-letter queue against the jobs queue; `payload_bucket`: large copies
+/// can go through S3.
 pub fn check_dead_letter_queue(
     jobs: &QueueAttributes,
     dlq: &QueueAttributes,
+    payload_bucket: bool,
 ) -> Result<(), StartupError> {
     if jobs.fifo != dlq.fifo {
         return Err(StartupError::Attribute {
@@ -236,13 +239,14 @@ pub fn check_dead_letter_queue(
             ),
         });
     }
-    if dlq.max_message_size < jobs.max_message_size {
+    if dlq.max_message_size < jobs.max_message_size && !payload_bucket {
         return Err(StartupError::Attribute {
             queue: "dead-letter",
             attribute: "MaximumMessageSize",
             problem: format!(
                 "{} bytes, below the jobs queue's {}: a large failed job could not be copied \
-                 there, and would be redelivered forever. Raise it to at least {}",
+                 there, and would be redelivered forever. Raise it to at least {}, or \
+                 configure --payload-bucket to send large copies through S3",
                 dlq.max_message_size, jobs.max_message_size, jobs.max_message_size
             ),
         });
@@ -284,7 +288,10 @@ fn deduplication_id(purpose: &str, message_id: &str) -> String {
 pub struct SqsJobQueue {
     client: Client,
     queue_url: String,
-    dlq: Option<(String, usize)>,
+    /// Resolves claim-check pointers of received jobs, releases their objects.
+    claim: ClaimCheck,
+    /// The DLQ: its URL, size limit, and claim-check at its threshold.
+    dlq: Option<(String, usize, ClaimCheck)>,
     wait: Duration,
     visibility: Duration,
     fifo: bool,
@@ -303,6 +310,7 @@ impl SqsJobQueue {
         wait: Duration,
         visibility_override: Option<Duration>,
         options: &JobsQueueOptions,
+        claim: ClaimCheck,
     ) -> Result<Self, StartupError> {
         let attributes = queue_attributes(&client, "jobs", &queue_url).await?;
         let redrive = check_jobs_queue(&attributes, options)?;
@@ -345,8 +353,11 @@ impl SqsJobQueue {
         let dlq = match dlq_url {
             Some(url) => {
                 let dlq_attributes = queue_attributes(&client, "dead-letter", &url).await?;
-                check_dead_letter_queue(&attributes, &dlq_attributes)?;
-                Some((url, dlq_attributes.max_message_size))
+                check_dead_letter_queue(&attributes, &dlq_attributes, claim.bucket().is_some())?;
+                let dlq_claim = claim.with_threshold(threshold_for_max_message_size(
+                    dlq_attributes.max_message_size,
+                ));
+                Some((url, dlq_attributes.max_message_size, dlq_claim))
             }
             None => None,
         };
@@ -367,6 +378,7 @@ impl SqsJobQueue {
         Ok(Self {
             client,
             queue_url,
+            claim,
             dlq,
             wait,
             visibility: visibility_override.unwrap_or(attributes.visibility),
@@ -378,7 +390,7 @@ impl SqsJobQueue {
     }
 
     pub fn dlq_url(&self) -> Option<&str> {
-        self.dlq.as_ref().map(|(url, _)| url.as_str())
+        self.dlq.as_ref().map(|(url, _, _)| url.as_str())
     }
 
     pub fn is_fifo(&self) -> bool {
@@ -407,6 +419,48 @@ impl SqsJobQueue {
             })
             .collect()
     }
+}
+
+impl SqsJobQueue {
+    /// The delivery of a received message, its body fetched from S3 if it is a
+    /// claim-check pointer. A pointer that cannot be read makes the delivery
+    /// `unreadable` (permanent or transient as the cause is), not an error of the receive.
+    async fn resolved(&self, message: &aws_sdk_sqs::types::Message) -> Delivery {
+        let mut delivery = delivery(message);
+        let attributes = message.message_attributes().cloned().unwrap_or_default();
+        match self.claim.resolve(&delivery.body, &attributes).await {
+            Ok(Incoming {
+                body,
+                pointer: Some(pointer),
+            }) => {
+                let wire_body = std::mem::replace(&mut delivery.body, body);
+                delivery.stored = Some(Stored { pointer, wire_body });
+            }
+            Ok(Incoming { pointer: None, .. }) => {}
+            Err(error) => {
+                let class = if error.is_permanent() {
+                    ErrorClass::Permanent
+                } else {
+                    ErrorClass::Transient
+                };
+                tracing::warn!(message_id = %delivery.message_id, %error, "the job's body cannot be read from S3");
+                delivery.unreadable = Some(ErrorInfo::new(
+                    codes::PAYLOAD_UNAVAILABLE,
+                    class,
+                    error.to_string(),
+                ));
+            }
+        }
+        delivery
+    }
+}
+
+/// The body a copy of `delivery` sends: the pointer if it came through S3.
+fn wire_body(delivery: &Delivery) -> &str {
+    delivery
+        .stored
+        .as_ref()
+        .map_or(delivery.body.as_str(), |s| s.wire_body.as_str())
 }
 
 impl Drop for SqsJobQueue {
@@ -459,6 +513,8 @@ fn delivery(message: &aws_sdk_sqs::types::Message) -> Delivery {
             .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
             .cloned(),
         attributes: carried,
+        stored: None,
+        unreadable: None,
     }
 }
 
@@ -477,7 +533,7 @@ impl JobQueue for SqsJobQueue {
             .send()
             .await
             .map_err(|e| sdk_error("ReceiveMessage", e))?;
-        Ok(output.messages().iter().map(delivery).collect())
+        Ok(futures::future::join_all(output.messages().iter().map(|m| self.resolved(m))).await)
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -518,7 +574,7 @@ impl JobQueue for SqsJobQueue {
             .client
             .send_message()
             .queue_url(&self.queue_url)
-            .message_body(&delivery.body)
+            .message_body(wire_body(delivery))
             .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
             .message_attributes(
                 ORIGINAL_MESSAGE_ID,
@@ -539,8 +595,9 @@ impl JobQueue for SqsJobQueue {
             .send()
             .await
             .map_err(|e| sdk_error("SendMessage (re-queue)", e))?;
-        // The copy is in: the original goes. Should this delete fail, both copies exist and
-        // the job may run twice (same message id): see docs/delivery.md.
+        // The copy is in: the original goes (its S3 object stays: the copy refers to it).
+        // Should this delete fail, both copies exist and the job may run twice (same
+        // message id): see docs/delivery.md.
         self.complete(delivery).await
     }
 
@@ -553,7 +610,7 @@ impl JobQueue for SqsJobQueue {
         delivery: &Delivery,
         error: &ErrorInfo,
     ) -> Result<bool, QueueError> {
-        let Some((dlq_url, max_size)) = &self.dlq else {
+        let Some((dlq_url, max_size, dlq_claim)) = &self.dlq else {
             return Ok(false);
         };
         let code = sqs_attribute(&error.code, 64);
@@ -576,7 +633,7 @@ impl JobQueue for SqsJobQueue {
                     value.string_value().unwrap_or_default(),
                 )
             }));
-            message_size(&delivery.body, &attributes)
+            message_size(wire_body(delivery), &attributes)
         };
         // The job fitted the jobs queue, and the DLQ is no smaller (checked at start-up):
         // only the attributes can push the copy over. The error is in the results, so its
@@ -588,18 +645,41 @@ impl JobQueue for SqsJobQueue {
             carried.clear();
         }
         let message: &str = &message;
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(dlq_url)
-            .message_body(&delivery.body)
-            .message_attributes("plugworker_error_code", Self::string_attribute(&code)?)
-            .message_attributes("plugworker_error_message", Self::string_attribute(message)?)
-            .message_attributes(
-                "plugworker_original_message_id",
-                Self::string_attribute(&delivery.message_id)?,
-            );
-        for (name, value) in carried {
+        let mut attributes: HashMap<String, MessageAttributeValue> = carried.into_iter().collect();
+        attributes.insert(
+            "plugworker_error_code".into(),
+            Self::string_attribute(&code)?,
+        );
+        attributes.insert(
+            "plugworker_error_message".into(),
+            Self::string_attribute(message)?,
+        );
+        attributes.insert(
+            "plugworker_original_message_id".into(),
+            Self::string_attribute(&delivery.message_id)?,
+        );
+        // A job that came through S3 is copied as its pointer (same object, whose
+        // ExtendedPayloadSize is among the carried attributes); a large one that did not
+        // goes through S3 now, if a bucket is configured.
+        // (A pointer that could not be read is copied as it came, too.)
+        let is_pointer = delivery.stored.is_some()
+            || delivery.attributes.iter().any(|a| {
+                a.name == plugworker_claim_check::RESERVED_ATTRIBUTE
+                    || a.name == plugworker_claim_check::LEGACY_RESERVED_ATTRIBUTE
+            });
+        let outgoing = match is_pointer {
+            true => plugworker_claim_check::Outgoing {
+                body: wire_body(delivery).to_string(),
+                attributes: HashMap::new(),
+                pointer: None,
+            },
+            false => dlq_claim
+                .offload(delivery.body.clone(), &attributes)
+                .await
+                .map_err(|e| QueueError::new("SendMessage (dead-letter queue)", e))?,
+        };
+        let mut request = outgoing.apply(self.client.send_message().queue_url(dlq_url));
+        for (name, value) in attributes {
             request = request.message_attributes(name, value);
         }
         if self.fifo {
@@ -607,11 +687,21 @@ impl JobQueue for SqsJobQueue {
                 .message_group_id(delivery.group_id.as_deref().unwrap_or("plugworker"))
                 .message_deduplication_id(deduplication_id("dlq", &delivery.message_id));
         }
-        request
-            .send()
-            .await
-            .map_err(|e| sdk_error("SendMessage (dead-letter queue)", e))?;
+        if let Err(error) = request.send().await {
+            if let Some(pointer) = &outgoing.pointer {
+                let _ = dlq_claim.discard(pointer).await;
+            }
+            return Err(sdk_error("SendMessage (dead-letter queue)", error));
+        }
         Ok(true)
+    }
+
+    async fn release_payload(&self, delivery: &Delivery) {
+        if let Some(stored) = &delivery.stored
+            && let Err(error) = self.claim.release(&stored.pointer).await
+        {
+            tracing::warn!(%error, message_id = %delivery.message_id, "could not delete the job's body from S3; the bucket's lifecycle rule expires it");
+        }
     }
 
     fn max_attempts(&self) -> u32 {
@@ -715,6 +805,8 @@ pub struct SqsResults {
     queue_url: String,
     max_message_size: usize,
     fifo: bool,
+    /// Offloads results over the queue's threshold to S3 (if a bucket is configured).
+    claim: ClaimCheck,
 }
 
 /// Error codes with which SQS refuses a message's content, not the request as such.
@@ -727,25 +819,27 @@ const CONTENT_REFUSED: [&str; 5] = [
 ];
 
 impl SqsResults {
-    /// Reads the results queue's size limit and type.
-    pub async fn connect(client: Client, queue_url: String) -> Result<Self, StartupError> {
+    /// Reads the results queue's size limit and type; `claim` gets the queue's threshold
+    /// unless it was configured (`--payload-threshold`).
+    pub async fn connect(
+        client: Client,
+        queue_url: String,
+        claim: ClaimCheck,
+        threshold_configured: bool,
+    ) -> Result<Self, StartupError> {
         let attributes = queue_attributes(&client, "results", &queue_url).await?;
+        let claim = if threshold_configured {
+            claim
+        } else {
+            claim.with_threshold(threshold_for_max_message_size(attributes.max_message_size))
+        };
         Ok(Self {
             client,
             queue_url,
             max_message_size: attributes.max_message_size,
             fifo: attributes.fifo,
+            claim,
         })
-    }
-
-    /// For a queue whose attributes are known (benchmarks).
-    pub fn new(client: Client, queue_url: String, max_message_size: usize, fifo: bool) -> Self {
-        Self {
-            client,
-            queue_url,
-            max_message_size,
-            fifo,
-        }
     }
 
     pub fn max_message_size(&self) -> usize {
@@ -776,23 +870,40 @@ impl ResultSink for SqsResults {
         if let Some(algorithm) = &algorithm {
             attributes.push(("algorithm", "String", &**algorithm));
         }
-        let size = message_size(&body, &attributes);
-        if size > self.max_message_size {
-            return Err(PublishError::TooLarge {
-                size,
-                max: self.max_message_size,
-            });
-        }
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body);
+        let mut values = HashMap::new();
         for (name, _, value) in &attributes {
-            request = request.message_attributes(
-                *name,
+            values.insert(
+                name.to_string(),
                 SqsJobQueue::string_attribute(value).map_err(PublishError::Rejected)?,
             );
+        }
+        // Over the threshold: through S3 if a bucket is configured (consumers using AWS's
+        // extended client read it transparently), else too large.
+        let size = message_size(&body, &attributes);
+        let outgoing = match self.claim.offload(body, &values).await {
+            Ok(outgoing) => outgoing,
+            Err(plugworker_claim_check::Error::TooLarge { .. }) => {
+                return Err(PublishError::TooLarge {
+                    size,
+                    max: self.claim.threshold().min(self.max_message_size),
+                });
+            }
+            Err(error) if error.is_permanent() => {
+                return Err(PublishError::Rejected(QueueError::new(
+                    "S3 claim-check",
+                    error,
+                )));
+            }
+            Err(error) => {
+                return Err(PublishError::Unavailable(QueueError::new(
+                    "S3 claim-check",
+                    error,
+                )));
+            }
+        };
+        let mut request = outgoing.apply(self.client.send_message().queue_url(&self.queue_url));
+        for (name, value) in values {
+            request = request.message_attributes(name, value);
         }
         if self.fifo {
             // The job's group keeps its order among results; a job from a standard queue
@@ -806,7 +917,13 @@ impl ResultSink for SqsResults {
                 )
                 .message_deduplication_id(deduplication_id("result", &result.message_id));
         }
-        request.send().await.map_err(|e| {
+        let sent = request.send().await;
+        if sent.is_err()
+            && let Some(pointer) = &outgoing.pointer
+        {
+            let _ = self.claim.discard(pointer).await;
+        }
+        sent.map_err(|e| {
             let code = e.code().map(str::to_owned);
             let error = sdk_error("SendMessage (results queue)", e);
             if code.is_some_and(|c| CONTENT_REFUSED.contains(&c.as_str())) {
@@ -929,12 +1046,16 @@ mod tests {
     #[test]
     fn the_dead_letter_queue_must_take_every_job() {
         let jobs = attributes();
-        assert!(check_dead_letter_queue(&jobs, &attributes()).is_ok());
+        assert!(check_dead_letter_queue(&jobs, &attributes(), false).is_ok());
         let small = QueueAttributes {
             max_message_size: 65_536,
             ..attributes()
         };
-        let error = check_dead_letter_queue(&jobs, &small)
+        assert!(
+            check_dead_letter_queue(&jobs, &small, true).is_ok(),
+            "large copies go through S3"
+        );
+        let error = check_dead_letter_queue(&jobs, &small, false)
             .unwrap_err()
             .to_string();
         assert!(
@@ -946,7 +1067,7 @@ mod tests {
             ..attributes()
         };
         assert_eq!(
-            attribute_at_fault(check_dead_letter_queue(&jobs, &fifo)),
+            attribute_at_fault(check_dead_letter_queue(&jobs, &fifo, true)),
             "FifoQueue"
         );
     }

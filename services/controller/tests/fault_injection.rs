@@ -16,7 +16,9 @@ mod common;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use common::{Stack, job};
+use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATTRIBUTE};
 use plugworker_discovery::{ConsulClient, ConsulConfig, ServiceRegistration};
+use plugworker_testkit::s3::S3;
 use plugworker_testkit::sqs::QueueOptions;
 use plugworker_testkit::{
     Process, bin_path, eventually, free_port, metric_value, passing_instances,
@@ -66,14 +68,33 @@ impl Ledger {
     /// Collects results until every submitted job has one (or `timeout`), then a little
     /// longer to catch late duplicates, then the DLQ.
     async fn settle(stack: &Stack, submitted: &[String], timeout: Duration) -> Self {
+        Self::settle_with(stack, submitted, timeout, &ClaimCheck::disabled()).await
+    }
+
+    /// Like [`Ledger::settle`], reading results sent through S3 as AWS's extended client
+    /// would.
+    async fn settle_with(
+        stack: &Stack,
+        submitted: &[String],
+        timeout: Duration,
+        claim: &ClaimCheck,
+    ) -> Self {
         let deadline = Instant::now() + timeout;
         let mut results = Vec::new();
         let wanted: HashSet<&str> = submitted.iter().map(String::as_str).collect();
+        let read = |message: Message| async move {
+            let attributes = message.message_attributes().cloned().unwrap_or_default();
+            let body = claim
+                .resolve(message.body().unwrap(), &attributes)
+                .await
+                .expect("a readable result")
+                .body;
+            let value: Value = serde_json::from_str(&body).expect("results are JSON");
+            (message, value)
+        };
         loop {
             for message in stack.sqs.drain(&stack.queues.results).await {
-                let value: Value =
-                    serde_json::from_str(message.body().unwrap()).expect("results are JSON");
-                results.push((message, value));
+                results.push(read(message).await);
             }
             let seen: HashSet<&str> = results
                 .iter()
@@ -86,8 +107,7 @@ impl Ledger {
         }
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for message in stack.sqs.drain(&stack.queues.results).await {
-            let value: Value = serde_json::from_str(message.body().unwrap()).unwrap();
-            results.push((message, value));
+            results.push(read(message).await);
         }
         let dead = stack.sqs.drain(&stack.queues.dlq).await;
         Self { results, dead }
@@ -207,7 +227,7 @@ async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job
     assert_eq!(result["error"]["code"], "result_too_large");
     assert_eq!(result["attempt"], 1, "the runner ran once");
     let message = result["error"]["message"].as_str().unwrap();
-    assert!(message.contains("262144"), "{message}");
+    assert!(message.contains("--payload-bucket"), "{message}");
     assert_eq!(ledger.result(&small)["result"]["message"], "fits");
     assert_eq!(ledger.dead.len(), 1, "the job is kept for a redrive");
     assert_eq!(
@@ -692,4 +712,111 @@ async fn dev_refuses_zero_attempts_and_reports_a_non_utf8_line_while_the_rest_ru
     );
     assert!(stderr.contains("3 jobs, 2 ok, 1 failed"), "{stderr}");
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_bad_pointer_is_an_error_result()
+ {
+    // Every queue at 256 KiB: the job and its echo are both larger.
+    let stack = Stack::start_with(QueueOptions {
+        max_message_size: Some(AWS_256_KIB),
+        ..QueueOptions::default()
+    })
+    .await;
+    let s3 = S3::on(&stack.sqs);
+    s3.create_bucket("payloads").await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, _) = stack.controller_with_env(
+        &["--payload-bucket", "payloads"],
+        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+    );
+    // A producer using the extended client format: the 300 KB job goes through S3.
+    let claim = ClaimCheck::new(
+        s3.client.clone(),
+        ClaimCheckConfig {
+            bucket: Some("payloads".into()),
+            threshold: 200_000,
+            key_prefix: "producer/".into(),
+            delete_after_use: true,
+        },
+    );
+    let message = "y".repeat(300_000);
+    let outgoing = claim
+        .offload(
+            job("echo", json!({"message": message})).to_string(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(outgoing.pointer.is_some());
+    let large = outgoing
+        .apply(
+            stack
+                .sqs
+                .client
+                .send_message()
+                .queue_url(&stack.queues.jobs),
+        )
+        .send()
+        .await
+        .unwrap()
+        .message_id()
+        .unwrap()
+        .to_string();
+    // A pointer to nothing.
+    let size = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value("1000")
+        .build()
+        .unwrap();
+    let dangling = stack
+        .sqs
+        .client
+        .send_message()
+        .queue_url(&stack.queues.jobs)
+        .message_body(Pointer::new("payloads", "producer/missing").to_body())
+        .message_attributes(RESERVED_ATTRIBUTE, size)
+        .send()
+        .await
+        .unwrap()
+        .message_id()
+        .unwrap()
+        .to_string();
+    let submitted = vec![large.clone(), dangling.clone()];
+    let ledger = Ledger::settle_with(&stack, &submitted, Duration::from_secs(60), &claim).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&large);
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["result"]["message"].as_str().unwrap().len(), 300_000);
+    let (sent, _) = ledger
+        .results
+        .iter()
+        .find(|(_, r)| r["message_id"] == large.as_str())
+        .unwrap();
+    assert!(
+        sent.message_attributes()
+            .unwrap()
+            .contains_key(RESERVED_ATTRIBUTE),
+        "the result went through S3"
+    );
+    let bad = ledger.result(&dangling);
+    assert_eq!(bad["error"]["code"], "payload_unavailable", "{bad}");
+    assert_eq!(bad["error"]["class"], "permanent");
+    assert_eq!(ledger.dead.len(), 1);
+    assert!(
+        ledger.dead[0].body().unwrap().contains("producer/missing"),
+        "the DLQ copy is the pointer as received"
+    );
+    // The job's object went with its message; the result's object is the consumer's.
+    let keys = s3.keys("payloads").await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("producer/")),
+        "the job's body is deleted once its message is: {keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("payloads/")).count(),
+        1,
+        "{keys:?}"
+    );
 }

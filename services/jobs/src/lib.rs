@@ -128,6 +128,8 @@ pub mod codes {
     pub const RESULT_TOO_LARGE: &str = "result_too_large";
     /// The results queue refused the result for another reason than its size.
     pub const RESULT_UNPUBLISHABLE: &str = "result_unpublishable";
+    /// The job's body is a claim-check pointer (S3) that cannot be read.
+    pub const PAYLOAD_UNAVAILABLE: &str = "payload_unavailable";
 }
 
 /// The error part of a result.
