@@ -129,26 +129,28 @@ def job(i: int) -> str:
     return json.dumps({"id": f"j{i}", "algorithm": "echo", "payload": {"message": f"soak {i}", "delay_ms": random.choice([0, 20, 100, 400])}})
 
 
-def submit(stack: Stack) -> set:
-    ids = set()
-    for start in range(0, JOBS, 10):
-        entries = [{"Id": str(k), "MessageBody": job(start + k)} for k in range(min(10, JOBS - start))]
-        response = stack.sqs.send_message_batch(QueueUrl=stack.jobs, Entries=entries)
+def submit(stack: Stack, ids: set, bodies: list):
+    """Sends the jobs (in a thread of its own: the chaos starts while they arrive)."""
+    sqs = boto3.client("sqs", endpoint_url=stack.endpoint, region_name="us-east-1", aws_access_key_id="test", aws_secret_access_key="test")
+    for start in range(0, len(bodies), 10):
+        entries = [{"Id": str(k), "MessageBody": body} for k, body in enumerate(bodies[start:start + 10])]
+        response = sqs.send_message_batch(QueueUrl=stack.jobs, Entries=entries)
         if response.get("Failed"):
             raise SystemExit(f"soak: submitting failed: {response['Failed']}")
         ids.update(m["MessageId"] for m in response["Successful"])
-    return ids
 
 
-def drain(sqs, url, attributes=False):
+def drain(sqs, url, attributes=False, limit=None):
+    """Receives and deletes what `url` holds (at most `limit` messages)."""
     out = []
-    while True:
+    while limit is None or len(out) < limit:
         kwargs = {"MessageAttributeNames": ["All"]} if attributes else {}
         messages = sqs.receive_message(QueueUrl=url, MaxNumberOfMessages=10, WaitTimeSeconds=0, **kwargs).get("Messages", [])
         if not messages:
             return out
         sqs.delete_message_batch(QueueUrl=url, Entries=[{"Id": str(i), "ReceiptHandle": m["ReceiptHandle"]} for i, m in enumerate(messages)])
         out.extend(messages)
+    return out
 
 
 def main():
@@ -160,8 +162,10 @@ def main():
         time.sleep(2)
         stack.start_controller()
         started = time.time()
-        submitted = submit(stack)
-        log(f"{len(submitted)} jobs submitted in {time.time() - started:.1f} s; logs in {LOGS}")
+        submitted = set()
+        sender = threading.Thread(target=submit, args=(stack, submitted, [job(i) for i in range(JOBS)]))
+        sender.start()
+        log(f"submitting {JOBS} jobs; logs in {LOGS}")
         results = collections.Counter()
         statuses = collections.Counter()
         errors = set()
@@ -170,14 +174,14 @@ def main():
         next_kill = time.time() + KILL_EVERY
         deadline = time.time() + TIMEOUT
         while time.time() < deadline:
-            for message in drain(stack.sqs, stack.results):
+            for message in drain(stack.sqs, stack.results, limit=100):
                 result = json.loads(message["Body"])
                 results[result["message_id"]] += 1
                 if result["status"] == "error":
                     errors.add(result["message_id"])
                 if results[result["message_id"]] == 1:
                     statuses[(result["status"], (result.get("error") or {}).get("code", ""))] += 1
-            done = len(submitted & set(results))
+            done = len(set(submitted) & set(results))
             if restarts < 2 and done >= JOBS * (restarts + 1) / 3:
                 stack.restart_controller()
                 restarts += 1
@@ -185,7 +189,7 @@ def main():
                 stack.kill_a_runner()
                 kills += 1
                 next_kill = time.time() + KILL_EVERY * random.uniform(0.5, 1.5)
-            if done >= JOBS:
+            if done >= JOBS and not sender.is_alive():
                 break
             time.sleep(0.2)
         elapsed = time.time() - started
