@@ -820,3 +820,114 @@ async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_ba
         "{keys:?}"
     );
 }
+
+/// The venv's Python, where `scripts/setup.sh` installs AWS's SQS extended client.
+fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var("PLUGWORKER_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/plugworker/venv")
+        });
+    venv.join("bin/python")
+}
+
+/// Runs one of the claim-check crate's extended-client scripts against moto, on a blocking
+/// thread: the test's runtime serves the registry meanwhile.
+async fn extended_client(stack: &Stack, script: &str, args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../claim-check/tests/py")
+        .join(script);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let endpoint = stack.sqs.endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(venv_python())
+            .arg(&script)
+            .args(&args)
+            .envs(plugworker_testkit::sqs::AWS_ENV)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (run scripts/setup.sh)",
+                    script.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back_by_that_client() {
+    let stack = Stack::start_with(QueueOptions {
+        max_message_size: Some(AWS_256_KIB),
+        ..QueueOptions::default()
+    })
+    .await;
+    S3::on(&stack.sqs).create_bucket("payloads").await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, _) = stack.controller_with_env(
+        &["--payload-bucket", "payloads"],
+        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+    );
+    let dir = std::env::temp_dir().join(format!("plugworker-5mb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("job.json");
+    let message = "z".repeat(5_000_000);
+    std::fs::write(&body, job("echo", json!({"message": message})).to_string()).unwrap();
+    let sent = extended_client(
+        &stack,
+        "extended_send.py",
+        &[
+            "--queue-url",
+            &stack.queues.jobs,
+            "--bucket",
+            "payloads",
+            "--body-file",
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let id = sent["MessageId"].as_str().unwrap().to_string();
+    let out = dir.join("result.json");
+    extended_client(
+        &stack,
+        "extended_receive.py",
+        &[
+            "--queue-url",
+            &stack.queues.results,
+            "--out",
+            out.to_str().unwrap(),
+            "--wait",
+            "120",
+            "--delete-payload",
+        ],
+    )
+    .await;
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(result["message_id"], id.as_str());
+    assert_eq!(result["status"], "ok", "{}", result["error"]);
+    assert_eq!(
+        result["result"]["message"].as_str().unwrap().len(),
+        5_000_000
+    );
+    assert_eq!(result["attempt"], 1);
+    // Nothing else: no duplicate result, nothing dead-lettered, the job gone.
+    let ledger = Ledger::settle(&stack, &[], Duration::from_secs(1)).await;
+    assert!(ledger.results.is_empty(), "a second result");
+    assert!(ledger.dead.is_empty());
+    eventually(Duration::from_secs(10), "the job deleted", || async {
+        (stack.sqs.counts(&stack.queues.jobs).await == (0, 0)).then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
