@@ -2,13 +2,14 @@
 import pathlib
 import sys
 
-from . import compose_rules, dockerfile_rules, terraform_rules, tools
+from . import compose_rules, dockerfile_rules, shutdown_rules, terraform_rules, tools
 
 
 def main() -> int:
     repo = pathlib.Path(sys.argv[1] if len(sys.argv) > 1 else pathlib.Path(__file__).resolve().parents[2])
     sections = {
         "terraform HCL rules": terraform_rules.run(repo / "terraform"),
+        "controller shutdown vs ECS stop timeout": shutdown_rules.run(repo / "terraform"),
         "checkov terraform": tools.checkov(repo / "terraform", "terraform"),
         "checkov dockerfiles": tools.checkov(repo / "infra" / "docker", "dockerfile"),
         "Dockerfiles": dockerfile_rules.run(repo),

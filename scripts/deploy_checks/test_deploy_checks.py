@@ -305,5 +305,9 @@ class CreateQueues(unittest.TestCase):
         self.assertIn("exceeds the SQS maximum", too_long.stderr)
 
 
+# The shutdown rule's tests live beside their rule; imported here so this module runs them.
+from .test_shutdown_rules import ShutdownRules  # noqa: E402,F401
+
+
 if __name__ == "__main__":
     unittest.main()

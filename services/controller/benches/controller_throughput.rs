@@ -10,7 +10,7 @@
 //! (32), BENCH_SQS_JOBS (100; moto slows down with queue depth).
 
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
-use plugworker_controller::sqs::{SqsJobQueue, SqsResults};
+use plugworker_controller::sqs::{JobsQueueOptions, SqsJobQueue, SqsResults};
 use plugworker_controller::{Controller, Dispatcher, Settings};
 use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
 use plugworker_registry::{Registry, RegistryConfig};
@@ -201,12 +201,22 @@ fn main() {
         let sqs = Sqs::start().await;
         let queues = sqs.create_queues("bench", Duration::from_secs(60), 5).await;
         let queue = Arc::new(
-            SqsJobQueue::connect(sqs.client.clone(), queues.jobs.clone(), None, Duration::from_secs(1), None).await.unwrap(),
+            SqsJobQueue::connect(
+                sqs.client.clone(),
+                queues.jobs.clone(),
+                None,
+                Duration::from_secs(1),
+                None,
+                &JobsQueueOptions { allow_no_dlq: false, job_timeout: Duration::from_secs(300), runner_wait: Duration::from_secs(10) },
+                plugworker_claim_check::ClaimCheck::disabled(),
+            )
+            .await
+            .unwrap(),
         );
         for _ in 0..sqs_jobs {
             sqs.send(&queues.jobs, JOB).await;
         }
-        let sink: Arc<dyn plugworker_controller::queue::ResultSink> = Arc::new(SqsResults::new(sqs.client.clone(), queues.results.clone()));
+        let sink: Arc<dyn plugworker_controller::queue::ResultSink> = Arc::new(SqsResults::connect(sqs.client.clone(), queues.results.clone(), plugworker_claim_check::ClaimCheck::disabled(), false).await.unwrap());
         let sqs_run = through_controller(queue, || {}, sqs_jobs, resolver.clone(), concurrency, Some(sink), Some((&sqs, &queues.results))).await;
         report("through the controller (moto SQS, information)", &sqs_run);
         registry.stop().await;

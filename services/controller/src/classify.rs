@@ -16,11 +16,16 @@ pub fn status_error(status: &tonic::Status) -> ErrorInfo {
         Code::DeadlineExceeded | Code::Cancelled => (codes::TIMEOUT, ErrorClass::Transient),
         _ => (codes::RUNNER_ERROR, ErrorClass::Transient),
     };
-    ErrorInfo {
-        code: code.to_string(),
-        message: format!("{:?}: {}", status.code(), status.message()),
+    // Capped: a runner's message may quote the job.
+    ErrorInfo::new(
+        code,
         class,
-    }
+        format!(
+            "{:?}: {}",
+            status.code(),
+            plugworker_jobs::text::cap(status.message(), plugworker_jobs::MAX_ERROR_MESSAGE_CHARS)
+        ),
+    )
 }
 
 /// Whether a failed call should be tried once more on another instance right away.

@@ -12,11 +12,20 @@ pub struct QueueArgs {
     /// URL of the results queue.
     #[arg(long, env = "PLUGWORKER_RESULTS_QUEUE_URL")]
     pub results_queue_url: String,
-    /// URL of the dead-letter queue (default: the jobs queue's redrive target).
+    /// URL of the dead-letter queue (default: the jobs queue's redrive target; if both
+    /// are given they must agree).
     #[arg(long, env = "PLUGWORKER_DLQ_URL")]
     pub dlq_url: Option<String>,
+    /// Run on a jobs queue without a redrive policy. Failed jobs still get a final error
+    /// result (transient failures after 5 attempts) and are copied to --dlq-url if given,
+    /// but a message the controller cannot act on is received forever.
+    #[arg(long, env = "PLUGWORKER_ALLOW_NO_DLQ")]
+    pub allow_no_dlq: bool,
     #[command(flatten)]
     pub sqs: SqsArgs,
+    /// Large jobs, results and DLQ copies through S3 (AWS's extended client format).
+    #[command(flatten)]
+    pub payload: plugworker_claim_check::PayloadArgs,
 }
 
 /// How to reach SQS; shared by every command that talks to a queue.
@@ -55,6 +64,10 @@ pub struct ControllerArgs {
     /// Jobs running at once per algorithm (default: --max-in-flight).
     #[arg(long, env = "PLUGWORKER_MAX_IN_FLIGHT_PER_ALGORITHM")]
     pub max_in_flight_per_algorithm: Option<usize>,
+    /// Jobs waiting for a runner of their algorithm to appear (they hold no run slot);
+    /// beyond this, such a job is put back at once.
+    #[arg(long, env = "PLUGWORKER_MAX_WAITING_FOR_RUNNER", default_value_t = 64)]
+    pub max_waiting_for_runner: usize,
     /// Concurrent calls to one runner instance.
     #[arg(long, env = "PLUGWORKER_MAX_CALLS_PER_INSTANCE", default_value_t = 64)]
     pub max_calls_per_instance: usize,
@@ -73,7 +86,9 @@ pub struct ControllerArgs {
     /// Extend a running job's visibility every (visibility timeout × this).
     #[arg(long, env = "PLUGWORKER_HEARTBEAT_FRACTION", default_value_t = 0.5)]
     pub heartbeat_fraction: f64,
-    /// On SIGTERM, how long running jobs may finish before they are released.
+    /// On SIGTERM, how long running jobs may finish before they are put back for another
+    /// controller. Keep the orchestrator's stop timeout above this + --receive-wait + 15 s
+    /// (ECS: the container's stopTimeout).
     #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
     /// How long Consul may hold each blocking query of the resolver.
@@ -88,6 +103,7 @@ impl ControllerArgs {
             max_in_flight_per_algorithm: self
                 .max_in_flight_per_algorithm
                 .unwrap_or(self.max_in_flight),
+            max_waiting_for_runner: self.max_waiting_for_runner,
             max_calls_per_instance: self.max_calls_per_instance,
             job_timeout: self.job_timeout,
             runner_wait: self.runner_wait,

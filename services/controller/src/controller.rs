@@ -1,28 +1,47 @@
 //! The job loop: receive, run, deliver, acknowledge, in that order.
 //!
-//! Invariants (DESIGN.md §3):
-//! - a message is deleted only after its result (ok or error) has been published;
-//! - permanent errors: error result, then a copy to the DLQ, then delete; never retried;
-//! - transient errors: the message becomes visible again after a growing backoff; on the
-//!   queue's last allowed receive an error result is published too, and the queue's
-//!   redrive policy moves the message to the DLQ;
-//! - while a job runs, its message's visibility is extended, so a long job is not
-//!   delivered twice;
+//! Invariants (the delivery guarantee, `docs/delivery.md`):
+//! - a message is deleted only after its final result (ok or error) has been published;
+//! - a final result is published once per message id by a controller: if the DLQ copy or
+//!   the delete that follow it fail, the redelivered message finishes those steps and is
+//!   not run or published again ([`Finals`]);
+//! - permanent errors: error result, copy to the DLQ, delete; never retried;
+//! - transient errors: visible again after a growing backoff; on the last attempt (the
+//!   redrive policy's `maxReceiveCount`) the error result is published and the job copied
+//!   to the DLQ, like a permanent error;
+//! - a result the results queue refuses (too large, characters it does not accept) is
+//!   replaced by an error result saying so; a result that cannot be published at all
+//!   keeps its message (re-queued without spending a receive) and is counted in
+//!   `plugworker_results_unpublishable_total`;
+//! - while a job runs (or waits for a runner), its message's visibility is extended, so a
+//!   long job is not delivered twice;
+//! - a job waiting for a runner to appear holds no run slot;
+//! - FIFO queues: jobs of one message group run one at a time, in the order received;
 //! - on shutdown: stop receiving, let running jobs finish within the grace period, and
-//!   make the rest visible again at once.
+//!   put the rest back without spending one of their receives.
 
 use crate::dispatch::{Dispatcher, Failure, Success};
 use crate::metrics::{ControllerMetrics, MetricsSource, Outcome};
-use crate::queue::{Delivery, JobQueue, ResultSink};
-use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, Status, Timings, parse_job};
+use crate::queue::{Delivery, JobQueue, PublishError, ResultSink};
+use plugworker_jobs::{
+    ErrorClass, ErrorInfo, JobResult, RunnerInfo, Status, Timings, codes, parse_job,
+};
 use rand::Rng;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::Instrument;
+
+/// SQS's longest message delay: a re-queued copy cannot be held back longer.
+const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
+/// Message ids whose final result this controller published, remembered for redeliveries.
+const FINALS_REMEMBERED: usize = 100_000;
+/// After the grace period, how long jobs get to put their messages back before they are
+/// abandoned (their messages then reappear after the visibility timeout).
+const REQUEUE_GRACE: Duration = Duration::from_secs(15);
 
 /// How the controller behaves; see `ControllerArgs` for the flags that set it.
 #[derive(Clone, Debug)]
@@ -31,6 +50,9 @@ pub struct Settings {
     pub max_in_flight: usize,
     /// Jobs running at once per algorithm.
     pub max_in_flight_per_algorithm: usize,
+    /// Jobs waiting (without a run slot) for a runner of their algorithm to appear; beyond
+    /// this, such a job is put back at once with a `no_runner` error.
+    pub max_waiting_for_runner: usize,
     /// Concurrent calls to one runner instance.
     pub max_calls_per_instance: usize,
     /// Deadline of one run on a runner.
@@ -52,6 +74,7 @@ impl Default for Settings {
         Self {
             max_in_flight: 64,
             max_in_flight_per_algorithm: 64,
+            max_waiting_for_runner: 64,
             max_calls_per_instance: 64,
             job_timeout: Duration::from_secs(300),
             runner_wait: Duration::from_secs(10),
@@ -63,19 +86,117 @@ impl Default for Settings {
     }
 }
 
+/// What running a job came to.
+#[derive(Debug)]
+enum Verdict {
+    Ok(Success),
+    /// The job itself is wrong: retrying cannot help.
+    Permanent(ErrorInfo, Option<RunnerInfo>),
+    /// Something around the job is wrong for now.
+    Transient(ErrorInfo, Option<RunnerInfo>),
+}
+
+impl From<Result<Success, Failure>> for Verdict {
+    fn from(outcome: Result<Success, Failure>) -> Self {
+        match outcome {
+            Ok(success) => Verdict::Ok(success),
+            Err(Failure { error, runner }) => match error.class {
+                ErrorClass::Permanent => Verdict::Permanent(error, runner),
+                ErrorClass::Transient => Verdict::Transient(error, runner),
+            },
+        }
+    }
+}
+
+/// The message ids whose final result this controller has published, and whether their
+/// DLQ copy is still to be made. A redelivery of one of them (its DLQ copy or its delete
+/// failed) finishes those steps instead of running the job and publishing again.
+///
+/// In memory, so it covers redeliveries to this controller only; bounded (oldest
+/// forgotten first), so it covers redeliveries within the last [`FINALS_REMEMBERED`]
+/// results.
+#[derive(Default)]
+struct Finals {
+    inner: Mutex<FinalsInner>,
+}
+
+/// A published final result: whether it is an error, and the DLQ copy still to make.
+#[derive(Clone, Debug, PartialEq)]
+struct Final {
+    failed: bool,
+    dead_letter: Option<ErrorInfo>,
+}
+
+#[derive(Default)]
+struct FinalsInner {
+    /// Message id → its final state.
+    by_id: HashMap<String, Final>,
+    /// Oldest first, for forgetting.
+    order: VecDeque<String>,
+}
+
+impl Finals {
+    fn get(&self, message_id: &str) -> Option<Final> {
+        lock(&self.inner).by_id.get(message_id).cloned()
+    }
+
+    /// Records a published final result and the DLQ copy still to make.
+    fn record(&self, message_id: &str, state: Final) {
+        let mut inner = lock(&self.inner);
+        let FinalsInner { by_id, order } = &mut *inner;
+        if by_id.insert(message_id.to_string(), state).is_none() {
+            order.push_back(message_id.to_string());
+            while order.len() > FINALS_REMEMBERED {
+                if let Some(oldest) = order.pop_front() {
+                    by_id.remove(&oldest);
+                }
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A job's place in its FIFO message group: it waits for the job before it, and tells the
+/// job after it whether it finished (a job that did not, went back to the queue, so the
+/// ones after it must too, to keep the group's order).
+struct GroupTurn {
+    group: String,
+    seq: u64,
+    previous: Option<oneshot::Receiver<bool>>,
+    done: oneshot::Sender<bool>,
+}
+
+/// FIFO groups with a job in this controller: each group's last job (its sequence number
+/// and `done` signal).
+#[derive(Default)]
+struct Groups {
+    next_seq: u64,
+    last: HashMap<String, (u64, oneshot::Receiver<bool>)>,
+}
+
 struct Context {
     queue: Arc<dyn JobQueue>,
     sink: Arc<dyn ResultSink>,
     dispatcher: Arc<Dispatcher>,
     settings: Settings,
+    run_slots: Arc<Semaphore>,
+    waiting_for_runner: Arc<Semaphore>,
+    /// Per-algorithm limits, for algorithms runners announce only: a producer inventing
+    /// names cannot grow this map.
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
-    /// Jobs being handled, by receipt, for releasing them if shutdown outlasts the grace.
-    in_flight: Mutex<HashMap<String, Arc<Delivery>>>,
+    finals: Finals,
+    groups: Mutex<Groups>,
+    /// Turns true when the shutdown grace is over: unfinished jobs put their messages back.
+    give_up: watch::Receiver<bool>,
     metrics: ControllerMetrics,
 }
 
 pub struct Controller {
     context: Arc<Context>,
+    give_up: watch::Sender<bool>,
 }
 
 impl Controller {
@@ -85,16 +206,22 @@ impl Controller {
         dispatcher: Arc<Dispatcher>,
         settings: Settings,
     ) -> Self {
+        let (give_up, give_up_receiver) = watch::channel(false);
         Self {
             context: Arc::new(Context {
                 queue,
                 sink,
                 dispatcher,
+                run_slots: Arc::new(Semaphore::new(settings.max_in_flight.max(1))),
+                waiting_for_runner: Arc::new(Semaphore::new(settings.max_waiting_for_runner)),
                 settings,
                 per_algorithm: Mutex::new(HashMap::new()),
-                in_flight: Mutex::new(HashMap::new()),
+                finals: Finals::default(),
+                groups: Mutex::new(Groups::default()),
+                give_up: give_up_receiver,
                 metrics: ControllerMetrics::new(),
             }),
+            give_up,
         }
     }
 
@@ -117,15 +244,22 @@ impl Controller {
     /// Runs until `shutdown` resolves, then drains as the module docs say.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let context = self.context;
-        let slots = Arc::new(Semaphore::new(context.settings.max_in_flight.max(1)));
+        let slots = context.run_slots.clone();
         let mut jobs = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
         let mut queue_errors = 0u32;
+        // The grace period counts from the shutdown request, a receive in progress
+        // included, so the whole shutdown takes at most max(grace, receive wait) plus the
+        // time to put unfinished jobs back (what the orchestrator's stop timeout must allow).
+        let mut stop_requested = None;
         'receiving: loop {
             while jobs.try_join_next().is_some() {}
             let first = tokio::select! {
                 permit = slots.clone().acquire_owned() => permit.expect("never closed"),
-                () = &mut shutdown => break 'receiving,
+                () = &mut shutdown => {
+                    stop_requested = Some(tokio::time::Instant::now());
+                    break 'receiving;
+                }
             };
             let want = 1 + slots.available_permits().min(9);
             let receive = context.queue.receive(want);
@@ -133,8 +267,11 @@ impl Controller {
             let (received, stopping) = tokio::select! {
                 received = &mut receive => (received, false),
                 // A receive in progress is finished, not abandoned: what it brings back is
-                // released at once instead of staying invisible for a visibility timeout.
-                () = &mut shutdown => (receive.await, true),
+                // put back at once instead of staying invisible for a visibility timeout.
+                () = &mut shutdown => {
+                    stop_requested = Some(tokio::time::Instant::now());
+                    (receive.await, true)
+                }
             };
             let deliveries = match received {
                 Ok(deliveries) => {
@@ -156,13 +293,18 @@ impl Controller {
                     let delay = Duration::from_millis(200) * 2u32.pow(queue_errors.min(6));
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue 'receiving,
-                        () = &mut shutdown => break 'receiving,
+                        () = &mut shutdown => {
+                            stop_requested = Some(tokio::time::Instant::now());
+                            break 'receiving;
+                        }
                     }
                 }
             };
             if stopping {
+                // Received but never started: back without spending a receive, in order
+                // (a FIFO group's first message first).
                 for delivery in &deliveries {
-                    release(&context, delivery).await;
+                    put_back(&context, delivery).await;
                 }
                 break 'receiving;
             }
@@ -172,55 +314,83 @@ impl Controller {
                     Some(permit) => permit,
                     None => slots.clone().acquire_owned().await.expect("never closed"),
                 };
-                context.metrics.in_flight.inc();
-                let delivery = Arc::new(delivery);
-                context
-                    .in_flight
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .insert(delivery.receipt.clone(), delivery.clone());
-                jobs.spawn(handle(context.clone(), delivery, permit));
+                let turn = delivery
+                    .group_id
+                    .clone()
+                    .map(|group| context.take_turn(group));
+                jobs.spawn(handle(context.clone(), Arc::new(delivery), permit, turn));
             }
         }
 
         let running = jobs.len();
         tracing::info!(running, grace = ?context.settings.shutdown_grace, "controller stopping: no new jobs; letting running jobs finish");
-        let drained = tokio::time::timeout(context.settings.shutdown_grace, async {
+        let deadline = stop_requested.unwrap_or_else(tokio::time::Instant::now)
+            + context.settings.shutdown_grace;
+        let drained = tokio::time::timeout_at(deadline, async {
             while jobs.join_next().await.is_some() {}
         })
         .await
         .is_ok();
         if !drained {
-            jobs.abort_all();
-            while jobs.join_next().await.is_some() {}
-            let abandoned: Vec<Arc<Delivery>> = context
-                .in_flight
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .drain()
-                .map(|(_, d)| d)
-                .collect();
             tracing::warn!(
-                count = abandoned.len(),
-                "grace period over; releasing unfinished jobs for redelivery"
+                count = jobs.len(),
+                "grace period over; putting unfinished jobs back for another controller"
             );
-            for delivery in &abandoned {
-                release(&context, delivery).await;
+            let _ = self.give_up.send(true);
+            let requeued = tokio::time::timeout(REQUEUE_GRACE, async {
+                while jobs.join_next().await.is_some() {}
+            })
+            .await
+            .is_ok();
+            if !requeued {
+                tracing::warn!(
+                    count = jobs.len(),
+                    "jobs could not put their messages back in time; they reappear after their visibility timeout"
+                );
+                jobs.abort_all();
+                while jobs.join_next().await.is_some() {}
             }
         }
         tracing::info!("controller stopped");
     }
 }
 
-/// Makes a message visible again now.
-async fn release(context: &Context, delivery: &Delivery) {
+/// Puts an unfinished job back for another controller, without counting this delivery
+/// as an attempt (it was interrupted, not tried).
+async fn put_back(context: &Context, delivery: &Delivery) {
     context.metrics.released.inc();
-    if let Err(error) = context.queue.retry_later(delivery, Duration::ZERO).await {
-        tracing::warn!(%error, message_id = %delivery.message_id, "could not release a job; it reappears after its visibility timeout");
+    let attempts = delivery.attempt().saturating_sub(1);
+    if let Err(error) = context
+        .queue
+        .requeue(delivery, attempts, Duration::ZERO)
+        .await
+    {
+        tracing::warn!(%error, message_id = %delivery.message_id, "could not put a job back; it reappears after its visibility timeout");
     }
 }
 
-async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, slot: OwnedSemaphorePermit) {
+/// Decrements the in-flight gauge however the job ends.
+struct InFlight(ControllerMetrics);
+
+impl InFlight {
+    fn new(metrics: &ControllerMetrics) -> Self {
+        metrics.in_flight.inc();
+        Self(metrics.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.dec();
+    }
+}
+
+async fn handle(
+    context: Arc<Context>,
+    delivery: Arc<Delivery>,
+    slot: OwnedSemaphorePermit,
+    turn: Option<GroupTurn>,
+) {
     // The CONSUMER span of the job's trace, continuing the producer's when the message
     // carries a `traceparent`.
     let span = tracing::info_span!(
@@ -229,7 +399,7 @@ async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, slot: OwnedSemap
         messaging.system = "aws_sqs",
         messaging.operation.type = "process",
         messaging.message.id = %delivery.message_id,
-        plugworker.receive_count = delivery.receive_count,
+        plugworker.receive_count = delivery.attempt(),
         plugworker.algorithm = tracing::field::Empty,
         plugworker.job_id = tracing::field::Empty,
         plugworker.outcome = tracing::field::Empty,
@@ -246,50 +416,67 @@ async fn handle(context: Arc<Context>, delivery: Arc<Delivery>, slot: OwnedSemap
             )],
         );
     }
-    handle_traced(context, delivery, slot, span.clone())
+    let _in_flight = InFlight::new(&context.metrics);
+    let (previous, done) = match turn {
+        Some(GroupTurn {
+            group,
+            seq,
+            previous,
+            done,
+        }) => (previous, Some((group, seq, done))),
+        None => (None, None),
+    };
+    let finished = handle_traced(&context, &delivery, slot, previous, span.clone())
         .instrument(span)
-        .await
+        .await;
+    if let Some((group, seq, done)) = done {
+        let _ = done.send(finished);
+        context.leave_group(&group, seq);
+    }
 }
 
+/// Handles one delivery; true if its message is gone from the queue (the job finished).
 async fn handle_traced(
-    context: Arc<Context>,
-    delivery: Arc<Delivery>,
-    _slot: OwnedSemaphorePermit,
+    context: &Context,
+    delivery: &Delivery,
+    slot: OwnedSemaphorePermit,
+    previous: Option<oneshot::Receiver<bool>>,
     span: tracing::Span,
-) {
+) -> bool {
     let received_at = SystemTime::now();
     let started = Instant::now();
+
+    if let Some(pending) = context.finals.get(&delivery.message_id) {
+        // Published already (by this controller): finish what failed after publishing,
+        // never run it or publish it again.
+        context.metrics.duplicate_deliveries.inc();
+        tracing::info!(message_id = %delivery.message_id, attempt = delivery.attempt(), "final result already published; finishing the message without running it again");
+        let outcome = finish(context, delivery, pending).await;
+        span.record("plugworker.outcome", outcome.label());
+        return outcome.is_final();
+    }
+
+    let mut give_up = context.give_up.clone();
     let work = async {
-        match parse_job(&delivery.body) {
-            Err(error) => {
-                let failure = Failure {
-                    error: ErrorInfo {
-                        code: error.code().into(),
-                        message: error.to_string(),
-                        class: ErrorClass::Permanent,
-                    },
-                    runner: None,
-                };
-                (None, None, Err(failure), Duration::ZERO)
-            }
-            Ok(job) => {
-                tracing::Span::current().record("plugworker.algorithm", job.algorithm.as_str());
-                if let Some(id) = &job.id {
-                    tracing::Span::current().record("plugworker.job_id", id.as_str());
-                }
-                let limit = context.algorithm_limit(&job.algorithm);
-                let _running = limit.acquire_owned().await.expect("never closed");
-                let queued = started.elapsed();
-                let outcome = context
-                    .dispatcher
-                    .run_waiting(&job, context.settings.runner_wait)
-                    .await;
-                (Some(job.algorithm), job.id, outcome, queued)
-            }
+        if let Some(previous) = previous
+            && !previous.await.unwrap_or(false)
+        {
+            // The job before it in its FIFO group went back to the queue: so does this
+            // one, or it would finish first.
+            return None;
         }
+        Some(run_job(context, delivery, slot, started).await)
     };
-    let (algorithm, job_id, outcome, queued) =
-        keep_invisible_while(&context, &delivery, work).await;
+    let work = keep_invisible_while(context, delivery, work);
+    let finished = tokio::select! {
+        finished = work => finished,
+        _ = give_up.wait_for(|g| *g) => None,
+    };
+    let Some((algorithm, job_id, verdict, queued)) = finished else {
+        put_back(context, delivery).await;
+        span.record("plugworker.outcome", Outcome::Released.label());
+        return false;
+    };
 
     let total = started.elapsed();
     let mut result = JobResult {
@@ -302,7 +489,7 @@ async fn handle_traced(
         runner: None,
         algorithm_version: None,
         trace_id: plugworker_telemetry::propagation::trace_id(&span),
-        attempt: delivery.receive_count,
+        attempt: delivery.attempt(),
         timings: Timings {
             received_at: humantime::format_rfc3339_millis(received_at).to_string(),
             queued_ms: millis(queued),
@@ -310,8 +497,9 @@ async fn handle_traced(
             total_ms: millis(total),
         },
     };
-    let class = match outcome {
-        Ok(Success {
+    let transient = matches!(verdict, Verdict::Transient(..));
+    match verdict {
+        Verdict::Ok(Success {
             result: value,
             algorithm_version,
             runner,
@@ -321,16 +509,13 @@ async fn handle_traced(
             result.algorithm_version = Some(algorithm_version);
             result.runner = Some(runner);
             result.timings.run_ms = run_micros as f64 / 1000.0;
-            None
         }
-        Err(Failure { error, runner }) => {
+        Verdict::Permanent(error, runner) | Verdict::Transient(error, runner) => {
             result.status = Status::Error;
             result.runner = runner;
-            let class = error.class;
             result.error = Some(error);
-            Some(class)
         }
-    };
+    }
     if let Some(error) = &result.error {
         span.record("otel.status_code", "ERROR");
         span.record("otel.status_description", error.message.as_str());
@@ -340,7 +525,13 @@ async fn handle_traced(
         );
     }
     let algorithm = result.algorithm.clone();
-    let outcome = deliver(&context, &delivery, result, class).await;
+    let outcome = if transient && delivery.attempt() < context.queue.max_attempts() {
+        retry(context, delivery, &result)
+            .await
+            .unwrap_or(Outcome::TransientError)
+    } else {
+        deliver(context, delivery, result.capped()).await
+    };
     span.record("plugworker.outcome", outcome.label());
     context.metrics.job_finished(
         algorithm.as_deref(),
@@ -348,12 +539,81 @@ async fn handle_traced(
         outcome,
         started.elapsed(),
     );
-    context.metrics.in_flight.dec();
-    context
-        .in_flight
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .remove(&delivery.receipt);
+    outcome.is_final()
+}
+
+type Ran = (Option<String>, Option<String>, Verdict, Duration);
+
+/// Parses and runs the job: (algorithm, job id, verdict, time queued).
+async fn run_job(
+    context: &Context,
+    delivery: &Delivery,
+    slot: OwnedSemaphorePermit,
+    started: Instant,
+) -> Ran {
+    if let Some(error) = &delivery.unreadable {
+        let verdict = match error.class {
+            ErrorClass::Permanent => Verdict::Permanent(error.clone(), None),
+            ErrorClass::Transient => Verdict::Transient(error.clone(), None),
+        };
+        return (None, None, verdict, Duration::ZERO);
+    }
+    let job = match parse_job(&delivery.body) {
+        Ok(job) => job,
+        Err(error) => {
+            let error = ErrorInfo::permanent(error.code(), error.to_string());
+            return (None, None, Verdict::Permanent(error, None), Duration::ZERO);
+        }
+    };
+    tracing::Span::current().record("plugworker.algorithm", job.algorithm.as_str());
+    if let Some(id) = &job.id {
+        tracing::Span::current().record("plugworker.job_id", id.as_str());
+    }
+    let mut slot = Some(slot);
+    let resolver = context.dispatcher.resolver();
+    if resolver.snapshot().instances(&job.algorithm).is_empty()
+        && !context.settings.runner_wait.is_zero()
+    {
+        // Waiting for a runner to appear: without a run slot, so jobs whose runners are
+        // up are not held up behind it; bounded by its own permits.
+        if let Ok(waiting) = context.waiting_for_runner.clone().try_acquire_owned() {
+            slot = None;
+            if context
+                .dispatcher
+                .wait_for_runner(&job.algorithm, context.settings.runner_wait)
+                .await
+            {
+                tracing::info!(algorithm = %job.algorithm, "a runner appeared for a waiting job");
+            }
+            drop(waiting);
+        }
+    }
+    let _slot = match slot {
+        Some(slot) => slot,
+        None => context
+            .run_slots
+            .clone()
+            .acquire_owned()
+            .await
+            .expect("never closed"),
+    };
+    if resolver.snapshot().instances(&job.algorithm).is_empty() {
+        let error = ErrorInfo::transient(
+            codes::NO_RUNNER,
+            format!("no healthy runner serves {:?} yet", job.algorithm),
+        );
+        return (
+            Some(job.algorithm),
+            job.id,
+            Verdict::Transient(error, None),
+            started.elapsed(),
+        );
+    }
+    let limit = context.algorithm_limit(&job.algorithm);
+    let _running = limit.acquire_owned().await.expect("never closed");
+    let queued = started.elapsed();
+    let verdict = Verdict::from(context.dispatcher.run(&job).await);
+    (Some(job.algorithm), job.id, verdict, queued)
 }
 
 fn class_name(class: ErrorClass) -> &'static str {
@@ -363,75 +623,129 @@ fn class_name(class: ErrorClass) -> &'static str {
     }
 }
 
-/// Publishes the result and acknowledges the message according to its error class.
-async fn deliver(
-    context: &Context,
-    delivery: &Delivery,
-    result: JobResult,
-    class: Option<ErrorClass>,
-) -> Outcome {
-    let queue = &context.queue;
+/// A transient failure with attempts left: visible again after a backoff.
+async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Option<Outcome> {
+    let error = result.error.as_ref()?;
+    let delay = backoff(&context.settings, delivery.attempt());
+    tracing::info!(message_id = %delivery.message_id, attempt = delivery.attempt(), code = %error.code, error = %error.message, retry_in = ?delay, "job failed transiently; it will be redelivered");
+    if let Err(error) = context.queue.retry_later(delivery, delay).await {
+        tracing::warn!(%error, message_id = %delivery.message_id, "could not set the redelivery delay; the visibility timeout applies");
+    }
+    Some(Outcome::TransientError)
+}
+
+/// Publishes the final result (or, if the queue refuses it, an error result saying why),
+/// then copies failed jobs to the DLQ and deletes the message.
+async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> Outcome {
     let message_id = &delivery.message_id;
-    match class {
-        None | Some(ErrorClass::Permanent) => {
-            if let Err(error) = context.sink.publish(&result).await {
-                tracing::warn!(%error, %message_id, "result not published; the job will be redelivered");
-                let _ = queue
-                    .retry_later(delivery, backoff(&context.settings, delivery.receive_count))
-                    .await;
-                return Outcome::TransientError;
-            }
-            if let Some(error) = result.error.as_ref().filter(|_| class.is_some()) {
-                tracing::info!(%message_id, code = %error.code, error = %error.message, "job failed permanently; moving it to the dead-letter queue");
-                if let Err(dlq_error) = queue.dead_letter(delivery, error).await {
-                    tracing::warn!(error = %dlq_error, %message_id, "could not copy the job to the dead-letter queue; it will be redelivered");
-                    let _ = queue
-                        .retry_later(delivery, backoff(&context.settings, delivery.receive_count))
-                        .await;
-                    return Outcome::TransientError;
-                }
-                context.metrics.dlq_move("permanent_error");
-            }
-            match queue.complete(delivery).await {
-                Ok(()) => {
-                    context.metrics.deletes.inc();
-                }
-                Err(error) => {
-                    tracing::warn!(%error, %message_id, "result delivered but the job could not be deleted; it may run again (same message id)");
-                }
+    let published = match context.sink.publish(&result, delivery).await {
+        Ok(()) => Ok(result),
+        Err(refused @ (PublishError::TooLarge { .. } | PublishError::Rejected(_))) => {
+            // The result itself is the problem: say so in a small error result instead,
+            // and keep the job in the DLQ for a redrive once the cause is fixed.
+            let code = match refused {
+                PublishError::TooLarge { .. } => codes::RESULT_TOO_LARGE,
+                _ => codes::RESULT_UNPUBLISHABLE,
             };
-            if class.is_some() {
-                Outcome::PermanentError
-            } else {
-                Outcome::Ok
+            tracing::warn!(%message_id, error = %refused, "the results queue refuses this result; publishing an error result instead");
+            let replacement = JobResult {
+                status: Status::Error,
+                result: None,
+                error: Some(ErrorInfo::permanent(
+                    code,
+                    format!(
+                        "the job ran ({}), but its result could not be published: {refused}",
+                        match &result.error {
+                            None => "ok".to_string(),
+                            Some(error) => format!("error {}", error.code),
+                        }
+                    ),
+                )),
+                ..result
+            };
+            match context.sink.publish(&replacement, delivery).await {
+                Ok(()) => Ok(replacement),
+                Err(error) => Err(error),
             }
         }
-        Some(ErrorClass::Transient) => {
-            let error = result
-                .error
-                .as_ref()
-                .expect("an error class comes with an error");
-            let last = queue
-                .max_receive_count()
-                .is_some_and(|max| delivery.receive_count >= max);
-            let delay = if last {
-                // The queue will dead-letter it on the next receive: say why, now.
-                tracing::warn!(%message_id, attempt = delivery.receive_count, code = %error.code, error = %error.message, "job failed on its last attempt; the queue moves it to the dead-letter queue");
-                if let Err(publish_error) = context.sink.publish(&result).await {
-                    tracing::warn!(error = %publish_error, %message_id, "could not publish the final error result");
+        Err(error) => Err(error),
+    };
+    let result = match published {
+        Ok(result) => result,
+        Err(error) => {
+            // Keep the message, and its receives: deleting it would lose the job, letting
+            // the redrive policy take it would dead-letter it without a result.
+            context.metrics.unpublishable(&error);
+            let delay = backoff(&context.settings, delivery.attempt()).min(MAX_REQUEUE_DELAY);
+            tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is kept and will run again");
+            if let Err(error) = context
+                .queue
+                .requeue(delivery, delivery.attempt().saturating_sub(1), delay)
+                .await
+            {
+                tracing::warn!(%error, %message_id, "could not put the job back; it reappears after its visibility timeout");
+            }
+            return Outcome::Unpublished;
+        }
+    };
+    let state = Final {
+        failed: result.error.is_some(),
+        dead_letter: result.error,
+    };
+    context.finals.record(message_id, state.clone());
+    finish(context, delivery, state).await
+}
+
+/// After the final result is out: the DLQ copy (for failed jobs), then the delete, then
+/// (for jobs that succeeded: a DLQ copy refers to it) the job's body in S3.
+async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome {
+    let message_id = &delivery.message_id;
+    let failed = state.failed;
+    if let Some(error) = &state.dead_letter {
+        tracing::info!(%message_id, code = %error.code, error = %error.message, "job failed; copying it to the dead-letter queue");
+        match context.queue.dead_letter(delivery, error).await {
+            Ok(copied) => {
+                context.finals.record(
+                    message_id,
+                    Final {
+                        failed,
+                        dead_letter: None,
+                    },
+                );
+                if copied {
+                    context.metrics.dlq_move(match error.class {
+                        ErrorClass::Permanent => "permanent_error",
+                        ErrorClass::Transient => "max_receives",
+                    });
                 }
-                context.metrics.dlq_move("max_receives");
-                Duration::ZERO
-            } else {
+            }
+            Err(dlq_error) => {
+                // The result is out; the redelivery will try the copy again (and not
+                // publish again).
+                tracing::warn!(error = %dlq_error, %message_id, "could not copy the job to the dead-letter queue; it will be redelivered for that");
                 let delay = backoff(&context.settings, delivery.receive_count);
-                tracing::info!(%message_id, attempt = delivery.receive_count, code = %error.code, error = %error.message, retry_in = ?delay, "job failed transiently; it will be redelivered");
-                delay
-            };
-            if let Err(error) = queue.retry_later(delivery, delay).await {
-                tracing::warn!(%error, %message_id, "could not set the redelivery delay; the visibility timeout applies");
+                if let Err(error) = context.queue.retry_later(delivery, delay).await {
+                    tracing::warn!(%error, %message_id, "could not set the redelivery delay");
+                }
+                return Outcome::DeadLetterPending;
             }
-            Outcome::TransientError
         }
+    }
+    match context.queue.complete(delivery).await {
+        Ok(()) => {
+            context.metrics.deletes.inc();
+            if !failed {
+                context.queue.release_payload(delivery).await;
+            }
+        }
+        Err(error) => {
+            tracing::warn!(%error, %message_id, "result delivered but the job could not be deleted; if it is received again it is deleted without running (here) or may run again (elsewhere, same message id)");
+        }
+    }
+    if failed {
+        Outcome::PermanentError
+    } else {
+        Outcome::Ok
     }
 }
 
@@ -467,8 +781,9 @@ async fn keep_invisible_while<T>(
 }
 
 impl Context {
+    /// The limit of an algorithm runners announce (the caller checked the resolver).
     fn algorithm_limit(&self, algorithm: &str) -> Arc<Semaphore> {
-        let mut limits = self.per_algorithm.lock().unwrap_or_else(|e| e.into_inner());
+        let mut limits = lock(&self.per_algorithm);
         if let Some(limit) = limits.get(algorithm) {
             return limit.clone();
         }
@@ -480,6 +795,32 @@ impl Context {
                 ))
             })
             .clone()
+    }
+
+    /// Queues a job behind the last job of its FIFO group received here.
+    fn take_turn(&self, group: String) -> GroupTurn {
+        let (done, receiver) = oneshot::channel();
+        let mut groups = lock(&self.groups);
+        groups.next_seq += 1;
+        let seq = groups.next_seq;
+        let previous = groups
+            .last
+            .insert(group.clone(), (seq, receiver))
+            .map(|(_, previous)| previous);
+        GroupTurn {
+            group,
+            seq,
+            previous,
+            done,
+        }
+    }
+
+    /// Forgets the group if this job was its last one here.
+    fn leave_group(&self, group: &str, seq: u64) {
+        let mut groups = lock(&self.groups);
+        if groups.last.get(group).is_some_and(|(last, _)| *last == seq) {
+            groups.last.remove(group);
+        }
     }
 }
 
@@ -513,5 +854,95 @@ mod tests {
         let third = backoff(&settings, 3);
         assert!(third >= Duration::from_millis(3200) && third <= Duration::from_millis(4800));
         assert!(backoff(&settings, 30) <= Duration::from_secs(12));
+    }
+
+    #[tokio::test]
+    async fn made_up_algorithm_names_cost_no_limiter_and_each_gets_one_final_result() {
+        use crate::memory::{ChannelSink, MemoryQueue};
+        // No registry answers here: no runner serves anything.
+        let consul = plugworker_discovery::ConsulClient::new(plugworker_discovery::ConsulConfig {
+            address: "http://127.0.0.1:9".into(),
+            ..Default::default()
+        })
+        .unwrap();
+        let resolver = Arc::new(plugworker_discovery::Resolver::start(
+            consul,
+            Duration::from_secs(1),
+        ));
+        let queue = Arc::new(MemoryQueue::new(
+            Duration::from_millis(50),
+            Duration::from_secs(30),
+            1,
+        ));
+        let jobs = 500;
+        for i in 0..jobs {
+            queue.send(format!(
+                r#"{{"algorithm": "made-up-{i}-{}", "payload": {{}}}}"#,
+                "x".repeat(200)
+            ));
+        }
+        let (sink, mut results) = tokio::sync::mpsc::unbounded_channel();
+        let settings = Settings {
+            runner_wait: Duration::ZERO,
+            ..Settings::default()
+        };
+        let dispatcher = Arc::new(Dispatcher::new(resolver, 4, Duration::from_secs(5)));
+        let controller = Controller::new(
+            queue.clone(),
+            Arc::new(ChannelSink(sink)),
+            dispatcher,
+            settings,
+        );
+        let context = controller.context.clone();
+        let (stop, stopped) = oneshot::channel::<()>();
+        let running = tokio::spawn(controller.run(async {
+            let _ = stopped.await;
+        }));
+        let mut seen = std::collections::HashSet::new();
+        while seen.len() < jobs {
+            let result = results.recv().await.unwrap();
+            assert_eq!(result.error.as_ref().unwrap().code, codes::NO_RUNNER);
+            assert!(seen.insert(result.message_id), "one final result per job");
+        }
+        let _ = stop.send(());
+        running.await.unwrap();
+        assert!(
+            lock(&context.per_algorithm).is_empty(),
+            "no limiter for unannounced names"
+        );
+        assert!(lock(&context.groups).last.is_empty());
+        assert_eq!(
+            queue.dead_letters().len(),
+            jobs,
+            "each copied to the DLQ with its error"
+        );
+        assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn finals_are_remembered_up_to_a_bound() {
+        let finals = Finals::default();
+        let done = |failed| Final {
+            failed,
+            dead_letter: None,
+        };
+        finals.record(
+            "a",
+            Final {
+                failed: true,
+                dead_letter: Some(ErrorInfo::permanent("x", "y")),
+            },
+        );
+        assert!(
+            finals.get("a").unwrap().dead_letter.is_some(),
+            "DLQ copy pending"
+        );
+        finals.record("a", done(true));
+        assert_eq!(finals.get("a"), Some(done(true)));
+        for i in 0..FINALS_REMEMBERED {
+            finals.record(&i.to_string(), done(false));
+        }
+        assert!(finals.get("a").is_none(), "the oldest is forgotten");
+        assert!(finals.get("1").is_some());
     }
 }

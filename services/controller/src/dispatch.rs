@@ -7,7 +7,7 @@
 
 use crate::classify;
 use plugworker_discovery::{Instance, Resolver};
-use plugworker_jobs::{ErrorClass, ErrorInfo, Job, RunnerInfo, codes};
+use plugworker_jobs::{ErrorInfo, Job, RunnerInfo, codes};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::Rng;
@@ -50,6 +50,8 @@ pub struct Dispatcher {
     connections: Mutex<HashMap<String, Arc<Connection>>>,
     per_instance_limit: usize,
     job_timeout: Duration,
+    /// Addresses already warned about as undialable.
+    undialable: Mutex<std::collections::HashSet<String>>,
 }
 
 impl Dispatcher {
@@ -59,6 +61,7 @@ impl Dispatcher {
             connections: Mutex::new(HashMap::new()),
             per_instance_limit: per_instance_limit.max(1),
             job_timeout,
+            undialable: Mutex::new(Default::default()),
         }
     }
 
@@ -67,72 +70,91 @@ impl Dispatcher {
     }
 
     /// Runs `job` on a healthy instance; on `UNAVAILABLE` (or an instance that lost the
-    /// algorithm), once more on a different one.
+    /// algorithm), once more on a different one. Instances whose address cannot be dialled
+    /// are skipped.
     pub async fn run(&self, job: &Job) -> Result<Success, Failure> {
         let snapshot = self.resolver.snapshot();
         let candidates = snapshot.instances(&job.algorithm);
-        let Some(first) = pick(candidates, None, |i| self.load(i)) else {
-            return Err(Failure {
-                error: ErrorInfo {
-                    code: codes::NO_RUNNER.into(),
-                    message: format!("no healthy runner serves {:?} yet", job.algorithm),
-                    class: ErrorClass::Transient,
-                },
-                runner: None,
-            });
-        };
-        match self.call(first, job).await {
-            Err((status, runner)) if classify::retry_elsewhere(&status) => {
-                match pick(candidates, Some(first), |i| self.load(i)) {
-                    Some(second) => {
-                        tracing::info!(first = %first.id, second = %second.id, code = ?status.code(), "retrying on another instance");
-                        self.call(second, job)
-                            .await
-                            .map_err(|(status, runner)| failure(&status, runner))
+        let mut excluded: Vec<&Instance> = Vec::new();
+        let mut first_failure: Option<(tonic::Status, Option<RunnerInfo>)> = None;
+        loop {
+            let Some(instance) = pick(candidates, &excluded, |i| self.load(i)) else {
+                return Err(match first_failure {
+                    Some((status, runner)) => failure(&status, runner),
+                    None => Failure {
+                        error: ErrorInfo::transient(
+                            codes::NO_RUNNER,
+                            format!(
+                                "no healthy runner serves {:?} yet{}",
+                                job.algorithm,
+                                if excluded.is_empty() {
+                                    ""
+                                } else {
+                                    " (the instances registered have addresses that cannot be dialled)"
+                                }
+                            ),
+                        ),
+                        runner: None,
+                    },
+                });
+            };
+            excluded.push(instance);
+            let Some(connection) = self.connection(instance) else {
+                continue;
+            };
+            match self.call(&connection, instance, job).await {
+                Ok(success) => return Ok(success),
+                Err((status, runner)) => {
+                    let again = classify::retry_elsewhere(&status) && first_failure.is_none();
+                    if !again {
+                        return Err(failure(&status, runner));
                     }
-                    None => Err(failure(&status, runner)),
+                    tracing::info!(instance = %instance.id, code = ?status.code(), "retrying on another instance");
+                    first_failure = Some((status, runner));
                 }
             }
-            other => other.map_err(|(status, runner)| failure(&status, runner)),
         }
     }
 
-    /// Like [`Dispatcher::run`], but when no runner serves the algorithm yet, waits up to
-    /// `wait` for one to appear (a runner deployed after its jobs were queued).
-    pub async fn run_waiting(&self, job: &Job, wait: Duration) -> Result<Success, Failure> {
-        if self
-            .resolver
-            .snapshot()
-            .instances(&job.algorithm)
-            .is_empty()
-            && !wait.is_zero()
-        {
-            let mut snapshots = self.resolver.subscribe();
-            let appeared = tokio::time::timeout(
-                wait,
-                snapshots.wait_for(|s| !s.instances(&job.algorithm).is_empty()),
-            )
-            .await;
-            if appeared.is_ok() {
-                tracing::info!(algorithm = %job.algorithm, "a runner appeared for a waiting job");
-            }
+    /// Waits up to `wait` for a runner of `algorithm` to appear (a runner deployed after
+    /// its jobs were queued); true if one did.
+    pub async fn wait_for_runner(&self, algorithm: &str, wait: Duration) -> bool {
+        if !self.resolver.snapshot().instances(algorithm).is_empty() {
+            return true;
         }
-        self.run(job).await
+        let mut snapshots = self.resolver.subscribe();
+        tokio::time::timeout(
+            wait,
+            snapshots.wait_for(|s| !s.instances(algorithm).is_empty()),
+        )
+        .await
+        .is_ok_and(|r| r.is_ok())
     }
 
-    fn connection(&self, instance: &Instance) -> Arc<Connection> {
+    /// The instance's connection; `None` (with a warning, once per address) if its
+    /// address cannot be dialled.
+    fn connection(&self, instance: &Instance) -> Option<Arc<Connection>> {
         let mut connections = self.connections.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(connection) = connections.get(&instance.id)
             && connection.address == instance.address
         {
-            return connection.clone();
+            return Some(connection.clone());
         }
         if connections.len() > 4096 {
             // Instances come and go; forget idle connections to departed ones.
             connections.retain(|_, c| c.in_flight.load(Ordering::Relaxed) > 0);
         }
-        let channel = Endpoint::from_shared(format!("http://{}", instance.address))
-            .expect("an address from Consul forms a valid URI")
+        let endpoint = match endpoint(&instance.address) {
+            Ok(endpoint) => endpoint,
+            Err(error) => {
+                let mut warned = self.undialable.lock().unwrap_or_else(|e| e.into_inner());
+                if warned.len() < 4096 && warned.insert(instance.address.clone()) {
+                    tracing::warn!(instance = %instance.id, address = %plugworker_jobs::text::cap(&instance.address, 200), %error, "skipping a runner instance whose address cannot be dialled");
+                }
+                return None;
+            }
+        };
+        let channel = endpoint
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true)
             .connect_lazy();
@@ -147,7 +169,7 @@ impl Dispatcher {
             in_flight: AtomicUsize::new(0),
         });
         connections.insert(instance.id.clone(), connection.clone());
-        connection
+        Some(connection)
     }
 
     fn load(&self, instance: &Instance) -> usize {
@@ -159,10 +181,10 @@ impl Dispatcher {
 
     async fn call(
         &self,
+        connection: &Connection,
         instance: &Instance,
         job: &Job,
     ) -> Result<Success, (tonic::Status, Option<RunnerInfo>)> {
-        let connection = self.connection(instance);
         let runner = RunnerInfo {
             service: instance.service.clone(),
             instance_id: instance.id.clone(),
@@ -191,10 +213,12 @@ impl Dispatcher {
             otel.status_description = tracing::field::Empty,
         );
         plugworker_telemetry::propagation::inject_metadata(&span, request.metadata_mut());
-        connection.in_flight.fetch_add(1, Ordering::Relaxed);
         let mut client = connection.client.clone();
-        let outcome = client.run(request).instrument(span.clone()).await;
-        connection.in_flight.fetch_sub(1, Ordering::Relaxed);
+        let outcome = {
+            // Counted down however the call ends, cancelled futures included.
+            let _in_flight = InFlightCall::new(&connection.in_flight);
+            client.run(request).instrument(span.clone()).await
+        };
         match &outcome {
             Ok(_) => {
                 span.record("rpc.grpc.status_code", 0);
@@ -238,6 +262,46 @@ impl Dispatcher {
     }
 }
 
+/// One call in flight on an instance, for power of two choices.
+struct InFlightCall<'a>(&'a AtomicUsize);
+
+impl<'a> InFlightCall<'a> {
+    fn new(counter: &'a AtomicUsize) -> Self {
+        counter.fetch_add(1, Ordering::Relaxed);
+        Self(counter)
+    }
+}
+
+impl Drop for InFlightCall<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The gRPC endpoint of a runner at `address` as Consul hands it out: `host:port` where
+/// host is an IPv4 address, a hostname, or an IPv6 address with or without brackets
+/// (`[::1]:50051`, `::1:50051`: the port is after the last colon).
+fn endpoint(address: &str) -> Result<Endpoint, String> {
+    let authority = match address.parse::<std::net::SocketAddr>() {
+        Ok(socket) => socket.to_string(),
+        Err(_) => {
+            let (host, port) = address
+                .rsplit_once(':')
+                .ok_or_else(|| "no port (expected host:port)".to_string())?;
+            let port: u16 = port
+                .parse()
+                .map_err(|_| format!("port {port:?} is not a number from 0 to 65535"))?;
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            match host.parse::<std::net::IpAddr>() {
+                Ok(ip) => std::net::SocketAddr::new(ip, port).to_string(),
+                Err(_) if !host.is_empty() && !host.contains(':') => format!("{host}:{port}"),
+                Err(_) => return Err(format!("{host:?} is neither an IP address nor a host name")),
+            }
+        }
+    };
+    Endpoint::from_shared(format!("http://{authority}")).map_err(|e| e.to_string())
+}
+
 fn failure(status: &tonic::Status, runner: Option<RunnerInfo>) -> Failure {
     Failure {
         error: classify::status_error(status),
@@ -245,14 +309,14 @@ fn failure(status: &tonic::Status, runner: Option<RunnerInfo>) -> Failure {
     }
 }
 
-/// Power of two choices: of two random candidates (other than `exclude`), the one with
-/// fewer calls in flight.
+/// Power of two choices: of two random candidates (other than those in `exclude`), the
+/// one with fewer calls in flight.
 fn pick<'a>(
     candidates: &'a [Instance],
-    exclude: Option<&Instance>,
+    exclude: &[&Instance],
     load: impl Fn(&Instance) -> usize,
 ) -> Option<&'a Instance> {
-    let eligible = |i: &&Instance| Some(*i) != exclude;
+    let eligible = |i: &&Instance| !exclude.contains(i);
     let nth = |k: usize| candidates.iter().filter(eligible).nth(k);
     match candidates.iter().filter(eligible).count() {
         0 => None,
@@ -286,15 +350,12 @@ mod tests {
     fn two_choices_prefer_the_less_loaded_and_exclude_the_failed() {
         let candidates = vec![instance("a"), instance("b")];
         for _ in 0..50 {
-            let chosen = pick(&candidates, None, |i| if i.id == "a" { 5 } else { 0 }).unwrap();
+            let chosen = pick(&candidates, &[], |i| if i.id == "a" { 5 } else { 0 }).unwrap();
             assert_eq!(chosen.id, "b");
         }
-        assert_eq!(
-            pick(&candidates, Some(&candidates[1]), |_| 0).unwrap().id,
-            "a"
-        );
-        assert!(pick(&candidates[..1], Some(&candidates[0]), |_| 0).is_none());
-        assert!(pick(&[], None, |_| 0).is_none());
+        assert_eq!(pick(&candidates, &[&candidates[1]], |_| 0).unwrap().id, "a");
+        assert!(pick(&candidates[..1], &[&candidates[0]], |_| 0).is_none());
+        assert!(pick(&[], &[], |_| 0).is_none());
     }
 
     #[test]
@@ -303,9 +364,32 @@ mod tests {
         let mut counts = HashMap::new();
         for _ in 0..400 {
             *counts
-                .entry(pick(&candidates, None, |_| 0).unwrap().id.clone())
+                .entry(pick(&candidates, &[], |_| 0).unwrap().id.clone())
                 .or_insert(0) += 1;
         }
         assert_eq!(counts.len(), 4, "{counts:?}");
+    }
+
+    #[test]
+    fn addresses_in_every_form_consul_hands_out() {
+        let uri = |a: &str| endpoint(a).map(|e| e.uri().to_string());
+        assert_eq!(uri("127.0.0.1:50051").unwrap(), "http://127.0.0.1:50051/");
+        assert_eq!(uri("::1:50051").unwrap(), "http://[::1]:50051/");
+        assert_eq!(uri("[::1]:50051").unwrap(), "http://[::1]:50051/");
+        assert_eq!(uri("fe80::1:2:3:443").unwrap(), "http://[fe80::1:2:3]:443/");
+        assert_eq!(
+            uri("runner.service.consul:50051").unwrap(),
+            "http://runner.service.consul:50051/"
+        );
+        for bad in [
+            "",
+            "no-port",
+            "host:99999",
+            "two words:1",
+            "::g:1",
+            ":50051",
+        ] {
+            assert!(uri(bad).is_err(), "{bad:?} accepted");
+        }
     }
 }

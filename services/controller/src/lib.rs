@@ -27,31 +27,63 @@ use plugworker_discovery::{ConsulClient, Resolver};
 use std::sync::Arc;
 
 /// Connects the controller to SQS and Consul, ready to [`Controller::run`]; also returns
-/// its metrics.
+/// its metrics. The queues are checked first ([`sqs::StartupError`] names the attribute
+/// at fault).
 pub async fn build_on_sqs(
     args: ControllerArgs,
     consul: ConsulClient,
 ) -> anyhow::Result<(Controller, metrics::MetricsSource)> {
     let client = args.queues.sqs.client().await;
+    // One claim-check: it resolves pointers of received jobs whatever their bucket; its
+    // threshold is set per destination from that queue's MaximumMessageSize.
+    let claim = args
+        .queues
+        .payload
+        .claim_check(
+            args.queues.sqs.region.as_deref(),
+            plugworker_claim_check::SQS_MAXIMUM_MESSAGE_SIZE,
+        )
+        .await;
     let queue = sqs::SqsJobQueue::connect(
         client.clone(),
         args.queues.jobs_queue_url.clone(),
         args.queues.dlq_url.clone(),
         args.receive_wait,
         args.visibility_timeout,
+        &sqs::JobsQueueOptions {
+            allow_no_dlq: args.queues.allow_no_dlq,
+            job_timeout: args.job_timeout,
+            runner_wait: args.runner_wait,
+        },
+        claim.clone(),
     )
     .await
     .with_context(|| format!("cannot use the jobs queue {}", args.queues.jobs_queue_url))?;
+    let sink = sqs::SqsResults::connect(
+        client,
+        args.queues.results_queue_url.clone(),
+        claim.clone(),
+        args.queues.payload.payload_threshold.is_some(),
+    )
+    .await
+    .with_context(|| {
+        format!(
+            "cannot use the results queue {}",
+            args.queues.results_queue_url
+        )
+    })?;
     tracing::info!(
         jobs = %args.queues.jobs_queue_url,
         results = %args.queues.results_queue_url,
-        dlq = %queue.dlq_url(),
-        visibility = ?queue_visibility(&queue),
-        max_receive_count = ?crate::queue::JobQueue::max_receive_count(&queue),
+        dlq = queue.dlq_url().unwrap_or("none"),
+        fifo = queue.is_fifo(),
+        visibility = ?crate::queue::JobQueue::visibility_timeout(&queue),
+        max_attempts = crate::queue::JobQueue::max_attempts(&queue),
+        results_max_bytes = sink.max_message_size(),
+        payload_bucket = claim.bucket().unwrap_or("none"),
         consul = %consul.base_url(),
         "controller starting"
     );
-    let sink = sqs::SqsResults::new(client, args.queues.results_queue_url.clone());
     let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
     let settings = args.settings();
     let dispatcher = Arc::new(Dispatcher::new(
@@ -62,8 +94,4 @@ pub async fn build_on_sqs(
     let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
     let metrics = controller.metrics_source();
     Ok((controller, metrics))
-}
-
-fn queue_visibility(queue: &sqs::SqsJobQueue) -> std::time::Duration {
-    crate::queue::JobQueue::visibility_timeout(queue)
 }

@@ -3,7 +3,7 @@
 //! result destination. It backs `plugworker dev` (jobs from a file, no AWS) and the
 //! controller benchmark, so both exercise the exact controller code SQS does.
 
-use crate::queue::{Delivery, JobQueue, QueueError, ResultSink};
+use crate::queue::{Delivery, JobQueue, PublishError, QueueError, ResultSink};
 use async_trait::async_trait;
 use plugworker_jobs::{ErrorInfo, JobResult};
 use std::collections::BTreeMap;
@@ -15,6 +15,9 @@ use tokio::time::Instant;
 struct Message {
     body: String,
     receives: u32,
+    /// Attempts made before the last re-queue (which resets `receives`, as a new SQS
+    /// copy would).
+    prior_attempts: u32,
     visible_at: Instant,
     receipt: String,
 }
@@ -64,6 +67,7 @@ impl MemoryQueue {
             Message {
                 body: body.into(),
                 receives: 0,
+                prior_attempts: 0,
                 visible_at: Instant::now(),
                 receipt: String::new(),
             },
@@ -108,8 +112,9 @@ impl MemoryQueue {
                 message_id: message_id(*seq),
                 body: message.body.clone(),
                 receive_count: message.receives,
+                prior_attempts: message.prior_attempts,
                 receipt: message.receipt.clone(),
-                traceparent: None,
+                ..Delivery::default()
             });
         }
         for seq in redriven {
@@ -196,21 +201,45 @@ impl JobQueue for MemoryQueue {
         Ok(())
     }
 
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        self.with_current(delivery, |messages, seq| {
+            if let Some(message) = messages.get_mut(&seq) {
+                // As a fresh SQS copy carrying the attempts: its receives start over.
+                message.prior_attempts = attempts;
+                message.receives = 0;
+                message.receipt = String::new();
+                message.visible_at = Instant::now() + delay;
+            }
+        })
+        .ok_or_else(|| stale("SendMessage (re-queue)"))?;
+        self.changed.notify_waiters();
+        Ok(())
+    }
+
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), QueueError> {
         self.retry_later(delivery, visibility).await
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, error: &ErrorInfo) -> Result<(), QueueError> {
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &ErrorInfo,
+    ) -> Result<bool, QueueError> {
         lock(&self.dead).push(DeadLetter {
             message_id: delivery.message_id.clone(),
             body: delivery.body.clone(),
             error: Some(error.clone()),
         });
-        Ok(())
+        Ok(true)
     }
 
-    fn max_receive_count(&self) -> Option<u32> {
-        Some(self.max_receive_count)
+    fn max_attempts(&self) -> u32 {
+        self.max_receive_count
     }
 
     fn visibility_timeout(&self) -> Duration {
@@ -223,10 +252,10 @@ pub struct ChannelSink(pub mpsc::UnboundedSender<JobResult>);
 
 #[async_trait]
 impl ResultSink for ChannelSink {
-    async fn publish(&self, result: &JobResult) -> Result<(), QueueError> {
-        self.0
-            .send(result.clone())
-            .map_err(|_| QueueError::new("publish", "the result reader is gone"))
+    async fn publish(&self, result: &JobResult, _: &Delivery) -> Result<(), PublishError> {
+        self.0.send(result.clone()).map_err(|_| {
+            PublishError::Unavailable(QueueError::new("publish", "the result reader is gone"))
+        })
     }
 }
 
@@ -264,5 +293,21 @@ mod tests {
         queue.complete(&delivery).await.unwrap();
         assert!(queue.is_empty());
         assert!(queue.receive(1).await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_requeued_message_keeps_its_id_and_attempts_and_spends_no_receive() {
+        let queue = MemoryQueue::new(Duration::from_millis(50), Duration::from_secs(30), 2);
+        let id = queue.send("a");
+        for _ in 0..5 {
+            let delivery = queue.receive(1).await.unwrap().remove(0);
+            assert_eq!(delivery.message_id, id);
+            assert_eq!(delivery.attempt(), 1, "interruptions are not attempts");
+            queue.requeue(&delivery, 0, Duration::ZERO).await.unwrap();
+        }
+        assert!(queue.dead_letters().is_empty());
+        let delivery = queue.receive(1).await.unwrap().remove(0);
+        queue.requeue(&delivery, 1, Duration::ZERO).await.unwrap();
+        assert_eq!(queue.receive(1).await.unwrap()[0].attempt(), 2);
     }
 }

@@ -20,15 +20,22 @@ use std::time::Duration;
 /// The `algorithm` label of jobs for algorithms no runner has announced.
 pub const UNKNOWN_ALGORITHM: &str = "unknown";
 
-/// How a job ended (label `outcome`).
+/// How a job's delivery ended (label `outcome`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
     /// Result published, message deleted.
     Ok,
-    /// Error result published, message moved to the DLQ.
+    /// Final error result published (a permanent error, or a transient one on the last
+    /// attempt), job copied to the DLQ, message deleted.
     PermanentError,
-    /// Left for redelivery (or, on its last receive, for the queue's redrive to the DLQ).
+    /// Left for redelivery after a backoff, attempts remaining.
     TransientError,
+    /// Final result published, but the DLQ copy failed: redelivered to finish it.
+    DeadLetterPending,
+    /// The result could not be published: the job is kept for another try.
+    Unpublished,
+    /// Put back unfinished at shutdown (or behind a FIFO predecessor that was).
+    Released,
 }
 
 impl Outcome {
@@ -37,7 +44,15 @@ impl Outcome {
             Outcome::Ok => "ok",
             Outcome::PermanentError => "permanent_error",
             Outcome::TransientError => "transient_error",
+            Outcome::DeadLetterPending => "dead_letter_pending",
+            Outcome::Unpublished => "unpublished",
+            Outcome::Released => "released",
         }
+    }
+
+    /// Whether the message is gone from the queue.
+    pub fn is_final(self) -> bool {
+        matches!(self, Outcome::Ok | Outcome::PermanentError)
     }
 }
 
@@ -66,8 +81,20 @@ pub struct StateLabel {
     pub state: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UnpublishableLabel {
+    /// `too_large`, `rejected` (content refused) or `unavailable`.
+    pub reason: String,
+}
+
 #[derive(Clone)]
 pub struct ControllerMetrics {
+    /// Results the results queue did not take (after the error-result fallback, for
+    /// refused results): their jobs are kept and run again. Alert on any increase.
+    pub results_unpublishable: Family<UnpublishableLabel, Counter>,
+    /// Deliveries of messages whose final result this controller had already published
+    /// (a failed DLQ copy or delete): finished without running or publishing again.
+    pub duplicate_deliveries: Counter,
     pub jobs: Family<JobLabels, Counter>,
     pub job_seconds: Family<JobLabels, Histogram>,
     pub in_flight: Gauge,
@@ -94,6 +121,8 @@ impl Default for ControllerMetrics {
 impl ControllerMetrics {
     pub fn new() -> Self {
         Self {
+            results_unpublishable: Family::default(),
+            duplicate_deliveries: Counter::default(),
             jobs: Family::default(),
             job_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             in_flight: Gauge::default(),
@@ -111,6 +140,16 @@ impl ControllerMetrics {
     }
 
     pub fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugworker_results_unpublishable",
+            "Final results the results queue did not take; their jobs are kept and run again (alert on any)",
+            self.results_unpublishable.clone(),
+        );
+        registry.register(
+            "plugworker_duplicate_deliveries",
+            "Deliveries of jobs whose final result was already published here, finished without publishing again",
+            self.duplicate_deliveries.clone(),
+        );
         registry.register(
             "plugworker_jobs",
             "Jobs finished, by algorithm and outcome",
@@ -206,6 +245,19 @@ impl ControllerMetrics {
         } else {
             UNKNOWN_ALGORITHM.to_string()
         }
+    }
+
+    pub fn unpublishable(&self, error: &crate::queue::PublishError) {
+        let reason = match error {
+            crate::queue::PublishError::TooLarge { .. } => "too_large",
+            crate::queue::PublishError::Rejected(_) => "rejected",
+            crate::queue::PublishError::Unavailable(_) => "unavailable",
+        };
+        self.results_unpublishable
+            .get_or_create(&UnpublishableLabel {
+                reason: reason.to_string(),
+            })
+            .inc();
     }
 
     pub fn dlq_move(&self, reason: &str) {

@@ -1,22 +1,38 @@
 //! Amazon SQS as the job queue and the results destination (`aws-sdk-sqs`).
 //!
-//! Deletes are batched (`DeleteMessageBatch`, up to 10 per call, flushed every 20 ms), and
-//! each caller waits for, and learns, the outcome of its own delete.
+//! At start-up the queues are checked ([`check_jobs_queue`], [`check_dead_letter_queue`]):
+//! a misconfiguration that would cost jobs their result is refused with the queue
+//! attribute at fault named. Deletes are batched (`DeleteMessageBatch`, up to 10 per call,
+//! flushed every 20 ms), and each caller waits for, and learns, the outcome of its own
+//! delete. FIFO queues are supported: a job's `MessageGroupId` is kept for its result, its
+//! DLQ copy and a re-queued copy, and deduplication ids derive from its message id.
 
-use crate::queue::{Delivery, JobQueue, QueueDepth, QueueError, ResultSink};
+use crate::queue::{
+    Attribute, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, PRIOR_ATTEMPTS, PublishError, QueueDepth,
+    QueueError, ResultSink, Stored,
+};
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
-use aws_sdk_sqs::error::DisplayErrorContext;
+use aws_sdk_sqs::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_sqs::types::{
     DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
     QueueAttributeName,
 };
-use plugworker_jobs::{ErrorInfo, JobResult};
+use plugworker_claim_check::{ClaimCheck, Incoming, threshold_for_max_message_size};
+use plugworker_jobs::text::sqs_attribute;
+use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, codes};
+use std::collections::HashMap;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
-/// SQS's ceiling for a visibility timeout.
+/// SQS's ceiling for a visibility timeout (counted from the receive).
 const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+/// SQS's longest message delay.
+const MAX_DELAY: Duration = Duration::from_secs(900);
+/// Attempts a job gets when the jobs queue has no redrive policy (`--allow-no-dlq`).
+pub const ATTEMPTS_WITHOUT_REDRIVE: u32 = 5;
+/// A queue's MaximumMessageSize when it cannot be read (SQS's default before 2025).
+const DEFAULT_MAX_MESSAGE_SIZE: usize = 262_144;
 
 /// Builds an SQS client from the standard AWS configuration chain, with an optional
 /// endpoint override for local emulators.
@@ -41,71 +57,320 @@ fn seconds(duration: Duration) -> i32 {
     duration.min(MAX_VISIBILITY).as_secs() as i32
 }
 
+/// Why the controller will not start on these queues.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("cannot read the attributes of the {queue} queue {url}: {source}")]
+    Unreadable {
+        queue: &'static str,
+        url: String,
+        source: QueueError,
+    },
+    /// A queue attribute that would cost jobs their result.
+    #[error("{queue} queue attribute {attribute}: {problem}")]
+    Attribute {
+        queue: &'static str,
+        attribute: &'static str,
+        problem: String,
+    },
+    #[error("{0}")]
+    Queue(#[from] QueueError),
+}
+
+/// The attributes of a queue the controller depends on.
+#[derive(Clone, Debug, PartialEq)]
+pub struct QueueAttributes {
+    pub visibility: Duration,
+    pub max_message_size: usize,
+    pub fifo: bool,
+    /// The raw `RedrivePolicy`, if any.
+    pub redrive_policy: Option<String>,
+    pub arn: Option<String>,
+}
+
+impl QueueAttributes {
+    fn from_map(attributes: &HashMap<QueueAttributeName, String>, url: &str) -> Self {
+        let get = |name: QueueAttributeName| attributes.get(&name);
+        Self {
+            visibility: get(QueueAttributeName::VisibilityTimeout)
+                .and_then(|v| v.parse().ok())
+                .map(Duration::from_secs)
+                .unwrap_or(Duration::from_secs(30)),
+            max_message_size: get(QueueAttributeName::MaximumMessageSize)
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(DEFAULT_MAX_MESSAGE_SIZE),
+            fifo: get(QueueAttributeName::FifoQueue).is_some_and(|v| v == "true")
+                || url.ends_with(".fifo"),
+            redrive_policy: get(QueueAttributeName::RedrivePolicy)
+                .filter(|p| !p.trim().is_empty())
+                .cloned(),
+            arn: get(QueueAttributeName::QueueArn).cloned(),
+        }
+    }
+}
+
+/// Reads a queue's attributes.
+pub async fn queue_attributes(
+    client: &Client,
+    queue: &'static str,
+    url: &str,
+) -> Result<QueueAttributes, StartupError> {
+    let output = client
+        .get_queue_attributes()
+        .queue_url(url)
+        .attribute_names(QueueAttributeName::All)
+        .send()
+        .await
+        .map_err(|e| StartupError::Unreadable {
+            queue,
+            url: url.to_string(),
+            source: sdk_error("GetQueueAttributes", e),
+        })?;
+    Ok(QueueAttributes::from_map(
+        &output.attributes().cloned().unwrap_or_default(),
+        url,
+    ))
+}
+
+/// The jobs queue's redrive policy, as the controller uses it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Redrive {
+    pub dead_letter_target_arn: String,
+    pub max_receive_count: u32,
+}
+
+/// What the controller needs to know to run on the jobs queue, and for how long it may
+/// keep a job.
+#[derive(Clone, Debug)]
+pub struct JobsQueueOptions {
+    pub allow_no_dlq: bool,
+    pub job_timeout: Duration,
+    pub runner_wait: Duration,
+}
+
+/// Checks the jobs queue's attributes; returns its redrive policy (`None` only with
+/// `allow_no_dlq`).
+pub fn check_jobs_queue(
+    attributes: &QueueAttributes,
+    options: &JobsQueueOptions,
+) -> Result<Option<Redrive>, StartupError> {
+    let fault = |attribute, problem: String| StartupError::Attribute {
+        queue: "jobs",
+        attribute,
+        problem,
+    };
+    let redrive = match &attributes.redrive_policy {
+        None if options.allow_no_dlq => None,
+        None => {
+            return Err(fault(
+                "RedrivePolicy",
+                "not set. Without a redrive policy to a dead-letter queue, a job that keeps \
+                 failing is received again and again and its failure never reaches the \
+                 results. Give the queue a RedrivePolicy (deadLetterTargetArn, \
+                 maxReceiveCount), or pass --allow-no-dlq to run without one"
+                    .into(),
+            ));
+        }
+        Some(policy) => {
+            let value: serde_json::Value = serde_json::from_str(policy)
+                .map_err(|e| fault("RedrivePolicy", format!("not JSON ({e}): {policy}")))?;
+            let target = value["deadLetterTargetArn"].as_str().ok_or_else(|| {
+                fault(
+                    "RedrivePolicy",
+                    format!("has no deadLetterTargetArn: {policy}"),
+                )
+            })?;
+            let count = match &value["maxReceiveCount"] {
+                serde_json::Value::Number(n) => n.as_u64(),
+                serde_json::Value::String(s) => s.parse().ok(),
+                _ => None,
+            }
+            .filter(|&n| n >= 1)
+            .ok_or_else(|| {
+                fault(
+                    "RedrivePolicy",
+                    format!("maxReceiveCount must be a whole number of at least 1: {policy}"),
+                )
+            })?;
+            Some(Redrive {
+                dead_letter_target_arn: target.to_string(),
+                max_receive_count: u32::try_from(count).unwrap_or(u32::MAX),
+            })
+        }
+    };
+    if attributes.visibility.is_zero() {
+        return Err(fault(
+            "VisibilityTimeout",
+            "0 s: every received job would be visible to other consumers at once and run \
+             several times. Set it to a few times a typical job (the controller extends it \
+             while a job runs)"
+                .into(),
+        ));
+    }
+    let longest = options.job_timeout + options.runner_wait + attributes.visibility;
+    if longest > MAX_VISIBILITY {
+        return Err(fault(
+            "VisibilityTimeout",
+            format!(
+                "a job may be kept {longest:?} (--job-timeout + --runner-wait + the queue's \
+                 VisibilityTimeout), beyond the 12 h SQS lets a message stay invisible; \
+                 lower --job-timeout"
+            ),
+        ));
+    }
+    Ok(redrive)
+}
+
+/// Checks the dead-letter queue against the jobs queue; `payload_bucket`: large copies
+/// can go through S3.
+pub fn check_dead_letter_queue(
+    jobs: &QueueAttributes,
+    dlq: &QueueAttributes,
+    payload_bucket: bool,
+) -> Result<(), StartupError> {
+    if jobs.fifo != dlq.fifo {
+        return Err(StartupError::Attribute {
+            queue: "dead-letter",
+            attribute: "FifoQueue",
+            problem: format!(
+                "{} while the jobs queue is {}: SQS redrives only between queues of one type",
+                kind(dlq.fifo),
+                kind(jobs.fifo)
+            ),
+        });
+    }
+    if dlq.max_message_size < jobs.max_message_size && !payload_bucket {
+        return Err(StartupError::Attribute {
+            queue: "dead-letter",
+            attribute: "MaximumMessageSize",
+            problem: format!(
+                "{} bytes, below the jobs queue's {}: a large failed job could not be copied \
+                 there, and would be redelivered forever. Raise it to at least {}, or \
+                 configure --payload-bucket to send large copies through S3",
+                dlq.max_message_size, jobs.max_message_size, jobs.max_message_size
+            ),
+        });
+    }
+    Ok(())
+}
+
+fn kind(fifo: bool) -> &'static str {
+    if fifo { "FIFO" } else { "standard" }
+}
+
+/// A queue's name from its URL or ARN (the last `/` or `:` segment).
+fn queue_name(url_or_arn: &str) -> &str {
+    url_or_arn.rsplit(['/', ':']).next().unwrap_or(url_or_arn)
+}
+
+/// SQS's size of a message: its body and, for each attribute, name, type and value.
+pub fn message_size(body: &str, attributes: &[(&str, &str, &str)]) -> usize {
+    body.len()
+        + attributes
+            .iter()
+            .map(|(name, data_type, value)| name.len() + data_type.len() + value.len())
+            .sum::<usize>()
+}
+
+/// A deduplication id (FIFO) for `purpose` of message `message_id`: the same every time
+/// the controller does that for that message, so SQS drops repeats within its 5-minute
+/// deduplication window.
+fn deduplication_id(purpose: &str, message_id: &str) -> String {
+    let id: String = message_id
+        .chars()
+        .filter(|c| c.is_ascii_graphic())
+        .take(100)
+        .collect();
+    format!("{purpose}-{id}")
+}
+
 /// The jobs queue, with its dead-letter queue.
 pub struct SqsJobQueue {
     client: Client,
     queue_url: String,
-    dlq_url: String,
+    /// Resolves claim-check pointers of received jobs, releases their objects.
+    claim: ClaimCheck,
+    /// The DLQ: its URL, size limit, and claim-check at its threshold.
+    dlq: Option<(String, usize, ClaimCheck)>,
     wait: Duration,
     visibility: Duration,
-    max_receive_count: Option<u32>,
+    fifo: bool,
+    max_attempts: u32,
     deletes: mpsc::Sender<(String, oneshot::Sender<Result<(), QueueError>>)>,
     batcher: tokio::task::JoinHandle<()>,
 }
 
 impl SqsJobQueue {
-    /// Connects to the queue and reads its visibility timeout and redrive policy. The DLQ
-    /// is `dlq_url` if given, else the redrive policy's target.
+    /// Connects to the queue, checks it and its dead-letter queue (`dlq_url` if given,
+    /// else the redrive policy's target), and reads what the controller needs of them.
     pub async fn connect(
         client: Client,
         queue_url: String,
         dlq_url: Option<String>,
         wait: Duration,
         visibility_override: Option<Duration>,
-    ) -> Result<Self, QueueError> {
-        let attributes = client
-            .get_queue_attributes()
-            .queue_url(&queue_url)
-            .attribute_names(QueueAttributeName::All)
-            .send()
-            .await
-            .map_err(|e| sdk_error("GetQueueAttributes", e))?;
-        let attributes = attributes.attributes().cloned().unwrap_or_default();
-        let visibility = attributes
-            .get(&QueueAttributeName::VisibilityTimeout)
-            .and_then(|v| v.parse().ok())
-            .map(Duration::from_secs)
-            .unwrap_or(Duration::from_secs(30));
-        let redrive: Option<serde_json::Value> = attributes
-            .get(&QueueAttributeName::RedrivePolicy)
-            .and_then(|p| serde_json::from_str(p).ok());
-        let max_receive_count = redrive.as_ref().and_then(|p| match &p["maxReceiveCount"] {
-            serde_json::Value::Number(n) => n.as_u64().map(|n| n as u32),
-            serde_json::Value::String(s) => s.parse().ok(),
-            _ => None,
-        });
-        let dlq_url = match dlq_url {
-            Some(url) => url,
-            None => {
-                let arn = redrive
-                    .as_ref()
-                    .and_then(|p| p["deadLetterTargetArn"].as_str())
-                    .ok_or_else(|| {
-                        QueueError::new(
-                            "configuration",
-                            "the jobs queue has no redrive policy; pass the dead-letter queue URL",
-                        )
-                    })?;
-                let name = arn.rsplit(':').next().unwrap_or(arn);
+        options: &JobsQueueOptions,
+        claim: ClaimCheck,
+    ) -> Result<Self, StartupError> {
+        let attributes = queue_attributes(&client, "jobs", &queue_url).await?;
+        let redrive = check_jobs_queue(&attributes, options)?;
+        let dlq_url = match (&redrive, dlq_url) {
+            (Some(redrive), Some(url))
+                if queue_name(&redrive.dead_letter_target_arn) != queue_name(&url) =>
+            {
+                return Err(StartupError::Attribute {
+                    queue: "jobs",
+                    attribute: "RedrivePolicy",
+                    problem: format!(
+                        "its deadLetterTargetArn {} is not the --dlq-url {url}: jobs would end \
+                         up in two places. Drop --dlq-url or make them agree",
+                        redrive.dead_letter_target_arn
+                    ),
+                });
+            }
+            (_, Some(url)) => Some(url),
+            (Some(redrive), None) => Some(
                 client
                     .get_queue_url()
-                    .queue_name(name)
+                    .queue_name(queue_name(&redrive.dead_letter_target_arn))
                     .send()
                     .await
-                    .map_err(|e| sdk_error("GetQueueUrl", e))?
+                    .map_err(|e| StartupError::Attribute {
+                        queue: "jobs",
+                        attribute: "RedrivePolicy",
+                        problem: format!(
+                            "its deadLetterTargetArn {} cannot be found: {}",
+                            redrive.dead_letter_target_arn,
+                            DisplayErrorContext(e)
+                        ),
+                    })?
                     .queue_url()
                     .unwrap_or_default()
-                    .to_string()
+                    .to_string(),
+            ),
+            (None, None) => None,
+        };
+        let dlq = match dlq_url {
+            Some(url) => {
+                let dlq_attributes = queue_attributes(&client, "dead-letter", &url).await?;
+                check_dead_letter_queue(&attributes, &dlq_attributes, claim.bucket().is_some())?;
+                let dlq_claim = claim.with_threshold(threshold_for_max_message_size(
+                    dlq_attributes.max_message_size,
+                ));
+                Some((url, dlq_attributes.max_message_size, dlq_claim))
+            }
+            None => None,
+        };
+        let max_attempts = match &redrive {
+            Some(redrive) => redrive.max_receive_count,
+            None => {
+                tracing::warn!(
+                    queue = %queue_url,
+                    attempts = ATTEMPTS_WITHOUT_REDRIVE,
+                    dlq = dlq.is_some(),
+                    "--allow-no-dlq: the jobs queue has NO redrive policy. Failed jobs still get a final error result (after {ATTEMPTS_WITHOUT_REDRIVE} attempts for transient failures), but if this controller cannot act on a message (it crashes on it, results cannot be published) nothing stops it from being received forever"
+                );
+                ATTEMPTS_WITHOUT_REDRIVE
             }
         };
         let (deletes, receiver) = mpsc::channel(1024);
@@ -113,23 +378,143 @@ impl SqsJobQueue {
         Ok(Self {
             client,
             queue_url,
-            dlq_url,
+            claim,
+            dlq,
             wait,
-            visibility: visibility_override.unwrap_or(visibility),
-            max_receive_count,
+            visibility: visibility_override.unwrap_or(attributes.visibility),
+            fifo: attributes.fifo,
+            max_attempts,
             deletes,
             batcher,
         })
     }
 
-    pub fn dlq_url(&self) -> &str {
-        &self.dlq_url
+    pub fn dlq_url(&self) -> Option<&str> {
+        self.dlq.as_ref().map(|(url, _, _)| url.as_str())
     }
+
+    pub fn is_fifo(&self) -> bool {
+        self.fifo
+    }
+
+    fn string_attribute(value: &str) -> Result<MessageAttributeValue, QueueError> {
+        MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(if value.is_empty() { "-" } else { value })
+            .build()
+            .map_err(|e| QueueError::new("SendMessage", e))
+    }
+
+    fn carried(delivery: &Delivery) -> Result<Vec<(String, MessageAttributeValue)>, QueueError> {
+        delivery
+            .attributes
+            .iter()
+            .map(|a| {
+                MessageAttributeValue::builder()
+                    .data_type(&a.data_type)
+                    .string_value(&a.value)
+                    .build()
+                    .map(|v| (a.name.clone(), v))
+                    .map_err(|e| QueueError::new("SendMessage", e))
+            })
+            .collect()
+    }
+}
+
+impl SqsJobQueue {
+    /// The delivery of a received message, its body fetched from S3 if it is a
+    /// claim-check pointer. A pointer that cannot be read makes the delivery
+    /// `unreadable` (permanent or transient as the cause is), not an error of the receive.
+    async fn resolved(&self, message: &aws_sdk_sqs::types::Message) -> Delivery {
+        let mut delivery = delivery(message);
+        let attributes = message.message_attributes().cloned().unwrap_or_default();
+        match self.claim.resolve(&delivery.body, &attributes).await {
+            Ok(Incoming {
+                body,
+                pointer: Some(pointer),
+            }) => {
+                let wire_body = std::mem::replace(&mut delivery.body, body);
+                delivery.stored = Some(Stored { pointer, wire_body });
+            }
+            Ok(Incoming { pointer: None, .. }) => {}
+            Err(error) => {
+                let class = if error.is_permanent() {
+                    ErrorClass::Permanent
+                } else {
+                    ErrorClass::Transient
+                };
+                tracing::warn!(message_id = %delivery.message_id, %error, "the job's body cannot be read from S3");
+                delivery.unreadable = Some(ErrorInfo::new(
+                    codes::PAYLOAD_UNAVAILABLE,
+                    class,
+                    error.to_string(),
+                ));
+            }
+        }
+        delivery
+    }
+}
+
+/// The body a copy of `delivery` sends: the pointer if it came through S3.
+fn wire_body(delivery: &Delivery) -> &str {
+    delivery
+        .stored
+        .as_ref()
+        .map_or(delivery.body.as_str(), |s| s.wire_body.as_str())
 }
 
 impl Drop for SqsJobQueue {
     fn drop(&mut self) {
         self.batcher.abort();
+    }
+}
+
+/// A delivery from a received message: the controller's own attributes (on re-queued
+/// copies) say which message it stands for and how many attempts it has had.
+fn delivery(message: &aws_sdk_sqs::types::Message) -> Delivery {
+    let attributes = message.message_attributes();
+    let string = |name: &str| {
+        attributes
+            .and_then(|a| a.get(name))
+            .and_then(|v| v.string_value())
+    };
+    let sqs_id = message.message_id().unwrap_or_default();
+    // Only a plausible id: it becomes the result's key and a deduplication id.
+    let message_id = string(ORIGINAL_MESSAGE_ID)
+        .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
+        .unwrap_or(sqs_id);
+    let prior_attempts = string(PRIOR_ATTEMPTS)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let system = message.attributes();
+    let carried = attributes
+        .into_iter()
+        .flatten()
+        .filter(|(name, _)| name.as_str() != ORIGINAL_MESSAGE_ID && name.as_str() != PRIOR_ATTEMPTS)
+        .filter_map(|(name, value)| {
+            Some(Attribute {
+                name: name.clone(),
+                data_type: value.data_type().to_string(),
+                value: value.string_value()?.to_string(),
+            })
+        })
+        .collect();
+    Delivery {
+        message_id: message_id.to_string(),
+        body: message.body().unwrap_or_default().to_string(),
+        receive_count: system
+            .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(1),
+        prior_attempts,
+        receipt: message.receipt_handle().unwrap_or_default().to_string(),
+        traceparent: string("traceparent").map(str::to_owned),
+        group_id: system
+            .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+            .cloned(),
+        attributes: carried,
+        stored: None,
+        unreadable: None,
     }
 }
 
@@ -143,29 +528,12 @@ impl JobQueue for SqsJobQueue {
             .max_number_of_messages(max.clamp(1, 10) as i32)
             .wait_time_seconds(self.wait.as_secs().min(20) as i32)
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_system_attribute_names(MessageSystemAttributeName::MessageGroupId)
             .message_attribute_names("All")
             .send()
             .await
             .map_err(|e| sdk_error("ReceiveMessage", e))?;
-        Ok(output
-            .messages()
-            .iter()
-            .map(|m| Delivery {
-                message_id: m.message_id().unwrap_or_default().to_string(),
-                body: m.body().unwrap_or_default().to_string(),
-                receive_count: m
-                    .attributes()
-                    .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
-                    .and_then(|c| c.parse().ok())
-                    .unwrap_or(1),
-                receipt: m.receipt_handle().unwrap_or_default().to_string(),
-                traceparent: m
-                    .message_attributes()
-                    .and_then(|a| a.get("traceparent"))
-                    .and_then(|v| v.string_value())
-                    .map(str::to_owned),
-            })
-            .collect())
+        Ok(futures::future::join_all(output.messages().iter().map(|m| self.resolved(m))).await)
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -191,37 +559,153 @@ impl JobQueue for SqsJobQueue {
         Ok(())
     }
 
+    async fn requeue(
+        &self,
+        delivery: &Delivery,
+        attempts: u32,
+        delay: Duration,
+    ) -> Result<(), QueueError> {
+        if self.fifo {
+            // A copy would go to the back of its group, after jobs sent later: a release
+            // keeps the order, at the price of one receive.
+            return self.retry_later(delivery, delay).await;
+        }
+        let mut request = self
+            .client
+            .send_message()
+            .queue_url(&self.queue_url)
+            .message_body(wire_body(delivery))
+            .delay_seconds(delay.min(MAX_DELAY).as_secs() as i32)
+            .message_attributes(
+                ORIGINAL_MESSAGE_ID,
+                Self::string_attribute(&delivery.message_id)?,
+            )
+            .message_attributes(
+                PRIOR_ATTEMPTS,
+                MessageAttributeValue::builder()
+                    .data_type("Number")
+                    .string_value(attempts.to_string())
+                    .build()
+                    .map_err(|e| QueueError::new("SendMessage", e))?,
+            );
+        for (name, value) in Self::carried(delivery)? {
+            request = request.message_attributes(name, value);
+        }
+        request
+            .send()
+            .await
+            .map_err(|e| sdk_error("SendMessage (re-queue)", e))?;
+        // The copy is in: the original goes (its S3 object stays: the copy refers to it).
+        // Should this delete fail, both copies exist and the job may run twice (same
+        // message id): see docs/delivery.md.
+        self.complete(delivery).await
+    }
+
     async fn extend(&self, delivery: &Delivery, visibility: Duration) -> Result<(), QueueError> {
         self.retry_later(delivery, visibility).await
     }
 
-    async fn dead_letter(&self, delivery: &Delivery, error: &ErrorInfo) -> Result<(), QueueError> {
-        let attribute = |value: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(if value.is_empty() { "-" } else { value })
-                .build()
-                .map_err(|e| QueueError::new("SendMessage", e))
+    async fn dead_letter(
+        &self,
+        delivery: &Delivery,
+        error: &ErrorInfo,
+    ) -> Result<bool, QueueError> {
+        let Some((dlq_url, max_size, dlq_claim)) = &self.dlq else {
+            return Ok(false);
         };
-        let message: String = error.message.chars().take(1000).collect();
-        self.client
-            .send_message()
-            .queue_url(&self.dlq_url)
-            .message_body(&delivery.body)
-            .message_attributes("plugworker_error_code", attribute(&error.code)?)
-            .message_attributes("plugworker_error_message", attribute(&message)?)
-            .message_attributes(
-                "plugworker_original_message_id",
-                attribute(&delivery.message_id)?,
-            )
-            .send()
-            .await
-            .map_err(|e| sdk_error("SendMessage (dead-letter queue)", e))?;
-        Ok(())
+        let code = sqs_attribute(&error.code, 64);
+        let mut message = sqs_attribute(&error.message, 1000);
+        let mut carried = Self::carried(delivery)?;
+        let size = |message: &str, carried: &[(String, MessageAttributeValue)]| {
+            let mut attributes = vec![
+                ("plugworker_error_code", "String", &*code),
+                ("plugworker_error_message", "String", message),
+                (
+                    "plugworker_original_message_id",
+                    "String",
+                    delivery.message_id.as_str(),
+                ),
+            ];
+            attributes.extend(carried.iter().map(|(name, value)| {
+                (
+                    name.as_str(),
+                    value.data_type(),
+                    value.string_value().unwrap_or_default(),
+                )
+            }));
+            message_size(wire_body(delivery), &attributes)
+        };
+        // The job fitted the jobs queue, and the DLQ is no smaller (checked at start-up):
+        // only the attributes can push the copy over. The error is in the results, so its
+        // message goes first, then the producer's attributes.
+        if size(&message, &carried) > *max_size {
+            message = "(see the job's error result)".into();
+        }
+        if size(&message, &carried) > *max_size {
+            carried.clear();
+        }
+        let message: &str = &message;
+        let mut attributes: HashMap<String, MessageAttributeValue> = carried.into_iter().collect();
+        attributes.insert(
+            "plugworker_error_code".into(),
+            Self::string_attribute(&code)?,
+        );
+        attributes.insert(
+            "plugworker_error_message".into(),
+            Self::string_attribute(message)?,
+        );
+        attributes.insert(
+            "plugworker_original_message_id".into(),
+            Self::string_attribute(&delivery.message_id)?,
+        );
+        // A job that came through S3 is copied as its pointer (same object, whose
+        // ExtendedPayloadSize is among the carried attributes); a large one that did not
+        // goes through S3 now, if a bucket is configured.
+        // (A pointer that could not be read is copied as it came, too.)
+        let is_pointer = delivery.stored.is_some()
+            || delivery.attributes.iter().any(|a| {
+                a.name == plugworker_claim_check::RESERVED_ATTRIBUTE
+                    || a.name == plugworker_claim_check::LEGACY_RESERVED_ATTRIBUTE
+            });
+        let outgoing = match is_pointer {
+            true => plugworker_claim_check::Outgoing {
+                body: wire_body(delivery).to_string(),
+                attributes: HashMap::new(),
+                pointer: None,
+            },
+            false => dlq_claim
+                .offload(delivery.body.clone(), &attributes)
+                .await
+                .map_err(|e| QueueError::new("SendMessage (dead-letter queue)", e))?,
+        };
+        let mut request = outgoing.apply(self.client.send_message().queue_url(dlq_url));
+        for (name, value) in attributes {
+            request = request.message_attributes(name, value);
+        }
+        if self.fifo {
+            request = request
+                .message_group_id(delivery.group_id.as_deref().unwrap_or("plugworker"))
+                .message_deduplication_id(deduplication_id("dlq", &delivery.message_id));
+        }
+        if let Err(error) = request.send().await {
+            if let Some(pointer) = &outgoing.pointer {
+                let _ = dlq_claim.discard(pointer).await;
+            }
+            return Err(sdk_error("SendMessage (dead-letter queue)", error));
+        }
+        Ok(true)
     }
 
-    fn max_receive_count(&self) -> Option<u32> {
-        self.max_receive_count
+    async fn release_payload(&self, delivery: &Delivery) {
+        if let Some(stored) = &delivery.stored
+            && let Err(error) = self.claim.release(&stored.pointer).await
+        {
+            tracing::warn!(%error, message_id = %delivery.message_id, "could not delete the job's body from S3; the bucket's lifecycle rule expires it");
+        }
+    }
+
+    fn max_attempts(&self) -> u32 {
+        self.max_attempts
     }
 
     fn visibility_timeout(&self) -> Duration {
@@ -287,7 +771,7 @@ async fn delete_batches(
             .await;
         match result {
             Ok(output) => {
-                let failed: std::collections::HashMap<String, String> = output
+                let failed: HashMap<String, String> = output
                     .failed()
                     .iter()
                     .map(|f| {
@@ -319,44 +803,284 @@ async fn delete_batches(
 pub struct SqsResults {
     client: Client,
     queue_url: String,
+    max_message_size: usize,
+    fifo: bool,
+    /// Offloads results over the queue's threshold to S3 (if a bucket is configured).
+    claim: ClaimCheck,
 }
 
+/// Error codes with which SQS refuses a message's content, not the request as such.
+const CONTENT_REFUSED: [&str; 5] = [
+    "InvalidMessageContents",
+    "InvalidParameterValue",
+    "MessageTooLong",
+    "InvalidAttributeValue",
+    "InvalidAttributeName",
+];
+
 impl SqsResults {
-    pub fn new(client: Client, queue_url: String) -> Self {
-        Self { client, queue_url }
+    /// Reads the results queue's size limit and type; `claim` gets the queue's threshold
+    /// unless it was configured (`--payload-threshold`).
+    pub async fn connect(
+        client: Client,
+        queue_url: String,
+        claim: ClaimCheck,
+        threshold_configured: bool,
+    ) -> Result<Self, StartupError> {
+        let attributes = queue_attributes(&client, "results", &queue_url).await?;
+        let claim = if threshold_configured {
+            claim
+        } else {
+            claim.with_threshold(threshold_for_max_message_size(attributes.max_message_size))
+        };
+        Ok(Self {
+            client,
+            queue_url,
+            max_message_size: attributes.max_message_size,
+            fifo: attributes.fifo,
+            claim,
+        })
+    }
+
+    pub fn max_message_size(&self) -> usize {
+        self.max_message_size
     }
 }
 
 #[async_trait]
 impl ResultSink for SqsResults {
-    async fn publish(&self, result: &JobResult) -> Result<(), QueueError> {
-        let body =
-            serde_json::to_string(result).map_err(|e| QueueError::new("serialise result", e))?;
-        let attribute = |value: &str| {
-            MessageAttributeValue::builder()
-                .data_type("String")
-                .string_value(value)
-                .build()
-                .map_err(|e| QueueError::new("SendMessage", e))
-        };
+    async fn publish(&self, result: &JobResult, delivery: &Delivery) -> Result<(), PublishError> {
+        let body = result
+            .to_body()
+            .map_err(|e| PublishError::Rejected(QueueError::new("serialise result", e)))?;
         let status = match result.status {
             plugworker_jobs::Status::Ok => "ok",
             plugworker_jobs::Status::Error => "error",
         };
-        let mut request = self
-            .client
-            .send_message()
-            .queue_url(&self.queue_url)
-            .message_body(body)
-            .message_attributes("status", attribute(status)?)
-            .message_attributes("message_id", attribute(&result.message_id)?);
-        if let Some(algorithm) = result.algorithm.as_deref().filter(|a| !a.is_empty()) {
-            request = request.message_attributes("algorithm", attribute(algorithm)?);
+        let message_id = sqs_attribute(&result.message_id, 128);
+        let algorithm = result
+            .algorithm
+            .as_deref()
+            .filter(|a| !a.is_empty())
+            .map(|a| sqs_attribute(a, plugworker_jobs::MAX_ALGORITHM_CHARS));
+        let mut attributes = vec![
+            ("status", "String", status),
+            ("message_id", "String", &*message_id),
+        ];
+        if let Some(algorithm) = &algorithm {
+            attributes.push(("algorithm", "String", &**algorithm));
         }
-        request
-            .send()
-            .await
-            .map_err(|e| sdk_error("SendMessage (results queue)", e))?;
+        let mut values = HashMap::new();
+        for (name, _, value) in &attributes {
+            values.insert(
+                name.to_string(),
+                SqsJobQueue::string_attribute(value).map_err(PublishError::Rejected)?,
+            );
+        }
+        // Over the threshold: through S3 if a bucket is configured (consumers using AWS's
+        // extended client read it transparently), else too large.
+        let size = message_size(&body, &attributes);
+        let outgoing = match self.claim.offload(body, &values).await {
+            Ok(outgoing) => outgoing,
+            Err(plugworker_claim_check::Error::TooLarge { .. }) => {
+                return Err(PublishError::TooLarge {
+                    size,
+                    max: self.claim.threshold().min(self.max_message_size),
+                });
+            }
+            Err(error) if error.is_permanent() => {
+                return Err(PublishError::Rejected(QueueError::new(
+                    "S3 claim-check",
+                    error,
+                )));
+            }
+            Err(error) => {
+                return Err(PublishError::Unavailable(QueueError::new(
+                    "S3 claim-check",
+                    error,
+                )));
+            }
+        };
+        let mut request = outgoing.apply(self.client.send_message().queue_url(&self.queue_url));
+        for (name, value) in values {
+            request = request.message_attributes(name, value);
+        }
+        if self.fifo {
+            // The job's group keeps its order among results; a job from a standard queue
+            // has no order to keep, so its own id is its group.
+            request = request
+                .message_group_id(
+                    delivery
+                        .group_id
+                        .clone()
+                        .unwrap_or_else(|| deduplication_id("job", &result.message_id)),
+                )
+                .message_deduplication_id(deduplication_id("result", &result.message_id));
+        }
+        let sent = request.send().await;
+        if sent.is_err()
+            && let Some(pointer) = &outgoing.pointer
+        {
+            let _ = self.claim.discard(pointer).await;
+        }
+        sent.map_err(|e| {
+            let code = e.code().map(str::to_owned);
+            let error = sdk_error("SendMessage (results queue)", e);
+            if code.is_some_and(|c| CONTENT_REFUSED.contains(&c.as_str())) {
+                PublishError::Rejected(error)
+            } else {
+                PublishError::Unavailable(error)
+            }
+        })?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn attributes() -> QueueAttributes {
+        QueueAttributes {
+            visibility: Duration::from_secs(30),
+            max_message_size: 262_144,
+            fifo: false,
+            redrive_policy: Some(
+                r#"{"deadLetterTargetArn":"arn:aws:sqs:us-east-1:1:x-dlq","maxReceiveCount":"3"}"#
+                    .into(),
+            ),
+            arn: None,
+        }
+    }
+
+    fn options() -> JobsQueueOptions {
+        JobsQueueOptions {
+            allow_no_dlq: false,
+            job_timeout: Duration::from_secs(300),
+            runner_wait: Duration::from_secs(10),
+        }
+    }
+
+    fn attribute_at_fault(result: Result<impl std::fmt::Debug, StartupError>) -> &'static str {
+        match result.unwrap_err() {
+            StartupError::Attribute { attribute, .. } => attribute,
+            other => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn the_redrive_policy_gives_the_attempts() {
+        let redrive = check_jobs_queue(&attributes(), &options())
+            .unwrap()
+            .unwrap();
+        assert_eq!(redrive.max_receive_count, 3);
+        assert_eq!(queue_name(&redrive.dead_letter_target_arn), "x-dlq");
+        let numeric = QueueAttributes {
+            redrive_policy: Some(r#"{"deadLetterTargetArn":"a:b","maxReceiveCount":7}"#.into()),
+            ..attributes()
+        };
+        assert_eq!(
+            check_jobs_queue(&numeric, &options())
+                .unwrap()
+                .unwrap()
+                .max_receive_count,
+            7
+        );
+    }
+
+    #[test]
+    fn a_queue_without_a_redrive_policy_is_refused_unless_allowed() {
+        let none = QueueAttributes {
+            redrive_policy: None,
+            ..attributes()
+        };
+        let error = check_jobs_queue(&none, &options()).unwrap_err().to_string();
+        assert!(
+            error.starts_with("jobs queue attribute RedrivePolicy: not set"),
+            "{error}"
+        );
+        assert!(error.contains("--allow-no-dlq"), "{error}");
+        let allowed = JobsQueueOptions {
+            allow_no_dlq: true,
+            ..options()
+        };
+        assert_eq!(check_jobs_queue(&none, &allowed).unwrap(), None);
+    }
+
+    #[test]
+    fn broken_attributes_are_named() {
+        for policy in [
+            "not json",
+            r#"{"maxReceiveCount": 3}"#,
+            r#"{"deadLetterTargetArn":"a","maxReceiveCount":0}"#,
+            r#"{"deadLetterTargetArn":"a"}"#,
+        ] {
+            let broken = QueueAttributes {
+                redrive_policy: Some(policy.into()),
+                ..attributes()
+            };
+            assert_eq!(
+                attribute_at_fault(check_jobs_queue(&broken, &options())),
+                "RedrivePolicy",
+                "{policy}"
+            );
+        }
+        let zero = QueueAttributes {
+            visibility: Duration::ZERO,
+            ..attributes()
+        };
+        assert_eq!(
+            attribute_at_fault(check_jobs_queue(&zero, &options())),
+            "VisibilityTimeout"
+        );
+        let endless = JobsQueueOptions {
+            job_timeout: Duration::from_secs(13 * 3600),
+            ..options()
+        };
+        assert_eq!(
+            attribute_at_fault(check_jobs_queue(&attributes(), &endless)),
+            "VisibilityTimeout"
+        );
+    }
+
+    #[test]
+    fn the_dead_letter_queue_must_take_every_job() {
+        let jobs = attributes();
+        assert!(check_dead_letter_queue(&jobs, &attributes(), false).is_ok());
+        let small = QueueAttributes {
+            max_message_size: 65_536,
+            ..attributes()
+        };
+        assert!(
+            check_dead_letter_queue(&jobs, &small, true).is_ok(),
+            "large copies go through S3"
+        );
+        let error = check_dead_letter_queue(&jobs, &small, false)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.starts_with("dead-letter queue attribute MaximumMessageSize: 65536 bytes"),
+            "{error}"
+        );
+        let fifo = QueueAttributes {
+            fifo: true,
+            ..attributes()
+        };
+        assert_eq!(
+            attribute_at_fault(check_dead_letter_queue(&jobs, &fifo, true)),
+            "FifoQueue"
+        );
+    }
+
+    #[test]
+    fn sizes_and_deduplication_ids() {
+        assert_eq!(message_size("abc", &[("n", "String", "v")]), 3 + 1 + 6 + 1);
+        assert_eq!(
+            deduplication_id("result", "9c1e-ab"),
+            deduplication_id("result", "9c1e-ab")
+        );
+        assert!(deduplication_id("r", &"é x".repeat(100)).len() <= 128);
+        assert_eq!(queue_name("https://sqs.x/123/jobs"), "jobs");
+        assert_eq!(queue_name("arn:aws:sqs:r:1:jobs-dlq"), "jobs-dlq");
     }
 }

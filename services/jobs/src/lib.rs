@@ -9,8 +9,16 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+pub mod text;
+
 /// Longest client-chosen job id accepted.
 pub const MAX_JOB_ID_CHARS: usize = 256;
+/// Longest algorithm name accepted. Algorithm names are Consul tags chosen by runner
+/// authors; a longer name cannot be one, and echoing it (in the result, its attributes,
+/// logs and spans) would make every one of those as large as the job.
+pub const MAX_ALGORITHM_CHARS: usize = 256;
+/// Longest error message put in a result; longer ones (a runner's, an SDK's) are cut.
+pub const MAX_ERROR_MESSAGE_CHARS: usize = 4096;
 
 /// A job, as submitted.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -35,6 +43,10 @@ pub enum JobError {
     NotAnObject,
     #[error("job has no \"algorithm\" (a non-empty string naming the algorithm to run)")]
     MissingAlgorithm,
+    #[error(
+        "job \"algorithm\" is {chars} characters long; algorithm names have at most {MAX_ALGORITHM_CHARS}"
+    )]
+    AlgorithmTooLong { chars: usize },
     #[error("job has no \"payload\" (the algorithm's input)")]
     MissingPayload,
     #[error("job \"id\" must be a string of at most {MAX_JOB_ID_CHARS} characters")]
@@ -70,6 +82,10 @@ pub fn parse_job(body: &str) -> Result<Job, JobError> {
         Some(Value::String(name)) if !name.trim().is_empty() => name,
         _ => return Err(JobError::MissingAlgorithm),
     };
+    let chars = algorithm.chars().count();
+    if chars > MAX_ALGORITHM_CHARS {
+        return Err(JobError::AlgorithmTooLong { chars });
+    }
     let payload = fields.remove("payload").ok_or(JobError::MissingPayload)?;
     let id = match fields.remove("id").map(field) {
         None | Some(Some(Value::Null)) => None,
@@ -107,6 +123,13 @@ pub mod codes {
     pub const RUNNER_BUSY: &str = "runner_busy";
     pub const TIMEOUT: &str = "timeout";
     pub const RUNNER_ERROR: &str = "runner_error";
+    /// The result is larger than the results queue accepts (and no payload bucket is
+    /// configured to carry it).
+    pub const RESULT_TOO_LARGE: &str = "result_too_large";
+    /// The results queue refused the result for another reason than its size.
+    pub const RESULT_UNPUBLISHABLE: &str = "result_unpublishable";
+    /// The job's body is a claim-check pointer (S3) that cannot be read.
+    pub const PAYLOAD_UNAVAILABLE: &str = "payload_unavailable";
 }
 
 /// The error part of a result.
@@ -115,6 +138,26 @@ pub struct ErrorInfo {
     pub code: String,
     pub message: String,
     pub class: ErrorClass,
+}
+
+impl ErrorInfo {
+    /// An error whose message is capped at [`MAX_ERROR_MESSAGE_CHARS`]: messages can
+    /// quote what a producer or a runner sent, so their size is not ours to choose.
+    pub fn new(code: &str, class: ErrorClass, message: impl AsRef<str>) -> Self {
+        Self {
+            code: code.to_string(),
+            message: text::cap(message.as_ref(), MAX_ERROR_MESSAGE_CHARS).into_owned(),
+            class,
+        }
+    }
+
+    pub fn permanent(code: &str, message: impl AsRef<str>) -> Self {
+        Self::new(code, ErrorClass::Permanent, message)
+    }
+
+    pub fn transient(code: &str, message: impl AsRef<str>) -> Self {
+        Self::new(code, ErrorClass::Transient, message)
+    }
 }
 
 /// `ok` or `error`.
@@ -173,6 +216,48 @@ pub struct JobResult {
     pub timings: Timings,
 }
 
+impl JobResult {
+    /// Caps every field that echoes something a producer, a runner or Consul chose, so a
+    /// result's size is bounded by its `result` alone.
+    pub fn capped(mut self) -> Self {
+        let cap = |value: &mut String, max: usize| {
+            if let std::borrow::Cow::Owned(capped) = text::cap(value, max) {
+                *value = capped;
+            }
+        };
+        if let Some(id) = &mut self.job_id {
+            cap(id, MAX_JOB_ID_CHARS);
+        }
+        if let Some(algorithm) = &mut self.algorithm {
+            cap(algorithm, MAX_ALGORITHM_CHARS);
+        }
+        cap(&mut self.message_id, 128);
+        if let Some(error) = &mut self.error {
+            cap(&mut error.code, 64);
+            cap(&mut error.message, MAX_ERROR_MESSAGE_CHARS);
+        }
+        if let Some(runner) = &mut self.runner {
+            cap(&mut runner.service, 256);
+            cap(&mut runner.instance_id, 256);
+            cap(&mut runner.address, 256);
+        }
+        if let Some(version) = &mut self.algorithm_version {
+            cap(version, 128);
+        }
+        self
+    }
+
+    /// The message body: JSON whose every character SQS accepts (see
+    /// [`text::escape_json_for_sqs`]).
+    pub fn to_body(&self) -> Result<String, serde_json::Error> {
+        let json = serde_json::to_string(self)?;
+        Ok(match text::escape_json_for_sqs(&json) {
+            std::borrow::Cow::Borrowed(_) => json,
+            std::borrow::Cow::Owned(escaped) => escaped,
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -210,6 +295,14 @@ mod tests {
             JobError::BadId
         );
         assert_eq!(error("{}").code(), codes::MISSING_ALGORITHM);
+        let long = format!(
+            r#"{{"algorithm": "{}", "payload": {{}}}}"#,
+            "a".repeat(131_072)
+        );
+        let too_long = error(&long);
+        assert_eq!(too_long, JobError::AlgorithmTooLong { chars: 131_072 });
+        assert_eq!(too_long.code(), codes::INVALID_JOB);
+        assert!(too_long.to_string().len() < 200, "the name is not echoed");
         assert_eq!(error("nope").code(), codes::BAD_JSON);
     }
 
@@ -251,5 +344,33 @@ mod tests {
             text.contains(r#""result":{"sum": 3}"#),
             "embedded verbatim: {text}"
         );
+    }
+
+    #[test]
+    fn capped_results_are_bounded_and_their_bodies_are_sqs_text() {
+        let result = JobResult {
+            job_id: Some("j".repeat(1000)),
+            message_id: "m1".into(),
+            algorithm: Some("a".repeat(200_000)),
+            status: Status::Error,
+            result: None,
+            error: Some(ErrorInfo {
+                code: codes::RUNNER_ERROR.into(),
+                message: format!("bad \u{FFFF} {}", "x".repeat(1_000_000)),
+                class: ErrorClass::Transient,
+            }),
+            runner: None,
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings::default(),
+        }
+        .capped();
+        let body = result.to_body().unwrap();
+        assert!(body.len() < 16_000, "{} bytes", body.len());
+        assert!(body.chars().all(text::sqs_allows), "{body}");
+        assert!(body.contains("\\uffff"), "escaped, not dropped: {body}");
+        let back: JobResult = serde_json::from_str(&body).unwrap();
+        assert!(back.error.unwrap().message.starts_with("bad \u{FFFF} "));
     }
 }

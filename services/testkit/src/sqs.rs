@@ -42,6 +42,41 @@ pub struct Sqs {
     _process: Process,
 }
 
+fn next_deduplication_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// How [`Sqs::create_queues_with`] makes the queues.
+#[derive(Clone, Debug)]
+pub struct QueueOptions {
+    pub visibility: Duration,
+    /// The jobs queue's redrive policy's maxReceiveCount; `None`: no redrive policy.
+    pub max_receive_count: Option<u32>,
+    /// MaximumMessageSize of all three queues (AWS's limit for the queues of the issue's
+    /// table is 262144); `None`: moto's default (1 MiB, as AWS's since 2025).
+    pub max_message_size: Option<usize>,
+    /// Overrides for the DLQ and the results queue.
+    pub dlq_max_message_size: Option<usize>,
+    pub results_max_message_size: Option<usize>,
+    /// FIFO queues (names end in `.fifo`).
+    pub fifo: bool,
+}
+
+impl Default for QueueOptions {
+    fn default() -> Self {
+        Self {
+            visibility: Duration::from_secs(30),
+            max_receive_count: Some(5),
+            max_message_size: None,
+            dlq_max_message_size: None,
+            results_max_message_size: None,
+            fifo: false,
+        }
+    }
+}
+
 /// URLs of one test's queues.
 #[derive(Clone, Debug)]
 pub struct Queues {
@@ -88,35 +123,87 @@ impl Sqs {
         visibility: Duration,
         max_receive_count: u32,
     ) -> Queues {
-        let dlq = self.create(&format!("{prefix}-dlq"), &[]).await;
-        let dlq_arn = self
-            .client
+        self.create_queues_with(
+            prefix,
+            &QueueOptions {
+                visibility,
+                max_receive_count: Some(max_receive_count),
+                ..QueueOptions::default()
+            },
+        )
+        .await
+    }
+
+    /// Creates the three queues as `options` say.
+    pub async fn create_queues_with(&self, prefix: &str, options: &QueueOptions) -> Queues {
+        let suffix = if options.fifo { ".fifo" } else { "" };
+        let common = |size: Option<usize>| {
+            let mut attributes = Vec::new();
+            if let Some(size) = size {
+                attributes.push((QueueAttributeName::MaximumMessageSize, size.to_string()));
+            }
+            if options.fifo {
+                attributes.push((QueueAttributeName::FifoQueue, "true".to_string()));
+            }
+            attributes
+        };
+        let dlq_attributes = common(options.dlq_max_message_size.or(options.max_message_size));
+        let dlq = self
+            .create_owned(&format!("{prefix}-dlq{suffix}"), &dlq_attributes)
+            .await;
+        let mut jobs_attributes = common(options.max_message_size);
+        jobs_attributes.push((
+            QueueAttributeName::VisibilityTimeout,
+            options.visibility.as_secs().to_string(),
+        ));
+        if let Some(max_receive_count) = options.max_receive_count {
+            let dlq_arn = self.arn(&dlq).await;
+            let redrive = serde_json::json!({
+                "deadLetterTargetArn": dlq_arn,
+                "maxReceiveCount": max_receive_count.to_string(),
+            })
+            .to_string();
+            jobs_attributes.push((QueueAttributeName::RedrivePolicy, redrive));
+        }
+        let jobs = self
+            .create_owned(&format!("{prefix}-jobs{suffix}"), &jobs_attributes)
+            .await;
+        let results = self
+            .create_owned(
+                &format!("{prefix}-results{suffix}"),
+                &common(
+                    options
+                        .results_max_message_size
+                        .or(options.max_message_size),
+                ),
+            )
+            .await;
+        Queues { jobs, results, dlq }
+    }
+
+    async fn create_owned(
+        &self,
+        name: &str,
+        attributes: &[(QueueAttributeName, String)],
+    ) -> String {
+        let borrowed: Vec<(QueueAttributeName, &str)> = attributes
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_str()))
+            .collect();
+        self.create(name, &borrowed).await
+    }
+
+    async fn arn(&self, queue: &str) -> String {
+        self.client
             .get_queue_attributes()
-            .queue_url(&dlq)
+            .queue_url(queue)
             .attribute_names(QueueAttributeName::QueueArn)
             .send()
             .await
             .unwrap()
             .attributes()
             .unwrap()[&QueueAttributeName::QueueArn]
-            .clone();
-        let redrive = serde_json::json!({
-            "deadLetterTargetArn": dlq_arn,
-            "maxReceiveCount": max_receive_count.to_string(),
-        })
-        .to_string();
-        let visibility = visibility.as_secs().to_string();
-        let jobs = self
-            .create(
-                &format!("{prefix}-jobs"),
-                &[
-                    (QueueAttributeName::RedrivePolicy, redrive.as_str()),
-                    (QueueAttributeName::VisibilityTimeout, visibility.as_str()),
-                ],
-            )
-            .await;
-        let results = self.create(&format!("{prefix}-results"), &[]).await;
-        Queues { jobs, results, dlq }
+            .clone()
     }
 
     async fn create(&self, name: &str, attributes: &[(QueueAttributeName, &str)]) -> String {
@@ -129,6 +216,22 @@ impl Sqs {
             .await
             .unwrap()
             .queue_url()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Sends to a FIFO queue in `group` (deduplication id: a fresh one per call).
+    pub async fn send_to_group(&self, queue: &str, body: &str, group: &str) -> String {
+        self.client
+            .send_message()
+            .queue_url(queue)
+            .message_body(body)
+            .message_group_id(group)
+            .message_deduplication_id(format!("test-{}", next_deduplication_id()))
+            .send()
+            .await
+            .unwrap()
+            .message_id()
             .unwrap()
             .to_string()
     }

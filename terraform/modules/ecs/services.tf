@@ -3,6 +3,14 @@
 # collector, and a Cloud Map A record per task for Prometheus.
 
 locals {
+  # The controller's shutdown on SIGTERM: a receive in progress ends (at most the receive
+  # wait), running jobs finish until the grace after the signal, the rest are re-queued
+  # (at most 15 s). ECS must wait longer than that before SIGKILL, or jobs caught by a
+  # deploy spend a receive: stopTimeout derives from these (checked by the deploy checks,
+  # scripts/deploy_checks/shutdown_rules.py; Fargate allows at most 120 s).
+  controller_shutdown_grace_seconds = 30
+  controller_receive_wait_seconds   = 20
+
   with_agent = local.consul_sidecar ? [local.consul_agent] : []
   # The service waits for its agent: it registers (runners) or queries (controller) there.
   wait_for_agent = local.consul_sidecar ? [{ containerName = "consul-agent", condition = "HEALTHY" }] : []
@@ -23,6 +31,8 @@ locals {
       { name = "PLUGWORKER_HEALTH_ADDRESS", value = "0.0.0.0:9090" },
       { name = "PLUGWORKER_PAYLOAD_BUCKET", value = var.payloads.name },
       { name = "PLUGWORKER_PAYLOAD_KEY_PREFIX", value = var.payloads.key_prefix },
+      { name = "PLUGWORKER_SHUTDOWN_GRACE", value = "${local.controller_shutdown_grace_seconds}s" },
+      { name = "PLUGWORKER_RECEIVE_WAIT", value = "${local.controller_receive_wait_seconds}s" },
       { name = "OTEL_SERVICE_NAME", value = "plugworker-controller" },
     ])
     healthCheck = {
@@ -33,7 +43,7 @@ locals {
       startPeriod = 30
     }
     dependsOn        = local.wait_for_agent
-    stopTimeout      = 60 # the controller's shutdown grace (30 s) plus a receive in flight
+    stopTimeout      = local.controller_shutdown_grace_seconds + 30 # see controller_shutdown_grace_seconds
     logConfiguration = local.log_configuration["controller"]
   }
 

@@ -9,8 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
+    /// Boxed: the controller's flags are many, and `Command` holds every command's.
     #[command(flatten)]
-    pub controller: ControllerArgs,
+    pub controller: Box<ControllerArgs>,
     #[command(flatten)]
     pub consul: ConsulArgs,
     /// Address of the health and metrics endpoints (`GET /healthz`: 200 while taking
@@ -31,7 +32,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.health_address))?;
     tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz, metrics at /metrics");
     let (controller, metrics) =
-        plugworker_controller::build_on_sqs(args.controller, consul).await?;
+        plugworker_controller::build_on_sqs(*args.controller, consul).await?;
     let health = {
         let serving = serving.clone();
         axum::Router::new()

@@ -10,7 +10,7 @@ use anyhow::{Context, bail};
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::{Controller, Dispatcher, Settings};
 use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
-use plugworker_jobs::{ErrorClass, JobResult, Status};
+use plugworker_jobs::{ErrorInfo, JobResult, Status, Timings, codes};
 use plugworker_registry::{Registry, RegistryConfig};
 use std::collections::HashSet;
 use std::io::{BufRead, Write};
@@ -32,8 +32,8 @@ pub struct Args {
     /// the test-runner fixture).
     #[arg(long = "runner")]
     pub runners: Vec<String>,
-    /// Deliveries per job before it is dead-lettered (like SQS maxReceiveCount).
-    #[arg(long, default_value_t = 5)]
+    /// Deliveries per job before it is dead-lettered (like SQS maxReceiveCount; at least 1).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_attempts: u32,
     /// How long a job waits for a runner of its algorithm (runners start with the jobs;
     /// model loading takes a moment) before its attempt counts as failed.
@@ -121,37 +121,79 @@ fn is_executable(path: &Path) -> bool {
         .unwrap_or(false)
 }
 
-fn read_jobs(source: &str) -> anyhow::Result<Vec<String>> {
-    let reader: Box<dyn BufRead> = if source == "-" {
+/// A line of the jobs file: a job to queue, or a line that cannot be one.
+enum Line {
+    Job(String),
+    /// Not UTF-8 (JSON text must be): its error result, made here.
+    NotText(Box<JobResult>),
+}
+
+fn read_jobs(source: &str) -> anyhow::Result<Vec<Line>> {
+    let mut reader: Box<dyn BufRead> = if source == "-" {
         Box::new(std::io::BufReader::new(std::io::stdin()))
     } else {
         Box::new(std::io::BufReader::new(
             std::fs::File::open(source).with_context(|| format!("cannot open {source}"))?,
         ))
     };
-    let mut jobs = Vec::new();
-    for line in reader.lines() {
-        let line = line.context("cannot read jobs")?;
-        if !line.trim().is_empty() {
-            jobs.push(line);
+    let mut lines = Vec::new();
+    let mut bytes = Vec::new();
+    let mut number = 0usize;
+    loop {
+        bytes.clear();
+        if reader
+            .read_until(b'\n', &mut bytes)
+            .context("cannot read jobs")?
+            == 0
+        {
+            break;
+        }
+        number += 1;
+        match std::str::from_utf8(&bytes) {
+            Ok(line) if line.trim().is_empty() => {}
+            Ok(line) => lines.push(Line::Job(line.trim_end_matches(['\n', '\r']).to_string())),
+            Err(error) => lines.push(Line::NotText(Box::new(not_utf8(number, error)))),
         }
     }
-    Ok(jobs)
+    Ok(lines)
 }
 
-/// Whether no further result will come for this job.
-fn is_final(result: &JobResult, max_attempts: u32) -> bool {
-    match (&result.status, &result.error) {
-        (Status::Ok, _) => true,
-        (Status::Error, Some(error)) => {
-            error.class == ErrorClass::Permanent || result.attempt >= max_attempts
-        }
-        (Status::Error, None) => true,
+fn not_utf8(line: usize, error: std::str::Utf8Error) -> JobResult {
+    JobResult {
+        job_id: None,
+        message_id: format!("line-{line}"),
+        algorithm: None,
+        status: Status::Error,
+        result: None,
+        error: Some(ErrorInfo::permanent(
+            codes::BAD_JSON,
+            format!(
+                "line {line} is not UTF-8 (invalid byte at offset {}); a job is JSON text, which is UTF-8",
+                error.valid_up_to()
+            ),
+        )),
+        runner: None,
+        algorithm_version: None,
+        trace_id: None,
+        attempt: 1,
+        timings: Timings {
+            received_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            ..Timings::default()
+        },
     }
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let jobs = read_jobs(&args.jobs)?;
+    let lines = read_jobs(&args.jobs)?;
+    let total = lines.len();
+    let mut jobs = Vec::new();
+    let mut unreadable = Vec::new();
+    for line in lines {
+        match line {
+            Line::Job(job) => jobs.push(job),
+            Line::NotText(result) => unreadable.push(result),
+        }
+    }
     let mut output: Box<dyn Write + Send> = if args.results == "-" {
         Box::new(std::io::stdout())
     } else {
@@ -160,8 +202,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot create {}", args.results))?,
         )
     };
+    let (mut ok, mut failed) = (0usize, 0usize);
+    for result in &unreadable {
+        writeln!(output, "{}", serde_json::to_string(result)?)?;
+        failed += 1;
+    }
+    output.flush()?;
     if jobs.is_empty() {
-        tracing::warn!("no jobs given");
+        if total == 0 {
+            tracing::warn!("no jobs given");
+        } else {
+            eprintln!("plugworker dev: {total} jobs, 0 ok, {failed} failed");
+        }
         return Ok(());
     }
 
@@ -241,20 +293,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }));
 
     let mut finished = HashSet::new();
-    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut duplicates = 0usize;
     let mut interrupted = std::pin::pin!(super::shutdown_signal());
     while finished.len() < jobs.len() {
         let result = tokio::select! {
             result = received.recv() => match result { Some(result) => result, None => break },
             () = &mut interrupted => { tracing::warn!("interrupted"); break }
         };
+        // Every result the controller publishes is final; a second one for a message id
+        // (possible only after a failure between publishing and deleting) is not printed.
+        if !finished.insert(result.message_id.clone()) {
+            duplicates += 1;
+            tracing::warn!(message_id = %result.message_id, "duplicate final result dropped");
+            continue;
+        }
         writeln!(output, "{}", serde_json::to_string(&result)?)?;
         output.flush()?;
-        if is_final(&result, args.max_attempts) && finished.insert(result.message_id.clone()) {
-            match result.status {
-                Status::Ok => ok += 1,
-                Status::Error => failed += 1,
-            }
+        match result.status {
+            Status::Ok => ok += 1,
+            Status::Error => failed += 1,
         }
     }
     let _ = stop.send(());
@@ -264,8 +321,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     registry.stop().await;
     eprintln!(
-        "plugworker dev: {} jobs, {ok} ok, {failed} failed (runner logs in {})",
-        jobs.len(),
+        "plugworker dev: {total} jobs, {ok} ok, {failed} failed{} (runner logs in {})",
+        if duplicates > 0 {
+            format!(", {duplicates} duplicate results dropped")
+        } else {
+            String::new()
+        },
         logs.display()
     );
     Ok(())

@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
-use plugworker_testkit::sqs::{AWS_ENV, Queues, Sqs};
+use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
 use plugworker_testkit::{Process, bin_path, free_port};
 use std::time::Duration;
 
@@ -17,10 +17,18 @@ pub struct Stack {
 
 impl Stack {
     pub async fn start(visibility: Duration, max_receive_count: u32) -> Self {
+        Self::start_with(QueueOptions {
+            visibility,
+            max_receive_count: Some(max_receive_count),
+            ..QueueOptions::default()
+        })
+        .await
+    }
+
+    /// A stack whose queues are made as `options` say.
+    pub async fn start_with(options: QueueOptions) -> Self {
         let sqs = Sqs::start().await;
-        let queues = sqs
-            .create_queues("plugworker", visibility, max_receive_count)
-            .await;
+        let queues = sqs.create_queues_with("plugworker", &options).await;
         let registry_address = format!("127.0.0.1:{}", free_port());
         let registry = Registry::spawn(&registry_address, RegistryConfig::default())
             .await

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Delivery soak (not a test): N jobs through moto SQS, the registry, test-runners and the
+# controller, with runner SIGKILLs at random and two controller restarts. Prints
+# submitted / distinct final results / duplicates / DLQ. See scripts/soak.py for knobs:
+#   SOAK_JOBS=5000 scripts/soak.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+scripts/setup.sh >/dev/null
+cargo build --locked --workspace --bins
+venv="${PLUGWORKER_VENV:-$HOME/.cache/plugworker/venv}"
+exec "$venv/bin/python" scripts/soak.py

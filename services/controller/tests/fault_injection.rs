@@ -1,0 +1,933 @@
+//! The delivery guarantee under every failure we can name (`docs/delivery.md`): real
+//! processes (moto SQS with AWS's size limits, the embedded registry, `test-runner`s,
+//! `plugworker controller`s), one fault per test.
+//!
+//! Each case checks the promise the same way ([`Ledger::assert_promise`]): every job
+//! submitted has a final result (ok or error), there are as many distinct final results as
+//! jobs, no job sits in the DLQ without an error result saying why, and duplicates are
+//! counted against what the case explains.
+//!
+//! moto checks a message's size against the queue's MaximumMessageSize by the body's
+//! length only (AWS adds the attributes), and accepts characters AWS refuses; the
+//! controller applies AWS's rules itself, and these tests check the published bodies
+//! against AWS's character set.
+
+mod common;
+
+use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use common::{Stack, job};
+use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATTRIBUTE};
+use plugworker_discovery::{ConsulClient, ConsulConfig, ServiceRegistration};
+use plugworker_testkit::s3::S3;
+use plugworker_testkit::sqs::QueueOptions;
+use plugworker_testkit::{
+    Process, bin_path, eventually, free_port, metric_value, passing_instances,
+};
+use serde_json::{Value, json};
+use std::collections::{BTreeMap, HashSet};
+use std::time::{Duration, Instant};
+
+/// AWS's MaximumMessageSize for the queues of the issue's table (256 KiB).
+const AWS_256_KIB: usize = 262_144;
+
+fn consul(stack: &Stack) -> ConsulClient {
+    ConsulClient::new(ConsulConfig {
+        address: stack.consul_url(),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
+async fn wait_passing(stack: &Stack, service: &str, count: usize) {
+    let client = consul(stack);
+    eventually(
+        Duration::from_secs(30),
+        &format!("{count} passing {service}"),
+        || {
+            let client = client.clone();
+            async move { (passing_instances(&client, service).await.len() >= count).then_some(()) }
+        },
+    )
+    .await;
+}
+
+/// Whether SQS (AWS, not moto) accepts every character of `text`.
+fn sqs_accepts(text: &str) -> bool {
+    text.chars().all(|c| {
+        matches!(c, '\u{9}' | '\u{A}' | '\u{D}' | '\u{20}'..='\u{D7FF}' | '\u{E000}'..='\u{FFFD}' | '\u{10000}'..='\u{10FFFF}')
+    })
+}
+
+/// The results and dead letters of one case.
+struct Ledger {
+    results: Vec<(Message, Value)>,
+    dead: Vec<Message>,
+}
+
+impl Ledger {
+    /// Collects results until every submitted job has one (or `timeout`), then a little
+    /// longer to catch late duplicates, then the DLQ.
+    async fn settle(stack: &Stack, submitted: &[String], timeout: Duration) -> Self {
+        Self::settle_with(stack, submitted, timeout, &ClaimCheck::disabled()).await
+    }
+
+    /// Like [`Ledger::settle`], reading results sent through S3 as AWS's extended client
+    /// would.
+    async fn settle_with(
+        stack: &Stack,
+        submitted: &[String],
+        timeout: Duration,
+        claim: &ClaimCheck,
+    ) -> Self {
+        let deadline = Instant::now() + timeout;
+        let mut results = Vec::new();
+        let wanted: HashSet<&str> = submitted.iter().map(String::as_str).collect();
+        let read = |message: Message| async move {
+            let attributes = message.message_attributes().cloned().unwrap_or_default();
+            let body = claim
+                .resolve(message.body().unwrap(), &attributes)
+                .await
+                .expect("a readable result")
+                .body;
+            let value: Value = serde_json::from_str(&body).expect("results are JSON");
+            (message, value)
+        };
+        loop {
+            for message in stack.sqs.drain(&stack.queues.results).await {
+                results.push(read(message).await);
+            }
+            let seen: HashSet<&str> = results
+                .iter()
+                .filter_map(|(_, r)| r["message_id"].as_str())
+                .collect();
+            if wanted.is_subset(&seen) || Instant::now() > deadline {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        for message in stack.sqs.drain(&stack.queues.results).await {
+            results.push(read(message).await);
+        }
+        let dead = stack.sqs.drain(&stack.queues.dlq).await;
+        Self { results, dead }
+    }
+
+    fn by_id(&self) -> BTreeMap<&str, Vec<&Value>> {
+        let mut by_id: BTreeMap<&str, Vec<&Value>> = BTreeMap::new();
+        for (_, result) in &self.results {
+            by_id
+                .entry(result["message_id"].as_str().unwrap())
+                .or_default()
+                .push(result);
+        }
+        by_id
+    }
+
+    fn result(&self, message_id: &str) -> &Value {
+        self.by_id()[message_id][0]
+    }
+
+    /// The promise: one final result per job, nothing silent in the DLQ, duplicates at
+    /// most `duplicates_explained.0`, for the reason given.
+    fn assert_promise(&self, submitted: &[String], duplicates_explained: (usize, &str)) {
+        let by_id = self.by_id();
+        let expected: HashSet<&str> = submitted.iter().map(String::as_str).collect();
+        let got: HashSet<&str> = by_id.keys().copied().collect();
+        let missing: Vec<_> = expected.difference(&got).collect();
+        let unknown: Vec<_> = got.difference(&expected).collect();
+        assert!(
+            missing.is_empty(),
+            "jobs without a final result: {missing:?}"
+        );
+        assert!(
+            unknown.is_empty(),
+            "results for jobs never submitted: {unknown:?}"
+        );
+        assert_eq!(
+            got.len(),
+            submitted.len(),
+            "jobs submitted = distinct final results"
+        );
+        let duplicates = self.results.len() - got.len();
+        eprintln!(
+            "delivery: {} submitted, {} distinct final results, {duplicates} duplicates ({}), {} in the DLQ",
+            submitted.len(),
+            got.len(),
+            duplicates_explained.1,
+            self.dead.len()
+        );
+        assert!(
+            duplicates <= duplicates_explained.0,
+            "{duplicates} duplicate results; explained: at most {} ({})",
+            duplicates_explained.0,
+            duplicates_explained.1
+        );
+        for (message, _) in &self.results {
+            assert!(
+                sqs_accepts(message.body().unwrap()),
+                "a result SQS would refuse"
+            );
+        }
+        let silent: Vec<_> = self
+            .dead
+            .iter()
+            .filter(|m| {
+                let original = m
+                    .message_attributes()
+                    .and_then(|a| a.get("plugworker_original_message_id"))
+                    .and_then(|v| v.string_value());
+                !original.is_some_and(|id| {
+                    by_id
+                        .get(id)
+                        .is_some_and(|rs| rs.iter().all(|r| r["status"] == "error"))
+                })
+            })
+            .map(|m| m.message_id().unwrap_or_default().to_string())
+            .collect();
+        assert!(
+            silent.is_empty(),
+            "DLQ entries without an error result: {silent:?}"
+        );
+    }
+}
+
+/// The controller's metrics, once its endpoint answers.
+async fn metrics(health: &str) -> String {
+    let url = health.replace("/healthz", "/metrics");
+    eventually(Duration::from_secs(30), "the controller's /metrics", || {
+        let url = url.clone();
+        async move { reqwest::get(&url).await.ok()?.text().await.ok() }
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job_is_kept_in_the_dlq()
+ {
+    // Jobs and DLQ at SQS's 1 MiB, results at 256 KiB: an echo of 256 KiB fits the jobs
+    // queue but its result does not fit the results queue.
+    let stack = Stack::start_with(QueueOptions {
+        results_max_message_size: Some(AWS_256_KIB),
+        ..QueueOptions::default()
+    })
+    .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, health) = stack.controller(&[]);
+    let big = stack
+        .submit(job("echo", json!({"message": "x".repeat(AWS_256_KIB)})))
+        .await;
+    let small = stack.submit(job("echo", json!({"message": "fits"}))).await;
+    let submitted = vec![big.clone(), small.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&big);
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["error"]["code"], "result_too_large");
+    assert_eq!(result["attempt"], 1, "the runner ran once");
+    let message = result["error"]["message"].as_str().unwrap();
+    assert!(message.contains("--payload-bucket"), "{message}");
+    assert_eq!(ledger.result(&small)["result"]["message"], "fits");
+    assert_eq!(ledger.dead.len(), 1, "the job is kept for a redrive");
+    assert_eq!(
+        metric_value(
+            &metrics(&health).await,
+            "plugworker_results_unpublishable_total",
+            &[]
+        ),
+        None,
+        "the error result went out: nothing unpublishable"
+    );
+    assert_eq!(stack.sqs.counts(&stack.queues.jobs).await, (0, 0));
+}
+
+#[tokio::test]
+async fn a_131_kb_algorithm_name_gets_a_small_error_result_and_small_logs() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (controller, _) = stack.controller(&[]);
+    let name = "a".repeat(131_072);
+    let huge = stack
+        .submit(json!({"id": "huge", "algorithm": name, "payload": {}}))
+        .await;
+    let odd = stack
+        .submit(json!({"id": "odd\u{FFFF}\u{FFFE}", "algorithm": "echo", "payload": {"message": "bad \u{FFFF} char"}}))
+        .await;
+    let submitted = vec![huge.clone(), odd.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&huge);
+    assert_eq!(result["error"]["code"], "invalid_job", "{result}");
+    assert!(result["algorithm"].is_null(), "the name is not echoed");
+    let (message, _) = ledger
+        .results
+        .iter()
+        .find(|(_, r)| r["message_id"] == huge.as_str())
+        .unwrap();
+    assert!(
+        message.body().unwrap().len() < 4096,
+        "{} bytes",
+        message.body().unwrap().len()
+    );
+    assert_eq!(ledger.dead.len(), 1);
+    // U+FFFF and U+FFFE, which AWS refuses, are escaped in the body and mean the same.
+    let odd_result = ledger.result(&odd);
+    assert_eq!(odd_result["status"], "ok", "{odd_result}");
+    assert_eq!(odd_result["result"]["message"], "bad \u{FFFF} char");
+    assert_eq!(odd_result["job_id"], "odd\u{FFFF}\u{FFFE}");
+    let log = controller.log();
+    assert!(
+        log.len() < 64 * 1024,
+        "the controller logged {} bytes",
+        log.len()
+    );
+}
+
+#[tokio::test]
+async fn fifo_queues_keep_the_group_for_results_and_dlq_copies_and_run_a_group_in_order() {
+    let stack = Stack::start_with(QueueOptions {
+        fifo: true,
+        ..QueueOptions::default()
+    })
+    .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let mut submitted = Vec::new();
+    let mut order: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    // Later jobs of a group are quicker: run side by side they would finish first.
+    for group in ["alpha", "beta"] {
+        for (i, delay) in [900, 300, 0].into_iter().enumerate() {
+            let body = job(
+                "echo",
+                json!({"message": format!("{group}-{i}"), "delay_ms": delay}),
+            );
+            let id = stack
+                .sqs
+                .send_to_group(&stack.queues.jobs, &body.to_string(), group)
+                .await;
+            order.entry(group).or_default().push(id.clone());
+            submitted.push(id);
+        }
+    }
+    let bad = stack
+        .sqs
+        .send_to_group(&stack.queues.jobs, "{not json", "gamma")
+        .await;
+    submitted.push(bad.clone());
+    let (_controller, _) = stack.controller(&[]);
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    for (group, ids) in &order {
+        let published: Vec<String> = ledger
+            .results
+            .iter()
+            .filter(|(message, _)| {
+                message
+                    .attributes()
+                    .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+                    .map(String::as_str)
+                    == Some(*group)
+            })
+            .map(|(_, r)| r["message_id"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(
+            &published, ids,
+            "group {group}: results in the order of its jobs"
+        );
+    }
+    assert_eq!(ledger.dead.len(), 1);
+    let group = ledger.dead[0]
+        .attributes()
+        .and_then(|a| a.get(&MessageSystemAttributeName::MessageGroupId))
+        .cloned();
+    assert_eq!(
+        group.as_deref(),
+        Some("gamma"),
+        "the DLQ copy keeps the job's group"
+    );
+}
+
+#[tokio::test]
+async fn a_jobs_queue_without_a_redrive_policy_is_refused_and_with_allow_no_dlq_jobs_still_end() {
+    let stack = Stack::start_with(QueueOptions {
+        max_receive_count: None,
+        ..QueueOptions::default()
+    })
+    .await;
+    let (mut refused, _) = stack.controller(&[]);
+    let status = refused.wait_exit(Duration::from_secs(30)).await;
+    assert!(!status.success());
+    let log = refused.log();
+    assert!(
+        log.contains("jobs queue attribute RedrivePolicy: not set"),
+        "{log}"
+    );
+    assert!(log.contains("--allow-no-dlq"), "{log}");
+
+    let (_controller, _) = stack.controller(&[
+        "--allow-no-dlq",
+        "--runner-wait",
+        "0s",
+        "--retry-base",
+        "100ms",
+    ]);
+    let id = stack.submit(job("no-such-algorithm", json!({}))).await;
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&id);
+    assert_eq!(result["error"]["code"], "no_runner", "{result}");
+    assert_eq!(
+        result["attempt"], 5,
+        "five attempts without a redrive policy"
+    );
+    assert_eq!(
+        stack.sqs.counts(&stack.queues.jobs).await,
+        (0, 0),
+        "not received forever"
+    );
+}
+
+#[tokio::test]
+async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() {
+    // maxReceiveCount 2: were each shutdown to spend a receive, the job would be
+    // dead-lettered by the third.
+    let stack = Stack::start(Duration::from_secs(30), 2).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let id = stack
+        .submit(job(
+            "echo",
+            json!({"message": "persistent", "delay_ms": 3000}),
+        ))
+        .await;
+    for round in 0..3 {
+        let (mut controller, _) = stack.controller(&["--shutdown-grace", "300ms"]);
+        eventually(Duration::from_secs(30), "the job in flight", || async {
+            (stack.sqs.counts(&stack.queues.jobs).await.1 == 1).then_some(())
+        })
+        .await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        controller.signal("TERM");
+        let status = controller.wait_exit(Duration::from_secs(30)).await;
+        assert!(status.success(), "round {round}: {status:?}");
+        assert!(
+            controller.log().contains("putting unfinished jobs back"),
+            "round {round}"
+        );
+        assert_eq!(
+            stack.sqs.counts(&stack.queues.jobs).await,
+            (1, 0),
+            "round {round}: back at once"
+        );
+    }
+    let (_last, _) = stack.controller(&[]);
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&id);
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(
+        result["message_id"],
+        id.as_str(),
+        "the re-queued copies keep the message id"
+    );
+    assert_eq!(result["attempt"], 1, "interruptions are not attempts");
+    assert!(ledger.dead.is_empty());
+}
+
+#[tokio::test]
+async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
+    let stack = Stack::start(Duration::from_secs(30), 10).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, health) = stack.controller(&["--retry-base", "300ms"]);
+    metrics(&health).await;
+    // The controller found the DLQ at start-up; now it is gone.
+    let dlq_name = stack.queues.dlq.rsplit('/').next().unwrap().to_string();
+    stack
+        .sqs
+        .client
+        .delete_queue()
+        .queue_url(&stack.queues.dlq)
+        .send()
+        .await
+        .unwrap();
+    let id = stack
+        .submit(job("add", json!({"numbers": "not numbers"})))
+        .await;
+    eventually(Duration::from_secs(30), "a second delivery", || {
+        let health = health.clone();
+        async move {
+            let text = metrics(&health).await;
+            (metric_value(&text, "plugworker_duplicate_deliveries_total", &[]).unwrap_or(0.0)
+                >= 1.0)
+                .then_some(())
+        }
+    })
+    .await;
+    stack
+        .sqs
+        .client
+        .create_queue()
+        .queue_name(&dlq_name)
+        .send()
+        .await
+        .unwrap();
+    eventually(
+        Duration::from_secs(30),
+        "the job copied and deleted",
+        || async { (stack.sqs.counts(&stack.queues.jobs).await == (0, 0)).then_some(()) },
+    )
+    .await;
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(30)).await;
+    ledger.assert_promise(
+        &submitted,
+        (0, "redeliveries finish the DLQ copy without publishing"),
+    );
+    assert_eq!(ledger.result(&id)["error"]["code"], "invalid_payload");
+    assert_eq!(ledger.dead.len(), 1);
+}
+
+#[tokio::test]
+async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    // A runner on IPv6 loopback, registered with the address Consul hands out unbracketed.
+    let port = free_port();
+    let listen = format!("[::1]:{port}");
+    let _runner = Process::spawn(
+        &bin_path("test-runner"),
+        &["--listen", &listen, "--no-register"],
+        &[],
+    );
+    plugworker_testkit::runner_client(&listen, Duration::from_secs(30)).await;
+    let client = consul(&stack);
+    for (id, address, port) in [("v6", "::1", port), ("broken", "not a host!", 1)] {
+        client
+            .register_service(&ServiceRegistration {
+                id: id.into(),
+                name: format!("test-runner-{id}"),
+                tags: vec!["echo".into()],
+                address: address.into(),
+                port,
+                meta: [(
+                    plugworker_discovery::runners::META_ROLE.to_string(),
+                    plugworker_discovery::runners::ROLE_RUNNER.to_string(),
+                )]
+                .into(),
+                check: None,
+                checks: Vec::new(),
+            })
+            .await
+            .unwrap();
+    }
+    wait_passing(&stack, "test-runner-v6", 1).await;
+    wait_passing(&stack, "test-runner-broken", 1).await;
+    let (mut controller, _) = stack.controller(&[]);
+    let mut submitted = Vec::new();
+    for i in 0..6 {
+        submitted.push(
+            stack
+                .submit(job("echo", json!({"message": format!("v6-{i}")})))
+                .await,
+        );
+    }
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok", "{}", ledger.result(id));
+        assert_eq!(
+            ledger.result(id)["runner"]["address"],
+            format!("::1:{port}")
+        );
+    }
+    assert!(controller.is_running(), "no panic");
+    assert!(
+        controller.log().contains("cannot be dialled"),
+        "the broken instance is skipped with a warning"
+    );
+}
+
+#[tokio::test]
+async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (doomed, _) = stack.runner("test-runner", &[]);
+    let (_survivor, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 2).await;
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let mut submitted = Vec::new();
+    for i in 0..8 {
+        submitted.push(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("k{i}"), "delay_ms": 1500}),
+                ))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    doomed.signal("KILL");
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(
+        &submitted,
+        (0, "a killed call fails; nothing was published for it"),
+    );
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok", "{}", ledger.result(id));
+    }
+}
+
+#[tokio::test]
+async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
+    let mut stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let mut submitted = Vec::new();
+    for i in 0..30 {
+        submitted.push(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("r{i}"), "delay_ms": 100}),
+                ))
+                .await,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    stack.restart_registry().await;
+    for i in 30..40 {
+        submitted.push(stack.submit(job("add", json!({"numbers": [i, 1]}))).await);
+    }
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(90)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok", "{}", ledger.result(id));
+    }
+}
+
+#[tokio::test]
+async fn jobs_waiting_for_a_missing_runner_hold_no_run_slot() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let mut submitted = Vec::new();
+    for i in 0..8 {
+        submitted.push(stack.submit(job(&format!("missing-{i}"), json!({}))).await);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let valid = stack.submit(job("add", json!({"numbers": [1, 2]}))).await;
+    submitted.push(valid.clone());
+    // Four slots, eight jobs waiting up to 20 s for runners that never come.
+    let (_controller, health) = stack.controller(&["--max-in-flight", "4", "--runner-wait", "20s"]);
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(15))
+        .await;
+    assert_eq!(results.len(), 1, "{results:#?}");
+    let result = &results[0];
+    assert_eq!(result["message_id"], valid.as_str(), "the valid job first");
+    assert_eq!(result["result"]["sum"], 3.0);
+    // Not behind the waiting jobs: it did not wait for the 20 s of runner wait.
+    assert!(
+        result["timings"]["total_ms"].as_f64().unwrap() < 10_000.0,
+        "{result}"
+    );
+    let text = metrics(&health).await;
+    assert_eq!(
+        metric_value(&text, "plugworker_jobs_in_flight", &[]),
+        Some(8.0),
+        "eight still waiting"
+    );
+}
+
+#[tokio::test]
+async fn dev_refuses_zero_attempts_and_reports_a_non_utf8_line_while_the_rest_run() {
+    let output = std::process::Command::new(bin_path("plugworker"))
+        .args(["dev", "--max-attempts", "0", "--jobs", "/dev/null"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--max-attempts"),
+        "{output:?}"
+    );
+
+    let dir = std::env::temp_dir().join(format!("plugworker-dev-utf8-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let jobs = dir.join("jobs.jsonl");
+    let mut content = Vec::new();
+    content.extend_from_slice(
+        br#"{"id": "first", "algorithm": "add", "payload": {"numbers": [1, 2]}}"#,
+    );
+    content.extend_from_slice(b"\n{\"id\": \"latin1\", \"algorithm\": \"echo\", \"payload\": {\"message\": \"caf\xe9\"}}\n");
+    content.extend_from_slice(
+        br#"{"id": "last", "algorithm": "echo", "payload": {"message": "done"}}"#,
+    );
+    content.push(b'\n');
+    std::fs::write(&jobs, content).unwrap();
+    let output = std::process::Command::new(bin_path("plugworker"))
+        .args([
+            "dev",
+            "--runner",
+            "test-runner",
+            "--jobs",
+            jobs.to_str().unwrap(),
+            "--logs",
+            dir.to_str().unwrap(),
+        ])
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "{stderr}");
+    let results: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(results.len(), 3, "{results:#?}");
+    let bad = results
+        .iter()
+        .find(|r| r["message_id"] == "line-2")
+        .expect("a result for line 2");
+    assert_eq!(bad["error"]["code"], "bad_json");
+    assert!(
+        bad["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("not UTF-8"),
+        "{bad}"
+    );
+    assert_eq!(
+        results.iter().find(|r| r["job_id"] == "first").unwrap()["result"]["sum"],
+        3.0
+    );
+    assert_eq!(
+        results.iter().find(|r| r["job_id"] == "last").unwrap()["result"]["message"],
+        "done"
+    );
+    assert!(stderr.contains("3 jobs, 2 ok, 1 failed"), "{stderr}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[tokio::test]
+async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_bad_pointer_is_an_error_result()
+ {
+    // Every queue at 256 KiB: the job and its echo are both larger.
+    let stack = Stack::start_with(QueueOptions {
+        max_message_size: Some(AWS_256_KIB),
+        ..QueueOptions::default()
+    })
+    .await;
+    let s3 = S3::on(&stack.sqs);
+    s3.create_bucket("payloads").await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, _) = stack.controller_with_env(
+        &["--payload-bucket", "payloads"],
+        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+    );
+    // A producer using the extended client format: the 300 KB job goes through S3.
+    let claim = ClaimCheck::new(
+        s3.client.clone(),
+        ClaimCheckConfig {
+            bucket: Some("payloads".into()),
+            threshold: 200_000,
+            key_prefix: "producer/".into(),
+            delete_after_use: true,
+        },
+    );
+    let message = "y".repeat(300_000);
+    let outgoing = claim
+        .offload(
+            job("echo", json!({"message": message})).to_string(),
+            &Default::default(),
+        )
+        .await
+        .unwrap();
+    assert!(outgoing.pointer.is_some());
+    let large = outgoing
+        .apply(
+            stack
+                .sqs
+                .client
+                .send_message()
+                .queue_url(&stack.queues.jobs),
+        )
+        .send()
+        .await
+        .unwrap()
+        .message_id()
+        .unwrap()
+        .to_string();
+    // A pointer to nothing.
+    let size = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value("1000")
+        .build()
+        .unwrap();
+    let dangling = stack
+        .sqs
+        .client
+        .send_message()
+        .queue_url(&stack.queues.jobs)
+        .message_body(Pointer::new("payloads", "producer/missing").to_body())
+        .message_attributes(RESERVED_ATTRIBUTE, size)
+        .send()
+        .await
+        .unwrap()
+        .message_id()
+        .unwrap()
+        .to_string();
+    let submitted = vec![large.clone(), dangling.clone()];
+    let ledger = Ledger::settle_with(&stack, &submitted, Duration::from_secs(60), &claim).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&large);
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["result"]["message"].as_str().unwrap().len(), 300_000);
+    let (sent, _) = ledger
+        .results
+        .iter()
+        .find(|(_, r)| r["message_id"] == large.as_str())
+        .unwrap();
+    assert!(
+        sent.message_attributes()
+            .unwrap()
+            .contains_key(RESERVED_ATTRIBUTE),
+        "the result went through S3"
+    );
+    let bad = ledger.result(&dangling);
+    assert_eq!(bad["error"]["code"], "payload_unavailable", "{bad}");
+    assert_eq!(bad["error"]["class"], "permanent");
+    assert_eq!(ledger.dead.len(), 1);
+    assert!(
+        ledger.dead[0].body().unwrap().contains("producer/missing"),
+        "the DLQ copy is the pointer as received"
+    );
+    // The job's object went with its message; the result's object is the consumer's.
+    let keys = s3.keys("payloads").await;
+    assert!(
+        !keys.iter().any(|k| k.starts_with("producer/")),
+        "the job's body is deleted once its message is: {keys:?}"
+    );
+    assert_eq!(
+        keys.iter().filter(|k| k.starts_with("payloads/")).count(),
+        1,
+        "{keys:?}"
+    );
+}
+
+/// The venv's Python, where `scripts/setup.sh` installs AWS's SQS extended client.
+fn venv_python() -> std::path::PathBuf {
+    let venv = std::env::var("PLUGWORKER_VENV")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| {
+            std::path::PathBuf::from(std::env::var("HOME").unwrap_or_default())
+                .join(".cache/plugworker/venv")
+        });
+    venv.join("bin/python")
+}
+
+/// Runs one of the claim-check crate's extended-client scripts against moto, on a blocking
+/// thread: the test's runtime serves the registry meanwhile.
+async fn extended_client(stack: &Stack, script: &str, args: &[&str]) -> Value {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../claim-check/tests/py")
+        .join(script);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let endpoint = stack.sqs.endpoint.clone();
+    tokio::task::spawn_blocking(move || {
+        let output = std::process::Command::new(venv_python())
+            .arg(&script)
+            .args(&args)
+            .envs(plugworker_testkit::sqs::AWS_ENV)
+            .env("AWS_ENDPOINT_URL", &endpoint)
+            .output()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run {}: {e} (run scripts/setup.sh)",
+                    script.display()
+                )
+            });
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            script.display(),
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_slice(&output.stdout).unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back_by_that_client() {
+    let stack = Stack::start_with(QueueOptions {
+        max_message_size: Some(AWS_256_KIB),
+        ..QueueOptions::default()
+    })
+    .await;
+    S3::on(&stack.sqs).create_bucket("payloads").await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    wait_passing(&stack, "test-runner", 1).await;
+    let (_controller, _) = stack.controller_with_env(
+        &["--payload-bucket", "payloads"],
+        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+    );
+    let dir = std::env::temp_dir().join(format!("plugworker-5mb-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = dir.join("job.json");
+    let message = "z".repeat(5_000_000);
+    std::fs::write(&body, job("echo", json!({"message": message})).to_string()).unwrap();
+    let sent = extended_client(
+        &stack,
+        "extended_send.py",
+        &[
+            "--queue-url",
+            &stack.queues.jobs,
+            "--bucket",
+            "payloads",
+            "--body-file",
+            body.to_str().unwrap(),
+        ],
+    )
+    .await;
+    let id = sent["MessageId"].as_str().unwrap().to_string();
+    let out = dir.join("result.json");
+    extended_client(
+        &stack,
+        "extended_receive.py",
+        &[
+            "--queue-url",
+            &stack.queues.results,
+            "--out",
+            out.to_str().unwrap(),
+            "--wait",
+            "120",
+            "--delete-payload",
+        ],
+    )
+    .await;
+    let result: Value = serde_json::from_str(&std::fs::read_to_string(&out).unwrap()).unwrap();
+    assert_eq!(result["message_id"], id.as_str());
+    assert_eq!(result["status"], "ok", "{}", result["error"]);
+    assert_eq!(
+        result["result"]["message"].as_str().unwrap().len(),
+        5_000_000
+    );
+    assert_eq!(result["attempt"], 1);
+    // Nothing else: no duplicate result, nothing dead-lettered, the job gone.
+    let ledger = Ledger::settle(&stack, &[], Duration::from_secs(1)).await;
+    assert!(ledger.results.is_empty(), "a second result");
+    assert!(ledger.dead.is_empty());
+    eventually(Duration::from_secs(10), "the job deleted", || async {
+        (stack.sqs.counts(&stack.queues.jobs).await == (0, 0)).then_some(())
+    })
+    .await;
+    std::fs::remove_dir_all(&dir).unwrap();
+}
