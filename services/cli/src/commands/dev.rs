@@ -6,6 +6,7 @@
 //! line, from a file or stdin through an in-process queue with SQS's delivery semantics,
 //! and writes one result line per job. It exits when every job has a final result.
 
+use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::{Context, bail};
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::{Controller, Dispatcher, Settings};
@@ -13,7 +14,7 @@ use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
 use plugworker_jobs::{ErrorInfo, JobResult, Status, Timings, codes};
 use plugworker_registry::{Registry, RegistryConfig};
 use std::collections::HashSet;
-use std::io::{BufRead, Write};
+use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::Arc;
@@ -25,9 +26,14 @@ pub struct Args {
     /// Jobs, one JSON document per line (`-`: stdin).
     #[arg(long, default_value = "-")]
     pub jobs: String,
-    /// Where to write results, one JSON document per line (`-`: stdout).
+    /// Where to write results (`-`: stdout).
     #[arg(long, default_value = "-")]
     pub results: String,
+    /// `table` (job, algorithm, status, ms, one-line result; then a tally), `json` (one
+    /// result document per line), or `auto`: the table when results go to a terminal,
+    /// JSON lines to a file or a pipe.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
     /// Runner binaries to start (default: every `*-runner` next to this binary, except
     /// the test-runner fixture).
     #[arg(long = "runner")]
@@ -194,21 +200,24 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Line::NotText(result) => unreadable.push(result),
         }
     }
-    let mut output: Box<dyn Write + Send> = if args.results == "-" {
-        Box::new(std::io::stdout())
+    let (output, on_terminal): (Box<dyn Write + Send>, bool) = if args.results == "-" {
+        let stdout = std::io::stdout();
+        let on_terminal = stdout.is_terminal();
+        (Box::new(stdout), on_terminal)
     } else {
-        Box::new(
-            std::fs::File::create(&args.results)
-                .with_context(|| format!("cannot create {}", args.results))?,
-        )
+        let file = std::fs::File::create(&args.results)
+            .with_context(|| format!("cannot create {}", args.results))?;
+        (Box::new(file), false)
     };
+    let table = args.format.is_table(on_terminal);
+    let mut output = ResultWriter::new(output, table.then(terminal_width));
     let (mut ok, mut failed) = (0usize, 0usize);
     for result in &unreadable {
-        writeln!(output, "{}", serde_json::to_string(result)?)?;
+        output.result(result)?;
         failed += 1;
     }
-    output.flush()?;
     if jobs.is_empty() {
+        output.finish()?;
         if total == 0 {
             tracing::warn!("no jobs given");
         } else {
@@ -307,8 +316,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             tracing::warn!(message_id = %result.message_id, "duplicate final result dropped");
             continue;
         }
-        writeln!(output, "{}", serde_json::to_string(&result)?)?;
-        output.flush()?;
+        output.result(&result)?;
         match result.status {
             Status::Ok => ok += 1,
             Status::Error => failed += 1,
@@ -320,6 +328,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         child.stop().await;
     }
     registry.stop().await;
+    output.finish()?;
     eprintln!(
         "plugworker dev: {total} jobs, {ok} ok, {failed} failed{} (runner logs in {})",
         if duplicates > 0 {

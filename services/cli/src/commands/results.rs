@@ -1,14 +1,15 @@
-//! `plugworker results`: print results from the results queue (one JSON document per
-//! line) and delete each once printed.
+//! `plugworker results`: print results from the results queue and delete each once
+//! printed: a table on a terminal, one JSON document per line otherwise (`--format`).
 //!
 //! A result too large for the queue arrives as a pointer to S3 in the format of AWS's SQS
 //! Extended Client Library (docs/claim-check.md): its body is fetched and printed, and the
 //! object deleted after the message (unless `--keep-payloads`).
 
+use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::bail;
 use aws_sdk_sqs::error::DisplayErrorContext;
 use plugworker_claim_check as claim_check;
-use std::io::Write;
+use std::io::IsTerminal;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -28,6 +29,11 @@ pub struct Args {
     /// result is printed and deleted). S3 endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL.
     #[arg(long, env = "PLUGWORKER_KEEP_PAYLOADS")]
     pub keep_payloads: bool,
+    /// `table` (job, algorithm, status, ms, one-line result; then a tally), `json` (each
+    /// result document as it is on the queue, one per line), or `auto`: the table on a
+    /// terminal, JSON when piped.
+    #[arg(long, value_enum, default_value_t = Format::Auto)]
+    pub format: Format,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -44,9 +50,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     );
     let mut printed = 0usize;
     let mut unreadable = 0usize;
-    let mut stdout = std::io::stdout();
+    let stdout = std::io::stdout();
+    let table = args.format.is_table(stdout.is_terminal());
+    let mut writer = ResultWriter::new(stdout, table.then(terminal_width));
     let mut stop = std::pin::pin!(super::shutdown_signal());
-    let finished = |unreadable: usize| {
+    let finished = |writer: ResultWriter<std::io::Stdout>, unreadable: usize| {
+        writer.finish()?;
         if unreadable > 0 {
             bail!("{unreadable} result(s) could not be read and were left on the queue");
         }
@@ -64,11 +73,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .send();
         let output = tokio::select! {
             output = receive => output.map_err(|e| anyhow::anyhow!("cannot receive results: {}", DisplayErrorContext(e)))?,
-            () = &mut stop => return finished(unreadable),
+            () = &mut stop => return finished(writer, unreadable),
         };
         let messages = output.messages();
         if messages.is_empty() && !args.follow {
-            return finished(unreadable);
+            return finished(writer, unreadable);
         }
         for message in messages {
             let attributes = message.message_attributes().cloned().unwrap_or_default();
@@ -89,8 +98,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                     continue;
                 }
             };
-            writeln!(stdout, "{}", result.body)?;
-            stdout.flush()?;
+            writer.body(&result.body)?;
             client
                 .delete_message()
                 .queue_url(&args.results_queue_url)
@@ -109,7 +117,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
             printed += 1;
             if args.max.is_some_and(|max| printed >= max) {
-                return finished(unreadable);
+                return finished(writer, unreadable);
             }
         }
     }
