@@ -592,6 +592,43 @@ mod tests {
         assert!(validate_key_prefix(&"a".repeat(989)).is_err());
     }
 
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        payload: PayloadArgs,
+    }
+
+    #[test]
+    fn flags_make_the_configuration() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "test",
+            "--payload-bucket",
+            "bucket-1",
+            "--keep-payloads",
+            "--payload-threshold",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(
+            cli.payload.config(4096),
+            ClaimCheckConfig {
+                bucket: Some("bucket-1".to_string()),
+                threshold: 0,
+                key_prefix: "payloads/".to_string(),
+                delete_after_use: false,
+            }
+        );
+        let cli = Cli::try_parse_from(["test", "--payload-bucket", ""]).unwrap();
+        let config = cli.payload.config(4096);
+        assert_eq!((config.bucket, config.threshold), (None, 4096));
+        assert!(config.delete_after_use);
+        let error = Cli::try_parse_from(["test", "--payload-key-prefix", "my payloads/"])
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("' ' is not allowed"), "{error}");
+    }
+
     #[tokio::test]
     async fn disabled_refuses_large_bodies_and_pointers_clearly() {
         let claim_check = ClaimCheck::disabled().with_threshold(100);

@@ -20,6 +20,8 @@ const FALLBACK_MAX_MESSAGE_SIZE: usize = 262_144;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "text", "image_url", "image"])))]
+// A producer deletes nothing after use: that is the consumer's setting.
+#[command(mut_arg("keep_payloads", |arg| arg.hide(true)))]
 pub struct Args {
     /// URL of the jobs queue.
     #[arg(long, env = "PLUGWORKER_JOBS_QUEUE_URL")]
@@ -41,7 +43,8 @@ pub struct Args {
     /// Image by URL: the payload {"image_url": URL}.
     #[arg(long)]
     pub image_url: Option<String>,
-    /// Image file, sent inline: the payload {"image_base64": ...}.
+    /// Image file, sent inline: the payload {"image_base64": ...} (through S3 when it is too
+    /// large for the queue and a payload bucket is set).
     #[arg(long)]
     pub image: Option<PathBuf>,
     #[command(flatten)]
