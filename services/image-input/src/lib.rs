@@ -254,15 +254,27 @@ impl ImageLoader {
         }
     }
 
-    /// The image as RGB, orientation applied. Decoding is the run's blocking work
-    /// ([`RunContext::blocking`]): it keeps the run slot until it ends, even when the
-    /// caller's deadline answers first.
+    /// The image as RGB, orientation applied. Decoding (base64 included) is the run's
+    /// blocking work ([`RunContext::blocking`]): it stays off the runner's I/O threads,
+    /// so a deadline is answered on time, and it keeps the run slot until it ends, even
+    /// when the caller's deadline answers first.
     pub async fn load(
         &self,
         source: &ImageSource,
         context: &RunContext,
     ) -> Result<RgbImage, RunError> {
         use tracing::Instrument;
+        let max_pixels = self.limits.max_pixels;
+        let max_bytes = self.limits.max_bytes;
+        if let Source::Base64(encoded) = source.only()? {
+            let encoded = encoded.to_string();
+            let span = tracing::info_span!("image.decode", plugworker.image.source = "base64");
+            return context
+                .blocking(move || {
+                    span.in_scope(|| decode(&decode_base64(&encoded, max_bytes)?, max_pixels))
+                })
+                .await;
+        }
         let bytes = self
             .bytes(source)
             .instrument(tracing::info_span!(
@@ -270,7 +282,6 @@ impl ImageLoader {
                 plugworker.image.source = source.kind()
             ))
             .await?;
-        let max_pixels = self.limits.max_pixels;
         let span = tracing::info_span!("image.decode", plugworker.image.bytes = bytes.len());
         context
             .blocking(move || span.in_scope(|| decode(&bytes, max_pixels)))
