@@ -1,32 +1,51 @@
-//! Image input for runner-kit algorithms (DESIGN.md §3, "Image inputs").
+//! Image input for runner-kit algorithms (see docs/runner-bounds.md for the bounds).
 //!
 //! An image algorithm flattens [`ImageSource`] into its input type, so every image
-//! algorithm accepts the same two forms: `{"image_url": "https://..."}` or
-//! `{"image_base64": "..."}`. [`ImageLoader::load`] turns either into an RGB image, or into a
-//! clear `INVALID_ARGUMENT` / `FAILED_PRECONDITION` error; nothing here can crash a runner
-//! or exhaust its memory:
+//! algorithm accepts the same three forms: `{"image_url": "https://..."}`,
+//! `{"image_base64": "..."}` or `{"image_s3": "s3://bucket/key"}` (also
+//! `{"image_s3": {"bucket": ..., "key": ...}}`). [`ImageLoader::load`] turns any of them
+//! into an RGB image, or into a clear error whose class tells the caller whether trying
+//! again can help; nothing here can crash a runner or exhaust its memory:
 //!
 //! - URLs: http/https only; no redirects; hosts that are, or resolve to, loopback, private,
 //!   link-local (cloud metadata), CGNAT, multicast or unspecified addresses are refused
-//!   unless allowed by configuration; connect and total time limits; a byte cap enforced
-//!   on the declared length and while streaming.
+//!   unless allowed by configuration; proxies only when configured explicitly (never from
+//!   `HTTP_PROXY` and friends), and then the target is still checked; connect and total
+//!   time limits; a byte cap enforced on the declared length and while streaming.
+//! - S3 objects: read with the runner's own AWS credentials (the standard chain), under
+//!   the same time limit and byte cap.
 //! - Bytes: PNG, JPEG, WebP and GIF (first frame) only, recognised by content; the pixel
-//!   count is read from the header and capped *before* decoding (decompression bombs);
-//!   decoding itself runs under allocation limits; EXIF orientation is applied.
+//!   count of the image, and of every GIF frame, is read from the headers and capped
+//!   *before* decoding (decompression bombs); decoding itself runs under allocation
+//!   limits, on the run's blocking work (so it keeps the run slot); EXIF orientation is
+//!   applied.
+//!
+//! Error classes: a bad source is `INVALID_ARGUMENT`; an image that cannot be had or used
+//! (404, access denied, oversized, undecodable) is `FAILED_PRECONDITION`; a failure that
+//! can heal (timeouts, connection errors, HTTP 408/429/5xx, S3 throttling) is
+//! `UNAVAILABLE`, which the controller retries.
 
 mod fetch;
+mod s3;
 
 use base64::Engine;
 use image::{DynamicImage, ImageDecoder, ImageFormat, ImageReader, RgbImage};
-use plugworker_kit::RunError;
+use plugworker_kit::{RunContext, RunError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::io::Cursor;
+use std::sync::Arc;
 use std::time::Duration;
 
-/// Where an algorithm's image comes from: exactly one of the two fields.
+pub use s3::{S3Location, S3Object, S3Reference};
+
+/// Where an algorithm's image comes from: exactly one of the three fields.
 #[derive(Clone, Debug, Default, Deserialize, JsonSchema)]
-#[schemars(extend("oneOf" = [{"required": ["image_url"]}, {"required": ["image_base64"]}]))]
+#[schemars(extend("oneOf" = [
+    {"required": ["image_url"]},
+    {"required": ["image_base64"]},
+    {"required": ["image_s3"]},
+]))]
 pub struct ImageSource {
     /// http(s) URL of a PNG, JPEG, WebP or GIF image.
     #[serde(default)]
@@ -35,20 +54,83 @@ pub struct ImageSource {
     /// The image file's bytes, base64-encoded (standard alphabet, padding optional).
     #[serde(default)]
     pub image_base64: Option<String>,
+    /// An S3 object holding the image, read with the runner's own AWS credentials:
+    /// `"s3://bucket/key"` or `{"bucket": "...", "key": "..."}`.
+    #[serde(default)]
+    pub image_s3: Option<S3Reference>,
+}
+
+/// The source a job gave, once checked to be exactly one.
+enum Source<'a> {
+    Url(&'a str),
+    Base64(&'a str),
+    S3(&'a S3Reference),
+}
+
+impl ImageSource {
+    fn only(&self) -> Result<Source<'_>, RunError> {
+        let mut given = Vec::with_capacity(1);
+        if let Some(url) = &self.image_url {
+            given.push(("image_url", Source::Url(url)));
+        }
+        if let Some(encoded) = &self.image_base64 {
+            given.push(("image_base64", Source::Base64(encoded)));
+        }
+        if let Some(reference) = &self.image_s3 {
+            given.push(("image_s3", Source::S3(reference)));
+        }
+        match given.len() {
+            0 => Err(RunError::InvalidInput(
+                "one of image_url, image_base64 or image_s3 is required".into(),
+            )),
+            1 => Ok(given.pop().expect("one source").1),
+            _ => Err(RunError::InvalidInput(format!(
+                "give exactly one image source, not {}",
+                given
+                    .iter()
+                    .map(|(name, _)| *name)
+                    .collect::<Vec<_>>()
+                    .join(" and ")
+            ))),
+        }
+    }
+
+    fn kind(&self) -> &'static str {
+        match self.only() {
+            Ok(Source::Url(_)) => "url",
+            Ok(Source::Base64(_)) => "base64",
+            Ok(Source::S3(_)) => "s3",
+            Err(_) => "none",
+        }
+    }
+}
+
+/// A setting of the image input that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
 }
 
 /// Limits and policies, from the environment by default (see [`ImageLimits::from_env`]).
 #[derive(Clone, Debug)]
 pub struct ImageLimits {
-    /// Largest encoded image accepted, from a URL or inline.
+    /// Largest encoded image accepted, from a URL, S3 or inline.
     pub max_bytes: usize,
-    /// Largest width × height accepted.
+    /// Largest width × height accepted, for the image and for each GIF frame.
     pub max_pixels: u64,
     pub connect_timeout: Duration,
-    /// Whole fetch, from connect to last byte.
+    /// Whole fetch, from connect to last byte (URL or S3).
     pub fetch_timeout: Duration,
     /// Allow URLs on loopback and private networks (development only).
     pub allow_private_addresses: bool,
+    /// HTTP(S) proxy for `image_url` fetches. Only this setting enables a proxy: the
+    /// `HTTP_PROXY`/`HTTPS_PROXY`/`ALL_PROXY` variables are ignored, because a proxy
+    /// resolves the target itself, out of reach of the private-address guard. With a
+    /// proxy, the target's addresses are checked before the request is sent.
+    pub proxy: Option<url::Url>,
 }
 
 impl Default for ImageLimits {
@@ -59,28 +141,65 @@ impl Default for ImageLimits {
             connect_timeout: Duration::from_secs(5),
             fetch_timeout: Duration::from_secs(20),
             allow_private_addresses: false,
+            proxy: None,
         }
     }
 }
 
 impl ImageLimits {
     /// Defaults, overridden by `PLUGWORKER_IMAGE_MAX_BYTES`, `PLUGWORKER_IMAGE_MAX_PIXELS`,
-    /// `PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS` and `PLUGWORKER_IMAGE_ALLOW_PRIVATE=1`.
-    pub fn from_env() -> Self {
-        let number = |name: &str| std::env::var(name).ok().and_then(|v| v.parse::<u64>().ok());
+    /// `PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS`, `PLUGWORKER_IMAGE_ALLOW_PRIVATE=1` and
+    /// `PLUGWORKER_IMAGE_PROXY`. A value that does not parse is an error naming the
+    /// variable, never a silent default.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let value = |name: &'static str| {
+            lookup(name)
+                .map(|v| v.trim().to_string())
+                .filter(|v| !v.is_empty())
+                .map(|v| (name, v))
+        };
+        let number = |name: &'static str| -> Result<Option<u64>, ConfigError> {
+            value(name)
+                .map(|(name, v)| {
+                    v.parse::<u64>().map_err(|e| ConfigError {
+                        name,
+                        value: v.clone(),
+                        reason: e.to_string(),
+                    })
+                })
+                .transpose()
+        };
         let mut limits = Self::default();
-        if let Some(bytes) = number("PLUGWORKER_IMAGE_MAX_BYTES") {
-            limits.max_bytes = bytes as usize;
+        if let Some(bytes) = number("PLUGWORKER_IMAGE_MAX_BYTES")? {
+            limits.max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
         }
-        if let Some(pixels) = number("PLUGWORKER_IMAGE_MAX_PIXELS") {
+        if let Some(pixels) = number("PLUGWORKER_IMAGE_MAX_PIXELS")? {
             limits.max_pixels = pixels;
         }
-        if let Some(ms) = number("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS") {
+        if let Some(ms) = number("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS")? {
             limits.fetch_timeout = Duration::from_millis(ms);
         }
         limits.allow_private_addresses =
-            std::env::var("PLUGWORKER_IMAGE_ALLOW_PRIVATE").is_ok_and(|v| v == "1");
-        limits
+            value("PLUGWORKER_IMAGE_ALLOW_PRIVATE").is_some_and(|(_, v)| v == "1");
+        if let Some((name, raw)) = value("PLUGWORKER_IMAGE_PROXY") {
+            let invalid = |reason: String| ConfigError {
+                name,
+                value: raw.clone(),
+                reason,
+            };
+            let proxy = url::Url::parse(&raw).map_err(|e| invalid(e.to_string()))?;
+            if !matches!(proxy.scheme(), "http" | "https") || proxy.host().is_none() {
+                return Err(invalid(
+                    "expected http://host:port or https://host:port".into(),
+                ));
+            }
+            limits.proxy = Some(proxy);
+        }
+        Ok(limits)
     }
 }
 
@@ -89,12 +208,33 @@ impl ImageLimits {
 pub struct ImageLoader {
     limits: ImageLimits,
     http: reqwest::Client,
+    /// Made on first use of `image_s3`: a runner that never sees one needs no AWS setup.
+    s3: Arc<tokio::sync::OnceCell<aws_sdk_s3::Client>>,
 }
 
 impl ImageLoader {
-    pub fn new(limits: ImageLimits) -> Self {
-        let http = fetch::client(&limits);
-        Self { limits, http }
+    /// A loader; `image_s3` objects are read with a client made from the standard AWS
+    /// configuration (see [`s3::client_from_env`]) the first time one is needed.
+    pub fn new(limits: ImageLimits) -> Result<Self, ConfigError> {
+        let http = fetch::client(&limits)?;
+        Ok(Self {
+            limits,
+            http,
+            s3: Arc::new(tokio::sync::OnceCell::new()),
+        })
+    }
+
+    /// A loader reading `image_s3` objects with `client`.
+    pub fn with_s3_client(
+        limits: ImageLimits,
+        client: aws_sdk_s3::Client,
+    ) -> Result<Self, ConfigError> {
+        let loader = Self::new(limits)?;
+        loader
+            .s3
+            .set(client)
+            .expect("a new loader has no S3 client yet");
+        Ok(loader)
     }
 
     pub fn limits(&self) -> &ImageLimits {
@@ -103,38 +243,49 @@ impl ImageLoader {
 
     /// The encoded bytes of the image `source` names.
     pub async fn bytes(&self, source: &ImageSource) -> Result<Vec<u8>, RunError> {
-        match (&source.image_url, &source.image_base64) {
-            (Some(url), None) => fetch::fetch(&self.http, &self.limits, url).await,
-            (None, Some(encoded)) => decode_base64(encoded, self.limits.max_bytes),
-            (Some(_), Some(_)) => Err(RunError::InvalidInput(
-                "give either image_url or image_base64, not both".into(),
-            )),
-            (None, None) => Err(RunError::InvalidInput(
-                "image_url or image_base64 is required".into(),
-            )),
+        match source.only()? {
+            Source::Url(url) => fetch::fetch(&self.http, &self.limits, url).await,
+            Source::Base64(encoded) => decode_base64(encoded, self.limits.max_bytes),
+            Source::S3(reference) => {
+                let location = reference.location()?;
+                let client = self.s3.get_or_init(s3::client_from_env).await;
+                s3::fetch(client, &self.limits, &location).await
+            }
         }
     }
 
-    /// The image as RGB, orientation applied. Decoding runs on the blocking pool.
-    pub async fn load(&self, source: &ImageSource) -> Result<RgbImage, RunError> {
+    /// The image as RGB, orientation applied. Decoding (base64 included) is the run's
+    /// blocking work ([`RunContext::blocking`]): it stays off the runner's I/O threads,
+    /// so a deadline is answered on time, and it keeps the run slot until it ends, even
+    /// when the caller's deadline answers first.
+    pub async fn load(
+        &self,
+        source: &ImageSource,
+        context: &RunContext,
+    ) -> Result<RgbImage, RunError> {
         use tracing::Instrument;
-        let kind = if source.image_url.is_some() {
-            "url"
-        } else {
-            "base64"
-        };
+        let max_pixels = self.limits.max_pixels;
+        let max_bytes = self.limits.max_bytes;
+        if let Source::Base64(encoded) = source.only()? {
+            let encoded = encoded.to_string();
+            let span = tracing::info_span!("image.decode", plugworker.image.source = "base64");
+            return context
+                .blocking(move || {
+                    span.in_scope(|| decode(&decode_base64(&encoded, max_bytes)?, max_pixels))
+                })
+                .await;
+        }
         let bytes = self
             .bytes(source)
             .instrument(tracing::info_span!(
                 "image.fetch",
-                plugworker.image.source = kind
+                plugworker.image.source = source.kind()
             ))
             .await?;
-        let max_pixels = self.limits.max_pixels;
         let span = tracing::info_span!("image.decode", plugworker.image.bytes = bytes.len());
-        tokio::task::spawn_blocking(move || span.in_scope(|| decode(&bytes, max_pixels)))
+        context
+            .blocking(move || span.in_scope(|| decode(&bytes, max_pixels)))
             .await
-            .map_err(|e| RunError::Internal(format!("image decoder thread failed: {e}")))?
     }
 }
 
@@ -159,6 +310,24 @@ fn decode_base64(encoded: &str, max_bytes: usize) -> Result<Vec<u8>, RunError> {
         .map_err(|e| RunError::InvalidInput(format!("image_base64 is not valid base64: {e}")))
 }
 
+/// Appends `chunk` to `body` unless that would make it longer than `cap`.
+pub(crate) fn append_capped(body: &mut Vec<u8>, chunk: &[u8], cap: usize) -> bool {
+    if body.len().saturating_add(chunk.len()) > cap {
+        return false;
+    }
+    body.extend_from_slice(chunk);
+    true
+}
+
+/// At most `max` characters of a caller's string, for error messages.
+pub(crate) fn shown(text: &str, max: usize) -> String {
+    if text.chars().count() <= max {
+        return format!("{text:?}");
+    }
+    let cut: String = text.chars().take(max).collect();
+    format!("{cut:?}…")
+}
+
 /// Whether a JPEG's last scan is followed by its end-of-image marker. The JPEG decoder
 /// pads a truncated scan with grey instead of failing, which would hand a model a
 /// half-grey image; the check is needed to say "truncated" instead. An EXIF thumbnail
@@ -173,7 +342,71 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-/// Decodes PNG, JPEG, WebP or GIF bytes into RGB, refusing images over `max_pixels`.
+/// Checks every frame of a GIF against `max_pixels`, from the block structure alone (no
+/// pixel data is decompressed). A GIF's logical screen says nothing about its frames: a
+/// 16×16 screen may carry a 60000×60000 frame, whose buffer the decoder would allocate.
+/// Malformed structure is left to the decoder to report.
+fn check_gif_frames(bytes: &[u8], max_pixels: u64) -> Result<(), RunError> {
+    /// Skips a chain of data sub-blocks starting at `pos`; `None` if it runs off the end.
+    fn skip_sub_blocks(bytes: &[u8], mut pos: usize) -> Option<usize> {
+        loop {
+            let size = usize::from(*bytes.get(pos)?);
+            pos += 1;
+            if size == 0 {
+                return Some(pos);
+            }
+            pos += size;
+        }
+    }
+    let color_table = |packed: u8| {
+        if packed & 0x80 != 0 {
+            3usize << ((packed & 0x07) + 1)
+        } else {
+            0
+        }
+    };
+    // Header (6) + logical screen descriptor (7), then the global color table.
+    let Some(&screen_flags) = bytes.get(10) else {
+        return Ok(());
+    };
+    let mut pos = 13 + color_table(screen_flags);
+    let mut frame = 0usize;
+    loop {
+        match bytes.get(pos) {
+            // Extension: introducer, label, sub-blocks.
+            Some(0x21) => match skip_sub_blocks(bytes, pos + 2) {
+                Some(next) => pos = next,
+                None => return Ok(()),
+            },
+            // Image descriptor: separator, left, top, width, height (u16 LE), flags.
+            Some(0x2C) => {
+                let Some(descriptor) = bytes.get(pos..pos + 10) else {
+                    return Ok(());
+                };
+                frame += 1;
+                let width = u16::from_le_bytes([descriptor[5], descriptor[6]]);
+                let height = u16::from_le_bytes([descriptor[7], descriptor[8]]);
+                let pixels = u64::from(width) * u64::from(height);
+                if pixels > max_pixels {
+                    return Err(RunError::Unprocessable(format!(
+                        "GIF frame {frame} is {width}×{height} = {pixels} pixels, more than the {max_pixels} allowed"
+                    )));
+                }
+                // Local color table, then the LZW minimum code size, then the data.
+                pos += 10 + color_table(descriptor[9]) + 1;
+                match skip_sub_blocks(bytes, pos) {
+                    Some(next) => pos = next,
+                    None => return Ok(()),
+                }
+            }
+            // Trailer, garbage or the end: nothing more to check.
+            _ => return Ok(()),
+        }
+    }
+}
+
+/// Decodes PNG, JPEG, WebP or GIF bytes into RGB, refusing images (and GIF frames) over
+/// `max_pixels`.
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
     let unprocessable =
         |what: &str, e: &dyn std::fmt::Display| RunError::Unprocessable(format!("{what}: {e}"));
@@ -203,6 +436,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
             "image is {width}×{height} = {pixels} pixels, more than the {max_pixels} allowed"
         )));
     }
+    if format == ImageFormat::Gif {
+        check_gif_frames(bytes, max_pixels)?;
+    }
     let mut limits = image::Limits::default();
     limits.max_image_width = Some(width);
     limits.max_image_height = Some(height);
@@ -223,4 +459,63 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
         image.apply_orientation(orientation);
     }
     Ok(image.into_rgb8())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+        let pairs: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        move |name| {
+            pairs
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        }
+    }
+
+    #[test]
+    fn settings_that_do_not_parse_are_errors_naming_the_variable() {
+        let limits = ImageLimits::from_lookup(env(&[
+            ("PLUGWORKER_IMAGE_MAX_BYTES", "1000"),
+            ("PLUGWORKER_IMAGE_PROXY", "http://proxy.internal:3128"),
+        ]))
+        .unwrap();
+        assert_eq!(limits.max_bytes, 1000);
+        assert_eq!(
+            limits.proxy.unwrap().as_str(),
+            "http://proxy.internal:3128/"
+        );
+        assert!(ImageLimits::from_lookup(env(&[])).unwrap().proxy.is_none());
+        let error =
+            ImageLimits::from_lookup(env(&[("PLUGWORKER_IMAGE_MAX_PIXELS", "lots")])).unwrap_err();
+        assert!(
+            error
+                .to_string()
+                .starts_with("PLUGWORKER_IMAGE_MAX_PIXELS=\"lots\""),
+            "{error}"
+        );
+        let error = ImageLimits::from_lookup(env(&[("PLUGWORKER_IMAGE_PROXY", "socks5://p:1080")]))
+            .unwrap_err();
+        assert!(error.to_string().contains("http://host:port"), "{error}");
+    }
+
+    #[test]
+    fn capped_appends_stop_at_the_cap() {
+        let mut body = Vec::new();
+        assert!(append_capped(&mut body, &[0; 6], 10));
+        assert!(append_capped(&mut body, &[0; 4], 10));
+        assert!(!append_capped(&mut body, &[0; 1], 10));
+        assert_eq!(body.len(), 10);
+    }
+
+    #[test]
+    fn shown_strings_are_cut() {
+        assert_eq!(shown("abc", 5), "\"abc\"");
+        assert_eq!(shown("abcdefgh", 3), "\"abc\"…");
+    }
 }

@@ -7,7 +7,7 @@ use axum::routing::get;
 use base64::Engine;
 use image::{ImageEncoder, RgbImage};
 use plugworker_image_input::{ImageLimits, ImageLoader, ImageSource, decode};
-use plugworker_kit::RunError;
+use plugworker_kit::{RunContext, RunError};
 use std::time::{Duration, Instant};
 
 fn sample(width: u32, height: u32) -> RgbImage {
@@ -48,13 +48,25 @@ fn url(url: String) -> ImageSource {
     }
 }
 
-fn loader(allow_private: bool) -> ImageLoader {
-    ImageLoader::new(ImageLimits {
-        allow_private_addresses: allow_private,
-        fetch_timeout: Duration::from_millis(800),
-        max_bytes: 1024 * 1024,
-        ..ImageLimits::default()
-    })
+fn loader(allow_private: bool) -> Loader {
+    Loader(
+        ImageLoader::new(ImageLimits {
+            allow_private_addresses: allow_private,
+            fetch_timeout: Duration::from_millis(800),
+            max_bytes: 1024 * 1024,
+            ..ImageLimits::default()
+        })
+        .unwrap(),
+    )
+}
+
+/// An [`ImageLoader`] used as an algorithm uses it, inside a run.
+struct Loader(ImageLoader);
+
+impl Loader {
+    async fn load(&self, source: &ImageSource) -> Result<RgbImage, RunError> {
+        self.0.load(source, &RunContext::new("test", None)).await
+    }
 }
 
 /// `jpeg` with an EXIF APP1 segment saying orientation = `orientation`.
@@ -112,6 +124,9 @@ fn assert_error(result: Result<RgbImage, RunError>, expected_kind: &str, fragmen
             assert!(m.contains(fragment), "{m}")
         }
         Err(RunError::Unprocessable(m)) if expected_kind == "unprocessable" => {
+            assert!(m.contains(fragment), "{m}")
+        }
+        Err(RunError::Unavailable(m)) if expected_kind == "unavailable" => {
             assert!(m.contains(fragment), "{m}")
         }
         Ok(image) => panic!(
@@ -196,8 +211,13 @@ async fn bad_bytes_get_clear_errors() {
     let both = ImageSource {
         image_url: Some("https://example.com/a.png".into()),
         image_base64: Some("AA==".into()),
+        ..Default::default()
     };
-    assert_error(loader.load(&both).await, "invalid", "not both");
+    assert_error(
+        loader.load(&both).await,
+        "invalid",
+        "exactly one image source, not image_url and image_base64",
+    );
     let bmp = {
         let mut bytes = Vec::new();
         sample(4, 4)
@@ -249,7 +269,7 @@ async fn urls_are_fetched_with_limits_and_without_redirects() {
     let started = Instant::now();
     assert_error(
         allowed.load(&url(format!("{base}/stall.png"))).await,
-        "unprocessable",
+        "unavailable",
         "timed out",
     );
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -310,6 +330,196 @@ fn the_schema_requires_exactly_one_source() {
     let schema = serde_json::to_value(schemars::schema_for!(ImageSource)).unwrap();
     assert_eq!(
         schema["oneOf"],
-        serde_json::json!([{"required": ["image_url"]}, {"required": ["image_base64"]}])
+        serde_json::json!([
+            {"required": ["image_url"]},
+            {"required": ["image_base64"]},
+            {"required": ["image_s3"]},
+        ])
+    );
+    // image_s3: the s3:// string or the {bucket, key} object, nothing else.
+    let validator = jsonschema::validator_for(&schema).unwrap();
+    for valid in [
+        serde_json::json!({"image_s3": "s3://bucket/key.png"}),
+        serde_json::json!({"image_s3": {"bucket": "bucket", "key": "key.png"}}),
+        serde_json::json!({"image_url": "https://example.com/a.png"}),
+    ] {
+        assert!(validator.is_valid(&valid), "{valid}");
+    }
+    for invalid in [
+        serde_json::json!({}),
+        serde_json::json!({"image_s3": 5}),
+        serde_json::json!({"image_s3": {"bucket": "bucket"}}),
+        serde_json::json!({"image_s3": {"bucket": "b", "key": "k", "acl": "x"}}),
+        serde_json::json!({"image_s3": "s3://b/k", "image_url": "https://example.com/a.png"}),
+    ] {
+        assert!(!validator.is_valid(&invalid), "{invalid}");
+    }
+}
+
+/// A server answering each path with a status that can heal, or cannot.
+async fn status_server() -> String {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().route(
+        "/status/{code}",
+        get(
+            |axum::extract::Path(code): axum::extract::Path<u16>| async move {
+                StatusCode::from_u16(code).unwrap()
+            },
+        ),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+#[tokio::test]
+async fn fetch_failures_that_can_heal_are_transient_and_the_rest_permanent() {
+    let base = status_server().await;
+    let allowed = loader(true);
+    for code in [408, 429, 500, 502, 503, 504] {
+        assert_error(
+            allowed.load(&url(format!("{base}/status/{code}"))).await,
+            "unavailable",
+            &format!("HTTP {code}"),
+        );
+    }
+    for code in [400, 401, 403, 404, 410, 451, 501] {
+        assert_error(
+            allowed.load(&url(format!("{base}/status/{code}"))).await,
+            "unprocessable",
+            &format!("HTTP {code}"),
+        );
+    }
+    // Nothing listens there: a connection error, which a restarted server heals.
+    let closed = plugworker_testkit::free_port();
+    assert_error(
+        allowed
+            .load(&url(format!("http://127.0.0.1:{closed}/a.png")))
+            .await,
+        "unavailable",
+        "cannot fetch image_url",
+    );
+}
+
+/// A GIF with a `screen` logical screen and one frame per entry of `frames`, each a
+/// `(width, height)` of one colour, its pixel data compressed to almost nothing.
+fn gif_with_frames(screen: (u16, u16), frames: &[(u16, u16)]) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    {
+        let palette = [0u8, 0, 0, 255, 255, 255];
+        let mut encoder = gif::Encoder::new(&mut bytes, screen.0, screen.1, &palette).unwrap();
+        for &(width, height) in frames {
+            let pixels = vec![1u8; usize::from(width) * usize::from(height)];
+            let mut frame = gif::Frame::from_indexed_pixels(width, height, pixels, None);
+            frame.left = 0;
+            frame.top = 0;
+            encoder.write_frame(&frame).unwrap();
+        }
+    }
+    bytes
+}
+
+#[tokio::test]
+async fn the_pixel_cap_applies_to_every_gif_frame_not_only_the_screen() {
+    let max_pixels = 1_000_000;
+    // A 16×16 screen whose second frame is 2000×1000: refused from the block structure.
+    let sneaky = gif_with_frames((16, 16), &[(16, 16), (2000, 1000)]);
+    assert!(sneaky.len() < 64 * 1024, "{} bytes", sneaky.len());
+    match decode(&sneaky, max_pixels) {
+        Err(RunError::Unprocessable(m)) => assert!(
+            m.contains("GIF frame 2 is 2000×1000 = 2000000 pixels, more than the 1000000 allowed"),
+            "{m}"
+        ),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // The first frame, the one decoded, too.
+    let first = gif_with_frames((16, 16), &[(1500, 1000)]);
+    match decode(&first, max_pixels) {
+        Err(RunError::Unprocessable(m)) => assert!(m.contains("GIF frame 1 is 1500×1000"), "{m}"),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Within the cap, an animation decodes to its screen.
+    let fine = gif_with_frames((200, 100), &[(200, 100), (100, 50), (200, 100)]);
+    assert_eq!(decode(&fine, max_pixels).unwrap().dimensions(), (200, 100));
+    // And through the loader, with the loader's cap.
+    let capped = Loader(
+        ImageLoader::new(ImageLimits {
+            max_pixels,
+            ..ImageLimits::default()
+        })
+        .unwrap(),
+    );
+    assert_error(
+        capped.load(&base64_of(&sneaky)).await,
+        "unprocessable",
+        "GIF frame 2",
+    );
+}
+
+/// An HTTP proxy on loopback that answers every request with `png` and records the
+/// request targets it was asked for.
+async fn recording_proxy(png: Vec<u8>) -> (String, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = format!("http://{}", listener.local_addr().unwrap());
+    let app = Router::new().fallback({
+        let seen = seen.clone();
+        move |uri: axum::http::Uri| {
+            let seen = seen.clone();
+            let png = png.clone();
+            async move {
+                seen.lock().unwrap().push(uri.to_string());
+                ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+            }
+        }
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (address, seen)
+}
+
+#[tokio::test]
+async fn an_explicit_proxy_is_used_and_the_target_is_still_checked() {
+    let base = server().await;
+    let png = encode(&sample(12, 8), image::ImageFormat::Png);
+    let (proxy, seen) = recording_proxy(png).await;
+    let through_proxy = |allow_private: bool| {
+        Loader(
+            ImageLoader::new(ImageLimits {
+                allow_private_addresses: allow_private,
+                proxy: Some(proxy.parse().unwrap()),
+                fetch_timeout: Duration::from_secs(5),
+                ..ImageLimits::default()
+            })
+            .unwrap(),
+        )
+    };
+    let guarded = through_proxy(false);
+    // A name for loopback: the proxy would resolve it, so it is checked before sending.
+    let by_name = base.replace("127.0.0.1", "localhost");
+    assert_error(
+        guarded.load(&url(format!("{by_name}/ok.png"))).await,
+        "unprocessable",
+        "private or reserved",
+    );
+    assert_error(
+        guarded
+            .load(&url("http://169.254.169.254/latest/meta-data".into()))
+            .await,
+        "invalid",
+        "private or reserved",
+    );
+    assert!(
+        seen.lock().unwrap().is_empty(),
+        "nothing refused reached the proxy"
+    );
+    // A public address goes through the proxy (which answers for it: no internet here).
+    let image = guarded
+        .load(&url("http://93.184.216.34/cat.png".into()))
+        .await
+        .unwrap();
+    assert_eq!(image.dimensions(), (12, 8));
+    assert_eq!(
+        *seen.lock().unwrap(),
+        vec!["http://93.184.216.34/cat.png".to_string()]
     );
 }

@@ -15,6 +15,8 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
+use crate::slots::Slot;
+
 /// An algorithm a runner can serve.
 pub trait Algorithm: Sized + Send + Sync + 'static {
     /// The input document; `Run` validates payloads against its JSON Schema first.
@@ -87,10 +89,43 @@ pub struct RunContext {
     pub algorithm: &'static str,
     /// When the caller stops waiting, if it set a deadline.
     pub deadline: Option<Instant>,
+    /// The run slot this run occupies; every blocking task of the run holds it too.
+    slot: Option<Slot>,
 }
 
 impl RunContext {
+    /// A context outside the kit's server (an algorithm's own tests, benchmarks): it
+    /// holds no run slot.
+    pub fn new(algorithm: &'static str, deadline: Option<Instant>) -> Self {
+        Self {
+            algorithm,
+            deadline,
+            slot: None,
+        }
+    }
+
+    pub(crate) fn in_slot(algorithm: &'static str, deadline: Option<Instant>, slot: Slot) -> Self {
+        Self {
+            algorithm,
+            deadline,
+            slot: Some(slot),
+        }
+    }
+
+    /// Whether the caller's deadline has passed (the caller already has its answer).
+    /// Long blocking work may check it between steps and stop early.
+    pub fn expired(&self) -> bool {
+        self.deadline
+            .is_some_and(|deadline| Instant::now() >= deadline)
+    }
+
     /// Runs CPU-bound work on the blocking thread pool.
+    ///
+    /// The work keeps the run's slot until it returns, even when the caller's deadline
+    /// answers first: a blocking thread cannot be interrupted, and the next run must not
+    /// start beside it (the runner's `--max-concurrent-runs` bounds this work, and so its
+    /// memory). Every blocking part of an algorithm must go through here, not through
+    /// `tokio::task::spawn_blocking`.
     pub async fn blocking<T, F>(&self, work: F) -> Result<T, RunError>
     where
         F: FnOnce() -> Result<T, RunError> + Send + 'static,
@@ -98,11 +133,13 @@ impl RunContext {
     {
         // The work's spans (inference, post-processing) belong to the run's trace.
         let span = tracing::Span::current();
-        tokio::task::spawn_blocking(move || span.in_scope(work))
-            .await
-            .map_err(|e| {
-                RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm))
-            })?
+        let share = self.slot.as_ref().map(Slot::blocking_share);
+        tokio::task::spawn_blocking(move || {
+            let _share = share;
+            span.in_scope(work)
+        })
+        .await
+        .map_err(|e| RunError::Internal(format!("{} worker thread failed: {e}", self.algorithm)))?
     }
 }
 
@@ -208,4 +245,72 @@ macro_rules! algorithms {
     () => {
         include!(concat!(env!("OUT_DIR"), "/plugworker_algorithms.rs"));
     };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::slots::RunSlots;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::time::Duration;
+
+    #[tokio::test]
+    async fn blocking_work_keeps_the_slot_after_its_run_is_dropped() {
+        let slots = RunSlots::new(1, 0);
+        let slot = slots.acquire(None).await.unwrap();
+        let context = RunContext::in_slot("test", None, slot.clone());
+        let release = Arc::new(AtomicBool::new(false));
+        let started = Arc::new(AtomicBool::new(false));
+        let run = {
+            let (release, started) = (release.clone(), started.clone());
+            async move {
+                context
+                    .blocking(move || {
+                        started.store(true, Ordering::Release);
+                        while !release.load(Ordering::Acquire) {
+                            std::thread::sleep(Duration::from_millis(5));
+                        }
+                        Ok(())
+                    })
+                    .await
+            }
+        };
+        let mut run = Box::pin(run);
+        tokio::select! {
+            _ = &mut run => panic!("the work cannot end before it is released"),
+            () = async {
+                while !started.load(Ordering::Acquire) {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            } => {}
+        }
+        // What the kit does at a deadline: stop waiting for the run, drop its slot.
+        drop(run);
+        drop(slot);
+        assert_eq!(
+            slots.in_flight(),
+            1,
+            "the blocking thread still holds the slot"
+        );
+        assert!(
+            slots.acquire(None).await.is_err(),
+            "no second run beside it"
+        );
+        release.store(true, Ordering::Release);
+        for _ in 0..400 {
+            if slots.in_flight() == 0 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(slots.in_flight(), 0, "returned when the work ended");
+    }
+
+    #[test]
+    fn expired_follows_the_deadline() {
+        assert!(!RunContext::new("a", None).expired());
+        assert!(RunContext::new("a", Some(Instant::now())).expired());
+        let later = Instant::now() + Duration::from_secs(60);
+        assert!(!RunContext::new("a", Some(later)).expired());
+    }
 }

@@ -200,10 +200,7 @@ mod tests {
                 models_dir: ".".into(),
             })
             .unwrap();
-        let context = RunContext {
-            algorithm: "twice",
-            deadline: None,
-        };
+        let context = RunContext::new("twice", None);
         let output = loaded["twice"]
             .clone()
             .run(serde_json::json!(21.0), context)

@@ -5,7 +5,7 @@ use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
 use crate::catalog::Catalog;
 use crate::deadline;
 use crate::metrics::{AlgorithmLabel, RunLabels, code_label};
-use crate::slots::RunSlots;
+use crate::slots::{RunHold, RunSlots};
 use plugworker_rpc::runner::v1::runner_server::Runner;
 use plugworker_rpc::runner::v1::{
     ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
@@ -162,24 +162,30 @@ impl RunnerService {
             )));
         }
 
-        let _slot = state.slots.acquire(deadline).await?;
+        let name = described.entry.name;
+        let hold = RunHold::new(state.slots.acquire(deadline).await?, name);
         let started = Instant::now();
-        let context = RunContext {
-            algorithm: described.entry.name,
-            deadline,
-        };
+        if deadline.is_some_and(|deadline| started >= deadline) {
+            // The caller is gone (or about to be): starting the work would only occupy
+            // the slot for nobody.
+            return Err(Status::deadline_exceeded(format!(
+                "the deadline passed before {name} could start"
+            )));
+        }
+        // The context shares the slot with every blocking task the run starts: if the
+        // caller stops waiting (deadline, cancellation), `hold` goes, but the slot stays
+        // taken until that work has ended.
+        let context = RunContext::in_slot(name, deadline, hold.slot().clone());
         let run = algorithm.clone().run(payload, context);
         let outcome = match deadline {
             Some(deadline) => tokio::time::timeout_at(deadline.into(), run)
                 .await
                 .map_err(|_| {
-                    Status::deadline_exceeded(format!(
-                        "{} did not finish before the deadline",
-                        described.entry.name
-                    ))
+                    Status::deadline_exceeded(format!("{name} did not finish before the deadline"))
                 })?,
             None => run.await,
         };
+        hold.finish();
         let result = outcome.map_err(|e| status_of(described.entry.name, e))?;
         Ok(Response::new(RunResponse {
             result,

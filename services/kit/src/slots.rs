@@ -1,12 +1,113 @@
 //! Bounded concurrency for runs: at most `max_running` at once, at most `max_waiting`
 //! queued behind them; anything beyond is refused with `RESOURCE_EXHAUSTED` instead of
 //! piling up memory. Draining waits for every slot to come back.
+//!
+//! A slot is held by the run *and* by every blocking task the run starts
+//! ([`RunContext::blocking`](crate::RunContext::blocking)). A deadline answers the caller
+//! on time and drops the run's future, but a blocking thread cannot be stopped: if the
+//! slot went back with the answer, the next run would start beside work that is still
+//! decoding or inferring, and a burst of deadlines would multiply peak memory. So the
+//! slot goes back only when the last piece of the run's work has ended.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Status;
+
+/// One held run slot; clones share it, and it is returned when the last clone drops.
+#[derive(Clone)]
+pub(crate) struct Slot(Arc<Held>);
+
+struct Held {
+    _permit: OwnedSemaphorePermit,
+    /// Blocking tasks of the run still holding the slot.
+    blocking: AtomicUsize,
+    /// When the caller stopped waiting for the run (deadline or cancellation) while
+    /// blocking work still held the slot.
+    abandoned: OnceLock<(Instant, &'static str)>,
+}
+
+impl Slot {
+    /// A share of the slot for one blocking task of the run, held until the task ends.
+    pub fn blocking_share(&self) -> BlockingShare {
+        self.0.blocking.fetch_add(1, Ordering::AcqRel);
+        BlockingShare(self.clone())
+    }
+
+    /// Records that the caller stopped waiting for the run; if blocking work still holds
+    /// the slot, its end will be logged.
+    fn abandon(&self, algorithm: &'static str) {
+        if self.0.blocking.load(Ordering::Acquire) > 0 {
+            let _ = self.0.abandoned.set((Instant::now(), algorithm));
+        }
+    }
+}
+
+impl std::fmt::Debug for Slot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Slot")
+            .field("blocking", &self.0.blocking.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some((answered, algorithm)) = self.abandoned.get() {
+            // Worth seeing: every such run kept a slot busy after its caller gave up.
+            tracing::warn!(
+                algorithm,
+                overran_ms = answered.elapsed().as_millis() as u64,
+                "blocking work ended after its run's deadline; run slot released"
+            );
+        }
+    }
+}
+
+/// A blocking task's share of its run's slot.
+pub(crate) struct BlockingShare(Slot);
+
+impl Drop for BlockingShare {
+    fn drop(&mut self) {
+        self.0.0.blocking.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// The run's own hold on its slot. Unless [`finish`](Self::finish)ed, its drop (a
+/// deadline answered, or the caller cancelling the call, which drops the run's future)
+/// marks the run abandoned.
+pub(crate) struct RunHold {
+    slot: Slot,
+    algorithm: &'static str,
+    finished: bool,
+}
+
+impl RunHold {
+    pub fn new(slot: Slot, algorithm: &'static str) -> Self {
+        Self {
+            slot,
+            algorithm,
+            finished: false,
+        }
+    }
+
+    pub fn slot(&self) -> &Slot {
+        &self.slot
+    }
+
+    pub fn finish(mut self) {
+        self.finished = true;
+    }
+}
+
+impl Drop for RunHold {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.slot.abandon(self.algorithm);
+        }
+    }
+}
 
 pub(crate) struct RunSlots {
     semaphore: Arc<Semaphore>,
@@ -27,9 +128,16 @@ impl RunSlots {
     }
 
     /// A slot, waiting for one if the queue has room, until `deadline` at the latest.
-    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<OwnedSemaphorePermit, Status> {
+    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Slot, Status> {
+        let slot = |permit| {
+            Slot(Arc::new(Held {
+                _permit: permit,
+                blocking: AtomicUsize::new(0),
+                abandoned: OnceLock::new(),
+            }))
+        };
         if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-            return Ok(permit);
+            return Ok(slot(permit));
         }
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _leave_queue = scopeguard(|| {
@@ -50,7 +158,9 @@ impl RunSlots {
                 })?,
             None => acquire.await,
         };
-        permit.map_err(|_| Status::unavailable("runner is shutting down"))
+        permit
+            .map(slot)
+            .map_err(|_| Status::unavailable("runner is shutting down"))
     }
 
     /// Waits until every slot is free (all runs finished), for at most `grace`.
@@ -127,5 +237,19 @@ mod tests {
             !slots.drain(Duration::from_millis(30)).await,
             "a held slot blocks draining"
         );
+    }
+
+    #[tokio::test]
+    async fn a_slot_is_returned_when_its_last_holder_ends() {
+        let slots = RunSlots::new(1, 0);
+        let slot = slots.acquire(None).await.unwrap();
+        let held_by_work = slot.blocking_share();
+        drop(RunHold::new(slot, "test"));
+        assert_eq!(slots.in_flight(), 1, "the work's clone still holds it");
+        let refused = slots.acquire(None).await.unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+        drop(held_by_work);
+        assert_eq!(slots.in_flight(), 0);
+        drop(slots.acquire(None).await.unwrap());
     }
 }

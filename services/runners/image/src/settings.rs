@@ -5,6 +5,7 @@
 //! in the README's configuration table. A value that does not parse fails the load with
 //! the variable's name, so a typo never silently falls back to a default.
 
+use plugworker_image_input::{ImageLimits, ImageLoader};
 use plugworker_kit::{LoadContext, LoadError};
 use plugworker_onnx::Runtime;
 use std::path::PathBuf;
@@ -39,4 +40,10 @@ pub fn onnx_runtime(context: &LoadContext) -> Result<&'static Runtime, LoadError
     let models_dir = context.model_path("cache");
     Runtime::load(&models_dir, (threads > 0).then_some(threads))
         .map_err(|e| LoadError::other(e.to_string()))
+}
+
+/// The image input, configured by the `PLUGWORKER_IMAGE_*` variables.
+pub fn image_loader() -> Result<ImageLoader, LoadError> {
+    let limits = ImageLimits::from_env().map_err(|e| LoadError::other(e.to_string()))?;
+    ImageLoader::new(limits).map_err(|e| LoadError::other(e.to_string()))
 }

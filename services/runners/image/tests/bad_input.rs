@@ -26,6 +26,10 @@ async fn server() -> String {
         )
         .route("/missing.jpg", get(|| async { StatusCode::NOT_FOUND }))
         .route(
+            "/busy.jpg",
+            get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        )
+        .route(
             "/stall.jpg",
             get(|| async {
                 tokio::time::sleep(Duration::from_secs(60)).await;
@@ -101,8 +105,14 @@ async fn bad_images_are_clear_errors_and_the_runner_keeps_serving_in_bounded_mem
         (
             "URL that stalls",
             url("/stall.jpg"),
-            Code::FailedPrecondition,
+            Code::Unavailable,
             "timed out",
+        ),
+        (
+            "URL whose server is busy",
+            url("/busy.jpg"),
+            Code::Unavailable,
+            "503",
         ),
         (
             "redirect to 127.0.0.1",
@@ -121,6 +131,12 @@ async fn bad_images_are_clear_errors_and_the_runner_keeps_serving_in_bounded_mem
             serde_json::json!({}),
             Code::InvalidArgument,
             "",
+        ),
+        (
+            "bad S3 bucket name",
+            serde_json::json!({ "image_s3": "s3://Not_A_Bucket/meme.jpg" }),
+            Code::InvalidArgument,
+            "not a valid S3 bucket name",
         ),
     ];
     for algorithm in ["meme_classifier", "ocr"] {

@@ -176,7 +176,7 @@ async fn bad_input_gets_clear_errors_and_the_runner_keeps_serving() {
     let status = client.run(run("translate", b"{}")).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound);
     assert!(
-        status.message().contains("\"translate\"") && status.message().contains("add, echo"),
+        status.message().contains("\"translate\"") && status.message().contains("add, burn, echo"),
         "{}",
         status.message()
     );

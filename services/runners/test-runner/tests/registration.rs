@@ -39,7 +39,7 @@ async fn two_runners_register_with_exactly_their_algorithm_tags_and_pass_only_on
     .await;
     assert_eq!(catalog["nlp-runner"], algorithm_modules("../nlp"));
     assert_eq!(catalog["test-runner"], algorithm_modules("."));
-    assert_eq!(catalog["test-runner"], vec!["add", "echo"]);
+    assert_eq!(catalog["test-runner"], vec!["add", "burn", "echo"]);
 
     // Registered but still loading: listed, not passing.
     let (entries, _) = consul

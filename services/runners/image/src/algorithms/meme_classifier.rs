@@ -8,8 +8,8 @@
 //!   `$XDG_CACHE_HOME/plugworker/gallery` or `~/.cache/plugworker/gallery`; `off` disables);
 //! - `PLUGWORKER_MEME_THRESHOLD`: lowest cosine similarity answered with a label.
 
-use crate::settings;
-use plugworker_image_input::{ImageLimits, ImageLoader, ImageSource};
+use crate::settings::{self, image_loader};
+use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use plugworker_meme::{Embedder, Gallery, MemeClassifier as Classifier};
 use schemars::JsonSchema;
@@ -107,12 +107,12 @@ impl Algorithm for MemeClassifier {
         );
         Ok(Self {
             classifier: Arc::new(Classifier::new(embedder, gallery, threshold)),
-            images: ImageLoader::new(ImageLimits::from_env()),
+            images: image_loader()?,
         })
     }
 
     async fn run(&self, input: Input, context: &RunContext) -> Result<Output, RunError> {
-        let image = self.images.load(&input.image).await?;
+        let image = self.images.load(&input.image, context).await?;
         let (width, height) = image.dimensions();
         let classifier = Arc::clone(&self.classifier);
         let candidates = input.candidates.unwrap_or(3);

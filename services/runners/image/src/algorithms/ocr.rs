@@ -5,8 +5,8 @@
 //! `scripts/fetch-ocrs-models.sh`). `PLUGWORKER_OCR_MIN_CONFIDENCE` drops lines read with
 //! less confidence (ppocr only, default 0.5).
 
-use crate::settings;
-use plugworker_image_input::{ImageLimits, ImageLoader, ImageSource};
+use crate::settings::{self, image_loader};
+use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use plugworker_ocr::{OcrEngine, OcrError, PpOcr, PpOcrConfig};
 use schemars::JsonSchema;
@@ -92,12 +92,12 @@ impl Algorithm for Ocr {
         tracing::info!(engine = engine.name(), "ocr engine loaded");
         Ok(Self {
             engine,
-            images: ImageLoader::new(ImageLimits::from_env()),
+            images: image_loader()?,
         })
     }
 
     async fn run(&self, input: Input, context: &RunContext) -> Result<Output, RunError> {
-        let image = self.images.load(&input.image).await?;
+        let image = self.images.load(&input.image, context).await?;
         let (width, height) = image.dimensions();
         let engine = Arc::clone(&self.engine);
         let output = context

@@ -89,20 +89,23 @@ pub struct Runner {
 
 /// An image-runner on the repository's models, its gallery cache in `cache_dir`.
 pub async fn start(extra_env: &[(&str, &str)]) -> Runner {
+    start_with(&[], extra_env).await
+}
+
+/// [`start`], with more flags.
+pub async fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Runner {
     let address = format!("127.0.0.1:{}", free_port());
     let models = models_dir();
     let models = models.to_str().unwrap();
-    let process = Process::spawn(
-        &bin_path("image-runner"),
-        &[
-            "--listen",
-            &address,
-            "--no-register",
-            "--models-dir",
-            models,
-        ],
-        extra_env,
-    );
+    let mut args = vec![
+        "--listen",
+        &address,
+        "--no-register",
+        "--models-dir",
+        models,
+    ];
+    args.extend_from_slice(extra_args);
+    let process = Process::spawn(&bin_path("image-runner"), &args, extra_env);
     let client = runner_client(&address, Duration::from_secs(60)).await;
     Runner {
         process,
@@ -131,8 +134,10 @@ pub async fn call(
             })
             .await
         {
+            // Only the runner's own loading: an image fetch can be UNAVAILABLE too.
             Err(status)
                 if status.code() == Code::Unavailable
+                    && status.message().contains("still loading")
                     && started.elapsed() < Duration::from_secs(60) =>
             {
                 tokio::time::sleep(Duration::from_millis(100)).await

@@ -1,0 +1,367 @@
+//! `image_s3`: images by reference to an S3 object, read with the runner's own AWS
+//! credentials (the standard chain: environment, profile, web identity, ECS task role,
+//! instance metadata), under the same byte cap and time limit as URLs.
+//!
+//! The endpoint is AWS's unless `AWS_ENDPOINT_URL_S3` or `AWS_ENDPOINT_URL` names another
+//! (an S3-compatible store, or moto in tests); with such an endpoint, requests use path
+//! style (`endpoint/bucket/key`), which every S3-compatible server answers, instead of a
+//! bucket host name.
+
+use crate::{ImageLimits, append_capped, shown};
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_s3::operation::get_object::GetObjectError;
+use plugworker_kit::RunError;
+use schemars::JsonSchema;
+use serde::Deserialize;
+
+/// Longest S3 key, in bytes (S3's own limit).
+const MAX_KEY_BYTES: usize = 1024;
+/// Longest piece of a caller's string repeated in an error message.
+const SHOWN_CHARS: usize = 120;
+
+/// An S3 object as a job names it: `"s3://bucket/key"` or `{"bucket": ..., "key": ...}`.
+/// The syntax is checked by [`S3Reference::location`], so that a mistake gets a message
+/// saying what is wrong rather than a schema mismatch.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(untagged)]
+pub enum S3Reference {
+    /// `s3://bucket/key`; the key is taken literally (no percent-decoding), as the AWS CLI
+    /// does.
+    Uri(String),
+    Object(S3Object),
+}
+
+/// `{"bucket": ..., "key": ...}`.
+#[derive(Clone, Debug, Deserialize, JsonSchema, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct S3Object {
+    /// Bucket name (3–63 lowercase letters, digits, dots and hyphens).
+    pub bucket: String,
+    /// Object key (1–1024 bytes).
+    pub key: String,
+}
+
+/// A syntactically valid bucket and key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct S3Location {
+    pub bucket: String,
+    pub key: String,
+}
+
+impl std::fmt::Display for S3Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let key: String = self.key.chars().take(SHOWN_CHARS).collect();
+        let more = if key.len() < self.key.len() {
+            "…"
+        } else {
+            ""
+        };
+        write!(f, "s3://{}/{key}{more}", self.bucket)
+    }
+}
+
+impl S3Reference {
+    /// The bucket and key, or `INVALID_ARGUMENT` saying what is wrong with them.
+    pub fn location(&self) -> Result<S3Location, RunError> {
+        let (bucket, key) = match self {
+            Self::Uri(uri) => {
+                let Some(rest) = uri.strip_prefix("s3://") else {
+                    return Err(RunError::InvalidInput(format!(
+                        "image_s3 must be s3://bucket/key or {{\"bucket\": ..., \"key\": ...}}, not {}",
+                        shown(uri, SHOWN_CHARS)
+                    )));
+                };
+                match rest.split_once('/') {
+                    Some((bucket, key)) => (bucket, key),
+                    None => (rest, ""),
+                }
+            }
+            Self::Object(object) => (object.bucket.as_str(), object.key.as_str()),
+        };
+        check_bucket(bucket)?;
+        if key.is_empty() {
+            return Err(RunError::InvalidInput(format!(
+                "image_s3 names bucket {bucket} but no key (s3://bucket/key)"
+            )));
+        }
+        if key.len() > MAX_KEY_BYTES {
+            return Err(RunError::InvalidInput(format!(
+                "image_s3 key is {} bytes, more than S3's {MAX_KEY_BYTES}",
+                key.len()
+            )));
+        }
+        Ok(S3Location {
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+        })
+    }
+}
+
+/// S3's naming rules for (general purpose and directory) buckets.
+fn check_bucket(bucket: &str) -> Result<(), RunError> {
+    let refuse = |why: &str| {
+        Err(RunError::InvalidInput(format!(
+            "image_s3 bucket {} is not a valid S3 bucket name: {why}",
+            shown(bucket, SHOWN_CHARS)
+        )))
+    };
+    if !(3..=63).contains(&bucket.len()) {
+        return refuse("it must be 3 to 63 characters long");
+    }
+    if !bucket
+        .bytes()
+        .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-')
+    {
+        return refuse("only lowercase letters, digits, dots and hyphens are allowed");
+    }
+    let alphanumeric = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let bytes = bucket.as_bytes();
+    if !alphanumeric(bytes[0]) || !alphanumeric(bytes[bytes.len() - 1]) {
+        return refuse("it must start and end with a letter or digit");
+    }
+    if bucket.contains("..") {
+        return refuse("it must not contain two dots in a row");
+    }
+    if bucket.parse::<std::net::Ipv4Addr>().is_ok() {
+        return refuse("it must not look like an IP address");
+    }
+    Ok(())
+}
+
+/// A client from the standard AWS configuration of the environment.
+pub(crate) async fn client_from_env() -> aws_sdk_s3::Client {
+    let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .load()
+        .await;
+    let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
+        .iter()
+        .any(|name| std::env::var_os(name).is_some_and(|v| !v.is_empty()));
+    let config = aws_sdk_s3::config::Builder::from(&shared)
+        .force_path_style(custom_endpoint)
+        .build();
+    tracing::info!(
+        region = ?config.region(),
+        custom_endpoint,
+        "S3 client for image_s3 configured"
+    );
+    aws_sdk_s3::Client::from_conf(config)
+}
+
+/// The object's bytes, at most `limits.max_bytes` of them, within `limits.fetch_timeout`.
+pub(crate) async fn fetch(
+    client: &aws_sdk_s3::Client,
+    limits: &ImageLimits,
+    location: &S3Location,
+) -> Result<Vec<u8>, RunError> {
+    let read = async {
+        let object = client
+            .get_object()
+            .bucket(&location.bucket)
+            .key(&location.key)
+            .send()
+            .await
+            .map_err(|e| classify(e, location))?;
+        // Refused on the declared size before any of the body is read; dropping the
+        // response closes the connection, so the rest is never downloaded.
+        if let Some(length) = object.content_length()
+            && u64::try_from(length).unwrap_or(0) > limits.max_bytes as u64
+        {
+            return Err(RunError::Unprocessable(format!(
+                "image_s3 {location} is {length} bytes, more than the {} allowed",
+                limits.max_bytes
+            )));
+        }
+        let capacity = object
+            .content_length()
+            .and_then(|l| usize::try_from(l).ok())
+            .unwrap_or(0)
+            .min(limits.max_bytes);
+        let mut body = Vec::with_capacity(capacity);
+        let mut stream = object.body;
+        // And capped while reading, whatever the declared length said.
+        while let Some(chunk) = stream.try_next().await.map_err(|e| {
+            RunError::Unavailable(format!(
+                "reading image_s3 {location} failed: {}",
+                DisplayErrorContext(&e)
+            ))
+        })? {
+            if !append_capped(&mut body, &chunk, limits.max_bytes) {
+                return Err(RunError::Unprocessable(format!(
+                    "image_s3 {location} is more than the {} bytes allowed",
+                    limits.max_bytes
+                )));
+            }
+        }
+        Ok(body)
+    };
+    tokio::time::timeout(limits.fetch_timeout, read)
+        .await
+        .unwrap_or_else(|_| {
+            Err(RunError::Unavailable(format!(
+                "image_s3 {location}: timed out after {:?}",
+                limits.fetch_timeout
+            )))
+        })
+}
+
+/// S3 error codes that can heal on their own: throttling, S3's own trouble, and
+/// credentials the runner is about to refresh.
+const TRANSIENT_CODES: &[&str] = &[
+    "SlowDown",
+    "Throttling",
+    "ThrottlingException",
+    "RequestLimitExceeded",
+    "RequestTimeout",
+    "InternalError",
+    "ServiceUnavailable",
+    "ExpiredToken",
+    "TokenRefreshRequired",
+];
+
+/// Errors that concern the runner's own credentials, not the job: another runner (or
+/// this one, once its credentials are fixed or refreshed) may succeed.
+const RUNNER_CREDENTIAL_CODES: &[&str] = &[
+    "InvalidAccessKeyId",
+    "SignatureDoesNotMatch",
+    "InvalidToken",
+];
+
+/// Which class a failed GetObject belongs to, with the bucket and key named.
+fn classify(error: SdkError<GetObjectError>, location: &S3Location) -> RunError {
+    let detail = DisplayErrorContext(&error).to_string();
+    match &error {
+        SdkError::ServiceError(service) => {
+            let status = service.raw().status().as_u16();
+            let code = service.err().code().unwrap_or_default();
+            let is_no_such_key = matches!(service.err(), GetObjectError::NoSuchKey(_));
+            match code {
+                _ if is_no_such_key || code == "NoSuchKey" => RunError::Unprocessable(format!(
+                    "image_s3 {location}: no such key in bucket {} (NoSuchKey)",
+                    location.bucket
+                )),
+                "NoSuchBucket" => RunError::Unprocessable(format!(
+                    "image_s3 {location}: bucket {} does not exist (NoSuchBucket)",
+                    location.bucket
+                )),
+                "AccessDenied" | "AllAccessDisabled" => RunError::Unprocessable(format!(
+                    "image_s3 {location}: access denied ({code}); the runner's credentials may not read this object"
+                )),
+                "InvalidObjectState" => RunError::Unprocessable(format!(
+                    "image_s3 {location}: the object is archived and must be restored first (InvalidObjectState)"
+                )),
+                "PermanentRedirect" | "AuthorizationHeaderMalformed" => {
+                    RunError::Unprocessable(format!(
+                        "image_s3 {location}: bucket {} is not in the runner's region ({code})",
+                        location.bucket
+                    ))
+                }
+                _ if RUNNER_CREDENTIAL_CODES.contains(&code) => {
+                    tracing::error!(%location, code, "S3 refused the runner's credentials");
+                    RunError::Unavailable(format!(
+                        "image_s3 {location}: S3 refused this runner's credentials ({code})"
+                    ))
+                }
+                _ if status == 429 || status >= 500 || TRANSIENT_CODES.contains(&code) => {
+                    RunError::Unavailable(format!(
+                        "image_s3 {location}: S3 answered HTTP {status} {code}; try again"
+                    ))
+                }
+                _ => RunError::Unprocessable(format!(
+                    "image_s3 {location}: S3 answered HTTP {status} {code}: {}",
+                    service.err().message().unwrap_or_default()
+                )),
+            }
+        }
+        SdkError::TimeoutError(_) => {
+            RunError::Unavailable(format!("image_s3 {location}: S3 timed out: {detail}"))
+        }
+        SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
+            RunError::Unavailable(format!("image_s3 {location}: cannot reach S3: {detail}"))
+        }
+        // No region, no credentials: the runner's setup, not the job.
+        SdkError::ConstructionFailure(_) => RunError::Internal(format!(
+            "image_s3 {location}: cannot make the S3 request (is the runner's AWS configuration complete?): {detail}"
+        )),
+        _ => RunError::Unavailable(format!("image_s3 {location}: {detail}")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn invalid(reference: S3Reference) -> String {
+        match reference.location() {
+            Err(RunError::InvalidInput(message)) => message,
+            other => panic!("{reference:?} should be invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn both_forms_name_a_bucket_and_a_key() {
+        let uri: S3Reference = serde_json::from_value(serde_json::json!(
+            "s3://my-bucket.example/inputs/2024/cat 1.jpg"
+        ))
+        .unwrap();
+        let object: S3Reference = serde_json::from_value(serde_json::json!(
+            {"bucket": "my-bucket.example", "key": "inputs/2024/cat 1.jpg"}
+        ))
+        .unwrap();
+        let expected = S3Location {
+            bucket: "my-bucket.example".into(),
+            key: "inputs/2024/cat 1.jpg".into(),
+        };
+        assert_eq!(uri.location().unwrap(), expected);
+        assert_eq!(object.location().unwrap(), expected);
+        assert_eq!(
+            expected.to_string(),
+            "s3://my-bucket.example/inputs/2024/cat 1.jpg"
+        );
+        // Keys are literal: slashes after the first belong to the key.
+        let nested = S3Reference::Uri("s3://b12/a//b/".into())
+            .location()
+            .unwrap();
+        assert_eq!(nested.key, "a//b/");
+    }
+
+    #[test]
+    fn bad_syntax_is_said_clearly() {
+        let object = |bucket: &str, key: &str| {
+            S3Reference::Object(S3Object {
+                bucket: bucket.into(),
+                key: key.into(),
+            })
+        };
+        for (reference, fragment) in [
+            (
+                S3Reference::Uri("https://b.s3.amazonaws.com/k".into()),
+                "must be s3://bucket/key",
+            ),
+            (S3Reference::Uri("s3://bucket".into()), "no key"),
+            (S3Reference::Uri("s3://bucket/".into()), "no key"),
+            (S3Reference::Uri("s3:///key".into()), "3 to 63"),
+            (object("ab", "k"), "3 to 63"),
+            (object(&"a".repeat(64), "k"), "3 to 63"),
+            (object("My_Bucket", "k"), "lowercase letters"),
+            (object("-bucket", "k"), "start and end"),
+            (object("bucket.", "k"), "start and end"),
+            (object("my..bucket", "k"), "two dots"),
+            (object("192.168.1.1", "k"), "IP address"),
+            (object("bucket", &"k".repeat(1025)), "1024"),
+        ] {
+            let message = invalid(reference.clone());
+            assert!(message.contains(fragment), "{reference:?}: {message}");
+        }
+        // A long wrong value is not repeated whole.
+        let message = invalid(S3Reference::Uri("x".repeat(10_000)));
+        assert!(message.len() < 400, "{message}");
+    }
+
+    #[test]
+    fn unknown_fields_are_refused() {
+        let parsed: Result<S3Reference, _> = serde_json::from_value(
+            serde_json::json!({"bucket": "b", "key": "k", "region": "eu-west-1"}),
+        );
+        assert!(parsed.is_err());
+    }
+}
