@@ -66,11 +66,12 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/status/peers", get(peers))
         .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .merge(crate::connect_http::routes())
         .with_state(shared)
 }
 
 /// An error answered the way Consul does: a status and a plain-text reason.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -78,25 +79,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-fn not_found(message: impl Into<String>) -> ApiError {
+pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, message.into())
 }
 
 /// Consul answers plain Go errors (not `HTTPError`s) with a 500 and the error text.
-fn internal(message: impl Into<String>) -> ApiError {
+pub(crate) fn internal(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
 }
 
 /// The query string, read like Go's `url.Values`: `get` is the first value, `has` is
 /// presence (Consul's bare flags: `?recurse`, `?raw`, `?passing`).
-struct Query(Vec<(String, String)>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn new(raw: Option<String>) -> Self {
+    pub(crate) fn new(raw: Option<String>) -> Self {
         let raw = raw.unwrap_or_default();
         Self(
             url::form_urlencoded::parse(raw.as_bytes())
@@ -105,18 +106,18 @@ impl Query {
         )
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 
-    fn all(&self, key: &str) -> Vec<String> {
+    pub(crate) fn all(&self, key: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -134,7 +135,7 @@ impl Query {
     }
 
     /// `?passing`, `?passing=true` ... as `getBoolQueryParam` reads it.
-    fn bool_flag(&self, key: &str) -> Option<bool> {
+    pub(crate) fn bool_flag(&self, key: &str) -> Option<bool> {
         if !self.has(key) {
             return Some(false);
         }
@@ -145,7 +146,7 @@ impl Query {
     }
 
     /// The registry has no bexpr engine; refusing beats answering unfiltered data.
-    fn refuse_filter(&self) -> Result<(), ApiError> {
+    pub(crate) fn refuse_filter(&self) -> Result<(), ApiError> {
         match self.get("filter") {
             Some(filter) if !filter.is_empty() => Err(bad_request(
                 "?filter expressions are not supported by the embedded registry",
@@ -156,13 +157,13 @@ impl Query {
 }
 
 /// `index` and `wait` of a blocking query (Consul's `parseWait`), and `dc`.
-struct Blocking {
-    index: u64,
-    wait: Duration,
+pub(crate) struct Blocking {
+    pub index: u64,
+    pub wait: Duration,
 }
 
 impl Blocking {
-    fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
+    pub(crate) fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
         if let Some(dc) = query.get("dc")
             && !dc.is_empty()
             && dc != shared.config.datacenter
@@ -187,9 +188,22 @@ impl Blocking {
 
     /// Runs `read` now and, for a blocking query, again after each change until its
     /// index passes the client's or the wait (plus Consul's up-to-1/16 jitter) runs out.
-    async fn run<T>(&self, shared: &Shared, read: impl Fn(&Store) -> (T, u64)) -> (T, u64) {
+    pub(crate) async fn run<T>(
+        &self,
+        shared: &Shared,
+        read: impl Fn(&Store) -> (T, u64),
+    ) -> (T, u64) {
+        self.run_with(shared, || read(&shared.lock())).await
+    }
+
+    /// [`Blocking::run`] over any state that announces changes through `shared.notify`.
+    pub(crate) async fn run_with<T>(
+        &self,
+        shared: &Shared,
+        read: impl Fn() -> (T, u64),
+    ) -> (T, u64) {
         let mut changes = shared.changes.subscribe();
-        let (mut value, mut index) = read(&shared.lock());
+        let (mut value, mut index) = read();
         if self.index > 0 && index <= self.index {
             let jitter = rand::rng().random_range(Duration::ZERO..=self.wait / 16);
             let deadline = tokio::time::Instant::now() + self.wait + jitter;
@@ -197,7 +211,7 @@ impl Blocking {
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() { break; }
-                        (value, index) = read(&shared.lock());
+                        (value, index) = read();
                         if index > self.index { break; }
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
@@ -208,7 +222,7 @@ impl Blocking {
     }
 }
 
-fn index_headers(index: u64) -> HeaderMap {
+pub(crate) fn index_headers(index: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
@@ -216,7 +230,7 @@ fn index_headers(index: u64) -> HeaderMap {
     headers
 }
 
-fn with_index(body: impl IntoResponse, index: u64) -> Response {
+pub(crate) fn with_index(body: impl IntoResponse, index: u64) -> Response {
     (index_headers(index), body).into_response()
 }
 

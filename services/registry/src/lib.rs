@@ -31,6 +31,8 @@
 //! registry only speaks plaintext gRPC.
 
 mod checks;
+mod connect;
+mod connect_http;
 mod decode;
 mod go;
 mod http;
@@ -38,6 +40,7 @@ mod kv;
 mod store;
 mod views;
 
+pub use connect::{Action as IntentionAction, CaError};
 pub use store::RegistryConfig;
 
 /// The Consul version whose HTTP API the registry implements, reported where Consul
@@ -72,6 +75,23 @@ impl Registry {
         let shared = store::Shared::new(config);
         checks::spawn_reaper(&shared);
         Self { shared }
+    }
+
+    /// Rotates the Connect CA to a fresh root key, like a `PUT /v1/connect/ca/configuration`
+    /// with a new `PrivateKey`: the old root stays listed (inactive) so certificates it
+    /// signed keep verifying, leaves are re-issued under the new root, and blocked leaf
+    /// and roots queries wake.
+    pub fn rotate_ca_root(&self) -> Result<(), CaError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let index = self.shared.next_index();
+        self.shared.mesh().rotate(key, index)?;
+        self.shared.notify(index);
+        Ok(())
+    }
+
+    /// The Connect trust domain (`<cluster-id>.consul`).
+    pub fn trust_domain(&self) -> String {
+        self.shared.mesh().trust_domain.clone()
     }
 
     /// The HTTP API as an axum router, for embedding in another server.
