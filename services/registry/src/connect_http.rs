@@ -4,10 +4,15 @@
 //! Handlers and messages follow `agent/agent_endpoint.go`, `agent/connect_ca_endpoint.go`,
 //! `agent/config_endpoint.go` and `agent/intentions_endpoint.go`.
 
+use crate::acl::{Access, Authz, Resource, Scope};
 use crate::connect::{self, Action, IntentionsEntry, Mesh, Source};
-use crate::http::{ApiError, Blocking, Query, bad_request, internal, not_found, with_index};
+use crate::http::{
+    ApiError, Blocking, Query, bad_request, filter_items, internal, not_found, require,
+    require_scope, with_index, with_index_filtered,
+};
 use crate::store::Shared;
 use crate::views;
+use axum::Extension;
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
@@ -72,9 +77,11 @@ async fn ca_roots(
 /// exists: the cached one is renewed (60–90 % of its lifetime) or the root rotates.
 async fn ca_leaf(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(service): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    require(&authz, Resource::Service, &service, Access::Write)?;
     let query = Query::new(query);
     let blocking = Blocking::parse(&shared, &query)?;
     let jitter = rand::rng().random_range(Duration::ZERO..=blocking.wait / 16);
@@ -144,10 +151,14 @@ fn ca_config_view(mesh: &Mesh) -> Value {
     })
 }
 
-async fn ca_configuration(State(shared): State<AppState>) -> Response {
+async fn ca_configuration(
+    State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
+) -> Result<Response, ApiError> {
+    require_scope(&authz, Scope::Operator, Access::Read)?;
     let mesh = shared.mesh();
     let index = mesh.config_modify_index;
-    with_index(Json(ca_config_view(&mesh)), index)
+    Ok(with_index(Json(ca_config_view(&mesh)), index))
 }
 
 /// `PUT /v1/connect/ca/configuration` (`structs.CAConfiguration`): `Config.LeafCertTTL`
@@ -156,8 +167,10 @@ async fn ca_configuration(State(shared): State<AppState>) -> Response {
 /// renewed at once, and the old root stays in `Roots`, inactive.
 async fn ca_set_configuration(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
+    require_scope(&authz, Scope::Operator, Access::Write)?;
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
     let object = value
@@ -232,12 +245,18 @@ async fn ca_set_configuration(
 // ---------------------------------------------------------------- authorize
 
 /// `POST /v1/agent/connect/authorize` (`structs.ConnectAuthorizeRequest`).
-async fn authorize(State(shared): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn authorize(
+    State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let request = crate::decode::connect_authorize(&body)
         .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
     if request.target.is_empty() {
         return Err(bad_request("Target service must be specified"));
     }
+    // Only the target itself may ask who may connect to it.
+    require(&authz, Resource::Service, &request.target, Access::Write)?;
     if request.client_cert_uri.is_empty() {
         return Err(bad_request("Client URI must be specified"));
     }
@@ -265,8 +284,12 @@ async fn authorize(State(shared): State<AppState>, body: Bytes) -> Result<Respon
                     policy == Action::Allow,
                     "Default intention policy".to_string(),
                 ),
-                // With ACLs off Consul's authorizer is "manage all": default allow.
-                None => (true, "Default behavior configured by ACLs".to_string()),
+                // `IntentionDefaultAllow` of the caller's authorizer: the ACL default
+                // policy, or allow for "manage all" (ACLs off, management tokens).
+                None => (
+                    authz.rules.is_none() || authz.default_allow,
+                    "Default behavior configured by ACLs".to_string(),
+                ),
             },
         }
     };
@@ -375,10 +398,15 @@ fn put_entry(
 }
 
 /// `PUT /v1/config`: applies a config entry (`service-intentions` only).
-async fn config_apply(State(shared): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+async fn config_apply(
+    State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let entry = crate::decode::config_entry(&body)
         .map_err(|e| bad_request(format!("Request decoding failed: {e}")))?;
     refuse_other_kinds(&entry.kind)?;
+    require(&authz, Resource::Intention, &entry.name, Access::Write)?;
     if entry.name.is_empty() {
         return Err(internal("Name is required"));
     }
@@ -418,6 +446,7 @@ async fn config_apply(State(shared): State<AppState>, body: Bytes) -> Result<Res
 
 async fn config_list(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(kind): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -428,23 +457,28 @@ async fn config_list(
     let (view, index) = blocking
         .run_with(&shared, || {
             let mesh = shared.mesh();
-            let view: Vec<Value> = mesh
-                .intentions
-                .iter()
+            let (entries, filtered) =
+                filter_items(mesh.intentions.iter().collect(), |(name, _)| {
+                    authz.allows(Resource::Intention, name, Access::Read)
+                });
+            let view: Vec<Value> = entries
+                .into_iter()
                 .map(|(name, entry)| entry_view(name, entry))
                 .collect();
-            (view, mesh.intentions_index)
+            ((view, filtered), mesh.intentions_index)
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn config_get(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path((kind, name)): Path<(String, String)>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     refuse_other_kinds(&kind)?;
+    require(&authz, Resource::Intention, &name, Access::Read)?;
     let query = Query::new(query);
     let blocking = Blocking::parse(&shared, &query)?;
     let (view, index) = blocking
@@ -468,15 +502,18 @@ async fn config_get(
 
 async fn config_delete(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path((kind, name)): Path<(String, String)>,
 ) -> Result<Response, ApiError> {
     refuse_other_kinds(&kind)?;
+    require(&authz, Resource::Intention, &name, Access::Write)?;
     put_entry(&shared, &name, Vec::new(), None);
     Ok(Json(json!({})).into_response())
 }
 
 async fn intentions_list(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
@@ -488,6 +525,7 @@ async fn intentions_list(
             let mut view: Vec<(u32, Value)> = mesh
                 .intentions
                 .iter()
+                .filter(|(name, _)| authz.allows(Resource::Intention, name, Access::Read))
                 .flat_map(|(name, entry)| {
                     entry.sources.iter().map(move |s| {
                         (
@@ -511,6 +549,7 @@ async fn intentions_list(
 /// apply to each name, highest precedence first.
 async fn intentions_match(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
@@ -527,6 +566,9 @@ async fn intentions_match(
     let names = query.all("name");
     if names.is_empty() {
         return Err(bad_request("required query parameter 'name' not set"));
+    }
+    for name in &names {
+        require(&authz, Resource::Intention, name, Access::Read)?;
     }
     let blocking = Blocking::parse(&shared, &query)?;
     let (view, index) = blocking
@@ -574,9 +616,11 @@ fn exact_names(query: &Query) -> Result<(String, String), ApiError> {
 
 async fn intention_exact_get(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let (source, destination) = exact_names(&Query::new(query))?;
+    require(&authz, Resource::Intention, &destination, Access::Read)?;
     let mesh = shared.mesh();
     let found = mesh.intentions.get(&destination).and_then(|entry| {
         entry
@@ -596,10 +640,12 @@ async fn intention_exact_get(
 /// upserts one source of the destination's `service-intentions` entry.
 async fn intention_exact_put(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let (source, destination) = exact_names(&Query::new(query))?;
+    require(&authz, Resource::Intention, &destination, Access::Write)?;
     let request = crate::decode::intention(&body)
         .map_err(|e| bad_request(format!("Failed to decode request body: {e}")))?;
     let action = Action::parse(&request.action)
@@ -625,9 +671,11 @@ async fn intention_exact_put(
 
 async fn intention_exact_delete(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let (source, destination) = exact_names(&Query::new(query))?;
+    require(&authz, Resource::Intention, &destination, Access::Write)?;
     let sources: Vec<Source> = shared
         .mesh()
         .intentions
@@ -647,6 +695,7 @@ async fn intention_exact_delete(
 /// instances that accept Connect (here: Connect-native ones; the registry has no proxies).
 async fn health_connect(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -659,21 +708,28 @@ async fn health_connect(
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let view: Vec<Value> = store
-                .instances(&name, &tags)
-                .filter(|r| r.service.connect_native)
+            let (records, filtered) = filter_items(
+                store
+                    .instances(&name, &tags)
+                    .filter(|r| r.service.connect_native)
+                    .collect(),
+                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
+            );
+            let view: Vec<Value> = records
+                .into_iter()
                 .map(|r| views::health_entry(&shared, store, r))
                 .filter(|(_, passing)| *passing || !passing_only)
                 .map(|(entry, _)| entry)
                 .collect();
-            (view, store.name_index(&name))
+            ((view, filtered), store.name_index(&name))
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn catalog_connect(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -683,13 +739,19 @@ async fn catalog_connect(
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let view: Vec<Value> = store
-                .instances(&name, &tags)
-                .filter(|r| r.service.connect_native)
+            let (records, filtered) = filter_items(
+                store
+                    .instances(&name, &tags)
+                    .filter(|r| r.service.connect_native)
+                    .collect(),
+                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
+            );
+            let view: Vec<Value> = records
+                .into_iter()
                 .map(|r| views::catalog_service(&shared, store, r))
                 .collect();
-            (view, store.name_index(&name))
+            ((view, filtered), store.name_index(&name))
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }

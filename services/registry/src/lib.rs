@@ -30,6 +30,8 @@
 //! one-minute floor. gRPC checks with `GRPCUseTLS` are reported critical: the embedded
 //! registry only speaks plaintext gRPC.
 
+mod acl;
+mod acl_http;
 mod checks;
 mod connect;
 mod connect_http;

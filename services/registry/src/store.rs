@@ -32,6 +32,13 @@ pub struct RegistryConfig {
     /// Consul's `default_intention_policy`: what authorize answers when no intention
     /// matches. `None` follows the ACL default policy, which allows while ACLs are off.
     pub default_intention_policy: Option<crate::connect::Action>,
+    /// ACLs on (`acl.enabled`); off by default, like `consul agent -dev`.
+    pub acl_enabled: bool,
+    /// `acl.default_policy`: what tokens may do where no rule applies.
+    pub acl_default_policy: crate::connect::Action,
+    /// `acl.tokens.initial_management`: a management token's secret that exists from the
+    /// start. When set, `/v1/acl/bootstrap` is closed: this token is the bootstrap.
+    pub acl_bootstrap_token: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -43,6 +50,9 @@ impl Default for RegistryConfig {
             reap_interval: Duration::from_secs(1),
             connect_leaf_ttl: crate::connect::DEFAULT_LEAF_TTL,
             default_intention_policy: None,
+            acl_enabled: false,
+            acl_default_policy: crate::connect::Action::Allow,
+            acl_bootstrap_token: None,
         }
     }
 }
@@ -54,6 +64,8 @@ pub(crate) struct Shared {
     store: Mutex<Store>,
     /// The Connect CA and intentions; lock after `store` when both are needed.
     mesh: Mutex<crate::connect::Mesh>,
+    /// Policies and tokens.
+    acl: Mutex<crate::acl::Acl>,
     /// The global index after every change.
     pub changes: watch::Sender<u64>,
     /// Flips to `true` once when the registry stops; background tasks watch it.
@@ -68,9 +80,24 @@ impl Shared {
         let mesh =
             crate::connect::Mesh::new(&config.datacenter, config.connect_leaf_ttl, store.index)
                 .expect("generating an EC P-256 root certificate cannot fail");
+        let created = crate::connect::go_time(time::OffsetDateTime::now_utc());
+        let mut acl = crate::acl::Acl::new(
+            config.acl_enabled,
+            config.acl_default_policy == crate::connect::Action::Allow,
+            store.index,
+            &created,
+        );
+        if let Some(secret) = config
+            .acl_bootstrap_token
+            .as_ref()
+            .filter(|s| !s.is_empty())
+        {
+            acl.add_initial_management(secret, store.index, &created);
+        }
         Arc::new(Self {
             node_id: node_id(&config.node_name),
             mesh: Mutex::new(mesh),
+            acl: Mutex::new(acl),
             config,
             changes: watch::Sender::new(store.index),
             store: Mutex::new(store),
@@ -81,6 +108,10 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves maps that are still individually valid.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn acl(&self) -> MutexGuard<'_, crate::acl::Acl> {
+        self.acl.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     pub fn mesh(&self) -> MutexGuard<'_, crate::connect::Mesh> {

@@ -265,7 +265,7 @@ pub(crate) fn member(shared: &Shared, wan: bool) -> Value {
         "Addr": config.node_address,
         "Port": port,
         "Tags": {
-            "acls": "0",
+            "acls": if shared.acl().enabled { "1" } else { "0" },
             "build": format!("{}:plugworker", crate::CONSUL_API_VERSION),
             "dc": config.datacenter,
             "ft_fs": "1",

@@ -36,6 +36,29 @@ pub struct Args {
     /// `default_intention_policy`); unset, it follows the ACL default policy.
     #[arg(long, env = "PLUGWORKER_REGISTRY_DEFAULT_INTENTION_POLICY", value_enum)]
     pub default_intention_policy: Option<Policy>,
+    /// Enforce ACLs like a Consul agent with `acl.enabled = true`: every request is
+    /// authorized by its token (`X-Consul-Token`, `Authorization: Bearer`, `?token=`).
+    #[arg(long, env = "PLUGWORKER_REGISTRY_ACL_ENABLED")]
+    pub acl_enabled: bool,
+    /// What tokens may do where no rule of theirs applies (Consul's `acl.default_policy`);
+    /// also the answer of authorize when no intention matches.
+    #[arg(
+        long,
+        env = "PLUGWORKER_REGISTRY_ACL_DEFAULT_POLICY",
+        value_enum,
+        default_value = "allow",
+        requires = "acl_enabled"
+    )]
+    pub acl_default_policy: Policy,
+    /// Secret of a management token that exists from the start (Consul's
+    /// `acl.tokens.initial_management`); `/v1/acl/bootstrap` is then closed.
+    #[arg(
+        long,
+        env = "PLUGWORKER_REGISTRY_ACL_BOOTSTRAP_TOKEN",
+        hide_env_values = true,
+        requires = "acl_enabled"
+    )]
+    pub acl_bootstrap_token: Option<String>,
 }
 
 /// `allow` or `deny`.
@@ -70,7 +93,16 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         reap_interval: args.reap_interval,
         connect_leaf_ttl: args.connect_leaf_ttl,
         default_intention_policy: args.default_intention_policy.map(Into::into),
+        acl_enabled: args.acl_enabled,
+        acl_default_policy: args.acl_default_policy.into(),
+        acl_bootstrap_token: args.acl_bootstrap_token.filter(|t| !t.is_empty()),
     });
+    if args.acl_enabled {
+        tracing::info!(
+            default_policy = ?args.acl_default_policy,
+            "ACLs enforced; clients need CONSUL_HTTP_TOKEN"
+        );
+    }
     // The bound address on stdout, so scripts that asked for port 0 can find it.
     println!("registry listening on http://{address}");
     tracing::info!(%address, "embedded Consul-compatible registry serving; set CONSUL_HTTP_ADDR=http://{address}");
