@@ -108,16 +108,7 @@ fn require_acl(shared: &Shared, authz: &Authz, access: Access) -> Result<(), Api
 }
 
 fn new_uuid() -> String {
-    let bytes: [u8; 16] = rand::random();
-    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::connect::uuid(&mut rand::rng())
 }
 
 fn now() -> String {

@@ -137,8 +137,11 @@ pub(crate) struct Mesh {
     pub intentions_index: u64,
 }
 
-fn uuid(rng: &mut impl rand::Rng) -> String {
-    let bytes: [u8; 16] = rng.random();
+/// A random (version 4) UUID.
+pub(crate) fn uuid(rng: &mut impl rand::Rng) -> String {
+    let mut bytes: [u8; 16] = rng.random();
+    bytes[6] = (bytes[6] & 0x0f) | 0x40;
+    bytes[8] = (bytes[8] & 0x3f) | 0x80;
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -148,6 +151,13 @@ fn uuid(rng: &mut impl rand::Rng) -> String {
         &hex[16..20],
         &hex[20..32]
     )
+}
+
+/// A serial number's big-endian bytes without leading zeros, as Go's `big.Int.Bytes()`.
+fn serial_bytes(serial: u64) -> Vec<u8> {
+    let bytes = serial.to_be_bytes();
+    let first = bytes.iter().position(|b| *b != 0).unwrap_or(7);
+    bytes[first..].to_vec()
 }
 
 /// Go's `connect.HexString`: lowercase hex bytes joined by colons.
@@ -285,7 +295,7 @@ impl Mesh {
             format!("{service}.svc.default.{}.consul", &self.cluster_id[..8]),
         );
         params.distinguished_name = dn;
-        params.serial_number = Some(SerialNumber::from(serial));
+        params.serial_number = Some(SerialNumber::from_slice(&serial_bytes(serial)));
         params.subject_alt_names = vec![SanType::URI(uri.clone().try_into()?)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![
@@ -310,7 +320,7 @@ impl Mesh {
         let fraction = rand::Rng::random_range(&mut rand::rng(), 0.6..0.9);
         let renew_at = Instant::now() + self.leaf_ttl.mul_f64(fraction);
         let leaf = Leaf {
-            serial: hex_string(&SerialNumber::from(serial).to_bytes()),
+            serial: hex_string(&serial_bytes(serial)),
             cert_pem: cert.pem(),
             private_key_pem: key.serialize_pem(),
             service: service.to_string(),

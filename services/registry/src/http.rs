@@ -358,7 +358,7 @@ async fn agent_members(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     if !authz.allows(Resource::Node, &shared.config.node_name, Access::Read) {
-        return Ok(with_index_filtered(Json(json!([])), 1, true));
+        return Ok(with_filtered_header(Json(json!([])), true));
     }
     let query = Query::new(query);
     query.refuse_filter()?;
