@@ -100,6 +100,14 @@ const CHECK_TYPE: Fields = &[
     ("service_id", "ServiceID"),
 ];
 
+/// `structs.ServiceConnect`.
+const SERVICE_CONNECT: Fields = &[
+    ("Native", "Native"),
+    ("SidecarService", "SidecarService"),
+    ("sidecar_service", "SidecarService"),
+    ("PeerMeta", "PeerMeta"),
+];
+
 const SERVICE_ADDRESS: Fields = &[("Address", "Address"), ("Port", "Port")];
 const WEIGHTS: Fields = &[("Passing", "Passing"), ("Warning", "Warning")];
 const LOCALITY: Fields = &[("Region", "Region"), ("Zone", "Zone")];
@@ -123,8 +131,10 @@ pub(crate) struct ServiceDefinition {
     pub checks: Vec<CheckType>,
     pub weights: Option<Weights>,
     pub enable_tag_override: bool,
-    /// Non-empty `Proxy` or `Connect` blocks (unsupported, refused after decoding).
+    /// A non-empty `Proxy` block or a sidecar (unsupported, refused after decoding).
     pub connect_requested: bool,
+    /// `Connect.Native`.
+    pub connect_native: bool,
     pub locality: Option<Locality>,
 }
 
@@ -350,7 +360,28 @@ pub(crate) fn service_definition(body: &[u8]) -> Result<ServiceDefinition, Decod
                 ctx.string(value)?;
             }
             "EnableTagOverride" => def.enable_tag_override |= ctx.boolean(value)?,
-            "Proxy" | "Connect" => {
+            "Connect" => {
+                if let Some(object) = Object::new(value, "ServiceConnect", SERVICE_CONNECT)? {
+                    for (field, value) in object.fields {
+                        let ctx = Ctx {
+                            structure: "ServiceConnect",
+                            field,
+                        };
+                        match field {
+                            "Native" => def.connect_native = ctx.boolean(value)?,
+                            _ => {
+                                let empty = match value {
+                                    Value::Null => true,
+                                    Value::Object(map) => map.is_empty(),
+                                    other => return Err(ctx.type_error(other, "struct")),
+                                };
+                                def.connect_requested |= !empty;
+                            }
+                        }
+                    }
+                }
+            }
+            "Proxy" => {
                 let empty = match value {
                     Value::Null => true,
                     Value::Object(map) => map.is_empty(),
@@ -465,6 +496,200 @@ pub(crate) fn check_update(body: &[u8]) -> Result<CheckUpdate, DecodeError> {
         }
     }
     Ok(update)
+}
+
+const CONNECT_AUTHORIZE: Fields = &[
+    ("Target", "Target"),
+    ("ClientCertURI", "ClientCertURI"),
+    ("ClientCertSerial", "ClientCertSerial"),
+    ("Namespace", "Namespace"),
+    ("Partition", "Partition"),
+];
+
+/// `POST /v1/agent/connect/authorize`'s body (`structs.ConnectAuthorizeRequest`).
+#[derive(Debug, Default)]
+pub(crate) struct ConnectAuthorize {
+    pub target: String,
+    pub client_cert_uri: String,
+}
+
+pub(crate) fn connect_authorize(body: &[u8]) -> Result<ConnectAuthorize, DecodeError> {
+    let value = parse(body)?;
+    let mut request = ConnectAuthorize::default();
+    if let Some(object) = Object::new(&value, "ConnectAuthorizeRequest", CONNECT_AUTHORIZE)? {
+        for (field, value) in object.fields {
+            let ctx = Ctx {
+                structure: "ConnectAuthorizeRequest",
+                field,
+            };
+            let text = ctx.string(value)?;
+            match field {
+                "Target" => request.target = text,
+                "ClientCertURI" => request.client_cert_uri = text,
+                _ => {}
+            }
+        }
+    }
+    Ok(request)
+}
+
+/// Every config entry kind Consul knows (`structs.ConfigEntryKinds`).
+pub(crate) const CONFIG_ENTRY_KINDS: &[&str] = &[
+    "service-defaults",
+    "proxy-defaults",
+    "service-router",
+    "service-splitter",
+    "service-resolver",
+    "ingress-gateway",
+    "terminating-gateway",
+    "service-intentions",
+    "mesh",
+    "exported-services",
+    "sameness-group",
+    "api-gateway",
+    "bound-api-gateway",
+    "inline-certificate",
+    "file-system-certificate",
+    "http-route",
+    "tcp-route",
+    "jwt-provider",
+    "control-plane-request-limit",
+];
+
+/// One source of a `service-intentions` entry as sent.
+#[derive(Debug, Default)]
+pub(crate) struct IntentionSource {
+    pub name: String,
+    pub action: String,
+    pub description: String,
+    pub has_permissions: bool,
+}
+
+/// A config entry body (`PUT /v1/config`); only `service-intentions` fields are read.
+#[derive(Debug, Default)]
+pub(crate) struct ConfigEntry {
+    pub kind: String,
+    pub name: String,
+    pub sources: Vec<IntentionSource>,
+    pub meta: BTreeMap<String, String>,
+}
+
+/// Config entries are decoded by mapstructure with both CamelCase and snake_case keys
+/// (`structs.DecodeConfigEntry`); an unknown key is refused with Consul's wording.
+fn config_key(key: &str) -> String {
+    key.replace('_', "").to_ascii_lowercase()
+}
+
+fn config_string(key: &str, value: &Value) -> Result<String, DecodeError> {
+    match value {
+        Value::Null => Ok(String::new()),
+        Value::String(s) => Ok(s.clone()),
+        other => Err(DecodeError(format!(
+            "'{key}' expected type 'string', got unconvertible type '{}'",
+            json_type(other)
+        ))),
+    }
+}
+
+pub(crate) fn config_entry(body: &[u8]) -> Result<ConfigEntry, DecodeError> {
+    let value = parse(body)?;
+    let Value::Object(map) = value else {
+        return Err(DecodeError("payload is not an object".into()));
+    };
+    let mut entry = ConfigEntry::default();
+    for (key, value) in &map {
+        match config_key(key).as_str() {
+            "kind" => entry.kind = config_string(key, value)?,
+            "name" => entry.name = config_string(key, value)?,
+            "meta" => {
+                if let Value::Object(meta) = value {
+                    for (k, v) in meta {
+                        entry.meta.insert(k.clone(), config_string(k, v)?);
+                    }
+                }
+            }
+            "sources" => {
+                let items = match value {
+                    Value::Null => Vec::new(),
+                    Value::Array(items) => items.clone(),
+                    other => {
+                        return Err(DecodeError(format!(
+                            "'Sources': source data must be an array or slice, got {}",
+                            json_type(other)
+                        )));
+                    }
+                };
+                for item in items {
+                    let Value::Object(fields) = item else {
+                        return Err(DecodeError("'Sources[]' expected a map".into()));
+                    };
+                    let mut source = IntentionSource::default();
+                    for (key, value) in &fields {
+                        match config_key(key).as_str() {
+                            "name" => source.name = config_string(key, value)?,
+                            "action" => source.action = config_string(key, value)?,
+                            "description" => source.description = config_string(key, value)?,
+                            "permissions" => {
+                                source.has_permissions |=
+                                    value.as_array().is_some_and(|p| !p.is_empty())
+                            }
+                            // Read-only or default-namespace fields Consul accepts.
+                            "precedence" | "type" | "namespace" | "partition" | "legacyid"
+                            | "legacymeta" | "legacycreatetime" | "legacyupdatetime" => {}
+                            _ => return Err(DecodeError(format!("invalid config key {key:?}"))),
+                        }
+                    }
+                    entry.sources.push(source);
+                }
+            }
+            "namespace" | "partition" | "createindex" | "modifyindex" | "jwt" => {}
+            _ => return Err(DecodeError(format!("invalid config key {key:?}"))),
+        }
+    }
+    Ok(entry)
+}
+
+const INTENTION: Fields = &[
+    ("ID", "ID"),
+    ("Description", "Description"),
+    ("SourceNS", "SourceNS"),
+    ("SourceName", "SourceName"),
+    ("DestinationNS", "DestinationNS"),
+    ("DestinationName", "DestinationName"),
+    ("SourcePartition", "SourcePartition"),
+    ("DestinationPartition", "DestinationPartition"),
+    ("SourceType", "SourceType"),
+    ("Action", "Action"),
+    ("Meta", "Meta"),
+    ("Precedence", "Precedence"),
+    ("CreateIndex", "CreateIndex"),
+    ("ModifyIndex", "ModifyIndex"),
+];
+
+/// The body of a legacy intention write (`structs.Intention`).
+#[derive(Debug, Default)]
+pub(crate) struct Intention {
+    pub action: String,
+    pub description: String,
+}
+
+pub(crate) fn intention(body: &[u8]) -> Result<Intention, DecodeError> {
+    let value = parse(body)?;
+    let mut out = Intention::default();
+    if let Some(object) = Object::new(&value, "Intention", INTENTION)? {
+        for (field, value) in object.fields {
+            let ctx = Ctx {
+                structure: "Intention",
+                field,
+            };
+            match field {
+                "Action" => out.action = ctx.string(value)?,
+                "Description" => out.description = ctx.string(value)?,
+                _ => {}
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Consul's check durations are `interface{}`: a Go duration string or a number of

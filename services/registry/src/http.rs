@@ -1,6 +1,7 @@
 //! The HTTP API: routing, query parameters, blocking queries, Consul's response headers
 //! and Consul's error answers (status and text, from `agent/*_endpoint.go`).
 
+use crate::acl::{Access, Authz, Resource, Scope};
 use crate::decode::{self, ServiceDefinition};
 use crate::go;
 use crate::store::{RegisterError, Shared, Status, Store, TtlUpdateError, truncate_output};
@@ -10,7 +11,7 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
-use axum::{Json, Router};
+use axum::{Extension, Json, Router};
 use rand::Rng;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -37,21 +38,27 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/agent/checks", get(agent_checks))
         .route(
             "/v1/agent/check/pass/{id}",
-            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
-                check_ttl(s, p, q, Status::Passing)
-            }),
+            put(
+                |s: State<AppState>, a: Extension<Authz>, p: Path<String>, q: RawQuery| {
+                    check_ttl(s, a, p, q, Status::Passing)
+                },
+            ),
         )
         .route(
             "/v1/agent/check/warn/{id}",
-            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
-                check_ttl(s, p, q, Status::Warning)
-            }),
+            put(
+                |s: State<AppState>, a: Extension<Authz>, p: Path<String>, q: RawQuery| {
+                    check_ttl(s, a, p, q, Status::Warning)
+                },
+            ),
         )
         .route(
             "/v1/agent/check/fail/{id}",
-            put(|s: State<AppState>, p: Path<String>, q: RawQuery| {
-                check_ttl(s, p, q, Status::Critical)
-            }),
+            put(
+                |s: State<AppState>, a: Extension<Authz>, p: Path<String>, q: RawQuery| {
+                    check_ttl(s, a, p, q, Status::Critical)
+                },
+            ),
         )
         .route("/v1/agent/check/update/{id}", put(check_update))
         .route("/v1/catalog/services", get(catalog_services))
@@ -66,11 +73,17 @@ pub(crate) fn router(shared: AppState) -> Router {
         .route("/v1/status/peers", get(peers))
         .route("/v1/kv/", get(kv_get).put(kv_put).delete(kv_delete))
         .route("/v1/kv/{*key}", get(kv_get).put(kv_put).delete(kv_delete))
+        .merge(crate::connect_http::routes())
+        .merge(crate::acl_http::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            crate::acl_http::resolve_token,
+        ))
         .with_state(shared)
 }
 
 /// An error answered the way Consul does: a status and a plain-text reason.
-struct ApiError(StatusCode, String);
+pub(crate) struct ApiError(pub StatusCode, pub String);
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -78,25 +91,25 @@ impl IntoResponse for ApiError {
     }
 }
 
-fn bad_request(message: impl Into<String>) -> ApiError {
+pub(crate) fn bad_request(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::BAD_REQUEST, message.into())
 }
 
-fn not_found(message: impl Into<String>) -> ApiError {
+pub(crate) fn not_found(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::NOT_FOUND, message.into())
 }
 
 /// Consul answers plain Go errors (not `HTTPError`s) with a 500 and the error text.
-fn internal(message: impl Into<String>) -> ApiError {
+pub(crate) fn internal(message: impl Into<String>) -> ApiError {
     ApiError(StatusCode::INTERNAL_SERVER_ERROR, message.into())
 }
 
 /// The query string, read like Go's `url.Values`: `get` is the first value, `has` is
 /// presence (Consul's bare flags: `?recurse`, `?raw`, `?passing`).
-struct Query(Vec<(String, String)>);
+pub(crate) struct Query(Vec<(String, String)>);
 
 impl Query {
-    fn new(raw: Option<String>) -> Self {
+    pub(crate) fn new(raw: Option<String>) -> Self {
         let raw = raw.unwrap_or_default();
         Self(
             url::form_urlencoded::parse(raw.as_bytes())
@@ -105,18 +118,18 @@ impl Query {
         )
     }
 
-    fn get(&self, key: &str) -> Option<&str> {
+    pub(crate) fn get(&self, key: &str) -> Option<&str> {
         self.0
             .iter()
             .find(|(k, _)| k == key)
             .map(|(_, v)| v.as_str())
     }
 
-    fn has(&self, key: &str) -> bool {
+    pub(crate) fn has(&self, key: &str) -> bool {
         self.0.iter().any(|(k, _)| k == key)
     }
 
-    fn all(&self, key: &str) -> Vec<String> {
+    pub(crate) fn all(&self, key: &str) -> Vec<String> {
         self.0
             .iter()
             .filter(|(k, _)| k == key)
@@ -134,7 +147,7 @@ impl Query {
     }
 
     /// `?passing`, `?passing=true` ... as `getBoolQueryParam` reads it.
-    fn bool_flag(&self, key: &str) -> Option<bool> {
+    pub(crate) fn bool_flag(&self, key: &str) -> Option<bool> {
         if !self.has(key) {
             return Some(false);
         }
@@ -145,7 +158,7 @@ impl Query {
     }
 
     /// The registry has no bexpr engine; refusing beats answering unfiltered data.
-    fn refuse_filter(&self) -> Result<(), ApiError> {
+    pub(crate) fn refuse_filter(&self) -> Result<(), ApiError> {
         match self.get("filter") {
             Some(filter) if !filter.is_empty() => Err(bad_request(
                 "?filter expressions are not supported by the embedded registry",
@@ -156,13 +169,13 @@ impl Query {
 }
 
 /// `index` and `wait` of a blocking query (Consul's `parseWait`), and `dc`.
-struct Blocking {
-    index: u64,
-    wait: Duration,
+pub(crate) struct Blocking {
+    pub index: u64,
+    pub wait: Duration,
 }
 
 impl Blocking {
-    fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
+    pub(crate) fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
         if let Some(dc) = query.get("dc")
             && !dc.is_empty()
             && dc != shared.config.datacenter
@@ -187,9 +200,22 @@ impl Blocking {
 
     /// Runs `read` now and, for a blocking query, again after each change until its
     /// index passes the client's or the wait (plus Consul's up-to-1/16 jitter) runs out.
-    async fn run<T>(&self, shared: &Shared, read: impl Fn(&Store) -> (T, u64)) -> (T, u64) {
+    pub(crate) async fn run<T>(
+        &self,
+        shared: &Shared,
+        read: impl Fn(&Store) -> (T, u64),
+    ) -> (T, u64) {
+        self.run_with(shared, || read(&shared.lock())).await
+    }
+
+    /// [`Blocking::run`] over any state that announces changes through `shared.notify`.
+    pub(crate) async fn run_with<T>(
+        &self,
+        shared: &Shared,
+        read: impl Fn() -> (T, u64),
+    ) -> (T, u64) {
         let mut changes = shared.changes.subscribe();
-        let (mut value, mut index) = read(&shared.lock());
+        let (mut value, mut index) = read();
         if self.index > 0 && index <= self.index {
             let jitter = rand::rng().random_range(Duration::ZERO..=self.wait / 16);
             let deadline = tokio::time::Instant::now() + self.wait + jitter;
@@ -197,7 +223,7 @@ impl Blocking {
                 tokio::select! {
                     changed = changes.changed() => {
                         if changed.is_err() { break; }
-                        (value, index) = read(&shared.lock());
+                        (value, index) = read();
                         if index > self.index { break; }
                     }
                     _ = tokio::time::sleep_until(deadline) => break,
@@ -208,7 +234,7 @@ impl Blocking {
     }
 }
 
-fn index_headers(index: u64) -> HeaderMap {
+pub(crate) fn index_headers(index: u64) -> HeaderMap {
     let mut headers = HeaderMap::new();
     headers.insert("X-Consul-Index", HeaderValue::from(index.max(1)));
     headers.insert("X-Consul-KnownLeader", HeaderValue::from_static("true"));
@@ -216,17 +242,75 @@ fn index_headers(index: u64) -> HeaderMap {
     headers
 }
 
-fn with_index(body: impl IntoResponse, index: u64) -> Response {
+pub(crate) fn with_index(body: impl IntoResponse, index: u64) -> Response {
     (index_headers(index), body).into_response()
+}
+
+/// Refuses with Consul's `403 Permission denied: ...` unless `authz` grants `access`.
+pub(crate) fn require(
+    authz: &Authz,
+    resource: Resource,
+    name: &str,
+    access: Access,
+) -> Result<(), ApiError> {
+    if authz.allows(resource, name, access) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            authz.denied(resource, name, access),
+        ))
+    }
+}
+
+pub(crate) fn require_scope(authz: &Authz, scope: Scope, access: Access) -> Result<(), ApiError> {
+    if authz.allows_scope(scope, access) {
+        Ok(())
+    } else {
+        Err(ApiError(
+            StatusCode::FORBIDDEN,
+            authz.denied_scope(scope, access),
+        ))
+    }
+}
+
+/// A view some of whose items the token could not read: Consul drops them and says so
+/// with `X-Consul-Results-Filtered-By-ACLs: true`.
+pub(crate) fn with_index_filtered(body: impl IntoResponse, index: u64, filtered: bool) -> Response {
+    let mut headers = index_headers(index);
+    if filtered {
+        headers.insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            HeaderValue::from_static("true"),
+        );
+    }
+    (headers, body).into_response()
+}
+
+/// `items` without those `keep` refuses, and whether any were dropped.
+pub(crate) fn filter_items<T>(items: Vec<T>, keep: impl Fn(&T) -> bool) -> (Vec<T>, bool) {
+    let before = items.len();
+    let kept: Vec<T> = items.into_iter().filter(|i| keep(i)).collect();
+    let filtered = kept.len() != before;
+    (kept, filtered)
 }
 
 // ---------------------------------------------------------------- agent
 
-async fn agent_self(State(shared): State<AppState>) -> Response {
+async fn agent_self(
+    State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
+) -> Result<Response, ApiError> {
+    require(
+        &authz,
+        Resource::Agent,
+        &shared.config.node_name,
+        Access::Read,
+    )?;
     let store = shared.lock();
     let config = &shared.config;
     let services = store.services().filter(|r| r.local).count();
-    Json(json!({
+    Ok(Json(json!({
         "Config": {
             "Datacenter": config.datacenter,
             "PrimaryDatacenter": config.datacenter,
@@ -243,7 +327,7 @@ async fn agent_self(State(shared): State<AppState>) -> Response {
             "NodeID": shared.node_id,
             "DevMode": true,
             "ServerMode": true,
-            "ACLsEnabled": false,
+            "ACLsEnabled": shared.acl().enabled,
             "AdvertiseAddrLAN": config.node_address,
         },
         "Coord": {"Vec": [0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], "Error": 1.5, "Adjustment": 0.0, "Height": 1e-5},
@@ -265,13 +349,17 @@ async fn agent_self(State(shared): State<AppState>) -> Response {
         },
         "Meta": {"consul-network-segment": "", "consul-version": crate::CONSUL_API_VERSION},
     }))
-    .into_response()
+    .into_response())
 }
 
 async fn agent_members(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    if !authz.allows(Resource::Node, &shared.config.node_name, Access::Read) {
+        return Ok(with_filtered_header(Json(json!([])), true));
+    }
     let query = Query::new(query);
     query.refuse_filter()?;
     let wan = query.get("wan").is_some_and(|w| !w.is_empty());
@@ -285,6 +373,7 @@ async fn agent_members(
 /// `PUT /v1/agent/service/register`, validated in Consul's order with Consul's answers.
 async fn register(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -292,6 +381,18 @@ async fn register(
     let def = decode::service_definition(&body)
         .map_err(|e| bad_request(format!("Request decode failed: {e}")))?;
     validate_registration(&def)?;
+    // Consul's `vetServiceRegister`: write on the new name and, when the ID exists,
+    // on the name registered under it, so no token can take over another's instance.
+    require(&authz, Resource::Service, &def.name, Access::Write)?;
+    let id = if def.id.is_empty() {
+        &def.name
+    } else {
+        &def.id
+    };
+    let existing = shared.lock().service(id).map(|r| r.service.name.clone());
+    if let Some(existing) = existing {
+        require(&authz, Resource::Service, &existing, Access::Write)?;
+    }
     let replace = query.has("replace-existing-checks")
         && matches!(
             query.get("replace-existing-checks").unwrap_or_default(),
@@ -409,8 +510,17 @@ fn validate_meta(meta: &std::collections::BTreeMap<String, String>) -> Result<()
 
 async fn deregister(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let existing = shared
+        .lock()
+        .service(&id)
+        .filter(|r| r.local)
+        .map(|r| r.service.name.clone());
+    if let Some(name) = existing {
+        require(&authz, Resource::Service, &name, Access::Write)?;
+    }
     let index = shared.lock().deregister(&id).ok_or_else(|| {
         not_found(format!(
             "Unknown service ID {id:?}. Ensure that the service ID is passed, not the service name."
@@ -436,9 +546,14 @@ fn content_hash(view: &serde_json::Map<String, Value>) -> String {
 /// request blocks until the content hash differs or `wait` runs out.
 async fn agent_service(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    let name = shared.lock().service(&id).map(|r| r.service.name.clone());
+    if let Some(name) = name {
+        require(&authz, Resource::Service, &name, Access::Read)?;
+    }
     let query = Query::new(query);
     let blocking = Blocking::parse(&shared, &query)?;
     let hash = query.get("hash").unwrap_or_default().to_string();
@@ -475,13 +590,16 @@ async fn agent_service(
 
 async fn agent_services(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Query::new(query).refuse_filter()?;
     let store = shared.lock();
-    let view: serde_json::Map<String, Value> = store
-        .services()
-        .filter(|r| r.local)
+    let (records, filtered) = filter_items(store.services().filter(|r| r.local).collect(), |r| {
+        authz.allows(Resource::Service, &r.service.name, Access::Read)
+    });
+    let view: serde_json::Map<String, Value> = records
+        .into_iter()
         .map(|r| {
             (
                 r.service.id.clone(),
@@ -489,18 +607,58 @@ async fn agent_services(
             )
         })
         .collect();
-    Ok(Json(view).into_response())
+    Ok(with_filtered_header(Json(view), filtered))
+}
+
+fn with_filtered_header(body: impl IntoResponse, filtered: bool) -> Response {
+    let mut response = body.into_response();
+    if filtered {
+        response.headers_mut().insert(
+            "X-Consul-Results-Filtered-By-ACLs",
+            HeaderValue::from_static("true"),
+        );
+    }
+    response
+}
+
+/// The service name a check belongs to ("" for node checks).
+fn check_service_name(store: &Store, check: &crate::store::CheckRecord) -> String {
+    store
+        .service(&check.service_id)
+        .map(|r| r.service.name.clone())
+        .unwrap_or_default()
+}
+
+/// Consul's check filter: service checks need `service:read`, node checks `node:read`.
+fn may_read_check(
+    shared: &Shared,
+    authz: &Authz,
+    store: &Store,
+    check: &crate::store::CheckRecord,
+) -> bool {
+    if check.service_id.is_empty() {
+        authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
+    } else {
+        authz.allows(
+            Resource::Service,
+            &check_service_name(store, check),
+            Access::Read,
+        )
+    }
 }
 
 async fn agent_checks(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     Query::new(query).refuse_filter()?;
     let store = shared.lock();
-    let view: serde_json::Map<String, Value> = store
-        .checks
-        .values()
+    let (checks, filtered) = filter_items(store.checks.values().collect(), |c| {
+        may_read_check(&shared, &authz, &store, c)
+    });
+    let view: serde_json::Map<String, Value> = checks
+        .into_iter()
         .map(|c| {
             (
                 c.check_id.clone(),
@@ -508,15 +666,34 @@ async fn agent_checks(
             )
         })
         .collect();
-    Ok(Json(view).into_response())
+    Ok(with_filtered_header(Json(view), filtered))
 }
 
 fn update_ttl(
     shared: &Shared,
+    authz: &Authz,
     id: &str,
     status: Status,
     output: &str,
 ) -> Result<Response, ApiError> {
+    // Updating a service's check needs write on the service (Consul's `vetCheckUpdate`).
+    let service = {
+        let store = shared.lock();
+        store
+            .checks
+            .get(id)
+            .map(|c| (c.service_id.is_empty(), check_service_name(&store, c)))
+    };
+    match service {
+        Some((false, name)) => require(authz, Resource::Service, &name, Access::Write)?,
+        Some((true, _)) => require(
+            authz,
+            Resource::Node,
+            &shared.config.node_name,
+            Access::Write,
+        )?,
+        None => {}
+    }
     let changed = shared.lock().update_ttl_check(id, status, output).map_err(
         |error| match error {
             TtlUpdateError::Unknown => not_found(format!(
@@ -536,16 +713,24 @@ fn update_ttl(
 /// `PUT /v1/agent/check/{pass,warn,fail}/:id?note=`: a TTL check's heartbeat.
 async fn check_ttl(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(id): Path<String>,
     RawQuery(query): RawQuery,
     status: Status,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
-    update_ttl(&shared, &id, status, query.get("note").unwrap_or_default())
+    update_ttl(
+        &shared,
+        &authz,
+        &id,
+        status,
+        query.get("note").unwrap_or_default(),
+    )
 }
 
 async fn check_update(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
@@ -554,13 +739,14 @@ async fn check_update(
     let status = Status::parse(&update.status)
         .ok_or_else(|| bad_request(format!("Invalid check status: '{}'", update.status)))?;
     let output = truncate_output(&update.output, CHECK_BUF_SIZE);
-    update_ttl(&shared, &id, status, &output)
+    update_ttl(&shared, &authz, &id, status, &output)
 }
 
 // ---------------------------------------------------------------- catalog and health
 
 async fn catalog_services(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
@@ -570,7 +756,12 @@ async fn catalog_services(
         .run(&shared, |store| {
             let mut services: std::collections::BTreeMap<String, Vec<String>> =
                 std::collections::BTreeMap::new();
+            let mut filtered = false;
             for record in store.services() {
+                if !authz.allows(Resource::Service, &record.service.name, Access::Read) {
+                    filtered = true;
+                    continue;
+                }
                 let tags = services.entry(record.service.name.clone()).or_default();
                 for tag in &record.service.tags {
                     if !tags.contains(tag) {
@@ -578,14 +769,15 @@ async fn catalog_services(
                     }
                 }
             }
-            (services, store.catalog_index())
+            ((services, filtered), store.catalog_index())
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn catalog_service(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -595,18 +787,22 @@ async fn catalog_service(
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let view: Vec<Value> = store
-                .instances(&name, &tags)
+            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
+                authz.allows(Resource::Service, &r.service.name, Access::Read)
+            });
+            let view: Vec<Value> = records
+                .into_iter()
                 .map(|r| views::catalog_service(&shared, store, r))
                 .collect();
-            (view, store.name_index(&name))
+            ((view, filtered), store.name_index(&name))
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn catalog_nodes(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let query = Query::new(query);
@@ -614,15 +810,22 @@ async fn catalog_nodes(
     let blocking = Blocking::parse(&shared, &query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
-            (vec![views::node(&shared, store)], store.node_index)
+            let readable = authz.allows(Resource::Node, &shared.config.node_name, Access::Read);
+            let nodes = if readable {
+                vec![views::node(&shared, store)]
+            } else {
+                Vec::new()
+            };
+            ((nodes, !readable), store.node_index)
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 /// `GET /v1/catalog/node/:node`: the node and its services, or `null` for another node.
 async fn catalog_node(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(node): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -631,23 +834,32 @@ async fn catalog_node(
     let blocking = Blocking::parse(&shared, &query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
-            let view = if node == shared.config.node_name {
-                let services: serde_json::Map<String, Value> = store
-                    .services()
+            let filtered;
+            let view = if node == shared.config.node_name
+                && authz.allows(Resource::Node, &node, Access::Read)
+            {
+                let (records, dropped) = filter_items(store.services().collect(), |r| {
+                    authz.allows(Resource::Service, &r.service.name, Access::Read)
+                });
+                filtered = dropped;
+                let services: serde_json::Map<String, Value> = records
+                    .into_iter()
                     .map(|r| (r.service.id.clone(), views::node_service(r)))
                     .collect();
                 json!({"Node": views::node(&shared, store), "Services": services})
             } else {
+                filtered = node == shared.config.node_name;
                 Value::Null
             };
-            (view, store.catalog_index())
+            ((view, filtered), store.catalog_index())
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn health_service(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -660,21 +872,26 @@ async fn health_service(
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let view: Vec<Value> = store
-                .instances(&name, &tags)
+            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
+                authz.allows(Resource::Service, &r.service.name, Access::Read)
+                    && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
+            });
+            let view: Vec<Value> = records
+                .into_iter()
                 .map(|r| views::health_entry(&shared, store, r))
                 .filter(|(_, passing)| *passing || !passing_only)
                 .map(|(entry, _)| entry)
                 .collect();
-            (view, store.name_index(&name))
+            ((view, filtered), store.name_index(&name))
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 /// Checks selected from the whole table, indexed by the checks table like Consul.
 async fn health_checks_where(
     shared: AppState,
+    authz: Authz,
     query: Option<String>,
     include_node_check: impl Fn(&Store) -> bool + Send + Sync,
     keep: impl Fn(&Store, &crate::store::CheckRecord) -> bool + Send + Sync,
@@ -685,29 +902,38 @@ async fn health_checks_where(
     let (view, index) = blocking
         .run(&shared, |store| {
             let mut view = Vec::new();
+            let mut filtered = false;
             if include_node_check(store) {
-                view.push(views::serf_health(&shared, store));
+                if authz.allows(Resource::Node, &shared.config.node_name, Access::Read) {
+                    view.push(views::serf_health(&shared, store));
+                } else {
+                    filtered = true;
+                }
             }
+            let (checks, dropped) = filter_items(
+                store.checks.values().filter(|c| keep(store, c)).collect(),
+                |c| may_read_check(&shared, &authz, store, c),
+            );
             view.extend(
-                store
-                    .checks
-                    .values()
-                    .filter(|c| keep(store, c))
+                checks
+                    .into_iter()
                     .map(|c| views::health_check(&shared, store, c, true)),
             );
-            (view, store.checks_index())
+            ((view, filtered || dropped), store.checks_index())
         })
         .await;
-    Ok(with_index(Json(view), index))
+    Ok(with_index_filtered(Json(view.0), index, view.1))
 }
 
 async fn health_checks(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(service): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     health_checks_where(
         shared,
+        authz,
         query,
         |_| false,
         |store, check| {
@@ -721,12 +947,14 @@ async fn health_checks(
 
 async fn health_state(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(state): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let wanted = state.clone();
     health_checks_where(
         shared,
+        authz,
         query,
         move |_| matches!(wanted.as_str(), "any" | "passing"),
         move |_, check| state == "any" || check.status.as_str() == state,
@@ -736,11 +964,12 @@ async fn health_state(
 
 async fn health_node(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     Path(node): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     let ours = node == shared.config.node_name;
-    health_checks_where(shared, query, move |_| ours, move |_, _| ours).await
+    health_checks_where(shared, authz, query, move |_| ours, move |_, _| ours).await
 }
 
 async fn leader(State(shared): State<AppState>) -> Response {
@@ -782,6 +1011,7 @@ fn conflicting(query: &Query, flags: &[&str]) -> Result<(), ApiError> {
 
 async fn kv_get(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     key: Option<Path<String>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -797,22 +1027,27 @@ async fn kv_get(
         let (keys, index) = blocking
             .run(&shared, |store| store.kv_keys(&key, &separator))
             .await;
+        let (keys, filtered) = filter_items(keys, |k| authz.allows(Resource::Key, k, Access::Read));
         if keys.is_empty() && !key.is_empty() {
-            return Ok(with_index(StatusCode::NOT_FOUND, index));
+            return Ok(with_index_filtered(StatusCode::NOT_FOUND, index, filtered));
         }
-        return Ok(with_index(Json(keys), index));
+        return Ok(with_index_filtered(Json(keys), index, filtered));
     }
     if query.has("recurse") {
         let (entries, index) = blocking.run(&shared, |store| store.kv_list(&key)).await;
+        let (entries, filtered) = filter_items(entries, |(k, _)| {
+            authz.allows(Resource::Key, k, Access::Read)
+        });
         if entries.is_empty() {
-            return Ok(with_index(StatusCode::NOT_FOUND, index));
+            return Ok(with_index_filtered(StatusCode::NOT_FOUND, index, filtered));
         }
         let view: Vec<Value> = entries.iter().map(|(k, e)| views::kv_entry(k, e)).collect();
-        return Ok(with_index(Json(view), index));
+        return Ok(with_index_filtered(Json(view), index, filtered));
     }
     if key.is_empty() {
         return Err(bad_request("Missing key name"));
     }
+    require(&authz, Resource::Key, &key, Access::Read)?;
     let (entry, index) = blocking.run(&shared, |store| store.kv_get(&key)).await;
     let Some((key, entry)) = entry else {
         return Ok(with_index(StatusCode::NOT_FOUND, index));
@@ -838,6 +1073,7 @@ async fn kv_get(
 
 async fn kv_put(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     key: Option<Path<String>>,
     RawQuery(query): RawQuery,
     body: Bytes,
@@ -854,6 +1090,7 @@ async fn kv_put(
         return Err(bad_request("Missing key name"));
     }
     conflicting(&query, &["cas", "acquire", "release"])?;
+    require(&authz, Resource::Key, &key, Access::Write)?;
     let flags = parse_u64(&query, "flags")?.unwrap_or(0);
     let cas = parse_u64(&query, "cas")?;
     // Locks need sessions, which the registry does not have: every session ID is
@@ -884,6 +1121,7 @@ async fn kv_put(
 
 async fn kv_delete(
     State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
     key: Option<Path<String>>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
@@ -896,6 +1134,8 @@ async fn kv_delete(
         return Err(internal("No path to datacenter"));
     }
     conflicting(&query, &["recurse", "cas"])?;
+    // A recursive delete needs write on the prefix (Consul's `KeyWritePrefix`).
+    require(&authz, Resource::Key, &key, Access::Write)?;
     if query.has("recurse") {
         let index = shared.lock().kv_delete_tree(&key);
         if let Some(index) = index {

@@ -2,7 +2,8 @@
 //!
 //! No Consul binary can be installed on plugworker's development and CI machines, and no
 //! published crate implements Consul's API, so plugworker carries this one: the registry
-//! behind `plugworker dev` (like `consul agent -dev`: one node, ACLs off, state in memory)
+//! behind `plugworker dev` (like `consul agent -dev`: one node, state in memory; ACLs
+//! off unless [`RegistryConfig::acl_enabled`])
 //! and the stand-in for tests. Production always uses real Consul.
 //!
 //! It answers like a Consul agent, checked against Consul's source (request decoding,
@@ -20,6 +21,12 @@
 //! | `GET /v1/health/service/:name`, `/v1/health/checks/:service`, `/v1/health/state/:state`, `/v1/health/node/:node` | blocking, `passing`, `tag` |
 //! | `GET`/`PUT`/`DELETE /v1/kv/:key` | `recurse`, `keys`, `separator`, `raw`, `cas`, `flags`, blocking |
 //! | `GET /v1/status/leader`, `/v1/status/peers` | |
+//! | `GET /v1/agent/connect/ca/roots`, `/v1/connect/ca/roots`, `GET`/`PUT /v1/connect/ca/configuration` | built-in CA, rotation keeps old roots |
+//! | `GET /v1/agent/connect/ca/leaf/:service` | SPIFFE leaf, cached, renewed at 60–90 % of its life; blocking |
+//! | `POST /v1/agent/connect/authorize` | intentions, then `default_intention_policy`, then the ACL default |
+//! | `PUT /v1/config`, `GET`/`DELETE /v1/config/service-intentions[/:name]`, `/v1/connect/intentions` (list, match, exact) | |
+//! | `GET /v1/health/connect/:service`, `/v1/catalog/connect/:service` | Connect-native instances |
+//! | `/v1/acl/bootstrap`, `/v1/acl/policy*`, `/v1/acl/token*` | when ACLs are on; enforced on every endpoint |
 //!
 //! Checks are really performed (gRPC health, HTTP, TCP; TTL checks expire), and
 //! `DeregisterCriticalServiceAfter` reaps instances whose checks stay critical.
@@ -29,8 +36,16 @@
 //! every second instead of every 30 s, and `DeregisterCriticalServiceAfter` has no
 //! one-minute floor. gRPC checks with `GRPCUseTLS` are reported critical: the embedded
 //! registry only speaks plaintext gRPC.
+//!
+//! Connect (the CA, intentions, authorize) and ACLs follow Consul's wire formats so that
+//! Connect-native code and ACL-aware clients run unchanged against the registry and
+//! against Consul; see `docs/consul-compatibility.md`.
 
+mod acl;
+mod acl_http;
 mod checks;
+mod connect;
+mod connect_http;
 mod decode;
 mod go;
 mod http;
@@ -38,6 +53,7 @@ mod kv;
 mod store;
 mod views;
 
+pub use connect::{Action as IntentionAction, CaError};
 pub use store::RegistryConfig;
 
 /// The Consul version whose HTTP API the registry implements, reported where Consul
@@ -72,6 +88,23 @@ impl Registry {
         let shared = store::Shared::new(config);
         checks::spawn_reaper(&shared);
         Self { shared }
+    }
+
+    /// Rotates the Connect CA to a fresh root key, like a `PUT /v1/connect/ca/configuration`
+    /// with a new `PrivateKey`: the old root stays listed (inactive) so certificates it
+    /// signed keep verifying, leaves are re-issued under the new root, and blocked leaf
+    /// and roots queries wake.
+    pub fn rotate_ca_root(&self) -> Result<(), CaError> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let index = self.shared.next_index();
+        self.shared.mesh().rotate(key, index)?;
+        self.shared.notify(index);
+        Ok(())
+    }
+
+    /// The Connect trust domain (`<cluster-id>.consul`).
+    pub fn trust_domain(&self) -> String {
+        self.shared.mesh().trust_domain.clone()
     }
 
     /// The HTTP API as an axum router, for embedding in another server.

@@ -27,6 +27,18 @@ pub struct RegistryConfig {
     pub node_address: String,
     /// How often instances with long-critical checks are looked for.
     pub reap_interval: Duration,
+    /// Lifetime of Connect leaf certificates (Consul's `LeafCertTTL`, default 72 h).
+    pub connect_leaf_ttl: Duration,
+    /// Consul's `default_intention_policy`: what authorize answers when no intention
+    /// matches. `None` follows the ACL default policy, which allows while ACLs are off.
+    pub default_intention_policy: Option<crate::connect::Action>,
+    /// ACLs on (`acl.enabled`); off by default, like `consul agent -dev`.
+    pub acl_enabled: bool,
+    /// `acl.default_policy`: what tokens may do where no rule applies.
+    pub acl_default_policy: crate::connect::Action,
+    /// `acl.tokens.initial_management`: a management token's secret that exists from the
+    /// start. When set, `/v1/acl/bootstrap` is closed: this token is the bootstrap.
+    pub acl_bootstrap_token: Option<String>,
 }
 
 impl Default for RegistryConfig {
@@ -36,6 +48,11 @@ impl Default for RegistryConfig {
             datacenter: "dc1".into(),
             node_address: "127.0.0.1".into(),
             reap_interval: Duration::from_secs(1),
+            connect_leaf_ttl: crate::connect::DEFAULT_LEAF_TTL,
+            default_intention_policy: None,
+            acl_enabled: false,
+            acl_default_policy: crate::connect::Action::Allow,
+            acl_bootstrap_token: None,
         }
     }
 }
@@ -45,6 +62,10 @@ pub(crate) struct Shared {
     pub config: RegistryConfig,
     pub node_id: String,
     store: Mutex<Store>,
+    /// The Connect CA and intentions; lock after `store` when both are needed.
+    mesh: Mutex<crate::connect::Mesh>,
+    /// Policies and tokens.
+    acl: Mutex<crate::acl::Acl>,
     /// The global index after every change.
     pub changes: watch::Sender<u64>,
     /// Flips to `true` once when the registry stops; background tasks watch it.
@@ -55,8 +76,28 @@ impl Shared {
     pub fn new(config: RegistryConfig) -> Arc<Self> {
         let mut store = Store::default();
         store.register_node_and_consul_service();
+        store.index += 1;
+        let mesh =
+            crate::connect::Mesh::new(&config.datacenter, config.connect_leaf_ttl, store.index)
+                .expect("generating an EC P-256 root certificate cannot fail");
+        let created = crate::connect::go_time(time::OffsetDateTime::now_utc());
+        let mut acl = crate::acl::Acl::new(
+            config.acl_enabled,
+            config.acl_default_policy == crate::connect::Action::Allow,
+            store.index,
+            &created,
+        );
+        if let Some(secret) = config
+            .acl_bootstrap_token
+            .as_ref()
+            .filter(|s| !s.is_empty())
+        {
+            acl.add_initial_management(secret, store.index, &created);
+        }
         Arc::new(Self {
             node_id: node_id(&config.node_name),
+            mesh: Mutex::new(mesh),
+            acl: Mutex::new(acl),
             config,
             changes: watch::Sender::new(store.index),
             store: Mutex::new(store),
@@ -67,6 +108,21 @@ impl Shared {
     pub fn lock(&self) -> MutexGuard<'_, Store> {
         // A panic while holding the lock leaves maps that are still individually valid.
         self.store.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn acl(&self) -> MutexGuard<'_, crate::acl::Acl> {
+        self.acl.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub fn mesh(&self) -> MutexGuard<'_, crate::connect::Mesh> {
+        self.mesh.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Takes the next global index for a change outside the catalog (CA, intentions).
+    pub fn next_index(&self) -> u64 {
+        let mut store = self.lock();
+        store.index += 1;
+        store.index
     }
 
     /// Announces a change; call after releasing the lock.
@@ -146,6 +202,8 @@ pub(crate) struct Service {
     pub weights: Weights,
     pub enable_tag_override: bool,
     pub locality: Option<Locality>,
+    /// `Connect: {"Native": true}`: the instance speaks Connect mTLS itself.
+    pub connect_native: bool,
 }
 
 pub(crate) struct ServiceRecord {
@@ -280,6 +338,7 @@ impl Store {
                     },
                     enable_tag_override: false,
                     locality: None,
+                    connect_native: false,
                 },
                 local: false,
                 create_index: index,
@@ -307,7 +366,7 @@ impl Store {
         }
         if def.kind.is_empty() && def.connect_requested {
             return Err(RegisterError::Unsupported(
-                "Connect (Proxy, Connect) is not supported by the embedded registry".into(),
+                "Connect proxies and sidecars (Proxy, Connect.SidecarService) are not supported by the embedded registry; Connect-native services are".into(),
             ));
         }
         if !def.kind.is_empty() {
@@ -354,6 +413,7 @@ impl Store {
             }),
             enable_tag_override: def.enable_tag_override,
             locality: def.locality.clone(),
+            connect_native: def.connect_native,
         };
 
         let index = self.next();

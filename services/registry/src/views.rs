@@ -62,6 +62,15 @@ fn empty_proxy() -> Value {
     json!({"Mode": "", "MeshGateway": {}, "Expose": {}})
 }
 
+/// `structs.ServiceConnect`: `{"Native": true}` for Connect-native instances, else `{}`.
+fn connect(record: &ServiceRecord) -> Value {
+    if record.service.connect_native {
+        json!({"Native": true})
+    } else {
+        json!({})
+    }
+}
+
 /// `structs.NodeService`: the `Service` of a health entry, and catalog node views.
 pub(crate) fn node_service(record: &ServiceRecord) -> Value {
     let s = &record.service;
@@ -86,7 +95,7 @@ pub(crate) fn node_service(record: &ServiceRecord) -> Value {
         out.insert("Locality".into(), locality(record));
     }
     out.insert("Proxy".into(), empty_proxy());
-    out.insert("Connect".into(), json!({}));
+    out.insert("Connect".into(), connect(record));
     out.insert("CreateIndex".into(), json!(record.create_index));
     out.insert("ModifyIndex".into(), json!(record.modify_index));
     Value::Object(out)
@@ -112,6 +121,10 @@ pub(crate) fn agent_service(shared: &Shared, record: &ServiceRecord) -> Map<Stri
     out.insert("Weights".into(), weights(record));
     out.insert("EnableTagOverride".into(), json!(s.enable_tag_override));
     out.insert("Datacenter".into(), json!(shared.config.datacenter));
+    // `api.AgentService.Connect` is an omitempty pointer, set for native services.
+    if s.connect_native {
+        out.insert("Connect".into(), json!({"Native": true}));
+    }
     if s.locality.is_some() {
         out.insert("Locality".into(), locality(record));
     }
@@ -146,7 +159,7 @@ pub(crate) fn catalog_service(shared: &Shared, store: &Store, record: &ServiceRe
         json!(s.enable_tag_override),
     );
     out.insert("ServiceProxy".into(), empty_proxy());
-    out.insert("ServiceConnect".into(), json!({}));
+    out.insert("ServiceConnect".into(), connect(record));
     out.insert("ServiceLocality".into(), locality(record));
     out.insert("CreateIndex".into(), json!(record.create_index));
     out.insert("ModifyIndex".into(), json!(record.modify_index));
@@ -252,7 +265,7 @@ pub(crate) fn member(shared: &Shared, wan: bool) -> Value {
         "Addr": config.node_address,
         "Port": port,
         "Tags": {
-            "acls": "0",
+            "acls": if shared.acl().enabled { "1" } else { "0" },
             "build": format!("{}:plugworker", crate::CONSUL_API_VERSION),
             "dc": config.datacenter,
             "ft_fs": "1",

@@ -36,6 +36,73 @@ fn venv_python() -> PathBuf {
     python
 }
 
+/// py-consul bootstraps ACLs, writes a runner's least-privilege policy and token, and is
+/// refused (403) registering under another service's name or without a token
+/// (`tests/py/py_consul_acl.py`). Against a real agent (`CONSUL_HTTP_ADDR`) it needs that
+/// agent's management token in `PLUGWORKER_CONSUL_ACL_TOKEN` (ACLs on, default deny) and
+/// is skipped without one.
+#[tokio::test]
+async fn py_consul_drives_acls() {
+    let python = venv_python();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/py_consul_acl.py");
+    let (_registry, host, port, token) = match std::env::var("CONSUL_HTTP_ADDR") {
+        Ok(address) => {
+            let Ok(token) = std::env::var("PLUGWORKER_CONSUL_ACL_TOKEN") else {
+                eprintln!(
+                    "skipped: PLUGWORKER_CONSUL_ACL_TOKEN (the agent's management token) is not set"
+                );
+                return;
+            };
+            let address = address.rsplit("://").next().unwrap_or(&address).to_string();
+            let (host, port) = address
+                .rsplit_once(':')
+                .expect("CONSUL_HTTP_ADDR is host:port");
+            (None, host.to_string(), port.to_string(), Some(token))
+        }
+        Err(_) => {
+            let registry = Registry::spawn(
+                "127.0.0.1:0",
+                RegistryConfig {
+                    acl_enabled: true,
+                    acl_default_policy: plugworker_registry::IntentionAction::Deny,
+                    ..Default::default()
+                },
+            )
+            .await
+            .unwrap();
+            let address = registry.address();
+            (
+                Some(registry),
+                address.ip().to_string(),
+                address.port().to_string(),
+                None,
+            )
+        }
+    };
+    let mut command = tokio::process::Command::new(&python);
+    command.arg(&script).args([&host, &port]);
+    if let Some(token) = token {
+        command.arg(token);
+    }
+    let run = command
+        .env_remove("CONSUL_HTTP_ADDR")
+        .env_remove("CONSUL_HTTP_TOKEN")
+        .kill_on_drop(true)
+        .output();
+    let output = tokio::time::timeout(Duration::from_secs(120), run)
+        .await
+        .expect("the py-consul ACL script finishes within two minutes")
+        .expect("the py-consul ACL script starts");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "py-consul ACL script failed ({}):\n{stdout}\n{stderr}",
+        output.status
+    );
+    assert!(stdout.contains("every ACL check passed"), "{stdout}");
+}
+
 #[tokio::test]
 async fn py_consul_drives_the_registry() {
     let python = venv_python();
