@@ -1,4 +1,4 @@
-//! gRPC status → error class and stable code (DESIGN.md §3).
+//! gRPC status → error class and stable code (docs/architecture.md §4).
 
 use plugworker_jobs::{ErrorClass, ErrorInfo, codes};
 use tonic::Code;

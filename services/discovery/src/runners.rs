@@ -1,4 +1,4 @@
-//! How plugworker runners appear in Consul, and how to find them (DESIGN.md §3).
+//! How plugworker runners appear in Consul, and how to find them (docs/architecture.md §5).
 //!
 //! A runner registers its service with `Meta` [`META_ROLE`] = `runner` and tags equal to
 //! the algorithm names it serves. Anything that needs runners finds them here, never by a

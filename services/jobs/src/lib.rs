@@ -1,4 +1,4 @@
-//! The job and result contracts (DESIGN.md §3).
+//! The job and result contracts (docs/architecture.md §3).
 //!
 //! A **job** is the body of a message on the jobs queue:
 //! `{"id": "optional client id", "algorithm": "ocr", "payload": {...}}`.

@@ -144,7 +144,7 @@ impl RunContext {
 }
 
 /// Why a run failed; each variant maps to one gRPC status code and so to one error class
-/// of DESIGN.md §3.
+/// (docs/architecture.md §4).
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
     /// The input is wrong in a way the schema cannot express (`INVALID_ARGUMENT`, permanent).

@@ -1,4 +1,4 @@
-//! Keeping this runner registered in Consul (DESIGN.md §3): service name = runner name,
+//! Keeping this runner registered in Consul (docs/architecture.md §5): service name = runner name,
 //! one instance ID per process, tags = exactly the algorithm names, plugworker meta, a gRPC
 //! health check, and `DeregisterCriticalServiceAfter`.
 //!

@@ -1,7 +1,7 @@
 //! Which meme template an image uses.
 //!
 //! A meme is a known template image with captions, crops, banners and recompression on
-//! top. Copy-detection embeddings (SSCD, DESIGN.md §4) are trained to map exactly such
+//! top. Copy-detection embeddings (SSCD, docs/architecture.md §11) are trained to map exactly such
 //! edits of one image close together and different images far apart, so recognising a
 //! template is a nearest-neighbour lookup: embed the image ([`Embedder`]), compare it
 //! with the embedded templates ([`Gallery`], [`EmbeddingIndex`]) by cosine similarity, and

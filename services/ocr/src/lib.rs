@@ -1,6 +1,6 @@
 //! Reading the text in an image, behind one [`OcrEngine`] trait.
 //!
-//! Two engines (DESIGN.md §4):
+//! Two engines (docs/architecture.md §11):
 //! - [`PpOcr`]: PaddleOCR PP-OCRv6 small detection + recognition models on ONNX Runtime,
 //!   with DB post-processing and CTC decoding done here. Its models come from PyPI, so it
 //!   runs, and is tested, everywhere.

@@ -1,7 +1,7 @@
 //! ONNX Runtime for plugworker algorithms.
 //!
 //! `ort` is built with `load-dynamic`: the runtime is a shared library fetched by
-//! `scripts/fetch-models.sh` (DESIGN.md §5), not linked at build time, because `ort`'s
+//! `scripts/fetch-models.sh` (docs/architecture.md §10), not linked at build time, because `ort`'s
 //! default download step cannot work on machines that only reach package registries.
 //! [`Runtime::load`] loads it once per process; [`OnnxModel`] opens a model on it.
 //!

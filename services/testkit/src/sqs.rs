@@ -1,4 +1,4 @@
-//! A real SQS emulator for tests: moto in server mode (DESIGN.md §5), one process per test,
+//! A real SQS emulator for tests: moto in server mode (docs/architecture.md §10), one process per test,
 //! with helpers to create the jobs/results/dead-letter queues and inspect them.
 
 use crate::{Process, eventually, free_port};
