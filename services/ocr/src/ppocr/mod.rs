@@ -1,9 +1,11 @@
 //! The PP-OCRv6 engine: detection, then recognition of each box, on ONNX Runtime.
 
 mod detection;
+mod filter;
 mod recognition;
 
 pub use detection::DetectionConfig;
+pub use filter::SpeckFilter;
 
 use crate::{OcrEngine, OcrError, OcrOutput, TextLine, assemble};
 use image::RgbImage;
@@ -20,6 +22,8 @@ pub struct PpOcrConfig {
     pub detection: DetectionConfig,
     /// Lines recognised with less confidence are dropped (PaddleOCR's `text_score`).
     pub min_confidence: f32,
+    /// Which weakly detected small lines are specks of a textured background.
+    pub specks: SpeckFilter,
     /// Lines recognised per model call.
     pub batch_size: usize,
 }
@@ -32,6 +36,7 @@ impl PpOcrConfig {
             recognition_model: models_dir.join("cache/ppocr/PP-OCRv6_rec_small.onnx"),
             detection: DetectionConfig::default(),
             min_confidence: 0.5,
+            specks: SpeckFilter::default(),
             batch_size: 6,
         }
     }
@@ -221,10 +226,9 @@ impl OcrEngine for PpOcr {
     }
 
     fn recognize(&self, image: &RgbImage) -> Result<OcrOutput, OcrError> {
-        let lines = self
-            .candidates(image)?
+        let candidates = self.candidates(image)?;
+        let lines = filter::keep(candidates, self.config.min_confidence, &self.config.specks)
             .into_iter()
-            .filter(|c| !c.text.is_empty() && c.confidence >= self.config.min_confidence)
             .map(|c| TextLine {
                 text: c.text,
                 confidence: Some(c.confidence),
