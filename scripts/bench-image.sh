@@ -2,7 +2,8 @@
 # Image algorithm latency: plugworker (Rust, ort) vs the Python reference (onnxruntime,
 # rapidocr) on the same rendered memes and the same model files, in the same run.
 # Prints p50/p95 per image for both and the ratio Python/Rust (goal >= 1: not slower),
-# and the gallery lookup time at 10 000 templates.
+# OCR character accuracy for both, plugworker's OCR at its former detection size (shorter
+# side upscaled to 736) in the same run, and the gallery lookup time at 10 000 templates.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -28,4 +29,8 @@ for name, key in [("meme_classifier", "meme"), ("ocr", "ocr")]:
     for q in ("p50", "p95"):
         r, p = rust[f"{key}_{q}_ms"], python[f"{key}_{q}_ms"]
         print(f"  {name:<16} {q}: rust {r:8.2f} ms   python {p:8.2f} ms   ratio {p / r:.2f}")
+print(f"  ocr character accuracy: rust {rust['ocr_accuracy']:.4f}   python {python['ocr_accuracy']:.4f}")
+print(f"  ocr with detection upscaled to 736 (plugworker before), same run: "
+      f"p50 {rust['ocr_736_p50_ms']:.1f} ms  p95 {rust['ocr_736_p95_ms']:.1f} ms  "
+      f"accuracy {rust['ocr_736_accuracy']:.4f}")
 PY

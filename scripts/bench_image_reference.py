@@ -7,6 +7,9 @@
 - ocr: rapidocr 3.10 with the same PP-OCRv6 small det/rec files, angle classifier off
   (plugworker has none), other settings at rapidocr's defaults, which plugworker mirrors.
 
+OCR character accuracy is counted on the same images as plugworker's bench counts it
+(caption text from the `.txt` beside each image, whitespace ignored).
+
 Prints one RESULT line of JSON.
 """
 import json
@@ -81,5 +84,30 @@ def read(i):
     return engine(image)
 
 
+def edit_distance(a, b):
+    previous = list(range(len(b) + 1))
+    for i, ca in enumerate(a):
+        current = [i + 1]
+        for j, cb in enumerate(b):
+            current.append(min(previous[j] + (ca != cb), previous[j + 1] + 1, current[j] + 1))
+        previous = current
+    return previous[-1]
+
+
+def squeeze(text):
+    return "".join(text.split())
+
+
+edits = characters = 0
+for i, path in enumerate(inputs):
+    expected = squeeze(path.with_suffix(".txt").read_text())
+    result = read(i)
+    lines = result.txts or () if result is not None else ()
+    edits += edit_distance(expected, squeeze("".join(lines)))
+    characters += len(expected)
+
 ocr = measure(18, 2, read)
-print("RESULT " + json.dumps({"meme_p50_ms": meme[0], "meme_p95_ms": meme[1], "ocr_p50_ms": ocr[0], "ocr_p95_ms": ocr[1]}))
+print("RESULT " + json.dumps({
+    "meme_p50_ms": meme[0], "meme_p95_ms": meme[1], "ocr_p50_ms": ocr[0], "ocr_p95_ms": ocr[1],
+    "ocr_accuracy": 1 - edits / characters,
+}))

@@ -18,7 +18,7 @@ mod ppocr;
 pub use geometry::Quad;
 #[cfg(feature = "ocrs")]
 pub use ocrs_engine::Ocrs;
-pub use ppocr::{PpOcr, PpOcrConfig};
+pub use ppocr::{Candidate, DetectionConfig, PpOcr, PpOcrConfig, SpeckFilter};
 
 use image::RgbImage;
 use serde::Serialize;

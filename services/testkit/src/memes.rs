@@ -123,6 +123,131 @@ fn wrap(text: &str, font: &FontVec, size: f32, max_width: f32) -> Vec<String> {
     lines
 }
 
+/// A night sky: a dark, faintly noisy background with stars of every size (mostly
+/// specks, a few bright discs with a glow) and small elliptical galaxies. Round blobs like
+/// these are what text detectors mistake for "0", "O" or "C", so OCR tests draw captions
+/// over it.
+pub fn star_field(width: u32, height: u32, seed: u64) -> RgbImage {
+    let mut random = Lcg::new(seed);
+    let mut sky = vec![[0f32; 3]; (width * height) as usize];
+    for pixel in sky.iter_mut() {
+        let level = 4.0 + random.range(0.0, 10.0);
+        *pixel = [level, level, level * 1.3];
+    }
+    let count = (width * height / 350).max(1);
+    for _ in 0..count {
+        let (x, y) = (
+            random.range(0.0, width as f32),
+            random.range(0.0, height as f32),
+        );
+        // Sizes follow a steep power law, as in real sky photos: mostly specks.
+        let sigma = 0.5 + 3.0 * random.uniform().powi(5);
+        let brightness = random.range(60.0, 255.0) * (1.0 + sigma / 2.0);
+        let tint = [
+            random.range(0.8, 1.0),
+            random.range(0.8, 1.0),
+            random.range(0.85, 1.0),
+        ];
+        let stretch = if random.uniform() < 0.08 {
+            // A galaxy: an ellipse at some angle.
+            random.range(1.5, 3.0)
+        } else {
+            1.0
+        };
+        let angle = random.range(0.0, std::f32::consts::PI);
+        splat(
+            &mut sky,
+            width,
+            height,
+            [x, y],
+            sigma,
+            stretch,
+            angle,
+            brightness,
+            tint,
+        );
+    }
+    RgbImage::from_fn(width, height, |x, y| {
+        let p = sky[(y * width + x) as usize];
+        Rgb(p.map(|v| v.clamp(0.0, 255.0) as u8))
+    })
+}
+
+/// Adds a Gaussian blob (elongated `stretch` times along `angle`) to a float image.
+#[allow(clippy::too_many_arguments)]
+fn splat(
+    image: &mut [[f32; 3]],
+    width: u32,
+    height: u32,
+    [cx, cy]: [f32; 2],
+    sigma: f32,
+    stretch: f32,
+    angle: f32,
+    brightness: f32,
+    tint: [f32; 3],
+) {
+    let reach = (3.0 * sigma * stretch).ceil() as i32;
+    let (cos, sin) = (angle.cos(), angle.sin());
+    for dy in -reach..=reach {
+        for dx in -reach..=reach {
+            let (x, y) = (cx as i32 + dx, cy as i32 + dy);
+            if x < 0 || y < 0 || x >= width as i32 || y >= height as i32 {
+                continue;
+            }
+            let (fx, fy) = (x as f32 + 0.5 - cx, y as f32 + 0.5 - cy);
+            let u = (fx * cos + fy * sin) / stretch;
+            let v = -fx * sin + fy * cos;
+            let falloff = (-(u * u + v * v) / (2.0 * sigma * sigma)).exp();
+            let pixel = &mut image[(y as u32 * width + x as u32) as usize];
+            for c in 0..3 {
+                pixel[c] += brightness * tint[c] * falloff;
+            }
+        }
+    }
+}
+
+/// A busy texture: several octaves of smooth value noise (blotches from large to fine, in
+/// shifting colours) plus per-pixel grain, like concrete, foliage or a noisy photo.
+pub fn noise_texture(width: u32, height: u32, seed: u64) -> RgbImage {
+    let mut random = Lcg::new(seed);
+    let mut layers = Vec::new();
+    // Cell sizes in pixels, coarse to fine, with weights falling off as they get finer.
+    for (cell, weight) in [(64.0, 0.45), (24.0, 0.3), (8.0, 0.17), (3.0, 0.08)] {
+        let (columns, rows) = (
+            (width as f32 / cell) as usize + 2,
+            (height as f32 / cell) as usize + 2,
+        );
+        let lattice: Vec<[f32; 3]> = (0..columns * rows)
+            .map(|_| [random.uniform(), random.uniform(), random.uniform()])
+            .collect();
+        layers.push((cell, weight, columns, lattice));
+    }
+    let smooth = |t: f32| t * t * (3.0 - 2.0 * t);
+    let mut grain = Lcg::new(seed ^ 0x9e37_79b9);
+    RgbImage::from_fn(width, height, |x, y| {
+        let mut value = [0f32; 3];
+        for (cell, weight, columns, lattice) in &layers {
+            let (gx, gy) = (x as f32 / cell, y as f32 / cell);
+            let (ix, iy) = (gx as usize, gy as usize);
+            let (tx, ty) = (smooth(gx - ix as f32), smooth(gy - iy as f32));
+            let at = |i: usize, j: usize| lattice[j * columns + i];
+            let (a, b, c, d) = (
+                at(ix, iy),
+                at(ix + 1, iy),
+                at(ix, iy + 1),
+                at(ix + 1, iy + 1),
+            );
+            for k in 0..3 {
+                let top = a[k] + (b[k] - a[k]) * tx;
+                let bottom = c[k] + (d[k] - c[k]) * tx;
+                value[k] += weight * (top + (bottom - top) * ty);
+            }
+        }
+        let noise = grain.range(-25.0, 25.0);
+        Rgb(value.map(|v| (40.0 + v * 180.0 + noise).clamp(0.0, 255.0) as u8))
+    })
+}
+
 /// A white band above the image with black text, as when a meme is reposted with a
 /// comment.
 pub fn banner(image: &RgbImage, text: &str, font: &FontVec) -> RgbImage {
@@ -247,6 +372,24 @@ pub fn edit_distance(a: &[char], b: &[char]) -> usize {
     previous[b.len()]
 }
 
+/// Edits needed to turn `needle` into the closest substring of `haystack` (free to start
+/// and end anywhere in it): how far a line read from an image is from being part of the
+/// text that was drawn.
+pub fn substring_distance(haystack: &[char], needle: &[char]) -> usize {
+    // Edit distance with a free prefix and suffix of `haystack` (semi-global alignment).
+    let mut previous = vec![0usize; haystack.len() + 1];
+    let mut current = vec![0usize; haystack.len() + 1];
+    for (i, cn) in needle.iter().enumerate() {
+        current[0] = i + 1;
+        for (j, ch) in haystack.iter().enumerate() {
+            let substitution = previous[j] + usize::from(cn != ch);
+            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
+        }
+        std::mem::swap(&mut previous, &mut current);
+    }
+    previous.into_iter().min().unwrap_or(0)
+}
+
 /// A small deterministic generator, so every run renders the same test images.
 pub struct Lcg(u64);
 
@@ -286,5 +429,27 @@ mod tests {
         assert!((character_accuracy("ABCD", "ABXD") - 0.75).abs() < 1e-9);
         assert_eq!(character_accuracy("AB", "WXYZ"), 0.0);
         assert_eq!(edit_distance(&['a', 'b'], &['b']), 1);
+    }
+
+    #[test]
+    fn substring_distance_is_free_outside_the_matched_part() {
+        let chars = |s: &str| s.chars().collect::<Vec<_>>();
+        let caption = chars("ONEDOESNOTSIMPLY");
+        assert_eq!(substring_distance(&caption, &chars("DOES")), 0);
+        assert_eq!(substring_distance(&caption, &chars("DOEZ")), 1);
+        assert_eq!(substring_distance(&caption, &chars("C000")), 4);
+        assert_eq!(substring_distance(&caption, &chars("NOTS1MPLY")), 1);
+        assert_eq!(substring_distance(&caption, &[]), 0);
+    }
+
+    #[test]
+    fn textures_are_deterministic_and_busy() {
+        for image in [star_field(120, 80, 7), noise_texture(120, 80, 7)] {
+            assert_eq!(image.dimensions(), (120, 80));
+            let levels: std::collections::BTreeSet<u8> = image.pixels().map(|p| p.0[0]).collect();
+            assert!(levels.len() > 30, "{} grey levels", levels.len());
+        }
+        assert_eq!(star_field(64, 64, 1), star_field(64, 64, 1));
+        assert_ne!(noise_texture(64, 64, 1), noise_texture(64, 64, 2));
     }
 }

@@ -13,9 +13,14 @@ use imageproc::contours::{BorderType, find_contours};
 
 #[derive(Clone, Debug)]
 pub struct DetectionConfig {
-    /// The shorter side is scaled up to at least this (PaddleOCR `limit_side_len`, type `min`).
+    /// Images whose shorter side is below this are scaled up to it (PaddleOCR 3's
+    /// `limit_side_len` 64, type `min`). Anything larger is detected at its own
+    /// resolution: text a person can read is large enough for the detector as it is, and
+    /// scaling up only multiplies the detector's work (it grows with the pixel count) and
+    /// softens edges. rapidocr's 736 made a 500×333 meme a 1120×736 input, 5× the pixels.
     pub min_side: u32,
-    /// …and the longer side down to at most this first, bounding time and memory.
+    /// The longer side is brought down to at most this, bounding time and memory on large
+    /// photos; it wins over `min_side` for extreme aspect ratios.
     pub max_side: u32,
     /// Probability above which a pixel is text.
     pub pixel_threshold: f32,
@@ -28,7 +33,7 @@ pub struct DetectionConfig {
 impl Default for DetectionConfig {
     fn default() -> Self {
         Self {
-            min_side: 736,
+            min_side: 64,
             max_side: 2000,
             pixel_threshold: 0.3,
             box_threshold: 0.5,
@@ -49,21 +54,33 @@ pub struct DetectionInput {
     pub height: usize,
 }
 
-pub fn preprocess(image: &RgbImage, config: &DetectionConfig) -> DetectionInput {
-    let (w, h) = (image.width() as f64, image.height() as f64);
+/// The detector's input size for a `width`×`height` image: the image's own size unless
+/// it is tiny or huge (see [`DetectionConfig`]), rounded to multiples of 32.
+pub fn input_size(width: u32, height: u32, config: &DetectionConfig) -> (usize, usize) {
+    let (w, h) = (width as f64, height as f64);
     let mut ratio = 1.0;
-    if w.max(h) > config.max_side as f64 {
-        ratio = config.max_side as f64 / w.max(h);
-    }
-    if w.min(h) * ratio < config.min_side as f64 {
+    if w.min(h) < config.min_side as f64 {
         ratio = config.min_side as f64 / w.min(h);
     }
+    if w.max(h) * ratio > config.max_side as f64 {
+        ratio = config.max_side as f64 / w.max(h);
+    }
     let round32 = |v: f64| (((v / 32.0).round() as usize) * 32).max(32);
-    let (width, height) = (round32((w * ratio).floor()), round32((h * ratio).floor()));
-    let resized = image::imageops::resize(image, width as u32, height as u32, FilterType::Triangle);
+    (round32((w * ratio).floor()), round32((h * ratio).floor()))
+}
+
+pub fn preprocess(image: &RgbImage, config: &DetectionConfig) -> DetectionInput {
+    let (width, height) = input_size(image.width(), image.height(), config);
+    let resized;
+    let scaled = if image.dimensions() == (width as u32, height as u32) {
+        image
+    } else {
+        resized = image::imageops::resize(image, width as u32, height as u32, FilterType::Triangle);
+        &resized
+    };
     let plane = width * height;
     let mut data = vec![0f32; 3 * plane];
-    for (i, pixel) in resized.pixels().enumerate() {
+    for (i, pixel) in scaled.pixels().enumerate() {
         let [r, g, b] = pixel.0;
         data[i] = b as f32 / 127.5 - 1.0;
         data[plane + i] = g as f32 / 127.5 - 1.0;
@@ -187,16 +204,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn inputs_are_multiples_of_32_with_the_shorter_side_at_least_the_minimum() {
+    fn inputs_keep_the_image_size_rounded_to_multiples_of_32_and_only_tiny_images_grow() {
         let config = DetectionConfig::default();
         let input = preprocess(&RgbImage::new(500, 300), &config);
-        assert_eq!((input.width % 32, input.height % 32), (0, 0));
-        assert_eq!(input.height, 736);
-        assert_eq!(input.width, 1216); // 500 × 736/300 = 1226.7 → 1216
+        // 500 / 32 = 15.6 → 16 blocks, 300 / 32 = 9.4 → 9: no upscaling to 736.
+        assert_eq!((input.width, input.height), (512, 288));
         assert_eq!(input.data.len(), 3 * input.width * input.height);
-        // Large images are first brought within the maximum side.
-        let huge = preprocess(&RgbImage::new(8000, 6000), &config);
-        assert_eq!((huge.width, huge.height), (2016, 1504));
+        // A shorter side under 64 is brought up to 64: 40 → 64, 100 → 160.
+        assert_eq!(input_size(100, 40, &config), (160, 64));
+        // Large images are brought within the maximum side…
+        assert_eq!(input_size(8000, 6000, &config), (2016, 1504));
+        // …which wins over the minimum for extreme shapes: 6000×30 would be 12800×64.
+        assert_eq!(input_size(6000, 30, &config), (2016, 32));
     }
 
     #[test]

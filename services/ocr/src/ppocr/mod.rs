@@ -1,9 +1,11 @@
 //! The PP-OCRv6 engine: detection, then recognition of each box, on ONNX Runtime.
 
 mod detection;
+mod filter;
 mod recognition;
 
 pub use detection::DetectionConfig;
+pub use filter::SpeckFilter;
 
 use crate::{OcrEngine, OcrError, OcrOutput, TextLine, assemble};
 use image::RgbImage;
@@ -20,6 +22,8 @@ pub struct PpOcrConfig {
     pub detection: DetectionConfig,
     /// Lines recognised with less confidence are dropped (PaddleOCR's `text_score`).
     pub min_confidence: f32,
+    /// Which weakly detected small lines are specks of a textured background.
+    pub specks: SpeckFilter,
     /// Lines recognised per model call.
     pub batch_size: usize,
 }
@@ -32,6 +36,7 @@ impl PpOcrConfig {
             recognition_model: models_dir.join("cache/ppocr/PP-OCRv6_rec_small.onnx"),
             detection: DetectionConfig::default(),
             min_confidence: 0.5,
+            specks: SpeckFilter::default(),
             batch_size: 6,
         }
     }
@@ -171,37 +176,63 @@ impl PpOcr {
     }
 }
 
+/// A line as detected and read, before any filtering: what [`PpOcr::candidates`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Candidate {
+    pub text: String,
+    /// Recognition confidence: mean probability of the characters kept.
+    pub confidence: f32,
+    /// Detection score: mean text probability inside the box.
+    pub box_score: f32,
+    pub quad: crate::Quad,
+}
+
+impl PpOcr {
+    /// Every line detected and read in `image`, in detection order, none filtered out.
+    /// [`OcrEngine::recognize`] keeps the ones that pass its filters; this is for tuning
+    /// them.
+    pub fn candidates(&self, image: &RgbImage) -> Result<Vec<Candidate>, OcrError> {
+        if image.width() == 0 || image.height() == 0 {
+            return Err(OcrError::EmptyImage);
+        }
+        let boxes = self.detect(image)?;
+        let crop_span = tracing::info_span!("ocr.crop", plugworker.boxes = boxes.len()).entered();
+        let mut kept = Vec::with_capacity(boxes.len());
+        let mut crops = Vec::with_capacity(boxes.len());
+        for (quad, score) in boxes {
+            if let Some(crop) = recognition::crop(image, &quad) {
+                kept.push((quad, score));
+                crops.push(crop);
+            }
+        }
+        drop(crop_span);
+        let (texts, _) = self.recognize_lines(&crops)?;
+        Ok(kept
+            .into_iter()
+            .zip(texts)
+            .map(|((quad, box_score), (text, confidence))| Candidate {
+                text: text.trim().to_string(),
+                confidence,
+                box_score,
+                quad,
+            })
+            .collect())
+    }
+}
+
 impl OcrEngine for PpOcr {
     fn name(&self) -> &'static str {
         "ppocr"
     }
 
     fn recognize(&self, image: &RgbImage) -> Result<OcrOutput, OcrError> {
-        if image.width() == 0 || image.height() == 0 {
-            return Err(OcrError::EmptyImage);
-        }
-        let boxes = self.detect(image)?;
-        let crop_span = tracing::info_span!("ocr.crop", plugworker.boxes = boxes.len()).entered();
-        let mut quads = Vec::with_capacity(boxes.len());
-        let mut crops = Vec::with_capacity(boxes.len());
-        for (quad, _) in &boxes {
-            if let Some(crop) = recognition::crop(image, quad) {
-                quads.push(*quad);
-                crops.push(crop);
-            }
-        }
-        drop(crop_span);
-        let (texts, _) = self.recognize_lines(&crops)?;
-        let lines = quads
+        let candidates = self.candidates(image)?;
+        let lines = filter::keep(candidates, self.config.min_confidence, &self.config.specks)
             .into_iter()
-            .zip(texts)
-            .filter(|(_, (text, confidence))| {
-                !text.trim().is_empty() && *confidence >= self.config.min_confidence
-            })
-            .map(|(quad, (text, confidence))| TextLine {
-                text: text.trim().to_string(),
-                confidence: Some(confidence),
-                quad,
+            .map(|c| TextLine {
+                text: c.text,
+                confidence: Some(c.confidence),
+                quad: c.quad,
             })
             .collect();
         Ok(assemble(lines, ROW_TOLERANCE))
