@@ -72,11 +72,14 @@ impl Algorithm for MemeClassifier {
     type Output = Output;
     const NAME: &'static str = "meme_classifier";
     const VERSION: &'static str = "1.0.0";
-    const DESCRIPTION: &'static str =
-        "Which meme template an image uses (SSCD copy-detection embedding against a gallery of labelled templates), or unknown.";
+    const DESCRIPTION: &'static str = "Which meme template an image uses (SSCD copy-detection embedding against a gallery of labelled templates), or unknown.";
 
     fn load(context: &LoadContext) -> Result<Self, LoadError> {
-        let model_path = settings::path("PLUGWORKER_MEME_MODEL", context, "cache/sscd/sscd_distilled.onnx");
+        let model_path = settings::path(
+            "PLUGWORKER_MEME_MODEL",
+            context,
+            "cache/sscd/sscd_distilled.onnx",
+        );
         let gallery_path = settings::path("PLUGWORKER_MEME_GALLERY", context, "gallery");
         let threshold: f32 = settings::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
         if !(-1.0..=1.0).contains(&threshold) {

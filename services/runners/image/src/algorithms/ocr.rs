@@ -54,18 +54,25 @@ fn load_engine(context: &LoadContext) -> Result<Arc<dyn OcrEngine>, LoadError> {
     match engine.as_str() {
         "ppocr" => {
             let mut config = PpOcrConfig::in_models_dir(&context.models_dir);
-            config.min_confidence = settings::parse("PLUGWORKER_OCR_MIN_CONFIDENCE", config.min_confidence)?;
+            config.min_confidence =
+                settings::parse("PLUGWORKER_OCR_MIN_CONFIDENCE", config.min_confidence)?;
             let runtime = settings::onnx_runtime(context)?;
             Ok(Arc::new(PpOcr::load(runtime, config).map_err(failed)?))
         }
         #[cfg(feature = "ocrs")]
         "ocrs" => {
             let [detection, recognition] = plugworker_ocr::Ocrs::model_paths(&context.models_dir);
-            Ok(Arc::new(plugworker_ocr::Ocrs::load(&detection, &recognition).map_err(failed)?))
+            Ok(Arc::new(
+                plugworker_ocr::Ocrs::load(&detection, &recognition).map_err(failed)?,
+            ))
         }
         other => Err(LoadError::other(format!(
             "PLUGWORKER_OCR_ENGINE={other:?}: expected ppocr{}",
-            if cfg!(feature = "ocrs") { " or ocrs" } else { " (this build has no ocrs engine)" }
+            if cfg!(feature = "ocrs") {
+                " or ocrs"
+            } else {
+                " (this build has no ocrs engine)"
+            }
         ))),
     }
 }
@@ -84,8 +91,7 @@ impl Algorithm for Ocr {
     type Output = Output;
     const NAME: &'static str = "ocr";
     const VERSION: &'static str = "1.0.0";
-    const DESCRIPTION: &'static str =
-        "Reads the text in an image: full text plus lines with boxes and confidences (PP-OCRv6, or ocrs).";
+    const DESCRIPTION: &'static str = "Reads the text in an image: full text plus lines with boxes and confidences (PP-OCRv6, or ocrs).";
 
     fn load(context: &LoadContext) -> Result<Self, LoadError> {
         let engine = load_engine(context)?;

@@ -40,8 +40,7 @@ impl Algorithm for Burn {
     type Output = Output;
     const NAME: &'static str = "burn";
     const VERSION: &'static str = "1.0.0";
-    const DESCRIPTION: &'static str =
-        "Holds a blocking thread (and optionally memory) for a while; reports the most such sections seen at once.";
+    const DESCRIPTION: &'static str = "Holds a blocking thread (and optionally memory) for a while; reports the most such sections seen at once.";
 
     fn load(_context: &LoadContext) -> Result<Self, LoadError> {
         Ok(Self)

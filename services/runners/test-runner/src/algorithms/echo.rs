@@ -41,20 +41,26 @@ impl Algorithm for Echo {
     const DESCRIPTION: &'static str = "Returns the message it is given, after an optional delay.";
 
     fn load(_context: &LoadContext) -> Result<Self, LoadError> {
-        if let Some(delay) = std::env::var("TEST_RUNNER_LOAD_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        if let Some(delay) = std::env::var("TEST_RUNNER_LOAD_DELAY_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
             std::thread::sleep(Duration::from_millis(delay));
         }
         if let Ok(file) = std::env::var("TEST_RUNNER_REQUIRED_FILE") {
             std::fs::metadata(&file).map_err(|e| LoadError::file(&file, e))?;
         }
         Ok(Self {
-            always_unavailable: std::env::var("TEST_RUNNER_ALWAYS_UNAVAILABLE").is_ok_and(|v| v == "1"),
+            always_unavailable: std::env::var("TEST_RUNNER_ALWAYS_UNAVAILABLE")
+                .is_ok_and(|v| v == "1"),
         })
     }
 
     async fn run(&self, input: Input, _context: &RunContext) -> Result<Output, RunError> {
         if self.always_unavailable {
-            return Err(RunError::Unavailable("echo's backend is down (TEST_RUNNER_ALWAYS_UNAVAILABLE)".into()));
+            return Err(RunError::Unavailable(
+                "echo's backend is down (TEST_RUNNER_ALWAYS_UNAVAILABLE)".into(),
+            ));
         }
         if input.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(input.delay_ms.into())).await;
