@@ -260,50 +260,54 @@ impl ConsulConfig {
     }
 }
 
+/// Help heading of the Consul client flags.
+const HEADING: &str = "Consul client (Consul's standard CONSUL_* variables)";
+
 /// The Consul client flags, each also read from its standard `CONSUL_*` variable. Flatten
 /// it into a command's arguments (`#[command(flatten)]`); every plugworker command that
 /// talks to Consul uses this one definition.
+// Each flag names its help heading (rather than the struct, with `next_help_heading`),
+// because a struct-level heading also captures the flags flattened after it.
 #[derive(clap::Args, Clone, Default, PartialEq, Eq)]
-#[command(next_help_heading = "Consul client (Consul's standard CONSUL_* variables)")]
 pub struct ConsulArgs {
     /// Consul agent HTTP address: host:port, http(s)://host:port[/prefix] or unix:///path.
-    #[arg(long = settings::HTTP_ADDR.flag, env = settings::HTTP_ADDR.env, default_value = "127.0.0.1:8500")]
+    #[arg(help_heading = HEADING, long = settings::HTTP_ADDR.flag, env = settings::HTTP_ADDR.env, default_value = "127.0.0.1:8500")]
     pub consul_address: String,
     /// Consul ACL token (sent as X-Consul-Token).
-    #[arg(long = settings::HTTP_TOKEN.flag, env = settings::HTTP_TOKEN.env, hide_env_values = true)]
+    #[arg(help_heading = HEADING, long = settings::HTTP_TOKEN.flag, env = settings::HTTP_TOKEN.env, hide_env_values = true)]
     pub consul_token: Option<String>,
     /// File holding the Consul ACL token; wins over --consul-token.
-    #[arg(long = settings::HTTP_TOKEN_FILE.flag, env = settings::HTTP_TOKEN_FILE.env, value_name = "FILE")]
+    #[arg(help_heading = HEADING, long = settings::HTTP_TOKEN_FILE.flag, env = settings::HTTP_TOKEN_FILE.env, value_name = "FILE")]
     pub consul_token_file: Option<String>,
     /// HTTP basic auth for Consul, as user[:password].
-    #[arg(long = settings::HTTP_AUTH.flag, env = settings::HTTP_AUTH.env, hide_env_values = true, value_name = "USER[:PASSWORD]")]
+    #[arg(help_heading = HEADING, long = settings::HTTP_AUTH.flag, env = settings::HTTP_AUTH.env, hide_env_values = true, value_name = "USER[:PASSWORD]")]
     pub consul_http_auth: Option<String>,
     /// Use HTTPS even when the address has no scheme (true/false).
-    #[arg(long = settings::HTTP_SSL.flag, env = settings::HTTP_SSL.env, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(help_heading = HEADING, long = settings::HTTP_SSL.flag, env = settings::HTTP_SSL.env, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub consul_ssl: Option<String>,
     /// Verify Consul's TLS certificate (true/false; false is for tests only).
-    #[arg(long = settings::HTTP_SSL_VERIFY.flag, env = settings::HTTP_SSL_VERIFY.env, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
+    #[arg(help_heading = HEADING, long = settings::HTTP_SSL_VERIFY.flag, env = settings::HTTP_SSL_VERIFY.env, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub consul_ssl_verify: Option<String>,
     /// PEM file of the CA certificates that sign Consul's certificate.
-    #[arg(long = settings::CA_FILE.flag, env = settings::CA_FILE.env, value_name = "FILE")]
+    #[arg(help_heading = HEADING, long = settings::CA_FILE.flag, env = settings::CA_FILE.env, value_name = "FILE")]
     pub consul_ca_file: Option<String>,
     /// Folder of PEM CA certificates (used when no CA file is given).
-    #[arg(long = settings::CA_PATH.flag, env = settings::CA_PATH.env, value_name = "DIR")]
+    #[arg(help_heading = HEADING, long = settings::CA_PATH.flag, env = settings::CA_PATH.env, value_name = "DIR")]
     pub consul_ca_path: Option<String>,
     /// PEM client certificate for agents that verify clients (verify_incoming).
-    #[arg(long = settings::CLIENT_CERT.flag, env = settings::CLIENT_CERT.env, value_name = "FILE")]
+    #[arg(help_heading = HEADING, long = settings::CLIENT_CERT.flag, env = settings::CLIENT_CERT.env, value_name = "FILE")]
     pub consul_client_cert: Option<String>,
     /// PEM private key of the client certificate.
-    #[arg(long = settings::CLIENT_KEY.flag, env = settings::CLIENT_KEY.env, value_name = "FILE")]
+    #[arg(help_heading = HEADING, long = settings::CLIENT_KEY.flag, env = settings::CLIENT_KEY.env, value_name = "FILE")]
     pub consul_client_key: Option<String>,
     /// Name Consul's certificate must carry, when it is not the address's host.
-    #[arg(long = settings::TLS_SERVER_NAME.flag, env = settings::TLS_SERVER_NAME.env, value_name = "NAME")]
+    #[arg(help_heading = HEADING, long = settings::TLS_SERVER_NAME.flag, env = settings::TLS_SERVER_NAME.env, value_name = "NAME")]
     pub consul_tls_server_name: Option<String>,
     /// Consul Enterprise namespace (sent as ?ns=).
-    #[arg(long = settings::NAMESPACE.flag, env = settings::NAMESPACE.env)]
+    #[arg(help_heading = HEADING, long = settings::NAMESPACE.flag, env = settings::NAMESPACE.env)]
     pub consul_namespace: Option<String>,
     /// Consul Enterprise admin partition (sent as ?partition=).
-    #[arg(long = settings::PARTITION.flag, env = settings::PARTITION.env)]
+    #[arg(help_heading = HEADING, long = settings::PARTITION.flag, env = settings::PARTITION.env)]
     pub consul_partition: Option<String>,
 }
 
