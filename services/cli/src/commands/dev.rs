@@ -240,7 +240,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned();
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
-        let process = tokio::process::Command::new(&binary)
+        let mut command = tokio::process::Command::new(&binary);
+        // The runners talk to the embedded registry only: whatever the caller's shell says
+        // about a real Consul (TLS, token, namespace) must not follow them there.
+        for setting in plugworker_discovery::config::settings::ALL {
+            command.env_remove(setting.env);
+        }
+        let process = command
             .args([
                 "--listen",
                 "127.0.0.1:0",
