@@ -21,6 +21,16 @@ pub(crate) struct Registration {
     pub interval: Duration,
 }
 
+/// The `host:port` Consul's gRPC check dials. An IPv6 literal needs brackets there
+/// (`[::1]:50051`: Consul parses the target as an authority), while the service's own
+/// `Address` stays the bare address, as Consul expects it.
+fn check_target(host: &str, port: u16) -> String {
+    match host.parse::<std::net::Ipv6Addr>() {
+        Ok(ip) => format!("[{ip}]:{port}"),
+        Err(_) => format!("{host}:{port}"),
+    }
+}
+
 impl Registration {
     pub fn new(
         client: ConsulClient,
@@ -37,7 +47,7 @@ impl Registration {
         let check = CheckDefinition {
             check_id: format!("service:{instance_id}:grpc-health"),
             name: format!("{service_name} gRPC health"),
-            grpc: Some(format!("{host}:{port}")),
+            grpc: Some(check_target(&host, port)),
             interval: Some(config.check_interval),
             timeout: Some(config.check_timeout),
             deregister_critical_service_after: Some(config.deregister_critical_after),
@@ -120,5 +130,18 @@ impl Registration {
                 tracing::warn!(%error, "could not deregister from Consul; its check will expire the instance")
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::check_target;
+
+    #[test]
+    fn ipv6_check_targets_are_bracketed_and_others_are_not() {
+        assert_eq!(check_target("::1", 50051), "[::1]:50051");
+        assert_eq!(check_target("fd00::7", 1), "[fd00::7]:1");
+        assert_eq!(check_target("10.0.1.7", 50051), "10.0.1.7:50051");
+        assert_eq!(check_target("runner.internal", 50051), "runner.internal:50051");
     }
 }
