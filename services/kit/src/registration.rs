@@ -142,6 +142,9 @@ mod tests {
         assert_eq!(check_target("::1", 50051), "[::1]:50051");
         assert_eq!(check_target("fd00::7", 1), "[fd00::7]:1");
         assert_eq!(check_target("10.0.1.7", 50051), "10.0.1.7:50051");
-        assert_eq!(check_target("runner.internal", 50051), "runner.internal:50051");
+        assert_eq!(
+            check_target("runner.internal", 50051),
+            "runner.internal:50051"
+        );
     }
 }
