@@ -781,15 +781,28 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    catalog_service_view(shared, authz, name, query, |_| true).await
+}
+
+/// `/v1/catalog/service/:service` and its Connect variant: the instances of `name` that
+/// `keep` selects, under the same ACL filter (Consul runs one catalog query for both).
+pub(crate) async fn catalog_service_view(
+    shared: AppState,
+    authz: Authz,
+    name: String,
+    query: Option<String>,
+    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+) -> Result<Response, ApiError> {
     let query = Query::new(query);
     query.refuse_filter()?;
     let blocking = Blocking::parse(&shared, &query)?;
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
-                authz.allows(Resource::Service, &r.service.name, Access::Read)
-            });
+            let (records, filtered) = filter_items(
+                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
+            );
             let view: Vec<Value> = records
                 .into_iter()
                 .map(|r| views::catalog_service(&shared, store, r))
@@ -863,6 +876,19 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
+    health_service_view(shared, authz, name, query, |_| true).await
+}
+
+/// `/v1/health/service/:service` and its Connect variant: the health entries of the
+/// instances of `name` that `keep` selects, under the same ACL filter (`service:read` and
+/// `node:read`), as Consul runs one health query with one ACL filter for both.
+pub(crate) async fn health_service_view(
+    shared: AppState,
+    authz: Authz,
+    name: String,
+    query: Option<String>,
+    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+) -> Result<Response, ApiError> {
     let query = Query::new(query);
     query.refuse_filter()?;
     let blocking = Blocking::parse(&shared, &query)?;
@@ -872,10 +898,13 @@ async fn health_service(
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
-                authz.allows(Resource::Service, &r.service.name, Access::Read)
-                    && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
-            });
+            let (records, filtered) = filter_items(
+                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                |r| {
+                    authz.allows(Resource::Service, &r.service.name, Access::Read)
+                        && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
+                },
+            );
             let view: Vec<Value> = records
                 .into_iter()
                 .map(|r| views::health_entry(&shared, store, r))
