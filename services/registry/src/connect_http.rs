@@ -450,9 +450,7 @@ async fn config_list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     refuse_other_kinds(&kind)?;
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run_with(&shared, || {
             let mesh = shared.mesh();
@@ -515,9 +513,7 @@ async fn intentions_list(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run_with(&shared, || {
             let mesh = shared.mesh();

@@ -175,6 +175,18 @@ pub(crate) struct Blocking {
 }
 
 impl Blocking {
+    /// The start of a blocking read: `?filter` is refused ([`Query::refuse_filter`]),
+    /// then `dc`, `index` and `wait` are parsed; the query is handed back for the rest.
+    pub(crate) fn for_read(
+        shared: &Shared,
+        raw: Option<String>,
+    ) -> Result<(Query, Self), ApiError> {
+        let query = Query::new(raw);
+        query.refuse_filter()?;
+        let blocking = Blocking::parse(shared, &query)?;
+        Ok((query, blocking))
+    }
+
     pub(crate) fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
         if let Some(dc) = query.get("dc")
             && !dc.is_empty()
@@ -749,9 +761,7 @@ async fn catalog_services(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let mut services: std::collections::BTreeMap<String, Vec<String>> =
@@ -793,9 +803,7 @@ pub(crate) async fn catalog_service_view(
     query: Option<String>,
     keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (query, blocking) = Blocking::for_read(&shared, query)?;
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
@@ -818,9 +826,7 @@ async fn catalog_nodes(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let readable = authz.allows(Resource::Node, &shared.config.node_name, Access::Read);
@@ -842,9 +848,7 @@ async fn catalog_node(
     Path(node): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let filtered;
@@ -889,9 +893,7 @@ pub(crate) async fn health_service_view(
     query: Option<String>,
     keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (query, blocking) = Blocking::for_read(&shared, query)?;
     let passing_only = query
         .bool_flag("passing")
         .ok_or_else(|| bad_request("Invalid value for ?passing"))?;
@@ -925,9 +927,7 @@ async fn health_checks_where(
     include_node_check: impl Fn(&Store) -> bool + Send + Sync,
     keep: impl Fn(&Store, &crate::store::CheckRecord) -> bool + Send + Sync,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let mut view = Vec::new();
