@@ -794,8 +794,16 @@ async fn catalog_service(
     catalog_service_view(shared, authz, name, query, |_| true).await
 }
 
+/// Consul's ACL filter for service instances (catalog and health): `service:read` on the
+/// service and `node:read` on its node.
+fn may_read_instance(shared: &Shared, authz: &Authz, record: &crate::store::ServiceRecord) -> bool {
+    authz.allows(Resource::Service, &record.service.name, Access::Read)
+        && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
+}
+
 /// `/v1/catalog/service/:service` and its Connect variant: the instances of `name` that
-/// `keep` selects, under the same ACL filter (Consul runs one catalog query for both).
+/// `keep` selects, under Consul's ACL filter for service nodes (`service:read` and
+/// `node:read`), which Consul applies to both.
 pub(crate) async fn catalog_service_view(
     shared: AppState,
     authz: Authz,
@@ -809,7 +817,7 @@ pub(crate) async fn catalog_service_view(
         .run(&shared, |store| {
             let (records, filtered) = filter_items(
                 store.instances(&name, &tags).filter(|r| keep(r)).collect(),
-                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
+                |r| may_read_instance(&shared, &authz, r),
             );
             let view: Vec<Value> = records
                 .into_iter()
@@ -902,10 +910,7 @@ pub(crate) async fn health_service_view(
         .run(&shared, |store| {
             let (records, filtered) = filter_items(
                 store.instances(&name, &tags).filter(|r| keep(r)).collect(),
-                |r| {
-                    authz.allows(Resource::Service, &r.service.name, Access::Read)
-                        && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
-                },
+                |r| may_read_instance(&shared, &authz, r),
             );
             let view: Vec<Value> = records
                 .into_iter()

@@ -487,9 +487,10 @@ async fn reads_are_filtered_to_what_the_token_may_read() {
 }
 
 #[tokio::test]
-async fn health_connect_applies_the_health_service_acl_filter() {
-    // Consul answers /v1/health/connect with the same query and ACL filter as
-    // /v1/health/service: an entry needs `service:read` and `node:read` on its node.
+async fn service_and_connect_views_need_service_and_node_read() {
+    // Consul answers /v1/health/connect and /v1/catalog/connect with the same queries and
+    // ACL filters as /v1/health/service and /v1/catalog/service: an instance needs
+    // `service:read` and `node:read` on its node.
     let Some(t) = target().await else { return };
     let name = unique("native");
     t.admin_put(
@@ -512,6 +513,8 @@ async fn health_connect_applies_the_health_service_acl_filter() {
     for path in [
         format!("/v1/health/service/{name}"),
         format!("/v1/health/connect/{name}"),
+        format!("/v1/catalog/service/{name}"),
+        format!("/v1/catalog/connect/{name}"),
     ] {
         let hidden = t.get(&path, Some(&service_only)).await;
         assert_eq!(hidden.status, 200, "{path}: {}", hidden.body);
@@ -522,7 +525,12 @@ async fn health_connect_applies_the_health_service_acl_filter() {
         let entries = shown.json();
         let entries = entries.as_array().unwrap();
         assert_eq!(entries.len(), 1, "{path}: {entries:?}");
-        assert_eq!(entries[0]["Service"]["Service"], json!(name), "{path}");
+        let service = if path.contains("/health/") {
+            &entries[0]["Service"]["Service"]
+        } else {
+            &entries[0]["ServiceName"]
+        };
+        assert_eq!(service, &json!(name), "{path}");
         assert!(!shown.filtered(), "{path}");
     }
 
