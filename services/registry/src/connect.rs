@@ -142,6 +142,11 @@ pub(crate) fn uuid(rng: &mut impl rand::Rng) -> String {
     let mut bytes: [u8; 16] = rng.random();
     bytes[6] = (bytes[6] & 0x0f) | 0x40;
     bytes[8] = (bytes[8] & 0x3f) | 0x80;
+    uuid_text(bytes)
+}
+
+/// 16 bytes in UUID text form (8-4-4-4-12 lower-case hex digits).
+pub(crate) fn uuid_text(bytes: [u8; 16]) -> String {
     let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
     format!(
         "{}-{}-{}-{}-{}",
@@ -437,6 +442,15 @@ pub(crate) fn parse_service_uri(uri: &str) -> Result<Option<ServiceId>, ()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn uuid_text_is_8_4_4_4_12_hex() {
+        let bytes: [u8; 16] = std::array::from_fn(|i| (i as u8) * 17);
+        assert_eq!(uuid_text(bytes), "00112233-4455-6677-8899-aabbccddeeff");
+        let random = uuid(&mut rand::rng());
+        assert_eq!(&random[14..15], "4", "{random}");
+        assert!(matches!(&random[19..20], "8" | "9" | "a" | "b"), "{random}");
+    }
 
     #[test]
     fn precedence_follows_consuls_table() {

@@ -11,7 +11,6 @@ use crate::http::{
     require_scope, with_index, with_index_filtered,
 };
 use crate::store::Shared;
-use crate::views;
 use axum::Extension;
 use axum::Json;
 use axum::Router;
@@ -451,9 +450,7 @@ async fn config_list(
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
     refuse_other_kinds(&kind)?;
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run_with(&shared, || {
             let mesh = shared.mesh();
@@ -516,9 +513,7 @@ async fn intentions_list(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run_with(&shared, || {
             let mesh = shared.mesh();
@@ -691,67 +686,26 @@ async fn intention_exact_delete(
 
 // ---------------------------------------------------------------- Connect views
 
-/// `GET /v1/health/connect/:service`: like `/v1/health/service/:service`, but only the
-/// instances that accept Connect (here: Connect-native ones; the registry has no proxies).
+/// `GET /v1/health/connect/:service`: like `/v1/health/service/:service`, with the same ACL
+/// filter, but only the instances that accept Connect (here: Connect-native ones; the
+/// registry has no proxies).
 async fn health_connect(
     State(shared): State<AppState>,
     Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
-    let passing_only = query
-        .bool_flag("passing")
-        .ok_or_else(|| bad_request("Invalid value for ?passing"))?;
-    let tags = query.all("tag");
-    let (view, index) = blocking
-        .run(&shared, |store| {
-            let (records, filtered) = filter_items(
-                store
-                    .instances(&name, &tags)
-                    .filter(|r| r.service.connect_native)
-                    .collect(),
-                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
-            );
-            let view: Vec<Value> = records
-                .into_iter()
-                .map(|r| views::health_entry(&shared, store, r))
-                .filter(|(_, passing)| *passing || !passing_only)
-                .map(|(entry, _)| entry)
-                .collect();
-            ((view, filtered), store.name_index(&name))
-        })
-        .await;
-    Ok(with_index_filtered(Json(view.0), index, view.1))
+    crate::http::health_service_view(shared, authz, name, query, |r| r.service.connect_native).await
 }
 
+/// `GET /v1/catalog/connect/:service`: `/v1/catalog/service/:service` restricted to the
+/// Connect-native instances.
 async fn catalog_connect(
     State(shared): State<AppState>,
     Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
-    let tags = query.all("tag");
-    let (view, index) = blocking
-        .run(&shared, |store| {
-            let (records, filtered) = filter_items(
-                store
-                    .instances(&name, &tags)
-                    .filter(|r| r.service.connect_native)
-                    .collect(),
-                |r| authz.allows(Resource::Service, &r.service.name, Access::Read),
-            );
-            let view: Vec<Value> = records
-                .into_iter()
-                .map(|r| views::catalog_service(&shared, store, r))
-                .collect();
-            ((view, filtered), store.name_index(&name))
-        })
-        .await;
-    Ok(with_index_filtered(Json(view.0), index, view.1))
+    crate::http::catalog_service_view(shared, authz, name, query, |r| r.service.connect_native)
+        .await
 }

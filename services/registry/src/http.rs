@@ -175,6 +175,18 @@ pub(crate) struct Blocking {
 }
 
 impl Blocking {
+    /// The start of a blocking read: `?filter` is refused ([`Query::refuse_filter`]),
+    /// then `dc`, `index` and `wait` are parsed; the query is handed back for the rest.
+    pub(crate) fn for_read(
+        shared: &Shared,
+        raw: Option<String>,
+    ) -> Result<(Query, Self), ApiError> {
+        let query = Query::new(raw);
+        query.refuse_filter()?;
+        let blocking = Blocking::parse(shared, &query)?;
+        Ok((query, blocking))
+    }
+
     pub(crate) fn parse(shared: &Shared, query: &Query) -> Result<Self, ApiError> {
         if let Some(dc) = query.get("dc")
             && !dc.is_empty()
@@ -749,9 +761,7 @@ async fn catalog_services(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let mut services: std::collections::BTreeMap<String, Vec<String>> =
@@ -781,15 +791,34 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    catalog_service_view(shared, authz, name, query, |_| true).await
+}
+
+/// Consul's ACL filter for service instances (catalog and health): `service:read` on the
+/// service and `node:read` on its node.
+fn may_read_instance(shared: &Shared, authz: &Authz, record: &crate::store::ServiceRecord) -> bool {
+    authz.allows(Resource::Service, &record.service.name, Access::Read)
+        && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
+}
+
+/// `/v1/catalog/service/:service` and its Connect variant: the instances of `name` that
+/// `keep` selects, under Consul's ACL filter for service nodes (`service:read` and
+/// `node:read`), which Consul applies to both.
+pub(crate) async fn catalog_service_view(
+    shared: AppState,
+    authz: Authz,
+    name: String,
+    query: Option<String>,
+    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+) -> Result<Response, ApiError> {
+    let (query, blocking) = Blocking::for_read(&shared, query)?;
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
-                authz.allows(Resource::Service, &r.service.name, Access::Read)
-            });
+            let (records, filtered) = filter_items(
+                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                |r| may_read_instance(&shared, &authz, r),
+            );
             let view: Vec<Value> = records
                 .into_iter()
                 .map(|r| views::catalog_service(&shared, store, r))
@@ -805,9 +834,7 @@ async fn catalog_nodes(
     Extension(authz): Extension<Authz>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let readable = authz.allows(Resource::Node, &shared.config.node_name, Access::Read);
@@ -829,9 +856,7 @@ async fn catalog_node(
     Path(node): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let filtered;
@@ -863,19 +888,30 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    health_service_view(shared, authz, name, query, |_| true).await
+}
+
+/// `/v1/health/service/:service` and its Connect variant: the health entries of the
+/// instances of `name` that `keep` selects, under the same ACL filter (`service:read` and
+/// `node:read`), as Consul runs one health query with one ACL filter for both.
+pub(crate) async fn health_service_view(
+    shared: AppState,
+    authz: Authz,
+    name: String,
+    query: Option<String>,
+    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+) -> Result<Response, ApiError> {
+    let (query, blocking) = Blocking::for_read(&shared, query)?;
     let passing_only = query
         .bool_flag("passing")
         .ok_or_else(|| bad_request("Invalid value for ?passing"))?;
     let tags = query.all("tag");
     let (view, index) = blocking
         .run(&shared, |store| {
-            let (records, filtered) = filter_items(store.instances(&name, &tags).collect(), |r| {
-                authz.allows(Resource::Service, &r.service.name, Access::Read)
-                    && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
-            });
+            let (records, filtered) = filter_items(
+                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                |r| may_read_instance(&shared, &authz, r),
+            );
             let view: Vec<Value> = records
                 .into_iter()
                 .map(|r| views::health_entry(&shared, store, r))
@@ -896,9 +932,7 @@ async fn health_checks_where(
     include_node_check: impl Fn(&Store) -> bool + Send + Sync,
     keep: impl Fn(&Store, &crate::store::CheckRecord) -> bool + Send + Sync,
 ) -> Result<Response, ApiError> {
-    let query = Query::new(query);
-    query.refuse_filter()?;
-    let blocking = Blocking::parse(&shared, &query)?;
+    let (_, blocking) = Blocking::for_read(&shared, query)?;
     let (view, index) = blocking
         .run(&shared, |store| {
             let mut view = Vec::new();

@@ -148,15 +148,7 @@ fn node_id(name: &str) -> String {
         hash ^= byte as u128;
         hash = hash.wrapping_mul(0x0000000001000000000000000000013B);
     }
-    let hex = format!("{hash:032x}");
-    format!(
-        "{}-{}-{}-{}-{}",
-        &hex[0..8],
-        &hex[8..12],
-        &hex[12..16],
-        &hex[16..20],
-        &hex[20..32]
-    )
+    crate::connect::uuid_text(hash.to_be_bytes())
 }
 
 /// A check's state (`maintenance` exists in Consul only for maintenance mode, which the
@@ -774,4 +766,17 @@ pub(crate) fn truncate_output(output: &str, max_size: i64) -> String {
 
 pub(crate) fn nanos(value: Nanos) -> Duration {
     Duration::from_nanos(value.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn node_id_is_stable() {
+        // The value the registry has always derived for the default node name: clients
+        // may have stored it, so it must not change.
+        assert_eq!(
+            super::node_id("plugworker-dev"),
+            "cde88318-4004-b529-687d-03520b178c71"
+        );
+    }
 }

@@ -487,6 +487,58 @@ async fn reads_are_filtered_to_what_the_token_may_read() {
 }
 
 #[tokio::test]
+async fn service_and_connect_views_need_service_and_node_read() {
+    // Consul answers /v1/health/connect and /v1/catalog/connect with the same queries and
+    // ACL filters as /v1/health/service and /v1/catalog/service: an instance needs
+    // `service:read` and `node:read` on its node.
+    let Some(t) = target().await else { return };
+    let name = unique("native");
+    t.admin_put(
+        "/v1/agent/service/register",
+        json!({"Name": name, "Port": 9000, "Connect": {"Native": true}}),
+    )
+    .await;
+    let (_, service_only) = t
+        .token_with(&format!(r#"service "{name}" {{ policy = "read" }}"#))
+        .await;
+    let (_, with_node) = t
+        .token_with(&format!(
+            r#"
+            service "{name}" {{ policy = "read" }}
+            node_prefix "" {{ policy = "read" }}
+            "#
+        ))
+        .await;
+
+    for path in [
+        format!("/v1/health/service/{name}"),
+        format!("/v1/health/connect/{name}"),
+        format!("/v1/catalog/service/{name}"),
+        format!("/v1/catalog/connect/{name}"),
+    ] {
+        let hidden = t.get(&path, Some(&service_only)).await;
+        assert_eq!(hidden.status, 200, "{path}: {}", hidden.body);
+        assert_eq!(hidden.json(), json!([]), "{path}");
+        assert!(hidden.filtered(), "{path}");
+        let shown = t.get(&path, Some(&with_node)).await;
+        assert_eq!(shown.status, 200, "{path}: {}", shown.body);
+        let entries = shown.json();
+        let entries = entries.as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{path}: {entries:?}");
+        let service = if path.contains("/health/") {
+            &entries[0]["Service"]["Service"]
+        } else {
+            &entries[0]["ServiceName"]
+        };
+        assert_eq!(service, &json!(name), "{path}");
+        assert!(!shown.filtered(), "{path}");
+    }
+
+    t.admin_put(&format!("/v1/agent/service/deregister/{name}"), json!(null))
+        .await;
+}
+
+#[tokio::test]
 async fn leaf_and_authorize_need_service_write_and_follow_the_default_deny() {
     let Some(t) = target().await else { return };
     let db = unique("db");
