@@ -190,7 +190,7 @@ class Compose(Case):
         self.assertReports(problems, r"controller does not set PLUGWORKER_JOBS_QUEUE_URL \(--jobs-queue-url\)")
 
     def test_a_payload_bucket_sqs_init_does_not_create_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "      AWS_ENDPOINT_URL_S3: http://sqs:5000\n", "      AWS_ENDPOINT_URL_S3: http://sqs:5000\n      PLUGWORKER_PAYLOAD_BUCKET: elsewhere\n")
+        self.scratch.edit("infra/docker-compose.yml", "      PLUGWORKER_PAYLOAD_BUCKET: plugworker-payloads\n", "      PLUGWORKER_PAYLOAD_BUCKET: elsewhere\n")
         self.assertReports(self.check(), r"controller PLUGWORKER_PAYLOAD_BUCKET=elsewhere is not the bucket plugworker-payloads that sqs-init creates")
 
     def test_a_runner_variable_typo_fails(self):
