@@ -17,39 +17,16 @@ mod common;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use common::{Stack, job};
 use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATTRIBUTE};
-use plugworker_discovery::{ConsulClient, ConsulConfig, ServiceRegistration};
+use plugworker_discovery::ServiceRegistration;
 use plugworker_testkit::s3::S3;
 use plugworker_testkit::sqs::QueueOptions;
-use plugworker_testkit::{
-    Process, bin_path, eventually, free_port, metric_value, passing_instances,
-};
+use plugworker_testkit::{Process, bin_path, eventually, free_port, metric_value};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
 /// AWS's MaximumMessageSize for the queues of the table (256 KiB).
 const AWS_256_KIB: usize = 262_144;
-
-fn consul(stack: &Stack) -> ConsulClient {
-    ConsulClient::new(ConsulConfig {
-        address: stack.consul_url(),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-async fn wait_passing(stack: &Stack, service: &str, count: usize) {
-    let client = consul(stack);
-    eventually(
-        Duration::from_secs(30),
-        &format!("{count} passing {service}"),
-        || {
-            let client = client.clone();
-            async move { (passing_instances(&client, service).await.len() >= count).then_some(()) }
-        },
-    )
-    .await;
-}
 
 /// Whether SQS (AWS, not moto) accepts every character of `text`.
 fn sqs_accepts(text: &str) -> bool {
@@ -213,7 +190,7 @@ async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job
     })
     .await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, health) = stack.controller(&[]);
     let big = stack
         .submit(job("echo", json!({"message": "x".repeat(AWS_256_KIB)})))
@@ -246,7 +223,7 @@ async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job
 async fn a_131_kb_algorithm_name_gets_a_small_error_result_and_small_logs() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (controller, _) = stack.controller(&[]);
     let name = "a".repeat(131_072);
     let huge = stack
@@ -293,7 +270,7 @@ async fn fifo_queues_keep_the_group_for_results_and_dlq_copies_and_run_a_group_i
     })
     .await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let mut submitted = Vec::new();
     let mut order: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     // Later jobs of a group are quicker: run side by side they would finish first.
@@ -396,7 +373,7 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
     // dead-lettered by the third.
     let stack = Stack::start(Duration::from_secs(30), 2).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let id = stack
         .submit(job(
             "echo",
@@ -442,7 +419,7 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
 async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
     let stack = Stack::start(Duration::from_secs(30), 10).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, health) = stack.controller(&["--retry-base", "300ms"]);
     metrics(&health).await;
     // The controller found the DLQ at start-up; now it is gone.
@@ -504,7 +481,7 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
         &[],
     );
     plugworker_testkit::runner_client(&listen, Duration::from_secs(30)).await;
-    let client = consul(&stack);
+    let client = stack.consul();
     for (id, address, port) in [("v6", "::1", port), ("broken", "not a host!", 1)] {
         client
             .register_service(&ServiceRegistration {
@@ -524,8 +501,8 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
             .await
             .unwrap();
     }
-    wait_passing(&stack, "test-runner-v6", 1).await;
-    wait_passing(&stack, "test-runner-broken", 1).await;
+    stack.wait_passing("test-runner-v6", 1).await;
+    stack.wait_passing("test-runner-broken", 1).await;
     let (mut controller, _) = stack.controller(&[]);
     let mut submitted = Vec::new();
     for i in 0..6 {
@@ -556,7 +533,7 @@ async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (doomed, _) = stack.runner("test-runner", &[]);
     let (_survivor, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 2).await;
+    stack.wait_passing("test-runner", 2).await;
     let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
     let mut submitted = Vec::new();
     for i in 0..8 {
@@ -585,7 +562,7 @@ async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
 async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
     let mut submitted = Vec::new();
     for i in 0..30 {
@@ -614,7 +591,7 @@ async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
 async fn jobs_waiting_for_a_missing_runner_hold_no_run_slot() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let mut submitted = Vec::new();
     for i in 0..8 {
         submitted.push(stack.submit(job(&format!("missing-{i}"), json!({}))).await);
@@ -726,7 +703,7 @@ async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_ba
     let s3 = S3::on(&stack.sqs);
     s3.create_bucket("payloads").await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller_with_env(
         &["--payload-bucket", "payloads"],
         &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
@@ -874,7 +851,7 @@ async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back
     .await;
     S3::on(&stack.sqs).create_bucket("payloads").await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller_with_env(
         &["--payload-bucket", "payloads"],
         &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],

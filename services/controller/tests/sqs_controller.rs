@@ -4,32 +4,10 @@
 mod common;
 
 use common::{Stack, job};
-use plugworker_discovery::{ConsulClient, ConsulConfig};
-use plugworker_testkit::{eventually, passing_instances};
+use plugworker_testkit::eventually;
 use serde_json::json;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-
-fn consul(stack: &Stack) -> ConsulClient {
-    ConsulClient::new(ConsulConfig {
-        address: stack.consul_url(),
-        ..Default::default()
-    })
-    .unwrap()
-}
-
-async fn wait_passing(stack: &Stack, service: &str, count: usize) {
-    let client = consul(stack);
-    eventually(
-        Duration::from_secs(30),
-        &format!("{count} passing {service}"),
-        || {
-            let client = client.clone();
-            async move { (passing_instances(&client, service).await.len() >= count).then_some(()) }
-        },
-    )
-    .await;
-}
 
 #[tokio::test]
 async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
@@ -88,7 +66,7 @@ async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
 async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     let stack = Stack::start(Duration::from_secs(6), 5).await;
     let (first, first_address) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&["--retry-base", "500ms"]);
     let message_id = stack
         .submit(job("echo", json!({"message": "survive", "delay_ms": 3000})))
@@ -96,7 +74,7 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     // The job is now running on the only instance; a second one comes up.
     tokio::time::sleep(Duration::from_millis(1000)).await;
     let (_second, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 2).await;
+    stack.wait_passing("test-runner", 2).await;
     first.signal("KILL");
 
     let results = stack
@@ -151,7 +129,7 @@ async fn a_job_waits_for_a_runner_that_starts_later() {
 async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&[]);
     let bodies = [
         ("{this is not json", "bad_json"),
@@ -207,7 +185,7 @@ async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive(
 async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_receive_count() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let (_runner, _) = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
     let message_id = stack
         .submit(job("echo", json!({"message": "doomed"})))
@@ -246,7 +224,7 @@ async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_
 async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after() {
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_nlp, _) = stack.runner("nlp-runner", &[]);
-    wait_passing(&stack, "nlp-runner", 1).await;
+    stack.wait_passing("nlp-runner", 1).await;
     let (_controller, _) = stack.controller(&[]);
     let text = json!({"text": "This is an English sentence about the registry going away."});
     for _ in 0..3 {
@@ -275,7 +253,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
     // Back, empty: the runner registers again, and a new runner kind is picked up.
     stack.restart_registry().await;
     let (_test, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     stack
         .submit(job("add", json!({"numbers": [1, 2, 3]})))
         .await;
@@ -292,7 +270,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
 async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered() {
     let stack = Stack::start(Duration::from_secs(2), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&[]);
     let message_id = stack
         .submit(job("echo", json!({"message": "slow", "delay_ms": 6000})))
@@ -318,7 +296,7 @@ async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered
 async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
-    wait_passing(&stack, "test-runner", 1).await;
+    stack.wait_passing("test-runner", 1).await;
     let (mut controller, health) =
         stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
     let healthy = eventually(Duration::from_secs(10), "the controller's /healthz", || {

@@ -3,9 +3,10 @@
 
 #![allow(dead_code)]
 
+use plugworker_discovery::{ConsulClient, ConsulConfig};
 use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
-use plugworker_testkit::{Process, bin_path, free_port};
+use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
 use std::time::Duration;
 
 pub struct Stack {
@@ -16,6 +17,29 @@ pub struct Stack {
 }
 
 impl Stack {
+    /// A Consul client on this stack's registry.
+    pub fn consul(&self) -> ConsulClient {
+        ConsulClient::new(ConsulConfig {
+            address: self.consul_url(),
+            ..Default::default()
+        })
+        .unwrap()
+    }
+
+    /// Waits until `count` instances of `service` pass their checks.
+    pub async fn wait_passing(&self, service: &str, count: usize) {
+        let client = self.consul();
+        eventually(
+            Duration::from_secs(30),
+            &format!("{count} passing {service}"),
+            || {
+                let client = client.clone();
+                async move { (passing_instances(&client, service).await.len() >= count).then_some(()) }
+            },
+        )
+        .await;
+    }
+
     pub async fn start(visibility: Duration, max_receive_count: u32) -> Self {
         Self::start_with(QueueOptions {
             visibility,
