@@ -1,11 +1,15 @@
-# plugworker on AWS: network, queues, image repositories, Consul, the ECS services and
-# the observability task. README, "Deploy to AWS", walks through it.
+# plugworker on AWS: network, queues, image repositories, the mesh's secrets, Consul, the
+# ECS services and the observability task. README, "Deploy to AWS", walks through it;
+# docs/deploy-aws.md says how the trust is set up and rotated. Runners are data: the
+# map var.runners (runners.auto.tfvars) is the only place one is named.
 
 data "aws_caller_identity" "current" {}
 data "aws_region" "current" {}
 
 locals {
-  create_consul = var.consul_address == ""
+  create_consul      = var.consul_retry_join == ""
+  controller_service = "controller"
+  datacenter         = var.consul_datacenter != "" ? var.consul_datacenter : var.name
   # Known before the observability module exists, so the services can point at it.
   namespace     = "${var.name}.internal"
   otlp_endpoint = "http://observability.${local.namespace}:4317"
@@ -84,18 +88,33 @@ module "payloads" {
 module "ecr" {
   source      = "./modules/ecr"
   name        = var.name
+  deployables = concat([local.controller_service], keys(var.runners))
   kms_key_arn = aws_kms_key.this.arn
 }
 
+# Gossip key, CA and ACL tokens in SSM; the tokens and intentions the servers create.
+module "mesh" {
+  source             = "./modules/mesh"
+  name               = var.name
+  datacenter         = local.datacenter
+  runner_names       = keys(var.runners)
+  controller_service = local.controller_service
+  existing           = { retry_join = var.consul_retry_join, parameters_prefix = var.consul_parameters_prefix }
+  kms_key_arn        = aws_kms_key.this.arn
+}
+
 module "consul" {
-  source         = "./modules/consul"
-  count          = local.create_consul ? 1 : 0
-  name           = var.name
-  vpc_id         = module.network.vpc_id
-  vpc_cidr       = module.network.vpc_cidr
-  subnet_ids     = module.network.private_subnet_ids
-  server_count   = var.consul_server_count
-  consul_version = var.consul_version
+  source               = "./modules/consul"
+  count                = local.create_consul ? 1 : 0
+  name                 = var.name
+  vpc_id               = module.network.vpc_id
+  vpc_cidr             = module.network.vpc_cidr
+  subnet_ids           = module.network.private_subnet_ids
+  server_count         = var.consul_server_count
+  consul_version       = var.consul_version
+  parameters_prefix    = module.mesh.prefix
+  parameter_arn_prefix = module.mesh.parameter_arn_prefix[0]
+  kms_key_arn          = aws_kms_key.this.arn
 }
 
 module "ecs" {
@@ -104,9 +123,8 @@ module "ecs" {
   vpc_id                = module.network.vpc_id
   vpc_cidr              = module.network.vpc_cidr
   subnet_ids            = module.network.private_subnet_ids
-  image_repositories    = module.ecr.repository_urls
+  images                = local.images
   image_repository_arns = module.ecr.repository_arns
-  image_tag             = var.image_tag
   queues = {
     jobs    = module.queues.jobs
     results = module.queues.results
@@ -116,11 +134,20 @@ module "ecs" {
   payloads            = module.payloads.bucket
   job_timeout_seconds = var.job_timeout_seconds
   consul = {
-    retry_join   = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join
-    http_address = var.consul_address
-    version      = var.consul_version
-    datacenter   = var.consul_datacenter != "" ? var.consul_datacenter : var.name
+    retry_join = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join
+    version    = var.consul_version
+    datacenter = local.datacenter
   }
+  mesh = {
+    gossip_key_arn       = module.mesh.gossip_key_arn
+    ca_cert_arn          = module.mesh.ca_cert_arn
+    agent_token_arn      = module.mesh.agent_token_arn
+    controller_token_arn = module.mesh.controller_token_arn
+    prometheus_token_arn = module.mesh.prometheus_token_arn
+    runner_token_arns    = module.mesh.runner_token_arns
+    kms_key_arn          = aws_kms_key.this.arn
+  }
+  controller_service = local.controller_service
   otlp_endpoint      = local.otlp_endpoint
   controller         = var.controller
   runners            = var.runners
@@ -133,10 +160,12 @@ module "observability" {
   name                                 = var.name
   cluster_arn                          = module.ecs.cluster_arn
   subnet_ids                           = module.network.private_subnet_ids
-  security_group_id                    = module.ecs.tasks_security_group_id
+  security_group_id                    = module.ecs.observability_security_group_id
   namespace_id                         = module.ecs.namespace_id
   namespace                            = module.ecs.namespace
-  runner_names                         = keys(var.runners)
+  consul_agent_container               = module.ecs.consul_agent_container
+  consul_ca_mount                      = module.ecs.consul_ca_mount
+  prometheus_consul_token_arn          = module.mesh.prometheus_token_arn
   execution_role_arn                   = module.ecs.execution_role_arn
   execution_role_name                  = module.ecs.execution_role_name
   task_policy_json                     = module.ecs.task_common_policy_json

@@ -24,7 +24,7 @@ output "jobs_visibility_timeout_seconds" {
 }
 
 output "ecr_repositories" {
-  description = "Push the images here (controller, image-runner, nlp-runner)."
+  description = "Push the images here: the controller and every runner, by name."
   value       = module.ecr.repository_urls
 }
 
@@ -34,8 +34,13 @@ output "ecs_cluster" {
 }
 
 output "consul_http_address" {
-  description = "Consul's HTTP API inside the VPC: port 8500 of any server (scripts/aws-port-forward.sh consul forwards it to 127.0.0.1:8500), or the existing cluster's address."
-  value       = local.create_consul ? "any instance tagged ${module.consul[0].join_tag}, port 8500" : var.consul_address
+  description = "Consul's HTTPS API: port 8501 on a server's loopback (scripts/aws-port-forward.sh consul forwards it to https://127.0.0.1:8501), or the existing cluster's."
+  value       = local.create_consul ? "any instance tagged ${module.consul[0].join_tag}, port 8501 (HTTPS)" : "the existing cluster joined with ${var.consul_retry_join}"
+}
+
+output "consul_parameters" {
+  description = "SSM prefix of the mesh's secrets: gossip-key, ca-cert (CONSUL_CACERT), tokens/management, tokens/<role> (docs/deploy-aws.md)."
+  value       = module.mesh.prefix
 }
 
 output "grafana_url" {

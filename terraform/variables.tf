@@ -35,7 +35,7 @@ variable "availability_zone_count" {
 }
 
 variable "image_tag" {
-  description = "Tag of the three images pushed to the ECR repositories (see README, Deploy to AWS)."
+  description = "Tag of the images pushed to the ECR repositories (the controller and every runner) (see README, Deploy to AWS)."
   type        = string
   validation {
     condition     = can(regex("^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$", var.image_tag)) && var.image_tag != "latest"
@@ -73,20 +73,20 @@ variable "payload_expiration_days" {
   }
 }
 
-variable "consul_address" {
-  description = "HTTP address (host:port) of an existing Consul cluster's agents. Empty: this stack creates a Consul server cluster."
-  type        = string
-  default     = ""
-}
-
 variable "consul_retry_join" {
-  description = "Consul retry_join string for the client agents when consul_address is an existing cluster (e.g. provider=aws region=eu-west-1 tag_key=consul tag_value=prod)."
+  description = "Empty: this stack creates a Consul server cluster. Otherwise the go-discover string the task agents join an existing cluster with (e.g. provider=aws region=eu-west-1 tag_key=consul tag_value=prod); see consul_parameters_prefix."
   type        = string
   default     = ""
   validation {
     condition     = var.consul_retry_join == "" || length(var.consul_retry_join) > 3
     error_message = "consul_retry_join must be empty or a go-discover string."
   }
+}
+
+variable "consul_parameters_prefix" {
+  description = "With an existing cluster (consul_retry_join): SSM prefix under which its operator stored its gossip key (PREFIX/gossip-key) and CA certificate (PREFIX/ca-cert), as SecureString parameters encrypted with this stack's KMS key or one the execution role may use. Unused when this stack creates the cluster."
+  type        = string
+  default     = ""
 }
 
 variable "consul_datacenter" {
@@ -136,21 +136,35 @@ variable "controller" {
 }
 
 variable "runners" {
-  description = "Runner services by name (image-runner, nlp-runner): task size and autoscaling on CPU."
+  description = "Runner services by name (set in runners.auto.tfvars, the one place runners are named): task size, autoscaling on CPU and, optionally, ports."
   type = map(object({
-    cpu        = number
-    memory     = number
-    min_count  = number
-    max_count  = number
-    cpu_target = number
+    cpu          = number
+    memory       = number
+    min_count    = number
+    max_count    = number
+    cpu_target   = number
+    port         = optional(number, 50051) # gRPC over Connect mTLS (PLUGWORKER_LISTEN)
+    health_port  = optional(number, 50052) # plaintext gRPC health (PLUGWORKER_HEALTH_LISTEN)
+    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)
   }))
-  default = {
-    image-runner = { cpu = 2048, memory = 4096, min_count = 2, max_count = 10, cpu_target = 60 }
-    nlp-runner   = { cpu = 512, memory = 1024, min_count = 1, max_count = 4, cpu_target = 60 }
+  validation {
+    condition     = length(var.runners) >= 1
+    error_message = "runners: at least one runner (runners.auto.tfvars)."
   }
   validation {
-    condition     = alltrue([for name, r in var.runners : contains(["image-runner", "nlp-runner"], name) && r.min_count >= 1 && r.max_count >= r.min_count && r.cpu_target > 0 && r.cpu_target <= 100])
-    error_message = "runners: keys image-runner/nlp-runner; min_count >= 1, max_count >= min_count, 0 < cpu_target <= 100."
+    # Runner names become ECR repositories, ECS services, Consul services and log groups.
+    condition     = alltrue([for name, _ in var.runners : can(regex("^[a-z][a-z0-9-]{1,40}$", name)) && name != "controller"])
+    error_message = "runners: names are 2-41 lowercase letters, digits or dashes starting with a letter, and not \"controller\"."
+  }
+  validation {
+    condition     = alltrue([for _, r in var.runners : r.min_count >= 1 && r.max_count >= r.min_count && r.cpu_target > 0 && r.cpu_target <= 100])
+    error_message = "runners: min_count >= 1, max_count >= min_count, 0 < cpu_target <= 100."
+  }
+  validation {
+    condition = alltrue([for _, r in var.runners : length(distinct([r.port, r.health_port, r.metrics_port])) == 3 && alltrue([
+      for p in [r.port, r.health_port, r.metrics_port] : p >= 1024 && p <= 65535 && !contains([8301, 8501], p)
+    ])])
+    error_message = "runners: port, health_port and metrics_port differ, lie in 1024-65535 and are not the Consul agent's 8301 or 8501."
   }
 }
 

@@ -82,9 +82,9 @@ class TerraformRules(Case):
         self.assertReports(self.check(), r"\[encryption\].*aws_cloudwatch_log_group\.this has no kms_key_id")
 
     def test_ingress_from_anywhere_fails(self):
-        self.scratch.edit("terraform/modules/ecs/main.tf", "    cidr_blocks = [var.vpc_cidr]\n  }\n  ingress {\n    description = \"Consul gossip (UDP)\"",
-                          "    cidr_blocks = [\"0.0.0.0/0\"]\n  }\n  ingress {\n    description = \"Consul gossip (UDP)\"")
-        self.assertReports(self.check(), r"\[open_ingress\].*aws_security_group\.tasks allows ingress from 0\.0\.0\.0/0")
+        self.scratch.edit("terraform/modules/consul/main.tf", "    cidr_blocks = [var.vpc_cidr]\n  }\n  ingress {\n    description = \"LAN gossip (UDP)\"",
+                          "    cidr_blocks = [\"0.0.0.0/0\"]\n  }\n  ingress {\n    description = \"LAN gossip (UDP)\"")
+        self.assertReports(self.check(), r"\[open_ingress\].*aws_security_group\.servers allows ingress from 0\.0\.0\.0/0")
 
     def test_a_fixed_visibility_timeout_fails(self):
         self.scratch.edit("terraform/modules/queues/main.tf", "visibility_timeout_seconds = local.visibility_timeout_seconds", "visibility_timeout_seconds = 360")

@@ -1,7 +1,9 @@
 # A Consul server cluster on EC2: an auto-scaling group of SERVER_COUNT instances in the
 # private subnets that find each other by cloud auto-join (the instances' tag), as the
-# client agent in every ECS task does. Operators reach the HTTP API through SSM port
-# forwarding (scripts/aws-port-forward.sh consul); nothing is exposed outside the VPC.
+# client agent in every ECS task does. ACLs (default deny), gossip encryption, TLS on RPC
+# and HTTPS with auto-encrypt for the client agents, Connect with the stack's CA: see
+# server.sh.tftpl. The HTTPS API listens on loopback only; operators reach it through SSM
+# port forwarding (scripts/aws-port-forward.sh consul); nothing is exposed outside the VPC.
 
 data "aws_region" "current" {}
 
@@ -17,11 +19,11 @@ data "aws_ssm_parameter" "al2023" {
 
 resource "aws_security_group" "servers" {
   name        = "${var.name}-consul-servers"
-  description = "Consul servers: RPC, gossip and HTTP from inside the VPC"
+  description = "Consul servers: RPC (TLS) and gossip (encrypted) from inside the VPC; HTTPS on loopback only"
   vpc_id      = var.vpc_id
 
   ingress {
-    description = "server RPC and LAN gossip (TCP)"
+    description = "server RPC (TLS, verified both ways) and LAN gossip (TCP)"
     from_port   = 8300
     to_port     = 8302
     protocol    = "tcp"
@@ -32,13 +34,6 @@ resource "aws_security_group" "servers" {
     from_port   = 8301
     to_port     = 8302
     protocol    = "udp"
-    cidr_blocks = [var.vpc_cidr]
-  }
-  ingress {
-    description = "HTTP API and UI"
-    from_port   = 8500
-    to_port     = 8500
-    protocol    = "tcp"
     cidr_blocks = [var.vpc_cidr]
   }
   egress {
@@ -83,6 +78,30 @@ resource "aws_iam_role_policy" "auto_join" {
   })
 }
 
+# The mesh's secrets (modules/mesh): gossip key, CA, tokens and the mesh parameter.
+resource "aws_iam_role_policy" "mesh_parameters" {
+  name = "consul-mesh-parameters"
+  role = aws_iam_role.server.id
+  policy = jsonencode({
+    Version = "2012-10-17"
+    Statement = [
+      {
+        Effect   = "Allow"
+        Action   = ["ssm:GetParameter"]
+        Resource = "${var.parameter_arn_prefix}*"
+      },
+      {
+        Effect   = "Allow"
+        Action   = ["kms:Decrypt"]
+        Resource = var.kms_key_arn
+        Condition = {
+          StringEquals = { "kms:ViaService" = "ssm.${data.aws_region.current.name}.amazonaws.com" }
+        }
+      },
+    ]
+  })
+}
+
 # SSM: operators open shells and port forwards without SSH or public addresses.
 resource "aws_iam_role_policy_attachment" "ssm" {
   role       = aws_iam_role.server.name
@@ -99,11 +118,14 @@ resource "aws_launch_template" "server" {
   image_id               = data.aws_ssm_parameter.al2023.value
   instance_type          = var.instance_type
   vpc_security_group_ids = [aws_security_group.servers.id]
-  user_data = base64encode(templatefile("${path.module}/server.sh.tftpl", {
+  user_data = base64gzip(templatefile("${path.module}/server.sh.tftpl", {
     consul_version = var.consul_version
     server_count   = var.server_count
     retry_join     = local.retry_join
     datacenter     = var.name
+    region         = data.aws_region.current.name
+    prefix         = var.parameters_prefix
+    mesh_script    = file("${path.module}/mesh.sh")
   }))
   iam_instance_profile {
     arn = aws_iam_instance_profile.server.arn

@@ -33,3 +33,18 @@ variable "instance_type" {
   type        = string
   default     = "t3.small"
 }
+
+variable "parameters_prefix" {
+  description = "SSM prefix of the mesh's parameters (modules/mesh): gossip-key, ca-cert, ca-key, tokens/*, mesh."
+  type        = string
+}
+
+variable "parameter_arn_prefix" {
+  description = "ARN prefix of those parameters (the servers may read them, nothing else)."
+  type        = string
+}
+
+variable "kms_key_arn" {
+  description = "KMS key the parameters are encrypted with."
+  type        = string
+}

@@ -1,13 +1,10 @@
-# One repository per deployable (infra/docker/*.Dockerfile). Tags are immutable, so a
-# task definition's image tag always means the same image; every push is scanned.
-
-locals {
-  repositories = toset(["controller", "image-runner", "nlp-runner"])
-}
+# One repository per deployable, NAME/<deployable>: the controller and every runner of
+# var.runners (nothing here names one). Tags are immutable, so a task definition's image
+# tag always means the same image; every push is scanned.
 
 resource "aws_ecr_repository" "this" {
-  for_each             = local.repositories
-  name                 = "${var.name}/${each.value}"
+  for_each             = toset(var.deployables)
+  name                 = local.names[each.value]
   image_tag_mutability = "IMMUTABLE"
   image_scanning_configuration {
     scan_on_push = true
@@ -38,4 +35,8 @@ resource "aws_ecr_lifecycle_policy" "this" {
       },
     ]
   })
+}
+
+locals {
+  names = { for deployable in var.deployables : deployable => "${var.name}/${deployable}" }
 }

@@ -1,6 +1,11 @@
 variable "name" {
-  description = "Name prefix: repositories are NAME/controller, NAME/image-runner, NAME/nlp-runner."
+  description = "Name prefix: repositories are NAME/<deployable>."
   type        = string
+}
+
+variable "deployables" {
+  description = "What gets a repository: the controller and every runner (the root passes keys(var.runners))."
+  type        = list(string)
 }
 
 variable "kms_key_arn" {

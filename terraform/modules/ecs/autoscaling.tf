@@ -3,7 +3,7 @@
 
 resource "aws_appautoscaling_target" "controller" {
   service_namespace  = "ecs"
-  resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.this["controller"].name}"
+  resource_id        = "service/${aws_ecs_cluster.this.name}/${aws_ecs_service.this[var.controller_service].name}"
   scalable_dimension = "ecs:service:DesiredCount"
   min_capacity       = var.controller.min_count
   max_capacity       = var.controller.max_count
@@ -55,7 +55,7 @@ resource "aws_appautoscaling_policy" "controller_backlog" {
             }
             dimensions {
               name  = "ServiceName"
-              value = aws_ecs_service.this["controller"].name
+              value = aws_ecs_service.this[var.controller_service].name
             }
           }
         }

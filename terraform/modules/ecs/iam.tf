@@ -1,5 +1,5 @@
-# Least privilege: one execution role (pull images, write logs), and one task role per
-# service with only what that service does.
+# Least privilege: one execution role (pull images, write logs, read the tasks' Consul
+# secrets from SSM), and one task role per service with only what that service does.
 
 data "aws_iam_policy_document" "ecs_tasks_assume" {
   statement {
@@ -32,6 +32,30 @@ data "aws_iam_policy_document" "execution" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = [for group in aws_cloudwatch_log_group.service : "${group.arn}:*"]
   }
+  # ECS `secrets`: every task's agent (gossip key, CA, agent token) and each service's
+  # token. Not the management token nor the CA's key: no task ever gets those.
+  statement {
+    sid       = "ConsulSecrets"
+    actions   = ["ssm:GetParameters"]
+    resources = local.task_secret_arns
+  }
+  statement {
+    sid       = "ConsulSecretsDecryption"
+    actions   = ["kms:Decrypt"]
+    resources = [var.mesh.kms_key_arn]
+    condition {
+      test     = "StringEquals"
+      variable = "kms:ViaService"
+      values   = ["ssm.${data.aws_region.current.name}.amazonaws.com"]
+    }
+  }
+}
+
+locals {
+  task_secret_arns = distinct(concat(
+    [var.mesh.gossip_key_arn, var.mesh.ca_cert_arn, var.mesh.agent_token_arn, var.mesh.controller_token_arn, var.mesh.prometheus_token_arn],
+    values(var.mesh.runner_token_arns),
+  ))
 }
 
 resource "aws_iam_role_policy" "execution" {
@@ -40,8 +64,8 @@ resource "aws_iam_role_policy" "execution" {
   policy = data.aws_iam_policy_document.execution.json
 }
 
-# What every task needs: ECS Exec (operators' shells and port forwards, through SSM) and,
-# with the sidecar, the Consul agent's cloud auto-join.
+# What every task needs: ECS Exec (operators' shells and port forwards, through SSM) and
+# the Consul agent's cloud auto-join.
 data "aws_iam_policy_document" "task_common" {
   statement {
     sid = "EcsExec"
@@ -51,13 +75,10 @@ data "aws_iam_policy_document" "task_common" {
     ]
     resources = ["*"] # ssmmessages actions have no resource type
   }
-  dynamic "statement" {
-    for_each = local.consul_sidecar ? [1] : []
-    content {
-      sid       = "ConsulAutoJoin"
-      actions   = ["ec2:DescribeInstances"]
-      resources = ["*"] # DescribeInstances cannot be scoped to resources
-    }
+  statement {
+    sid       = "ConsulAutoJoin"
+    actions   = ["ec2:DescribeInstances"]
+    resources = ["*"] # DescribeInstances cannot be scoped to resources
   }
 }
 

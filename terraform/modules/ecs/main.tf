@@ -1,42 +1,80 @@
-# The ECS cluster (Fargate), its Cloud Map namespace (Prometheus finds every controller
-# and runner task there), the tasks' security group and log groups, and the shared
-# pieces of every task definition: the Consul client agent sidecar, logging and the
-# environment that points at Consul and the collector.
+# The ECS cluster (Fargate), its Cloud Map namespace (the services' OTLP endpoint), the
+# tasks' security groups and log groups, and the shared pieces of every task definition:
+# the Consul client agent that runs in each task, logging, and the environment that points
+# at that agent and the collector.
 
 data "aws_region" "current" {}
 
 locals {
   namespace = "${var.name}.internal"
-  # With a retry_join, a Consul client agent runs in every task and the service talks to
-  # it on loopback: registrations then live and die with the task, like on a VM.
-  consul_sidecar   = var.consul.retry_join != ""
-  consul_http_addr = local.consul_sidecar ? "127.0.0.1:8500" : var.consul.http_address
+
+  # Every task runs a Consul client agent and its service talks to it over HTTPS on
+  # loopback, with its own ACL token: registrations live and die with the task, and each
+  # service gets its Connect leaf certificate from its own agent.
+  consul_https_port = 8501
+  consul_ca_file    = "/consul/ca/ca.pem" # on the task's "consul-ca" volume
+  consul_environment = [
+    { name = "CONSUL_HTTP_ADDR", value = "https://127.0.0.1:${local.consul_https_port}" },
+    { name = "CONSUL_CACERT", value = local.consul_ca_file },
+  ]
+  consul_ca_mount = { sourceVolume = "consul-ca", containerPath = "/consul/ca", readOnly = true }
+  # The agent's configuration: joins the cluster, HTTPS only (auto-encrypt certificate
+  # from the servers, signed by the stack's CA), gossip encrypted and verified, ACLs on
+  # with default deny, Connect. The client address is the task's own loopback.
+  consul_agent_config = jsonencode({
+    datacenter              = var.consul.datacenter
+    bind_addr               = "{{ GetPrivateInterfaces | include \"type\" \"IPv4\" | attr \"address\" }}"
+    client_addr             = "127.0.0.1"
+    retry_join              = [var.consul.retry_join]
+    ports                   = { http = -1, https = local.consul_https_port, dns = -1 }
+    encrypt_verify_incoming = true
+    encrypt_verify_outgoing = true
+    tls = {
+      defaults     = { ca_file = local.consul_ca_file, verify_outgoing = true }
+      internal_rpc = { verify_server_hostname = true }
+    }
+    auto_encrypt = { tls = true }
+    acl          = { enabled = true, default_policy = "deny", down_policy = "extend-cache", enable_token_persistence = false }
+    connect      = { enabled = true }
+  })
   consul_agent = {
-    # The image's entrypoint adds -data-dir and -config-dir to `agent`.
     name      = "consul-agent"
     image     = "hashicorp/consul:${var.consul.version}"
     essential = true
-    command = [
-      "agent",
-      "-datacenter=${var.consul.datacenter}",
-      "-client=127.0.0.1",
-      "-bind={{ GetPrivateInterfaces | include \"type\" \"IPv4\" | attr \"address\" }}",
-      "-retry-join=${var.consul.retry_join}",
+    # Secrets arrive as environment (ECS `secrets`, from SSM SecureString) and go into
+    # files only the agent reads: the gossip key and agent token into its config, the CA
+    # onto the shared volume for the service's CONSUL_CACERT. The image's entrypoint adds
+    # -data-dir and -config-dir and drops to the consul user.
+    entryPoint = ["/bin/sh", "-ec"]
+    command = [join("\n", [
+      "printf '%s\\n' \"$CONSUL_CA_PEM\" > ${local.consul_ca_file} && chmod 0644 ${local.consul_ca_file}",
+      "umask 077",
+      "printf '%s' \"$CONSUL_AGENT_CONFIG\" > /consul/config/agent.json",
+      "printf '{\"encrypt\":\"%s\",\"acl\":{\"tokens\":{\"agent\":\"%s\"}}}' \"$CONSUL_GOSSIP_KEY\" \"$CONSUL_HTTP_TOKEN\" > /consul/config/secrets.json",
+      "chown consul:consul /consul/config/agent.json /consul/config/secrets.json",
+      "unset CONSUL_GOSSIP_KEY CONSUL_CA_PEM",
+      "exec docker-entrypoint.sh agent",
+    ])]
+    environment = concat(local.consul_environment, [{ name = "CONSUL_AGENT_CONFIG", value = local.consul_agent_config }])
+    secrets = [
+      { name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.agent_token_arn }, # also the health check's
+      { name = "CONSUL_GOSSIP_KEY", valueFrom = var.mesh.gossip_key_arn },
+      { name = "CONSUL_CA_PEM", valueFrom = var.mesh.ca_cert_arn },
     ]
+    mountPoints = [merge(local.consul_ca_mount, { readOnly = false })]
     healthCheck = {
       command     = ["CMD", "consul", "members"]
       interval    = 10
       timeout     = 5
       retries     = 3
-      startPeriod = 10
+      startPeriod = 20
     }
   }
-  common_environment = [
-    { name = "CONSUL_HTTP_ADDR", value = local.consul_http_addr },
+  common_environment = concat(local.consul_environment, [
     { name = "OTEL_EXPORTER_OTLP_ENDPOINT", value = var.otlp_endpoint },
     { name = "PLUGWORKER_LOG_FORMAT", value = "json" },
     { name = "RUST_LOG", value = "info" },
-  ]
+  ])
 }
 
 resource "aws_ecs_cluster" "this" {
@@ -58,69 +96,13 @@ resource "aws_ecs_cluster_capacity_providers" "this" {
 
 resource "aws_service_discovery_private_dns_namespace" "this" {
   name        = local.namespace
-  description = "plugworker tasks, for Prometheus and the collector"
+  description = "plugworker tasks: the collector's OTLP endpoint"
   vpc         = var.vpc_id
-}
-
-resource "aws_security_group" "tasks" {
-  name        = "${var.name}-tasks"
-  description = "plugworker tasks: gRPC, metrics, OTLP and Consul gossip inside the VPC"
-  vpc_id      = var.vpc_id
-
-  ingress {
-    description = "tasks talk to each other: gRPC to runners, scrapes, OTLP, Grafana"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    self        = true
-  }
-  ingress {
-    description = "Consul gossip (TCP) and health checks from the servers"
-    from_port   = 8301
-    to_port     = 8301
-    protocol    = "tcp"
-    cidr_blocks = [var.vpc_cidr]
-  }
-  ingress {
-    description = "Consul gossip (UDP)"
-    from_port   = 8301
-    to_port     = 8301
-    protocol    = "udp"
-    cidr_blocks = [var.vpc_cidr]
-  }
-  ingress {
-    description = "gRPC health checks by Consul agents elsewhere in the VPC"
-    from_port   = 50051
-    to_port     = 50051
-    protocol    = "tcp"
-    cidr_blocks = [var.vpc_cidr]
-  }
-  egress {
-    description = "HTTPS: AWS APIs (endpoints), image_url jobs and images (through NAT)"
-    from_port   = 443
-    to_port     = 443
-    protocol    = "tcp"
-    cidr_blocks = ["0.0.0.0/0"]
-  }
-  egress {
-    description = "HTTP image_url jobs (through NAT)"
-    from_port   = 80
-    to_port     = 80
-    protocol    = "tcp"
-    cidr_blocks = ["0.0.0.0/0"]
-  }
-  egress {
-    description = "gRPC to runners, Consul servers and gossip, OTLP, scrapes: inside the VPC"
-    from_port   = 0
-    to_port     = 0
-    protocol    = "-1"
-    cidr_blocks = [var.vpc_cidr]
-  }
 }
 
 resource "aws_cloudwatch_log_group" "service" {
   # Not keys(local.services): those services' containers refer to these groups.
-  for_each          = toset(concat(["controller"], keys(var.runners)))
+  for_each          = toset(concat([var.controller_service], keys(var.runners)))
   name              = "/${var.name}/${each.value}"
   retention_in_days = var.log_retention_days
   kms_key_id        = var.logs_kms_key_arn

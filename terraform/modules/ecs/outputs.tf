@@ -18,9 +18,19 @@ output "namespace_id" {
   value       = aws_service_discovery_private_dns_namespace.this.id
 }
 
-output "tasks_security_group_id" {
-  description = "Security group of every plugworker task."
-  value       = aws_security_group.tasks.id
+output "observability_security_group_id" {
+  description = "Security group of the observability task (Prometheus may scrape the services; they may send it OTLP)."
+  value       = aws_security_group.observability.id
+}
+
+output "consul_agent_container" {
+  description = "The Consul client agent container (without its log configuration), for other tasks of the stack."
+  value       = local.consul_agent
+}
+
+output "consul_ca_mount" {
+  description = "Read-only mount of the task volume \"consul-ca\" where the agent writes the CA."
+  value       = local.consul_ca_mount
 }
 
 output "execution_role_arn" {

@@ -1,6 +1,6 @@
-# Task definitions and services: the controller and each runner, every task with its
-# Consul client agent (when joining a cluster), logs to CloudWatch, traces to the
-# collector, and a Cloud Map A record per task for Prometheus.
+# Task definitions and services: the controller and each runner of var.runners, every task
+# with its Consul client agent, its own Consul token (ECS `secrets`, from SSM), logs to
+# CloudWatch and traces to the collector. Prometheus finds them in Consul.
 
 locals {
   # The controller's shutdown on SIGTERM: a receive in progress ends (at most the receive
@@ -10,31 +10,36 @@ locals {
   # scripts/deploy_checks/shutdown_rules.py; Fargate allows at most 120 s).
   controller_shutdown_grace_seconds = 30
   controller_receive_wait_seconds   = 20
+  # Health (/healthz) and Prometheus metrics (/metrics) of the controller.
+  controller_health_port = 9090
 
-  with_agent = local.consul_sidecar ? [local.consul_agent] : []
-  # The service waits for its agent: it registers (runners) or queries (controller) there.
-  wait_for_agent = local.consul_sidecar ? [{ containerName = "consul-agent", condition = "HEALTHY" }] : []
+  # The service waits for its agent: it registers there and gets its certificate there.
+  wait_for_agent = [{ containerName = "consul-agent", condition = "HEALTHY" }]
 
   controller_container = {
-    name         = "controller"
-    image        = "${var.image_repositories["controller"]}:${var.image_tag}"
+    name         = var.controller_service
+    image        = var.images[var.controller_service]
     essential    = true
     command      = ["controller"]
-    portMappings = [{ containerPort = 9090, protocol = "tcp" }]
+    portMappings = [{ containerPort = local.controller_health_port, protocol = "tcp" }]
     environment = concat(local.common_environment, [
+      # Its Connect identity: the source of every intention (controller -> each runner).
+      { name = "PLUGWORKER_MESH_SERVICE", value = var.controller_service },
       { name = "AWS_REGION", value = data.aws_region.current.name },
       { name = "PLUGWORKER_JOBS_QUEUE_URL", value = var.queues["jobs"].url },
       { name = "PLUGWORKER_RESULTS_QUEUE_URL", value = var.queues["results"].url },
       { name = "PLUGWORKER_DLQ_URL", value = var.queues["dlq"].url },
       { name = "PLUGWORKER_JOB_TIMEOUT", value = "${var.job_timeout_seconds}s" },
       { name = "PLUGWORKER_MAX_IN_FLIGHT", value = tostring(var.controller.max_in_flight) },
-      { name = "PLUGWORKER_HEALTH_ADDRESS", value = "0.0.0.0:9090" },
+      { name = "PLUGWORKER_HEALTH_ADDRESS", value = "0.0.0.0:${local.controller_health_port}" },
       { name = "PLUGWORKER_PAYLOAD_BUCKET", value = var.payloads.name },
       { name = "PLUGWORKER_PAYLOAD_KEY_PREFIX", value = var.payloads.key_prefix },
       { name = "PLUGWORKER_SHUTDOWN_GRACE", value = "${local.controller_shutdown_grace_seconds}s" },
       { name = "PLUGWORKER_RECEIVE_WAIT", value = "${local.controller_receive_wait_seconds}s" },
       { name = "OTEL_SERVICE_NAME", value = "plugworker-controller" },
     ])
+    secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn }]
+    mountPoints = [local.consul_ca_mount]
     healthCheck = {
       command     = ["CMD", "plugworker", "healthcheck"]
       interval    = 10
@@ -44,20 +49,30 @@ locals {
     }
     dependsOn        = local.wait_for_agent
     stopTimeout      = local.controller_shutdown_grace_seconds + 30 # see controller_shutdown_grace_seconds
-    logConfiguration = local.log_configuration["controller"]
+    logConfiguration = local.log_configuration[var.controller_service]
   }
 
   runner_containers = {
     for name, runner in var.runners : name => {
-      name         = name
-      image        = "${var.image_repositories[name]}:${var.image_tag}"
-      essential    = true
-      portMappings = [{ containerPort = 50051, protocol = "tcp" }, { containerPort = 9464, protocol = "tcp" }]
+      name      = name
+      image     = var.images[name]
+      essential = true
+      portMappings = [
+        { containerPort = runner.port, protocol = "tcp" },
+        { containerPort = runner.health_port, protocol = "tcp" },
+        { containerPort = runner.metrics_port, protocol = "tcp" },
+      ]
       environment = concat(local.common_environment, [
-        { name = "PLUGWORKER_LISTEN", value = "0.0.0.0:50051" },
-        { name = "PLUGWORKER_METRICS_ADDRESS", value = "0.0.0.0:9464" },
+        # Runner, reflection and health over Connect mTLS only: no plaintext mode on AWS.
+        { name = "PLUGWORKER_LISTEN", value = "0.0.0.0:${runner.port}" },
+        # gRPC health alone, plaintext: for the Consul agent's check (in this task) and
+        # the container health probe.
+        { name = "PLUGWORKER_HEALTH_LISTEN", value = "0.0.0.0:${runner.health_port}" },
+        { name = "PLUGWORKER_METRICS_ADDRESS", value = "0.0.0.0:${runner.metrics_port}" },
         { name = "OTEL_SERVICE_NAME", value = name },
       ])
+      secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.runner_token_arns[name] }]
+      mountPoints = [local.consul_ca_mount]
       healthCheck = {
         command     = ["CMD", name, "--health-probe"]
         interval    = 10
@@ -76,7 +91,7 @@ locals {
 locals {
   services = merge(
     {
-      controller = {
+      (var.controller_service) = {
         container = local.controller_container
         cpu       = var.controller.cpu
         memory    = var.controller.memory
@@ -107,28 +122,16 @@ resource "aws_ecs_task_definition" "this" {
   task_role_arn            = each.value.task_role
   runtime_platform {
     operating_system_family = "LINUX"
-    cpu_architecture        = "X86_64" # the image-runner carries the x86_64 ONNX Runtime
+    cpu_architecture        = "X86_64" # runner images carry x86_64 builds (ONNX Runtime)
   }
-  container_definitions = jsonencode(concat(
-    [each.value.container],
-    [for agent in local.with_agent : merge(agent, { logConfiguration = local.log_configuration[each.key] })],
-  ))
-}
-
-resource "aws_service_discovery_service" "this" {
-  for_each = local.services
-  name     = each.key
-  dns_config {
-    namespace_id   = aws_service_discovery_private_dns_namespace.this.id
-    routing_policy = "MULTIVALUE"
-    dns_records {
-      type = "A"
-      ttl  = 10
-    }
+  # The agent writes the CA here; the service reads it (CONSUL_CACERT).
+  volume {
+    name = "consul-ca"
   }
-  health_check_custom_config {
-    failure_threshold = 1
-  }
+  container_definitions = jsonencode([
+    each.value.container,
+    merge(local.consul_agent, { logConfiguration = local.log_configuration[each.key] }),
+  ])
 }
 
 resource "aws_ecs_service" "this" {
@@ -142,11 +145,8 @@ resource "aws_ecs_service" "this" {
   propagate_tags         = "SERVICE"
   network_configuration {
     subnets          = var.subnet_ids
-    security_groups  = [aws_security_group.tasks.id]
+    security_groups  = [each.key == var.controller_service ? aws_security_group.controller.id : aws_security_group.runner[each.key].id]
     assign_public_ip = false
-  }
-  service_registries {
-    registry_arn = aws_service_discovery_service.this[each.key].arn
   }
   deployment_circuit_breaker {
     enable   = true

@@ -18,19 +18,14 @@ variable "subnet_ids" {
   type        = list(string)
 }
 
-variable "image_repositories" {
-  description = "ECR repository URL by deployable (controller, image-runner, nlp-runner)."
+variable "images" {
+  description = "Image reference (repository@digest) by deployable: the controller and every runner."
   type        = map(string)
 }
 
 variable "image_repository_arns" {
-  description = "ARNs of those repositories (the execution role may pull from them only)."
+  description = "ARNs of the image repositories (the execution role may pull from them only)."
   type        = list(string)
-}
-
-variable "image_tag" {
-  description = "Image tag to run."
-  type        = string
 }
 
 variable "queues" {
@@ -54,12 +49,31 @@ variable "job_timeout_seconds" {
 }
 
 variable "consul" {
-  description = "How tasks reach Consul: retry_join (a client agent runs in each task) or http_address (an existing agent or cluster address, used directly)."
-  type        = object({ retry_join = string, http_address = string, version = string, datacenter = string })
+  description = "How every task's Consul client agent joins the cluster: retry_join (go-discover), version, datacenter."
+  type        = object({ retry_join = string, version = string, datacenter = string })
   validation {
-    condition     = var.consul.retry_join != "" || var.consul.http_address != ""
-    error_message = "consul: set retry_join or http_address."
+    condition     = var.consul.retry_join != ""
+    error_message = "consul.retry_join: every task runs a client agent that must join a cluster."
   }
+}
+
+variable "mesh" {
+  description = "The mesh's secrets (modules/mesh): SSM parameter ARNs of the gossip key, CA certificate and tokens, and the KMS key encrypting them."
+  type = object({
+    gossip_key_arn       = string
+    ca_cert_arn          = string
+    agent_token_arn      = string
+    controller_token_arn = string
+    prometheus_token_arn = string
+    runner_token_arns    = map(string)
+    kms_key_arn          = string
+  })
+}
+
+variable "controller_service" {
+  description = "Consul service name (and Connect identity) of the controller; also its ECS service, log group and image key."
+  type        = string
+  default     = "controller"
 }
 
 variable "otlp_endpoint" {
@@ -80,13 +94,16 @@ variable "controller" {
 }
 
 variable "runners" {
-  description = "Runner task sizes and autoscaling, by runner name."
+  description = "Runner task sizes, autoscaling and ports, by runner name (the root's var.runners)."
   type = map(object({
-    cpu        = number
-    memory     = number
-    min_count  = number
-    max_count  = number
-    cpu_target = number
+    cpu          = number
+    memory       = number
+    min_count    = number
+    max_count    = number
+    cpu_target   = number
+    port         = number
+    health_port  = number
+    metrics_port = number
   }))
 }
 

@@ -1,6 +1,7 @@
 # Traces and metrics on AWS: one Fargate task with the OpenTelemetry Collector (OTLP in
 # from every service), Tempo (traces), Prometheus (scrapes every controller and runner
-# task found in Cloud Map, and the collector's span metrics) and Grafana (provisioned
+# instance found in Consul, and the collector's span metrics; a Consul client agent runs
+# in the task for it, as in every task of the stack) and Grafana (provisioned
 # with the same data sources and dashboard as the local stack). Configurations come from
 # infra/, with the addresses that differ inside one task rewritten: the containers share
 # the task's network, so Tempo takes OTLP on 4417 (the collector owns 4317) and everything
@@ -15,12 +16,14 @@ data "aws_region" "current" {}
 data "aws_caller_identity" "current" {}
 
 locals {
-  infra            = "${path.module}/../../../infra"
-  collector_config = replace(file("${local.infra}/otel-collector.yaml"), "endpoint: tempo:4317", "endpoint: localhost:4417")
-  tempo_config     = replace(file("${local.infra}/tempo.yaml"), "endpoint: 0.0.0.0:4317", "endpoint: 0.0.0.0:4417")
+  infra             = "${path.module}/../../../infra"
+  collector_config  = replace(file("${local.infra}/otel-collector.yaml"), "endpoint: tempo:4317", "endpoint: localhost:4417")
+  tempo_config      = replace(file("${local.infra}/tempo.yaml"), "endpoint: 0.0.0.0:4317", "endpoint: 0.0.0.0:4417")
+  consul_token_file = "/prometheus/consul-token"
   prometheus_config = templatefile("${path.module}/prometheus.yml.tftpl", {
-    namespace    = var.namespace
-    runner_names = var.runner_names
+    consul_https_port = 8501
+    ca_file           = "${var.consul_ca_mount.containerPath}/ca.pem"
+    token_file        = local.consul_token_file
   })
   datasources_config = replace(replace(file("${local.infra}/grafana/provisioning/datasources/datasources.yaml"),
   "http://prometheus:9090", "http://localhost:9090"), "http://tempo:3200", "http://localhost:3200")
@@ -61,6 +64,7 @@ resource "aws_iam_role_policy" "execution" {
         Action   = ["ssm:GetParameters"]
         Resource = local.parameter_arn
       },
+
     ]
   })
 }
@@ -94,6 +98,10 @@ resource "aws_ecs_task_definition" "this" {
   ephemeral_storage {
     size_in_gib = 100
   }
+  # The agent writes the CA here; Prometheus reads it.
+  volume {
+    name = "consul-ca"
+  }
   runtime_platform {
     operating_system_family = "LINUX"
     cpu_architecture        = "X86_64"
@@ -120,13 +128,23 @@ resource "aws_ecs_task_definition" "this" {
       logConfiguration = local.log
     },
     {
-      name             = "prometheus"
-      image            = var.images.prometheus
-      essential        = true
-      entryPoint       = ["/bin/sh", "-c"]
-      command          = ["printf '%s' \"$PROMETHEUS_CONFIG\" > /tmp/prometheus.yml && exec /bin/prometheus --config.file=/tmp/prometheus.yml --storage.tsdb.path=/prometheus --storage.tsdb.retention.time=15d --web.enable-remote-write-receiver"]
+      name       = "prometheus"
+      image      = var.images.prometheus
+      essential  = true
+      entryPoint = ["/bin/sh", "-c"]
+      # The read-only Consul token arrives from SSM (ECS secrets) and goes to a file only
+      # Prometheus reads (consul_sd_configs' credentials_file), out of the environment.
+      command = [join(" && ", [
+        "printf '%s' \"$PROMETHEUS_CONFIG\" > /tmp/prometheus.yml",
+        "(umask 077 && printf '%s' \"$CONSUL_HTTP_TOKEN\" > ${local.consul_token_file})",
+        "unset CONSUL_HTTP_TOKEN",
+        "exec /bin/prometheus --config.file=/tmp/prometheus.yml --storage.tsdb.path=/prometheus --storage.tsdb.retention.time=15d --web.enable-remote-write-receiver",
+      ])]
       environment      = [{ name = "PROMETHEUS_CONFIG", value = local.prometheus_config }]
+      secrets          = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.prometheus_consul_token_arn }]
+      mountPoints      = [var.consul_ca_mount]
       portMappings     = [{ containerPort = 9090, protocol = "tcp" }]
+      dependsOn        = [{ containerName = "consul-agent", condition = "HEALTHY" }]
       logConfiguration = local.log
     },
     {
@@ -153,6 +171,7 @@ resource "aws_ecs_task_definition" "this" {
       dependsOn        = [{ containerName = "prometheus", condition = "START" }, { containerName = "tempo", condition = "START" }]
       logConfiguration = local.log
     },
+    merge(var.consul_agent_container, { logConfiguration = local.log }),
   ])
 }
 

@@ -14,7 +14,7 @@ variable "subnet_ids" {
 }
 
 variable "security_group_id" {
-  description = "The plugworker tasks' security group (the task scrapes them and receives their OTLP)."
+  description = "The observability task's security group (the services' groups let it scrape them; its own lets their OTLP in)."
   type        = string
 }
 
@@ -28,9 +28,19 @@ variable "namespace" {
   type        = string
 }
 
-variable "runner_names" {
-  description = "Runner services Prometheus scrapes."
-  type        = list(string)
+variable "consul_agent_container" {
+  description = "The stack's Consul client agent container (modules/ecs), run in this task for Prometheus's service discovery."
+  type        = any
+}
+
+variable "consul_ca_mount" {
+  description = "Read-only mount of the volume where the agent writes the CA."
+  type        = object({ sourceVolume = string, containerPath = string, readOnly = bool })
+}
+
+variable "prometheus_consul_token_arn" {
+  description = "SSM SecureString parameter with Prometheus's read-only Consul token."
+  type        = string
 }
 
 variable "execution_role_arn" {
