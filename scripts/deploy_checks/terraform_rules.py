@@ -1,6 +1,10 @@
 """HCL assertions on terraform/: the rules the deployment must keep whatever else changes."""
+import ast
 import pathlib
 import re
+
+import hcl2
+import yaml
 
 from . import hcl
 from .hcl import Block
@@ -359,11 +363,455 @@ def s3_buckets(tree) -> list:
     return problems
 
 
+# ---------------------------------------------------------------------------------------
+# Runners as data: runners.auto.tfvars is the one place a runner is named.
+
+RUNNERS_FILE = "runners.auto.tfvars"
+# Files under terraform/ that are not code: Terraform's own working files and state.
+NOT_CODE = (".terraform", ".terraform.lock.hcl")
+# A string literal naming a runner by the convention (`"ocr-runner"`), wherever it appears.
+RUNNER_LITERAL = re.compile(r"""["']([a-z0-9][a-z0-9-]*-runner)["']""")
+
+
+def runner_names(terraform_dir) -> list:
+    """The runners the stack deploys: the keys of `runners` in runners.auto.tfvars."""
+    path = pathlib.Path(terraform_dir) / RUNNERS_FILE
+    if not path.exists():
+        raise SystemExit(f"{path}: missing; it names the runners the stack deploys")
+    with open(path) as handle:
+        try:
+            document = hcl2.load(handle)
+        except Exception as error:  # the parser's errors have no common base
+            raise SystemExit(f"{path}: does not parse as HCL: {error}")
+    runners = _one(document.get("runners"))
+    if not isinstance(runners, dict) or not runners:
+        raise SystemExit(f"{path}: sets no `runners` map")
+    return sorted(name for name in runners if not name.startswith("__"))
+
+
+def _code_files(root: pathlib.Path):
+    for path in sorted(root.rglob("*")):
+        if not path.is_file() or any(part.startswith(NOT_CODE) for part in path.relative_to(root).parts):
+            continue
+        if path.name.endswith((".tfstate", ".tfstate.backup")) or path.name == RUNNERS_FILE:
+            continue
+        # Operators' own settings (terraform.tfvars is not committed) are not the code.
+        if path.suffix == ".tfvars":
+            continue
+        try:
+            yield path, path.read_text()
+        except UnicodeDecodeError:
+            continue
+
+
+def runner_names_only_in_tfvars(root: pathlib.Path) -> list:
+    """No runner is named anywhere in terraform/ but runners.auto.tfvars: not in a
+    default, a validation, a list, a comment or the example settings; and no `*-runner`
+    string literal either (a runner that is not deployed yet is named nowhere too)."""
+    problems = []
+    try:
+        names = runner_names(root)
+    except SystemExit as error:
+        return [str(error)]
+    named = re.compile(r"(?<![A-Za-z0-9_-])(" + "|".join(re.escape(n) for n in names) + r")(?![A-Za-z0-9_-])")
+    for path, text in _code_files(root):
+        for number, line in enumerate(text.splitlines(), 1):
+            found = set(named.findall(line)) | set(RUNNER_LITERAL.findall(line))
+            for name in sorted(found):
+                problems.append(f"{path}:{number}: names the runner {name}; runners are named only in {RUNNERS_FILE} (the code follows from var.runners)")
+    variables = [b for b in hcl.load_dir(root) if b.kind == "variable" and b.name == "runners"]
+    if not variables:
+        problems.append(f"{root}/variables.tf: no variable \"runners\"")
+    elif variables[0].attr("default") is not None:
+        problems.append(f"{variables[0].where()}: variable runners has a default; its value lives in {RUNNERS_FILE}")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# The mesh: Consul ACLs, gossip encryption, TLS, Connect and intentions (issue 13).
+
+SERVER_SCRIPT = "modules/consul/server.sh.tftpl"
+MESH_SCRIPT = "modules/consul/mesh.sh"
+PROMETHEUS_TEMPLATE = "modules/observability/prometheus.yml.tftpl"
+
+
+def _one(node):
+    """python-hcl2 wraps values and blocks in one-element lists; "${-1}" is -1."""
+    while isinstance(node, list) and len(node) == 1:
+        node = node[0]
+    if node == "${-1}":
+        return -1
+    return node
+
+
+def _get(node, *path):
+    for key in path:
+        node = _one(node)
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return _one(node)
+
+
+def server_config(root: pathlib.Path):
+    """The Consul servers' configuration: the HCL the bootstrap script writes to
+    /etc/consul.d/consul.hcl (template placeholders in value position read as 0)."""
+    path = root / SERVER_SCRIPT
+    if not path.exists():
+        return None, f"{path}: missing"
+    match = re.search(r"<<'CONFIG'\n(.*?)\nCONFIG\n", path.read_text(), re.S)
+    if not match:
+        return None, f"{path}: no consul.hcl heredoc (<<'CONFIG' ... CONFIG)"
+    text = re.sub(r"=\s*\$\{\w+\}\s*$", "= 0", match.group(1), flags=re.M)
+    try:
+        return hcl2.loads(text), str(path)
+    except Exception as error:  # the parser's errors have no common base
+        return None, f"{path}: the server configuration does not parse as HCL: {error}"
+
+
+def _jsonencoded(value):
+    """The object inside `jsonencode({...})` as python-hcl2 renders it, or None."""
+    match = re.fullmatch(r"\$\{jsonencode\((.*)\)\}", str(hcl.unwrap(value)), re.S)
+    if not match:
+        return None
+    try:
+        return ast.literal_eval(match.group(1))
+    except (ValueError, SyntaxError):
+        return None
+
+
+def _local(tree, module: str, name: str):
+    found = [b for b in tree.get(module, []) if b.kind == "locals" and b.name == name]
+    return (found[0], hcl.unwrap(found[0].body["value"])) if found else (None, None)
+
+
+def agent_config(tree):
+    """The configuration of the Consul client agent in every task (modules/ecs)."""
+    block, value = _local(tree, "ecs", "consul_agent_config")
+    if block is None:
+        return None, "terraform/modules/ecs: no local consul_agent_config (the task agents' configuration)"
+    config = _jsonencoded(value)
+    if not isinstance(config, dict):
+        return None, f"{block.where()}: consul_agent_config is not a jsonencode({{...}}) of a literal object"
+    return config, block.where()
+
+
+def _configs(tree, root):
+    """(what, config or None, where) for the servers and the task agents."""
+    server, server_where = server_config(root)
+    agent, agent_where = agent_config(tree)
+    return [("the Consul servers", server, server_where), ("the task agents", agent, agent_where)]
+
+
+def consul_acls(tree, root: pathlib.Path) -> list:
+    """ACLs on with default deny, on the servers and on every task's agent."""
+    problems = []
+    for what, config, where in _configs(tree, root):
+        if config is None:
+            problems.append(where)
+            continue
+        if _get(config, "acl", "enabled") is not True:
+            problems.append(f"{where}: {what} do not enable ACLs (acl.enabled = true)")
+        if _get(config, "acl", "default_policy") != "deny":
+            problems.append(f"{where}: {what}' ACL default policy is {_get(config, 'acl', 'default_policy')!r}, not \"deny\"")
+    return problems
+
+
+def gossip_encryption(tree, root: pathlib.Path) -> list:
+    """Gossip is encrypted with a generated key (>= 32 random bytes, in SSM) and both
+    directions are verified, on the servers and the task agents."""
+    problems = []
+    for what, config, where in _configs(tree, root):
+        if config is None:
+            problems.append(where)
+            continue
+        for key in ("encrypt_verify_incoming", "encrypt_verify_outgoing"):
+            if _get(config, key) is False:
+                problems.append(f"{where}: {what} set {key} = false")
+    script = (root / SERVER_SCRIPT).read_text() if (root / SERVER_SCRIPT).exists() else ""
+    if not re.search(r"--arg encrypt \"\$\(param \"\$\{prefix\}/gossip-key\"\)\"", script) or "encrypt: $encrypt" not in script:
+        problems.append(f"{root / SERVER_SCRIPT}: the servers' encrypt key is not read from the SSM parameter gossip-key")
+    _, agent = _local(tree, "ecs", "consul_agent")
+    agent_text = str(agent)
+    if "CONSUL_GOSSIP_KEY" not in agent_text or not re.search(r"encrypt\W+:\W+%s", agent_text):
+        problems.append("terraform/modules/ecs: the task agents do not write the gossip key (secret CONSUL_GOSSIP_KEY) into their configuration as encrypt")
+    keys = [b for b in tree.get("mesh", []) if b.kind == "resource" and b.type == "random_bytes"]
+    if not keys or not all(isinstance(k.attr("length"), int) and k.attr("length") >= 32 for k in keys):
+        problems.append("terraform/modules/mesh: no gossip key generated as random_bytes of length >= 32")
+    parameters = [b for b in tree.get("mesh", []) if b.kind == "resource" and b.type == "aws_ssm_parameter" and "gossip-key" in str(b.attr("name"))]
+    if not parameters or not any("random_bytes." in str(p.attr("value")) for p in parameters):
+        problems.append("terraform/modules/mesh: the gossip-key parameter does not hold the generated random_bytes key")
+    return problems
+
+
+def consul_tls(tree, root: pathlib.Path) -> list:
+    """TLS on RPC (verified both ways, server hostnames checked) and HTTPS only (no HTTP
+    port), auto-encrypt between servers and task agents; every service reaches its agent
+    over https:// with the stack's CA as CONSUL_CACERT."""
+    problems = []
+    for what, config, where in _configs(tree, root):
+        if config is None:
+            problems.append(where)
+            continue
+        if _get(config, "ports", "http") != -1:
+            problems.append(f"{where}: {what} serve plain HTTP (ports.http must be -1)")
+        if not isinstance(_get(config, "ports", "https"), (int, str)) or _get(config, "ports", "https") in (None, -1):
+            problems.append(f"{where}: {what} have no HTTPS port (ports.https)")
+        if _get(config, "tls", "defaults", "verify_outgoing") is not True:
+            problems.append(f"{where}: {what} do not verify outgoing TLS (tls.defaults.verify_outgoing)")
+        if not _get(config, "tls", "defaults", "ca_file"):
+            problems.append(f"{where}: {what} have no CA (tls.defaults.ca_file)")
+        if _get(config, "tls", "internal_rpc", "verify_server_hostname") is not True:
+            problems.append(f"{where}: {what} do not verify server hostnames (tls.internal_rpc.verify_server_hostname)")
+    server, where = server_config(root)
+    if server is not None:
+        if _get(server, "tls", "defaults", "verify_incoming") is not True and _get(server, "tls", "internal_rpc", "verify_incoming") is not True:
+            problems.append(f"{where}: the servers do not verify incoming RPC certificates (tls verify_incoming)")
+        if _get(server, "auto_encrypt", "allow_tls") is not True:
+            problems.append(f"{where}: the servers do not allow auto-encrypt (auto_encrypt.allow_tls)")
+    agent, where = agent_config(tree)
+    if agent is not None and _get(agent, "auto_encrypt", "tls") is not True:
+        problems.append(f"{where}: the task agents do not use auto-encrypt (auto_encrypt.tls)")
+    block, environment = _local(tree, "ecs", "consul_environment")
+    text = str(environment)
+    if block is None or not re.search(r"'CONSUL_HTTP_ADDR', 'value': 'https://", text) or "'CONSUL_CACERT'" not in text:
+        problems.append("terraform/modules/ecs: the services' consul_environment does not set CONSUL_HTTP_ADDR to https://… and CONSUL_CACERT")
+    return problems
+
+
+def connect_enabled(tree, root: pathlib.Path) -> list:
+    """Connect on servers and agents, its CA root the stack's CA (one trust anchor)."""
+    problems = []
+    for what, config, where in _configs(tree, root):
+        if config is None:
+            problems.append(where)
+        elif _get(config, "connect", "enabled") is not True:
+            problems.append(f"{where}: {what} do not enable Connect (connect.enabled = true)")
+    script = (root / SERVER_SCRIPT).read_text() if (root / SERVER_SCRIPT).exists() else ""
+    if not re.search(r"connect:\s*\{ca_config:\s*\{private_key:\s*\$key,\s*root_cert:\s*\$root\}\}", script):
+        problems.append(f"{root / SERVER_SCRIPT}: the Connect CA is not configured with the stack's CA (connect.ca_config private_key/root_cert)")
+    return problems
+
+
+def intentions(tree, root: pathlib.Path) -> list:
+    """Intentions: default deny ("*" from "*") and controller -> each runner, for every
+    runner of var.runners; the servers apply them (mesh.sh, on a timer)."""
+    problems = []
+    parameters = [b for b in tree.get("mesh", []) if b.kind == "resource" and b.type == "aws_ssm_parameter" and b.name == "mesh"]
+    if not parameters:
+        return ["terraform/modules/mesh: no aws_ssm_parameter.mesh (the tokens and intentions the servers create)"]
+    value, where = str(parameters[0].attr("value")), parameters[0].where()
+    if not re.search(r"\{'Kind': 'service-intentions', 'Name': '\*', 'Sources': \[\{'Name': '\*', 'Action': 'deny'\}\]\}", value):
+        problems.append(f"{where}: the intentions have no default deny (service-intentions \"*\" with source \"*\" deny)")
+    if not re.search(r"for (\w+) in var\.runner_names : \{'Kind': 'service-intentions', 'Name': '\$\{\1\}', 'Sources': \[\{'Name': '\$\{var\.controller_service\}', 'Action': 'allow'\}\]\}", value):
+        problems.append(f"{where}: not every runner has the intention controller -> runner allow (for each of var.runner_names)")
+    calls = [b for b in tree.get("", []) if b.kind == "module" and str(b.attr("source")) == "./modules/mesh"]
+    if not calls or calls[0].attr("runner_names") != "${keys(var.runners)}":
+        problems.append(f"{calls[0].where() if calls else root / 'main.tf'}: module mesh must get runner_names = keys(var.runners)")
+    mesh_script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
+    if "consul config write" not in mesh_script or ".intentions[]" not in mesh_script:
+        problems.append(f"{root / MESH_SCRIPT}: does not write the mesh parameter's intentions (consul config write)")
+    script = (root / SERVER_SCRIPT).read_text() if (root / SERVER_SCRIPT).exists() else ""
+    if "${mesh_script}" not in script or "plugworker-consul-mesh.timer" not in script:
+        problems.append(f"{root / SERVER_SCRIPT}: the servers do not install mesh.sh on a timer")
+    return problems
+
+
+def _containers(tree):
+    """(module, label, container dict) of every container definition the stack declares."""
+    found = []
+    for module, block in all_blocks(tree):
+        if block.kind == "locals" and block.name in ("controller_container", "consul_agent"):
+            found.append((module, block.name, _one(block.body["value"]), block))
+        elif block.kind == "locals" and block.name == "runner_containers":
+            value = str(hcl.unwrap(block.body["value"]))
+            found.append((module, "runner_containers", value, block))
+        elif block.kind == "resource" and block.type == "aws_ecs_task_definition":
+            found.append((module, f"aws_ecs_task_definition.{block.name}", block.attr("container_definitions"), block))
+    return found
+
+
+def tokens_from_ssm(tree, root: pathlib.Path) -> list:
+    """Consul tokens reach tasks only through ECS `secrets` from SSM SecureString
+    parameters holding generated IDs; never as plain environment."""
+    problems = []
+    for module, label, container, block in _containers(tree):
+        text = str(container)
+        for name in ("CONSUL_HTTP_TOKEN", "CONSUL_HTTP_TOKEN_FILE", "CONSUL_GOSSIP_KEY", "CONSUL_AGENT_TOKEN"):
+            if re.search(rf"'name': '{name}', 'value'", text) or re.search(rf"\{{\s*name\s*=\s*\\?\"{name}\\?\",\s*value\s*=", text):
+                problems.append(f"{block.where()}: {label} sets {name} as plain environment; tokens come from SSM through `secrets`")
+    wanted = {
+        ("ecs", "controller_container"): r"var\.mesh\.controller_token_arn",
+        ("ecs", "runner_containers"): r"var\.mesh\.runner_token_arns\[\w+\]",
+        ("ecs", "consul_agent"): r"var\.mesh\.agent_token_arn",
+        ("observability", "aws_ecs_task_definition.this"): r"var\.prometheus_consul_token_arn",
+    }
+    containers = {(module, label): (container, block) for module, label, container, block in _containers(tree)}
+    for key, reference in wanted.items():
+        found = containers.get(key)
+        if found is None:
+            problems.append(f"terraform/modules/{key[0]}: no {key[1]} found")
+            continue
+        text = str(found[0])
+        if not re.search(r"'?name'?\s*[:=]\s*\\?['\"]CONSUL_HTTP_TOKEN\\?['\"],\s*'?valueFrom'?\s*[:=]\s*\\?['\"]\$\{" + reference, text):
+            problems.append(f"{found[1].where()}: {key[1]} does not get CONSUL_HTTP_TOKEN from SSM through `secrets` ({reference.replace(chr(92), '')})")
+    for module, block in all_blocks(tree):
+        if block.kind != "resource" or block.type != "aws_ssm_parameter":
+            continue
+        name = str(block.attr("name"))
+        # By what it holds: its name (or, for a for_each of tokens, its resource name).
+        holds = f"{name} {block.name}"
+        if not re.search(r"token|gossip|ca.key", holds):
+            continue
+        if block.attr("type") != "SecureString" or not block.attr("key_id"):
+            problems.append(f"{block.where()}: aws_ssm_parameter.{block.name} ({name}) must be a SecureString with key_id")
+        if "token" in holds and "random_uuid." not in str(block.attr("value")):
+            problems.append(f"{block.where()}: aws_ssm_parameter.{block.name} ({name}) does not hold a generated token (random_uuid)")
+    return problems
+
+
+def _security_group_rules(tree):
+    """(block, rule dict, security group reference) of every ingress rule."""
+    rules = []
+    for _, block in all_blocks(tree):
+        if block.kind != "resource":
+            continue
+        if block.type == "aws_security_group":
+            for rule in block.blocks("ingress"):
+                rules.append((block, rule, f"aws_security_group.{block.name}"))
+        elif block.type in ("aws_vpc_security_group_ingress_rule",) or (block.type == "aws_security_group_rule" and block.attr("type") == "ingress"):
+            target = re.search(r"aws_security_group\.(\w+)", str(block.attr("security_group_id")))
+            rules.append((block, block.body, f"aws_security_group.{target.group(1)}" if target else str(block.attr("security_group_id"))))
+    return rules
+
+
+def runner_ingress(tree) -> list:
+    """A runner's security group lets in: its gRPC port from the controller's group only,
+    its metrics port from the observability (Prometheus) group only, and Consul gossip;
+    nothing else (its plaintext health port is checked from inside the task)."""
+    problems = []
+    groups = [b for b in tree.get("ecs", []) if b.kind == "resource" and b.type == "aws_security_group" and b.name == "runner"]
+    if not groups or groups[0].attr("for_each") != "${var.runners}":
+        return ["terraform/modules/ecs: no aws_security_group.runner for each of var.runners"]
+    allowed = {
+        ("${each.value.port}", "${aws_security_group.controller.id}"),
+        ("${each.value.metrics_port}", "${aws_security_group.observability.id}"),
+    }
+    seen = set()
+    for block, rule, group in _security_group_rules(tree):
+        runner_group = group == "aws_security_group.runner" or (
+            group.startswith("${each.value") and "runner" in str(_get(block.body, "for_each")))
+        if group == "aws_security_group.runner" and block.type == "aws_security_group":
+            problems.append(f"{block.where()}: the runners' group has an inline ingress rule")
+            continue
+        if not runner_group:
+            # Gossip rules apply to every task group (for_each over local.task_security_groups).
+            continue
+        port, source = _get(rule, "from_port"), _get(rule, "referenced_security_group_id") or _get(rule, "source_security_group_id")
+        if _cidrs(rule):
+            problems.append(f"{block.where()}: {block.type}.{block.name} opens a runner's port {port} to {', '.join(sorted(_cidrs(rule)))}; runners accept only the controller (gRPC) and Prometheus (metrics)")
+            continue
+        if _get(rule, "to_port") != port or (port, source) not in allowed:
+            problems.append(f"{block.where()}: {block.type}.{block.name} lets {source} reach a runner's port {port}; allowed: the gRPC port from the controller's group, the metrics port from Prometheus's")
+            continue
+        seen.add((port, source))
+    if ("${each.value.port}", "${aws_security_group.controller.id}") not in seen:
+        problems.append("terraform/modules/ecs: no rule lets the controller's group reach each runner's gRPC port (each.value.port)")
+    # Gossip rules cover every task group: they must open 8301 only.
+    for block, rule, group in _security_group_rules(tree):
+        if group.startswith("${each.value") and "task_security_groups" in str(_get(block.body, "for_each")):
+            if (_get(rule, "from_port"), _get(rule, "to_port")) != (8301, 8301):
+                problems.append(f"{block.where()}: {block.type}.{block.name} opens ports {_get(rule, 'from_port')}-{_get(rule, 'to_port')} on every task's group (runners included); only Consul gossip (8301) may be")
+    return problems
+
+
+def client_address(tree, root: pathlib.Path) -> list:
+    """Consul's HTTP(S) API listens on the task's (or server's) own loopback, not 0.0.0.0."""
+    problems = []
+    for what, config, where in _configs(tree, root):
+        if config is None:
+            problems.append(where)
+            continue
+        address = str(_get(config, "client_addr"))
+        if _get(config, "client_addr") is None or re.search(r"0\.0\.0\.0|::(?!1)|\[::\]", address):
+            problems.append(f"{where}: {what}' client_addr is {address!r}; Consul's API must listen on the host's own address (127.0.0.1), not every interface")
+    for path, text in _code_files(root):
+        for number, line in enumerate(text.splitlines(), 1):
+            if re.search(r"-client[= ]\S*0\.0\.0\.0|CONSUL_CLIENT_INTERFACE|client_addr\W+0\.0\.0\.0", line):
+                problems.append(f"{path}:{number}: Consul's client address set to every interface")
+    return problems
+
+
+def no_insecure_plaintext(root: pathlib.Path) -> list:
+    """The plaintext mode exists for development only: nothing in terraform/ turns it on."""
+    problems = []
+    for path, text in _code_files(root):
+        for number, line in enumerate(text.splitlines(), 1):
+            if re.search(r"insecure[-_]plaintext", line, re.IGNORECASE):
+                problems.append(f"{path}:{number}: the plaintext mode (insecure-plaintext) has no place in the AWS deployment")
+    return problems
+
+
+def prometheus_discovery(tree, root: pathlib.Path) -> list:
+    """Prometheus finds the controller and runners in Consul (consul_sd_configs over HTTPS
+    with its own token from a file, kept by Meta plugworker_role, addressed by Meta
+    plugworker_metrics_port); no static or DNS target list names a service."""
+    problems = []
+    path = root / PROMETHEUS_TEMPLATE
+    if not path.exists():
+        return [f"{path}: missing"]
+    text = re.sub(r"\$\{(\w+)\}", lambda m: m.group(1).upper(), path.read_text())
+    try:
+        config = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        return [f"{path}: not YAML: {error}"]
+    jobs = config.get("scrape_configs") or []
+    discovering = []
+    for job in jobs:
+        name = job.get("job_name")
+        for kind in ("static_configs", "dns_sd_configs", "file_sd_configs", "ec2_sd_configs", "ecs_sd_configs"):
+            for entry in job.get(kind) or []:
+                targets = entry.get("targets") or entry.get("names") or entry.get("files") or [kind]
+                outside = [t for t in targets if not str(t).startswith(("localhost:", "127.0.0.1:"))]
+                if outside:
+                    problems.append(f"{path}: job {name} lists targets {outside} ({kind}); services are found through Consul (consul_sd_configs)")
+        if job.get("consul_sd_configs"):
+            discovering.append(job)
+    if not discovering:
+        return problems + [f"{path}: no job uses consul_sd_configs"]
+    for job in discovering:
+        name = job.get("job_name")
+        for sd in job["consul_sd_configs"]:
+            if sd.get("scheme") != "https" or not (sd.get("tls_config") or {}).get("ca_file"):
+                problems.append(f"{path}: job {name} reads Consul without HTTPS and the stack's CA (scheme https, tls_config.ca_file)")
+            if sd.get("token") or not (sd.get("authorization") or {}).get("credentials_file"):
+                problems.append(f"{path}: job {name} must read Consul with its token from a file (authorization.credentials_file), not inline")
+            if sd.get("services"):
+                problems.append(f"{path}: job {name} lists services {sd['services']}; it must keep instances by their Meta instead")
+        relabels = job.get("relabel_configs") or []
+        keeps_role = any(r.get("action") == "keep" and "__meta_consul_service_metadata_plugworker_role" in (r.get("source_labels") or []) for r in relabels)
+        addressed = any(r.get("target_label") == "__address__" and "__meta_consul_service_metadata_plugworker_metrics_port" in (r.get("source_labels") or []) for r in relabels)
+        if not keeps_role:
+            problems.append(f"{path}: job {name} does not keep instances by Meta plugworker_role")
+        if not addressed:
+            problems.append(f"{path}: job {name} does not address targets by Meta plugworker_metrics_port")
+    mesh_script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
+    policy = re.search(r'policy "\$stack-prometheus" .*?\\\n\s*\'([^\']*)\'', mesh_script, re.S)
+    if not policy or "write" in policy.group(1) or "read" not in policy.group(1):
+        problems.append(f"{root / MESH_SCRIPT}: Prometheus's policy must be read-only (service_prefix and node_prefix read)")
+    return problems
+
+
 def run(root: pathlib.Path) -> list:
     tree = hcl.modules(root)
     problems = []
     for rule in (redrive, encryption, open_ingress, controller_permissions, s3_buckets):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree)]
     problems += [f"[visibility] {p}" for p in visibility(tree, root)]
+    for rule in (consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, tokens_from_ssm, client_address, prometheus_discovery):
+        problems += [f"[{rule.__name__}] {p}" for p in rule(tree, root)]
+    problems += [f"[runner_ingress] {p}" for p in runner_ingress(tree)]
+    for rule in (runner_names_only_in_tfvars, no_insecure_plaintext):
+        problems += [f"[{rule.__name__}] {p}" for p in rule(root)]
     return problems
 

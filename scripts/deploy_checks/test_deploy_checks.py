@@ -307,6 +307,8 @@ class CreateQueues(unittest.TestCase):
 
 # The shutdown rule's tests live beside their rule; imported here so this module runs them.
 from .test_shutdown_rules import ShutdownRules  # noqa: E402,F401
+# So do the tests of the runners-as-data and mesh rules (test_terraform_rules.py).
+from .test_terraform_rules import ConsulTrust, PrometheusDiscovery, RunnersAsData, RunnerSecurityGroups  # noqa: E402,F401
 
 
 if __name__ == "__main__":

@@ -1,0 +1,229 @@
+"""The terraform rules of issues 13 and 14 pass on the repository and each fails when the
+thing it guards is broken in a copy: runners named only in runners.auto.tfvars, Consul's
+ACLs, gossip encryption, TLS, Connect and intentions, tokens only from SSM, the runners'
+security groups, Consul's client address, no plaintext mode, and Prometheus finding its
+targets in Consul. Run with the other deploy-check tests (test_deploy_checks imports these
+classes), or alone: python -m unittest deploy_checks.test_terraform_rules
+"""
+from . import shutdown_rules, terraform_rules
+from .test_deploy_checks import Case
+
+RUNNERS = "terraform/runners.auto.tfvars"
+SERVER = "terraform/modules/consul/server.sh.tftpl"
+MESH_SCRIPT = "terraform/modules/consul/mesh.sh"
+MESH = "terraform/modules/mesh/main.tf"
+ECS = "terraform/modules/ecs/main.tf"
+SERVICES = "terraform/modules/ecs/services.tf"
+GROUPS = "terraform/modules/ecs/security_groups.tf"
+OBSERVABILITY = "terraform/modules/observability/main.tf"
+PROMETHEUS = "terraform/modules/observability/prometheus.yml.tftpl"
+
+
+class Rules(Case):
+    def check(self):
+        return terraform_rules.run(self.scratch.root / "terraform")
+
+
+class RunnersAsData(Rules):
+    def test_the_repository_passes(self):
+        self.assertEqual(self.check(), [])
+
+    def test_runner_names_are_the_keys_of_runners_auto_tfvars(self):
+        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), ["image-runner", "nlp-runner"])
+
+    def test_a_fourth_runner_is_one_entry_and_passes(self):
+        self.scratch.edit(RUNNERS, "runners = {\n", "runners = {\n  sound-runner = { cpu = 1024, memory = 2048, min_count = 1, max_count = 3, cpu_target = 70, port = 50061 }\n")
+        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), ["image-runner", "nlp-runner", "sound-runner"])
+        self.assertEqual(self.check(), [])
+        self.assertEqual(shutdown_rules.run(self.scratch.root / "terraform"), [])
+
+    def test_a_fixed_repository_list_fails(self):
+        self.scratch.edit("terraform/modules/ecr/main.tf", "  for_each             = toset(var.deployables)",
+                          '  for_each             = toset(["controller", "image-runner", "nlp-runner"])')
+        problems = self.check()
+        self.assertReports(problems, r"\[runner_names_only_in_tfvars\].*modules/ecr/main\.tf:\d+: names the runner image-runner")
+        self.assertReports(problems, r"modules/ecr/main\.tf:\d+: names the runner nlp-runner")
+
+    def test_a_runner_literal_not_deployed_yet_fails_too(self):
+        self.scratch.edit("terraform/variables.tf", '&& name != "controller"', '&& name != "controller" && name != "ocr-runner"')
+        self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*variables\.tf:\d+: names the runner ocr-runner")
+
+    def test_a_runner_named_in_a_comment_or_the_example_fails(self):
+        self.scratch.edit(SERVICES, "# runner images carry x86_64 builds (ONNX Runtime)", "# the image-runner carries the x86_64 ONNX Runtime")
+        self.scratch.edit("terraform/terraform.tfvars.example", "log_retention_days = 365", "# nlp-runner = { cpu = 512 }\nlog_retention_days = 365")
+        problems = self.check()
+        self.assertReports(problems, r"modules/ecs/services\.tf:\d+: names the runner image-runner")
+        self.assertReports(problems, r"terraform\.tfvars\.example:\d+: names the runner nlp-runner")
+
+    def test_a_default_for_runners_fails(self):
+        self.scratch.edit("terraform/variables.tf", "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n",
+                          "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n  default = {}\n")
+        self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*variable runners has a default")
+
+    def test_no_runners_file_fails(self):
+        (self.scratch.root / RUNNERS).unlink()
+        self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*runners\.auto\.tfvars: missing")
+
+
+class ConsulTrust(Rules):
+    def test_servers_defaulting_to_allow_fail(self):
+        self.scratch.edit(SERVER, 'default_policy           = "deny"', 'default_policy           = "allow"')
+        self.assertReports(self.check(), r"\[consul_acls\].*server\.sh\.tftpl: the Consul servers' ACL default policy is 'allow'")
+
+    def test_task_agents_without_acls_fail(self):
+        self.scratch.edit(ECS, 'acl          = { enabled = true, default_policy = "deny"', 'acl          = { enabled = false, default_policy = "deny"')
+        self.assertReports(self.check(), r"\[consul_acls\].*the task agents do not enable ACLs")
+
+    def test_unverified_gossip_fails(self):
+        self.scratch.edit(SERVER, "encrypt_verify_incoming = true", "encrypt_verify_incoming = false")
+        self.assertReports(self.check(), r"\[gossip_encryption\].*the Consul servers set encrypt_verify_incoming = false")
+
+    def test_a_short_gossip_key_fails(self):
+        self.scratch.edit(MESH, "  length = 32", "  length = 16")
+        self.assertReports(self.check(), r"\[gossip_encryption\].*random_bytes of length >= 32")
+
+    def test_task_agents_without_the_gossip_key_fail(self):
+        self.scratch.edit(ECS, '''printf '{\\"encrypt\\":\\"%s\\",\\"acl\\"''', '''printf '{\\"acl\\"''')
+        self.scratch.edit(ECS, '''\\"$CONSUL_GOSSIP_KEY\\" \\"$CONSUL_HTTP_TOKEN\\"''', '''\\"$CONSUL_HTTP_TOKEN\\"''')
+        self.assertReports(self.check(), r"\[gossip_encryption\].*task agents do not write the gossip key")
+
+    def test_plain_http_on_the_agents_fails(self):
+        self.scratch.edit(ECS, "ports                   = { http = -1, https", "ports                   = { http = 8500, https")
+        self.assertReports(self.check(), r"\[consul_tls\].*the task agents serve plain HTTP")
+
+    def test_agents_without_auto_encrypt_fail(self):
+        self.scratch.edit(ECS, "auto_encrypt = { tls = true }", "auto_encrypt = { tls = false }")
+        self.assertReports(self.check(), r"\[consul_tls\].*the task agents do not use auto-encrypt")
+
+    def test_servers_not_verifying_hostnames_or_incoming_rpc_fail(self):
+        self.scratch.edit(SERVER, "verify_server_hostname = true", "verify_server_hostname = false")
+        self.scratch.edit(SERVER, "    verify_incoming = true\n", "    verify_incoming = false\n")
+        problems = self.check()
+        self.assertReports(problems, r"\[consul_tls\].*the Consul servers do not verify server hostnames")
+        self.assertReports(problems, r"\[consul_tls\].*the servers do not verify incoming RPC certificates")
+
+    def test_services_reaching_their_agent_over_http_fail(self):
+        self.scratch.edit(ECS, 'value = "https://127.0.0.1:${local.consul_https_port}"', 'value = "http://127.0.0.1:8500"')
+        self.assertReports(self.check(), r"\[consul_tls\].*CONSUL_HTTP_ADDR to https://")
+
+    def test_servers_without_connect_fail(self):
+        self.scratch.edit(SERVER, "connect {\n  enabled     = true", "connect {\n  enabled     = false")
+        self.assertReports(self.check(), r"\[connect_enabled\].*the Consul servers do not enable Connect")
+
+    def test_a_connect_ca_other_than_the_stacks_fails(self):
+        self.scratch.edit(SERVER, "    connect: {ca_config: {private_key: $key, root_cert: $root}}}'", "}'")
+        self.scratch.edit(SERVER, "acl: {tokens: {initial_management: $management, agent: $agent}},", "acl: {tokens: {initial_management: $management, agent: $agent}}")
+        self.assertReports(self.check(), r"\[connect_enabled\].*not configured with the stack's CA")
+
+    def test_no_default_deny_intention_fails(self):
+        self.scratch.edit(MESH, '[{ Kind = "service-intentions", Name = "*", Sources = [{ Name = "*", Action = "deny" }] }],', "[],")
+        self.assertReports(self.check(), r"\[intentions\].*no default deny")
+
+    def test_runners_not_allowed_from_the_controller_fail(self):
+        self.scratch.edit(MESH, 'Sources = [{ Name = var.controller_service, Action = "allow" }]', 'Sources = [{ Name = var.controller_service, Action = "deny" }]')
+        self.assertReports(self.check(), r"\[intentions\].*not every runner has the intention controller -> runner allow")
+
+    def test_intentions_for_a_fixed_list_fail(self):
+        self.scratch.edit("terraform/main.tf", "  runner_names       = keys(var.runners)\n  controller_service", '  runner_names       = ["only-one"]\n  controller_service')
+        self.assertReports(self.check(), r"\[intentions\].*module mesh must get runner_names = keys\(var\.runners\)")
+
+    def test_a_token_in_plain_environment_fails(self):
+        self.scratch.edit(SERVICES, '{ name = "OTEL_SERVICE_NAME", value = name },', '{ name = "OTEL_SERVICE_NAME", value = name },\n        { name = "CONSUL_HTTP_TOKEN", value = "00000000-0000-0000-0000-000000000000" },')
+        self.assertReports(self.check(), r"\[tokens_from_ssm\].*runner_containers sets CONSUL_HTTP_TOKEN as plain environment")
+
+    def test_a_service_without_its_token_secret_fails(self):
+        self.scratch.edit(SERVICES, '    secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn }]\n', "")
+        self.assertReports(self.check(), r"\[tokens_from_ssm\].*controller_container does not get CONSUL_HTTP_TOKEN from SSM")
+
+    def test_prometheus_without_its_token_secret_fails(self):
+        self.scratch.edit(OBSERVABILITY, 'secrets          = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.prometheus_consul_token_arn }]',
+                          'secrets          = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.grafana_admin_password_ssm_parameter }]')
+        self.assertReports(self.check(), r"\[tokens_from_ssm\].*aws_ecs_task_definition\.this does not get CONSUL_HTTP_TOKEN from SSM")
+
+    def test_a_token_parameter_in_plain_text_fails(self):
+        self.scratch.edit(MESH, '  description = "Consul ACL token (${each.key}) of ${var.name}"\n  type        = "SecureString"',
+                          '  description = "Consul ACL token (${each.key}) of ${var.name}"\n  type        = "String"')
+        self.assertReports(self.check(), r"\[tokens_from_ssm\].*aws_ssm_parameter\.token .* must be a SecureString")
+
+    def test_a_chosen_token_fails(self):
+        self.scratch.edit(MESH, "  value       = random_uuid.secret[each.key].result", '  value       = "11111111-2222-3333-4444-555555555555"')
+        self.assertReports(self.check(), r"\[tokens_from_ssm\].*does not hold a generated token")
+
+    def test_consul_listening_on_every_interface_fails(self):
+        self.scratch.edit(SERVER, 'client_addr = "127.0.0.1"', 'client_addr = "0.0.0.0"')
+        self.scratch.edit(ECS, 'client_addr             = "127.0.0.1"', 'client_addr             = "0.0.0.0"')
+        problems = self.check()
+        self.assertReports(problems, r"\[client_address\].*server\.sh\.tftpl: the Consul servers' client_addr is '0\.0\.0\.0'")
+        self.assertReports(problems, r"\[client_address\].*the task agents' client_addr is '0\.0\.0\.0'")
+
+    def test_an_agent_flag_for_every_interface_fails(self):
+        self.scratch.edit(ECS, '"exec docker-entrypoint.sh agent",', '"exec docker-entrypoint.sh agent -client=0.0.0.0",')
+        self.assertReports(self.check(), r"\[client_address\].*modules/ecs/main\.tf:\d+: Consul's client address set to every interface")
+
+    def test_the_plaintext_mode_fails(self):
+        self.scratch.edit(SERVICES, '{ name = "OTEL_SERVICE_NAME", value = name },', '{ name = "OTEL_SERVICE_NAME", value = name },\n        { name = "PLUGWORKER_INSECURE_PLAINTEXT", value = "true" },')
+        self.assertReports(self.check(), r"\[no_insecure_plaintext\].*modules/ecs/services\.tf:\d+")
+
+
+class RunnerSecurityGroups(Rules):
+    def test_grpc_from_the_vpc_fails(self):
+        self.scratch.edit(GROUPS, "  from_port                    = each.value.port\n  to_port                      = each.value.port\n  referenced_security_group_id = aws_security_group.controller.id",
+                          "  from_port                    = each.value.port\n  to_port                      = each.value.port\n  cidr_ipv4                    = var.vpc_cidr")
+        problems = self.check()
+        self.assertReports(problems, r"\[runner_ingress\].*runner_grpc opens a runner's port \$\{each.value.port\} to \$\{var.vpc_cidr\}")
+        self.assertReports(problems, r"\[runner_ingress\].*no rule lets the controller's group reach each runner's gRPC port")
+
+    def test_metrics_from_the_controller_fail(self):
+        self.scratch.edit(GROUPS, "  to_port                      = each.value.metrics_port\n  referenced_security_group_id = aws_security_group.observability.id",
+                          "  to_port                      = each.value.metrics_port\n  referenced_security_group_id = aws_security_group.controller.id")
+        self.assertReports(self.check(), r"\[runner_ingress\].*runner_metrics lets \$\{aws_security_group.controller.id\} reach a runner's port \$\{each.value.metrics_port\}")
+
+    def test_an_open_health_port_fails(self):
+        text = (self.scratch.root / GROUPS).read_text()
+        (self.scratch.root / GROUPS).write_text(text + '''
+resource "aws_vpc_security_group_ingress_rule" "runner_health" {
+  for_each                     = var.runners
+  security_group_id            = aws_security_group.runner[each.key].id
+  description                  = "health"
+  ip_protocol                  = "tcp"
+  from_port                    = each.value.health_port
+  to_port                      = each.value.health_port
+  referenced_security_group_id = aws_security_group.observability.id
+}
+''')
+        self.assertReports(self.check(), r"\[runner_ingress\].*runner_health lets .* reach a runner's port \$\{each.value.health_port\}")
+
+    def test_a_wider_rule_on_every_task_group_fails(self):
+        self.scratch.edit(GROUPS, "  ip_protocol       = \"tcp\"\n  from_port         = 8301\n  to_port           = 8301",
+                          "  ip_protocol       = \"tcp\"\n  from_port         = 8301\n  to_port           = 65535")
+        self.assertReports(self.check(), r"\[runner_ingress\].*gossip_tcp opens ports 8301-65535 on every task's group")
+
+
+class PrometheusDiscovery(Rules):
+    def test_a_static_target_list_fails(self):
+        self.scratch.edit(PROMETHEUS, '      - targets: ["localhost:8889"]', '      - targets: ["localhost:8889", "controller.internal:9090"]')
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*otel-collector-spanmetrics lists targets \['controller\.internal:9090'\]")
+
+    def test_dns_discovery_of_named_services_fails(self):
+        self.scratch.edit(PROMETHEUS, "    consul_sd_configs:", '    dns_sd_configs:\n      - names: ["a-service.internal"]\n        type: A\n        port: 9464\n    consul_sd_configs:')
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*job plugworker lists targets \['a-service\.internal'\] \(dns_sd_configs\)")
+
+    def test_no_consul_discovery_fails(self):
+        self.scratch.edit(PROMETHEUS, "    consul_sd_configs:", "    kubernetes_sd_configs:")
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*no job uses consul_sd_configs")
+
+    def test_an_inline_token_or_plain_http_fails(self):
+        self.scratch.edit(PROMETHEUS, "        scheme: https\n", "        scheme: http\n        token: secret\n")
+        problems = self.check()
+        self.assertReports(problems, r"\[prometheus_discovery\].*without HTTPS and the stack's CA")
+        self.assertReports(problems, r"\[prometheus_discovery\].*token from a file")
+
+    def test_not_keeping_by_role_fails(self):
+        self.scratch.edit(PROMETHEUS, '        regex: "runner|controller"\n        action: keep', '        regex: "runner|controller"\n        action: replace\n        target_label: role')
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*does not keep instances by Meta plugworker_role")
+
+    def test_a_prometheus_token_that_can_write_fails(self):
+        self.scratch.edit(MESH_SCRIPT, """  'service_prefix "" { policy = "read" }
+node_prefix "" { policy = "read" }'""", """  'service_prefix "" { policy = "write" }
+node_prefix "" { policy = "read" }'""")
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*Prometheus's policy must be read-only")
