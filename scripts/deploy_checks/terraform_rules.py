@@ -427,6 +427,35 @@ def runner_names_only_in_tfvars(root: pathlib.Path) -> list:
     return problems
 
 
+def images_pushed(tree, root: pathlib.Path) -> list:
+    """Every deployable's image (the controller and each of var.runners) is looked up in
+    its repository at plan time, so a runner without a pushed image fails `terraform plan`,
+    and the tasks run what the lookup found."""
+    problems = []
+    calls = {b.name: b for b in tree.get("", []) if b.kind == "module"}
+    ecr, ecs = calls.get("ecr"), calls.get("ecs")
+    if ecr is None or ecs is None:
+        return [f"{root}/main.tf: no module ecr or ecs"]
+    deployables = str(ecr.attr("deployables"))
+    if not (deployables.startswith("${concat(") and "local.controller_service" in deployables and "keys(var.runners)" in deployables):
+        problems.append(f"{ecr.where()}: module ecr must get deployables = concat([local.controller_service], keys(var.runners)) (got {deployables})")
+    lookups = [b for b in tree.get("", []) if b.kind == "data" and b.type == "aws_ecr_image"]
+    if not any(b.attr("for_each") == "${module.ecr.repository_names}" and b.attr("image_tag") == "${var.image_tag}" for b in lookups):
+        problems.append(f"{root}: no data \"aws_ecr_image\" for each of module.ecr.repository_names with image_tag = var.image_tag")
+    outputs = (root / "modules" / "ecr" / "outputs.tf").read_text() if (root / "modules" / "ecr" / "outputs.tf").exists() else ""
+    names = re.search(r'output "repository_names" \{.*?value\s*=\s*([^\n]*)', outputs, re.S)
+    locals_ = {b.name: str(hcl.unwrap(b.body["value"])) for b in tree.get("ecr", []) if b.kind == "locals"}
+    resolved = names.group(1) if names else ""
+    for _ in range(5):
+        resolved = re.sub(r"local\.(\w+)", lambda m: locals_.get(m.group(1), m.group(0)), resolved)
+    if not names or "aws_ecr_repository" in resolved:
+        problems.append(f"{root}/modules/ecr/outputs.tf: repository_names must come from the module's inputs, not its resources, or the image lookup waits for apply")
+    _, images = _local(tree, "", "images")
+    if ecs.attr("images") != "${local.images}" or "data.aws_ecr_image." not in str(images):
+        problems.append(f"{ecs.where()}: module ecs must run the images the lookup found (images = local.images, from data.aws_ecr_image)")
+    return problems
+
+
 # ---------------------------------------------------------------------------------------
 # The mesh: Consul ACLs, gossip encryption, TLS, Connect and intentions (issue 13).
 
@@ -808,7 +837,7 @@ def run(root: pathlib.Path) -> list:
     for rule in (redrive, encryption, open_ingress, controller_permissions, s3_buckets):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree)]
     problems += [f"[visibility] {p}" for p in visibility(tree, root)]
-    for rule in (consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, tokens_from_ssm, client_address, prometheus_discovery):
+    for rule in (images_pushed, consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, tokens_from_ssm, client_address, prometheus_discovery):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree, root)]
     problems += [f"[runner_ingress] {p}" for p in runner_ingress(tree)]
     for rule in (runner_names_only_in_tfvars, no_insecure_plaintext):

@@ -60,6 +60,19 @@ class RunnersAsData(Rules):
                           "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n  default = {}\n")
         self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*variable runners has a default")
 
+    def test_repository_names_known_only_after_apply_fail(self):
+        self.scratch.edit("terraform/modules/ecr/outputs.tf", "  value       = local.names", "  value       = { for k, r in aws_ecr_repository.this : k => r.name }")
+        self.assertReports(self.check(), r"\[images_pushed\].*repository_names must come from the module's inputs")
+
+    def test_tasks_running_a_tag_without_the_lookup_fail(self):
+        self.scratch.edit("terraform/main.tf", "  images                = local.images",
+                          '  images                = { for k, url in module.ecr.repository_urls : k => "${url}:${var.image_tag}" }')
+        self.assertReports(self.check(), r"\[images_pushed\].*module ecs must run the images the lookup found")
+
+    def test_repositories_for_a_fixed_list_fail(self):
+        self.scratch.edit("terraform/main.tf", "  deployables = concat([local.controller_service], keys(var.runners))", '  deployables = [local.controller_service]')
+        self.assertReports(self.check(), r"\[images_pushed\].*module ecr must get deployables")
+
     def test_no_runners_file_fails(self):
         (self.scratch.root / RUNNERS).unlink()
         self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*runners\.auto\.tfvars: missing")
