@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Forwards Grafana (3000) or Consul's HTTP API (8500) of the AWS deployment to
+# Forwards Grafana (3000) or Consul's HTTPS API (8501, a server's loopback) of the AWS deployment to
 # 127.0.0.1 through SSM Session Manager: nothing in terraform/ is reachable from outside
 # the VPC. Run from terraform/'s folder after `terraform apply` (it reads the outputs).
 # Needs the AWS CLI and its Session Manager plugin.
 #   scripts/aws-port-forward.sh grafana   # then http://127.0.0.1:3000
-#   scripts/aws-port-forward.sh consul    # then CONSUL_HTTP_ADDR=127.0.0.1:8500 consul catalog services -tags
+#   scripts/aws-port-forward.sh consul    # then, with CONSUL_CACERT and a token (docs/deploy-aws.md):
+#                                         # CONSUL_HTTP_ADDR=https://127.0.0.1:8501 consul catalog services -tags
 set -euo pipefail
 what="${1:-}"
 tf_dir="${TF_DIR:-$(pwd)}"
@@ -32,7 +33,7 @@ case "$what" in
       --filters "Name=tag:$key,Values=$value" Name=instance-state-name,Values=running \
       --query 'Reservations[0].Instances[0].InstanceId' --output text)"
     [ "$target" != None ] || { echo "aws-port-forward: no running Consul server tagged $key=$value" >&2; exit 1; }
-    port=8500
+    port=8501 # HTTPS only: the servers serve no plain HTTP
     ;;
   *)
     echo "usage: $0 grafana|consul" >&2
@@ -40,7 +41,8 @@ case "$what" in
     ;;
 esac
 
-echo "aws-port-forward: $what on http://127.0.0.1:$port (Ctrl-C to stop)"
+scheme=http; [ "$what" = consul ] && scheme=https
+echo "aws-port-forward: $what on $scheme://127.0.0.1:$port (Ctrl-C to stop)"
 exec aws ssm start-session --region "$region" --target "$target" \
   --document-name AWS-StartPortForwardingSession \
   --parameters "portNumber=$port,localPortNumber=$port"
