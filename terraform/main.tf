@@ -100,6 +100,7 @@ module "mesh" {
   runner_names       = keys(var.runners)
   controller_service = local.controller_service
   existing           = { retry_join = var.consul_retry_join, parameters_prefix = var.consul_parameters_prefix }
+  previous_ca_cert   = var.consul_previous_ca_cert
   kms_key_arn        = aws_kms_key.this.arn
 }
 

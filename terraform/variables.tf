@@ -89,6 +89,12 @@ variable "consul_parameters_prefix" {
   default     = ""
 }
 
+variable "consul_previous_ca_cert" {
+  description = "During a rotation of the Consul CA this stack generated: the previous CA certificate (PEM), still trusted beside the new one. Empty otherwise (docs/deploy-aws.md, \"Rotating the CA\")."
+  type        = string
+  default     = ""
+}
+
 variable "consul_datacenter" {
   description = "Datacenter of the existing Consul cluster the task agents join (default: the stack's name, which is also the datacenter of a cluster this stack creates)."
   type        = string

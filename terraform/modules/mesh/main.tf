@@ -2,7 +2,7 @@
 # Terraform's state, which must therefore be an encrypted backend with restricted access):
 #
 #   /NAME/consul/gossip-key            gossip encryption key (32 random bytes, base64)
-#   /NAME/consul/ca-cert, ca-key       the CA: signs the servers' TLS certificates, and is the
+#   /NAME/consul/ca-cert, ca-key       the CA (ca-cert: a bundle, the current CA first): signs the servers' TLS certificates, and is the
 #                                      Connect CA's root, so it also signs the client agents'
 #                                      auto-encrypt certificates (their HTTPS) and every
 #                                      service's leaf certificate: one trust anchor
@@ -109,7 +109,8 @@ resource "aws_ssm_parameter" "ca_cert" {
   description = "Consul CA certificate of ${var.name} (agents' TLS and Connect root)"
   type        = "SecureString" # public, but one kind of parameter keeps the policies simple
   key_id      = var.kms_key_arn
-  value       = tls_self_signed_cert.ca[0].cert_pem
+  # The trust bundle: the current CA first; during a rotation, the previous one after it.
+  value = "${tls_self_signed_cert.ca[0].cert_pem}${var.previous_ca_cert}"
 }
 
 resource "aws_ssm_parameter" "ca_key" {

@@ -38,3 +38,13 @@ variable "ca_validity_hours" {
   type        = number
   default     = 43800 # 5 years
 }
+
+variable "previous_ca_cert" {
+  description = "During a CA rotation only: the previous CA certificate (PEM), trusted after the new one until every certificate it signed is gone (docs/deploy-aws.md). Empty otherwise."
+  type        = string
+  default     = ""
+  validation {
+    condition     = var.previous_ca_cert == "" || (startswith(var.previous_ca_cert, "-----BEGIN CERTIFICATE-----") && endswith(trimspace(var.previous_ca_cert), "-----END CERTIFICATE-----"))
+    error_message = "previous_ca_cert must be empty or one PEM certificate."
+  }
+}
