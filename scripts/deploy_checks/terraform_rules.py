@@ -460,7 +460,7 @@ def images_pushed(tree, root: pathlib.Path) -> list:
 # The mesh: Consul ACLs, gossip encryption, TLS, Connect and intentions (issue 13).
 
 SERVER_SCRIPT = "modules/consul/server.sh.tftpl"
-MESH_SCRIPT = "modules/consul/mesh.sh"
+MESH_SCRIPT = "modules/consul/mesh.py"
 PROMETHEUS_TEMPLATE = "modules/observability/prometheus.yml.tftpl"
 
 
@@ -638,11 +638,11 @@ def intentions(tree, root: pathlib.Path) -> list:
     if not calls or calls[0].attr("runner_names") != "${keys(var.runners)}":
         problems.append(f"{calls[0].where() if calls else root / 'main.tf'}: module mesh must get runner_names = keys(var.runners)")
     mesh_script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
-    if "consul config write" not in mesh_script or ".intentions[]" not in mesh_script:
-        problems.append(f"{root / MESH_SCRIPT}: does not write the mesh parameter's intentions (consul config write)")
+    if not re.search(r'consul\.call\("PUT", "/v1/config", dict\(entry', mesh_script) or 'apply_intentions(consul, stack, mesh["intentions"])' not in mesh_script:
+        problems.append(f"{root / MESH_SCRIPT}: does not write the mesh parameter's intentions (PUT /v1/config)")
     script = (root / SERVER_SCRIPT).read_text() if (root / SERVER_SCRIPT).exists() else ""
     if "${mesh_script}" not in script or "plugworker-consul-mesh.timer" not in script:
-        problems.append(f"{root / SERVER_SCRIPT}: the servers do not install mesh.sh on a timer")
+        problems.append(f"{root / SERVER_SCRIPT}: the servers do not install mesh.py on a timer")
     return problems
 
 
@@ -825,7 +825,7 @@ def prometheus_discovery(tree, root: pathlib.Path) -> list:
         if not addressed:
             problems.append(f"{path}: job {name} does not address targets by Meta plugworker_metrics_port")
     mesh_script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
-    policy = re.search(r'policy "\$stack-prometheus" .*?\\\n\s*\'([^\']*)\'', mesh_script, re.S)
+    policy = re.search(r'"prometheus": \("[^"]*", \'([^\']*)\'\)', mesh_script)
     if not policy or "write" in policy.group(1) or "read" not in policy.group(1):
         problems.append(f"{root / MESH_SCRIPT}: Prometheus's policy must be read-only (service_prefix and node_prefix read)")
     return problems

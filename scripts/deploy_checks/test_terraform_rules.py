@@ -2,15 +2,27 @@
 thing it guards is broken in a copy: runners named only in runners.auto.tfvars, Consul's
 ACLs, gossip encryption, TLS, Connect and intentions, tokens only from SSM, the runners'
 security groups, Consul's client address, no plaintext mode, and Prometheus finding its
-targets in Consul. Run with the other deploy-check tests (test_deploy_checks imports these
-classes), or alone: python -m unittest deploy_checks.test_terraform_rules
+targets in Consul. MeshScript runs the
+servers' token and intention bootstrap (modules/consul/mesh.py) against moto's SSM and
+plugworker's Consul-compatible registry. Run with the other deploy-check tests
+(test_deploy_checks loads these), or alone: python -m unittest deploy_checks.test_terraform_rules
 """
-from . import shutdown_rules, terraform_rules
-from .test_deploy_checks import Case
+import json
+import os
+import socket
+import subprocess
+import time
+import unittest
+import urllib.error
+import urllib.request
+import uuid
+
+from . import binaries, shutdown_rules, terraform_rules
+from .test_deploy_checks import REPO, Case, _moto_python
 
 RUNNERS = "terraform/runners.auto.tfvars"
 SERVER = "terraform/modules/consul/server.sh.tftpl"
-MESH_SCRIPT = "terraform/modules/consul/mesh.sh"
+MESH_SCRIPT = "terraform/modules/consul/mesh.py"
 MESH = "terraform/modules/mesh/main.tf"
 ECS = "terraform/modules/ecs/main.tf"
 SERVICES = "terraform/modules/ecs/services.tf"
@@ -236,7 +248,149 @@ class PrometheusDiscovery(Rules):
         self.assertReports(self.check(), r"\[prometheus_discovery\].*does not keep instances by Meta plugworker_role")
 
     def test_a_prometheus_token_that_can_write_fails(self):
-        self.scratch.edit(MESH_SCRIPT, """  'service_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }'""", """  'service_prefix "" { policy = "write" }
-node_prefix "" { policy = "read" }'""")
+        self.scratch.edit(MESH_SCRIPT, """read only", 'service_prefix "" { policy = "read" }""", """read only", 'service_prefix "" { policy = "write" }""")
         self.assertReports(self.check(), r"\[prometheus_discovery\].*Prometheus's policy must be read-only")
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for_port(port, process, what):
+    deadline = time.time() + 30
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"{what} exited with {process.returncode}")
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise AssertionError(f"{what} did not listen on {port}")
+
+
+PLUGWORKER = binaries.bin_dir() / "plugworker"
+MOTO_PYTHON, MOTO_SERVER = _moto_python()
+
+
+@unittest.skipUnless(MOTO_SERVER.exists(), "the SQS/SSM emulator venv (scripts/setup.sh) is not installed")
+@unittest.skipUnless(PLUGWORKER.exists(), "the plugworker binary is not built (cargo build --workspace --bins)")
+class MeshScript(unittest.TestCase):
+    """modules/consul/mesh.py, the servers' token and intention bootstrap, against real
+    processes: SSM in moto (parameters as modules/mesh writes them) and plugworker's
+    Consul-compatible registry with ACLs on and default deny (Consul's wire formats)."""
+
+    PREFIX = "/teststack/consul"
+    MANAGEMENT = str(uuid.uuid4())
+
+    def setUp(self):
+        self.moto_port, self.consul_port = _free_port(), _free_port()
+        moto = subprocess.Popen([str(MOTO_SERVER), "-p", str(self.moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(moto.wait)
+        self.addCleanup(moto.terminate)
+        registry = subprocess.Popen([str(PLUGWORKER), "registry", "--listen", f"127.0.0.1:{self.consul_port}", "--acl-enabled",
+                                     "--acl-default-policy", "deny", "--acl-bootstrap-token", self.MANAGEMENT],
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(registry.wait)
+        self.addCleanup(registry.terminate)
+        _wait_for_port(self.moto_port, moto, "moto_server")
+        _wait_for_port(self.consul_port, registry, "plugworker registry")
+        self.env = dict(os.environ, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
+                        AWS_ENDPOINT_URL_SSM=f"http://127.0.0.1:{self.moto_port}", MESH_PREFIX=self.PREFIX, MESH_ANY_NODE="1",
+                        CONSUL_HTTP_ADDR=f"http://127.0.0.1:{self.consul_port}")
+        self.env.pop("CONSUL_HTTP_TOKEN", None)  # the script reads the management token from SSM
+        self.secrets = {}
+        self.put(f"{self.PREFIX}/tokens/management", self.MANAGEMENT)
+
+    def put(self, name, value):
+        code = ("import boto3, sys; boto3.client('ssm').put_parameter(Name=sys.argv[1], Value=sys.argv[2], Type='SecureString', Overwrite=True)")
+        subprocess.run([str(MOTO_PYTHON), "-c", code, name, value], env=self.env, check=True, capture_output=True)
+
+    def write_mesh(self, runners):
+        """The parameters modules/mesh writes, for the controller, Prometheus, the agents and
+        `runners`: a token parameter per role and the mesh document."""
+        roles = {"agent": ("agent", ""), "controller": ("", "controller"), "prometheus": ("prometheus", "")}
+        roles.update({f"runner:{r}": ("", r) for r in runners})
+        tokens = []
+        for role, (policy, service) in roles.items():
+            accessor, secret = self.secrets.setdefault(role, (str(uuid.uuid4()), str(uuid.uuid4())))
+            parameter = f"{self.PREFIX}/tokens/{role.replace('runner:', 'runners/')}"
+            self.put(parameter, secret)
+            tokens.append({"role": role, "accessor_id": accessor, "parameter": parameter, "policy": policy, "service": service})
+        intentions = [{"Kind": "service-intentions", "Name": "*", "Sources": [{"Name": "*", "Action": "deny"}]}]
+        intentions += [{"Kind": "service-intentions", "Name": r, "Sources": [{"Name": "controller", "Action": "allow"}]} for r in runners]
+        self.put(f"{self.PREFIX}/mesh", json.dumps({"stack": "teststack", "datacenter": "dc1", "controller": "controller",
+                                                    "runners": runners, "tokens": tokens, "intentions": intentions}))
+
+    def run_mesh(self):
+        run = subprocess.run([str(MOTO_PYTHON), str(REPO / "terraform/modules/consul/mesh.py")], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        return run.stdout
+
+    def consul(self, method, path, token, body=None):
+        request = urllib.request.Request(f"http://127.0.0.1:{self.consul_port}{path}", method=method,
+                                         data=None if body is None else json.dumps(body).encode(), headers={"X-Consul-Token": token})
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                text = response.read().decode()
+                return response.status, (json.loads(text) if text.strip() else None)
+        except urllib.error.HTTPError as error:
+            return error.code, error.read().decode()
+
+    def register(self, service, token):
+        body = {"Name": service, "ID": f"{service}-1", "Address": "127.0.0.1", "Port": 50051, "Meta": {"plugworker_role": "runner"}}
+        return self.consul("PUT", "/v1/agent/service/register", token, body)[0]
+
+    def secret(self, role):
+        return self.secrets[role][1]
+
+    def test_tokens_policies_and_intentions_are_created_and_reapplying_changes_nothing(self):
+        self.write_mesh(["sound-runner", "text-runner"])
+        first = self.run_mesh()
+        self.assertIn("token runner:sound-runner created", first)
+        self.assertIn("policy teststack-prometheus created", first)
+        # Each runner's token writes its own service name only (a service identity).
+        self.assertEqual(self.register("sound-runner", self.secret("runner:sound-runner")), 200)
+        self.assertEqual(self.register("text-runner", self.secret("runner:sound-runner")), 403)
+        self.assertEqual(self.register("sound-runner", ""), 403)
+        # Prometheus reads the catalog and writes nothing.
+        status, services = self.consul("GET", "/v1/catalog/services", self.secret("prometheus"))
+        self.assertEqual(status, 200, services)
+        self.assertIn("sound-runner", services)
+        self.assertEqual(self.register("sound-runner", self.secret("prometheus")), 403)
+        # Intentions: default deny, the controller allowed to each runner, marked as this stack's.
+        status, entry = self.consul("GET", "/v1/config/service-intentions/text-runner", self.MANAGEMENT)
+        self.assertEqual(status, 200, entry)
+        self.assertEqual([(s["Name"], s["Action"]) for s in entry["Sources"]], [("controller", "allow")])
+        self.assertEqual(entry["Meta"], {"plugworker-stack": "teststack"})
+        status, wildcard = self.consul("GET", "/v1/config/service-intentions/*", self.MANAGEMENT)
+        self.assertEqual([(s["Name"], s["Action"]) for s in wildcard["Sources"]], [("*", "deny")])
+        # A second run finds everything in place.
+        self.assertEqual(self.run_mesh(), "")
+
+    def test_a_removed_runner_goes_a_rotated_secret_replaces_its_token_and_others_entries_stay(self):
+        self.write_mesh(["sound-runner", "text-runner"])
+        self.run_mesh()
+        foreign = {"Kind": "service-intentions", "Name": "billing", "Sources": [{"Name": "web", "Action": "allow"}]}
+        self.assertEqual(self.consul("PUT", "/v1/config", self.MANAGEMENT, foreign)[0], 200)
+        old = self.secret("runner:sound-runner")
+        self.secrets["runner:sound-runner"] = (self.secrets["runner:sound-runner"][0], str(uuid.uuid4()))
+        del self.secrets["runner:text-runner"]
+        self.write_mesh(["sound-runner"])
+        out = self.run_mesh()
+        self.assertIn("token runner:sound-runner: its secret changed in SSM, replacing it", out)
+        self.assertIn("stale token 'plugworker teststack runner:text-runner' deleted", out)
+        self.assertIn("intentions of text-runner deleted", out)
+        self.assertEqual(self.register("sound-runner", old), 403)
+        self.assertEqual(self.register("sound-runner", self.secret("runner:sound-runner")), 200)
+        self.assertEqual(self.consul("GET", "/v1/config/service-intentions/text-runner", self.MANAGEMENT)[0], 404)
+        self.assertEqual(self.consul("GET", "/v1/config/service-intentions/billing", self.MANAGEMENT)[0], 200)
+
+    def test_without_the_management_token_it_fails_loudly(self):
+        self.write_mesh(["sound-runner"])
+        self.put(f"{self.PREFIX}/tokens/management", str(uuid.uuid4()))
+        run = subprocess.run([str(MOTO_PYTHON), str(REPO / "terraform/modules/consul/mesh.py")], env=self.env, capture_output=True, text=True, timeout=60)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("HTTP 403", run.stderr)

@@ -125,7 +125,7 @@ resource "aws_launch_template" "server" {
     datacenter     = var.name
     region         = data.aws_region.current.name
     prefix         = var.parameters_prefix
-    mesh_script    = file("${path.module}/mesh.sh")
+    mesh_script    = file("${path.module}/mesh.py")
   }))
   iam_instance_profile {
     arn = aws_iam_instance_profile.server.arn

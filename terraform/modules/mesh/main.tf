@@ -122,7 +122,7 @@ resource "aws_ssm_parameter" "ca_key" {
   value       = tls_private_key.ca[0].private_key_pem
 }
 
-# What the servers' bootstrap script (modules/consul/mesh.sh) makes true in Consul, re-read
+# What the servers' bootstrap script (modules/consul/mesh.py) makes true in Consul, re-read
 # every minute: adding a runner to var.runners adds its token and intention without
 # replacing a server. No secret here: tokens are referenced by parameter name.
 resource "aws_ssm_parameter" "mesh" {
