@@ -67,6 +67,14 @@ class RunnersAsData(Rules):
         self.assertReports(problems, r"modules/ecs/services\.tf:\d+: names the runner image-runner")
         self.assertReports(problems, r"terraform\.tfvars\.example:\d+: names the runner nlp-runner")
 
+    def test_an_operators_own_settings_and_terraforms_working_files_are_not_code(self):
+        root = self.scratch.root / "terraform"
+        (root / "terraform.tfvars").write_text('image_tag = "x"\n# nlp-runner is slow\n')
+        (root / ".terraform" / "modules").mkdir(parents=True)
+        (root / ".terraform" / "modules" / "modules.json").write_text('{"image-runner": 1}')
+        (root / "terraform.tfstate").write_text('{"image-runner": 1}')
+        self.assertEqual(self.check(), [])
+
     def test_a_default_for_runners_fails(self):
         self.scratch.edit("terraform/variables.tf", "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n",
                           "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n  default = {}\n")
