@@ -754,6 +754,26 @@ def runner_ingress(tree) -> list:
     return problems
 
 
+def runner_ports(tree) -> list:
+    """Each runner listens where its security group and Consul registration expect: gRPC
+    (mTLS) on its `port`, plaintext health on its `health_port`, metrics on its
+    `metrics_port`, all from var.runners."""
+    block, value = _local(tree, "ecs", "runner_containers")
+    if block is None:
+        return ["terraform/modules/ecs: no local runner_containers"]
+    text = str(value)
+    loop = re.match(r"\$\{\{for \w+ , (\w+) in var\.runners :", text)
+    if not loop:
+        return [f"{block.where()}: runner_containers is not built for each of var.runners"]
+    runner = loop.group(1)
+    problems = []
+    for variable, field in (("PLUGWORKER_LISTEN", "port"), ("PLUGWORKER_HEALTH_LISTEN", "health_port"), ("PLUGWORKER_METRICS_ADDRESS", "metrics_port")):
+        found = re.search(rf"'name': '{variable}', 'value': '([^']*)'", text)
+        if not found or not found.group(1).endswith(f":${{{runner}.{field}}}"):
+            problems.append(f"{block.where()}: a runner's {variable} must listen on its {field} from var.runners (got {found.group(1) if found else 'nothing'})")
+    return problems
+
+
 def client_address(tree, root: pathlib.Path) -> list:
     """Consul's HTTP(S) API listens on the task's (or server's) own loopback, not 0.0.0.0."""
     problems = []
@@ -840,6 +860,7 @@ def run(root: pathlib.Path) -> list:
     for rule in (images_pushed, consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, tokens_from_ssm, client_address, prometheus_discovery):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree, root)]
     problems += [f"[runner_ingress] {p}" for p in runner_ingress(tree)]
+    problems += [f"[runner_ports] {p}" for p in runner_ports(tree)]
     for rule in (runner_names_only_in_tfvars, no_insecure_plaintext):
         problems += [f"[{rule.__name__}] {p}" for p in rule(root)]
     return problems

@@ -226,6 +226,13 @@ resource "aws_vpc_security_group_ingress_rule" "runner_health" {
 ''')
         self.assertReports(self.check(), r"\[runner_ingress\].*runner_health lets .* reach a runner's port \$\{each.value.health_port\}")
 
+    def test_a_runner_listening_elsewhere_than_its_ports_fails(self):
+        self.scratch.edit(SERVICES, '{ name = "PLUGWORKER_LISTEN", value = "0.0.0.0:${runner.port}" }', '{ name = "PLUGWORKER_LISTEN", value = "0.0.0.0:50051" }')
+        self.scratch.edit(SERVICES, '{ name = "PLUGWORKER_HEALTH_LISTEN", value = "0.0.0.0:${runner.health_port}" },\n', "")
+        problems = self.check()
+        self.assertReports(problems, r"\[runner_ports\].*PLUGWORKER_LISTEN must listen on its port from var\.runners \(got 0\.0\.0\.0:50051\)")
+        self.assertReports(problems, r"\[runner_ports\].*PLUGWORKER_HEALTH_LISTEN must listen on its health_port .*got nothing")
+
     def test_a_wider_rule_on_every_task_group_fails(self):
         self.scratch.edit(GROUPS, "  ip_protocol       = \"tcp\"\n  from_port         = 8301\n  to_port           = 8301",
                           "  ip_protocol       = \"tcp\"\n  from_port         = 8301\n  to_port           = 65535")
