@@ -112,12 +112,12 @@ variable "consul_server_count" {
 }
 
 variable "consul_version" {
-  description = "Consul version for the servers and the client agent in every task (1.17 or later: the bootstrap script's ACL commands take -accessor-id)."
+  description = "Consul version for the servers and the client agent in every task (1.12 or later: the configuration uses the tls { defaults, internal_rpc, https } blocks)."
   type        = string
   default     = "1.20.5"
   validation {
-    condition     = can(regex("^1\\.(1[7-9]|[2-9][0-9])\\.[0-9]+$", var.consul_version))
-    error_message = "consul_version must be a Consul release 1.17.0 or later (MAJOR.MINOR.PATCH)."
+    condition     = can(regex("^1\\.(1[2-9]|[2-9][0-9])\\.[0-9]+$", var.consul_version))
+    error_message = "consul_version must be a Consul release 1.12.0 or later (MAJOR.MINOR.PATCH)."
   }
 }
 
