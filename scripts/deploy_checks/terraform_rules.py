@@ -624,7 +624,7 @@ def connect_enabled(tree, root: pathlib.Path) -> list:
 
 def intentions(tree, root: pathlib.Path) -> list:
     """Intentions: default deny ("*" from "*") and controller -> each runner, for every
-    runner of var.runners; the servers apply them (mesh.sh, on a timer)."""
+    runner of var.runners; the servers apply them (mesh.py, on a timer)."""
     problems = []
     parameters = [b for b in tree.get("mesh", []) if b.kind == "resource" and b.type == "aws_ssm_parameter" and b.name == "mesh"]
     if not parameters:
