@@ -12,7 +12,7 @@ def main() -> int:
         "controller shutdown vs ECS stop timeout": shutdown_rules.run(repo / "terraform"),
         "checkov terraform": tools.checkov(repo / "terraform", "terraform"),
         "checkov dockerfiles": tools.checkov(repo / "infra" / "docker", "dockerfile"),
-        "Dockerfiles": dockerfile_rules.run(repo),
+        "Dockerfiles": dockerfile_rules.run(repo, compose_rules.runner_names(repo)),
         "docker compose": compose_rules.run(repo),
     }
     fmt = tools.terraform_fmt(repo / "terraform")
