@@ -418,7 +418,7 @@ def _terraform_runners(repo, where, runners) -> list:
     else:
         import hcl2
         with open(tfvars) as handle:
-            declared = set((hcl2.load(handle).get("runners") or {}).keys())
+            declared = {str(k).strip('"') for k in (_one(hcl2.load(handle).get("runners")) or {})}
     problems = []
     for name in sorted(set(runners) - declared):
         problems.append(f"{where}: runner {name} has a compose entry but no entry in {tfvars}")
