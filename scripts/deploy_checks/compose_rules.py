@@ -167,6 +167,9 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
         runner = _build_args(service).get(dockerfile_rules.RUNNER_ARG)
         if binary == dockerfile_rules.DEPLOYABLES["runner"] and runner:
             binary = runner  # the one runner recipe installs the RUNNER binary under this name
+            if not (binaries.bin_dir() / binary).exists():
+                problems.append(f"{where}: service {name}: RUNNER={binary} is not a binary of the workspace (none in {binaries.bin_dir()})")
+                continue
         # Subcommands only (flags in `command` are handled below).
         args = entry_args + [a for a in command if not a.startswith("-")][:1]
         interface = binaries.interface(binary, args)

