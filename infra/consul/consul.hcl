@@ -20,10 +20,12 @@ addresses {
   https = "0.0.0.0"
 }
 ports {
-  http  = 8500
-  https = 8501
-  grpc  = -1
-  dns   = -1
+  http     = 8500
+  https    = 8501
+  # No Envoy, no peering, no DNS: nothing else listens.
+  grpc     = -1
+  grpc_tls = -1
+  dns      = -1
 }
 
 # Certificates made by infra/consul/certs.sh (the consul-certs service) with
@@ -35,7 +37,6 @@ tls {
     cert_file       = "/consul/tls/dc1-server-consul-0.pem"
     key_file        = "/consul/tls/dc1-server-consul-0-key.pem"
     verify_incoming = false
-    verify_outgoing = true
   }
 }
 

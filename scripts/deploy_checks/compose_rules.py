@@ -458,12 +458,13 @@ def _block(config: dict, name: str) -> dict:
     return value if isinstance(value, dict) else {}
 
 
-def consul_network_ports(config: dict) -> set:
-    """Ports the agent serves beyond its container's loopback."""
+def consul_listeners(config: dict) -> dict:
+    """Listener kind -> port, for what the agent serves beyond its container's loopback
+    (Consul's defaults for a server where the config says nothing)."""
     ports, addresses = _block(config, "ports"), _block(config, "addresses")
     client = str(_one(config.get("client_addr", "127.0.0.1")))
-    defaults = {"http": 8500, "https": -1, "dns": 8600}
-    listening = set()
+    defaults = {"http": 8500, "https": -1, "dns": 8600, "grpc": -1, "grpc_tls": 8503}
+    listening = {}
     for kind, default in defaults.items():
         port = _one(ports.get(kind, default))
         try:
@@ -472,8 +473,12 @@ def consul_network_ports(config: dict) -> set:
             continue
         address = str(_one(addresses.get(kind, client)))
         if port > 0 and not address.startswith(LOOPBACK):
-            listening.add(port)
+            listening[kind] = port
     return listening
+
+
+def consul_network_ports(config: dict) -> set:
+    return set(consul_listeners(config).values())
 
 
 def _consul_service(services):
@@ -517,11 +522,9 @@ def _trust(where, services, plugworker, infra, runners) -> list:
         problems.append(f"{where}: Consul ACL default_policy is {_one(acl.get('default_policy', 'allow'))!r}, not \"deny\"")
     if _one(connect.get("enabled")) is not True:
         problems.append(f"{where}: Consul Connect is not enabled (connect.enabled): no CA for the runners' mTLS")
-    network = consul_network_ports(config)
-    ports = _block(config, "ports")
-    https = int(str(_one(ports.get("https", -1))).strip("${}"))
-    if network - {https}:
-        problems.append(f"{where}: Consul serves {sorted(network - {https})} beyond its loopback: tokens would cross the network in clear (HTTPS only)")
+    plaintext = {kind: port for kind, port in consul_listeners(config).items() if kind in ("http", "grpc")}
+    if plaintext:
+        problems.append(f"{where}: Consul serves {sorted(plaintext.values())} ({', '.join(sorted(plaintext))}) beyond its loopback: tokens would cross the network in clear (HTTPS only)")
 
     # Every Consul client has its own token file, in a volume its role alone mounts.
     clients = {}

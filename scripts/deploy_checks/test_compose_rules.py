@@ -89,7 +89,7 @@ class Trust(Case):
 
     def test_plain_http_on_the_network_fails(self):
         self.scratch.edit("infra/consul/consul.hcl", 'http  = "127.0.0.1"', 'http  = "0.0.0.0"')
-        self.assertReports(self.check(), r"Consul serves \[8500\] beyond its loopback")
+        self.assertReports(self.check(), r"Consul serves \[8500\] \(http\) beyond its loopback: tokens would cross the network in clear")
 
     def test_a_client_on_plain_http_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "  CONSUL_HTTP_ADDR: https://consul:8501\n", "  CONSUL_HTTP_ADDR: http://consul:8500\n")
