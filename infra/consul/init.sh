@@ -30,11 +30,14 @@ if [ "${1:-}" = --list-runners ]; then
   exit 0
 fi
 
+# Paths are the compose mounts; the variables exist for the deploy checks' test, which
+# runs this script against a stand-in consul CLI.
 COMPOSE_FILE="${COMPOSE_FILE:-/infra/docker-compose.yml}"
-BOOTSTRAP=/consul/bootstrap
-RUNNER_TOKENS=/tokens/runners
-CONTROLLER_TOKEN=/tokens/controller/token
-PROMETHEUS_TOKEN=/tokens/prometheus/token
+BOOTSTRAP="${CONSUL_INIT_BOOTSTRAP_DIR:-/consul/bootstrap}"
+TOKENS="${CONSUL_INIT_TOKENS_DIR:-/tokens}"
+RUNNER_TOKENS="$TOKENS/runners"
+CONTROLLER_TOKEN="$TOKENS/controller/token"
+PROMETHEUS_TOKEN="$TOKENS/prometheus/token"
 PLUGWORKER_UID=10001    # the plugworker images' user
 PROMETHEUS_UID=65534    # prom/prometheus runs as nobody
 

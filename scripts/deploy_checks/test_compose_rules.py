@@ -233,6 +233,110 @@ class ConsulInit(unittest.TestCase):
         self.assertIn(new_runner.NAME, self.list_runners(compose))
 
 
+# A stand-in for the consul CLI, for the commands init.sh uses: state in $FAKE_CONSUL.
+FAKE_CONSUL = r"""#!/bin/sh
+state="$FAKE_CONSUL"
+mkdir -p "$state/tokens" "$state/policies" "$state/intentions"
+echo "$*" >> "$state/log"
+management() { [ "$(cat "$CONSUL_HTTP_TOKEN_FILE" 2>/dev/null)" = "$(cat "$state/management" 2>/dev/null)" ] || { echo "Permission denied" >&2; exit 1; }; }
+arg() { for a in "$@"; do case "$a" in -$want=*) echo "${a#-$want=}";; esac; done; }
+case "$1 $2" in
+  "acl bootstrap")
+    [ -f "$state/management" ] && { echo "ACL bootstrap no longer allowed" >&2; exit 1; }
+    echo "mgmt-$$" > "$state/management"; echo "AccessorID:   a-$$"; echo "SecretID:     mgmt-$$" ;;
+  "acl token")
+    case "$3" in
+      read) want=token-file; file="$(arg "$@")"; secret="$(cat "$file")"
+            [ "$secret" = "$(cat "$state/management")" ] || [ -f "$state/tokens/$secret" ] || exit 1 ;;
+      create) management; n=$(($(cat "$state/created" 2>/dev/null || echo 0) + 1)); echo "$n" > "$state/created"; secret="token-$n"
+              shift 3; echo "$*" > "$state/tokens/$secret"; echo "SecretID:     $secret" ;;
+    esac ;;
+  "acl policy")
+    management; want=name; name="$(arg "$@")"
+    case "$3" in
+      read) [ -f "$state/policies/$name" ] ;;
+      create|update) want=rules; arg "$@" > "$state/policies/$name" ;;
+    esac ;;
+  "acl set-agent-token") management; echo "$4" > "$state/agent" ;;
+  "config write") management; name="$(sed -n 's/^Name = "\(.*\)"$/\1/p' "$3")"; cp "$3" "$state/intentions/$name.hcl" ;;
+  "config list") management; for f in "$state"/intentions/*.hcl; do [ -e "$f" ] && basename "$f" .hcl; done ;;
+  "config delete") management; want=name; rm "$state/intentions/$(arg "$@").hcl" ;;
+  *) echo "fake consul: unexpected: $*" >&2; exit 2 ;;
+esac
+"""
+
+
+class ConsulInitRun(unittest.TestCase):
+    """init.sh end to end against a stand-in consul CLI (no Consul binary here): one token
+    per process with the right policy, intentions from the compose entries, idempotent."""
+
+    def setUp(self):
+        import tempfile
+        self.tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+        bin_dir = self.tmp / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "consul").write_text(FAKE_CONSUL)
+        (bin_dir / "chown").write_text("#!/bin/sh\necho \"$@\" >> \"$FAKE_CONSUL/chown\"\n")  # ownership needs root
+        for tool in bin_dir.iterdir():
+            tool.chmod(0o755)
+        self.state = self.tmp / "state"
+        self.env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", FAKE_CONSUL=str(self.state),
+                        COMPOSE_FILE=str(REPO / "infra/docker-compose.yml"),
+                        CONSUL_INIT_BOOTSTRAP_DIR=str(self.tmp / "bootstrap"), CONSUL_INIT_TOKENS_DIR=str(self.tmp / "tokens"))
+        self.env.pop("CONSUL_HTTP_TOKEN_FILE", None)
+
+    def init(self):
+        run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh")], env=self.env, capture_output=True, text=True)
+        self.assertEqual(run.returncode, 0, run.stderr)
+        return run.stdout
+
+    def token(self, relative):
+        secret = (self.tmp / "tokens" / relative).read_text().strip()
+        return secret, (self.state / "tokens" / secret).read_text()
+
+    def test_tokens_and_intentions_from_the_compose_entries(self):
+        (self.state / "intentions").mkdir(parents=True)
+        (self.state / "intentions" / "retired-runner.hcl").write_text('Name = "retired-runner"\n')
+        self.init()
+        secrets = set()
+        for runner in compose_rules.runner_names(REPO):
+            secret, created_with = self.token(f"runners/{runner}")
+            self.assertIn(f"-service-identity={runner}", created_with)
+            secrets.add(secret)
+            intention = (self.state / "intentions" / f"{runner}.hcl").read_text()
+            self.assertIn('Sources = [{ Name = "controller", Action = "allow" }]', intention)
+        controller, created_with = self.token("controller/token")
+        self.assertIn("-policy-name=plugworker-controller", created_with)
+        prometheus, created_with = self.token("prometheus/token")
+        self.assertIn("-policy-name=plugworker-prometheus", created_with)
+        self.assertEqual(len(secrets | {controller, prometheus}), len(secrets) + 2, "every process has its own token")
+        rules = (self.state / "policies" / "plugworker-controller").read_text()
+        for rule in ('service "controller" { policy = "write" }', 'service_prefix "" { policy = "read" }', 'node_prefix "" { policy = "read" }'):
+            self.assertIn(rule, rules)
+        self.assertNotIn("write", (self.state / "policies" / "plugworker-prometheus").read_text())
+        self.assertIn('Sources = [{ Name = "*", Action = "deny" }]', (self.state / "intentions" / "*.hcl").read_text())
+        self.assertFalse((self.state / "intentions" / "retired-runner.hcl").exists(), "a runner no longer in compose keeps no intention")
+        self.assertIn("-node-identity=consul:dc1", (self.state / "tokens" / (self.state / "agent").read_text().strip()).read_text())
+        self.assertIn(f"10001:10001 {self.tmp}/tokens/controller/token.new", (self.state / "chown").read_text())
+
+    def test_a_second_run_keeps_working_tokens_and_replaces_a_revoked_one(self):
+        self.init()
+        before = {p: p.read_text() for p in (self.tmp / "tokens").rglob("*") if p.is_file()}
+        self.init()
+        self.assertEqual({p: p.read_text() for p in (self.tmp / "tokens").rglob("*") if p.is_file()}, before)
+        revoked = (self.tmp / "tokens" / "runners" / "nlp-runner").read_text().strip()
+        (self.state / "tokens" / revoked).unlink()
+        self.assertIn("token for plugworker runner nlp-runner (local stack) created", self.init())
+        self.assertNotEqual((self.tmp / "tokens" / "runners" / "nlp-runner").read_text().strip(), revoked)
+
+    def test_a_lost_management_token_is_a_clear_error(self):
+        self.init()
+        (self.tmp / "bootstrap" / "management.token").unlink()
+        run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh")], env=self.env, capture_output=True, text=True)
+        self.assertNotEqual(run.returncode, 0)
+        self.assertIn("start from clean volumes: scripts/stack-up.sh down", run.stderr)
+
+
 class NewRunner(unittest.TestCase):
     """Issue 14 §5: a fourth runner is one crate, one compose entry and one tfvars entry,
     and every deploy check passes on it; its name anywhere else fails them."""
