@@ -11,6 +11,7 @@ import pathlib
 import shutil
 import subprocess
 import sys
+import tempfile
 import unittest
 from unittest import mock
 
@@ -130,6 +131,8 @@ class Trust(Case):
         self.assertReports(self.check(), r"job otel-collector-spanmetrics lists nlp-runner:9464 in static_configs; plugworker services are found through Consul")
 
     def test_prometheus_without_the_role_filter_or_metrics_port_fails(self):
+        self.scratch.edit("infra/prometheus.yml", "      - *has-metrics-port\n      - *metrics-address\n", "      - *has-metrics-port\n")
+        self.assertReports(self.check(), r"job plugworker-runners does not scrape at Meta plugworker_metrics_port")
         self.scratch.edit("infra/prometheus.yml", "        regex: runner\n", "        regex: runners\n")
         self.assertReports(self.check(), r"no consul_sd_configs job keeps Meta plugworker_role=runner")
 
@@ -203,14 +206,14 @@ class RunnerDeclarations(unittest.TestCase):
             self.fetch.runner_needs(self.manifest, "x-runner")
 
     def test_a_runner_without_a_section_gets_an_empty_models_folder(self):
-        with self.subTest("no network: nothing to fetch"):
-            target = pathlib.Path(self.enterContext(__import__("tempfile").TemporaryDirectory()))
-            run = subprocess.run([sys.executable, str(REPO / "scripts/fetch_models.py"), "--runner", "nlp-runner", "--into", str(target / "models")],
-                                 capture_output=True, text=True, env=dict(os.environ, PLUGWORKER_MODEL_PACKAGES=str(target / "packages")))
-            self.assertEqual(run.returncode, 0, run.stderr)
-            self.assertIn("nlp-runner declares no run-time files", run.stdout)
-            self.assertEqual(list((target / "models" / "cache").iterdir()), [])
-            self.assertTrue((target / "packages").is_dir())
+        # Nothing to fetch, so no network either.
+        target = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+        run = subprocess.run([sys.executable, str(REPO / "scripts/fetch_models.py"), "--runner", "nlp-runner", "--into", str(target / "models")],
+                             capture_output=True, text=True, env=dict(os.environ, PLUGWORKER_MODEL_PACKAGES=str(target / "packages")))
+        self.assertEqual(run.returncode, 0, run.stderr)
+        self.assertIn("nlp-runner declares no run-time files", run.stdout)
+        self.assertEqual(list((target / "models" / "cache").iterdir()), [])
+        self.assertTrue((target / "packages").is_dir(), "the image copies this folder whatever the runner declares")
 
 
 class ConsulInit(unittest.TestCase):
@@ -271,7 +274,6 @@ class ConsulInitRun(unittest.TestCase):
     per process with the right policy, intentions from the compose entries, idempotent."""
 
     def setUp(self):
-        import tempfile
         self.tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
         bin_dir = self.tmp / "bin"
         bin_dir.mkdir()
@@ -358,11 +360,20 @@ class NewRunner(unittest.TestCase):
         self.assertIn(new_runner.NAME, new_runner.cargo_members(self.scratch.root))
 
     def test_nothing_outside_the_crate_and_the_two_entries_changed(self):
-        changed = subprocess.run(["diff", "-rq", "-x", "__pycache__", "-x", "bin", "-x", "target", str(REPO / "infra"), str(self.scratch.root / "infra")],
-                                 capture_output=True, text=True).stdout.splitlines()
-        self.assertEqual([line.split()[-2].rsplit("/", 1)[-1] for line in changed if line.startswith("Files")], ["docker-compose.yml"])
-        added = [line for line in changed if line.startswith("Only in")]
-        self.assertEqual(added, [])
+        changed = []
+        for folder in ("infra", "terraform", "scripts", "services/runners"):
+            diff = subprocess.run(["diff", "-rq", "-x", "__pycache__", "-x", ".terraform*", "-x", "*.tfstate*", "-x", "target",
+                                   str(REPO / folder), str(self.scratch.root / folder)], capture_output=True, text=True)
+            for line in diff.stdout.splitlines():
+                if line.startswith("Files "):
+                    changed.append(os.path.relpath(line.split(" and ")[1].removesuffix(" differ"), self.scratch.root))
+                elif line.startswith("Only in "):
+                    where, _, name = line.removeprefix("Only in ").partition(": ")
+                    changed.append(os.path.relpath(os.path.join(where, name), self.scratch.root if where.startswith(str(self.scratch.root)) else REPO))
+        expected = {"infra/docker-compose.yml", "terraform/runners.auto.tfvars", os.path.relpath(self.crate, self.scratch.root)}
+        self.assertEqual(set(changed), expected)
+        workspace = (self.scratch.root / "Cargo.toml").read_text().replace(f'    "{os.path.relpath(self.crate, self.scratch.root)}",\n', "")
+        self.assertEqual(workspace, (REPO / "Cargo.toml").read_text(), "Cargo.toml: only the new member")
 
     def test_its_name_in_another_infra_file_fails(self):
         path = self.scratch.root / "infra" / "prometheus.yml"
