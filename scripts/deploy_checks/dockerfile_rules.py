@@ -79,7 +79,7 @@ def _stage_args(path: pathlib.Path) -> list:
     return stages
 
 
-def _runner_recipe(path: pathlib.Path, dockerfile: Dockerfile, repo: pathlib.Path, runner_names) -> list:
+def _runner_recipe(path: pathlib.Path, runner_names) -> list:
     problems = []
     text = path.read_text()
     uses = [i for i, stage in enumerate(re.split(r"(?im)^FROM ", text)[1:]) if "${RUNNER}" in stage or "$RUNNER" in stage]
@@ -127,5 +127,5 @@ def run(repo: pathlib.Path, runner_names=()) -> list:
         if "--mount=type=cache" not in text:
             problems.append(f"{path}: the cargo build does not use cache mounts (dependency-cached builds)")
         if deployable == "runner":
-            problems += _runner_recipe(path, dockerfile, repo, runner_names)
+            problems += _runner_recipe(path, runner_names)
     return problems
