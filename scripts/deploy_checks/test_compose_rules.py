@@ -6,6 +6,7 @@ when one thing is broken in a copy. Run (from scripts/, deploy-checks venv):
 python -m unittest deploy_checks.test_compose_rules
 """
 import importlib.util
+import json
 import os
 import pathlib
 import shutil
@@ -191,7 +192,6 @@ class RunnerDeclarations(unittest.TestCase):
         self.assertEqual(self.fetch.runner_needs(self.manifest, "nlp-runner"), ([], [], []))
 
     def test_the_repository_manifest_declares_pinned_packages_only(self):
-        import json
         manifest = json.loads((REPO / "models" / "manifest.json").read_text())
         for runner in manifest.get("runners", {}):
             self.fetch.runner_needs(manifest, runner)  # exits on an unknown package or path
@@ -374,6 +374,20 @@ class NewRunner(unittest.TestCase):
         self.assertEqual(set(changed), expected)
         workspace = (self.scratch.root / "Cargo.toml").read_text().replace(f'    "{os.path.relpath(self.crate, self.scratch.root)}",\n', "")
         self.assertEqual(workspace, (REPO / "Cargo.toml").read_text(), "Cargo.toml: only the new member")
+
+    def test_a_runner_that_needs_model_files_declares_them_in_its_manifest_section(self):
+        # The models manifest is the runner's own declaration (data, like its tfvars entry):
+        # a section for it is accepted; no recipe or compose change follows.
+        (self.scratch.root / "models").unlink()
+        shutil.copytree(REPO / "models", self.scratch.root / "models", ignore=shutil.ignore_patterns("cache"))
+        manifest_path = self.scratch.root / "models" / "manifest.json"
+        manifest = json.loads(manifest_path.read_text())
+        manifest["runners"][new_runner.NAME] = {"packages": ["onnxruntime"], "why": "a model of its own"}
+        manifest_path.write_text(json.dumps(manifest, indent=2))
+        self.assertEqual(compose_rules.run(self.scratch.root), [])
+        self.assertEqual(dockerfile_rules.run(self.scratch.root, compose_rules.runner_names(self.scratch.root)), [])
+        extracts, _, _ = _fetch_models().runner_needs(manifest, new_runner.NAME)
+        self.assertEqual([e["requirement"] for e in extracts], ["onnxruntime==1.32.0"])
 
     def test_its_name_in_another_infra_file_fails(self):
         path = self.scratch.root / "infra" / "prometheus.yml"
