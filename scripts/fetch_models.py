@@ -9,11 +9,21 @@
 
 Idempotent: files already present with the right checksum are left alone, so a second run
 takes well under a second. Exits non-zero naming the file on any mismatch.
+
+With no arguments everything in the manifest is fetched (developers, tests). With
+`--runner NAME --into DIR` only what the runner declares in the manifest's "runners"
+section is fetched, into DIR/cache, and the committed paths it lists under "include"
+(relative to models/) are copied to DIR: DIR is then that runner's whole models folder
+(PLUGWORKER_MODELS_DIR). A runner with no section needs nothing, and DIR/cache is left
+empty. This is how infra/docker/runner.Dockerfile gives each runner image exactly what it
+declares, with the same checksums.
 """
+import argparse
 import hashlib
 import json
 import os
 import pathlib
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -99,13 +109,69 @@ def install(entry: dict) -> None:
         link.symlink_to(installed)
 
 
-def main() -> None:
+def project(entry: dict) -> str:
+    """The PyPI project an entry pins (`rapidocr==3.10.0` -> `rapidocr`)."""
+    return entry["requirement"].split("==", 1)[0]
+
+
+def runner_needs(manifest: dict, runner: str):
+    """(extract entries, install entries, include paths) that `runner` declares."""
+    section = manifest.get("runners", {}).get(runner)
+    if section is None:
+        return [], [], []
+    if not isinstance(section, dict):
+        fail(f"manifest: runners.{runner} must be an object")
+    unknown = set(section) - {"packages", "include", "why"}
+    if unknown:
+        fail(f"manifest: runners.{runner} has unknown keys {sorted(unknown)} (packages, include, why)")
+    by_project = {project(e): ("extract", e) for e in manifest["extract"]}
+    by_project.update({project(e): ("install", e) for e in manifest["install"]})
+    extracts, installs = [], []
+    for name in section.get("packages", []):
+        if name not in by_project:
+            fail(f"manifest: runners.{runner} needs package {name!r}, which no extract/install entry pins (known: {sorted(by_project)})")
+        kind, entry = by_project[name]
+        (extracts if kind == "extract" else installs).append(entry)
+    includes = list(section.get("include", []))
+    for relative in includes:
+        source = (MANIFEST.parent / relative).resolve()
+        if MANIFEST.parent.resolve() not in source.parents or not source.exists():
+            fail(f"manifest: runners.{runner} includes {relative!r}, which is not a path inside models/")
+    return extracts, installs, includes
+
+
+def main(argv=None) -> None:
+    global CACHE
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n", 1)[0])
+    parser.add_argument("--runner", help="fetch only what this runner (binary name) declares in the manifest")
+    parser.add_argument("--into", type=pathlib.Path, help="with --runner: the runner's models folder to fill")
+    args = parser.parse_args(argv)
+    if bool(args.runner) != bool(args.into):
+        parser.error("--runner and --into go together")
     manifest = json.loads(MANIFEST.read_text())
-    for entry in manifest["extract"]:
+    if args.runner:
+        extracts, installs, includes = runner_needs(manifest, args.runner)
+        CACHE = args.into / "cache"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        # The image copies this folder whether or not the runner installs anything.
+        INSTALLED.mkdir(parents=True, exist_ok=True)
+    else:
+        extracts, installs, includes = manifest["extract"], manifest["install"], []
+    for entry in extracts:
         extract(entry)
-    for entry in manifest["install"]:
+    for entry in installs:
         install(entry)
-    print(f"fetch-models: all files present and verified in {CACHE}")
+    for relative in includes:
+        source, target = MANIFEST.parent / relative, args.into / relative
+        if source.is_dir():
+            shutil.copytree(source, target, dirs_exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    if args.runner and not (extracts or installs or includes):
+        print(f"fetch-models: {args.runner} declares no run-time files (no runners.{args.runner} section in {MANIFEST.name})")
+    else:
+        print(f"fetch-models: all files present and verified in {CACHE}")
 
 
 if __name__ == "__main__":

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Starts the local stack of infra/docker-compose.yml (Consul, SQS emulator, collector,
-# Tempo, Prometheus, Grafana, controller, 2 image-runners, 1 nlp-runner), waits until the
-# controller is healthy and every runner is registered and passing in Consul, then prints
-# where to look. Needs Docker with the compose plugin (BuildKit for the cache mounts).
-# `scripts/stack-up.sh down` stops it and removes its volumes.
+# Starts the local stack of infra/docker-compose.yml (Consul with ACLs and Connect, SQS
+# emulator, collector, Tempo, Prometheus, Grafana, the controller and every runner entry),
+# then waits for what the compose file declares: the controller healthy, and for each
+# runner entry as many passing Connect-native instances in Consul as its replicas. Needs
+# Docker with the compose plugin (BuildKit for the cache mounts). Trust set-up:
+# docs/deploy-local.md. `scripts/stack-up.sh down` stops it and removes its volumes
+# (Consul's data, certificates and tokens with them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 compose=(docker compose -f infra/docker-compose.yml)
@@ -13,6 +15,20 @@ if [ "${1:-}" = down ]; then
 fi
 if ! docker info >/dev/null 2>&1; then
   echo "stack-up: no Docker engine reachable (docker info failed)" >&2
+  exit 1
+fi
+
+# The runners and their replica counts, as compose resolves the file (anchors merged):
+# every service built with a RUNNER build argument. One "name count" line each.
+expected="$("${compose[@]}" config --format json | python3 -c '
+import json, sys
+services = json.load(sys.stdin)["services"]
+for name, service in sorted(services.items()):
+    if "RUNNER" in ((service.get("build") or {}).get("args") or {}):
+        print(name, (service.get("deploy") or {}).get("replicas", 1))
+')"
+if [ -z "$expected" ]; then
+  echo "stack-up: infra/docker-compose.yml has no runner entries" >&2
   exit 1
 fi
 
@@ -28,19 +44,27 @@ wait_for() { # description, command...
   exit 1
 }
 wait_for "controller /healthz" "${compose[@]}" exec -T controller plugworker healthcheck
+# Asked inside the consul container (its loopback HTTP listener) with the management token
+# consul-init stored; /v1/health/connect lists what the controller resolves: passing,
+# Connect-native instances.
 passing() { # service, instances
-  [ "$(curl -fsS "http://127.0.0.1:8500/v1/health/service/$1?passing=true" |
-      python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')" -ge "$2" ]
+  local count
+  count="$("${compose[@]}" exec -T consul sh -c \
+    'wget -qO- --header "X-Consul-Token: $(cat /consul/bootstrap/management.token)" "http://127.0.0.1:8500/v1/health/connect/$1?passing=true"' \
+    _ "$1" | python3 -c 'import json,sys; print(len(json.load(sys.stdin)))')"
+  [ "$count" -ge "$2" ]
 }
-wait_for "2 image-runner instances passing in Consul" passing image-runner 2
-wait_for "1 nlp-runner instance passing in Consul" passing nlp-runner 1
+while read -r runner replicas; do
+  wait_for "$replicas $runner instance(s) passing in Consul" passing "$runner" "$replicas"
+done <<<"$expected"
 
 cat <<'INFO'
 
 plugworker is up.
-  Consul UI     http://127.0.0.1:8500/ui   (or: docker compose -f infra/docker-compose.yml exec consul consul catalog services -tags)
+  Consul UI     https://127.0.0.1:8501/ui  (the stack's own CA; log in with the management token:
+                docker compose -f infra/docker-compose.yml exec consul cat /consul/bootstrap/management.token)
   Grafana       http://127.0.0.1:3000      (dashboard "plugworker"; Explore → Tempo for traces)
-  Prometheus    http://127.0.0.1:9091
+  Prometheus    http://127.0.0.1:9091      (targets found through Consul: Status → Targets)
   Controller    http://127.0.0.1:9090/healthz, /metrics
 Submit a job:   docker compose -f infra/docker-compose.yml exec controller plugworker submit --algorithm language_detection --text "Bonjour tout le monde"
 Read results:   docker compose -f infra/docker-compose.yml exec controller plugworker results --max 1

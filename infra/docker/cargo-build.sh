@@ -3,10 +3,20 @@
 # stripped, to OUT_DIR. The cargo registry and target folders are BuildKit cache mounts
 # (see the Dockerfiles), so dependencies compile once and a code change rebuilds only
 # plugworker's own crates; a cache mount is gone after its RUN step, hence the copy.
-# Usage: cargo-build.sh PACKAGE BINARY OUT_DIR
+# Usage: cargo-build.sh BINARY OUT_DIR [PACKAGE]
+# Without PACKAGE, cargo finds the workspace member that has the binary: a runner's image
+# needs only its binary's name (runner.Dockerfile's RUNNER).
 set -eu
-package="$1" binary="$2" out="$3"
-cargo build --release --locked -p "$package" --bin "$binary"
+binary="$1" out="$2" package="${3:-}"
+if [ -z "$binary" ]; then
+  echo "cargo-build.sh: no binary named (runner images: --build-arg RUNNER=<runner binary>)" >&2
+  exit 2
+fi
+if [ -n "$package" ]; then
+  cargo build --release --locked -p "$package" --bin "$binary"
+else
+  cargo build --release --locked --bin "$binary"
+fi
 mkdir -p "$out"
 cp "target/release/$binary" "$out/$binary"
 strip --strip-debug "$out/$binary"

@@ -12,7 +12,7 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    infra/docker/cargo-build.sh plugworker-cli plugworker /out
+    infra/docker/cargo-build.sh plugworker /out plugworker-cli
 
 FROM debian:${DEBIAN}-slim
 # ca-certificates: SQS and the OTLP endpoint are reached over TLS on AWS.

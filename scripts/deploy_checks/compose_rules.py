@@ -9,8 +9,22 @@
   collector's exporters and Grafana's data sources is a port that service listens on;
   published ports are ports the service listens on;
 - the queues the controller uses are the ones the init job creates, with the same job
-  timeout, and so is its payload bucket.
+  timeout, and so is its payload bucket;
+- runners (`runners`): every runner is one entry built from the shared anchors
+  (x-runner, x-runner-build, x-runner-env) with nothing of its own but its name (the
+  RUNNER build argument, its token file) and replicas; a runner's name appears nowhere
+  else in infra/; what models/manifest.json declares for runners is for runner entries;
+  the compose runners are the terraform runners (terraform/runners.auto.tfvars);
+- trust (`trust`): Consul runs with ACLs, default deny, and Connect, and its HTTP API is
+  reachable on the network only over HTTPS; every process talking to Consul has its own
+  token file, in a volume that only that role mounts (read-only) and the init job writes;
+  no token literal; nothing runs with --insecure-plaintext;
+- Prometheus finds the controller and the runners through Consul (`consul_sd_configs`
+  filtered on Meta plugworker_role, scraped at plugworker_metrics_port), with its own
+  token; no static target names a plugworker service.
 """
+import functools
+import json
 import pathlib
 import re
 import shlex
@@ -18,6 +32,14 @@ import shlex
 import yaml
 
 from . import binaries, dockerfile_rules
+
+RUNNER_DOCKERFILE = "infra/docker/runner.Dockerfile"
+RUNNER_ANCHORS = {"service": "x-runner", "build": "x-runner-build", "environment": "x-runner-env"}
+# What a runner entry may add to the anchors: its name (build arg, token file) and replicas.
+RUNNER_ENTRY_KEYS = {"build", "environment", "deploy"}
+RUNNER_ANCHOR_ENV = ("PLUGWORKER_LISTEN", "PLUGWORKER_HEALTH_LISTEN", "PLUGWORKER_METRICS_ADDRESS", "CONSUL_HTTP_ADDR")
+MERGE_TAG = "tag:yaml.org,2002:merge"
+LOOPBACK = ("127.", "localhost", "::1")
 
 STANDARD_PREFIXES = ("AWS_", "OTEL_", "RUST_LOG", "ORT_DYLIB_PATH")
 
@@ -39,7 +61,8 @@ def _third_party_ports(name: str, service: dict, infra: pathlib.Path) -> set:
     image = str(service.get("image", ""))
     env = _environment(service)
     if "consul" in image:
-        return {8500, 8600, 8301, 8300}
+        config = consul_config(service, infra)
+        return consul_network_ports(config) if config is not None else {8500, 8600, 8301, 8300}
     if "moto" in image:
         return {int(env.get("MOTO_PORT", 5000))}
     if "grafana/grafana" in image:
@@ -70,7 +93,7 @@ def _plugworker_ports(env: dict, dockerfile_env: dict) -> set:
     merged = dict(dockerfile_env, **env)
     return {
         _port(merged[name])
-        for name in ("PLUGWORKER_HEALTH_ADDRESS", "PLUGWORKER_LISTEN", "PLUGWORKER_METRICS_ADDRESS")
+        for name in ("PLUGWORKER_HEALTH_ADDRESS", "PLUGWORKER_LISTEN", "PLUGWORKER_HEALTH_LISTEN", "PLUGWORKER_METRICS_ADDRESS")
         if name in merged and _port(merged[name])
     }
 
@@ -120,6 +143,8 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
             source = str(volume).split(":")[0]
             if source.startswith((".", "/")) and not (compose_path.parent / source).exists():
                 problems.append(f"{where}: service {name} mounts {source}, which does not exist")
+            elif not source.startswith((".", "/")) and source not in (document.get("volumes") or {}):
+                problems.append(f"{where}: service {name} mounts the volume {source}, which the top-level volumes do not declare")
         depends = service.get("depends_on", []) or []
         for dependency in depends if isinstance(depends, list) else depends.keys():
             if dependency not in names:
@@ -139,6 +164,12 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
             problems.append(f"{where}: service {name}: its Dockerfile has no ENTRYPOINT")
             continue
         binary, *entry_args = dockerfile.entrypoint
+        runner = _build_args(service).get(dockerfile_rules.RUNNER_ARG)
+        if binary == dockerfile_rules.DEPLOYABLES["runner"] and runner:
+            binary = runner  # the one runner recipe installs the RUNNER binary under this name
+            if not (binaries.bin_dir() / binary).exists():
+                problems.append(f"{where}: service {name}: RUNNER={binary} is not a binary of the workspace (none in {binaries.bin_dir()})")
+                continue
         # Subcommands only (flags in `command` are handled below).
         args = entry_args + [a for a in command if not a.startswith("-")][:1]
         interface = binaries.interface(binary, args)
@@ -161,6 +192,13 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
 
     problems += _config_references(infra, names, listening)
     problems += _queues(where, services)
+    runners = runner_entries(compose_path)
+    problems += _runner_entries(where, text, runners)
+    problems += _runner_names_elsewhere(repo, compose_path, text, runners)
+    problems += _manifest_runners(repo, runners)
+    problems += _terraform_runners(repo, where, runners)
+    problems += _trust(where, services, plugworker, infra, set(runners))
+    problems += _prometheus(infra, services, plugworker, runners)
     return problems
 
 
@@ -222,4 +260,383 @@ def _queues(where, services) -> list:
         problems.append(
             f"{where}: sqs-init JOB_TIMEOUT_SECONDS={init_env.get('JOB_TIMEOUT_SECONDS')} differs from the controller's PLUGWORKER_JOB_TIMEOUT={env.get('PLUGWORKER_JOB_TIMEOUT', '300s')}: the visibility timeout would not follow the job timeout"
         )
+    return problems
+
+
+# --- runners ---------------------------------------------------------------------------
+
+def _build_args(service: dict) -> dict:
+    build = service.get("build")
+    args = (build.get("args") if isinstance(build, dict) else None) or {}
+    if isinstance(args, list):
+        args = dict(item.split("=", 1) if "=" in item else (item, "") for item in args)
+    return {str(k): str(v) for k, v in args.items()}
+
+
+def _mapping(node) -> dict:
+    """key -> (key node, value node) of a YAML mapping node, merge keys included."""
+    if not isinstance(node, yaml.MappingNode):
+        return {}
+    return {key.value: (key, value) for key, value in node.value}
+
+
+def _merged(node) -> list:
+    """The nodes a mapping node merges (`<<: *a` or `<<: [*a, *b]`)."""
+    merged = []
+    for key, value in node.value if isinstance(node, yaml.MappingNode) else []:
+        if key.tag == MERGE_TAG or key.value == "<<":
+            merged += value.value if isinstance(value, yaml.SequenceNode) else [value]
+    return merged
+
+
+@functools.lru_cache(maxsize=8)
+def _compose(text: str):
+    """The YAML node graph of a file, once per text: anchors are recognised by node
+    identity, so every rule must look at the same graph."""
+    return yaml.compose(text)
+
+
+def runner_entries(compose_path: pathlib.Path) -> dict:
+    """Runner entries of a compose file: service name -> (resolved service, YAML node),
+    for every service built from the runner recipe or merging the x-runner anchor."""
+    text = compose_path.read_text()
+    document = yaml.safe_load(text) or {}
+    root = _mapping(_compose(text))
+    anchor = root.get(RUNNER_ANCHORS["service"], (None, None))[1]
+    service_nodes = _mapping(root.get("services", (None, None))[1])
+    found = {}
+    for name, service in (document.get("services") or {}).items():
+        build = service.get("build")
+        dockerfile = build.get("dockerfile", "") if isinstance(build, dict) else ""
+        node = service_nodes[name][1]
+        if dockerfile == RUNNER_DOCKERFILE or (anchor is not None and any(m is anchor for m in _merged(node))):
+            found[name] = (service, node)
+    return found
+
+
+def runner_names(repo: pathlib.Path) -> list:
+    """The runners the local stack deploys: its compose runner entries."""
+    return sorted(runner_entries(repo / "infra" / "docker-compose.yml"))
+
+
+def _runner_entries(where, text, runners) -> list:
+    """Every runner entry is the x-runner anchors plus its name and replicas, nothing else
+    (a runner needing more than that is a change to the shared anchors, for every runner)."""
+    problems = []
+    root = _mapping(_compose(text))
+    anchors = {}
+    for role, key in RUNNER_ANCHORS.items():
+        if key not in root:
+            problems.append(f"{where}: no top-level {key} anchor (what every runner entry shares)")
+        else:
+            anchors[role] = root[key][1]
+    if problems:
+        return problems
+    shared = yaml.safe_load(yaml.serialize(anchors["service"])) or {}
+    shared_env = yaml.safe_load(yaml.serialize(anchors["environment"])) or {}
+    for key in ("healthcheck", "stop_grace_period", "volumes", "depends_on"):
+        if key not in shared:
+            problems.append(f"{where}: x-runner has no {key} (every runner needs it)")
+    for variable in RUNNER_ANCHOR_ENV:
+        if variable not in shared_env:
+            problems.append(f"{where}: x-runner-env does not set {variable} (every runner needs it)")
+    if not runners:
+        problems.append(f"{where}: no runner entries (services built from {RUNNER_DOCKERFILE})")
+    for name, (service, node) in sorted(runners.items()):
+        entry = f"{where}: runner {name}"
+        keys = _mapping(node)
+        if not any(m is anchors["service"] for m in _merged(node)):
+            problems.append(f"{entry} does not merge the x-runner anchor (<<: *runner)")
+        extra = set(keys) - {"<<"} - RUNNER_ENTRY_KEYS
+        if extra:
+            problems.append(f"{entry} sets {sorted(extra)} itself; a runner entry adds only {sorted(RUNNER_ENTRY_KEYS)} to x-runner (put what every runner needs in the anchor)")
+        build = keys.get("build", (None, None))[1]
+        if build is None or not any(m is anchors["build"] for m in _merged(build)):
+            problems.append(f"{entry}: build must be {{<<: *runner-build, args: {{RUNNER: {name}}}}}")
+        else:
+            if set(_mapping(build)) - {"<<", "args"}:
+                problems.append(f"{entry}: build adds {sorted(set(_mapping(build)) - {'<<', 'args'})} to x-runner-build")
+            args = _build_args(service)
+            if args != {dockerfile_rules.RUNNER_ARG: name}:
+                problems.append(f"{entry}: build args must be exactly {{RUNNER: {name}}} (the binary is the service name), got {args}")
+        environment = keys.get("environment", (None, None))[1]
+        if environment is None or not any(m is anchors["environment"] for m in _merged(environment)):
+            problems.append(f"{entry}: environment must be {{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: ...}}")
+        else:
+            own = set(_mapping(environment)) - {"<<"}
+            if own != {"CONSUL_HTTP_TOKEN_FILE"}:
+                problems.append(f"{entry}: environment adds {sorted(own)} to x-runner-env; only its own CONSUL_HTTP_TOKEN_FILE belongs in the entry")
+        deploy = service.get("deploy") or {}
+        if set(deploy) - {"replicas"}:
+            problems.append(f"{entry}: deploy sets {sorted(set(deploy) - {'replicas'})}; only replicas belong in a runner entry")
+    return problems
+
+
+def _name_pattern(name: str):
+    return re.compile(rf"(?<![\w-]){re.escape(name)}(?![\w-])")
+
+
+def _runner_names_elsewhere(repo, compose_path, text, runners) -> list:
+    """A runner's name appears in infra/ only inside its own compose entry."""
+    problems = []
+    spans = {name: (node.start_mark.line, node.end_mark.line) for name, (_, node) in runners.items()}
+    keys = {}
+    for key, _ in _mapping(_mapping(_compose(text)).get("services", (None, None))[1]).values():
+        keys[key.value] = key.start_mark.line
+    for path in sorted((repo / "infra").rglob("*")):
+        if not path.is_file():
+            continue
+        try:
+            lines = path.read_text().splitlines()
+        except UnicodeDecodeError:
+            continue
+        for name in runners:
+            pattern = _name_pattern(name)
+            for number, line in enumerate(lines):
+                if not pattern.search(line):
+                    continue
+                if path.resolve() == compose_path.resolve() and (number == keys.get(name) or spans[name][0] <= number <= spans[name][1]):
+                    continue
+                problems.append(f"{path}:{number + 1}: names the runner {name} outside its compose entry (a runner must be one entry; derive the rest from the entries)")
+    return problems
+
+
+def _manifest_runners(repo, runners) -> list:
+    manifest = repo / "models" / "manifest.json"
+    if not manifest.is_file():
+        return []
+    declared = json.loads(manifest.read_text()).get("runners", {})
+    return [f"{manifest}: runners.{name} is not a runner entry of infra/docker-compose.yml (typo? its image would get nothing)"
+            for name in sorted(declared) if name not in runners]
+
+
+def _terraform_runners(repo, where, runners) -> list:
+    """The local stack and the AWS deployment run the same runners."""
+    tfvars = repo / "terraform" / "runners.auto.tfvars"
+    if not tfvars.is_file():
+        return []  # terraform not yet driven by runners.auto.tfvars
+    from . import terraform_rules
+    if hasattr(terraform_rules, "runner_names"):
+        declared = set(terraform_rules.runner_names(repo / "terraform"))
+    else:
+        import hcl2
+        with open(tfvars) as handle:
+            declared = {str(k).strip('"') for k in (_one(hcl2.load(handle).get("runners")) or {})}
+    problems = []
+    for name in sorted(set(runners) - declared):
+        problems.append(f"{where}: runner {name} has a compose entry but no entry in {tfvars}")
+    for name in sorted(declared - set(runners)):
+        problems.append(f"{tfvars}: runner {name} has no compose entry in {where}")
+    return problems
+
+
+# --- trust -----------------------------------------------------------------------------
+
+def consul_config(service: dict, infra: pathlib.Path):
+    """The Consul agent configuration mounted into a consul service (merged), or None."""
+    import hcl2
+    config = {}
+    found = False
+    for volume in service.get("volumes", []) or []:
+        parts = str(volume).split(":")
+        if len(parts) >= 2 and parts[0].startswith(".") and parts[1].startswith("/consul/config") and parts[0].endswith((".hcl", ".json")):
+            found = True
+            with open(infra / parts[0]) as handle:
+                loaded = hcl2.load(handle) if parts[0].endswith(".hcl") else json.load(handle)
+            config.update(loaded)
+    return config if found else None
+
+
+def _one(value):
+    while isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    return value
+
+
+def _block(config: dict, name: str) -> dict:
+    value = _one(config.get(name, {}))
+    return value if isinstance(value, dict) else {}
+
+
+def consul_listeners(config: dict) -> dict:
+    """Listener kind -> port, for what the agent serves beyond its container's loopback
+    (Consul's defaults for a server where the config says nothing)."""
+    ports, addresses = _block(config, "ports"), _block(config, "addresses")
+    client = str(_one(config.get("client_addr", "127.0.0.1")))
+    defaults = {"http": 8500, "https": -1, "dns": 8600, "grpc": -1, "grpc_tls": 8503}
+    listening = {}
+    for kind, default in defaults.items():
+        port = _one(ports.get(kind, default))
+        try:
+            port = int(str(port).strip("${}"))
+        except ValueError:
+            continue
+        address = str(_one(addresses.get(kind, client)))
+        if port > 0 and not address.startswith(LOOPBACK):
+            listening[kind] = port
+    return listening
+
+
+def consul_network_ports(config: dict) -> set:
+    return set(consul_listeners(config).values())
+
+
+def _consul_service(services):
+    for name, service in services.items():
+        command = service.get("command", [])
+        command = shlex.split(command) if isinstance(command, str) else list(command or [])
+        if "consul" in str(service.get("image", "")) and command[:1] == ["agent"]:
+            return name, service
+    return None, None
+
+
+def _token_volume(service: dict, path: str):
+    """(volume name, read-only, path inside the volume) of the named volume a file path
+    is in, or (None, None, None)."""
+    best = (None, None, "")
+    for volume in service.get("volumes", []) or []:
+        parts = str(volume).split(":")
+        if len(parts) < 2 or parts[0].startswith((".", "/")):
+            continue
+        target = parts[1].rstrip("/") + "/"
+        if path.startswith(target) and len(target) > len(best[2]):
+            best = (parts[0], "ro" in parts[2:], target)
+    return best[0], best[1], (path[len(best[2]):] if best[0] else None)
+
+
+def _trust(where, services, plugworker, infra, runners) -> list:
+    problems = []
+    consul_name, consul = _consul_service(services)
+    if consul is None:
+        return [f"{where}: no Consul agent service (image hashicorp/consul, command agent ...)"]
+    command = consul.get("command", [])
+    if "-dev" in (shlex.split(command) if isinstance(command, str) else command):
+        problems.append(f"{where}: service {consul_name} runs a -dev agent (no persistence; ACLs must come from its config)")
+    config = consul_config(consul, infra)
+    if config is None:
+        return problems + [f"{where}: service {consul_name} mounts no agent configuration under /consul/config (ACLs, Connect, TLS)"]
+    acl, connect = _block(config, "acl"), _block(config, "connect")
+    if _one(acl.get("enabled")) is not True:
+        problems.append(f"{where}: Consul ({consul_name}) runs without ACLs (acl.enabled)")
+    if _one(acl.get("default_policy")) != "deny":
+        problems.append(f"{where}: Consul ACL default_policy is {_one(acl.get('default_policy', 'allow'))!r}, not \"deny\"")
+    if _one(connect.get("enabled")) is not True:
+        problems.append(f"{where}: Consul Connect is not enabled (connect.enabled): no CA for the runners' mTLS")
+    plaintext = {kind: port for kind, port in consul_listeners(config).items() if kind in ("http", "grpc")}
+    if plaintext:
+        problems.append(f"{where}: Consul serves {sorted(plaintext.values())} ({', '.join(sorted(plaintext))}) beyond its loopback: tokens would cross the network in clear (HTTPS only)")
+
+    # Every Consul client has its own token file, in a volume its role alone mounts.
+    clients = {}
+    for name, service in services.items():
+        env = _environment(service)
+        if "CONSUL_HTTP_TOKEN" in env:
+            problems.append(f"{where}: service {name} sets CONSUL_HTTP_TOKEN inline; tokens are files (CONSUL_HTTP_TOKEN_FILE) written by the init job")
+        if name in plugworker or "CONSUL_HTTP_TOKEN_FILE" in env:
+            if name in plugworker and "CONSUL_HTTP_TOKEN_FILE" not in env:
+                problems.append(f"{where}: service {name} talks to Consul without a token (CONSUL_HTTP_TOKEN_FILE)")
+                continue
+            if env.get("CONSUL_HTTP_ADDR", "").startswith(("http://",)) or (env.get("CONSUL_HTTP_ADDR") and "://" not in env["CONSUL_HTTP_ADDR"] and not env["CONSUL_HTTP_ADDR"].startswith(LOOPBACK)):
+                problems.append(f"{where}: service {name} reaches Consul at {env['CONSUL_HTTP_ADDR']} in plain HTTP (its token would travel in clear)")
+            clients[name] = env.get("CONSUL_HTTP_TOKEN_FILE", "")
+    prometheus = next((n for n, s in services.items() if "prom/prometheus" in str(s.get("image", ""))), None)
+    if prometheus:
+        config_file = yaml.safe_load((infra / "prometheus.yml").read_text())
+        for job in config_file.get("scrape_configs", []):
+            for sd in job.get("consul_sd_configs", []) or []:
+                if "token" in sd:
+                    problems.append(f"{infra}/prometheus.yml: job {job['job_name']} has an inline Consul token; use authorization.credentials_file")
+                credentials = (sd.get("authorization") or {}).get("credentials_file")
+                if not credentials:
+                    problems.append(f"{infra}/prometheus.yml: job {job['job_name']} reads Consul without a token (authorization.credentials_file)")
+                else:
+                    clients.setdefault(prometheus, credentials)
+    seen = {}
+    roles = {}
+    for name, path in clients.items():
+        volume, read_only, inside = _token_volume(services[name], path)
+        if (volume, inside) in seen and volume is not None:
+            problems.append(f"{where}: services {seen[(volume, inside)]} and {name} share the Consul token {inside} of volume {volume}; every process has its own")
+        seen.setdefault((volume, inside), name)
+        if volume is None:
+            problems.append(f"{where}: service {name}'s token {path} is not in a mounted volume the init job writes")
+            continue
+        if not read_only:
+            problems.append(f"{where}: service {name} mounts its token volume {volume} writable; mount it :ro")
+        role = "runner" if name in runners else name
+        roles.setdefault(volume, set()).add(role)
+    for volume, holders in roles.items():
+        writers = [n for n, s in services.items() if any(str(v).split(":")[0] == volume and "ro" not in str(v).split(":")[2:] for v in s.get("volumes", []) or [])]
+        if not writers:
+            problems.append(f"{where}: no service writes the token volume {volume} (the init job creates the tokens)")
+        if len(holders) > 1:
+            problems.append(f"{where}: the token volume {volume} is mounted by {sorted(holders)}: each role's tokens in a volume of its own")
+        mounted_by = {n for n, s in services.items() if any(str(v).split(":")[0] == volume for v in s.get("volumes", []) or [])}
+        strangers = mounted_by - set(writers) - {n for n in clients if _token_volume(services[n], clients[n])[0] == volume}
+        for stranger in sorted(strangers):
+            problems.append(f"{where}: service {stranger} mounts the token volume {volume}, whose tokens are not its own")
+
+    # No plaintext runner or controller.
+    for name, service in services.items():
+        env = _environment(service)
+        value = env.get("PLUGWORKER_INSECURE_PLAINTEXT")
+        if value is not None and value.strip().lower() not in ("", "false", "0", "no"):
+            problems.append(f"{where}: service {name} sets PLUGWORKER_INSECURE_PLAINTEXT={value}: the stack runs mTLS only")
+        for key in ("command", "entrypoint"):
+            words = service.get(key) or []
+            words = shlex.split(words) if isinstance(words, str) else [str(w) for w in words]
+            if "--insecure-plaintext" in words:
+                problems.append(f"{where}: service {name} runs with --insecure-plaintext: the stack runs mTLS only")
+    for name, dockerfile in plugworker.items():
+        if "PLUGWORKER_INSECURE_PLAINTEXT" in dockerfile.env or "--insecure-plaintext" in dockerfile.cmd + dockerfile.entrypoint:
+            problems.append(f"{dockerfile.path}: the image runs in plaintext mode (--insecure-plaintext)")
+    return problems
+
+
+# --- Prometheus ------------------------------------------------------------------------
+
+def _keeps(job: dict, role: str) -> bool:
+    for rule in job.get("relabel_configs", []) or []:
+        if (rule.get("action") == "keep" and rule.get("source_labels") == ["__meta_consul_service_metadata_plugworker_role"]
+                and re.fullmatch(str(rule.get("regex", "(.*)")), role)):
+            return True
+    return False
+
+
+def _prometheus(infra, services, plugworker, runners) -> list:
+    path = infra / "prometheus.yml"
+    config = yaml.safe_load(path.read_text())
+    problems = []
+    plugworker_names = set(plugworker) | set(runners)
+    for job in config.get("scrape_configs", []):
+        for kind in ("static_configs", "dns_sd_configs", "file_sd_configs"):
+            for sd in job.get(kind, []) or []:
+                named = [str(t) for t in sd.get("targets", []) + sd.get("names", [])]
+                for target in named:
+                    if target.split(":")[0] in plugworker_names:
+                        problems.append(f"{path}: job {job['job_name']} lists {target} in {kind}; plugworker services are found through Consul (consul_sd_configs)")
+                if kind == "file_sd_configs":
+                    problems.append(f"{path}: job {job['job_name']} reads targets from files; plugworker services are found through Consul")
+    for role in ("controller", "runner"):
+        jobs = [j for j in config.get("scrape_configs", []) if j.get("consul_sd_configs") and _keeps(j, role)]
+        if not jobs:
+            problems.append(f"{path}: no consul_sd_configs job keeps Meta plugworker_role={role} (relabel keep on __meta_consul_service_metadata_plugworker_role)")
+        for job in jobs:
+            rewrites = [r for r in job.get("relabel_configs", []) or [] if r.get("target_label") == "__address__"]
+            if not any("__meta_consul_service_metadata_plugworker_metrics_port" in (r.get("source_labels") or []) for r in rewrites):
+                problems.append(f"{path}: job {job['job_name']} does not scrape at Meta plugworker_metrics_port (relabel __address__)")
+            for sd in job["consul_sd_configs"]:
+                server = str(sd.get("server", "localhost:8500"))
+                consul = next((s for n, s in services.items() if n == server.split(":")[0]), None)
+                if consul is None:
+                    problems.append(f"{path}: job {job['job_name']} reads Consul at {server}, which is not a service")
+                    continue
+                config_file = consul_config(consul, infra)
+                if config_file is not None:
+                    port = int(server.rsplit(":", 1)[1]) if ":" in server else 8500
+                    if port not in consul_network_ports(config_file):
+                        problems.append(f"{path}: job {job['job_name']} reads Consul at {server}, but it serves {sorted(consul_network_ports(config_file))} on the network")
+                    https = int(str(_one(_block(config_file, "ports").get("https", -1))).strip("${}"))
+                    if port == https and sd.get("scheme") != "https":
+                        problems.append(f"{path}: job {job['job_name']} reads Consul's HTTPS port {port} without scheme: https")
     return problems

@@ -141,7 +141,7 @@ class Checkov(Case):
         self.assertReports(tools.checkov(self.scratch.root / "terraform", "terraform"), r"CKV_AWS_7 skipped without a justification")
 
     def test_a_dockerfile_running_as_root_fails(self):
-        self.scratch.edit("infra/docker/nlp-runner.Dockerfile", "USER 10001:10001\n", "")
+        self.scratch.edit("infra/docker/runner.Dockerfile", "USER 10001:10001\n", "")
         self.assertReports(tools.checkov(self.scratch.root / "infra" / "docker", "dockerfile"), r"checkov CKV_DOCKER_3 ")
 
 
@@ -155,25 +155,25 @@ class TerraformFmt(Case):
 
 class Dockerfiles(Case):
     def check(self):
-        return dockerfile_rules.run(self.scratch.root)
+        return dockerfile_rules.run(self.scratch.root, compose_rules.runner_names(self.scratch.root))
 
     def test_the_repository_passes(self):
         self.assertEqual(self.check(), [])
 
     def test_root_no_healthcheck_single_stage_and_missing_sources_fail(self):
         self.scratch.edit("infra/docker/controller.Dockerfile", "USER 10001:10001", "USER root")
-        self.scratch.edit("infra/docker/nlp-runner.Dockerfile", "HEALTHCHECK", "# HEALTHCHECK")
-        self.scratch.edit("infra/docker/image-runner.Dockerfile", "COPY models/gallery", "COPY models/galery")
+        self.scratch.edit("infra/docker/runner.Dockerfile", "HEALTHCHECK", "# HEALTHCHECK")
+        self.scratch.edit("infra/docker/runner.Dockerfile", "COPY models/ models/", "COPY modles/ models/")
         problems = self.check()
         self.assertReports(problems, r"controller\.Dockerfile: the runtime stage does not switch to a non-root USER")
-        self.assertReports(problems, r"nlp-runner\.Dockerfile: the runtime stage has no HEALTHCHECK")
-        self.assertReports(problems, r"image-runner\.Dockerfile: COPY models/galery: no such path")
+        self.assertReports(problems, r"runner\.Dockerfile: the runtime stage has no HEALTHCHECK")
+        self.assertReports(problems, r"runner\.Dockerfile: COPY modles/: no such path")
 
     def test_a_single_stage_image_fails(self):
-        text = (self.scratch.root / "infra/docker/nlp-runner.Dockerfile").read_text()
+        text = (self.scratch.root / "infra/docker/runner.Dockerfile").read_text()
         runtime = text[text.index("FROM debian"):]
-        (self.scratch.root / "infra/docker/nlp-runner.Dockerfile").write_text(runtime)
-        self.assertReports(self.check(), r"nlp-runner\.Dockerfile: not multi-stage")
+        (self.scratch.root / "infra/docker/runner.Dockerfile").write_text(runtime)
+        self.assertReports(self.check(), r"runner\.Dockerfile: not multi-stage")
 
 
 class Compose(Case):
@@ -194,12 +194,12 @@ class Compose(Case):
         self.assertReports(self.check(), r"controller PLUGWORKER_PAYLOAD_BUCKET=elsewhere is not the bucket plugworker-payloads that sqs-init creates")
 
     def test_a_runner_variable_typo_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "      PLUGWORKER_METRICS_ADDRESS: 0.0.0.0:9464\n", "      PLUGWORKER_METRIC_ADDRESS: 0.0.0.0:9464\n")
+        self.scratch.edit("infra/docker-compose.yml", "  PLUGWORKER_METRICS_ADDRESS: 0.0.0.0:9464\n", "  PLUGWORKER_METRIC_ADDRESS: 0.0.0.0:9464\n")
         self.assertReports(self.check(), r"image-runner sets PLUGWORKER_METRIC_ADDRESS, which `image-runner` does not read")
 
     def test_a_port_nobody_listens_on_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n      RUST_LOG: info\n    ports",
-                          "OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4999\n      RUST_LOG: info\n    ports")
+        self.scratch.edit("infra/docker-compose.yml", "OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n      RUST_LOG: info\n    volumes:\n      - controller-token",
+                          "OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4999\n      RUST_LOG: info\n    volumes:\n      - controller-token")
         self.assertReports(self.check(), r"controller: OTEL_EXPORTER_OTLP_ENDPOINT=http://otel-collector:4999 names otel-collector:4999")
 
     def test_a_published_port_the_service_does_not_listen_on_fails(self):
@@ -207,19 +207,19 @@ class Compose(Case):
         self.assertReports(self.check(), r"controller publishes 9090:9091, but listens on \[9090\]")
 
     def test_a_scrape_target_on_the_wrong_port_fails(self):
-        self.scratch.edit("infra/prometheus.yml", "port: 9464", "port: 9465")
-        self.assertReports(self.check(), r"prometheus\.yml: job plugworker-runners scrapes image-runner:9465")
+        self.scratch.edit("infra/prometheus.yml", '"otel-collector:8889"', '"otel-collector:8899"')
+        self.assertReports(self.check(), r"prometheus\.yml: job otel-collector-spanmetrics scrapes otel-collector:8899")
 
     def test_the_collector_exporting_to_a_closed_port_fails(self):
         self.scratch.edit("infra/tempo.yaml", "endpoint: 0.0.0.0:4317", "endpoint: 0.0.0.0:4417")
         self.assertReports(self.check(), r"otel-collector\.yaml: exporter otlp/tempo sends to tempo:4317")
 
     def test_a_missing_dockerfile_and_mount_and_dependency_fail(self):
-        self.scratch.edit("infra/docker-compose.yml", "dockerfile: infra/docker/nlp-runner.Dockerfile", "dockerfile: infra/docker/nlp.Dockerfile")
+        self.scratch.edit("infra/docker-compose.yml", "dockerfile: infra/docker/runner.Dockerfile", "dockerfile: infra/docker/runners.Dockerfile")
         self.scratch.edit("infra/docker-compose.yml", "./tempo.yaml:/etc/tempo.yaml:ro", "./tempo.yml:/etc/tempo.yaml:ro")
         self.scratch.edit("infra/docker-compose.yml", "depends_on: [tempo]", "depends_on: [jaeger]")
         problems = self.check()
-        self.assertReports(problems, r"service nlp-runner: Dockerfile .*nlp\.Dockerfile does not exist")
+        self.assertReports(problems, r"service nlp-runner: Dockerfile .*runners\.Dockerfile does not exist")
         self.assertReports(problems, r"service tempo mounts \./tempo\.yml, which does not exist")
         self.assertReports(problems, r"service otel-collector depends on jaeger, which is not a service")
 

@@ -1,0 +1,232 @@
+"""The generated fourth runner: adding a runner is one crate, one compose entry and one
+`terraform/runners.auto.tfvars` entry, and nothing else.
+
+`create()` copies the repository's deployment (infra/, terraform/, scripts/), the
+workspace manifest and services/runners/ to a temporary folder (other crates are linked,
+never copied; no target folder), then adds a throw-away runner exactly as the README's
+"Adding a runner" says:
+
+1. the crate `services/runners/<name>`, from the nlp-runner's layout (Cargo.toml, build.rs,
+   the three-line main.rs) with its name substituted and one trivial algorithm, and the
+   crate added to the workspace members;
+2. ONE compose entry, from the x-runner anchors;
+3. ONE entry in terraform/runners.auto.tfvars (created with the current runners when the
+   branch has none yet).
+
+It needs no models-manifest section: a runner without run-time files declares none.
+
+The crate is not compiled (minutes of CI for no new information): the shipped runners
+already prove that the kit pattern builds and serves (build.rs declares the algorithms,
+main.rs is the same three lines in each), so what this check must prove is that nothing
+*outside* the crate needs to change. Where cargo is installed, `cargo metadata --no-deps
+--offline` (no compilation, no network, well under a second) proves the crate is a valid
+manifest and a member of the copied workspace.
+
+The deploy checks read each runner's command-line interface from its built binary's
+`--help`. The throw-away runner has no binary, so the copy's binary folder links its name
+to the nlp-runner's: every runner's flags and environment variables are the kit's, and the
+algorithm list that differs is not what the compose rules read.
+
+`python -m deploy_checks.new_runner` creates the runner, runs every check on it and prints
+the result; the tests are in test_compose_rules.py (`NewRunner`).
+"""
+import json
+import os
+import pathlib
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+from . import binaries, compose_rules
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+NAME = "word-count-runner"
+TEMPLATE = "services/runners/nlp"
+TEMPLATE_NAME = "nlp-runner"
+
+ALGORITHM = '''//! `word_count`: how many words a text has (the generated runner's one algorithm).
+
+use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Input {
+    /// The text whose words to count.
+    #[schemars(length(min = 1, max = 100_000))]
+    pub text: String,
+}
+
+#[derive(Debug, Serialize, JsonSchema)]
+pub struct Output {
+    /// Whitespace-separated words.
+    pub words: usize,
+}
+
+pub struct WordCount;
+
+impl Algorithm for WordCount {
+    type Input = Input;
+    type Output = Output;
+    const NAME: &'static str = "word_count";
+    const VERSION: &'static str = "1.0.0";
+    const DESCRIPTION: &'static str = "Counts the words of a text.";
+
+    fn load(_: &LoadContext) -> Result<Self, LoadError> {
+        Ok(Self)
+    }
+
+    async fn run(&self, input: Input, _: &RunContext) -> Result<Output, RunError> {
+        Ok(Output {
+            words: input.text.split_whitespace().count(),
+        })
+    }
+}
+
+plugworker_kit::register_algorithm!(WordCount);
+'''
+
+
+class Scratch:
+    """A temporary copy of what a new runner could touch."""
+
+    def __init__(self, repo: pathlib.Path = REPO):
+        self._tmp = tempfile.TemporaryDirectory(prefix="plugworker-new-runner-")
+        self.root = pathlib.Path(self._tmp.name)
+        ignore = shutil.ignore_patterns("target", ".terraform*", "*.tfstate*", "__pycache__")
+        for name in ("infra", "terraform", "scripts"):
+            shutil.copytree(repo / name, self.root / name, ignore=ignore)
+        (self.root / "services").mkdir()
+        shutil.copytree(repo / "services" / "runners", self.root / "services" / "runners", ignore=ignore)
+        for crate in (repo / "services").iterdir():
+            if crate.name != "runners":
+                (self.root / "services" / crate.name).symlink_to(crate)
+        for name in ("Cargo.toml", "README.md"):
+            shutil.copy(repo / name, self.root / name)
+        for name in ("models", "proto", "Cargo.lock"):
+            if (repo / name).exists():
+                (self.root / name).symlink_to(repo / name)
+
+    def close(self):
+        self._tmp.cleanup()
+
+
+def _add_crate(root: pathlib.Path, name: str) -> pathlib.Path:
+    crate = root / "services" / "runners" / name.removesuffix("-runner")
+    shutil.copytree(root / TEMPLATE, crate, ignore=shutil.ignore_patterns("algorithms", "tests"))
+    manifest = (crate / "Cargo.toml").read_text()
+    manifest = manifest.replace(f'name = "{TEMPLATE_NAME}"', f'name = "{name}"', 1)
+    manifest = re.sub(r'description = "[^"]*"', f'description = "plugworker runner {name} (generated by the deploy checks)."', manifest, count=1)
+    manifest = re.sub(r"(?m)^whatlang\.workspace = true\n", "", manifest)  # the template algorithm's own dependency
+    manifest = manifest[: manifest.index("[dev-dependencies]")] if "[dev-dependencies]" in manifest else manifest
+    (crate / "Cargo.toml").write_text(manifest)
+    main = (crate / "src" / "main.rs").read_text()
+    (crate / "src" / "main.rs").write_text(re.sub(r"(?m)^//! .*$", f"//! `{name}`: each module in `src/algorithms/` is one algorithm.", main, count=1))
+    (crate / "src" / "algorithms").mkdir()
+    (crate / "src" / "algorithms" / "word_count.rs").write_text(ALGORITHM)
+    workspace = (root / "Cargo.toml").read_text()
+    member = f'    "services/runners/{crate.name}",\n'
+    anchor = f'    "{TEMPLATE}",\n'
+    if anchor not in workspace:
+        raise RuntimeError(f"Cargo.toml: no member {TEMPLATE} to add the new crate beside")
+    (root / "Cargo.toml").write_text(workspace.replace(anchor, anchor + member, 1))
+    return crate
+
+
+def _add_compose_entry(root: pathlib.Path, name: str) -> None:
+    path = root / "infra" / "docker-compose.yml"
+    text = path.read_text()
+    entry = (
+        f"  {name}:\n"
+        f"    <<: *runner\n"
+        f"    build: {{<<: *runner-build, args: {{RUNNER: {name}}}}}\n"
+        f"    environment: {{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{name}}}\n\n"
+    )
+    marker = "\nvolumes:\n"
+    if marker not in text:
+        raise RuntimeError(f"{path}: no top-level volumes: to insert the runner entry before")
+    path.write_text(text.replace(marker, "\n" + entry.rstrip("\n") + "\n" + marker, 1))
+
+
+def _tfvars_entry(name: str) -> str:
+    return f'  "{name}" = {{ cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }}\n'
+
+
+def _add_tfvars_entry(root: pathlib.Path, name: str, existing: list) -> None:
+    path = root / "terraform" / "runners.auto.tfvars"
+    if not path.exists():
+        # infra-tf's file is not on this branch yet: the runners of today, minimally.
+        path.write_text("runners = {\n" + "".join(_tfvars_entry(r) for r in existing) + "}\n")
+    text = path.read_text()
+    closing = text.rindex("}")
+    path.write_text(text[:closing] + _tfvars_entry(name) + text[closing:])
+    terraform = shutil.which("terraform")
+    if terraform:  # aligns the `=` as a person adding the line would (terraform fmt)
+        subprocess.run([terraform, "fmt", str(path)], check=True, capture_output=True)
+
+
+def create(root: pathlib.Path, name: str = NAME) -> pathlib.Path:
+    """Adds the runner `name` to the copy at `root`; returns its crate folder."""
+    existing = compose_rules.runner_names(root)
+    if name in existing:
+        raise ValueError(f"{name} is already a runner")
+    crate = _add_crate(root, name)
+    _add_compose_entry(root, name)
+    _add_tfvars_entry(root, name, existing)
+    return crate
+
+
+def binary_folder(root: pathlib.Path, name: str = NAME) -> pathlib.Path:
+    """A binary folder for the copy: the real binaries, and `name` standing in as the
+    nlp-runner's (the kit's interface; see the module doc)."""
+    folder = root / "bin"
+    folder.mkdir(exist_ok=True)
+    real = binaries.bin_dir()
+    for binary in real.iterdir():
+        if binary.is_file() and os.access(binary, os.X_OK):
+            (folder / binary.name).symlink_to(binary)
+    (folder / name).symlink_to(real / TEMPLATE_NAME)
+    return folder
+
+
+def cargo_members(root: pathlib.Path):
+    """Workspace member package names of the copy (cargo metadata, no compilation, no
+    network), or None when cargo is not installed."""
+    cargo = shutil.which("cargo")
+    if cargo is None:
+        return None
+    result = subprocess.run([cargo, "metadata", "--no-deps", "--offline", "--format-version", "1"],
+                            cwd=root, capture_output=True, text=True, timeout=120,
+                            env=dict(os.environ, CARGO_TARGET_DIR=str(root / "target")))
+    if result.returncode != 0:
+        raise RuntimeError(f"cargo metadata on the copy failed: {result.stderr.strip()[-2000:]}")
+    metadata = json.loads(result.stdout)
+    members = set(metadata["workspace_members"])
+    return {package["name"] for package in metadata["packages"] if package["id"] in members}
+
+
+def main() -> int:
+    from .__main__ import sections
+
+    scratch = Scratch()
+    try:
+        crate = create(scratch.root)
+        os.environ["PLUGWORKER_BIN"] = str(binary_folder(scratch.root))
+        members = cargo_members(scratch.root)
+        print(f"new runner: {NAME} in {crate.relative_to(scratch.root)}; workspace members: {sorted(members) if members is not None else 'cargo not installed'}")
+        failed = False
+        for section, problems in sections(scratch.root).items():
+            print(f"new runner: {section}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
+            for problem in problems:
+                print(f"  - {problem}")
+            failed |= bool(problems)
+        return 1 if failed or (members is not None and NAME not in members) else 0
+    finally:
+        scratch.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
