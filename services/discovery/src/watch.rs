@@ -48,23 +48,11 @@ impl Watch {
         }
     }
 
-    /// Overrides the error backoff bounds (defaults: 100 ms to 10 s).
-    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.min_backoff = min;
-        self.max_backoff = max.max(min);
-        self
-    }
-
     /// Overrides the rate limit: `burst` requests at once, then one per `interval`
     /// (defaults: [`DEFAULT_BURST`], [`DEFAULT_INTERVAL`]). A zero interval disables it.
     pub fn with_rate_limit(mut self, burst: u32, interval: Duration) -> Self {
         self.limit = RateLimit::new(burst, interval);
         self
-    }
-
-    /// The index of the last result returned.
-    pub fn index(&self) -> u64 {
-        self.index
     }
 
     /// Waits for the next result that differs from the last one returned (the first call
@@ -194,7 +182,7 @@ mod tests {
         assert_eq!(watch.next(&mut ask).await.unwrap(), 1);
         assert_eq!(watch.next(&mut ask).await.unwrap(), 2); // the repeated index 5 was skipped
         assert_eq!(watch.next(&mut ask).await.unwrap(), 3);
-        assert_eq!(watch.index(), 0, "a backwards index resets the watch");
+        assert_eq!(watch.index, 0, "a backwards index resets the watch");
         assert_eq!(*seen.borrow(), vec![0, 5, 5, 7]);
     }
 
@@ -203,7 +191,7 @@ mod tests {
         let mut watch = Watch::new(Duration::from_secs(1));
         let value = watch.next(|_| async { reply(0, 9) }).await.unwrap();
         assert_eq!(value, 9);
-        assert_eq!(watch.index(), 1);
+        assert_eq!(watch.index, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -249,8 +237,8 @@ mod tests {
 
     #[test]
     fn backoff_grows_with_jitter_and_is_capped() {
-        let mut watch = Watch::new(Duration::from_secs(1))
-            .with_backoff(Duration::from_millis(100), Duration::from_secs(2));
+        let mut watch = Watch::new(Duration::from_secs(1));
+        watch.max_backoff = Duration::from_secs(2);
         watch.consecutive_errors = 1;
         let first = watch.backoff();
         assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(100));

@@ -41,11 +41,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are being exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still buffered and stops the exporter. Call it after the work
     /// is done but while the Tokio runtime still exists (the exporter's gRPC client
     /// runs on it).
