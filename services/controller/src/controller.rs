@@ -26,7 +26,7 @@ use crate::queue::{Delivery, JobQueue, PublishError, ResultSink};
 use plugworker_jobs::{
     ErrorClass, ErrorInfo, JobResult, RunnerInfo, Status, Timings, codes, parse_job,
 };
-use rand::Rng;
+use plugworker_lifecycle::Backoff;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -42,6 +42,9 @@ const FINALS_REMEMBERED: usize = 100_000;
 /// After the grace period, how long jobs get to put their messages back before they are
 /// abandoned (their messages then reappear after the visibility timeout).
 const REQUEUE_GRACE: Duration = Duration::from_secs(15);
+/// Between failed receives: quick at first (a blip), then every 10 s at most (SQS or the
+/// network is down; jobs wait in the queue meanwhile).
+const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
 /// How the controller behaves; see `ControllerArgs` for the flags that set it.
 #[derive(Clone, Debug)]
@@ -60,13 +63,23 @@ pub struct Settings {
     /// How long a job waits for a runner of its algorithm to appear before it is
     /// released for redelivery.
     pub runner_wait: Duration,
-    /// First redelivery delay after a transient error; doubles per attempt.
+    /// First redelivery delay after a transient error; doubles per attempt
+    /// ([`retry_backoff`](Self::retry_backoff)).
     pub retry_base: Duration,
+    /// Longest redelivery delay.
     pub retry_max: Duration,
     /// Extend a running job's visibility every `visibility × heartbeat_fraction`.
     pub heartbeat_fraction: f64,
     /// How long running jobs may finish after shutdown starts.
     pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// The redelivery delay after a transient error: `retry_base` doubling per attempt,
+    /// up to `retry_max`, jittered so jobs that failed together are not retried together.
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.retry_base, self.retry_max)
+    }
 }
 
 impl Default for Settings {
@@ -290,7 +303,7 @@ impl Controller {
                     if stopping {
                         break 'receiving;
                     }
-                    let delay = Duration::from_millis(200) * 2u32.pow(queue_errors.min(6));
+                    let delay = RECEIVE_BACKOFF.delay(queue_errors);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue 'receiving,
                         () = &mut shutdown => {
@@ -626,7 +639,7 @@ fn class_name(class: ErrorClass) -> &'static str {
 /// A transient failure with attempts left: visible again after a backoff.
 async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Option<Outcome> {
     let error = result.error.as_ref()?;
-    let delay = backoff(&context.settings, delivery.attempt());
+    let delay = context.settings.retry_backoff().delay(delivery.attempt());
     tracing::info!(message_id = %delivery.message_id, attempt = delivery.attempt(), code = %error.code, error = %error.message, retry_in = ?delay, "job failed transiently; it will be redelivered");
     if let Err(error) = context.queue.retry_later(delivery, delay).await {
         tracing::warn!(%error, message_id = %delivery.message_id, "could not set the redelivery delay; the visibility timeout applies");
@@ -676,7 +689,11 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
             // Keep the message, and its receives: deleting it would lose the job, letting
             // the redrive policy take it would dead-letter it without a result.
             context.metrics.unpublishable(&error);
-            let delay = backoff(&context.settings, delivery.attempt()).min(MAX_REQUEUE_DELAY);
+            let delay = context
+                .settings
+                .retry_backoff()
+                .delay(delivery.attempt())
+                .min(MAX_REQUEUE_DELAY);
             tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is kept and will run again");
             if let Err(error) = context
                 .queue
@@ -723,7 +740,10 @@ async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome
                 // The result is out; the redelivery will try the copy again (and not
                 // publish again).
                 tracing::warn!(error = %dlq_error, %message_id, "could not copy the job to the dead-letter queue; it will be redelivered for that");
-                let delay = backoff(&context.settings, delivery.receive_count);
+                let delay = context
+                    .settings
+                    .retry_backoff()
+                    .delay(delivery.receive_count);
                 if let Err(error) = context.queue.retry_later(delivery, delay).await {
                     tracing::warn!(%error, %message_id, "could not set the redelivery delay");
                 }
@@ -824,16 +844,6 @@ impl Context {
     }
 }
 
-/// `retry_base × 2^(attempt-1)`, capped at `retry_max`, with ±20 % jitter.
-fn backoff(settings: &Settings, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let delay = settings
-        .retry_base
-        .saturating_mul(1 << exponent)
-        .min(settings.retry_max);
-    delay.mul_f64(rand::rng().random_range(0.8..=1.2))
-}
-
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -843,17 +853,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn redeliveries_back_off_from_retry_base_up_to_retry_max() {
         let settings = Settings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(10),
             ..Settings::default()
         };
-        let first = backoff(&settings, 1);
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
-        let third = backoff(&settings, 3);
-        assert!(third >= Duration::from_millis(3200) && third <= Duration::from_millis(4800));
-        assert!(backoff(&settings, 30) <= Duration::from_secs(12));
+        let backoff = settings.retry_backoff();
+        assert_eq!(backoff.ceiling(1), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(4));
+        assert_eq!(backoff.ceiling(30), Duration::from_secs(10));
+        assert!(
+            backoff.delay(30) <= Duration::from_secs(10),
+            "jitter never exceeds the cap"
+        );
     }
 
     #[tokio::test]
