@@ -46,58 +46,7 @@ const REQUEUE_GRACE: Duration = Duration::from_secs(15);
 /// network is down; jobs wait in the queue meanwhile).
 const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
-/// How the controller behaves; see `ControllerArgs` for the flags that set it.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Jobs running at once, all algorithms together.
-    pub max_in_flight: usize,
-    /// Jobs running at once per algorithm.
-    pub max_in_flight_per_algorithm: usize,
-    /// Jobs waiting (without a run slot) for a runner of their algorithm to appear; beyond
-    /// this, such a job is put back at once with a `no_runner` error.
-    pub max_waiting_for_runner: usize,
-    /// Concurrent calls to one runner instance.
-    pub max_calls_per_instance: usize,
-    /// Deadline of one run on a runner.
-    pub job_timeout: Duration,
-    /// How long a job waits for a runner of its algorithm to appear before it is
-    /// released for redelivery.
-    pub runner_wait: Duration,
-    /// First redelivery delay after a transient error; doubles per attempt
-    /// ([`retry_backoff`](Self::retry_backoff)).
-    pub retry_base: Duration,
-    /// Longest redelivery delay.
-    pub retry_max: Duration,
-    /// Extend a running job's visibility every `visibility × heartbeat_fraction`.
-    pub heartbeat_fraction: f64,
-    /// How long running jobs may finish after shutdown starts.
-    pub shutdown_grace: Duration,
-}
-
-impl Settings {
-    /// The redelivery delay after a transient error: `retry_base` doubling per attempt,
-    /// up to `retry_max`, jittered so jobs that failed together are not retried together.
-    pub fn retry_backoff(&self) -> Backoff {
-        Backoff::new(self.retry_base, self.retry_max)
-    }
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 64,
-            max_in_flight_per_algorithm: 64,
-            max_waiting_for_runner: 64,
-            max_calls_per_instance: 64,
-            job_timeout: Duration::from_secs(300),
-            runner_wait: Duration::from_secs(10),
-            retry_base: Duration::from_secs(2),
-            retry_max: Duration::from_secs(300),
-            heartbeat_fraction: 0.5,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::Settings;
 
 /// What running a job came to.
 #[derive(Debug)]
@@ -809,11 +758,7 @@ impl Context {
         }
         limits
             .entry(algorithm.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.settings.max_in_flight_per_algorithm.max(1),
-                ))
-            })
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_algorithm_limit().max(1))))
             .clone()
     }
 
