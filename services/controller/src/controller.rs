@@ -189,7 +189,7 @@ impl Controller {
 
     /// The Prometheus metrics, refreshed from the resolver and the queue at each scrape.
     pub fn metrics_source(&self) -> MetricsSource {
-        let mut registry = plugworker_telemetry::metrics::Registry::default();
+        let mut registry = plugworker_telemetry::metrics::MetricsRegistry::default();
         self.context.metrics.register(&mut registry);
         let metrics = self.context.metrics.clone();
         let queue = self.context.queue.clone();
