@@ -53,30 +53,23 @@ pub enum Command {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("plugworker: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
     // Traces name the role, not the binary: the producer and the controller are both
-    // `plugworker`. The exporter's client runs on the runtime, so it is created inside it
-    // and flushed before the runtime goes.
+    // `plugworker`. A health probe runs every few seconds and has nothing to trace or log.
     let service_name = match &cli.command {
         Command::Controller(_) | Command::Dev(_) => "plugworker-controller",
         Command::Submit(_) => "plugworker-submit",
         _ => "plugworker",
     };
-    // A health probe runs every few seconds and has nothing to trace or log.
-    let telemetry = (!matches!(cli.command, Command::Healthcheck(_))).then(|| {
-        let _context = runtime.enter();
-        plugworker_telemetry::init(service_name, cli.log_format)
-    });
-    let outcome = runtime.block_on(async {
+    let telemetry =
+        (!matches!(cli.command, Command::Healthcheck(_))).then_some((service_name, cli.log_format));
+    let process = match plugworker_telemetry::bootstrap(telemetry) {
+        Ok(process) => process,
+        Err(error) => {
+            eprintln!("plugworker: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let outcome = process.block_on(async {
         match cli.command {
             Command::Registry(args) => commands::registry::run(args).await,
             Command::Algorithms(args) => commands::algorithms::run(args).await,
@@ -88,10 +81,8 @@ pub fn main() -> ExitCode {
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,
         }
     });
-    // Flushed from a blocking thread of the runtime that owns the exporter's connection.
-    if let Some(telemetry) = telemetry {
-        let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
-    }
+    // Traces flushed, runtime stopped.
+    drop(process);
     match outcome {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

@@ -37,7 +37,6 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 fn settings(concurrency: usize) -> Settings {
     Settings {
         max_in_flight: concurrency,
-        max_in_flight_per_algorithm: concurrency,
         retry_base: Duration::from_millis(100),
         shutdown_grace: Duration::from_secs(5),
         ..Settings::default()

@@ -1,6 +1,7 @@
-//! `plugworker controller` flags; each has an environment variable.
+//! `plugworker controller` flags; each has an environment variable. [`Settings`] is the job
+//! loop's part of them, and the only place its defaults are written.
 
-use crate::controller::Settings;
+use plugworker_lifecycle::Backoff;
 use std::time::Duration;
 
 /// Where the queues are.
@@ -46,7 +47,7 @@ impl SqsArgs {
     }
 }
 
-/// How the controller runs jobs.
+/// `plugworker controller`'s flags: where the queues and Consul are, and how jobs run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {
     #[command(flatten)]
@@ -58,6 +59,21 @@ pub struct ControllerArgs {
     /// Override the jobs queue's visibility timeout (default: read from the queue).
     #[arg(long, env = "PLUGWORKER_VISIBILITY_TIMEOUT", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Option<Duration>,
+    /// How long Consul may hold each blocking query of the resolver.
+    #[arg(long, env = "PLUGWORKER_CONSUL_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub consul_wait: Duration,
+    #[command(flatten)]
+    pub settings: Settings,
+}
+
+/// How the controller runs jobs, whatever the queue: the job loop's [`Settings`].
+///
+/// Each field is a flag with its environment variable, and its default is written once,
+/// here, in its `#[arg]`: [`Settings::default`] reads those same defaults (and not the
+/// environment), so `plugworker dev`, tests and benchmarks start from exactly what an
+/// unconfigured `plugworker controller` runs with. A new setting is one field.
+#[derive(clap::Args, Debug, Clone)]
+pub struct Settings {
     /// Jobs running at once, all algorithms together.
     #[arg(long, env = "PLUGWORKER_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: usize,
@@ -65,7 +81,7 @@ pub struct ControllerArgs {
     #[arg(long, env = "PLUGWORKER_MAX_IN_FLIGHT_PER_ALGORITHM")]
     pub max_in_flight_per_algorithm: Option<usize>,
     /// Jobs waiting for a runner of their algorithm to appear (they hold no run slot);
-    /// beyond this, such a job is put back at once.
+    /// beyond this, such a job is put back at once with a `no_runner` error.
     #[arg(long, env = "PLUGWORKER_MAX_WAITING_FOR_RUNNER", default_value_t = 64)]
     pub max_waiting_for_runner: usize,
     /// Concurrent calls to one runner instance.
@@ -77,7 +93,7 @@ pub struct ControllerArgs {
     /// How long a job waits for a runner of its algorithm to appear before it is put back.
     #[arg(long, env = "PLUGWORKER_RUNNER_WAIT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub runner_wait: Duration,
-    /// First redelivery delay after a transient error (doubles per attempt).
+    /// First redelivery delay after a transient error (doubles per attempt, jittered).
     #[arg(long, env = "PLUGWORKER_RETRY_BASE", default_value = "2s", value_parser = humantime::parse_duration)]
     pub retry_base: Duration,
     /// Longest redelivery delay.
@@ -91,26 +107,78 @@ pub struct ControllerArgs {
     /// (ECS: the container's stopTimeout).
     #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
-    /// How long Consul may hold each blocking query of the resolver.
-    #[arg(long, env = "PLUGWORKER_CONSUL_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
-    pub consul_wait: Duration,
 }
 
-impl ControllerArgs {
-    pub fn settings(&self) -> Settings {
-        Settings {
-            max_in_flight: self.max_in_flight,
-            max_in_flight_per_algorithm: self
-                .max_in_flight_per_algorithm
-                .unwrap_or(self.max_in_flight),
-            max_waiting_for_runner: self.max_waiting_for_runner,
-            max_calls_per_instance: self.max_calls_per_instance,
-            job_timeout: self.job_timeout,
-            runner_wait: self.runner_wait,
-            retry_base: self.retry_base,
-            retry_max: self.retry_max,
-            heartbeat_fraction: self.heartbeat_fraction,
-            shutdown_grace: self.shutdown_grace,
-        }
+impl Settings {
+    /// Jobs running at once per algorithm: `max_in_flight_per_algorithm`, or
+    /// `max_in_flight` when that is unset.
+    pub fn per_algorithm_limit(&self) -> usize {
+        self.max_in_flight_per_algorithm
+            .unwrap_or(self.max_in_flight)
+    }
+
+    /// The redelivery delay after a transient error: `retry_base` doubling per attempt,
+    /// up to `retry_max`, jittered so jobs that failed together are not retried together.
+    pub fn retry_backoff(&self) -> Backoff {
+        Backoff::new(self.retry_base, self.retry_max)
+    }
+}
+
+impl Default for Settings {
+    /// The flags' own defaults, as `plugworker controller` with no flags and no
+    /// `PLUGWORKER_*` variables would run.
+    fn default() -> Self {
+        flag_defaults()
+    }
+}
+
+/// `T` as its flags' defaults say, ignoring the environment: the command line is empty
+/// and every `env = ...` is cleared first.
+fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
+    let command = T::augment_args(clap::Command::new("defaults"))
+        .mut_args(|arg| arg.env(None::<&'static str>));
+    let matches = command
+        .try_get_matches_from(["defaults"])
+        .expect("every setting has a default");
+    T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Command {
+        #[command(flatten)]
+        settings: Settings,
+    }
+
+    #[test]
+    fn the_default_is_what_the_flags_default_to() {
+        let defaults = Settings::default();
+        assert_eq!(defaults.max_in_flight, 64);
+        assert_eq!(
+            defaults.per_algorithm_limit(),
+            64,
+            "follows --max-in-flight"
+        );
+        assert_eq!(defaults.job_timeout, Duration::from_secs(300));
+        assert_eq!(defaults.runner_wait, Duration::from_secs(10));
+        assert_eq!(defaults.retry_base, Duration::from_secs(2));
+        assert_eq!(defaults.retry_max, Duration::from_secs(300));
+        assert_eq!(defaults.shutdown_grace, Duration::from_secs(30));
+        assert_eq!(defaults.heartbeat_fraction, 0.5);
+        assert_eq!(defaults.max_in_flight_per_algorithm, None);
+    }
+
+    #[test]
+    fn flags_set_the_settings() {
+        let settings =
+            Command::parse_from(["controller", "--max-in-flight", "8", "--job-timeout", "90s"])
+                .settings;
+        assert_eq!(settings.max_in_flight, 8);
+        assert_eq!(settings.per_algorithm_limit(), 8);
+        assert_eq!(settings.job_timeout, Duration::from_secs(90));
     }
 }

@@ -26,7 +26,7 @@ use crate::queue::{Delivery, JobQueue, PublishError, ResultSink};
 use plugworker_jobs::{
     ErrorClass, ErrorInfo, JobResult, RunnerInfo, Status, Timings, codes, parse_job,
 };
-use rand::Rng;
+use plugworker_lifecycle::Backoff;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -42,49 +42,11 @@ const FINALS_REMEMBERED: usize = 100_000;
 /// After the grace period, how long jobs get to put their messages back before they are
 /// abandoned (their messages then reappear after the visibility timeout).
 const REQUEUE_GRACE: Duration = Duration::from_secs(15);
+/// Between failed receives: quick at first (a blip), then every 10 s at most (SQS or the
+/// network is down; jobs wait in the queue meanwhile).
+const RECEIVE_BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
 
-/// How the controller behaves; see `ControllerArgs` for the flags that set it.
-#[derive(Clone, Debug)]
-pub struct Settings {
-    /// Jobs running at once, all algorithms together.
-    pub max_in_flight: usize,
-    /// Jobs running at once per algorithm.
-    pub max_in_flight_per_algorithm: usize,
-    /// Jobs waiting (without a run slot) for a runner of their algorithm to appear; beyond
-    /// this, such a job is put back at once with a `no_runner` error.
-    pub max_waiting_for_runner: usize,
-    /// Concurrent calls to one runner instance.
-    pub max_calls_per_instance: usize,
-    /// Deadline of one run on a runner.
-    pub job_timeout: Duration,
-    /// How long a job waits for a runner of its algorithm to appear before it is
-    /// released for redelivery.
-    pub runner_wait: Duration,
-    /// First redelivery delay after a transient error; doubles per attempt.
-    pub retry_base: Duration,
-    pub retry_max: Duration,
-    /// Extend a running job's visibility every `visibility × heartbeat_fraction`.
-    pub heartbeat_fraction: f64,
-    /// How long running jobs may finish after shutdown starts.
-    pub shutdown_grace: Duration,
-}
-
-impl Default for Settings {
-    fn default() -> Self {
-        Self {
-            max_in_flight: 64,
-            max_in_flight_per_algorithm: 64,
-            max_waiting_for_runner: 64,
-            max_calls_per_instance: 64,
-            job_timeout: Duration::from_secs(300),
-            runner_wait: Duration::from_secs(10),
-            retry_base: Duration::from_secs(2),
-            retry_max: Duration::from_secs(300),
-            heartbeat_fraction: 0.5,
-            shutdown_grace: Duration::from_secs(30),
-        }
-    }
-}
+pub use crate::config::Settings;
 
 /// What running a job came to.
 #[derive(Debug)]
@@ -227,7 +189,7 @@ impl Controller {
 
     /// The Prometheus metrics, refreshed from the resolver and the queue at each scrape.
     pub fn metrics_source(&self) -> MetricsSource {
-        let mut registry = plugworker_telemetry::metrics::Registry::default();
+        let mut registry = plugworker_telemetry::metrics::MetricsRegistry::default();
         self.context.metrics.register(&mut registry);
         let metrics = self.context.metrics.clone();
         let queue = self.context.queue.clone();
@@ -290,7 +252,7 @@ impl Controller {
                     if stopping {
                         break 'receiving;
                     }
-                    let delay = Duration::from_millis(200) * 2u32.pow(queue_errors.min(6));
+                    let delay = RECEIVE_BACKOFF.delay(queue_errors);
                     tokio::select! {
                         () = tokio::time::sleep(delay) => continue 'receiving,
                         () = &mut shutdown => {
@@ -626,7 +588,7 @@ fn class_name(class: ErrorClass) -> &'static str {
 /// A transient failure with attempts left: visible again after a backoff.
 async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Option<Outcome> {
     let error = result.error.as_ref()?;
-    let delay = backoff(&context.settings, delivery.attempt());
+    let delay = context.settings.retry_backoff().delay(delivery.attempt());
     tracing::info!(message_id = %delivery.message_id, attempt = delivery.attempt(), code = %error.code, error = %error.message, retry_in = ?delay, "job failed transiently; it will be redelivered");
     if let Err(error) = context.queue.retry_later(delivery, delay).await {
         tracing::warn!(%error, message_id = %delivery.message_id, "could not set the redelivery delay; the visibility timeout applies");
@@ -676,7 +638,11 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
             // Keep the message, and its receives: deleting it would lose the job, letting
             // the redrive policy take it would dead-letter it without a result.
             context.metrics.unpublishable(&error);
-            let delay = backoff(&context.settings, delivery.attempt()).min(MAX_REQUEUE_DELAY);
+            let delay = context
+                .settings
+                .retry_backoff()
+                .delay(delivery.attempt())
+                .min(MAX_REQUEUE_DELAY);
             tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is kept and will run again");
             if let Err(error) = context
                 .queue
@@ -723,7 +689,10 @@ async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome
                 // The result is out; the redelivery will try the copy again (and not
                 // publish again).
                 tracing::warn!(error = %dlq_error, %message_id, "could not copy the job to the dead-letter queue; it will be redelivered for that");
-                let delay = backoff(&context.settings, delivery.receive_count);
+                let delay = context
+                    .settings
+                    .retry_backoff()
+                    .delay(delivery.receive_count);
                 if let Err(error) = context.queue.retry_later(delivery, delay).await {
                     tracing::warn!(%error, %message_id, "could not set the redelivery delay");
                 }
@@ -789,11 +758,7 @@ impl Context {
         }
         limits
             .entry(algorithm.to_string())
-            .or_insert_with(|| {
-                Arc::new(Semaphore::new(
-                    self.settings.max_in_flight_per_algorithm.max(1),
-                ))
-            })
+            .or_insert_with(|| Arc::new(Semaphore::new(self.settings.per_algorithm_limit().max(1))))
             .clone()
     }
 
@@ -824,16 +789,6 @@ impl Context {
     }
 }
 
-/// `retry_base × 2^(attempt-1)`, capped at `retry_max`, with ±20 % jitter.
-fn backoff(settings: &Settings, attempt: u32) -> Duration {
-    let exponent = attempt.saturating_sub(1).min(20);
-    let delay = settings
-        .retry_base
-        .saturating_mul(1 << exponent)
-        .min(settings.retry_max);
-    delay.mul_f64(rand::rng().random_range(0.8..=1.2))
-}
-
 fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
@@ -843,17 +798,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn backoff_doubles_and_is_capped() {
+    fn redeliveries_back_off_from_retry_base_up_to_retry_max() {
         let settings = Settings {
             retry_base: Duration::from_secs(1),
             retry_max: Duration::from_secs(10),
             ..Settings::default()
         };
-        let first = backoff(&settings, 1);
-        assert!(first >= Duration::from_millis(800) && first <= Duration::from_millis(1200));
-        let third = backoff(&settings, 3);
-        assert!(third >= Duration::from_millis(3200) && third <= Duration::from_millis(4800));
-        assert!(backoff(&settings, 30) <= Duration::from_secs(12));
+        let backoff = settings.retry_backoff();
+        assert_eq!(backoff.ceiling(1), Duration::from_secs(1));
+        assert_eq!(backoff.ceiling(3), Duration::from_secs(4));
+        assert_eq!(backoff.ceiling(30), Duration::from_secs(10));
+        assert!(
+            backoff.delay(30) <= Duration::from_secs(10),
+            "jitter never exceeds the cap"
+        );
     }
 
     #[tokio::test]

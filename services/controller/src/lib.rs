@@ -52,8 +52,8 @@ pub async fn build_on_sqs(
         args.visibility_timeout,
         &sqs::JobsQueueOptions {
             allow_no_dlq: args.queues.allow_no_dlq,
-            job_timeout: args.job_timeout,
-            runner_wait: args.runner_wait,
+            job_timeout: args.settings.job_timeout,
+            runner_wait: args.settings.runner_wait,
         },
         claim.clone(),
     )
@@ -85,7 +85,7 @@ pub async fn build_on_sqs(
         "controller starting"
     );
     let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
-    let settings = args.settings();
+    let settings = args.settings;
     let dispatcher = Arc::new(Dispatcher::new(
         resolver,
         settings.max_calls_per_instance,

@@ -6,7 +6,7 @@
 use crate::queue::JobQueue;
 use futures::future::BoxFuture;
 use plugworker_discovery::{Resolver, Snapshot};
-use plugworker_telemetry::metrics::{Registry, latency_buckets};
+use plugworker_telemetry::metrics::{MetricsRegistry, latency_buckets};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -139,7 +139,7 @@ impl ControllerMetrics {
         }
     }
 
-    pub fn register(&self, registry: &mut Registry) {
+    pub fn register(&self, registry: &mut MetricsRegistry) {
         registry.register(
             "plugworker_results_unpublishable",
             "Final results the results queue did not take; their jobs are kept and run again (alert on any)",
@@ -304,7 +304,7 @@ impl ControllerMetrics {
 /// A metrics registry and how to refresh it before a scrape.
 #[derive(Clone)]
 pub struct MetricsSource {
-    pub registry: Arc<Mutex<Registry>>,
+    pub registry: Arc<Mutex<MetricsRegistry>>,
     pub refresh: Arc<dyn Fn() -> BoxFuture<'static, ()> + Send + Sync>,
 }
 

@@ -45,18 +45,6 @@ pub enum Error {
     },
 }
 
-impl Error {
-    /// True for failures worth retrying (Consul unreachable, restarting or overloaded), as
-    /// opposed to requests Consul rejected as wrong.
-    pub fn is_transient(&self) -> bool {
-        match self {
-            Error::Transport { .. } => true,
-            Error::Status { status, .. } => status.is_server_error() || *status == 429,
-            Error::InvalidAddress { .. } | Error::Config { .. } | Error::Decode { .. } => false,
-        }
-    }
-}
-
 /// reqwest's own message is only "error sending request for url (...)"; the reason (a
 /// refused connection, an unknown certificate issuer) is in its sources, and log lines
 /// print only the top error, so the message carries the whole chain.
@@ -476,7 +464,7 @@ mod tests {
         })
         .unwrap();
         let error = runtime.block_on(client.leader()).unwrap_err();
-        assert!(error.is_transient());
+        assert!(matches!(error, Error::Transport { .. }), "{error:?}");
         let text = error.to_string();
         assert!(text.to_lowercase().contains("refused"), "{text}");
     }

@@ -118,7 +118,7 @@ pub mod settings {
     ];
 }
 
-/// Where Consul is and how to authenticate. Build it with [`ConsulConfig::from_env`],
+/// Where Consul is and how to authenticate. Build it with [`ConsulConfig::try_from_env`],
 /// [`ConsulArgs::config`], or a struct literal ending in `..ConsulConfig::default()`.
 #[derive(Clone)]
 pub struct ConsulConfig {
@@ -246,15 +246,6 @@ impl ConsulConfig {
         Self::from_lookup(|name| std::env::var_os(name))
     }
 
-    /// Like [`try_from_env`](Self::try_from_env), for callers that cannot handle an
-    /// error here: a boolean that does not parse is logged and ignored, as Consul's Go
-    /// client does. Everything else is checked when the client is built.
-    pub fn from_env() -> Self {
-        let args = ConsulArgs::from_lookup(|name| std::env::var_os(name));
-        args.config_with(Strictness::Lenient)
-            .expect("lenient parsing never fails")
-    }
-
     fn from_lookup(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> Result<Self, Error> {
         ConsulArgs::from_lookup(lookup).config()
     }
@@ -332,24 +323,9 @@ impl fmt::Debug for ConsulArgs {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Strictness {
-    Strict,
-    Lenient,
-}
-
 impl ConsulArgs {
     /// The client configuration these flags and variables describe.
     pub fn config(&self) -> Result<ConsulConfig, Error> {
-        self.config_with(Strictness::Strict)
-    }
-
-    /// A client for these settings.
-    pub fn client(&self) -> Result<crate::ConsulClient, Error> {
-        crate::ConsulClient::new(self.config()?)
-    }
-
-    fn config_with(&self, strictness: Strictness) -> Result<ConsulConfig, Error> {
         let defaults = ConsulConfig::default();
         let boolean = |setting: Setting, value: &Option<String>| -> Result<Option<bool>, Error> {
             let Some(text) = non_empty(value) else {
@@ -357,10 +333,6 @@ impl ConsulArgs {
             };
             match parse_go_bool(text) {
                 Some(value) => Ok(Some(value)),
-                None if strictness == Strictness::Lenient => {
-                    tracing::warn!(setting = %setting, value = %text, "not a boolean; ignored");
-                    Ok(None)
-                }
                 None => Err(Error::Config {
                     setting,
                     value: text.to_string(),
@@ -395,10 +367,15 @@ impl ConsulArgs {
         })
     }
 
+    /// A client for these settings.
+    pub fn client(&self) -> Result<crate::ConsulClient, Error> {
+        crate::ConsulClient::new(self.config()?)
+    }
+
     /// The settings as only the environment gives them (no command line).
     fn from_lookup(lookup: impl Fn(&str) -> Option<std::ffi::OsString>) -> Self {
-        // Not clap: a variable that is not UTF-8 must not abort a caller of `from_env`; it
-        // is read lossily instead, and then fails to parse or to open with a clear error.
+        // Not clap: a variable that is not UTF-8 must not panic in `try_from_env`; it is
+        // read lossily instead, and then fails to parse or to open with a clear error.
         let get = |setting: Setting| lookup(setting.env).map(|v| v.to_string_lossy().into_owned());
         Self {
             consul_address: get(settings::HTTP_ADDR).unwrap_or_default(),
@@ -540,19 +517,12 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_boolean_names_its_variable_unless_lenient() {
+    fn a_bad_boolean_names_its_variable() {
         let error = ConsulConfig::from_lookup(env(&[("CONSUL_HTTP_SSL", "yes please")]))
             .unwrap_err()
             .to_string();
         assert!(error.contains("CONSUL_HTTP_SSL (--consul-ssl)"), "{error}");
         assert!(error.contains("yes please"), "{error}");
-        let lenient = ConsulArgs::from_lookup(env(&[("CONSUL_HTTP_SSL_VERIFY", "nope")]))
-            .config_with(Strictness::Lenient)
-            .unwrap();
-        assert!(
-            lenient.tls.verify,
-            "an unparseable value is ignored, as in Go"
-        );
     }
 
     #[test]

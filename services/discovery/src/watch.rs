@@ -11,10 +11,10 @@
 //!   whole `wait`) nothing waits; an agent or proxy that answers at once with the same
 //!   index, or a view that churns, degrades to polling instead of a busy loop.
 //! - After an error, back off exponentially with jitter before the next request, so many
-//!   watchers do not hammer a recovering agent in lock-step.
+//!   watchers do not hammer a recovering agent in lock-step ([`Backoff`]).
 
 use crate::client::{Error, QueryMeta, QueryOptions};
-use rand::Rng;
+use plugworker_lifecycle::Backoff;
 use std::future::Future;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -23,6 +23,8 @@ use tokio::time::Instant;
 pub const DEFAULT_BURST: u32 = 4;
 /// Sustained request rate of a watch whose answers come back at once: one per interval.
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(1);
+/// Delay after a failed request: from 100 ms up to 10 s.
+const ERROR_BACKOFF: Backoff = Backoff::new(Duration::from_millis(100), Duration::from_secs(10));
 
 /// Keeps the index, rate limit and backoff state of one blocking query.
 #[derive(Debug)]
@@ -30,8 +32,6 @@ pub struct Watch {
     index: u64,
     wait: Duration,
     consecutive_errors: u32,
-    min_backoff: Duration,
-    max_backoff: Duration,
     limit: RateLimit,
 }
 
@@ -42,17 +42,8 @@ impl Watch {
             index: 0,
             wait,
             consecutive_errors: 0,
-            min_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(10),
             limit: RateLimit::new(DEFAULT_BURST, DEFAULT_INTERVAL),
         }
-    }
-
-    /// Overrides the error backoff bounds (defaults: 100 ms to 10 s).
-    pub fn with_backoff(mut self, min: Duration, max: Duration) -> Self {
-        self.min_backoff = min;
-        self.max_backoff = max.max(min);
-        self
     }
 
     /// Overrides the rate limit: `burst` requests at once, then one per `interval`
@@ -60,11 +51,6 @@ impl Watch {
     pub fn with_rate_limit(mut self, burst: u32, interval: Duration) -> Self {
         self.limit = RateLimit::new(burst, interval);
         self
-    }
-
-    /// The index of the last result returned.
-    pub fn index(&self) -> u64 {
-        self.index
     }
 
     /// Waits for the next result that differs from the last one returned (the first call
@@ -102,22 +88,11 @@ impl Watch {
                 }
                 Err(error) => {
                     self.consecutive_errors = self.consecutive_errors.saturating_add(1);
-                    tokio::time::sleep(self.backoff()).await;
+                    tokio::time::sleep(ERROR_BACKOFF.delay(self.consecutive_errors)).await;
                     return Err(error);
                 }
             }
         }
-    }
-
-    /// Full-jitter exponential backoff for the current error streak.
-    fn backoff(&self) -> Duration {
-        let exponent = self.consecutive_errors.saturating_sub(1).min(16);
-        let ceiling = self
-            .min_backoff
-            .saturating_mul(1 << exponent)
-            .min(self.max_backoff);
-        let jittered = rand::rng().random_range(ceiling / 2..=ceiling);
-        jittered.max(self.min_backoff)
     }
 }
 
@@ -194,7 +169,7 @@ mod tests {
         assert_eq!(watch.next(&mut ask).await.unwrap(), 1);
         assert_eq!(watch.next(&mut ask).await.unwrap(), 2); // the repeated index 5 was skipped
         assert_eq!(watch.next(&mut ask).await.unwrap(), 3);
-        assert_eq!(watch.index(), 0, "a backwards index resets the watch");
+        assert_eq!(watch.index, 0, "a backwards index resets the watch");
         assert_eq!(*seen.borrow(), vec![0, 5, 5, 7]);
     }
 
@@ -203,7 +178,7 @@ mod tests {
         let mut watch = Watch::new(Duration::from_secs(1));
         let value = watch.next(|_| async { reply(0, 9) }).await.unwrap();
         assert_eq!(value, 9);
-        assert_eq!(watch.index(), 1);
+        assert_eq!(watch.index, 1);
     }
 
     #[tokio::test(start_paused = true)]
@@ -247,18 +222,26 @@ mod tests {
         );
     }
 
-    #[test]
-    fn backoff_grows_with_jitter_and_is_capped() {
-        let mut watch = Watch::new(Duration::from_secs(1))
-            .with_backoff(Duration::from_millis(100), Duration::from_secs(2));
-        watch.consecutive_errors = 1;
-        let first = watch.backoff();
-        assert!(first >= Duration::from_millis(100) && first <= Duration::from_millis(100));
-        watch.consecutive_errors = 4;
-        let fourth = watch.backoff();
-        assert!(fourth >= Duration::from_millis(400) && fourth <= Duration::from_millis(800));
-        watch.consecutive_errors = 30;
-        let capped = watch.backoff();
-        assert!(capped >= Duration::from_secs(1) && capped <= Duration::from_secs(2));
+    #[tokio::test(start_paused = true)]
+    async fn an_error_is_returned_after_its_backoff_and_a_success_resets_it() {
+        let mut watch = Watch::new(Duration::from_secs(300));
+        let failing = || async {
+            Err::<(u32, QueryMeta), _>(Error::InvalidAddress {
+                address: "x".into(),
+                reason: "test".into(),
+            })
+        };
+        for attempt in 1..=3 {
+            let start = Instant::now();
+            assert!(watch.next(|_| failing()).await.is_err());
+            let waited = start.elapsed();
+            let ceiling = ERROR_BACKOFF.ceiling(attempt);
+            assert!(
+                waited <= ceiling && waited >= ceiling / 2,
+                "error {attempt}: waited {waited:?}, ceiling {ceiling:?}"
+            );
+        }
+        assert_eq!(watch.next(|_| async { reply(1, 7) }).await.unwrap(), 7);
+        assert_eq!(watch.consecutive_errors, 0, "a success ends the streak");
     }
 }

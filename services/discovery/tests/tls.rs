@@ -226,7 +226,10 @@ async fn without_a_client_certificate_the_agent_refuses_the_handshake() {
         ..pki.tls()
     };
     let error = services(&pki.client(anonymous)).await.unwrap_err();
-    assert!(error.is_transient(), "{error}");
+    assert!(
+        matches!(error, plugworker_discovery::Error::Transport { .. }),
+        "a refused handshake is a transport error: {error}"
+    );
     assert!(pki.agent.requests().is_empty(), "no request got through");
     let refused = pki.refused.lock().unwrap().join("; ");
     assert!(

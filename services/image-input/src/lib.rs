@@ -148,50 +148,89 @@ impl Default for ImageLimits {
 
 impl ImageLimits {
     /// Defaults, overridden by `PLUGWORKER_IMAGE_MAX_BYTES`, `PLUGWORKER_IMAGE_MAX_PIXELS`,
-    /// `PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS`, `PLUGWORKER_IMAGE_ALLOW_PRIVATE=1` and
-    /// `PLUGWORKER_IMAGE_PROXY`. A value that does not parse is an error naming the
-    /// variable, never a silent default.
+    /// `PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS` (each a whole number, at least 1),
+    /// `PLUGWORKER_IMAGE_ALLOW_PRIVATE` (`1`/`true` or `0`/`false`) and
+    /// `PLUGWORKER_IMAGE_PROXY` (an `http(s)://host:port` URL). An empty variable counts
+    /// as unset; any other value that is not one of those is an error naming the
+    /// variable, its value and what it accepts, never a silent default.
     pub fn from_env() -> Result<Self, ConfigError> {
-        Self::from_lookup(|name| std::env::var(name).ok())
+        Self::from_lookup(|name| std::env::var_os(name))
     }
 
-    fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
-        let value = |name: &'static str| {
-            lookup(name)
-                .map(|v| v.trim().to_string())
-                .filter(|v| !v.is_empty())
-                .map(|v| (name, v))
-        };
-        let number = |name: &'static str| -> Result<Option<u64>, ConfigError> {
-            value(name)
-                .map(|(name, v)| {
-                    v.parse::<u64>().map_err(|e| ConfigError {
+    /// [`from_env`](Self::from_env) with the variables read through `lookup`.
+    pub fn from_lookup(
+        lookup: impl Fn(&str) -> Option<std::ffi::OsString>,
+    ) -> Result<Self, ConfigError> {
+        let value = |name: &'static str| -> Result<Option<String>, ConfigError> {
+            match lookup(name) {
+                None => Ok(None),
+                Some(raw) => match raw.into_string() {
+                    Ok(text) if text.trim().is_empty() => Ok(None),
+                    Ok(text) => Ok(Some(text.trim().to_string())),
+                    Err(raw) => Err(ConfigError {
                         name,
-                        value: v.clone(),
-                        reason: e.to_string(),
-                    })
-                })
-                .transpose()
+                        value: raw.to_string_lossy().into_owned(),
+                        reason: "not valid UTF-8".into(),
+                    }),
+                },
+            }
+        };
+        // A limit of zero would refuse every image (or time every fetch out at once): a
+        // mistake, not a policy.
+        let positive = |name: &'static str, unit: &str| -> Result<Option<u64>, ConfigError> {
+            let Some(text) = value(name)? else {
+                return Ok(None);
+            };
+            match text.parse::<u64>() {
+                Ok(number) if number > 0 => Ok(Some(number)),
+                _ => Err(ConfigError {
+                    name,
+                    value: text,
+                    reason: format!("expected a whole number of {unit}, at least 1"),
+                }),
+            }
         };
         let mut limits = Self::default();
-        if let Some(bytes) = number("PLUGWORKER_IMAGE_MAX_BYTES")? {
-            limits.max_bytes = usize::try_from(bytes).unwrap_or(usize::MAX);
+        if let Some(bytes) = positive("PLUGWORKER_IMAGE_MAX_BYTES", "bytes")? {
+            // Only a 32-bit host could refuse this, and only above 4 GiB: still say so.
+            limits.max_bytes = usize::try_from(bytes).map_err(|_| ConfigError {
+                name: "PLUGWORKER_IMAGE_MAX_BYTES",
+                value: bytes.to_string(),
+                reason: format!("at most {} on this machine", usize::MAX),
+            })?;
         }
-        if let Some(pixels) = number("PLUGWORKER_IMAGE_MAX_PIXELS")? {
+        if let Some(pixels) = positive("PLUGWORKER_IMAGE_MAX_PIXELS", "pixels")? {
             limits.max_pixels = pixels;
         }
-        if let Some(ms) = number("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS")? {
+        if let Some(ms) = positive("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS", "milliseconds")? {
             limits.fetch_timeout = Duration::from_millis(ms);
         }
-        limits.allow_private_addresses =
-            value("PLUGWORKER_IMAGE_ALLOW_PRIVATE").is_some_and(|(_, v)| v == "1");
-        if let Some((name, raw)) = value("PLUGWORKER_IMAGE_PROXY") {
+        const ALLOW_PRIVATE: &str = "PLUGWORKER_IMAGE_ALLOW_PRIVATE";
+        if let Some(text) = value(ALLOW_PRIVATE)? {
+            limits.allow_private_addresses = match text.to_ascii_lowercase().as_str() {
+                "1" | "true" => true,
+                "0" | "false" => false,
+                _ => {
+                    return Err(ConfigError {
+                        name: ALLOW_PRIVATE,
+                        value: text,
+                        reason: "expected 1 or true (allow), 0 or false (refuse)".into(),
+                    });
+                }
+            };
+        }
+        const PROXY: &str = "PLUGWORKER_IMAGE_PROXY";
+        if let Some(raw) = value(PROXY)? {
             let invalid = |reason: String| ConfigError {
-                name,
+                name: PROXY,
                 value: raw.clone(),
                 reason,
             };
-            let proxy = url::Url::parse(&raw).map_err(|e| invalid(e.to_string()))?;
+            let proxy = url::Url::parse(&raw).map_err(|e| {
+                invalid(format!(
+                    "{e}; expected http://host:port or https://host:port"
+                ))
+            })?;
             if !matches!(proxy.scheme(), "http" | "https") || proxy.host().is_none() {
                 return Err(invalid(
                     "expected http://host:port or https://host:port".into(),
@@ -465,43 +504,96 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
 mod tests {
     use super::*;
 
-    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+    fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<std::ffi::OsString> {
         let pairs: Vec<(String, String)> = pairs
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
             .collect();
-        move |name| {
-            pairs
-                .iter()
-                .find(|(k, _)| k == name)
-                .map(|(_, v)| v.clone())
-        }
+        move |name| pairs.iter().find(|(k, _)| k == name).map(|(_, v)| v.into())
+    }
+
+    /// The error `pairs` give, as text.
+    fn refused(pairs: &[(&str, &str)]) -> String {
+        ImageLimits::from_lookup(env(pairs))
+            .expect_err("a bad value must fail the load")
+            .to_string()
     }
 
     #[test]
-    fn settings_that_do_not_parse_are_errors_naming_the_variable() {
+    fn every_setting_is_read_and_empty_means_unset() {
         let limits = ImageLimits::from_lookup(env(&[
             ("PLUGWORKER_IMAGE_MAX_BYTES", "1000"),
+            ("PLUGWORKER_IMAGE_MAX_PIXELS", " 2000 "),
+            ("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS", "1500"),
+            ("PLUGWORKER_IMAGE_ALLOW_PRIVATE", "TRUE"),
             ("PLUGWORKER_IMAGE_PROXY", "http://proxy.internal:3128"),
         ]))
         .unwrap();
         assert_eq!(limits.max_bytes, 1000);
+        assert_eq!(limits.max_pixels, 2000);
+        assert_eq!(limits.fetch_timeout, Duration::from_millis(1500));
+        assert!(limits.allow_private_addresses);
         assert_eq!(
             limits.proxy.unwrap().as_str(),
             "http://proxy.internal:3128/"
         );
-        assert!(ImageLimits::from_lookup(env(&[])).unwrap().proxy.is_none());
-        let error =
-            ImageLimits::from_lookup(env(&[("PLUGWORKER_IMAGE_MAX_PIXELS", "lots")])).unwrap_err();
+        let defaults = ImageLimits::default();
+        let unset = ImageLimits::from_lookup(env(&[
+            ("PLUGWORKER_IMAGE_MAX_BYTES", ""),
+            ("PLUGWORKER_IMAGE_ALLOW_PRIVATE", " "),
+        ]))
+        .unwrap();
+        assert_eq!(unset.max_bytes, defaults.max_bytes);
+        assert!(!unset.allow_private_addresses);
+        assert!(unset.proxy.is_none());
+        let refused_private =
+            ImageLimits::from_lookup(env(&[("PLUGWORKER_IMAGE_ALLOW_PRIVATE", "0")])).unwrap();
+        assert!(!refused_private.allow_private_addresses);
+    }
+
+    #[test]
+    fn a_bad_value_names_the_variable_the_value_and_what_is_accepted() {
+        let error = refused(&[("PLUGWORKER_IMAGE_MAX_PIXELS", "lots")]);
+        assert_eq!(
+            error,
+            "PLUGWORKER_IMAGE_MAX_PIXELS=\"lots\": expected a whole number of pixels, at least 1"
+        );
+        for (name, value) in [
+            ("PLUGWORKER_IMAGE_MAX_BYTES", "0"),
+            ("PLUGWORKER_IMAGE_MAX_BYTES", "-5"),
+            ("PLUGWORKER_IMAGE_MAX_BYTES", "20MiB"),
+            ("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS", "2s"),
+            ("PLUGWORKER_IMAGE_FETCH_TIMEOUT_MS", "0"),
+        ] {
+            let error = refused(&[(name, value)]);
+            assert!(
+                error.starts_with(&format!("{name}={value:?}: expected a whole number")),
+                "{error}"
+            );
+        }
+        // It used to be "1" or silently off: "yes" must not quietly mean "no".
+        let error = refused(&[("PLUGWORKER_IMAGE_ALLOW_PRIVATE", "yes")]);
         assert!(
-            error
-                .to_string()
-                .starts_with("PLUGWORKER_IMAGE_MAX_PIXELS=\"lots\""),
+            error.contains("PLUGWORKER_IMAGE_ALLOW_PRIVATE=\"yes\""),
             "{error}"
         );
-        let error = ImageLimits::from_lookup(env(&[("PLUGWORKER_IMAGE_PROXY", "socks5://p:1080")]))
-            .unwrap_err();
-        assert!(error.to_string().contains("http://host:port"), "{error}");
+        assert!(error.contains("expected 1 or true"), "{error}");
+        let error = refused(&[("PLUGWORKER_IMAGE_PROXY", "socks5://p:1080")]);
+        assert!(error.contains("http://host:port"), "{error}");
+        let error = refused(&[("PLUGWORKER_IMAGE_PROXY", "proxy.internal")]);
+        assert!(error.contains("http://host:port"), "{error}");
+    }
+
+    #[test]
+    fn a_value_that_is_not_utf8_is_an_error_not_unset() {
+        use std::os::unix::ffi::OsStringExt;
+        let lookup = |name: &str| {
+            (name == "PLUGWORKER_IMAGE_MAX_BYTES")
+                .then(|| std::ffi::OsString::from_vec(vec![b'1', 0xff]))
+        };
+        let error = ImageLimits::from_lookup(lookup).unwrap_err();
+        assert_eq!(error.name, "PLUGWORKER_IMAGE_MAX_BYTES");
+        assert!(error.reason.contains("UTF-8"), "{error}");
     }
 
     #[test]

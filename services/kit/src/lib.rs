@@ -76,18 +76,22 @@ pub fn main(runner_name: &'static str) -> ExitCode {
         .after_help(list);
     let config =
         RunnerConfig::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
+    // A health probe runs every few seconds and has nothing to log or trace.
+    let telemetry = (!config.health_probe).then(|| {
+        (
+            config.service_name.as_deref().unwrap_or(runner_name),
+            config.log_format,
+        )
+    });
+    let process = match plugworker_telemetry::bootstrap(telemetry) {
+        Ok(process) => process,
         Err(error) => {
             eprintln!("{runner_name}: cannot start the async runtime: {error}");
             return ExitCode::FAILURE;
         }
     };
     if config.health_probe {
-        return match runtime.block_on(probe::check(&config)) {
+        return match process.block_on(probe::check(&config)) {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("{runner_name}: unhealthy: {error:#}");
@@ -95,24 +99,13 @@ pub fn main(runner_name: &'static str) -> ExitCode {
             }
         };
     }
-    // The trace exporter's gRPC client runs on this runtime: create it inside, and flush
-    // it (telemetry.shutdown) before the runtime goes.
-    let telemetry = {
-        let _context = runtime.enter();
-        plugworker_telemetry::init(
-            config.service_name.as_deref().unwrap_or(runner_name),
-            config.log_format,
-        )
-    };
-    let code = match runtime.block_on(run(config, catalog, runner_name)) {
+    match process.block_on(run(config, catalog, runner_name)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %format!("{error:#}"), "runner failed");
             eprintln!("{runner_name}: {error:#}");
             ExitCode::FAILURE
         }
-    };
-    // Flushed from a blocking thread of the runtime that owns the exporter's connection.
-    let _ = runtime.block_on(runtime.spawn_blocking(move || telemetry.shutdown()));
-    code
+    }
+    // `process` drops here: spans flushed, then the runtime stopped.
 }

@@ -43,7 +43,7 @@ pub async fn run(
         rand::random::<u16>()
     );
 
-    let mut registry = plugworker_telemetry::metrics::Registry::default();
+    let mut registry = plugworker_telemetry::metrics::MetricsRegistry::default();
     let metrics = crate::metrics::RunnerMetrics::new(&mut registry);
     let state = Arc::new(RunnerState {
         metrics,

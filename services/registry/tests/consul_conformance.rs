@@ -1346,7 +1346,10 @@ async fn bad_requests_get_clear_errors() {
     };
     let error = client.register_service(&missing_name).await.unwrap_err();
     assert!(error.to_string().contains("400"), "{error}");
-    assert!(!error.is_transient());
+    assert!(
+        matches!(error, plugworker_discovery::Error::Status { .. }),
+        "{error}"
+    );
 
     assert!(
         client
@@ -1380,7 +1383,10 @@ async fn an_unreachable_agent_is_a_transient_error() {
         .catalog_services(QueryOptions::default())
         .await
         .unwrap_err();
-    assert!(error.is_transient(), "{error}");
+    assert!(
+        matches!(error, plugworker_discovery::Error::Transport { .. }),
+        "{error}"
+    );
 }
 
 /// The next change of `name`'s passing instances, through a [`Watch`].

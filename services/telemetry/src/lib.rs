@@ -11,6 +11,9 @@
 //!   across SQS messages and gRPC calls, so one job is one trace.
 //! - **Metrics**: Prometheus text exposition of a [`prometheus_client`] registry
 //!   ([`metrics`]).
+//!
+//! A binary's `main` calls [`bootstrap`] once, after parsing its arguments: it builds the
+//! Tokio runtime, installs logs and traces on it, and flushes the traces when dropped.
 
 pub mod metrics;
 pub mod propagation;
@@ -41,11 +44,6 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Whether spans are being exported.
-    pub fn exporting(&self) -> bool {
-        self.provider.is_some()
-    }
-
     /// Exports the spans still buffered and stops the exporter. Call it after the work
     /// is done but while the Tokio runtime still exists (the exporter's gRPC client
     /// runs on it).
@@ -66,6 +64,59 @@ impl Drop for Telemetry {
     fn drop(&mut self) {
         self.flush_and_stop();
     }
+}
+
+/// A process's Tokio runtime with its telemetry installed: what [`bootstrap`] returns.
+/// Run the program with [`block_on`](Self::block_on); dropping it (at the end of `main`,
+/// outside any async context) flushes the spans still buffered, then stops the runtime.
+#[must_use = "dropping the process stops its runtime and flushes its traces"]
+pub struct Process {
+    // Declared before the runtime: dropped (flushed) while the runtime still exists.
+    telemetry: Option<Telemetry>,
+    runtime: tokio::runtime::Runtime,
+}
+
+impl Process {
+    /// Runs `future` to completion on the process's runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// The runtime, for what `block_on` does not cover.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.runtime
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        if let Some(telemetry) = self.telemetry.take() {
+            // The exporter's gRPC client runs on this runtime, and its shutdown blocks: it
+            // runs on one of the runtime's blocking threads while the others serve the
+            // export.
+            let _ = self
+                .runtime
+                .block_on(self.runtime.spawn_blocking(move || telemetry.shutdown()));
+        }
+    }
+}
+
+/// The start of every plugworker binary, after its arguments are parsed (it parses
+/// nothing itself): builds the multi-threaded Tokio runtime and, when `telemetry` names
+/// the service and log format, installs logs and traces on it ([`init`]). `None` is for
+/// short-lived helpers that must not log or trace (container health probes).
+///
+/// Fails only if the runtime cannot be built (no threads or file descriptors left).
+pub fn bootstrap(telemetry: Option<(&str, LogFormat)>) -> std::io::Result<Process> {
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let telemetry = telemetry.map(|(service_name, format)| {
+        // The trace exporter's client is created inside the runtime it will run on.
+        let _context = runtime.enter();
+        init(service_name, format)
+    });
+    Ok(Process { telemetry, runtime })
 }
 
 /// Whether the environment (`var`) asks for an OTLP trace exporter.

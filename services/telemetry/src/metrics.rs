@@ -3,7 +3,9 @@
 //! Metrics are Prometheus series scraped over HTTP rather than pushed over OTLP: the
 //! controller already serves HTTP (`/healthz`), Prometheus is what the dashboards query,
 //! pull needs no collector on the metrics path, and a scrape that fails is itself a
-//! signal. Each component owns a [`Registry`] of typed families; [`serve`] exposes it.
+//! signal. Each component owns a [`MetricsRegistry`] of typed families; [`serve`] exposes
+//! it. (Named for what it holds: "registry" alone, in this project, is the Consul-compatible
+//! service registry.)
 
 use axum::Router;
 use axum::http::header;
@@ -11,7 +13,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::histogram::exponential_buckets;
-pub use prometheus_client::registry::Registry;
+/// A Prometheus registry: the metric families one component exposes.
+pub use prometheus_client::registry::Registry as MetricsRegistry;
 use std::sync::{Arc, Mutex};
 
 /// Latency buckets from 0.5 ms to ~65 s, doubling: covers an echo and a slow OCR run.
@@ -20,7 +23,7 @@ pub fn latency_buckets() -> impl Iterator<Item = f64> {
 }
 
 /// The registry in the text format Prometheus scrapes.
-pub fn render(registry: &Registry) -> String {
+pub fn render(registry: &MetricsRegistry) -> String {
     let mut text = String::new();
     encode(&mut text, registry).expect("writing to a String cannot fail");
     text
@@ -30,7 +33,7 @@ pub fn render(registry: &Registry) -> String {
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
 
 /// A router serving `GET /metrics` from `registry`.
-pub fn router(registry: Arc<Mutex<Registry>>) -> Router {
+pub fn router(registry: Arc<Mutex<MetricsRegistry>>) -> Router {
     Router::new().route(
         "/metrics",
         get(move || {

@@ -282,7 +282,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let resolver = Arc::new(Resolver::start(consul, Duration::from_secs(30)));
     let settings = Settings {
         max_in_flight: args.max_in_flight,
-        max_in_flight_per_algorithm: args.max_in_flight,
         job_timeout: args.job_timeout,
         runner_wait: args.runner_wait,
         retry_base: Duration::from_secs(1),

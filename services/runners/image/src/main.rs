@@ -1,7 +1,7 @@
 //! `image-runner`: image algorithms. Each module in `src/algorithms/` is one algorithm;
-//! `settings` reads the environment variables they share.
+//! `algorithm_env` reads and checks the environment variables that configure them.
 
-mod settings;
+mod algorithm_env;
 
 plugworker_kit::algorithms!();
 

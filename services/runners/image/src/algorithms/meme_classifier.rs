@@ -8,7 +8,7 @@
 //!   `$XDG_CACHE_HOME/plugworker/gallery` or `~/.cache/plugworker/gallery`; `off` disables);
 //! - `PLUGWORKER_MEME_THRESHOLD`: lowest cosine similarity answered with a label.
 
-use crate::settings::{self, image_loader};
+use crate::algorithm_env::{self, image_loader};
 use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use plugworker_meme::{Embedder, Gallery, MemeClassifier as Classifier};
@@ -75,24 +75,27 @@ impl Algorithm for MemeClassifier {
     const DESCRIPTION: &'static str = "Which meme template an image uses (SSCD copy-detection embedding against a gallery of labelled templates), or unknown.";
 
     fn load(context: &LoadContext) -> Result<Self, LoadError> {
-        let model_path = settings::path(
+        let model_path = algorithm_env::path(
             "PLUGWORKER_MEME_MODEL",
             context,
             "cache/sscd/sscd_distilled.onnx",
         );
-        let gallery_path = settings::path("PLUGWORKER_MEME_GALLERY", context, "gallery");
-        let threshold: f32 = settings::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
+        let gallery_path = algorithm_env::path("PLUGWORKER_MEME_GALLERY", context, "gallery");
+        let threshold: f32 =
+            algorithm_env::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
         if !(-1.0..=1.0).contains(&threshold) {
             return Err(LoadError::other(format!(
                 "PLUGWORKER_MEME_THRESHOLD={threshold}: a cosine similarity is between -1 and 1"
             )));
         }
-        let cache_dir = match std::env::var("PLUGWORKER_MEME_GALLERY_CACHE") {
-            Ok(v) if v == "off" => None,
-            Ok(v) if !v.is_empty() => Some(PathBuf::from(v)),
+        let cache_dir = match std::env::var_os("PLUGWORKER_MEME_GALLERY_CACHE") {
+            Some(v) if v == "off" => None,
+            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
             _ => default_cache_dir(),
         };
-        let runtime = settings::onnx_runtime(context)?;
+        // Every setting is checked before the model and gallery take their time to load.
+        let images = image_loader()?;
+        let runtime = algorithm_env::onnx_runtime(context)?;
         let model = runtime
             .open(&model_path)
             .map_err(|e| LoadError::file(&model_path, e))?;
@@ -110,7 +113,7 @@ impl Algorithm for MemeClassifier {
         );
         Ok(Self {
             classifier: Arc::new(Classifier::new(embedder, gallery, threshold)),
-            images: image_loader()?,
+            images,
         })
     }
 

@@ -5,7 +5,7 @@
 //! `scripts/fetch-ocrs-models.sh`). `PLUGWORKER_OCR_MIN_CONFIDENCE` drops lines read with
 //! less confidence (ppocr only, default 0.5).
 
-use crate::settings::{self, image_loader};
+use crate::algorithm_env::{self, image_loader};
 use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use plugworker_ocr::{OcrEngine, OcrError, PpOcr, PpOcrConfig};
@@ -46,7 +46,7 @@ pub struct Ocr {
 }
 
 fn load_engine(context: &LoadContext) -> Result<Arc<dyn OcrEngine>, LoadError> {
-    let engine: String = settings::parse("PLUGWORKER_OCR_ENGINE", "ppocr".to_string())?;
+    let engine: String = algorithm_env::parse("PLUGWORKER_OCR_ENGINE", "ppocr".to_string())?;
     let failed = |e: OcrError| match paths_of(&e) {
         Some(path) => LoadError::file(path, e),
         None => LoadError::other(e),
@@ -54,9 +54,11 @@ fn load_engine(context: &LoadContext) -> Result<Arc<dyn OcrEngine>, LoadError> {
     match engine.as_str() {
         "ppocr" => {
             let mut config = PpOcrConfig::in_models_dir(&context.models_dir);
-            config.min_confidence =
-                settings::parse("PLUGWORKER_OCR_MIN_CONFIDENCE", config.min_confidence)?;
-            let runtime = settings::onnx_runtime(context)?;
+            config.min_confidence = algorithm_env::parse(
+                "PLUGWORKER_OCR_MIN_CONFIDENCE",
+                config.min_confidence,
+            )?;
+            let runtime = algorithm_env::onnx_runtime(context)?;
             Ok(Arc::new(PpOcr::load(runtime, config).map_err(failed)?))
         }
         #[cfg(feature = "ocrs")]
