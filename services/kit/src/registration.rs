@@ -11,6 +11,7 @@
 
 use plugworker_discovery::runners::{META_KIT_VERSION, META_ROLE, ROLE_RUNNER};
 use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration};
+use plugworker_lifecycle::Backoff;
 use std::collections::BTreeMap;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -116,8 +117,7 @@ impl Registration {
                     failures += 1;
                     tracing::warn!(%error, attempt = failures, "Consul registration failed; will retry");
                     // Retry quickly at first: a runner that is not registered gets no work.
-                    (Duration::from_millis(200) * 2u32.saturating_pow(failures.min(6)))
-                        .min(self.interval)
+                    Backoff::new(Duration::from_millis(400), self.interval).delay(failures)
                 }
             };
             tokio::select! {

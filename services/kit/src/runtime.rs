@@ -53,7 +53,7 @@ pub async fn run(
     tokio::spawn({
         let shutdown = shutdown.clone();
         async move {
-            shutdown_signal().await;
+            plugworker_lifecycle::shutdown_signal().await;
             shutdown.cancel();
         }
     });
@@ -427,24 +427,6 @@ async fn set_health(health: &HealthReporter, status: ServingStatus) {
     health
         .set_service_status(plugworker_rpc::RUNNER_SERVICE_NAME, status)
         .await;
-}
-
-/// Resolves when SIGTERM or SIGINT arrives.
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing a SIGTERM handler cannot fail on Unix");
-        tokio::select! {
-            _ = ctrl_c => tracing::info!("SIGINT received"),
-            _ = term.recv() => tracing::info!("SIGTERM received"),
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = ctrl_c.await;
-    }
 }
 
 /// The `host` and `port` to register: `--advertise-address` if given; otherwise the listen

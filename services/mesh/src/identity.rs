@@ -214,7 +214,9 @@ fn hint(error: &Error) -> &'static str {
         {
             "is Connect enabled on the Consul agent (connect { enabled = true })?"
         }
-        Error::Consul(e) if e.is_transient() => "is the Consul agent reachable (CONSUL_HTTP_ADDR)?",
+        Error::Consul(plugworker_discovery::Error::Transport { .. }) => {
+            "is the Consul agent reachable (CONSUL_HTTP_ADDR)?"
+        }
         _ => "the agent's answer could not be used",
     }
 }
