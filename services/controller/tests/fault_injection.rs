@@ -497,6 +497,7 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
                 .into(),
                 check: None,
                 checks: Vec::new(),
+                connect: None,
             })
             .await
             .unwrap();

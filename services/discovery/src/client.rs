@@ -2,7 +2,10 @@
 
 use crate::config::{HttpAuth, Setting, settings};
 use crate::duration;
-use crate::model::{AgentService, CatalogService, ServiceEntry, ServiceRegistration};
+use crate::model::{
+    AgentService, Authorization, AuthorizeRequest, CaRoots, CatalogService, LeafCert, ServiceEntry,
+    ServiceRegistration,
+};
 use reqwest::{Method, RequestBuilder, StatusCode};
 use serde::de::DeserializeOwned;
 use std::collections::BTreeMap;
@@ -333,6 +336,69 @@ impl ConsulClient {
             params.push(("passing", "true"));
         }
         self.query(&path, &params, options).await
+    }
+
+    /// `GET /v1/health/connect/:service`: like [`ConsulClient::health_service`], but only
+    /// the instances that accept Connect mTLS (Connect-native services and sidecar proxies).
+    pub async fn health_connect(
+        &self,
+        name: &str,
+        tags: &[&str],
+        passing: bool,
+        options: QueryOptions,
+    ) -> Result<(Vec<ServiceEntry>, QueryMeta), Error> {
+        let path = format!("/v1/health/connect/{}", encode(name));
+        let mut params: Vec<(&str, &str)> = tags.iter().map(|t| ("tag", *t)).collect();
+        if passing {
+            params.push(("passing", "true"));
+        }
+        self.query(&path, &params, options).await
+    }
+
+    /// `GET /v1/agent/connect/ca/roots`: the Connect CA roots. Blocking with
+    /// [`QueryOptions::index`] returns when the roots change (a rotation).
+    pub async fn connect_ca_roots(
+        &self,
+        options: QueryOptions,
+    ) -> Result<(CaRoots, QueryMeta), Error> {
+        self.query("/v1/agent/connect/ca/roots", &[], options).await
+    }
+
+    /// `GET /v1/agent/connect/ca/leaf/:service`: a leaf certificate for `service` (the
+    /// token needs `service:write` on it). Blocking with [`QueryOptions::index`] returns
+    /// once the agent holds a newer leaf: it renews before expiry and after a root rotation.
+    pub async fn connect_ca_leaf(
+        &self,
+        service: &str,
+        options: QueryOptions,
+    ) -> Result<(LeafCert, QueryMeta), Error> {
+        let path = format!("/v1/agent/connect/ca/leaf/{}", encode(service));
+        self.query(&path, &[], options).await
+    }
+
+    /// `POST /v1/agent/connect/authorize`: do the intentions let this client certificate
+    /// connect to `request.target`? (The token needs `service:write` on the target.)
+    pub async fn connect_authorize(
+        &self,
+        request: &AuthorizeRequest,
+    ) -> Result<Authorization, Error> {
+        let path = "/v1/agent/connect/authorize";
+        let response = self
+            .send(
+                self.request(Method::POST, path).json(request),
+                Method::POST,
+                path,
+            )
+            .await?;
+        decode(path, &response.bytes)
+    }
+
+    /// The Consul namespace requests are made in (`CONSUL_NAMESPACE`), if one is set.
+    pub fn namespace(&self) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(name, _)| *name == "ns")
+            .map(|(_, value)| value.as_str())
     }
 
     /// `GET /v1/status/leader`: cheap reachability probe.

@@ -30,7 +30,8 @@ pub mod watch;
 pub use client::{ConsulClient, Error, QueryMeta, QueryOptions};
 pub use config::{ConsulArgs, ConsulConfig, HttpAuth, Setting, TlsConfig};
 pub use model::{
-    AgentService, CatalogService, CheckDefinition, CheckStatus, HealthCheck, Node, ServiceEntry,
+    AgentService, Authorization, AuthorizeRequest, CaRoot, CaRoots, CatalogService,
+    CheckDefinition, CheckStatus, HealthCheck, LeafCert, Node, ServiceConnect, ServiceEntry,
     ServiceRegistration,
 };
 pub use resolver::{Instance, Resolver, Snapshot};

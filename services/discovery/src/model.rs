@@ -78,6 +78,20 @@ pub struct ServiceRegistration {
     #[serde(skip_serializing_if = "Vec::is_empty")]
     #[serde(deserialize_with = "nullable")]
     pub checks: Vec<CheckDefinition>,
+    /// `Connect: {"Native": true}` marks a Connect-native service: it terminates mTLS
+    /// itself with leaf certificates from the agent, and `/v1/health/connect/:service`
+    /// lists it. Sent only when set, so plaintext registrations stay as they were.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect: Option<ServiceConnect>,
+}
+
+/// The `Connect` block of a service registration (`structs.ServiceConnect`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct ServiceConnect {
+    /// The service speaks Connect's mTLS itself (no sidecar proxy).
+    #[serde(deserialize_with = "nullable")]
+    pub native: bool,
 }
 
 /// A check definition inside a service registration. Exactly one of `grpc`, `http`,
@@ -265,4 +279,119 @@ impl ServiceEntry {
             &self.service.address
         }
     }
+}
+
+/// `GET /v1/agent/connect/ca/roots` (`structs.IndexedCARoots`): every CA root a Connect
+/// certificate may chain to. During a rotation the old root stays listed (inactive) until
+/// the certificates it signed have expired, so verifiers trust all of them.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CaRoots {
+    #[serde(rename = "ActiveRootID")]
+    #[serde(deserialize_with = "nullable")]
+    pub active_root_id: String,
+    /// `<cluster-id>.consul`: the host part of every SPIFFE ID this CA signs.
+    #[serde(deserialize_with = "nullable")]
+    pub trust_domain: String,
+    #[serde(deserialize_with = "nullable")]
+    pub roots: Vec<CaRoot>,
+}
+
+/// One root of [`CaRoots`] (`structs.CARoot`).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct CaRoot {
+    #[serde(rename = "ID")]
+    #[serde(deserialize_with = "nullable")]
+    pub id: String,
+    #[serde(deserialize_with = "nullable")]
+    pub name: String,
+    /// The root certificate, PEM.
+    #[serde(deserialize_with = "nullable")]
+    pub root_cert: String,
+    /// PEM intermediates between this root and the leaves (external CA providers).
+    #[serde(deserialize_with = "nullable")]
+    pub intermediate_certs: Vec<String>,
+    #[serde(deserialize_with = "nullable")]
+    pub active: bool,
+    #[serde(deserialize_with = "nullable")]
+    pub not_before: String,
+    #[serde(deserialize_with = "nullable")]
+    pub not_after: String,
+    #[serde(deserialize_with = "nullable")]
+    pub create_index: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub modify_index: u64,
+}
+
+/// `GET /v1/agent/connect/ca/leaf/:service` (`structs.IssuedCert`): a service's leaf
+/// certificate and its private key.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct LeafCert {
+    /// Colon-separated lower-case hex, as Consul writes serials.
+    #[serde(deserialize_with = "nullable")]
+    pub serial_number: String,
+    /// The leaf, followed by any intermediates, PEM.
+    #[serde(rename = "CertPEM")]
+    #[serde(deserialize_with = "nullable")]
+    pub cert_pem: String,
+    #[serde(rename = "PrivateKeyPEM")]
+    #[serde(deserialize_with = "nullable")]
+    pub private_key_pem: String,
+    #[serde(deserialize_with = "nullable")]
+    pub service: String,
+    /// The leaf's SPIFFE ID, `spiffe://<trust-domain>/ns/<ns>/dc/<dc>/svc/<service>`.
+    #[serde(rename = "ServiceURI")]
+    #[serde(deserialize_with = "nullable")]
+    pub service_uri: String,
+    /// RFC 3339.
+    #[serde(deserialize_with = "nullable")]
+    pub valid_after: String,
+    /// RFC 3339.
+    #[serde(deserialize_with = "nullable")]
+    pub valid_before: String,
+    #[serde(deserialize_with = "nullable")]
+    pub create_index: u64,
+    #[serde(deserialize_with = "nullable")]
+    pub modify_index: u64,
+}
+
+/// The private key stays out of logs.
+impl std::fmt::Debug for LeafCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LeafCert")
+            .field("serial_number", &self.serial_number)
+            .field("service", &self.service)
+            .field("service_uri", &self.service_uri)
+            .field("valid_after", &self.valid_after)
+            .field("valid_before", &self.valid_before)
+            .field("modify_index", &self.modify_index)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Body of `POST /v1/agent/connect/authorize` (`structs.ConnectAuthorizeRequest`): may
+/// the holder of this client certificate connect to `target`?
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct AuthorizeRequest {
+    /// The service being connected to (the caller's own service).
+    pub target: String,
+    /// The client certificate's SPIFFE URI.
+    #[serde(rename = "ClientCertURI")]
+    pub client_cert_uri: String,
+    /// The client certificate's serial, colon-separated hex.
+    pub client_cert_serial: String,
+}
+
+/// Answer of `POST /v1/agent/connect/authorize`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "PascalCase", default)]
+pub struct Authorization {
+    #[serde(deserialize_with = "nullable")]
+    pub authorized: bool,
+    /// Which intention (or default) decided.
+    #[serde(deserialize_with = "nullable")]
+    pub reason: String,
 }

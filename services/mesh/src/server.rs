@@ -1,0 +1,529 @@
+//! The server side: TLS termination and per-connection authorization for a tonic server.
+//!
+//! Every accepted TCP connection goes through three gates before tonic sees a byte:
+//! 1. **handshake** (bounded by [`ServerSettings::handshake_timeout`]): the server presents
+//!    its *current* leaf, and the client must present a certificate that chains to the
+//!    *current* roots and names a service in their trust domain. Both are read from the
+//!    [`Identity`] at each handshake, so renewals and rotations apply to the next
+//!    connection without a restart. A plaintext client fails here and gets nothing.
+//! 2. **authorization**: `POST /v1/agent/connect/authorize` asks the agent whether the
+//!    intentions let the client's service connect to ours. The answer (allow *and* deny)
+//!    is cached per client certificate (serial + SPIFFE URI) for
+//!    [`ServerSettings::authorize_cache_ttl`], as Consul's own native library does, so a
+//!    burst of new connections costs one agent round trip; an intention change applies to
+//!    new connections within that TTL. If the agent cannot answer, the connection is
+//!    refused (fail closed).
+//! 3. only then is the connection handed to tonic, carrying the peer's identity
+//!    ([`MeshConnectInfo`], in each request's extensions).
+//!
+//! Handshakes run in their own tasks: a client that connects and never speaks costs one
+//! task until its timeout, and does not hold up other clients' accepts.
+//! Refused connections are counted ([`ServerStats`]) and logged: at WARN when a
+//! certificate or an intention refused the peer (someone is trying something), at DEBUG
+//! when the peer did not even speak TLS (port scans, plaintext clients, health probes).
+
+use crate::cert::{self, PeerCert};
+use crate::error::Error;
+use crate::identity::{Identity, Material};
+use crate::spiffe::SpiffeId;
+use futures::Stream;
+use plugworker_discovery::{AuthorizeRequest, ConsulClient};
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls::{DigitallySignedStruct, DistinguishedName, ServerConfig, SignatureScheme};
+use rustls_pki_types::{CertificateDer, UnixTime};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// Tuning of [`incoming`].
+#[derive(Clone, Debug)]
+pub struct ServerSettings {
+    /// A TLS handshake must finish within this, or the connection is dropped.
+    pub handshake_timeout: Duration,
+    /// How long an authorize decision for one client certificate is reused.
+    pub authorize_cache_ttl: Duration,
+    /// Handshakes in progress at once; further accepts wait for one to finish.
+    pub max_concurrent_handshakes: usize,
+    /// Counters of accepted and refused connections (shared: clone it before passing
+    /// the settings to read them later).
+    pub stats: ServerStats,
+}
+
+impl Default for ServerSettings {
+    fn default() -> Self {
+        Self {
+            handshake_timeout: Duration::from_secs(10),
+            authorize_cache_ttl: Duration::from_secs(10),
+            max_concurrent_handshakes: 1024,
+            stats: ServerStats::default(),
+        }
+    }
+}
+
+/// Connection counters of one [`incoming`] stream; cheap to clone (shared).
+#[derive(Clone, Debug, Default)]
+pub struct ServerStats {
+    inner: Arc<Counters>,
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    accepted: AtomicU64,
+    failed_handshakes: AtomicU64,
+    unauthorized: AtomicU64,
+}
+
+impl ServerStats {
+    /// Connections that passed the handshake and authorization.
+    pub fn accepted(&self) -> u64 {
+        self.inner.accepted.load(Ordering::Relaxed)
+    }
+    /// Connections closed because the TLS handshake failed or timed out (plaintext
+    /// clients, no or untrusted client certificate).
+    pub fn failed_handshakes(&self) -> u64 {
+        self.inner.failed_handshakes.load(Ordering::Relaxed)
+    }
+    /// Connections closed because authorize refused them (or could not answer).
+    pub fn unauthorized(&self) -> u64 {
+        self.inner.unauthorized.load(Ordering::Relaxed)
+    }
+}
+
+/// Who is on the other end of a [`MeshStream`]; tonic puts it in every request's
+/// extensions (`request.extensions().get::<MeshConnectInfo>()`).
+#[derive(Clone, Debug)]
+pub struct MeshConnectInfo {
+    pub remote_addr: SocketAddr,
+    pub local_addr: SocketAddr,
+    /// The client's SPIFFE ID, from its verified certificate.
+    pub peer: SpiffeId,
+    /// The client certificate's serial (Consul's colon-separated hex).
+    pub peer_serial: String,
+}
+
+/// An authenticated, authorized connection, ready for
+/// `Server::serve_with_incoming_shutdown`.
+pub struct MeshStream {
+    tls: TlsStream<TcpStream>,
+    info: MeshConnectInfo,
+}
+
+impl MeshStream {
+    pub fn info(&self) -> &MeshConnectInfo {
+        &self.info
+    }
+}
+
+impl AsyncRead for MeshStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for MeshStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write(cx, buf)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.get_mut().tls).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().tls).poll_shutdown(cx)
+    }
+}
+
+impl tonic::transport::server::Connected for MeshStream {
+    type ConnectInfo = MeshConnectInfo;
+    fn connect_info(&self) -> MeshConnectInfo {
+        self.info.clone()
+    }
+}
+
+/// Server side: TLS termination + per-connection authorization for a tonic server.
+/// Every accepted TCP connection (nodelay) must complete a TLS handshake presenting a
+/// client certificate that chains to the current roots, and then be allowed by
+/// `/v1/agent/connect/authorize` for `identity.service()` (decision cached per client
+/// certificate serial+URI for a short TTL); otherwise it is closed and counted.
+/// The stream yields connections ready for `Server::serve_with_incoming_shutdown`; it
+/// never yields an error (refusals are handled here). Dropping the stream stops accepting
+/// and closes the listener.
+pub fn incoming(
+    listener: TcpListener,
+    identity: Identity,
+    consul: ConsulClient,
+    settings: ServerSettings,
+) -> impl Stream<Item = Result<MeshStream, std::io::Error>> {
+    let (sender, receiver) = mpsc::channel(64);
+    let acceptor = TlsAcceptor::from(Arc::new(server_config(&identity)));
+    let authorizer = Arc::new(Authorizer {
+        consul,
+        target: identity.service().to_string(),
+        ttl: settings.authorize_cache_ttl,
+        cache: Mutex::new(HashMap::new()),
+    });
+    tokio::spawn(accept_loop(
+        listener, acceptor, authorizer, settings, sender,
+    ));
+    ReceiverStream::new(receiver)
+}
+
+/// The rustls server configuration: certificate and client verification both read the
+/// identity's current material at each handshake.
+fn server_config(identity: &Identity) -> ServerConfig {
+    let material = identity.material().clone();
+    let mut config = ServerConfig::builder_with_provider(identity.provider().clone())
+        .with_safe_default_protocol_versions()
+        .expect("the ring provider supports TLS 1.2 and 1.3")
+        .with_client_cert_verifier(Arc::new(CurrentRootsVerifier {
+            material: material.clone(),
+        }))
+        .with_cert_resolver(Arc::new(CurrentLeaf { material }));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    // No resumption: a resumed session skips client-certificate verification, and the
+    // roots may have changed since. Mesh connections are long-lived; full handshakes
+    // cost little.
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    config
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+    authorizer: Arc<Authorizer>,
+    settings: ServerSettings,
+    sender: mpsc::Sender<Result<MeshStream, std::io::Error>>,
+) {
+    let handshakes = Arc::new(Semaphore::new(settings.max_concurrent_handshakes.max(1)));
+    loop {
+        let Ok(permit) = handshakes.clone().acquire_owned().await else {
+            return;
+        };
+        let accepted = tokio::select! {
+            accepted = listener.accept() => accepted,
+            () = sender.closed() => return,
+        };
+        let (tcp, remote_addr) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                // Out of file descriptors and the like: wait instead of spinning.
+                tracing::warn!(%error, "accepting a connection failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        // Small gRPC messages must not wait for Nagle's algorithm (40 ms stalls).
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, %remote_addr, "cannot set TCP_NODELAY");
+        }
+        let acceptor = acceptor.clone();
+        let authorizer = authorizer.clone();
+        let settings = settings.clone();
+        let sender = sender.clone();
+        tokio::spawn(async move {
+            let outcome = admit(tcp, remote_addr, &acceptor, &authorizer, &settings).await;
+            drop(permit);
+            match outcome {
+                Ok(stream) => {
+                    settings
+                        .stats
+                        .inner
+                        .accepted
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(peer = %stream.info.peer, %remote_addr, "mesh connection accepted");
+                    let _ = sender.send(Ok(stream)).await;
+                }
+                Err(Refusal::Handshake(error)) => {
+                    settings
+                        .stats
+                        .inner
+                        .failed_handshakes
+                        .fetch_add(1, Ordering::Relaxed);
+                    if error.untrusted_peer {
+                        tracing::warn!(error = %error.message, %remote_addr, "mesh connection refused: TLS handshake failed");
+                    } else {
+                        tracing::debug!(error = %error.message, %remote_addr, "mesh connection closed during the TLS handshake");
+                    }
+                }
+                Err(Refusal::Unauthorized(error)) => {
+                    settings
+                        .stats
+                        .inner
+                        .unauthorized
+                        .fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%error, %remote_addr, "mesh connection refused");
+                }
+            }
+        });
+    }
+}
+
+struct HandshakeFailure {
+    message: String,
+    /// A certificate problem (someone presenting the wrong credentials), as opposed to a
+    /// peer that does not speak TLS or went away.
+    untrusted_peer: bool,
+}
+
+enum Refusal {
+    Handshake(HandshakeFailure),
+    Unauthorized(Error),
+}
+
+/// Handshake, identify, authorize.
+async fn admit(
+    tcp: TcpStream,
+    remote_addr: SocketAddr,
+    acceptor: &TlsAcceptor,
+    authorizer: &Authorizer,
+    settings: &ServerSettings,
+) -> Result<MeshStream, Refusal> {
+    let local_addr = tcp.local_addr().unwrap_or(remote_addr);
+    let tls = match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
+        Err(_) => {
+            return Err(Refusal::Handshake(HandshakeFailure {
+                message: Error::HandshakeTimeout {
+                    peer: remote_addr,
+                    timeout: settings.handshake_timeout,
+                }
+                .to_string(),
+                untrusted_peer: false,
+            }));
+        }
+        Ok(Err(error)) => {
+            let untrusted_peer = error
+                .get_ref()
+                .and_then(|e| e.downcast_ref::<rustls::Error>())
+                .is_some_and(|e| {
+                    matches!(
+                        e,
+                        rustls::Error::InvalidCertificate(_)
+                            | rustls::Error::NoCertificatesPresented
+                    )
+                });
+            return Err(Refusal::Handshake(HandshakeFailure {
+                message: cert::handshake_failure(&error),
+                untrusted_peer,
+            }));
+        }
+        Ok(Ok(tls)) => tls,
+    };
+    let peer = tls
+        .get_ref()
+        .1
+        .peer_certificates()
+        .and_then(|chain| chain.first())
+        .ok_or(Refusal::Handshake(HandshakeFailure {
+            message: "the client presented no certificate".into(),
+            untrusted_peer: true,
+        }))
+        .and_then(|der| {
+            cert::peer_cert(der).map_err(|e| {
+                Refusal::Handshake(HandshakeFailure {
+                    message: e.to_string(),
+                    untrusted_peer: true,
+                })
+            })
+        })?;
+    authorizer
+        .check(&peer)
+        .await
+        .map_err(Refusal::Unauthorized)?;
+    Ok(MeshStream {
+        tls,
+        info: MeshConnectInfo {
+            remote_addr,
+            local_addr,
+            peer: peer.id,
+            peer_serial: peer.serial,
+        },
+    })
+}
+
+/// Authorize decisions by client certificate (serial, SPIFFE URI): allowed, the agent's
+/// reason, when it was asked.
+type DecisionCache = HashMap<(String, String), (bool, String, Instant)>;
+
+/// `/v1/agent/connect/authorize` with a short-lived cache of its decisions.
+struct Authorizer {
+    consul: ConsulClient,
+    target: String,
+    ttl: Duration,
+    cache: Mutex<DecisionCache>,
+}
+
+impl Authorizer {
+    async fn check(&self, peer: &PeerCert) -> Result<(), Error> {
+        let key = (peer.serial.clone(), peer.uri.clone());
+        let cached = {
+            let cache = self.cache.lock().expect("authorize cache lock");
+            cache
+                .get(&key)
+                .filter(|(_, _, at)| at.elapsed() < self.ttl)
+                .map(|(allowed, reason, _)| (*allowed, reason.clone()))
+        };
+        let (authorized, reason) = match cached {
+            Some(decision) => decision,
+            None => {
+                let answer = self
+                    .consul
+                    .connect_authorize(&AuthorizeRequest {
+                        target: self.target.clone(),
+                        client_cert_uri: peer.uri.clone(),
+                        client_cert_serial: peer.serial.clone(),
+                    })
+                    .await
+                    .map_err(|e| Error::NotAuthorized {
+                        client: peer.uri.clone(),
+                        target: self.target.clone(),
+                        reason: format!("the agent could not decide (refusing): {e}"),
+                    })?;
+                let mut cache = self.cache.lock().expect("authorize cache lock");
+                if cache.len() >= 4096 {
+                    let ttl = self.ttl;
+                    cache.retain(|_, (_, _, at)| at.elapsed() < ttl);
+                }
+                cache.insert(
+                    key,
+                    (answer.authorized, answer.reason.clone(), Instant::now()),
+                );
+                (answer.authorized, answer.reason)
+            }
+        };
+        if authorized {
+            Ok(())
+        } else {
+            Err(Error::NotAuthorized {
+                client: peer.uri.clone(),
+                target: self.target.clone(),
+                reason,
+            })
+        }
+    }
+}
+
+/// Presents the identity's current leaf.
+#[derive(Debug)]
+struct CurrentLeaf {
+    material: Arc<Material>,
+}
+
+impl ResolvesServerCert for CurrentLeaf {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.material.leaf.load().key.clone())
+    }
+}
+
+/// Verifies client certificates against the identity's current roots, and requires
+/// their SPIFFE ID to be in the roots' trust domain.
+#[derive(Debug)]
+struct CurrentRootsVerifier {
+    material: Arc<Material>,
+}
+
+impl std::fmt::Debug for Material {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Material")
+            .field("spiffe_id", &self.leaf.load().id.to_string())
+            .field("trust_domain", &self.roots.load().trust_domain)
+            .finish()
+    }
+}
+
+fn other(error: Error) -> rustls::Error {
+    rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+        Arc::new(error),
+    )))
+}
+
+impl ClientCertVerifier for CurrentRootsVerifier {
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        // Hints are optional; Connect clients hold one leaf and present it regardless.
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        let roots = self.material.roots.load();
+        roots
+            .client_verifier
+            .verify_client_cert(end_entity, intermediates, now)
+            .map_err(|e| other(Error::UntrustedChain(e)))?;
+        let peer = cert::peer_cert(end_entity).map_err(other)?;
+        if !peer.id.in_trust_domain(&roots.trust_domain) {
+            return Err(other(Error::WrongTrustDomain {
+                peer: peer.uri,
+                expected: roots.trust_domain.clone(),
+            }));
+        }
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.material
+            .roots
+            .load()
+            .client_verifier
+            .verify_tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        self.material
+            .roots
+            .load()
+            .client_verifier
+            .verify_tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.material
+            .roots
+            .load()
+            .client_verifier
+            .supported_verify_schemes()
+    }
+}
