@@ -94,6 +94,60 @@ pub struct ControllerArgs {
     /// How long Consul may hold each blocking query of the resolver.
     #[arg(long, env = "PLUGWORKER_CONSUL_WAIT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub consul_wait: Duration,
+    // ---- added for the service mesh (issue 13); kept together in `MeshArgs`.
+    #[command(flatten)]
+    pub mesh: MeshArgs,
+}
+
+/// How the controller reaches runners: Consul Connect mTLS unless `--insecure-plaintext`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Service mesh")]
+pub struct MeshArgs {
+    /// The Connect service the controller's leaf certificate names, i.e. who it is to the
+    /// runners' intentions. Its Consul token needs `service "<name>" { policy = "write" }`.
+    #[arg(long, env = "PLUGWORKER_MESH_SERVICE", default_value = "controller")]
+    pub mesh_service: String,
+    /// How long start-up waits for the first leaf certificate and CA roots.
+    #[arg(long, env = "PLUGWORKER_MESH_READY_WITHIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub mesh_ready_within: Duration,
+    /// INSECURE: call runners over plaintext gRPC and send jobs to any instance registered
+    /// under a runner's name, Connect-native or not. No certificate proves who a runner
+    /// is, so whoever can register in Consul or reach the network can read and answer
+    /// jobs. For runners started with --insecure-plaintext only.
+    #[arg(long, env = "PLUGWORKER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+}
+
+impl MeshArgs {
+    /// The resolver mode and transport these flags ask for; in the mesh, fetches the
+    /// controller's leaf certificate first (waiting up to `--mesh-ready-within`).
+    pub async fn transport(
+        &self,
+        consul: &plugworker_discovery::ConsulClient,
+    ) -> Result<
+        (
+            plugworker_discovery::resolver::Mode,
+            crate::dispatch::Transport,
+        ),
+        plugworker_mesh::Error,
+    > {
+        use crate::dispatch::Transport;
+        use plugworker_discovery::resolver::Mode;
+        if self.insecure_plaintext {
+            tracing::warn!(
+                "--insecure-plaintext: runners are called over plaintext gRPC with no identity check; anyone who can register in Consul or reach the network can read and answer jobs"
+            );
+            return Ok((Mode::Plain, Transport::Plaintext));
+        }
+        let identity = plugworker_mesh::Identity::start(
+            consul.clone(),
+            &self.mesh_service,
+            self.mesh_ready_within,
+        )
+        .await?;
+        tracing::info!(spiffe_id = %identity.spiffe_id(), "mesh identity ready; runners are called over mTLS");
+        Ok((Mode::Connect, Transport::Mesh(identity)))
+    }
 }
 
 impl ControllerArgs {
