@@ -78,7 +78,8 @@ class Stack:
         process = self.spawn(
             f"runner-{self.generation}",
             [str(BIN / "test-runner"), "--listen", f"127.0.0.1:{free_port()}", "--consul-address", f"http://{self.registry_address}",
-             "--check-interval", "1s", "--deregister-critical-after", "3s", "--max-concurrent-runs", "16"],
+             "--check-interval", "1s", "--deregister-critical-after", "3s", "--max-concurrent-runs", "16",
+             "--insecure-plaintext"],
         )
         self.runners.append(process)
 

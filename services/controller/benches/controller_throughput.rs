@@ -163,7 +163,7 @@ fn main() {
         let address = format!("127.0.0.1:{}", free_port());
         let _runner = Process::spawn(
             &bin_path("test-runner"),
-            &["--listen", &address, "--consul-address", &registry.url(), "--check-interval", "1s", "--max-concurrent-runs", "256", "--max-queued-runs", "4096"],
+            &["--listen", &address, "--consul-address", &registry.url(), "--check-interval", "1s", "--max-concurrent-runs", "256", "--max-queued-runs", "4096", "--insecure-plaintext"],
             &[("RUST_LOG", "warn")],
         );
         let consul = ConsulClient::new(ConsulConfig { address: registry.url(), ..Default::default() }).unwrap();

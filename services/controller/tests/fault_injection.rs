@@ -477,7 +477,7 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
     let listen = format!("[::1]:{port}");
     let _runner = Process::spawn(
         &bin_path("test-runner"),
-        &["--listen", &listen, "--no-register"],
+        &["--listen", &listen, "--no-register", "--insecure-plaintext"],
         &[],
     );
     plugworker_testkit::runner_client(&listen, Duration::from_secs(30)).await;

@@ -32,7 +32,8 @@ fn start_runner() -> (Process, u16) {
     let listen = format!("127.0.0.1:{port}");
     let process = Process::spawn(
         &bin_path("test-runner"),
-        &["--listen", &listen, "--no-register"],
+        // Plaintext: the fake agent issues no Connect certificates.
+        &["--listen", &listen, "--no-register", "--insecure-plaintext"],
         &[],
     );
     (process, port)

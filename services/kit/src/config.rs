@@ -11,9 +11,32 @@ use std::time::Duration;
 #[derive(Clone, Debug, clap::Parser)]
 #[command(version)]
 pub struct RunnerConfig {
-    /// Address the gRPC server listens on (port 0 picks a free port).
+    /// Address the gRPC server listens on (port 0 picks a free port). It speaks Consul
+    /// Connect mTLS only, unless --insecure-plaintext.
     #[arg(long, env = "PLUGWORKER_LISTEN", default_value = "0.0.0.0:50051")]
     pub listen: SocketAddr,
+
+    /// Address of the plaintext gRPC health service (`grpc.health.v1` alone, nothing
+    /// else), which Consul's check and --health-probe query: Consul's agent holds no
+    /// client certificate for checks. Port 0 picks a free port. Unused with
+    /// --insecure-plaintext, where health is served on --listen.
+    #[arg(
+        long,
+        env = "PLUGWORKER_HEALTH_LISTEN",
+        default_value = "0.0.0.0:50052"
+    )]
+    pub health_listen: SocketAddr,
+
+    /// Serve plaintext gRPC on --listen, without Connect mTLS and without intentions:
+    /// anyone who can reach the port can send and read jobs. For local debugging and
+    /// benchmarks only; logged at WARN at start.
+    #[arg(long, env = "PLUGWORKER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+
+    /// How long the decision of Consul's authorize endpoint for one client certificate
+    /// is reused: an intention change reaches new connections within this.
+    #[arg(long, env = "PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub mesh_authorize_cache_ttl: Duration,
 
     /// `host[:port]` other processes use to reach this runner, as registered in Consul.
     /// Defaults to the listen address, or this host's address when listening on 0.0.0.0.
@@ -65,8 +88,9 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,
 
-    /// Do not serve: ask the runner already listening on --listen (on 127.0.0.1 when that
-    /// is all interfaces) for its gRPC health, print it, and exit 0 only if it is SERVING.
+    /// Do not serve: ask the runner already running for its gRPC health (on
+    /// --health-listen, or --listen with --insecure-plaintext; on 127.0.0.1 when that is
+    /// all interfaces), print it, and exit 0 only if it is SERVING.
     /// For container health checks (the Dockerfiles' HEALTHCHECK).
     #[arg(long)]
     pub health_probe: bool,
@@ -82,6 +106,16 @@ pub struct RunnerConfig {
 }
 
 impl RunnerConfig {
+    /// Where gRPC health is served: its own plaintext port in mesh mode, the main port
+    /// with --insecure-plaintext.
+    pub(crate) fn health_address(&self) -> SocketAddr {
+        if self.insecure_plaintext {
+            self.listen
+        } else {
+            self.health_listen
+        }
+    }
+
     pub(crate) fn max_concurrent_runs(&self) -> usize {
         self.max_concurrent_runs.unwrap_or_else(|| {
             std::thread::available_parallelism()

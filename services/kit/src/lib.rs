@@ -10,8 +10,12 @@
 //!   (`Run`), bounds concurrency and honours deadlines,
 //! - serves `grpc.health.v1` (`SERVING` only once every algorithm loaded, and not while
 //!   draining) and server reflection,
-//! - registers in Consul, tagged with exactly its algorithm names, re-registers if the
-//!   agent forgets it, and deregisters after draining on SIGTERM.
+//! - serves all of that over Consul Connect-native mTLS (its own leaf certificate, callers
+//!   verified against the CA roots and authorized by intentions; see `plugworker-mesh`),
+//!   with health alone in plaintext on `--health-listen` for Consul's checks; or plaintext
+//!   on one port with `--insecure-plaintext`,
+//! - registers in Consul (`Connect: {"Native": true}`), tagged with exactly its algorithm
+//!   names, re-registers if the agent forgets it, and deregisters after draining on SIGTERM.
 //!
 //! A runner's `main.rs` is three lines:
 //!

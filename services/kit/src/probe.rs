@@ -20,9 +20,11 @@ fn probe_address(listen: SocketAddr) -> SocketAddr {
     }
 }
 
-/// Ok when the runner at `config.listen` reports SERVING within `config.check_timeout`.
+/// Ok when the runner's health service reports SERVING within `config.check_timeout`.
+/// That is the plaintext health port in mesh mode (the mTLS port would need a client
+/// certificate), the main port with `--insecure-plaintext`.
 pub async fn check(config: &RunnerConfig) -> anyhow::Result<()> {
-    let address = probe_address(config.listen);
+    let address = probe_address(config.health_address());
     let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{address}"))?
         .connect_timeout(config.check_timeout)
         .timeout(config.check_timeout);

@@ -1,6 +1,8 @@
 //! Keeping this runner registered in Consul (docs/architecture.md §5): service name = runner name,
 //! one instance ID per process, tags = exactly the algorithm names, plugworker meta, a gRPC
-//! health check, and `DeregisterCriticalServiceAfter`.
+//! health check, and `DeregisterCriticalServiceAfter`. In mesh mode the registration says
+//! `Connect: {"Native": true}` (so `/v1/health/connect/<service>` lists it) and the check
+//! targets the plaintext health port, since Consul's agent has no client certificate.
 //!
 //! Consul may be down when the runner starts, or restart and forget it later; the runner
 //! must not care about start-up order. So registration retries until it succeeds, and
@@ -8,10 +10,10 @@
 //! registering again if not.
 
 use plugworker_discovery::runners::{META_KIT_VERSION, META_ROLE, ROLE_RUNNER};
-use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceRegistration};
+use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration};
 use std::collections::BTreeMap;
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 /// What to register, and where.
 #[derive(Clone)]
@@ -38,6 +40,7 @@ impl Registration {
         service_name: &str,
         algorithms: Vec<String>,
         (host, port): (String, u16),
+        health_port: u16,
         config: &crate::RunnerConfig,
     ) -> Self {
         let meta = BTreeMap::from([
@@ -47,7 +50,7 @@ impl Registration {
         let check = CheckDefinition {
             check_id: format!("service:{instance_id}:grpc-health"),
             name: format!("{service_name} gRPC health"),
-            grpc: Some(check_target(&host, port)),
+            grpc: Some(check_target(&host, health_port)),
             interval: Some(config.check_interval),
             timeout: Some(config.check_timeout),
             deregister_critical_service_after: Some(config.deregister_critical_after),
@@ -64,13 +67,14 @@ impl Registration {
                 meta,
                 check: Some(check),
                 checks: Vec::new(),
+                connect: (!config.insecure_plaintext).then_some(ServiceConnect { native: true }),
             },
             interval: config.check_interval,
         }
     }
 
-    /// Registers, then keeps the registration alive until `stop` flips to true.
-    pub async fn maintain(self, mut stop: watch::Receiver<bool>) {
+    /// Registers, then keeps the registration alive until `stop` is cancelled.
+    pub async fn maintain(self, stop: CancellationToken) {
         let mut registered = false;
         let mut failures = 0u32;
         loop {
@@ -91,7 +95,7 @@ impl Registration {
             // A request hanging on an unreachable agent must not hold up shutdown.
             let outcome = tokio::select! {
                 outcome = step => outcome,
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
             };
             let delay = match outcome {
                 Ok(()) => {
@@ -118,7 +122,7 @@ impl Registration {
             };
             tokio::select! {
                 _ = tokio::time::sleep(delay) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                () = stop.cancelled() => return,
             }
         }
     }

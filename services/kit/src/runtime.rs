@@ -1,6 +1,23 @@
-//! A runner's life: bind, serve (health `NOT_SERVING`), register, load every algorithm,
-//! turn `SERVING`; then on SIGTERM/SIGINT: `NOT_SERVING`, refuse new runs, let in-flight
-//! runs finish (bounded by the grace period), deregister, stop serving, exit 0.
+//! A runner's life, in named steps:
+//!
+//! 1. **bind** the gRPC port (and, in mesh mode, the plaintext health port);
+//! 2. **serve health** (`NOT_SERVING`) at once, so probes get an answer while loading;
+//! 3. **load** every algorithm in the background;
+//! 4. **identity** (mesh mode): get this service's Connect leaf and the CA roots from the
+//!    agent, retrying (and saying why) until it works: without them no client could be
+//!    verified, so nothing else may start;
+//! 5. **serve** the Runner service: over Connect mTLS, every connection authorized by
+//!    intentions; or plaintext with `--insecure-plaintext`;
+//! 6. **register** in Consul (kept alive in the background);
+//! 7. **wait** for the algorithms, then turn `SERVING`, then wait for SIGTERM/SIGINT;
+//! 8. **drain**: `NOT_SERVING`, refuse new runs, let in-flight runs finish (bounded by the
+//!    grace period);
+//! 9. **deregister**, stop serving, exit 0.
+//!
+//! One stop mechanism throughout: [`CancellationToken`]s. `shutdown` is cancelled by the
+//! signal and ends steps 4 and 7; `keep_registered` ends the registration loop before
+//! deregistering; `servers` is cancelled last (also when `run` returns early) and stops
+//! the gRPC, health and metrics servers.
 
 use crate::RunnerConfig;
 use crate::algorithm::LoadContext;
@@ -9,15 +26,21 @@ use crate::registration::Registration;
 use crate::service::{RunnerService, RunnerState};
 use crate::slots::RunSlots;
 use anyhow::{Context, anyhow};
+use plugworker_discovery::ConsulClient;
+use plugworker_mesh::{Identity, ServerSettings};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
+use std::time::Duration;
 use tokio::net::TcpListener;
-use tokio::sync::{oneshot, watch};
-use tokio_stream::wrappers::TcpListenerStream;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
+
+type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
 
 /// Runs a runner until it is told to stop. `Err` means it could not start or an algorithm
 /// failed to load; the message says which and why.
@@ -26,27 +49,45 @@ pub async fn run(
     catalog: Catalog,
     default_service_name: &str,
 ) -> anyhow::Result<()> {
+    let shutdown = CancellationToken::new();
+    tokio::spawn({
+        let shutdown = shutdown.clone();
+        async move {
+            shutdown_signal().await;
+            shutdown.cancel();
+        }
+    });
+    run_until(config, catalog, default_service_name, shutdown).await
+}
+
+/// [`run`], stopping when `shutdown` is cancelled instead of on a signal.
+async fn run_until(
+    config: RunnerConfig,
+    catalog: Catalog,
+    default_service_name: &str,
+    shutdown: CancellationToken,
+) -> anyhow::Result<()> {
     let service_name = config
         .service_name
         .clone()
         .unwrap_or_else(|| default_service_name.to_string());
-    let listener = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let local = listener
-        .local_addr()
-        .context("listener has no local address")?;
-    let (host, port) = advertised_address(&config, local).await?;
+    if config.insecure_plaintext {
+        tracing::warn!(
+            listen = %config.listen,
+            "--insecure-plaintext: serving jobs over PLAINTEXT gRPC with no client authentication \
+             and no intentions; anyone who can reach this port can send and read jobs"
+        );
+    }
+    let listeners = bind(&config).await?;
+    let (host, port) = advertised_address(&config, listeners.main_address).await?;
     let instance_id = format!(
         "{service_name}-{}-{port}-{:04x}",
         gethostname::gethostname().to_string_lossy(),
         rand::random::<u16>()
     );
-
-    let mut registry = plugworker_telemetry::metrics::Registry::default();
-    let metrics = crate::metrics::RunnerMetrics::new(&mut registry);
+    let mut metrics_registry = plugworker_telemetry::metrics::Registry::default();
     let state = Arc::new(RunnerState {
-        metrics,
+        metrics: crate::metrics::RunnerMetrics::new(&mut metrics_registry),
         service_name: service_name.clone(),
         instance_id: instance_id.clone(),
         loaded: OnceLock::new(),
@@ -54,10 +95,235 @@ pub async fn run(
         slots: RunSlots::new(config.max_concurrent_runs(), config.max_queued_runs),
         catalog,
     });
+    // Cancelled last: stops every server and the registration loop.
+    let servers = CancellationToken::new();
+    let _stop_servers_on_return = servers.clone().drop_guard();
 
-    // Health says NOT_SERVING until every algorithm has loaded.
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
+    let health_server = listeners.health.map(|listener| {
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(health_service.clone())
+                .serve_with_incoming_shutdown(
+                    incoming(listener),
+                    servers.clone().cancelled_owned(),
+                ),
+        )
+    });
+    if let Some(address) = &config.metrics_address {
+        let router = plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(
+            metrics_registry,
+        )));
+        let bound = plugworker_telemetry::metrics::serve(
+            address,
+            router,
+            servers.clone().cancelled_owned(),
+        )
+        .await
+        .with_context(|| format!("cannot serve metrics on {address}"))?;
+        tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
+    }
+    tracing::info!(
+        listen = %listeners.main_address,
+        health = %listeners.health_address,
+        advertised = %format!("{host}:{port}"),
+        service = %service_name,
+        instance = %instance_id,
+        mtls = !config.insecure_plaintext,
+        algorithms = ?state.catalog.names(),
+        "runner started; loading algorithms"
+    );
+    let loader = load(&state, &config);
+
+    let consul = if config.no_register && config.insecure_plaintext {
+        None
+    } else {
+        Some(config.consul.client()?)
+    };
+    let identity = match (&consul, config.insecure_plaintext) {
+        (Some(consul), false) => {
+            match acquire_identity(consul, &service_name, &shutdown).await {
+                Some(identity) => Some(identity),
+                // Stopped before the identity arrived: nothing was registered or served.
+                None => {
+                    tracing::info!("runner stopped before its Connect identity was ready");
+                    return Ok(());
+                }
+            }
+        }
+        _ => None,
+    };
+
+    let mut server = serve(
+        &config,
+        listeners.main,
+        health_service,
+        &state,
+        identity.zip(consul.clone()),
+        &servers,
+    )?;
+
+    let registration = match (&consul, config.no_register) {
+        (Some(consul), false) => Some(Registration::new(
+            consul.clone(),
+            &instance_id,
+            &service_name,
+            state.catalog.names(),
+            (host, port),
+            listeners.health_address.port(),
+            &config,
+        )),
+        _ => None,
+    };
+    // Stopped before deregistering, so it cannot register the instance again.
+    let keep_registered = servers.child_token();
+    let registration_task = registration
+        .clone()
+        .map(|r| tokio::spawn(r.maintain(keep_registered.clone())));
+
+    let failure = wait(
+        &state,
+        &health,
+        loader,
+        &mut server,
+        health_server,
+        &shutdown,
+    )
+    .await;
+
+    drain(&state, &health, &config, failure.is_none()).await;
+    keep_registered.cancel();
+    if let Some(task) = registration_task {
+        let _ = task.await;
+    }
+    if let Some(registration) = &registration {
+        deregister(registration).await;
+    }
+    servers.cancel();
+    if !server.is_finished() {
+        // Responses of finished runs are still being written; give them a moment.
+        let _ = tokio::time::timeout(Duration::from_secs(5), &mut server).await;
+    }
+    match failure {
+        Some(error) => Err(error),
+        None => {
+            tracing::info!("runner stopped");
+            Ok(())
+        }
+    }
+}
+
+/// The sockets a runner serves on.
+struct Listeners {
+    main: TcpListener,
+    main_address: SocketAddr,
+    /// The plaintext health port (mesh mode); `None` when health shares the main port.
+    health: Option<TcpListener>,
+    health_address: SocketAddr,
+}
+
+/// Step 1: bind every port before anything else, so a port in use fails the start.
+async fn bind(config: &RunnerConfig) -> anyhow::Result<Listeners> {
+    let main = TcpListener::bind(config.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.listen))?;
+    let main_address = main.local_addr().context("listener has no local address")?;
+    if config.insecure_plaintext {
+        return Ok(Listeners {
+            main,
+            main_address,
+            health: None,
+            health_address: main_address,
+        });
+    }
+    let health = TcpListener::bind(config.health_listen)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen on {} (--health-listen)",
+                config.health_listen
+            )
+        })?;
+    let health_address = health
+        .local_addr()
+        .context("health listener has no local address")?;
+    Ok(Listeners {
+        main,
+        main_address,
+        health: Some(health),
+        health_address,
+    })
+}
+
+/// Accepted sockets get TCP_NODELAY: gRPC writes small frames, and Nagle's algorithm
+/// would hold each response until the previous one is acknowledged.
+fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener).with_nodelay(Some(true))
+}
+
+/// Step 3: every algorithm loads on a blocking thread; the result is awaited in [`wait`].
+fn load(
+    state: &Arc<RunnerState>,
+    config: &RunnerConfig,
+) -> JoinHandle<Result<(), crate::CatalogError>> {
+    let context = LoadContext {
+        models_dir: config.models_dir.clone(),
+    };
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || {
+        let loaded = state.catalog.load_all(&context)?;
+        let _ = state.loaded.set(loaded);
+        Ok(())
+    })
+}
+
+/// Step 4: the Connect identity, retried until it arrives or `shutdown` is cancelled
+/// (`None`). A runner without it serves nothing and registers nothing: health stays
+/// `NOT_SERVING`, and each failed attempt is logged with its cause (agent unreachable,
+/// a token without `service:write`, Connect disabled).
+async fn acquire_identity(
+    consul: &ConsulClient,
+    service: &str,
+    shutdown: &CancellationToken,
+) -> Option<Identity> {
+    let mut attempt = 0u32;
+    loop {
+        let started = tokio::select! {
+            started = Identity::start(consul.clone(), service, Duration::from_secs(10)) => started,
+            () = shutdown.cancelled() => return None,
+        };
+        match started {
+            Ok(identity) => return Some(identity),
+            Err(error) => {
+                attempt += 1;
+                tracing::error!(
+                    %error,
+                    attempt,
+                    consul = %consul.address(),
+                    "no Connect certificate for this runner yet: not serving jobs and not registering; retrying"
+                );
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+            () = shutdown.cancelled() => return None,
+        }
+    }
+}
+
+/// Step 5: the Runner, reflection and (in plaintext mode) health services on the main
+/// port: over Connect mTLS when an identity is given, else plaintext.
+fn serve(
+    config: &RunnerConfig,
+    listener: TcpListener,
+    health_service: tonic_health::pb::health_server::HealthServer<
+        impl tonic_health::pb::health_server::Health,
+    >,
+    state: &Arc<RunnerState>,
+    mesh: Option<(Identity, ConsulClient)>,
+    servers: &CancellationToken,
+) -> anyhow::Result<ServerTask> {
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(plugworker_rpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -68,124 +334,91 @@ pub async fn run(
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
-    let (stop_server, server_stopped) = oneshot::channel::<()>();
-    let mut server = tokio::spawn(
-        tonic::transport::Server::builder()
-            .layer(tower::util::MapRequestLayer::new(
-                crate::deadline::stamp_arrival,
-            ))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(runner)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
-                let _ = server_stopped.await;
-            }),
-    );
-    let (stop_metrics, metrics_stopped) = oneshot::channel::<()>();
-    if let Some(address) = &config.metrics_address {
-        let router =
-            plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(registry)));
-        let bound = plugworker_telemetry::metrics::serve(address, router, async {
-            let _ = metrics_stopped.await;
-        })
-        .await
-        .with_context(|| format!("cannot serve metrics on {address}"))?;
-        tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
-    }
-    tracing::info!(
-        listen = %local,
-        advertised = %format!("{host}:{port}"),
-        service = %service_name,
-        instance = %instance_id,
-        algorithms = ?state.catalog.names(),
-        "runner started; loading algorithms"
-    );
-
-    let (stop_registration, registration_stopped) = watch::channel(false);
-    let registration = if config.no_register {
-        None
-    } else {
-        let consul = config.consul.client()?;
-        Some(Registration::new(
-            consul,
-            &instance_id,
-            &service_name,
-            state.catalog.names(),
-            (host, port),
-            &config,
+    let router = tonic::transport::Server::builder()
+        .layer(tower::util::MapRequestLayer::new(
+            crate::deadline::stamp_arrival,
         ))
-    };
-    let registration_task = registration
-        .clone()
-        .map(|r| tokio::spawn(r.maintain(registration_stopped)));
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(runner);
+    let stop = servers.clone().cancelled_owned();
+    Ok(match mesh {
+        Some((identity, consul)) => {
+            let settings = ServerSettings {
+                authorize_cache_ttl: config.mesh_authorize_cache_ttl,
+                ..ServerSettings::default()
+            };
+            tracing::info!(spiffe_id = %identity.spiffe_id(), "serving over Connect mTLS");
+            let incoming = plugworker_mesh::incoming(listener, identity, consul, settings);
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+        }
+        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+    })
+}
 
-    let context = LoadContext {
-        models_dir: config.models_dir.clone(),
+/// Step 7: wait for the algorithms (then `SERVING`), then for `shutdown`. `Some` when
+/// the runner must stop with an error: an algorithm failed to load or a server died.
+async fn wait(
+    state: &RunnerState,
+    health: &HealthReporter,
+    loader: JoinHandle<Result<(), crate::CatalogError>>,
+    server: &mut ServerTask,
+    health_server: Option<ServerTask>,
+    shutdown: &CancellationToken,
+) -> Option<anyhow::Error> {
+    let health_died = async move {
+        match health_server {
+            Some(task) => task.await,
+            None => std::future::pending().await,
+        }
     };
-    let loader = {
-        let state = state.clone();
-        tokio::task::spawn_blocking(move || state.catalog.load_all(&context))
-    };
-    let mut signal = std::pin::pin!(shutdown_signal());
-
-    let failure = tokio::select! {
-        loaded = loader => match loaded.context("algorithm loader panicked")? {
-            Ok(loaded) => {
-                let _ = state.loaded.set(loaded);
-                set_health(&health, ServingStatus::Serving).await;
-                tracing::info!(instance = %instance_id, "all algorithms loaded; serving");
-                tokio::select! {
-                    () = &mut signal => None,
-                    ended = &mut server => Some(anyhow!("gRPC server stopped unexpectedly: {:?}", ended)),
-                }
-            }
-            Err(error) => Some(anyhow::Error::new(error)),
+    let mut health_died = std::pin::pin!(health_died);
+    tokio::select! {
+        loaded = loader => match loaded {
+            Err(panic) => return Some(anyhow!("algorithm loader panicked: {panic}")),
+            Ok(Err(error)) => return Some(anyhow::Error::new(error)),
+            Ok(Ok(())) => {}
         },
-        () = &mut signal => None,
-        ended = &mut server => Some(anyhow!("gRPC server stopped unexpectedly: {:?}", ended)),
-    };
+        () = shutdown.cancelled() => return None,
+        ended = &mut *server => return Some(anyhow!("gRPC server stopped unexpectedly: {ended:?}")),
+        ended = &mut health_died => return Some(anyhow!("health server stopped unexpectedly: {ended:?}")),
+    }
+    set_health(health, ServingStatus::Serving).await;
+    tracing::info!(instance = %state.instance_id, "all algorithms loaded; serving");
+    tokio::select! {
+        () = shutdown.cancelled() => None,
+        ended = &mut *server => Some(anyhow!("gRPC server stopped unexpectedly: {ended:?}")),
+        ended = &mut health_died => Some(anyhow!("health server stopped unexpectedly: {ended:?}")),
+    }
+}
 
-    // Stop taking work: health first, so Consul and the controller route elsewhere.
+/// Step 8: stop taking work, health first so Consul and the controller route elsewhere;
+/// after a clean stop, let in-flight runs finish within the grace period.
+async fn drain(state: &RunnerState, health: &HealthReporter, config: &RunnerConfig, clean: bool) {
     state.draining.store(true, Ordering::Release);
-    set_health(&health, ServingStatus::NotServing).await;
-    if failure.is_none() {
-        let in_flight = state.slots.in_flight();
-        tracing::info!(in_flight, grace = ?config.shutdown_grace, "draining");
-        if !state.slots.drain(config.shutdown_grace).await {
-            tracing::warn!(
-                in_flight = state.slots.in_flight(),
-                "grace period over; abandoning runs still in flight"
-            );
-        }
+    set_health(health, ServingStatus::NotServing).await;
+    if !clean {
+        return;
     }
-    let _ = stop_registration.send(true);
-    if let Some(task) = registration_task {
-        let _ = task.await;
+    let in_flight = state.slots.in_flight();
+    tracing::info!(in_flight, grace = ?config.shutdown_grace, "draining");
+    if !state.slots.drain(config.shutdown_grace).await {
+        tracing::warn!(
+            in_flight = state.slots.in_flight(),
+            "grace period over; abandoning runs still in flight"
+        );
     }
-    if let Some(registration) = &registration {
-        // Bounded: with Consul unreachable, the check's DeregisterCriticalServiceAfter
-        // removes the instance anyway.
-        let deregistered =
-            tokio::time::timeout(std::time::Duration::from_secs(5), registration.deregister())
-                .await;
-        if deregistered.is_err() {
-            tracing::warn!(
-                "Consul did not answer the deregistration in 5 s; its health check will expire the instance"
-            );
-        }
-    }
-    let _ = stop_server.send(());
-    let _ = stop_metrics.send(());
-    if !server.is_finished() {
-        // Responses of finished runs are still being written; give them a moment.
-        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), &mut server).await;
-    }
-    match failure {
-        Some(error) => Err(error),
-        None => {
-            tracing::info!("runner stopped");
-            Ok(())
-        }
+}
+
+/// Step 9: bounded: with Consul unreachable, the check's DeregisterCriticalServiceAfter
+/// removes the instance anyway.
+async fn deregister(registration: &Registration) {
+    let deregistered =
+        tokio::time::timeout(Duration::from_secs(5), registration.deregister()).await;
+    if deregistered.is_err() {
+        tracing::warn!(
+            "Consul did not answer the deregistration in 5 s; its health check will expire the instance"
+        );
     }
 }
 

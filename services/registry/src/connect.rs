@@ -9,7 +9,11 @@
 //! for both server and client authentication. A leaf is renewed at a random point between
 //! 60 % and 90 % of its lifetime (Consul's agent cache does the same), and at once when
 //! the active root changes. Rotating the root keeps every earlier root in `Roots`
-//! (inactive), so certificates issued under it stay verifiable until they expire.
+//! (inactive), so certificates issued under it stay verifiable until they expire, and
+//! cross-signs the new root with the old one, as Consul does: new leaves carry that
+//! intermediate in `CertPEM`, so a peer that has not yet seen the new root still
+//! verifies them. Without it, a rotation would refuse new connections for as long as
+//! peers' roots watches lag behind their leaf watches.
 
 use rcgen::{
     BasicConstraints, Certificate, CertificateParams, DistinguishedName, DnType,
@@ -47,6 +51,11 @@ pub(crate) struct Root {
     pub not_after: OffsetDateTime,
     pub cert: Certificate,
     pub key: KeyPair,
+    /// PEM certificates between this root's leaves and an earlier root: after a rotation,
+    /// the new root's key certified by the previous root (Consul's cross-signed
+    /// intermediate). Leaves carry them after the leaf in `CertPEM`, so peers that still
+    /// trust only the previous root verify new leaves during the rotation.
+    pub intermediates: Vec<String>,
     pub active: bool,
     pub create_index: u64,
     pub modify_index: u64,
@@ -227,7 +236,18 @@ impl Mesh {
         let now = truncate_to_seconds(OffsetDateTime::now_utc());
         params.not_before = now;
         params.not_after = now + ROOT_LIFETIME;
+        let cross_params = params.clone();
         let cert = params.self_signed(&key)?;
+        // Cross-sign: the same subject and key, issued by the root being replaced.
+        let mut intermediates = Vec::new();
+        if self.roots.iter().any(|r| r.active) {
+            let cross_serial = self.take_serial();
+            let previous = self.active_root();
+            let mut cross = cross_params;
+            cross.serial_number = Some(SerialNumber::from(cross_serial));
+            cross.use_authority_key_identifier_extension = true;
+            intermediates.push(cross.signed_by(&key, &previous.cert, &previous.key)?.pem());
+        }
         let id = hex_string(ring::digest::digest(&ring::digest::SHA256, cert.der()).as_ref());
         let signing_key_id = hex_string(&cert.key_identifier());
         for root in &mut self.roots {
@@ -245,6 +265,7 @@ impl Mesh {
             not_after: now + ROOT_LIFETIME,
             cert,
             key,
+            intermediates,
             active: true,
             create_index: index,
             modify_index: index,
@@ -324,9 +345,14 @@ impl Mesh {
         // so a fleet's renewals spread out.
         let fraction = rand::Rng::random_range(&mut rand::rng(), 0.6..0.9);
         let renew_at = Instant::now() + self.leaf_ttl.mul_f64(fraction);
+        // The leaf, then the intermediates up to an earlier root (Consul's `CertPEM`).
+        let mut cert_pem = cert.pem();
+        for intermediate in &root.intermediates {
+            cert_pem.push_str(intermediate);
+        }
         let leaf = Leaf {
             serial: hex_string(&serial_bytes(serial)),
-            cert_pem: cert.pem(),
+            cert_pem,
             private_key_pem: key.serialize_pem(),
             service: service.to_string(),
             service_uri: uri,
@@ -356,7 +382,7 @@ impl Mesh {
                     "NotBefore": go_time(r.not_before),
                     "NotAfter": go_time(r.not_after),
                     "RootCert": r.cert.pem(),
-                    "IntermediateCerts": null,
+                    "IntermediateCerts": if r.intermediates.is_empty() { Value::Null } else { json!(r.intermediates) },
                     "Active": r.active,
                     "PrivateKeyType": "ec",
                     "PrivateKeyBits": 256,

@@ -458,17 +458,46 @@ async fn rotating_the_root_keeps_the_old_one_and_reissues_leaves_under_the_new_o
         &[active["RootCert"].as_str().unwrap().to_string()],
     )
     .expect("the renewed leaf chains to the new root");
-    if !t.is_real_consul() {
-        // Consul cross-signs; the embedded CA does not, so the old root alone does not
-        // verify the new leaf.
-        assert!(
-            chains_to(
-                new_leaf["CertPEM"].as_str().unwrap(),
-                &[old_root["RootCert"].as_str().unwrap().to_string()],
-            )
-            .is_err()
-        );
-    }
+    // The old root alone does not verify the new leaf, but with the cross-signed
+    // intermediate the leaf carries in CertPEM it does (peers whose roots watch lags
+    // behind keep accepting renewed leaves).
+    assert!(
+        chains_to(
+            new_leaf["CertPEM"].as_str().unwrap(),
+            &[old_root["RootCert"].as_str().unwrap().to_string()],
+        )
+        .is_err()
+    );
+    let intermediates: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_slice_iter(new_leaf["CertPEM"].as_str().unwrap().as_bytes())
+            .skip(1)
+            .collect::<Result<_, _>>()
+            .unwrap();
+    assert!(
+        !intermediates.is_empty(),
+        "a new leaf carries the cross-signed root"
+    );
+    let old_anchor = der(old_root["RootCert"].as_str().unwrap());
+    let anchors = [webpki::anchor_from_trusted_cert(&old_anchor)
+        .unwrap()
+        .to_owned()];
+    let new_leaf_der = der(new_leaf["CertPEM"].as_str().unwrap());
+    webpki::EndEntityCert::try_from(&new_leaf_der)
+        .unwrap()
+        .verify_for_usage(
+            webpki::ALL_VERIFICATION_ALGS,
+            &anchors,
+            &intermediates,
+            UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .expect("the new leaf verifies against the old root through the cross-signed root");
+    assert_eq!(
+        active["IntermediateCerts"].as_array().map(Vec::len),
+        Some(intermediates.len())
+    );
 }
 
 #[tokio::test]

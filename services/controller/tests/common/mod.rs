@@ -99,6 +99,8 @@ impl Stack {
                 "1s",
                 "--deregister-critical-after",
                 "5s",
+                // TODO(mesh): mTLS once the controller dials through the mesh.
+                "--insecure-plaintext",
             ],
             envs,
         );

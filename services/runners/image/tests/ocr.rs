@@ -88,6 +88,7 @@ async fn the_ocrs_engine_reads_text_or_without_its_model_files_names_them() {
             "--listen",
             &format!("127.0.0.1:{}", plugworker_testkit::free_port()),
             "--no-register",
+            "--insecure-plaintext",
             "--models-dir",
             models.to_str().unwrap(),
         ],

@@ -32,6 +32,8 @@ async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_
             &registry.url(),
             "--check-interval",
             "1s",
+            // The test calls the runner with a plaintext gRPC client.
+            "--insecure-plaintext",
             "--models-dir",
             models.to_str().unwrap(),
         ],

@@ -11,7 +11,12 @@ async fn runner() -> (Process, RunnerClient<Channel>) {
     let address = format!("127.0.0.1:{}", free_port());
     let process = Process::spawn(
         &bin_path("nlp-runner"),
-        &["--listen", &address, "--no-register"],
+        &[
+            "--listen",
+            &address,
+            "--no-register",
+            "--insecure-plaintext",
+        ],
         &[],
     );
     let client = runner_client(&address, Duration::from_secs(15)).await;

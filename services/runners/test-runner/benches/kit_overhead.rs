@@ -155,7 +155,7 @@ fn main() {
         let kit = start(
             "kit (test-runner, echo)",
             env!("CARGO_BIN_EXE_test-runner"),
-            &["--no-register", "--max-concurrent-runs", "256", "--max-queued-runs", "1024"],
+            &["--no-register", "--insecure-plaintext", "--max-concurrent-runs", "256", "--max-queued-runs", "1024"],
         );
         let bare = start("bare tonic echo", env!("CARGO_BIN_EXE_bare-echo"), &[]);
         let mut sets = Vec::new();

@@ -293,6 +293,7 @@ fn probe(listen: &str) -> std::process::Output {
     std::process::Command::new(plugworker_testkit::bin_path("test-runner"))
         .args([
             "--health-probe",
+            "--insecure-plaintext",
             "--listen",
             listen,
             "--check-timeout",

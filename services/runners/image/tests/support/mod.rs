@@ -101,6 +101,8 @@ pub async fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Runn
         "--listen",
         &address,
         "--no-register",
+        // No Consul here to issue certificates: the tests call the runner in plaintext.
+        "--insecure-plaintext",
         "--models-dir",
         models,
     ];

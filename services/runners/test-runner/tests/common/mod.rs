@@ -50,6 +50,9 @@ pub fn start_runner(
         "1s",
         "--deregister-critical-after",
         "30s",
+        // These tests drive the runner with plaintext gRPC clients; mesh mode has its own
+        // tests (mesh.rs).
+        "--insecure-plaintext",
     ];
     args.extend_from_slice(extra_args);
     let process = Process::spawn(&bin_path(binary), &args, envs);
@@ -63,7 +66,13 @@ pub fn start_unregistered(
     envs: &[(&str, &str)],
 ) -> (Process, String) {
     let address = format!("127.0.0.1:{}", free_port());
-    let mut args = vec!["--listen", address.as_str(), "--no-register"];
+    // No Consul: no Connect certificate, so plaintext.
+    let mut args = vec![
+        "--listen",
+        address.as_str(),
+        "--no-register",
+        "--insecure-plaintext",
+    ];
     args.extend_from_slice(extra_args);
     (Process::spawn(&bin_path(binary), &args, envs), address)
 }

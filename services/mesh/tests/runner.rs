@@ -1,0 +1,242 @@
+//! A real runner process (the test-runner binary) in mesh mode, the default: it registers
+//! as Connect-native, serves its jobs over mTLS only, and answers health in plaintext on
+//! its own port for Consul's check and `--health-probe`. And what it does when it cannot
+//! get a certificate.
+
+mod common;
+
+use common::*;
+use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
+use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use std::process::Output;
+use std::time::Duration;
+use tonic::transport::Endpoint;
+
+fn start_runner(consul_url: &str, listen: &str, health: &str, envs: &[(&str, &str)]) -> Process {
+    Process::spawn(
+        &bin_path("test-runner"),
+        &[
+            "--listen",
+            listen,
+            "--health-listen",
+            health,
+            "--consul-address",
+            consul_url,
+            "--check-interval",
+            "1s",
+            "--check-timeout",
+            "1s",
+        ],
+        envs,
+    )
+}
+
+fn probe(health: &str) -> Output {
+    std::process::Command::new(bin_path("test-runner"))
+        .args([
+            "--health-probe",
+            "--health-listen",
+            health,
+            "--check-timeout",
+            "2s",
+        ])
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_mesh_runner_registers_connect_native_and_serves_jobs_over_mtls_only() {
+    let registry = registry(RegistryConfig::default()).await;
+    let consul = consul(&registry);
+    let port = free_port();
+    let listen = format!("127.0.0.1:{port}");
+    let health = format!("127.0.0.1:{}", free_port());
+    let mut runner = start_runner(&registry.url(), &listen, &health, &[]);
+
+    // Listed by the Connect health view, passing: the check reached the health port.
+    let entry = eventually(
+        Duration::from_secs(60),
+        "a passing Connect-native test-runner",
+        || async {
+            consul
+                .health_connect("test-runner", &[], true, Default::default())
+                .await
+                .ok()
+                .and_then(|(entries, _)| entries.into_iter().next())
+        },
+    )
+    .await;
+    assert_eq!(entry.service.port, port);
+    let check = &entry
+        .checks
+        .iter()
+        .find(|c| c.check_type == "grpc")
+        .expect("a gRPC check");
+    assert_eq!(check.status, plugworker_discovery::CheckStatus::Passing);
+
+    let probed = probe(&health);
+    assert!(
+        probed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&probed.stderr)
+    );
+    assert!(String::from_utf8_lossy(&probed.stdout).contains("SERVING"));
+
+    // The controller's way in: its own leaf, expecting the runner's service.
+    let controller = identity(&registry, "controller").await;
+    let mut client = RunnerClient::new(mesh_channel(
+        &controller,
+        "test-runner",
+        listen.parse().unwrap(),
+    ));
+    let listing = client
+        .list_algorithms(ListAlgorithmsRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(listing.service_name, "test-runner");
+    let answer = client
+        .run(plugworker_rpc::runner::v1::RunRequest {
+            algorithm: "echo".into(),
+            payload: br#"{"message": "over mTLS"}"#.to_vec(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(String::from_utf8_lossy(&answer.result).contains("over mTLS"));
+
+    // Plaintext gRPC to the job port gets nothing.
+    let plaintext = Endpoint::from_shared(format!("http://{listen}"))
+        .unwrap()
+        .timeout(Duration::from_secs(5))
+        .connect_lazy();
+    let refused = RunnerClient::new(plaintext)
+        .list_algorithms(ListAlgorithmsRequest {})
+        .await
+        .unwrap_err();
+    eprintln!("plaintext to the mTLS port: {refused}");
+    // The health port serves health and nothing else.
+    let health_only = Endpoint::from_shared(format!("http://{health}"))
+        .unwrap()
+        .connect_lazy();
+    let status = RunnerClient::new(health_only)
+        .list_algorithms(ListAlgorithmsRequest {})
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unimplemented, "{status:?}");
+
+    // SIGTERM: drained, deregistered, exit 0.
+    runner.signal("TERM");
+    assert!(runner.wait_exit(Duration::from_secs(20)).await.success());
+    let (left, _) = consul
+        .health_connect("test-runner", &[], false, Default::default())
+        .await
+        .unwrap();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[tokio::test]
+async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_until_it_gets_one()
+{
+    // No agent yet at this address.
+    let consul_port = free_port();
+    let consul_url = format!("http://127.0.0.1:{consul_port}");
+    let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let runner = start_runner(&consul_url, &listen, &health, &[]);
+
+    eventually(
+        Duration::from_secs(30),
+        "the runner's explanation",
+        || async {
+            runner
+                .log()
+                .contains("no Connect certificate for this runner yet")
+                .then_some(())
+        },
+    )
+    .await;
+    let probed = probe(&health);
+    assert!(!probed.status.success());
+    assert!(
+        String::from_utf8_lossy(&probed.stderr).contains("NOT_SERVING"),
+        "{}",
+        String::from_utf8_lossy(&probed.stderr)
+    );
+    assert!(
+        runner.log().contains("is the Consul agent reachable"),
+        "{}",
+        runner.log()
+    );
+
+    // The agent comes up: the runner gets its leaf, registers and turns SERVING.
+    let registry = Registry::spawn(
+        &format!("127.0.0.1:{consul_port}"),
+        RegistryConfig::default(),
+    )
+    .await
+    .unwrap();
+    let consul = consul(&registry);
+    eventually(
+        Duration::from_secs(60),
+        "the runner registered and passing",
+        || async {
+            consul
+                .health_connect("test-runner", &[], true, Default::default())
+                .await
+                .ok()
+                .filter(|(entries, _)| !entries.is_empty())
+        },
+    )
+    .await;
+    assert!(probe(&health).status.success());
+}
+
+#[tokio::test]
+async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
+    let registry = registry(RegistryConfig {
+        acl_enabled: true,
+        acl_default_policy: plugworker_registry::IntentionAction::Deny,
+        acl_bootstrap_token: Some("management-secret".into()),
+        ..RegistryConfig::default()
+    })
+    .await;
+    let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let runner = start_runner(
+        &registry.url(),
+        &listen,
+        &health,
+        &[("CONSUL_HTTP_TOKEN", "not-a-token")],
+    );
+    eventually(
+        Duration::from_secs(30),
+        "the runner's explanation",
+        || async {
+            let log = runner.log();
+            (log.contains("no Connect certificate for this runner yet") && log.contains("403"))
+                .then_some(())
+        },
+    )
+    .await;
+    assert!(
+        runner.log().contains("needs service:write"),
+        "{}",
+        runner.log()
+    );
+    assert!(!probe(&health).status.success());
+    // Nothing registered (an anonymous catalog read would be refused: ask as management).
+    let management = plugworker_discovery::ConsulClient::new(plugworker_discovery::ConsulConfig {
+        address: registry.url(),
+        token: Some("management-secret".into()),
+        ..Default::default()
+    })
+    .unwrap();
+    let (services, _) = management
+        .catalog_services(Default::default())
+        .await
+        .unwrap();
+    assert!(!services.contains_key("test-runner"), "{services:?}");
+}
