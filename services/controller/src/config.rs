@@ -64,6 +64,8 @@ pub struct ControllerArgs {
     pub consul_wait: Duration,
     #[command(flatten)]
     pub settings: Settings,
+    #[command(flatten)]
+    pub mesh: MeshArgs,
 }
 
 /// How the controller runs jobs, whatever the queue: the job loop's [`Settings`].
@@ -141,6 +143,57 @@ fn flag_defaults<T: clap::Args + clap::FromArgMatches>() -> T {
         .try_get_matches_from(["defaults"])
         .expect("every setting has a default");
     T::from_arg_matches(&matches).expect("the defaults parse")
+}
+
+/// How the controller reaches runners: Consul Connect mTLS unless `--insecure-plaintext`.
+#[derive(clap::Args, Debug, Clone)]
+#[command(next_help_heading = "Service mesh")]
+pub struct MeshArgs {
+    /// The Connect service the controller's leaf certificate names, i.e. who it is to the
+    /// runners' intentions. Its Consul token needs `service "<name>" { policy = "write" }`.
+    #[arg(long, env = "PLUGWORKER_MESH_SERVICE", default_value = "controller")]
+    pub mesh_service: String,
+    /// How long start-up waits for the first leaf certificate and CA roots.
+    #[arg(long, env = "PLUGWORKER_MESH_READY_WITHIN", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub mesh_ready_within: Duration,
+    /// INSECURE: call runners over plaintext gRPC and send jobs to any instance registered
+    /// under a runner's name, Connect-native or not. No certificate proves who a runner
+    /// is, so whoever can register in Consul or reach the network can read and answer
+    /// jobs. For runners started with --insecure-plaintext only.
+    #[arg(long, env = "PLUGWORKER_INSECURE_PLAINTEXT")]
+    pub insecure_plaintext: bool,
+}
+
+impl MeshArgs {
+    /// The resolver mode and transport these flags ask for; in the mesh, fetches the
+    /// controller's leaf certificate first (waiting up to `--mesh-ready-within`).
+    pub async fn transport(
+        &self,
+        consul: &plugworker_discovery::ConsulClient,
+    ) -> Result<
+        (
+            plugworker_discovery::resolver::Mode,
+            crate::dispatch::Transport,
+        ),
+        plugworker_mesh::Error,
+    > {
+        use crate::dispatch::Transport;
+        use plugworker_discovery::resolver::Mode;
+        if self.insecure_plaintext {
+            tracing::warn!(
+                "--insecure-plaintext: runners are called over plaintext gRPC with no identity check; anyone who can register in Consul or reach the network can read and answer jobs"
+            );
+            return Ok((Mode::Plain, Transport::Plaintext));
+        }
+        let identity = plugworker_mesh::Identity::start(
+            consul.clone(),
+            &self.mesh_service,
+            self.mesh_ready_within,
+        )
+        .await?;
+        tracing::info!(spiffe_id = %identity.spiffe_id(), "mesh identity ready; runners are called over mTLS");
+        Ok((Mode::Connect, Transport::Mesh(identity)))
+    }
 }
 
 #[cfg(test)]

@@ -4,28 +4,77 @@
 //!
 //! Each instance gets one lazily-connected HTTP/2 channel behind a tower concurrency
 //! limit, so one slow instance cannot absorb every call.
+//!
+//! In the mesh ([`Transport::Mesh`], the default of `plugworker controller`) each channel
+//! dials through a [`MeshConnector`]: mTLS with the controller's leaf certificate, and the
+//! runner accepted only if its certificate chains to the Connect CA and its SPIFFE URI
+//! names the service the instance was resolved as. A registration that points somewhere
+//! else (a rogue listener, a re-registered instance ID) therefore fails the handshake
+//! before a byte of the job is written: the call fails with `UNAVAILABLE`, the job is
+//! retried at once on another instance, and if none is left it fails *transient*
+//! (`RUNNER_UNAVAILABLE`) and is redelivered under the usual delivery rules. The instance
+//! that failed its identity check is then left out of the choice for
+//! [`IDENTITY_FAILURE_COOL_DOWN`], so it costs one failed handshake, not one per job.
 
 use crate::classify;
 use plugworker_discovery::{Instance, Resolver};
 use plugworker_jobs::{ErrorInfo, Job, RunnerInfo, codes};
+use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::Rng;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tonic::transport::{Channel, Endpoint};
 use tower::limit::ConcurrencyLimit;
 use tracing::Instrument;
 
 type Client = RunnerClient<ConcurrencyLimit<Channel>>;
 
+/// How long an instance that failed the mesh identity check is left out of the choice.
+pub const IDENTITY_FAILURE_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// How the dispatcher reaches runners.
+#[derive(Clone)]
+pub enum Transport {
+    /// Connect-native mTLS with this identity's leaf; each runner must present a
+    /// certificate for the service it was resolved as.
+    Mesh(Identity),
+    /// Plaintext HTTP/2 (`--insecure-plaintext`): anyone who can register an instance or
+    /// reach the network between controller and runner can read and answer jobs.
+    Plaintext,
+}
+
+impl std::fmt::Debug for Transport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Transport::Mesh(identity) => {
+                f.debug_tuple("Mesh").field(&identity.spiffe_id()).finish()
+            }
+            Transport::Plaintext => f.write_str("Plaintext"),
+        }
+    }
+}
+
 /// One runner instance's connection and load.
 struct Connection {
     address: String,
     client: Client,
     in_flight: AtomicUsize,
+    /// Until when the instance is skipped: it failed the mesh identity check.
+    refused_until: Mutex<Option<Instant>>,
+}
+
+impl Connection {
+    fn refused(&self) -> bool {
+        lock(&self.refused_until).is_some_and(|until| Instant::now() < until)
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A successful run.
@@ -52,9 +101,11 @@ pub struct Dispatcher {
     job_timeout: Duration,
     /// Addresses already warned about as undialable.
     undialable: Mutex<std::collections::HashSet<String>>,
+    transport: Transport,
 }
 
 impl Dispatcher {
+    /// A dispatcher calling runners in plaintext; see [`Dispatcher::with_transport`].
     pub fn new(resolver: Arc<Resolver>, per_instance_limit: usize, job_timeout: Duration) -> Self {
         Self {
             resolver,
@@ -62,7 +113,19 @@ impl Dispatcher {
             per_instance_limit: per_instance_limit.max(1),
             job_timeout,
             undialable: Mutex::new(Default::default()),
+            transport: Transport::Plaintext,
         }
+    }
+
+    /// Calls runners over `transport`. [`Transport::Mesh`] needs a resolver in
+    /// [`plugworker_discovery::resolver::Mode::Connect`]: plain instances cannot do mTLS.
+    pub fn with_transport(mut self, transport: Transport) -> Self {
+        self.transport = transport;
+        self
+    }
+
+    pub fn transport(&self) -> &Transport {
+        &self.transport
     }
 
     pub fn resolver(&self) -> &Arc<Resolver> {
@@ -77,6 +140,10 @@ impl Dispatcher {
         let candidates = snapshot.instances(&job.algorithm);
         let mut excluded: Vec<&Instance> = Vec::new();
         let mut first_failure: Option<(tonic::Status, Option<RunnerInfo>)> = None;
+        // Instances that just failed the identity check count as already tried.
+        let refused = self.refused(candidates);
+        excluded.extend(refused.iter().copied());
+        let skipped_refused = !refused.is_empty();
         loop {
             let Some(instance) = pick(candidates, &excluded, |i| self.load(i)) else {
                 return Err(match first_failure {
@@ -87,7 +154,9 @@ impl Dispatcher {
                             format!(
                                 "no healthy runner serves {:?} yet{}",
                                 job.algorithm,
-                                if excluded.is_empty() {
+                                if skipped_refused {
+                                    " (instances registered under its service failed the mesh identity check)"
+                                } else if excluded.is_empty() {
                                     ""
                                 } else {
                                     " (the instances registered have addresses that cannot be dialled)"
@@ -105,6 +174,13 @@ impl Dispatcher {
             match self.call(&connection, instance, job).await {
                 Ok(success) => return Ok(success),
                 Err((status, runner)) => {
+                    if let Some(refusal) = identity_refusal(&status) {
+                        let mut until = lock(&connection.refused_until);
+                        if until.is_none_or(|t| t <= Instant::now()) {
+                            tracing::warn!(instance = %instance.id, service = %instance.service, address = %instance.address, error = %refusal, cool_down = ?IDENTITY_FAILURE_COOL_DOWN, "runner instance failed the mesh identity check; no jobs go to it for a while");
+                        }
+                        *until = Some(Instant::now() + IDENTITY_FAILURE_COOL_DOWN);
+                    }
                     let again = classify::retry_elsewhere(&status) && first_failure.is_none();
                     if !again {
                         return Err(failure(&status, runner));
@@ -154,10 +230,18 @@ impl Dispatcher {
                 return None;
             }
         };
-        let channel = endpoint
+        let endpoint = endpoint
             .connect_timeout(Duration::from_secs(3))
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match &self.transport {
+            Transport::Plaintext => endpoint.connect_lazy(),
+            // The connector checks the server's certificate names `instance.service`; the
+            // URI stays `http://`, so tonic itself does no TLS.
+            Transport::Mesh(identity) => endpoint.connect_with_connector_lazy(MeshConnector::new(
+                identity.clone(),
+                &instance.service,
+            )),
+        };
         let service = tower::ServiceBuilder::new()
             .concurrency_limit(self.per_instance_limit)
             .service(channel);
@@ -167,9 +251,23 @@ impl Dispatcher {
                 .max_decoding_message_size(64 * 1024 * 1024)
                 .max_encoding_message_size(64 * 1024 * 1024),
             in_flight: AtomicUsize::new(0),
+            refused_until: Mutex::new(None),
         });
         connections.insert(instance.id.clone(), connection.clone());
         Some(connection)
+    }
+
+    /// The candidates currently left out for failing the identity check.
+    fn refused<'a>(&self, candidates: &'a [Instance]) -> Vec<&'a Instance> {
+        let connections = lock(&self.connections);
+        candidates
+            .iter()
+            .filter(|i| {
+                connections
+                    .get(&i.id)
+                    .is_some_and(|c| c.address == i.address && c.refused())
+            })
+            .collect()
     }
 
     fn load(&self, instance: &Instance) -> usize {
@@ -300,6 +398,27 @@ fn endpoint(address: &str) -> Result<Endpoint, String> {
         }
     };
     Endpoint::from_shared(format!("http://{authority}")).map_err(|e| e.to_string())
+}
+
+/// The mesh error in a failed call's cause chain if the connector refused the server's
+/// certificate (wrong service, untrusted chain or trust domain), as opposed to a runner
+/// that is merely down.
+fn identity_refusal(status: &tonic::Status) -> Option<&plugworker_mesh::Error> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
+    while let Some(error) = source {
+        if let Some(mesh) = error.downcast_ref::<plugworker_mesh::Error>() {
+            return matches!(
+                mesh,
+                plugworker_mesh::Error::WrongService { .. }
+                    | plugworker_mesh::Error::UntrustedChain(_)
+                    | plugworker_mesh::Error::WrongTrustDomain { .. }
+                    | plugworker_mesh::Error::Handshake { .. }
+            )
+            .then_some(mesh);
+        }
+        source = error.source();
+    }
+    None
 }
 
 fn failure(status: &tonic::Status, runner: Option<RunnerInfo>) -> Failure {

@@ -18,9 +18,9 @@ pub mod metrics;
 pub mod queue;
 pub mod sqs;
 
-pub use config::{ControllerArgs, QueueArgs, SqsArgs};
+pub use config::{ControllerArgs, MeshArgs, QueueArgs, SqsArgs};
 pub use controller::{Controller, Settings};
-pub use dispatch::Dispatcher;
+pub use dispatch::{Dispatcher, Transport};
 
 use anyhow::Context as _;
 use plugworker_discovery::{ConsulClient, Resolver};
@@ -84,13 +84,21 @@ pub async fn build_on_sqs(
         consul = %consul.base_url(),
         "controller starting"
     );
-    let resolver = Arc::new(Resolver::start(consul, args.consul_wait));
+    let (mode, transport) = args
+        .mesh
+        .transport(&consul)
+        .await
+        .context("cannot join the service mesh (or pass --insecure-plaintext)")?;
+    let resolver = Arc::new(Resolver::start_with_mode(consul, args.consul_wait, mode));
     let settings = args.settings;
-    let dispatcher = Arc::new(Dispatcher::new(
-        resolver,
-        settings.max_calls_per_instance,
-        settings.job_timeout,
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            resolver,
+            settings.max_calls_per_instance,
+            settings.job_timeout,
+        )
+        .with_transport(transport),
+    );
     let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
     let metrics = controller.metrics_source();
     Ok((controller, metrics))

@@ -417,7 +417,7 @@ impl ConsulClient {
         Ok((decode(path, &response.bytes)?, response.meta))
     }
 
-    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+    pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
         let mut url = self.base.clone();
         url.set_path(&format!("{}{path}", self.base.path().trim_end_matches('/')));
         let mut request = self.http.request(method, url).timeout(self.request_timeout);
@@ -433,7 +433,7 @@ impl ConsulClient {
         request
     }
 
-    async fn send(
+    pub(crate) async fn send(
         &self,
         request: RequestBuilder,
         method: Method,
@@ -472,8 +472,8 @@ impl ConsulClient {
     }
 }
 
-struct Response {
-    bytes: Vec<u8>,
+pub(crate) struct Response {
+    pub(crate) bytes: Vec<u8>,
     meta: QueryMeta,
 }
 

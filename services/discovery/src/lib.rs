@@ -12,10 +12,12 @@
 //!   own client parses them (`null` anywhere, unknown fields).
 //! - [`duration`]: Go's duration text format, which Consul uses for every interval.
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
+//! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator calls).
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
 //! - [`runners`]: how plugworker runners look in Consul, and finding them.
 //! - [`resolver`]: [`Resolver`], the live algorithm → healthy instances view.
 
+pub mod admin;
 pub mod client;
 pub mod config;
 pub mod duration;

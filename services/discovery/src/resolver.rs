@@ -1,7 +1,9 @@
 //! [`Resolver`]: algorithm → healthy runner instances, kept live by Consul blocking queries.
 //!
 //! One watch follows `/v1/catalog/services`; for every service in it, one watch follows
-//! `/v1/health/service/:name?passing`. Each change rebuilds an immutable snapshot that
+//! its passing instances: `/v1/health/connect/:name?passing` in [`Mode::Connect`] (only
+//! Connect-native instances, the ones that can prove their identity with a leaf
+//! certificate), `/v1/health/service/:name?passing` in [`Mode::Plain`]. Each change rebuilds an immutable snapshot that
 //! readers take without any I/O, so a job's hot path never waits on Consul. When Consul is
 //! unreachable the watches back off and the last snapshot keeps serving; when it comes
 //! back (even restarted, with its indexes reset) the watches pick the changes up again.
@@ -50,6 +52,18 @@ impl Snapshot {
     }
 }
 
+/// Which instances the resolver hands out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Connect-native instances only (`/v1/health/connect/:service`): callers dial them
+    /// with mTLS and check the service name in their certificate.
+    #[default]
+    Connect,
+    /// Every instance (`/v1/health/service/:service`), for plaintext callers
+    /// (`--insecure-plaintext`).
+    Plain,
+}
+
 /// Counters a metrics endpoint can expose.
 #[derive(Debug, Default)]
 pub struct ResolverStats {
@@ -72,6 +86,7 @@ struct State {
     stats: Arc<ResolverStats>,
     client: ConsulClient,
     wait: Duration,
+    mode: Mode,
 }
 
 /// A live algorithm → instances view. Dropping it stops its watches.
@@ -83,8 +98,14 @@ pub struct Resolver {
 }
 
 impl Resolver {
-    /// Starts watching. `wait` is how long Consul may hold each blocking query.
+    /// Starts watching every instance, Connect-native or not ([`Mode::Plain`]). `wait` is
+    /// how long Consul may hold each blocking query.
     pub fn start(client: ConsulClient, wait: Duration) -> Self {
+        Self::start_with_mode(client, wait, Mode::Plain)
+    }
+
+    /// Starts watching the instances `mode` selects.
+    pub fn start_with_mode(client: ConsulClient, wait: Duration, mode: Mode) -> Self {
         let (sender, snapshot) = watch::channel(Arc::new(Snapshot::default()));
         let stats = Arc::new(ResolverStats::default());
         let state = Arc::new(State {
@@ -93,6 +114,7 @@ impl Resolver {
             stats: stats.clone(),
             client,
             wait,
+            mode,
         });
         let catalog_task = tokio::spawn(follow_catalog(state.clone()));
         Self {
@@ -115,6 +137,10 @@ impl Resolver {
 
     pub fn stats(&self) -> &Arc<ResolverStats> {
         &self.stats
+    }
+
+    pub fn mode(&self) -> Mode {
+        self.state.mode
     }
 }
 
@@ -185,8 +211,18 @@ async fn follow_service(state: Arc<State>, name: String) {
     let mut watch = Watch::new(state.wait);
     loop {
         let client = state.client.clone();
+        let mode = state.mode;
         let result = watch
-            .next(|options| client.health_service(&name, &[], true, options))
+            .next(|options| {
+                let client = client.clone();
+                let name = name.clone();
+                async move {
+                    match mode {
+                        Mode::Connect => client.health_connect(&name, &[], true, options).await,
+                        Mode::Plain => client.health_service(&name, &[], true, options).await,
+                    }
+                }
+            })
             .await;
         match result {
             Ok(entries) => {

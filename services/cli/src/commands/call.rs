@@ -1,13 +1,20 @@
 //! `plugworker call`: resolve a healthy runner for an algorithm through Consul and run one
 //! payload on it, printing the JSON result. Useful to try a runner without the queue.
+//!
+//! In the mesh (the default) the call is made over mTLS as the Connect service named by
+//! `--mesh-service`: the Consul token must be allowed to get that service's certificate
+//! (`service "<name>" { policy = "write" }`) and the runner's intentions must allow it.
+//! `--insecure-plaintext` calls runners started with `--insecure-plaintext`.
 
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
-use plugworker_discovery::runners::passing_instances_for;
+use plugworker_discovery::runners::{is_runner, passing_instances_for};
+use plugworker_discovery::{CheckStatus, ConsulClient, QueryOptions, ServiceEntry};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::seq::IndexedRandom;
 use std::time::Duration;
+use tonic::transport::Endpoint;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "text"])))]
@@ -26,6 +33,23 @@ pub struct Args {
     /// How long to wait for the result.
     #[arg(long, default_value = "60s", value_parser = humantime::parse_duration)]
     pub timeout: Duration,
+    /// Who you are in the mesh: the Connect service whose certificate the call presents.
+    /// Your Consul token needs `service "<name>" { policy = "write" }`, and the runner's
+    /// intentions must allow <name> (e.g. an operator identity such as `operator`).
+    #[arg(
+        long,
+        env = "PLUGWORKER_MESH_SERVICE",
+        required_unless_present = "insecure_plaintext"
+    )]
+    pub mesh_service: Option<String>,
+    /// INSECURE: call over plaintext gRPC, with no certificate on either side. Only
+    /// runners started with --insecure-plaintext answer; a mesh runner refuses.
+    #[arg(
+        long,
+        env = "PLUGWORKER_INSECURE_PLAINTEXT",
+        conflicts_with = "mesh_service"
+    )]
+    pub insecure_plaintext: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -39,42 +63,88 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one input"),
     };
     let consul = args.consul.client()?;
-    let instances = passing_instances_for(&consul, &args.algorithm)
-        .await
-        .with_context(|| format!("cannot query Consul at {}", consul.base_url()))?;
+    let mesh = match (&args.mesh_service, args.insecure_plaintext) {
+        (_, true) => {
+            tracing::warn!(
+                "--insecure-plaintext: calling over plaintext gRPC; no certificate proves who the runner is"
+            );
+            None
+        }
+        (Some(service), false) => Some(
+            plugworker_mesh::Identity::start(consul.clone(), service, Duration::from_secs(10))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot get a Connect certificate for {service:?} (does your Consul token have service \"{service}\" write?)"
+                    )
+                })?,
+        ),
+        (None, false) => unreachable!("clap requires --mesh-service or --insecure-plaintext"),
+    };
+    let instances = match mesh {
+        Some(_) => connect_instances_for(&consul, &args.algorithm).await,
+        None => passing_instances_for(&consul, &args.algorithm).await,
+    }
+    .with_context(|| format!("cannot query Consul at {}", consul.base_url()))?;
     let Some(instance) = instances.choose(&mut rand::rng()) else {
         bail!(
-            "no healthy runner serves {:?} (see `plugworker algorithms`)",
-            args.algorithm
+            "no healthy runner serves {:?}{} (see `plugworker algorithms`)",
+            args.algorithm,
+            if mesh.is_some() {
+                " among Connect-native instances"
+            } else {
+                ""
+            },
         );
     };
-    let address = format!("http://{}:{}", instance.address(), instance.service.port);
-    let mut client = RunnerClient::connect(address.clone())
-        .await
-        .with_context(|| {
-            format!(
-                "cannot connect to runner {} at {address}",
-                instance.service.id
-            )
-        })?;
+    let address = format!("{}:{}", instance.address(), instance.service.port);
+    let id = &instance.service.id;
+    let endpoint = Endpoint::from_shared(format!("http://{address}"))
+        .with_context(|| format!("runner {id} has an address that cannot be dialled: {address}"))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = match &mesh {
+        Some(identity) => endpoint
+            .connect_with_connector(plugworker_mesh::MeshConnector::new(
+                identity.clone(),
+                &instance.service.service,
+            ))
+            .await
+            .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+            .with_context(|| format!("cannot connect to runner {id} at {address} over mTLS"))?,
+        None => endpoint
+            .connect()
+            .await
+            .with_context(|| format!("cannot connect to runner {id} at {address}"))?,
+    };
+    let mut client = RunnerClient::new(channel)
+        .max_decoding_message_size(64 * 1024 * 1024)
+        .max_encoding_message_size(64 * 1024 * 1024);
     let mut request = tonic::Request::new(RunRequest {
         algorithm: args.algorithm.clone(),
         payload: payload.into_bytes(),
     });
     request.set_timeout(args.timeout);
-    let response = client
-        .run(request)
-        .await
-        .map_err(|status| {
-            anyhow::anyhow!(
-                "{} failed on {}: {:?}: {}",
+    let response = match client.run(request).await {
+        Ok(response) => response.into_inner(),
+        Err(status) => {
+            let mut message = format!(
+                "{} failed on {id}: {:?}: {}",
                 args.algorithm,
-                instance.service.id,
                 status.code(),
-                status.message()
-            )
-        })?
-        .into_inner();
+                error_chain(&status)
+            );
+            if mesh.is_none() && is_connect_native(&consul, instance).await {
+                message.push_str(
+                    "\nthis runner serves mTLS only (it is Connect-native): call it with --mesh-service NAME, an identity its intentions allow, instead of --insecure-plaintext",
+                );
+            } else if mesh.is_some() && status.code() == tonic::Code::Unavailable {
+                message.push_str(
+                    "\nif the runner closed the connection at once, its intentions may not allow your --mesh-service identity",
+                );
+            }
+            bail!(message);
+        }
+    };
     let result: serde_json::Value = serde_json::from_slice(&response.result)
         .context("runner returned a result that is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&result)?);
@@ -85,4 +155,56 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "ran {}", args.algorithm
     );
     Ok(())
+}
+
+/// Passing Connect-native runner instances serving `algorithm`
+/// (`/v1/health/connect/:service`).
+async fn connect_instances_for(
+    consul: &ConsulClient,
+    algorithm: &str,
+) -> Result<Vec<ServiceEntry>, plugworker_discovery::Error> {
+    let (services, _) = consul.catalog_services(QueryOptions::default()).await?;
+    let mut instances = Vec::new();
+    for (name, tags) in &services {
+        if !tags.iter().any(|t| t == algorithm) {
+            continue;
+        }
+        let (entries, _) = consul
+            .health_connect(name, &[algorithm], true, QueryOptions::default())
+            .await?;
+        instances.extend(
+            entries
+                .into_iter()
+                .filter(|e| is_runner(e) && e.aggregated_status() == CheckStatus::Passing),
+        );
+    }
+    Ok(instances)
+}
+
+/// Whether `instance` is listed as Connect-native (it then speaks mTLS only).
+async fn is_connect_native(consul: &ConsulClient, instance: &ServiceEntry) -> bool {
+    consul
+        .health_connect(
+            &instance.service.service,
+            &[],
+            false,
+            QueryOptions::default(),
+        )
+        .await
+        .is_ok_and(|(entries, _)| entries.iter().any(|e| e.service.id == instance.service.id))
+}
+
+/// An error with its causes, which tonic keeps out of its own message.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
 }

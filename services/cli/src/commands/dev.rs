@@ -10,9 +10,7 @@ use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::{Context, bail};
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::{Controller, Dispatcher, Settings};
-use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
 use plugworker_jobs::{ErrorInfo, JobResult, Status, Timings, codes};
-use plugworker_registry::{Registry, RegistryConfig};
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::{Path, PathBuf};
@@ -226,7 +224,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default()).await?;
+    // ACLs and intentions on, default deny (dev_mesh.rs).
+    let (registry, mesh) = super::dev_mesh::start_registry().await?;
     let logs = match &args.logs {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("plugworker-dev-{}", std::process::id())),
@@ -240,6 +239,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             .to_string_lossy()
             .into_owned();
         let log = std::fs::File::create(logs.join(format!("{name}.log")))?;
+        let admission = mesh.admit_runner(&name).await?;
         let mut command = tokio::process::Command::new(&binary);
         // The runners talk to the embedded registry only: whatever the caller's shell says
         // about a real Consul (TLS, token, namespace) must not follow them there.
@@ -257,7 +257,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 // TODO(mesh): mTLS once the controller dials through the mesh.
                 "--insecure-plaintext",
             ])
-            .env("CONSUL_HTTP_ADDR", registry.url())
+            .envs(admission)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -277,11 +277,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for job in &jobs {
         queue.send(job.clone());
     }
-    let consul = ConsulClient::new(ConsulConfig {
-        address: registry.url(),
-        ..Default::default()
-    })?;
-    let resolver = Arc::new(Resolver::start(consul, Duration::from_secs(30)));
+    let (resolver, transport) = mesh.controller(Duration::from_secs(30)).await?;
+    let resolver = Arc::new(resolver);
     let settings = Settings {
         max_in_flight: args.max_in_flight,
         job_timeout: args.job_timeout,
@@ -292,11 +289,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Settings::default()
     };
     let (results, mut received) = mpsc::unbounded_channel();
-    let dispatcher = Arc::new(Dispatcher::new(
-        resolver,
-        settings.max_calls_per_instance,
-        settings.job_timeout,
-    ));
+    let dispatcher = Arc::new(
+        Dispatcher::new(
+            resolver,
+            settings.max_calls_per_instance,
+            settings.job_timeout,
+        )
+        .with_transport(transport),
+    );
     let controller = Controller::new(
         queue.clone(),
         Arc::new(ChannelSink(results)),

@@ -4,6 +4,7 @@ pub mod algorithms;
 pub mod call;
 pub mod controller;
 pub mod dev;
+pub mod dev_mesh;
 pub mod healthcheck;
 pub mod registry;
 pub mod results;

@@ -1,0 +1,168 @@
+//! The service mesh of `plugworker dev`: the embedded registry runs with ACLs and
+//! intentions on, both default deny, exactly as docs/security.md prescribes for a real
+//! Consul, so `plugworker dev` exercises the same trust rules as production.
+//!
+//! With a random bootstrap (management) token, `dev` creates:
+//! - for each runner, a token whose only rule is the runner's service identity
+//!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog),
+//!   and a `service-intentions` entry allowing the controller to call that service;
+//! - for the controller, a token with the `plugworker-controller` policy
+//!   ([`plugworker_discovery::admin::controller_rules`]).
+//!
+//! Each child gets its token through `CONSUL_HTTP_TOKEN`; the management token never
+//! leaves this process.
+
+use anyhow::Context;
+use plugworker_controller::Transport;
+use plugworker_discovery::admin::{
+    IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
+    ServiceIntentions, controller_rules,
+};
+use plugworker_discovery::resolver::Mode;
+use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
+use plugworker_registry::{IntentionAction as RegistryAction, Registry, RegistryConfig};
+use std::time::Duration;
+
+/// The controller's Connect service name in `dev`.
+pub const CONTROLLER_SERVICE: &str = "controller";
+
+/// The embedded registry with ACLs and intentions on, and the management client.
+pub struct DevMesh {
+    management: ConsulClient,
+    address: String,
+}
+
+/// Starts the embedded registry with ACLs (default deny) and intentions (default deny).
+pub async fn start_registry() -> anyhow::Result<(plugworker_registry::RunningRegistry, DevMesh)> {
+    let bootstrap = random_secret();
+    let registry = Registry::spawn(
+        "127.0.0.1:0",
+        RegistryConfig {
+            acl_enabled: true,
+            acl_default_policy: RegistryAction::Deny,
+            acl_bootstrap_token: Some(bootstrap.clone()),
+            default_intention_policy: Some(RegistryAction::Deny),
+            ..RegistryConfig::default()
+        },
+    )
+    .await
+    .context("cannot start the embedded registry")?;
+    let address = registry.url();
+    let management = client(&address, &bootstrap)?;
+    Ok((
+        registry,
+        DevMesh {
+            management,
+            address,
+        },
+    ))
+}
+
+/// A random token secret in Consul's UUID form (122 random bits).
+fn random_secret() -> String {
+    let bytes: [u8; 16] = rand::random();
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    format!(
+        "{}-{}-4{}-a{}-{}",
+        &hex[0..8],
+        &hex[8..12],
+        &hex[13..16],
+        &hex[17..20],
+        &hex[20..32]
+    )
+}
+
+fn client(address: &str, token: &str) -> anyhow::Result<ConsulClient> {
+    Ok(ConsulClient::new(ConsulConfig {
+        address: address.to_string(),
+        token: Some(token.to_string()),
+        ..Default::default()
+    })?)
+}
+
+impl DevMesh {
+    /// Admits the runner `service`: creates its token and the intention letting the
+    /// controller call it. Returns the environment of its process.
+    pub async fn admit_runner(&self, service: &str) -> anyhow::Result<Vec<(&'static str, String)>> {
+        let token = self
+            .management
+            .acl_token_create(&NewToken {
+                description: format!("plugworker dev: runner {service}"),
+                service_identities: vec![ServiceIdentity {
+                    service_name: service.to_string(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .with_context(|| format!("cannot create the ACL token of runner {service}"))?;
+        self.management
+            .apply_service_intentions(&ServiceIntentions {
+                name: service.to_string(),
+                sources: vec![IntentionSource {
+                    name: CONTROLLER_SERVICE.to_string(),
+                    action: IntentionAction::Allow,
+                    description: "plugworker dev: the controller runs jobs".into(),
+                }],
+            })
+            .await
+            .with_context(|| format!("cannot allow the controller to call {service}"))?;
+        Ok(vec![
+            ("CONSUL_HTTP_ADDR", self.address.clone()),
+            ("CONSUL_HTTP_TOKEN", token.secret_id),
+            // The token may write this service name only: register under exactly it.
+            ("PLUGWORKER_SERVICE_NAME", service.to_string()),
+            // Several runners share the machine: each health port is its own.
+            ("PLUGWORKER_HEALTH_LISTEN", "127.0.0.1:0".to_string()),
+        ])
+    }
+
+    /// The controller's side: its token (policy `plugworker-controller`), its Connect
+    /// identity, and a resolver of Connect-native runners.
+    pub async fn controller(&self, wait: Duration) -> anyhow::Result<(Resolver, Transport)> {
+        let policy = self
+            .management
+            .acl_policy_create(&NewPolicy {
+                name: "plugworker-controller".into(),
+                description: "plugworker controller: its own Connect identity, read the catalog"
+                    .into(),
+                rules: controller_rules(CONTROLLER_SERVICE),
+            })
+            .await
+            .context("cannot create the controller's ACL policy")?;
+        let token = self
+            .management
+            .acl_token_create(&NewToken {
+                description: "plugworker dev: controller".into(),
+                policies: vec![PolicyLink {
+                    id: policy.id,
+                    name: String::new(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .context("cannot create the controller's ACL token")?;
+        let consul = client(&self.address, &token.secret_id)?;
+        let identity = plugworker_mesh::Identity::start(
+            consul.clone(),
+            CONTROLLER_SERVICE,
+            Duration::from_secs(10),
+        )
+        .await
+        .context("the controller cannot get its Connect certificate")?;
+        Ok((
+            Resolver::start_with_mode(consul, wait, Mode::Connect),
+            Transport::Mesh(identity),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn secrets_look_like_consuls_and_differ() {
+        let a = super::random_secret();
+        assert_eq!(a.len(), 36);
+        assert_eq!(a.matches('-').count(), 4);
+        assert_ne!(a, super::random_secret());
+    }
+}
