@@ -130,13 +130,16 @@ fn main() {
                     .connect_with_connector_lazy(MeshConnector::new(identity.clone(), "test-runner"))
             })
             .collect();
-        // Both up, every connection established (and warmed) before measuring.
-        for channels in [&plain, &mesh] {
+        // Both up (algorithms loaded), every connection established, before measuring.
+        for channel in plain.iter().chain(&mesh) {
             eventually(Duration::from_secs(60), "the runners answering", || async {
-                drive(channels, connections, Duration::from_millis(200))
+                RunnerClient::new(channel.clone())
+                    .run(RunRequest {
+                        algorithm: "echo".into(),
+                        payload: br#"{"message": "warm-up"}"#.to_vec(),
+                    })
                     .await
-                    .gt(&0.0)
-                    .then_some(())
+                    .ok()
             })
             .await;
         }
