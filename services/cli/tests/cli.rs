@@ -7,9 +7,15 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+/// Runs `plugworker`; a `call` is made as the mesh identity `operator` (the registry runs
+/// without ACLs here, so intentions default to allow).
 fn plugworker(consul: &str, args: &[&str]) -> std::process::Output {
+    let mut args = args.to_vec();
+    if args.first() == Some(&"call") {
+        args.extend(["--mesh-service", "operator"]);
+    }
     Command::new(bin_path("plugworker"))
-        .args(args)
+        .args(&args)
         .env("CONSUL_HTTP_ADDR", consul)
         .env("RUST_LOG", "warn")
         .output()
@@ -27,13 +33,13 @@ async fn registry_algorithms_and_call_work_together() {
     let runner_address = format!("127.0.0.1:{}", free_port());
     let _runner = Process::spawn(
         &bin_path("nlp-runner"),
-        // TODO(mesh): mTLS once `plugworker call` dials through the mesh.
         &[
             "--listen",
             &runner_address,
+            "--health-listen",
+            &format!("127.0.0.1:{}", free_port()),
             "--check-interval",
             "1s",
-            "--insecure-plaintext",
         ],
         &[("CONSUL_HTTP_ADDR", consul.as_str())],
     );

@@ -471,7 +471,8 @@ async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
 
 #[tokio::test]
 async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
-    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    // Plaintext: the instances are registered by hand, without certificates.
+    let stack = Stack::start_plain(Duration::from_secs(30), 5).await;
     // A runner on IPv6 loopback, registered with the address Consul hands out unbracketed.
     let port = free_port();
     let listen = format!("[::1]:{port}");
@@ -561,7 +562,8 @@ async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
 
 #[tokio::test]
 async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
-    let mut stack = Stack::start(Duration::from_secs(30), 5).await;
+    // Plaintext: the embedded registry restarts empty, as a new cluster with a new CA.
+    let mut stack = Stack::start_plain(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
     stack.wait_passing("test-runner", 1).await;
     let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);

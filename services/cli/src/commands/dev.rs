@@ -254,8 +254,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 "1s",
                 "--deregister-critical-after",
                 "10s",
-                // TODO(mesh): mTLS once the controller dials through the mesh.
-                "--insecure-plaintext",
             ])
             .envs(admission)
             .stdin(Stdio::null())

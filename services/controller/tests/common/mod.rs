@@ -1,29 +1,129 @@
 //! A whole plugworker stack per test: moto SQS, the embedded registry, runner processes
 //! and `plugworker controller` processes.
+//!
+//! By default the stack is the production trust model (docs/security.md): the registry
+//! enforces ACLs (default deny) and intentions (default deny); each runner holds a token
+//! whose only rule is its service identity, the controller a token with the controller
+//! policy, and an intention allows controller → each runner service; runners serve mTLS
+//! (Connect native) and the controller dials them with its own leaf certificate.
+//! [`Stack::start_plain`] is the `--insecure-plaintext` stack with ACLs off, for tests
+//! about something else that need what the mesh rules out (a registry restarted empty is a
+//! new cluster with a new CA; hand-made registrations without certificates).
 
 #![allow(dead_code)]
 
+use plugworker_discovery::admin::{
+    IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
+    ServiceIntentions, controller_rules,
+};
 use plugworker_discovery::{ConsulClient, ConsulConfig};
-use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_registry::{IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry};
 use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
 use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
+use std::collections::HashMap;
 use std::time::Duration;
+
+/// The runner services every mesh stack admits at start (token + intention).
+pub const RUNNER_SERVICES: &[&str] = &["test-runner", "nlp-runner", "image-runner"];
+
+/// The management token of every mesh stack's registry.
+pub const BOOTSTRAP_TOKEN: &str = "5b3a8f4e-0d1c-4e6a-9f2b-7c8d9e0a1b2c";
 
 pub struct Stack {
     pub sqs: Sqs,
     pub queues: Queues,
     pub registry: Option<RunningRegistry>,
     pub registry_address: String,
+    /// ACLs, intentions and mTLS on (false: `--insecure-plaintext`, ACLs off).
+    pub mesh: bool,
+    /// Token secrets by runner service name, and the controller's under "controller".
+    pub tokens: HashMap<String, String>,
+}
+
+/// The registry of a mesh stack: ACLs and intentions on, both default deny.
+pub fn mesh_registry_config() -> RegistryConfig {
+    RegistryConfig {
+        acl_enabled: true,
+        acl_default_policy: Policy::Deny,
+        acl_bootstrap_token: Some(BOOTSTRAP_TOKEN.into()),
+        default_intention_policy: Some(Policy::Deny),
+        ..RegistryConfig::default()
+    }
 }
 
 impl Stack {
-    /// A Consul client on this stack's registry.
+    /// A Consul client on this stack's registry, with the management token.
     pub fn consul(&self) -> ConsulClient {
+        self.consul_with_token(self.mesh.then_some(BOOTSTRAP_TOKEN))
+    }
+
+    /// A Consul client on this stack's registry with `token` (none: anonymous).
+    pub fn consul_with_token(&self, token: Option<&str>) -> ConsulClient {
         ConsulClient::new(ConsulConfig {
             address: self.consul_url(),
+            token: token.map(str::to_string),
             ..Default::default()
         })
         .unwrap()
+    }
+
+    /// Creates the token of runner `service` (its service identity only) and allows the
+    /// controller to call it; returns the token's secret.
+    pub async fn admit_runner(&mut self, service: &str) -> String {
+        let consul = self.consul();
+        let token = consul
+            .acl_token_create(&NewToken {
+                description: format!("runner {service}"),
+                service_identities: vec![ServiceIdentity {
+                    service_name: service.into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.set_intention(service, IntentionAction::Allow).await;
+        self.tokens.insert(service.into(), token.secret_id.clone());
+        token.secret_id
+    }
+
+    /// Replaces the intentions of `service`: `action` for the controller.
+    pub async fn set_intention(&self, service: &str, action: IntentionAction) {
+        self.consul()
+            .apply_service_intentions(&ServiceIntentions {
+                name: service.into(),
+                sources: vec![IntentionSource {
+                    name: "controller".into(),
+                    action,
+                    description: String::new(),
+                }],
+            })
+            .await
+            .unwrap();
+    }
+
+    /// Creates the controller's policy and token; returns the secret.
+    async fn admit_controller(&mut self) {
+        let consul = self.consul();
+        let policy = consul
+            .acl_policy_create(&NewPolicy {
+                name: "plugworker-controller".into(),
+                description: "controller".into(),
+                rules: controller_rules("controller"),
+            })
+            .await
+            .unwrap();
+        let token = consul
+            .acl_token_create(&NewToken {
+                description: "controller".into(),
+                policies: vec![PolicyLink {
+                    id: policy.id,
+                    name: String::new(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        self.tokens.insert("controller".into(), token.secret_id);
     }
 
     /// Waits until `count` instances of `service` pass their checks.
@@ -49,20 +149,59 @@ impl Stack {
         .await
     }
 
-    /// A stack whose queues are made as `options` say.
+    /// A plaintext stack (ACLs off, `--insecure-plaintext` everywhere).
+    pub async fn start_plain(visibility: Duration, max_receive_count: u32) -> Self {
+        Self::start_mode(
+            QueueOptions {
+                visibility,
+                max_receive_count: Some(max_receive_count),
+                ..QueueOptions::default()
+            },
+            false,
+        )
+        .await
+    }
+
+    /// A mesh stack whose queues are made as `options` say.
     pub async fn start_with(options: QueueOptions) -> Self {
+        Self::start_mode(options, true).await
+    }
+
+    pub async fn start_mode(options: QueueOptions, mesh: bool) -> Self {
+        let config = if mesh {
+            mesh_registry_config()
+        } else {
+            RegistryConfig::default()
+        };
+        Self::start_with_registry(options, config, mesh).await
+    }
+
+    /// A stack whose registry runs with `config` (`mesh`: its ACLs are
+    /// [`mesh_registry_config`]'s, and the stack creates tokens and intentions).
+    pub async fn start_with_registry(
+        options: QueueOptions,
+        config: RegistryConfig,
+        mesh: bool,
+    ) -> Self {
         let sqs = Sqs::start().await;
         let queues = sqs.create_queues_with("plugworker", &options).await;
         let registry_address = format!("127.0.0.1:{}", free_port());
-        let registry = Registry::spawn(&registry_address, RegistryConfig::default())
-            .await
-            .unwrap();
-        Self {
+        let registry = Registry::spawn(&registry_address, config).await.unwrap();
+        let mut stack = Self {
             sqs,
             queues,
             registry: Some(registry),
             registry_address,
+            mesh,
+            tokens: HashMap::new(),
+        };
+        if mesh {
+            for service in RUNNER_SERVICES {
+                stack.admit_runner(service).await;
+            }
+            stack.admit_controller().await;
         }
+        stack
     }
 
     pub fn consul_url(&self) -> String {
@@ -75,7 +214,10 @@ impl Stack {
         }
     }
 
+    /// Restarts the registry empty (plaintext stacks only: a restarted embedded registry
+    /// is a new cluster, with a new CA and no tokens, which a real Consul server is not).
     pub async fn restart_registry(&mut self) {
+        assert!(!self.mesh, "restart_registry needs Stack::start_plain");
         self.stop_registry().await;
         self.registry = Some(
             Registry::spawn(&self.registry_address, RegistryConfig::default())
@@ -84,26 +226,37 @@ impl Stack {
         );
     }
 
-    /// Starts a runner; returns it with its gRPC address.
+    /// Starts a runner (service name: the binary's, or `PLUGWORKER_SERVICE_NAME` in
+    /// `envs`, admitted beforehand); returns it with its gRPC address.
     pub fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> (Process, String) {
         let listen = format!("127.0.0.1:{}", free_port());
+        let health = format!("127.0.0.1:{}", free_port());
         let consul = self.consul_url();
-        let process = Process::spawn(
-            &bin_path(binary),
-            &[
-                "--listen",
-                &listen,
-                "--consul-address",
-                &consul,
-                "--check-interval",
-                "1s",
-                "--deregister-critical-after",
-                "5s",
-                // TODO(mesh): mTLS once the controller dials through the mesh.
-                "--insecure-plaintext",
-            ],
-            envs,
-        );
+        let mut args = vec![
+            "--listen",
+            &listen,
+            "--consul-address",
+            &consul,
+            "--check-interval",
+            "1s",
+            "--deregister-critical-after",
+            "5s",
+        ];
+        let mut all_envs = envs.to_vec();
+        let service = envs
+            .iter()
+            .find(|(k, _)| *k == "PLUGWORKER_SERVICE_NAME")
+            .map_or(binary, |(_, v)| v);
+        if self.mesh {
+            args.extend(["--health-listen", &health]);
+            let token = self.tokens.get(service).unwrap_or_else(|| {
+                panic!("runner service {service} has no token: call stack.admit_runner first")
+            });
+            all_envs.push(("CONSUL_HTTP_TOKEN", token));
+        } else {
+            args.push("--insecure-plaintext");
+        }
+        let process = Process::spawn(&bin_path(binary), &args, &all_envs);
         (process, listen)
     }
 
@@ -133,8 +286,16 @@ impl Stack {
             "--consul-wait",
             "10s",
         ];
+        if self.mesh {
+            args.extend(["--mesh-ready-within", "20s"]);
+        } else {
+            args.push("--insecure-plaintext");
+        }
         args.extend_from_slice(extra);
         let mut all_envs = AWS_ENV.to_vec();
+        if let Some(token) = self.tokens.get("controller") {
+            all_envs.push(("CONSUL_HTTP_TOKEN", token));
+        }
         all_envs.extend_from_slice(envs);
         let process = Process::spawn(&bin_path("plugworker"), &args, &all_envs);
         (process, format!("http://{health}/healthz"))

@@ -1,0 +1,576 @@
+//! The service mesh end to end (issue 13, docs/security.md): real processes on a registry
+//! enforcing ACLs (default deny) and intentions (default deny), runners serving mTLS
+//! only, and the controller dialling them with its own leaf certificate.
+//!
+//! The hijacks of the issue are replayed and must fail: a rogue listener registered under
+//! a runner's name, registrations without a token or under another service's name, a
+//! re-registered instance ID. And the mesh must cost no job: not when an intention denies
+//! the controller for a while, not when leaf certificates expire during a run.
+
+mod common;
+
+use common::{BOOTSTRAP_TOKEN, Stack, job, mesh_registry_config};
+use plugworker_discovery::admin::IntentionAction;
+use plugworker_discovery::runners::{META_ROLE, ROLE_RUNNER};
+use plugworker_discovery::{ServiceConnect, ServiceRegistration};
+use plugworker_testkit::sqs::QueueOptions;
+use plugworker_testkit::{Process, bin_path, eventually, passing_instances};
+use serde_json::{Value, json};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::AsyncReadExt;
+
+/// A TCP listener that takes every connection, keeps every byte it is sent, answers
+/// nothing, and hangs up after a short silence: what a thief's listener would see.
+struct Rogue {
+    port: u16,
+    /// The bytes of each connection, in order of arrival.
+    received: Arc<Mutex<Vec<Vec<u8>>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Rogue {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let received: Arc<Mutex<Vec<Vec<u8>>>> = Arc::default();
+        let connections = received.clone();
+        let task = tokio::spawn(async move {
+            while let Ok((mut socket, _)) = listener.accept().await {
+                let slot = {
+                    let mut all = connections.lock().unwrap();
+                    all.push(Vec::new());
+                    all.len() - 1
+                };
+                let connections = connections.clone();
+                tokio::spawn(async move {
+                    let mut buffer = [0u8; 16 * 1024];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(500), socket.read(&mut buffer))
+                            .await
+                    {
+                        if n == 0 {
+                            break;
+                        }
+                        connections.lock().unwrap()[slot].extend_from_slice(&buffer[..n]);
+                    }
+                });
+            }
+        });
+        Self {
+            port,
+            received,
+            task,
+        }
+    }
+
+    fn connections(&self) -> Vec<Vec<u8>> {
+        self.received.lock().unwrap().clone()
+    }
+
+    /// Asserts nothing but TLS handshake records arrived: each connection starts with a
+    /// handshake record (0x16, TLS 1.x), no HTTP/2 preface, and no job marker anywhere.
+    fn assert_no_job_bytes(&self, marker: &str) {
+        for (i, bytes) in self.connections().iter().enumerate() {
+            assert!(
+                !contains(bytes, marker.as_bytes()),
+                "connection {i} to the rogue carried job payload"
+            );
+            assert!(
+                !contains(bytes, b"PRI * HTTP/2.0"),
+                "connection {i} to the rogue spoke plaintext HTTP/2"
+            );
+            if let Some(first) = bytes.first() {
+                assert_eq!(
+                    (*first, bytes.get(1)),
+                    (0x16, Some(&0x03)),
+                    "connection {i} did not start with a TLS handshake record"
+                );
+            }
+        }
+    }
+}
+
+impl Drop for Rogue {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn contains(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w == needle)
+}
+
+/// A registration that claims to be an instance of `service` serving `echo` at `port`,
+/// Connect-native, with no check (so it passes at once).
+fn claim(id: &str, service: &str, port: u16) -> ServiceRegistration {
+    ServiceRegistration {
+        id: id.into(),
+        name: service.into(),
+        tags: vec!["echo".into(), "add".into()],
+        address: "127.0.0.1".into(),
+        port,
+        meta: [(META_ROLE.to_string(), ROLE_RUNNER.to_string())].into(),
+        connect: Some(ServiceConnect { native: true }),
+        ..Default::default()
+    }
+}
+
+/// Results by message id (panics on a duplicate final result).
+fn by_message(results: &[Value]) -> HashMap<String, Value> {
+    let mut map = HashMap::new();
+    for result in results {
+        let id = result["message_id"].as_str().unwrap().to_string();
+        assert!(
+            map.insert(id.clone(), result.clone()).is_none(),
+            "two final results for {id}"
+        );
+    }
+    map
+}
+
+#[tokio::test]
+async fn a_rogue_listener_registered_under_a_runners_name_receives_no_job_bytes() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, runner_address) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    // The rogue registers as a Connect-native test-runner serving `echo`, with a token
+    // that may write the service `test-runner` (the runner's own: the most a registration
+    // can carry). It passes at once (no check) and is handed out by
+    // /v1/health/connect/test-runner; what it cannot do without the runner's key is
+    // present a certificate for test-runner.
+    let rogue = Rogue::start().await;
+    stack
+        .consul_with_token(Some(&stack.tokens["test-runner"]))
+        .register_service(&claim("rogue-1", "test-runner", rogue.port))
+        .await
+        .unwrap();
+    stack.wait_passing("test-runner", 2).await;
+    let (controller, _) = stack.controller(&["--retry-base", "300ms"]);
+
+    // Runs long enough that the real instance has calls in flight when the next job is
+    // placed, so power of two choices sends jobs toward the idle rogue.
+    let marker = "SECRET-PAYLOAD";
+    let mut submitted = Vec::new();
+    for i in 0..20 {
+        submitted.push(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("{marker}-{i}"), "delay_ms": 200}),
+                ))
+                .await,
+        );
+    }
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 20, Duration::from_secs(90))
+        .await;
+    let results = by_message(&results);
+    assert_eq!(results.len(), 20);
+    for id in &submitted {
+        let result = &results[id];
+        assert_eq!(result["status"], "ok", "{result}");
+        assert_eq!(result["runner"]["address"], runner_address.as_str());
+    }
+    let connections = rogue.connections();
+    assert!(
+        !connections.is_empty(),
+        "the rogue was never tried, so this test proved nothing"
+    );
+    rogue.assert_no_job_bytes(marker);
+    let bytes: usize = connections.iter().map(Vec::len).sum();
+    eprintln!(
+        "rogue: {} connections, {bytes} bytes, all TLS handshake, 0 bytes of job payload",
+        connections.len()
+    );
+    assert!(
+        controller.log().contains("failed the mesh identity check"),
+        "the controller says why it skipped the rogue"
+    );
+}
+
+#[tokio::test]
+async fn registrations_without_a_token_or_under_another_services_name_are_refused() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let real = passing_instances(&stack.consul(), "test-runner").await;
+    let real_id = real[0].service.id.clone();
+    let forbidden = |result: Result<(), plugworker_discovery::Error>, what: &str| match result {
+        Err(plugworker_discovery::Error::Status { status, body, .. }) => {
+            assert_eq!(status.as_u16(), 403, "{what}: {body}");
+            body
+        }
+        other => panic!("{what}: expected HTTP 403, got {other:?}"),
+    };
+
+    // No token at all.
+    let body = forbidden(
+        stack
+            .consul_with_token(None)
+            .register_service(&claim("anonymous", "test-runner", 1))
+            .await,
+        "a registration without a token",
+    );
+    assert!(body.contains("Permission denied"), "{body}");
+    // A runner's token under another runner's name.
+    let nlp_token = stack.tokens["nlp-runner"].clone();
+    forbidden(
+        stack
+            .consul_with_token(Some(&nlp_token))
+            .register_service(&claim("impostor", "test-runner", 1))
+            .await,
+        "nlp-runner's token registering test-runner",
+    );
+    // ... nor may it take over or remove the real instance.
+    forbidden(
+        stack
+            .consul_with_token(Some(&nlp_token))
+            .register_service(&claim(&real_id, "test-runner", 1))
+            .await,
+        "nlp-runner's token re-registering test-runner's instance",
+    );
+    forbidden(
+        stack
+            .consul_with_token(Some(&nlp_token))
+            .deregister_service(&real_id)
+            .await,
+        "nlp-runner's token deregistering test-runner's instance",
+    );
+    // An unknown secret is refused outright.
+    forbidden(
+        stack
+            .consul_with_token(Some("00000000-0000-4000-8000-000000000000"))
+            .register_service(&claim("unknown", "test-runner", 1))
+            .await,
+        "an unknown token",
+    );
+    // Its own name is fine (the control case), and nothing else changed.
+    stack
+        .consul_with_token(Some(&nlp_token))
+        .register_service(&claim("nlp-own", "nlp-runner", 1))
+        .await
+        .unwrap();
+    let after = passing_instances(&stack.consul(), "test-runner").await;
+    assert_eq!(after.len(), 1);
+    assert_eq!(after[0].service.id, real_id);
+    assert_eq!(after[0].service.port, real[0].service.port);
+}
+
+#[tokio::test]
+async fn a_re_registered_instance_id_cannot_redirect_jobs() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_first, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let hijacked = passing_instances(&stack.consul(), "test-runner").await[0]
+        .service
+        .id
+        .clone();
+    let (_second, second_address) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 2).await;
+    // Same instance ID, the rogue's address, with a token allowed to write test-runner.
+    let rogue = Rogue::start().await;
+    stack
+        .consul_with_token(Some(&stack.tokens["test-runner"]))
+        .register_service(&claim(&hijacked, "test-runner", rogue.port))
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(10), "the hijacked registration", || {
+        let consul = stack.consul();
+        let hijacked = hijacked.clone();
+        async move {
+            passing_instances(&consul, "test-runner")
+                .await
+                .iter()
+                .any(|e| e.service.id == hijacked && e.service.port == rogue.port)
+                .then_some(())
+        }
+    })
+    .await;
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let marker = "REDIRECTED-PAYLOAD";
+    let n = 12;
+    let mut submitted = Vec::new();
+    for i in 0..n {
+        submitted.push(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("{marker}-{i}"), "delay_ms": 200}),
+                ))
+                .await,
+        );
+    }
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, n, Duration::from_secs(90))
+        .await;
+    let results = by_message(&results);
+    assert_eq!(results.len(), n, "all {n} jobs complete");
+    for id in &submitted {
+        assert_eq!(results[id]["status"], "ok", "{}", results[id]);
+        assert_eq!(
+            results[id]["runner"]["address"],
+            second_address.as_str(),
+            "completed by the instance that was not hijacked"
+        );
+    }
+    assert!(
+        !rogue.connections().is_empty(),
+        "the hijacked ID was never dialled, so this test proved nothing"
+    );
+    rogue.assert_no_job_bytes(marker);
+}
+
+#[tokio::test]
+async fn a_runner_refuses_the_controller_until_an_intention_allows_it() {
+    // Enough receives that the job outlives the denial (the runner may reuse a decision
+    // for 10 s) instead of being dead-lettered.
+    let stack = Stack::start(Duration::from_secs(30), 50).await;
+    stack
+        .set_intention("test-runner", IntentionAction::Deny)
+        .await;
+    let (runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--retry-base", "1s", "--retry-max", "2s"]);
+    let id = stack
+        .submit(job("echo", json!({"message": "after the allow"})))
+        .await;
+    // Refused while denied: the job is back on the queue, no result yet.
+    eventually(
+        Duration::from_secs(30),
+        "the runner refusing the controller",
+        || async {
+            let log = runner.log();
+            (log.contains("not authorized") || log.contains("unauthorized")).then_some(())
+        },
+    )
+    .await;
+    assert!(
+        stack
+            .sqs
+            .collect_results(&stack.queues.results, 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "a denied controller got a result"
+    );
+    stack
+        .set_intention("test-runner", IntentionAction::Allow)
+        .await;
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
+        .await;
+    // Exactly one final result, and it is the job's success.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut all = results;
+    all.extend(
+        stack
+            .sqs
+            .collect_results(&stack.queues.results, 1, Duration::from_millis(500))
+            .await,
+    );
+    assert_eq!(all.len(), 1, "{all:#?}");
+    assert_eq!(all[0]["message_id"], id.as_str());
+    assert_eq!(all[0]["status"], "ok", "{}", all[0]);
+    assert!(all[0]["attempt"].as_u64().unwrap() >= 2, "{}", all[0]);
+    assert_eq!(
+        stack.queue_depths().await.1,
+        (0, 0),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test]
+async fn leaves_expiring_during_500_jobs_lose_none() {
+    // Leaves live 5 s and are renewed at 60-90 % of that.
+    let stack = Stack::start_with_registry(
+        QueueOptions {
+            visibility: Duration::from_secs(30),
+            max_receive_count: Some(5),
+            ..QueueOptions::default()
+        },
+        plugworker_registry::RegistryConfig {
+            connect_leaf_ttl: Duration::from_secs(5),
+            ..mesh_registry_config()
+        },
+        true,
+    )
+    .await;
+    let (first_runner, first_address) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    // 4 at a time × 200 ms: about 25 s of work, so the run spans the renewals and the
+    // newcomers still get jobs after them.
+    let (first_controller, _) = stack.controller(&["--max-in-flight", "4"]);
+    let started = Instant::now();
+    let total = 500;
+    let mut submitted = HashSet::new();
+    for i in 0..total {
+        submitted.insert(
+            stack
+                .submit(job(
+                    "echo",
+                    json!({"message": format!("leaf-{i}"), "delay_ms": 200}),
+                ))
+                .await,
+        );
+    }
+    // Once every process has renewed its leaf twice, a new runner and a new controller
+    // join: their handshakes with the old ones use renewed certificates on both sides.
+    let renewals = |process: &Process| process.log().matches("leaf certificate renewed").count();
+    eventually(
+        Duration::from_secs(60),
+        "two renewals of the controller's leaf (the runner's comes from the same agent cache on the same schedule)",
+        || async {
+            (renewals(&first_controller) >= 2).then_some(())
+        },
+    )
+    .await;
+    let (second_runner, second_address) = stack.runner("test-runner", &[]);
+    let (second_controller, _) = stack.controller(&["--max-in-flight", "4"]);
+    let mut results = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(240);
+    while results.len() < total && Instant::now() < deadline {
+        results.extend(
+            stack
+                .sqs
+                .collect_results(
+                    &stack.queues.results,
+                    total - results.len(),
+                    Duration::from_secs(5),
+                )
+                .await,
+        );
+    }
+    // Late duplicates would arrive now.
+    results.extend(
+        stack
+            .sqs
+            .collect_results(&stack.queues.results, 1, Duration::from_secs(2))
+            .await,
+    );
+    let elapsed = started.elapsed();
+    let by_id = by_message(&results);
+    assert_eq!(by_id.len(), total, "{total} results, 0 duplicates");
+    assert_eq!(
+        by_id.keys().cloned().collect::<HashSet<_>>(),
+        submitted,
+        "every job has its result"
+    );
+    let failed: Vec<_> = by_id.values().filter(|r| r["status"] != "ok").collect();
+    assert!(failed.is_empty(), "{failed:#?}");
+    let on_second = by_id
+        .values()
+        .filter(|r| r["runner"]["address"] == second_address.as_str())
+        .count();
+    let on_first = by_id
+        .values()
+        .filter(|r| r["runner"]["address"] == first_address.as_str())
+        .count();
+    eprintln!(
+        "500 jobs in {elapsed:?}: {on_first} on the first runner, {on_second} on the second; renewals: runner {} / {}, controller {} / {}",
+        renewals(&first_runner),
+        renewals(&second_runner),
+        renewals(&first_controller),
+        renewals(&second_controller)
+    );
+    assert!(
+        on_second > 0,
+        "the runner that joined after the renewals served jobs"
+    );
+    assert_eq!(
+        stack.queue_depths().await.1,
+        (0, 0),
+        "nothing dead-lettered"
+    );
+}
+
+#[tokio::test]
+async fn plugworker_call_needs_an_allowed_identity_and_a_plaintext_call_gets_nothing() {
+    let mut stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    // An operator identity: a token that may write the service `operator` (its leaf).
+    let operator = stack.admit_runner("operator").await;
+    stack
+        .consul()
+        .apply_service_intentions(&plugworker_discovery::admin::ServiceIntentions {
+            name: "test-runner".into(),
+            sources: vec![
+                plugworker_discovery::admin::IntentionSource {
+                    name: "controller".into(),
+                    action: IntentionAction::Allow,
+                    description: String::new(),
+                },
+                plugworker_discovery::admin::IntentionSource {
+                    name: "operator".into(),
+                    action: IntentionAction::Allow,
+                    description: String::new(),
+                },
+            ],
+        })
+        .await
+        .unwrap();
+    let intruder = stack.admit_runner("intruder").await;
+    let consul_url = stack.consul_url();
+    let call = |token: &str, extra: &[&str]| {
+        let mut args = vec![
+            "call",
+            "--algorithm",
+            "add",
+            "--payload",
+            r#"{"numbers": [2, 3]}"#,
+            "--timeout",
+            "10s",
+        ];
+        args.extend_from_slice(extra);
+        // Run with tokio: the registry serves from this test's runtime.
+        let mut command = tokio::process::Command::new(bin_path("plugworker"));
+        command
+            .args(&args)
+            .env("CONSUL_HTTP_ADDR", &consul_url)
+            .env("CONSUL_HTTP_TOKEN", token)
+            .env("RUST_LOG", "warn");
+        command
+    };
+    let output = call(&operator, &["--mesh-service", "operator"])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(result["sum"], 5.0);
+
+    // Plaintext against a mesh runner: a clear error, nothing on stdout.
+    let output = call(BOOTSTRAP_TOKEN, &["--insecure-plaintext"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty(), "a plaintext client got an answer");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("serves mTLS only"), "{stderr}");
+
+    // An identity the runner's intentions do not allow.
+    // (`intruder` has a token for its own identity; no intention names it.)
+    let output = call(&intruder, &["--mesh-service", "intruder"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(output.stdout.is_empty());
+    // Neither flag: told what to pass.
+    let output = call(&operator, &[]).output().await.unwrap();
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("--mesh-service"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
