@@ -2,9 +2,10 @@
 //! loaded once.
 
 use crate::algorithm::{AlgorithmEntry, LoadContext, LoadedAlgorithm};
+use crate::metrics::AlgorithmMetrics;
 use plugworker_rpc::runner::v1::AlgorithmInfo;
 use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// Why a runner's algorithm set is unusable.
 #[derive(Debug, thiserror::Error)]
@@ -37,6 +38,10 @@ pub(crate) struct Described {
     pub entry: &'static AlgorithmEntry,
     pub info: AlgorithmInfo,
     pub validator: jsonschema::Validator,
+    /// `Run <name>`: the name of the run's server span, built once.
+    pub span_name: String,
+    /// The algorithm's metric series, looked up at its first run.
+    pub metrics: OnceLock<AlgorithmMetrics>,
 }
 
 /// Every algorithm linked into the binary, described but not yet loaded.
@@ -81,6 +86,8 @@ impl Catalog {
                 entry,
                 info,
                 validator,
+                span_name: format!("Run {}", entry.name),
+                metrics: OnceLock::new(),
             };
             if algorithms.insert(entry.name, described).is_some() {
                 return Err(CatalogError::Duplicate(entry.name));

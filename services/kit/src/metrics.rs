@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::sync::OnceLock;
 
 /// Label values are the algorithm's registered name and a fixed code name: `'static`,
 /// so counting a run allocates nothing.
@@ -52,6 +53,67 @@ impl RunnerMetrics {
             metrics.in_flight.clone(),
         );
         metrics
+    }
+}
+
+/// One algorithm's series, looked up once: a run then touches only atomics, not the
+/// families' locks and label hashing.
+pub(crate) struct AlgorithmMetrics {
+    algorithm: &'static str,
+    runs: Family<RunLabels, Counter>,
+    /// `runs` by gRPC code number, each series created at its first use so that only
+    /// codes that happened are exported (as with the family alone).
+    runs_by_code: [OnceLock<Counter>; CODES],
+    in_flight: Gauge,
+    run_seconds: Histogram,
+}
+
+/// gRPC status codes are 0 (`OK`) to 16 (`UNAUTHENTICATED`).
+const CODES: usize = 17;
+
+impl AlgorithmMetrics {
+    pub fn new(metrics: &RunnerMetrics, algorithm: &'static str) -> Self {
+        let label = AlgorithmLabel { algorithm };
+        Self {
+            algorithm,
+            runs: metrics.runs.clone(),
+            runs_by_code: std::array::from_fn(|_| OnceLock::new()),
+            in_flight: metrics.in_flight.get_or_create(&label).clone(),
+            run_seconds: metrics.run_seconds.get_or_create(&label).clone(),
+        }
+    }
+
+    /// Counts the run as in flight until the returned guard drops, so a run whose
+    /// caller went away (its future dropped) is not counted forever.
+    pub fn in_flight(&self) -> InFlight<'_> {
+        self.in_flight.inc();
+        InFlight(&self.in_flight)
+    }
+
+    /// Counts an answered run; a successful one's duration goes into the histogram.
+    pub fn answered(&self, code: tonic::Code, duration: std::time::Duration) {
+        let slot = &self.runs_by_code[(code as usize).min(CODES - 1)];
+        slot.get_or_init(|| {
+            self.runs
+                .get_or_create(&RunLabels {
+                    algorithm: self.algorithm,
+                    code: code_label(code),
+                })
+                .clone()
+        })
+        .inc();
+        if code == tonic::Code::Ok {
+            self.run_seconds.observe(duration.as_secs_f64());
+        }
+    }
+}
+
+/// A run in progress, counted in `plugworker_runner_runs_in_flight` while this lives.
+pub(crate) struct InFlight<'a>(&'a Gauge);
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
     }
 }
 

@@ -1,15 +1,26 @@
 //! The `plugworker.runner.v1.Runner` gRPC service: validation, bounded concurrency,
 //! deadlines, and the mapping of failures to status codes.
+//!
+//! The hop's cross-cutting work (the server span, the metrics, the loading/draining gate,
+//! the deadline) stays inline here rather than as tower layers around `RunnerServer`:
+//! below tonic's codec a layer sees HTTP bodies, not the `RunRequest`, so it could neither
+//! name the span nor label metrics by algorithm without decoding the protobuf a second
+//! time, and a tower stack over decoded requests would box one future per layer on every
+//! call. That per-call cost is what `scripts/bench-kit.sh` measures (issue 15 §4), so
+//! each concern is a small function or guard instead: [`server_span`], the cached
+//! [`AlgorithmMetrics`] with its in-flight drop guard, [`gate`], and
+//! [`deadline::deadline`] on the arrival time the one HTTP-level layer stamps.
 
 use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
-use crate::catalog::Catalog;
+use crate::catalog::{Catalog, Described};
 use crate::deadline;
-use crate::metrics::{AlgorithmLabel, RunLabels, code_label};
+use crate::metrics::AlgorithmMetrics;
 use crate::slots::{RunHold, RunSlots};
 use plugworker_rpc::runner::v1::runner_server::Runner;
 use plugworker_rpc::runner::v1::{
     ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
 };
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,41 +54,32 @@ pub(crate) struct RunnerService {
 #[tonic::async_trait]
 impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
-        // The SERVER span of the job's trace: a child of the controller's CLIENT span,
-        // whose context arrives in the request metadata.
-        let span = tracing::info_span!(
-            "Run",
-            otel.kind = "server",
-            otel.name = %format!("Run {}", request.get_ref().algorithm),
-            rpc.system = "grpc",
-            rpc.service = "plugworker.runner.v1.Runner",
-            rpc.method = "Run",
-            plugworker.algorithm = %request.get_ref().algorithm,
-            plugworker.instance_id = %self.state.instance_id,
-            rpc.grpc.status_code = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-            otel.status_description = tracing::field::Empty,
-        );
-        plugworker_telemetry::propagation::continue_from_metadata(&span, request.metadata());
-        // Unknown names are not labels: a caller must not be able to grow the series set.
-        let algorithm = self
-            .state
+        let state = &*self.state;
+        let described = state
             .catalog
             .algorithms
-            .get(request.get_ref().algorithm.as_str())
-            .map(|described| described.entry.name);
-        let in_flight = algorithm.map(|algorithm| {
-            let gauge = self
-                .state
+            .get(request.get_ref().algorithm.as_str());
+        let span = server_span(described, &request.get_ref().algorithm, &state.instance_id);
+        // Without a `traceparent` there is no remote parent to extract; skipping the
+        // propagator (a global lock and a context clone) saves that on untraced calls.
+        if request
+            .metadata()
+            .contains_key(plugworker_telemetry::propagation::TRACEPARENT)
+        {
+            plugworker_telemetry::propagation::continue_from_metadata(&span, request.metadata());
+        }
+        // Unknown names are not labels: a caller must not be able to grow the series set.
+        let metrics = described.map(|described| {
+            described
                 .metrics
-                .in_flight
-                .get_or_create(&AlgorithmLabel { algorithm })
-                .clone();
-            gauge.inc();
-            gauge
+                .get_or_init(|| AlgorithmMetrics::new(&state.metrics, described.entry.name))
         });
+        let in_flight = metrics.map(AlgorithmMetrics::in_flight);
         let started = Instant::now();
-        let outcome = self.run_traced(request).instrument(span.clone()).await;
+        let outcome = run_traced(state, described, request)
+            .instrument(span.clone())
+            .await;
+        drop(in_flight);
         let code = match &outcome {
             Ok(_) => tonic::Code::Ok,
             Err(status) => status.code(),
@@ -87,22 +89,8 @@ impl Runner for RunnerService {
             span.record("otel.status_code", "ERROR");
             span.record("otel.status_description", status.message());
         }
-        if let (Some(algorithm), Some(in_flight)) = (algorithm, in_flight) {
-            in_flight.dec();
-            let metrics = &self.state.metrics;
-            metrics
-                .runs
-                .get_or_create(&RunLabels {
-                    algorithm,
-                    code: code_label(code),
-                })
-                .inc();
-            if outcome.is_ok() {
-                metrics
-                    .run_seconds
-                    .get_or_create(&AlgorithmLabel { algorithm })
-                    .observe(started.elapsed().as_secs_f64());
-            }
+        if let Some(metrics) = metrics {
+            metrics.answered(code, started.elapsed());
         }
         outcome
     }
@@ -119,82 +107,128 @@ impl Runner for RunnerService {
     }
 }
 
-impl RunnerService {
-    async fn run_traced(
-        &self,
-        request: Request<RunRequest>,
-    ) -> Result<Response<RunResponse>, Status> {
-        let received = request
-            .extensions()
-            .get::<deadline::ArrivedAt>()
-            .map(|a| a.0)
-            .unwrap_or_else(Instant::now);
-        let deadline = deadline::deadline(request.metadata(), received);
-        let request = request.into_inner();
-        let state = &self.state;
-
-        let Some(described) = state.catalog.algorithms.get(request.algorithm.as_str()) else {
-            return Err(Status::not_found(format!(
-                "algorithm {:?} is not served by {} (it serves: {})",
-                request.algorithm,
-                state.service_name,
-                state.catalog.names().join(", ")
-            )));
-        };
-        if state.draining.load(Ordering::Acquire) {
-            return Err(Status::unavailable(
-                "runner is shutting down; retry on another instance",
-            ));
-        }
-        let Some(algorithm) = state.loaded.get().and_then(|l| l.get(described.entry.name)) else {
-            return Err(Status::unavailable(
-                "runner is still loading its algorithms",
-            ));
-        };
-
-        let payload: serde_json::Value = serde_json::from_slice(&request.payload)
-            .map_err(|e| Status::invalid_argument(format!("payload is not valid JSON: {e}")))?;
-        let violations = violations(&described.validator, &payload);
-        if !violations.is_empty() {
-            return Err(Status::invalid_argument(format!(
-                "payload violates the input schema of {}: {violations}",
-                described.entry.name
-            )));
-        }
-
-        let name = described.entry.name;
-        let hold = RunHold::new(state.slots.acquire(deadline).await?, name);
-        let started = Instant::now();
-        if deadline.is_some_and(|deadline| started >= deadline) {
-            // The caller is gone (or about to be): starting the work would only occupy
-            // the slot for nobody.
-            return Err(Status::deadline_exceeded(format!(
-                "the deadline passed before {name} could start"
-            )));
-        }
-        // The context shares the slot with every blocking task the run starts: if the
-        // caller stops waiting (deadline, cancellation), `hold` goes, but the slot stays
-        // taken until that work has ended.
-        let context = RunContext::in_slot(name, deadline, hold.slot().clone());
-        let run = algorithm.clone().run(payload, context);
-        let outcome = match deadline {
-            Some(deadline) => tokio::time::timeout_at(deadline.into(), run)
-                .await
-                .map_err(|_| {
-                    Status::deadline_exceeded(format!("{name} did not finish before the deadline"))
-                })?,
-            None => run.await,
-        };
-        hold.finish();
-        let result = outcome.map_err(|e| status_of(described.entry.name, e))?;
-        Ok(Response::new(RunResponse {
-            result,
-            algorithm_version: described.entry.version.to_string(),
-            instance_id: state.instance_id.clone(),
-            queued_micros: started.duration_since(received).as_micros() as u64,
-            run_micros: started.elapsed().as_micros() as u64,
-        }))
+/// The SERVER span of the job's trace: a child of the controller's CLIENT span, whose
+/// context arrives in the request metadata.
+///
+/// The OpenTelemetry attributes (kind, name, `rpc.*`, instance) are only set when spans
+/// are exported: without an exporter the only reader of the span is the log layer, which
+/// formats every field of every span it sees, and those six fields cost as much as the
+/// rest of the span (docs/benchmarks.md, the runner hop under h2load). Log lines inside a
+/// run still carry the span with its algorithm. The span name is built once per
+/// algorithm, in the catalog.
+fn server_span(described: Option<&Described>, requested: &str, instance_id: &str) -> tracing::Span {
+    let algorithm = described.map_or(requested, |described| described.entry.name);
+    if !plugworker_telemetry::traces_exported() {
+        return tracing::info_span!(
+            "Run",
+            plugworker.algorithm = %algorithm,
+            rpc.grpc.status_code = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+            otel.status_description = tracing::field::Empty,
+        );
     }
+    let name = match described {
+        Some(described) => Cow::Borrowed(described.span_name.as_str()),
+        None => Cow::Owned(format!("Run {requested}")),
+    };
+    tracing::info_span!(
+        "Run",
+        otel.kind = "server",
+        otel.name = %name,
+        rpc.system = "grpc",
+        rpc.service = "plugworker.runner.v1.Runner",
+        rpc.method = "Run",
+        plugworker.algorithm = %algorithm,
+        plugworker.instance_id = %instance_id,
+        rpc.grpc.status_code = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        otel.status_description = tracing::field::Empty,
+    )
+}
+
+/// The loading/draining gate: the algorithm ready to run, or why this runner will not
+/// run it now (`UNAVAILABLE`: the controller retries on another instance).
+fn gate<'a>(
+    state: &'a RunnerState,
+    described: &Described,
+) -> Result<&'a Arc<dyn LoadedAlgorithm>, Status> {
+    if state.draining.load(Ordering::Acquire) {
+        return Err(Status::unavailable(
+            "runner is shutting down; retry on another instance",
+        ));
+    }
+    state
+        .loaded
+        .get()
+        .and_then(|loaded| loaded.get(described.entry.name))
+        .ok_or_else(|| Status::unavailable("runner is still loading its algorithms"))
+}
+
+async fn run_traced(
+    state: &RunnerState,
+    described: Option<&Described>,
+    request: Request<RunRequest>,
+) -> Result<Response<RunResponse>, Status> {
+    let received = request
+        .extensions()
+        .get::<deadline::ArrivedAt>()
+        .map(|a| a.0)
+        .unwrap_or_else(Instant::now);
+    let deadline = deadline::deadline(request.metadata(), received);
+    let request = request.into_inner();
+
+    let Some(described) = described else {
+        return Err(Status::not_found(format!(
+            "algorithm {:?} is not served by {} (it serves: {})",
+            request.algorithm,
+            state.service_name,
+            state.catalog.names().join(", ")
+        )));
+    };
+    let algorithm = gate(state, described)?;
+
+    let payload: serde_json::Value = serde_json::from_slice(&request.payload)
+        .map_err(|e| Status::invalid_argument(format!("payload is not valid JSON: {e}")))?;
+    let violations = violations(&described.validator, &payload);
+    if !violations.is_empty() {
+        return Err(Status::invalid_argument(format!(
+            "payload violates the input schema of {}: {violations}",
+            described.entry.name
+        )));
+    }
+
+    let name = described.entry.name;
+    let hold = RunHold::new(state.slots.acquire(deadline).await?, name);
+    let started = Instant::now();
+    if deadline.is_some_and(|deadline| started >= deadline) {
+        // The caller is gone (or about to be): starting the work would only occupy
+        // the slot for nobody.
+        return Err(Status::deadline_exceeded(format!(
+            "the deadline passed before {name} could start"
+        )));
+    }
+    // The context shares the slot with every blocking task the run starts: if the
+    // caller stops waiting (deadline, cancellation), `hold` goes, but the slot stays
+    // taken until that work has ended.
+    let context = RunContext::in_slot(name, deadline, hold.slot().clone());
+    let run = algorithm.clone().run(payload, context);
+    let outcome = match deadline {
+        Some(deadline) => tokio::time::timeout_at(deadline.into(), run)
+            .await
+            .map_err(|_| {
+                Status::deadline_exceeded(format!("{name} did not finish before the deadline"))
+            })?,
+        None => run.await,
+    };
+    hold.finish();
+    let result = outcome.map_err(|e| status_of(name, e))?;
+    Ok(Response::new(RunResponse {
+        result,
+        algorithm_version: described.entry.version.to_string(),
+        instance_id: state.instance_id.clone(),
+        queued_micros: started.duration_since(received).as_micros() as u64,
+        run_micros: started.elapsed().as_micros() as u64,
+    }))
 }
 
 /// Every schema violation as `path: message`, joined; empty if the payload is valid.
@@ -242,5 +276,136 @@ fn status_of(algorithm: &str, error: RunError) -> Status {
             tracing::error!(algorithm, error = %m, "algorithm failed");
             Status::internal(m)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::algorithm::AlgorithmEntry;
+    use crate::metrics::{AlgorithmLabel, RunnerMetrics};
+    use crate::{Algorithm, LoadContext, LoadError};
+    use prometheus_client::registry::Registry;
+    use std::time::Duration;
+
+    struct Twice;
+    struct Forever;
+
+    impl Algorithm for Twice {
+        type Input = f64;
+        type Output = f64;
+        const NAME: &'static str = "twice";
+        const VERSION: &'static str = "1";
+        const DESCRIPTION: &'static str = "Doubles a number.";
+        fn load(_: &LoadContext) -> Result<Self, LoadError> {
+            Ok(Self)
+        }
+        async fn run(&self, input: f64, _: &RunContext) -> Result<f64, RunError> {
+            Ok(input * 2.0)
+        }
+    }
+
+    impl Algorithm for Forever {
+        type Input = f64;
+        type Output = f64;
+        const NAME: &'static str = "forever";
+        const VERSION: &'static str = "1";
+        const DESCRIPTION: &'static str = "Never answers.";
+        fn load(_: &LoadContext) -> Result<Self, LoadError> {
+            Ok(Self)
+        }
+        async fn run(&self, _: f64, _: &RunContext) -> Result<f64, RunError> {
+            std::future::pending().await
+        }
+    }
+
+    static TWICE: AlgorithmEntry = AlgorithmEntry::of::<Twice>();
+    static FOREVER: AlgorithmEntry = AlgorithmEntry::of::<Forever>();
+
+    fn service() -> (RunnerService, Registry) {
+        let catalog = Catalog::from_entries([&TWICE, &FOREVER]).unwrap();
+        let loaded = catalog
+            .load_all(&LoadContext {
+                models_dir: ".".into(),
+            })
+            .unwrap();
+        let mut registry = Registry::default();
+        let state = RunnerState {
+            metrics: RunnerMetrics::new(&mut registry),
+            catalog,
+            service_name: "test".into(),
+            instance_id: "test-1".into(),
+            loaded: OnceLock::from(loaded),
+            draining: false.into(),
+            slots: RunSlots::new(4, 4),
+        };
+        let service = RunnerService {
+            state: Arc::new(state),
+        };
+        (service, registry)
+    }
+
+    fn call(algorithm: &str, payload: &str) -> Request<RunRequest> {
+        Request::new(RunRequest {
+            algorithm: algorithm.into(),
+            payload: payload.as_bytes().to_vec(),
+        })
+    }
+
+    #[tokio::test]
+    async fn runs_are_counted_by_algorithm_and_code_and_timed_when_ok() {
+        let (service, registry) = service();
+        for _ in 0..2 {
+            let response = service.run(call("twice", "21")).await.unwrap();
+            assert_eq!(response.get_ref().result, b"42.0");
+        }
+        let refused = service.run(call("twice", r#""not a number""#)).await;
+        assert_eq!(refused.unwrap_err().code(), tonic::Code::InvalidArgument);
+        let unknown = service.run(call("nobody", "1")).await;
+        assert_eq!(unknown.unwrap_err().code(), tonic::Code::NotFound);
+
+        let text = plugworker_telemetry::metrics::render(&registry);
+        for line in [
+            r#"plugworker_runner_runs_total{algorithm="twice",code="ok"} 2"#,
+            r#"plugworker_runner_runs_total{algorithm="twice",code="invalid_argument"} 1"#,
+            r#"plugworker_runner_run_duration_seconds_count{algorithm="twice"} 2"#,
+            r#"plugworker_runner_runs_in_flight{algorithm="twice"} 0"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        assert!(
+            !text.contains("nobody"),
+            "unknown names are not labels:\n{text}"
+        );
+        assert!(
+            !text.contains(r#"code="not_found""#),
+            "only codes that happened to a served algorithm are series:\n{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_run_whose_caller_went_away_is_no_longer_in_flight() {
+        let (service, _registry) = service();
+        let in_flight = service
+            .state
+            .metrics
+            .in_flight
+            .get_or_create(&AlgorithmLabel {
+                algorithm: "forever",
+            })
+            .clone();
+        let mut run = Box::pin(service.run(call("forever", "1")));
+        tokio::select! {
+            _ = &mut run => panic!("forever never answers"),
+            () = tokio::time::sleep(Duration::from_millis(50)) => {}
+        }
+        assert_eq!(in_flight.get(), 1, "the run is in progress");
+        // What a caller's cancellation or a transport deadline does: drop the call.
+        drop(run);
+        assert_eq!(in_flight.get(), 0, "the dropped run is not counted forever");
+        assert_eq!(service.state.slots.in_flight(), 0, "and its slot is back");
     }
 }

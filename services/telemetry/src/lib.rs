@@ -23,6 +23,8 @@ pub use prometheus_client;
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
+use std::io::IsTerminal as _;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
@@ -139,8 +141,15 @@ fn exporter_configured(var: impl Fn(&str) -> Option<String>) -> bool {
 /// call more than once: later calls install nothing and return an inert guard.
 pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Colour only on a terminal: escape codes garble log files and collectors, and
+    // writing them into every span's fields costs a runner's hot path about a microsecond.
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     let logs = match format {
-        LogFormat::Human => fmt::layer().with_writer(std::io::stderr).boxed(),
+        LogFormat::Human => fmt::layer()
+            .with_ansi(colour)
+            .with_writer(std::io::stderr)
+            .boxed(),
         LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
     }
     .with_filter(filter);
@@ -195,9 +204,18 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
         tracing::warn!(%error, "OTLP exporter not started; traces are off");
     }
     if provider.is_some() {
+        TRACES_EXPORTED.store(true, Ordering::Release);
         tracing::info!(service = service_name, "exporting traces over OTLP");
     }
     Telemetry { provider }
+}
+
+static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process exports spans ([`init`] installed an OTLP pipeline). Hot paths
+/// use it to leave out span fields only a trace backend reads.
+pub fn traces_exported() -> bool {
+    TRACES_EXPORTED.load(Ordering::Acquire)
 }
 
 #[cfg(test)]
