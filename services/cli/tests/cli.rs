@@ -7,12 +7,11 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `plugworker`; a `call` is made as the mesh identity `operator` (the registry runs
-/// without ACLs here, so intentions default to allow).
+/// Runs `plugworker`; a `call` is made in plaintext, like the runner here.
 fn plugworker(consul: &str, args: &[&str]) -> std::process::Output {
     let mut args = args.to_vec();
     if args.first() == Some(&"call") {
-        args.extend(["--mesh-service", "operator"]);
+        args.push("--insecure-plaintext");
     }
     Command::new(bin_path("plugworker"))
         .args(&args)
@@ -33,13 +32,15 @@ async fn registry_algorithms_and_call_work_together() {
     let runner_address = format!("127.0.0.1:{}", free_port());
     let _runner = Process::spawn(
         &bin_path("nlp-runner"),
+        // Plaintext: `plugworker algorithms` reads input schemas over plaintext gRPC (it
+        // does not dial through the mesh yet). `call` in the mesh, and a plaintext call
+        // refused by a mesh runner: services/controller/tests/mesh.rs.
         &[
             "--listen",
             &runner_address,
-            "--health-listen",
-            &format!("127.0.0.1:{}", free_port()),
             "--check-interval",
             "1s",
+            "--insecure-plaintext",
         ],
         &[("CONSUL_HTTP_ADDR", consul.as_str())],
     );
