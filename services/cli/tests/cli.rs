@@ -7,11 +7,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-/// Runs `plugworker`; a `call` is made in plaintext, like the runner here.
+/// Runs `plugworker`; `call` and `algorithms` reach the runner over mTLS as the Connect
+/// service `operator` (the registry here has no ACLs, so intentions default to allow).
 fn plugworker(consul: &str, args: &[&str]) -> std::process::Output {
     let mut args = args.to_vec();
-    if args.first() == Some(&"call") {
-        args.push("--insecure-plaintext");
+    if matches!(args.first(), Some(&"call") | Some(&"algorithms")) {
+        args.extend(["--mesh-service", "operator"]);
     }
     Command::new(bin_path("plugworker"))
         .args(&args)
@@ -32,15 +33,15 @@ async fn registry_algorithms_and_call_work_together() {
     let runner_address = format!("127.0.0.1:{}", free_port());
     let _runner = Process::spawn(
         &bin_path("nlp-runner"),
-        // Plaintext: `plugworker algorithms` reads input schemas over plaintext gRPC (it
-        // does not dial through the mesh yet). `call` in the mesh, and a plaintext call
-        // refused by a mesh runner: services/controller/tests/mesh.rs.
+        // In the mesh: mTLS on --listen, plaintext health alone on its own port. A
+        // plaintext call refused by a mesh runner: services/controller/tests/mesh.rs.
         &[
             "--listen",
             &runner_address,
+            "--health-listen",
+            "127.0.0.1:0",
             "--check-interval",
             "1s",
-            "--insecure-plaintext",
         ],
         &[("CONSUL_HTTP_ADDR", consul.as_str())],
     );
@@ -63,6 +64,16 @@ async fn registry_algorithms_and_call_work_together() {
         },
     )
     .await;
+    // Without an identity, only what Consul knows: the instances, no schema.
+    let output = Command::new(bin_path("plugworker"))
+        .args(["algorithms", "--json"])
+        .env("CONSUL_HTTP_ADDR", &consul)
+        .env("RUST_LOG", "warn")
+        .output()
+        .unwrap();
+    let bare: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(bare[0]["instances"][0]["service"], "nlp-runner", "{bare}");
+    assert!(bare[0]["input_schema"].is_null(), "{bare}");
     let algorithm = &listing[0];
     assert_eq!(algorithm["version"], "1.0.0");
     assert_eq!(algorithm["instances"][0]["service"], "nlp-runner");

@@ -2,6 +2,7 @@
 //! each runner. Instances come from Consul's catalog and health endpoints; version,
 //! description and schemas from `ListAlgorithms` on a passing instance.
 
+use super::runner_link::Link;
 use crate::ConsulArgs;
 use plugworker_discovery::runners::all_runner_instances;
 use plugworker_discovery::{CheckStatus, ServiceEntry};
@@ -18,6 +19,20 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
+    /// Read versions, descriptions and input schemas from the runners over mTLS as this
+    /// Connect service (your token needs `service "<name>" write`, and the runners'
+    /// intentions must allow it). Without it (or --insecure-plaintext) only what Consul
+    /// knows is listed: algorithms, instances and their health.
+    #[arg(long, env = "PLUGWORKER_MESH_SERVICE")]
+    pub mesh_service: Option<String>,
+    /// INSECURE: read them over plaintext gRPC, from runners started with
+    /// --insecure-plaintext.
+    #[arg(
+        long,
+        env = "PLUGWORKER_INSECURE_PLAINTEXT",
+        conflicts_with = "mesh_service"
+    )]
+    pub insecure_plaintext: bool,
 }
 
 #[derive(Serialize, Debug, Default)]
@@ -39,7 +54,13 @@ pub struct InstanceView {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let consul = args.consul.client()?;
-    let views = collect(&all_runner_instances(&consul).await?).await;
+    let link = Link::from_flags(
+        &consul,
+        args.mesh_service.as_deref(),
+        args.insecure_plaintext,
+    )
+    .await?;
+    let views = collect(&all_runner_instances(&consul).await?, link.as_ref()).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&views)?);
         return Ok(());
@@ -77,6 +98,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         match &view.input_schema {
             Some(schema) => println!("  input schema: {schema}"),
+            None if link.is_none() => println!(
+                "  input schema: not read (pass --mesh-service NAME to ask the runners over mTLS)"
+            ),
             None => {
                 println!("  input schema: unknown (no passing instance answered ListAlgorithms)")
             }
@@ -86,9 +110,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Groups instances by algorithm (tag) and asks one passing instance per runner service
-/// for the algorithms' descriptions.
-pub async fn collect(instances: &[ServiceEntry]) -> Vec<AlgorithmView> {
+/// Groups instances by algorithm (tag) and, given a way to reach runners, asks one passing
+/// instance per runner service for the algorithms' descriptions.
+pub async fn collect(instances: &[ServiceEntry], link: Option<&Link>) -> Vec<AlgorithmView> {
     let mut views: BTreeMap<String, AlgorithmView> = BTreeMap::new();
     let mut described_services = Vec::new();
     for entry in instances {
@@ -108,21 +132,25 @@ pub async fn collect(instances: &[ServiceEntry]) -> Vec<AlgorithmView> {
                     status: entry.aggregated_status(),
                 });
         }
+        let Some(link) = link else {
+            continue;
+        };
         if entry.aggregated_status() != CheckStatus::Passing
             || described_services.contains(&entry.service.service)
         {
             continue;
         }
         let Ok(Ok(Ok(response))) = tokio::time::timeout(Duration::from_secs(5), async {
-            let client = RunnerClient::connect(format!("http://{address}")).await;
-            match client {
-                Ok(mut client) => Ok(client.list_algorithms(ListAlgorithmsRequest {}).await),
+            match link.dial(entry, Duration::from_secs(3)).await {
+                Ok(channel) => Ok(RunnerClient::new(channel)
+                    .list_algorithms(ListAlgorithmsRequest {})
+                    .await),
                 Err(e) => Err(e),
             }
         })
         .await
         else {
-            tracing::warn!(%address, "runner did not answer ListAlgorithms");
+            tracing::warn!(%address, mesh = link.is_mesh(), "runner did not answer ListAlgorithms");
             continue;
         };
         described_services.push(entry.service.service.clone());

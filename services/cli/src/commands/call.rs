@@ -6,6 +6,7 @@
 //! (`service "<name>" { policy = "write" }`) and the runner's intentions must allow it.
 //! `--insecure-plaintext` calls runners started with `--insecure-plaintext`.
 
+use super::runner_link::{Link, error_chain};
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
 use plugworker_discovery::runners::{is_runner, passing_instances_for};
@@ -14,7 +15,6 @@ use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::seq::IndexedRandom;
 use std::time::Duration;
-use tonic::transport::Endpoint;
 
 #[derive(clap::Args, Debug)]
 #[command(group(clap::ArgGroup::new("input").required(true).args(["payload", "text"])))]
@@ -63,24 +63,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, None) => unreachable!("clap requires one input"),
     };
     let consul = args.consul.client()?;
-    let mesh = match (&args.mesh_service, args.insecure_plaintext) {
-        (_, true) => {
-            tracing::warn!(
-                "--insecure-plaintext: calling over plaintext gRPC; no certificate proves who the runner is"
-            );
-            None
-        }
-        (Some(service), false) => Some(
-            plugworker_mesh::Identity::start(consul.clone(), service, Duration::from_secs(10))
-                .await
-                .with_context(|| {
-                    format!(
-                        "cannot get a Connect certificate for {service:?} (does your Consul token have service \"{service}\" write?)"
-                    )
-                })?,
-        ),
-        (None, false) => unreachable!("clap requires --mesh-service or --insecure-plaintext"),
-    };
+    let link = Link::from_flags(
+        &consul,
+        args.mesh_service.as_deref(),
+        args.insecure_plaintext,
+    )
+    .await?
+    .expect("clap requires --mesh-service or --insecure-plaintext");
+    let mesh = link.is_mesh().then_some(());
     let instances = match mesh {
         Some(_) => connect_instances_for(&consul, &args.algorithm).await,
         None => passing_instances_for(&consul, &args.algorithm).await,
@@ -97,25 +87,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             },
         );
     };
-    let address = format!("{}:{}", instance.address(), instance.service.port);
     let id = &instance.service.id;
-    let endpoint = Endpoint::from_shared(format!("http://{address}"))
-        .with_context(|| format!("runner {id} has an address that cannot be dialled: {address}"))?
-        .connect_timeout(Duration::from_secs(5));
-    let channel = match &mesh {
-        Some(identity) => endpoint
-            .connect_with_connector(plugworker_mesh::MeshConnector::new(
-                identity.clone(),
-                &instance.service.service,
-            ))
-            .await
-            .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
-            .with_context(|| format!("cannot connect to runner {id} at {address} over mTLS"))?,
-        None => endpoint
-            .connect()
-            .await
-            .with_context(|| format!("cannot connect to runner {id} at {address}"))?,
-    };
+    let channel = link.dial(instance, Duration::from_secs(5)).await?;
     let mut client = RunnerClient::new(channel)
         .max_decoding_message_size(64 * 1024 * 1024)
         .max_encoding_message_size(64 * 1024 * 1024);
@@ -192,19 +165,4 @@ async fn is_connect_native(consul: &ConsulClient, instance: &ServiceEntry) -> bo
         )
         .await
         .is_ok_and(|(entries, _)| entries.iter().any(|e| e.service.id == instance.service.id))
-}
-
-/// An error with its causes, which tonic keeps out of its own message.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

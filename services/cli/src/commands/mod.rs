@@ -8,6 +8,7 @@ pub mod dev_mesh;
 pub mod healthcheck;
 pub mod registry;
 pub mod results;
+pub mod runner_link;
 pub mod submit;
 
 /// Resolves when SIGTERM or SIGINT arrives (and logs which).

@@ -1,0 +1,96 @@
+//! How the CLI reaches a runner directly (`call`, `algorithms`), as the controller does:
+//! in the mesh, over mTLS as a named Connect identity whose intentions the runner checks,
+//! and only Connect-native instances; or, with `--insecure-plaintext`, over plaintext to
+//! runners started that way (docs/security.md).
+
+use anyhow::Context;
+use plugworker_discovery::{ConsulClient, ServiceEntry};
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// The way to a runner: who the CLI is in the mesh, or no identity at all.
+#[derive(Clone)]
+pub enum Link {
+    /// mTLS with this identity's leaf certificate; the runner must present the service it
+    /// was resolved as.
+    Mesh(plugworker_mesh::Identity),
+    /// Plaintext gRPC: no certificate on either side.
+    Plaintext,
+}
+
+impl Link {
+    /// `--mesh-service NAME` → a [`Link::Mesh`] (fetching that service's certificate);
+    /// `--insecure-plaintext` → [`Link::Plaintext`], with a warning; neither → `None`.
+    pub async fn from_flags(
+        consul: &ConsulClient,
+        mesh_service: Option<&str>,
+        insecure_plaintext: bool,
+    ) -> anyhow::Result<Option<Link>> {
+        if insecure_plaintext {
+            tracing::warn!(
+                "--insecure-plaintext: calling runners over plaintext gRPC; no certificate proves who a runner is"
+            );
+            return Ok(Some(Link::Plaintext));
+        }
+        let Some(service) = mesh_service else {
+            return Ok(None);
+        };
+        let identity =
+            plugworker_mesh::Identity::start(consul.clone(), service, Duration::from_secs(10))
+                .await
+                .with_context(|| {
+                    format!(
+                        "cannot get a Connect certificate for {service:?} (does your Consul token have service \"{service}\" write?)"
+                    )
+                })?;
+        Ok(Some(Link::Mesh(identity)))
+    }
+
+    pub fn is_mesh(&self) -> bool {
+        matches!(self, Link::Mesh(_))
+    }
+
+    /// A connected channel to `instance`.
+    pub async fn dial(
+        &self,
+        instance: &ServiceEntry,
+        timeout: Duration,
+    ) -> anyhow::Result<Channel> {
+        let address = format!("{}:{}", instance.address(), instance.service.port);
+        let id = &instance.service.id;
+        let endpoint = Endpoint::from_shared(format!("http://{address}"))
+            .with_context(|| {
+                format!("runner {id} has an address that cannot be dialled: {address}")
+            })?
+            .connect_timeout(timeout);
+        match self {
+            Link::Mesh(identity) => endpoint
+                .connect_with_connector(plugworker_mesh::MeshConnector::new(
+                    identity.clone(),
+                    &instance.service.service,
+                ))
+                .await
+                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
+                .with_context(|| format!("cannot connect to runner {id} at {address} over mTLS")),
+            Link::Plaintext => endpoint
+                .connect()
+                .await
+                .with_context(|| format!("cannot connect to runner {id} at {address}")),
+        }
+    }
+}
+
+/// An error with its causes, which tonic keeps out of its own message.
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
