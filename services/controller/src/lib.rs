@@ -84,13 +84,36 @@ pub async fn build_on_sqs(
         consul = %consul.base_url(),
         "controller starting"
     );
-    let (mode, transport) = args
+    let link = args
         .mesh
         .transport(&consul)
         .await
         .context("cannot join the service mesh (or pass --insecure-plaintext)")?;
-    let resolver = Arc::new(Resolver::start_with_mode(consul, args.consul_wait, mode));
-    let settings = args.settings;
+    let controller = assemble(
+        Arc::new(queue),
+        Arc::new(sink),
+        consul,
+        args.consul_wait,
+        link,
+        args.settings,
+    );
+    let metrics = controller.metrics_source();
+    Ok((controller, metrics))
+}
+
+/// The one controller wiring, whatever the queue: a resolver of runners in the mode the
+/// transport needs (Connect-native instances for mTLS), a dispatcher dialling through that
+/// transport, and the job loop. `plugworker controller` (SQS, [`build_on_sqs`]) and
+/// `plugworker dev` (the in-process queue) both build their controller here.
+pub fn assemble(
+    queue: Arc<dyn queue::JobQueue>,
+    sink: Arc<dyn queue::ResultSink>,
+    consul: ConsulClient,
+    consul_wait: std::time::Duration,
+    (mode, transport): (plugworker_discovery::resolver::Mode, dispatch::Transport),
+    settings: Settings,
+) -> Controller {
+    let resolver = Arc::new(Resolver::start_with_mode(consul, consul_wait, mode));
     let dispatcher = Arc::new(
         Dispatcher::new(
             resolver,
@@ -99,7 +122,5 @@ pub async fn build_on_sqs(
         )
         .with_transport(transport),
     );
-    let controller = Controller::new(Arc::new(queue), Arc::new(sink), dispatcher, settings);
-    let metrics = controller.metrics_source();
-    Ok((controller, metrics))
+    Controller::new(queue, sink, dispatcher, settings)
 }

@@ -196,3 +196,68 @@ fn check_dashboard(scraped: &str) {
         }
     }
 }
+
+/// What Prometheus' `consul_sd_configs` does in infra/prometheus.yml and on AWS: list the
+/// services, keep instances whose Meta `plugworker_role` is `runner` or `controller`, and
+/// scrape `<address>:<Meta plugworker_metrics_port>/metrics`. Both the controller (which
+/// registers itself) and a runner with `--metrics-address` are found that way, with no
+/// target list, and each scrape answers with its own series.
+#[tokio::test]
+async fn prometheus_finds_the_controller_and_runners_through_consul() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let runner_metrics = format!("127.0.0.1:{}", free_port());
+    let (_nlp, _) = stack.runner(
+        "nlp-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", runner_metrics.as_str())],
+    );
+    let (_controller, health) = stack.controller(&[]);
+    stack.wait_passing("nlp-runner", 1).await;
+    stack.wait_passing("controller", 1).await;
+
+    let consul = stack.consul();
+    let (services, _) = consul
+        .catalog_services(Default::default())
+        .await
+        .expect("catalog");
+    let mut targets = Vec::new();
+    for name in services.keys() {
+        let (entries, _) = consul
+            .health_service(name, &[], true, Default::default())
+            .await
+            .expect("health");
+        for entry in entries {
+            let meta = &entry.service.meta;
+            let role = meta.get("plugworker_role").map(String::as_str);
+            if !matches!(role, Some("runner") | Some("controller")) {
+                continue;
+            }
+            let port = meta
+                .get("plugworker_metrics_port")
+                .unwrap_or_else(|| panic!("{name} has no plugworker_metrics_port: {meta:?}"));
+            targets.push((
+                role.unwrap().to_string(),
+                format!("http://{}:{port}/metrics", entry.address()),
+            ));
+        }
+    }
+    targets.sort();
+    let controller_url = health.replace("/healthz", "/metrics");
+    assert_eq!(
+        targets,
+        vec![
+            ("controller".to_string(), controller_url),
+            (
+                "runner".to_string(),
+                format!("http://{runner_metrics}/metrics")
+            ),
+        ]
+    );
+    let controller = http_get(&targets[0].1).await.expect("controller scrape");
+    assert!(
+        controller.contains("plugworker_jobs_in_flight"),
+        "{controller}"
+    );
+    let runner = http_get(&targets[1].1).await.expect("runner scrape");
+    // A runner that has run nothing has no samples yet: an empty OpenMetrics exposition.
+    assert!(runner.trim_end().ends_with("# EOF"), "{runner}");
+}

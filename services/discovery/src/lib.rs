@@ -14,6 +14,7 @@
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
 //! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator calls).
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
+//! - [`registration`]: keeping one instance registered (runners and the controller).
 //! - [`runners`]: how plugworker runners look in Consul, and finding them.
 //! - [`resolver`]: [`Resolver`], the live algorithm → healthy instances view.
 
@@ -22,6 +23,7 @@ pub mod client;
 pub mod config;
 pub mod duration;
 pub mod model;
+pub mod registration;
 pub mod resolver;
 pub mod runners;
 mod tls;

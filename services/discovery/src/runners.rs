@@ -11,6 +11,11 @@ use crate::model::{CheckStatus, ServiceEntry};
 pub const META_ROLE: &str = "plugworker_role";
 /// Value of [`META_ROLE`] for runners.
 pub const ROLE_RUNNER: &str = "runner";
+/// Value of [`META_ROLE`] for the controller (registered so Prometheus finds it).
+pub const ROLE_CONTROLLER: &str = "controller";
+/// Meta key holding the port of the instance's Prometheus `/metrics` endpoint, when it
+/// serves one: Prometheus' Consul discovery scrapes `<address>:<this port>`.
+pub const META_METRICS_PORT: &str = "plugworker_metrics_port";
 /// Meta key holding the runner kit version a runner was built with.
 pub const META_KIT_VERSION: &str = "plugworker_kit_version";
 

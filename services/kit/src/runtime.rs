@@ -22,11 +22,12 @@
 use crate::RunnerConfig;
 use crate::algorithm::LoadContext;
 use crate::catalog::Catalog;
-use crate::registration::Registration;
+use crate::registration::{Ports, runner_registration};
 use crate::service::{RunnerService, RunnerState};
 use crate::slots::RunSlots;
 use anyhow::{Context, anyhow};
 use plugworker_discovery::ConsulClient;
+use plugworker_discovery::registration::Registration;
 use plugworker_mesh::{Identity, ServerSettings};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -111,6 +112,7 @@ async fn run_until(
                 ),
         )
     });
+    let mut metrics_port = None;
     if let Some(address) = &config.metrics_address {
         let router = plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(
             metrics_registry,
@@ -123,6 +125,7 @@ async fn run_until(
         .await
         .with_context(|| format!("cannot serve metrics on {address}"))?;
         tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
+        metrics_port = Some(bound.port());
     }
     tracing::info!(
         listen = %listeners.main_address,
@@ -165,13 +168,17 @@ async fn run_until(
     )?;
 
     let registration = match (&consul, config.no_register) {
-        (Some(consul), false) => Some(Registration::new(
+        (Some(consul), false) => Some(runner_registration(
             consul.clone(),
             &instance_id,
             &service_name,
             state.catalog.names(),
-            (host, port),
-            listeners.health_address.port(),
+            Ports {
+                host,
+                port,
+                health_port: listeners.health_address.port(),
+                metrics_port,
+            },
             &config,
         )),
         _ => None,

@@ -4,8 +4,13 @@ use crate::ConsulArgs;
 use anyhow::Context;
 use axum::http::StatusCode;
 use plugworker_controller::ControllerArgs;
+use plugworker_discovery::registration::Registration;
+use plugworker_discovery::runners::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER};
+use plugworker_discovery::{CheckDefinition, ServiceRegistration};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -22,6 +27,11 @@ pub struct Args {
         default_value = "0.0.0.0:9090"
     )]
     pub health_address: String,
+    /// Do not register the controller in Consul (it registers as its --mesh-service, with
+    /// an HTTP check on /healthz and Meta plugworker_role=controller and
+    /// plugworker_metrics_port, so Prometheus finds it through Consul).
+    #[arg(long, env = "PLUGWORKER_NO_REGISTER")]
+    pub no_register: bool,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -31,8 +41,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.health_address))?;
     tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz, metrics at /metrics");
+    let local = listener.local_addr()?;
+    let mesh_service = args.controller.mesh.mesh_service.clone();
+    let registration =
+        (!args.no_register).then(|| registration(consul.clone(), &mesh_service, local));
     let (controller, metrics) =
         plugworker_controller::build_on_sqs(*args.controller, consul).await?;
+    let stop_registration = tokio_util::sync::CancellationToken::new();
+    let registration = match registration {
+        Some(registration) => {
+            let registration = registration.await;
+            tokio::spawn(registration.clone().maintain(stop_registration.clone()));
+            Some(registration)
+        }
+        None => None,
+    };
     let health = {
         let serving = serving.clone();
         axum::Router::new()
@@ -75,6 +98,54 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
     };
     controller.run(shutdown).await;
+    stop_registration.cancel();
+    if let Some(registration) = &registration {
+        let _ = tokio::time::timeout(Duration::from_secs(5), registration.deregister()).await;
+    }
     health_server.abort();
     Ok(())
+}
+
+/// The controller's own registration: found by Prometheus through Consul
+/// (`plugworker_role=controller`, `plugworker_metrics_port`), checked on `/healthz`.
+async fn registration(
+    client: plugworker_discovery::ConsulClient,
+    service: &str,
+    local: std::net::SocketAddr,
+) -> Registration {
+    let host = plugworker_discovery::registration::host_address(local.ip()).await;
+    let port = local.port();
+    let id = format!(
+        "{service}-{}-{port}",
+        gethostname::gethostname().to_string_lossy()
+    );
+    let base = match host {
+        std::net::IpAddr::V6(ip) => format!("http://[{ip}]:{port}"),
+        std::net::IpAddr::V4(ip) => format!("http://{ip}:{port}"),
+    };
+    let interval = Duration::from_secs(10);
+    Registration {
+        client,
+        service: ServiceRegistration {
+            id: id.clone(),
+            name: service.to_string(),
+            address: host.to_string(),
+            port,
+            meta: BTreeMap::from([
+                (META_ROLE.to_string(), ROLE_CONTROLLER.to_string()),
+                (META_METRICS_PORT.to_string(), port.to_string()),
+            ]),
+            check: Some(CheckDefinition {
+                check_id: format!("service:{id}"),
+                name: format!("{service} /healthz"),
+                http: Some(format!("{base}/healthz")),
+                interval: Some(interval),
+                timeout: Some(Duration::from_secs(5)),
+                deregister_critical_service_after: Some(Duration::from_secs(60)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+        interval,
+    }
 }

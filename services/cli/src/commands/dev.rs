@@ -8,8 +8,8 @@
 
 use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::{Context, bail};
+use plugworker_controller::Settings;
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
-use plugworker_controller::{Controller, Dispatcher, Settings};
 use plugworker_jobs::{ErrorInfo, JobResult, Status, Timings, codes};
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -275,8 +275,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     for job in &jobs {
         queue.send(job.clone());
     }
-    let (resolver, transport) = mesh.controller(Duration::from_secs(30)).await?;
-    let resolver = Arc::new(resolver);
+    let (consul, link) = mesh.controller().await?;
     let settings = Settings {
         max_in_flight: args.max_in_flight,
         job_timeout: args.job_timeout,
@@ -287,18 +286,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         ..Settings::default()
     };
     let (results, mut received) = mpsc::unbounded_channel();
-    let dispatcher = Arc::new(
-        Dispatcher::new(
-            resolver,
-            settings.max_calls_per_instance,
-            settings.job_timeout,
-        )
-        .with_transport(transport),
-    );
-    let controller = Controller::new(
+    let controller = plugworker_controller::assemble(
         queue.clone(),
         Arc::new(ChannelSink(results)),
-        dispatcher,
+        consul,
+        Duration::from_secs(30),
+        link,
         settings,
     );
     let (stop, stopped) = oneshot::channel::<()>();

@@ -19,7 +19,7 @@ use plugworker_discovery::admin::{
     ServiceIntentions, controller_rules,
 };
 use plugworker_discovery::resolver::Mode;
-use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
+use plugworker_discovery::{ConsulClient, ConsulConfig};
 use plugworker_registry::{IntentionAction as RegistryAction, Registry, RegistryConfig};
 use std::time::Duration;
 
@@ -118,7 +118,7 @@ impl DevMesh {
 
     /// The controller's side: its token (policy `plugworker-controller`), its Connect
     /// identity, and a resolver of Connect-native runners.
-    pub async fn controller(&self, wait: Duration) -> anyhow::Result<(Resolver, Transport)> {
+    pub async fn controller(&self) -> anyhow::Result<(ConsulClient, (Mode, Transport))> {
         let policy = self
             .management
             .acl_policy_create(&NewPolicy {
@@ -149,10 +149,7 @@ impl DevMesh {
         )
         .await
         .context("the controller cannot get its Connect certificate")?;
-        Ok((
-            Resolver::start_with_mode(consul, wait, Mode::Connect),
-            Transport::Mesh(identity),
-        ))
+        Ok((consul, (Mode::Connect, Transport::Mesh(identity))))
     }
 }
 
