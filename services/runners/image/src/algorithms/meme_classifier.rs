@@ -81,8 +81,7 @@ impl Algorithm for MemeClassifier {
             "cache/sscd/sscd_distilled.onnx",
         );
         let gallery_path = algorithm_env::path("PLUGWORKER_MEME_GALLERY", context, "gallery");
-        let threshold: f32 =
-            algorithm_env::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
+        let threshold: f32 = algorithm_env::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
         if !(-1.0..=1.0).contains(&threshold) {
             return Err(LoadError::other(format!(
                 "PLUGWORKER_MEME_THRESHOLD={threshold}: a cosine similarity is between -1 and 1"

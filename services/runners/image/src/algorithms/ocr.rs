@@ -54,10 +54,8 @@ fn load_engine(context: &LoadContext) -> Result<Arc<dyn OcrEngine>, LoadError> {
     match engine.as_str() {
         "ppocr" => {
             let mut config = PpOcrConfig::in_models_dir(&context.models_dir);
-            config.min_confidence = algorithm_env::parse(
-                "PLUGWORKER_OCR_MIN_CONFIDENCE",
-                config.min_confidence,
-            )?;
+            config.min_confidence =
+                algorithm_env::parse("PLUGWORKER_OCR_MIN_CONFIDENCE", config.min_confidence)?;
             let runtime = algorithm_env::onnx_runtime(context)?;
             Ok(Arc::new(PpOcr::load(runtime, config).map_err(failed)?))
         }
