@@ -5,6 +5,16 @@
 //! Each instance gets one lazily-connected HTTP/2 channel behind a tower concurrency
 //! limit, so one slow instance cannot absorb every call.
 //!
+//! Why not `tower::balance::p2c` and `tower::retry`: `Balance` owns one pool of endpoints
+//! fed by a `Discover` stream, while here the candidates differ per job (the instances
+//! serving its algorithm, read from the resolver's snapshot, which changes under us), and
+//! one channel per instance is shared by every algorithm that instance serves; a pool per
+//! algorithm would open a connection per (algorithm, instance). And the retry must go to
+//! a *different* instance than the one that answered `UNAVAILABLE`, which a `tower::retry`
+//! policy cannot express without re-picking inside the balancer. So the choice (`pick`)
+//! and the single retry elsewhere are a few explicit lines; the per-instance limit is
+//! tower's.
+//!
 //! In the mesh ([`Transport::Mesh`], the default of `plugworker controller`) each channel
 //! dials through a [`MeshConnector`]: mTLS with the controller's leaf certificate, and the
 //! runner accepted only if its certificate chains to the Connect CA and its SPIFFE URI
