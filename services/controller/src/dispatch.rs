@@ -422,7 +422,7 @@ fn identity_refusal(status: &tonic::Status) -> Option<&plugworker_mesh::Error> {
                 plugworker_mesh::Error::WrongService { .. }
                     | plugworker_mesh::Error::UntrustedChain(_)
                     | plugworker_mesh::Error::WrongTrustDomain { .. }
-                    | plugworker_mesh::Error::Handshake { .. }
+                    | plugworker_mesh::Error::PeerRefused { .. }
             )
             .then_some(mesh);
         }

@@ -120,6 +120,18 @@ pub(crate) fn handshake_failure(error: &std::io::Error) -> String {
     }
 }
 
+/// Whether a failed handshake failed because the peer's certificate was refused (by the
+/// mesh's verifier or rustls' own checks: chain, validity, identity), as opposed to the
+/// connection failing (reset, EOF, timeout, protocol error).
+pub(crate) fn certificate_refused(error: &std::io::Error) -> bool {
+    matches!(
+        error
+            .get_ref()
+            .and_then(|inner| inner.downcast_ref::<rustls::Error>()),
+        Some(rustls::Error::InvalidCertificate(_))
+    )
+}
+
 /// The crypto provider every mesh TLS config uses: ring, the one reqwest already links.
 /// Named explicitly rather than taken from the process default, which is ambiguous when
 /// dependencies enable both ring and aws-lc-rs.

@@ -41,6 +41,9 @@ use tokio_rustls::client::TlsStream;
 #[derive(Clone)]
 pub struct MeshConnector {
     tls: TlsConnector,
+    /// Held, not read: keeps the identity's refresh task (and so the leaf and roots the
+    /// handshakes read) alive as long as a connector exists.
+    _identity: Identity,
 }
 
 impl std::fmt::Debug for MeshConnector {
@@ -70,6 +73,7 @@ impl MeshConnector {
         config.resumption = rustls::client::Resumption::disabled();
         Self {
             tls: TlsConnector::from(Arc::new(config)),
+            _identity: identity,
         }
     }
 
@@ -99,9 +103,13 @@ impl MeshConnector {
             uri: uri.to_string(),
             reason: "the host is neither an IP address nor a DNS name",
         })?;
-        let stream = tls.connect(name, tcp).await.map_err(|e| Error::Handshake {
-            peer: format!("{host}:{port}"),
-            reason: cert::handshake_failure(&e),
+        let stream = tls.connect(name, tcp).await.map_err(|e| {
+            let (peer, reason) = (format!("{host}:{port}"), cert::handshake_failure(&e));
+            if cert::certificate_refused(&e) {
+                Error::PeerRefused { peer, reason }
+            } else {
+                Error::Handshake { peer, reason }
+            }
         })?;
         Ok(TokioIo::new(stream))
     }

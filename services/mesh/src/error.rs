@@ -33,7 +33,7 @@ pub enum Error {
     Spiffe(#[from] InvalidSpiffeId),
 
     /// The peer's certificate does not chain to the current Connect CA roots.
-    #[error("the peer's certificate does not chain to the Connect CA roots: {0}")]
+    #[error("the peer's certificate is not valid under the current Connect CA roots: {0}")]
     UntrustedChain(rustls::Error),
 
     /// The peer's certificate names a trust domain other than the roots'.
@@ -62,8 +62,15 @@ pub enum Error {
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 
-    /// The TLS handshake failed; `reason` is the verifier's own refusal when one of the
-    /// checks above refused the peer.
+    /// The client refused the server's certificate: not valid under the current Connect
+    /// CA roots (untrusted, expired), another trust domain, or another service. `reason`
+    /// is the check's own refusal. The address does not hold the instance it was
+    /// registered as.
+    #[error("TLS handshake with {peer}: the server's certificate was refused: {reason}")]
+    PeerRefused { peer: String, reason: String },
+
+    /// The TLS handshake failed for another reason (connection reset or closed, a
+    /// protocol error): nothing is known about who is at that address.
     #[error("TLS handshake with {peer} failed: {reason}")]
     Handshake { peer: String, reason: String },
 

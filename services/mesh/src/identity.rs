@@ -358,16 +358,21 @@ async fn follow<T, Fetch, FetchFut, Apply, Expiry>(
             Ok((_, meta)) if meta.last_index == index && index != 0 => Ok(()),
             Ok((value, meta)) => {
                 let applied = apply(value);
-                // Consul's rule for blocking queries: an index that went backwards (agent
-                // restarted, state reset) means start over from 0.
-                index = if meta.last_index < index {
-                    0
-                } else {
-                    meta.last_index
-                };
-                if index == 0 {
-                    // An answer without an index cannot block: do not spin on it.
-                    tokio::time::sleep(Duration::from_secs(1)).await;
+                // Only an answer that was applied moves the index on: one that could not
+                // be used is asked for again (after the backoff below) instead of waiting
+                // for the agent's *next* change, which for roots may be months away.
+                if applied.is_ok() {
+                    // Consul's rule for blocking queries: an index that went backwards
+                    // (agent restarted, state reset) means start over from 0.
+                    index = if meta.last_index < index {
+                        0
+                    } else {
+                        meta.last_index
+                    };
+                    if index == 0 {
+                        // An answer without an index cannot block: do not spin on it.
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
                 }
                 applied
             }

@@ -188,6 +188,7 @@ pub fn incoming(
     let authorizer = Arc::new(Authorizer {
         consul,
         target: identity.service().to_string(),
+        _identity: identity.clone(),
         ttl: settings.authorize_cache_ttl,
         cache: Mutex::new(HashMap::new()),
     });
@@ -376,6 +377,10 @@ type DecisionCache = HashMap<(String, String), (bool, String, Instant)>;
 
 /// `/v1/agent/connect/authorize` with a short-lived cache of its decisions.
 struct Authorizer {
+    /// Held, not read: the identity's refresh task runs while a clone lives, and the
+    /// handshakes read its material; without this the runner's leaf and roots would
+    /// freeze when the caller drops its own `Identity`.
+    _identity: Identity,
     consul: ConsulClient,
     target: String,
     ttl: Duration,

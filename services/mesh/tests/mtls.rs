@@ -112,7 +112,7 @@ async fn plaintext_certificateless_and_foreign_ca_clients_get_nothing() {
         .unwrap_err();
     eprintln!("client of another CA: {error}");
     assert!(
-        format!("{error:?}").contains("does not chain to the Connect CA roots"),
+        format!("{error:?}").contains("not valid under the current Connect CA roots"),
         "{error:?}"
     );
 

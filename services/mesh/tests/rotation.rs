@@ -115,6 +115,36 @@ async fn leaves_renewed_during_continuous_calls_lose_none() {
     assert_eq!(server.calls(), calls);
 }
 
+/// The server is handed its only `Identity` (as the runner kit does): its leaf must keep
+/// renewing through the acceptor's own clone, or new connections would meet an expired
+/// certificate once the first 4 s leaf runs out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_given_its_only_identity_keeps_renewing_its_leaf() {
+    let registry = registry(RegistryConfig {
+        connect_leaf_ttl: Duration::from_secs(4),
+        ..RegistryConfig::default()
+    })
+    .await;
+    let controller = identity(&registry, "controller").await;
+    let server = EchoServer::start(
+        identity(&registry, "runner").await,
+        consul(&registry),
+        settings(Duration::from_secs(1)),
+    )
+    .await;
+    let stop = Arc::new(AtomicBool::new(false));
+    let calls = load(controller.clone(), server.address, stop.clone());
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    stop.store(true, Ordering::Relaxed);
+    let (calls, failures) = calls.await.unwrap();
+    assert!(
+        failures.is_empty(),
+        "{} of {calls} calls failed: {failures:#?}",
+        failures.len()
+    );
+    assert!(calls > 100, "only {calls} calls");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_ca_root_rotation_during_continuous_calls_loses_none() {
     let registry = registry(RegistryConfig::default()).await;
