@@ -22,7 +22,7 @@ pub struct Cli {
 
 /// Where Consul (or the embedded registry) is and how to reach it: the flags and
 /// `CONSUL_*` variables every command that talks to Consul shares with the runners.
-pub use plugworker_discovery::ConsulArgs;
+pub use plugworker_consul_client::ConsulArgs;
 
 // Parsed once per process and matched at once: the size of its variants costs nothing,
 // and boxing them would only add noise.

@@ -12,8 +12,8 @@
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::sqs::{JobsQueueOptions, SqsJobQueue, SqsResults};
 use plugworker_controller::{Controller, Dispatcher, Settings};
-use plugworker_discovery::{ConsulClient, ConsulConfig, Resolver};
-use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_consul_client::{ConsulClient, ConsulConfig, Resolver};
+use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::sqs::Sqs;

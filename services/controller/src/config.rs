@@ -169,16 +169,16 @@ impl MeshArgs {
     /// controller's leaf certificate first (waiting up to `--mesh-ready-within`).
     pub async fn transport(
         &self,
-        consul: &plugworker_discovery::ConsulClient,
+        consul: &plugworker_consul_client::ConsulClient,
     ) -> Result<
         (
-            plugworker_discovery::resolver::Mode,
+            plugworker_consul_client::resolver::Mode,
             crate::dispatch::Transport,
         ),
         plugworker_mesh::Error,
     > {
         use crate::dispatch::Transport;
-        use plugworker_discovery::resolver::Mode;
+        use plugworker_consul_client::resolver::Mode;
         if self.insecure_plaintext {
             tracing::warn!(
                 "--insecure-plaintext: runners are called over plaintext gRPC with no identity check; anyone who can register in Consul or reach the network can read and answer jobs"

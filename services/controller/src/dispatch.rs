@@ -27,7 +27,7 @@
 //! [`IDENTITY_FAILURE_COOL_DOWN`], so it costs one failed handshake, not one per job.
 
 use crate::classify;
-use plugworker_discovery::{Instance, Resolver};
+use plugworker_consul_client::{Instance, Resolver};
 use plugworker_jobs::{ErrorInfo, Job, RunnerInfo, codes};
 use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
@@ -128,7 +128,7 @@ impl Dispatcher {
     }
 
     /// Calls runners over `transport`. [`Transport::Mesh`] needs a resolver in
-    /// [`plugworker_discovery::resolver::Mode::Connect`]: plain instances cannot do mTLS.
+    /// [`plugworker_consul_client::resolver::Mode::Connect`]: plain instances cannot do mTLS.
     pub fn with_transport(mut self, transport: Transport) -> Self {
         self.transport = transport;
         self

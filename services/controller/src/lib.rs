@@ -1,5 +1,5 @@
 //! The plugworker controller: the only component that talks to the job queue. It knows no
-//! algorithm by name; the [`Resolver`](plugworker_discovery::Resolver) says which healthy
+//! algorithm by name; the [`Resolver`](plugworker_consul_client::Resolver) says which healthy
 //! runners serve what, live, from Consul.
 //!
 //! - [`queue`]: what the controller needs of a queue and a result destination;
@@ -23,7 +23,7 @@ pub use controller::{Controller, Settings};
 pub use dispatch::{Dispatcher, Transport};
 
 use anyhow::Context as _;
-use plugworker_discovery::{ConsulClient, Resolver};
+use plugworker_consul_client::{ConsulClient, Resolver};
 use std::sync::Arc;
 
 /// Connects the controller to SQS and Consul, ready to [`Controller::run`]; also returns
@@ -110,7 +110,7 @@ pub fn assemble(
     sink: Arc<dyn queue::ResultSink>,
     consul: ConsulClient,
     consul_wait: std::time::Duration,
-    (mode, transport): (plugworker_discovery::resolver::Mode, dispatch::Transport),
+    (mode, transport): (plugworker_consul_client::resolver::Mode, dispatch::Transport),
     settings: Settings,
 ) -> Controller {
     let resolver = Arc::new(Resolver::start_with_mode(consul, consul_wait, mode));

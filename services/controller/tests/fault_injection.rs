@@ -17,7 +17,7 @@ mod common;
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use common::{Stack, job};
 use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATTRIBUTE};
-use plugworker_discovery::ServiceRegistration;
+use plugworker_consul_client::ServiceRegistration;
 use plugworker_testkit::s3::S3;
 use plugworker_testkit::sqs::QueueOptions;
 use plugworker_testkit::{Process, bin_path, eventually, free_port, metric_value};
@@ -492,8 +492,8 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
                 address: address.into(),
                 port,
                 meta: [(
-                    plugworker_discovery::runners::META_ROLE.to_string(),
-                    plugworker_discovery::runners::ROLE_RUNNER.to_string(),
+                    plugworker_consul_client::runners::META_ROLE.to_string(),
+                    plugworker_consul_client::runners::ROLE_RUNNER.to_string(),
                 )]
                 .into(),
                 check: None,

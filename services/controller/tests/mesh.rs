@@ -10,9 +10,9 @@
 mod common;
 
 use common::{BOOTSTRAP_TOKEN, Stack, job, mesh_registry_config};
-use plugworker_discovery::admin::IntentionAction;
-use plugworker_discovery::runners::{META_ROLE, ROLE_RUNNER};
-use plugworker_discovery::{ServiceConnect, ServiceRegistration};
+use plugworker_consul_client::admin::IntentionAction;
+use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
+use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
 use plugworker_testkit::sqs::QueueOptions;
 use plugworker_testkit::{Process, bin_path, eventually, passing_instances};
 use serde_json::{Value, json};
@@ -198,8 +198,8 @@ async fn registrations_without_a_token_or_under_another_services_name_are_refuse
     stack.wait_passing("test-runner", 1).await;
     let real = passing_instances(&stack.consul(), "test-runner").await;
     let real_id = real[0].service.id.clone();
-    let forbidden = |result: Result<(), plugworker_discovery::Error>, what: &str| match result {
-        Err(plugworker_discovery::Error::Status { status, body, .. }) => {
+    let forbidden = |result: Result<(), plugworker_consul_client::Error>, what: &str| match result {
+        Err(plugworker_consul_client::Error::Status { status, body, .. }) => {
             assert_eq!(status.as_u16(), 403, "{what}: {body}");
             body
         }
@@ -392,7 +392,7 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
             max_receive_count: Some(5),
             ..QueueOptions::default()
         },
-        plugworker_registry::RegistryConfig {
+        plugworker_embedded_consul::RegistryConfig {
             connect_leaf_ttl: Duration::from_secs(5),
             ..mesh_registry_config()
         },
@@ -496,15 +496,15 @@ async fn plugworker_call_needs_an_allowed_identity_and_a_plaintext_call_gets_not
     let operator = stack.admit_runner("operator").await;
     stack
         .consul()
-        .apply_service_intentions(&plugworker_discovery::admin::ServiceIntentions {
+        .apply_service_intentions(&plugworker_consul_client::admin::ServiceIntentions {
             name: "test-runner".into(),
             sources: vec![
-                plugworker_discovery::admin::IntentionSource {
+                plugworker_consul_client::admin::IntentionSource {
                     name: "controller".into(),
                     action: IntentionAction::Allow,
                     description: String::new(),
                 },
-                plugworker_discovery::admin::IntentionSource {
+                plugworker_consul_client::admin::IntentionSource {
                     name: "operator".into(),
                     action: IntentionAction::Allow,
                     description: String::new(),

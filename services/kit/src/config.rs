@@ -1,6 +1,6 @@
 //! Runner configuration: every flag can also be set through the environment.
 
-use plugworker_discovery::ConsulArgs;
+use plugworker_consul_client::ConsulArgs;
 use plugworker_telemetry::LogFormat;
 use std::net::SocketAddr;
 use std::path::PathBuf;

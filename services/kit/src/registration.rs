@@ -5,11 +5,11 @@
 //! targets the plaintext health port, since Consul's agent has no client certificate.
 //!
 //! Keeping it registered (retries, re-registering with an agent that forgot it) is
-//! `plugworker_discovery::registration`, shared with the controller.
+//! `plugworker_consul_client::registration`, shared with the controller.
 
-use plugworker_discovery::registration::Registration;
-use plugworker_discovery::runners::{META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER};
-use plugworker_discovery::{CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration};
+use plugworker_consul_client::registration::Registration;
+use plugworker_consul_client::runners::{META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER};
+use plugworker_consul_client::{CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration};
 use std::collections::BTreeMap;
 
 /// The `host:port` Consul's gRPC check dials. An IPv6 literal needs brackets there

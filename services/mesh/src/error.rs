@@ -10,7 +10,7 @@ pub enum Error {
     /// The agent refused or failed a request (unreachable, 403 for a token without
     /// `service:write`, ...).
     #[error(transparent)]
-    Consul(#[from] plugworker_discovery::Error),
+    Consul(#[from] plugworker_consul_client::Error),
 
     /// [`crate::Identity::start`] gave up waiting for the first leaf and roots.
     #[error("no Connect identity for service {service:?} within {within:?}: {last_error} ({hint})")]

@@ -21,7 +21,7 @@ use crate::cert;
 use crate::error::Error;
 use crate::spiffe::SpiffeId;
 use arc_swap::ArcSwap;
-use plugworker_discovery::{CaRoots, ConsulClient, LeafCert, QueryOptions};
+use plugworker_consul_client::{CaRoots, ConsulClient, LeafCert, QueryOptions};
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -204,17 +204,17 @@ fn backoff(attempt: u32) -> Duration {
 /// The usual reason behind an error, for the operator reading the log.
 fn hint(error: &Error) -> &'static str {
     match error {
-        Error::Consul(plugworker_discovery::Error::Status { status, .. })
+        Error::Consul(plugworker_consul_client::Error::Status { status, .. })
             if status.as_u16() == 403 =>
         {
             "the Consul token (CONSUL_HTTP_TOKEN / CONSUL_HTTP_TOKEN_FILE) needs service:write on this service"
         }
-        Error::Consul(plugworker_discovery::Error::Status { status, .. })
+        Error::Consul(plugworker_consul_client::Error::Status { status, .. })
             if status.as_u16() == 404 || status.as_u16() == 400 =>
         {
             "is Connect enabled on the Consul agent (connect { enabled = true })?"
         }
-        Error::Consul(plugworker_discovery::Error::Transport { .. }) => {
+        Error::Consul(plugworker_consul_client::Error::Transport { .. }) => {
             "is the Consul agent reachable (CONSUL_HTTP_ADDR)?"
         }
         _ => "the agent's answer could not be used",
@@ -343,7 +343,7 @@ async fn follow<T, Fetch, FetchFut, Apply, Expiry>(
 ) where
     Fetch: Fn(QueryOptions) -> FetchFut,
     FetchFut:
-        Future<Output = Result<(T, plugworker_discovery::QueryMeta), plugworker_discovery::Error>>,
+        Future<Output = Result<(T, plugworker_consul_client::QueryMeta), plugworker_consul_client::Error>>,
     Apply: Fn(T) -> Result<(), Error>,
     Expiry: Fn() -> String,
 {

@@ -27,7 +27,7 @@ use crate::error::Error;
 use crate::identity::{Identity, Material};
 use crate::spiffe::SpiffeId;
 use futures::Stream;
-use plugworker_discovery::{AuthorizeRequest, ConsulClient};
+use plugworker_consul_client::{AuthorizeRequest, ConsulClient};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::server::{ClientHello, NoServerSessionStorage, ResolvesServerCert};
 use rustls::sign::CertifiedKey;

@@ -7,7 +7,7 @@ mod common;
 
 use common::*;
 use hyper_util::rt::TokioIo;
-use plugworker_registry::{IntentionAction, RegistryConfig};
+use plugworker_embedded_consul::{IntentionAction, RegistryConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};

@@ -6,7 +6,7 @@ mod common;
 
 use common::*;
 use plugworker_mesh::Identity;
-use plugworker_registry::RegistryConfig;
+use plugworker_embedded_consul::RegistryConfig;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;

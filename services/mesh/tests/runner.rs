@@ -6,7 +6,7 @@
 mod common;
 
 use common::*;
-use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::{Process, bin_path, eventually, free_port};
@@ -74,7 +74,7 @@ async fn a_mesh_runner_registers_connect_native_and_serves_jobs_over_mtls_only()
         .iter()
         .find(|c| c.check_type == "grpc")
         .expect("a gRPC check");
-    assert_eq!(check.status, plugworker_discovery::CheckStatus::Passing);
+    assert_eq!(check.status, plugworker_consul_client::CheckStatus::Passing);
 
     let probed = probe(&health);
     assert!(
@@ -198,7 +198,7 @@ async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_
 async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
     let registry = registry(RegistryConfig {
         acl_enabled: true,
-        acl_default_policy: plugworker_registry::IntentionAction::Deny,
+        acl_default_policy: plugworker_embedded_consul::IntentionAction::Deny,
         acl_bootstrap_token: Some("management-secret".into()),
         ..RegistryConfig::default()
     })
@@ -228,7 +228,7 @@ async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
     );
     assert!(!probe(&health).status.success());
     // Nothing registered (an anonymous catalog read would be refused: ask as management).
-    let management = plugworker_discovery::ConsulClient::new(plugworker_discovery::ConsulConfig {
+    let management = plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
         address: registry.url(),
         token: Some("management-secret".into()),
         ..Default::default()

@@ -193,9 +193,9 @@ pub async fn runner_client(
 
 /// Healthy (`?passing`) instances of `service` in the registry at `consul`.
 pub async fn passing_instances(
-    consul: &plugworker_discovery::ConsulClient,
+    consul: &plugworker_consul_client::ConsulClient,
     service: &str,
-) -> Vec<plugworker_discovery::ServiceEntry> {
+) -> Vec<plugworker_consul_client::ServiceEntry> {
     consul
         .health_service(service, &[], true, Default::default())
         .await

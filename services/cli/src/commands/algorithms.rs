@@ -4,8 +4,8 @@
 
 use super::runner_link::Link;
 use crate::ConsulArgs;
-use plugworker_discovery::runners::all_runner_instances;
-use plugworker_discovery::{CheckStatus, ServiceEntry};
+use plugworker_consul_client::runners::all_runner_instances;
+use plugworker_consul_client::{CheckStatus, ServiceEntry};
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use serde::Serialize;

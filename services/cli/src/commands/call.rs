@@ -9,8 +9,8 @@
 use super::runner_link::{Link, error_chain};
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
-use plugworker_discovery::runners::{is_runner, passing_instances_for};
-use plugworker_discovery::{CheckStatus, ConsulClient, QueryOptions, ServiceEntry};
+use plugworker_consul_client::runners::{is_runner, passing_instances_for};
+use plugworker_consul_client::{CheckStatus, ConsulClient, QueryOptions, ServiceEntry};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::seq::IndexedRandom;
@@ -135,7 +135,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 async fn connect_instances_for(
     consul: &ConsulClient,
     algorithm: &str,
-) -> Result<Vec<ServiceEntry>, plugworker_discovery::Error> {
+) -> Result<Vec<ServiceEntry>, plugworker_consul_client::Error> {
     let (services, _) = consul.catalog_services(QueryOptions::default()).await?;
     let mut instances = Vec::new();
     for (name, tags) in &services {

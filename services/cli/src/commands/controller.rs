@@ -4,9 +4,9 @@ use crate::ConsulArgs;
 use anyhow::Context;
 use axum::http::StatusCode;
 use plugworker_controller::ControllerArgs;
-use plugworker_discovery::registration::Registration;
-use plugworker_discovery::runners::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER};
-use plugworker_discovery::{CheckDefinition, ServiceRegistration};
+use plugworker_consul_client::registration::Registration;
+use plugworker_consul_client::runners::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER};
+use plugworker_consul_client::{CheckDefinition, ServiceRegistration};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -109,11 +109,11 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 /// The controller's own registration: found by Prometheus through Consul
 /// (`plugworker_role=controller`, `plugworker_metrics_port`), checked on `/healthz`.
 async fn registration(
-    client: plugworker_discovery::ConsulClient,
+    client: plugworker_consul_client::ConsulClient,
     service: &str,
     local: std::net::SocketAddr,
 ) -> Registration {
-    let host = plugworker_discovery::registration::host_address(local.ip()).await;
+    let host = plugworker_consul_client::registration::host_address(local.ip()).await;
     let port = local.port();
     let id = format!(
         "{service}-{}-{port}",

@@ -243,7 +243,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         let mut command = tokio::process::Command::new(&binary);
         // The runners talk to the embedded registry only: whatever the caller's shell says
         // about a real Consul (TLS, token, namespace) must not follow them there.
-        for setting in plugworker_discovery::config::settings::ALL {
+        for setting in plugworker_consul_client::config::settings::ALL {
             command.env_remove(setting.env);
         }
         let process = command

@@ -7,20 +7,20 @@
 //!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog),
 //!   and a `service-intentions` entry allowing the controller to call that service;
 //! - for the controller, a token with the `plugworker-controller` policy
-//!   ([`plugworker_discovery::admin::controller_rules`]).
+//!   ([`plugworker_consul_client::admin::controller_rules`]).
 //!
 //! Each child gets its token through `CONSUL_HTTP_TOKEN`; the management token never
 //! leaves this process.
 
 use anyhow::Context;
 use plugworker_controller::Transport;
-use plugworker_discovery::admin::{
+use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
     ServiceIntentions, controller_rules,
 };
-use plugworker_discovery::resolver::Mode;
-use plugworker_discovery::{ConsulClient, ConsulConfig};
-use plugworker_registry::{IntentionAction as RegistryAction, Registry, RegistryConfig};
+use plugworker_consul_client::resolver::Mode;
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_embedded_consul::{IntentionAction as RegistryAction, Registry, RegistryConfig};
 use std::time::Duration;
 
 /// The controller's Connect service name in `dev`.
@@ -33,7 +33,7 @@ pub struct DevMesh {
 }
 
 /// Starts the embedded registry with ACLs (default deny) and intentions (default deny).
-pub async fn start_registry() -> anyhow::Result<(plugworker_registry::RunningRegistry, DevMesh)> {
+pub async fn start_registry() -> anyhow::Result<(plugworker_embedded_consul::RunningRegistry, DevMesh)> {
     let bootstrap = random_secret();
     let registry = Registry::spawn(
         "127.0.0.1:0",

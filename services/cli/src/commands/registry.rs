@@ -1,7 +1,7 @@
 //! `plugworker registry`: the embedded Consul-compatible registry as a server.
 
 use anyhow::Context;
-use plugworker_registry::{IntentionAction, Registry, RegistryConfig};
+use plugworker_embedded_consul::{IntentionAction, Registry, RegistryConfig};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug)]

@@ -4,7 +4,7 @@
 //! runners started that way (docs/security.md).
 
 use anyhow::Context;
-use plugworker_discovery::{ConsulClient, ServiceEntry};
+use plugworker_consul_client::{ConsulClient, ServiceEntry};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
 

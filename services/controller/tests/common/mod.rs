@@ -12,12 +12,12 @@
 
 #![allow(dead_code)]
 
-use plugworker_discovery::admin::{
+use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
     ServiceIntentions, controller_rules,
 };
-use plugworker_discovery::{ConsulClient, ConsulConfig};
-use plugworker_registry::{IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry};
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_embedded_consul::{IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry};
 use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
 use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
 use std::collections::HashMap;

@@ -2,9 +2,9 @@
 //! embedded registry (the same endpoints a Consul agent serves).
 #![allow(dead_code)]
 
-use plugworker_discovery::{ConsulClient, ConsulConfig};
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_mesh::{Identity, MeshConnectInfo, MeshConnector, ServerSettings, ServerStats};
-use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_rpc::runner::v1::runner_server::{Runner, RunnerServer};
 use plugworker_rpc::runner::v1::{

@@ -4,8 +4,8 @@
 
 mod support;
 
-use plugworker_discovery::{ConsulClient, ConsulConfig, QueryOptions};
-use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_consul_client::{ConsulClient, ConsulConfig, QueryOptions};
+use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_testkit::memes::{self, models_dir};
 use plugworker_testkit::{Process, bin_path, eventually, free_port, runner_client};
 use std::time::Duration;

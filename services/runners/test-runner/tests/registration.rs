@@ -4,7 +4,7 @@
 mod common;
 
 use common::{CHECK_INTERVAL_SECS, algorithm_modules, registry, registry_on, start_runner};
-use plugworker_discovery::{CheckStatus, QueryOptions};
+use plugworker_consul_client::{CheckStatus, QueryOptions};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_testkit::{eventually, free_port, passing_instances, runner_client};
 use std::time::{Duration, Instant};
@@ -314,7 +314,7 @@ trait AgentLookup {
     async fn agent_service_by_name(&self, name: &str) -> Option<()>;
 }
 
-impl AgentLookup for plugworker_discovery::ConsulClient {
+impl AgentLookup for plugworker_consul_client::ConsulClient {
     async fn agent_service_by_name(&self, name: &str) -> Option<()> {
         let (instances, _) = self
             .catalog_service(name, &[], QueryOptions::default())

@@ -2,8 +2,8 @@
 
 #![allow(dead_code)]
 
-use plugworker_discovery::{ConsulClient, ConsulConfig};
-use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_testkit::{Process, bin_path, free_port};
 use std::path::PathBuf;
 

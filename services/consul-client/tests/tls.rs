@@ -9,7 +9,7 @@ mod common;
 use common::{Agent, plugworker};
 use hyper_util::rt::TokioIo;
 use hyper_util::service::TowerToHyperService;
-use plugworker_discovery::{ConsulClient, ConsulConfig, QueryOptions, TlsConfig};
+use plugworker_consul_client::{ConsulClient, ConsulConfig, QueryOptions, TlsConfig};
 use rcgen::{
     BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
     KeyUsagePurpose,
@@ -185,7 +185,7 @@ impl Pki {
     }
 }
 
-async fn services(client: &ConsulClient) -> Result<usize, plugworker_discovery::Error> {
+async fn services(client: &ConsulClient) -> Result<usize, plugworker_consul_client::Error> {
     let (services, _) = client.catalog_services(QueryOptions::default()).await?;
     Ok(services.len())
 }
@@ -227,7 +227,7 @@ async fn without_a_client_certificate_the_agent_refuses_the_handshake() {
     };
     let error = services(&pki.client(anonymous)).await.unwrap_err();
     assert!(
-        matches!(error, plugworker_discovery::Error::Transport { .. }),
+        matches!(error, plugworker_consul_client::Error::Transport { .. }),
         "a refused handshake is a transport error: {error}"
     );
     assert!(pki.agent.requests().is_empty(), "no request got through");

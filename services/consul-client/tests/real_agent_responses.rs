@@ -8,8 +8,8 @@
 mod common;
 
 use common::{Agent, fixture, plugworker, serve_http};
-use plugworker_discovery::model::nullable;
-use plugworker_discovery::{
+use plugworker_consul_client::model::nullable;
+use plugworker_consul_client::{
     AgentService, CheckStatus, ConsulClient, ConsulConfig, QueryOptions, Resolver,
 };
 use plugworker_testkit::{Process, bin_path, eventually, free_port};
@@ -114,7 +114,7 @@ async fn every_recorded_answer_parses_with_its_nulls() {
 #[test]
 fn null_reads_as_empty_in_every_field() {
     // What Go's decoder does with `null`: leaves the field empty.
-    let entry: plugworker_discovery::ServiceEntry = serde_json::from_str(
+    let entry: plugworker_consul_client::ServiceEntry = serde_json::from_str(
         r#"{"Node": null, "Service": {"ID": null, "Service": "x", "Tags": null, "Meta": null,
             "Port": null, "Address": null, "Weights": null, "Proxy": null, "Connect": null,
             "TaggedAddresses": null, "CreateIndex": null}, "Checks": null}"#,

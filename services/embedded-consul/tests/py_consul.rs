@@ -5,7 +5,7 @@
 //! (`tests/py/py_consul_client.py`). With `CONSUL_HTTP_ADDR` set, the same script runs
 //! against that agent instead.
 
-use plugworker_registry::{Registry, RegistryConfig};
+use plugworker_embedded_consul::{Registry, RegistryConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -64,7 +64,7 @@ async fn py_consul_drives_acls() {
                 "127.0.0.1:0",
                 RegistryConfig {
                     acl_enabled: true,
-                    acl_default_policy: plugworker_registry::IntentionAction::Deny,
+                    acl_default_policy: plugworker_embedded_consul::IntentionAction::Deny,
                     ..Default::default()
                 },
             )

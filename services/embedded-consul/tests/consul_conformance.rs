@@ -1,4 +1,4 @@
-//! Conformance of the typed Consul client (`plugworker-discovery`) and the embedded
+//! Conformance of the typed Consul client (`plugworker-consul-client`) and the embedded
 //! registry with Consul's behaviour, as Consul's source defines it.
 //!
 //! By default the suite runs against an embedded registry started per test. Set
@@ -13,10 +13,10 @@
 //! reports the index of the last time any service lost its last instance). Indexes that
 //! only this test can move (one KV key, one instance's `ModifyIndex`) are compared exactly.
 
-use plugworker_discovery::{
+use plugworker_consul_client::{
     CheckDefinition, CheckStatus, ConsulClient, ConsulConfig, QueryOptions, ServiceRegistration,
 };
-use plugworker_registry::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -546,7 +546,7 @@ async fn check_state_changes_move_health_but_not_the_instance() {
         "a passed TTL check makes the instance passing"
     );
     assert!(health_after.last_index > health_before.last_index);
-    let check_index = |entries: &[plugworker_discovery::ServiceEntry]| {
+    let check_index = |entries: &[plugworker_consul_client::ServiceEntry]| {
         entries[0]
             .checks
             .iter()
@@ -1347,7 +1347,7 @@ async fn bad_requests_get_clear_errors() {
     let error = client.register_service(&missing_name).await.unwrap_err();
     assert!(error.to_string().contains("400"), "{error}");
     assert!(
-        matches!(error, plugworker_discovery::Error::Status { .. }),
+        matches!(error, plugworker_consul_client::Error::Status { .. }),
         "{error}"
     );
 
@@ -1384,17 +1384,17 @@ async fn an_unreachable_agent_is_a_transient_error() {
         .await
         .unwrap_err();
     assert!(
-        matches!(error, plugworker_discovery::Error::Transport { .. }),
+        matches!(error, plugworker_consul_client::Error::Transport { .. }),
         "{error}"
     );
 }
 
 /// The next change of `name`'s passing instances, through a [`Watch`].
 async fn passing_view(
-    watch: &mut plugworker_discovery::Watch,
+    watch: &mut plugworker_consul_client::Watch,
     client: &ConsulClient,
     name: &str,
-) -> Vec<plugworker_discovery::ServiceEntry> {
+) -> Vec<plugworker_consul_client::ServiceEntry> {
     watch
         .next(|options| client.health_service(name, &[], true, options))
         .await
@@ -1403,7 +1403,7 @@ async fn passing_view(
 
 #[tokio::test]
 async fn a_watch_follows_a_service_through_registration_health_and_removal() {
-    use plugworker_discovery::Watch;
+    use plugworker_consul_client::Watch;
     let target = target().await;
     let name = unique("conf-watch");
     let check_id = format!("{name}-ttl");

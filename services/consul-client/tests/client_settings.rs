@@ -6,7 +6,7 @@ mod common;
 
 use axum::Router;
 use common::{Agent, plugworker, serve_http};
-use plugworker_discovery::{ConsulClient, ConsulConfig, HttpAuth, QueryOptions};
+use plugworker_consul_client::{ConsulClient, ConsulConfig, HttpAuth, QueryOptions};
 
 fn header<'a>(seen: &'a common::Seen, name: &str) -> Option<&'a str> {
     seen.headers.get(name).and_then(|v| v.to_str().ok())

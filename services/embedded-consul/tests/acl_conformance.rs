@@ -10,7 +10,7 @@
 //! `PLUGWORKER_CONSUL_ACL_TOKEN` (its management token); with `CONSUL_HTTP_ADDR` but no
 //! token the tests are skipped (a real agent without ACLs cannot answer them).
 
-use plugworker_registry::{IntentionAction, Registry, RegistryConfig, RunningRegistry};
+use plugworker_embedded_consul::{IntentionAction, Registry, RegistryConfig, RunningRegistry};
 use serde_json::{Value, json};
 
 const ANONYMOUS: &str = "00000000-0000-0000-0000-000000000002";

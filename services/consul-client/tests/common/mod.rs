@@ -9,7 +9,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use plugworker_discovery::config::settings;
+use plugworker_consul_client::config::settings;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,7 +81,7 @@ async fn answer(query: &HashMap<String, String>, body: serde_json::Value) -> Res
     {
         let wait = query
             .get("wait")
-            .and_then(|w| plugworker_discovery::duration::parse(w).ok())
+            .and_then(|w| plugworker_consul_client::duration::parse(w).ok())
             .unwrap_or(Duration::from_secs(300));
         tokio::time::sleep(wait).await;
     }

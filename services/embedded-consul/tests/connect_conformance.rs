@@ -13,7 +13,7 @@
 //! Tests that need a registry setting a real agent cannot change per test (a leaf
 //! lifetime of seconds, `default_intention_policy`) run only against the embedded one.
 
-use plugworker_registry::{IntentionAction, Registry, RegistryConfig, RunningRegistry};
+use plugworker_embedded_consul::{IntentionAction, Registry, RegistryConfig, RunningRegistry};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{Value, json};

@@ -328,7 +328,7 @@ async fn agent_self(
             "PrimaryDatacenter": config.datacenter,
             "NodeName": config.node_name,
             "NodeID": shared.node_id,
-            "Revision": format!("plugworker-registry-{}", env!("CARGO_PKG_VERSION")),
+            "Revision": format!("plugworker-embedded-consul-{}", env!("CARGO_PKG_VERSION")),
             "Server": true,
             "Version": crate::CONSUL_API_VERSION,
             "BuildDate": "1970-01-01T00:00:00Z",
