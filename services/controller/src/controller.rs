@@ -818,11 +818,12 @@ mod tests {
     async fn made_up_algorithm_names_cost_no_limiter_and_each_gets_one_final_result() {
         use crate::memory::{ChannelSink, MemoryQueue};
         // No registry answers here: no runner serves anything.
-        let consul = plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
-            address: "http://127.0.0.1:9".into(),
-            ..Default::default()
-        })
-        .unwrap();
+        let consul =
+            plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
+                address: "http://127.0.0.1:9".into(),
+                ..Default::default()
+            })
+            .unwrap();
         let resolver = Arc::new(plugworker_consul_client::Resolver::start(
             consul,
             Duration::from_secs(1),

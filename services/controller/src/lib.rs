@@ -110,7 +110,10 @@ pub fn assemble(
     sink: Arc<dyn queue::ResultSink>,
     consul: ConsulClient,
     consul_wait: std::time::Duration,
-    (mode, transport): (plugworker_consul_client::resolver::Mode, dispatch::Transport),
+    (mode, transport): (
+        plugworker_consul_client::resolver::Mode,
+        dispatch::Transport,
+    ),
     settings: Settings,
 ) -> Controller {
     let resolver = Arc::new(Resolver::start_with_mode(consul, consul_wait, mode));

@@ -8,8 +8,12 @@
 //! `plugworker_consul_client::registration`, shared with the controller.
 
 use plugworker_consul_client::registration::Registration;
-use plugworker_consul_client::runners::{META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER};
-use plugworker_consul_client::{CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration};
+use plugworker_consul_client::runners::{
+    META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER,
+};
+use plugworker_consul_client::{
+    CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration,
+};
 use std::collections::BTreeMap;
 
 /// The `host:port` Consul's gRPC check dials. An IPv6 literal needs brackets there

@@ -17,8 +17,8 @@
 //! figures are those of whichever profile built them.
 
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
-use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_embedded_consul::{Registry, RegistryConfig};
+use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::{Process, eventually, free_port};

@@ -342,8 +342,9 @@ async fn follow<T, Fetch, FetchFut, Apply, Expiry>(
     expiry: Expiry,
 ) where
     Fetch: Fn(QueryOptions) -> FetchFut,
-    FetchFut:
-        Future<Output = Result<(T, plugworker_consul_client::QueryMeta), plugworker_consul_client::Error>>,
+    FetchFut: Future<
+        Output = Result<(T, plugworker_consul_client::QueryMeta), plugworker_consul_client::Error>,
+    >,
     Apply: Fn(T) -> Result<(), Error>,
     Expiry: Fn() -> String,
 {

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use plugworker_mesh::Identity;
 use plugworker_embedded_consul::RegistryConfig;
+use plugworker_mesh::Identity;
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::sync::Arc;

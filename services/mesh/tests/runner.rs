@@ -228,12 +228,13 @@ async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
     );
     assert!(!probe(&health).status.success());
     // Nothing registered (an anonymous catalog read would be refused: ask as management).
-    let management = plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
-        address: registry.url(),
-        token: Some("management-secret".into()),
-        ..Default::default()
-    })
-    .unwrap();
+    let management =
+        plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
+            address: registry.url(),
+            token: Some("management-secret".into()),
+            ..Default::default()
+        })
+        .unwrap();
     let (services, _) = management
         .catalog_services(Default::default())
         .await

@@ -3,10 +3,10 @@
 use crate::ConsulArgs;
 use anyhow::Context;
 use axum::http::StatusCode;
-use plugworker_controller::ControllerArgs;
 use plugworker_consul_client::registration::Registration;
 use plugworker_consul_client::runners::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER};
 use plugworker_consul_client::{CheckDefinition, ServiceRegistration};
+use plugworker_controller::ControllerArgs;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -13,13 +13,13 @@
 //! leaves this process.
 
 use anyhow::Context;
-use plugworker_controller::Transport;
 use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
     ServiceIntentions, controller_rules,
 };
 use plugworker_consul_client::resolver::Mode;
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_controller::Transport;
 use plugworker_embedded_consul::{IntentionAction as RegistryAction, Registry, RegistryConfig};
 use std::time::Duration;
 
@@ -33,7 +33,8 @@ pub struct DevMesh {
 }
 
 /// Starts the embedded registry with ACLs (default deny) and intentions (default deny).
-pub async fn start_registry() -> anyhow::Result<(plugworker_embedded_consul::RunningRegistry, DevMesh)> {
+pub async fn start_registry()
+-> anyhow::Result<(plugworker_embedded_consul::RunningRegistry, DevMesh)> {
     let bootstrap = random_secret();
     let registry = Registry::spawn(
         "127.0.0.1:0",

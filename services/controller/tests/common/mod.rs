@@ -17,7 +17,9 @@ use plugworker_consul_client::admin::{
     ServiceIntentions, controller_rules,
 };
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
-use plugworker_embedded_consul::{IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry};
+use plugworker_embedded_consul::{
+    IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry,
+};
 use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
 use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
 use std::collections::HashMap;

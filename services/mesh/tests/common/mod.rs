@@ -3,8 +3,8 @@
 #![allow(dead_code)]
 
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
-use plugworker_mesh::{Identity, MeshConnectInfo, MeshConnector, ServerSettings, ServerStats};
 use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
+use plugworker_mesh::{Identity, MeshConnectInfo, MeshConnector, ServerSettings, ServerStats};
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_rpc::runner::v1::runner_server::{Runner, RunnerServer};
 use plugworker_rpc::runner::v1::{
