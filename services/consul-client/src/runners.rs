@@ -6,6 +6,7 @@
 
 use crate::client::{ConsulClient, Error, QueryOptions};
 use crate::model::{CheckStatus, ServiceEntry};
+use crate::resolver::Mode;
 
 /// Meta key holding the service's plugworker role; runners set it to [`ROLE_RUNNER`].
 pub const META_ROLE: &str = "plugworker_role";
@@ -38,10 +39,13 @@ pub async fn all_runner_instances(client: &ConsulClient) -> Result<Vec<ServiceEn
     Ok(instances)
 }
 
-/// Healthy runner instances that serve `algorithm`, across every runner service.
+/// Healthy runner instances that serve `algorithm`, across every runner service: in
+/// [`Mode::Connect`] only the Connect-native ones (`/v1/health/connect/:service`), in
+/// [`Mode::Plain`] all of them (`/v1/health/service/:service`).
 pub async fn passing_instances_for(
     client: &ConsulClient,
     algorithm: &str,
+    mode: Mode,
 ) -> Result<Vec<ServiceEntry>, Error> {
     let (services, _) = client.catalog_services(QueryOptions::default()).await?;
     let mut instances = Vec::new();
@@ -49,9 +53,19 @@ pub async fn passing_instances_for(
         if !tags.iter().any(|t| t == algorithm) {
             continue;
         }
-        let (entries, _) = client
-            .health_service(name, &[algorithm], true, QueryOptions::default())
-            .await?;
+        let options = QueryOptions::default();
+        let (entries, _) = match mode {
+            Mode::Connect => {
+                client
+                    .health_connect(name, &[algorithm], true, options)
+                    .await?
+            }
+            Mode::Plain => {
+                client
+                    .health_service(name, &[algorithm], true, options)
+                    .await?
+            }
+        };
         instances.extend(
             entries
                 .into_iter()

@@ -195,7 +195,7 @@ impl Dispatcher {
                     if !again {
                         return Err(failure(&status, runner));
                     }
-                    tracing::info!(instance = %instance.id, code = ?status.code(), "retrying on another instance");
+                    tracing::info!(instance = %instance.id, code = ?status.code(), error = %status.message(), "retrying on another instance");
                     first_failure = Some((status, runner));
                 }
             }

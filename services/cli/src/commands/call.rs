@@ -9,8 +9,9 @@
 use super::runner_link::{Link, error_chain};
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
-use plugworker_consul_client::runners::{is_runner, passing_instances_for};
-use plugworker_consul_client::{CheckStatus, ConsulClient, QueryOptions, ServiceEntry};
+use plugworker_consul_client::resolver::Mode;
+use plugworker_consul_client::runners::passing_instances_for;
+use plugworker_consul_client::{ConsulClient, QueryOptions, ServiceEntry};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::seq::IndexedRandom;
@@ -71,11 +72,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     .await?
     .expect("clap requires --mesh-service or --insecure-plaintext");
     let mesh = link.is_mesh().then_some(());
-    let instances = match mesh {
-        Some(_) => connect_instances_for(&consul, &args.algorithm).await,
-        None => passing_instances_for(&consul, &args.algorithm).await,
-    }
-    .with_context(|| format!("cannot query Consul at {}", consul.base_url()))?;
+    let mode = if mesh.is_some() {
+        Mode::Connect
+    } else {
+        Mode::Plain
+    };
+    let instances = passing_instances_for(&consul, &args.algorithm, mode)
+        .await
+        .with_context(|| format!("cannot query Consul at {}", consul.base_url()))?;
     let Some(instance) = instances.choose(&mut rand::rng()) else {
         bail!(
             "no healthy runner serves {:?}{} (see `plugworker algorithms`)",
@@ -128,30 +132,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         "ran {}", args.algorithm
     );
     Ok(())
-}
-
-/// Passing Connect-native runner instances serving `algorithm`
-/// (`/v1/health/connect/:service`).
-async fn connect_instances_for(
-    consul: &ConsulClient,
-    algorithm: &str,
-) -> Result<Vec<ServiceEntry>, plugworker_consul_client::Error> {
-    let (services, _) = consul.catalog_services(QueryOptions::default()).await?;
-    let mut instances = Vec::new();
-    for (name, tags) in &services {
-        if !tags.iter().any(|t| t == algorithm) {
-            continue;
-        }
-        let (entries, _) = consul
-            .health_connect(name, &[algorithm], true, QueryOptions::default())
-            .await?;
-        instances.extend(
-            entries
-                .into_iter()
-                .filter(|e| is_runner(e) && e.aggregated_status() == CheckStatus::Passing),
-        );
-    }
-    Ok(instances)
 }
 
 /// Whether `instance` is listed as Connect-native (it then speaks mTLS only).

@@ -131,8 +131,10 @@ impl Stack {
     /// Waits until `count` instances of `service` pass their checks.
     pub async fn wait_passing(&self, service: &str, count: usize) {
         let client = self.consul();
+        // A bound, not a timing: on 2 busy cores a runner's start (certificate, load,
+        // first check) has been seen to take over 30 s while other tests start theirs.
         eventually(
-            Duration::from_secs(30),
+            Duration::from_secs(90),
             &format!("{count} passing {service}"),
             || {
                 let client = client.clone();
