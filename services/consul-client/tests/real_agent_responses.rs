@@ -145,6 +145,9 @@ async fn plugworker_algorithms_lists_the_runner_beside_services_it_does_not_own(
         let mut command = plugworker();
         command
             .arg("algorithms")
+            // The runner here serves plaintext (the recorded agent has no Connect CA):
+            // the schemas are read the same way.
+            .arg("--insecure-plaintext")
             .args(args)
             .env("CONSUL_HTTP_ADDR", format!("http://{address}"));
         async move { command.output().await.expect("plugworker runs") }
