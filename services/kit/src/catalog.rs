@@ -135,24 +135,10 @@ impl Catalog {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_algorithms::Twice;
     use crate::{Algorithm, LoadError, RunContext, RunError};
 
-    struct Twice;
     struct BadName;
-
-    impl Algorithm for Twice {
-        type Input = f64;
-        type Output = f64;
-        const NAME: &'static str = "twice";
-        const VERSION: &'static str = "1";
-        const DESCRIPTION: &'static str = "Doubles a number.";
-        fn load(_: &LoadContext) -> Result<Self, LoadError> {
-            Ok(Self)
-        }
-        async fn run(&self, input: f64, _: &RunContext) -> Result<f64, RunError> {
-            Ok(input * 2.0)
-        }
-    }
 
     impl Algorithm for BadName {
         type Input = f64;

@@ -39,6 +39,8 @@ mod registration;
 mod runtime;
 mod service;
 mod slots;
+#[cfg(test)]
+mod test_algorithms;
 
 pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
 pub use catalog::{Catalog, CatalogError};

@@ -284,26 +284,12 @@ mod tests {
     use super::*;
     use crate::algorithm::AlgorithmEntry;
     use crate::metrics::{AlgorithmLabel, RunnerMetrics};
+    use crate::test_algorithms::Twice;
     use crate::{Algorithm, LoadContext, LoadError};
     use prometheus_client::registry::Registry;
     use std::time::Duration;
 
-    struct Twice;
     struct Forever;
-
-    impl Algorithm for Twice {
-        type Input = f64;
-        type Output = f64;
-        const NAME: &'static str = "twice";
-        const VERSION: &'static str = "1";
-        const DESCRIPTION: &'static str = "Doubles a number.";
-        fn load(_: &LoadContext) -> Result<Self, LoadError> {
-            Ok(Self)
-        }
-        async fn run(&self, input: f64, _: &RunContext) -> Result<f64, RunError> {
-            Ok(input * 2.0)
-        }
-    }
 
     impl Algorithm for Forever {
         type Input = f64;
