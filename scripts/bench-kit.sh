@@ -5,12 +5,14 @@
 # 1. The project's own Rust client (benches/kit_overhead.rs): round trips/s, p50/p99.
 # 2. A neutral load generator, h2load (Debian's nghttp2-client), over h2c: 8 connections,
 #    one stream each, a fixed number of gRPC calls per round, kit and bare alternating
-#    twice. h2load only knows HTTP statuses, so the script checks the gRPC outcome itself:
+#    (3 rounds each, medians), in two placements: the servers pinned to one CPU and
+#    h2load to another, then everything sharing all CPUs. h2load only knows HTTP statuses, so the script checks the gRPC outcome itself:
 #    once per server with nghttp (grpc-status 0 and the echoed message in the reply), and
 #    on the kit for every call, from its own metrics (runs counted with code="ok" must equal
 #    the calls sent).
 #
-# Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_CLIENTS
+# Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_ROUNDS
+# (rounds per server and placement, default 3), BENCH_H2LOAD_CLIENTS
 # (connections, default 8), BENCH_KIT_RUST_CLIENT=0 to skip measurement 1; the Rust
 # bench's own variables (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONCURRENCY) apply to it.
 set -euo pipefail
@@ -18,6 +20,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 requests="${BENCH_H2LOAD_REQUESTS:-100000}"
+rounds="${BENCH_H2LOAD_ROUNDS:-3}"
 connections="${BENCH_H2LOAD_CLIENTS:-8}"
 
 if ! command -v h2load >/dev/null || ! command -v nghttp >/dev/null; then
@@ -60,22 +63,11 @@ free_port() {
   python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
 }
 
-kit_port="$(free_port)"
-metrics_port="$(free_port)"
-bare_port="$(free_port)"
-kit_flags=(--listen "127.0.0.1:$kit_port" --no-register --metrics-address "127.0.0.1:$metrics_port")
+kit_flags=(--no-register)
 # Plaintext gRPC has to be asked for where the kit serves mTLS by default.
 if "$bin/test-runner" --help | grep -q -- '--insecure-plaintext'; then
   kit_flags+=(--insecure-plaintext)
 fi
-# The kit runs with the log level a deployment has (RUST_LOG as set, default info): its
-# server span is formatted by the log layer at that level, and that is part of the hop.
-"$bin/test-runner" "${kit_flags[@]}" >"$work/kit.log" 2>&1 &
-kit_pid=$!
-pids+=("$kit_pid")
-"$bin/bare-echo" --listen "127.0.0.1:$bare_port" >"$work/bare.log" 2>&1 &
-bare_pid=$!
-pids+=("$bare_pid")
 
 url() { echo "http://127.0.0.1:$1/plugworker.runner.v1.Runner/Run"; }
 
@@ -88,18 +80,39 @@ call_ok() {
   grep -q 'grpc-status: 0' <<<"$out" && grep -qF "$message" <<<"$out"
 }
 
-for port in "$kit_port" "$bare_port"; do
-  for _ in $(seq 200); do
-    call_ok "$port" && break
-    sleep 0.1
+# Starts the kit runner and the bare server, each under the command prefix given (empty,
+# or a `taskset`), and waits until both answer a checked call. Sets kit_port, bare_port,
+# metrics_port, kit_pid and bare_pid.
+start_servers() {
+  kit_port="$(free_port)"
+  metrics_port="$(free_port)"
+  bare_port="$(free_port)"
+  # The kit runs with the log level a deployment has (RUST_LOG as set, default info).
+  "$@" "$bin/test-runner" "${kit_flags[@]}" --listen "127.0.0.1:$kit_port" \
+    --metrics-address "127.0.0.1:$metrics_port" --health-listen "127.0.0.1:$(free_port)" \
+    >>"$work/kit.log" 2>&1 &
+  kit_pid=$!
+  pids+=("$kit_pid")
+  "$@" "$bin/bare-echo" --listen "127.0.0.1:$bare_port" >>"$work/bare.log" 2>&1 &
+  bare_pid=$!
+  pids+=("$bare_pid")
+  for port in "$kit_port" "$bare_port"; do
+    for _ in $(seq 200); do
+      call_ok "$port" && break
+      sleep 0.1
+    done
+    if ! call_ok "$port"; then
+      echo "bench-kit: the server on port $port does not answer the request with grpc-status 0" >&2
+      cat "$work/kit.log" "$work/bare.log" >&2
+      exit 1
+    fi
   done
-  if ! call_ok "$port"; then
-    echo "bench-kit: the server on port $port does not answer the request with grpc-status 0" >&2
-    cat "$work/kit.log" "$work/bare.log" >&2
-    exit 1
-  fi
-done
-echo "== h2load: request bytes checked with nghttp on both servers (grpc-status 0, message echoed)"
+}
+
+stop_servers() {
+  kill "$kit_pid" "$bare_pid" 2>/dev/null || true
+  wait "$kit_pid" "$bare_pid" 2>/dev/null || true
+}
 
 ok_runs() {
   curl -sf "http://127.0.0.1:$metrics_port/metrics" |
@@ -110,13 +123,13 @@ ok_runs() {
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
 # Prints "req/s server-CPU-µs-per-call" of one h2load round against port $1 (server
-# process $3); fails unless every call got an HTTP 200. On a shared machine the CPU time
-# the server spends per call is steadier than req/s, which also moves with whatever
-# else the machine is doing.
+# process $3), h2load run under the command prefix in h2load_prefix; fails unless every
+# call got an HTTP 200. On a shared machine the CPU time the server spends per call is
+# steadier than req/s, which also moves with whatever else the machine is doing.
 h2load_round() {
   local out before after
   before="$(cpu_ticks "$3")"
-  out="$(h2load -n "$2" -c "$connections" -m 1 \
+  out="$("${h2load_prefix[@]}" h2load -n "$2" -c "$connections" -m 1 \
     -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$1")")"
   if ! grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded, 0 failed, 0 errored" <<<"$out"; then
     echo "bench-kit: h2load round against port $1 had failures:" >&2
@@ -128,36 +141,54 @@ h2load_round() {
     "$(python3 -c "print(($after - $before) / $(getconf CLK_TCK) / $2 * 1e6)")"
 }
 
-# Warm-up (connections, allocator, caches), then kit, bare, kit, bare.
-h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
-h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
-before="$(ok_runs)"
-echo "h2load: $connections connections, 1 stream each, $requests calls per round; $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg)"
-kit=()
-bare=()
-for round in 1 2; do
-  read -r kit_rps kit_us < <(h2load_round "$kit_port" "$requests" "$kit_pid")
-  read -r bare_rps bare_us < <(h2load_round "$bare_port" "$requests" "$bare_pid")
-  kit+=("$kit_rps $kit_us")
-  bare+=("$bare_rps $bare_us")
-  printf '  round %d: kit %7.0f req/s (%5.1f µs CPU/call)   bare %7.0f req/s (%5.1f µs CPU/call)\n' \
-    "$round" "$kit_rps" "$kit_us" "$bare_rps" "$bare_us"
-done
-after="$(ok_runs)"
-if [ "$((after - before))" -ne "$((2 * requests))" ]; then
-  echo "bench-kit: the kit counted $((after - before)) successful runs for $((2 * requests)) calls" >&2
-  exit 1
-fi
-echo "  every kit call answered grpc-status 0 (kit metrics: $((after - before)) ok runs)"
-python3 - "${kit[@]}" "${bare[@]}" <<'PY'
-import sys
-rounds = [tuple(map(float, v.split())) for v in sys.argv[1:]]
-kit, bare = rounds[:2], rounds[2:]
-mean = lambda rows, i: sum(r[i] for r in rows) / len(rows)
-k, b = mean(kit, 0), mean(bare, 0)
-kc, bc = mean(kit, 1), mean(bare, 1)
-print(f"h2load throughput (mean of 2 rounds): kit {k:.0f} req/s, bare {b:.0f} req/s, "
+# One placement: warm-up, then `rounds` rounds of kit, bare alternating; checks every kit
+# call's gRPC status through the kit's own count and prints the placement's summary.
+measure() {
+  local label="$1" kit=() bare=() before after round kit_rps kit_us bare_rps bare_us
+  h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
+  h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
+  before="$(ok_runs)"
+  echo "h2load, $label: $connections connections, 1 stream each, $requests calls per round; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  for round in $(seq "$rounds"); do
+    read -r kit_rps kit_us < <(h2load_round "$kit_port" "$requests" "$kit_pid")
+    read -r bare_rps bare_us < <(h2load_round "$bare_port" "$requests" "$bare_pid")
+    kit+=("$kit_rps $kit_us")
+    bare+=("$bare_rps $bare_us")
+    printf '  round %d: kit %7.0f req/s (%5.1f µs CPU/call)   bare %7.0f req/s (%5.1f µs CPU/call)\n' \
+      "$round" "$kit_rps" "$kit_us" "$bare_rps" "$bare_us"
+  done
+  after="$(ok_runs)"
+  if [ "$((after - before))" -ne "$((rounds * requests))" ]; then
+    echo "bench-kit: the kit counted $((after - before)) successful runs for $((rounds * requests)) calls" >&2
+    exit 1
+  fi
+  echo "  every kit call answered grpc-status 0 (kit metrics: $((after - before)) ok runs)"
+  python3 - "$label" "$rounds" "${kit[@]}" "${bare[@]}" <<'PY'
+import statistics, sys
+label, n = sys.argv[1], int(sys.argv[2])
+rows = [tuple(map(float, v.split())) for v in sys.argv[3:]]
+kit, bare = rows[:n], rows[n:]
+med = lambda rows, i: statistics.median(r[i] for r in rows)
+k, b = med(kit, 0), med(bare, 0)
+kc, bc = med(kit, 1), med(bare, 1)
+print(f"  {label}, median of {n} rounds: kit {k:.0f} req/s, bare {b:.0f} req/s, "
       f"ratio kit/bare {k / b:.3f} (goal >= 0.85) {'MET' if k / b >= 0.85 else 'NOT MET'}")
-print(f"server CPU per call (mean of 2 rounds): kit {kc:.1f} µs, bare {bc:.1f} µs, "
-      f"ratio bare/kit {bc / kc:.3f} (the throughput ratio a server-bound run would show)")
+print(f"  server CPU per call: kit {kc:.1f} µs, bare {bc:.1f} µs, ratio bare/kit {bc / kc:.3f}")
 PY
+}
+
+echo "== h2load: request bytes checked with nghttp on both servers (grpc-status 0, message echoed)"
+# Placement 1, the server alone on one CPU and h2load on another: the server's own
+# throughput, with neither side taking CPU time from the other (what the ratio is about).
+# Placement 2, no pinning: servers and h2load share every CPU, as in the first measurement
+# of this hop; on 2 cores the load generator's share moves the figures more.
+cpus="$(nproc)"
+if [ "$cpus" -ge 2 ]; then
+  h2load_prefix=(taskset -c 0)
+  start_servers taskset -c "$((cpus - 1))"
+  measure "one CPU each (server on CPU $((cpus - 1)), h2load on CPU 0)"
+  stop_servers
+fi
+h2load_prefix=()
+start_servers
+measure "CPUs shared"

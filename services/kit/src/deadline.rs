@@ -11,14 +11,41 @@ use tonic::metadata::MetadataMap;
 const MIN_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
 const MAX_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(25);
 
-/// When a request's headers arrived, stamped by [`stamp_arrival`] before the body is read.
+/// When a request's headers arrived, stamped by [`StampArrival`] before the body is read.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ArrivedAt(pub Instant);
 
-/// Tower middleware body: records [`ArrivedAt`] on every request.
-pub(crate) fn stamp_arrival<B>(mut request: http::Request<B>) -> http::Request<B> {
-    request.extensions_mut().insert(ArrivedAt(Instant::now()));
-    request
+/// The Runner service with [`ArrivedAt`] stamped on each request as it enters.
+///
+/// A wrapper around the one service that reads the stamp, not a `Server::layer`: a server
+/// layer makes tonic box the whole router and clone that box for every request, which cost
+/// about 7 % of the runner hop's throughput under h2load (docs/benchmarks.md).
+#[derive(Clone)]
+pub(crate) struct StampArrival<S>(pub S);
+
+impl<S: tonic::server::NamedService> tonic::server::NamedService for StampArrival<S> {
+    const NAME: &'static str = S::NAME;
+}
+
+impl<S, B> tower::Service<http::Request<B>> for StampArrival<S>
+where
+    S: tower::Service<http::Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
+        request.extensions_mut().insert(ArrivedAt(Instant::now()));
+        self.0.call(request)
+    }
 }
 
 /// The deadline of a request that arrived at `arrived`, if the caller set one.

@@ -342,12 +342,9 @@ fn serve(
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
     let router = tonic::transport::Server::builder()
-        .layer(tower::util::MapRequestLayer::new(
-            crate::deadline::stamp_arrival,
-        ))
         .add_service(health_service)
         .add_service(reflection)
-        .add_service(runner);
+        .add_service(crate::deadline::StampArrival(runner));
     let stop = servers.clone().cancelled_owned();
     Ok(match mesh {
         Some((identity, consul)) => {

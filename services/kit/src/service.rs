@@ -9,7 +9,7 @@
 //! call. That per-call cost is what `scripts/bench-kit.sh` measures (issue 15 §4), so
 //! each concern is a small function or guard instead: [`server_span`], the cached
 //! [`AlgorithmMetrics`] with its in-flight drop guard, [`gate`], and
-//! [`deadline::deadline`] on the arrival time the one HTTP-level layer stamps.
+//! [`deadline::deadline`] on the arrival time [`deadline::StampArrival`] stamps.
 
 use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
 use crate::catalog::{Catalog, Described};
@@ -75,8 +75,13 @@ impl Runner for RunnerService {
                 .get_or_init(|| AlgorithmMetrics::new(&state.metrics, described.entry.name))
         });
         let in_flight = metrics.map(AlgorithmMetrics::in_flight);
-        let started = Instant::now();
-        let outcome = run_traced(state, described, request)
+        // Stamped by `deadline::StampArrival` as the headers came in; the clock is read
+        // once here for the queue time, the deadline and the duration metric alike.
+        let received = request
+            .extensions()
+            .get::<deadline::ArrivedAt>()
+            .map_or_else(Instant::now, |arrived| arrived.0);
+        let outcome = run_traced(state, described, received, request)
             .instrument(span.clone())
             .await;
         drop(in_flight);
@@ -90,7 +95,7 @@ impl Runner for RunnerService {
             span.record("otel.status_description", status.message());
         }
         if let Some(metrics) = metrics {
-            metrics.answered(code, started.elapsed());
+            metrics.answered(code, received.elapsed());
         }
         outcome
     }
@@ -114,12 +119,14 @@ impl Runner for RunnerService {
 /// are exported: without an exporter the only reader of the span is the log layer, which
 /// formats every field of every span it sees, and those six fields cost as much as the
 /// rest of the span (docs/benchmarks.md, the runner hop under h2load). Log lines inside a
-/// run still carry the span with its algorithm. The span name is built once per
-/// algorithm, in the catalog.
+/// run carry the span with its algorithm at `debug` level; at the default `info` the span
+/// is not created at all (the saving is measured in docs/benchmarks.md). An algorithm's
+/// internal failure is logged with the algorithm named either way.
+/// The span name is built once per algorithm, in the catalog.
 fn server_span(described: Option<&Described>, requested: &str, instance_id: &str) -> tracing::Span {
     let algorithm = described.map_or(requested, |described| described.entry.name);
     if !plugworker_telemetry::traces_exported() {
-        return tracing::info_span!(
+        return tracing::debug_span!(
             "Run",
             plugworker.algorithm = %algorithm,
             rpc.grpc.status_code = tracing::field::Empty,
@@ -167,13 +174,9 @@ fn gate<'a>(
 async fn run_traced(
     state: &RunnerState,
     described: Option<&Described>,
+    received: Instant,
     request: Request<RunRequest>,
 ) -> Result<Response<RunResponse>, Status> {
-    let received = request
-        .extensions()
-        .get::<deadline::ArrivedAt>()
-        .map(|a| a.0)
-        .unwrap_or_else(Instant::now);
     let deadline = deadline::deadline(request.metadata(), received);
     let request = request.into_inner();
 
