@@ -9,13 +9,21 @@
 //! inference at a time per model, each using the runtime's intra-op threads. For CPU-bound
 //! models on a small machine that is also the fastest schedule — two concurrent inferences
 //! would only fight over the same cores.
+//!
+//! Those intra-op threads are one pool for the whole process (ONNX Runtime's global thread
+//! pool), not a pool per session. A runner holds several sessions (OCR's detector and
+//! recogniser, the meme embedder), and ONNX Runtime's threads spin for a while after each
+//! operator: with a pool per session, the detector's pool was still spinning while the
+//! recogniser ran, and on 2 cores that took half the CPU from it. With one pool, OCR p50
+//! went from ~130–150 ms to ~73 ms in the same bench; turning spinning off in per-session
+//! pools gave ~77 ms but cost the lone meme embedder ~1 ms (docs/benchmarks.md).
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
 pub use ort;
-use ort::environment::Environment;
+use ort::environment::{Environment, GlobalThreadPoolOptions};
 use ort::session::Session;
 use ort::session::builder::GraphOptimizationLevel;
 
@@ -57,7 +65,6 @@ impl From<ort::Error> for OnnxError {
 pub struct Runtime {
     library: PathBuf,
     environment: Environment,
-    intra_threads: usize,
 }
 
 static RUNTIME: OnceLock<Runtime> = OnceLock::new();
@@ -67,7 +74,8 @@ impl Runtime {
     /// Loads the runtime library: `ORT_DYLIB_PATH` if set, else the copy in `models_dir`.
     /// Later calls return the runtime already loaded (a process can hold only one).
     ///
-    /// `intra_threads` is the thread count each inference may use (`None`: one per core).
+    /// `intra_threads` sizes the process's one intra-op thread pool, which every
+    /// inference uses (`None`: one thread per core).
     pub fn load(
         models_dir: &Path,
         intra_threads: Option<usize>,
@@ -93,11 +101,6 @@ impl Runtime {
             path: requested.clone(),
             reason,
         };
-        let environment = ort::init_from(&requested)
-            .map_err(|e| library_error(e.to_string()))?
-            .with_name("plugworker")
-            .build()
-            .map_err(|e| library_error(e.to_string()))?;
         let intra_threads = intra_threads
             .unwrap_or_else(|| {
                 std::thread::available_parallelism()
@@ -105,11 +108,23 @@ impl Runtime {
                     .unwrap_or(1)
             })
             .max(1);
+        // Loads the library; nothing of the runtime's API can be called before this.
+        let builder = ort::init_from(&requested).map_err(|e| library_error(e.to_string()))?;
+        // One intra-op pool for every session (see the module docs); sessions opened in
+        // this environment use it instead of starting their own.
+        let pool = GlobalThreadPoolOptions::default()
+            .with_intra_threads(intra_threads)
+            .and_then(|pool| pool.with_spin_control(true))
+            .map_err(|e| library_error(e.to_string()))?;
+        let environment = builder
+            .with_name("plugworker")
+            .with_global_thread_pool(pool)
+            .build()
+            .map_err(|e| library_error(e.to_string()))?;
         tracing::info!(library = %requested.display(), intra_threads, "ONNX Runtime loaded");
         Ok(RUNTIME.get_or_init(|| Runtime {
             library: requested,
             environment,
-            intra_threads,
         }))
     }
 
@@ -135,8 +150,6 @@ impl Runtime {
         let session = Session::builder(&self.environment)
             .map_err(|e| session_error(e.to_string()))?
             .with_optimization_level(GraphOptimizationLevel::All)
-            .map_err(|e| session_error(e.to_string()))?
-            .with_intra_threads(self.intra_threads)
             .map_err(|e| session_error(e.to_string()))?
             .commit_from_memory(&bytes)
             .map_err(|e| session_error(e.to_string()))?;

@@ -24,7 +24,7 @@ pub struct PpOcrConfig {
     pub min_confidence: f32,
     /// Which weakly detected small lines are specks of a textured background.
     pub specks: SpeckFilter,
-    /// Lines recognised per model call.
+    /// Lines recognised per model call, at most (see `recognition::batches`).
     pub batch_size: usize,
 }
 
@@ -130,14 +130,10 @@ impl PpOcr {
 
     /// Texts and confidences of line images, and the model's class count.
     fn recognize_lines(&self, lines: &[RgbImage]) -> Result<(Vec<(String, f32)>, usize), OcrError> {
-        // Similar ratios batch together, so little of each batch is padding.
-        let mut order: Vec<usize> = (0..lines.len()).collect();
-        order.sort_by(|&a, &b| {
-            recognition::ratio(&lines[a]).total_cmp(&recognition::ratio(&lines[b]))
-        });
+        let ratios: Vec<f32> = lines.iter().map(recognition::ratio).collect();
         let mut results = vec![(String::new(), 0.0); lines.len()];
         let mut classes = 0;
-        for chunk in order.chunks(self.config.batch_size.max(1)) {
+        for chunk in recognition::batches(&ratios, self.config.batch_size) {
             let batch: Vec<&RgbImage> = chunk.iter().map(|&i| &lines[i]).collect();
             let (data, width) = recognition::batch(&batch);
             let tensor = Tensor::from_array((

@@ -80,6 +80,37 @@ pub fn ratio(line: &RgbImage) -> f32 {
     line.width() as f32 / line.height() as f32
 }
 
+/// Share of a batch's width a line must fill to join it: at most a tenth of what the
+/// recogniser reads in a batch is padding.
+pub const MIN_BATCH_FILL: f32 = 0.9;
+
+/// Lines grouped into recognition batches, as indices into `ratios` (width / height).
+///
+/// The recogniser's cost grows with the columns it reads, padding included (about 70 µs
+/// per 48-pixel column for PP-OCRv6 small on 2 cores), and every line of a batch is
+/// padded to the batch's widest. So lines are taken widest first and a line joins the
+/// current batch only if it fills at least [`MIN_BATCH_FILL`] of its width, up to
+/// `max_lines` per batch. Lines narrower than the model's 320-column minimum count as
+/// that minimum, since they are padded to it anyway: short lines still share a batch.
+pub fn batches(ratios: &[f32], max_lines: usize) -> Vec<Vec<usize>> {
+    let padded = |i: usize| ratios[i].max(MIN_RATIO);
+    let mut order: Vec<usize> = (0..ratios.len()).collect();
+    order.sort_by(|&a, &b| padded(b).total_cmp(&padded(a)));
+    let mut batches: Vec<Vec<usize>> = Vec::new();
+    for i in order {
+        match batches.last_mut() {
+            Some(batch)
+                if batch.len() < max_lines.max(1)
+                    && padded(i) >= MIN_BATCH_FILL * padded(batch[0]) =>
+            {
+                batch.push(i)
+            }
+            _ => batches.push(vec![i]),
+        }
+    }
+    batches
+}
+
 /// A batch tensor (N, 3, 48, W) for lines of similar ratios: each line scaled to height
 /// 48, BGR, normalised to [-1, 1], left-aligned and zero-padded to the batch width.
 pub fn batch(lines: &[&RgbImage]) -> (Vec<f32>, usize) {
@@ -136,6 +167,29 @@ pub fn decode(probabilities: &[f32], classes: usize, charset: &Charset) -> (Stri
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn batches_keep_padding_under_a_tenth_and_group_lines_under_the_minimum_width() {
+        let columns = |ratio: f32| ratio * LINE_HEIGHT as f32;
+        let ratio = |columns: f32| columns / LINE_HEIGHT as f32;
+        // Two caption lines of 283 and 428 columns: alone, 320 + 428 columns are read
+        // instead of 2 × 428.
+        assert_eq!(batches(&[ratio(283.0), ratio(428.0)], 6), vec![vec![1], vec![0]]);
+        // Lines within a tenth of each other share a batch; under 320 they all count as 320.
+        let ratios = [ratio(371.0), ratio(195.0), ratio(269.0), ratio(301.0), ratio(360.0)];
+        assert_eq!(batches(&ratios, 6), vec![vec![0, 4], vec![1, 2, 3]]);
+        // At most `max_lines` per batch.
+        let same = [ratio(100.0); 5];
+        assert_eq!(batches(&same, 2), vec![vec![0, 1], vec![2, 3], vec![4]]);
+        assert!(batches(&[], 6).is_empty());
+        // Every batch's padding stays under a tenth of what it reads.
+        for batch in batches(&ratios, 6) {
+            let width = columns(ratios[batch[0]].max(MIN_RATIO));
+            for &i in &batch {
+                assert!(columns(ratios[i].max(MIN_RATIO)) >= MIN_BATCH_FILL * width);
+            }
+        }
+    }
 
     #[test]
     fn ctc_collapses_repeats_and_drops_blanks() {
