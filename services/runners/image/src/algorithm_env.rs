@@ -84,8 +84,9 @@ pub fn path(name: &str, context: &LoadContext, default: &str) -> PathBuf {
     }
 }
 
-/// The ONNX Runtime, loaded from the models folder (or `ORT_DYLIB_PATH`), with
-/// `PLUGWORKER_ONNX_THREADS` threads per inference (default, or 0: one per core).
+/// The ONNX Runtime, loaded from the models folder (or `ORT_DYLIB_PATH`), with one
+/// intra-op thread pool of `PLUGWORKER_ONNX_THREADS` threads shared by every model
+/// (default, or 0: one per core).
 pub fn onnx_runtime(context: &LoadContext) -> Result<&'static Runtime, LoadError> {
     let threads: usize = parse("PLUGWORKER_ONNX_THREADS", 0)?;
     let models_dir = context.model_path("cache");
