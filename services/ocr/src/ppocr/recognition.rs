@@ -174,9 +174,18 @@ mod tests {
         let ratio = |columns: f32| columns / LINE_HEIGHT as f32;
         // Two caption lines of 283 and 428 columns: alone, 320 + 428 columns are read
         // instead of 2 × 428.
-        assert_eq!(batches(&[ratio(283.0), ratio(428.0)], 6), vec![vec![1], vec![0]]);
+        assert_eq!(
+            batches(&[ratio(283.0), ratio(428.0)], 6),
+            vec![vec![1], vec![0]]
+        );
         // Lines within a tenth of each other share a batch; under 320 they all count as 320.
-        let ratios = [ratio(371.0), ratio(195.0), ratio(269.0), ratio(301.0), ratio(360.0)];
+        let ratios = [
+            ratio(371.0),
+            ratio(195.0),
+            ratio(269.0),
+            ratio(301.0),
+            ratio(360.0),
+        ];
         assert_eq!(batches(&ratios, 6), vec![vec![0, 4], vec![1, 2, 3]]);
         // At most `max_lines` per batch.
         let same = [ratio(100.0); 5];
