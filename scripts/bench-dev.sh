@@ -7,7 +7,8 @@
 #    warm, one image at a time, decode included.
 # 2. The same images go through `plugworker dev` as jobs, one job at a time
 #    (`--max-in-flight 1`), each image 6 times per algorithm; the runner's own run time
-#    of every job (`timings.run_ms`: payload decoded, image decoded, algorithm run) is
+#    of every job (`timings.run_ms`: from the run slot to the answer, so base64 and image
+#    decoding and the algorithm, not the gRPC hop, JSON parsing or schema validation) is
 #    read from the results. Each algorithm's first job is left out (warm-up, as the
 #    benchmark does).
 #

@@ -21,6 +21,10 @@ source scripts/env.sh
 
 requests="${BENCH_H2LOAD_REQUESTS:-100000}"
 rounds="${BENCH_H2LOAD_ROUNDS:-3}"
+if ! [ "$rounds" -ge 1 ] 2>/dev/null; then
+  echo "bench-kit: BENCH_H2LOAD_ROUNDS must be a whole number >= 1 (got '$rounds')" >&2
+  exit 2
+fi
 connections="${BENCH_H2LOAD_CLIENTS:-8}"
 
 if ! command -v h2load >/dev/null || ! command -v nghttp >/dev/null; then
@@ -112,6 +116,7 @@ start_servers() {
 stop_servers() {
   kill "$kit_pid" "$bare_pid" 2>/dev/null || true
   wait "$kit_pid" "$bare_pid" 2>/dev/null || true
+  pids=() # stopped: the exit trap must not signal these PIDs again
 }
 
 ok_runs() {
@@ -182,11 +187,13 @@ echo "== h2load: request bytes checked with nghttp on both servers (grpc-status 
 # throughput, with neither side taking CPU time from the other (what the ratio is about).
 # Placement 2, no pinning: servers and h2load share every CPU, as in the first measurement
 # of this hop; on 2 cores the load generator's share moves the figures more.
-cpus="$(nproc)"
-if [ "$cpus" -ge 2 ]; then
-  h2load_prefix=(taskset -c 0)
-  start_servers taskset -c "$((cpus - 1))"
-  measure "one CPU each (server on CPU $((cpus - 1)), h2load on CPU 0)"
+# The CPUs this script may use (a cpuset may not start at 0): the first for h2load, the
+# last for the servers.
+read -r first_cpu last_cpu < <(python3 -c 'import os; c = sorted(os.sched_getaffinity(0)); print(c[0], c[-1])')
+if [ "$first_cpu" != "$last_cpu" ]; then
+  h2load_prefix=(taskset -c "$first_cpu")
+  start_servers taskset -c "$last_cpu"
+  measure "one CPU each (server on CPU $last_cpu, h2load on CPU $first_cpu)"
   stop_servers
 fi
 h2load_prefix=()

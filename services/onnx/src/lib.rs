@@ -14,9 +14,9 @@
 //! pool), not a pool per session. A runner holds several sessions (OCR's detector and
 //! recogniser, the meme embedder), and ONNX Runtime's threads spin for a while after each
 //! operator: with a pool per session, the detector's pool was still spinning while the
-//! recogniser ran, and on 2 cores that took half the CPU from it. With one pool, OCR p50
-//! went from ~130–150 ms to ~73 ms in the same bench; turning spinning off in per-session
-//! pools gave ~77 ms but cost the lone meme embedder ~1 ms (docs/benchmarks.md).
+//! recogniser ran, and on 2 cores that took half the CPU from it. With one pool, OCR p50 on
+//! the bench set went from 130 ms to 72 ms; turning spinning off in per-session pools gave
+//! 75–78 ms but made the meme embedder 1–2 ms slower (docs/benchmarks.md).
 
 use sha2::{Digest, Sha256};
 use std::path::{Path, PathBuf};
@@ -112,8 +112,11 @@ impl Runtime {
         let builder = ort::init_from(&requested).map_err(|e| library_error(e.to_string()))?;
         // One intra-op pool for every session (see the module docs); sessions opened in
         // this environment use it instead of starting their own.
+        // Sessions run their operators one after another, so the inter-op pool (which the
+        // global options would otherwise size to the core count) gets one thread.
         let pool = GlobalThreadPoolOptions::default()
             .with_intra_threads(intra_threads)
+            .and_then(|pool| pool.with_inter_threads(1))
             .and_then(|pool| pool.with_spin_control(true))
             .map_err(|e| library_error(e.to_string()))?;
         let environment = builder

@@ -80,7 +80,8 @@ pub fn ratio(line: &RgbImage) -> f32 {
     line.width() as f32 / line.height() as f32
 }
 
-/// Share of a batch's width a line must fill to join it: at most a tenth of what the
+/// Share of a batch's width a line must fill to join it: beyond the model's 320-column
+/// minimum (padding every batch has anyway), at most a tenth of what the
 /// recogniser reads in a batch is padding.
 pub const MIN_BATCH_FILL: f32 = 0.9;
 
@@ -169,7 +170,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batches_keep_padding_under_a_tenth_and_group_lines_under_the_minimum_width() {
+    fn batches_keep_padding_beyond_the_minimum_under_a_tenth_and_group_short_lines() {
         let columns = |ratio: f32| ratio * LINE_HEIGHT as f32;
         let ratio = |columns: f32| columns / LINE_HEIGHT as f32;
         // Two caption lines of 283 and 428 columns: alone, 320 + 428 columns are read
@@ -191,7 +192,7 @@ mod tests {
         let same = [ratio(100.0); 5];
         assert_eq!(batches(&same, 2), vec![vec![0, 1], vec![2, 3], vec![4]]);
         assert!(batches(&[], 6).is_empty());
-        // Every batch's padding stays under a tenth of what it reads.
+        // Beyond the 320-column minimum, every batch's padding stays under a tenth.
         for batch in batches(&ratios, 6) {
             let width = columns(ratios[batch[0]].max(MIN_RATIO));
             for &i in &batch {
