@@ -75,8 +75,8 @@ impl Runner for RunnerService {
                 .get_or_init(|| AlgorithmMetrics::new(&state.metrics, described.entry.name))
         });
         let in_flight = metrics.map(AlgorithmMetrics::in_flight);
-        // Stamped by `deadline::StampArrival` as the headers came in; the clock is read
-        // once here for the queue time, the deadline and the duration metric alike.
+        // Stamped by `deadline::StampArrival` as the headers came in: that one clock
+        // read serves the queue time, the deadline and the duration metric alike.
         let received = request
             .extensions()
             .get::<deadline::ArrivedAt>()
