@@ -26,8 +26,11 @@ else
   done
 fi
 # Only what the demo runs: the plugworker command and the two deployable runners (the
-# test command builds the rest). Cargo shows its own progress.
+# test command builds the rest), without their default features, i.e. without what the
+# demo never touches: the AWS SDK (SQS, the S3 claim-check, `image_s3` inputs) and the
+# optional ocrs engine. A quarter of the crates and the longest builds go
+# (docs/benchmarks.md, First run). Cargo shows its own progress.
 echo "==> building plugworker, image-runner and nlp-runner (first time: a few minutes)"
-cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins
+cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins --no-default-features
 echo "==> plugworker dev --jobs $jobs"
 "$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --results - --max-attempts 3 --runner-wait 3s

@@ -11,6 +11,12 @@ use std::process::ExitCode;
 /// are routed to whichever healthy runner serves the algorithm they name.
 #[derive(Parser, Debug)]
 #[command(name = "plugworker", version, propagate_version = true)]
+#[cfg_attr(
+    not(feature = "aws"),
+    command(
+        after_help = "This build has no AWS support (built without the `aws` feature, as scripts/demo.sh builds it): the SQS commands `controller`, `submit` and `results` need the default build (`cargo build -p plugworker-cli`)."
+    )
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -37,10 +43,13 @@ pub enum Command {
     Algorithms(commands::algorithms::Args),
     /// Run one algorithm now on a healthy runner found through Consul, and print the result.
     Call(commands::call::Args),
+    #[cfg(feature = "aws")]
     /// Run the controller: jobs from SQS, runners from Consul, results to SQS.
     Controller(commands::controller::Args),
+    #[cfg(feature = "aws")]
     /// Put a job on the jobs queue; prints its message id.
     Submit(commands::submit::Args),
+    #[cfg(feature = "aws")]
     /// Print (and remove) results from the results queue.
     Results(commands::results::Args),
     /// Run everything on this machine: embedded registry, this build's runners and the
@@ -56,7 +65,10 @@ pub fn main() -> ExitCode {
     // Traces name the role, not the binary: the producer and the controller are both
     // `plugworker`. A health probe runs every few seconds and has nothing to trace or log.
     let service_name = match &cli.command {
-        Command::Controller(_) | Command::Dev(_) => "plugworker-controller",
+        Command::Dev(_) => "plugworker-controller",
+        #[cfg(feature = "aws")]
+        Command::Controller(_) => "plugworker-controller",
+        #[cfg(feature = "aws")]
         Command::Submit(_) => "plugworker-submit",
         _ => "plugworker",
     };
@@ -74,8 +86,11 @@ pub fn main() -> ExitCode {
             Command::Registry(args) => commands::registry::run(args).await,
             Command::Algorithms(args) => commands::algorithms::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
+            #[cfg(feature = "aws")]
             Command::Controller(args) => commands::controller::run(args).await,
+            #[cfg(feature = "aws")]
             Command::Submit(args) => commands::submit::run(args).await,
+            #[cfg(feature = "aws")]
             Command::Results(args) => commands::results::run(args).await,
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,

@@ -4,6 +4,7 @@
 use plugworker_lifecycle::Backoff;
 use std::time::Duration;
 
+#[cfg(feature = "sqs")]
 /// Where the queues are.
 #[derive(clap::Args, Debug, Clone)]
 pub struct QueueArgs {
@@ -29,6 +30,7 @@ pub struct QueueArgs {
     pub payload: plugworker_claim_check::PayloadArgs,
 }
 
+#[cfg(feature = "sqs")]
 /// How to reach SQS; shared by every command that talks to a queue.
 #[derive(clap::Args, Debug, Clone)]
 pub struct SqsArgs {
@@ -40,6 +42,7 @@ pub struct SqsArgs {
     pub region: Option<String>,
 }
 
+#[cfg(feature = "sqs")]
 impl SqsArgs {
     /// An SQS client from the standard AWS configuration chain, with these overrides.
     pub async fn client(&self) -> aws_sdk_sqs::Client {
@@ -47,6 +50,7 @@ impl SqsArgs {
     }
 }
 
+#[cfg(feature = "sqs")]
 /// `plugworker controller`'s flags: where the queues and Consul are, and how jobs run.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ControllerArgs {

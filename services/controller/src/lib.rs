@@ -3,7 +3,8 @@
 //! runners serve what, live, from Consul.
 //!
 //! - [`queue`]: what the controller needs of a queue and a result destination;
-//!   [`sqs`] implements them on Amazon SQS, [`memory`] in process (`plugworker dev`).
+//!   [`sqs`] implements them on Amazon SQS (the `sqs` feature, on by default: it brings the
+//!   AWS SDK), [`memory`] in process (`plugworker dev`).
 //! - [`dispatch`]: instance choice (power of two choices), connections, retry elsewhere.
 //! - [`classify`] maps a gRPC status to an error class.
 //! - [`controller`] is the job loop and its delivery rules.
@@ -16,16 +17,21 @@ pub mod dispatch;
 pub mod memory;
 pub mod metrics;
 pub mod queue;
+#[cfg(feature = "sqs")]
 pub mod sqs;
 
-pub use config::{ControllerArgs, MeshArgs, QueueArgs, SqsArgs};
+pub use config::MeshArgs;
+#[cfg(feature = "sqs")]
+pub use config::{ControllerArgs, QueueArgs, SqsArgs};
 pub use controller::{Controller, Settings};
 pub use dispatch::{Dispatcher, Transport};
 
+#[cfg(feature = "sqs")]
 use anyhow::Context as _;
 use plugworker_consul_client::{ConsulClient, Resolver};
 use std::sync::Arc;
 
+#[cfg(feature = "sqs")]
 /// Connects the controller to SQS and Consul, ready to [`Controller::run`]; also returns
 /// its metrics. The queues are checked first ([`sqs::StartupError`] names the attribute
 /// at fault).

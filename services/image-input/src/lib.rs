@@ -34,6 +34,7 @@ use plugworker_kit::{RunContext, RunError};
 use schemars::JsonSchema;
 use serde::Deserialize;
 use std::io::Cursor;
+#[cfg(feature = "s3")]
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -248,6 +249,7 @@ pub struct ImageLoader {
     limits: ImageLimits,
     http: reqwest::Client,
     /// Made on first use of `image_s3`: a runner that never sees one needs no AWS setup.
+    #[cfg(feature = "s3")]
     s3: Arc<tokio::sync::OnceCell<aws_sdk_s3::Client>>,
 }
 
@@ -259,11 +261,13 @@ impl ImageLoader {
         Ok(Self {
             limits,
             http,
+            #[cfg(feature = "s3")]
             s3: Arc::new(tokio::sync::OnceCell::new()),
         })
     }
 
     /// A loader reading `image_s3` objects with `client`.
+    #[cfg(feature = "s3")]
     pub fn with_s3_client(
         limits: ImageLimits,
         client: aws_sdk_s3::Client,
@@ -287,8 +291,13 @@ impl ImageLoader {
             Source::Base64(encoded) => decode_base64(encoded, self.limits.max_bytes),
             Source::S3(reference) => {
                 let location = reference.location()?;
-                let client = self.s3.get_or_init(s3::client_from_env).await;
-                s3::fetch(client, &self.limits, &location).await
+                #[cfg(feature = "s3")]
+                {
+                    let client = self.s3.get_or_init(s3::client_from_env).await;
+                    s3::fetch(client, &self.limits, &location).await
+                }
+                #[cfg(not(feature = "s3"))]
+                Err(s3::unsupported(&location))
             }
         }
     }

@@ -7,8 +7,17 @@
 //! style (`endpoint/bucket/key`), which every S3-compatible server answers, instead of a
 //! bucket host name.
 
-use crate::{ImageLimits, append_capped, shown};
+//!
+//! Reading the object needs the AWS SDK, which the `s3` feature (on by default) brings.
+//! Without it references are still parsed and checked, and reading one is a clear,
+//! permanent error ([`unsupported`]).
+
+use crate::shown;
+#[cfg(feature = "s3")]
+use crate::{ImageLimits, append_capped};
+#[cfg(feature = "s3")]
 use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+#[cfg(feature = "s3")]
 use aws_sdk_s3::operation::get_object::GetObjectError;
 use plugworker_kit::RunError;
 use schemars::JsonSchema;
@@ -128,7 +137,17 @@ fn check_bucket(bucket: &str) -> Result<(), RunError> {
     Ok(())
 }
 
+/// The answer to an `image_s3` input in a build without the `s3` feature: the job cannot
+/// run on this runner, and saying why beats a generic failure.
+#[cfg(not(feature = "s3"))]
+pub(crate) fn unsupported(location: &S3Location) -> RunError {
+    RunError::Unprocessable(format!(
+        "image_s3 {location} cannot be read: this runner was built without S3 support (the `s3` feature of image-runner, on by default; scripts/demo.sh builds without it). Send the image as image_base64 or image_url, or run a default build"
+    ))
+}
+
 /// A client from the standard AWS configuration of the environment.
+#[cfg(feature = "s3")]
 pub(crate) async fn client_from_env() -> aws_sdk_s3::Client {
     let shared = aws_config::defaults(aws_config::BehaviorVersion::latest())
         .load()
@@ -148,6 +167,7 @@ pub(crate) async fn client_from_env() -> aws_sdk_s3::Client {
 }
 
 /// The object's bytes, at most `limits.max_bytes` of them, within `limits.fetch_timeout`.
+#[cfg(feature = "s3")]
 pub(crate) async fn fetch(
     client: &aws_sdk_s3::Client,
     limits: &ImageLimits,
@@ -206,6 +226,7 @@ pub(crate) async fn fetch(
 
 /// S3 error codes that can heal on their own: throttling, S3's own trouble, and
 /// credentials the runner is about to refresh.
+#[cfg(feature = "s3")]
 const TRANSIENT_CODES: &[&str] = &[
     "SlowDown",
     "Throttling",
@@ -220,6 +241,7 @@ const TRANSIENT_CODES: &[&str] = &[
 
 /// Errors that concern the runner's own credentials, not the job: another runner (or
 /// this one, once its credentials are fixed or refreshed) may succeed.
+#[cfg(feature = "s3")]
 const RUNNER_CREDENTIAL_CODES: &[&str] = &[
     "InvalidAccessKeyId",
     "SignatureDoesNotMatch",
@@ -227,6 +249,7 @@ const RUNNER_CREDENTIAL_CODES: &[&str] = &[
 ];
 
 /// Which class a failed GetObject belongs to, with the bucket and key named.
+#[cfg(feature = "s3")]
 fn classify(error: SdkError<GetObjectError>, location: &S3Location) -> RunError {
     let detail = DisplayErrorContext(&error).to_string();
     match &error {

@@ -2,13 +2,16 @@
 
 pub mod algorithms;
 pub mod call;
+#[cfg(feature = "aws")]
 pub mod controller;
 pub mod dev;
 pub mod dev_mesh;
 pub mod healthcheck;
 pub mod registry;
+#[cfg(feature = "aws")]
 pub mod results;
 pub mod runner_link;
+#[cfg(feature = "aws")]
 pub mod submit;
 
 /// Resolves when SIGTERM or SIGINT arrives (and logs which).

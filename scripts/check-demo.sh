@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The README's first command, checked: runs scripts/demo.sh exactly as a new user does
+# (its lean build: no AWS SDK, no ocrs engine) and fails unless every demo job got the
+# one final result it should, then checks that the lean build says clearly what it
+# lacks: an `image_s3` job gets a permanent error naming the missing feature, and the
+# SQS commands are absent with a note in `--help`. Run by scripts/test.sh.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+source scripts/env.sh
+
+work="$(mktemp -d)"
+trap 'rm -rf "$work"' EXIT
+
+echo "check-demo: scripts/demo.sh"
+scripts/demo.sh >"$work/demo.out" 2>"$work/demo.err" || {
+  tail -n 40 "$work/demo.err" >&2
+  echo "check-demo: scripts/demo.sh failed" >&2
+  exit 1
+}
+python3 - "$work/demo.out" <<'PY'
+import json, sys
+results = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+by_id = {r["job_id"]: r for r in results}
+problems = []
+def expect(condition, what):
+    if not condition:
+        problems.append(what)
+
+# One result per job: 9 jobs with ids and the line that is not JSON (no id).
+expect(len(results) == 10, f"10 results expected, got {len(results)}")
+expect(len(by_id) == 10, "a job id appears twice (or not at all)")
+for job, language in [("english", "en"), ("french", "fr"), ("german", "de"),
+                      ("spanish", "es"), ("japanese", "ja")]:
+    r = by_id.get(job, {})
+    expect(r.get("status") == "ok" and r["result"]["language"] == language,
+           f"{job}: language {language} expected, got {json.dumps(r)[:300]}")
+for job, code in [("wrong-type", "invalid_payload"), ("unknown-algorithm", "no_runner"),
+                  (None, "bad_json")]:
+    r = by_id.get(job, {})
+    expect(r.get("status") == "error" and r["error"]["code"] == code,
+           f"{job}: error {code} expected, got {json.dumps(r)[:300]}")
+meme = by_id.get("meme-meme_classifier", {})
+expect(meme.get("status") == "ok" and meme["result"]["label"] == "chelsea-the-cat",
+       f"meme_classifier: chelsea-the-cat expected, got {json.dumps(meme)[:300]}")
+ocr = by_id.get("meme-ocr", {})
+expect(ocr.get("status") == "ok"
+       and ocr["result"]["text"] == "WHEN THE JOB\nFINALLY REACHES THE\nRUNNER",
+       f"ocr: the demo meme's three caption lines expected, got {json.dumps(ocr)[:300]}")
+if problems:
+    sys.exit("check-demo: the demo's results are wrong:\n  " + "\n  ".join(problems))
+print(f"check-demo: {len(results)} results, each as expected")
+PY
+
+echo "check-demo: the lean build refuses image_s3 clearly"
+printf '%s\n' '{"id": "from-s3", "algorithm": "meme_classifier", "payload": {"image_s3": "s3://some-bucket/meme.jpg"}}' >"$work/s3.jsonl"
+"$PLUGWORKER_BIN/plugworker" dev --jobs "$work/s3.jsonl" --results "$work/s3-results.jsonl" \
+  --format json --runner image-runner --runner-wait 60s 2>"$work/s3.err" >/dev/null || {
+  tail -n 40 "$work/s3.err" >&2
+  exit 1
+}
+python3 - "$work/s3-results.jsonl" <<'PY'
+import json, sys
+results = [json.loads(line) for line in open(sys.argv[1])]
+ok = (len(results) == 1 and results[0]["status"] == "error"
+      and results[0]["error"]["class"] == "permanent"
+      and "built without S3 support" in results[0]["error"]["message"])
+if not ok:
+    sys.exit(f"check-demo: image_s3 on the lean build: a permanent error naming the missing S3 support expected, got {results}")
+print("check-demo: image_s3 ->", results[0]["error"]["message"][:120], "...")
+PY
+
+help="$("$PLUGWORKER_BIN/plugworker" --help)"
+if grep -qE '^  (controller|submit|results) ' <<<"$help" || ! grep -q "no AWS support" <<<"$help"; then
+  echo "check-demo: the lean plugworker should list no SQS command and say why; --help was:" >&2
+  echo "$help" >&2
+  exit 1
+fi
+echo "check-demo: the lean build's --help says the SQS commands need the default build"
