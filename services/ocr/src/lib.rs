@@ -14,6 +14,7 @@ mod geometry;
 #[cfg(feature = "ocrs")]
 mod ocrs_engine;
 mod ppocr;
+mod regions;
 
 pub use geometry::Quad;
 #[cfg(feature = "ocrs")]

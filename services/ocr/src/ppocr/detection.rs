@@ -7,9 +7,9 @@
 //! to the input image.
 
 use crate::geometry::{Quad, distance, inside_convex, min_area_rect, order_corners};
+use crate::regions::region_boundaries;
 use image::RgbImage;
 use image::imageops::FilterType;
-use imageproc::contours::{BorderType, find_contours};
 
 #[derive(Clone, Debug)]
 pub struct DetectionConfig {
@@ -109,29 +109,20 @@ pub fn boxes(
     // Threshold, then dilate with a 2×2 kernel (OpenCV anchors it at its centre, so a
     // pixel is set when it or its left, upper or upper-left neighbour is text).
     let text = |x: usize, y: usize| probabilities[y * map_width + x] > config.pixel_threshold;
-    let mask = image::GrayImage::from_fn(map_width as u32, map_height as u32, |x, y| {
-        let (x, y) = (x as usize, y as usize);
-        let set = text(x, y)
-            || (x > 0 && text(x - 1, y))
-            || (y > 0 && text(x, y - 1))
-            || (x > 0 && y > 0 && text(x - 1, y - 1));
-        image::Luma([if set { 255 } else { 0 }])
-    });
+    let mask: Vec<bool> = (0..map_width * map_height)
+        .map(|i| {
+            let (x, y) = (i % map_width, i / map_width);
+            text(x, y)
+                || (x > 0 && text(x - 1, y))
+                || (y > 0 && text(x, y - 1))
+                || (x > 0 && y > 0 && text(x - 1, y - 1))
+        })
+        .collect();
     let (source_width, source_height) = (source.0 as f32, source.1 as f32);
     let scale_x = source_width / map_width as f32;
     let scale_y = source_height / map_height as f32;
     let mut found = Vec::new();
-    let contours = find_contours::<i32>(&mask);
-    for contour in contours
-        .iter()
-        .filter(|c| c.border_type == BorderType::Outer)
-        .take(config.max_candidates)
-    {
-        let points: Vec<[f32; 2]> = contour
-            .points
-            .iter()
-            .map(|p| [p.x as f32, p.y as f32])
-            .collect();
+    for points in region_boundaries(&mask, map_width, map_height, config.max_candidates) {
         let Some(rect) = min_area_rect(&points) else {
             continue;
         };
