@@ -98,7 +98,7 @@ mod tests {
                 random.next() as usize % width,
                 random.next() as usize % height,
             );
-            let value = random.next() % 4 != 0;
+            let value = !random.next().is_multiple_of(4);
             for y in y0..(y0 + h).min(height) {
                 for x in x0..(x0 + w).min(width) {
                     mask[y * width + x] = value;
