@@ -3,7 +3,8 @@
 # (its lean build: no AWS SDK, no ocrs engine) and fails unless every demo job got the
 # one final result it should, then checks that the lean build says clearly what it
 # lacks: an `image_s3` job gets a permanent error naming the missing feature, and the
-# SQS commands are absent with a note in `--help`. Run by scripts/test.sh.
+# SQS commands are absent with a note in `--help`, and neither the AWS SDK nor the ocrs
+# engine is in that build. Run by scripts/test.sh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -11,24 +12,42 @@ source scripts/env.sh
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
+echo "check-demo: the lean build has no AWS SDK and no ocrs engine"
+demo_packages=(-p plugworker-cli -p image-runner -p nlp-runner)
+lean="$(cargo tree --locked "${demo_packages[@]}" --no-default-features -e normal,build --prefix none)"
+full="$(cargo tree --locked "${demo_packages[@]}" -e normal,build --prefix none)"
+for crate in aws-config aws-sdk-sqs aws-sdk-s3 aws-smithy-runtime aws-lc-sys rten ocrs; do
+  if ! grep -q "^$crate v" <<<"$full"; then
+    echo "check-demo: $crate is not in the default build either; is its name right?" >&2
+    exit 1
+  fi
+  if grep -q "^$crate v" <<<"$lean"; then
+    echo "check-demo: $crate is in the demo's lean build; what brings it:" >&2
+    cargo tree --locked "${demo_packages[@]}" --no-default-features -e normal,build -i "$crate" >&2
+    exit 1
+  fi
+done
+
 echo "check-demo: scripts/demo.sh"
 scripts/demo.sh >"$work/demo.out" 2>"$work/demo.err" || {
   tail -n 40 "$work/demo.err" >&2
   echo "check-demo: scripts/demo.sh failed" >&2
   exit 1
 }
-python3 - "$work/demo.out" <<'PY'
+python3 - "$work/demo.out" scripts/demo-jobs.jsonl <<'PY'
 import json, sys
 results = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
+# One result per line of the jobs file (a line that is not JSON too), plus the two jobs
+# demo.sh adds for its meme.
+jobs = sum(1 for line in open(sys.argv[2]) if line.strip()) + 2
 by_id = {r["job_id"]: r for r in results}
 problems = []
 def expect(condition, what):
     if not condition:
         problems.append(what)
 
-# One result per job: 9 jobs with ids and the line that is not JSON (no id).
-expect(len(results) == 10, f"10 results expected, got {len(results)}")
-expect(len(by_id) == 10, "a job id appears twice (or not at all)")
+expect(len(results) == jobs, f"{jobs} results expected, got {len(results)}")
+expect(len(by_id) == jobs, "a job id appears twice (or not at all)")
 for job, language in [("english", "en"), ("french", "fr"), ("german", "de"),
                       ("spanish", "es"), ("japanese", "ja")]:
     r = by_id.get(job, {})

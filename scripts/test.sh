@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The test command (README, and what CI runs): formatting and lints, the deployment
 # checks, then every test of the workspace (unit, conformance, and real-process
-# integration tests) with cargo-nextest, and last the demo, its results checked.
+# integration tests) with cargo-nextest; the demo runs too, its results checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -12,13 +12,18 @@ cargo fmt --all --check
 # cargo fmt does not follow: check them by name so a misformatted algorithm fails here.
 rustfmt --check --edition 2024 services/runners/*/src/algorithms/*.rs
 cargo clippy --workspace --all-targets --locked -- -D warnings
-# The demo's lean build (scripts/demo.sh: without the AWS SDK and the ocrs engine).
+# The demo's lean build (scripts/demo.sh: without the AWS SDK and the ocrs engine), its
+# binaries and the libraries whose features it leaves out.
 cargo clippy -p plugworker-cli -p image-runner -p nlp-runner --no-default-features --bins --locked -- -D warnings
+cargo clippy -p plugworker-controller -p plugworker-claim-check -p plugworker-image-input \
+  -p plugworker-ocr --no-default-features --lib --locked -- -D warnings
+# The README's first command, end to end, with its results checked. Before the workspace
+# build: the demo's lean binaries land in the same folder, and the full build below
+# replaces them, so the tests (and whatever runs next) find the full binaries.
+scripts/check-demo.sh
 # Integration tests start the workspace's binaries as real processes: build them first.
 cargo build --workspace --bins --locked
 # Deployment files: HCL rules, checkov, compose against the binaries' --help, and the
 # tests proving each check can fail.
 scripts/check-deploy.sh
 cargo nextest run --workspace --locked
-# The README's first command, end to end, with its results checked.
-scripts/check-demo.sh

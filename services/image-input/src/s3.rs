@@ -142,7 +142,7 @@ fn check_bucket(bucket: &str) -> Result<(), RunError> {
 #[cfg(not(feature = "s3"))]
 pub(crate) fn unsupported(location: &S3Location) -> RunError {
     RunError::Unprocessable(format!(
-        "image_s3 {location} cannot be read: this runner was built without S3 support (the `s3` feature of image-runner, on by default; scripts/demo.sh builds without it). Send the image as image_base64 or image_url, or run a default build"
+        "image_s3 {location} cannot be read: this runner was built without S3 support (cargo feature `s3`, on by default; scripts/demo.sh builds without it). Send the image as image_base64 or image_url, or run a default build"
     ))
 }
 

@@ -1,8 +1,9 @@
 //! Connected regions of a binary mask: the candidate text regions of DB detection.
 //!
-//! PaddleOCR traces each region's outer border (OpenCV's `findContours`, Suzuki–Abe
-//! border following) and keeps only its minimum-area rectangle, which depends on nothing
-//! but the region's convex hull. So a region is found here by a flood fill and described
+//! PaddleOCR traces the regions' borders (OpenCV's `findContours`, Suzuki–Abe border
+//! following) and boxes each border by its minimum-area rectangle; here only each
+//! region's outer border counts (docs/ocr.md), and its rectangle depends on nothing but
+//! the region's convex hull. So a region is found here by a flood fill and described
 //! by its boundary pixels: every hull vertex of a region is a boundary pixel on its outer
 //! border (the 4-neighbour beyond it in the hull's outward direction is unset and outside
 //! the region), so the boundary, the outer border and the whole region have the same
