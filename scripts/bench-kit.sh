@@ -5,14 +5,14 @@
 # 1. The project's own Rust client (benches/kit_overhead.rs): round trips/s, p50/p99.
 # 2. A neutral load generator, h2load (Debian's nghttp2-client), over h2c: 8 connections,
 #    one stream each, a fixed number of gRPC calls per round, kit and bare alternating
-#    (3 rounds each, medians), in two placements: the servers pinned to one CPU and
+#    (5 rounds each, which goes first alternating too; medians), in two placements: the servers pinned to one CPU and
 #    h2load to another, then everything sharing all CPUs. h2load only knows HTTP statuses, so the script checks the gRPC outcome itself:
 #    once per server with nghttp (grpc-status 0 and the echoed message in the reply), and
 #    on the kit for every call, from its own metrics (runs counted with code="ok" must equal
 #    the calls sent).
 #
 # Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_ROUNDS
-# (rounds per server and placement, default 3), BENCH_H2LOAD_CLIENTS
+# (rounds per server and placement, default 5), BENCH_H2LOAD_CLIENTS
 # (connections, default 8), BENCH_KIT_RUST_CLIENT=0 to skip measurement 1; the Rust
 # bench's own variables (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONCURRENCY) apply to it.
 set -euo pipefail
@@ -20,7 +20,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 requests="${BENCH_H2LOAD_REQUESTS:-100000}"
-rounds="${BENCH_H2LOAD_ROUNDS:-3}"
+rounds="${BENCH_H2LOAD_ROUNDS:-5}"
 if ! [ "$rounds" -ge 1 ] 2>/dev/null; then
   echo "bench-kit: BENCH_H2LOAD_ROUNDS must be a whole number >= 1 (got '$rounds')" >&2
   exit 2
@@ -155,8 +155,15 @@ measure() {
   before="$(ok_runs)"
   echo "h2load, $label: $connections connections, 1 stream each, $requests calls per round; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   for round in $(seq "$rounds"); do
-    read -r kit_rps kit_us < <(h2load_round "$kit_port" "$requests" "$kit_pid")
-    read -r bare_rps bare_us < <(h2load_round "$bare_port" "$requests" "$bare_pid")
+    # Which server goes first alternates, so a machine getting slower or faster during
+    # the run does not favour one of them.
+    if [ $((round % 2)) -eq 1 ]; then
+      read -r kit_rps kit_us < <(h2load_round "$kit_port" "$requests" "$kit_pid")
+      read -r bare_rps bare_us < <(h2load_round "$bare_port" "$requests" "$bare_pid")
+    else
+      read -r bare_rps bare_us < <(h2load_round "$bare_port" "$requests" "$bare_pid")
+      read -r kit_rps kit_us < <(h2load_round "$kit_port" "$requests" "$kit_pid")
+    fi
     kit+=("$kit_rps $kit_us")
     bare+=("$bare_rps $bare_us")
     printf '  round %d: kit %7.0f req/s (%5.1f µs CPU/call)   bare %7.0f req/s (%5.1f µs CPU/call)\n' \

@@ -36,6 +36,8 @@ pub enum CatalogError {
 /// An algorithm's published description plus its compiled input validator.
 pub(crate) struct Described {
     pub entry: &'static AlgorithmEntry,
+    /// Position in name order: where [`Catalog::load_all`] puts the loaded algorithm.
+    pub index: usize,
     pub info: AlgorithmInfo,
     pub validator: jsonschema::Validator,
     /// `Run <name>`: the name of the run's server span, built once.
@@ -84,6 +86,8 @@ impl Catalog {
             };
             let described = Described {
                 entry,
+                // Set below, once every name is known.
+                index: 0,
                 info,
                 validator,
                 span_name: format!("Run {}", entry.name),
@@ -95,6 +99,9 @@ impl Catalog {
         }
         if algorithms.is_empty() {
             return Err(CatalogError::Empty);
+        }
+        for (index, described) in algorithms.values_mut().enumerate() {
+            described.index = index;
         }
         Ok(Self { algorithms })
     }
@@ -108,12 +115,13 @@ impl Catalog {
         self.algorithms.values().map(|d| d.info.clone()).collect()
     }
 
-    /// Loads every algorithm, in name order; the first failure names the algorithm.
+    /// Loads every algorithm, in name order (each at its [`Described::index`], so a run
+    /// finds it without a second lookup by name); the first failure names the algorithm.
     pub(crate) fn load_all(
         &self,
         context: &LoadContext,
-    ) -> Result<BTreeMap<&'static str, Arc<dyn LoadedAlgorithm>>, CatalogError> {
-        let mut loaded = BTreeMap::new();
+    ) -> Result<Vec<Arc<dyn LoadedAlgorithm>>, CatalogError> {
+        let mut loaded = Vec::with_capacity(self.algorithms.len());
         for (name, described) in &self.algorithms {
             let started = std::time::Instant::now();
             let algorithm =
@@ -126,7 +134,7 @@ impl Catalog {
                 elapsed_ms = started.elapsed().as_millis() as u64,
                 "algorithm loaded"
             );
-            loaded.insert(*name, algorithm);
+            loaded.push(algorithm);
         }
         Ok(loaded)
     }
@@ -194,7 +202,7 @@ mod tests {
             })
             .unwrap();
         let context = RunContext::new("twice", None);
-        let output = loaded["twice"]
+        let output = loaded[catalog.algorithms["twice"].index]
             .clone()
             .run(serde_json::json!(21.0), context)
             .await

@@ -1,8 +1,9 @@
 //! The caller's deadline, from the `grpc-timeout` header (gRPC over HTTP/2 spec:
 //! up to 8 digits and a unit H, M, S, m, u or n).
 
+use std::sync::LazyLock;
 use std::time::{Duration, Instant};
-use tonic::metadata::MetadataMap;
+use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 
 /// tonic's server applies the same header with its own timer and answers `CANCELLED` when
 /// it fires. The kit's deadline fires earlier, so callers get the `DEADLINE_EXCEEDED` the
@@ -11,15 +12,27 @@ use tonic::metadata::MetadataMap;
 const MIN_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
 const MAX_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(25);
 
-/// When a request's headers arrived, stamped by [`StampArrival`] before the body is read.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct ArrivedAt(pub Instant);
+tokio::task_local! {
+    /// When the headers of the call being served arrived, set by [`StampArrival`] for the
+    /// call's whole future.
+    static ARRIVED: Instant;
+}
 
-/// The Runner service with [`ArrivedAt`] stamped on each request as it enters.
+/// When the headers of the call being served arrived, if [`StampArrival`] serves it.
+pub(crate) fn arrived() -> Option<Instant> {
+    ARRIVED.try_with(|arrived| *arrived).ok()
+}
+
+/// The Runner service with the arrival time of each call stamped before its body is read:
+/// a large image can take a while to arrive, and the caller's `grpc-timeout` counts from
+/// when it sent the headers.
 ///
-/// A wrapper around the one service that reads the stamp, not a `Server::layer`: a server
-/// layer makes tonic box the whole router and clone that box for every request, which cost
-/// about 7 % of the runner hop's throughput under h2load (docs/benchmarks.md).
+/// The stamp is a task-local scoped to the call's future rather than a request extension:
+/// inserting into the extensions map and dropping the entry cost about as much as the
+/// rest of the stamp's work on every call (docs/benchmarks.md, the runner hop under
+/// h2load). It wraps the one service that reads it, not a `Server::layer`: a server layer
+/// makes tonic box the whole router and clone that box for every request, which cost
+/// about 7 % of that hop's throughput.
 #[derive(Clone)]
 pub(crate) struct StampArrival<S>(pub S);
 
@@ -33,7 +46,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = tokio::task::futures::TaskLocalFuture<Instant, S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -42,9 +55,8 @@ where
         self.0.poll_ready(cx)
     }
 
-    fn call(&mut self, mut request: http::Request<B>) -> Self::Future {
-        request.extensions_mut().insert(ArrivedAt(Instant::now()));
-        self.0.call(request)
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
+        ARRIVED.scope(Instant::now(), self.0.call(request))
     }
 }
 
@@ -56,7 +68,10 @@ pub(crate) fn deadline(metadata: &MetadataMap, arrived: Instant) -> Option<Insta
 }
 
 fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
-    parse(metadata.get("grpc-timeout")?.to_str().ok()?)
+    // A key built once: looking up by `&str` validates and lowercases the name per call.
+    static GRPC_TIMEOUT: LazyLock<MetadataKey<Ascii>> =
+        LazyLock::new(|| MetadataKey::from_static("grpc-timeout"));
+    parse(metadata.get(&*GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
 fn parse(value: &str) -> Option<Duration> {
@@ -79,6 +94,29 @@ fn parse(value: &str) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tower::{Service, ServiceExt};
+
+    #[tokio::test]
+    async fn the_wrapped_service_sees_when_the_call_arrived_not_when_it_was_polled() {
+        let inner = tower::service_fn(|_: http::Request<()>| async {
+            Ok::<_, std::convert::Infallible>(arrived())
+        });
+        let mut stamped = StampArrival(inner);
+        let before = Instant::now();
+        let call = stamped.ready().await.unwrap().call(http::Request::new(()));
+        let called = Instant::now();
+        // Polled later, as a call whose body takes a while to arrive would be.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let seen = call
+            .await
+            .unwrap()
+            .expect("the stamp is visible inside the call");
+        assert!(
+            before <= seen && seen <= called,
+            "stamped when called: {seen:?} not in [{before:?}, {called:?}]"
+        );
+        assert_eq!(arrived(), None, "and nowhere outside it");
+    }
 
     #[test]
     fn the_deadline_comes_a_tenth_of_the_timeout_early_within_bounds() {

@@ -90,8 +90,9 @@ impl AlgorithmMetrics {
         InFlight(&self.in_flight)
     }
 
-    /// Counts an answered run; a successful one's duration goes into the histogram.
-    pub fn answered(&self, code: tonic::Code, duration: std::time::Duration) {
+    /// Counts an answered run; a successful one's duration (from arrival to answer) goes
+    /// into the histogram.
+    pub fn answered(&self, code: tonic::Code, duration: Option<std::time::Duration>) {
         let slot = &self.runs_by_code[(code as usize).min(CODES - 1)];
         slot.get_or_init(|| {
             self.runs
@@ -102,7 +103,7 @@ impl AlgorithmMetrics {
                 .clone()
         })
         .inc();
-        if code == tonic::Code::Ok {
+        if let Some(duration) = duration {
             self.run_seconds.observe(duration.as_secs_f64());
         }
     }

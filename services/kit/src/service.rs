@@ -21,11 +21,10 @@ use plugworker_rpc::runner::v1::{
     ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
 };
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 use tonic::{Request, Response, Status};
 use tracing::Instrument;
 
@@ -39,8 +38,8 @@ pub(crate) struct RunnerState {
     pub catalog: Catalog,
     pub service_name: String,
     pub instance_id: String,
-    /// Set once every algorithm has loaded.
-    pub loaded: OnceLock<BTreeMap<&'static str, Arc<dyn LoadedAlgorithm>>>,
+    /// Set once every algorithm has loaded: each at its [`Described::index`].
+    pub loaded: OnceLock<Vec<Arc<dyn LoadedAlgorithm>>>,
     pub draining: AtomicBool,
     pub slots: RunSlots,
     pub metrics: crate::metrics::RunnerMetrics,
@@ -55,19 +54,10 @@ pub(crate) struct RunnerService {
 impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let state = &*self.state;
-        let described = state
-            .catalog
-            .algorithms
-            .get(request.get_ref().algorithm.as_str());
-        let span = server_span(described, &request.get_ref().algorithm, &state.instance_id);
-        // Without a `traceparent` there is no remote parent to extract; skipping the
-        // propagator (a global lock and a context clone) saves that on untraced calls.
-        if request
-            .metadata()
-            .contains_key(plugworker_telemetry::propagation::TRACEPARENT)
-        {
-            plugworker_telemetry::propagation::continue_from_metadata(&span, request.metadata());
-        }
+        let (metadata, _, RunRequest { algorithm, payload }) = request.into_parts();
+        let described = state.catalog.algorithms.get(algorithm.as_str());
+        let span = server_span(described, &algorithm, &state.instance_id);
+        plugworker_telemetry::propagation::continue_from_metadata(&span, &metadata);
         // Unknown names are not labels: a caller must not be able to grow the series set.
         let metrics = described.map(|described| {
             described
@@ -77,17 +67,28 @@ impl Runner for RunnerService {
         let in_flight = metrics.map(AlgorithmMetrics::in_flight);
         // Stamped by `deadline::StampArrival` as the headers came in: that one clock
         // read serves the queue time, the deadline and the duration metric alike.
-        let received = request
-            .extensions()
-            .get::<deadline::ArrivedAt>()
-            .map_or_else(Instant::now, |arrived| arrived.0);
-        let outcome = run_traced(state, described, received, request)
+        let received = deadline::arrived().unwrap_or_else(Instant::now);
+        let deadline = deadline::deadline(&metadata, received);
+        // Only the payload lives on into the run: a smaller future to move around.
+        drop(metadata);
+        let call = Call {
+            requested: &algorithm,
+            received,
+            deadline,
+        };
+        let outcome = run_traced(state, described, call, payload)
             .instrument(span.clone())
             .await;
         drop(in_flight);
-        let code = match &outcome {
-            Ok(_) => tonic::Code::Ok,
-            Err(status) => status.code(),
+        let (code, duration) = match &outcome {
+            // From arrival to answer, as the response reports it: no second clock read.
+            Ok(response) => (
+                tonic::Code::Ok,
+                Some(Duration::from_micros(
+                    response.get_ref().queued_micros + response.get_ref().run_micros,
+                )),
+            ),
+            Err(status) => (status.code(), None),
         };
         span.record("rpc.grpc.status_code", code as i32);
         if let Err(status) = &outcome {
@@ -95,7 +96,7 @@ impl Runner for RunnerService {
             span.record("otel.status_description", status.message());
         }
         if let Some(metrics) = metrics {
-            metrics.answered(code, received.elapsed());
+            metrics.answered(code, duration);
         }
         outcome
     }
@@ -167,31 +168,43 @@ fn gate<'a>(
     state
         .loaded
         .get()
-        .and_then(|loaded| loaded.get(described.entry.name))
+        .and_then(|loaded| loaded.get(described.index))
         .ok_or_else(|| Status::unavailable("runner is still loading its algorithms"))
+}
+
+/// What the run needs to know of its call besides the payload.
+struct Call<'a> {
+    /// The algorithm name as the caller gave it.
+    requested: &'a str,
+    received: Instant,
+    /// When the kit answers `DEADLINE_EXCEEDED`, if the caller set a timeout.
+    deadline: Option<Instant>,
 }
 
 async fn run_traced(
     state: &RunnerState,
     described: Option<&Described>,
-    received: Instant,
-    request: Request<RunRequest>,
+    call: Call<'_>,
+    bytes: Vec<u8>,
 ) -> Result<Response<RunResponse>, Status> {
-    let deadline = deadline::deadline(request.metadata(), received);
-    let request = request.into_inner();
-
+    let Call {
+        requested,
+        received,
+        deadline,
+    } = call;
     let Some(described) = described else {
         return Err(Status::not_found(format!(
-            "algorithm {:?} is not served by {} (it serves: {})",
-            request.algorithm,
+            "algorithm {requested:?} is not served by {} (it serves: {})",
             state.service_name,
             state.catalog.names().join(", ")
         )));
     };
     let algorithm = gate(state, described)?;
 
-    let payload: serde_json::Value = serde_json::from_slice(&request.payload)
+    let payload: serde_json::Value = serde_json::from_slice(&bytes)
         .map_err(|e| Status::invalid_argument(format!("payload is not valid JSON: {e}")))?;
+    // The bytes are not needed past this point; an image's are not kept through its run.
+    drop(bytes);
     let violations = violations(&described.validator, &payload);
     if !violations.is_empty() {
         return Err(Status::invalid_argument(format!(
@@ -290,7 +303,6 @@ mod tests {
     use crate::test_algorithms::Twice;
     use crate::{Algorithm, LoadContext, LoadError};
     use prometheus_client::registry::Registry;
-    use std::time::Duration;
 
     struct Forever;
 

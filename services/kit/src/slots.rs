@@ -29,6 +29,14 @@ struct Held {
 }
 
 impl Slot {
+    fn new(permit: OwnedSemaphorePermit) -> Self {
+        Self(Arc::new(Held {
+            _permit: permit,
+            blocking: AtomicUsize::new(0),
+            abandoned: OnceLock::new(),
+        }))
+    }
+
     /// A share of the slot for one blocking task of the run, held until the task ends.
     pub fn blocking_share(&self) -> BlockingShare {
         self.0.blocking.fetch_add(1, Ordering::AcqRel);
@@ -129,16 +137,17 @@ impl RunSlots {
 
     /// A slot, waiting for one if the queue has room, until `deadline` at the latest.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Slot, Status> {
-        let slot = |permit| {
-            Slot(Arc::new(Held {
-                _permit: permit,
-                blocking: AtomicUsize::new(0),
-                abandoned: OnceLock::new(),
-            }))
-        };
         if let Ok(permit) = self.semaphore.clone().try_acquire_owned() {
-            return Ok(slot(permit));
+            return Ok(Slot::new(permit));
         }
+        // Boxed: the wait's state (a timer, a place in the semaphore's queue) would
+        // otherwise be part of every run's future, which is moved a few times per call,
+        // also for the runs that never wait.
+        Box::pin(self.wait(deadline)).await
+    }
+
+    /// The slow path of [`acquire`](Self::acquire): no slot was free.
+    async fn wait(&self, deadline: Option<Instant>) -> Result<Slot, Status> {
         let queued = self.waiting.fetch_add(1, Ordering::AcqRel);
         let _leave_queue = scopeguard(|| {
             self.waiting.fetch_sub(1, Ordering::AcqRel);
@@ -159,7 +168,7 @@ impl RunSlots {
             None => acquire.await,
         };
         permit
-            .map(slot)
+            .map(Slot::new)
             .map_err(|_| Status::unavailable("runner is shutting down"))
     }
 

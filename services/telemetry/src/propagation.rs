@@ -7,6 +7,8 @@
 use opentelemetry::propagation::{Extractor, Injector};
 use opentelemetry::trace::TraceContextExt;
 use std::collections::HashMap;
+use std::sync::LazyLock;
+use tonic::metadata::{Ascii, MetadataKey};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 /// The W3C header names (also used as SQS message attribute names).
@@ -52,8 +54,20 @@ pub fn inject_metadata(span: &tracing::Span, metadata: &mut tonic::metadata::Met
     });
 }
 
-/// Makes `span` a child of the caller's span named in gRPC request metadata.
+/// Makes `span` a child of the caller's span named in gRPC request metadata. A no-op
+/// when this process exports no spans (without the OpenTelemetry layer a parent has
+/// nowhere to go) or the caller sent no `traceparent`.
+///
+/// A runner calls this on every call, so those cases are kept cheap: the header is not
+/// even looked up without an exporter; the key is built once (a `&str` key is validated
+/// and lowercased at each lookup); and without a `traceparent` the propagator (a global
+/// lock and a context clone) is not asked at all.
 pub fn continue_from_metadata(span: &tracing::Span, metadata: &tonic::metadata::MetadataMap) {
+    static TRACEPARENT_KEY: LazyLock<MetadataKey<Ascii>> =
+        LazyLock::new(|| MetadataKey::from_static(TRACEPARENT));
+    if !crate::traces_exported() || metadata.get(&*TRACEPARENT_KEY).is_none() {
+        return;
+    }
     let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
         propagator.extract(&MetadataExtractor(metadata))
     });
