@@ -4,14 +4,21 @@
 #
 # 1. The project's own Rust client (benches/kit_overhead.rs): round trips/s, p50/p99.
 # 2. A neutral load generator, h2load (Debian's nghttp2-client), over h2c: 8 connections,
-#    one stream each, a fixed number of gRPC calls per round, kit and bare alternating
-#    (5 rounds each, which goes first alternating too; medians), in two placements: the servers pinned to one CPU and
-#    h2load to another, then everything sharing all CPUs. h2load only knows HTTP statuses, so the script checks the gRPC outcome itself:
-#    once per server with nghttp (grpc-status 0 and the echoed message in the reply), and
-#    on the kit for every call, from its own metrics (runs counted with code="ok" must equal
-#    the calls sent).
+#    one stream each, in three placements:
+#    - one CPU each: the servers pinned to one CPU, h2load to another; a fixed number of
+#      calls per round, kit and bare alternating (5 rounds each, which goes first
+#      alternating too; medians);
+#    - side by side: both servers on that CPU at once, each with its own h2load, for the
+#      same seconds per round; the ratio within each round, then the median (the
+#      steadiest figure when the machine's speed drifts);
+#    - CPUs shared: nothing pinned, rounds as in the first placement.
+#    h2load only knows HTTP statuses, so the script checks the gRPC outcome itself: once
+#    per server with nghttp (grpc-status 0 and the echoed message in the reply), and on
+#    the kit for every call, from its own metrics (runs counted with code="ok" must equal
+#    the calls answered).
 #
-# Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_ROUNDS
+# Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_SECONDS
+# (length of a side-by-side round, default 10), BENCH_H2LOAD_ROUNDS
 # (rounds per server and placement, default 5), BENCH_H2LOAD_CLIENTS
 # (connections, default 8), BENCH_KIT_RUST_CLIENT=0 to skip measurement 1; the Rust
 # bench's own variables (BENCH_SECONDS, BENCH_ROUNDS, BENCH_CONCURRENCY) apply to it.
@@ -189,9 +196,79 @@ print(f"  server CPU per call: kit {kc:.1f} µs, bare {bc:.1f} µs, ratio bare/k
 PY
 }
 
+# Placement 3, side by side: both servers on one CPU at the same time, each loaded by
+# its own h2load (both on the other CPU) for the same seconds. Whatever slows the machine
+# during a round slows both alike, so the ratio within a round is the steadiest figure on
+# a noisy machine; each server gets about half the CPU, so req/s are about half those
+# above. Prints each round and the median of the per-round ratios.
+side_by_side() {
+  local label="$1" seconds="${BENCH_H2LOAD_SECONDS:-10}" ratios=() before after round
+  local kit_out="$work/side-kit.txt" bare_out="$work/side-bare.txt"
+  local kit_t0 bare_t0 kit_t1 bare_t1 h2_kit h2_bare kit_done kit_started bare_done
+  local kit_sum_done=0 kit_sum_started=0
+  h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
+  h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
+  echo "h2load, $label: $connections connections, 1 stream each, per server, ${seconds} s per round; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+  before="$(ok_runs)"
+  for round in $(seq "$rounds"); do
+    kit_t0="$(cpu_ticks "$kit_pid")"
+    bare_t0="$(cpu_ticks "$bare_pid")"
+    "${h2load_prefix[@]}" h2load -D "$seconds" -c "$connections" -m 1 \
+      -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$kit_port")" >"$kit_out" &
+    h2_kit=$!
+    "${h2load_prefix[@]}" h2load -D "$seconds" -c "$connections" -m 1 \
+      -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$bare_port")" >"$bare_out" &
+    h2_bare=$!
+    wait "$h2_kit" "$h2_bare"
+    kit_t1="$(cpu_ticks "$kit_pid")"
+    bare_t1="$(cpu_ticks "$bare_pid")"
+    for out in "$kit_out" "$bare_out"; do
+      if ! grep -q "succeeded, 0 failed, 0 errored, 0 timeout" "$out"; then
+        echo "bench-kit: a side-by-side round had failures:" >&2
+        cat "$out" >&2
+        exit 1
+      fi
+    done
+    read -r kit_started kit_done < <(sed -n 's/^requests: [0-9]* total, \([0-9]*\) started, \([0-9]*\) done.*/\1 \2/p' "$kit_out")
+    bare_done="$(sed -n 's/^requests: [0-9]* total, [0-9]* started, \([0-9]*\) done.*/\1/p' "$bare_out")"
+    kit_sum_done=$((kit_sum_done + kit_done))
+    kit_sum_started=$((kit_sum_started + kit_started))
+    ratios+=("$(python3 - "$round" "$seconds" "$kit_done" "$bare_done" \
+      "$((kit_t1 - kit_t0))" "$((bare_t1 - bare_t0))" "$(getconf CLK_TCK)" <<'PY'
+import sys
+round_, seconds, kit, bare, kit_ticks, bare_ticks, tck = sys.argv[1:]
+seconds, kit, bare = float(seconds), int(kit), int(bare)
+kit_us = int(kit_ticks) / int(tck) / kit * 1e6
+bare_us = int(bare_ticks) / int(tck) / bare * 1e6
+print(f"  round {round_}: kit {kit / seconds:7.0f} req/s ({kit_us:5.1f} µs CPU/call)   "
+      f"bare {bare / seconds:7.0f} req/s ({bare_us:5.1f} µs CPU/call)   "
+      f"kit/bare {kit / bare:.3f}, CPU bare/kit {bare_us / kit_us:.3f}", file=sys.stderr)
+print(f"{kit / bare} {bare_us / kit_us}")
+PY
+    )")
+  done
+  after="$(ok_runs)"
+  # With a duration, h2load stops with each connection's last call in flight: the kit may
+  # have answered those too.
+  if [ "$((after - before))" -lt "$kit_sum_done" ] || [ "$((after - before))" -gt "$kit_sum_started" ]; then
+    echo "bench-kit: the kit counted $((after - before)) successful runs; h2load got $kit_sum_done answers of $kit_sum_started calls" >&2
+    exit 1
+  fi
+  echo "  every kit call answered grpc-status 0 (kit metrics: $((after - before)) ok runs, h2load: $kit_sum_done answered)"
+  python3 - "$label" "${ratios[@]}" <<'PY'
+import statistics, sys
+label, rows = sys.argv[1], [tuple(map(float, v.split())) for v in sys.argv[2:]]
+r = statistics.median(row[0] for row in rows)
+c = statistics.median(row[1] for row in rows)
+print(f"  {label}, median of {len(rows)} per-round ratios: kit/bare {r:.3f} (goal >= 0.85) "
+      f"{'MET' if r >= 0.85 else 'NOT MET'}; server CPU per call bare/kit {c:.3f}")
+PY
+}
+
 echo "== h2load: request bytes checked with nghttp on both servers (grpc-status 0, message echoed)"
 # Placement 1, the server alone on one CPU and h2load on another: the server's own
 # throughput, with neither side taking CPU time from the other (what the ratio is about).
+# Placement 3 (side_by_side above) runs with the pinned pair of placement 1.
 # Placement 2, no pinning: servers and h2load share every CPU, as in the first measurement
 # of this hop; on 2 cores the load generator's share moves the figures more.
 # The CPUs this script may use (a cpuset may not start at 0): the first for h2load, the
@@ -201,6 +278,7 @@ if [ "$first_cpu" != "$last_cpu" ]; then
   h2load_prefix=(taskset -c "$first_cpu")
   start_servers taskset -c "$last_cpu"
   measure "one CPU each (server on CPU $last_cpu, h2load on CPU $first_cpu)"
+  side_by_side "side by side (both servers on CPU $last_cpu at once, each h2load on CPU $first_cpu)"
   stop_servers
 fi
 h2load_prefix=()
