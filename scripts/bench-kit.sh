@@ -15,7 +15,8 @@
 #    h2load only knows HTTP statuses, so the script checks the gRPC outcome itself: once
 #    per server with nghttp (grpc-status 0 and the echoed message in the reply), and on
 #    the kit for every call, from its own metrics (runs counted with code="ok" must equal
-#    the calls answered).
+#    the calls sent; side by side, where h2load stops mid-call, lie between the calls
+#    answered and the calls started).
 #
 # Tune with BENCH_H2LOAD_REQUESTS (calls per round, default 100000), BENCH_H2LOAD_SECONDS
 # (length of a side-by-side round, default 10), BENCH_H2LOAD_ROUNDS
@@ -196,7 +197,7 @@ print(f"  server CPU per call: kit {kc:.1f} µs, bare {bc:.1f} µs, ratio bare/k
 PY
 }
 
-# Placement 3, side by side: both servers on one CPU at the same time, each loaded by
+# Placement 2, side by side: both servers on one CPU at the same time, each loaded by
 # its own h2load (both on the other CPU) for the same seconds. Whatever slows the machine
 # during a round slows both alike, so the ratio within a round is the steadiest figure on
 # a noisy machine; each server gets about half the CPU, so req/s are about half those
@@ -219,7 +220,9 @@ side_by_side() {
     "${h2load_prefix[@]}" h2load -D "$seconds" -c "$connections" -m 1 \
       -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$bare_port")" >"$bare_out" &
     h2_bare=$!
-    wait "$h2_kit" "$h2_bare"
+    # Each load generator's outcome is judged from its output below.
+    wait "$h2_kit" || true
+    wait "$h2_bare" || true
     kit_t1="$(cpu_ticks "$kit_pid")"
     bare_t1="$(cpu_ticks "$bare_pid")"
     for out in "$kit_out" "$bare_out"; do
@@ -229,8 +232,13 @@ side_by_side() {
         exit 1
       fi
     done
-    read -r kit_started kit_done < <(sed -n 's/^requests: [0-9]* total, \([0-9]*\) started, \([0-9]*\) done.*/\1 \2/p' "$kit_out")
+    read -r kit_started kit_done < <(sed -n 's/^requests: [0-9]* total, \([0-9]*\) started, \([0-9]*\) done.*/\1 \2/p' "$kit_out") || true
     bare_done="$(sed -n 's/^requests: [0-9]* total, [0-9]* started, \([0-9]*\) done.*/\1/p' "$bare_out")"
+    if ! [ "${kit_done:-0}" -gt 0 ] || ! [ "${bare_done:-0}" -gt 0 ]; then
+      echo "bench-kit: a side-by-side round answered no calls:" >&2
+      cat "$kit_out" "$bare_out" >&2
+      exit 1
+    fi
     kit_sum_done=$((kit_sum_done + kit_done))
     kit_sum_started=$((kit_sum_started + kit_started))
     ratios+=("$(python3 - "$round" "$seconds" "$kit_done" "$bare_done" \
@@ -268,8 +276,8 @@ PY
 echo "== h2load: request bytes checked with nghttp on both servers (grpc-status 0, message echoed)"
 # Placement 1, the server alone on one CPU and h2load on another: the server's own
 # throughput, with neither side taking CPU time from the other (what the ratio is about).
-# Placement 3 (side_by_side above) runs with the pinned pair of placement 1.
-# Placement 2, no pinning: servers and h2load share every CPU, as in the first measurement
+# Placement 2 (side_by_side above) runs with the pinned pair of placement 1.
+# Placement 3, no pinning: servers and h2load share every CPU, as in the first measurement
 # of this hop; on 2 cores the load generator's share moves the figures more.
 # The CPUs this script may use (a cpuset may not start at 0): the first for h2load, the
 # last for the servers.

@@ -28,11 +28,12 @@ pub(crate) fn arrived() -> Option<Instant> {
 /// when it sent the headers.
 ///
 /// The stamp is a task-local scoped to the call's future rather than a request extension:
-/// inserting into the extensions map and dropping the entry cost about as much as the
-/// rest of the stamp's work on every call (docs/benchmarks.md, the runner hop under
-/// h2load). It wraps the one service that reads it, not a `Server::layer`: a server layer
-/// makes tonic box the whole router and clone that box for every request, which cost
-/// about 7 % of that hop's throughput.
+/// inserting into the extensions map and dropping the entry cost an allocation and about
+/// 400 instructions per call (docs/benchmarks.md, the runner kit under h2load). tonic
+/// awaits the handler inside the service's future, so `RunnerService::run` sees it. It
+/// wraps the one service that reads it, not a `Server::layer`: a server layer makes tonic
+/// box the whole router and clone that box for every request, which cost about 7 % of
+/// that hop's throughput.
 #[derive(Clone)]
 pub(crate) struct StampArrival<S>(pub S);
 

@@ -56,7 +56,8 @@ pub fn inject_metadata(span: &tracing::Span, metadata: &mut tonic::metadata::Met
 
 /// Makes `span` a child of the caller's span named in gRPC request metadata. A no-op
 /// when this process exports no spans (without the OpenTelemetry layer a parent has
-/// nowhere to go) or the caller sent no `traceparent`.
+/// nowhere to go; "exports" as [`crate::init`] set it up, the only place this crate
+/// installs that layer) or the caller sent no `traceparent`.
 ///
 /// A runner calls this on every call, so those cases are kept cheap: the header is not
 /// even looked up without an exporter; the key is built once (a `&str` key is validated
