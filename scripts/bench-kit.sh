@@ -135,6 +135,21 @@ ok_runs() {
 # CPU seconds (user + system) a process has used, in clock ticks.
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 
+# h2load with the gRPC request against port $1, under the command prefix in
+# h2load_prefix; the remaining arguments say how long it runs (-n CALLS or -D SECONDS).
+h2load_grpc() {
+  local port="$1"
+  shift
+  "${h2load_prefix[@]}" h2load "$@" -c "$connections" -m 1 \
+    -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$port")"
+}
+
+# 5 000 calls to each server before a placement's rounds.
+warm_up() {
+  h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
+  h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
+}
+
 # Prints "req/s server-CPU-µs-per-call" of one h2load round against port $1 (server
 # process $3), h2load run under the command prefix in h2load_prefix; fails unless every
 # call got an HTTP 200. On a shared machine the CPU time the server spends per call is
@@ -142,8 +157,7 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 h2load_round() {
   local out before after
   before="$(cpu_ticks "$3")"
-  out="$("${h2load_prefix[@]}" h2load -n "$2" -c "$connections" -m 1 \
-    -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$1")")"
+  out="$(h2load_grpc "$1" -n "$2")"
   if ! grep -q "requests: $2 total, $2 started, $2 done, $2 succeeded, 0 failed, 0 errored" <<<"$out"; then
     echo "bench-kit: h2load round against port $1 had failures:" >&2
     echo "$out" >&2
@@ -158,8 +172,7 @@ h2load_round() {
 # call's gRPC status through the kit's own count and prints the placement's summary.
 measure() {
   local label="$1" kit=() bare=() before after round kit_rps kit_us bare_rps bare_us
-  h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
-  h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
+  warm_up
   before="$(ok_runs)"
   echo "h2load, $label: $connections connections, 1 stream each, $requests calls per round; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   for round in $(seq "$rounds"); do
@@ -203,22 +216,20 @@ PY
 # a noisy machine; each server gets about half the CPU, so req/s are about half those
 # above. Prints each round and the median of the per-round ratios.
 side_by_side() {
-  local label="$1" seconds="${BENCH_H2LOAD_SECONDS:-10}" ratios=() before after round
-  local kit_out="$work/side-kit.txt" bare_out="$work/side-bare.txt"
+  local label="$1" seconds="${BENCH_H2LOAD_SECONDS:-10}" before after round
+  local kit_out="$work/side-kit.txt" bare_out="$work/side-bare.txt" ratios="$work/side-ratios.txt"
   local kit_t0 bare_t0 kit_t1 bare_t1 h2_kit h2_bare kit_done kit_started bare_done
   local kit_sum_done=0 kit_sum_started=0
-  h2load_round "$kit_port" 5000 "$kit_pid" >/dev/null
-  h2load_round "$bare_port" 5000 "$bare_pid" >/dev/null
+  : >"$ratios"
+  warm_up
   echo "h2load, $label: $connections connections, 1 stream each, per server, ${seconds} s per round; load average $(cut -d' ' -f1-3 /proc/loadavg)"
   before="$(ok_runs)"
   for round in $(seq "$rounds"); do
     kit_t0="$(cpu_ticks "$kit_pid")"
     bare_t0="$(cpu_ticks "$bare_pid")"
-    "${h2load_prefix[@]}" h2load -D "$seconds" -c "$connections" -m 1 \
-      -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$kit_port")" >"$kit_out" &
+    h2load_grpc "$kit_port" -D "$seconds" >"$kit_out" &
     h2_kit=$!
-    "${h2load_prefix[@]}" h2load -D "$seconds" -c "$connections" -m 1 \
-      -H 'content-type: application/grpc' -H 'te: trailers' -d "$work/request.bin" "$(url "$bare_port")" >"$bare_out" &
+    h2load_grpc "$bare_port" -D "$seconds" >"$bare_out" &
     h2_bare=$!
     # Each load generator's outcome is judged from its output below.
     wait "$h2_kit" || true
@@ -241,19 +252,20 @@ side_by_side() {
     fi
     kit_sum_done=$((kit_sum_done + kit_done))
     kit_sum_started=$((kit_sum_started + kit_started))
-    ratios+=("$(python3 - "$round" "$seconds" "$kit_done" "$bare_done" \
-      "$((kit_t1 - kit_t0))" "$((bare_t1 - bare_t0))" "$(getconf CLK_TCK)" <<'PY'
+    # Prints the round and appends its two ratios to $ratios for the summary.
+    python3 - "$round" "$seconds" "$kit_done" "$bare_done" \
+      "$((kit_t1 - kit_t0))" "$((bare_t1 - bare_t0))" "$(getconf CLK_TCK)" "$ratios" <<'PY'
 import sys
-round_, seconds, kit, bare, kit_ticks, bare_ticks, tck = sys.argv[1:]
+round_, seconds, kit, bare, kit_ticks, bare_ticks, tck, ratios = sys.argv[1:]
 seconds, kit, bare = float(seconds), int(kit), int(bare)
 kit_us = int(kit_ticks) / int(tck) / kit * 1e6
 bare_us = int(bare_ticks) / int(tck) / bare * 1e6
 print(f"  round {round_}: kit {kit / seconds:7.0f} req/s ({kit_us:5.1f} µs CPU/call)   "
       f"bare {bare / seconds:7.0f} req/s ({bare_us:5.1f} µs CPU/call)   "
-      f"kit/bare {kit / bare:.3f}, CPU bare/kit {bare_us / kit_us:.3f}", file=sys.stderr)
-print(f"{kit / bare} {bare_us / kit_us}")
+      f"kit/bare {kit / bare:.3f}, CPU bare/kit {bare_us / kit_us:.3f}")
+with open(ratios, "a") as f:
+    print(f"{kit / bare} {bare_us / kit_us}", file=f)
 PY
-    )")
   done
   after="$(ok_runs)"
   # With a duration, h2load stops with each connection's last call in flight: the kit may
@@ -263,9 +275,10 @@ PY
     exit 1
   fi
   echo "  every kit call answered grpc-status 0 (kit metrics: $((after - before)) ok runs, h2load: $kit_sum_done answered)"
-  python3 - "$label" "${ratios[@]}" <<'PY'
+  python3 - "$label" "$ratios" <<'PY'
 import statistics, sys
-label, rows = sys.argv[1], [tuple(map(float, v.split())) for v in sys.argv[2:]]
+label = sys.argv[1]
+rows = [tuple(map(float, line.split())) for line in open(sys.argv[2])]
 r = statistics.median(row[0] for row in rows)
 c = statistics.median(row[1] for row in rows)
 print(f"  {label}, median of {len(rows)} per-round ratios: kit/bare {r:.3f} (goal >= 0.85) "

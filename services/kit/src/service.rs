@@ -71,12 +71,7 @@ impl Runner for RunnerService {
         let deadline = deadline::deadline(&metadata, received);
         // Only the payload lives on into the run: a smaller future to move around.
         drop(metadata);
-        let call = Call {
-            requested: &algorithm,
-            received,
-            deadline,
-        };
-        let outcome = run_traced(state, described, call, payload)
+        let outcome = run_traced(state, described, &algorithm, received, deadline, payload)
             .instrument(span.clone())
             .await;
         drop(in_flight);
@@ -172,26 +167,16 @@ fn gate<'a>(
         .ok_or_else(|| Status::unavailable("runner is still loading its algorithms"))
 }
 
-/// What the run needs to know of its call besides the payload.
-struct Call<'a> {
-    /// The algorithm name as the caller gave it.
-    requested: &'a str,
-    received: Instant,
-    /// When the kit answers `DEADLINE_EXCEEDED`, if the caller set a timeout.
-    deadline: Option<Instant>,
-}
-
+/// The run of one call: `requested` is the algorithm name as the caller gave it, and
+/// `deadline` when the kit answers `DEADLINE_EXCEEDED`, if the caller set a timeout.
 async fn run_traced(
     state: &RunnerState,
     described: Option<&Described>,
-    call: Call<'_>,
+    requested: &str,
+    received: Instant,
+    deadline: Option<Instant>,
     bytes: Vec<u8>,
 ) -> Result<Response<RunResponse>, Status> {
-    let Call {
-        requested,
-        received,
-        deadline,
-    } = call;
     let Some(described) = described else {
         return Err(Status::not_found(format!(
             "algorithm {requested:?} is not served by {} (it serves: {})",
