@@ -22,7 +22,6 @@
 //!   only deserves a warning: the bucket's lifecycle rule expires the object).
 //!
 //! [`ClaimCheck::disabled`] is for queues that never meet S3 (in-process queues, tests).
-
 //!
 //! The `aws` feature (on by default) builds all of the above. Without it only the pointer
 //! format ([`pointer`]) and [`Error`] are built, for builds that never meet SQS or S3
