@@ -254,8 +254,9 @@ pub struct ImageLoader {
 }
 
 impl ImageLoader {
-    /// A loader; `image_s3` objects are read with a client made from the standard AWS
-    /// configuration (see [`s3::client_from_env`]) the first time one is needed.
+    /// A loader; `image_s3` objects are read with a client made from the environment's
+    /// standard AWS configuration (a custom endpoint such as `AWS_ENDPOINT_URL_S3` switches
+    /// to path-style addressing) the first time one is needed.
     pub fn new(limits: ImageLimits) -> Result<Self, ConfigError> {
         let http = fetch::client(&limits)?;
         Ok(Self {
