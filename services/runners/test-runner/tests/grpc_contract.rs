@@ -325,3 +325,87 @@ async fn the_health_probe_fails_without_a_runner_and_passes_once_it_serves() {
     );
     drop(process);
 }
+
+/// One `Run` call over a raw HTTP/2 stream whose body (the whole request message) is sent
+/// `body_delay` after its headers, as a large image arriving slowly would be. Returns the
+/// `grpc-status` and, when it is 0, the decoded response.
+async fn run_with_late_body(
+    address: &str,
+    request: RunRequest,
+    body_delay: Duration,
+) -> (String, Option<plugworker_rpc::runner::v1::RunResponse>) {
+    use prost::Message;
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (mut sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let head = http::Request::post(format!("http://{address}/plugworker.runner.v1.Runner/Run"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = sender.send_request(head, false).unwrap();
+    tokio::time::sleep(body_delay).await;
+    // gRPC framing: uncompressed flag, 4-byte big-endian length, the message.
+    let message = request.encode_to_vec();
+    let mut frame = vec![0];
+    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+    frame.extend_from_slice(&message);
+    body.send_data(prost::bytes::Bytes::from(frame), true)
+        .unwrap();
+
+    let (head, mut answer) = response.await.unwrap().into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = answer.trailers().await.unwrap().unwrap_or_default();
+    // A trailers-only answer (an error before any message) carries the status in its headers.
+    let status = [&trailers, &head.headers]
+        .iter()
+        .find_map(|headers| headers.get("grpc-status"))
+        .expect("a grpc-status")
+        .to_str()
+        .unwrap()
+        .to_string();
+    let decoded = (status == "0").then(|| {
+        plugworker_rpc::runner::v1::RunResponse::decode(&data[5..]).expect("a RunResponse")
+    });
+    (status, decoded)
+}
+
+/// The kit stamps a call's arrival as tonic's router hands it the call, when the headers
+/// are in and before the body is read: the time a slow body takes to arrive is queue
+/// time. (The caller's `grpc-timeout` is measured from the same stamp, so it too counts
+/// from the headers, as the gRPC spec has it.) This goes through the real server; the
+/// stamp's unit test in the kit wraps a plain service.
+#[tokio::test]
+async fn a_call_is_timed_from_its_headers_not_from_its_late_body() {
+    let (_runner, address) = start_unregistered("test-runner", &[], &[]);
+    let _client = runner_client(&address, Duration::from_secs(15)).await;
+    wait_until_serving(&address).await;
+
+    let body_delay = Duration::from_millis(400);
+    let (status, response) =
+        run_with_late_body(&address, run("echo", br#"{"message": "late"}"#), body_delay).await;
+    assert_eq!(status, "0");
+    let response = response.unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&response.result).unwrap()["message"],
+        "late"
+    );
+    // Stamped when polled (once the body was in), this would be well under a millisecond.
+    assert!(
+        response.queued_micros >= 350_000,
+        "the body's 400 ms count as queued: {} µs",
+        response.queued_micros
+    );
+    assert!(
+        response.run_micros < 350_000,
+        "but not as running: {} µs",
+        response.run_micros
+    );
+}
