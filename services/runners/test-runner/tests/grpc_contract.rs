@@ -13,10 +13,18 @@ use tonic::transport::Channel;
 use tonic::{Code, Request};
 
 async fn started(extra_args: &[&str]) -> (plugworker_testkit::Process, RunnerClient<Channel>) {
+    let (process, _address, client) = started_at(extra_args).await;
+    (process, client)
+}
+
+/// A serving test-runner, with its address for clients other than tonic's.
+async fn started_at(
+    extra_args: &[&str],
+) -> (plugworker_testkit::Process, String, RunnerClient<Channel>) {
     let (process, address) = start_unregistered("test-runner", extra_args, &[]);
     let client = runner_client(&address, Duration::from_secs(15)).await;
     wait_until_serving(&address).await;
-    (process, client)
+    (process, address, client)
 }
 
 async fn wait_until_serving(address: &str) {
@@ -398,9 +406,7 @@ async fn run_with_late_body(
 /// stamp's unit test in the kit wraps a plain service.
 #[tokio::test]
 async fn a_call_is_timed_from_its_headers_not_from_its_late_body() {
-    let (_runner, address) = start_unregistered("test-runner", &[], &[]);
-    let _client = runner_client(&address, Duration::from_secs(15)).await;
-    wait_until_serving(&address).await;
+    let (_runner, address, _client) = started_at(&[]).await;
 
     let body_delay = Duration::from_millis(400);
     let (status, response) =
