@@ -5,8 +5,9 @@ use std::sync::LazyLock;
 use std::time::{Duration, Instant};
 use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
 
-/// tonic's server applies the same header with its own timer and answers `CANCELLED` when
-/// it fires. The kit's deadline fires earlier, so callers get the `DEADLINE_EXCEEDED` the
+/// The kit's transport applies the same header to the whole call with its own timer and
+/// answers `CANCELLED` when it fires, as tonic's server does. The Runner's deadline fires
+/// earlier, so callers get the `DEADLINE_EXCEEDED` the
 /// contract promises: by a tenth of the timeout, between these bounds. A fixed 3 ms was
 /// not enough on a loaded 2-core machine, where the kit's task can be scheduled late.
 const MIN_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
@@ -29,11 +30,10 @@ pub(crate) fn arrived() -> Option<Instant> {
 ///
 /// The stamp is a task-local scoped to the call's future rather than a request extension:
 /// inserting into the extensions map and dropping the entry cost an allocation and about
-/// 400 instructions per call (docs/benchmarks.md, the runner kit under h2load). tonic
-/// awaits the handler inside the service's future, so `RunnerService::run` sees it. It
-/// wraps the one service that reads it, not a `Server::layer`: a server layer makes tonic
-/// box the whole router and clone that box for every request, which cost about 7 % of
-/// that hop's throughput.
+/// 400 instructions per call (docs/benchmarks.md, the runner kit under h2load). tonic's
+/// generated service awaits the handler inside its future, so `RunnerService::run` sees
+/// it. It wraps the one service that reads it, so the health and reflection routes do
+/// not pay for it.
 #[derive(Clone)]
 pub(crate) struct StampArrival<S>(pub S);
 
@@ -75,7 +75,8 @@ fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
     parse(metadata.get(&*GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
-fn parse(value: &str) -> Option<Duration> {
+/// A `grpc-timeout` value as a duration; `None` if it is malformed.
+pub(crate) fn parse(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

@@ -41,6 +41,7 @@ mod service;
 mod slots;
 #[cfg(test)]
 mod test_algorithms;
+mod transport;
 
 pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
 pub use catalog::{Catalog, CatalogError};

@@ -25,6 +25,7 @@ use crate::catalog::Catalog;
 use crate::registration::{Ports, runner_registration};
 use crate::service::{RunnerService, RunnerState};
 use crate::slots::RunSlots;
+use crate::transport::{self, Routes};
 use anyhow::{Context, anyhow};
 use plugworker_consul_client::ConsulClient;
 use plugworker_consul_client::registration::Registration;
@@ -41,7 +42,8 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-type ServerTask = JoinHandle<Result<(), tonic::transport::Error>>;
+/// A server of `transport`: it returns only once stopped (or panics).
+type ServerTask = JoinHandle<()>;
 
 /// Runs a runner until it is told to stop. `Err` means it could not start or an algorithm
 /// failed to load; the message says which and why.
@@ -103,14 +105,11 @@ async fn run_until(
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, ServingStatus::NotServing).await;
     let health_server = listeners.health.map(|listener| {
-        tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(health_service.clone())
-                .serve_with_incoming_shutdown(
-                    incoming(listener),
-                    servers.clone().cancelled_owned(),
-                ),
-        )
+        tokio::spawn(transport::serve(
+            incoming(listener),
+            Routes::new(health_service.clone()),
+            servers.clone().cancelled_owned(),
+        ))
     });
     let mut metrics_port = None;
     if let Some(address) = &config.metrics_address {
@@ -341,10 +340,9 @@ fn serve(
     })
     .max_decoding_message_size(config.max_message_bytes)
     .max_encoding_message_size(config.max_message_bytes);
-    let router = tonic::transport::Server::builder()
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(crate::deadline::StampArrival(runner));
+    let routes = Routes::new(crate::deadline::StampArrival(runner))
+        .with(health_service)
+        .with(reflection);
     let stop = servers.clone().cancelled_owned();
     Ok(match mesh {
         Some((identity, consul)) => {
@@ -354,9 +352,9 @@ fn serve(
             };
             tracing::info!(spiffe_id = %identity.spiffe_id(), "serving over Connect mTLS");
             let incoming = plugworker_mesh::incoming(listener, identity, consul, settings);
-            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stop))
+            tokio::spawn(transport::serve(incoming, routes, stop))
         }
-        None => tokio::spawn(router.serve_with_incoming_shutdown(incoming(listener), stop)),
+        None => tokio::spawn(transport::serve(incoming(listener), routes, stop)),
     })
 }
 

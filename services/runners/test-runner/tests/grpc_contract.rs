@@ -346,46 +346,14 @@ async fn run_with_late_body(
     Option<plugworker_rpc::runner::v1::RunResponse>,
 ) {
     use prost::Message;
-    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut sender = sender.ready().await.unwrap();
-    let head = http::Request::post(format!("http://{address}/plugworker.runner.v1.Runner/Run"))
-        .version(http::Version::HTTP_2)
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .body(())
-        .unwrap();
-    let (response, mut body) = sender.send_request(head, false).unwrap();
-    tokio::time::sleep(body_delay).await;
-    // gRPC framing: uncompressed flag, 4-byte big-endian length, the message.
-    let message = request.encode_to_vec();
-    let mut frame = vec![0];
-    frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
-    frame.extend_from_slice(&message);
-    body.send_data(prost::bytes::Bytes::from(frame), true)
-        .unwrap();
-
-    let (head, mut answer) = response.await.unwrap().into_parts();
-    let mut data = Vec::new();
-    while let Some(chunk) = answer.data().await {
-        let chunk = chunk.unwrap();
-        let _ = answer.flow_control().release_capacity(chunk.len());
-        data.extend_from_slice(&chunk);
-    }
-    let trailers = answer.trailers().await.unwrap().unwrap_or_default();
-    // A trailers-only answer (an error before any message) carries the status in its headers.
-    let header = |name: &str| {
-        [&trailers, &head.headers]
-            .iter()
-            .find_map(|headers| headers.get(name))
-            .map(|value| value.to_str().unwrap().to_string())
-    };
-    let status = header("grpc-status").expect("a grpc-status");
-    let message = header("grpc-message").unwrap_or_default();
-    let decoded = (status == "0").then(|| {
+    let (status, data) = raw_call(
+        address,
+        "/plugworker.runner.v1.Runner/Run",
+        &[],
+        RequestBody::Late(body_delay, request.encode_to_vec()),
+    )
+    .await;
+    let decoded = (status.0 == "0").then(|| {
         // One uncompressed message, framed as above.
         assert_eq!(data.first(), Some(&0), "an uncompressed message");
         assert_eq!(
@@ -396,10 +364,161 @@ async fn run_with_late_body(
         );
         plugworker_rpc::runner::v1::RunResponse::decode(&data[5..]).expect("a RunResponse")
     });
-    ((status, message), decoded)
+    (status, decoded)
 }
 
-/// The kit stamps a call's arrival as tonic's router hands it the call, when the headers
+/// The request body of a [`raw_call`].
+enum RequestBody {
+    /// None: the headers end the stream.
+    Empty,
+    /// One message, sent this long after the headers.
+    Late(Duration, Vec<u8>),
+    /// Never sent: the stream stays open.
+    Never,
+}
+
+/// One gRPC call over a raw HTTP/2 stream, for what tonic's client will not send: a path
+/// of any service, extra headers, a body sent late or never. Returns the `grpc-status` with
+/// its `grpc-message` (percent-decoded), and the response's data frames.
+async fn raw_call(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: RequestBody,
+) -> ((String, String), Vec<u8>) {
+    let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut sender = sender.ready().await.unwrap();
+    let mut head = http::Request::post(format!("http://{address}{path}"))
+        .version(http::Version::HTTP_2)
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (name, value) in headers {
+        head = head.header(*name, *value);
+    }
+    let end_of_stream = matches!(body, RequestBody::Empty);
+    let (response, mut request_body) = sender
+        .send_request(head.body(()).unwrap(), end_of_stream)
+        .unwrap();
+    if let RequestBody::Late(delay, message) = body {
+        tokio::time::sleep(delay).await;
+        // gRPC framing: uncompressed flag, 4-byte big-endian length, the message.
+        let mut frame = vec![0];
+        frame.extend_from_slice(&u32::try_from(message.len()).unwrap().to_be_bytes());
+        frame.extend_from_slice(&message);
+        request_body
+            .send_data(prost::bytes::Bytes::from(frame), true)
+            .unwrap();
+    }
+
+    let (head, mut answer) = response.await.unwrap().into_parts();
+    let mut data = Vec::new();
+    while let Some(chunk) = answer.data().await {
+        let chunk = chunk.unwrap();
+        let _ = answer.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = answer.trailers().await.unwrap().unwrap_or_default();
+    drop(request_body);
+    // A trailers-only answer (an error before any message) carries the status in its headers.
+    let header = |name: &str| {
+        [&trailers, &head.headers]
+            .iter()
+            .find_map(|headers| headers.get(name))
+            .map(|value| value.to_str().unwrap().to_string())
+    };
+    let status = header("grpc-status").expect("a grpc-status");
+    let message = percent_decoded(&header("grpc-message").unwrap_or_default());
+    ((status, message), data)
+}
+
+/// `grpc-message` is percent-encoded (gRPC over HTTP/2: `%` followed by two hex digits).
+fn percent_decoded(message: &str) -> String {
+    let bytes = message.as_bytes();
+    let mut decoded = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let escaped = (bytes[i] == b'%')
+            .then(|| bytes.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
+        match escaped {
+            Some(byte) => {
+                decoded.push(byte);
+                i += 3;
+            }
+            None => {
+                decoded.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&decoded).into_owned()
+}
+
+/// The caller's `grpc-timeout` covers the whole call, not only the handler: a call whose
+/// body never comes is answered `CANCELLED` when it passes (as tonic's own server does),
+/// instead of holding its stream open until the caller gives up.
+#[tokio::test]
+async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
+    let (_runner, address, _client) = started_at(&[]).await;
+    let started = std::time::Instant::now();
+    let ((status, message), _) = tokio::time::timeout(
+        Duration::from_secs(10),
+        raw_call(
+            &address,
+            "/plugworker.runner.v1.Runner/Run",
+            &[("grpc-timeout", "300m")],
+            RequestBody::Never,
+        ),
+    )
+    .await
+    .expect("answered before the test gave up");
+    let elapsed = started.elapsed();
+    assert_eq!(
+        (status.as_str(), message.as_str()),
+        ("1", "Timeout expired"),
+        "CANCELLED"
+    );
+    assert!(
+        elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(5),
+        "answered at the timeout: {elapsed:?}"
+    );
+}
+
+/// A service or method the runner does not serve is `UNIMPLEMENTED`, with a message naming
+/// it; the runner keeps serving.
+#[tokio::test]
+async fn unknown_services_and_methods_are_unimplemented() {
+    let (_runner, address, mut client) = started_at(&[]).await;
+    for path in [
+        "/plugworker.runner.v1.Nope/Run",
+        "/plugworker.runner.v1.Runner/Nope",
+        "/not-grpc",
+    ] {
+        let ((status, message), data) = raw_call(&address, path, &[], RequestBody::Empty).await;
+        assert_eq!(
+            status, "12",
+            "{path}: UNIMPLEMENTED, got {status} {message:?}"
+        );
+        assert!(data.is_empty(), "{path}: no message");
+        if path == "/plugworker.runner.v1.Nope/Run" {
+            assert!(
+                message.contains("plugworker.runner.v1.Nope"),
+                "names the service: {message:?}"
+            );
+        }
+    }
+    client
+        .list_algorithms(ListAlgorithmsRequest {})
+        .await
+        .expect("still serving");
+}
+
+/// The kit stamps a call's arrival as its router hands it the call, when the headers
 /// are in and before the body is read: the time a slow body takes to arrive is queue
 /// time. (The caller's `grpc-timeout` is measured from the same stamp, so it too counts
 /// from the headers, as the gRPC spec has it.) This goes through the real server; the
