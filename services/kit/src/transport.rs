@@ -27,9 +27,9 @@
 //! tonic's optional layers (concurrency limit, load shed, tracing), which the kit does
 //! itself.
 //!
-//! It also keeps hyper's guards that tonic's defaults turn off: at most 1 024 streams
-//! reset for errors on one connection before it is closed, and no `date` header (gRPC
-//! does not use it; the header cost every response a few hundred instructions).
+//! It differs in two small ways: it keeps hyper's limit of 1 024 streams reset for errors
+//! on one connection before the connection is closed (tonic's settings lift it), and it
+//! sends no `date` header (gRPC does not use one).
 
 use futures::{Stream, StreamExt};
 use http::{HeaderName, Request, Response};
