@@ -1,13 +1,12 @@
 //! The caller's deadline, from the `grpc-timeout` header (gRPC over HTTP/2 spec:
 //! up to 8 digits and a unit H, M, S, m, u or n).
 
-use std::sync::LazyLock;
 use std::time::{Duration, Instant};
-use tonic::metadata::{Ascii, MetadataKey, MetadataMap};
+use tonic::metadata::MetadataMap;
 
-/// The kit's transport applies the same header to the whole call with its own timer and
-/// answers `CANCELLED` when it fires, as tonic's server does. The Runner's deadline fires
-/// earlier, so callers get the `DEADLINE_EXCEEDED` the
+/// The kit's transport applies the same header with its own timer, until the response
+/// starts (for a unary call, until the handler returns), and answers `CANCELLED` when it
+/// fires, as tonic's server does. The Runner's deadline fires earlier, so callers get the `DEADLINE_EXCEEDED` the
 /// contract promises: by a tenth of the timeout, between these bounds. A fixed 3 ms was
 /// not enough on a loaded 2-core machine, where the kit's task can be scheduled late.
 const MIN_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
@@ -63,20 +62,20 @@ where
 
 /// The deadline of a request that arrived at `arrived`, if the caller set one.
 pub(crate) fn deadline(metadata: &MetadataMap, arrived: Instant) -> Option<Instant> {
-    let timeout = grpc_timeout(metadata)?;
+    let timeout = grpc_timeout(metadata.as_ref())?;
     let ahead = (timeout / 10).clamp(MIN_AHEAD_OF_TRANSPORT, MAX_AHEAD_OF_TRANSPORT);
     Some(arrived + timeout.saturating_sub(ahead))
 }
 
-fn grpc_timeout(metadata: &MetadataMap) -> Option<Duration> {
+/// The caller's `grpc-timeout`, if it set a well-formed one (a malformed value is ignored,
+/// as tonic does).
+pub(crate) fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
     // A key built once: looking up by `&str` validates and lowercases the name per call.
-    static GRPC_TIMEOUT: LazyLock<MetadataKey<Ascii>> =
-        LazyLock::new(|| MetadataKey::from_static("grpc-timeout"));
-    parse(metadata.get(&*GRPC_TIMEOUT)?.to_str().ok()?)
+    static GRPC_TIMEOUT: http::HeaderName = http::HeaderName::from_static("grpc-timeout");
+    parse(headers.get(&GRPC_TIMEOUT)?.to_str().ok()?)
 }
 
-/// A `grpc-timeout` value as a duration; `None` if it is malformed.
-pub(crate) fn parse(value: &str) -> Option<Duration> {
+fn parse(value: &str) -> Option<Duration> {
     if value.len() < 2 || value.len() > 9 {
         return None;
     }

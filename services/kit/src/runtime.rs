@@ -42,8 +42,17 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
-/// A server of `transport`: it returns only once stopped (or panics).
+/// A server of `transport`: it returns once stopped, or if its connections stop coming
+/// (the mesh's accept loop died), or it panics.
 type ServerTask = JoinHandle<()>;
+
+/// Why a server task ended before the runner told it to stop.
+fn server_ended(server: &str, ended: Result<(), tokio::task::JoinError>) -> anyhow::Error {
+    match ended {
+        Ok(()) => anyhow!("{server} server stopped unexpectedly: no more connections to accept"),
+        Err(error) => anyhow!("{server} server stopped unexpectedly: {error}"),
+    }
+}
 
 /// Runs a runner until it is told to stop. `Err` means it could not start or an algorithm
 /// failed to load; the message says which and why.
@@ -382,15 +391,15 @@ async fn wait(
             Ok(Ok(())) => {}
         },
         () = shutdown.cancelled() => return None,
-        ended = &mut *server => return Some(anyhow!("gRPC server stopped unexpectedly: {ended:?}")),
-        ended = &mut health_died => return Some(anyhow!("health server stopped unexpectedly: {ended:?}")),
+        ended = &mut *server => return Some(server_ended("gRPC", ended)),
+        ended = &mut health_died => return Some(server_ended("health", ended)),
     }
     set_health(health, ServingStatus::Serving).await;
     tracing::info!(instance = %state.instance_id, "all algorithms loaded; serving");
     tokio::select! {
         () = shutdown.cancelled() => None,
-        ended = &mut *server => Some(anyhow!("gRPC server stopped unexpectedly: {ended:?}")),
-        ended = &mut health_died => Some(anyhow!("health server stopped unexpectedly: {ended:?}")),
+        ended = &mut *server => Some(server_ended("gRPC", ended)),
+        ended = &mut health_died => Some(server_ended("health", ended)),
     }
 }
 

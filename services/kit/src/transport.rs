@@ -5,10 +5,11 @@
 //! (a path match whose captured parameters are inserted into the request's extensions,
 //! an allocation), the connection's details copied into every request's extensions, the
 //! request body boxed, the response body wrapped and boxed again on its way back, and a
-//! layer that turns service errors into statuses (tonic's generated services cannot fail). A runner serves one hot
-//! method, so the kit matches the service name itself and hands hyper's request body
-//! straight to tonic's generated service. For the same handler that is about 11 % less
-//! CPU per call (docs/benchmarks.md, "The kit's own HTTP/2 server").
+//! layer that turns service errors into statuses (tonic's generated services cannot
+//! fail). A runner serves one hot method, so the kit matches the service name itself and
+//! hands hyper's request body straight to tonic's generated service. For the same handler
+//! that is about 11 % less CPU per call (docs/benchmarks.md, "The kit's own HTTP/2
+//! server").
 //!
 //! What tonic's server did and this one keeps:
 //! - HTTP/2 only (prior knowledge on plaintext, ALPN `h2` over the mesh's TLS), TCP_NODELAY
@@ -16,8 +17,9 @@
 //! - tonic's HTTP/2 settings: no limit on concurrent streams (admission is the run slots'
 //!   job, answered `RESOURCE_EXHAUSTED`, not a stream limit that makes callers queue),
 //!   hyper's windows and frame sizes;
-//! - `grpc-timeout` enforced for every call, answered `CANCELLED` when it passes (the Runner
-//!   service answers `DEADLINE_EXCEEDED` a little earlier; see `deadline`);
+//! - `grpc-timeout` enforced for every call until its response starts (for a unary call,
+//!   until the handler returns), answered `CANCELLED` when it passes (the Runner service
+//!   answers `DEADLINE_EXCEEDED` a little earlier; see `deadline`);
 //! - `UNIMPLEMENTED` for a service this port does not serve;
 //! - a graceful stop: no new connections, GOAWAY on every open one, calls in flight
 //!   finish, then the server returns.
@@ -27,12 +29,16 @@
 //! tonic's optional layers (concurrency limit, load shed, tracing), which the kit does
 //! itself.
 //!
-//! It differs in two small ways: it keeps hyper's limit of 1 024 streams reset for errors
-//! on one connection before the connection is closed (tonic's settings lift it), and it
-//! sends no `date` header (gRPC does not use one).
+//! It differs in two ways. It sends no `date` header (gRPC does not use one). And it keeps
+//! hyper's guard against stream-reset floods, which tonic's settings lift: a connection on
+//! which this server has had to reset 1 024 streams for protocol errors (counted over the
+//! connection's life) is closed with GOAWAY, failing the calls in flight on it. A
+//! well-behaved client does not cause such resets (the reset after an early answer is not
+//! counted); without the guard, any client that reaches the port could make the server
+//! spend its time on streams it resets.
 
 use futures::{Stream, StreamExt};
-use http::{HeaderName, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -60,10 +66,14 @@ type BoxedGrpcService = BoxCloneSyncService<Request<Incoming>, Response<Body>, I
 /// the one the port exists for (the Runner on the main port, health on the health port):
 /// it is called without boxing; the others are boxed.
 ///
-/// Every service here is one of tonic's generated servers (or a wrapper of one that
-/// forwards `poll_ready`), which are always ready: `poll_ready` returns `Ready(Ok(()))`
-/// unconditionally. So each call clones the service and calls it directly, as tonic's own
-/// router does, without waiting for readiness first.
+/// Every service given must be always ready: `poll_ready` returns `Ready(Ok(()))`
+/// unconditionally, as tonic's generated servers do (and [`StampArrival`], which forwards
+/// it). So each call clones the service and calls it without polling for readiness first,
+/// which saves a step per call. A service with backpressure (a tower concurrency limit, a
+/// buffer) must not be routed here: calling it without `poll_ready` would panic or bypass
+/// the limit. `tests::the_services_the_kit_routes_are_always_ready` checks the kit's.
+///
+/// [`StampArrival`]: crate::deadline::StampArrival
 #[derive(Clone)]
 pub(crate) struct Routes<P> {
     primary: P,
@@ -118,10 +128,7 @@ where
     type Future = RouteFuture<P::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        let timeout = request
-            .headers()
-            .get(&GRPC_TIMEOUT)
-            .and_then(|value| crate::deadline::parse(value.to_str().ok()?));
+        let timeout = crate::deadline::grpc_timeout(request.headers());
         let routed = match service_name(request.uri().path()) {
             Some(name) if name == P::NAME => Routed::Primary {
                 future: self.primary.clone().call(request),
@@ -131,11 +138,11 @@ where
                     future: service.clone().call(request),
                 },
                 None => Routed::Answered {
-                    response: Some(unimplemented(name)),
+                    response: Some(unimplemented_response(name)),
                 },
             },
             None => Routed::Answered {
-                response: Some(unimplemented(request.uri().path())),
+                response: Some(unimplemented_response(request.uri().path())),
             },
         };
         RouteFuture {
@@ -145,16 +152,13 @@ where
     }
 }
 
-/// `grpc-timeout`, built once: a lookup by `&str` validates the name on every call.
-static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
-
 /// The service name of a gRPC path, `/{service}/{method}`.
 fn service_name(path: &str) -> Option<&str> {
     let (service, method) = path.strip_prefix('/')?.split_once('/')?;
     (!service.is_empty() && !method.is_empty() && !method.contains('/')).then_some(service)
 }
 
-fn unimplemented(what: &str) -> Response<Body> {
+fn unimplemented_response(what: &str) -> Response<Body> {
     tonic::Status::unimplemented(format!("no such gRPC service here: {what}")).into_http()
 }
 
@@ -209,10 +213,10 @@ where
     }
 }
 
-/// Serves `routes` on every connection `incoming` yields until `stop` completes. Then it
-/// stops accepting (dropping `incoming`, which closes the listener), asks every open
-/// connection to close (GOAWAY: calls in flight finish, no new ones start) and returns
-/// once they all have.
+/// Serves `routes` on every connection `incoming` yields until `stop` completes (or
+/// `incoming` ends, which only happens if its accept loop died). Then it stops accepting
+/// (dropping `incoming`, which closes the listener), asks every open connection to close
+/// (GOAWAY: calls in flight finish, no new ones start) and returns once they all have.
 ///
 /// An `accept` error is logged and retried after a pause; the mesh's incoming stream
 /// yields none (it handles refusals itself).
@@ -265,6 +269,25 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn is_ready<S: Service<Request<Incoming>>>(mut service: S) -> bool {
+        let mut context = Context::from_waker(std::task::Waker::noop());
+        matches!(service.poll_ready(&mut context), Poll::Ready(Ok(())))
+    }
+
+    /// The routes skip `poll_ready` (see [`Routes`]): the services the kit routes must be
+    /// ready whenever asked, the Runner's (the same generated code) included.
+    #[test]
+    fn the_services_the_kit_routes_are_always_ready() {
+        let (_, health) = tonic_health::server::health_reporter();
+        assert!(is_ready(health.clone()));
+        assert!(is_ready(crate::deadline::StampArrival(health)));
+        let reflection = tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(plugworker_rpc::FILE_DESCRIPTOR_SET)
+            .build_v1()
+            .unwrap();
+        assert!(is_ready(reflection));
+    }
 
     #[test]
     fn the_service_name_is_the_first_of_exactly_two_path_segments() {

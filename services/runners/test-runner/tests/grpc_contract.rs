@@ -489,6 +489,30 @@ async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
     );
 }
 
+/// The runner sets no limit on concurrent streams per connection, as tonic's server does:
+/// admission is the run slots' job (`RESOURCE_EXHAUSTED`), not a stream limit that makes
+/// a caller's calls queue inside its HTTP/2 connection.
+#[tokio::test]
+async fn the_runner_sets_no_limit_on_concurrent_streams() {
+    let (_runner, address, _client) = started_at(&[]).await;
+    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut sender = sender.ready().await.unwrap();
+    let request = http::Request::post(format!("http://{address}/grpc.health.v1.Health/Check"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, _) = sender.send_request(request, true).unwrap();
+    // The server's SETTINGS come before any response on the connection, so once one has
+    // arrived the client's limit is the server's (h2 assumes no limit until then).
+    response.await.unwrap();
+    assert_eq!(sender.current_max_send_streams(), usize::MAX);
+}
+
 /// A service or method the runner does not serve is `UNIMPLEMENTED`, with a message naming
 /// it; the runner keeps serving.
 #[tokio::test]
