@@ -6,9 +6,10 @@ use tonic::metadata::MetadataMap;
 
 /// The kit's transport applies the same header with its own timer, until the response
 /// starts (for a unary call, until the handler returns), and answers `CANCELLED` when it
-/// fires, as tonic's server does. The Runner's deadline fires earlier, so callers get the `DEADLINE_EXCEEDED` the
-/// contract promises: by a tenth of the timeout, between these bounds. A fixed 3 ms was
-/// not enough on a loaded 2-core machine, where the kit's task can be scheduled late.
+/// fires, as tonic's server does. The Runner's deadline fires earlier, so callers get the
+/// `DEADLINE_EXCEEDED` the contract promises: by a tenth of the timeout, between these
+/// bounds. A fixed 3 ms was not enough on a loaded 2-core machine, where the kit's task
+/// can be scheduled late.
 const MIN_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(3);
 const MAX_AHEAD_OF_TRANSPORT: Duration = Duration::from_millis(25);
 

@@ -247,7 +247,11 @@ where
                 next = incoming.next() => match next {
                     Some(Ok(io)) => io,
                     Some(Err(error)) => {
-                        tracing::warn!(%error, pause = ?ACCEPT_ERROR_PAUSE, "cannot accept a gRPC connection");
+                        tracing::warn!(
+                            %error,
+                            pause = ?ACCEPT_ERROR_PAUSE,
+                            "cannot accept a gRPC connection"
+                        );
                         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
                         continue;
                     }
