@@ -336,13 +336,13 @@ async fn the_health_probe_fails_without_a_runner_and_passes_once_it_serves() {
 
 /// One `Run` call over a raw HTTP/2 stream whose body (the whole request message) is sent
 /// `body_delay` after its headers, as a large image arriving slowly would be. Returns the
-/// `grpc-status` with its `grpc-message`, and the decoded response when the status is 0.
+/// call's status, and the decoded response when it is OK.
 async fn run_with_late_body(
     address: &str,
     request: RunRequest,
     body_delay: Duration,
 ) -> (
-    (String, String),
+    tonic::Status,
     Option<plugworker_rpc::runner::v1::RunResponse>,
 ) {
     use prost::Message;
@@ -353,7 +353,7 @@ async fn run_with_late_body(
         RequestBody::Late(body_delay, request.encode_to_vec()),
     )
     .await;
-    let decoded = (status.0 == "0").then(|| {
+    let decoded = (status.code() == Code::Ok).then(|| {
         // One uncompressed message, framed as above.
         assert_eq!(data.first(), Some(&0), "an uncompressed message");
         assert_eq!(
@@ -377,25 +377,36 @@ enum RequestBody {
     Never,
 }
 
-/// One gRPC call over a raw HTTP/2 stream, for what tonic's client will not send: a path
-/// of any service, extra headers, a body sent late or never. Returns the `grpc-status` with
-/// its `grpc-message` (percent-decoded), and the response's data frames.
-async fn raw_call(
-    address: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-    body: RequestBody,
-) -> ((String, String), Vec<u8>) {
+/// A raw HTTP/2 connection to `address`, ready to send requests.
+async fn h2_connection(address: &str) -> h2::client::SendRequest<prost::bytes::Bytes> {
     let tcp = tokio::net::TcpStream::connect(address).await.unwrap();
     let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
     tokio::spawn(async move {
         let _ = connection.await;
     });
-    let mut sender = sender.ready().await.unwrap();
-    let mut head = http::Request::post(format!("http://{address}{path}"))
+    sender.ready().await.unwrap()
+}
+
+/// The head of a gRPC call to `path`.
+fn grpc_head(address: &str, path: &str) -> http::request::Builder {
+    http::Request::post(format!("http://{address}{path}"))
         .version(http::Version::HTTP_2)
         .header("content-type", "application/grpc")
-        .header("te", "trailers");
+        .header("te", "trailers")
+}
+
+/// One gRPC call over a raw HTTP/2 stream, for what tonic's client will not send: a path
+/// of any service, extra headers, a body sent late or never. Returns the call's status
+/// (from its trailers, or its headers for a trailers-only answer) and the response's data
+/// frames.
+async fn raw_call(
+    address: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    body: RequestBody,
+) -> (tonic::Status, Vec<u8>) {
+    let mut sender = h2_connection(address).await;
+    let mut head = grpc_head(address, path);
     for (name, value) in headers {
         head = head.header(*name, *value);
     }
@@ -424,49 +435,20 @@ async fn raw_call(
     let trailers = answer.trailers().await.unwrap().unwrap_or_default();
     drop(request_body);
     // A trailers-only answer (an error before any message) carries the status in its headers.
-    let header = |name: &str| {
-        [&trailers, &head.headers]
-            .iter()
-            .find_map(|headers| headers.get(name))
-            .map(|value| value.to_str().unwrap().to_string())
-    };
-    let status = header("grpc-status").expect("a grpc-status");
-    let message = percent_decoded(&header("grpc-message").unwrap_or_default());
-    ((status, message), data)
+    let status = tonic::Status::from_header_map(&trailers)
+        .or_else(|| tonic::Status::from_header_map(&head.headers))
+        .expect("a grpc-status");
+    (status, data)
 }
 
-/// `grpc-message` is percent-encoded (gRPC over HTTP/2: `%` followed by two hex digits).
-fn percent_decoded(message: &str) -> String {
-    let bytes = message.as_bytes();
-    let mut decoded = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        let escaped = (bytes[i] == b'%')
-            .then(|| bytes.get(i + 1..i + 3))
-            .flatten()
-            .and_then(|hex| u8::from_str_radix(std::str::from_utf8(hex).ok()?, 16).ok());
-        match escaped {
-            Some(byte) => {
-                decoded.push(byte);
-                i += 3;
-            }
-            None => {
-                decoded.push(bytes[i]);
-                i += 1;
-            }
-        }
-    }
-    String::from_utf8_lossy(&decoded).into_owned()
-}
-
-/// The caller's `grpc-timeout` covers the whole call, not only the handler: a call whose
-/// body never comes is answered `CANCELLED` when it passes (as tonic's own server does),
-/// instead of holding its stream open until the caller gives up.
+/// The caller's `grpc-timeout` counts from the call's headers, not only in the handler: a
+/// call whose body never comes is answered `CANCELLED` when it passes (as tonic's own
+/// server does), instead of holding its stream open until the caller gives up.
 #[tokio::test]
 async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
     let (_runner, address, _client) = started_at(&[]).await;
     let started = std::time::Instant::now();
-    let ((status, message), _) = tokio::time::timeout(
+    let (status, _) = tokio::time::timeout(
         Duration::from_secs(10),
         raw_call(
             &address,
@@ -479,8 +461,8 @@ async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
     .expect("answered before the test gave up");
     let elapsed = started.elapsed();
     assert_eq!(
-        (status.as_str(), message.as_str()),
-        ("1", "Timeout expired"),
+        (status.code(), status.message()),
+        (Code::Cancelled, "Timeout expired"),
         "CANCELLED"
     );
     assert!(
@@ -495,15 +477,8 @@ async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
 #[tokio::test]
 async fn the_runner_sets_no_limit_on_concurrent_streams() {
     let (_runner, address, _client) = started_at(&[]).await;
-    let tcp = tokio::net::TcpStream::connect(&address).await.unwrap();
-    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
-    tokio::spawn(async move {
-        let _ = connection.await;
-    });
-    let mut sender = sender.ready().await.unwrap();
-    let request = http::Request::post(format!("http://{address}/grpc.health.v1.Health/Check"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
+    let mut sender = h2_connection(&address).await;
+    let request = grpc_head(&address, "/grpc.health.v1.Health/Check")
         .body(())
         .unwrap();
     let (response, _) = sender.send_request(request, true).unwrap();
@@ -523,11 +498,9 @@ async fn unknown_services_and_methods_are_unimplemented() {
         "/plugworker.runner.v1.Runner/Nope",
         "/not-grpc",
     ] {
-        let ((status, message), data) = raw_call(&address, path, &[], RequestBody::Empty).await;
-        assert_eq!(
-            status, "12",
-            "{path}: UNIMPLEMENTED, got {status} {message:?}"
-        );
+        let (status, data) = raw_call(&address, path, &[], RequestBody::Empty).await;
+        assert_eq!(status.code(), Code::Unimplemented, "{path}: {status:?}");
+        let message = status.message();
         assert!(data.is_empty(), "{path}: no message");
         if path == "/plugworker.runner.v1.Nope/Run" {
             assert!(
@@ -554,7 +527,11 @@ async fn a_call_is_timed_from_its_headers_not_from_its_late_body() {
     let body_delay = Duration::from_millis(400);
     let (status, response) =
         run_with_late_body(&address, run("echo", br#"{"message": "late"}"#), body_delay).await;
-    assert_eq!(status.0, "0", "the late call succeeds: {status:?}");
+    assert_eq!(
+        status.code(),
+        Code::Ok,
+        "the late call succeeds: {status:?}"
+    );
     let response = response.unwrap();
     assert_eq!(
         serde_json::from_slice::<serde_json::Value>(&response.result).unwrap()["message"],
