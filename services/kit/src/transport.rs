@@ -58,6 +58,28 @@ use tower::util::BoxCloneSyncService;
 /// descriptors, typically): retrying at once would spin on the error.
 const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 
+/// A gRPC service a port can route to: one of tonic's generated servers (or a wrapper of
+/// one), which take hyper's request as it comes and cannot fail.
+pub(crate) trait GrpcService:
+    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+    + NamedService
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> GrpcService for S where
+    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+        + NamedService
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
 /// A service of the other routes: boxed, since they are called rarely (health checks,
 /// reflection) and boxing keeps [`Routes`] one type whatever they are.
 type BoxedGrpcService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
@@ -80,15 +102,7 @@ pub(crate) struct Routes<P> {
     others: Arc<[(&'static str, BoxedGrpcService)]>,
 }
 
-impl<P> Routes<P>
-where
-    P: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + 'static,
-    P::Future: Send + 'static,
-{
+impl<P: GrpcService> Routes<P> {
     /// Routes with `primary` alone.
     pub(crate) fn new(primary: P) -> Self {
         Self {
@@ -98,16 +112,7 @@ where
     }
 
     /// Also serves `service`, under its gRPC service name.
-    pub(crate) fn with<S>(self, service: S) -> Self
-    where
-        S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-            + NamedService
-            + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
+    pub(crate) fn with<S: GrpcService>(self, service: S) -> Self {
         let mut others = self.others.to_vec();
         others.push((S::NAME, BoxCloneSyncService::new(service)));
         Self {
@@ -117,12 +122,7 @@ where
     }
 }
 
-impl<P> hyper::service::Service<Request<Incoming>> for Routes<P>
-where
-    P: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone,
-{
+impl<P: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<P> {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = RouteFuture<P::Future>;
@@ -224,13 +224,7 @@ pub(crate) async fn serve<I, IO, P>(incoming: I, routes: Routes<P>, stop: impl F
 where
     I: Stream<Item = std::io::Result<IO>>,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-    P: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible>
-        + NamedService
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    P::Future: Send + 'static,
+    P: GrpcService,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
