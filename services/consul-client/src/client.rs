@@ -168,6 +168,19 @@ fn target(address: &str, ssl: bool) -> Result<Target, Error> {
     })
 }
 
+/// Whether `url` names this machine's loopback: `localhost` or a loopback address (Go's
+/// `http.ProxyFromEnvironment` rule, which Consul's own client follows).
+pub fn is_loopback(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(name)) => name.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => {
+            ip.is_loopback() || ip.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
+        None => false,
+    }
+}
+
 /// The token file wins over the token when it holds one (Consul's Go client).
 fn token(config: &ConsulConfig) -> Result<Option<String>, Error> {
     if let Some(file) = &config.token_file {
@@ -202,6 +215,12 @@ impl ConsulClient {
         let mut builder = reqwest::Client::builder().connect_timeout(Duration::from_secs(3));
         if base.scheme() == "https" {
             builder = builder.use_preconfigured_tls(crate::tls::client_config(&config.tls)?);
+        }
+        // Proxy variables (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`, `NO_PROXY`) are honoured
+        // as Consul's Go client honours them, with its exception: an agent on loopback (or
+        // a Unix socket) is never reached through a proxy, which cannot reach it anyway.
+        if unix_socket.is_some() || is_loopback(&base) {
+            builder = builder.no_proxy();
         }
         #[cfg(unix)]
         if let Some(path) = unix_socket {
@@ -511,6 +530,29 @@ mod tests {
             error.to_string().contains("/v1/health/service/x"),
             "{error}"
         );
+    }
+
+    #[test]
+    fn loopback_is_localhost_or_a_loopback_address() {
+        for loopback in [
+            "http://127.0.0.1:8500",
+            "http://127.8.9.10:8500",
+            "http://localhost:8500",
+            "https://LOCALHOST:8501",
+            "http://[::1]:8500",
+            "http://[::ffff:127.0.0.1]:8500",
+        ] {
+            assert!(is_loopback(&Url::parse(loopback).unwrap()), "{loopback}");
+        }
+        for remote in [
+            "http://10.0.0.5:8500",
+            "http://consul.service.consul:8500",
+            "http://localhost.example.com:8500",
+            "http://[::2]:8500",
+            "http://0.0.0.0:8500",
+        ] {
+            assert!(!is_loopback(&Url::parse(remote).unwrap()), "{remote}");
+        }
     }
 
     #[test]
