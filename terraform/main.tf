@@ -166,6 +166,7 @@ module "observability" {
   namespace                            = module.ecs.namespace
   consul_agent_container               = module.ecs.consul_agent_container
   consul_ca_mount                      = module.ecs.consul_ca_mount
+  consul_datacenter                    = local.datacenter
   prometheus_consul_token_arn          = module.mesh.prometheus_token_arn
   execution_role_arn                   = module.ecs.execution_role_arn
   execution_role_name                  = module.ecs.execution_role_name

@@ -632,7 +632,15 @@ def _prometheus(infra, services, plugworker, runners) -> list:
                     problems.append(f"{path}: job {job['job_name']} reads Consul at {server}, which is not a service")
                     continue
                 config_file = consul_config(consul, infra)
+                # Without a datacenter Prometheus first reads /v1/agent/self, which needs
+                # agent:read: its read-only token gets 403 and discovery never starts.
+                datacenter = str(sd.get("datacenter") or "").strip()
+                if not datacenter:
+                    problems.append(f"{path}: job {job['job_name']} does not name Consul's datacenter (datacenter); Prometheus would ask /v1/agent/self, which its read-only token may not read")
                 if config_file is not None:
+                    agent_datacenter = str(_one(config_file.get("datacenter", "dc1")))
+                    if datacenter and datacenter != agent_datacenter:
+                        problems.append(f"{path}: job {job['job_name']} asks datacenter {datacenter}, but Consul at {server} is in {agent_datacenter}")
                     port = int(server.rsplit(":", 1)[1]) if ":" in server else 8500
                     if port not in consul_network_ports(config_file):
                         problems.append(f"{path}: job {job['job_name']} reads Consul at {server}, but it serves {sorted(consul_network_ports(config_file))} on the network")

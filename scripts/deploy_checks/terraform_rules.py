@@ -812,6 +812,7 @@ def prometheus_discovery(tree, root: pathlib.Path) -> list:
     text = re.sub(r"\$\{(\w+)\}", lambda m: m.group(1).upper(), path.read_text())
     try:
         config = yaml.safe_load(text)
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as error:
         return [f"{path}: not YAML: {error}"]
     jobs = config.get("scrape_configs") or []
@@ -837,6 +838,18 @@ def prometheus_discovery(tree, root: pathlib.Path) -> list:
                 problems.append(f"{path}: job {name} must read Consul with its token from a file (authorization.credentials_file), not inline")
             if sd.get("services"):
                 problems.append(f"{path}: job {name} lists services {sd['services']}; it must keep instances by their Meta instead")
+        # Without a datacenter Prometheus first reads /v1/agent/self, which needs agent:read:
+        # its read-only token gets 403 and discovery never starts. It comes from the stack's
+        # datacenter (a template variable), never a literal that could name another.
+        for raw_job in (raw or {}).get("scrape_configs") or []:
+            if raw_job.get("job_name") != name:
+                continue
+            for sd in raw_job.get("consul_sd_configs") or []:
+                datacenter = str(sd.get("datacenter") or "").strip()
+                if not datacenter:
+                    problems.append(f"{path}: job {name} does not name Consul's datacenter (datacenter); Prometheus would ask /v1/agent/self, which its read-only token may not read")
+                elif not re.fullmatch(r"\$\{\w+\}", datacenter):
+                    problems.append(f"{path}: job {name} names datacenter {datacenter!r}; it must be the stack's (a template variable)")
         relabels = job.get("relabel_configs") or []
         keeps_role = any(r.get("action") == "keep" and "__meta_consul_service_metadata_plugworker_role" in (r.get("source_labels") or []) for r in relabels)
         addressed = any(r.get("target_label") == "__address__" and "__meta_consul_service_metadata_plugworker_metrics_port" in (r.get("source_labels") or []) for r in relabels)

@@ -145,6 +145,12 @@ class Trust(Case):
         self.assertReports(problems, r"job plugworker-controller reads Consul without a token")
         self.assertReports(problems, r"reads Consul at consul:8500, but it serves \[8501\] on the network")
 
+    def test_prometheus_without_the_datacenter_or_with_another_fails(self):
+        self.scratch.edit("infra/prometheus.yml", "        datacenter: dc1\n", "")
+        self.assertReports(self.check(), r"job plugworker-controller does not name Consul's datacenter .*/v1/agent/self")
+        self.scratch.edit("infra/prometheus.yml", "      - server: consul:8501\n", "      - server: consul:8501\n        datacenter: dc2\n")
+        self.assertReports(self.check(), r"job plugworker-runners asks datacenter dc2, but Consul at consul:8501 is in dc1")
+
 
 class RunnerRecipe(Case):
     def check(self):

@@ -262,6 +262,12 @@ class PrometheusDiscovery(Rules):
         self.scratch.edit(PROMETHEUS, '        regex: "runner|controller"\n        action: keep', '        regex: "runner|controller"\n        action: replace\n        target_label: role')
         self.assertReports(self.check(), r"\[prometheus_discovery\].*does not keep instances by Meta plugworker_role")
 
+    def test_discovery_without_the_stacks_datacenter_fails(self):
+        self.scratch.edit(PROMETHEUS, '        datacenter: "${datacenter}"\n', "")
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*job plugworker does not name Consul's datacenter .*/v1/agent/self")
+        self.scratch.edit(PROMETHEUS, "        scheme: https\n", '        datacenter: dc1\n        scheme: https\n')
+        self.assertReports(self.check(), r"\[prometheus_discovery\].*job plugworker names datacenter 'dc1'; it must be the stack's")
+
     def test_a_prometheus_token_that_can_write_fails(self):
         self.scratch.edit(MESH_SCRIPT, """read only", 'service_prefix "" { policy = "read" }""", """read only", 'service_prefix "" { policy = "write" }""")
         self.assertReports(self.check(), r"\[prometheus_discovery\].*Prometheus's policy must be read-only")
@@ -375,6 +381,18 @@ class MeshScript(unittest.TestCase):
         self.assertEqual(status, 200, services)
         self.assertIn("sound-runner", services)
         self.assertEqual(self.register("sound-runner", self.secret("prometheus")), 403)
+        # What consul_sd_configs sends with its datacenter set (discovery/consul/consul.go:
+        # catalog.Services, then health.ServiceMultipleTags per service, stale, blocking),
+        # all answered with its token. Without the datacenter it would first read
+        # /v1/agent/self, which that token may not.
+        prometheus = self.secret("prometheus")
+        status, services = self.consul("GET", "/v1/catalog/services?dc=dc1&stale=&index=0&wait=1s", prometheus)
+        self.assertEqual(status, 200, services)
+        self.assertIn("sound-runner", services)
+        status, entries = self.consul("GET", "/v1/health/service/sound-runner?dc=dc1&stale=&index=0&wait=1s", prometheus)
+        self.assertEqual(status, 200, entries)
+        self.assertEqual([(e["Service"]["ID"], e["Service"]["Meta"]["plugworker_role"]) for e in entries], [("sound-runner-1", "runner")])
+        self.assertEqual(self.consul("GET", "/v1/agent/self", prometheus)[0], 403)
         # Intentions: default deny, the controller allowed to each runner, marked as this stack's.
         status, entry = self.consul("GET", "/v1/config/service-intentions/text-runner", self.MANAGEMENT)
         self.assertEqual(status, 200, entry)

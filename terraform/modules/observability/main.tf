@@ -24,6 +24,7 @@ locals {
     consul_https_port = 8501
     ca_file           = "${var.consul_ca_mount.containerPath}/ca.pem"
     token_file        = local.consul_token_file
+    datacenter        = var.consul_datacenter
   })
   datasources_config = replace(replace(file("${local.infra}/grafana/provisioning/datasources/datasources.yaml"),
   "http://prometheus:9090", "http://localhost:9090"), "http://tempo:3200", "http://localhost:3200")

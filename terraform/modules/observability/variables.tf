@@ -38,6 +38,11 @@ variable "consul_ca_mount" {
   type        = object({ sourceVolume = string, containerPath = string, readOnly = bool })
 }
 
+variable "consul_datacenter" {
+  description = "Datacenter of the Consul agents: Prometheus names it in every catalog query, so it never needs agent:read to ask its agent (/v1/agent/self)."
+  type        = string
+}
+
 variable "prometheus_consul_token_arn" {
   description = "SSM SecureString parameter with Prometheus's read-only Consul token."
   type        = string
