@@ -45,8 +45,8 @@ pub use size::{
 };
 #[cfg(feature = "aws")]
 pub use store::{
-    ClaimCheck, ClaimCheckConfig, Incoming, Outgoing, PayloadArgs, s3_client, s3_client_from,
-    validate_key_prefix,
+    ClaimCheck, ClaimCheckConfig, Incoming, Outgoing, PayloadArgs, ReadPolicy, s3_client,
+    s3_client_from, validate_key_prefix,
 };
 
 /// The key prefix payloads are stored under unless configured otherwise (the terraform
@@ -96,6 +96,9 @@ pub enum Error {
         size: u64,
         limit: usize,
     },
+    /// The pointer names a bucket (or key) this consumer does not read from.
+    #[error("the payload at {pointer} is outside what this consumer reads ({allowed})")]
+    NotAllowed { pointer: Pointer, allowed: String },
     #[error("the payload at {pointer} is not UTF-8 text")]
     NotUtf8 { pointer: Pointer },
     #[error("{operation} {pointer} failed: {message}")]

@@ -96,6 +96,21 @@ pub struct ClaimCheck {
     config: Arc<ClaimCheckConfig>,
     threshold: usize,
     max_payload_size: usize,
+    /// Where pointers may point; `None`: anywhere (a reader of its own results).
+    reads: Option<Arc<ReadPolicy>>,
+}
+
+/// Where a consumer that reads pointers from others (the controller) lets them point: its
+/// own payload bucket (under its key prefix, when one was configured explicitly) and the
+/// buckets an operator lists. A pointer elsewhere is refused before any S3 call, and only
+/// objects in the own bucket are ever deleted.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReadPolicy {
+    /// Buckets besides the own one whose objects may be read (never deleted).
+    pub extra_buckets: Vec<String>,
+    /// Only keys under the configured key prefix in the own bucket (AWS's Python extended
+    /// client writes bare UUID keys, so this is on only where a prefix was set).
+    pub enforce_prefix: bool,
 }
 
 impl std::fmt::Debug for ClaimCheck {
@@ -107,20 +122,66 @@ impl std::fmt::Debug for ClaimCheck {
             .field("key_prefix", &self.config.key_prefix)
             .field("delete_after_use", &self.config.delete_after_use)
             .field("max_payload_size", &self.max_payload_size)
+            .field("reads", &self.reads)
             .finish()
     }
 }
 
 impl ClaimCheck {
     /// With an S3 client: pointers are resolved whatever their bucket (access is the IAM
-    /// policy's business), and large bodies are stored if `config.bucket` is set.
+    /// policy's business) unless [`restrict_reads`](Self::restrict_reads) says otherwise,
+    /// and large bodies are stored if `config.bucket` is set.
     pub fn new(s3: aws_sdk_s3::Client, config: ClaimCheckConfig) -> Self {
         Self {
             s3: Some(s3),
             threshold: config.threshold,
             config: Arc::new(config),
             max_payload_size: DEFAULT_MAX_PAYLOAD_SIZE,
+            reads: None,
         }
+    }
+
+    /// Resolves only pointers into the own bucket (and `policy.extra_buckets`), and
+    /// releases only objects of the own bucket: for a consumer of messages anyone may send.
+    pub fn restrict_reads(self, policy: ReadPolicy) -> Self {
+        Self {
+            reads: Some(Arc::new(policy)),
+            ..self
+        }
+    }
+
+    /// Whether `pointer` is in the own bucket (under the prefix, if that is enforced).
+    fn is_own(&self, pointer: &Pointer, policy: &ReadPolicy) -> bool {
+        self.config.bucket.as_deref() == Some(pointer.bucket.as_str())
+            && (!policy.enforce_prefix || pointer.key.starts_with(&self.config.key_prefix))
+    }
+
+    /// Refuses a pointer the read policy does not allow, before any S3 call.
+    fn check_read(&self, pointer: &Pointer) -> Result<(), Error> {
+        let Some(policy) = &self.reads else {
+            return Ok(());
+        };
+        if self.is_own(pointer, policy) || policy.extra_buckets.contains(&pointer.bucket) {
+            return Ok(());
+        }
+        let mut allowed: Vec<String> = self
+            .config
+            .bucket
+            .iter()
+            .map(|bucket| match policy.enforce_prefix {
+                true => format!("s3://{bucket}/{}", self.config.key_prefix),
+                false => format!("s3://{bucket}/"),
+            })
+            .collect();
+        allowed.extend(policy.extra_buckets.iter().map(|b| format!("s3://{b}/")));
+        Err(Error::NotAllowed {
+            pointer: pointer.clone(),
+            allowed: if allowed.is_empty() {
+                "none (no --payload-bucket)".to_string()
+            } else {
+                allowed.join(", ")
+            },
+        })
     }
 
     /// Without S3: bodies over SQS's largest limit are [`Error::TooLarge`] and pointers
@@ -136,6 +197,7 @@ impl ClaimCheck {
                 delete_after_use: true,
             }),
             max_payload_size: DEFAULT_MAX_PAYLOAD_SIZE,
+            reads: None,
         }
     }
 
@@ -267,6 +329,7 @@ impl ClaimCheck {
         };
         let pointer = Pointer::parse(body)?;
         let declared: Option<u64> = declared.string_value().and_then(|v| v.trim().parse().ok());
+        self.check_read(&pointer)?;
         let Some(s3) = &self.s3 else {
             return Err(Error::NoBucket {
                 bucket: pointer.bucket,
@@ -289,6 +352,7 @@ impl ClaimCheck {
             .send()
             .await
             .map_err(|e| s3_error("GetObject", &pointer, e))?;
+        // The real length, from the response's head: the body is dropped unread.
         if let Some(length) = output.content_length().filter(|&l| l > limit as i64) {
             return Err(too_large(length as u64));
         }
@@ -324,8 +388,18 @@ impl ClaimCheck {
     /// Deletes the object behind a pointer once its message has been deleted, when the
     /// configuration says so (`delete_after_use`); otherwise the bucket's lifecycle rule
     /// expires it.
+    ///
+    /// With a read policy ([`restrict_reads`](Self::restrict_reads)), only an object of
+    /// the own bucket is deleted: one read from a bucket an operator listed is someone
+    /// else's to delete.
     pub async fn release(&self, pointer: &Pointer) -> Result<(), Error> {
         if !self.config.delete_after_use {
+            return Ok(());
+        }
+        if let Some(policy) = &self.reads
+            && !self.is_own(pointer, policy)
+        {
+            tracing::debug!(%pointer, "not the payload bucket's object: left in place");
             return Ok(());
         }
         self.delete(pointer).await
@@ -431,9 +505,17 @@ pub struct PayloadArgs {
     /// Endpoint: AWS_ENDPOINT_URL_S3 or AWS_ENDPOINT_URL (path-style when set).
     #[arg(long, env = "PLUGWORKER_PAYLOAD_BUCKET")]
     pub payload_bucket: Option<String>,
-    /// Key prefix of stored bodies (letters, digits, '.', '/', '_', '-').
-    #[arg(long, env = "PLUGWORKER_PAYLOAD_KEY_PREFIX", default_value = DEFAULT_KEY_PREFIX, value_parser = validate_key_prefix)]
-    pub payload_key_prefix: String,
+    /// Key prefix of stored bodies (letters, digits, '.', '/', '_', '-') [default:
+    /// payloads/]. When set explicitly, the controller also reads only pointers under it in
+    /// the payload bucket (unset, it reads any key there: AWS's Python extended client
+    /// writes bare UUID keys).
+    #[arg(long, env = "PLUGWORKER_PAYLOAD_KEY_PREFIX", value_parser = validate_key_prefix)]
+    pub payload_key_prefix: Option<String>,
+    /// Other buckets the controller may read job bodies from (comma-separated; never
+    /// deleted from). A pointer to any other bucket is a permanent error, before any S3
+    /// call.
+    #[arg(long, env = "PLUGWORKER_PAYLOAD_READ_BUCKETS", value_delimiter = ',')]
+    pub payload_read_buckets: Vec<String>,
     /// Keep stored bodies after their message is deleted (default: delete them; the
     /// bucket's lifecycle rule expires whatever is left).
     #[arg(long, env = "PLUGWORKER_KEEP_PAYLOADS")]
@@ -450,13 +532,31 @@ impl PayloadArgs {
         ClaimCheckConfig {
             bucket: self.payload_bucket.clone().filter(|b| !b.is_empty()),
             threshold: self.payload_threshold.unwrap_or(default_threshold),
-            key_prefix: self.payload_key_prefix.clone(),
+            key_prefix: self
+                .payload_key_prefix
+                .clone()
+                .unwrap_or_else(|| DEFAULT_KEY_PREFIX.to_string()),
             delete_after_use: !self.keep_payloads,
         }
     }
 
+    /// Where received pointers may point: the payload bucket (under an explicitly set
+    /// prefix) and `--payload-read-buckets`.
+    pub fn read_policy(&self) -> ReadPolicy {
+        ReadPolicy {
+            extra_buckets: self
+                .payload_read_buckets
+                .iter()
+                .map(|b| b.trim().to_string())
+                .filter(|b| !b.is_empty())
+                .collect(),
+            enforce_prefix: self.payload_key_prefix.is_some(),
+        }
+    }
+
     /// A claim-check with an S3 client from the standard chain: it resolves pointers even
-    /// without a bucket of its own (producers may use theirs).
+    /// without a bucket of its own (producers may use theirs) unless restricted with
+    /// [`ClaimCheck::restrict_reads`] and [`PayloadArgs::read_policy`].
     pub async fn claim_check(&self, region: Option<&str>, default_threshold: usize) -> ClaimCheck {
         ClaimCheck::new(
             s3_client(None, region).await,
@@ -517,6 +617,69 @@ mod tests {
             .err()
             .unwrap();
         assert!(error.to_string().contains("' ' is not allowed"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_restricted_reader_refuses_pointers_elsewhere_before_any_s3_call() {
+        // No endpoint answers here: a refusal cannot have come from S3.
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::Config::builder()
+                .behavior_version(aws_sdk_s3::config::BehaviorVersion::latest())
+                .region(aws_sdk_s3::config::Region::new("us-east-1"))
+                .endpoint_url("http://127.0.0.1:9")
+                .build(),
+        );
+        let config = ClaimCheckConfig {
+            bucket: Some("own".into()),
+            threshold: 1000,
+            key_prefix: "payloads/".into(),
+            delete_after_use: true,
+        };
+        let size = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value("5")
+            .build()
+            .unwrap();
+        let attributes = HashMap::from([(RESERVED_ATTRIBUTE.to_string(), size)]);
+        let reader = |policy| ClaimCheck::new(s3.clone(), config.clone()).restrict_reads(policy);
+        let open = ReadPolicy {
+            extra_buckets: vec!["shared".into()],
+            enforce_prefix: false,
+        };
+        let strict = ReadPolicy {
+            enforce_prefix: true,
+            ..open.clone()
+        };
+        for (policy, bucket, key, allowed) in [
+            (&open, "other", "x", false),
+            (&open, "own", "bare-uuid", true),
+            (&open, "shared", "x", true),
+            (&strict, "own", "bare-uuid", false),
+            (&strict, "own", "payloads/x", true),
+        ] {
+            let error = reader(policy.clone())
+                .resolve(&Pointer::new(bucket, key).to_body(), &attributes)
+                .await
+                .unwrap_err();
+            assert_eq!(
+                matches!(error, Error::NotAllowed { .. }),
+                !allowed,
+                "{bucket}/{key}: {error}"
+            );
+            assert!(error.is_permanent() || allowed, "{error}");
+        }
+        // Only the own bucket's objects are released; others stay (no S3 call).
+        reader(open.clone())
+            .release(&Pointer::new("shared", "x"))
+            .await
+            .unwrap();
+        assert!(
+            reader(open)
+                .release(&Pointer::new("own", "x"))
+                .await
+                .is_err(),
+            "the own bucket's object is deleted (here: tried, nothing answers)"
+        );
     }
 
     #[tokio::test]

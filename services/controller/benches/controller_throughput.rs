@@ -208,6 +208,7 @@ fn main() {
                 None,
                 &JobsQueueOptions { allow_no_dlq: false, job_timeout: Duration::from_secs(300), runner_wait: Duration::from_secs(10) },
                 plugworker_claim_check::ClaimCheck::disabled(),
+                plugworker_controller::sqs::MessageKeys::ephemeral(),
             )
             .await
             .unwrap(),

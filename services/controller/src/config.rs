@@ -28,6 +28,53 @@ pub struct QueueArgs {
     /// Large jobs, results and DLQ copies through S3 (AWS's extended client format).
     #[command(flatten)]
     pub payload: plugworker_claim_check::PayloadArgs,
+    /// Largest job body fetched from S3 (claim-check), in bytes, by its declared and by
+    /// its real size; a larger one gets a permanent `payload_too_large` error result
+    /// without being downloaded. Default: the runners' default --max-message-bytes.
+    #[arg(long, env = "PLUGWORKER_MAX_JOB_BYTES", default_value_t = DEFAULT_MAX_JOB_BYTES)]
+    pub max_job_bytes: usize,
+    /// Keys that sign what the controller writes on re-queued copies of jobs (the
+    /// original message id, attempts, unpublishable results): `KEY_ID:SECRET`, or
+    /// `NEW_ID:NEW_SECRET,OLD_ID:OLD_SECRET` while rotating (the first signs, both
+    /// verify). Secrets of at least 16 bytes. Every controller on a queue needs the same
+    /// keys. Without keys a random per-process key is made: a copy one controller
+    /// re-queued is a new job to another (its result carries the copy's message id), and
+    /// a producer's `plugworker_message_id` is never believed either way. Prefer
+    /// --message-keys-file or the environment over the command line.
+    #[arg(long, env = "PLUGWORKER_MESSAGE_KEYS", hide_env_values = true)]
+    pub message_keys: Option<String>,
+    /// File holding the --message-keys (one `KEY_ID:SECRET` per line or comma-separated).
+    #[arg(
+        long,
+        env = "PLUGWORKER_MESSAGE_KEYS_FILE",
+        conflicts_with = "message_keys"
+    )]
+    pub message_keys_file: Option<std::path::PathBuf>,
+}
+
+/// The runners' default largest gRPC message (`--max-message-bytes` in
+/// services/kit/src/config.rs): a larger job body could not be sent to a runner anyway.
+pub const DEFAULT_MAX_JOB_BYTES: usize = 16 * 1024 * 1024;
+
+#[cfg(feature = "sqs")]
+impl QueueArgs {
+    /// The keys from --message-keys or --message-keys-file; a per-process key (with a
+    /// warning) if neither is set.
+    pub fn message_keys(&self) -> anyhow::Result<crate::sqs::MessageKeys> {
+        use anyhow::Context as _;
+        let spec = match (&self.message_keys, &self.message_keys_file) {
+            (Some(spec), _) => spec.clone(),
+            (None, Some(path)) => std::fs::read_to_string(path)
+                .with_context(|| format!("cannot read --message-keys-file {}", path.display()))?,
+            (None, None) => {
+                tracing::warn!(
+                    "no --message-keys (PLUGWORKER_MESSAGE_KEYS): re-queued copies are signed with a key of this process only; another controller runs them as new jobs, under the copy's message id. Give every controller on the queue the same key"
+                );
+                return Ok(crate::sqs::MessageKeys::ephemeral());
+            }
+        };
+        Ok(crate::sqs::MessageKeys::parse(&spec)?)
+    }
 }
 
 #[cfg(feature = "sqs")]

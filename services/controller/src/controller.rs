@@ -22,7 +22,7 @@
 
 use crate::dispatch::{Dispatcher, Failure, Success};
 use crate::metrics::{ControllerMetrics, MetricsSource, Outcome};
-use crate::queue::{Delivery, JobQueue, PublishError, ResultSink};
+use crate::queue::{Carried, Delivery, JobQueue, PublishError, ResultSink};
 use plugworker_jobs::{
     ErrorClass, ErrorInfo, JobResult, RunnerInfo, Status, Timings, codes, parse_job,
 };
@@ -37,6 +37,10 @@ use tracing::Instrument;
 
 /// SQS's longest message delay: a re-queued copy cannot be held back longer.
 const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
+/// How long a result that cannot be published is kept in memory (its job holding its run
+/// slot and its message invisible) before the job is re-queued to run again later: well
+/// within SQS's 12 h visibility ceiling.
+const MAX_HOLD: Duration = Duration::from_secs(3600);
 /// Message ids whose final result this controller published, remembered for redeliveries.
 const FINALS_REMEMBERED: usize = 100_000;
 /// After the grace period, how long jobs get to put their messages back before they are
@@ -321,13 +325,22 @@ impl Controller {
 /// as an attempt (it was interrupted, not tried).
 async fn put_back(context: &Context, delivery: &Delivery) {
     context.metrics.released.inc();
-    let attempts = delivery.attempt().saturating_sub(1);
     if let Err(error) = context
         .queue
-        .requeue(delivery, attempts, Duration::ZERO)
+        .requeue(delivery, carried(delivery, 0), Duration::ZERO)
         .await
     {
         tracing::warn!(%error, message_id = %delivery.message_id, "could not put a job back; it reappears after its visibility timeout");
+    }
+}
+
+/// What a re-queued copy of `delivery` carries: its attempts so far (this delivery's not
+/// counted: it was interrupted, or its run is kept apart as `unpublished`) and
+/// `unpublished` more results that could not be published.
+fn carried(delivery: &Delivery, unpublished: u32) -> Carried {
+    Carried {
+        attempts: delivery.attempt().saturating_sub(1),
+        unpublished: delivery.unpublished.saturating_add(unpublished),
     }
 }
 
@@ -420,6 +433,10 @@ async fn handle_traced(
 
     let mut give_up = context.give_up.clone();
     let work = async {
+        // The body (a claim-check pointer's object) is fetched here, in the job's own
+        // task and under its heartbeat: a slow S3 holds up this job only, and its message
+        // stays invisible meanwhile.
+        let loaded = context.queue.load(delivery).await;
         if let Some(previous) = previous
             && !previous.await.unwrap_or(false)
         {
@@ -427,18 +444,20 @@ async fn handle_traced(
             // one, or it would finish first.
             return None;
         }
-        Some(run_job(context, delivery, slot, started).await)
+        let ran = run_job(context, loaded.as_ref().unwrap_or(delivery), slot, started).await;
+        Some((ran, loaded))
     };
     let work = keep_invisible_while(context, delivery, work);
     let finished = tokio::select! {
         finished = work => finished,
         _ = give_up.wait_for(|g| *g) => None,
     };
-    let Some((algorithm, job_id, verdict, queued)) = finished else {
+    let Some(((algorithm, job_id, verdict, queued), loaded)) = finished else {
         put_back(context, delivery).await;
         span.record("plugworker.outcome", Outcome::Released.label());
         return false;
     };
+    let delivery = loaded.as_ref().unwrap_or(delivery);
 
     let total = started.elapsed();
     let mut result = JobResult {
@@ -598,61 +617,59 @@ async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Op
 
 /// Publishes the final result (or, if the queue refuses it, an error result saying why),
 /// then copies failed jobs to the DLQ and deletes the message.
+///
+/// A result that cannot be published is kept and published again after `--retry-base ×
+/// 2^n` (n: the failures so far, across re-queued copies; at most 15 min), the message
+/// kept invisible meanwhile, so an outage of the results queue costs no extra runs. After
+/// [`MAX_HOLD`], or at shutdown, the job is re-queued carrying n, and its next copy backs
+/// off from there.
 async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> Outcome {
     let message_id = &delivery.message_id;
-    let published = match context.sink.publish(&result, delivery).await {
-        Ok(()) => Ok(result),
-        Err(refused @ (PublishError::TooLarge { .. } | PublishError::Rejected(_))) => {
-            // The result itself is the problem: say so in a small error result instead,
-            // and keep the job in the DLQ for a redrive once the cause is fixed.
-            let code = match refused {
-                PublishError::TooLarge { .. } => codes::RESULT_TOO_LARGE,
-                _ => codes::RESULT_UNPUBLISHABLE,
-            };
-            tracing::warn!(%message_id, error = %refused, "the results queue refuses this result; publishing an error result instead");
-            let replacement = JobResult {
-                status: Status::Error,
-                result: None,
-                error: Some(ErrorInfo::permanent(
-                    code,
-                    format!(
-                        "the job ran ({}), but its result could not be published: {refused}",
-                        match &result.error {
-                            None => "ok".to_string(),
-                            Some(error) => format!("error {}", error.code),
-                        }
-                    ),
-                )),
-                ..result
-            };
-            match context.sink.publish(&replacement, delivery).await {
-                Ok(()) => Ok(replacement),
-                Err(error) => Err(error),
-            }
-        }
-        Err(error) => Err(error),
-    };
-    let result = match published {
-        Ok(result) => result,
-        Err(error) => {
+    let held_since = Instant::now();
+    let mut failures = 0u32;
+    let result = loop {
+        let error = match publish(context, delivery, result.clone()).await {
+            Ok(published) => break published,
+            Err(error) => error,
+        };
+        context.metrics.unpublishable(&error);
+        failures += 1;
+        let delay = context
+            .settings
+            .retry_backoff()
+            .delay(delivery.unpublished.saturating_add(failures))
+            .min(MAX_REQUEUE_DELAY);
+        let give_up = *context.give_up.borrow();
+        if give_up || held_since.elapsed() + delay > MAX_HOLD {
             // Keep the message, and its receives: deleting it would lose the job, letting
             // the redrive policy take it would dead-letter it without a result.
-            context.metrics.unpublishable(&error);
-            let delay = context
-                .settings
-                .retry_backoff()
-                .delay(delivery.attempt())
-                .min(MAX_REQUEUE_DELAY);
-            tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is kept and will run again");
+            tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is put back and will run again");
             if let Err(error) = context
                 .queue
-                .requeue(delivery, delivery.attempt().saturating_sub(1), delay)
+                .requeue(delivery, carried(delivery, failures), delay)
                 .await
             {
                 tracing::warn!(%error, %message_id, "could not put the job back; it reappears after its visibility timeout");
             }
             return Outcome::Unpublished;
         }
+        tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; keeping it to publish again");
+        // Extended now, since publishing took a while since the last heartbeat.
+        if let Err(error) = context
+            .queue
+            .extend(delivery, context.queue.visibility_timeout())
+            .await
+        {
+            tracing::warn!(%error, %message_id, "could not extend visibility");
+        }
+        let mut stop = context.give_up.clone();
+        keep_invisible_while(context, delivery, async {
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                _ = stop.wait_for(|g| *g) => {}
+            }
+        })
+        .await;
     };
     let state = Final {
         failed: result.error.is_some(),
@@ -660,6 +677,42 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
     };
     context.finals.record(message_id, state.clone());
     finish(context, delivery, state).await
+}
+
+/// Publishes the result, or, if the queue refuses it (too large, content), a small error
+/// result saying so (the job then goes to the DLQ for a redrive once the cause is fixed).
+async fn publish(
+    context: &Context,
+    delivery: &Delivery,
+    result: JobResult,
+) -> Result<JobResult, PublishError> {
+    let refused = match context.sink.publish(&result, delivery).await {
+        Ok(()) => return Ok(result),
+        Err(refused @ (PublishError::TooLarge { .. } | PublishError::Rejected(_))) => refused,
+        Err(error) => return Err(error),
+    };
+    let code = match refused {
+        PublishError::TooLarge { .. } => codes::RESULT_TOO_LARGE,
+        _ => codes::RESULT_UNPUBLISHABLE,
+    };
+    tracing::warn!(message_id = %delivery.message_id, error = %refused, "the results queue refuses this result; publishing an error result instead");
+    let replacement = JobResult {
+        status: Status::Error,
+        result: None,
+        error: Some(ErrorInfo::permanent(
+            code,
+            format!(
+                "the job ran ({}), but its result could not be published: {refused}",
+                match &result.error {
+                    None => "ok".to_string(),
+                    Some(error) => format!("error {}", error.code),
+                }
+            ),
+        )),
+        ..result
+    };
+    context.sink.publish(&replacement, delivery).await?;
+    Ok(replacement)
 }
 
 /// After the final result is out: the DLQ copy (for failed jobs), then the delete, then

@@ -50,6 +50,14 @@ pub async fn build_on_sqs(
             plugworker_claim_check::SQS_MAXIMUM_MESSAGE_SIZE,
         )
         .await;
+    // Received pointers: only into the payload bucket (and listed ones), at most
+    // --max-job-bytes; results and DLQ copies use the same claim-check unrestricted
+    // otherwise.
+    let jobs_claim = claim
+        .clone()
+        .restrict_reads(args.queues.payload.read_policy())
+        .with_max_payload_size(args.queues.max_job_bytes);
+    let keys = args.queues.message_keys()?;
     let queue = sqs::SqsJobQueue::connect(
         client.clone(),
         args.queues.jobs_queue_url.clone(),
@@ -61,7 +69,8 @@ pub async fn build_on_sqs(
             job_timeout: args.settings.job_timeout,
             runner_wait: args.settings.runner_wait,
         },
-        claim.clone(),
+        jobs_claim,
+        keys,
     )
     .await
     .with_context(|| format!("cannot use the jobs queue {}", args.queues.jobs_queue_url))?;

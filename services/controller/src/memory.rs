@@ -3,7 +3,7 @@
 //! result destination. It backs `plugworker dev` (jobs from a file, no AWS) and the
 //! controller benchmark, so both exercise the exact controller code SQS does.
 
-use crate::queue::{Delivery, JobQueue, PublishError, QueueError, ResultSink};
+use crate::queue::{Carried, Delivery, JobQueue, PublishError, QueueError, ResultSink};
 use async_trait::async_trait;
 use plugworker_jobs::{ErrorInfo, JobResult};
 use std::collections::BTreeMap;
@@ -18,6 +18,8 @@ struct Message {
     /// Attempts made before the last re-queue (which resets `receives`, as a new SQS
     /// copy would).
     prior_attempts: u32,
+    /// Results that could not be published before the last re-queue.
+    unpublished: u32,
     visible_at: Instant,
     receipt: String,
 }
@@ -68,6 +70,7 @@ impl MemoryQueue {
                 body: body.into(),
                 receives: 0,
                 prior_attempts: 0,
+                unpublished: 0,
                 visible_at: Instant::now(),
                 receipt: String::new(),
             },
@@ -113,6 +116,7 @@ impl MemoryQueue {
                 body: message.body.clone(),
                 receive_count: message.receives,
                 prior_attempts: message.prior_attempts,
+                unpublished: message.unpublished,
                 receipt: message.receipt.clone(),
                 ..Delivery::default()
             });
@@ -204,13 +208,14 @@ impl JobQueue for MemoryQueue {
     async fn requeue(
         &self,
         delivery: &Delivery,
-        attempts: u32,
+        carried: Carried,
         delay: Duration,
     ) -> Result<(), QueueError> {
         self.with_current(delivery, |messages, seq| {
             if let Some(message) = messages.get_mut(&seq) {
                 // As a fresh SQS copy carrying the attempts: its receives start over.
-                message.prior_attempts = attempts;
+                message.prior_attempts = carried.attempts;
+                message.unpublished = carried.unpublished;
                 message.receives = 0;
                 message.receipt = String::new();
                 message.visible_at = Instant::now() + delay;
@@ -303,11 +308,22 @@ mod tests {
             let delivery = queue.receive(1).await.unwrap().remove(0);
             assert_eq!(delivery.message_id, id);
             assert_eq!(delivery.attempt(), 1, "interruptions are not attempts");
-            queue.requeue(&delivery, 0, Duration::ZERO).await.unwrap();
+            queue
+                .requeue(&delivery, Carried::default(), Duration::ZERO)
+                .await
+                .unwrap();
         }
         assert!(queue.dead_letters().is_empty());
         let delivery = queue.receive(1).await.unwrap().remove(0);
-        queue.requeue(&delivery, 1, Duration::ZERO).await.unwrap();
-        assert_eq!(queue.receive(1).await.unwrap()[0].attempt(), 2);
+        let carried = Carried {
+            attempts: 1,
+            unpublished: 3,
+        };
+        queue
+            .requeue(&delivery, carried, Duration::ZERO)
+            .await
+            .unwrap();
+        let copy = queue.receive(1).await.unwrap().remove(0);
+        assert_eq!((copy.attempt(), copy.unpublished), (2, 3));
     }
 }

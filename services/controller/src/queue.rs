@@ -14,6 +14,24 @@ use std::time::Duration;
 pub const ORIGINAL_MESSAGE_ID: &str = "plugworker_message_id";
 /// Message attribute carrying, on a re-queued copy, the attempts made on earlier copies.
 pub const PRIOR_ATTEMPTS: &str = "plugworker_attempts";
+/// Message attribute carrying, on a re-queued copy, how many times a result of this job
+/// could not be published: the backoff of the next one grows from there.
+pub const UNPUBLISHED: &str = "plugworker_unpublished";
+/// Message attribute authenticating the three above and the body (`KEY_ID:HMAC`): a
+/// producer can set any attribute, so the controller believes only what it signed itself.
+pub const SIGNATURE: &str = "plugworker_signature";
+/// Every attribute the controller writes on a re-queued copy: never carried over from
+/// what a producer sent.
+pub const OWN_ATTRIBUTES: [&str; 4] = [ORIGINAL_MESSAGE_ID, PRIOR_ATTEMPTS, UNPUBLISHED, SIGNATURE];
+
+/// What a re-queued copy carries forward from the message it replaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Attempts made so far (interruptions are not attempts).
+    pub attempts: u32,
+    /// Results that could not be published so far.
+    pub unpublished: u32,
+}
 
 /// A message attribute kept on re-queued and dead-lettered copies.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -43,6 +61,8 @@ pub struct Delivery {
     pub receive_count: u32,
     /// Attempts made on earlier copies, which the controller re-queued at shutdown.
     pub prior_attempts: u32,
+    /// Results of earlier copies that could not be published.
+    pub unpublished: u32,
     /// Opaque handle for acknowledging this delivery.
     pub receipt: String,
     /// W3C `traceparent` message attribute, if the producer set one.
@@ -56,7 +76,8 @@ pub struct Delivery {
     /// Set when the body was fetched from S3.
     pub stored: Option<Stored>,
     /// Set when the body could not be read (a claim-check pointer whose object cannot be
-    /// fetched): the job fails with this error instead of running.
+    /// fetched, is too large or is somewhere the controller does not read): the job fails
+    /// with this error instead of running.
     pub unreadable: Option<ErrorInfo>,
 }
 
@@ -110,17 +131,25 @@ pub trait JobQueue: Send + Sync + 'static {
     /// Makes the message visible again after `delay`. The next receive counts towards
     /// the redrive policy's `maxReceiveCount`.
     async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError>;
-    /// Puts the message back without spending one of its receives: `attempts` attempts
-    /// have been made so far, and it becomes visible after `delay`. On SQS standard queues
-    /// a copy carrying the message id and the attempts is sent and the original deleted;
-    /// on FIFO queues (where a copy would lose its place in its group) this is a release.
+    /// The delivery with its body, when that must be fetched first (a claim-check
+    /// pointer); `None`: the body is the message's own. Called by the job's own task, with
+    /// its visibility kept alive, so a slow fetch delays only this job. A body that cannot
+    /// be read comes back with [`Delivery::unreadable`] set.
+    async fn load(&self, delivery: &Delivery) -> Option<Delivery> {
+        let _ = delivery;
+        None
+    }
+    /// Puts the message back without spending one of its receives, carrying `carried`
+    /// forward; it becomes visible after `delay`. On SQS standard queues a copy carrying
+    /// the message id and `carried` (signed) is sent and the original deleted; on FIFO
+    /// queues (where a copy would lose its place in its group) this is a release.
     async fn requeue(
         &self,
         delivery: &Delivery,
-        attempts: u32,
+        carried: Carried,
         delay: Duration,
     ) -> Result<(), QueueError> {
-        let _ = attempts;
+        let _ = carried;
         self.retry_later(delivery, delay).await
     }
     /// Keeps the message invisible for another `visibility` from now (a long run).

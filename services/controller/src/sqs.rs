@@ -8,8 +8,8 @@
 //! DLQ copy and a re-queued copy, and deduplication ids derive from its message id.
 
 use crate::queue::{
-    Attribute, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, PRIOR_ATTEMPTS, PublishError, QueueDepth,
-    QueueError, ResultSink, Stored,
+    Attribute, Carried, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, OWN_ATTRIBUTES, PRIOR_ATTEMPTS,
+    PublishError, QueueDepth, QueueError, ResultSink, SIGNATURE, Stored, UNPUBLISHED,
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -22,6 +22,7 @@ use plugworker_claim_check::{ClaimCheck, Incoming, threshold_for_max_message_siz
 use plugworker_jobs::text::sqs_attribute;
 use plugworker_jobs::{ErrorClass, ErrorInfo, JobResult, codes};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -284,6 +285,182 @@ fn deduplication_id(purpose: &str, message_id: &str) -> String {
     format!("{purpose}-{id}")
 }
 
+/// The keys that authenticate what the controller writes on a re-queued copy
+/// (`plugworker_message_id`, `plugworker_attempts`, `plugworker_unpublished`) together with
+/// its body: an HMAC-SHA256 in `plugworker_signature`, as `KEY_ID:HEX`. A producer can set
+/// any attribute; a copy whose signature does not verify is its own job, under its own
+/// message id. The first key signs; every key (at most two: the current one and the one
+/// being rotated out) verifies.
+pub struct MessageKeys {
+    keys: Vec<(String, ring::hmac::Key)>,
+    /// True for the per-process key made when none is configured.
+    ephemeral: bool,
+}
+
+/// Why the message keys cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error(
+        "message key {0:?}: expected KEY_ID:SECRET (key id of letters, digits, '.', '_', '-', at most 32)"
+    )]
+    Malformed(String),
+    #[error(
+        "message key {id:?}: the secret is {len} bytes; at least {MIN_SECRET_BYTES} are needed"
+    )]
+    Short { id: String, len: usize },
+    #[error("{0} message keys given; at most two (the signing key, then the one rotated out)")]
+    TooMany(usize),
+    #[error("message key id {0:?} given twice")]
+    Duplicate(String),
+    #[error("no message key given")]
+    Empty,
+}
+
+/// The shortest secret accepted: 128 bits of a random hex or base64 string.
+const MIN_SECRET_BYTES: usize = 16;
+const SIGNATURE_DOMAIN: &[u8] = b"plugworker re-queued copy v1";
+
+impl MessageKeys {
+    /// `KEY_ID:SECRET[,KEY_ID:SECRET]`, the signing key first.
+    pub fn parse(spec: &str) -> Result<Self, KeyError> {
+        let mut keys: Vec<(String, ring::hmac::Key)> = Vec::new();
+        for entry in spec
+            .split([',', '\n'])
+            .map(str::trim)
+            .filter(|e| !e.is_empty())
+        {
+            let (id, secret) = entry
+                .split_once(':')
+                .ok_or_else(|| KeyError::Malformed(entry.chars().take(40).collect()))?;
+            let (id, secret) = (id.trim(), secret.trim());
+            if id.is_empty()
+                || id.len() > 32
+                || !id
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'))
+            {
+                return Err(KeyError::Malformed(id.chars().take(40).collect()));
+            }
+            if secret.len() < MIN_SECRET_BYTES {
+                return Err(KeyError::Short {
+                    id: id.to_string(),
+                    len: secret.len(),
+                });
+            }
+            if keys.iter().any(|(known, _)| known == id) {
+                return Err(KeyError::Duplicate(id.to_string()));
+            }
+            keys.push((
+                id.to_string(),
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_bytes()),
+            ));
+        }
+        match keys.len() {
+            0 => Err(KeyError::Empty),
+            1 | 2 => Ok(Self {
+                keys,
+                ephemeral: false,
+            }),
+            n => Err(KeyError::TooMany(n)),
+        }
+    }
+
+    /// A random key known to this process only: its own re-queued copies keep their
+    /// message id when it receives them again; another controller treats them as new jobs.
+    pub fn ephemeral() -> Self {
+        use rand::Rng;
+        let secret: [u8; 32] = rand::rng().random();
+        Self {
+            keys: vec![(
+                "process".to_string(),
+                ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret),
+            )],
+            ephemeral: true,
+        }
+    }
+
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
+    }
+
+    /// The signing key's id.
+    pub fn key_id(&self) -> &str {
+        &self.keys[0].0
+    }
+
+    /// The bytes signed: each field length-prefixed, so no two different sets of fields
+    /// sign alike.
+    fn signed_bytes(fields: &SignedFields<'_>) -> Vec<u8> {
+        let attempts = fields.attempts.to_string();
+        let unpublished = fields.unpublished.to_string();
+        let parts = [
+            SIGNATURE_DOMAIN,
+            fields.message_id.as_bytes(),
+            attempts.as_bytes(),
+            unpublished.as_bytes(),
+            fields.body.as_bytes(),
+        ];
+        let mut bytes = Vec::with_capacity(parts.iter().map(|p| p.len() + 8).sum());
+        for part in parts {
+            bytes.extend_from_slice(&(part.len() as u64).to_be_bytes());
+            bytes.extend_from_slice(part);
+        }
+        bytes
+    }
+
+    /// `KEY_ID:HEX` for these fields, with the signing key.
+    fn sign(&self, fields: &SignedFields<'_>) -> String {
+        let (id, key) = &self.keys[0];
+        let tag = ring::hmac::sign(key, &Self::signed_bytes(fields));
+        let hex: String = tag.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+        format!("{id}:{hex}")
+    }
+
+    /// Whether `signature` is a valid `KEY_ID:HEX` for these fields under a known key
+    /// (compared in constant time by ring).
+    fn verify(&self, signature: &str, fields: &SignedFields<'_>) -> bool {
+        let Some((id, hex)) = signature.split_once(':') else {
+            return false;
+        };
+        let Some((_, key)) = self.keys.iter().find(|(known, _)| known == id) else {
+            return false;
+        };
+        let Some(tag) = decode_hex(hex) else {
+            return false;
+        };
+        ring::hmac::verify(key, &Self::signed_bytes(fields), &tag).is_ok()
+    }
+}
+
+impl std::fmt::Debug for MessageKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let ids: Vec<&str> = self.keys.iter().map(|(id, _)| id.as_str()).collect();
+        f.debug_struct("MessageKeys")
+            .field("key_ids", &ids)
+            .field("ephemeral", &self.ephemeral)
+            .finish()
+    }
+}
+
+/// What `plugworker_signature` covers.
+struct SignedFields<'a> {
+    message_id: &'a str,
+    attempts: u32,
+    unpublished: u32,
+    /// The body as it travels on the queue (a pointer for a job that came through S3).
+    body: &'a str,
+}
+
+fn decode_hex(hex: &str) -> Option<Vec<u8>> {
+    if !hex.len().is_multiple_of(2) || !hex.is_ascii() {
+        return None;
+    }
+    (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).ok())
+        .collect()
+}
+
 /// The jobs queue, with its dead-letter queue.
 pub struct SqsJobQueue {
     client: Client,
@@ -298,11 +475,16 @@ pub struct SqsJobQueue {
     max_attempts: u32,
     deletes: mpsc::Sender<(String, oneshot::Sender<Result<(), QueueError>>)>,
     batcher: tokio::task::JoinHandle<()>,
+    /// Sign and verify what the controller writes on re-queued copies.
+    keys: Arc<MessageKeys>,
 }
 
 impl SqsJobQueue {
     /// Connects to the queue, checks it and its dead-letter queue (`dlq_url` if given,
     /// else the redrive policy's target), and reads what the controller needs of them.
+    /// `claim` resolves received pointers (restricted to where the controller reads, and
+    /// capped at `--max-job-bytes`); `keys` sign re-queued copies.
+    #[allow(clippy::too_many_arguments)]
     pub async fn connect(
         client: Client,
         queue_url: String,
@@ -311,6 +493,7 @@ impl SqsJobQueue {
         visibility_override: Option<Duration>,
         options: &JobsQueueOptions,
         claim: ClaimCheck,
+        keys: MessageKeys,
     ) -> Result<Self, StartupError> {
         let attributes = queue_attributes(&client, "jobs", &queue_url).await?;
         let redrive = check_jobs_queue(&attributes, options)?;
@@ -386,6 +569,7 @@ impl SqsJobQueue {
             max_attempts,
             deletes,
             batcher,
+            keys: Arc::new(keys),
         })
     }
 
@@ -422,12 +606,30 @@ impl SqsJobQueue {
 }
 
 impl SqsJobQueue {
-    /// The delivery of a received message, its body fetched from S3 if it is a
-    /// claim-check pointer. A pointer that cannot be read makes the delivery
-    /// `unreadable` (permanent or transient as the cause is), not an error of the receive.
-    async fn resolved(&self, message: &aws_sdk_sqs::types::Message) -> Delivery {
-        let mut delivery = delivery(message);
-        let attributes = message.message_attributes().cloned().unwrap_or_default();
+    /// `delivery` with its body fetched from S3 if it is a claim-check pointer. A pointer
+    /// that cannot be read (or is too large, or somewhere the controller does not read)
+    /// makes the delivery `unreadable`, permanent or transient as the cause is.
+    async fn resolved(&self, delivery: &Delivery) -> Option<Delivery> {
+        let is_pointer = delivery.attributes.iter().any(|a| {
+            a.name == plugworker_claim_check::RESERVED_ATTRIBUTE
+                || a.name == plugworker_claim_check::LEGACY_RESERVED_ATTRIBUTE
+        });
+        if !is_pointer {
+            return None;
+        }
+        let attributes: HashMap<String, MessageAttributeValue> = delivery
+            .attributes
+            .iter()
+            .filter_map(|a| {
+                let value = MessageAttributeValue::builder()
+                    .data_type(&a.data_type)
+                    .string_value(&a.value)
+                    .build()
+                    .ok()?;
+                Some((a.name.clone(), value))
+            })
+            .collect();
+        let mut delivery = delivery.clone();
         match self.claim.resolve(&delivery.body, &attributes).await {
             Ok(Incoming {
                 body,
@@ -443,15 +645,17 @@ impl SqsJobQueue {
                 } else {
                     ErrorClass::Transient
                 };
+                let code = match error {
+                    plugworker_claim_check::Error::PayloadTooLarge { .. } => {
+                        codes::PAYLOAD_TOO_LARGE
+                    }
+                    _ => codes::PAYLOAD_UNAVAILABLE,
+                };
                 tracing::warn!(message_id = %delivery.message_id, %error, "the job's body cannot be read from S3");
-                delivery.unreadable = Some(ErrorInfo::new(
-                    codes::PAYLOAD_UNAVAILABLE,
-                    class,
-                    error.to_string(),
-                ));
+                delivery.unreadable = Some(ErrorInfo::new(code, class, error.to_string()));
             }
         }
-        delivery
+        Some(delivery)
     }
 }
 
@@ -470,8 +674,11 @@ impl Drop for SqsJobQueue {
 }
 
 /// A delivery from a received message: the controller's own attributes (on re-queued
-/// copies) say which message it stands for and how many attempts it has had.
-fn delivery(message: &aws_sdk_sqs::types::Message) -> Delivery {
+/// copies) say which message it stands for, how many attempts it has had and how many of
+/// its results could not be published, if `keys` verify their signature. Otherwise (a
+/// producer set them, or a controller with other keys) they are ignored: the message is
+/// its own job, so no attribute a producer sets can make another message's job look done.
+fn delivery(message: &aws_sdk_sqs::types::Message, keys: &MessageKeys) -> Delivery {
     let attributes = message.message_attributes();
     let string = |name: &str| {
         attributes
@@ -479,18 +686,35 @@ fn delivery(message: &aws_sdk_sqs::types::Message) -> Delivery {
             .and_then(|v| v.string_value())
     };
     let sqs_id = message.message_id().unwrap_or_default();
-    // Only a plausible id: it becomes the result's key and a deduplication id.
-    let message_id = string(ORIGINAL_MESSAGE_ID)
+    let body = message.body().unwrap_or_default();
+    let number = |name: &str| {
+        string(name)
+            .and_then(|v| v.parse::<u32>().ok())
+            .unwrap_or(0)
+    };
+    let own = string(ORIGINAL_MESSAGE_ID)
+        // Only a plausible id: it becomes the result's key and a deduplication id.
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
-        .unwrap_or(sqs_id);
-    let prior_attempts = string(PRIOR_ATTEMPTS)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
+        .and_then(|message_id| {
+            let fields = SignedFields {
+                message_id,
+                attempts: number(PRIOR_ATTEMPTS),
+                unpublished: number(UNPUBLISHED),
+                body,
+            };
+            let signature = string(SIGNATURE).unwrap_or_default();
+            if keys.verify(signature, &fields) {
+                Some(fields)
+            } else {
+                tracing::warn!(message_id = %sqs_id, claimed = %message_id, "the message carries a plugworker_message_id this controller did not sign (a producer's, or another key's); it is run as its own job");
+                None
+            }
+        });
     let system = message.attributes();
     let carried = attributes
         .into_iter()
         .flatten()
-        .filter(|(name, _)| name.as_str() != ORIGINAL_MESSAGE_ID && name.as_str() != PRIOR_ATTEMPTS)
+        .filter(|(name, _)| !OWN_ATTRIBUTES.contains(&name.as_str()))
         .filter_map(|(name, value)| {
             Some(Attribute {
                 name: name.clone(),
@@ -500,13 +724,14 @@ fn delivery(message: &aws_sdk_sqs::types::Message) -> Delivery {
         })
         .collect();
     Delivery {
-        message_id: message_id.to_string(),
-        body: message.body().unwrap_or_default().to_string(),
+        message_id: own.as_ref().map_or(sqs_id, |f| f.message_id).to_string(),
+        body: body.to_string(),
         receive_count: system
             .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
             .and_then(|c| c.parse().ok())
             .unwrap_or(1),
-        prior_attempts,
+        prior_attempts: own.as_ref().map_or(0, |f| f.attempts),
+        unpublished: own.as_ref().map_or(0, |f| f.unpublished),
         receipt: message.receipt_handle().unwrap_or_default().to_string(),
         traceparent: string("traceparent").map(str::to_owned),
         group_id: system
@@ -533,7 +758,17 @@ impl JobQueue for SqsJobQueue {
             .send()
             .await
             .map_err(|e| sdk_error("ReceiveMessage", e))?;
-        Ok(futures::future::join_all(output.messages().iter().map(|m| self.resolved(m))).await)
+        // Bodies behind pointers are fetched by each job's own task (`load`), not here: a
+        // slow S3 must not hold up the other jobs of the batch, nor their visibility.
+        Ok(output
+            .messages()
+            .iter()
+            .map(|m| delivery(m, &self.keys))
+            .collect())
+    }
+
+    async fn load(&self, delivery: &Delivery) -> Option<Delivery> {
+        self.resolved(delivery).await
     }
 
     async fn complete(&self, delivery: &Delivery) -> Result<(), QueueError> {
@@ -562,7 +797,7 @@ impl JobQueue for SqsJobQueue {
     async fn requeue(
         &self,
         delivery: &Delivery,
-        attempts: u32,
+        carried: Carried,
         delay: Duration,
     ) -> Result<(), QueueError> {
         if self.fifo {
@@ -570,6 +805,19 @@ impl JobQueue for SqsJobQueue {
             // keeps the order, at the price of one receive.
             return self.retry_later(delivery, delay).await;
         }
+        let number = |value: u32| {
+            MessageAttributeValue::builder()
+                .data_type("Number")
+                .string_value(value.to_string())
+                .build()
+                .map_err(|e| QueueError::new("SendMessage", e))
+        };
+        let signature = self.keys.sign(&SignedFields {
+            message_id: &delivery.message_id,
+            attempts: carried.attempts,
+            unpublished: carried.unpublished,
+            body: wire_body(delivery),
+        });
         let mut request = self
             .client
             .send_message()
@@ -580,14 +828,9 @@ impl JobQueue for SqsJobQueue {
                 ORIGINAL_MESSAGE_ID,
                 Self::string_attribute(&delivery.message_id)?,
             )
-            .message_attributes(
-                PRIOR_ATTEMPTS,
-                MessageAttributeValue::builder()
-                    .data_type("Number")
-                    .string_value(attempts.to_string())
-                    .build()
-                    .map_err(|e| QueueError::new("SendMessage", e))?,
-            );
+            .message_attributes(PRIOR_ATTEMPTS, number(carried.attempts)?)
+            .message_attributes(UNPUBLISHED, number(carried.unpublished)?)
+            .message_attributes(SIGNATURE, Self::string_attribute(&signature)?);
         for (name, value) in Self::carried(delivery)? {
             request = request.message_attributes(name, value);
         }
@@ -616,6 +859,20 @@ impl JobQueue for SqsJobQueue {
         let code = sqs_attribute(&error.code, 64);
         let mut message = sqs_attribute(&error.message, 1000);
         let mut carried = Self::carried(delivery)?;
+        let reserved = |name: &str| {
+            name == plugworker_claim_check::RESERVED_ATTRIBUTE
+                || name == plugworker_claim_check::LEGACY_RESERVED_ATTRIBUTE
+        };
+        // A job that came through S3 is copied as its pointer (same object, whose
+        // ExtendedPayloadSize is among the carried attributes); a pointer that could not
+        // be read is copied as it came, too. Any other job whose copy does not fit goes
+        // through S3 now, if a bucket is configured.
+        let is_pointer = delivery.stored.is_some() || carried.iter().any(|(n, _)| reserved(n));
+        let offloadable = !is_pointer && dlq_claim.bucket().is_some();
+        // SQS takes 10 attributes; the error takes 3 and a pointer made here 1. The
+        // pointer's own size attribute stays, then the producer's in their order.
+        carried.sort_by_key(|(name, _)| !reserved(name));
+        carried.truncate(if offloadable { 6 } else { 7 });
         let size = |message: &str, carried: &[(String, MessageAttributeValue)]| {
             let mut attributes = vec![
                 ("plugworker_error_code", "String", &*code),
@@ -635,14 +892,17 @@ impl JobQueue for SqsJobQueue {
             }));
             message_size(wire_body(delivery), &attributes)
         };
-        // The job fitted the jobs queue, and the DLQ is no smaller (checked at start-up):
-        // only the attributes can push the copy over. The error is in the results, so its
-        // message goes first, then the producer's attributes.
-        if size(&message, &carried) > *max_size {
+        // Without S3 the copy must fit as it is (SQS counts the attributes too): the error
+        // is in the results, so its message goes first, then the producer's attributes;
+        // the error code and the message id always stay.
+        if !offloadable && size(&message, &carried) > *max_size {
             message = "(see the job's error result)".into();
-        }
-        if size(&message, &carried) > *max_size {
-            carried.clear();
+            if size(&message, &carried) > *max_size {
+                carried.retain(|(name, _)| reserved(name));
+            }
+            if size(&message, &carried) > *max_size {
+                tracing::error!(message_id = %delivery.message_id, size = size(&message, &carried), max = *max_size, "the job's DLQ copy does not fit the dead-letter queue even with its error attributes trimmed; configure --payload-bucket");
+            }
         }
         let message: &str = &message;
         let mut attributes: HashMap<String, MessageAttributeValue> = carried.into_iter().collect();
@@ -658,25 +918,17 @@ impl JobQueue for SqsJobQueue {
             "plugworker_original_message_id".into(),
             Self::string_attribute(&delivery.message_id)?,
         );
-        // A job that came through S3 is copied as its pointer (same object, whose
-        // ExtendedPayloadSize is among the carried attributes); a large one that did not
-        // goes through S3 now, if a bucket is configured.
-        // (A pointer that could not be read is copied as it came, too.)
-        let is_pointer = delivery.stored.is_some()
-            || delivery.attributes.iter().any(|a| {
-                a.name == plugworker_claim_check::RESERVED_ATTRIBUTE
-                    || a.name == plugworker_claim_check::LEGACY_RESERVED_ATTRIBUTE
-            });
-        let outgoing = match is_pointer {
-            true => plugworker_claim_check::Outgoing {
+        let outgoing = match offloadable {
+            // Over the DLQ's threshold (its limit less headroom), through S3.
+            true => dlq_claim
+                .offload(delivery.body.clone(), &attributes)
+                .await
+                .map_err(|e| QueueError::new("SendMessage (dead-letter queue)", e))?,
+            false => plugworker_claim_check::Outgoing {
                 body: wire_body(delivery).to_string(),
                 attributes: HashMap::new(),
                 pointer: None,
             },
-            false => dlq_claim
-                .offload(delivery.body.clone(), &attributes)
-                .await
-                .map_err(|e| QueueError::new("SendMessage (dead-letter queue)", e))?,
         };
         let mut request = outgoing.apply(self.client.send_message().queue_url(dlq_url));
         for (name, value) in attributes {
@@ -1070,6 +1322,46 @@ mod tests {
             attribute_at_fault(check_dead_letter_queue(&jobs, &fifo, true)),
             "FifoQueue"
         );
+    }
+
+    #[test]
+    fn only_copies_signed_with_a_known_key_are_believed() {
+        let keys = MessageKeys::parse("k2:0123456789abcdef0123, k1:fedcba9876543210fedc").unwrap();
+        assert_eq!(keys.key_id(), "k2");
+        let fields = |message_id, attempts, body| SignedFields {
+            message_id,
+            attempts,
+            unpublished: 2,
+            body,
+        };
+        let signature = keys.sign(&fields("m-1", 1, "{}"));
+        assert!(signature.starts_with("k2:"), "{signature}");
+        assert!(keys.verify(&signature, &fields("m-1", 1, "{}")));
+        // Any field changed, another body, another key: refused.
+        assert!(!keys.verify(&signature, &fields("m-2", 1, "{}")));
+        assert!(!keys.verify(&signature, &fields("m-1", 0, "{}")));
+        assert!(!keys.verify(&signature, &fields("m-1", 1, "{ }")));
+        for forged in ["", "k2:", "k2:zz", "k3:00", "nonsense"] {
+            assert!(!keys.verify(forged, &fields("m-1", 1, "{}")), "{forged}");
+        }
+        // Rotation: a copy signed with the old key still verifies while both are given.
+        let old = MessageKeys::parse("k1:fedcba9876543210fedc").unwrap();
+        assert!(keys.verify(&old.sign(&fields("m-1", 1, "{}")), &fields("m-1", 1, "{}")));
+        assert!(!MessageKeys::ephemeral().verify(&signature, &fields("m-1", 1, "{}")));
+        for (spec, expected) in [
+            ("", "no message key"),
+            ("k1", "expected KEY_ID:SECRET"),
+            ("k 1:0123456789abcdef", "expected KEY_ID:SECRET"),
+            ("k1:short", "at least 16"),
+            (
+                "a:0123456789abcdef,b:0123456789abcdef,c:0123456789abcdef",
+                "at most two",
+            ),
+            ("a:0123456789abcdef,a:0123456789abcdeg", "twice"),
+        ] {
+            let error = MessageKeys::parse(spec).unwrap_err().to_string();
+            assert!(error.contains(expected), "{spec}: {error}");
+        }
     }
 
     #[test]
