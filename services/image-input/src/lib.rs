@@ -16,7 +16,9 @@
 //!   the same time limit and byte cap.
 //! - Bytes: PNG, JPEG, WebP and GIF (first frame) only, recognised by content; the pixel
 //!   count of the image, and of every GIF frame, is read from the headers and capped
-//!   *before* decoding (decompression bombs); decoding itself runs under allocation
+//!   *before* decoding (decompression bombs); an image without pixels (a 0 width or
+//!   height, a GIF's screen or first frame included) is refused as permanently
+//!   unusable, never handed to a model; decoding itself runs under allocation
 //!   limits, on the run's blocking work (so it keeps the run slot); EXIF orientation is
 //!   applied.
 //!
@@ -435,6 +437,13 @@ fn check_gif_frames(bytes: &[u8], max_pixels: u64) -> Result<(), RunError> {
                 frame += 1;
                 let width = u16::from_le_bytes([descriptor[5], descriptor[6]]);
                 let height = u16::from_le_bytes([descriptor[7], descriptor[8]]);
+                // The first frame is the one decoded: without pixels it would come out as
+                // a blank screen. Later frames are never decoded, so theirs do not matter.
+                if frame == 1 && (width == 0 || height == 0) {
+                    return Err(empty(&format!(
+                        "GIF frame 1 (the one decoded) is {width}×{height}"
+                    )));
+                }
                 let pixels = u64::from(width) * u64::from(height);
                 if pixels > max_pixels {
                     return Err(RunError::Unprocessable(format!(
@@ -454,8 +463,16 @@ fn check_gif_frames(bytes: &[u8], max_pixels: u64) -> Result<(), RunError> {
     }
 }
 
+/// The permanent error for an image without pixels: no retry can give it any, so it is
+/// refused here (`FAILED_PRECONDITION`) instead of reaching a model, which would fail it
+/// as an internal, retried error.
+fn empty(what: &str) -> RunError {
+    RunError::Unprocessable(format!("the image is empty: {what}, it has no pixels"))
+}
+
 /// Decodes PNG, JPEG, WebP or GIF bytes into RGB, refusing images (and GIF frames) over
-/// `max_pixels`.
+/// `max_pixels` and images without pixels (a 0 width or height, a GIF's screen or first
+/// frame included).
 pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
     let unprocessable =
         |what: &str, e: &dyn std::fmt::Display| RunError::Unprocessable(format!("{what}: {e}"));
@@ -479,6 +496,9 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
     let (width, height) = ImageReader::with_format(Cursor::new(bytes), format)
         .into_dimensions()
         .map_err(|e| unprocessable("cannot read the image header", &e))?;
+    if width == 0 || height == 0 {
+        return Err(empty(&format!("{format:?} header says {width}×{height}")));
+    }
     let pixels = u64::from(width) * u64::from(height);
     if pixels > max_pixels {
         return Err(RunError::Unprocessable(format!(
@@ -506,6 +526,14 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, RunError> {
         .map_err(|e| unprocessable("cannot decode the image", &e))?;
     if let Some(orientation) = orientation {
         image.apply_orientation(orientation);
+    }
+    // The header said otherwise, but what counts is what was decoded.
+    if image.width() == 0 || image.height() == 0 {
+        return Err(empty(&format!(
+            "decoded as {}×{}",
+            image.width(),
+            image.height()
+        )));
     }
     Ok(image.into_rgb8())
 }

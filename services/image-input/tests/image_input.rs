@@ -523,3 +523,86 @@ async fn an_explicit_proxy_is_used_and_the_target_is_still_checked() {
         vec!["http://93.184.216.34/cat.png".to_string()]
     );
 }
+
+/// `jpeg` with its frame header (SOF0) claiming `width`×`height`.
+fn jpeg_claiming(jpeg: &[u8], width: u16, height: u16) -> Vec<u8> {
+    let mut patched = jpeg.to_vec();
+    let sof = patched
+        .windows(2)
+        .position(|w| w == [0xFF, 0xC0])
+        .expect("a baseline JPEG has a SOF0 marker");
+    // Marker (2), length (2), precision (1), then height and width, big-endian.
+    patched[sof + 5..sof + 7].copy_from_slice(&height.to_be_bytes());
+    patched[sof + 7..sof + 9].copy_from_slice(&width.to_be_bytes());
+    patched
+}
+
+/// A lossy WebP (VP8) whose frame header claims `width`×`height`, with no real data.
+fn webp_lossy_claiming(width: u16, height: u16) -> Vec<u8> {
+    // Frame tag: key frame, version 0, shown, first partition of 0 bytes; start code.
+    let mut vp8 = vec![0x10, 0x00, 0x00, 0x9d, 0x01, 0x2a];
+    vp8.extend_from_slice(&width.to_le_bytes());
+    vp8.extend_from_slice(&height.to_le_bytes());
+    vp8.extend_from_slice(&[0; 10]);
+    let mut riff = b"WEBP".to_vec();
+    riff.extend_from_slice(b"VP8 ");
+    riff.extend_from_slice(&(vp8.len() as u32).to_le_bytes());
+    riff.extend_from_slice(&vp8);
+    let mut webp = b"RIFF".to_vec();
+    webp.extend_from_slice(&(riff.len() as u32).to_le_bytes());
+    webp.extend_from_slice(&riff);
+    webp
+}
+
+/// An image with no pixels can never be decoded into something a model can read, so it is
+/// a permanent error (FAILED_PRECONDITION), decided from the bytes, whatever the format:
+/// never handed to an engine, which would fail it as an internal, retried error.
+#[tokio::test]
+async fn an_empty_image_is_a_permanent_error_in_every_format() {
+    use plugworker_testkit::memes::{gif_hand_built, png_header_only};
+    let jpeg = encode(&sample(32, 24), image::ImageFormat::Jpeg);
+    // The decoders refuse a 0 dimension in a PNG, JPEG or WebP header themselves; a GIF's
+    // screen and frames are refused by the input's own check.
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("GIF with a 0×0 screen", gif_hand_built((0, 0), (1, 1))),
+        ("GIF with a 0×16 screen", gif_hand_built((0, 16), (1, 1))),
+        ("GIF with a 16×0 screen", gif_hand_built((16, 0), (1, 1))),
+        (
+            "GIF whose first frame is 0×0",
+            gif_hand_built((16, 16), (0, 0)),
+        ),
+        (
+            "GIF whose first frame is 16×0",
+            gif_hand_built((16, 16), (16, 0)),
+        ),
+        (
+            "GIF of one 0×0 frame (encoder)",
+            gif_with_frames((0, 0), &[(0, 0)]),
+        ),
+        ("PNG 0 wide", png_header_only(0, 16)),
+        ("PNG 0 high", png_header_only(16, 0)),
+        ("JPEG 0 high", jpeg_claiming(&jpeg, 32, 0)),
+        ("JPEG 0 wide", jpeg_claiming(&jpeg, 0, 24)),
+        ("WebP 0×0", webp_lossy_claiming(0, 0)),
+        ("WebP 0 high", webp_lossy_claiming(16, 0)),
+    ];
+    let loader = loader(false);
+    for (name, bytes) in &cases {
+        match loader.load(&base64_of(bytes)).await {
+            Err(RunError::Unprocessable(message)) => {
+                println!("{name}: {message}");
+                if name.starts_with("GIF") {
+                    assert!(message.contains("the image is empty"), "{name}: {message}");
+                }
+            }
+            other => panic!("{name}: expected a permanent refusal, got {other:?}"),
+        }
+    }
+    // The hand-built GIF is valid in itself: with a screen, its one pixel decodes.
+    assert_eq!(
+        decode(&gif_hand_built((1, 1), (1, 1)), 1_000_000)
+            .unwrap()
+            .dimensions(),
+        (1, 1)
+    );
+}

@@ -339,6 +339,26 @@ pub fn png_header_only(width: u32, height: u32) -> Vec<u8> {
     png
 }
 
+/// A hand-built GIF whose logical screen is `screen` (width, height) and whose one frame
+/// is `frame`, its data a single pixel of palette entry 0 (a 0×0 screen with a 1×1
+/// frame is the image no decoder can turn into pixels).
+pub fn gif_hand_built(screen: (u16, u16), frame: (u16, u16)) -> Vec<u8> {
+    let mut gif = b"GIF89a".to_vec();
+    gif.extend_from_slice(&screen.0.to_le_bytes());
+    gif.extend_from_slice(&screen.1.to_le_bytes());
+    // Global colour table of 2 entries (black, white), background 0, no aspect ratio.
+    gif.extend_from_slice(&[0x80, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff]);
+    // Image descriptor at (0, 0), no local colour table.
+    gif.extend_from_slice(&[0x2c, 0, 0, 0, 0]);
+    gif.extend_from_slice(&frame.0.to_le_bytes());
+    gif.extend_from_slice(&frame.1.to_le_bytes());
+    gif.push(0);
+    // LZW, minimum code size 2: clear (4), index 0, end (5), in 3-bit codes.
+    gif.extend_from_slice(&[0x02, 0x02, 0x44, 0x01, 0x00]);
+    gif.push(0x3b);
+    gif
+}
+
 /// Recompressed as JPEG at `quality` and decoded again.
 pub fn recompress(image: &RgbImage, quality: u8) -> RgbImage {
     image::load_from_memory(&jpeg_bytes(image, quality))

@@ -6,7 +6,7 @@ mod support;
 use axum::Router;
 use axum::http::{StatusCode, header};
 use axum::routing::get;
-use plugworker_testkit::memes::{self, png_header_only};
+use plugworker_testkit::memes::{self, gif_hand_built, png_header_only};
 use std::time::{Duration, Instant};
 use support::{base64_payload, call, start, templates};
 use tonic::Code;
@@ -167,6 +167,55 @@ async fn bad_images_are_clear_errors_and_the_runner_keeps_serving_in_bounded_mem
         assert!(result["width"].as_u64().unwrap() > 0, "{result}");
     }
     assert!(runner.process.is_running());
+
+    // An image without pixels can never be read: a permanent error for both engines,
+    // decided at decode time, never an internal (retried) one from a model.
+    // (The PNG decoder refuses a 0 dimension itself; a GIF's screen and first frame are
+    // the input's own check.)
+    let empty: [(&str, Vec<u8>, &str); 3] = [
+        (
+            "GIF with a 0×0 screen",
+            gif_hand_built((0, 0), (1, 1)),
+            "the image is empty: Gif header says 0×0",
+        ),
+        (
+            "GIF whose first frame is 0×0",
+            gif_hand_built((16, 16), (0, 0)),
+            "the image is empty: GIF frame 1 (the one decoded) is 0×0",
+        ),
+        (
+            "PNG 0 pixels wide",
+            png_header_only(0, 16),
+            "invalid image dimensions",
+        ),
+    ];
+    for algorithm in ["meme_classifier", "ocr"] {
+        for (name, bytes, fragment) in &empty {
+            let status = call(&mut runner.client, algorithm, &base64_payload(bytes))
+                .await
+                .expect_err(&format!("{algorithm}: {name} should fail"));
+            assert_eq!(
+                status.code(),
+                Code::FailedPrecondition,
+                "{algorithm}: {name}: {status:?}"
+            );
+            assert!(
+                status
+                    .message()
+                    .to_lowercase()
+                    .contains(&fragment.to_lowercase()),
+                "{algorithm}: {name}: {:?} does not mention {fragment:?}",
+                status.message()
+            );
+            let error = plugworker_controller::classify::status_error(&status);
+            assert_eq!(
+                error.class,
+                plugworker_jobs::ErrorClass::Permanent,
+                "{algorithm}: {name}: {error:?}"
+            );
+            assert_eq!(error.code, plugworker_jobs::codes::UNPROCESSABLE);
+        }
+    }
     let peak = peak_rss_bytes(runner.process.pid());
     println!("image-runner peak RSS {} MiB", peak / (1024 * 1024));
     // A decoded 30000×30000 RGB image alone would be 2.5 GiB.

@@ -11,7 +11,7 @@
 use crate::algorithm_env::{self, image_loader};
 use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
-use plugworker_meme::{Embedder, Gallery, MemeClassifier as Classifier};
+use plugworker_meme::{Embedder, EmbedderError, Gallery, MemeClassifier as Classifier};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -125,7 +125,11 @@ impl Algorithm for MemeClassifier {
             .blocking(move || {
                 classifier
                     .classify(&image, candidates)
-                    .map_err(|e| RunError::Internal(format!("embedding failed: {e}")))
+                    .map_err(|e| match e {
+                        // No retry gives an empty image pixels: permanent, as for OCR.
+                        EmbedderError::EmptyImage => RunError::Unprocessable(e.to_string()),
+                        other => RunError::Internal(format!("embedding failed: {other}")),
+                    })
             })
             .await?;
         Ok(Output {
