@@ -217,6 +217,33 @@ impl ConsulClient {
 }
 
 impl ConsulClient {
+    /// `GET /v1/connect/intentions/check?source=&destination=`: would an intention (or,
+    /// when none matches, the default intention policy) let `source` connect to
+    /// `destination`? The token needs `service:read` on the destination only, as the answer
+    /// reveals no intention (`agent/intentions_endpoint.go`, `IntentionCheck`).
+    pub async fn intention_check(
+        &self,
+        source: &str,
+        destination: &str,
+    ) -> Result<bool, ConsulError> {
+        let path = "/v1/connect/intentions/check";
+        let request = self
+            .request(Method::GET, path)
+            .query(&[("source", source), ("destination", destination)]);
+        let response = self.send(request, Method::GET, path).await?;
+        let answer: IntentionCheck = self.parse_json(path, &response.bytes)?;
+        Ok(answer.allowed)
+    }
+}
+
+/// Answer of `GET /v1/connect/intentions/check` (`structs.IntentionQueryCheckResponse`).
+#[derive(Deserialize)]
+struct IntentionCheck {
+    #[serde(rename = "Allowed")]
+    allowed: bool,
+}
+
+impl ConsulClient {
     /// Sends `body` (if any) as JSON; the answer's bytes.
     async fn send_json<B: Serialize + ?Sized>(
         &self,

@@ -12,7 +12,8 @@
 //!   own client parses them (`null` anywhere, unknown fields).
 //! - [`duration`]: Go's duration text format, which Consul uses for every interval.
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
-//! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator calls).
+//! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator
+//!   calls), and the intention check.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
 //! - [`registration`]: keeping one instance registered (runners and the controller).
 //! - [`runners`]: how plugworker runners look in Consul, and finding them.
@@ -36,5 +37,5 @@ pub use model::{
     CheckDefinition, CheckStatus, HealthCheck, LeafCert, Node, ServiceConnect, ServiceEntry,
     ServiceRegistration,
 };
-pub use resolver::{Instance, Resolver, Snapshot};
+pub use resolver::{Admission, Instance, Resolver, Snapshot};
 pub use watch::Watch;

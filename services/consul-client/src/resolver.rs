@@ -7,12 +7,24 @@
 //! readers take without any I/O, so a job's hot path never waits on Consul. When Consul is
 //! unreachable the watches back off and the last snapshot keeps serving; when it comes
 //! back (even restarted, with its indexes reset) the watches pick the changes up again.
+//!
+//! Two more things decide what a snapshot holds:
+//! - **Admission** ([`Admission`]): a service's instances enter the snapshot only once the
+//!   operator allowed it, by an intention `source → service` (Consul's
+//!   `/v1/connect/intentions/check`, its default policy included, re-checked every
+//!   [`Admission::ttl`]) or by name in an allow-list. A service with a valid identity of its
+//!   own that registers with a runner's algorithm tag (tag squatting) gets no connection.
+//! - **Readiness** ([`Resolver::readiness`]): false until Consul has answered once for the
+//!   catalog and, for every service listed in that first answer, its instances and its
+//!   admission. An empty snapshot before that means "not heard from Consul", not "no
+//!   runner", and callers must not fail jobs on it.
 
 use crate::CheckStatus;
-use crate::client::ConsulClient;
+use crate::client::{ConsulClient, Error};
 use crate::runners::is_runner;
 use crate::watch::Watch;
-use std::collections::{BTreeMap, HashMap};
+use plugworker_lifecycle::Backoff;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -64,6 +76,50 @@ pub enum Mode {
     Plain,
 }
 
+/// Which services may receive work: those an intention lets `source` call, and those
+/// named in `allow_list`. With no `source` and an empty allow-list, every service
+/// (plaintext callers, which have no identity an intention could name).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Admission {
+    /// The caller's Consul service name (the source of the intentions checked).
+    pub source: Option<String>,
+    /// Services admitted whatever the intentions say.
+    pub allow_list: BTreeSet<String>,
+    /// How long an intention decision is reused before it is checked again.
+    pub ttl: Duration,
+}
+
+impl Admission {
+    /// Every service is admitted.
+    pub fn open() -> Self {
+        Self::default()
+    }
+
+    /// Services an intention lets `source` call (re-checked every `ttl`), plus `allow_list`.
+    pub fn intentions(
+        source: impl Into<String>,
+        allow_list: impl IntoIterator<Item = String>,
+        ttl: Duration,
+    ) -> Self {
+        Self {
+            source: Some(source.into()),
+            allow_list: allow_list.into_iter().collect(),
+            ttl,
+        }
+    }
+
+    /// Admitted without asking Consul: `Some(decision)`; `None`: ask the intentions.
+    fn fixed(&self, service: &str) -> Option<bool> {
+        if self.allow_list.contains(service) {
+            Some(true)
+        } else if self.source.is_none() {
+            Some(self.allow_list.is_empty())
+        } else {
+            None
+        }
+    }
+}
+
 /// Counters a metrics endpoint can expose.
 #[derive(Debug, Default)]
 pub struct ResolverStats {
@@ -71,27 +127,55 @@ pub struct ResolverStats {
     pub consul_errors: AtomicU64,
     /// Snapshots published.
     pub updates: AtomicU64,
+    /// Services refused work because no intention (nor the allow-list) admits them,
+    /// counted once per service.
+    pub services_refused: AtomicU64,
 }
 
-/// One service's passing instances (each with its algorithm tags) and the task watching them.
+/// One service's passing instances (each with its algorithm tags) and the tasks watching
+/// them.
 struct Followed {
     instances: Vec<(Instance, Vec<String>)>,
+    /// Consul has answered for its instances at least once.
+    heard: bool,
+    /// The admission decision: `None` until one is known.
+    admitted: Option<bool>,
     task: JoinHandle<()>,
+    admission_task: Option<JoinHandle<()>>,
+}
+
+impl Followed {
+    fn abort(&self) {
+        self.task.abort();
+        if let Some(task) = &self.admission_task {
+            task.abort();
+        }
+    }
 }
 
 struct State {
     /// Per service name, as last seen.
     per_service: Mutex<HashMap<String, Followed>>,
+    /// The services of the first catalog answer (`None` before it): readiness waits for
+    /// each of them.
+    first_catalog: Mutex<Option<HashSet<String>>>,
+    ready: watch::Sender<bool>,
     snapshot: watch::Sender<Arc<Snapshot>>,
     stats: Arc<ResolverStats>,
     client: ConsulClient,
     wait: Duration,
     mode: Mode,
+    admission: Admission,
+    /// Services whose refusal was logged (and counted) already.
+    refusals_logged: Mutex<HashSet<String>>,
+    /// Services whose instances were all found uncallable in this mode, logged already.
+    uncallable_logged: Mutex<HashSet<String>>,
 }
 
 /// A live algorithm → instances view. Dropping it stops its watches.
 pub struct Resolver {
     snapshot: watch::Receiver<Arc<Snapshot>>,
+    ready: watch::Receiver<bool>,
     stats: Arc<ResolverStats>,
     state: Arc<State>,
     catalog_task: JoinHandle<()>,
@@ -104,21 +188,38 @@ impl Resolver {
         Self::start_with_mode(client, wait, Mode::Plain)
     }
 
-    /// Starts watching the instances `mode` selects.
+    /// Starts watching the instances `mode` selects, of every service.
     pub fn start_with_mode(client: ConsulClient, wait: Duration, mode: Mode) -> Self {
+        Self::start_admitting(client, wait, mode, Admission::open())
+    }
+
+    /// Starts watching the instances `mode` selects, of the services `admission` admits.
+    pub fn start_admitting(
+        client: ConsulClient,
+        wait: Duration,
+        mode: Mode,
+        admission: Admission,
+    ) -> Self {
         let (sender, snapshot) = watch::channel(Arc::new(Snapshot::default()));
+        let (ready_sender, ready) = watch::channel(false);
         let stats = Arc::new(ResolverStats::default());
         let state = Arc::new(State {
             per_service: Mutex::new(HashMap::new()),
+            first_catalog: Mutex::new(None),
+            ready: ready_sender,
             snapshot: sender,
             stats: stats.clone(),
             client,
             wait,
             mode,
+            admission,
+            refusals_logged: Mutex::new(HashSet::new()),
+            uncallable_logged: Mutex::new(HashSet::new()),
         });
         let catalog_task = tokio::spawn(follow_catalog(state.clone()));
         Self {
             snapshot,
+            ready,
             stats,
             state,
             catalog_task,
@@ -135,6 +236,17 @@ impl Resolver {
         self.snapshot.clone()
     }
 
+    /// Whether Consul has answered once (the catalog, and each service it listed then):
+    /// until it is true, an empty view means "not heard yet", not "no runner". It never
+    /// turns false again: when Consul goes away later, the last view keeps serving.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.ready.clone()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
     pub fn stats(&self) -> &Arc<ResolverStats> {
         &self.stats
     }
@@ -142,18 +254,18 @@ impl Resolver {
     pub fn mode(&self) -> Mode {
         self.state.mode
     }
+
+    pub fn admission(&self) -> &Admission {
+        &self.state.admission
+    }
 }
 
 impl Drop for Resolver {
     fn drop(&mut self) {
         self.catalog_task.abort();
-        let mut services = self
-            .state
-            .per_service
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut services = lock(&self.state.per_service);
         for (_, followed) in services.drain() {
-            followed.task.abort();
+            followed.abort();
         }
     }
 }
@@ -175,7 +287,7 @@ async fn follow_catalog(state: Arc<State>) {
                     per_service.retain(|name, followed| {
                         let keep = services.contains_key(name);
                         if !keep {
-                            followed.task.abort();
+                            followed.abort();
                             changed = true;
                         }
                         keep
@@ -189,20 +301,56 @@ async fn follow_catalog(state: Arc<State>) {
                             name.clone(),
                             Followed {
                                 instances: Vec::new(),
+                                heard: false,
+                                admitted: state.admission.fixed(name),
                                 task,
+                                admission_task: None,
                             },
                         );
                     }
                 }
+                lock(&state.first_catalog).get_or_insert_with(|| {
+                    services
+                        .keys()
+                        .filter(|name| *name != "consul")
+                        .cloned()
+                        .collect()
+                });
                 if changed {
                     publish(&state);
                 }
+                update_readiness(&state);
             }
             Err(error) => {
                 state.stats.consul_errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(%error, "Consul catalog watch failed; keeping the last known runners");
             }
         }
+    }
+}
+
+/// Ready once the catalog answered and every service of that first answer (still listed)
+/// has had its instances and its admission answered.
+fn update_readiness(state: &State) {
+    if *state.ready.borrow() {
+        return;
+    }
+    let first = lock(&state.first_catalog);
+    let Some(first) = first.as_ref() else {
+        return;
+    };
+    let per_service = lock(&state.per_service);
+    let answered = first.iter().all(|name| {
+        per_service
+            .get(name)
+            .is_none_or(|f| f.heard && (f.instances.is_empty() || f.admitted.is_some()))
+    });
+    if answered {
+        tracing::info!(
+            services = per_service.len(),
+            "first answer from Consul: the runner view is ready"
+        );
+        state.ready.send_replace(true);
     }
 }
 
@@ -239,12 +387,30 @@ async fn follow_service(state: Arc<State>, name: String) {
                     })
                     .collect();
                 tracing::debug!(service = %name, passing = instances.len(), "runner instances changed");
-                if let Some(followed) = lock(&state.per_service).get_mut(&name) {
-                    followed.instances = instances;
-                } else {
-                    return; // the service left the catalog meanwhile
+                let none = instances.is_empty();
+                let refused = match lock(&state.per_service).get_mut(&name) {
+                    Some(followed) => {
+                        followed.instances = instances;
+                        followed.heard = true;
+                        // Intentions are asked about services with runner instances only:
+                        // the catalog also lists Consul itself, this controller, Prometheus.
+                        if !none && followed.admitted.is_none() && followed.admission_task.is_none()
+                        {
+                            followed.admission_task =
+                                Some(tokio::spawn(follow_admission(state.clone(), name.clone())));
+                        }
+                        !none && followed.admitted == Some(false)
+                    }
+                    None => return, // the service left the catalog meanwhile
+                };
+                if refused {
+                    log_refusal(&state, &name);
                 }
                 publish(&state);
+                update_readiness(&state);
+                if none && mode == Mode::Connect {
+                    warn_if_uncallable(&state, &name).await;
+                }
             }
             Err(error) => {
                 state.stats.consul_errors.fetch_add(1, Ordering::Relaxed);
@@ -254,9 +420,111 @@ async fn follow_service(state: Arc<State>, name: String) {
     }
 }
 
+/// In [`Mode::Connect`], a service with passing runner instances none of which is
+/// Connect-native (runners started with `--insecure-plaintext` beside an mTLS caller)
+/// looks exactly like a service with no runner: say so, once per service.
+async fn warn_if_uncallable(state: &State, name: &str) {
+    if lock(&state.uncallable_logged).contains(name) {
+        return;
+    }
+    let Ok((entries, _)) = state
+        .client
+        .health_service(name, &[], true, Default::default())
+        .await
+    else {
+        return;
+    };
+    let plaintext = entries
+        .iter()
+        .filter(|e| is_runner(e) && e.aggregated_status() == CheckStatus::Passing)
+        .count();
+    if plaintext > 0 && lock(&state.uncallable_logged).insert(name.to_string()) {
+        tracing::warn!(
+            service = %name,
+            plaintext_instances = plaintext,
+            "runner instances of this service pass their checks but none is Connect-native: this controller calls runners over mTLS and cannot call them (start the runners without --insecure-plaintext, or this controller with it)"
+        );
+    }
+}
+
+/// Between failed intention checks: quick at first, then at most every 10 s.
+const ADMISSION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(200), Duration::from_secs(10));
+
+/// Keeps one service's admission decision fresh: asks Consul whether an intention lets
+/// the source call it, every [`Admission::ttl`].
+async fn follow_admission(state: Arc<State>, name: String) {
+    let Some(source) = state.admission.source.clone() else {
+        return;
+    };
+    let mut failures = 0u32;
+    loop {
+        let decision = match state.client.intention_check(&source, &name).await {
+            Ok(allowed) => Some(allowed),
+            // Consul answered, and refused the question (a token without `service:read`
+            // on the service): nothing admits it.
+            Err(Error::Status { status, body, .. }) => {
+                tracing::warn!(service = %name, %status, %body, "Consul refused the intention check; the service gets no jobs");
+                Some(false)
+            }
+            Err(error) => {
+                state.stats.consul_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(service = %name, %error, "intention check failed; keeping the last decision");
+                None
+            }
+        };
+        let delay = match decision {
+            Some(allowed) => {
+                failures = 0;
+                let (previous, runners) = {
+                    let mut per_service = lock(&state.per_service);
+                    let Some(followed) = per_service.get_mut(&name) else {
+                        return;
+                    };
+                    (
+                        followed.admitted.replace(allowed),
+                        !followed.instances.is_empty(),
+                    )
+                };
+                if !allowed && runners {
+                    log_refusal(&state, &name);
+                } else if allowed && previous == Some(false) {
+                    tracing::info!(service = %name, %source, "an intention now allows calling this service");
+                }
+                if previous != Some(allowed) {
+                    publish(&state);
+                }
+                update_readiness(&state);
+                state.admission.ttl
+            }
+            None => {
+                failures = failures.saturating_add(1);
+                ADMISSION_BACKOFF.delay(failures)
+            }
+        };
+        tokio::time::sleep(delay).await;
+    }
+}
+
+/// Logs and counts a service with runner instances that is refused, once per service.
+fn log_refusal(state: &State, name: &str) {
+    if lock(&state.refusals_logged).insert(name.to_string()) {
+        state.stats.services_refused.fetch_add(1, Ordering::Relaxed);
+        let source = state.admission.source.as_deref().unwrap_or("");
+        tracing::warn!(
+            service = %name,
+            %source,
+            "not sending jobs to this service: it registers runner instances, but no intention allows this caller to call it (the default intention policy included) and the allow-list does not name it"
+        );
+    }
+}
+
 fn publish(state: &State) {
     let mut by_algorithm: BTreeMap<String, Vec<Instance>> = BTreeMap::new();
     for followed in lock(&state.per_service).values() {
+        if followed.admitted != Some(true) {
+            continue;
+        }
         for (instance, tags) in &followed.instances {
             for tag in tags {
                 by_algorithm

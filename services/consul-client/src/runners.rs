@@ -42,6 +42,10 @@ pub async fn all_runner_instances(client: &ConsulClient) -> Result<Vec<ServiceEn
 /// Healthy runner instances that serve `algorithm`, across every runner service: in
 /// [`Mode::Connect`] only the Connect-native ones (`/v1/health/connect/:service`), in
 /// [`Mode::Plain`] all of them (`/v1/health/service/:service`).
+///
+/// Each instance's own tags are checked here: Consul ignores `?tag=` on
+/// `/v1/health/connect` (its Connect lookup takes no tags), so the answer there holds every
+/// Connect-native instance of the service, the ones lacking `algorithm` included.
 pub async fn passing_instances_for(
     client: &ConsulClient,
     algorithm: &str,
@@ -55,22 +59,18 @@ pub async fn passing_instances_for(
         }
         let options = QueryOptions::default();
         let (entries, _) = match mode {
-            Mode::Connect => {
-                client
-                    .health_connect(name, &[algorithm], true, options)
-                    .await?
-            }
+            Mode::Connect => client.health_connect(name, &[], true, options).await?,
             Mode::Plain => {
                 client
                     .health_service(name, &[algorithm], true, options)
                     .await?
             }
         };
-        instances.extend(
-            entries
-                .into_iter()
-                .filter(|e| is_runner(e) && e.aggregated_status() == CheckStatus::Passing),
-        );
+        instances.extend(entries.into_iter().filter(|e| {
+            is_runner(e)
+                && e.aggregated_status() == CheckStatus::Passing
+                && e.service.tags.iter().any(|t| t == algorithm)
+        }));
     }
     Ok(instances)
 }

@@ -160,6 +160,16 @@ pub struct Settings {
     /// (ECS: the container's stopTimeout).
     #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
+    /// Runner services that may receive jobs without an intention. Otherwise (in the mesh)
+    /// a service receives jobs only while an intention allows this controller's
+    /// --mesh-service to call it, as Consul's /v1/connect/intentions/check decides (default
+    /// policy included). With --insecure-plaintext and a list, only the services listed.
+    #[arg(
+        long = "allow-service",
+        env = "PLUGWORKER_ALLOW_SERVICES",
+        value_delimiter = ','
+    )]
+    pub allow_services: Vec<String>,
 }
 
 impl Settings {

@@ -207,12 +207,26 @@ impl Controller {
         }
     }
 
+    /// True once the resolver has heard from Consul (`/readyz`); jobs are received only then.
+    pub fn readiness(&self) -> watch::Receiver<bool> {
+        self.context.dispatcher.resolver().readiness()
+    }
+
     /// Runs until `shutdown` resolves, then drains as the module docs say.
     pub async fn run(self, shutdown: impl Future<Output = ()>) {
         let context = self.context;
         let slots = context.run_slots.clone();
         let mut jobs = JoinSet::new();
         let mut shutdown = std::pin::pin!(shutdown);
+        // No job is received before Consul has answered once: an empty runner view then
+        // means "not heard yet", and failing jobs `no_runner` on it would lose them.
+        tokio::select! {
+            () = context.dispatcher.wait_ready() => {}
+            () = &mut shutdown => {
+                tracing::info!("controller stopped before Consul first answered; no job was received");
+                return;
+            }
+        }
         let mut queue_errors = 0u32;
         // The grace period counts from the shutdown request, a receive in progress
         // included, so the whole shutdown takes at most max(grace, receive wait) plus the

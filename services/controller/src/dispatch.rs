@@ -202,6 +202,17 @@ impl Dispatcher {
         }
     }
 
+    /// Resolves once the resolver has heard from Consul (at once if it has): before that,
+    /// an empty view says nothing about runners.
+    pub async fn wait_ready(&self) {
+        let mut ready = self.resolver.readiness();
+        if !*ready.borrow() {
+            tracing::info!("waiting for the first answer from Consul before receiving jobs");
+            // Err only if the resolver is gone, which it is not while `self` holds it.
+            let _ = ready.wait_for(|ready| *ready).await;
+        }
+    }
+
     /// Waits up to `wait` for a runner of `algorithm` to appear (a runner deployed after
     /// its jobs were queued); true if one did.
     pub async fn wait_for_runner(&self, algorithm: &str, wait: Duration) -> bool {

@@ -28,7 +28,7 @@ pub use dispatch::{Dispatcher, Transport};
 
 #[cfg(feature = "sqs")]
 use anyhow::Context as _;
-use plugworker_consul_client::{ConsulClient, Resolver};
+use plugworker_consul_client::{Admission, ConsulClient, Resolver};
 use std::sync::Arc;
 
 #[cfg(feature = "sqs")]
@@ -131,7 +131,25 @@ pub fn assemble(
     ),
     settings: Settings,
 ) -> Controller {
-    let resolver = Arc::new(Resolver::start_with_mode(consul, consul_wait, mode));
+    // In the mesh, runners are admitted by intentions naming this controller's identity,
+    // re-checked as often as a runner re-checks its authorize decisions.
+    let admission = match &transport {
+        dispatch::Transport::Mesh(identity) => Admission::intentions(
+            identity.service(),
+            settings.allow_services.iter().cloned(),
+            plugworker_mesh::ServerSettings::default().authorize_cache_ttl,
+        ),
+        dispatch::Transport::Plaintext => Admission {
+            allow_list: settings.allow_services.iter().cloned().collect(),
+            ..Admission::open()
+        },
+    };
+    let resolver = Arc::new(Resolver::start_admitting(
+        consul,
+        consul_wait,
+        mode,
+        admission,
+    ));
     let dispatcher = Arc::new(
         Dispatcher::new(
             resolver,

@@ -1,4 +1,4 @@
-//! The controller's Prometheus metrics (served at `/metrics` beside `/healthz`).
+//! The controller's Prometheus metrics (served at `/metrics` beside `/healthz` and `/readyz`).
 //!
 //! Counted where things happen (jobs, SQS operations, visibility extensions); resolver
 //! and queue-depth gauges are refreshed from their sources at each scrape.
@@ -106,6 +106,11 @@ pub struct ControllerMetrics {
     pub released: Counter,
     pub runner_instances: Family<AlgorithmLabel, Gauge>,
     pub consul_errors: Counter,
+    /// Runner services refused jobs because nothing the operator set admits them (no
+    /// intention allows this controller, not in --allow-service), once per service.
+    pub services_refused: Counter,
+    /// 1 once the resolver has heard from Consul (jobs are received only then).
+    pub consul_ready: Gauge,
     pub queue_messages: Family<StateLabel, Gauge>,
     /// Algorithms seen in the resolver's view: the only names used as label values, so
     /// job producers cannot grow the set of series at will.
@@ -134,6 +139,8 @@ impl ControllerMetrics {
             released: Counter::default(),
             runner_instances: Family::default(),
             consul_errors: Counter::default(),
+            services_refused: Counter::default(),
+            consul_ready: Gauge::default(),
             queue_messages: Family::default(),
             known_algorithms: Arc::default(),
         }
@@ -204,6 +211,16 @@ impl ControllerMetrics {
             "plugworker_consul_watch_errors",
             "Failed Consul requests of the resolver's watches",
             self.consul_errors.clone(),
+        );
+        registry.register(
+            "plugworker_runner_services_refused",
+            "Runner services refused jobs because no intention (nor --allow-service) admits them, once per service",
+            self.services_refused.clone(),
+        );
+        registry.register(
+            "plugworker_consul_ready",
+            "1 once the controller has heard from Consul; no job is received before",
+            self.consul_ready.clone(),
         );
         registry.register(
             "plugworker_queue_messages",
@@ -283,6 +300,11 @@ impl ControllerMetrics {
             resolver.stats().consul_errors.load(Ordering::Relaxed),
             Ordering::Relaxed,
         );
+        self.services_refused.inner().store(
+            resolver.stats().services_refused.load(Ordering::Relaxed),
+            Ordering::Relaxed,
+        );
+        self.consul_ready.set(i64::from(resolver.is_ready()));
         match queue.depth().await {
             Ok(Some(depth)) => {
                 let set = |state: &str, value: u64| {

@@ -44,6 +44,7 @@ pub(crate) fn routes() -> Router<AppState> {
         )
         .route("/v1/connect/intentions", get(intentions_list))
         .route("/v1/connect/intentions/match", get(intentions_match))
+        .route("/v1/connect/intentions/check", get(intentions_check))
         .route(
             "/v1/connect/intentions/exact",
             get(intention_exact_get)
@@ -268,31 +269,37 @@ async fn authorize(
         }
         Ok(Some(id)) => id,
     };
-    let (authorized, reason) = {
-        let mesh = shared.mesh();
-        match mesh.matching(&client.service, &request.target) {
-            Some((destination, source, _)) => (
-                source.action == Action::Allow,
-                format!(
-                    "Matched L4 intention: {}",
-                    connect::intention_string(&source.name, &destination, &source)
-                ),
-            ),
-            None => match shared.config.default_intention_policy {
-                Some(policy) => (
-                    policy == Action::Allow,
-                    "Default intention policy".to_string(),
-                ),
-                // `IntentionDefaultAllow` of the caller's authorizer: the ACL default
-                // policy, or allow for "manage all" (ACLs off, management tokens).
-                None => (
-                    authz.rules.is_none() || authz.default_allow,
-                    "Default behavior configured by ACLs".to_string(),
-                ),
-            },
-        }
-    };
+    let (authorized, reason) = decide(&shared, &authz, &client.service, &request.target);
     Ok(Json(json!({"Authorized": authorized, "Reason": reason})).into_response())
+}
+
+/// Whether intentions let `source` connect to `destination`, and why: the matching
+/// intention of highest precedence, else the default intention policy, else the caller's
+/// ACL default (Consul's `IntentionDefaultAllow`). One decision for the agent's authorize
+/// endpoint and the intention check, as in Consul (`agent/consul/intention_endpoint.go`).
+fn decide(shared: &Shared, authz: &Authz, source: &str, destination: &str) -> (bool, String) {
+    let mesh = shared.mesh();
+    match mesh.matching(source, destination) {
+        Some((destination, source, _)) => (
+            source.action == Action::Allow,
+            format!(
+                "Matched L4 intention: {}",
+                connect::intention_string(&source.name, &destination, &source)
+            ),
+        ),
+        None => match shared.config.default_intention_policy {
+            Some(policy) => (
+                policy == Action::Allow,
+                "Default intention policy".to_string(),
+            ),
+            // `IntentionDefaultAllow` of the caller's authorizer: the ACL default
+            // policy, or allow for "manage all" (ACLs off, management tokens).
+            None => (
+                authz.rules.is_none() || authz.default_allow,
+                "Default behavior configured by ACLs".to_string(),
+            ),
+        },
+    }
 }
 
 // ---------------------------------------------------------------- intentions
@@ -595,6 +602,20 @@ async fn intentions_match(
     Ok(with_index(Json(view), index))
 }
 
+/// `GET /v1/connect/intentions/check?source=&destination=`: `{"Allowed": bool}`, decided
+/// as the agent's authorize endpoint decides. Consul asks only `service:read` on the
+/// destination, since the answer reveals no intention.
+async fn intentions_check(
+    State(shared): State<AppState>,
+    Extension(authz): Extension<Authz>,
+    RawQuery(query): RawQuery,
+) -> Result<Response, ApiError> {
+    let (source, destination) = exact_names(&Query::new(query))?;
+    require(&authz, Resource::Service, &destination, Access::Read)?;
+    let (allowed, _) = decide(&shared, &authz, &source, &destination);
+    Ok(Json(json!({ "Allowed": allowed })).into_response())
+}
+
 fn exact_names(query: &Query) -> Result<(String, String), ApiError> {
     let source = query.get("source").unwrap_or_default();
     let destination = query.get("destination").unwrap_or_default();
@@ -688,14 +709,14 @@ async fn intention_exact_delete(
 
 /// `GET /v1/health/connect/:service`: like `/v1/health/service/:service`, with the same ACL
 /// filter, but only the instances that accept Connect (here: Connect-native ones; the
-/// registry has no proxies).
+/// registry has no proxies). `?tag=` is ignored, as Consul ignores it there.
 async fn health_connect(
     State(shared): State<AppState>,
     Extension(authz): Extension<Authz>,
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    crate::http::health_service_view(shared, authz, name, query, |r| r.service.connect_native).await
+    crate::http::health_service_view(shared, authz, name, query, true).await
 }
 
 /// `GET /v1/catalog/connect/:service`: `/v1/catalog/service/:service` restricted to the
@@ -706,6 +727,5 @@ async fn catalog_connect(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    crate::http::catalog_service_view(shared, authz, name, query, |r| r.service.connect_native)
-        .await
+    crate::http::catalog_service_view(shared, authz, name, query, true).await
 }

@@ -791,7 +791,7 @@ async fn catalog_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    catalog_service_view(shared, authz, name, query, |_| true).await
+    catalog_service_view(shared, authz, name, query, false).await
 }
 
 /// Consul's ACL filter for service instances (catalog and health): `service:read` on the
@@ -801,22 +801,30 @@ fn may_read_instance(shared: &Shared, authz: &Authz, record: &crate::store::Serv
         && authz.allows(Resource::Node, &shared.config.node_name, Access::Read)
 }
 
-/// `/v1/catalog/service/:service` and its Connect variant: the instances of `name` that
-/// `keep` selects, under Consul's ACL filter for service nodes (`service:read` and
-/// `node:read`), which Consul applies to both.
+/// `/v1/catalog/service/:service` and its Connect variant (`connect`: Connect-native
+/// instances only), under Consul's ACL filter for service nodes (`service:read` and
+/// `node:read`), which Consul applies to both. `?tag=` filters the plain view only: Consul's
+/// Connect lookup (`ConnectServiceNodes`) takes no tags and ignores them.
 pub(crate) async fn catalog_service_view(
     shared: AppState,
     authz: Authz,
     name: String,
     query: Option<String>,
-    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+    connect: bool,
 ) -> Result<Response, ApiError> {
     let (query, blocking) = Blocking::for_read(&shared, query)?;
-    let tags = query.all("tag");
+    let tags = if connect {
+        Vec::new()
+    } else {
+        query.all("tag")
+    };
     let (view, index) = blocking
         .run(&shared, |store| {
             let (records, filtered) = filter_items(
-                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                store
+                    .instances(&name, &tags)
+                    .filter(|r| r.service.connect_native || !connect)
+                    .collect(),
                 |r| may_read_instance(&shared, &authz, r),
             );
             let view: Vec<Value> = records
@@ -888,28 +896,38 @@ async fn health_service(
     Path(name): Path<String>,
     RawQuery(query): RawQuery,
 ) -> Result<Response, ApiError> {
-    health_service_view(shared, authz, name, query, |_| true).await
+    health_service_view(shared, authz, name, query, false).await
 }
 
-/// `/v1/health/service/:service` and its Connect variant: the health entries of the
-/// instances of `name` that `keep` selects, under the same ACL filter (`service:read` and
-/// `node:read`), as Consul runs one health query with one ACL filter for both.
+/// `/v1/health/service/:service` and its Connect variant (`connect`: Connect-native
+/// instances only): the health entries of the instances of `name`, under the same ACL
+/// filter (`service:read` and `node:read`), as Consul runs one health query with one ACL
+/// filter for both. `?tag=` filters the plain view only: for Connect, Consul's
+/// `Health.ServiceNodes` picks `serviceNodesConnect`, which takes no tags, so they are
+/// ignored.
 pub(crate) async fn health_service_view(
     shared: AppState,
     authz: Authz,
     name: String,
     query: Option<String>,
-    keep: impl Fn(&crate::store::ServiceRecord) -> bool + Send + Sync,
+    connect: bool,
 ) -> Result<Response, ApiError> {
     let (query, blocking) = Blocking::for_read(&shared, query)?;
     let passing_only = query
         .bool_flag("passing")
         .ok_or_else(|| bad_request("Invalid value for ?passing"))?;
-    let tags = query.all("tag");
+    let tags = if connect {
+        Vec::new()
+    } else {
+        query.all("tag")
+    };
     let (view, index) = blocking
         .run(&shared, |store| {
             let (records, filtered) = filter_items(
-                store.instances(&name, &tags).filter(|r| keep(r)).collect(),
+                store
+                    .instances(&name, &tags)
+                    .filter(|r| r.service.connect_native || !connect)
+                    .collect(),
                 |r| may_read_instance(&shared, &authz, r),
             );
             let view: Vec<Value> = records

@@ -141,6 +141,15 @@ impl Api {
             .await;
     }
 
+    /// `GET /v1/connect/intentions/check`: `{"Allowed": bool}`.
+    async fn check(&self, source: &str, destination: &str) -> Value {
+        self.ok(&format!(
+            "/v1/connect/intentions/check?source={source}&destination={destination}"
+        ))
+        .await
+        .json()
+    }
+
     async fn authorize(&self, target: &str, client_uri: &str) -> Value {
         let answer = self
             .post(
@@ -703,6 +712,10 @@ async fn service_intentions_decide_authorize_and_read_back_like_consul() {
     );
     let denied = t.api.authorize(&db, &uri(&api)).await;
     assert_eq!(denied["Authorized"], false, "{denied}");
+    // The intention check decides as authorize does, naming services instead of
+    // certificates.
+    assert_eq!(t.api.check(&web, &db).await, json!({"Allowed": true}));
+    assert_eq!(t.api.check(&api, &db).await, json!({"Allowed": false}));
     assert_eq!(
         denied["Reason"],
         format!("Matched L4 intention: * => {db} (Precedence: 8, Action: DENY)")
@@ -755,6 +768,7 @@ async fn service_intentions_decide_authorize_and_read_back_like_consul() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(t.api.authorize(&db, &uri(&web)).await["Authorized"], false);
+    assert_eq!(t.api.check(&web, &db).await, json!({"Allowed": false}));
 
     // Deleting the entry restores the default.
     let answer = t
@@ -828,6 +842,16 @@ async fn default_intention_policy_deny_refuses_unmatched_connections() {
         t.api.authorize("db", &web).await,
         json!({"Authorized": false, "Reason": "Default intention policy"})
     );
+    assert_eq!(t.api.check("web", "db").await, json!({"Allowed": false}));
+    let missing = t.api.get("/v1/connect/intentions/check?source=web").await;
+    assert_eq!(missing.status, 400);
+    assert!(
+        missing
+            .body
+            .contains("required query parameter 'destination' not set"),
+        "{}",
+        missing.body
+    );
     let answer = t
         .api
         .put(
@@ -837,4 +861,33 @@ async fn default_intention_policy_deny_refuses_unmatched_connections() {
         .await;
     assert_eq!(answer.status, 200, "{}", answer.body);
     assert_eq!(t.api.authorize("db", &web).await["Authorized"], true);
+    assert_eq!(t.api.check("web", "db").await, json!({"Allowed": true}));
+}
+
+#[tokio::test]
+async fn tag_filters_the_service_view_and_is_ignored_by_the_connect_views() {
+    // Consul's Health.ServiceNodes picks serviceNodesConnect for /v1/health/connect, which
+    // takes no tags, before it looks at TagFilter; Catalog.ServiceNodes likewise.
+    let t = target().await;
+    let name = unique("tagged");
+    for (id, tag) in [("a", "add"), ("b", "echo")] {
+        t.api
+            .register(json!({
+                "ID": format!("{name}-{id}"), "Name": name, "Port": 9001, "Address": "127.0.0.1",
+                "Tags": [tag], "Connect": {"Native": true},
+            }))
+            .await;
+    }
+    let count = |view: Value| view.as_array().unwrap().len();
+    for path in ["health/service", "catalog/service"] {
+        let view = t.api.ok(&format!("/v1/{path}/{name}?tag=add")).await.json();
+        assert_eq!(count(view), 1, "{path} honours ?tag=");
+    }
+    for path in ["health/connect", "catalog/connect"] {
+        let view = t.api.ok(&format!("/v1/{path}/{name}?tag=add")).await.json();
+        assert_eq!(count(view), 2, "{path} ignores ?tag=");
+    }
+    for id in ["a", "b"] {
+        t.api.deregister(&format!("{name}-{id}")).await;
+    }
 }

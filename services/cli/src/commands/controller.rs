@@ -20,7 +20,8 @@ pub struct Args {
     #[command(flatten)]
     pub consul: ConsulArgs,
     /// Address of the health and metrics endpoints (`GET /healthz`: 200 while taking
-    /// jobs, 503 while draining; `GET /metrics`: Prometheus text).
+    /// jobs, 503 while draining; `GET /readyz`: 503 until Consul first answered, when no
+    /// job is received yet; `GET /metrics`: Prometheus text).
     #[arg(
         long,
         env = "PLUGWORKER_HEALTH_ADDRESS",
@@ -56,9 +57,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
+    let ready = controller.readiness();
     let health = {
         let serving = serving.clone();
         axum::Router::new()
+            // Readiness, apart from liveness: an orchestrator replaces a container whose
+            // health check fails, and waiting for Consul is no reason to.
+            .route(
+                "/readyz",
+                axum::routing::get(move || {
+                    let ready = *ready.borrow();
+                    async move {
+                        if ready {
+                            (StatusCode::OK, "ready")
+                        } else {
+                            (StatusCode::SERVICE_UNAVAILABLE, "waiting for Consul")
+                        }
+                    }
+                }),
+            )
             .route(
                 "/healthz",
                 axum::routing::get(move || {
