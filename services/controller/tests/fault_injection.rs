@@ -15,6 +15,7 @@
 mod common;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
+use common::proxy::FaultProxy;
 use common::{Stack, job};
 use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATTRIBUTE};
 use plugworker_consul_client::ServiceRegistration;
@@ -910,4 +911,360 @@ async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back
     })
     .await;
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// A claim-check pointer message to `s3://bucket/key`, declaring `declared` bytes.
+async fn send_pointer(stack: &Stack, bucket: &str, key: &str, declared: u64) -> String {
+    let size = aws_sdk_sqs::types::MessageAttributeValue::builder()
+        .data_type("Number")
+        .string_value(declared.to_string())
+        .build()
+        .unwrap();
+    stack
+        .sqs
+        .client
+        .send_message()
+        .queue_url(&stack.queues.jobs)
+        .message_body(Pointer::new(bucket, key).to_body())
+        .message_attributes(RESERVED_ATTRIBUTE, size)
+        .send()
+        .await
+        .unwrap()
+        .message_id()
+        .unwrap()
+        .to_string()
+}
+
+/// A scaled-down attack's size, or `PLUGWORKER_ATTACK_<NAME>` to measure the issue's
+/// full-size figure with the same test.
+fn attack_size(name: &str, scaled_down: u64) -> u64 {
+    std::env::var(format!("PLUGWORKER_ATTACK_{name}"))
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(scaled_down)
+}
+
+/// The peak resident memory of a process, in bytes (`VmHWM`).
+fn peak_rss(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap();
+    kib * 1024
+}
+
+#[tokio::test]
+async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_six_results_for_six_jobs()
+ {
+    // Scaled down from the 2 B/s: a 60-byte body at 4 B/s takes 15 s, several
+    // visibility timeouts of 4 s.
+    let stack = Stack::start(Duration::from_secs(4), 5).await;
+    let s3 = S3::on(&stack.sqs);
+    s3.create_bucket("payloads").await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    proxy.slow("/payloads/slow-job", Duration::from_millis(250));
+    let body = job("echo", json!({"message": "slow"})).to_string();
+    s3.put("payloads", "slow-job", body.clone().into_bytes())
+        .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let mut submitted = vec![send_pointer(&stack, "payloads", "slow-job", body.len() as u64).await];
+    for i in 0..5 {
+        submitted.push(
+            stack
+                .submit(job("echo", json!({"message": format!("quick-{i}")})))
+                .await,
+        );
+    }
+    let s3_env = [("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())];
+    let (_first, _) = stack.controller_with_env(&["--payload-bucket", "payloads"], &s3_env);
+    // The first controller takes the whole batch before the second starts.
+    eventually(Duration::from_secs(60), "the batch received", || async {
+        (stack.sqs.counts(&stack.queues.jobs).await.0 == 0).then_some(())
+    })
+    .await;
+    let (_second, _) = stack.controller_with_env(&["--payload-bucket", "payloads"], &s3_env);
+    let started = Instant::now();
+    let quick = stack
+        .sqs
+        .collect_results(&stack.queues.results, 5, Duration::from_secs(10))
+        .await;
+    assert_eq!(
+        quick.len(),
+        5,
+        "the quick jobs do not wait for the slow body: {quick:#?}"
+    );
+    assert!(
+        quick.iter().all(|r| r["result"]["message"] != "slow"),
+        "{quick:#?}"
+    );
+    eprintln!("5 quick results in {:?}", started.elapsed());
+    let ledger = Ledger::settle(&stack, &submitted[..1], Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted[..1], (0, "none expected"));
+    assert_eq!(ledger.result(&submitted[0])["result"]["message"], "slow");
+    assert!(
+        ledger
+            .results
+            .iter()
+            .all(|(_, r)| r["message_id"] == submitted[0].as_str()),
+        "no quick job ran twice: {:#?}",
+        ledger.results
+    );
+    eprintln!(
+        "slow S3 + 5 quick jobs, two controllers: {} results for 6 jobs",
+        5 + ledger.results.len()
+    );
+}
+
+#[tokio::test]
+async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent_errors_before_download()
+ {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let s3 = S3::on(&stack.sqs);
+    // Scaled down from the 150-250 MB (PLUGWORKER_ATTACK_BIG_JOB_BYTES).
+    for bucket in ["payloads", "elsewhere", "shared"] {
+        s3.create_bucket(bucket).await;
+    }
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let small = job("echo", json!({"message": "read me"})).to_string();
+    s3.put("elsewhere", "secret-job", small.clone().into_bytes())
+        .await;
+    s3.put("shared", "listed-job", small.clone().into_bytes())
+        .await;
+    // Over the default --max-job-bytes (the runner's 16 MiB).
+    let big = attack_size("BIG_JOB_BYTES", 24_000_000) as usize;
+    s3.put("payloads", "big-job", vec![b' '; big]).await;
+    s3.put("payloads", "tiny-job", small.clone().into_bytes())
+        .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (controller, _) = stack.controller_with_env(
+        &["--payload-bucket", "payloads"],
+        // As the environment, which a controller without the setting ignores (so the
+        // test can be run against one, to see it fail).
+        &[
+            ("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str()),
+            ("PLUGWORKER_PAYLOAD_READ_BUCKETS", "shared"),
+        ],
+    );
+    let other_bucket = send_pointer(&stack, "elsewhere", "secret-job", small.len() as u64).await;
+    let listed = send_pointer(&stack, "shared", "listed-job", small.len() as u64).await;
+    // The object is 24 MB, the pointer says 10 bytes.
+    let understated = send_pointer(&stack, "payloads", "big-job", 10).await;
+    // The pointer says 150 MB: refused on its word, never fetched.
+    let declared = send_pointer(&stack, "payloads", "tiny-job", 150_000_000).await;
+    let submitted = vec![
+        other_bucket.clone(),
+        listed.clone(),
+        understated.clone(),
+        declared.clone(),
+    ];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let refused = ledger.result(&other_bucket);
+    assert_eq!(refused["error"]["code"], "payload_unavailable", "{refused}");
+    assert_eq!(refused["error"]["class"], "permanent");
+    assert!(
+        refused["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("outside what this consumer reads"),
+        "{refused}"
+    );
+    assert!(
+        proxy.requests_matching("/elsewhere/").is_empty(),
+        "no S3 call for another bucket: {:?}",
+        proxy.requests_matching("/elsewhere/")
+    );
+    assert!(
+        s3.get("elsewhere", "secret-job").await.is_some(),
+        "another bucket's object is never deleted"
+    );
+    assert_eq!(ledger.result(&listed)["result"]["message"], "read me");
+    assert!(
+        s3.get("shared", "listed-job").await.is_some(),
+        "a listed bucket is read, never deleted from"
+    );
+    for id in [&understated, &declared] {
+        let result = ledger.result(id);
+        assert_eq!(result["error"]["code"], "payload_too_large", "{result}");
+        assert_eq!(result["error"]["class"], "permanent");
+        assert_eq!(result["attempt"], 1, "never retried");
+    }
+    assert!(
+        proxy.requests_matching("/payloads/tiny-job").is_empty(),
+        "a declared 150 MB is refused before any S3 call"
+    );
+    let served = proxy.served("/payloads/big-job");
+    let rss = peak_rss(controller.pid());
+    eprintln!(
+        "24 MB object behind a 10-byte pointer: {served} bytes handed to the controller, its peak RSS {} MB",
+        rss / 1_000_000
+    );
+    assert!(
+        served < big as u64 / 2,
+        "the body is not downloaded: {served} of {big} bytes"
+    );
+    assert!(rss < 150_000_000, "peak RSS {rss}");
+}
+
+#[tokio::test]
+async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs() {
+    let stack = Stack::start(Duration::from_secs(10), 5).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", metrics_address.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    // Scaled down from the 40 s (PLUGWORKER_ATTACK_OUTAGE_SECS).
+    let outage = Duration::from_secs(attack_size("OUTAGE_SECS", 20));
+    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    proxy.outage(&results_queue, outage);
+    let (_controller, health) = stack.controller(&["--sqs-endpoint", proxy.endpoint.as_str()]);
+    let mut submitted = Vec::new();
+    for i in 0..10 {
+        submitted.push(
+            stack
+                .submit(job("echo", json!({"message": format!("o{i}")})))
+                .await,
+        );
+    }
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(120)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let runner_metrics = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let runs = metric_value(
+        &runner_metrics,
+        "plugworker_runner_runs_total",
+        &[("algorithm", "echo"), ("code", "ok")],
+    )
+    .unwrap();
+    let unpublishable = metric_value(
+        &metrics(&health).await,
+        "plugworker_results_unpublishable_total",
+        &[("reason", "unavailable")],
+    )
+    .unwrap_or(0.0);
+    eprintln!(
+        "{outage:?} results outage, 10 jobs: {runs} runs, {unpublishable} publish attempts failed, {} SendMessage refused",
+        proxy.refused()
+    );
+    assert!(runs <= 20.0, "{runs} runs for 10 jobs");
+    // --retry-base 2 s doubling (jittered down to half): about 2 + log2(outage in s)
+    // attempts per job fit in the outage (6 in 20 s); a fixed 2 s delay would make ten.
+    let bound = 10.0 * (2.0 + outage.as_secs_f64().log2());
+    assert!(
+        unpublishable <= bound,
+        "{unpublishable} failed publishes, bound {bound}"
+    );
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok");
+    }
+}
+
+#[tokio::test]
+async fn a_producer_set_plugworker_message_id_on_ten_jobs_costs_none_its_result() {
+    let stack = Stack::start(Duration::from_secs(30), 5).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let string = |value: &str| {
+        aws_sdk_sqs::types::MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .unwrap()
+    };
+    let mut submitted = Vec::new();
+    for i in 0..10 {
+        let id = stack
+            .sqs
+            .client
+            .send_message()
+            .queue_url(&stack.queues.jobs)
+            .message_body(job("echo", json!({"message": format!("f{i}")})).to_string())
+            .message_attributes("plugworker_message_id", string("forged"))
+            .message_attributes("plugworker_signature", string("tests:00ff"))
+            .send()
+            .await
+            .unwrap()
+            .message_id()
+            .unwrap()
+            .to_string();
+        submitted.push(id);
+    }
+    let (controller, _) = stack.controller(&[]);
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    for (i, id) in submitted.iter().enumerate() {
+        assert_eq!(ledger.result(id)["result"]["message"], format!("f{i}"));
+    }
+    assert!(ledger.dead.is_empty());
+    assert!(
+        controller.log().contains("did not sign"),
+        "the forgery is logged"
+    );
+}
+
+#[tokio::test]
+async fn a_job_within_a_kib_of_the_queue_limit_is_dead_lettered_with_its_error_attributes() {
+    // Every queue at 64 KiB (scaled down from 256 KiB), the DLQ as large as the jobs queue,
+    // no payload bucket.
+    let limit = 65_536;
+    let stack = Stack::start_with(QueueOptions {
+        max_message_size: Some(limit),
+        max_receive_count: Some(2),
+        ..QueueOptions::default()
+    })
+    .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let padding = limit - 600 - job("add", json!({"numbers": ""})).to_string().len();
+    let body = job("add", json!({"numbers": "x".repeat(padding)})).to_string();
+    assert!(
+        body.len() > limit - 1024 && body.len() < limit,
+        "{}",
+        body.len()
+    );
+    let id = stack.sqs.send(&stack.queues.jobs, &body).await;
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    assert_eq!(ledger.result(&id)["error"]["class"], "permanent");
+    assert_eq!(ledger.dead.len(), 1);
+    let copy = &ledger.dead[0];
+    assert_eq!(copy.body().unwrap(), body, "the job as it came");
+    let attributes = copy.message_attributes().cloned().unwrap_or_default();
+    let attribute = |name: &str| {
+        attributes
+            .get(name)
+            .and_then(|v| v.string_value())
+            .map(str::to_owned)
+    };
+    assert_eq!(
+        attribute("plugworker_error_code"),
+        ledger.result(&id)["error"]["code"]
+            .as_str()
+            .map(str::to_owned),
+        "the DLQ copy carries its error: {attributes:?}"
+    );
+    assert_eq!(
+        attribute("plugworker_original_message_id"),
+        Some(id.clone())
+    );
+    // What AWS counts (moto counts the body only): the copy fits the DLQ.
+    let size = body.len()
+        + attributes
+            .iter()
+            .map(|(n, v)| n.len() + v.data_type().len() + v.string_value().unwrap_or("").len())
+            .sum::<usize>();
+    assert!(size <= limit, "{size} bytes");
 }

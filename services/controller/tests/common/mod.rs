@@ -12,6 +12,8 @@
 
 #![allow(dead_code)]
 
+pub mod proxy;
+
 use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
     ServiceIntentions, controller_rules,
@@ -27,6 +29,11 @@ use std::time::Duration;
 
 /// The runner services every mesh stack admits at start (token + intention).
 pub const RUNNER_SERVICES: &[&str] = &["test-runner", "nlp-runner", "image-runner"];
+
+/// The key every controller of a stack signs its re-queued copies with (as all the
+/// controllers of a deployment share one): a copy one re-queued keeps its message id at
+/// another.
+pub const MESSAGE_KEYS: &str = "tests:0123456789abcdef0123456789abcdef";
 
 /// The management token of every mesh stack's registry.
 pub const BOOTSTRAP_TOKEN: &str = "5b3a8f4e-0d1c-4e6a-9f2b-7c8d9e0a1b2c";
@@ -279,8 +286,6 @@ impl Stack {
             &self.queues.jobs,
             "--results-queue-url",
             &self.queues.results,
-            "--sqs-endpoint",
-            &self.sqs.endpoint,
             "--consul-address",
             &consul,
             "--health-address",
@@ -295,8 +300,13 @@ impl Stack {
         } else {
             args.push("--insecure-plaintext");
         }
+        // moto, unless the test puts something in between.
+        if !extra.contains(&"--sqs-endpoint") {
+            args.extend(["--sqs-endpoint", &self.sqs.endpoint]);
+        }
         args.extend_from_slice(extra);
         let mut all_envs = AWS_ENV.to_vec();
+        all_envs.push(("PLUGWORKER_MESSAGE_KEYS", MESSAGE_KEYS));
         if let Some(token) = self.tokens.get("controller") {
             all_envs.push(("CONSUL_HTTP_TOKEN", token));
         }

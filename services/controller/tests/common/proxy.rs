@@ -1,0 +1,217 @@
+//! A fault-injecting HTTP proxy in front of the moto server: the controller talks to it as
+//! its SQS or S3 endpoint, and the test decides what a request meets. It forwards every
+//! request to moto unchanged, except that it can
+//! - trickle one object's bytes (a slow S3 GET),
+//! - answer `SendMessage` to one queue with HTTP 500 until a deadline (a results outage),
+//!
+//! and it records every request and the bytes it handed back per path, so a test can
+//! assert that an object was never fetched, or not downloaded whole.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::response::Response;
+use futures::StreamExt;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+#[derive(Default)]
+struct Rules {
+    /// Path → delay between bytes.
+    slow: HashMap<String, Duration>,
+    /// (queue name, until): `SendMessage` naming that queue fails with 500 until then.
+    outage: Option<(String, Instant)>,
+}
+
+#[derive(Default)]
+struct Seen {
+    /// "METHOD path [X-Amz-Target]" of every request, in order.
+    requests: Vec<String>,
+    /// Response body bytes handed to the client, per path.
+    served: HashMap<String, u64>,
+    /// SendMessage requests refused by an outage.
+    refused: u64,
+}
+
+struct Shared {
+    upstream: String,
+    client: reqwest::Client,
+    rules: Mutex<Rules>,
+    seen: Mutex<Seen>,
+}
+
+pub struct FaultProxy {
+    pub endpoint: String,
+    shared: Arc<Shared>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl FaultProxy {
+    /// A proxy to `upstream` (e.g. the moto endpoint) on a free loopback port.
+    pub async fn start(upstream: &str) -> Self {
+        let shared = Arc::new(Shared {
+            upstream: upstream.trim_end_matches('/').to_string(),
+            client: reqwest::Client::builder().no_proxy().build().unwrap(),
+            rules: Mutex::new(Rules::default()),
+            seen: Mutex::new(Seen::default()),
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(shared.clone());
+        let task = tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Self {
+            endpoint,
+            shared,
+            task,
+        }
+    }
+
+    /// Serves the object at `path` (`/bucket/key`) one byte every `per_byte`.
+    pub fn slow(&self, path: &str, per_byte: Duration) {
+        lock(&self.shared.rules)
+            .slow
+            .insert(path.to_string(), per_byte);
+    }
+
+    /// `SendMessage` to the queue whose URL ends in `queue_name` fails with HTTP 500 for
+    /// `duration` from now.
+    pub fn outage(&self, queue_name: &str, duration: Duration) {
+        lock(&self.shared.rules).outage = Some((queue_name.to_string(), Instant::now() + duration));
+    }
+
+    /// Requests seen whose line contains `needle`.
+    pub fn requests_matching(&self, needle: &str) -> Vec<String> {
+        lock(&self.shared.seen)
+            .requests
+            .iter()
+            .filter(|r| r.contains(needle))
+            .cloned()
+            .collect()
+    }
+
+    /// Response body bytes handed back for `path`.
+    pub fn served(&self, path: &str) -> u64 {
+        lock(&self.shared.seen)
+            .served
+            .get(path)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// SendMessage requests the outage refused.
+    pub fn refused(&self) -> u64 {
+        lock(&self.shared.seen).refused
+    }
+}
+
+async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let body = axum::body::to_bytes(body, usize::MAX)
+        .await
+        .unwrap_or_default();
+    let path = parts.uri.path().to_string();
+    let target = parts
+        .headers
+        .get("x-amz-target")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    lock(&shared.seen)
+        .requests
+        .push(format!("{} {path} {target}", parts.method));
+    let sends =
+        target.ends_with(".SendMessage") || body.windows(19).any(|w| w == b"Action=SendMessage&");
+    let outage = lock(&shared.rules).outage.clone();
+    if let Some((queue, until)) = outage
+        && sends
+        && Instant::now() < until
+        && body.windows(queue.len()).any(|w| w == queue.as_bytes())
+    {
+        lock(&shared.seen).refused += 1;
+        return Response::builder()
+            .status(500)
+            .header("content-type", "application/x-amz-json-1.0")
+            .body(Body::from(
+                r#"{"__type":"com.amazonaws.sqs#InternalError","message":"injected outage"}"#,
+            ))
+            .unwrap();
+    }
+    let url = format!(
+        "{}{}",
+        shared.upstream,
+        parts.uri.path_and_query().map_or("/", |p| p.as_str())
+    );
+    let mut upstream = shared.client.request(parts.method.clone(), url).body(body);
+    for (name, value) in &parts.headers {
+        if !matches!(
+            name.as_str(),
+            "host" | "content-length" | "transfer-encoding"
+        ) {
+            upstream = upstream.header(name, value);
+        }
+    }
+    let response = match upstream.send().await {
+        Ok(response) => response,
+        Err(error) => {
+            return Response::builder()
+                .status(502)
+                .body(Body::from(error.to_string()))
+                .unwrap();
+        }
+    };
+    let mut builder = Response::builder().status(response.status().as_u16());
+    for (name, value) in response.headers() {
+        if name.as_str() != "transfer-encoding" {
+            builder = builder.header(name, value);
+        }
+    }
+    let per_byte = lock(&shared.rules).slow.get(&path).copied();
+    let counted = shared.clone();
+    let count = move |bytes: &Bytes| {
+        *lock(&counted.seen).served.entry(path.clone()).or_default() += bytes.len() as u64;
+    };
+    // Chunk by chunk as the client reads (reqwest's `stream` feature is not enabled).
+    let stream = futures::stream::unfold(response, |mut response| async move {
+        match response.chunk().await {
+            Ok(Some(chunk)) => Some((Ok::<_, std::io::Error>(chunk), response)),
+            _ => None,
+        }
+    });
+    let body = match per_byte {
+        None => Body::from_stream(stream.map(move |chunk| {
+            if let Ok(bytes) = &chunk {
+                count(bytes);
+            }
+            chunk
+        })),
+        Some(per_byte) => {
+            // One byte at a time: a GET that starts at once and then crawls.
+            let bytes = stream.flat_map(|chunk| {
+                let chunk: Bytes = chunk.unwrap_or_default();
+                futures::stream::iter((0..chunk.len()).map(move |i| chunk.slice(i..i + 1)))
+            });
+            Body::from_stream(bytes.then(move |byte| {
+                count(&byte);
+                async move {
+                    tokio::time::sleep(per_byte).await;
+                    Ok::<_, std::io::Error>(byte)
+                }
+            }))
+        }
+    };
+    builder.body(body).unwrap()
+}
