@@ -338,7 +338,16 @@ async fn a_runner_refuses_the_controller_until_an_intention_allows_it() {
         .await;
     let (runner, _) = stack.runner("test-runner", &[]);
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "1s", "--retry-max", "2s"]);
+    // Allow-listed, so the controller dials the runner despite the deny: what is tested
+    // here is the runner's own enforcement (the controller's: tests/intentions.rs).
+    let (_controller, _) = stack.controller(&[
+        "--retry-base",
+        "1s",
+        "--retry-max",
+        "2s",
+        "--allow-service",
+        "test-runner",
+    ]);
     let id = stack
         .submit(job("echo", json!({"message": "after the allow"})))
         .await;
