@@ -1100,7 +1100,7 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
     let served = proxy.served("/payloads/big-job");
     let rss = peak_rss(controller.pid());
     eprintln!(
-        "24 MB object behind a 10-byte pointer: {served} bytes handed to the controller, its peak RSS {} MB",
+        "{big}-byte object behind a 10-byte pointer: {served} bytes handed to the controller, its peak RSS {} MB",
         rss / 1_000_000
     );
     assert!(

@@ -53,7 +53,7 @@ data "aws_iam_policy_document" "execution" {
 
 locals {
   task_secret_arns = distinct(concat(
-    [var.mesh.gossip_key_arn, var.mesh.ca_cert_arn, var.mesh.agent_token_arn, var.mesh.controller_token_arn, var.mesh.prometheus_token_arn],
+    [var.mesh.gossip_key_arn, var.mesh.ca_cert_arn, var.mesh.agent_token_arn, var.mesh.controller_token_arn, var.mesh.prometheus_token_arn, aws_ssm_parameter.message_keys.arn],
     values(var.mesh.runner_token_arns),
   ))
 }

@@ -38,7 +38,10 @@ locals {
       { name = "PLUGWORKER_RECEIVE_WAIT", value = "${local.controller_receive_wait_seconds}s" },
       { name = "OTEL_SERVICE_NAME", value = "plugworker-controller" },
     ])
-    secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn }]
+    secrets = [
+      { name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn },
+      { name = "PLUGWORKER_MESSAGE_KEYS", valueFrom = aws_ssm_parameter.message_keys.arn },
+    ]
     mountPoints = [local.consul_ca_mount]
     healthCheck = {
       command     = ["CMD", "plugworker", "healthcheck"]
@@ -155,4 +158,20 @@ resource "aws_ecs_service" "this" {
   lifecycle {
     ignore_changes = [desired_count] # owned by autoscaling
   }
+}
+
+# The key every controller task signs its re-queued copies with, so a copy one task put back
+# (scale-in, deploy) keeps its message id at another, and a producer's attributes are never
+# believed (docs/delivery.md#message-keys). Rotating: prepend "k2:<new>," to the value,
+# deploy, and drop the old key after the queue's retention.
+resource "random_bytes" "message_key" {
+  length = 32
+}
+
+resource "aws_ssm_parameter" "message_keys" {
+  name        = "/${var.name}/controller/message-keys"
+  description = "Keys signing the controller's re-queued copies of ${var.name} (KEY_ID:SECRET)"
+  type        = "SecureString"
+  key_id      = var.mesh.kms_key_arn
+  value       = "k1:${random_bytes.message_key.hex}"
 }
