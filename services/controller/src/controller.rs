@@ -884,10 +884,14 @@ mod tests {
     #[tokio::test]
     async fn made_up_algorithm_names_cost_no_limiter_and_each_gets_one_final_result() {
         use crate::memory::{ChannelSink, MemoryQueue};
-        // No registry answers here: no runner serves anything.
+        // An empty registry: Consul answers, and no runner serves anything.
+        let registry =
+            plugworker_embedded_consul::Registry::spawn("127.0.0.1:0", Default::default())
+                .await
+                .unwrap();
         let consul =
             plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
-                address: "http://127.0.0.1:9".into(),
+                address: registry.url(),
                 ..Default::default()
             })
             .unwrap();
