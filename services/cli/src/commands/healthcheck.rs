@@ -34,6 +34,9 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let url = healthz_url(&args.health_address);
     let response = reqwest::Client::builder()
         .timeout(args.timeout)
+        // The controller is in this container: a proxy from the environment cannot reach
+        // it, and a failed probe would get a healthy controller replaced.
+        .no_proxy()
         .build()?
         .get(&url)
         .send()
