@@ -6,6 +6,22 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::transport::ServerParams;
+
+/// Streams per connection beyond the run slots and their queue, by default: room for
+/// the calls admission refuses, and for health and listing calls beside the runs.
+const STREAMS_BEYOND_SLOTS: usize = 16;
+
+/// Largest request the health service decodes: a `HealthCheckRequest` is a service name.
+pub(crate) const HEALTH_MAX_MESSAGE_BYTES: usize = 4 * 1024;
+/// Calls open at once on one health-port connection.
+const HEALTH_MAX_CONCURRENT_STREAMS: u32 = 8;
+/// The health port's flow-control windows (HTTP/2's initial 65,535-byte connection window
+/// is also its floor).
+const HEALTH_WINDOW_BYTES: u32 = 65_535;
+/// Request bytes all calls on the health port together may hold.
+const HEALTH_RECEIVING_BYTES: usize = 256 * 1024;
+
 /// A plugworker runner: serves the algorithms compiled into this binary over gRPC and
 /// registers itself in Consul, tagged with their names, so the controller can find it.
 #[derive(Clone, Debug, clap::Parser)]
@@ -76,6 +92,73 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_MAX_MESSAGE_BYTES", default_value_t = 16 * 1024 * 1024)]
     pub max_message_bytes: usize,
 
+    /// HTTP/2 connections open at once on --listen. At the cap a new connection makes
+    /// the oldest idle one close (GOAWAY); with none idle, the oldest one.
+    #[arg(long, env = "PLUGWORKER_MAX_CONNECTIONS", default_value_t = 128)]
+    pub max_connections: usize,
+
+    /// HTTP/2 connections open at once on --health-listen (Consul's check opens one per
+    /// check).
+    #[arg(long, env = "PLUGWORKER_HEALTH_MAX_CONNECTIONS", default_value_t = 32)]
+    pub health_max_connections: usize,
+
+    /// Calls open at once on one connection (HTTP/2 SETTINGS_MAX_CONCURRENT_STREAMS)
+    /// [default: --max-concurrent-runs + --max-queued-runs + 16, so admission stays with
+    /// the run slots: the calls beyond them still reach the runner and are refused
+    /// RESOURCE_EXHAUSTED, instead of waiting in the client for a stream].
+    #[arg(long, env = "PLUGWORKER_MAX_CONCURRENT_STREAMS")]
+    pub max_concurrent_streams: Option<u32>,
+
+    /// A new connection must send its first call's headers within this (the health port
+    /// uses the shorter of this and half the --check-interval).
+    #[arg(long, env = "PLUGWORKER_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+
+    /// A connection without a call in progress this long is closed (GOAWAY); the health
+    /// port uses the shorter of this and half the --check-interval.
+    #[arg(long, env = "PLUGWORKER_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Duration,
+
+    /// Longest silence inside a request body (or wait for --max-receiving-bytes): the
+    /// call is then answered UNAVAILABLE and its stream reset.
+    #[arg(long, env = "PLUGWORKER_BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub body_read_timeout: Duration,
+
+    /// HTTP/2 PING after this long without a frame from the client; the connection is
+    /// closed if the PING is not answered within --keepalive-timeout.
+    #[arg(long, env = "PLUGWORKER_KEEPALIVE_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub keepalive_interval: Duration,
+
+    /// See --keepalive-interval.
+    #[arg(long, env = "PLUGWORKER_KEEPALIVE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub keepalive_timeout: Duration,
+
+    /// A connection older than this gets GOAWAY (calls in flight finish; clients
+    /// reconnect, and a mesh client is authorized again).
+    #[arg(long, env = "PLUGWORKER_MAX_CONNECTION_AGE", default_value = "1h", value_parser = humantime::parse_duration)]
+    pub max_connection_age: Duration,
+
+    /// How long calls may still run on a connection after its GOAWAY (age, cap) before
+    /// it is closed.
+    #[arg(long, env = "PLUGWORKER_MAX_CONNECTION_AGE_GRACE", default_value = "5m", value_parser = humantime::parse_duration)]
+    pub max_connection_age_grace: Duration,
+
+    /// HTTP/2 flow-control window of one call's request body, in bytes: what a client
+    /// may send that the runner has not read yet.
+    #[arg(long, env = "PLUGWORKER_STREAM_WINDOW_BYTES", default_value_t = 256 * 1024)]
+    pub stream_window_bytes: u32,
+
+    /// HTTP/2 flow-control window of a whole connection, in bytes: what one connection
+    /// can make the runner hold unread, however many calls it opens.
+    #[arg(long, env = "PLUGWORKER_CONNECTION_WINDOW_BYTES", default_value_t = 1024 * 1024)]
+    pub connection_window_bytes: u32,
+
+    /// Request bytes all calls on --listen together may have received and not yet
+    /// decoded; a call that needs more waits (within --body-read-timeout)
+    /// [default: 4 × --max-message-bytes].
+    #[arg(long, env = "PLUGWORKER_MAX_RECEIVING_BYTES")]
+    pub max_receiving_bytes: Option<usize>,
+
     /// On SIGTERM, how long in-flight runs may take to finish before the runner exits.
     #[arg(long, env = "PLUGWORKER_SHUTDOWN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
     pub shutdown_grace: Duration,
@@ -113,6 +196,53 @@ impl RunnerConfig {
             self.listen
         } else {
             self.health_listen
+        }
+    }
+
+    /// The bounds of the server on --listen.
+    pub(crate) fn server_params(&self) -> ServerParams {
+        let streams = self.max_concurrent_streams.unwrap_or_else(|| {
+            u32::try_from(self.max_concurrent_runs() + self.max_queued_runs + STREAMS_BEYOND_SLOTS)
+                .unwrap_or(u32::MAX)
+        });
+        ServerParams {
+            port: "main",
+            max_connections: self.max_connections,
+            max_concurrent_streams: streams.max(1),
+            header_read_timeout: self.header_read_timeout,
+            idle_timeout: self.idle_timeout,
+            body_read_timeout: self.body_read_timeout,
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.max_connection_age_grace,
+            stream_window_bytes: self.stream_window_bytes,
+            connection_window_bytes: self.connection_window_bytes,
+            max_receiving_bytes: self
+                .max_receiving_bytes
+                .unwrap_or(self.max_message_bytes.saturating_mul(4)),
+        }
+    }
+
+    /// The bounds of the plaintext health port: `grpc.health.v1` alone, whose requests are
+    /// a few bytes. Its idle and header timeouts are under half Consul's check interval,
+    /// so connections that hold it open are closed long before the next check comes.
+    pub(crate) fn health_server_params(&self) -> ServerParams {
+        let quick = (self.check_interval / 2).min(self.header_read_timeout);
+        ServerParams {
+            port: "health",
+            max_connections: self.health_max_connections,
+            max_concurrent_streams: HEALTH_MAX_CONCURRENT_STREAMS,
+            header_read_timeout: quick,
+            idle_timeout: quick.min(self.idle_timeout),
+            body_read_timeout: quick.min(self.body_read_timeout),
+            keepalive_interval: self.keepalive_interval,
+            keepalive_timeout: self.keepalive_timeout,
+            max_connection_age: self.max_connection_age,
+            max_connection_age_grace: self.check_timeout,
+            stream_window_bytes: HEALTH_WINDOW_BYTES,
+            connection_window_bytes: HEALTH_WINDOW_BYTES,
+            max_receiving_bytes: HEALTH_RECEIVING_BYTES,
         }
     }
 

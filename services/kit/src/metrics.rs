@@ -1,5 +1,6 @@
 //! The runner's Prometheus metrics (served on `--metrics-address`).
 
+use crate::transport::Reason;
 use plugworker_telemetry::metrics::latency_buckets;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -23,11 +24,84 @@ pub(crate) struct AlgorithmLabel {
     pub algorithm: &'static str,
 }
 
-/// Runs by algorithm and outcome, their latency, and runs in progress.
+/// Runs by algorithm and outcome, their latency, and runs in progress; and the HTTP/2
+/// server's bounds at work.
 pub(crate) struct RunnerMetrics {
     pub runs: Family<RunLabels, Counter>,
     pub run_seconds: Family<AlgorithmLabel, Histogram>,
     pub in_flight: Family<AlgorithmLabel, Gauge>,
+    pub server: ServerMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct PortLabel {
+    /// `main` or `health`.
+    pub port: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub(crate) struct ClosedLabels {
+    pub port: &'static str,
+    /// A [`Reason`] label: `connection_cap`, `evicted`, `header_timeout`, …
+    pub reason: &'static str,
+}
+
+/// What the server's bounds do, by port (see `transport::ServerParams`).
+#[derive(Clone, Default)]
+pub(crate) struct ServerMetrics {
+    connections: Family<PortLabel, Gauge>,
+    streams: Family<PortLabel, Gauge>,
+    closed: Family<ClosedLabels, Counter>,
+}
+
+impl ServerMetrics {
+    fn register(&self, registry: &mut Registry) {
+        registry.register(
+            "plugworker_runner_connections",
+            "Open HTTP/2 connections, by port (bounded by --max-connections / --health-max-connections)",
+            self.connections.clone(),
+        );
+        registry.register(
+            "plugworker_runner_streams",
+            "Open HTTP/2 streams (calls in progress), by port",
+            self.streams.clone(),
+        );
+        registry.register(
+            "plugworker_runner_server_closed",
+            "Connections refused or closed, and calls reset, by a server bound: by port and reason",
+            self.closed.clone(),
+        );
+    }
+
+    /// One port's series, looked up once.
+    pub fn port(&self, port: &'static str) -> PortMetrics {
+        PortMetrics {
+            port,
+            connections: self.connections.get_or_create(&PortLabel { port }).clone(),
+            streams: self.streams.get_or_create(&PortLabel { port }).clone(),
+            closed: self.closed.clone(),
+        }
+    }
+}
+
+/// One port's server metrics: gauges touched per connection and per call (atomics), the
+/// counter family only when a bound acts.
+pub(crate) struct PortMetrics {
+    port: &'static str,
+    pub connections: Gauge,
+    pub streams: Gauge,
+    closed: Family<ClosedLabels, Counter>,
+}
+
+impl PortMetrics {
+    pub fn closed(&self, reason: Reason) {
+        self.closed
+            .get_or_create(&ClosedLabels {
+                port: self.port,
+                reason: reason.label(),
+            })
+            .inc();
+    }
 }
 
 impl RunnerMetrics {
@@ -36,7 +110,9 @@ impl RunnerMetrics {
             runs: Family::default(),
             run_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             in_flight: Family::default(),
+            server: ServerMetrics::default(),
         };
+        metrics.server.register(registry);
         registry.register(
             "plugworker_runner_runs",
             "Runs answered, by algorithm and gRPC status code",

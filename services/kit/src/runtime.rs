@@ -42,6 +42,9 @@ use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+/// Largest request the reflection service decodes.
+const REFLECTION_MAX_REQUEST_BYTES: usize = 64 * 1024;
+
 /// A server of `transport`: it returns once stopped, or if its connections stop coming
 /// (the mesh's accept loop died), or it panics.
 type ServerTask = JoinHandle<()>;
@@ -90,6 +93,7 @@ async fn run_until(
              and no intentions; anyone who can reach this port can send and read jobs"
         );
     }
+    ensure_file_limit(&config);
     let listeners = bind(&config).await?;
     let (host, port) = advertised_address(&config, listeners.main_address).await?;
     let instance_id = format!(
@@ -112,13 +116,26 @@ async fn run_until(
     let _stop_servers_on_return = servers.clone().drop_guard();
 
     let (health, health_service) = tonic_health::server::health_reporter();
+    // A health request is a service name: a few bytes, not the 4 MB tonic allows.
+    let health_service = health_service
+        .max_decoding_message_size(crate::config::HEALTH_MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(crate::config::HEALTH_MAX_MESSAGE_BYTES);
     set_health(&health, ServingStatus::NotServing).await;
     let health_server = listeners.health.map(|listener| {
-        tokio::spawn(transport::serve(
-            incoming(listener),
-            Routes::new(health_service.clone()),
-            servers.clone().cancelled_owned(),
-        ))
+        let state = state.clone();
+        let params = config.health_server_params();
+        let health_service = health_service.clone();
+        let stop = servers.clone().cancelled_owned();
+        tokio::spawn(async move {
+            transport::serve(
+                incoming(listener),
+                Routes::new(health_service),
+                params,
+                &state.metrics.server,
+                stop,
+            )
+            .await;
+        })
     });
     let mut metrics_port = None;
     if let Some(address) = &config.metrics_address {
@@ -226,6 +243,57 @@ async fn run_until(
             tracing::info!("runner stopped");
             Ok(())
         }
+    }
+}
+
+/// Files a runner holds besides its gRPC connections: listeners, Consul and metrics
+/// connections, model files, the runtime's own.
+const FILES_BESIDES_CONNECTIONS: libc::rlim_t = 128;
+
+/// The connection caps bound the sockets a runner holds (1.5 × each port's cap, counting
+/// connections still closing, plus the mesh's handshakes in progress: half the main
+/// port's cap); the open-file limit must be above that, or accepts fail
+/// with EMFILE before the caps act (and the health port with them). Raises the soft limit
+/// towards the hard one when needed; warns when even the hard limit is too low.
+fn ensure_file_limit(config: &RunnerConfig) {
+    // Mesh mode: the main port's handshakes (half its cap) and the health port too.
+    let sockets = if config.insecure_plaintext {
+        config.max_connections.saturating_mul(3) / 2
+    } else {
+        config.max_connections.saturating_mul(2)
+            + config.health_max_connections.saturating_mul(3) / 2
+    };
+    let needed = sockets as libc::rlim_t + FILES_BESIDES_CONNECTIONS;
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit read and write the struct given, nothing else.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur >= needed {
+        return;
+    }
+    let raised = libc::rlimit {
+        rlim_cur: needed.min(limit.rlim_max),
+        rlim_max: limit.rlim_max,
+    };
+    // SAFETY: as above.
+    let ok = unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0;
+    let now = if ok { raised.rlim_cur } else { limit.rlim_cur };
+    if now < needed {
+        tracing::warn!(
+            open_files = now,
+            needed,
+            "the open-file limit is below what the connection caps need \
+             (--max-connections, --health-max-connections): raise it (ulimit -n) or lower the caps"
+        );
+    } else {
+        tracing::info!(
+            open_files = now,
+            "raised the open-file limit for the connection caps"
+        );
     }
 }
 
@@ -343,7 +411,9 @@ fn serve(
         .register_encoded_file_descriptor_set(plugworker_rpc::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
-        .context("cannot build the gRPC reflection service")?;
+        .context("cannot build the gRPC reflection service")?
+        // Its requests name a file or a symbol.
+        .max_decoding_message_size(REFLECTION_MAX_REQUEST_BYTES);
     let runner = RunnerServer::new(RunnerService {
         state: state.clone(),
     })
@@ -353,17 +423,29 @@ fn serve(
         .with(health_service)
         .with(reflection);
     let stop = servers.clone().cancelled_owned();
+    let params = config.server_params();
+    let metrics_state = state.clone();
     Ok(match mesh {
         Some((identity, consul)) => {
             let settings = ServerSettings {
                 authorize_cache_ttl: config.mesh_authorize_cache_ttl,
+                // Sockets still in their TLS handshake are not yet the server's: bounded
+                // here, within the open-file budget of `ensure_file_limit`.
+                max_concurrent_handshakes: config.max_connections.div_ceil(2),
+                handshake_timeout: config.header_read_timeout,
                 ..ServerSettings::default()
             };
             tracing::info!(spiffe_id = %identity.spiffe_id(), "serving over Connect mTLS");
             let incoming = plugworker_mesh::incoming(listener, identity, consul, settings);
-            tokio::spawn(transport::serve(incoming, routes, stop))
+            tokio::spawn(async move {
+                let metrics = &metrics_state.metrics.server;
+                transport::serve(incoming, routes, params, metrics, stop).await;
+            })
         }
-        None => tokio::spawn(transport::serve(incoming(listener), routes, stop)),
+        None => tokio::spawn(async move {
+            let metrics = &metrics_state.metrics.server;
+            transport::serve(incoming(listener), routes, params, metrics, stop).await;
+        }),
     })
 }
 

@@ -7,50 +7,57 @@
 //! request body boxed, the response body wrapped and boxed again on its way back, and a
 //! layer that turns service errors into statuses (tonic's generated services cannot
 //! fail). A runner serves one hot method, so the kit matches the service name itself and
-//! hands hyper's request body straight to tonic's generated service. For the same handler
-//! that is about 11 % less CPU per call (docs/benchmarks.md, "The kit's own HTTP/2
-//! server").
+//! hands hyper's request body, wrapped unboxed to read it within the port's bounds, to
+//! tonic's generated service (docs/benchmarks.md, "The kit's own HTTP/2 server").
 //!
 //! What tonic's server did and this one keeps:
 //! - HTTP/2 only (prior knowledge on plaintext, ALPN `h2` over the mesh's TLS), TCP_NODELAY
 //!   on accepted sockets (the caller's incoming stream sets it);
-//! - tonic's HTTP/2 settings: no limit on concurrent streams (admission is the run slots'
-//!   job, answered `RESOURCE_EXHAUSTED`, not a stream limit that makes callers queue),
-//!   hyper's windows and frame sizes;
 //! - `grpc-timeout` enforced for every call until its response starts (for a unary call,
 //!   until the handler returns), answered `CANCELLED` when it passes (the Runner service
 //!   answers `DEADLINE_EXCEEDED` a little earlier; see `deadline`);
 //! - `UNIMPLEMENTED` for a service this port does not serve;
+//! - the connection's details in each request's extensions, as one `Arc` per connection
+//!   (`Arc<TcpConnectInfo>` on plaintext ports, `Arc<MeshConnectInfo>` over the mesh:
+//!   the peer's address and SPIFFE ID), cloned into each call;
 //! - a graceful stop: no new connections, GOAWAY on every open one, calls in flight
 //!   finish, then the server returns.
 //!
-//! What it leaves out: the connection's details in each request (nothing in the kit reads
-//! them; the mesh authorizes whole connections before they reach this server), and
-//! tonic's optional layers (concurrency limit, load shed, tracing), which the kit does
-//! itself.
+//! What it adds: every port is served within stated bounds, [`ServerParams`] (set from
+//! the runner's flags in `config.rs`, listed in docs/runner-bounds.md), so that what a
+//! client can make a runner hold is bounded by its configuration, not by its clients:
+//! connections per port (at the cap the oldest idle one is closed), streams per
+//! connection, header, idle and body timeouts, keepalive pings, a maximum connection age,
+//! flow-control windows, and a per-port budget of request bytes being received (see
+//! [`RequestBody`]: tonic's decoder reads whatever arrives, so windows alone do not bound
+//! it). Each bound that acts is counted (`metrics::ServerMetrics`).
 //!
-//! It differs in two ways. It sends no `date` header (gRPC does not use one). And it keeps
-//! hyper's guard against stream-reset floods, which tonic's settings lift: a connection on
-//! which this server has had to reset 1 024 streams for protocol errors (counted over the
-//! connection's life) is closed with GOAWAY, failing the calls in flight on it. A
-//! well-behaved client does not cause such resets (the reset after an early answer is not
-//! counted); without the guard, any client that reaches the port could make the server
-//! spend its time on streams it resets.
+//! It differs from tonic's server in two more ways. It sends no `date` header (gRPC does
+//! not use one). And it keeps hyper's guard against stream-reset floods, which tonic's
+//! settings lift: a connection on which this server has had to reset 1 024 streams for
+//! protocol errors (counted over the connection's life) is closed with GOAWAY, failing
+//! the calls in flight on it. A well-behaved client does not cause such resets (the reset
+//! after an early answer is not counted); without the guard, any client that reaches the
+//! port could make the server spend its time on streams it resets.
 
 use futures::{Stream, StreamExt};
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::{AcquireError, OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 use tonic::body::Body;
 use tonic::server::NamedService;
+use tonic::transport::server::Connected;
 use tower::Service;
 use tower::util::BoxCloneSyncService;
 
@@ -61,7 +68,7 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(50);
 /// A gRPC service a port can route to: one of tonic's generated servers (or a wrapper of
 /// one), which take hyper's request as it comes and cannot fail.
 pub(crate) trait GrpcService:
-    Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+    Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible, Future: Send>
     + NamedService
     + Clone
     + Send
@@ -71,7 +78,7 @@ pub(crate) trait GrpcService:
 }
 
 impl<S> GrpcService for S where
-    S: Service<Request<Incoming>, Response = Response<Body>, Error = Infallible, Future: Send>
+    S: Service<Request<RequestBody>, Response = Response<Body>, Error = Infallible, Future: Send>
         + NamedService
         + Clone
         + Send
@@ -82,7 +89,7 @@ impl<S> GrpcService for S where
 
 /// A service of the other routes: boxed, since they are called rarely (health checks,
 /// reflection) and boxing keeps [`Routes`] one type whatever they are.
-type BoxedGrpcService = BoxCloneSyncService<Request<Incoming>, Response<Body>, Infallible>;
+type BoxedGrpcService = BoxCloneSyncService<Request<RequestBody>, Response<Body>, Infallible>;
 
 /// The gRPC services one port serves, found by service name. `P`, the primary service, is
 /// the one the port exists for (the Runner on the main port, health on the health port):
@@ -122,12 +129,9 @@ impl<P: GrpcService> Routes<P> {
     }
 }
 
-impl<P: GrpcService> hyper::service::Service<Request<Incoming>> for Routes<P> {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = RouteFuture<P::Future>;
-
-    fn call(&self, request: Request<Incoming>) -> Self::Future {
+impl<P: GrpcService> Routes<P> {
+    /// The call, handed to the service its path names.
+    fn route(&self, request: Request<RequestBody>) -> RouteFuture<P::Future> {
         let timeout = crate::deadline::grpc_timeout(request.headers());
         let routed = match service_name(request.uri().path()) {
             Some(name) if name == P::NAME => Routed::Primary {
@@ -177,7 +181,7 @@ pin_project_lite::pin_project! {
     #[project = RoutedProjection]
     enum Routed<F> {
         Primary { #[pin] future: F },
-        Other { future: <BoxedGrpcService as Service<Request<Incoming>>>::Future },
+        Other { future: <BoxedGrpcService as Service<Request<RequestBody>>>::Future },
         // Answered without a service (`Some` until polled).
         Answered { response: Option<Response<Body>> },
     }
@@ -213,31 +217,527 @@ where
     }
 }
 
-/// Serves `routes` on every connection `incoming` yields until `stop` completes (or
-/// `incoming` ends, which only happens if its accept loop died). Then it stops accepting
-/// (dropping `incoming`, which closes the listener), asks every open connection to close
-/// (GOAWAY: calls in flight finish, no new ones start) and returns once they all have.
+/// The bounds of one port's HTTP/2 server, in one place: `config.rs` sets them from the
+/// runner's flags (`RunnerConfig::server_params`, `RunnerConfig::health_server_params`),
+/// and docs/runner-bounds.md lists them with their defaults and the memory they bound.
+#[derive(Clone, Debug)]
+pub(crate) struct ServerParams {
+    /// The port's name in metrics: `main` or `health`.
+    pub port: &'static str,
+    /// Connections open at once. At the cap a new connection makes the oldest idle one
+    /// close (or the oldest one, if none is idle); see [`Port::open`].
+    pub max_connections: usize,
+    /// Streams (calls) open at once on one connection (HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS`:
+    /// a client that opens more gets `REFUSED_STREAM`).
+    pub max_concurrent_streams: u32,
+    /// A new connection must send the headers of its first call within this.
+    pub header_read_timeout: Duration,
+    /// A connection without an open stream this long is closed (GOAWAY).
+    pub idle_timeout: Duration,
+    /// Longest silence inside a request body (or wait for the port's body budget); then
+    /// the call is answered `UNAVAILABLE` and its stream reset.
+    pub body_read_timeout: Duration,
+    /// HTTP/2 PING sent after this long without a frame from the client...
+    pub keepalive_interval: Duration,
+    /// ...and the connection closed if the PING is not answered within this.
+    pub keepalive_timeout: Duration,
+    /// A connection older than this gets GOAWAY (calls in flight finish)...
+    pub max_connection_age: Duration,
+    /// ...and is closed this long after GOAWAY, whatever is still in flight.
+    pub max_connection_age_grace: Duration,
+    /// HTTP/2 flow-control window of each stream: request bytes a client may send that
+    /// the server has not read yet.
+    pub stream_window_bytes: u32,
+    /// The same for the whole connection: what one connection can make the server buffer
+    /// unread, however many streams it opens.
+    pub connection_window_bytes: u32,
+    /// Request-body bytes all calls on this port together may have read and not released
+    /// (a call releases its request's bytes when its message is decoded). A body that
+    /// needs more waits, within `body_read_timeout`.
+    pub max_receiving_bytes: usize,
+}
+
+/// The largest HTTP/2 DATA frame the server accepts (`SETTINGS_MAX_FRAME_SIZE`, hyper's
+/// default): a request body reads at most this much at a time, which is what it reserves
+/// from its port's budget before each read.
+const MAX_FRAME_BYTES: u32 = 16 * 1024;
+
+/// Largest header block of one call (hyper's default, stated here as a bound).
+const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+
+/// How long an idle connection closed at the cap or by a timeout may take to see its
+/// GOAWAY before its socket is closed: it has no call in flight to finish, and its socket
+/// is better given to the next connection.
+const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(100);
+
+/// Why the server refused or closed a connection, or reset a stream: the `reason` label
+/// of `plugworker_runner_server_closed_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Reason {
+    /// A connection closed outright (no GOAWAY): the port was at its cap plus the slack
+    /// for connections still closing, and this was the oldest of those.
+    ClosedAtCap,
+    /// The oldest (idle, if one was) connection closed to make room for a new one.
+    Evicted,
+    /// No call's headers within `header_read_timeout` of the connection's start.
+    HeaderTimeout,
+    /// No open stream for `idle_timeout`.
+    IdleTimeout,
+    /// A request body silent for `body_read_timeout`: the call answered `UNAVAILABLE`.
+    BodyTimeout,
+    /// `max_connection_age` reached.
+    MaxAge,
+    /// Closed this long after its GOAWAY with calls still open (`max_connection_age_grace`).
+    GraceExpired,
+}
+
+impl Reason {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Reason::ClosedAtCap => "closed_at_cap",
+            Reason::Evicted => "evicted",
+            Reason::HeaderTimeout => "header_timeout",
+            Reason::IdleTimeout => "idle_timeout",
+            Reason::BodyTimeout => "body_timeout",
+            Reason::MaxAge => "max_age",
+            Reason::GraceExpired => "grace_expired",
+        }
+    }
+}
+
+/// One port: its bounds, its request-body budget, its metrics and its open connections.
+struct Port {
+    params: ServerParams,
+    /// Permits are bytes: see [`ServerParams::max_receiving_bytes`] and [`RequestBody`].
+    budget: Arc<Semaphore>,
+    metrics: crate::metrics::PortMetrics,
+    open: Mutex<HashMap<u64, Arc<Connection>>>,
+}
+
+impl Port {
+    /// Registers a new connection. At the cap, the oldest idle connection is told to close
+    /// (the oldest busy one if none is idle: a flood of connections that each keep a stream
+    /// open must not lock out Consul's check), and the new one is served at once.
+    /// Connections told to close hold their sockets until they have (an idle one within
+    /// [`IDLE_CLOSE_GRACE`]); when those fill the slack of half the cap again, the oldest
+    /// of them is closed outright. So a port never holds more than 1.5 × `max_connections`
+    /// sockets, and a new connection (the next health check) is always served.
+    fn open(self: &Arc<Self>, next_id: u64) -> Arc<Connection> {
+        let mut open = self.open.lock().expect("connection table lock");
+        let cap = self.params.max_connections.max(1);
+        if open.len() >= cap {
+            let oldest = open
+                .values()
+                .filter(|c| !c.closing.load(Ordering::Acquire))
+                .min_by_key(|c| (c.streams.load(Ordering::Acquire) > 0, c.accepted));
+            if let Some(oldest) = oldest {
+                let grace = if oldest.streams.load(Ordering::Acquire) == 0 {
+                    IDLE_CLOSE_GRACE
+                } else {
+                    self.params.max_connection_age_grace
+                };
+                oldest.close(Reason::Evicted, grace);
+            }
+        }
+        if open.len() >= cap + cap / 2 {
+            let oldest = open
+                .values()
+                .min_by_key(|c| (!c.closing.load(Ordering::Acquire), c.accepted))
+                .map(|c| c.id);
+            if let Some(closed) = oldest.and_then(|id| open.remove(&id)) {
+                self.metrics.connections.dec();
+                self.metrics.closed(Reason::ClosedAtCap);
+                if let Some(task) = closed.task.get() {
+                    task.abort();
+                }
+            }
+        }
+        let connection = Arc::new(Connection {
+            port: self.clone(),
+            id: next_id,
+            accepted: Instant::now(),
+            streams: AtomicU32::new(0),
+            idle_since_ms: AtomicU64::new(NEVER),
+            close: CancellationToken::new(),
+            closing: AtomicBool::new(false),
+            grace_ms: AtomicU64::new(0),
+            task: OnceLock::new(),
+        });
+        open.insert(next_id, connection.clone());
+        self.metrics.connections.inc();
+        connection
+    }
+
+    fn forget(&self, id: u64) {
+        let removed = self.open.lock().expect("connection table lock").remove(&id);
+        if removed.is_some() {
+            self.metrics.connections.dec();
+        }
+    }
+}
+
+/// `idle_since_ms` before the connection's first stream.
+const NEVER: u64 = u64::MAX;
+
+/// One open connection, shared by its task and its streams.
+struct Connection {
+    port: Arc<Port>,
+    id: u64,
+    accepted: Instant,
+    /// Streams open on it: calls whose response has not been sent (or reset) yet.
+    streams: AtomicU32,
+    /// Milliseconds after `accepted` at which its last stream ended ([`NEVER`] before the
+    /// first): a clock read when a connection goes idle, not on every call.
+    idle_since_ms: AtomicU64,
+    /// Cancelled to make the connection close: GOAWAY, then closed after `grace_ms`.
+    close: CancellationToken,
+    closing: AtomicBool,
+    grace_ms: AtomicU64,
+    /// Its task, aborted (the socket closed outright) when the port needs the room.
+    task: OnceLock<tokio::task::AbortHandle>,
+}
+
+impl Connection {
+    /// Tells the connection to close (once), counting why.
+    fn close(&self, reason: Reason, grace: Duration) {
+        if !self.closing.swap(true, Ordering::AcqRel) {
+            self.grace_ms.store(
+                grace.as_millis().min(u64::MAX as u128) as u64,
+                Ordering::Release,
+            );
+            self.port.metrics.closed(reason);
+            self.close.cancel();
+        }
+    }
+
+    /// When the connection will have been idle too long (and why), or `None` while a
+    /// stream is open.
+    fn idle_deadline(&self) -> Option<(Instant, Reason)> {
+        if self.streams.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let params = &self.port.params;
+        Some(match self.idle_since_ms.load(Ordering::Acquire) {
+            NEVER => (
+                self.accepted + params.header_read_timeout,
+                Reason::HeaderTimeout,
+            ),
+            since => (
+                self.accepted + Duration::from_millis(since) + params.idle_timeout,
+                Reason::IdleTimeout,
+            ),
+        })
+    }
+}
+
+/// Counts a stream as open on its connection (and port) while it lives: it moves into the
+/// response body, which hyper drops once the response is sent or the stream is reset.
+struct StreamGuard(Arc<Connection>);
+
+impl StreamGuard {
+    fn new(connection: Arc<Connection>) -> Self {
+        connection.streams.fetch_add(1, Ordering::AcqRel);
+        connection.port.metrics.streams.inc();
+        Self(connection)
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        let connection = &self.0;
+        connection.port.metrics.streams.dec();
+        if connection.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
+            let since = connection
+                .accepted
+                .elapsed()
+                .as_millis()
+                .min(NEVER as u128 - 1);
+            connection
+                .idle_since_ms
+                .store(since as u64, Ordering::Release);
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's response body, holding its stream's [`StreamGuard`].
+    pub(crate) struct ResponseBody {
+        #[pin]
+        inner: Body,
+        _stream: StreamGuard,
+    }
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = <Body as hyper::body::Body>::Data;
+    type Error = <Body as hyper::body::Body>::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        self.project().inner.poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+type Acquiring = Pin<Box<dyn Future<Output = Result<OwnedSemaphorePermit, AcquireError>> + Send>>;
+
+pin_project_lite::pin_project! {
+    /// A call's request body as the services read it: hyper's, read against the port's
+    /// byte budget and timed for silence.
+    ///
+    /// Reading a DATA frame returns its bytes to the client's flow-control window, so
+    /// what the windows bound is only what nobody has read; tonic's decoder reads
+    /// everything that arrives and buffers it until its message is whole. So before each
+    /// read the body reserves a frame's worth of the port's budget, and it keeps what it
+    /// read until it is dropped (tonic drops a unary call's body once its message is
+    /// decoded). A body that cannot get budget stops reading: its client's windows fill
+    /// and it must wait; bytes in request bodies never exceed the budget.
+    pub(crate) struct RequestBody {
+        #[pin]
+        inner: Incoming,
+        port: Arc<Port>,
+        // Permits held (bytes): what was read, plus `reserve`.
+        held: usize,
+        // Held but not yet read into.
+        reserve: usize,
+        // Waiting for the budget (boxed: only when the budget is spent).
+        acquiring: Option<Acquiring>,
+        // Armed when the body has nothing to give: its silence.
+        #[pin]
+        silence: Option<tokio::time::Sleep>,
+    }
+
+    impl PinnedDrop for RequestBody {
+        fn drop(this: Pin<&mut Self>) {
+            let this = this.project();
+            if *this.held > 0 {
+                this.port.budget.add_permits(*this.held);
+            }
+        }
+    }
+}
+
+impl RequestBody {
+    fn new(inner: Incoming, port: Arc<Port>) -> Self {
+        Self {
+            inner,
+            port,
+            held: 0,
+            reserve: 0,
+            acquiring: None,
+            silence: None,
+        }
+    }
+}
+
+impl hyper::body::Body for RequestBody {
+    type Data = hyper::body::Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        let mut this = self.project();
+        const FRAME: usize = MAX_FRAME_BYTES as usize;
+        if *this.reserve < FRAME {
+            let wanted = FRAME - *this.reserve;
+            if this.acquiring.is_none() {
+                match this.port.budget.try_acquire_many(wanted as u32) {
+                    Ok(permit) => {
+                        permit.forget();
+                        *this.held += wanted;
+                        *this.reserve += wanted;
+                    }
+                    Err(_) => {
+                        *this.acquiring = Some(Box::pin(
+                            this.port.budget.clone().acquire_many_owned(wanted as u32),
+                        ));
+                    }
+                }
+            }
+            if let Some(acquiring) = this.acquiring.as_mut() {
+                match acquiring.as_mut().poll(cx) {
+                    Poll::Ready(Ok(permit)) => {
+                        permit.forget();
+                        *this.held += wanted;
+                        *this.reserve += wanted;
+                        *this.acquiring = None;
+                    }
+                    // The budget's semaphore is never closed.
+                    Poll::Ready(Err(closed)) => return Poll::Ready(Some(Err(closed.into()))),
+                    Poll::Pending => return silent(this.silence, this.port, cx),
+                }
+            }
+        }
+        match this.inner.poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    *this.reserve = this.reserve.saturating_sub(data.len());
+                }
+                this.silence.set(None);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => silent(this.silence, this.port, cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A body with nothing to give: pending, unless it has been silent for the port's
+/// `body_read_timeout` (the timer is armed at the first silence after data, so a body that
+/// arrives whole costs no timer). Then the call fails `UNAVAILABLE` (tonic answers with
+/// it; hyper resets the stream), and the controller retries the job elsewhere.
+fn silent<T>(
+    mut silence: Pin<&mut Option<tokio::time::Sleep>>,
+    port: &Port,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<T, BoxError>>> {
+    let timeout = port.params.body_read_timeout;
+    if silence.is_none() {
+        silence.set(Some(tokio::time::sleep(timeout)));
+    }
+    let timer = silence.as_pin_mut().expect("armed above");
+    if timer.poll(cx).is_pending() {
+        return Poll::Pending;
+    }
+    port.metrics.closed(Reason::BodyTimeout);
+    Poll::Ready(Some(Err(Box::new(tonic::Status::unavailable(format!(
+        "the request body stopped arriving: nothing for {timeout:?}"
+    ))))))
+}
+
+/// What serves one connection: the port's routes, with each call counted as a stream of
+/// this connection, its body read under the port's bounds, and the connection's
+/// information (`Arc<C>`: the peer's address, and its SPIFFE ID over the mesh) in its
+/// extensions.
+struct ConnectionService<P, C> {
+    routes: Routes<P>,
+    connection: Arc<Connection>,
+    info: Arc<C>,
+}
+
+impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<Incoming>>
+    for ConnectionService<P, C>
+{
+    type Response = Response<ResponseBody>;
+    type Error = Infallible;
+    type Future = StreamFuture<P::Future>;
+
+    fn call(&self, request: Request<Incoming>) -> Self::Future {
+        let stream = StreamGuard::new(self.connection.clone());
+        let mut request = request.map(|body| RequestBody::new(body, self.connection.port.clone()));
+        request.extensions_mut().insert(self.info.clone());
+        StreamFuture {
+            inner: self.routes.route(request),
+            stream: Some(stream),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A call's response, to which its stream's guard is attached.
+    pub(crate) struct StreamFuture<F> {
+        #[pin]
+        inner: RouteFuture<F>,
+        stream: Option<StreamGuard>,
+    }
+}
+
+impl<F> Future for StreamFuture<F>
+where
+    F: Future<Output = Result<Response<Body>, Infallible>>,
+{
+    type Output = Result<Response<ResponseBody>, Infallible>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let stream = this
+            .stream
+            .take()
+            .expect("a StreamFuture is not polled after it completed");
+        Poll::Ready(Ok(response.map(|inner| ResponseBody {
+            inner,
+            _stream: stream,
+        })))
+    }
+}
+
+/// Serves `routes` on every connection `incoming` yields, within `params`, until `stop`
+/// completes (or `incoming` ends, which only happens if its accept loop died). Then it
+/// stops accepting (dropping `incoming`, which closes the listener), asks every open
+/// connection to close (GOAWAY: calls in flight finish, no new ones start) and returns
+/// once they all have.
+///
+/// Each connection is closed with GOAWAY when it has been idle too long (or sent no call
+/// within the header timeout), when it reaches its maximum age (then closed after the
+/// grace), or when the port is at its cap and it is the oldest idle one.
 ///
 /// An `accept` error is logged and retried after a pause; the mesh's incoming stream
 /// yields none (it handles refusals itself).
-pub(crate) async fn serve<I, IO, P>(incoming: I, routes: Routes<P>, stop: impl Future<Output = ()>)
-where
+pub(crate) async fn serve<I, IO, P>(
+    incoming: I,
+    routes: Routes<P>,
+    params: ServerParams,
+    metrics: &crate::metrics::ServerMetrics,
+    stop: impl Future<Output = ()>,
+) where
     I: Stream<Item = std::io::Result<IO>>,
-    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Connected + AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: GrpcService,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
     builder
         .timer(TokioTimer::new())
-        .max_concurrent_streams(None)
+        .max_concurrent_streams(params.max_concurrent_streams)
+        .initial_stream_window_size(params.stream_window_bytes)
+        .initial_connection_window_size(params.connection_window_bytes)
+        .max_frame_size(MAX_FRAME_BYTES)
+        .max_header_list_size(MAX_HEADER_LIST_BYTES)
+        .keep_alive_interval(params.keepalive_interval)
+        .keep_alive_timeout(params.keepalive_timeout)
         .auto_date_header(false);
-    let graceful = GracefulShutdown::new();
+    let port = Arc::new(Port {
+        budget: Arc::new(Semaphore::new(
+            params
+                .max_receiving_bytes
+                .clamp(MAX_FRAME_BYTES as usize, Semaphore::MAX_PERMITS),
+        )),
+        metrics: metrics.port(params.port),
+        params,
+        open: Mutex::new(HashMap::new()),
+    });
+    let stopping = CancellationToken::new();
+    let mut connections = tokio::task::JoinSet::new();
+    let mut next_id = 0u64;
     {
         let mut incoming = std::pin::pin!(incoming);
         let mut stop = std::pin::pin!(stop);
         loop {
             let io = tokio::select! {
                 () = &mut stop => break,
+                // Reaps finished connection tasks, so the set holds only open ones.
+                Some(_) = connections.join_next(), if !connections.is_empty() => continue,
                 next = incoming.next() => match next {
                     Some(Ok(io)) => io,
                     Some(Err(error)) => {
@@ -252,23 +752,120 @@ where
                     None => break,
                 },
             };
-            let connection =
-                graceful.watch(builder.serve_connection(TokioIo::new(io), routes.clone()));
-            tokio::spawn(async move {
-                if let Err(error) = connection.await {
-                    tracing::debug!(%error, "gRPC connection ended with an error");
-                }
-            });
+            next_id += 1;
+            let connection = port.open(next_id);
+            let info = Arc::new(io.connect_info());
+            let served = builder.serve_connection(
+                TokioIo::new(io),
+                ConnectionService {
+                    routes: routes.clone(),
+                    connection: connection.clone(),
+                    info,
+                },
+            );
+            let task = connections.spawn(drive(served, connection.clone(), stopping.clone()));
+            let _ = connection.task.set(task);
         }
     }
-    graceful.shutdown().await;
+    stopping.cancel();
+    while connections.join_next().await.is_some() {}
+}
+
+/// One connection until it ends: closed gracefully (GOAWAY, calls in flight finish) when
+/// told to, when idle too long, at its maximum age or when the server stops; closed
+/// outright once its grace after GOAWAY has passed.
+async fn drive<F>(served: F, connection: Arc<Connection>, stopping: CancellationToken)
+where
+    F: Future<Output = hyper::Result<()>> + GracefulConnection,
+{
+    // Forgets the connection however the task ends, aborted included.
+    struct Forget<'a>(&'a Connection);
+    impl Drop for Forget<'_> {
+        fn drop(&mut self) {
+            self.0.port.forget(self.0.id);
+        }
+    }
+    let _forget = Forget(&connection);
+    let params = &connection.port.params;
+    let mut served = std::pin::pin!(served);
+    let age = tokio::time::sleep(params.max_connection_age);
+    let mut age = std::pin::pin!(age);
+    let idle_check = tokio::time::sleep(params.header_read_timeout);
+    let mut idle_check = std::pin::pin!(idle_check);
+    let grace = tokio::time::sleep(Duration::ZERO);
+    let mut grace = std::pin::pin!(grace);
+    // `Some` once GOAWAY was sent with a deadline to close by.
+    let mut closing: Option<bool> = None;
+    loop {
+        tokio::select! {
+            // The connection first, so a GOAWAY just asked for is written before a grace
+            // of zero ends it.
+            biased;
+            ended = served.as_mut() => {
+                if let Err(error) = ended {
+                    tracing::debug!(%error, "gRPC connection ended with an error");
+                }
+                break;
+            }
+            () = connection.close.cancelled(), if closing.is_none() => {
+                let wait = Duration::from_millis(connection.grace_ms.load(Ordering::Acquire));
+                grace.as_mut().reset(tokio::time::Instant::now() + wait);
+                served.as_mut().graceful_shutdown();
+                closing = Some(true);
+            }
+            () = stopping.cancelled(), if closing.is_none() => {
+                // The runner bounds its own stop; calls in flight finish meanwhile.
+                served.as_mut().graceful_shutdown();
+                closing = Some(false);
+            }
+            () = &mut age, if closing.is_none() => {
+                connection.close(Reason::MaxAge, params.max_connection_age_grace);
+            }
+            () = &mut idle_check, if closing.is_none() => {
+                match connection.idle_deadline() {
+                    Some((deadline, reason)) if deadline <= Instant::now() => {
+                        connection.close(reason, IDLE_CLOSE_GRACE);
+                    }
+                    Some((deadline, _)) => idle_check.as_mut().reset(deadline.into()),
+                    None => idle_check
+                        .as_mut()
+                        .reset(tokio::time::Instant::now() + params.idle_timeout),
+                }
+            }
+            () = &mut grace, if closing == Some(true) => {
+                if connection.streams.load(Ordering::Acquire) > 0 {
+                    connection.port.metrics.closed(Reason::GraceExpired);
+                }
+                break;
+            }
+        }
+    }
+}
+
+/// hyper's HTTP/2 connection, whatever its type parameters: what [`drive`] needs of it.
+trait GracefulConnection {
+    fn graceful_shutdown(self: Pin<&mut Self>);
+}
+
+impl<I, S, B> GracefulConnection for hyper::server::conn::http2::Connection<I, S, TokioExecutor>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<BoxError>,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin,
+    B: hyper::body::Body + 'static,
+    B::Error: Into<BoxError>,
+    TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn graceful_shutdown(self: Pin<&mut Self>) {
+        hyper::server::conn::http2::Connection::graceful_shutdown(self);
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn is_ready<S: Service<Request<Incoming>>>(mut service: S) -> bool {
+    fn is_ready<S: Service<Request<RequestBody>>>(mut service: S) -> bool {
         let mut context = Context::from_waker(std::task::Waker::noop());
         matches!(service.poll_ready(&mut context), Poll::Ready(Ok(())))
     }

@@ -471,12 +471,14 @@ async fn a_call_whose_body_never_arrives_is_cancelled_at_its_grpc_timeout() {
     );
 }
 
-/// The runner sets no limit on concurrent streams per connection, as tonic's server does:
-/// admission is the run slots' job (`RESOURCE_EXHAUSTED`), not a stream limit that makes
-/// a caller's calls queue inside its HTTP/2 connection.
+/// The runner caps the streams of one connection at its run slots plus their queue plus
+/// 16 (unless --max-concurrent-streams says otherwise): every call admission could take
+/// gets a stream, and some beyond, so admission stays the run slots' job
+/// (`RESOURCE_EXHAUSTED`, see the test above), and one connection cannot open more.
 #[tokio::test]
-async fn the_runner_sets_no_limit_on_concurrent_streams() {
-    let (_runner, address, _client) = started_at(&[]).await;
+async fn the_stream_cap_is_the_run_slots_plus_their_queue_plus_room() {
+    let (_runner, address, _client) =
+        started_at(&["--max-concurrent-runs", "3", "--max-queued-runs", "20"]).await;
     let mut sender = h2_connection(&address).await;
     let request = grpc_head(&address, "/grpc.health.v1.Health/Check")
         .body(())
@@ -485,7 +487,7 @@ async fn the_runner_sets_no_limit_on_concurrent_streams() {
     // The server's SETTINGS come before any response on the connection, so once one has
     // arrived the client's limit is the server's (h2 assumes no limit until then).
     response.await.unwrap();
-    assert_eq!(sender.current_max_send_streams(), usize::MAX);
+    assert_eq!(sender.current_max_send_streams(), 3 + 20 + 16);
 }
 
 /// A service or method the runner does not serve is `UNIMPLEMENTED`, with a message naming
