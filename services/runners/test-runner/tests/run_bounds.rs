@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::start_unregistered;
+use common::{rss, start_unregistered};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::runner_client;
@@ -31,21 +31,6 @@ fn burn(ms: u64, megabytes: u64, timeout: Option<&str>) -> Request<RunRequest> {
             .insert("grpc-timeout", timeout.parse().unwrap());
     }
     request
-}
-
-/// Peak and current resident memory of a process, from /proc, in bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
 }
 
 async fn serving(client: &mut RunnerClient<Channel>) {
