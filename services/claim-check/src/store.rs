@@ -619,6 +619,16 @@ mod tests {
         assert!(error.to_string().contains("' ' is not allowed"), "{error}");
     }
 
+    /// The attributes of a pointer message declaring `size` bytes.
+    fn pointer_attributes(size: u64) -> HashMap<String, MessageAttributeValue> {
+        let size = MessageAttributeValue::builder()
+            .data_type("Number")
+            .string_value(size.to_string())
+            .build()
+            .unwrap();
+        HashMap::from([(RESERVED_ATTRIBUTE.to_string(), size)])
+    }
+
     #[tokio::test]
     async fn a_restricted_reader_refuses_pointers_elsewhere_before_any_s3_call() {
         // No endpoint answers here: a refusal cannot have come from S3.
@@ -635,12 +645,7 @@ mod tests {
             key_prefix: "payloads/".into(),
             delete_after_use: true,
         };
-        let size = MessageAttributeValue::builder()
-            .data_type("Number")
-            .string_value("5")
-            .build()
-            .unwrap();
-        let attributes = HashMap::from([(RESERVED_ATTRIBUTE.to_string(), size)]);
+        let attributes = pointer_attributes(5);
         let reader = |policy| ClaimCheck::new(s3.clone(), config.clone()).restrict_reads(policy);
         let open = ReadPolicy {
             extra_buckets: vec!["shared".into()],
@@ -713,12 +718,7 @@ mod tests {
             "{error}"
         );
 
-        let size = MessageAttributeValue::builder()
-            .data_type("Number")
-            .string_value("5")
-            .build()
-            .unwrap();
-        let attributes = HashMap::from([(RESERVED_ATTRIBUTE.to_string(), size)]);
+        let attributes = pointer_attributes(5);
         let error = claim_check
             .resolve(&Pointer::new("b", "k").to_body(), &attributes)
             .await

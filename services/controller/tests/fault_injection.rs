@@ -507,14 +507,7 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
     stack.wait_passing("test-runner-v6", 1).await;
     stack.wait_passing("test-runner-broken", 1).await;
     let (mut controller, _) = stack.controller(&[]);
-    let mut submitted = Vec::new();
-    for i in 0..6 {
-        submitted.push(
-            stack
-                .submit(job("echo", json!({"message": format!("v6-{i}")})))
-                .await,
-        );
-    }
+    let submitted = submit_echoes(&stack, "v6-", 6).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
     for id in &submitted {
@@ -746,24 +739,7 @@ async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_ba
         .unwrap()
         .to_string();
     // A pointer to nothing.
-    let size = aws_sdk_sqs::types::MessageAttributeValue::builder()
-        .data_type("Number")
-        .string_value("1000")
-        .build()
-        .unwrap();
-    let dangling = stack
-        .sqs
-        .client
-        .send_message()
-        .queue_url(&stack.queues.jobs)
-        .message_body(Pointer::new("payloads", "producer/missing").to_body())
-        .message_attributes(RESERVED_ATTRIBUTE, size)
-        .send()
-        .await
-        .unwrap()
-        .message_id()
-        .unwrap()
-        .to_string();
+    let dangling = send_pointer(&stack, "payloads", "producer/missing", 1000).await;
     let submitted = vec![large.clone(), dangling.clone()];
     let ledger = Ledger::settle_with(&stack, &submitted, Duration::from_secs(60), &claim).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
@@ -913,6 +889,20 @@ async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
+/// Submits `count` echo jobs whose messages are `<prefix><i>`; returns their message ids.
+async fn submit_echoes(stack: &Stack, prefix: &str, count: usize) -> Vec<String> {
+    let mut submitted = Vec::new();
+    for i in 0..count {
+        let message = format!("{prefix}{i}");
+        submitted.push(
+            stack
+                .submit(job("echo", json!({ "message": message })))
+                .await,
+        );
+    }
+    submitted
+}
+
 /// A claim-check pointer message to `s3://bucket/key`, declaring `declared` bytes.
 async fn send_pointer(stack: &Stack, bucket: &str, key: &str, declared: u64) -> String {
     let size = aws_sdk_sqs::types::MessageAttributeValue::builder()
@@ -971,13 +961,7 @@ async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_si
     let (_runner, _) = stack.runner("test-runner", &[]);
     stack.wait_passing("test-runner", 1).await;
     let mut submitted = vec![send_pointer(&stack, "payloads", "slow-job", body.len() as u64).await];
-    for i in 0..5 {
-        submitted.push(
-            stack
-                .submit(job("echo", json!({"message": format!("quick-{i}")})))
-                .await,
-        );
-    }
+    submitted.extend(submit_echoes(&stack, "quick-", 5).await);
     let s3_env = [("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())];
     let (_first, _) = stack.controller_with_env(&["--payload-bucket", "payloads"], &s3_env);
     // The first controller takes the whole batch before the second starts.
@@ -1125,14 +1109,7 @@ async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs
     let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
     proxy.outage(&results_queue, outage);
     let (_controller, health) = stack.controller(&["--sqs-endpoint", proxy.endpoint.as_str()]);
-    let mut submitted = Vec::new();
-    for i in 0..10 {
-        submitted.push(
-            stack
-                .submit(job("echo", json!({"message": format!("o{i}")})))
-                .await,
-        );
-    }
+    let submitted = submit_echoes(&stack, "o", 10).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(120)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
     let runner_metrics = reqwest::get(format!("http://{metrics_address}/metrics"))
