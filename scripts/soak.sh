@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Delivery soak (not a test): N jobs through moto SQS, the registry, test-runners and the
-# controller, with runner SIGKILLs at random and two controller restarts. Prints
-# submitted / distinct final results / duplicates / DLQ. See scripts/soak.py for knobs:
+# controller, with runner SIGKILLs at random and two controller restarts, on the mesh as
+# deployed (ACLs and intentions default deny, runners and controller in mTLS). Prints
+# submitted / distinct final results / duplicates / DLQ, and exits 1 unless every valid job
+# ended ok and every invalid one with its expected error code. Knobs in scripts/soak.py:
 #   SOAK_JOBS=5000 scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -557,7 +557,9 @@ async fn run_job(
         Ok(job) => job,
         Err(error) => {
             let error = ErrorInfo::permanent(error.code(), error.to_string());
-            return (None, None, Verdict::Permanent(error, None), Duration::ZERO);
+            // Whatever is wrong, a valid id is echoed: the producer can tell which job failed.
+            let id = plugworker_jobs::job_id(&delivery.body);
+            return (None, id, Verdict::Permanent(error, None), Duration::ZERO);
         }
     };
     tracing::Span::current().record("plugworker.algorithm", job.algorithm.as_str());

@@ -87,16 +87,30 @@ pub fn parse_job(body: &str) -> Result<Job, JobError> {
         return Err(JobError::AlgorithmTooLong { chars });
     }
     let payload = fields.remove("payload").ok_or(JobError::MissingPayload)?;
-    let id = match fields.remove("id").map(field) {
-        None | Some(Some(Value::Null)) => None,
-        Some(Some(Value::String(id))) if id.chars().count() <= MAX_JOB_ID_CHARS => Some(id),
-        Some(_) => return Err(JobError::BadId),
-    };
+    let id = parse_id(fields.remove("id"))?;
     Ok(Job {
         id,
         algorithm,
         payload,
     })
+}
+
+/// The `id` field: absent or `null`, or a string of at most [`MAX_JOB_ID_CHARS`].
+fn parse_id(raw: Option<Box<RawValue>>) -> Result<Option<String>, JobError> {
+    match raw.map(|raw| serde_json::from_str::<Value>(raw.get()).ok()) {
+        None | Some(Some(Value::Null)) => Ok(None),
+        Some(Some(Value::String(id))) if id.chars().count() <= MAX_JOB_ID_CHARS => Ok(Some(id)),
+        Some(_) => Err(JobError::BadId),
+    }
+}
+
+/// The job's `id` when the body is a JSON object whose `id` is valid, whatever else is
+/// wrong with it: an error result for a job [`parse_job`] refuses still names the job, so
+/// a consumer matching results on ids can tell which one failed.
+pub fn job_id(body: &str) -> Option<String> {
+    let mut fields: std::collections::HashMap<String, Box<RawValue>> =
+        serde_json::from_str(body).ok()?;
+    parse_id(fields.remove("id")).ok().flatten()
 }
 
 /// Whether retrying can help.
@@ -304,6 +318,41 @@ mod tests {
         assert_eq!(too_long.code(), codes::INVALID_JOB);
         assert!(too_long.to_string().len() < 200, "the name is not echoed");
         assert_eq!(error("nope").code(), codes::BAD_JSON);
+    }
+
+    #[test]
+    fn a_refused_job_still_names_its_valid_id() {
+        let named = |body: &str| {
+            assert!(parse_job(body).is_err(), "{body} is refused");
+            job_id(body)
+        };
+        let long_name = format!(
+            r#"{{"id": "j7", "algorithm": "{}", "payload": {{}}}}"#,
+            "a".repeat(300)
+        );
+        assert_eq!(named(&long_name).as_deref(), Some("j7"));
+        assert_eq!(
+            named(r#"{"id": "j8", "payload": {}}"#).as_deref(),
+            Some("j8")
+        );
+        assert_eq!(
+            named(r#"{"id": "j9", "algorithm": "ocr"}"#).as_deref(),
+            Some("j9")
+        );
+        assert_eq!(
+            named(r#"{"id": "j10", "algorithm": 3, "payload": {}}"#).as_deref(),
+            Some("j10")
+        );
+        // Nothing to echo: no object, no id, or an id that is itself invalid.
+        assert_eq!(named("{not json"), None);
+        assert_eq!(named(r#"["j11"]"#), None);
+        assert_eq!(named(r#"{"payload": {}}"#), None);
+        assert_eq!(
+            named(r#"{"id": 5, "algorithm": "ocr", "payload": {}}"#),
+            None
+        );
+        let long_id = format!(r#"{{"id": "{}", "payload": {{}}}}"#, "i".repeat(300));
+        assert_eq!(named(&long_id), None);
     }
 
     #[test]
