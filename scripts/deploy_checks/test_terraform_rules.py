@@ -165,7 +165,7 @@ class ConsulTrust(Rules):
         self.assertReports(self.check(), r"\[tokens_from_ssm\].*runner_containers sets CONSUL_HTTP_TOKEN as plain environment")
 
     def test_a_service_without_its_token_secret_fails(self):
-        self.scratch.edit(SERVICES, '    secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn }]\n', "")
+        self.scratch.edit(SERVICES, '      { name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.controller_token_arn },\n', "")
         self.assertReports(self.check(), r"\[tokens_from_ssm\].*controller_container does not get CONSUL_HTTP_TOKEN from SSM")
 
     def test_prometheus_without_its_token_secret_fails(self):
