@@ -421,6 +421,21 @@ class MeshScript(unittest.TestCase):
         self.assertEqual(self.consul("GET", "/v1/config/service-intentions/text-runner", self.MANAGEMENT)[0], 404)
         self.assertEqual(self.consul("GET", "/v1/config/service-intentions/billing", self.MANAGEMENT)[0], 200)
 
+    def test_proxy_variables_do_not_catch_the_local_agent(self):
+        # A proxy that accepts and never answers; SSM (here moto, named localhost so
+        # NO_PROXY exempts it) may go anywhere, the agent on 127.0.0.1 must go direct.
+        black_hole = socket.socket()
+        black_hole.bind(("127.0.0.1", 0))
+        black_hole.listen(16)
+        self.addCleanup(black_hole.close)
+        proxy = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
+        self.env.update({name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")})
+        self.env.update(NO_PROXY="localhost", no_proxy="localhost", AWS_ENDPOINT_URL_SSM=f"http://localhost:{self.moto_port}")
+        self.write_mesh(["sound-runner"])
+        started = time.time()
+        self.assertIn("token runner:sound-runner created", self.run_mesh())
+        self.assertLess(time.time() - started, 20)
+
     def test_without_the_management_token_it_fails_loudly(self):
         self.write_mesh(["sound-runner"])
         self.put(f"{self.PREFIX}/tokens/management", str(uuid.uuid4()))

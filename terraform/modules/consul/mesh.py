@@ -24,6 +24,7 @@ Idempotent. A timer runs it every minute on each server of a cluster the stack c
 Standard library only (Amazon Linux's python3); SSM through boto3 when it is importable,
 else the AWS CLI.
 """
+import ipaddress
 import json
 import os
 import ssl
@@ -63,6 +64,17 @@ def parameter(name):
     return client.get_parameter(Name=name, WithDecryption=True)["Parameter"]["Value"]
 
 
+def _loopback(host):
+    """`localhost` or a loopback address (Go's http.ProxyFromEnvironment exception)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or getattr(address, "ipv4_mapped", None) is not None and address.ipv4_mapped.is_loopback
+
+
 class Consul:
     """Consul's HTTP API, configured by its standard CONSUL_* variables."""
 
@@ -75,13 +87,19 @@ class Consul:
         self.context = None
         if self.base.startswith("https://"):
             self.context = ssl.create_default_context(cafile=os.environ.get("CONSUL_CACERT") or None)
+        # Proxy variables apply as in Go (the consul CLI, Consul's own client), which never
+        # proxies loopback; urllib would send even 127.0.0.1 to HTTPS_PROXY.
+        handlers = [urllib.request.HTTPSHandler(context=self.context)]
+        if _loopback(urllib.parse.urlsplit(self.base).hostname or ""):
+            handlers.append(urllib.request.ProxyHandler({}))
+        self.opener = urllib.request.build_opener(*handlers)
 
     def call(self, method, path, body=None):
         data = None if body is None else json.dumps(body).encode()
         request = urllib.request.Request(self.base + path, data=data, method=method,
                                          headers={"X-Consul-Token": self.token, "Content-Type": "application/json"})
         try:
-            with urllib.request.urlopen(request, timeout=30, context=self.context) as response:
+            with self.opener.open(request, timeout=30) as response:
                 text = response.read().decode()
         except urllib.error.HTTPError as error:
             raise ConsulError(method, path, error.code, error.read().decode(errors="replace")) from None
