@@ -1245,3 +1245,61 @@ async fn a_job_within_a_kib_of_the_queue_limit_is_dead_lettered_with_its_error_a
             .sum::<usize>();
     assert!(size <= limit, "{size} bytes");
 }
+
+/// The `retry_in` of the first log line of `log` containing `what`.
+fn first_retry_in(log: &str, what: &str) -> Option<Duration> {
+    let line = log.lines().find(|l| l.contains(what))?;
+    let value = line.split("retry_in=").nth(1)?.split_whitespace().next()?;
+    let (number, unit) = value.split_at(value.find(|c: char| c.is_ascii_alphabetic())?);
+    let number: f64 = number.parse().ok()?;
+    match unit {
+        "s" => Some(Duration::from_secs_f64(number)),
+        "ms" => Some(Duration::from_secs_f64(number / 1e3)),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn the_publish_backoff_continues_on_the_copy_another_controller_receives() {
+    let stack = Stack::start(Duration::from_secs(10), 5).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    proxy.outage(&results_queue, Duration::from_secs(300));
+    let args = [
+        "--sqs-endpoint",
+        proxy.endpoint.as_str(),
+        "--shutdown-grace",
+        "1s",
+    ];
+    let (mut first, _) = stack.controller(&args);
+    let id = stack.submit(job("echo", json!({"message": "kept"}))).await;
+    let held = "keeping it to publish again";
+    eventually(Duration::from_secs(90), "three failed publishes", || {
+        let log = first.log();
+        async move { (log.matches(held).count() >= 3).then_some(()) }
+    })
+    .await;
+    first.signal("TERM");
+    assert!(first.wait_exit(Duration::from_secs(60)).await.success());
+    assert!(
+        first.log().contains("the job is put back"),
+        "{}",
+        first.log()
+    );
+    let (second, _) = stack.controller(&args);
+    let delay = eventually(Duration::from_secs(60), "a failed publish there", || {
+        let log = second.log();
+        async move { first_retry_in(&log, held) }
+    })
+    .await;
+    // At least 4 failures came before (3 held, 1 at shutdown): the 5th waits up to
+    // 2 s × 2^4, at least half of it. A copy starting over would wait 1-2 s.
+    eprintln!("the copy's first publish retry waits {delay:?}");
+    assert!(delay >= Duration::from_secs(8), "{delay:?}");
+    assert!(
+        second.log().contains(&format!("message_id={id}")),
+        "the copy keeps the original message id (both controllers hold the key)"
+    );
+}
