@@ -461,9 +461,9 @@ async fn follow_admission(state: Arc<State>, name: String) {
     loop {
         let decision = match state.client.intention_check(&source, &name).await {
             Ok(allowed) => Some(allowed),
-            // Consul answered, and refused the question (a token without `service:read`
-            // on the service): nothing admits it.
-            Err(Error::Status { status, body, .. }) => {
+            // Consul refused the question (a token without `service:read` on the
+            // service): nothing admits it. Any other failure keeps the last decision.
+            Err(Error::Status { status, body, .. }) if status == reqwest::StatusCode::FORBIDDEN => {
                 tracing::warn!(service = %name, %status, %body, "Consul refused the intention check; the service gets no jobs");
                 Some(false)
             }
@@ -538,4 +538,32 @@ fn publish(state: &State) {
     state
         .snapshot
         .send_replace(Arc::new(Snapshot { by_algorithm }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admission_asks_intentions_unless_the_allow_list_or_the_mode_decides() {
+        let open = Admission::open();
+        assert_eq!(
+            open.fixed("anything"),
+            Some(true),
+            "no identity, no list: all"
+        );
+        let listed_only = Admission {
+            allow_list: ["ocr-runner".to_string()].into(),
+            ..Admission::open()
+        };
+        assert_eq!(listed_only.fixed("ocr-runner"), Some(true));
+        assert_eq!(listed_only.fixed("intruder"), Some(false));
+        let mesh = Admission::intentions(
+            "controller",
+            ["ocr-runner".to_string()],
+            Duration::from_secs(10),
+        );
+        assert_eq!(mesh.fixed("ocr-runner"), Some(true), "listed: no question");
+        assert_eq!(mesh.fixed("intruder"), None, "the intentions decide");
+    }
 }
