@@ -12,17 +12,15 @@ use std::time::Duration;
 /// Message attribute carrying, on a copy the controller re-queued, the message id of the
 /// message the producer sent: results are keyed by it, whichever copy runs.
 pub const ORIGINAL_MESSAGE_ID: &str = "plugworker_message_id";
-/// Message attribute carrying, on a re-queued copy, the attempts made on earlier copies.
-pub const PRIOR_ATTEMPTS: &str = "plugworker_attempts";
-/// Message attribute carrying, on a re-queued copy, how many times a result of this job
-/// could not be published: the backoff of the next one grows from there.
-pub const UNPUBLISHED: &str = "plugworker_unpublished";
-/// Message attribute authenticating the three above and the body (`KEY_ID:HMAC`): a
-/// producer can set any attribute, so the controller believes only what it signed itself.
-pub const SIGNATURE: &str = "plugworker_signature";
-/// Every attribute the controller writes on a re-queued copy: never carried over from
-/// what a producer sent.
-pub const OWN_ATTRIBUTES: [&str; 4] = [ORIGINAL_MESSAGE_ID, PRIOR_ATTEMPTS, UNPUBLISHED, SIGNATURE];
+/// Message attribute carrying, on a re-queued copy, what it carries forward ([`Carried`])
+/// and the controller's signature over that, the message id and the body:
+/// `attempts=N unpublished=M signature=KEY_ID:HMAC`. A producer can set any attribute, so
+/// the controller believes only what it signed itself. One attribute, so a copy adds only
+/// two to the producer's (SQS allows 10).
+pub const COPY: &str = "plugworker_copy";
+/// Every attribute the controller writes on a re-queued copy (and the one earlier versions
+/// wrote): never carried over from what a producer sent.
+pub const OWN_ATTRIBUTES: [&str; 3] = [ORIGINAL_MESSAGE_ID, COPY, "plugworker_attempts"];
 
 /// What a re-queued copy carries forward from the message it replaces.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]

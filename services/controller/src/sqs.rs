@@ -8,8 +8,8 @@
 //! DLQ copy and a re-queued copy, and deduplication ids derive from its message id.
 
 use crate::queue::{
-    Attribute, Carried, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, OWN_ATTRIBUTES, PRIOR_ATTEMPTS,
-    PublishError, QueueDepth, QueueError, ResultSink, SIGNATURE, Stored, UNPUBLISHED,
+    Attribute, COPY, Carried, Delivery, JobQueue, ORIGINAL_MESSAGE_ID, OWN_ATTRIBUTES,
+    PublishError, QueueDepth, QueueError, ResultSink, Stored,
 };
 use async_trait::async_trait;
 use aws_sdk_sqs::Client;
@@ -286,8 +286,9 @@ fn deduplication_id(purpose: &str, message_id: &str) -> String {
 }
 
 /// The keys that authenticate what the controller writes on a re-queued copy
-/// (`plugworker_message_id`, `plugworker_attempts`, `plugworker_unpublished`) together with
-/// its body: an HMAC-SHA256 in `plugworker_signature`, as `KEY_ID:HEX`. A producer can set
+/// (`plugworker_message_id`, and the attempts and unpublishable results in
+/// `plugworker_copy`) together with its body: an HMAC-SHA256 in `plugworker_copy`'s
+/// `signature=KEY_ID:HEX`. A producer can set
 /// any attribute; a copy whose signature does not verify is its own job, under its own
 /// message id. The first key signs; every key (at most two: the current one and the one
 /// being rotated out) verifies.
@@ -442,7 +443,7 @@ impl std::fmt::Debug for MessageKeys {
     }
 }
 
-/// What `plugworker_signature` covers.
+/// What the signature in `plugworker_copy` covers.
 struct SignedFields<'a> {
     message_id: &'a str,
     attempts: u32,
@@ -687,22 +688,23 @@ fn delivery(message: &aws_sdk_sqs::types::Message, keys: &MessageKeys) -> Delive
     };
     let sqs_id = message.message_id().unwrap_or_default();
     let body = message.body().unwrap_or_default();
-    let number = |name: &str| {
-        string(name)
-            .and_then(|v| v.parse::<u32>().ok())
-            .unwrap_or(0)
+    let copy = string(COPY).unwrap_or_default();
+    let field = |name: &str| {
+        copy.split_whitespace()
+            .find_map(|pair| pair.strip_prefix(name)?.strip_prefix('='))
     };
+    let number = |name: &str| field(name).and_then(|v| v.parse::<u32>().ok()).unwrap_or(0);
     let own = string(ORIGINAL_MESSAGE_ID)
         // Only a plausible id: it becomes the result's key and a deduplication id.
         .filter(|id| !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_graphic()))
         .and_then(|message_id| {
             let fields = SignedFields {
                 message_id,
-                attempts: number(PRIOR_ATTEMPTS),
-                unpublished: number(UNPUBLISHED),
+                attempts: number("attempts"),
+                unpublished: number("unpublished"),
                 body,
             };
-            let signature = string(SIGNATURE).unwrap_or_default();
+            let signature = field("signature").unwrap_or_default();
             if keys.verify(signature, &fields) {
                 Some(fields)
             } else {
@@ -805,13 +807,6 @@ impl JobQueue for SqsJobQueue {
             // keeps the order, at the price of one receive.
             return self.retry_later(delivery, delay).await;
         }
-        let number = |value: u32| {
-            MessageAttributeValue::builder()
-                .data_type("Number")
-                .string_value(value.to_string())
-                .build()
-                .map_err(|e| QueueError::new("SendMessage", e))
-        };
         let signature = self.keys.sign(&SignedFields {
             message_id: &delivery.message_id,
             attempts: carried.attempts,
@@ -828,9 +823,13 @@ impl JobQueue for SqsJobQueue {
                 ORIGINAL_MESSAGE_ID,
                 Self::string_attribute(&delivery.message_id)?,
             )
-            .message_attributes(PRIOR_ATTEMPTS, number(carried.attempts)?)
-            .message_attributes(UNPUBLISHED, number(carried.unpublished)?)
-            .message_attributes(SIGNATURE, Self::string_attribute(&signature)?);
+            .message_attributes(
+                COPY,
+                Self::string_attribute(&format!(
+                    "attempts={} unpublished={} signature={signature}",
+                    carried.attempts, carried.unpublished
+                ))?,
+            );
         for (name, value) in Self::carried(delivery)? {
             request = request.message_attributes(name, value);
         }

@@ -1168,7 +1168,10 @@ async fn a_producer_set_plugworker_message_id_on_ten_jobs_costs_none_its_result(
             .queue_url(&stack.queues.jobs)
             .message_body(job("echo", json!({"message": format!("f{i}")})).to_string())
             .message_attributes("plugworker_message_id", string("forged"))
-            .message_attributes("plugworker_signature", string("tests:00ff"))
+            .message_attributes(
+                "plugworker_copy",
+                string("attempts=0 unpublished=0 signature=tests:00ff"),
+            )
             .send()
             .await
             .unwrap()
