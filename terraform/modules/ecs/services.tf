@@ -173,5 +173,5 @@ resource "aws_ssm_parameter" "message_keys" {
   description = "Keys signing the controller's re-queued copies of ${var.name} (KEY_ID:SECRET)"
   type        = "SecureString"
   key_id      = var.mesh.kms_key_arn
-  value       = "k1:${random_bytes.message_key.hex}"
+  value       = "k1:${random_bytes.message_key.base64}"
 }
