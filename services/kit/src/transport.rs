@@ -252,8 +252,8 @@ pub(crate) struct ServerParams {
     /// unread, however many streams it opens.
     pub connection_window_bytes: u32,
     /// Request-body bytes all calls on this port together may have read and not released
-    /// (a call releases its request's bytes when its message is decoded). A body that
-    /// needs more waits, within `body_read_timeout`.
+    /// (a call releases its request's bytes when its message is decoded), besides each
+    /// call's first 16 KiB. A body that needs more waits, within `body_read_timeout`.
     pub max_receiving_bytes: usize,
 }
 
@@ -498,10 +498,11 @@ pin_project_lite::pin_project! {
     /// Reading a DATA frame returns its bytes to the client's flow-control window, so
     /// what the windows bound is only what nobody has read; tonic's decoder reads
     /// everything that arrives and buffers it until its message is whole. So before each
-    /// read the body reserves a frame's worth of the port's budget, and it keeps what it
-    /// read until it is dropped (tonic drops a unary call's body once its message is
-    /// decoded). A body that cannot get budget stops reading: its client's windows fill
-    /// and it must wait; bytes in request bodies never exceed the budget.
+    /// read past its first 16 KiB the body reserves a frame's worth of the port's budget,
+    /// and it keeps what it read until it is dropped (tonic drops a unary call's body once
+    /// its message is decoded). A body that cannot get budget stops reading: its client's
+    /// windows fill and it must wait. Bytes in request bodies never exceed the budget plus
+    /// two frames per open stream.
     pub(crate) struct RequestBody {
         #[pin]
         inner: Incoming,
@@ -510,6 +511,8 @@ pin_project_lite::pin_project! {
         held: usize,
         // Held but not yet read into.
         reserve: usize,
+        // Bytes read without the budget: the call's first frame's worth.
+        unbudgeted: usize,
         // Waiting for the budget (boxed: only when the budget is spent).
         acquiring: Option<Acquiring>,
         // Armed when the body has nothing to give: its silence.
@@ -534,6 +537,7 @@ impl RequestBody {
             port,
             held: 0,
             reserve: 0,
+            unbudgeted: 0,
             acquiring: None,
             silence: None,
         }
@@ -550,7 +554,10 @@ impl hyper::body::Body for RequestBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         const FRAME: usize = MAX_FRAME_BYTES as usize;
-        if *this.reserve < FRAME {
+        // A call's first frame's worth of bytes is read without the budget: a small call
+        // (a health check, most jobs) never waits behind big bodies that hold it; what
+        // that adds is bounded by the streams' caps (under two frames per open stream).
+        if *this.unbudgeted >= FRAME && *this.reserve < FRAME && !this.inner.is_end_stream() {
             let wanted = FRAME - *this.reserve;
             if this.acquiring.is_none() {
                 match this.port.budget.try_acquire_many(wanted as u32) {
@@ -583,7 +590,11 @@ impl hyper::body::Body for RequestBody {
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    *this.reserve = this.reserve.saturating_sub(data.len());
+                    if *this.reserve >= data.len() {
+                        *this.reserve -= data.len();
+                    } else {
+                        *this.unbudgeted += data.len();
+                    }
                 }
                 this.silence.set(None);
                 Poll::Ready(Some(Ok(frame)))

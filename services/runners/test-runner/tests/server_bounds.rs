@@ -6,199 +6,18 @@
 
 mod common;
 
-use common::{registry, rss};
+use common::attack::*;
+use common::registry;
 use plugworker_rpc::runner::v1::RunRequest;
-use plugworker_testkit::{Process, bin_path, eventually, free_port, metric_value};
+use plugworker_testkit::{bin_path, eventually};
 use prost::bytes::Bytes;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
-use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 
-const MIB: u64 = 1024 * 1024;
-
-/// A test-runner and where it serves.
-struct Runner {
-    process: Process,
-    main: String,
-    health: String,
-    metrics: String,
-}
-
-/// Starts a test-runner with metrics, under an open-file limit of `open_files` when given
-/// (a shell sets it, hard and soft, then becomes the runner). In mesh mode (`consul`
-/// given) it registers there and serves health on its own plaintext port; otherwise it
-/// serves everything in plaintext on its main port.
 fn start(consul: Option<&str>, open_files: Option<u32>, extra: &[&str]) -> Runner {
-    let main = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let health = match consul {
-        Some(_) => format!("127.0.0.1:{}", free_port()),
-        None => main.clone(),
-    };
-    let mut args: Vec<String> = [
-        "--listen",
-        &main,
-        "--metrics-address",
-        &metrics,
-        "--check-interval",
-        "1s",
-        "--check-timeout",
-        "1s",
-    ]
-    .map(String::from)
-    .to_vec();
-    match consul {
-        Some(url) => {
-            args.extend(["--health-listen", &health, "--consul-address", url].map(String::from))
-        }
-        None => args.extend(["--no-register", "--insecure-plaintext"].map(String::from)),
-    }
-    args.extend(extra.iter().map(|a| a.to_string()));
-    let runner = bin_path("test-runner");
-    let process = match open_files {
-        None => {
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Process::spawn(&runner, &args, &[])
-        }
-        Some(limit) => {
-            let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
-            let mut shell = vec!["-c", script.as_str(), runner.to_str().unwrap()];
-            shell.extend(args.iter().map(String::as_str));
-            Process::spawn(std::path::Path::new("/bin/sh"), &shell, &[])
-        }
-    };
-    Runner {
-        process,
-        main,
-        health,
-        metrics,
-    }
-}
-
-/// The runner's metrics text (a plain HTTP/1.0 GET: the runner's metrics server is all
-/// there is to talk to).
-async fn scrape(address: &str) -> Option<String> {
-    let mut tcp = TcpStream::connect(address).await.ok()?;
-    tcp.write_all(b"GET /metrics HTTP/1.0\r\nHost: runner\r\n\r\n")
-        .await
-        .ok()?;
-    let mut text = String::new();
-    tcp.read_to_string(&mut text).await.ok()?;
-    text.split_once("\r\n\r\n")
-        .map(|(_, body)| body.to_string())
-}
-
-async fn metric(runner: &Runner, name: &str, labels: &[(&str, &str)]) -> f64 {
-    let text = scrape(&runner.metrics).await.expect("metrics answer");
-    metric_value(&text, name, labels).unwrap_or(0.0)
-}
-
-/// A `grpc.health.v1` Check of the whole server on a new connection, as Consul's check
-/// does it.
-async fn check(address: &str) -> Result<ServingStatus, String> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{address}"))
-        .unwrap()
-        .connect_timeout(Duration::from_secs(2))
-        .timeout(Duration::from_secs(2))
-        .connect()
-        .await
-        .map_err(|e| format!("connect: {e}"))?;
-    let answer = HealthClient::new(channel)
-        .check(HealthCheckRequest {
-            service: String::new(),
-        })
-        .await
-        .map_err(|e| format!("check: {e}"))?;
-    Ok(answer.into_inner().status())
-}
-
-async fn serving(address: &str) {
-    eventually(Duration::from_secs(60), "SERVING", || async {
-        (check(address).await == Ok(ServingStatus::Serving)).then_some(())
-    })
-    .await;
-}
-
-/// HTTP/2 calls that declare big messages and never finish, kept open while this lives.
-struct NeverFinished {
-    // Held so the streams stay open.
-    _streams: Vec<(h2::client::ResponseFuture, h2::SendStream<Bytes>)>,
-    opened: usize,
-}
-
-/// Opens up to `streams` calls to `path` at `address`, `per_connection` on each HTTP/2
-/// connection (as many as the server's stream cap lets in), each declaring a gRPC message
-/// of `declared` bytes and sending the first `sent` bytes of it. The client's bytes are
-/// one shared buffer: the attack costs the test process nothing per stream.
-async fn never_finished(
-    address: &str,
-    path: &str,
-    streams: usize,
-    per_connection: usize,
-    declared: u32,
-    sent: usize,
-) -> NeverFinished {
-    let mut message = Vec::with_capacity(5 + sent);
-    message.push(0);
-    message.extend_from_slice(&declared.to_be_bytes());
-    message.resize(5 + sent, b'x');
-    let message = Bytes::from(message);
-    let mut open = Vec::new();
-    while open.len() < streams {
-        let Ok(tcp) = TcpStream::connect(address).await else {
-            break;
-        };
-        let Ok((sender, connection)) = h2::client::handshake(tcp).await else {
-            continue;
-        };
-        tokio::spawn(async move {
-            let _ = connection.await;
-        });
-        for _ in 0..per_connection.min(streams - open.len()) {
-            let ready = tokio::time::timeout(Duration::from_secs(2), sender.clone().ready());
-            let Ok(Ok(mut sender)) = ready.await else {
-                break;
-            };
-            let head = http::Request::post(format!("http://{address}{path}"))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())
-                .unwrap();
-            let Ok((response, mut body)) = sender.send_request(head, false) else {
-                break;
-            };
-            // Queued in the client; h2 sends it as the server's windows allow.
-            if body.send_data(message.clone(), false).is_err() {
-                break;
-            }
-            open.push((response, body));
-        }
-    }
-    let opened = open.len();
-    NeverFinished {
-        _streams: open,
-        opened,
-    }
-}
-
-/// The runner's peak resident memory once the attack's bytes have landed: its RSS has
-/// not moved by more than 1 MiB for a second.
-async fn settled_peak(pid: u32) -> u64 {
-    let mut last = rss(pid).1;
-    let mut steady_since = Instant::now();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while steady_since.elapsed() < Duration::from_secs(1) && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        let now = rss(pid).1;
-        if now.abs_diff(last) > MIB {
-            steady_since = Instant::now();
-        }
-        last = now;
-    }
-    rss(pid).0
+    common::attack::start(&bin_path("test-runner"), consul, open_files, extra)
 }
 
 /// Peak RSS growth (MiB) of `runner` under 100 and then 400 never-finished calls.
@@ -229,6 +48,13 @@ async fn growth_under_never_finished_calls(
             (peak - idle) / MIB
         );
         grown.push((peak - idle) / MIB);
+        // A small call still gets through beside the attack's (its first frame needs no
+        // budget).
+        assert_eq!(
+            check(&runner.health).await,
+            Ok(ServingStatus::Serving),
+            "health under {streams} never-finished calls"
+        );
         drop(attack);
     }
     (grown[0], grown[1])
@@ -293,24 +119,6 @@ async fn never_finished_calls_to_the_main_port_are_bounded_by_the_receiving_budg
         at_400 <= at_100 + 16,
         "flat as calls grow: +{at_100} MiB under 100, +{at_400} MiB under 400"
     );
-    // Calls keep working beside the attack's (which hold the budget until their body
-    // timeout): a small one needs a frame's worth.
-    assert_eq!(check(&runner.main).await, Ok(ServingStatus::Serving));
-}
-
-/// Up to `count` connections to `address` that never send a byte, kept open while the
-/// result lives. Stops early when a connection takes over a second: the runner has
-/// stopped accepting and its backlog is full.
-async fn idle_connections(address: &str, count: usize) -> Vec<TcpStream> {
-    let mut open = Vec::new();
-    for _ in 0..count {
-        match tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(address)).await {
-            Ok(Ok(tcp)) => open.push(tcp),
-            Ok(Err(_)) => {}
-            Err(_) => break,
-        }
-    }
-    open
 }
 
 /// More idle connections than the port's cap and than the runner's open-file limit

@@ -2,6 +2,8 @@
 
 #![allow(dead_code)]
 
+pub mod attack;
+
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_testkit::{Process, bin_path, free_port};
