@@ -1020,6 +1020,13 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
     // Over the default --max-job-bytes (the runner's 16 MiB).
     let big = attack_size("BIG_JOB_BYTES", 24_000_000) as usize;
     s3.put("payloads", "big-job", vec![b' '; big]).await;
+    // The same served without Content-Length: only reading tells its size.
+    // Large enough that what socket buffers hold (several MB on loopback) beyond the
+    // 16 MiB read cannot pass for the whole object.
+    let unmeasured = big.max(48_000_000);
+    s3.put("payloads", "big-unmeasured-job", vec![b' '; unmeasured])
+        .await;
+    proxy.without_length("/payloads/big-unmeasured-job");
     s3.put("payloads", "tiny-job", small.clone().into_bytes())
         .await;
     let (_runner, _) = stack.runner("test-runner", &[]);
@@ -1037,12 +1044,14 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
     let listed = send_pointer(&stack, "shared", "listed-job", small.len() as u64).await;
     // The object is 24 MB, the pointer says 10 bytes.
     let understated = send_pointer(&stack, "payloads", "big-job", 10).await;
+    let without_length = send_pointer(&stack, "payloads", "big-unmeasured-job", 10).await;
     // The pointer says 150 MB: refused on its word, never fetched.
     let declared = send_pointer(&stack, "payloads", "tiny-job", 150_000_000).await;
     let submitted = vec![
         other_bucket.clone(),
         listed.clone(),
         understated.clone(),
+        without_length.clone(),
         declared.clone(),
     ];
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
@@ -1071,7 +1080,7 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
         s3.get("shared", "listed-job").await.is_some(),
         "a listed bucket is read, never deleted from"
     );
-    for id in [&understated, &declared] {
+    for id in [&understated, &without_length, &declared] {
         let result = ledger.result(id);
         assert_eq!(result["error"]["code"], "payload_too_large", "{result}");
         assert_eq!(result["error"]["class"], "permanent");
@@ -1090,6 +1099,13 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
     assert!(
         served < big as u64 / 2,
         "the body is not downloaded: {served} of {big} bytes"
+    );
+    // Without a length, reading stops at the limit (16 MiB), not at the end.
+    let streamed = proxy.served("/payloads/big-unmeasured-job");
+    eprintln!("the same without Content-Length: {streamed} bytes handed to the controller");
+    assert!(
+        streamed < 32 * 1024 * 1024,
+        "read only up to the limit (and what socket buffers took): {streamed} of {unmeasured} bytes"
     );
     assert!(rss < 150_000_000, "peak RSS {rss}");
 }

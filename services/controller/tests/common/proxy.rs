@@ -1,7 +1,7 @@
 //! A fault-injecting HTTP proxy in front of the moto server: the controller talks to it as
 //! its SQS or S3 endpoint, and the test decides what a request meets. It forwards every
 //! request to moto unchanged, except that it can
-//! - trickle one object's bytes (a slow S3 GET),
+//! - trickle one object's bytes (a slow S3 GET), or serve it without `Content-Length`,
 //! - answer `SendMessage` to one queue with HTTP 500 until a deadline (a results outage),
 //!
 //! and it records every request and the bytes it handed back per path, so a test can
@@ -19,6 +19,8 @@ use std::time::{Duration, Instant};
 struct Rules {
     /// Path → delay between bytes.
     slow: HashMap<String, Duration>,
+    /// Paths served without `Content-Length` (chunked): only the bytes tell the size.
+    without_length: Vec<String>,
     /// (queue name, until): `SendMessage` naming that queue fails with 500 until then.
     outage: Option<(String, Instant)>,
 }
@@ -85,6 +87,13 @@ impl FaultProxy {
         lock(&self.shared.rules)
             .slow
             .insert(path.to_string(), per_byte);
+    }
+
+    /// Serves `path` without `Content-Length`, so a client learns its size only by reading.
+    pub fn without_length(&self, path: &str) {
+        lock(&self.shared.rules)
+            .without_length
+            .push(path.to_string());
     }
 
     /// `SendMessage` to the queue whose URL ends in `queue_name` fails with HTTP 500 for
@@ -174,8 +183,11 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         }
     };
     let mut builder = Response::builder().status(response.status().as_u16());
+    let without_length = lock(&shared.rules).without_length.contains(&path);
     for (name, value) in response.headers() {
-        if name.as_str() != "transfer-encoding" {
+        if name.as_str() != "transfer-encoding"
+            && !(without_length && name.as_str() == "content-length")
+        {
             builder = builder.header(name, value);
         }
     }
