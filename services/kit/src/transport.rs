@@ -289,6 +289,10 @@ pub(crate) enum Reason {
     MaxAge,
     /// Closed this long after its GOAWAY with calls still open (`max_connection_age_grace`).
     GraceExpired,
+    /// Mesh: authorize, asked again, no longer allows the client (GOAWAY).
+    Deauthorized,
+    /// Mesh: the client's certificate is about to expire (GOAWAY, closed at `NotAfter`).
+    CertificateExpiring,
 }
 
 impl Reason {
@@ -301,6 +305,8 @@ impl Reason {
             Reason::BodyTimeout => "body_timeout",
             Reason::MaxAge => "max_age",
             Reason::GraceExpired => "grace_expired",
+            Reason::Deauthorized => "deauthorized",
+            Reason::CertificateExpiring => "certificate_expiring",
         }
     }
 }
@@ -714,7 +720,7 @@ pub(crate) async fn serve<I, IO, P>(
     stop: impl Future<Output = ()>,
 ) where
     I: Stream<Item = std::io::Result<IO>>,
-    IO: Connected + AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    IO: Connected + Revocable + AsyncRead + AsyncWrite + Unpin + Send + 'static,
     P: GrpcService,
 {
     let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
@@ -766,6 +772,7 @@ pub(crate) async fn serve<I, IO, P>(
             next_id += 1;
             let connection = port.open(next_id);
             let info = Arc::new(io.connect_info());
+            let revoked = io.revoked();
             let served = builder.serve_connection(
                 TokioIo::new(io),
                 ConnectionService {
@@ -774,7 +781,8 @@ pub(crate) async fn serve<I, IO, P>(
                     info,
                 },
             );
-            let task = connections.spawn(drive(served, connection.clone(), stopping.clone()));
+            let task =
+                connections.spawn(drive(served, connection.clone(), revoked, stopping.clone()));
             let _ = connection.task.set(task);
         }
     }
@@ -785,8 +793,12 @@ pub(crate) async fn serve<I, IO, P>(
 /// One connection until it ends: closed gracefully (GOAWAY, calls in flight finish) when
 /// told to, when idle too long, at its maximum age or when the server stops; closed
 /// outright once its grace after GOAWAY has passed.
-async fn drive<F>(served: F, connection: Arc<Connection>, stopping: CancellationToken)
-where
+async fn drive<F>(
+    served: F,
+    connection: Arc<Connection>,
+    revoked: Option<Revoked>,
+    stopping: CancellationToken,
+) where
     F: Future<Output = hyper::Result<()>> + GracefulConnection,
 {
     // Forgets the connection however the task ends, aborted included.
@@ -805,6 +817,7 @@ where
     let mut idle_check = std::pin::pin!(idle_check);
     let grace = tokio::time::sleep(Duration::ZERO);
     let mut grace = std::pin::pin!(grace);
+    let mut revoked = revoked.unwrap_or_else(|| Box::pin(std::future::pending()));
     // `Some` once GOAWAY was sent with a deadline to close by.
     let mut closing: Option<bool> = None;
     loop {
@@ -829,6 +842,9 @@ where
                 served.as_mut().graceful_shutdown();
                 closing = Some(false);
             }
+            (reason, grace) = &mut revoked, if closing.is_none() => {
+                connection.close(reason, grace.unwrap_or(params.max_connection_age_grace));
+            }
             () = &mut age, if closing.is_none() => {
                 connection.close(Reason::MaxAge, params.max_connection_age_grace);
             }
@@ -850,6 +866,45 @@ where
                 break;
             }
         }
+    }
+}
+
+/// Why a connection must end, from outside the server, and how long its calls in flight
+/// may take (`None`: the port's `max_connection_age_grace`).
+type Revoked = Pin<Box<dyn Future<Output = (Reason, Option<Duration>)> + Send>>;
+
+/// A connection something outside the server may end: the mesh's re-authorization.
+pub(crate) trait Revocable {
+    /// `None` when nothing will (plaintext connections).
+    fn revoked(&self) -> Option<Revoked>;
+}
+
+impl Revocable for tokio::net::TcpStream {
+    fn revoked(&self) -> Option<Revoked> {
+        None
+    }
+}
+
+impl Revocable for plugworker_mesh::MeshStream {
+    fn revoked(&self) -> Option<Revoked> {
+        let revoked = plugworker_mesh::MeshStream::revoked(self);
+        let peer = self.info().peer.to_string();
+        let remote = self.info().remote_addr;
+        Some(Box::pin(async move {
+            match revoked.await {
+                plugworker_mesh::Revocation::Unauthorized(error) => {
+                    tracing::warn!(%error, %peer, %remote, "mesh connection no longer authorized: closing it (GOAWAY)");
+                    (Reason::Deauthorized, None)
+                }
+                plugworker_mesh::Revocation::CertificateExpires(at) => {
+                    let left = at
+                        .duration_since(std::time::SystemTime::now())
+                        .unwrap_or_default();
+                    tracing::info!(%peer, %remote, ?left, "the client's certificate expires: closing its connection (GOAWAY)");
+                    (Reason::CertificateExpiring, Some(left))
+                }
+            }
+        }))
     }
 }
 

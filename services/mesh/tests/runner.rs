@@ -241,3 +241,102 @@ async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
         .unwrap();
     assert!(!services.contains_key("test-runner"), "{services:?}");
 }
+
+/// The runner's metrics text.
+async fn metrics(address: &str) -> String {
+    reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Authorization is re-checked on open connections: when an intention flips to deny, the
+/// runner's server sends GOAWAY on the controller's open connection within one authorize
+/// cache TTL (1 s here; the check asks the agent, not the cache). The call in flight on it
+/// finishes (no job lost), and the next call, on a new connection, is refused (a
+/// transport error, which the controller retries elsewhere). Without the re-check the open
+/// connection kept serving after the deny, for as long as the controller kept it.
+#[tokio::test]
+async fn a_denied_intention_closes_an_open_connection_within_the_authorize_ttl() {
+    let registry = registry(RegistryConfig::default()).await;
+    let consul = consul(&registry);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let runner = start_runner(
+        &registry.url(),
+        &listen,
+        &health,
+        &[
+            ("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s"),
+            ("PLUGWORKER_METRICS_ADDRESS", &metrics_address),
+        ],
+    );
+    eventually(Duration::from_secs(60), "a passing test-runner", || async {
+        consul
+            .health_connect("test-runner", &[], true, Default::default())
+            .await
+            .ok()
+            .filter(|(entries, _)| !entries.is_empty())
+    })
+    .await;
+    let controller = identity(&registry, "controller").await;
+    let channel = mesh_channel(&controller, "test-runner", listen.parse().unwrap());
+    let mut client = RunnerClient::new(channel);
+    let run = |message: &str, delay_ms: u64| plugworker_rpc::runner::v1::RunRequest {
+        algorithm: "echo".into(),
+        payload: serde_json::to_vec(&serde_json::json!({"message": message, "delay_ms": delay_ms}))
+            .unwrap(),
+    };
+    client
+        .run(run("allowed", 0))
+        .await
+        .expect("allowed at first");
+
+    // A call in flight while the deny lands: 2.5 s, past the TTL.
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        let request = run("in flight", 2_500);
+        async move { client.run(request).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    intention(&registry, "controller", "test-runner", "deny").await;
+    let denied = std::time::Instant::now();
+    let deauthorized = eventually(Duration::from_secs(10), "the connection closed", || async {
+        let text = metrics(&metrics_address).await;
+        plugworker_testkit::metric_value(
+            &text,
+            "plugworker_runner_server_closed_total",
+            &[("port", "main"), ("reason", "deauthorized")],
+        )
+        .filter(|closed| *closed >= 1.0)
+    })
+    .await;
+    let elapsed = denied.elapsed();
+    assert_eq!(deauthorized, 1.0);
+    // One TTL of re-check period, plus the agent's answer and a scrape.
+    assert!(
+        elapsed < Duration::from_millis(1_800),
+        "closed after {elapsed:?}"
+    );
+
+    let finished = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight finishes");
+    assert!(String::from_utf8_lossy(&finished.into_inner().result).contains("in flight"));
+    // A new connection is refused after its handshake (a transport error to tonic).
+    client
+        .run(run("after the deny", 0))
+        .await
+        .expect_err("refused on a new connection");
+    assert!(
+        runner
+            .log()
+            .contains("mesh connection no longer authorized"),
+        "{}",
+        runner.log()
+    );
+}
