@@ -33,10 +33,18 @@ pub fn start(
     open_files: Option<u32>,
     extra: &[&str],
 ) -> Runner {
-    let main = format!("127.0.0.1:{}", free_port());
-    let metrics = format!("127.0.0.1:{}", free_port());
+    // Three different ports: `free_port` can hand out the same one twice.
+    let mut ports = Vec::new();
+    while ports.len() < 3 {
+        let port = free_port();
+        if !ports.contains(&port) {
+            ports.push(port);
+        }
+    }
+    let main = format!("127.0.0.1:{}", ports[0]);
+    let metrics = format!("127.0.0.1:{}", ports[1]);
     let health = match consul {
-        Some(_) => format!("127.0.0.1:{}", free_port()),
+        Some(_) => format!("127.0.0.1:{}", ports[2]),
         None => main.clone(),
     };
     let mut args: Vec<String> = [
