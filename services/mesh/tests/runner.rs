@@ -179,18 +179,7 @@ async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_
     .await
     .unwrap();
     let consul = consul(&registry);
-    eventually(
-        Duration::from_secs(60),
-        "the runner registered and passing",
-        || async {
-            consul
-                .health_connect("test-runner", &[], true, Default::default())
-                .await
-                .ok()
-                .filter(|(entries, _)| !entries.is_empty())
-        },
-    )
-    .await;
+    passing(&consul).await;
     assert!(probe(&health).status.success());
 }
 
@@ -242,6 +231,22 @@ async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
     assert!(!services.contains_key("test-runner"), "{services:?}");
 }
 
+/// Waits until the test-runner is registered and passing in the Connect health view.
+async fn passing(consul: &plugworker_consul_client::ConsulClient) {
+    eventually(
+        Duration::from_secs(60),
+        "the runner registered and passing",
+        || async {
+            consul
+                .health_connect("test-runner", &[], true, Default::default())
+                .await
+                .ok()
+                .filter(|(entries, _)| !entries.is_empty())
+        },
+    )
+    .await;
+}
+
 /// The runner's metrics text.
 async fn metrics(address: &str) -> String {
     reqwest::get(format!("http://{address}/metrics"))
@@ -274,14 +279,7 @@ async fn a_denied_intention_closes_an_open_connection_within_the_authorize_ttl()
             ("PLUGWORKER_METRICS_ADDRESS", &metrics_address),
         ],
     );
-    eventually(Duration::from_secs(60), "a passing test-runner", || async {
-        consul
-            .health_connect("test-runner", &[], true, Default::default())
-            .await
-            .ok()
-            .filter(|(entries, _)| !entries.is_empty())
-    })
-    .await;
+    passing(&consul).await;
     let controller = identity(&registry, "controller").await;
     let channel = mesh_channel(&controller, "test-runner", listen.parse().unwrap());
     let mut client = RunnerClient::new(channel);
