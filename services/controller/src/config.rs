@@ -34,10 +34,10 @@ pub struct QueueArgs {
     #[arg(long, env = "PLUGWORKER_MAX_JOB_BYTES", default_value_t = DEFAULT_MAX_JOB_BYTES)]
     pub max_job_bytes: usize,
     /// Keys that sign what the controller writes on re-queued copies of jobs (the
-    /// original message id, attempts, unpublishable results): `KEY_ID:SECRET`, or
-    /// `NEW_ID:NEW_SECRET,OLD_ID:OLD_SECRET` while rotating (the first signs, both
-    /// verify). Secrets of at least 16 bytes. Every controller on a queue needs the same
-    /// keys. Without keys a random per-process key is made: a copy one controller
+    /// original message id, attempts, unpublishable results): `KEY_ID:SECRET`, or two
+    /// while rotating (the first signs, both verify; docs/delivery.md#message-keys).
+    /// Secrets of at least 32 characters (`openssl rand -hex 16`). Every controller on a
+    /// queue needs the same keys. Without keys a random per-process key is made: a copy one controller
     /// re-queued is a new job to another (its result carries the copy's message id), and
     /// a producer's `plugworker_message_id` is never believed either way. Prefer
     /// --message-keys-file or the environment over the command line.

@@ -11,11 +11,15 @@
 //!   to the DLQ, like a permanent error;
 //! - a result the results queue refuses (too large, characters it does not accept) is
 //!   replaced by an error result saying so; a result that cannot be published at all
-//!   keeps its message (re-queued without spending a receive) and is counted in
-//!   `plugworker_results_unpublishable_total`;
+//!   keeps its message (re-queued without spending a receive) and its run slot, and is
+//!   counted in `plugworker_results_unpublishable_total`;
+//! - a result is published only while its message is known to be invisible (its receive
+//!   or last extension plus the visibility timeout, less a margin); after that it is
+//!   dropped, and the redelivery makes it;
 //! - while a job runs (or waits for a runner), its message's visibility is extended, so a
 //!   long job is not delivered twice;
-//! - a job waiting for a runner to appear holds no run slot;
+//! - a job waiting for a runner to appear holds no run slot, unless its body came from S3
+//!   (bodies in memory stay within `--max-in-flight × --max-job-bytes`);
 //! - FIFO queues: jobs of one message group run one at a time, in the order received;
 //! - on shutdown: stop receiving, let running jobs finish within the grace period, and
 //!   put the rest back without spending one of their receives.
@@ -38,9 +42,15 @@ use tracing::Instrument;
 /// SQS's longest message delay: a re-queued copy cannot be held back longer.
 const MAX_REQUEUE_DELAY: Duration = Duration::from_secs(900);
 /// How long a result that cannot be published is kept in memory (its job holding its run
-/// slot and its message invisible) before the job is re-queued to run again later: well
-/// within SQS's 12 h visibility ceiling.
+/// slot and its message invisible) before the job is re-queued to run again later, on a
+/// standard queue. FIFO queues hold up to [`MAX_INVISIBLE`] instead: their re-queue is a
+/// release, which spends a receive and carries nothing forward.
 const MAX_HOLD: Duration = Duration::from_secs(3600);
+/// How long SQS lets a received message stay invisible, counted from its receive.
+pub(crate) const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
+/// The longest safety margin kept before a message may be visible again (a publish must
+/// be done by then); shorter for short visibility timeouts ([`Lease::margin`]).
+const MAX_LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Message ids whose final result this controller published, remembered for redeliveries.
 const FINALS_REMEMBERED: usize = 100_000;
 /// After the grace period, how long jobs get to put their messages back before they are
@@ -253,6 +263,9 @@ impl Controller {
                     (receive.await, true)
                 }
             };
+            // When the received messages' visibility started, or just after (the response's
+            // way back): what each job's lease counts from.
+            let received_at = Instant::now();
             let deliveries = match received {
                 Ok(deliveries) => {
                     queue_errors = 0;
@@ -298,7 +311,14 @@ impl Controller {
                     .group_id
                     .clone()
                     .map(|group| context.take_turn(group));
-                jobs.spawn(handle(context.clone(), Arc::new(delivery), permit, turn));
+                let lease = Lease::new(received_at, context.queue.visibility_timeout());
+                jobs.spawn(handle(
+                    context.clone(),
+                    Arc::new(delivery),
+                    lease,
+                    permit,
+                    turn,
+                ));
             }
         }
 
@@ -374,9 +394,82 @@ impl Drop for InFlight {
     }
 }
 
+/// Until when a delivery's message is known to be invisible to other consumers: its
+/// receive, or its last successful extension, plus the visibility timeout. Past that a
+/// redelivery may be running the job, so a result published then could be its second.
+struct Lease {
+    received: Instant,
+    visibility: Duration,
+    /// Known invisible until then.
+    until: Mutex<Instant>,
+    /// SQS said the receipt is no longer valid: the message is redelivered or gone.
+    lost: std::sync::atomic::AtomicBool,
+}
+
+impl Lease {
+    fn new(received: Instant, visibility: Duration) -> Self {
+        Self {
+            received,
+            visibility,
+            until: Mutex::new(received + visibility),
+            lost: Default::default(),
+        }
+    }
+
+    /// Time kept in hand before the lease ends, for a publish to finish: a quarter of
+    /// the visibility timeout (the heartbeat renews it every half), at most 10 s.
+    fn margin(&self) -> Duration {
+        (self.visibility / 4).min(MAX_LEASE_MARGIN)
+    }
+
+    /// Whether the message stays invisible for at least the margin from now.
+    fn holds(&self) -> bool {
+        !self.lost.load(std::sync::atomic::Ordering::Relaxed)
+            && Instant::now() + self.margin() < *lock(&self.until)
+    }
+
+    /// The last moment the message can be kept invisible at all: SQS's 12 h from its
+    /// receive, less the margin.
+    fn ceiling(&self) -> Instant {
+        self.received + MAX_INVISIBLE.saturating_sub(self.margin())
+    }
+
+    /// Until when a result held from `now` may be held before the job is re-queued: an
+    /// hour on a standard queue, whose copy carries the backoff forward at no receive;
+    /// on FIFO, where a re-queue is a release (a receive spent, nothing carried), as long
+    /// as SQS keeps the message invisible. Never past the 12 h ceiling.
+    fn hold_until(&self, fifo: bool, now: Instant) -> Instant {
+        match fifo {
+            true => self.ceiling(),
+            false => self.ceiling().min(now + MAX_HOLD),
+        }
+    }
+
+    /// Extends the message's visibility by the visibility timeout from now; a success
+    /// moves the lease on, a stale receipt ends it.
+    async fn extend(&self, context: &Context, delivery: &Delivery) -> bool {
+        let asked = Instant::now();
+        match context.queue.extend(delivery, self.visibility).await {
+            Ok(()) => {
+                let mut until = lock(&self.until);
+                *until = (*until).max(asked + self.visibility);
+                true
+            }
+            Err(error) => {
+                if error.stale_receipt {
+                    self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                }
+                tracing::warn!(%error, message_id = %delivery.message_id, "could not extend visibility");
+                false
+            }
+        }
+    }
+}
+
 async fn handle(
     context: Arc<Context>,
     delivery: Arc<Delivery>,
+    lease: Lease,
     slot: OwnedSemaphorePermit,
     turn: Option<GroupTurn>,
 ) {
@@ -415,7 +508,7 @@ async fn handle(
         }) => (previous, Some((group, seq, done))),
         None => (None, None),
     };
-    let finished = handle_traced(&context, &delivery, slot, previous, span.clone())
+    let finished = handle_traced(&context, &delivery, &lease, slot, previous, span.clone())
         .instrument(span)
         .await;
     if let Some((group, seq, done)) = done {
@@ -428,6 +521,7 @@ async fn handle(
 async fn handle_traced(
     context: &Context,
     delivery: &Delivery,
+    lease: &Lease,
     slot: OwnedSemaphorePermit,
     previous: Option<oneshot::Receiver<bool>>,
     span: tracing::Span,
@@ -446,11 +540,15 @@ async fn handle_traced(
     }
 
     let mut give_up = context.give_up.clone();
+    // The job's run slot, kept until its result is out (or the job is back in the queue):
+    // a result held through a results outage keeps it, so an outage stops new receives
+    // instead of running the backlog into memory.
+    let mut slot = Some(slot);
     let work = async {
         // The body (a claim-check pointer's object) is fetched here, in the job's own
         // task and under its heartbeat: a slow S3 holds up this job only, and its message
-        // stays invisible meanwhile.
-        let loaded = context.queue.load(delivery).await;
+        // stays invisible meanwhile; a stalled one gives up after --job-timeout.
+        let loaded = load(context, delivery).await;
         if let Some(previous) = previous
             && !previous.await.unwrap_or(false)
         {
@@ -458,19 +556,32 @@ async fn handle_traced(
             // one, or it would finish first.
             return None;
         }
-        let ran = run_job(context, loaded.as_ref().unwrap_or(delivery), slot, started).await;
+        let ran = run_job(
+            context,
+            loaded.as_ref().unwrap_or(delivery),
+            &mut slot,
+            started,
+        )
+        .await;
         Some((ran, loaded))
     };
-    let work = keep_invisible_while(context, delivery, work);
+    let work = keep_invisible_while(context, delivery, lease, work);
     let finished = tokio::select! {
         finished = work => finished,
         _ = give_up.wait_for(|g| *g) => None,
     };
-    let Some(((algorithm, job_id, verdict, queued), loaded)) = finished else {
+    let Some(((algorithm, job_id, verdict, queued), mut loaded)) = finished else {
         put_back(context, delivery).await;
         span.record("plugworker.outcome", Outcome::Released.label());
         return false;
     };
+    // The body fetched from S3 is not needed any more (copies refer to the object): not
+    // kept while the result waits to be published.
+    if let Some(loaded) = loaded.as_mut()
+        && loaded.stored.is_some()
+    {
+        loaded.body = String::new();
+    }
     let delivery = loaded.as_ref().unwrap_or(delivery);
 
     let total = started.elapsed();
@@ -525,8 +636,9 @@ async fn handle_traced(
             .await
             .unwrap_or(Outcome::TransientError)
     } else {
-        deliver(context, delivery, result.capped()).await
+        deliver(context, delivery, lease, result.capped()).await
     };
+    drop(slot);
     span.record("plugworker.outcome", outcome.label());
     context.metrics.job_finished(
         algorithm.as_deref(),
@@ -539,11 +651,31 @@ async fn handle_traced(
 
 type Ran = (Option<String>, Option<String>, Verdict, Duration);
 
-/// Parses and runs the job: (algorithm, job id, verdict, time queued).
+/// The delivery with its body fetched (`None`: the body is the message's own), within
+/// --job-timeout: a stalled fetch is a transient `payload_unavailable`.
+async fn load(context: &Context, delivery: &Delivery) -> Option<Delivery> {
+    let within = context.settings.job_timeout;
+    match tokio::time::timeout(within, context.queue.load(delivery)).await {
+        Ok(loaded) => loaded,
+        Err(_) => {
+            tracing::warn!(message_id = %delivery.message_id, ?within, "the job's body was not read within --job-timeout");
+            Some(Delivery {
+                unreadable: Some(ErrorInfo::transient(
+                    codes::PAYLOAD_UNAVAILABLE,
+                    format!("the job's body was not read within {within:?} (--job-timeout)"),
+                )),
+                ..delivery.clone()
+            })
+        }
+    }
+}
+
+/// Parses and runs the job: (algorithm, job id, verdict, time queued). `slot` is the
+/// job's run slot; it is held again when this returns.
 async fn run_job(
     context: &Context,
     delivery: &Delivery,
-    slot: OwnedSemaphorePermit,
+    slot: &mut Option<OwnedSemaphorePermit>,
     started: Instant,
 ) -> Ran {
     if let Some(error) = &delivery.unreadable {
@@ -566,15 +698,18 @@ async fn run_job(
     if let Some(id) = &job.id {
         tracing::Span::current().record("plugworker.job_id", id.as_str());
     }
-    let mut slot = Some(slot);
     let resolver = context.dispatcher.resolver();
     if resolver.snapshot().instances(&job.algorithm).is_empty()
         && !context.settings.runner_wait.is_zero()
     {
         // Waiting for a runner to appear: without a run slot, so jobs whose runners are
-        // up are not held up behind it; bounded by its own permits.
+        // up are not held up behind it; bounded by its own permits. A body fetched from
+        // S3 keeps its slot, so the bodies in memory stay within --max-in-flight ×
+        // --max-job-bytes (an inline one is at most the queue's message size).
         if let Ok(waiting) = context.waiting_for_runner.clone().try_acquire_owned() {
-            slot = None;
+            if delivery.stored.is_none() {
+                *slot = None;
+            }
             if context
                 .dispatcher
                 .wait_for_runner(&job.algorithm, context.settings.runner_wait)
@@ -585,15 +720,16 @@ async fn run_job(
             drop(waiting);
         }
     }
-    let _slot = match slot {
-        Some(slot) => slot,
-        None => context
-            .run_slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("never closed"),
-    };
+    if slot.is_none() {
+        *slot = Some(
+            context
+                .run_slots
+                .clone()
+                .acquire_owned()
+                .await
+                .expect("never closed"),
+        );
+    }
     if resolver.snapshot().instances(&job.algorithm).is_empty() {
         let error = ErrorInfo::transient(
             codes::NO_RUNNER,
@@ -634,16 +770,27 @@ async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Op
 /// Publishes the final result (or, if the queue refuses it, an error result saying why),
 /// then copies failed jobs to the DLQ and deletes the message.
 ///
-/// A result that cannot be published is kept and published again after `--retry-base ×
-/// 2^n` (n: the failures so far, across re-queued copies; at most 15 min), the message
-/// kept invisible meanwhile, so an outage of the results queue costs no extra runs. After
-/// [`MAX_HOLD`], or at shutdown, the job is re-queued carrying n, and its next copy backs
-/// off from there.
-async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> Outcome {
+/// A result that cannot be published is kept (with the job's run slot) and published
+/// again after `--retry-base × 2^n` (n: the failures so far, across re-queued copies; at
+/// most 15 min), the message kept invisible meanwhile, so an outage of the results queue
+/// costs no extra runs. After [`MAX_HOLD`] (standard queues), near SQS's 12 h ceiling
+/// (FIFO), or at shutdown, the job is re-queued carrying n, and its next copy backs off
+/// from there. A result is published only while its message is known invisible
+/// ([`Lease`]): once it may be visible again it is dropped, and the redelivery makes it.
+async fn deliver(
+    context: &Context,
+    delivery: &Delivery,
+    lease: &Lease,
+    result: JobResult,
+) -> Outcome {
     let message_id = &delivery.message_id;
-    let held_since = Instant::now();
+    let hold_until = lease.hold_until(delivery.group_id.is_some(), Instant::now());
     let mut failures = 0u32;
     let result = loop {
+        if !lease.holds() {
+            tracing::warn!(%message_id, "the message may be visible again (its visibility could not be extended): the result is dropped, the redelivery makes it");
+            return Outcome::Unpublished;
+        }
         let error = match publish(context, delivery, result.clone()).await {
             Ok(published) => break published,
             Err(error) => error,
@@ -656,7 +803,7 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
             .delay(delivery.unpublished.saturating_add(failures))
             .min(MAX_REQUEUE_DELAY);
         let give_up = *context.give_up.borrow();
-        if give_up || held_since.elapsed() + delay > MAX_HOLD {
+        if give_up || Instant::now() + delay > hold_until {
             // Keep the message, and its receives: deleting it would lose the job, letting
             // the redrive policy take it would dead-letter it without a result.
             tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is put back and will run again");
@@ -671,15 +818,9 @@ async fn deliver(context: &Context, delivery: &Delivery, result: JobResult) -> O
         }
         tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; keeping it to publish again");
         // Extended now, since publishing took a while since the last heartbeat.
-        if let Err(error) = context
-            .queue
-            .extend(delivery, context.queue.visibility_timeout())
-            .await
-        {
-            tracing::warn!(%error, %message_id, "could not extend visibility");
-        }
+        lease.extend(context, delivery).await;
         let mut stop = context.give_up.clone();
-        keep_invisible_while(context, delivery, async {
+        keep_invisible_while(context, delivery, lease, async {
             tokio::select! {
                 () = tokio::time::sleep(delay) => {}
                 _ = stop.wait_for(|g| *g) => {}
@@ -792,9 +933,10 @@ async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome
 async fn keep_invisible_while<T>(
     context: &Context,
     delivery: &Delivery,
+    lease: &Lease,
     work: impl Future<Output = T>,
 ) -> T {
-    let visibility = context.queue.visibility_timeout();
+    let visibility = lease.visibility;
     let period = visibility.mul_f64(context.settings.heartbeat_fraction.clamp(0.1, 0.9));
     let mut work = std::pin::pin!(work);
     if period.is_zero() {
@@ -806,12 +948,9 @@ async fn keep_invisible_while<T>(
             output = &mut work => return output,
             () = tokio::time::sleep_until(next) => {
                 next += period;
-                match context.queue.extend(delivery, visibility).await {
-                    Ok(()) => {
-                        context.metrics.visibility_extensions.inc();
-                        tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
-                    }
-                    Err(error) => tracing::warn!(%error, message_id = %delivery.message_id, "could not extend visibility"),
+                if lease.extend(context, delivery).await {
+                    context.metrics.visibility_extensions.inc();
+                    tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
                 }
             }
         }
@@ -949,6 +1088,31 @@ mod tests {
             "each copied to the DLQ with its error"
         );
         assert!(queue.is_empty());
+    }
+
+    #[test]
+    fn a_lease_holds_until_its_margin_and_bounds_the_hold() {
+        let received = Instant::now();
+        let lease = Lease::new(received, Duration::from_secs(30));
+        assert_eq!(lease.margin(), Duration::from_millis(7500));
+        assert!(lease.holds());
+        // Extended late: known invisible only until then.
+        *lock(&lease.until) = Instant::now() + Duration::from_secs(5);
+        assert!(!lease.holds(), "within the margin of its end");
+        *lock(&lease.until) = Instant::now() + Duration::from_secs(30);
+        lease.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+        assert!(!lease.holds(), "a stale receipt ends it");
+        let ceiling = received + MAX_INVISIBLE - lease.margin();
+        assert_eq!(lease.ceiling(), ceiling);
+        let now = received + Duration::from_secs(60);
+        assert_eq!(lease.hold_until(false, now), now + MAX_HOLD);
+        assert_eq!(lease.hold_until(true, now), ceiling, "FIFO holds on");
+        let late = received + Duration::from_secs(11 * 3600 + 1800);
+        assert_eq!(lease.hold_until(false, late), ceiling, "never past 12 h");
+        assert_eq!(
+            Lease::new(received, Duration::from_secs(3600)).margin(),
+            MAX_LEASE_MARGIN
+        );
     }
 
     #[test]

@@ -157,7 +157,7 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 fn stale(operation: &'static str) -> QueueError {
-    QueueError::new(
+    QueueError::stale_receipt(
         operation,
         "the receipt is no longer current (the message was redelivered or deleted)",
     )

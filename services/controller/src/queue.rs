@@ -92,6 +92,10 @@ impl Delivery {
 pub struct QueueError {
     pub operation: &'static str,
     pub message: String,
+    /// The receipt is no longer valid (SQS's `ReceiptHandleIsInvalid`,
+    /// `MessageNotInflight`): the message was redelivered or deleted, so this delivery
+    /// must not publish a result any more.
+    pub stale_receipt: bool,
 }
 
 impl QueueError {
@@ -99,6 +103,15 @@ impl QueueError {
         Self {
             operation,
             message: plugworker_jobs::text::cap(&message.to_string(), 2000).into_owned(),
+            stale_receipt: false,
+        }
+    }
+
+    /// An error saying the delivery's receipt is no longer valid.
+    pub fn stale_receipt(operation: &'static str, message: impl std::fmt::Display) -> Self {
+        Self {
+            stale_receipt: true,
+            ..Self::new(operation, message)
         }
     }
 }
@@ -139,8 +152,9 @@ pub trait JobQueue: Send + Sync + 'static {
     }
     /// Puts the message back without spending one of its receives, carrying `carried`
     /// forward; it becomes visible after `delay`. On SQS standard queues a copy carrying
-    /// the message id and `carried` (signed) is sent and the original deleted; on FIFO
-    /// queues (where a copy would lose its place in its group) this is a release.
+    /// the message id and `carried` (signed) is sent and the original deleted (if the copy
+    /// cannot be sent, the original is released instead); on FIFO queues (where a copy
+    /// would lose its place in its group) this is a release.
     async fn requeue(
         &self,
         delivery: &Delivery,

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// SQS's ceiling for a visibility timeout (counted from the receive).
-const MAX_VISIBILITY: Duration = Duration::from_secs(12 * 3600);
+const MAX_VISIBILITY: Duration = crate::controller::MAX_INVISIBLE;
 /// SQS's longest message delay.
 const MAX_DELAY: Duration = Duration::from_secs(900);
 /// Attempts a job gets when the jobs queue has no redrive policy (`--allow-no-dlq`).
@@ -208,14 +208,16 @@ pub fn check_jobs_queue(
                 .into(),
         ));
     }
-    let longest = options.job_timeout + options.runner_wait + attributes.visibility;
+    // Fetching a claim-check body and running the job may each take --job-timeout. A
+    // result that cannot be published is held only within what is left of the 12 h.
+    let longest = options.job_timeout * 2 + options.runner_wait + attributes.visibility;
     if longest > MAX_VISIBILITY {
         return Err(fault(
             "VisibilityTimeout",
             format!(
-                "a job may be kept {longest:?} (--job-timeout + --runner-wait + the queue's \
-                 VisibilityTimeout), beyond the 12 h SQS lets a message stay invisible; \
-                 lower --job-timeout"
+                "a job may be kept {longest:?} (--job-timeout to fetch its body and again to \
+                 run it, --runner-wait, the queue's VisibilityTimeout), beyond the 12 h SQS \
+                 lets a message stay invisible; lower --job-timeout"
             ),
         ));
     }
@@ -306,7 +308,7 @@ pub enum KeyError {
     )]
     Malformed(String),
     #[error(
-        "message key {id:?}: the secret is {len} bytes; at least {MIN_SECRET_BYTES} are needed"
+        "message key {id:?}: the secret is {len} characters; at least {MIN_SECRET_CHARS} are needed (e.g. `openssl rand -hex 16`)"
     )]
     Short { id: String, len: usize },
     #[error("{0} message keys given; at most two (the signing key, then the one rotated out)")]
@@ -317,8 +319,10 @@ pub enum KeyError {
     Empty,
 }
 
-/// The shortest secret accepted: 128 bits of a random hex or base64 string.
-const MIN_SECRET_BYTES: usize = 16;
+/// The shortest secret accepted, in characters. The secret is used as written (not
+/// decoded), so its strength is what produced it: 32 random hex digits are 128 bits (32
+/// base64 characters 192); a shorter random string would be less than 128.
+const MIN_SECRET_CHARS: usize = 32;
 const SIGNATURE_DOMAIN: &[u8] = b"plugworker re-queued copy v1";
 
 impl MessageKeys {
@@ -342,10 +346,10 @@ impl MessageKeys {
             {
                 return Err(KeyError::Malformed(id.chars().take(40).collect()));
             }
-            if secret.len() < MIN_SECRET_BYTES {
+            if secret.chars().count() < MIN_SECRET_CHARS {
                 return Err(KeyError::Short {
                     id: id.to_string(),
-                    len: secret.len(),
+                    len: secret.chars().count(),
                 });
             }
             if keys.iter().any(|(known, _)| known == id) {
@@ -713,7 +717,9 @@ fn delivery(message: &aws_sdk_sqs::types::Message, keys: &MessageKeys) -> Delive
             }
         });
     let system = message.attributes();
-    let carried = attributes
+    // SQS hands attributes over as a map: sorted by name, so which ones a full DLQ copy
+    // keeps does not depend on a hash order.
+    let mut carried: Vec<Attribute> = attributes
         .into_iter()
         .flatten()
         .filter(|(name, _)| !OWN_ATTRIBUTES.contains(&name.as_str()))
@@ -725,6 +731,7 @@ fn delivery(message: &aws_sdk_sqs::types::Message, keys: &MessageKeys) -> Delive
             })
         })
         .collect();
+    carried.sort_by(|a, b| a.name.cmp(&b.name));
     Delivery {
         message_id: own.as_ref().map_or(sqs_id, |f| f.message_id).to_string(),
         body: body.to_string(),
@@ -785,6 +792,7 @@ impl JobQueue for SqsJobQueue {
     }
 
     async fn retry_later(&self, delivery: &Delivery, delay: Duration) -> Result<(), QueueError> {
+        const OPERATION: &str = "ChangeMessageVisibility";
         self.client
             .change_message_visibility()
             .queue_url(&self.queue_url)
@@ -792,7 +800,19 @@ impl JobQueue for SqsJobQueue {
             .visibility_timeout(seconds(delay))
             .send()
             .await
-            .map_err(|e| sdk_error("ChangeMessageVisibility", e))?;
+            .map_err(|e| {
+                let stale = e
+                    .as_service_error()
+                    .and_then(|s| s.code())
+                    .is_some_and(|code| {
+                        code.contains("ReceiptHandleIsInvalid")
+                            || code.contains("MessageNotInflight")
+                    });
+                match stale {
+                    true => QueueError::stale_receipt(OPERATION, DisplayErrorContext(e)),
+                    false => sdk_error(OPERATION, e),
+                }
+            })?;
         Ok(())
     }
 
@@ -833,10 +853,12 @@ impl JobQueue for SqsJobQueue {
         for (name, value) in Self::carried(delivery)? {
             request = request.message_attributes(name, value);
         }
-        request
-            .send()
-            .await
-            .map_err(|e| sdk_error("SendMessage (re-queue)", e))?;
+        if let Err(error) = request.send().await {
+            // No copy: the original goes back as it is, at the price of a receive and
+            // what it would have carried, rather than staying invisible for a timeout.
+            tracing::warn!(error = %DisplayErrorContext(error), message_id = %delivery.message_id, "could not send the re-queued copy; releasing the message instead");
+            return self.retry_later(delivery, delay).await;
+        }
         // The copy is in: the original goes (its S3 object stays: the copy refers to it).
         // Should this delete fail, both copies exist and the job may run twice (same
         // message id): see docs/delivery.md.
@@ -869,7 +891,7 @@ impl JobQueue for SqsJobQueue {
         let is_pointer = delivery.stored.is_some() || carried.iter().any(|(n, _)| reserved(n));
         let offloadable = !is_pointer && dlq_claim.bucket().is_some();
         // SQS takes 10 attributes; the error takes 3 and a pointer made here 1. The
-        // pointer's own size attribute stays, then the producer's in their order.
+        // pointer's own size attribute stays, then the producer's in name order.
         carried.sort_by_key(|(name, _)| !reserved(name));
         carried.truncate(if offloadable { 6 } else { 7 });
         let size = |message: &str, carried: &[(String, MessageAttributeValue)]| {
@@ -1325,7 +1347,10 @@ mod tests {
 
     #[test]
     fn only_copies_signed_with_a_known_key_are_believed() {
-        let keys = MessageKeys::parse("k2:0123456789abcdef0123, k1:fedcba9876543210fedc").unwrap();
+        let keys = MessageKeys::parse(
+            "k2:0123456789abcdef0123456789abcdef, k1:fedcba9876543210fedcba9876543210",
+        )
+        .unwrap();
         assert_eq!(keys.key_id(), "k2");
         let fields = |message_id, attempts, body| SignedFields {
             message_id,
@@ -1344,19 +1369,25 @@ mod tests {
             assert!(!keys.verify(forged, &fields("m-1", 1, "{}")), "{forged}");
         }
         // Rotation: a copy signed with the old key still verifies while both are given.
-        let old = MessageKeys::parse("k1:fedcba9876543210fedc").unwrap();
+        let old = MessageKeys::parse("k1:fedcba9876543210fedcba9876543210").unwrap();
         assert!(keys.verify(&old.sign(&fields("m-1", 1, "{}")), &fields("m-1", 1, "{}")));
         assert!(!MessageKeys::ephemeral().verify(&signature, &fields("m-1", 1, "{}")));
         for (spec, expected) in [
             ("", "no message key"),
             ("k1", "expected KEY_ID:SECRET"),
             ("k 1:0123456789abcdef", "expected KEY_ID:SECRET"),
-            ("k1:short", "at least 16"),
+            ("k1:short", "at least 32"),
+            // 16 bytes written as characters are not 16 random bytes.
+            ("k1:0123456789abcdef", "at least 32"),
             (
-                "a:0123456789abcdef,b:0123456789abcdef,c:0123456789abcdef",
+                "a:0123456789abcdef0123456789abcdef,b:0123456789abcdef0123456789abcdef,\
+                 c:0123456789abcdef0123456789abcdef",
                 "at most two",
             ),
-            ("a:0123456789abcdef,a:0123456789abcdeg", "twice"),
+            (
+                "a:0123456789abcdef0123456789abcdef,a:0123456789abcdef0123456789abcdeg",
+                "twice",
+            ),
         ] {
             let error = MessageKeys::parse(spec).unwrap_err().to_string();
             assert!(error.contains(expected), "{spec}: {error}");

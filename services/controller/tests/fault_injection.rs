@@ -417,6 +417,50 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
 }
 
 #[tokio::test]
+async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisible() {
+    let stack = Stack::start(Duration::from_secs(60), 5).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let jobs_queue = stack.queues.jobs.rsplit('/').next().unwrap().to_string();
+    // Every copy the controller sends to the jobs queue fails.
+    proxy.failing("SendMessage", &jobs_queue, Duration::from_secs(600));
+    let id = stack
+        .submit(job("echo", json!({"message": "back", "delay_ms": 3000})))
+        .await;
+    let (mut controller, _) = stack.controller(&[
+        "--sqs-endpoint",
+        proxy.endpoint.as_str(),
+        "--shutdown-grace",
+        "300ms",
+    ]);
+    eventually(Duration::from_secs(30), "the job in flight", || async {
+        (stack.sqs.counts(&stack.queues.jobs).await.1 == 1).then_some(())
+    })
+    .await;
+    controller.signal("TERM");
+    assert!(
+        controller
+            .wait_exit(Duration::from_secs(30))
+            .await
+            .success()
+    );
+    assert!(proxy.refused() >= 1, "the copy was refused");
+    // Released instead: visible at once, not after the 60 s visibility timeout.
+    assert_eq!(
+        stack.sqs.counts(&stack.queues.jobs).await,
+        (1, 0),
+        "{}",
+        controller.log()
+    );
+    let (_next, _) = stack.controller(&[]);
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(30)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    assert_eq!(ledger.result(&id)["status"], "ok");
+}
+
+#[tokio::test]
 async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
     let stack = Stack::start(Duration::from_secs(30), 10).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
@@ -980,9 +1024,14 @@ async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_si
         5,
         "the quick jobs do not wait for the slow body: {quick:#?}"
     );
-    assert!(
-        quick.iter().all(|r| r["result"]["message"] != "slow"),
-        "{quick:#?}"
+    let quick_ids: HashSet<&str> = quick
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap())
+        .collect();
+    let expected: HashSet<&str> = submitted[1..].iter().map(String::as_str).collect();
+    assert_eq!(
+        quick_ids, expected,
+        "the 5 quick jobs, each once: {quick:#?}"
     );
     eprintln!("5 quick results in {:?}", started.elapsed());
     let ledger = Ledger::settle(&stack, &submitted[..1], Duration::from_secs(60)).await;
@@ -1000,6 +1049,8 @@ async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_si
         "slow S3 + 5 quick jobs, two controllers: {} results for 6 jobs",
         5 + ledger.results.len()
     );
+    let gets = proxy.requests_matching("GET /payloads/slow-job");
+    assert_eq!(gets.len(), 1, "the slow body is fetched once: {gets:?}");
 }
 
 #[tokio::test]
@@ -1128,29 +1179,25 @@ async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs
     let submitted = submit_echoes(&stack, "o", 10).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(120)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
-    let runner_metrics = reqwest::get(format!("http://{metrics_address}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let runs = metric_value(
-        &runner_metrics,
-        "plugworker_runner_runs_total",
-        &[("algorithm", "echo"), ("code", "ok")],
-    )
-    .unwrap();
+    let runs = echo_runs(&metrics_address).await;
     let unpublishable = metric_value(
         &metrics(&health).await,
         "plugworker_results_unpublishable_total",
         &[("reason", "unavailable")],
     )
-    .unwrap_or(0.0);
+    .expect("failed publishes are counted");
+    let refused = proxy.refused();
     eprintln!(
-        "{outage:?} results outage, 10 jobs: {runs} runs, {unpublishable} publish attempts failed, {} SendMessage refused",
-        proxy.refused()
+        "{outage:?} results outage, 10 jobs: {runs} runs, {unpublishable} publish attempts failed, {refused} SendMessage refused"
     );
-    assert!(runs <= 20.0, "{runs} runs for 10 jobs");
+    assert!(
+        refused >= 10,
+        "the outage refused every first publish: {refused}"
+    );
+    assert_eq!(runs, 10.0, "each job ran once");
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["attempt"], 1, "{}", ledger.result(id));
+    }
     // --retry-base 2 s doubling (jittered down to half): about 2 + log2(outage in s)
     // attempts per job fit in the outage (6 in 20 s); a fixed 2 s delay would make ten.
     let bound = 10.0 * (2.0 + outage.as_secs_f64().log2());
@@ -1161,6 +1208,110 @@ async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs
     for id in &submitted {
         assert_eq!(ledger.result(id)["status"], "ok");
     }
+}
+
+/// The runner's `ok` runs of `echo` so far (0 before the first).
+async fn echo_runs(metrics_address: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metric_value(
+        &text,
+        "plugworker_runner_runs_total",
+        &[("algorithm", "echo"), ("code", "ok")],
+    )
+    .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn held_results_keep_their_run_slots_so_an_outage_runs_no_more_than_max_in_flight_jobs() {
+    let stack = Stack::start(Duration::from_secs(10), 5).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", metrics_address.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let outage = Duration::from_secs(15);
+    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    proxy.outage(&results_queue, outage);
+    let outage_ends = tokio::time::Instant::now() + outage;
+    let (controller, _) = stack.controller(&[
+        "--sqs-endpoint",
+        proxy.endpoint.as_str(),
+        "--max-in-flight",
+        "2",
+        "--retry-base",
+        "500ms",
+        "--retry-max",
+        "2s",
+    ]);
+    let submitted = submit_echoes(&stack, "h", 10).await;
+    eventually(Duration::from_secs(60), "two jobs run", || async {
+        (echo_runs(&metrics_address).await >= 2.0).then_some(())
+    })
+    .await;
+    // What runs while the two results are held: nothing more, to the end of the outage.
+    tokio::time::sleep_until(outage_ends - Duration::from_secs(1)).await;
+    let during = echo_runs(&metrics_address).await;
+    assert_eq!(during, 2.0, "runs during the outage, --max-in-flight 2");
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(90)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let runs = echo_runs(&metrics_address).await;
+    eprintln!(
+        "{outage:?} outage, 10 jobs, --max-in-flight 2: {during} runs during it, {runs} in all, {} publishes refused",
+        proxy.refused()
+    );
+    assert_eq!(runs, 10.0, "each job ran once");
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok");
+        assert_eq!(ledger.result(id)["attempt"], 1, "{}", ledger.result(id));
+    }
+    assert!(
+        !controller.log().contains("put back"),
+        "no job was put back: {}",
+        controller.log()
+    );
+}
+
+#[tokio::test]
+async fn a_held_result_whose_message_may_be_visible_again_is_dropped_not_published_twice() {
+    // Visibility 4 s; the results queue and every visibility extension fail for 12 s, so
+    // each delivery's message comes back while its result is held.
+    let stack = Stack::start(Duration::from_secs(4), 10).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let name = |url: &str| url.rsplit('/').next().unwrap().to_string();
+    let outage = Duration::from_secs(12);
+    proxy.outage(&name(&stack.queues.results), outage);
+    proxy.failing("ChangeMessageVisibility", &name(&stack.queues.jobs), outage);
+    let (controller, _) = stack.controller(&[
+        "--sqs-endpoint",
+        proxy.endpoint.as_str(),
+        "--retry-base",
+        "500ms",
+        "--retry-max",
+        "1s",
+    ]);
+    let submitted = submit_echoes(&stack, "v", 3).await;
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(90)).await;
+    // Before: every delivery held its result and published it after the outage.
+    ledger.assert_promise(&submitted, (0, "none: a result past its lease is dropped"));
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok");
+    }
+    let log = controller.log();
+    eprintln!(
+        "{} held results dropped, {} requests refused",
+        log.matches("the result is dropped").count(),
+        proxy.refused()
+    );
+    assert!(log.contains("the result is dropped"), "{log}");
 }
 
 #[tokio::test]

@@ -2,7 +2,8 @@
 //! its SQS or S3 endpoint, and the test decides what a request meets. It forwards every
 //! request to moto unchanged, except that it can
 //! - trickle one object's bytes (a slow S3 GET), or serve it without `Content-Length`,
-//! - answer `SendMessage` to one queue with HTTP 500 until a deadline (a results outage),
+//! - answer an SQS action (`SendMessage`, `ChangeMessageVisibility`...) on one queue with
+//!   HTTP 500 until a deadline (a results outage, extensions failing),
 //!
 //! and it records every request and the bytes it handed back per path, so a test can
 //! assert that an object was never fetched, or not downloaded whole.
@@ -21,8 +22,8 @@ struct Rules {
     slow: HashMap<String, Duration>,
     /// Paths served without `Content-Length` (chunked): only the bytes tell the size.
     without_length: Vec<String>,
-    /// (queue name, until): `SendMessage` naming that queue fails with 500 until then.
-    outage: Option<(String, Instant)>,
+    /// (action, queue name, until): that action naming that queue fails with 500 until then.
+    outages: Vec<(String, String, Instant)>,
 }
 
 #[derive(Default)]
@@ -31,7 +32,7 @@ struct Seen {
     requests: Vec<String>,
     /// Response body bytes handed to the client, per path.
     served: HashMap<String, u64>,
-    /// SendMessage requests refused by an outage.
+    /// Requests refused by an outage.
     refused: u64,
 }
 
@@ -99,7 +100,17 @@ impl FaultProxy {
     /// `SendMessage` to the queue whose URL ends in `queue_name` fails with HTTP 500 for
     /// `duration` from now.
     pub fn outage(&self, queue_name: &str, duration: Duration) {
-        lock(&self.shared.rules).outage = Some((queue_name.to_string(), Instant::now() + duration));
+        self.failing("SendMessage", queue_name, duration);
+    }
+
+    /// The SQS `action` on the queue whose URL ends in `queue_name` fails with HTTP 500 for
+    /// `duration` from now.
+    pub fn failing(&self, action: &str, queue_name: &str, duration: Duration) {
+        lock(&self.shared.rules).outages.push((
+            action.to_string(),
+            queue_name.to_string(),
+            Instant::now() + duration,
+        ));
     }
 
     /// Requests seen whose line contains `needle`.
@@ -121,7 +132,7 @@ impl FaultProxy {
             .unwrap_or(0)
     }
 
-    /// SendMessage requests the outage refused.
+    /// Requests the outages refused.
     pub fn refused(&self) -> u64 {
         lock(&self.shared.seen).refused
     }
@@ -142,14 +153,17 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
     lock(&shared.seen)
         .requests
         .push(format!("{} {path} {target}", parts.method));
-    let sends =
-        target.ends_with(".SendMessage") || body.windows(19).any(|w| w == b"Action=SendMessage&");
-    let outage = lock(&shared.rules).outage.clone();
-    if let Some((queue, until)) = outage
-        && sends
-        && Instant::now() < until
-        && body.windows(queue.len()).any(|w| w == queue.as_bytes())
-    {
+    let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let refused = lock(&shared.rules)
+        .outages
+        .iter()
+        .any(|(action, queue, until)| {
+            (target.strip_suffix(action.as_str()) == Some("AmazonSQS.")
+                || contains(format!("Action={action}&").as_bytes()))
+                && Instant::now() < *until
+                && contains(queue.as_bytes())
+        });
+    if refused {
         lock(&shared.seen).refused += 1;
         return Response::builder()
             .status(500)
