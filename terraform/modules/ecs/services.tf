@@ -162,8 +162,10 @@ resource "aws_ecs_service" "this" {
 
 # The key every controller task signs its re-queued copies with, so a copy one task put back
 # (scale-in, deploy) keeps its message id at another, and a producer's attributes are never
-# believed (docs/delivery.md#message-keys). Rotating: prepend "k2:<new>," to the value,
-# deploy, and drop the old key after the queue's retention.
+# believed (docs/delivery.md#message-keys). Rotating takes two deploys, so tasks of both
+# deploys verify each other's copies: first "k1:<old>,k2:<new>" (the old key still signs),
+# then "k2:<new>,k1:<old>" (the new one signs); drop k1 once no copy signed with it can be
+# left (the queue's retention).
 resource "random_bytes" "message_key" {
   length = 32
 }
