@@ -291,8 +291,6 @@ pub(crate) enum Reason {
     GraceExpired,
     /// Mesh: authorize, asked again, no longer allows the client (GOAWAY).
     Deauthorized,
-    /// Mesh: the client's certificate is about to expire (GOAWAY, closed at `NotAfter`).
-    CertificateExpiring,
 }
 
 impl Reason {
@@ -306,7 +304,6 @@ impl Reason {
             Reason::MaxAge => "max_age",
             Reason::GraceExpired => "grace_expired",
             Reason::Deauthorized => "deauthorized",
-            Reason::CertificateExpiring => "certificate_expiring",
         }
     }
 }
@@ -842,8 +839,8 @@ async fn drive<F>(
                 served.as_mut().graceful_shutdown();
                 closing = Some(false);
             }
-            (reason, grace) = &mut revoked, if closing.is_none() => {
-                connection.close(reason, grace.unwrap_or(params.max_connection_age_grace));
+            reason = &mut revoked, if closing.is_none() => {
+                connection.close(reason, params.max_connection_age_grace);
             }
             () = &mut age, if closing.is_none() => {
                 connection.close(Reason::MaxAge, params.max_connection_age_grace);
@@ -869,9 +866,9 @@ async fn drive<F>(
     }
 }
 
-/// Why a connection must end, from outside the server, and how long its calls in flight
-/// may take (`None`: the port's `max_connection_age_grace`).
-type Revoked = Pin<Box<dyn Future<Output = (Reason, Option<Duration>)> + Send>>;
+/// Why a connection must end, from outside the server (its calls in flight then have the
+/// port's `max_connection_age_grace`).
+type Revoked = Pin<Box<dyn Future<Output = Reason> + Send>>;
 
 /// A connection something outside the server may end: the mesh's re-authorization.
 pub(crate) trait Revocable {
@@ -891,19 +888,9 @@ impl Revocable for plugworker_mesh::MeshStream {
         let peer = self.info().peer.to_string();
         let remote = self.info().remote_addr;
         Some(Box::pin(async move {
-            match revoked.await {
-                plugworker_mesh::Revocation::Unauthorized(error) => {
-                    tracing::warn!(%error, %peer, %remote, "mesh connection no longer authorized: closing it (GOAWAY)");
-                    (Reason::Deauthorized, None)
-                }
-                plugworker_mesh::Revocation::CertificateExpires(at) => {
-                    let left = at
-                        .duration_since(std::time::SystemTime::now())
-                        .unwrap_or_default();
-                    tracing::info!(%peer, %remote, ?left, "the client's certificate expires: closing its connection (GOAWAY)");
-                    (Reason::CertificateExpiring, Some(left))
-                }
-            }
+            let error = revoked.await;
+            tracing::warn!(%error, %peer, %remote, "mesh connection no longer authorized: closing it (GOAWAY)");
+            Reason::Deauthorized
         }))
     }
 }

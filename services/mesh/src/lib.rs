@@ -29,7 +29,5 @@ pub mod spiffe;
 pub use client::MeshConnector;
 pub use error::Error;
 pub use identity::Identity;
-pub use server::{
-    EXPIRY_NOTICE, MeshConnectInfo, MeshStream, Revocation, ServerSettings, ServerStats, incoming,
-};
+pub use server::{MeshConnectInfo, MeshStream, ServerSettings, ServerStats, incoming};
 pub use spiffe::SpiffeId;

@@ -14,8 +14,7 @@
 //!    new connections within that TTL. If the agent cannot answer, the connection is
 //!    refused (fail closed). An open connection is asked about again every TTL
 //!    ([`MeshStream::revoked`], the agent asked each time), and ends when the answer is no
-//!    (or the agent cannot answer) or its client certificate is about to expire: the
-//!    kit's server sends GOAWAY then.
+//!    (or the agent cannot answer): the kit's server sends GOAWAY then.
 //! 3. only then is the connection handed to tonic, carrying the peer's identity
 //!    ([`MeshConnectInfo`], in each request's extensions).
 //!
@@ -43,14 +42,13 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, Instant};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tokio_stream::wrappers::ReceiverStream;
-use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Tuning of [`incoming`].
 #[derive(Clone, Debug)]
@@ -126,57 +124,30 @@ pub struct MeshStream {
     /// What [`MeshStream::revoked`] re-checks.
     authorizer: Arc<Authorizer>,
     peer: PeerCert,
-    /// The client certificate's `NotAfter`.
-    not_after: SystemTime,
 }
-
-/// Why an open connection must end: see [`MeshStream::revoked`].
-#[derive(Debug)]
-pub enum Revocation {
-    /// Authorize no longer allows the client (an intention now denies it, or the agent
-    /// could not decide: closed, as a new connection would be refused).
-    Unauthorized(Error),
-    /// The client's certificate expires at this time, within [`EXPIRY_NOTICE`].
-    CertificateExpires(SystemTime),
-}
-
-/// How long before the client certificate's `NotAfter` [`MeshStream::revoked`] says so:
-/// time for a GOAWAY and the calls in flight to finish before the certificate lapses.
-pub const EXPIRY_NOTICE: Duration = Duration::from_secs(30);
 
 impl MeshStream {
     pub fn info(&self) -> &MeshConnectInfo {
         &self.info
     }
 
-    /// Resolves when this connection must end: when authorize, asked again every
-    /// authorize cache TTL (the agent asked each time, not the cache), no longer allows
-    /// the client; or [`EXPIRY_NOTICE`] before its certificate's `NotAfter`. The server
-    /// closes the connection then (GOAWAY), so a revoked intention or an expired
-    /// certificate ends open connections too, not only new ones. Independent of the
-    /// stream: it can run in its own task.
-    pub fn revoked(&self) -> impl Future<Output = Revocation> + Send + 'static {
+    /// Resolves, with why, when authorize, asked again every authorize cache TTL (the
+    /// agent asked each time, not the cache), no longer allows the client: an intention
+    /// now denies it, or the agent cannot answer (fail closed, as for a new connection).
+    /// The kit's server then closes the connection (GOAWAY), so a revoked intention ends
+    /// open connections too, not only new ones. Independent of the stream: it can run in
+    /// its own task.
+    pub fn revoked(&self) -> impl Future<Output = Error> + Send + 'static {
         let authorizer = self.authorizer.clone();
         let peer = self.peer.clone();
-        let not_after = self.not_after;
         async move {
-            let notice = not_after
-                .checked_sub(EXPIRY_NOTICE)
-                .and_then(|at| at.duration_since(SystemTime::now()).ok())
-                .unwrap_or_default();
-            let expiring = tokio::time::sleep(notice);
-            let mut expiring = std::pin::pin!(expiring);
             let period = authorizer.ttl.max(Duration::from_millis(100));
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    () = &mut expiring => return Revocation::CertificateExpires(not_after),
-                    _ = every.tick() => {
-                        if let Err(error) = authorizer.check(&peer, Fresh::Ask).await {
-                            return Revocation::Unauthorized(error);
-                        }
-                    }
+                every.tick().await;
+                if let Err(error) = authorizer.check(&peer, Fresh::Ask).await {
+                    return error;
                 }
             }
         }
@@ -417,16 +388,6 @@ async fn admit(
         .check(&peer, Fresh::Cached)
         .await
         .map_err(Refusal::Unauthorized)?;
-    let not_after = tls
-        .get_ref()
-        .1
-        .peer_certificates()
-        .and_then(|chain| chain.first())
-        .and_then(|der| X509Certificate::from_der(der.as_ref()).ok())
-        .and_then(|(_, cert)| u64::try_from(cert.validity().not_after.timestamp()).ok())
-        .map(|secs| SystemTime::UNIX_EPOCH + Duration::from_secs(secs))
-        // Verified in the handshake, so readable; unreadable would mean now.
-        .unwrap_or_else(SystemTime::now);
     Ok(MeshStream {
         tls,
         info: MeshConnectInfo {
@@ -437,7 +398,6 @@ async fn admit(
         },
         authorizer: authorizer.clone(),
         peer,
-        not_after,
     })
 }
 
