@@ -252,3 +252,141 @@ async fn a_body_that_stops_arriving_is_reset_within_the_body_timeout() {
     .await;
     assert_eq!(resets, 1.0);
 }
+
+/// A connection's time bounds: one that sends nothing is closed at
+/// --header-read-timeout, one that goes idle after a call at --idle-timeout, and a busy
+/// one gets GOAWAY at --max-connection-age (then closes once its calls are done). Each is
+/// counted by reason.
+#[tokio::test]
+async fn silent_idle_and_old_connections_are_closed_in_time() {
+    let runner = start(
+        None,
+        None,
+        &[
+            "--header-read-timeout",
+            "1s",
+            "--idle-timeout",
+            "1s",
+            "--max-connection-age",
+            "3s",
+        ],
+    );
+    serving(&runner.main).await;
+
+    // Silent: closed by the runner (EOF) at the header timeout.
+    let silent = tokio::spawn({
+        let address = runner.main.clone();
+        async move {
+            use tokio::io::AsyncReadExt;
+            let mut tcp = TcpStream::connect(&address).await.unwrap();
+            let started = Instant::now();
+            let mut buffer = [0u8; 256];
+            // The server's preface (SETTINGS) first, then EOF.
+            while tcp.read(&mut buffer).await.map(|n| n > 0).unwrap_or(false) {}
+            started.elapsed()
+        }
+    });
+
+    // An HTTP/2 connection whose task ends when the runner closes it.
+    async fn connection(
+        address: &str,
+    ) -> (
+        h2::client::SendRequest<Bytes>,
+        tokio::task::JoinHandle<Instant>,
+    ) {
+        let tcp = TcpStream::connect(address).await.unwrap();
+        let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+        let ended = tokio::spawn(async move {
+            let _ = connection.await;
+            Instant::now()
+        });
+        (sender, ended)
+    }
+    async fn health_call(sender: &h2::client::SendRequest<Bytes>, address: &str) -> bool {
+        let Ok(mut sender) = sender.clone().ready().await else {
+            return false;
+        };
+        // An empty HealthCheckRequest: a 5-byte gRPC frame.
+        let frame = vec![0, 0, 0, 0, 0];
+        let head = http::Request::post(format!("http://{address}/grpc.health.v1.Health/Check"))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())
+            .unwrap();
+        let Ok((response, mut body)) = sender.send_request(head, false) else {
+            return false;
+        };
+        if body.send_data(Bytes::from(frame), true).is_err() {
+            return false;
+        }
+        response.await.is_ok()
+    }
+
+    // Idle after one call: closed at the idle timeout.
+    let (idle, idle_ended) = connection(&runner.main).await;
+    assert!(health_call(&idle, &runner.main).await);
+    let went_idle = Instant::now();
+
+    // Busy, a call every 200 ms: GOAWAY at the maximum age.
+    let (busy, busy_ended) = connection(&runner.main).await;
+    let busy_opened = Instant::now();
+    let busy_calls = tokio::spawn({
+        let address = runner.main.clone();
+        async move {
+            let mut answered = 0;
+            while health_call(&busy, &address).await {
+                answered += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            answered
+        }
+    });
+
+    fn still_open(what: &str) -> ! {
+        panic!("{what} still open after 10 s")
+    }
+    let wait = Duration::from_secs(10);
+    let silent = tokio::time::timeout(wait, silent)
+        .await
+        .unwrap_or_else(|_| still_open("the silent connection"))
+        .unwrap();
+    let idle_closed = tokio::time::timeout(wait, idle_ended)
+        .await
+        .unwrap_or_else(|_| still_open("the idle connection"))
+        .unwrap()
+        .duration_since(went_idle);
+    let busy_closed = tokio::time::timeout(wait, busy_ended)
+        .await
+        .unwrap_or_else(|_| still_open("the busy connection"))
+        .unwrap()
+        .duration_since(busy_opened);
+    let answered = busy_calls.await.unwrap();
+    println!(
+        "silent closed after {silent:?}, idle after {idle_closed:?}, busy after {busy_closed:?} ({answered} calls)"
+    );
+    assert!(
+        silent >= Duration::from_millis(900) && silent < Duration::from_secs(3),
+        "silent connection closed after {silent:?}"
+    );
+    assert!(
+        idle_closed >= Duration::from_millis(900) && idle_closed < Duration::from_secs(3),
+        "idle connection closed after {idle_closed:?}"
+    );
+    assert!(
+        busy_closed >= Duration::from_millis(2_900) && busy_closed < Duration::from_secs(6),
+        "busy connection closed after {busy_closed:?}"
+    );
+    assert!(
+        answered >= 10,
+        "the busy connection served calls until its age: {answered}"
+    );
+    for reason in ["header_timeout", "idle_timeout", "max_age"] {
+        let count = metric(
+            &runner,
+            "plugworker_runner_server_closed_total",
+            &[("port", "main"), ("reason", reason)],
+        )
+        .await;
+        assert!(count >= 1.0, "{reason}: {count}");
+    }
+}
