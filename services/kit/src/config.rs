@@ -153,9 +153,11 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_CONNECTION_WINDOW_BYTES", default_value_t = 1024 * 1024)]
     pub connection_window_bytes: u32,
 
-    /// Request bytes all calls on --listen together may have received and not yet
-    /// decoded; a call that needs more waits (within --body-read-timeout)
-    /// [default: 4 × --max-message-bytes].
+    /// Request bytes all calls on --listen together may have reserved for the messages
+    /// they are receiving: a message over 16 KiB reserves its whole declared length when
+    /// its first bytes arrive and releases it once decoded; calls that need more wait in
+    /// turn (within --body-read-timeout) [default: 4 × --max-message-bytes; at least
+    /// --max-message-bytes + 5].
     #[arg(long, env = "PLUGWORKER_MAX_RECEIVING_BYTES")]
     pub max_receiving_bytes: Option<usize>,
 
@@ -221,6 +223,8 @@ impl RunnerConfig {
             max_receiving_bytes: self
                 .max_receiving_bytes
                 .unwrap_or(self.max_message_bytes.saturating_mul(4)),
+            // A message's reservation is one semaphore acquisition (a u32 of permits).
+            max_message_bytes: self.max_message_bytes.min(u32::MAX as usize - 5),
         }
     }
 
@@ -243,6 +247,7 @@ impl RunnerConfig {
             stream_window_bytes: HEALTH_WINDOW_BYTES,
             connection_window_bytes: HEALTH_WINDOW_BYTES,
             max_receiving_bytes: HEALTH_RECEIVING_BYTES,
+            max_message_bytes: HEALTH_MAX_MESSAGE_BYTES,
         }
     }
 

@@ -251,10 +251,15 @@ pub(crate) struct ServerParams {
     /// The same for the whole connection: what one connection can make the server buffer
     /// unread, however many streams it opens.
     pub connection_window_bytes: u32,
-    /// Request-body bytes all calls on this port together may have read and not released
-    /// (a call releases its request's bytes when its message is decoded), besides each
-    /// call's first 16 KiB. A body that needs more waits, within `body_read_timeout`.
+    /// Request-body bytes all calls on this port together may have reserved for messages
+    /// being received (a message over one frame reserves its whole length at its prefix
+    /// and releases it once decoded). A body that needs more waits, within
+    /// `body_read_timeout`. At least `max_message_bytes` + 5, so every legal message fits.
     pub max_receiving_bytes: usize,
+    /// Largest gRPC message any service on this port accepts: a message declared larger
+    /// is refused at its prefix (`OUT_OF_RANGE`, as tonic does). Each service's own
+    /// smaller limit is tonic's to enforce, also at the prefix.
+    pub max_message_bytes: usize,
 }
 
 /// The largest HTTP/2 DATA frame the server accepts (`SETTINGS_MAX_FRAME_SIZE`, hyper's
@@ -291,6 +296,9 @@ pub(crate) enum Reason {
     GraceExpired,
     /// Mesh: authorize, asked again, no longer allows the client (GOAWAY).
     Deauthorized,
+    /// A call declaring a message over the port's `max_message_bytes`: refused at its
+    /// prefix.
+    MessageTooLarge,
 }
 
 impl Reason {
@@ -304,6 +312,7 @@ impl Reason {
             Reason::MaxAge => "max_age",
             Reason::GraceExpired => "grace_expired",
             Reason::Deauthorized => "deauthorized",
+            Reason::MessageTooLarge => "message_too_large",
         }
     }
 }
@@ -500,22 +509,25 @@ pin_project_lite::pin_project! {
     ///
     /// Reading a DATA frame returns its bytes to the client's flow-control window, so
     /// what the windows bound is only what nobody has read; tonic's decoder reads
-    /// everything that arrives and buffers it until its message is whole. So before each
-    /// read past its first 16 KiB the body reserves a frame's worth of the port's budget,
-    /// and it keeps what it read until it is dropped (tonic drops a unary call's body once
-    /// its message is decoded). A body that cannot get budget stops reading: its client's
-    /// windows fill and it must wait. Bytes in request bodies never exceed the budget plus
-    /// two frames per open stream.
+    /// everything that arrives and buffers it until its message is whole. So the body
+    /// follows the gRPC messages in it: once a message's 5-byte prefix has arrived, a
+    /// message larger than one frame reserves its whole declared length (plus the prefix)
+    /// from the port's budget at once, before the body is read further, and keeps it until
+    /// the decoder asks for more after the message (it has decoded it by then) or the body
+    /// is dropped. The budget's semaphore is fair, so calls that together need more than
+    /// the budget get it in turn and complete one after another (a reservation frame by
+    /// frame would let each hold a part and all wait for the rest). A message declared
+    /// larger than the port's `max_message_bytes` is refused at its prefix, so a call never
+    /// holds more than `max_message_bytes` + 5 bytes of budget. A body that cannot get its
+    /// budget stops reading: its client's windows fill and it must wait (within
+    /// `body_read_timeout`). Bytes read without the budget: under two frames per open stream.
     pub(crate) struct RequestBody {
         #[pin]
         inner: Incoming,
         port: Arc<Port>,
-        // Permits held (bytes): what was read, plus `reserve`.
+        // Permits held (bytes): the current message's reservation.
         held: usize,
-        // Held but not yet read into.
-        reserve: usize,
-        // Bytes read without the budget: the call's first frame's worth.
-        unbudgeted: usize,
+        messages: Messages,
         // Waiting for the budget (boxed: only when the budget is spent).
         acquiring: Option<Acquiring>,
         // Armed when the body has nothing to give: its silence.
@@ -539,11 +551,72 @@ impl RequestBody {
             inner,
             port,
             held: 0,
-            reserve: 0,
-            unbudgeted: 0,
+            messages: Messages::default(),
             acquiring: None,
             silence: None,
         }
+    }
+}
+
+/// Where a request body is in its gRPC messages, and what that asks of the budget.
+#[derive(Default)]
+struct Messages {
+    /// Bytes of the current message's prefix seen (0 to 5), and its declared length.
+    prefix_seen: u8,
+    declared: u32,
+    /// Bytes of the current message's payload still to come.
+    remaining: usize,
+    /// Permits to return at the next poll: the previous message's reservation.
+    release: usize,
+    /// Permits the current message needs before the body is read further.
+    wanted: usize,
+}
+
+impl Messages {
+    /// Follows the messages through `data` (the body's next bytes), `held` being what the
+    /// body holds: when a message's prefix completes, the message before it is to be
+    /// released and this one reserves its whole length (if over a frame). `Err` with the
+    /// declared length when it is over `max`.
+    fn follow(&mut self, data: &[u8], held: usize, max: usize) -> Result<(), u32> {
+        let mut rest = data;
+        while !rest.is_empty() {
+            if self.prefix_seen == 5 {
+                let taken = self.remaining.min(rest.len());
+                self.remaining -= taken;
+                rest = &rest[taken..];
+                if self.remaining == 0 {
+                    self.prefix_seen = 0;
+                }
+                continue;
+            }
+            // Byte 0 is the compression flag, bytes 1 to 4 the length (big-endian).
+            if self.prefix_seen == 0 {
+                self.declared = 0;
+            } else {
+                self.declared = (self.declared << 8) | u32::from(rest[0]);
+            }
+            self.prefix_seen += 1;
+            rest = &rest[1..];
+            if self.prefix_seen == 5 {
+                let length = self.declared as usize;
+                if length > max {
+                    return Err(self.declared);
+                }
+                // The message before this one is decoded once the decoder asks for more.
+                self.release = held;
+                let total = length + 5;
+                self.wanted = if total > MAX_FRAME_BYTES as usize {
+                    total
+                } else {
+                    0
+                };
+                self.remaining = length;
+                if length == 0 {
+                    self.prefix_seen = 0;
+                }
+            }
+        }
+        Ok(())
     }
 }
 
@@ -556,18 +629,21 @@ impl hyper::body::Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
-        const FRAME: usize = MAX_FRAME_BYTES as usize;
-        // A call's first frame's worth of bytes is read without the budget: a small call
-        // (a health check, most jobs) never waits behind big bodies that hold it; what
-        // that adds is bounded by the streams' caps (under two frames per open stream).
-        if *this.unbudgeted >= FRAME && *this.reserve < FRAME && !this.inner.is_end_stream() {
-            let wanted = FRAME - *this.reserve;
+        if this.messages.release > 0 {
+            this.port.budget.add_permits(this.messages.release);
+            *this.held -= this.messages.release;
+            this.messages.release = 0;
+        }
+        // A message of one frame or less needs no budget: a small call (a health check,
+        // most jobs) never waits behind big bodies that hold it.
+        if this.messages.wanted > 0 && !this.inner.is_end_stream() {
+            let wanted = this.messages.wanted;
             if this.acquiring.is_none() {
                 match this.port.budget.try_acquire_many(wanted as u32) {
                     Ok(permit) => {
                         permit.forget();
                         *this.held += wanted;
-                        *this.reserve += wanted;
+                        this.messages.wanted = 0;
                     }
                     Err(_) => {
                         *this.acquiring = Some(Box::pin(
@@ -581,7 +657,7 @@ impl hyper::body::Body for RequestBody {
                     Poll::Ready(Ok(permit)) => {
                         permit.forget();
                         *this.held += wanted;
-                        *this.reserve += wanted;
+                        this.messages.wanted = 0;
                         *this.acquiring = None;
                     }
                     // The budget's semaphore is never closed.
@@ -593,10 +669,16 @@ impl hyper::body::Body for RequestBody {
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if *this.reserve >= data.len() {
-                        *this.reserve -= data.len();
-                    } else {
-                        *this.unbudgeted += data.len();
+                    let max = this.port.params.max_message_bytes;
+                    if let Err(declared) = this.messages.follow(data, *this.held, max) {
+                        this.port.metrics.closed(Reason::MessageTooLarge);
+                        // What tonic's decoder answers (it checks each service's own
+                        // limit, at most this one, the same way).
+                        return Poll::Ready(Some(Err(Box::new(tonic::Status::out_of_range(
+                            format!(
+                                "Error, decoded message length too large: found {declared} bytes, the limit is: {max} bytes"
+                            ),
+                        )))));
                     }
                 }
                 this.silence.set(None);
@@ -735,7 +817,8 @@ pub(crate) async fn serve<I, IO, P>(
         budget: Arc::new(Semaphore::new(
             params
                 .max_receiving_bytes
-                .clamp(MAX_FRAME_BYTES as usize, Semaphore::MAX_PERMITS),
+                .max(params.max_message_bytes + 5)
+                .min(Semaphore::MAX_PERMITS),
         )),
         metrics: metrics.port(params.port),
         params,
@@ -935,6 +1018,32 @@ mod tests {
             .build_v1()
             .unwrap();
         assert!(is_ready(reflection));
+    }
+
+    /// The reservation follows the messages whatever the frames cut: a prefix split
+    /// across frames, a small message (no reservation), a large one (its whole length),
+    /// the previous message released when the next one starts, and a declared length over
+    /// the limit refused.
+    #[test]
+    fn each_large_message_reserves_its_declared_length_at_its_prefix() {
+        let mut messages = Messages::default();
+        const MAX: usize = 1 << 20;
+        // A small message (10 bytes), then the first 3 prefix bytes of a 100 000-byte one.
+        let mut first = vec![0, 0, 0, 0, 10];
+        first.extend([7; 10]);
+        first.extend([0, 0, 1]);
+        messages.follow(&first, 0, MAX).unwrap();
+        assert_eq!((messages.release, messages.wanted), (0, 0));
+        messages.follow(&[0x86, 0xa0, 1, 2], 0, MAX).unwrap();
+        assert_eq!(messages.wanted, 100_005);
+        // The rest of it, then the next message's prefix: the large one is released.
+        messages.wanted = 0;
+        messages.follow(&vec![0; 99_998], 100_005, MAX).unwrap();
+        messages.follow(&[0, 0, 0, 0, 1], 100_005, MAX).unwrap();
+        assert_eq!((messages.release, messages.wanted), (100_005, 0));
+        // Its one byte, then a message declaring 2 MiB + 1 (the limit is 1 MiB).
+        let over = messages.follow(&[7, 0, 0, 0x20, 0, 1], 0, MAX);
+        assert_eq!(over, Err(0x0020_0001));
     }
 
     #[test]

@@ -390,3 +390,55 @@ async fn silent_idle_and_old_connections_are_closed_in_time() {
         assert!(count >= 1.0, "{reason}: {count}");
     }
 }
+
+/// Large but legal calls whose sizes together exceed the receiving budget all succeed:
+/// each reserves its whole message (from its 5-byte prefix) at once, and the budget
+/// serves them in order, so they complete one after another instead of each holding a
+/// part of the budget and all waiting for the rest until the body timeout.
+#[tokio::test]
+async fn large_calls_beyond_the_receiving_budget_together_all_succeed() {
+    let runner = start(
+        None,
+        None,
+        &[
+            "--max-concurrent-runs",
+            "2",
+            "--max-message-bytes",
+            "1048576",
+            // Room for two of the calls below, not six.
+            "--max-receiving-bytes",
+            "2200000",
+            "--body-read-timeout",
+            "3s",
+        ],
+    );
+    serving(&runner.main).await;
+    let client = plugworker_testkit::runner_client(&runner.main, Duration::from_secs(5)).await;
+    let message = "x".repeat(1_000_000);
+    let calls = (0..6).map(|_| {
+        let mut client = client.clone();
+        let payload = format!(r#"{{"message": "{message}"}}"#).into_bytes();
+        async move {
+            client
+                .run(RunRequest {
+                    algorithm: "echo".into(),
+                    payload,
+                })
+                .await
+        }
+    });
+    let answers = tokio::time::timeout(Duration::from_secs(30), futures::future::join_all(calls))
+        .await
+        .expect("answered before the test gave up");
+    for answer in answers {
+        let answer = answer.expect("each large call succeeds");
+        assert!(answer.into_inner().result.len() > 1_000_000);
+    }
+    let resets = metric(
+        &runner,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", "body_timeout")],
+    )
+    .await;
+    assert_eq!(resets, 0.0);
+}
