@@ -11,7 +11,7 @@ policy, each runner its service identity), one intention allows controller -> te
 and runners serve mTLS only (Connect native) while the controller dials them with its leaf.
 
 Environment: SOAK_JOBS (5000), SOAK_RUNNERS (3), SOAK_KILL_EVERY (seconds between runner
-kills, 4), SOAK_TIMEOUT (seconds to wait for every result, 900), PLUGWORKER_BIN (the
+kills, 4), SOAK_TIMEOUT (seconds to wait for every result, 1800), PLUGWORKER_BIN (the
 folder of the binaries), PLUGWORKER_MOTO_SERVER.
 """
 import collections
@@ -35,7 +35,7 @@ MOTO = os.environ.get("PLUGWORKER_MOTO_SERVER") or str(pathlib.Path(sys.executab
 JOBS = int(os.environ.get("SOAK_JOBS", "5000"))
 RUNNERS = int(os.environ.get("SOAK_RUNNERS", "3"))
 KILL_EVERY = float(os.environ.get("SOAK_KILL_EVERY", "4"))
-TIMEOUT = float(os.environ.get("SOAK_TIMEOUT", "900"))
+TIMEOUT = float(os.environ.get("SOAK_TIMEOUT", "1800"))
 AWS_ENV = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="plugworker-soak-"))
 BOOTSTRAP_TOKEN = "6c1f3b52-2a8e-4d7b-9e0f-1a2b3c4d5e6f"
@@ -220,16 +220,20 @@ def main():
         kills = 0
         next_kill = time.time() + KILL_EVERY
         deadline = time.time() + TIMEOUT
+
+        def record(message):
+            result = json.loads(message["Body"])
+            results[result["message_id"]] += 1
+            if result["status"] == "error":
+                errors.add(result["message_id"])
+            if results[result["message_id"]] == 1:
+                outcome = (result["status"], (result.get("error") or {}).get("code", ""))
+                statuses[outcome] += 1
+                first[result["message_id"]] = outcome
+
         while time.time() < deadline:
             for message in drain(stack.sqs, stack.results, limit=100):
-                result = json.loads(message["Body"])
-                results[result["message_id"]] += 1
-                if result["status"] == "error":
-                    errors.add(result["message_id"])
-                if results[result["message_id"]] == 1:
-                    outcome = (result["status"], (result.get("error") or {}).get("code", ""))
-                    statuses[outcome] += 1
-                    first[result["message_id"]] = outcome
+                record(message)
             done = len(set(submitted) & set(results))
             if restarts < 2 and done >= JOBS * (restarts + 1) / 3:
                 stack.restart_controller()
@@ -244,8 +248,7 @@ def main():
         elapsed = time.time() - started
         time.sleep(5)  # late duplicates
         for message in drain(stack.sqs, stack.results):
-            result = json.loads(message["Body"])
-            results[result["message_id"]] += 1
+            record(message)
         dead = drain(stack.sqs, stack.dlq, attributes=True)
         silent = [m for m in dead if m.get("MessageAttributes", {}).get("plugworker_original_message_id", {}).get("StringValue") not in errors]
         distinct = len(submitted & set(results))

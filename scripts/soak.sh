@@ -10,5 +10,10 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 scripts/setup.sh >/dev/null
 cargo build --locked --workspace --bins
+# A private copy of the binaries: a build in the shared target folder during the run (the
+# soak takes minutes) must not swap the controller restarted mid-run for another version.
+bin="$(mktemp -d)"
+trap 'rm -rf "$bin"' EXIT
+cp "$PLUGWORKER_BIN/plugworker" "$PLUGWORKER_BIN/test-runner" "$bin/"
 venv="${PLUGWORKER_VENV:-$HOME/.cache/plugworker/venv}"
-exec "$venv/bin/python" scripts/soak.py
+PLUGWORKER_BIN="$bin" "$venv/bin/python" scripts/soak.py
