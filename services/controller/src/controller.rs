@@ -311,7 +311,11 @@ impl Controller {
                     .group_id
                     .clone()
                     .map(|group| context.take_turn(group));
-                let lease = Lease::new(received_at, context.queue.visibility_timeout());
+                let lease = Lease::new(
+                    received_at,
+                    context.queue.visibility_timeout(),
+                    context.settings.heartbeat_fraction,
+                );
                 jobs.spawn(handle(
                     context.clone(),
                     Arc::new(delivery),
@@ -400,6 +404,10 @@ impl Drop for InFlight {
 struct Lease {
     received: Instant,
     visibility: Duration,
+    /// Renewed this long after each extension (`visibility × --heartbeat-fraction`).
+    period: Duration,
+    /// Time kept in hand before the lease ends, for a publish to finish.
+    margin: Duration,
     /// Known invisible until then.
     until: Mutex<Instant>,
     /// SQS said the receipt is no longer valid: the message is redelivered or gone.
@@ -407,25 +415,47 @@ struct Lease {
 }
 
 impl Lease {
-    fn new(received: Instant, visibility: Duration) -> Self {
+    /// A lease renewed every `visibility × heartbeat_fraction`; its margin is half of
+    /// what is left of the visibility timeout at each renewal (a quarter of it at the
+    /// default fraction of 0.5), at most 10 s, so a renewal on time always finds it held.
+    fn new(received: Instant, visibility: Duration, heartbeat_fraction: f64) -> Self {
+        let period = visibility.mul_f64(heartbeat_fraction.clamp(0.1, 0.9));
         Self {
             received,
             visibility,
+            period,
+            margin: ((visibility - period) / 2).min(MAX_LEASE_MARGIN),
             until: Mutex::new(received + visibility),
             lost: Default::default(),
         }
     }
 
-    /// Time kept in hand before the lease ends, for a publish to finish: a quarter of
-    /// the visibility timeout (the heartbeat renews it every half), at most 10 s.
     fn margin(&self) -> Duration {
-        (self.visibility / 4).min(MAX_LEASE_MARGIN)
+        self.margin
+    }
+
+    /// When the next extension is due: a period after the last successful one (or the
+    /// receive), whoever asked for it, so a result held between two waits never finds
+    /// its lease short.
+    fn renewal_due(&self) -> tokio::time::Instant {
+        let until = *lock(&self.until);
+        tokio::time::Instant::from_std(until - (self.visibility - self.period))
+    }
+
+    /// When a publish still in progress is abandoned: half the margin before the lease
+    /// ends, so no retry of it reaches SQS once the message may be visible again.
+    fn publish_deadline(&self) -> tokio::time::Instant {
+        let until = *lock(&self.until);
+        tokio::time::Instant::from_std(until - self.margin / 2)
+    }
+
+    fn is_lost(&self) -> bool {
+        self.lost.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Whether the message stays invisible for at least the margin from now.
     fn holds(&self) -> bool {
-        !self.lost.load(std::sync::atomic::Ordering::Relaxed)
-            && Instant::now() + self.margin() < *lock(&self.until)
+        !self.is_lost() && Instant::now() + self.margin() < *lock(&self.until)
     }
 
     /// The last moment the message can be kept invisible at all: SQS's 12 h from its
@@ -446,8 +476,14 @@ impl Lease {
     }
 
     /// Extends the message's visibility by the visibility timeout from now; a success
-    /// moves the lease on, a stale receipt ends it.
+    /// moves the lease on, a stale receipt ends it. A lease that has run out stays out:
+    /// the message may have been received again meanwhile, and SQS may still accept this
+    /// delivery's older receipt, so a late success would not make the message ours.
     async fn extend(&self, context: &Context, delivery: &Delivery) -> bool {
+        if !self.holds() {
+            self.lost.store(true, std::sync::atomic::Ordering::Relaxed);
+            return false;
+        }
         let asked = Instant::now();
         match context.queue.extend(delivery, self.visibility).await {
             Ok(()) => {
@@ -791,9 +827,16 @@ async fn deliver(
             tracing::warn!(%message_id, "the message may be visible again (its visibility could not be extended): the result is dropped, the redelivery makes it");
             return Outcome::Unpublished;
         }
-        let error = match publish(context, delivery, result.clone()).await {
-            Ok(published) => break published,
-            Err(error) => error,
+        // Under the heartbeat, and abandoned (its retries with it) before the lease ends:
+        // a publish the SDK retries may outlast the margin.
+        let publishing = std::pin::pin!(publish(context, delivery, result.clone()));
+        let error = match heartbeat(context, delivery, lease, publishing, true).await {
+            Some(Ok(published)) => break published,
+            Some(Err(error)) => error,
+            None => {
+                tracing::warn!(%message_id, "the message may be visible again before the result was published: the publish is abandoned, the redelivery makes the result");
+                return Outcome::Unpublished;
+            }
         };
         context.metrics.unpublishable(&error);
         failures += 1;
@@ -817,8 +860,6 @@ async fn deliver(
             return Outcome::Unpublished;
         }
         tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; keeping it to publish again");
-        // Extended now, since publishing took a while since the last heartbeat.
-        lease.extend(context, delivery).await;
         let mut stop = context.give_up.clone();
         keep_invisible_while(context, delivery, lease, async {
             tokio::select! {
@@ -928,29 +969,51 @@ async fn finish(context: &Context, delivery: &Delivery, state: Final) -> Outcome
     }
 }
 
-/// Runs `work`, extending the message's visibility every `visibility × heartbeat_fraction`
-/// until it finishes, so a job longer than the visibility timeout is not delivered twice.
+/// Runs `work`, extending the message's visibility a `visibility × heartbeat_fraction`
+/// after each extension (a failed one is tried again a quarter period later) until it
+/// finishes, so a job longer than the visibility timeout is not delivered twice. Once the
+/// lease is lost, `work` runs on unextended (its result will be dropped).
 async fn keep_invisible_while<T>(
     context: &Context,
     delivery: &Delivery,
     lease: &Lease,
     work: impl Future<Output = T>,
 ) -> T {
-    let visibility = lease.visibility;
-    let period = visibility.mul_f64(context.settings.heartbeat_fraction.clamp(0.1, 0.9));
     let mut work = std::pin::pin!(work);
-    if period.is_zero() {
-        return work.await;
+    match heartbeat(context, delivery, lease, work.as_mut(), false).await {
+        Some(output) => output,
+        None => work.await,
     }
-    let mut next = tokio::time::Instant::now() + period;
+}
+
+/// Polls `work`, extending the lease when due; `None` if the lease is lost first or,
+/// with `abandon`, if it is about to run out ([`Lease::publish_deadline`]): `work` is
+/// then dropped (`abandon`) or left to the caller.
+async fn heartbeat<T>(
+    context: &Context,
+    delivery: &Delivery,
+    lease: &Lease,
+    mut work: std::pin::Pin<&mut impl Future<Output = T>>,
+    abandon: bool,
+) -> Option<T> {
+    if lease.period.is_zero() {
+        return Some(work.await);
+    }
+    let mut next = lease.renewal_due();
     loop {
+        let deadline = lease.publish_deadline();
         tokio::select! {
-            output = &mut work => return output,
+            output = &mut work => return Some(output),
+            () = tokio::time::sleep_until(deadline), if abandon => return None,
             () = tokio::time::sleep_until(next) => {
-                next += period;
                 if lease.extend(context, delivery).await {
                     context.metrics.visibility_extensions.inc();
-                    tracing::debug!(message_id = %delivery.message_id, ?visibility, "visibility extended");
+                    tracing::debug!(message_id = %delivery.message_id, visibility = ?lease.visibility, "visibility extended");
+                    next = lease.renewal_due();
+                } else if lease.is_lost() {
+                    return None;
+                } else {
+                    next = tokio::time::Instant::now() + lease.period / 4;
                 }
             }
         }
@@ -1093,15 +1156,23 @@ mod tests {
     #[test]
     fn a_lease_holds_until_its_margin_and_bounds_the_hold() {
         let received = Instant::now();
-        let lease = Lease::new(received, Duration::from_secs(30));
+        let lease = Lease::new(received, Duration::from_secs(30), 0.5);
         assert_eq!(lease.margin(), Duration::from_millis(7500));
+        assert_eq!(
+            Lease::new(received, Duration::from_secs(30), 0.9).margin(),
+            Duration::from_millis(1500),
+            "renewed late, a smaller margin"
+        );
         assert!(lease.holds());
         // Extended late: known invisible only until then.
         *lock(&lease.until) = Instant::now() + Duration::from_secs(5);
         assert!(!lease.holds(), "within the margin of its end");
         *lock(&lease.until) = Instant::now() + Duration::from_secs(30);
+        assert!(lease.holds());
         lease.lost.store(true, std::sync::atomic::Ordering::Relaxed);
-        assert!(!lease.holds(), "a stale receipt ends it");
+        assert!(!lease.holds(), "a stale receipt ends it, for good");
+        *lock(&lease.until) = Instant::now() + Duration::from_secs(60);
+        assert!(!lease.holds());
         let ceiling = received + MAX_INVISIBLE - lease.margin();
         assert_eq!(lease.ceiling(), ceiling);
         let now = received + Duration::from_secs(60);
@@ -1110,7 +1181,7 @@ mod tests {
         let late = received + Duration::from_secs(11 * 3600 + 1800);
         assert_eq!(lease.hold_until(false, late), ceiling, "never past 12 h");
         assert_eq!(
-            Lease::new(received, Duration::from_secs(3600)).margin(),
+            Lease::new(received, Duration::from_secs(3600), 0.5).margin(),
             MAX_LEASE_MARGIN
         );
     }
