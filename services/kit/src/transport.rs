@@ -272,7 +272,8 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// How long an idle connection closed at the cap or by a timeout may take to see its
 /// GOAWAY before its socket is closed: it has no call in flight to finish, and its socket
-/// is better given to the next connection.
+/// is better given to the next connection. If a call arrived with the GOAWAY and is still
+/// open at its end, the connection gets `max_connection_age_grace` more (see [`drive`]).
 const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(100);
 
 /// Why the server refused or closed a connection, or reset a stream: the `reason` label
@@ -900,6 +901,9 @@ async fn drive<F>(
     let mut revoked = revoked.unwrap_or_else(|| Box::pin(std::future::pending()));
     // `Some` once GOAWAY was sent with a deadline to close by.
     let mut closing: Option<bool> = None;
+    // Whether the grace is already the full one (a short one is extended once for calls
+    // still open at its end).
+    let mut extended = false;
     loop {
         tokio::select! {
             // The connection first, so a GOAWAY just asked for is written before a grace
@@ -914,6 +918,7 @@ async fn drive<F>(
             () = connection.close.cancelled(), if closing.is_none() => {
                 let wait = Duration::from_millis(connection.grace_ms.load(Ordering::Acquire));
                 grace.as_mut().reset(tokio::time::Instant::now() + wait);
+                extended = wait >= params.max_connection_age_grace;
                 served.as_mut().graceful_shutdown();
                 closing = Some(true);
             }
@@ -941,6 +946,16 @@ async fn drive<F>(
             }
             () = &mut grace, if closing == Some(true) => {
                 if connection.streams.load(Ordering::Acquire) > 0 {
+                    // Calls that arrived with the GOAWAY of a short grace (HTTP/2 accepts
+                    // those sent before the client saw it): they get the full grace, as
+                    // calls in flight at any GOAWAY do, instead of dying mid-run.
+                    if !extended {
+                        extended = true;
+                        grace
+                            .as_mut()
+                            .reset(tokio::time::Instant::now() + params.max_connection_age_grace);
+                        continue;
+                    }
                     connection.port.metrics.closed(Reason::GraceExpired);
                 }
                 break;

@@ -442,3 +442,95 @@ async fn large_calls_beyond_the_receiving_budget_together_all_succeed() {
     .await;
     assert_eq!(resets, 0.0);
 }
+
+/// A call that arrives as its connection is evicted (after GOAWAY is sent, before the
+/// client has seen it: HTTP/2 accepts such calls) runs to its end: the short close grace
+/// of an idle connection is extended to --max-connection-age-grace while a call is open,
+/// instead of the socket being closed under the call (the controller would retry it and
+/// the job would run twice).
+#[tokio::test]
+async fn a_call_arriving_with_the_goaway_of_an_eviction_completes() {
+    let runner = start(None, None, &["--max-connections", "2"]);
+    serving(&runner.main).await;
+    let connections = || async {
+        metric(
+            &runner,
+            "plugworker_runner_connections",
+            &[("port", "main")],
+        )
+        .await
+    };
+    let mut completed = 0;
+    for _ in 0..5 {
+        let tcp = TcpStream::connect(&runner.main).await.unwrap();
+        let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+        tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        let mut sender = sender.ready().await.unwrap();
+        // This connection is the port's only one, and idle; a second fills the cap.
+        eventually(
+            Duration::from_secs(5),
+            "the connection registered",
+            || async { (connections().await == 1.0).then_some(()) },
+        )
+        .await;
+        let _filler = TcpStream::connect(&runner.main).await.unwrap();
+        eventually(Duration::from_secs(5), "the cap filled", || async {
+            (connections().await == 2.0).then_some(())
+        })
+        .await;
+        let request = RunRequest {
+            algorithm: "echo".into(),
+            payload: br#"{"message": "late", "delay_ms": 1000}"#.to_vec(),
+        };
+        let mut frame = vec![0];
+        frame.extend_from_slice(&(prost::Message::encoded_len(&request) as u32).to_be_bytes());
+        frame.extend_from_slice(&prost::Message::encode_to_vec(&request));
+        // A third evicts the oldest idle one, this one; the call follows at once.
+        let _evicting = TcpStream::connect(&runner.main).await.unwrap();
+        let head = http::Request::post(format!(
+            "http://{}/plugworker.runner.v1.Runner/Run",
+            runner.main
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+        let Ok((response, mut body)) = sender.send_request(head, false) else {
+            continue;
+        };
+        body.send_data(Bytes::from(frame), true).unwrap();
+        let answered = tokio::time::timeout(Duration::from_secs(10), async {
+            let (head, mut answer) = response.await?.into_parts();
+            while let Some(Ok(_)) = answer.data().await {}
+            let trailers = answer.trailers().await?.unwrap_or_default();
+            Ok::<_, h2::Error>(
+                tonic::Status::from_header_map(&trailers)
+                    .or_else(|| tonic::Status::from_header_map(&head.headers)),
+            )
+        })
+        .await
+        .expect("answered before the test gave up");
+        match answered {
+            // Not processed (beyond the GOAWAY's last stream, or REFUSED_STREAM): safe
+            // for a client to retry.
+            Err(error)
+                if error.is_go_away() || error.reason() == Some(h2::Reason::REFUSED_STREAM) => {}
+            Ok(Some(status)) if status.code() == Code::Ok => completed += 1,
+            other => panic!("the call accepted with the GOAWAY died: {other:?}"),
+        }
+    }
+    println!("{completed} of 5 calls sent with the GOAWAY completed; the others were refused");
+    assert!(
+        completed >= 1,
+        "no call was accepted with the GOAWAY: the race was not run"
+    );
+    let evicted = metric(
+        &runner,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", "evicted")],
+    )
+    .await;
+    assert!(evicted >= 5.0, "evictions: {evicted}");
+}
