@@ -607,7 +607,10 @@ async fn handle_traced(
         _ = give_up.wait_for(|g| *g) => None,
     };
     let Some(((algorithm, job_id, verdict, queued), mut loaded)) = finished else {
-        put_back(context, delivery).await;
+        // A copy of a message that may be received elsewhere already would be a second job.
+        if lease.holds() {
+            put_back(context, delivery).await;
+        }
         span.record("plugworker.outcome", Outcome::Released.label());
         return false;
     };
@@ -849,6 +852,11 @@ async fn deliver(
         if give_up || Instant::now() + delay > hold_until {
             // Keep the message, and its receives: deleting it would lose the job, letting
             // the redrive policy take it would dead-letter it without a result.
+            if !lease.holds() {
+                // A copy of a message that may be received elsewhere would be a second job.
+                tracing::error!(%error, %message_id, "result could not be published; the message may be visible again, so the redelivery runs the job");
+                return Outcome::Unpublished;
+            }
             tracing::error!(%error, %message_id, retry_in = ?delay, "result could not be published; the job is put back and will run again");
             if let Err(error) = context
                 .queue
