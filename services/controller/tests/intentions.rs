@@ -156,3 +156,60 @@ async fn a_squatter_with_its_own_identity_and_a_runners_tags_gets_no_job_byte() 
         allowing.log()
     );
 }
+
+#[tokio::test]
+async fn an_intention_written_later_admits_its_service_within_one_authorize_ttl() {
+    // Enough receives that the jobs outlive the wait (about 10 s, the decision's TTL).
+    let stack = Stack::start(Duration::from_secs(30), 50).await;
+    stack
+        .set_intention(
+            "test-runner",
+            plugworker_consul_client::admin::IntentionAction::Deny,
+        )
+        .await;
+    let (_runner, runner_address) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (controller, _) = stack.controller(&["--retry-base", "500ms", "--retry-max", "1s"]);
+    for i in 0..3 {
+        stack
+            .submit(job("echo", json!({"message": format!("later-{i}")})))
+            .await;
+    }
+    plugworker_testkit::eventually(Duration::from_secs(60), "the refusal", || async {
+        controller
+            .log()
+            .contains("not sending jobs to this service")
+            .then_some(())
+    })
+    .await;
+    assert!(
+        stack
+            .sqs
+            .collect_results(&stack.queues.results, 1, Duration::from_secs(2))
+            .await
+            .is_empty(),
+        "a result while no intention allowed the runner"
+    );
+    stack
+        .set_intention(
+            "test-runner",
+            plugworker_consul_client::admin::IntentionAction::Allow,
+        )
+        .await;
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 3, Duration::from_secs(60))
+        .await;
+    assert_eq!(results.len(), 3, "{results:#?}\n{}", controller.log());
+    for result in &results {
+        assert_eq!(result["status"], "ok", "{result}");
+        assert_eq!(result["runner"]["address"], runner_address.as_str());
+    }
+    assert!(
+        controller
+            .log()
+            .contains("an intention now allows calling this service"),
+        "{}",
+        controller.log()
+    );
+}
