@@ -4,6 +4,7 @@
 
 use crate::decode::CheckType;
 use crate::store::{DEFAULT_OUTPUT_MAX_SIZE, NewCheck, Shared, Status, nanos};
+use plugworker_consul_client::client::is_loopback;
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tonic_health::pb::{HealthCheckRequest, health_check_response::ServingStatus};
@@ -147,17 +148,23 @@ pub(crate) fn record(shared: &Shared, check_id: &str, status: Status, output: &s
 }
 
 /// The HTTP client of an HTTP check: Go's default of following up to 10 redirects
-/// unless `DisableRedirects`, and `TLSSkipVerify`.
+/// unless `DisableRedirects`, and `TLSSkipVerify`. Like Consul's checks (Go's
+/// `http.ProxyFromEnvironment`), a check of a loopback URL never goes through a proxy
+/// from the environment: a proxy would probe its own host, not this one.
 fn http_client(definition: &CheckType, timeout: Duration) -> Result<reqwest::Client, String> {
     let redirects = if definition.disable_redirects {
         reqwest::redirect::Policy::none()
     } else {
         reqwest::redirect::Policy::limited(10)
     };
-    reqwest::Client::builder()
+    let mut builder = reqwest::Client::builder()
         .redirect(redirects)
         .timeout(timeout)
-        .danger_accept_invalid_certs(definition.tls_skip_verify)
+        .danger_accept_invalid_certs(definition.tls_skip_verify);
+    if url::Url::parse(&definition.http).is_ok_and(|url| is_loopback(&url)) {
+        builder = builder.no_proxy();
+    }
+    builder
         .build()
         .map_err(|e| format!("cannot set up the HTTP check: {e}"))
 }
