@@ -374,6 +374,7 @@ impl Port {
             close: CancellationToken::new(),
             closing: AtomicBool::new(false),
             grace_ms: AtomicU64::new(0),
+            denied: AtomicBool::new(false),
             task: OnceLock::new(),
         });
         open.insert(next_id, connection.clone());
@@ -406,6 +407,9 @@ struct Connection {
     close: CancellationToken,
     closing: AtomicBool,
     grace_ms: AtomicU64,
+    /// Set when its client is no longer authorized: new calls are answered
+    /// `PERMISSION_DENIED` (calls in flight finish within the grace).
+    denied: AtomicBool,
     /// Its task, aborted (the socket closed outright) when the port needs the room.
     task: OnceLock<tokio::task::AbortHandle>,
 }
@@ -742,6 +746,24 @@ impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<I
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
         let stream = StreamGuard::new(self.connection.clone());
+        if self.connection.denied.load(Ordering::Relaxed) {
+            // A client that ignores the GOAWAY of a deny gets no more calls served, for
+            // the whole grace its calls in flight have.
+            return StreamFuture {
+                inner: RouteFuture {
+                    routed: Routed::Answered {
+                        response: Some(
+                            tonic::Status::permission_denied(
+                                "this connection's client is no longer authorized",
+                            )
+                            .into_http(),
+                        ),
+                    },
+                    timeout: None,
+                },
+                stream: Some(stream),
+            };
+        }
         let mut request = request.map(|body| RequestBody::new(body, self.connection.port.clone()));
         request.extensions_mut().insert(self.info.clone());
         StreamFuture {
@@ -928,6 +950,7 @@ async fn drive<F>(
                 closing = Some(false);
             }
             reason = &mut revoked, if closing.is_none() => {
+                connection.denied.store(true, Ordering::Relaxed);
                 connection.close(reason, params.max_connection_age_grace);
             }
             () = &mut age, if closing.is_none() => {

@@ -12,9 +12,11 @@
 //!    [`ServerSettings::authorize_cache_ttl`], as Consul's own native library does, so a
 //!    burst of new connections costs one agent round trip; an intention change applies to
 //!    new connections within that TTL. If the agent cannot answer, the connection is
-//!    refused (fail closed). An open connection is asked about again every TTL
-//!    ([`MeshStream::revoked`], the agent asked each time), and ends when the answer is no
-//!    (or the agent cannot answer): the kit's server sends GOAWAY then.
+//!    refused (fail closed). An open connection is checked again every TTL
+//!    ([`MeshStream::revoked`]; the agent is asked once per client certificate per TTL),
+//!    and ends when the answer is no, or when the agent has failed to answer two
+//!    re-checks in a row (one failure is tolerated): the kit's server sends GOAWAY then,
+//!    and answers new calls on it `PERMISSION_DENIED`.
 //! 3. only then is the connection handed to tonic, carrying the peer's identity
 //!    ([`MeshConnectInfo`], in each request's extensions).
 //!
@@ -132,8 +134,10 @@ impl MeshStream {
     }
 
     /// Resolves, with why, when authorize, asked again every authorize cache TTL (the
-    /// agent asked each time, not the cache), no longer allows the client: an intention
-    /// now denies it, or the agent cannot answer (fail closed, as for a new connection).
+    /// agent asked at most once per client certificate per TTL: a decision it gave within
+    /// the TTL is reused), no longer allows the client: an intention now denies it, or
+    /// the agent has failed to answer two re-checks in a row (one failure is tolerated:
+    /// the last allow stands one more TTL; then fail closed).
     /// The kit's server then closes the connection (GOAWAY), so a revoked intention ends
     /// open connections too, not only new ones. Independent of the stream: it can run in
     /// its own task.
@@ -417,56 +421,79 @@ struct Authorizer {
     cache: Mutex<DecisionCache>,
 }
 
-/// Whether [`Authorizer::check`] may answer from its cache.
+/// Who [`Authorizer::check`] checks: both take a decision up to one TTL old from the
+/// cache, and ask the agent (refreshing the cache) otherwise.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Fresh {
-    /// A new connection: a decision up to one TTL old will do.
+    /// A new connection: refused if the agent cannot answer.
     Cached,
-    /// An open connection's periodic re-check: ask the agent (and refresh the cache), so
-    /// a revoked intention closes it within one period.
+    /// An open connection's periodic re-check (every TTL, so a revoked intention closes
+    /// it within two): its last allow stands through one failed agent call.
     Ask,
 }
 
 impl Authorizer {
     async fn check(&self, peer: &PeerCert, fresh: Fresh) -> Result<(), Error> {
         let key = (peer.serial.clone(), peer.uri.clone());
-        let cached = match fresh {
-            Fresh::Ask => None,
-            Fresh::Cached => {
-                let cache = self.cache.lock().expect("authorize cache lock");
-                cache
-                    .get(&key)
-                    .filter(|(_, _, at)| at.elapsed() < self.ttl)
-                    .map(|(allowed, reason, _)| (*allowed, reason.clone()))
-            }
-        };
-        let (authorized, reason) = match cached {
-            Some(decision) => decision,
-            None => {
-                let answer = self
-                    .consul
-                    .connect_authorize(&AuthorizeRequest {
-                        target: self.target.clone(),
-                        client_cert_uri: peer.uri.clone(),
-                        client_cert_serial: peer.serial.clone(),
-                    })
-                    .await
-                    .map_err(|e| Error::NotAuthorized {
+        let cached = self
+            .cache
+            .lock()
+            .expect("authorize cache lock")
+            .get(&key)
+            .cloned();
+        // A decision the agent gave within one TTL is used, for new and open connections
+        // alike: the agent is asked once per client certificate per TTL, however many
+        // connections the certificate has open.
+        let (authorized, reason) = match cached
+            .as_ref()
+            .filter(|(_, _, at)| at.elapsed() < self.ttl)
+        {
+            Some((allowed, reason, _)) => (*allowed, reason.clone()),
+            None => match self
+                .consul
+                .connect_authorize(&AuthorizeRequest {
+                    target: self.target.clone(),
+                    client_cert_uri: peer.uri.clone(),
+                    client_cert_serial: peer.serial.clone(),
+                })
+                .await
+            {
+                Ok(answer) => {
+                    let mut cache = self.cache.lock().expect("authorize cache lock");
+                    if cache.len() >= 4096 {
+                        // Allows stay one TTL more: what an open connection may still
+                        // lean on when the agent cannot answer.
+                        let keep = self.ttl * 2;
+                        cache.retain(|_, (_, _, at)| at.elapsed() < keep);
+                    }
+                    cache.insert(
+                        key,
+                        (answer.authorized, answer.reason.clone(), Instant::now()),
+                    );
+                    (answer.authorized, answer.reason)
+                }
+                Err(error) => {
+                    // An open connection the agent allowed within the last 1.5 TTLs (one
+                    // re-check period ago, give or take) stays open through this failed
+                    // re-check (an agent restart, a dropped request): closing every
+                    // connection on one error would fail the calls in flight. The next
+                    // failure, a period later, closes it (fail closed). A new connection
+                    // is refused at once. The error is not cached.
+                    let tolerated = fresh == Fresh::Ask
+                        && cached.is_some_and(|(allowed, _, at)| {
+                            allowed && at.elapsed() < self.ttl * 3 / 2
+                        });
+                    if tolerated {
+                        tracing::warn!(%error, client = %peer.uri, "the agent could not re-check an open mesh connection; its last allow stands for one more authorize TTL");
+                        return Ok(());
+                    }
+                    return Err(Error::NotAuthorized {
                         client: peer.uri.clone(),
                         target: self.target.clone(),
-                        reason: format!("the agent could not decide (refusing): {e}"),
-                    })?;
-                let mut cache = self.cache.lock().expect("authorize cache lock");
-                if cache.len() >= 4096 {
-                    let ttl = self.ttl;
-                    cache.retain(|_, (_, _, at)| at.elapsed() < ttl);
+                        reason: format!("the agent could not decide (refusing): {error}"),
+                    });
                 }
-                cache.insert(
-                    key,
-                    (answer.authorized, answer.reason.clone(), Instant::now()),
-                );
-                (answer.authorized, answer.reason)
-            }
+            },
         };
         if authorized {
             Ok(())
