@@ -1314,6 +1314,20 @@ mod tests {
             attribute_at_fault(check_jobs_queue(&attributes(), &endless)),
             "VisibilityTimeout"
         );
+        // Fetching the body may take a --job-timeout too: two of 6.5 h do not fit.
+        let fetch_and_run = JobsQueueOptions {
+            job_timeout: Duration::from_secs(6 * 3600 + 1800),
+            ..options()
+        };
+        assert_eq!(
+            attribute_at_fault(check_jobs_queue(&attributes(), &fetch_and_run)),
+            "VisibilityTimeout"
+        );
+        let half_day = JobsQueueOptions {
+            job_timeout: Duration::from_secs(5 * 3600),
+            ..options()
+        };
+        assert!(check_jobs_queue(&attributes(), &half_day).is_ok());
     }
 
     #[test]
