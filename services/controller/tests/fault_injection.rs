@@ -1054,6 +1054,47 @@ async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_si
 }
 
 #[tokio::test]
+async fn an_s3_body_not_read_within_the_job_timeout_is_a_transient_error_not_a_wait() {
+    // maxReceiveCount 2: the second attempt's failure is final.
+    let stack = Stack::start(Duration::from_secs(4), 2).await;
+    let s3 = S3::on(&stack.sqs);
+    s3.create_bucket("payloads").await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    // 15 s to read, every time; the job timeout is 2 s.
+    proxy.slow("/payloads/stalled-job", Duration::from_millis(250));
+    let body = job("echo", json!({"message": "stalled"})).to_string();
+    s3.put("payloads", "stalled-job", body.clone().into_bytes())
+        .await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let id = send_pointer(&stack, "payloads", "stalled-job", body.len() as u64).await;
+    let (_controller, _) = stack.controller_with_env(
+        &[
+            "--payload-bucket",
+            "payloads",
+            "--job-timeout",
+            "2s",
+            "--retry-base",
+            "200ms",
+        ],
+        &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())],
+    );
+    let started = Instant::now();
+    let submitted = vec![id.clone()];
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
+    ledger.assert_promise(&submitted, (0, "none expected"));
+    let result = ledger.result(&id);
+    eprintln!(
+        "stalled S3 body, --job-timeout 2s: final result after {:?}: {result}",
+        started.elapsed()
+    );
+    assert_eq!(result["error"]["code"], "payload_unavailable", "{result}");
+    assert_eq!(result["error"]["class"], "transient", "{result}");
+    assert_eq!(result["attempt"], 2, "retried once, then final: {result}");
+    assert_eq!(ledger.dead.len(), 1, "dead-lettered with its error");
+}
+
+#[tokio::test]
 async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent_errors_before_download()
  {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
