@@ -107,7 +107,8 @@ pub struct ControllerArgs {
     /// long for a receive in progress.
     #[arg(long, env = "PLUGWORKER_RECEIVE_WAIT", default_value = "20s", value_parser = humantime::parse_duration)]
     pub receive_wait: Duration,
-    /// Override the jobs queue's visibility timeout (default: read from the queue).
+    /// Override the jobs queue's visibility timeout (default: read from the queue); checked
+    /// as the queue's would be (not 0; a job's fetch, wait and run within SQS's 12 h).
     #[arg(long, env = "PLUGWORKER_VISIBILITY_TIMEOUT", value_parser = humantime::parse_duration)]
     pub visibility_timeout: Option<Duration>,
     /// How long Consul may hold each blocking query of the resolver.

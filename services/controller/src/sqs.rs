@@ -500,7 +500,11 @@ impl SqsJobQueue {
         claim: ClaimCheck,
         keys: MessageKeys,
     ) -> Result<Self, StartupError> {
-        let attributes = queue_attributes(&client, "jobs", &queue_url).await?;
+        let mut attributes = queue_attributes(&client, "jobs", &queue_url).await?;
+        // The visibility the controller works with is checked, whichever gave it.
+        if let Some(visibility) = visibility_override {
+            attributes.visibility = visibility;
+        }
         let redrive = check_jobs_queue(&attributes, options)?;
         let dlq_url = match (&redrive, dlq_url) {
             (Some(redrive), Some(url))
@@ -569,7 +573,7 @@ impl SqsJobQueue {
             claim,
             dlq,
             wait,
-            visibility: visibility_override.unwrap_or(attributes.visibility),
+            visibility: attributes.visibility,
             fifo: attributes.fifo,
             max_attempts,
             deletes,
