@@ -225,6 +225,7 @@ impl RunnerConfig {
                 .unwrap_or(self.max_message_bytes.saturating_mul(4)),
             // A message's reservation is one semaphore acquisition (a u32 of permits).
             max_message_bytes: self.max_message_bytes.min(u32::MAX as usize - 5),
+            max_call_duration: None,
         }
     }
 
@@ -248,6 +249,8 @@ impl RunnerConfig {
             connection_window_bytes: HEALTH_WINDOW_BYTES,
             max_receiving_bytes: HEALTH_RECEIVING_BYTES,
             max_message_bytes: HEALTH_MAX_MESSAGE_BYTES,
+            // A Watch lasts no longer than an idle connection may.
+            max_call_duration: Some(quick.min(self.idle_timeout)),
         }
     }
 

@@ -256,6 +256,9 @@ pub(crate) struct ServerParams {
     /// and releases it once decoded). A body that needs more waits, within
     /// `body_read_timeout`. At least `max_message_bytes` + 5, so every legal message fits.
     pub max_receiving_bytes: usize,
+    /// Longest a call's response may last (`None`: unbounded). The health port sets it,
+    /// so a `Watch` (a stream that never ends) cannot hold a connection forever.
+    pub max_call_duration: Option<Duration>,
     /// Largest gRPC message any service on this port accepts: a message declared larger
     /// is refused at its prefix (`OUT_OF_RANGE`, as tonic does). Each service's own
     /// smaller limit is tonic's to enforce, also at the prefix.
@@ -330,7 +333,10 @@ struct Port {
 impl Port {
     /// Registers a new connection. At the cap, the oldest idle connection is told to close
     /// (the oldest busy one if none is idle: a flood of connections that each keep a stream
-    /// open must not lock out Consul's check), and the new one is served at once.
+    /// open must not lock out Consul's check), and the new one is served at once. A
+    /// connection that has had no call yet and is younger than the header timeout is not
+    /// told to close: it may be the next health check, its headers still on their way (a
+    /// reconnect flood would otherwise evict each check before it is read).
     /// Connections told to close hold their sockets until they have (an idle one within
     /// [`IDLE_CLOSE_GRACE`]); when those fill the slack of half the cap again, the oldest
     /// of them is closed outright. So a port never holds more than 1.5 × `max_connections`
@@ -338,10 +344,17 @@ impl Port {
     fn open(self: &Arc<Self>, next_id: u64) -> Arc<Connection> {
         let mut open = self.open.lock().expect("connection table lock");
         let cap = self.params.max_connections.max(1);
+        let now = Instant::now();
+        // No call yet, within the header timeout: its first call's headers may still be on
+        // their way (a health check's, say), so it is not idle yet.
+        let young = |c: &Connection| {
+            c.idle_since_ms.load(Ordering::Acquire) == NEVER
+                && now.duration_since(c.accepted) < self.params.header_read_timeout
+        };
         if open.len() >= cap {
             let oldest = open
                 .values()
-                .filter(|c| !c.closing.load(Ordering::Acquire))
+                .filter(|c| !c.closing.load(Ordering::Acquire) && !young(c))
                 .min_by_key(|c| (c.streams.load(Ordering::Acquire) > 0, c.accepted));
             if let Some(oldest) = oldest {
                 let grace = if oldest.streams.load(Ordering::Acquire) == 0 {
@@ -353,9 +366,18 @@ impl Port {
             }
         }
         if open.len() >= cap + cap / 2 {
+            // Closing ones first, then idle old ones, then idle young ones, then busy
+            // ones: what a flood of new connections closes last is a call in progress.
             let oldest = open
                 .values()
-                .min_by_key(|c| (!c.closing.load(Ordering::Acquire), c.accepted))
+                .min_by_key(|c| {
+                    (
+                        !c.closing.load(Ordering::Acquire),
+                        c.streams.load(Ordering::Acquire) > 0,
+                        young(c),
+                        c.accepted,
+                    )
+                })
                 .map(|c| c.id);
             if let Some(closed) = oldest.and_then(|id| open.remove(&id)) {
                 self.metrics.connections.dec();
@@ -483,10 +505,13 @@ impl Drop for StreamGuard {
 }
 
 pin_project_lite::pin_project! {
-    /// A call's response body, holding its stream's [`StreamGuard`].
+    /// A call's response body, holding its stream's [`StreamGuard`], and ended (its
+    /// stream reset) at the port's `max_call_duration` when it has one.
     pub(crate) struct ResponseBody {
         #[pin]
         inner: Body,
+        #[pin]
+        ends: Option<tokio::time::Sleep>,
         _stream: StreamGuard,
     }
 }
@@ -499,7 +524,20 @@ impl hyper::body::Body for ResponseBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        self.project().inner.poll_frame(cx)
+        let this = self.project();
+        let frame = this.inner.poll_frame(cx);
+        if frame.is_pending()
+            && let Some(ends) = this.ends.as_pin_mut()
+            && ends.poll(cx).is_ready()
+        {
+            // A never-ending stream (a health Watch) holds its connection busy, out of
+            // reach of the idle timeout: it ends here (its stream reset; clients watch
+            // again on a new call).
+            return Poll::Ready(Some(Err(tonic::Status::deadline_exceeded(
+                "this port bounds how long a call lasts",
+            ))));
+        }
+        frame
     }
 
     fn is_end_stream(&self) -> bool {
@@ -810,8 +848,15 @@ where
             .stream
             .take()
             .expect("a StreamFuture is not polled after it completed");
+        let ends = stream
+            .0
+            .port
+            .params
+            .max_call_duration
+            .map(tokio::time::sleep);
         Poll::Ready(Ok(response.map(|inner| ResponseBody {
             inner,
+            ends,
             _stream: stream,
         })))
     }
