@@ -209,13 +209,10 @@ async fn idle_connections_beyond_the_cap_do_not_lock_out_the_health_check() {
     )
     .await;
     assert!(open <= 24.0, "{open} connections open on the health port");
-    let evicted = metric(
-        &runner,
-        "plugworker_runner_server_closed_total",
-        &[("port", "health"), ("reason", "evicted")],
-    )
-    .await;
-    assert!(evicted > 0.0, "the cap acted");
+    // Idle connections that never sent a call are closed outright at 1.5 × the cap (not
+    // told to close while they may still be a check whose headers are on their way).
+    let closed = evicted(&runner, "health").await;
+    assert!(closed > 0.0, "the cap acted");
     // Consul's own check keeps passing.
     eventually(Duration::from_secs(10), "a passing check", || async {
         (!plugworker_testkit::passing_instances(&consul, "test-runner")
