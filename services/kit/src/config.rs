@@ -115,12 +115,14 @@ pub struct RunnerConfig {
     pub header_read_timeout: Duration,
 
     /// A connection without a call in progress this long is closed (GOAWAY); the health
-    /// port uses the shorter of this and half the --check-interval.
+    /// port uses the shortest of this, --header-read-timeout and half the
+    /// --check-interval, and ends a call (a health Watch) that lasts longer.
     #[arg(long, env = "PLUGWORKER_IDLE_TIMEOUT", default_value = "5m", value_parser = humantime::parse_duration)]
     pub idle_timeout: Duration,
 
     /// Longest silence inside a request body (or wait for --max-receiving-bytes): the
-    /// call is then answered UNAVAILABLE and its stream reset.
+    /// call is then answered UNAVAILABLE and its stream reset (on the health port, at
+    /// most --header-read-timeout and half the --check-interval).
     #[arg(long, env = "PLUGWORKER_BODY_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub body_read_timeout: Duration,
 
