@@ -639,3 +639,91 @@ async fn a_health_watch_ends_within_the_health_ports_idle_timeout() {
     // The idle timeout is 0.5 s (half the 1 s check interval), plus a loaded machine.
     assert!(elapsed < Duration::from_secs(3), "ended after {elapsed:?}");
 }
+
+/// At the cap, a connection that has had no call yet and is younger than the header
+/// timeout is not the one told to close (it may be the next health check, its headers
+/// on their way): the oldest idle connection that has had a call is, though it is newer.
+#[tokio::test]
+async fn a_fresh_connection_is_not_evicted_before_its_first_call_could_arrive() {
+    use tokio::io::AsyncReadExt;
+    let runner = start(None, None, &["--max-connections", "4"]);
+    serving(&runner.main).await;
+    let connections = || async {
+        metric(
+            &runner,
+            "plugworker_runner_connections",
+            &[("port", "main")],
+        )
+        .await
+    };
+    eventually(
+        Duration::from_secs(5),
+        "the check's connection gone",
+        || async { (connections().await == 0.0).then_some(()) },
+    )
+    .await;
+    // Three fresh connections (their first call not sent yet), then one that has had a call.
+    let mut fresh = Vec::new();
+    for _ in 0..3 {
+        fresh.push(TcpStream::connect(&runner.main).await.unwrap());
+    }
+    let tcp = TcpStream::connect(&runner.main).await.unwrap();
+    let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
+    let called_closed = tokio::spawn(connection);
+    let mut sender = sender.ready().await.unwrap();
+    let head = http::Request::post(format!(
+        "http://{}/grpc.health.v1.Health/Check",
+        runner.main
+    ))
+    .header("content-type", "application/grpc")
+    .header("te", "trailers")
+    .body(())
+    .unwrap();
+    let (response, mut body) = sender.send_request(head, false).unwrap();
+    body.send_data(Bytes::from(vec![0, 0, 0, 0, 0]), true)
+        .unwrap();
+    let (_, mut answer) = response.await.unwrap().into_parts();
+    while let Some(Ok(_)) = answer.data().await {}
+    eventually(Duration::from_secs(5), "four connections", || async {
+        (connections().await == 4.0).then_some(())
+    })
+    .await;
+    // The fifth: the connection that has had a call is evicted.
+    let _fifth = TcpStream::connect(&runner.main).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(5), called_closed)
+        .await
+        .expect("the connection that had a call is closed")
+        .unwrap()
+        .ok();
+    // The oldest fresh one got no GOAWAY: only the server's SETTINGS (frame type 4).
+    let mut oldest = fresh.remove(0);
+    let mut read = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_millis(500), async {
+        let mut buffer = [0u8; 1024];
+        while let Ok(n) = oldest.read(&mut buffer).await {
+            if n == 0 {
+                break;
+            }
+            read.extend_from_slice(&buffer[..n]);
+        }
+    })
+    .await;
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while at + 9 <= read.len() {
+        let length = u32::from_be_bytes([0, read[at], read[at + 1], read[at + 2]]) as usize;
+        frames.push(read[at + 3]);
+        at += 9 + length;
+    }
+    assert!(
+        !frames.contains(&7),
+        "the fresh connection got a GOAWAY: frames {frames:?}"
+    );
+    let evicted = metric(
+        &runner,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", "evicted")],
+    )
+    .await;
+    assert_eq!(evicted, 1.0);
+}
