@@ -274,10 +274,15 @@ const MAX_FRAME_BYTES: u32 = 16 * 1024;
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 
 /// How long an idle connection closed at the cap or by a timeout may take to see its
-/// GOAWAY before its socket is closed: it has no call in flight to finish, and its socket
-/// is better given to the next connection. If a call arrived with the GOAWAY and is still
-/// open at its end, the connection gets `max_connection_age_grace` more (see [`drive`]).
-const IDLE_CLOSE_GRACE: Duration = Duration::from_millis(100);
+/// GOAWAY before its socket is closed: it has no call in flight to finish. A well-behaved
+/// client ends the connection within a round trip; the grace only bounds one that does
+/// not. It must also cover a call the client sent as the GOAWAY left, whose headers a
+/// busy runner may read late: cut before they are read, that call dies mid-send (seen at
+/// 100 ms on a loaded 2-core machine). Sockets stay bounded without a short grace: the
+/// port closes connections outright at 1.5 × its cap. If a call arrived with the GOAWAY
+/// and is still open at its end, the connection gets `max_connection_age_grace` more (see
+/// [`drive`]).
+const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
 /// Why the server refused or closed a connection, or reset a stream: the `reason` label
 /// of `plugworker_runner_server_closed_total`.
