@@ -978,17 +978,6 @@ fn attack_size(name: &str, scaled_down: u64) -> u64 {
         .unwrap_or(scaled_down)
 }
 
-/// The peak resident memory of a process, in bytes (`VmHWM`).
-fn peak_rss(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .unwrap();
-    kib * 1024
-}
-
 #[tokio::test]
 async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_six_results_for_six_jobs()
  {
@@ -1183,7 +1172,7 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
         "a declared 150 MB is refused before any S3 call"
     );
     let served = proxy.served("/payloads/big-job");
-    let rss = peak_rss(controller.pid());
+    let (rss, _) = plugworker_testkit::rss(controller.pid());
     eprintln!(
         "{big}-byte object behind a 10-byte pointer: {served} bytes handed to the controller, its peak RSS {} MB",
         rss / 1_000_000

@@ -203,6 +203,22 @@ pub async fn passing_instances(
         .unwrap_or_default()
 }
 
+/// Peak (`VmHWM`) and current (`VmRSS`) resident memory of a process, from /proc, in
+/// bytes.
+pub fn rss(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap()
+            * 1024
+    };
+    (field("VmHWM:"), field("VmRSS:"))
+}
+
 /// Reads one sample from Prometheus text exposition: the value of `name` whose labels
 /// include all of `labels`; `None` if absent.
 pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {

@@ -44,18 +44,6 @@ async fn server() -> String {
     base
 }
 
-/// Peak resident memory of a process, from /proc.
-fn peak_rss_bytes(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let line = status.lines().find(|l| l.starts_with("VmHWM:")).unwrap();
-    line.split_whitespace()
-        .nth(1)
-        .unwrap()
-        .parse::<u64>()
-        .unwrap()
-        * 1024
-}
-
 #[tokio::test]
 async fn bad_images_are_clear_errors_and_the_runner_keeps_serving_in_bounded_memory() {
     let base = server().await;
@@ -216,7 +204,7 @@ async fn bad_images_are_clear_errors_and_the_runner_keeps_serving_in_bounded_mem
             assert_eq!(error.code, plugworker_jobs::codes::UNPROCESSABLE);
         }
     }
-    let peak = peak_rss_bytes(runner.process.pid());
+    let (peak, _) = plugworker_testkit::rss(runner.process.pid());
     println!("image-runner peak RSS {} MiB", peak / (1024 * 1024));
     // A decoded 30000×30000 RGB image alone would be 2.5 GiB.
     assert!(

@@ -10,21 +10,6 @@ use std::time::{Duration, Instant};
 use support::{base64_payload, call, start_with, templates};
 use tonic::{Code, Request};
 
-/// Peak and current resident memory of a process, from /proc, in bytes.
-fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
-
 const MIB: u64 = 1024 * 1024;
 
 #[tokio::test]
@@ -56,7 +41,7 @@ async fn six_40_megapixel_images_with_short_deadlines_do_not_multiply_peak_memor
     .unwrap();
     let one_image = started.elapsed();
     assert_eq!(result["width"], width, "{result}");
-    let (peak_one, _) = rss(runner.process.pid());
+    let (peak_one, _) = plugworker_testkit::rss(runner.process.pid());
 
     // Six callers, one after the other, each giving up well before its image could be
     // decoded. Had each answer freed the slot, each would start a decode beside the
@@ -92,7 +77,7 @@ async fn six_40_megapixel_images_with_short_deadlines_do_not_multiply_peak_memor
     call(&mut runner.client, "meme_classifier", &small)
         .await
         .unwrap();
-    let (peak_six, _) = rss(runner.process.pid());
+    let (peak_six, _) = plugworker_testkit::rss(runner.process.pid());
     println!(
         "image-runner: one 40 MP image in {one_image:?}, peak RSS {} MiB; after six callers giving up at {deadline:?}: {} MiB",
         peak_one / MIB,

@@ -103,17 +103,4 @@ pub fn algorithm_modules(runner_crate_dir: &str) -> Vec<String> {
     names
 }
 
-/// Peak and current resident memory of a process, from /proc, in bytes.
-pub fn rss(pid: u32) -> (u64, u64) {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(name))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse::<u64>().ok())
-            .unwrap()
-            * 1024
-    };
-    (field("VmHWM:"), field("VmRSS:"))
-}
+pub use plugworker_testkit::rss;
