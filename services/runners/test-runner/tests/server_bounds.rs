@@ -20,29 +20,29 @@ fn start(consul: Option<&str>, open_files: Option<u32>, extra: &[&str]) -> Runne
     common::attack::start(&bin_path("test-runner"), consul, open_files, extra)
 }
 
-/// Calls the runner refused on `port` for declaring a message over its limit.
-async fn refused(runner: &Runner, port: &str) -> f64 {
+/// Connections closed (or calls reset) on `port` for `reason`, as the runner counts them.
+async fn closed(runner: &Runner, port: &str, reason: &str) -> f64 {
     metric(
         runner,
         "plugworker_runner_server_closed_total",
-        &[("port", port), ("reason", "message_too_large")],
+        &[("port", port), ("reason", reason)],
     )
     .await
+}
+
+/// Calls the runner refused on `port` for declaring a message over its limit.
+async fn refused(runner: &Runner, port: &str) -> f64 {
+    closed(runner, port, "message_too_large").await
 }
 
 /// Connections the runner closed on `port` before (or without) reading their calls: at
 /// its cap, or with no call's headers within the header timeout.
 async fn evicted(runner: &Runner, port: &str) -> f64 {
-    let mut closed = 0.0;
+    let mut total = 0.0;
     for reason in ["evicted", "closed_at_cap", "header_timeout"] {
-        closed += metric(
-            runner,
-            "plugworker_runner_server_closed_total",
-            &[("port", port), ("reason", reason)],
-        )
-        .await;
+        total += closed(runner, port, reason).await;
     }
-    closed
+    total
 }
 
 /// Peak RSS growth (MiB) of `runner` under 100 and then 400 never-finished calls.
@@ -300,12 +300,7 @@ async fn a_body_that_stops_arriving_is_reset_within_the_body_timeout() {
         elapsed >= Duration::from_millis(900) && elapsed < Duration::from_secs(4),
         "reset at the body timeout: {elapsed:?}"
     );
-    let resets = metric(
-        &runner,
-        "plugworker_runner_server_closed_total",
-        &[("port", "main"), ("reason", "body_timeout")],
-    )
-    .await;
+    let resets = closed(&runner, "main", "body_timeout").await;
     assert_eq!(resets, 1.0);
 }
 
@@ -437,12 +432,7 @@ async fn silent_idle_and_old_connections_are_closed_in_time() {
         "the busy connection served calls until its age: {answered}"
     );
     for reason in ["header_timeout", "idle_timeout", "max_age"] {
-        let count = metric(
-            &runner,
-            "plugworker_runner_server_closed_total",
-            &[("port", "main"), ("reason", reason)],
-        )
-        .await;
+        let count = closed(&runner, "main", reason).await;
         assert!(count >= 1.0, "{reason}: {count}");
     }
 }
@@ -490,12 +480,7 @@ async fn large_calls_beyond_the_receiving_budget_together_all_succeed() {
         let answer = answer.expect("each large call succeeds");
         assert!(answer.into_inner().result.len() > 1_000_000);
     }
-    let resets = metric(
-        &runner,
-        "plugworker_runner_server_closed_total",
-        &[("port", "main"), ("reason", "body_timeout")],
-    )
-    .await;
+    let resets = closed(&runner, "main", "body_timeout").await;
     assert_eq!(resets, 0.0);
 }
 
@@ -600,12 +585,7 @@ async fn a_call_arriving_with_the_goaway_of_an_eviction_completes() {
         completed >= 1,
         "no call was accepted with the GOAWAY: the race was not run"
     );
-    let evicted = metric(
-        &runner,
-        "plugworker_runner_server_closed_total",
-        &[("port", "main"), ("reason", "evicted")],
-    )
-    .await;
+    let evicted = closed(&runner, "main", "evicted").await;
     assert!(evicted >= tries as f64, "evictions: {evicted}");
 }
 
@@ -719,11 +699,6 @@ async fn a_fresh_connection_is_not_evicted_before_its_first_call_could_arrive() 
         !frames.contains(&7),
         "the fresh connection got a GOAWAY: frames {frames:?}"
     );
-    let evicted = metric(
-        &runner,
-        "plugworker_runner_server_closed_total",
-        &[("port", "main"), ("reason", "evicted")],
-    )
-    .await;
+    let evicted = closed(&runner, "main", "evicted").await;
     assert_eq!(evicted, 1.0);
 }
