@@ -69,11 +69,15 @@ fn unrelated_images() -> Vec<(String, Vec<u8>)> {
 
 #[tokio::test]
 async fn rendered_memes_are_recognised_and_unrelated_photos_are_unknown() {
+    // Inputs first: the runner closes a connection whose first call does not come within
+    // its --header-read-timeout, and rendering takes seconds on a busy machine.
+    let memes = rendered_memes();
+    assert!(memes.len() >= 40);
+    let unrelated = unrelated_images();
+    assert!(unrelated.len() >= 20);
     let cache = tempfile_dir();
     let mut runner = start(&[("PLUGWORKER_MEME_GALLERY_CACHE", cache.as_str())]).await;
 
-    let memes = rendered_memes();
-    assert!(memes.len() >= 40);
     let mut correct = 0;
     let mut report = String::new();
     for (label, edits, bytes) in &memes {
@@ -98,8 +102,6 @@ async fn rendered_memes_are_recognised_and_unrelated_photos_are_unknown() {
                 .unwrap_or(0.0),
         ));
     }
-    let unrelated = unrelated_images();
-    assert!(unrelated.len() >= 20);
     let mut unknown = 0;
     for (name, bytes) in &unrelated {
         let result = call(

@@ -16,7 +16,6 @@ fn squeeze(text: &str) -> Vec<char> {
 
 #[tokio::test]
 async fn captions_over_star_fields_and_noise_are_read_without_spurious_lines() {
-    let mut runner = start(&[]).await;
     let fonts = memes::fonts();
     let templates = templates();
     let template = |name: &str| {
@@ -44,6 +43,9 @@ async fn captions_over_star_fields_and_noise_are_read_without_spurious_lines() {
     backgrounds.push(("hubble".to_string(), hubble.clone()));
     backgrounds.push(("hubble ×1.5".to_string(), memes::scale(&hubble, 1.5)));
     backgrounds.push(("cameraman ×1.5".to_string(), memes::scale(&cameraman, 1.5)));
+    // Started once the inputs exist: the runner closes a connection whose first call does
+    // not come within its --header-read-timeout.
+    let mut runner = start(&[]).await;
 
     let (mut spurious, mut report) = (Vec::new(), String::new());
     let (mut accuracy_sum, mut count) = (0.0, 0);
