@@ -393,6 +393,8 @@ mod tests {
                 total_ms: ms,
                 ..Timings::default()
             },
+            pipeline: None,
+            steps: None,
         }
     }
 
@@ -405,6 +407,7 @@ mod tests {
                 code: code.into(),
                 message: message.into(),
                 class: ErrorClass::Permanent,
+                step: None,
             }),
             ..ok("x", "language_detection", "{}", 2.0)
         }

@@ -33,10 +33,11 @@ pub enum Error {
 
 /// The rules of the controller's policy for the Connect identity `service`: register (and
 /// obtain a leaf certificate for) its own service name only; read every service and node,
-/// which resolving runners through `/v1/health/connect/<service>` needs.
+/// which resolving runners through `/v1/health/connect/<service>` needs; read the stored
+/// pipelines (`plugworker/pipelines/`), which it watches.
 pub fn controller_rules(service: &str) -> String {
     format!(
-        "service \"{service}\" {{\n  policy = \"write\"\n}}\nservice_prefix \"\" {{\n  policy = \"read\"\n}}\nnode_prefix \"\" {{\n  policy = \"read\"\n}}\n"
+        "service \"{service}\" {{\n  policy = \"write\"\n}}\nservice_prefix \"\" {{\n  policy = \"read\"\n}}\nnode_prefix \"\" {{\n  policy = \"read\"\n}}\nkey_prefix \"plugworker/pipelines/\" {{\n  policy = \"read\"\n}}\n"
     )
 }
 
@@ -301,7 +302,7 @@ mod tests {
     fn the_controller_policy_is_the_documented_one() {
         assert_eq!(
             controller_rules("controller"),
-            "service \"controller\" {\n  policy = \"write\"\n}\nservice_prefix \"\" {\n  policy = \"read\"\n}\nnode_prefix \"\" {\n  policy = \"read\"\n}\n"
+            "service \"controller\" {\n  policy = \"write\"\n}\nservice_prefix \"\" {\n  policy = \"read\"\n}\nnode_prefix \"\" {\n  policy = \"read\"\n}\nkey_prefix \"plugworker/pipelines/\" {\n  policy = \"read\"\n}\n"
         );
     }
 

@@ -423,6 +423,35 @@ impl ConsulClient {
         params: &[(&str, &str)],
         options: QueryOptions,
     ) -> Result<(T, QueryMeta), Error> {
+        let request = self.read_request(path, params, options);
+        let response = self.send(request, Method::GET, path).await?;
+        Ok((decode(path, &response.bytes)?, response.meta))
+    }
+
+    /// Like [`Self::query`], but a 404 (a KV key or prefix with nothing in it) is `None`
+    /// with its index, which a blocking read continues from.
+    pub(crate) async fn query_found<T: DeserializeOwned + Default>(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        options: QueryOptions,
+    ) -> Result<(Option<T>, QueryMeta), Error> {
+        let request = self.read_request(path, params, options);
+        let (status, response) = self.send_raw(request, Method::GET, path).await?;
+        if status == StatusCode::NOT_FOUND {
+            return Ok((None, response.meta));
+        }
+        let response = Self::check(status, response, Method::GET, path)?;
+        Ok((Some(decode(path, &response.bytes)?), response.meta))
+    }
+
+    /// A GET, blocking when `options` has an index.
+    fn read_request(
+        &self,
+        path: &str,
+        params: &[(&str, &str)],
+        options: QueryOptions,
+    ) -> RequestBuilder {
         let mut request = self.request(Method::GET, path).query(params);
         if options.index > 0 {
             let wait = options.wait.unwrap_or(Duration::from_secs(300));
@@ -432,8 +461,7 @@ impl ConsulClient {
                 // Consul may add up to wait/16 of jitter before answering.
                 .timeout(wait + wait / 16 + self.request_timeout);
         }
-        let response = self.send(request, Method::GET, path).await?;
-        Ok((decode(path, &response.bytes)?, response.meta))
+        request
     }
 
     pub(crate) fn request(&self, method: Method, path: &str) -> RequestBuilder {
@@ -458,6 +486,17 @@ impl ConsulClient {
         method: Method,
         path: &str,
     ) -> Result<Response, Error> {
+        let (status, response) = self.send_raw(request, method.clone(), path).await?;
+        Self::check(status, response, method, path)
+    }
+
+    /// The response, whatever its status.
+    async fn send_raw(
+        &self,
+        request: RequestBuilder,
+        method: Method,
+        path: &str,
+    ) -> Result<(StatusCode, Response), Error> {
         let transport = |source| Error::Transport {
             method: method.clone(),
             path: path.to_string(),
@@ -479,15 +518,25 @@ impl ConsulClient {
             known_leader: header("X-Consul-KnownLeader").as_deref() == Some("true"),
         };
         let bytes = response.bytes().await.map_err(transport)?.to_vec();
+        Ok((status, Response { bytes, meta }))
+    }
+
+    /// The response if its status is a success, else [`Error::Status`].
+    fn check(
+        status: StatusCode,
+        response: Response,
+        method: Method,
+        path: &str,
+    ) -> Result<Response, Error> {
         if !status.is_success() {
             return Err(Error::Status {
                 method,
                 path: path.to_string(),
                 status,
-                body: String::from_utf8_lossy(&bytes).trim().to_string(),
+                body: String::from_utf8_lossy(&response.bytes).trim().to_string(),
             });
         }
-        Ok(Response { bytes, meta })
+        Ok(response)
     }
 }
 
@@ -505,6 +554,11 @@ fn decode<T: DeserializeOwned + Default>(path: &str, bytes: &[u8]) -> Result<T, 
             path: path.to_string(),
             source,
         })
+}
+
+/// Percent-encodes a KV key for the URL path, keeping its `/` separators.
+pub(crate) fn encode_key(key: &str) -> String {
+    key.split('/').map(encode).collect::<Vec<_>>().join("/")
 }
 
 /// Percent-encodes one path segment (service names and IDs may hold any character).

@@ -12,6 +12,7 @@
 //!   own client parses them (`null` anywhere, unknown fields).
 //! - [`duration`]: Go's duration text format, which Consul uses for every interval.
 //! - [`client`]: [`ConsulClient`], one method per endpoint.
+//! - [`kv`]: the KV store's reads (blocking too) and writes.
 //! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator
 //!   calls), and the intention check.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
@@ -23,6 +24,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod duration;
+pub mod kv;
 pub mod model;
 pub mod registration;
 pub mod resolver;
@@ -32,6 +34,7 @@ pub mod watch;
 
 pub use client::{ConsulClient, Error, QueryMeta, QueryOptions};
 pub use config::{ConsulArgs, ConsulConfig, HttpAuth, Setting, TlsConfig};
+pub use kv::KvPair;
 pub use model::{
     AgentService, Authorization, AuthorizeRequest, CaRoot, CaRoots, CatalogService,
     CheckDefinition, CheckStatus, HealthCheck, LeafCert, Node, ServiceConnect, ServiceEntry,

@@ -28,7 +28,7 @@ use crate::dispatch::{Dispatcher, Failure, Success};
 use crate::metrics::{ControllerMetrics, MetricsSource, Outcome};
 use crate::queue::{Carried, Delivery, JobQueue, PublishError, ResultSink};
 use plugworker_jobs::{
-    ErrorClass, ErrorInfo, JobResult, RunnerInfo, Status, Timings, codes, parse_job,
+    ErrorClass, ErrorInfo, Job, JobResult, RunnerInfo, Status, Timings, Work, codes, parse_job,
 };
 use plugworker_lifecycle::Backoff;
 use std::collections::{HashMap, VecDeque};
@@ -641,6 +641,8 @@ async fn handle_traced(
             run_ms: 0.0,
             total_ms: millis(total),
         },
+        pipeline: None,
+        steps: None,
     };
     let transient = matches!(verdict, Verdict::Transient(..));
     match verdict {
@@ -690,6 +692,13 @@ async fn handle_traced(
 
 type Ran = (Option<String>, Option<String>, Verdict, Duration);
 
+/// A job that runs one algorithm.
+struct AlgorithmJob {
+    id: Option<String>,
+    algorithm: String,
+    payload: Box<serde_json::value::RawValue>,
+}
+
 /// The delivery with its body fetched (`None`: the body is the message's own), within
 /// --job-timeout: a stalled fetch is a transient `payload_unavailable`.
 async fn load(context: &Context, delivery: &Delivery) -> Option<Delivery> {
@@ -725,7 +734,19 @@ async fn run_job(
         return (None, None, verdict, Duration::ZERO);
     }
     let job = match parse_job(&delivery.body) {
-        Ok(job) => job,
+        Ok(Job {
+            id,
+            work: Work::Algorithm(algorithm),
+            payload,
+        }) => AlgorithmJob {
+            id,
+            algorithm,
+            payload,
+        },
+        Ok(Job { id, .. }) => {
+            let error = ErrorInfo::permanent(codes::INVALID_JOB, "pipelines are not run yet");
+            return (None, id, Verdict::Permanent(error, None), Duration::ZERO);
+        }
         Err(error) => {
             let error = ErrorInfo::permanent(error.code(), error.to_string());
             // Whatever is wrong, a valid id is echoed: the producer can tell which job failed.
@@ -784,7 +805,16 @@ async fn run_job(
     let limit = context.algorithm_limit(&job.algorithm);
     let _running = limit.acquire_owned().await.expect("never closed");
     let queued = started.elapsed();
-    let verdict = Verdict::from(context.dispatcher.run(&job).await);
+    let verdict = Verdict::from(
+        context
+            .dispatcher
+            .run(
+                &job.algorithm,
+                &job.payload,
+                context.dispatcher.job_timeout(),
+            )
+            .await,
+    );
     (Some(job.algorithm), job.id, verdict, queued)
 }
 

@@ -28,11 +28,12 @@
 
 use crate::classify;
 use plugworker_consul_client::{Instance, Resolver};
-use plugworker_jobs::{ErrorInfo, Job, RunnerInfo, codes};
+use plugworker_jobs::{ErrorInfo, RunnerInfo, codes};
 use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::Rng;
+use serde_json::value::RawValue;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -138,16 +139,32 @@ impl Dispatcher {
         &self.transport
     }
 
+    /// The longest a job may take (`--job-timeout`): each call's default bound.
+    pub fn job_timeout(&self) -> Duration {
+        self.job_timeout
+    }
+
     pub fn resolver(&self) -> &Arc<Resolver> {
         &self.resolver
     }
 
-    /// Runs `job` on a healthy instance; on `UNAVAILABLE` (or an instance that lost the
+    /// Runs `algorithm` on `payload` on a healthy instance, each call bounded by `timeout`
+    /// (sent as `grpc-timeout`); on `UNAVAILABLE` (or an instance that lost the
     /// algorithm), once more on a different one. Instances whose address cannot be dialled
     /// are skipped.
-    pub async fn run(&self, job: &Job) -> Result<Success, Failure> {
+    pub async fn run(
+        &self,
+        algorithm: &str,
+        payload: &RawValue,
+        timeout: Duration,
+    ) -> Result<Success, Failure> {
+        let job = Call {
+            algorithm,
+            payload,
+            timeout,
+        };
         let snapshot = self.resolver.snapshot();
-        let candidates = snapshot.instances(&job.algorithm);
+        let candidates = snapshot.instances(algorithm);
         let mut excluded: Vec<&Instance> = Vec::new();
         let mut first_failure: Option<(tonic::Status, Option<RunnerInfo>)> = None;
         // Instances that just failed the identity check count as already tried.
@@ -181,7 +198,7 @@ impl Dispatcher {
             let Some(connection) = self.connection(instance) else {
                 continue;
             };
-            match self.call(&connection, instance, job).await {
+            match self.call(&connection, instance, &job).await {
                 Ok(success) => return Ok(success),
                 Err((status, runner)) => {
                     if let Some(refusal) = identity_refusal(&status) {
@@ -302,7 +319,7 @@ impl Dispatcher {
         &self,
         connection: &Connection,
         instance: &Instance,
-        job: &Job,
+        job: &Call<'_>,
     ) -> Result<Success, (tonic::Status, Option<RunnerInfo>)> {
         let runner = RunnerInfo {
             service: instance.service.clone(),
@@ -311,11 +328,11 @@ impl Dispatcher {
         };
         let payload = job.payload.get().as_bytes().to_vec();
         let mut request = tonic::Request::new(RunRequest {
-            algorithm: job.algorithm.clone(),
+            algorithm: job.algorithm.to_string(),
             payload,
         });
         // Sent as `grpc-timeout`: the runner stops waiting when the controller does.
-        request.set_timeout(self.job_timeout);
+        request.set_timeout(job.timeout);
         // The CLIENT span of the job's trace; its context travels in the request metadata
         // so the runner's SERVER span continues it.
         let span = tracing::info_span!(
@@ -379,6 +396,13 @@ impl Dispatcher {
             run_micros: response.run_micros,
         })
     }
+}
+
+/// One algorithm run: what [`Dispatcher::run`] sends.
+struct Call<'a> {
+    algorithm: &'a str,
+    payload: &'a RawValue,
+    timeout: Duration,
 }
 
 /// One call in flight on an instance, for power of two choices.

@@ -1,7 +1,9 @@
 //! The job and result contracts (docs/architecture.md §3).
 //!
 //! A **job** is the body of a message on the jobs queue:
-//! `{"id": "optional client id", "algorithm": "ocr", "payload": {...}}`.
+//! `{"id": "optional client id", "algorithm": "ocr", "payload": {...}}`, or, with
+//! `"pipeline"` in place of `"algorithm"`, several algorithms run as one job
+//! ([`pipeline`]).
 //! A **result** is what the controller publishes for every job, successful or not.
 //! Error codes are stable strings; each belongs to one [`ErrorClass`].
 
@@ -9,6 +11,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use serde_json::value::RawValue;
 
+pub mod pipeline;
 pub mod text;
 
 /// Longest client-chosen job id accepted.
@@ -21,17 +24,36 @@ pub const MAX_ALGORITHM_CHARS: usize = 256;
 pub const MAX_ERROR_MESSAGE_CHARS: usize = 4096;
 
 /// A job, as submitted.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+#[derive(Clone, Debug)]
 pub struct Job {
     /// Client-chosen id, echoed in the result.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub id: Option<String>,
-    /// Algorithm name (a runner tag in Consul).
-    pub algorithm: String,
-    /// The algorithm's input, as the JSON text it arrived in: forwarded to the runner
-    /// byte for byte (no re-encoding of large inline images), validated there against the
-    /// algorithm's schema.
+    /// What to run on the payload.
+    pub work: Work,
+    /// The algorithm's (or the pipeline's first steps') input, as the JSON text it
+    /// arrived in: forwarded to the runner byte for byte (no re-encoding of large inline
+    /// images), validated there against the algorithm's schema.
     pub payload: Box<RawValue>,
+}
+
+/// What a job runs: one algorithm, or a pipeline of them.
+#[derive(Clone, Debug)]
+pub enum Work {
+    /// Algorithm name (a runner tag in Consul).
+    Algorithm(String),
+    /// A pipeline: written in the job, or named (stored in Consul's KV store).
+    Pipeline(PipelineRef),
+}
+
+/// The `pipeline` field of a job, checked only for its shape here: the graph itself is
+/// checked by [`pipeline::Pipeline::parse`] when the job runs (an `invalid_pipeline`
+/// result names what is wrong with it).
+#[derive(Clone, Debug)]
+pub enum PipelineRef {
+    /// `"pipeline": {...}`: the steps, unparsed.
+    Inline(Box<RawValue>),
+    /// `"pipeline": "meme_report"`: the key `plugworker/pipelines/meme_report`.
+    Named(String),
 }
 
 /// Why a message body is not a job. Always permanent: redelivery cannot fix it.
@@ -41,8 +63,18 @@ pub enum JobError {
     NotJson(String),
     #[error("message body must be a JSON object with \"algorithm\" and \"payload\"")]
     NotAnObject,
-    #[error("job has no \"algorithm\" (a non-empty string naming the algorithm to run)")]
+    #[error(
+        "job has no \"algorithm\" (a non-empty string naming the algorithm to run) and no \"pipeline\""
+    )]
     MissingAlgorithm,
+    #[error(
+        "job has both \"algorithm\" and \"pipeline\"; a job runs one algorithm or one pipeline"
+    )]
+    AlgorithmAndPipeline,
+    #[error(
+        "job \"pipeline\" must be an object of named steps or the name of a stored pipeline ([a-z][a-z0-9_-]{{0,127}})"
+    )]
+    BadPipeline,
     #[error(
         "job \"algorithm\" is {chars} characters long; algorithm names have at most {MAX_ALGORITHM_CHARS}"
     )]
@@ -78,21 +110,38 @@ pub fn parse_job(body: &str) -> Result<Job, JobError> {
             }
         };
     let field = |raw: Box<RawValue>| serde_json::from_str::<Value>(raw.get()).ok();
-    let algorithm = match fields.remove("algorithm").and_then(field) {
-        Some(Value::String(name)) if !name.trim().is_empty() => name,
-        _ => return Err(JobError::MissingAlgorithm),
+    let work = match (fields.remove("algorithm"), fields.remove("pipeline")) {
+        (Some(_), Some(_)) => return Err(JobError::AlgorithmAndPipeline),
+        (None, Some(pipeline)) => Work::Pipeline(parse_pipeline_ref(pipeline)?),
+        (algorithm, None) => {
+            let algorithm = match algorithm.and_then(field) {
+                Some(Value::String(name)) if !name.trim().is_empty() => name,
+                _ => return Err(JobError::MissingAlgorithm),
+            };
+            let chars = algorithm.chars().count();
+            if chars > MAX_ALGORITHM_CHARS {
+                return Err(JobError::AlgorithmTooLong { chars });
+            }
+            Work::Algorithm(algorithm)
+        }
     };
-    let chars = algorithm.chars().count();
-    if chars > MAX_ALGORITHM_CHARS {
-        return Err(JobError::AlgorithmTooLong { chars });
-    }
     let payload = fields.remove("payload").ok_or(JobError::MissingPayload)?;
     let id = parse_id(fields.remove("id"))?;
-    Ok(Job {
-        id,
-        algorithm,
-        payload,
-    })
+    Ok(Job { id, work, payload })
+}
+
+/// A `pipeline` field: an object (kept unparsed), or a stored pipeline's name.
+fn parse_pipeline_ref(raw: Box<RawValue>) -> Result<PipelineRef, JobError> {
+    let text = raw.get().trim_start();
+    if text.starts_with('{') {
+        return Ok(PipelineRef::Inline(raw));
+    }
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::String(name)) if pipeline::valid_pipeline_name(&name) => {
+            Ok(PipelineRef::Named(name))
+        }
+        _ => Err(JobError::BadPipeline),
+    }
 }
 
 /// The `id` field: absent or `null`, or a string of at most [`MAX_JOB_ID_CHARS`].
@@ -128,6 +177,11 @@ pub mod codes {
     pub const BAD_JSON: &str = "bad_json";
     pub const MISSING_ALGORITHM: &str = "missing_algorithm";
     pub const INVALID_JOB: &str = "invalid_job";
+    /// A pipeline whose graph is wrong (a cycle, a dangling reference, too many steps…),
+    /// or a name no stored pipeline has.
+    pub const INVALID_PIPELINE: &str = "invalid_pipeline";
+    /// A pointer in a step's `input` selects nothing in the output it points into.
+    pub const INPUT_NOT_FOUND: &str = "input_not_found";
     pub const INVALID_PAYLOAD: &str = "invalid_payload";
     pub const UNPROCESSABLE: &str = "unprocessable";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
@@ -152,6 +206,9 @@ pub struct ErrorInfo {
     pub code: String,
     pub message: String,
     pub class: ErrorClass,
+    /// The pipeline step that failed, in a pipeline job's result.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
 }
 
 impl ErrorInfo {
@@ -162,7 +219,14 @@ impl ErrorInfo {
             code: code.to_string(),
             message: text::cap(message.as_ref(), MAX_ERROR_MESSAGE_CHARS).into_owned(),
             class,
+            step: None,
         }
+    }
+
+    /// The same error, attributed to a pipeline step.
+    pub fn at_step(mut self, step: &str) -> Self {
+        self.step = Some(step.to_string());
+        self
     }
 
     pub fn permanent(code: &str, message: impl AsRef<str>) -> Self {
@@ -210,8 +274,11 @@ pub struct JobResult {
     pub job_id: Option<String>,
     /// The queue's message id (stable across redeliveries: duplicates share it).
     pub message_id: String,
-    /// The algorithm, if the job named one.
+    /// The algorithm, if the job named one (`null` for a pipeline job).
     pub algorithm: Option<String>,
+    /// The pipeline, for a pipeline job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pipeline: Option<PipelineInfo>,
     pub status: Status,
     /// The algorithm's output, embedded verbatim as the runner produced it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -228,6 +295,52 @@ pub struct JobResult {
     /// Which delivery of the message this is (1 for the first).
     pub attempt: u32,
     pub timings: Timings,
+    /// A pipeline job's steps, by name: what each ran and came to (finished steps only,
+    /// when the job failed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub steps: Option<std::collections::BTreeMap<String, StepReport>>,
+}
+
+/// Which pipeline a pipeline job ran.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PipelineInfo {
+    /// The stored pipeline's name, or `"inline"` for one written in the job.
+    pub name: String,
+    /// A stored pipeline's revision: its KV `ModifyIndex`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision: Option<u64>,
+}
+
+/// One step of a pipeline job, in its result.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StepReport {
+    pub algorithm: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub runner: Option<RunnerInfo>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub algorithm_version: Option<String>,
+    /// Calls made for this step in this delivery (1 unless a transient failure was
+    /// retried).
+    pub attempt: u32,
+    pub timings: StepTimings,
+    /// The step's output (`null` for an optional step that failed permanently).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<Box<RawValue>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+}
+
+/// Where a step's time went, in milliseconds from the job's receipt.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StepTimings {
+    /// When the step's inputs were all there.
+    pub ready_ms: f64,
+    /// When its last call started (after waiting for a run slot and a runner).
+    pub started_ms: f64,
+    /// The runner's own run time of the last call.
+    pub run_ms: f64,
+    /// When the step finished.
+    pub finished_ms: f64,
 }
 
 impl JobResult {
@@ -281,7 +394,7 @@ mod tests {
         let job = parse_job(r#"{"id": "j1", "algorithm": "ocr", "payload": {"image_url": "x"}}"#)
             .unwrap();
         assert_eq!(job.id.as_deref(), Some("j1"));
-        assert_eq!(job.algorithm, "ocr");
+        assert!(matches!(&job.work, Work::Algorithm(a) if a == "ocr"));
         assert_eq!(
             job.payload.get(),
             r#"{"image_url": "x"}"#,
@@ -367,12 +480,15 @@ mod tests {
                 code: codes::INVALID_PAYLOAD.into(),
                 message: "bad".into(),
                 class: ErrorClass::Permanent,
+                step: None,
             }),
             runner: None,
             algorithm_version: None,
             trace_id: None,
             attempt: 1,
             timings: Timings::default(),
+            pipeline: None,
+            steps: None,
         };
         let json = serde_json::to_value(&result).unwrap();
         assert_eq!(json["status"], "error");
@@ -407,12 +523,15 @@ mod tests {
                 code: codes::RUNNER_ERROR.into(),
                 message: format!("bad \u{FFFF} {}", "x".repeat(1_000_000)),
                 class: ErrorClass::Transient,
+                step: None,
             }),
             runner: None,
             algorithm_version: None,
             trace_id: None,
             attempt: 1,
             timings: Timings::default(),
+            pipeline: None,
+            steps: None,
         }
         .capped();
         let body = result.to_body().unwrap();

@@ -184,6 +184,8 @@ fn not_utf8(line: usize, error: std::str::Utf8Error) -> JobResult {
             received_at: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
             ..Timings::default()
         },
+        pipeline: None,
+        steps: None,
     }
 }
 
