@@ -182,6 +182,9 @@ pub mod codes {
     pub const INVALID_PIPELINE: &str = "invalid_pipeline";
     /// A pointer in a step's `input` selects nothing in the output it points into.
     pub const INPUT_NOT_FOUND: &str = "input_not_found";
+    /// A named pipeline while the controller has not read the stored pipelines yet
+    /// (transient: the name may exist).
+    pub const PIPELINE_UNAVAILABLE: &str = "pipeline_unavailable";
     pub const INVALID_PAYLOAD: &str = "invalid_payload";
     pub const UNPROCESSABLE: &str = "unprocessable";
     pub const PAYLOAD_TOO_LARGE: &str = "payload_too_large";
