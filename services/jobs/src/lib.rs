@@ -241,6 +241,40 @@ impl ErrorInfo {
     }
 }
 
+/// Caps `value` in place at `max` characters (see [`text::cap`]).
+fn cap_in_place(value: &mut String, max: usize) {
+    if let std::borrow::Cow::Owned(capped) = text::cap(value, max) {
+        *value = capped;
+    }
+}
+
+/// Longest runner service name, instance id or address put in a result.
+const MAX_RUNNER_FIELD_CHARS: usize = 256;
+/// Longest algorithm version put in a result.
+const MAX_VERSION_CHARS: usize = 128;
+/// Longest step name put in a result (a valid one has at most 64).
+const MAX_STEP_NAME_CHARS: usize = 64;
+/// Longest pipeline name put in a result (a valid one has at most 128).
+const MAX_PIPELINE_NAME_CHARS: usize = 128;
+
+impl ErrorInfo {
+    fn cap(&mut self) {
+        cap_in_place(&mut self.code, 64);
+        cap_in_place(&mut self.message, MAX_ERROR_MESSAGE_CHARS);
+        if let Some(step) = &mut self.step {
+            cap_in_place(step, MAX_STEP_NAME_CHARS);
+        }
+    }
+}
+
+impl RunnerInfo {
+    fn cap(&mut self) {
+        cap_in_place(&mut self.service, MAX_RUNNER_FIELD_CHARS);
+        cap_in_place(&mut self.instance_id, MAX_RUNNER_FIELD_CHARS);
+        cap_in_place(&mut self.address, MAX_RUNNER_FIELD_CHARS);
+    }
+}
+
 /// `ok` or `error`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -350,11 +384,7 @@ impl JobResult {
     /// Caps every field that echoes something a producer, a runner or Consul chose, so a
     /// result's size is bounded by its `result` alone.
     pub fn capped(mut self) -> Self {
-        let cap = |value: &mut String, max: usize| {
-            if let std::borrow::Cow::Owned(capped) = text::cap(value, max) {
-                *value = capped;
-            }
-        };
+        let cap = cap_in_place;
         if let Some(id) = &mut self.job_id {
             cap(id, MAX_JOB_ID_CHARS);
         }
@@ -363,16 +393,37 @@ impl JobResult {
         }
         cap(&mut self.message_id, 128);
         if let Some(error) = &mut self.error {
-            cap(&mut error.code, 64);
-            cap(&mut error.message, MAX_ERROR_MESSAGE_CHARS);
+            error.cap();
         }
         if let Some(runner) = &mut self.runner {
-            cap(&mut runner.service, 256);
-            cap(&mut runner.instance_id, 256);
-            cap(&mut runner.address, 256);
+            runner.cap();
         }
         if let Some(version) = &mut self.algorithm_version {
-            cap(version, 128);
+            cap(version, MAX_VERSION_CHARS);
+        }
+        if let Some(pipeline) = &mut self.pipeline {
+            cap(&mut pipeline.name, MAX_PIPELINE_NAME_CHARS);
+        }
+        if let Some(steps) = self.steps.take() {
+            // The controller reports at most one entry per step of a checked pipeline;
+            // the bound holds even if a caller passes more.
+            let steps = steps
+                .into_iter()
+                .take(pipeline::MAX_STEPS)
+                .map(|(name, mut step)| {
+                    cap(&mut step.algorithm, MAX_ALGORITHM_CHARS);
+                    if let Some(runner) = &mut step.runner {
+                        runner.cap();
+                    }
+                    if let Some(version) = &mut step.algorithm_version {
+                        cap(version, MAX_VERSION_CHARS);
+                    }
+                    if let Some(error) = &mut step.error {
+                        error.cap();
+                    }
+                    (text::cap(&name, MAX_STEP_NAME_CHARS).into_owned(), step)
+                });
+            self.steps = Some(steps.collect());
         }
         self
     }
@@ -543,5 +594,56 @@ mod tests {
         assert!(body.contains("\\uffff"), "escaped, not dropped: {body}");
         let back: JobResult = serde_json::from_str(&body).unwrap();
         assert!(back.error.unwrap().message.starts_with("bad \u{FFFF} "));
+    }
+
+    #[test]
+    fn capped_pipeline_results_bound_every_step_field() {
+        let huge = |c: &str| c.repeat(200_000);
+        let error = ErrorInfo::permanent(codes::RUNNER_ERROR, "x").at_step(&huge("s"));
+        let error = ErrorInfo {
+            message: huge("m"),
+            code: huge("c"),
+            ..error
+        };
+        let runner = RunnerInfo {
+            service: huge("r"),
+            instance_id: huge("i"),
+            address: huge("a"),
+        };
+        let step = StepReport {
+            algorithm: huge("a"),
+            runner: Some(runner.clone()),
+            algorithm_version: Some(huge("v")),
+            attempt: 1,
+            timings: StepTimings::default(),
+            result: None,
+            error: Some(error.clone()),
+        };
+        let steps = (0..100)
+            .map(|i| (format!("{i}{}", huge("n")), step.clone()))
+            .collect();
+        let result = JobResult {
+            job_id: None,
+            message_id: "m1".into(),
+            algorithm: None,
+            pipeline: Some(PipelineInfo {
+                name: huge("p"),
+                revision: Some(7),
+            }),
+            status: Status::Error,
+            result: None,
+            error: Some(error),
+            runner: Some(runner),
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings::default(),
+            steps: Some(steps),
+        }
+        .capped();
+        let body = result.to_body().unwrap();
+        // 16 steps of at most ~5 KiB each (the error message dominates), plus the job's.
+        assert!(body.len() < 120_000, "{} bytes", body.len());
+        assert_eq!(result.steps.unwrap().len(), pipeline::MAX_STEPS);
     }
 }
