@@ -16,6 +16,8 @@
 //! This module checks the graph and builds step inputs; running steps is the
 //! controller's, storing named pipelines the CLI's.
 
+mod schema;
+
 use crate::{MAX_ALGORITHM_CHARS, text};
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -425,8 +427,7 @@ pub fn check_schemas(
     pipeline: &Pipeline,
     schemas: &BTreeMap<String, (Value, Value)>,
 ) -> Vec<String> {
-    let _ = (pipeline, schemas);
-    todo!("helper")
+    schema::check(pipeline, schemas)
 }
 
 #[cfg(test)]
