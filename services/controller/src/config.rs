@@ -171,6 +171,10 @@ pub struct Settings {
         value_delimiter = ','
     )]
     pub allow_services: Vec<String>,
+    /// The largest input a pipeline step may be given (`--max-job-bytes` where the queue
+    /// has that flag; the runners' default message limit otherwise).
+    #[arg(skip = DEFAULT_MAX_JOB_BYTES)]
+    pub max_job_bytes: usize,
 }
 
 impl Settings {

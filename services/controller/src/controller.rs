@@ -27,10 +27,14 @@
 use crate::dispatch::{Dispatcher, Failure, Success};
 use crate::metrics::{ControllerMetrics, MetricsSource, Outcome};
 use crate::queue::{Carried, Delivery, JobQueue, PublishError, ResultSink};
+use crate::stored_pipelines::StoredPipelines;
 use plugworker_jobs::{
-    ErrorClass, ErrorInfo, Job, JobResult, RunnerInfo, Status, Timings, Work, codes, parse_job,
+    ErrorClass, ErrorInfo, Job, JobResult, PipelineInfo, RunnerInfo, Status, StepReport, Timings,
+    Work, codes, parse_job,
 };
 use plugworker_lifecycle::Backoff;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::collections::{HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
@@ -64,22 +68,31 @@ pub use crate::config::Settings;
 
 /// What running a job came to.
 #[derive(Debug)]
-enum Verdict {
+pub(crate) enum Verdict {
     Ok(Success),
+    /// Every step of a pipeline finished: their outputs, by step name.
+    Pipeline(Box<RawValue>),
     /// The job itself is wrong: retrying cannot help.
     Permanent(ErrorInfo, Option<RunnerInfo>),
     /// Something around the job is wrong for now.
     Transient(ErrorInfo, Option<RunnerInfo>),
 }
 
+impl Verdict {
+    /// The verdict of `error`, by its class.
+    pub(crate) fn failed(error: ErrorInfo, runner: Option<RunnerInfo>) -> Self {
+        match error.class {
+            ErrorClass::Permanent => Verdict::Permanent(error, runner),
+            ErrorClass::Transient => Verdict::Transient(error, runner),
+        }
+    }
+}
+
 impl From<Result<Success, Failure>> for Verdict {
     fn from(outcome: Result<Success, Failure>) -> Self {
         match outcome {
             Ok(success) => Verdict::Ok(success),
-            Err(Failure { error, runner }) => match error.class {
-                ErrorClass::Permanent => Verdict::Permanent(error, runner),
-                ErrorClass::Transient => Verdict::Transient(error, runner),
-            },
+            Err(Failure { error, runner }) => Verdict::failed(error, runner),
         }
     }
 }
@@ -153,12 +166,12 @@ struct Groups {
     last: HashMap<String, (u64, oneshot::Receiver<bool>)>,
 }
 
-struct Context {
+pub(crate) struct Context {
     queue: Arc<dyn JobQueue>,
     sink: Arc<dyn ResultSink>,
-    dispatcher: Arc<Dispatcher>,
-    settings: Settings,
-    run_slots: Arc<Semaphore>,
+    pub(crate) dispatcher: Arc<Dispatcher>,
+    pub(crate) settings: Settings,
+    pub(crate) run_slots: Arc<Semaphore>,
     waiting_for_runner: Arc<Semaphore>,
     /// Per-algorithm limits, for algorithms runners announce only: a producer inventing
     /// names cannot grow this map.
@@ -167,7 +180,9 @@ struct Context {
     groups: Mutex<Groups>,
     /// Turns true when the shutdown grace is over: unfinished jobs put their messages back.
     give_up: watch::Receiver<bool>,
-    metrics: ControllerMetrics,
+    pub(crate) metrics: ControllerMetrics,
+    /// Named pipelines, as Consul's KV store holds them.
+    pub(crate) pipelines: StoredPipelines,
 }
 
 pub struct Controller {
@@ -196,9 +211,19 @@ impl Controller {
                 groups: Mutex::new(Groups::default()),
                 give_up: give_up_receiver,
                 metrics: ControllerMetrics::new(),
+                pipelines: StoredPipelines::none(),
             }),
             give_up,
         }
+    }
+
+    /// Runs jobs that name a stored pipeline from `pipelines` (without it they stay
+    /// transient `pipeline_unavailable`).
+    pub fn with_pipelines(mut self, pipelines: StoredPipelines) -> Self {
+        Arc::get_mut(&mut self.context)
+            .expect("set before the controller runs")
+            .pipelines = pipelines;
+        self
     }
 
     /// The Prometheus metrics, refreshed from the resolver and the queue at each scrape.
@@ -519,6 +544,7 @@ async fn handle(
         messaging.message.id = %delivery.message_id,
         plugworker.receive_count = delivery.attempt(),
         plugworker.algorithm = tracing::field::Empty,
+        plugworker.pipeline = tracing::field::Empty,
         plugworker.job_id = tracing::field::Empty,
         plugworker.outcome = tracing::field::Empty,
         error.type = tracing::field::Empty,
@@ -606,7 +632,7 @@ async fn handle_traced(
         finished = work => finished,
         _ = give_up.wait_for(|g| *g) => None,
     };
-    let Some(((algorithm, job_id, verdict, queued), mut loaded)) = finished else {
+    let Some((ran, mut loaded)) = finished else {
         // A copy of a message that may be received elsewhere already would be a second job.
         if lease.holds() {
             put_back(context, delivery).await;
@@ -624,6 +650,14 @@ async fn handle_traced(
     let delivery = loaded.as_ref().unwrap_or(delivery);
 
     let total = started.elapsed();
+    let Ran {
+        algorithm,
+        job_id,
+        verdict,
+        queued,
+        pipeline,
+        steps,
+    } = ran;
     let mut result = JobResult {
         job_id,
         message_id: delivery.message_id.clone(),
@@ -641,8 +675,8 @@ async fn handle_traced(
             run_ms: 0.0,
             total_ms: millis(total),
         },
-        pipeline: None,
-        steps: None,
+        pipeline,
+        steps,
     };
     let transient = matches!(verdict, Verdict::Transient(..));
     match verdict {
@@ -656,6 +690,9 @@ async fn handle_traced(
             result.algorithm_version = Some(algorithm_version);
             result.runner = Some(runner);
             result.timings.run_ms = run_micros as f64 / 1000.0;
+        }
+        Verdict::Pipeline(value) => {
+            result.result = Some(value);
         }
         Verdict::Permanent(error, runner) | Verdict::Transient(error, runner) => {
             result.status = Status::Error;
@@ -671,7 +708,12 @@ async fn handle_traced(
             format!("{}/{}", class_name(error.class), error.code).as_str(),
         );
     }
+    if let Some(steps) = &result.steps {
+        // The runners' own run time, summed over the steps.
+        result.timings.run_ms = steps.values().map(|s| s.timings.run_ms).sum();
+    }
     let algorithm = result.algorithm.clone();
+    let pipeline = result.pipeline.clone();
     let outcome = if transient && delivery.attempt() < context.queue.max_attempts() {
         retry(context, delivery, &result)
             .await
@@ -687,16 +729,41 @@ async fn handle_traced(
         outcome,
         started.elapsed(),
     );
+    if let Some(pipeline) = pipeline {
+        context
+            .metrics
+            .pipeline_finished(&pipeline, outcome, started.elapsed());
+    }
     outcome.is_final()
 }
 
-type Ran = (Option<String>, Option<String>, Verdict, Duration);
+/// What running a job came to, and what its result says it ran.
+pub(crate) struct Ran {
+    pub(crate) algorithm: Option<String>,
+    pub(crate) job_id: Option<String>,
+    pub(crate) verdict: Verdict,
+    /// Waiting for a run slot and a runner before the (first) call.
+    pub(crate) queued: Duration,
+    pub(crate) pipeline: Option<PipelineInfo>,
+    pub(crate) steps: Option<BTreeMap<String, StepReport>>,
+}
 
-/// A job that runs one algorithm.
-struct AlgorithmJob {
-    id: Option<String>,
-    algorithm: String,
-    payload: Box<serde_json::value::RawValue>,
+impl Ran {
+    pub(crate) fn new(
+        algorithm: Option<String>,
+        job_id: Option<String>,
+        verdict: Verdict,
+        queued: Duration,
+    ) -> Self {
+        Self {
+            algorithm,
+            job_id,
+            verdict,
+            queued,
+            pipeline: None,
+            steps: None,
+        }
+    }
 }
 
 /// The delivery with its body fetched (`None`: the body is the message's own), within
@@ -718,8 +785,8 @@ async fn load(context: &Context, delivery: &Delivery) -> Option<Delivery> {
     }
 }
 
-/// Parses and runs the job: (algorithm, job id, verdict, time queued). `slot` is the
-/// job's run slot; it is held again when this returns.
+/// Parses and runs the job. `slot` is the job's run slot; it is held again when this
+/// returns.
 async fn run_job(
     context: &Context,
     delivery: &Delivery,
@@ -727,39 +794,48 @@ async fn run_job(
     started: Instant,
 ) -> Ran {
     if let Some(error) = &delivery.unreadable {
-        let verdict = match error.class {
-            ErrorClass::Permanent => Verdict::Permanent(error.clone(), None),
-            ErrorClass::Transient => Verdict::Transient(error.clone(), None),
-        };
-        return (None, None, verdict, Duration::ZERO);
+        return Ran::new(
+            None,
+            None,
+            Verdict::failed(error.clone(), None),
+            Duration::ZERO,
+        );
     }
-    let job = match parse_job(&delivery.body) {
-        Ok(Job {
-            id,
-            work: Work::Algorithm(algorithm),
-            payload,
-        }) => AlgorithmJob {
-            id,
-            algorithm,
-            payload,
-        },
-        Ok(Job { id, .. }) => {
-            let error = ErrorInfo::permanent(codes::INVALID_JOB, "pipelines are not run yet");
-            return (None, id, Verdict::Permanent(error, None), Duration::ZERO);
-        }
+    let Job { id, work, payload } = match parse_job(&delivery.body) {
+        Ok(job) => job,
         Err(error) => {
             let error = ErrorInfo::permanent(error.code(), error.to_string());
             // Whatever is wrong, a valid id is echoed: the producer can tell which job failed.
             let id = plugworker_jobs::job_id(&delivery.body);
-            return (None, id, Verdict::Permanent(error, None), Duration::ZERO);
+            return Ran::new(None, id, Verdict::failed(error, None), Duration::ZERO);
         }
     };
-    tracing::Span::current().record("plugworker.algorithm", job.algorithm.as_str());
-    if let Some(id) = &job.id {
+    if let Some(id) = &id {
         tracing::Span::current().record("plugworker.job_id", id.as_str());
     }
+    match work {
+        Work::Algorithm(algorithm) => {
+            run_algorithm(context, delivery, slot, started, id, algorithm, &payload).await
+        }
+        Work::Pipeline(pipeline) => {
+            crate::pipeline::run(context, pipeline, id, &payload, slot, started).await
+        }
+    }
+}
+
+/// Runs a job of one algorithm.
+async fn run_algorithm(
+    context: &Context,
+    delivery: &Delivery,
+    slot: &mut Option<OwnedSemaphorePermit>,
+    started: Instant,
+    id: Option<String>,
+    algorithm: String,
+    payload: &RawValue,
+) -> Ran {
+    tracing::Span::current().record("plugworker.algorithm", algorithm.as_str());
     let resolver = context.dispatcher.resolver();
-    if resolver.snapshot().instances(&job.algorithm).is_empty()
+    if resolver.snapshot().instances(&algorithm).is_empty()
         && !context.settings.runner_wait.is_zero()
     {
         // Waiting for a runner to appear: without a run slot, so jobs whose runners are
@@ -772,10 +848,10 @@ async fn run_job(
             }
             if context
                 .dispatcher
-                .wait_for_runner(&job.algorithm, context.settings.runner_wait)
+                .wait_for_runner(&algorithm, context.settings.runner_wait)
                 .await
             {
-                tracing::info!(algorithm = %job.algorithm, "a runner appeared for a waiting job");
+                tracing::info!(%algorithm, "a runner appeared for a waiting job");
             }
             drop(waiting);
         }
@@ -790,35 +866,27 @@ async fn run_job(
                 .expect("never closed"),
         );
     }
-    if resolver.snapshot().instances(&job.algorithm).is_empty() {
+    if resolver.snapshot().instances(&algorithm).is_empty() {
         let error = ErrorInfo::transient(
             codes::NO_RUNNER,
-            format!("no healthy runner serves {:?} yet", job.algorithm),
+            format!("no healthy runner serves {algorithm:?} yet"),
         );
-        return (
-            Some(job.algorithm),
-            job.id,
-            Verdict::Transient(error, None),
-            started.elapsed(),
-        );
+        let verdict = Verdict::Transient(error, None);
+        return Ran::new(Some(algorithm), id, verdict, started.elapsed());
     }
-    let limit = context.algorithm_limit(&job.algorithm);
+    let limit = context.algorithm_limit(&algorithm);
     let _running = limit.acquire_owned().await.expect("never closed");
     let queued = started.elapsed();
     let verdict = Verdict::from(
         context
             .dispatcher
-            .run(
-                &job.algorithm,
-                &job.payload,
-                context.dispatcher.job_timeout(),
-            )
+            .run(&algorithm, payload, context.dispatcher.job_timeout())
             .await,
     );
-    (Some(job.algorithm), job.id, verdict, queued)
+    Ran::new(Some(algorithm), id, verdict, queued)
 }
 
-fn class_name(class: ErrorClass) -> &'static str {
+pub(crate) fn class_name(class: ErrorClass) -> &'static str {
     match class {
         ErrorClass::Permanent => "permanent",
         ErrorClass::Transient => "transient",
@@ -1060,7 +1128,7 @@ async fn heartbeat<T>(
 
 impl Context {
     /// The limit of an algorithm runners announce (the caller checked the resolver).
-    fn algorithm_limit(&self, algorithm: &str) -> Arc<Semaphore> {
+    pub(crate) fn algorithm_limit(&self, algorithm: &str) -> Arc<Semaphore> {
         let mut limits = lock(&self.per_algorithm);
         if let Some(limit) = limits.get(algorithm) {
             return limit.clone();
@@ -1098,7 +1166,7 @@ impl Context {
     }
 }
 
-fn millis(duration: Duration) -> f64 {
+pub(crate) fn millis(duration: Duration) -> f64 {
     (duration.as_secs_f64() * 1e6).round() / 1e3
 }
 

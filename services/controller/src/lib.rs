@@ -7,7 +7,8 @@
 //!   AWS SDK), [`memory`] in process (`plugworker dev`).
 //! - [`dispatch`]: instance choice (power of two choices), connections, retry elsewhere.
 //! - [`classify`] maps a gRPC status to an error class.
-//! - [`controller`] is the job loop and its delivery rules.
+//! - [`controller`] is the job loop and its delivery rules; [`pipeline`] runs a pipeline
+//!   job's steps, [`stored_pipelines`] follows the named ones in Consul's KV store.
 //! - [`config`] holds the flags.
 
 pub mod classify;
@@ -16,9 +17,11 @@ pub mod controller;
 pub mod dispatch;
 pub mod memory;
 pub mod metrics;
+pub mod pipeline;
 pub mod queue;
 #[cfg(feature = "sqs")]
 pub mod sqs;
+pub mod stored_pipelines;
 
 pub use config::MeshArgs;
 #[cfg(feature = "sqs")]
@@ -36,9 +39,11 @@ use std::sync::Arc;
 /// its metrics. The queues are checked first ([`sqs::StartupError`] names the attribute
 /// at fault).
 pub async fn build_on_sqs(
-    args: ControllerArgs,
+    mut args: ControllerArgs,
     consul: ConsulClient,
 ) -> anyhow::Result<(Controller, metrics::MetricsSource)> {
+    // A pipeline step's built input is held to what a job's body may be.
+    args.settings.max_job_bytes = args.queues.max_job_bytes;
     let client = args.queues.sqs.client().await;
     // One claim-check: it resolves pointers of received jobs whatever their bucket; its
     // threshold is set per destination from that queue's MaximumMessageSize.
@@ -118,7 +123,7 @@ pub async fn build_on_sqs(
 
 /// The one controller wiring, whatever the queue: a resolver of runners in the mode the
 /// transport needs (Connect-native instances for mTLS), a dispatcher dialling through that
-/// transport, and the job loop. `plugworker controller` (SQS, [`build_on_sqs`]) and
+/// transport, the stored pipelines' watch, and the job loop. `plugworker controller` (SQS, [`build_on_sqs`]) and
 /// `plugworker dev` (the in-process queue) both build their controller here.
 pub fn assemble(
     queue: Arc<dyn queue::JobQueue>,
@@ -144,6 +149,7 @@ pub fn assemble(
             ..Admission::open()
         },
     };
+    let pipelines = stored_pipelines::StoredPipelines::start(consul.clone(), consul_wait);
     let resolver = Arc::new(Resolver::start_admitting(
         consul,
         consul_wait,
@@ -158,5 +164,5 @@ pub fn assemble(
         )
         .with_transport(transport),
     );
-    Controller::new(queue, sink, dispatcher, settings)
+    Controller::new(queue, sink, dispatcher, settings).with_pipelines(pipelines)
 }

@@ -65,6 +65,28 @@ pub struct JobLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabels {
+    /// A stored pipeline's name, or `inline` (written in the job, or a name the store
+    /// does not hold: producers cannot grow the set of series).
+    pub pipeline: String,
+    /// How the job's delivery ended ([`Outcome::label`]).
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PipelineLabel {
+    pub pipeline: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StepLabels {
+    /// The step's algorithm if some runner announces (or announced) it, else `unknown`.
+    pub algorithm: String,
+    /// `ok`, `permanent_error` or `transient_error` (the job's deadline passed).
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AlgorithmLabel {
     pub algorithm: String,
 }
@@ -112,6 +134,10 @@ pub struct ControllerMetrics {
     /// 1 once the resolver has heard from Consul (jobs are received only then).
     pub consul_ready: Gauge,
     pub queue_messages: Family<StateLabel, Gauge>,
+    pub pipeline_jobs: Family<PipelineLabels, Counter>,
+    pub pipeline_job_seconds: Family<PipelineLabel, Histogram>,
+    pub pipeline_steps: Family<StepLabels, Counter>,
+    pub pipeline_step_seconds: Family<AlgorithmLabel, Histogram>,
     /// Algorithms seen in the resolver's view: the only names used as label values, so
     /// job producers cannot grow the set of series at will.
     known_algorithms: Arc<Mutex<HashSet<String>>>,
@@ -142,6 +168,14 @@ impl ControllerMetrics {
             services_refused: Counter::default(),
             consul_ready: Gauge::default(),
             queue_messages: Family::default(),
+            pipeline_jobs: Family::default(),
+            pipeline_job_seconds: Family::new_with_constructor(
+                || Histogram::new(latency_buckets()),
+            ),
+            pipeline_steps: Family::default(),
+            pipeline_step_seconds: Family::new_with_constructor(|| {
+                Histogram::new(latency_buckets())
+            }),
             known_algorithms: Arc::default(),
         }
     }
@@ -227,6 +261,26 @@ impl ControllerMetrics {
             "Approximate messages in the jobs queue, by state",
             self.queue_messages.clone(),
         );
+        registry.register(
+            "plugworker_pipeline_jobs",
+            "Pipeline jobs finished, by pipeline (stored name or inline) and status (the delivery's outcome)",
+            self.pipeline_jobs.clone(),
+        );
+        registry.register(
+            "plugworker_pipeline_job_duration_seconds",
+            "Time from a pipeline job's receipt to its result being delivered, by pipeline",
+            self.pipeline_job_seconds.clone(),
+        );
+        registry.register(
+            "plugworker_pipeline_steps",
+            "Pipeline steps ended, by algorithm and status",
+            self.pipeline_steps.clone(),
+        );
+        registry.register(
+            "plugworker_pipeline_step_duration_seconds",
+            "Time a pipeline step took, retries within the delivery included, by algorithm",
+            self.pipeline_step_seconds.clone(),
+        );
     }
 
     /// Counts a finished job. `snapshot` is the resolver's current view, which says
@@ -245,6 +299,49 @@ impl ControllerMetrics {
         self.jobs.get_or_create(&labels).inc();
         self.job_seconds
             .get_or_create(&labels)
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a finished pipeline job: stored pipelines (those with a revision) by name,
+    /// the rest as `inline`.
+    pub fn pipeline_finished(
+        &self,
+        pipeline: &plugworker_jobs::PipelineInfo,
+        outcome: Outcome,
+        took: Duration,
+    ) {
+        let name = match pipeline.revision {
+            Some(_) => pipeline.name.clone(),
+            None => crate::pipeline::INLINE.to_string(),
+        };
+        self.pipeline_jobs
+            .get_or_create(&PipelineLabels {
+                pipeline: name.clone(),
+                status: outcome.label().to_string(),
+            })
+            .inc();
+        self.pipeline_job_seconds
+            .get_or_create(&PipelineLabel { pipeline: name })
+            .observe(took.as_secs_f64());
+    }
+
+    /// Counts a pipeline step that ended with `status`.
+    pub fn step_finished(
+        &self,
+        algorithm: &str,
+        snapshot: &Snapshot,
+        status: &str,
+        took: Duration,
+    ) {
+        let algorithm = self.algorithm_label(Some(algorithm), snapshot);
+        self.pipeline_steps
+            .get_or_create(&StepLabels {
+                algorithm: algorithm.clone(),
+                status: status.to_string(),
+            })
+            .inc();
+        self.pipeline_step_seconds
+            .get_or_create(&AlgorithmLabel { algorithm })
             .observe(took.as_secs_f64());
     }
 

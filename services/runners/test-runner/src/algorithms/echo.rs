@@ -27,6 +27,10 @@ pub struct Input {
 pub struct Output {
     pub message: String,
     pub delayed_ms: u32,
+    /// When the run began and ended, in milliseconds since the Unix epoch, by this
+    /// runner's clock: what tests read to show runs overlapped (or did not).
+    pub started_unix_ms: u64,
+    pub finished_unix_ms: u64,
 }
 
 pub struct Echo {
@@ -62,14 +66,23 @@ impl Algorithm for Echo {
                 "echo's backend is down (TEST_RUNNER_ALWAYS_UNAVAILABLE)".into(),
             ));
         }
+        let started_unix_ms = unix_ms();
         if input.delay_ms > 0 {
             tokio::time::sleep(Duration::from_millis(input.delay_ms.into())).await;
         }
         Ok(Output {
             message: input.message,
             delayed_ms: input.delay_ms,
+            started_unix_ms,
+            finished_unix_ms: unix_ms(),
         })
     }
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 plugworker_kit::register_algorithm!(Echo);

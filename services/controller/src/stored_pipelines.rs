@@ -1,0 +1,205 @@
+//! Named pipelines: the controller's live copy of Consul's KV prefix
+//! `plugworker/pipelines/` (one key per pipeline, its value the pipeline's JSON object).
+//!
+//! One blocking `kv_list` on the prefix, with the index handling, rate limit and error
+//! backoff of [`Watch`] (as the resolver follows the catalog): a pipeline put, changed
+//! or deleted applies to jobs that start after the watch sees it, with no restart. Each
+//! value is parsed once per revision (its `ModifyIndex`); one that does not parse is kept
+//! as its error, so jobs naming it fail `invalid_pipeline` with the reason.
+//!
+//! Before the first answer nothing is known: [`Lookup::NotYet`] (jobs naming a pipeline
+//! are transient then). A token that may not read the prefix gets 403 for ever: the
+//! watch logs the fix once and named pipelines stay unavailable; inline ones still run.
+
+use plugworker_consul_client::{ConsulClient, Error, KvPair, Watch};
+use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, valid_pipeline_name};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+/// One stored pipeline at one revision.
+#[derive(Clone, Debug)]
+pub struct Stored {
+    /// Its KV `ModifyIndex`.
+    pub revision: u64,
+    /// The parsed pipeline, or why the stored value is not one.
+    pub pipeline: Result<Arc<Pipeline>, String>,
+}
+
+/// What the store says about a name.
+#[derive(Clone, Debug)]
+pub enum Lookup {
+    Found(Stored),
+    /// The watch has answered, and no key has this name.
+    Unknown,
+    /// The watch has not answered yet (or may not read the prefix).
+    NotYet,
+}
+
+/// Stored pipelines by name; `None` until Consul first answers.
+type View = Option<Arc<HashMap<String, Stored>>>;
+
+/// The named pipelines, kept live by a blocking query; the task stops when this is dropped.
+pub struct StoredPipelines {
+    view: watch::Receiver<View>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl StoredPipelines {
+    /// Follows `plugworker/pipelines/` with requests Consul may hold for up to `wait`.
+    pub fn start(client: ConsulClient, wait: Duration) -> Self {
+        let (sender, view) = watch::channel(None);
+        let task = tokio::spawn(follow(client, wait, sender));
+        Self {
+            view,
+            task: Some(task),
+        }
+    }
+
+    /// A store that never answers: named pipelines stay unavailable (a controller built
+    /// without a Consul client, as in unit tests).
+    pub fn none() -> Self {
+        Self {
+            view: watch::channel(None).1,
+            task: None,
+        }
+    }
+
+    /// The pipeline stored as `name` now.
+    pub fn get(&self, name: &str) -> Lookup {
+        match &*self.view.borrow() {
+            None => Lookup::NotYet,
+            Some(view) => view
+                .get(name)
+                .map_or(Lookup::Unknown, |stored| Lookup::Found(stored.clone())),
+        }
+    }
+
+    /// Resolves once the watch has answered (for tests and readiness).
+    pub async fn wait_answered(&self) {
+        let mut view = self.view.clone();
+        let _ = view.wait_for(Option::is_some).await;
+    }
+}
+
+impl Drop for StoredPipelines {
+    fn drop(&mut self) {
+        if let Some(task) = &self.task {
+            task.abort();
+        }
+    }
+}
+
+async fn follow(client: ConsulClient, wait: Duration, sender: watch::Sender<View>) {
+    let mut watch = Watch::new(wait);
+    let mut forbidden_logged = false;
+    loop {
+        let result = watch
+            .next(|options| client.kv_list(KV_PREFIX, options))
+            .await;
+        match result {
+            Ok(pairs) => {
+                forbidden_logged = false;
+                let previous = sender.borrow().clone();
+                let view = read(&pairs, previous.as_deref());
+                tracing::debug!(pipelines = view.len(), "stored pipelines changed");
+                sender.send_replace(Some(Arc::new(view)));
+            }
+            Err(error) if is_forbidden(&error) => {
+                if !forbidden_logged {
+                    forbidden_logged = true;
+                    tracing::error!(%error, "the controller's Consul token may not read {KV_PREFIX}: jobs naming a stored pipeline stay transient (pipeline_unavailable) until it can; grant the controller's policy key_prefix \"{KV_PREFIX}\" {{ policy = \"read\" }}");
+                }
+            }
+            Err(error) => {
+                tracing::warn!(%error, "Consul watch of the stored pipelines failed; keeping the last known ones");
+            }
+        }
+    }
+}
+
+fn is_forbidden(error: &Error) -> bool {
+    matches!(error, Error::Status { status, .. } if status.as_u16() == 403)
+}
+
+/// The view of `pairs`: entries whose revision is unchanged from `previous` are reused,
+/// the rest parsed (a value that does not parse is logged once, at its revision). Keys
+/// below a further `/`, or whose name no job could give, are skipped.
+fn read(pairs: &[KvPair], previous: Option<&HashMap<String, Stored>>) -> HashMap<String, Stored> {
+    let mut view = HashMap::new();
+    for pair in pairs {
+        let Some(name) = pair.key.strip_prefix(KV_PREFIX) else {
+            continue;
+        };
+        if !valid_pipeline_name(name) {
+            continue;
+        }
+        let unchanged = previous
+            .and_then(|previous| previous.get(name))
+            .filter(|stored| stored.revision == pair.modify_index);
+        let stored = match unchanged {
+            Some(stored) => stored.clone(),
+            None => {
+                let pipeline = std::str::from_utf8(&pair.value)
+                    .map_err(|_| "the stored value is not UTF-8 text".to_string())
+                    .and_then(|text| Pipeline::parse(text).map_err(|e| e.to_string()))
+                    .map(Arc::new);
+                if let Err(error) = &pipeline {
+                    tracing::warn!(pipeline = name, revision = pair.modify_index, %error, "a stored pipeline is invalid; jobs naming it fail invalid_pipeline");
+                }
+                Stored {
+                    revision: pair.modify_index,
+                    pipeline,
+                }
+            }
+        };
+        view.insert(name.to_string(), stored);
+    }
+    view
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pair(name: &str, value: &str, revision: u64) -> KvPair {
+        KvPair {
+            key: format!("{KV_PREFIX}{name}"),
+            value: value.as_bytes().to_vec(),
+            modify_index: revision,
+            ..KvPair::default()
+        }
+    }
+
+    #[test]
+    fn a_view_keeps_parsed_revisions_and_names_what_does_not_parse() {
+        let good = r#"{"a": {"algorithm": "echo"}}"#;
+        let pairs = vec![
+            pair("ok", good, 5),
+            pair("broken", "{not json", 6),
+            pair("nested/deeper", good, 7),
+            pair("Bad Name", good, 8),
+        ];
+        let view = read(&pairs, None);
+        assert_eq!(view.len(), 2, "{view:?}");
+        assert_eq!(view["ok"].revision, 5);
+        assert!(view["ok"].pipeline.is_ok());
+        assert!(view["broken"].pipeline.is_err());
+        // A changed revision is parsed again; an unchanged one reused.
+        let again = read(
+            &[pair("ok", "[]", 9), pair("broken", "{not json", 6)],
+            Some(&view),
+        );
+        assert_eq!(again["ok"].revision, 9);
+        assert!(again["ok"].pipeline.is_err());
+        assert!(again["broken"].pipeline.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_unanswered_store_says_not_yet() {
+        let store = StoredPipelines::none();
+        assert!(matches!(store.get("x"), Lookup::NotYet));
+    }
+}
