@@ -2,6 +2,14 @@
 //! snapshot (no Consul round trip), balance by power of two choices on in-flight calls,
 //! and retry once on another instance when the first answers `UNAVAILABLE`.
 //!
+//! A call the runner provably did not process is sent again before that, up to
+//! [`MAX_RESENDS`] times, on any instance (the same one included), and does not spend the
+//! retry: a stream refused with `REFUSED_STREAM` or by a GOAWAY, or a request hyper never
+//! wrote ([`classify::unprocessed`]). Runners close connections routinely (maximum age,
+//! the client certificate's `NotAfter`, idle and capacity limits): calls started as a
+//! GOAWAY arrives are refused, not lost. A call that may have run (a reset after the
+//! runner received it, a connection lost mid-call) is never sent again here.
+//!
 //! Each instance gets one lazily-connected HTTP/2 channel behind a tower concurrency
 //! limit, so one slow instance cannot absorb every call.
 //!
@@ -46,6 +54,16 @@ type Client = RunnerClient<ConcurrencyLimit<Channel>>;
 
 /// How long an instance that failed the mesh identity check is left out of the choice.
 pub const IDENTITY_FAILURE_COOL_DOWN: Duration = Duration::from_secs(10);
+
+/// How many times one call is sent again, at most, because the runner provably did not
+/// process it ([`classify::Unprocessed`]: refused stream, GOAWAY, not sent); these do not
+/// count as the retry on another instance.
+pub const MAX_RESENDS: u32 = 4;
+
+/// The pause before the first such resend; each next one waits 4 times longer (5, 20, 80,
+/// 320 ms: 425 ms in all). A GOAWAY fails the calls started just after it at once, until
+/// the channel has seen the connection end and dials a new one; the pause lets it.
+pub const RESEND_PAUSE: Duration = Duration::from_millis(5);
 
 /// How the dispatcher reaches runners.
 #[derive(Clone)]
@@ -150,8 +168,9 @@ impl Dispatcher {
 
     /// Runs `algorithm` on `payload` on a healthy instance, each call bounded by `timeout`
     /// (sent as `grpc-timeout`); on `UNAVAILABLE` (or an instance that lost the
-    /// algorithm), once more on a different one. Instances whose address cannot be dialled
-    /// are skipped.
+    /// algorithm), once more on a different one. A call the runner did not process is sent
+    /// again first (see the module's documentation). Instances whose address cannot be
+    /// dialled are skipped.
     pub async fn run(
         &self,
         algorithm: &str,
@@ -171,6 +190,8 @@ impl Dispatcher {
         let refused = self.refused(candidates);
         excluded.extend(refused.iter().copied());
         let skipped_refused = !refused.is_empty();
+        // Calls sent again because the runner provably did not process them.
+        let mut resent = 0u32;
         loop {
             let Some(instance) = pick(candidates, &excluded, |i| self.load(i)) else {
                 return Err(match first_failure {
@@ -201,6 +222,28 @@ impl Dispatcher {
             match self.call(&connection, instance, &job).await {
                 Ok(success) => return Ok(success),
                 Err((status, runner)) => {
+                    let status = match classify::unprocessed(&status) {
+                        Some(why) if resent < MAX_RESENDS => {
+                            // Never reached the runner's service: sent again, this
+                            // instance included (the runner closing the connection is
+                            // usually healthy), after a pause that lets the channel see
+                            // the GOAWAY and dial a new connection.
+                            tracing::info!(instance = %instance.id, reason = why.label(), error = %status.message(), "the runner did not process the call; sending it again on a new connection");
+                            excluded.pop();
+                            tokio::time::sleep(RESEND_PAUSE * 4u32.pow(resent)).await;
+                            resent += 1;
+                            continue;
+                        }
+                        // Refused every time: an instance that stays unreachable, which
+                        // the retry on another instance is for.
+                        Some(why) => tonic::Status::unavailable(format!(
+                            "the runner did not process the call {} times in a row ({}): {}",
+                            resent + 1,
+                            why.label(),
+                            status.message()
+                        )),
+                        None => status,
+                    };
                     if let Some(refusal) = identity_refusal(&status) {
                         let mut until = lock(&connection.refused_until);
                         if until.is_none_or(|t| t <= Instant::now()) {
@@ -449,21 +492,15 @@ fn endpoint(address: &str) -> Result<Endpoint, String> {
 /// certificate (wrong service, untrusted chain or trust domain), as opposed to a runner
 /// that is merely down.
 fn identity_refusal(status: &tonic::Status) -> Option<&plugworker_mesh::Error> {
-    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(status);
-    while let Some(error) = source {
-        if let Some(mesh) = error.downcast_ref::<plugworker_mesh::Error>() {
-            return matches!(
-                mesh,
-                plugworker_mesh::Error::WrongService { .. }
-                    | plugworker_mesh::Error::UntrustedChain(_)
-                    | plugworker_mesh::Error::WrongTrustDomain { .. }
-                    | plugworker_mesh::Error::PeerRefused { .. }
-            )
-            .then_some(mesh);
-        }
-        source = error.source();
-    }
-    None
+    let mesh = classify::causes(status).find_map(|e| e.downcast_ref::<plugworker_mesh::Error>())?;
+    matches!(
+        mesh,
+        plugworker_mesh::Error::WrongService { .. }
+            | plugworker_mesh::Error::UntrustedChain(_)
+            | plugworker_mesh::Error::WrongTrustDomain { .. }
+            | plugworker_mesh::Error::PeerRefused { .. }
+    )
+    .then_some(mesh)
 }
 
 fn failure(status: &tonic::Status, runner: Option<RunnerInfo>) -> Failure {
