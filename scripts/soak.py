@@ -41,7 +41,8 @@ LOGS = pathlib.Path(tempfile.mkdtemp(prefix="plugworker-soak-"))
 BOOTSTRAP_TOKEN = "6c1f3b52-2a8e-4d7b-9e0f-1a2b3c4d5e6f"
 MESSAGE_KEYS = f"soak:{os.urandom(24).hex()}"
 # The controller's policy (consul_client::admin::controller_rules("controller")).
-CONTROLLER_RULES = 'service "controller" {\n  policy = "write"\n}\nservice_prefix "" {\n  policy = "read"\n}\nnode_prefix "" {\n  policy = "read"\n}\n'
+CONTROLLER_RULES = ('service "controller" {\n  policy = "write"\n}\nservice_prefix "" {\n  policy = "read"\n}\nnode_prefix "" {\n  policy = "read"\n}\n'
+                    'key_prefix "plugworker/pipelines/" {\n  policy = "read"\n}\n')
 
 
 def free_port() -> int:

@@ -9,7 +9,8 @@
 #      every runner: service identity of its own name (write its own service, read the
 #        catalog), in runner-tokens/<runner>;
 #      the controller: policy plugworker-controller (service "controller" write,
-#        service_prefix "" read, node_prefix "" read), in controller-token/token;
+#        service_prefix "" read, node_prefix "" read, key_prefix "plugworker/pipelines/"
+#        read: the stored pipelines it watches), in controller-token/token;
 #      Prometheus: policy plugworker-prometheus (service_prefix "" read,
 #        node_prefix "" read), in prometheus-token/token;
 #  - intentions: default deny (`*` -> `*`), then controller -> each runner allowed.
@@ -105,7 +106,8 @@ consul acl set-agent-token agent "$(cat "$BOOTSTRAP/agent.token")" >/dev/null
 ensure_policy plugworker-controller '
 service "controller" { policy = "write" }
 service_prefix "" { policy = "read" }
-node_prefix "" { policy = "read" }'
+node_prefix "" { policy = "read" }
+key_prefix "plugworker/pipelines/" { policy = "read" }'
 ensure_policy plugworker-prometheus '
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }'

@@ -18,7 +18,8 @@
 - trust (`trust`): Consul runs with ACLs, default deny, and Connect, and its HTTP API is
   reachable on the network only over HTTPS; every process talking to Consul has its own
   token file, in a volume that only that role mounts (read-only) and the init job writes;
-  no token literal; nothing runs with --insecure-plaintext;
+  no token literal; nothing runs with --insecure-plaintext; the controller's policy
+  (init.sh) grants exactly what the code's controller_rules does;
 - Prometheus finds the controller and the runners through Consul (`consul_sd_configs`
   filtered on Meta plugworker_role, scraped at plugworker_metrics_port), with its own
   token; no static target names a plugworker service.
@@ -31,7 +32,7 @@ import shlex
 
 import yaml
 
-from . import binaries, dockerfile_rules
+from . import binaries, consul_rules, dockerfile_rules
 
 RUNNER_DOCKERFILE = "infra/docker/runner.Dockerfile"
 RUNNER_ANCHORS = {"service": "x-runner", "build": "x-runner-build", "environment": "x-runner-env"}
@@ -198,7 +199,23 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
     problems += _manifest_runners(repo, runners)
     problems += _terraform_runners(repo, where, runners)
     problems += _trust(where, services, plugworker, infra, set(runners))
+    problems += _controller_policy(repo, infra)
     problems += _prometheus(infra, services, plugworker, runners)
+    return problems
+
+
+def _controller_policy(repo, infra) -> list:
+    """The policy init.sh gives the controller is the code's controller_rules("controller")."""
+    init = infra / "consul" / "init.sh"
+    found = re.search(r"ensure_policy plugworker-controller '([^']*)'", init.read_text()) if init.exists() else None
+    if not found:
+        return [f"{init}: no `ensure_policy plugworker-controller '<rules>'` (the controller's policy)"]
+    granted, wanted = consul_rules.parse(found.group(1)), consul_rules.controller_rules(repo)
+    problems = []
+    if wanted - granted:
+        problems.append(f"{init}: the controller's policy lacks {consul_rules.describe(wanted - granted)} (consul_client::admin::controller_rules)")
+    if granted - wanted:
+        problems.append(f"{init}: the controller's policy grants {consul_rules.describe(granted - wanted)} beyond consul_client::admin::controller_rules")
     return problems
 
 

@@ -6,7 +6,7 @@ import re
 import hcl2
 import yaml
 
-from . import hcl
+from . import consul_rules, hcl
 from .hcl import Block
 
 OPEN_CIDRS = {"0.0.0.0/0", "::/0"}
@@ -646,6 +646,27 @@ def intentions(tree, root: pathlib.Path) -> list:
     return problems
 
 
+def controller_grants(tree, root: pathlib.Path) -> list:
+    """The controller's token grants what the code's controller_rules does: its service
+    identity, plus the policy mesh.py defines for it (the stored pipelines' read)."""
+    mesh = root / "modules" / "mesh" / "main.tf"
+    text = mesh.read_text() if mesh.exists() else ""
+    role = re.search(r'\bcontroller\s*=\s*\{.*?\bpolicy\s*=\s*"(\w*)".*?\bservice\s*=\s*var\.controller_service\s*\}', text)
+    if not role:
+        return [f"{mesh}: no controller role (policy = \"...\", service = var.controller_service) in local.roles"]
+    granted = consul_rules.service_identity("controller")
+    if role.group(1):
+        script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
+        policy = re.search(rf'"{role.group(1)}": \("[^"]*", \'([^\']*)\'\)', script)
+        if not policy:
+            return [f"{root / MESH_SCRIPT}: POLICIES defines no {role.group(1)!r} policy, which the controller's token names"]
+        granted |= consul_rules.parse(policy.group(1).replace("\\n", "\n"))
+    missing = consul_rules.controller_rules(root.parent) - granted
+    if missing:
+        return [f"{mesh}: the controller's token lacks {consul_rules.describe(missing)} (consul_client::admin::controller_rules); give its role a policy mesh.py defines"]
+    return []
+
+
 def _containers(tree):
     """(module, label, container dict) of every container definition the stack declares."""
     found = []
@@ -870,7 +891,8 @@ def run(root: pathlib.Path) -> list:
     for rule in (redrive, encryption, open_ingress, controller_permissions, s3_buckets):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree)]
     problems += [f"[visibility] {p}" for p in visibility(tree, root)]
-    for rule in (images_pushed, consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, tokens_from_ssm, client_address, prometheus_discovery):
+    for rule in (images_pushed, consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, controller_grants, tokens_from_ssm, client_address,
+                 prometheus_discovery):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree, root)]
     problems += [f"[runner_ingress] {p}" for p in runner_ingress(tree)]
     problems += [f"[runner_ports] {p}" for p in runner_ports(tree)]

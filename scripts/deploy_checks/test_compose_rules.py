@@ -99,6 +99,12 @@ class Trust(Case):
         self.assertReports(problems, r"service nlp-runner reaches Consul at http://consul:8500 in plain HTTP")
         self.assertReports(problems, r"CONSUL_HTTP_ADDR=http://consul:8500 names consul:8500, but consul listens on \[8501\]")
 
+    def test_a_controller_policy_other_than_the_codes_fails(self):
+        self.scratch.edit("infra/consul/init.sh", '\nkey_prefix "plugworker/pipelines/" { policy = "read" }', "")
+        self.assertReports(self.check(), r'the controller\'s policy lacks key_prefix "plugworker/pipelines/" read')
+        self.scratch.edit("infra/consul/init.sh", 'node_prefix "" { policy = "read" }', 'node_prefix "" { policy = "read" }\nkey_prefix "" { policy = "write" }')
+        self.assertReports(self.check(), r'the controller\'s policy grants key_prefix "" write beyond')
+
     def test_a_process_without_a_token_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "      CONSUL_HTTP_TOKEN_FILE: /run/consul-token/token\n", "")
         self.assertReports(self.check(), r"service controller talks to Consul without a token")
@@ -319,7 +325,8 @@ class ConsulInitRun(unittest.TestCase):
         self.assertIn("-policy-name=plugworker-prometheus", created_with)
         self.assertEqual(len(secrets | {controller, prometheus}), len(secrets) + 2, "every process has its own token")
         rules = (self.state / "policies" / "plugworker-controller").read_text()
-        for rule in ('service "controller" { policy = "write" }', 'service_prefix "" { policy = "read" }', 'node_prefix "" { policy = "read" }'):
+        for rule in ('service "controller" { policy = "write" }', 'service_prefix "" { policy = "read" }', 'node_prefix "" { policy = "read" }',
+                     'key_prefix "plugworker/pipelines/" { policy = "read" }'):
             self.assertIn(rule, rules)
         self.assertNotIn("write", (self.state / "policies" / "plugworker-prometheus").read_text())
         self.assertIn('Sources = [{ Name = "*", Action = "deny" }]', (self.state / "intentions" / "*.hcl").read_text())

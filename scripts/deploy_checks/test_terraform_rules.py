@@ -160,6 +160,12 @@ class ConsulTrust(Rules):
         self.scratch.edit("terraform/main.tf", "  runner_names       = keys(var.runners)\n  controller_service", '  runner_names       = ["only-one"]\n  controller_service')
         self.assertReports(self.check(), r"\[intentions\].*module mesh must get runner_names = keys\(var\.runners\)")
 
+    def test_a_controller_token_without_the_pipelines_read_fails(self):
+        self.scratch.edit(MESH_SCRIPT, 'key_prefix "plugworker/pipelines/" { policy = "read" }', 'key_prefix "plugworker/other/" { policy = "read" }')
+        self.assertReports(self.check(), r'controller_grants.*the controller\'s token lacks key_prefix "plugworker/pipelines/" read')
+        self.scratch.edit(MESH, 'policy = "controller", service = var.controller_service', 'policy = "", service = var.controller_service')
+        self.assertReports(self.check(), r'controller_grants.*the controller\'s token lacks key_prefix "plugworker/pipelines/" read')
+
     def test_a_token_in_plain_environment_fails(self):
         self.scratch.edit(SERVICES, '{ name = "OTEL_SERVICE_NAME", value = name },', '{ name = "OTEL_SERVICE_NAME", value = name },\n        { name = "CONSUL_HTTP_TOKEN", value = "00000000-0000-0000-0000-000000000000" },')
         self.assertReports(self.check(), r"\[tokens_from_ssm\].*runner_containers sets CONSUL_HTTP_TOKEN as plain environment")
@@ -305,6 +311,7 @@ class MeshScript(unittest.TestCase):
 
     PREFIX = "/teststack/consul"
     MANAGEMENT = str(uuid.uuid4())
+    controller_policy = "controller"  # what modules/mesh gives the controller's token
 
     def setUp(self):
         self.moto_port, self.consul_port = _free_port(), _free_port()
@@ -332,7 +339,7 @@ class MeshScript(unittest.TestCase):
     def write_mesh(self, runners):
         """The parameters modules/mesh writes, for the controller, Prometheus, the agents and
         `runners`: a token parameter per role and the mesh document."""
-        roles = {"agent": ("agent", ""), "controller": ("", "controller"), "prometheus": ("prometheus", "")}
+        roles = {"agent": ("agent", ""), "controller": (self.controller_policy, "controller"), "prometheus": ("prometheus", "")}
         roles.update({f"runner:{r}": ("", r) for r in runners})
         tokens = []
         for role, (policy, service) in roles.items():
@@ -400,7 +407,31 @@ class MeshScript(unittest.TestCase):
         self.assertEqual(entry["Meta"], {"plugworker-stack": "teststack"})
         status, wildcard = self.consul("GET", "/v1/config/service-intentions/*", self.MANAGEMENT)
         self.assertEqual([(s["Name"], s["Action"]) for s in wildcard["Sources"]], [("*", "deny")])
+        # The controller registers itself and reads the stored pipelines, writing none.
+        self.assertPipelinesReadOnly()
         # A second run finds everything in place.
+        self.assertEqual(self.run_mesh(), "")
+
+    def assertPipelinesReadOnly(self):
+        controller = self.secret("controller")
+        self.assertEqual(self.register("controller", controller), 200)
+        self.assertEqual(self.consul("PUT", "/v1/kv/plugworker/pipelines/meme_report", self.MANAGEMENT, {"label": {"algorithm": "ocr"}})[0], 200)
+        status, entries = self.consul("GET", "/v1/kv/plugworker/pipelines/?recurse=true", controller)
+        self.assertEqual((status, [e["Key"] for e in entries]), (200, ["plugworker/pipelines/meme_report"]))
+        self.assertEqual(self.consul("PUT", "/v1/kv/plugworker/pipelines/other", controller, {})[0], 403)
+        self.assertEqual(self.consul("GET", "/v1/kv/plugworker/secrets", controller)[0], 403)
+
+    def test_a_controller_token_made_before_its_policy_gains_it(self):
+        # A stack deployed when the controller's token was a service identity alone.
+        self.controller_policy = ""
+        self.write_mesh(["sound-runner"])
+        self.run_mesh()
+        self.assertEqual(self.consul("PUT", "/v1/kv/plugworker/pipelines/meme_report", self.MANAGEMENT, {})[0], 200)
+        self.assertEqual(self.consul("GET", "/v1/kv/plugworker/pipelines/meme_report", self.secret("controller"))[0], 403)
+        self.controller_policy = "controller"
+        self.write_mesh(["sound-runner"])
+        self.assertIn("token controller updated", self.run_mesh())
+        self.assertPipelinesReadOnly()
         self.assertEqual(self.run_mesh(), "")
 
     def test_a_removed_runner_goes_a_rotated_secret_replaces_its_token_and_others_entries_stay(self):

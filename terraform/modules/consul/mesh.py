@@ -9,12 +9,14 @@ Idempotent. A timer runs it every minute on each server of a cluster the stack c
     CONSUL_HTTP_ADDR=https://127.0.0.1:8501 CONSUL_CACERT=ca.pem \\
     CONSUL_HTTP_TOKEN=<management token> python3 mesh.py
 
-- Policies: STACK-agent (client agents: write their node, read services) and
-  STACK-prometheus (read services and nodes, for consul_sd_configs).
+- Policies: STACK-agent (client agents: write their node, read services),
+  STACK-prometheus (read services and nodes, for consul_sd_configs) and STACK-controller
+  (read the stored pipelines, plugworker/pipelines/, which the controller watches).
 - Tokens get the accessor and secret IDs terraform generated (the secret read from its
   SSM parameter): runners and the controller a service identity (write their own service
-  and its Connect certificate, read the catalog), agents and Prometheus a policy. A token
-  whose secret changed in SSM is replaced (rotation, docs/deploy-aws.md).
+  and its Connect certificate, read the catalog), agents and Prometheus a policy, the
+  controller its policy too. A token whose secret changed in SSM is replaced (rotation,
+  docs/deploy-aws.md); one whose policies or service identities differ is updated.
 - Intentions: the config entries listed (default deny "*" from "*", the controller allowed
   to each runner), each marked Meta plugworker-stack = STACK.
 - What this stack made and no longer lists (a runner removed) is deleted: tokens whose
@@ -37,6 +39,8 @@ import urllib.request
 POLICIES = {
     "agent": ("client agents", 'node_prefix "" { policy = "write" }\nservice_prefix "" { policy = "read" }\n'),
     "prometheus": ("Prometheus service discovery, read only", 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'),
+    # Beside its service identity (consul_client::admin::controller_rules).
+    "controller": ("the controller: read the stored pipelines", 'key_prefix "plugworker/pipelines/" { policy = "read" }\n'),
 }
 META = "plugworker-stack"
 
@@ -137,23 +141,33 @@ def apply_policies(consul, stack):
             log(f"policy {name} updated")
 
 
+def _grants(token):
+    """A token's policy names and service identities, as comparable sets."""
+    return ({p.get("Name") for p in token.get("Policies") or []},
+            {i.get("ServiceName") for i in token.get("ServiceIdentities") or []})
+
+
 def apply_tokens(consul, stack, tokens):
     wanted = set()
     for token in tokens:
         accessor, role = token["accessor_id"], token["role"]
         wanted.add(accessor)
         secret = parameter(token["parameter"])
+        body = {"AccessorID": accessor, "SecretID": secret, "Description": f"plugworker {stack} {role}"}
+        if token.get("policy"):
+            body["Policies"] = [{"Name": f"{stack}-{token['policy']}"}]
+        if token.get("service"):
+            body["ServiceIdentities"] = [{"ServiceName": token["service"]}]
         current = consul.get_or_none(f"/v1/acl/token/{accessor}")
         if current is not None and current.get("SecretID") == secret:
+            if _grants(current) != _grants(body):
+                # A grant added since the token was made (the controller's pipelines read).
+                consul.call("PUT", f"/v1/acl/token/{accessor}", body)
+                log(f"token {role} updated")
             continue
         if current is not None:
             consul.call("DELETE", f"/v1/acl/token/{accessor}")
             log(f"token {role}: its secret changed in SSM, replacing it")
-        body = {"AccessorID": accessor, "SecretID": secret, "Description": f"plugworker {stack} {role}"}
-        if token.get("policy"):
-            body["Policies"] = [{"Name": f"{stack}-{token['policy']}"}]
-        else:
-            body["ServiceIdentities"] = [{"ServiceName": token["service"]}]
         consul.call("PUT", "/v1/acl/token", body)
         log(f"token {role} created")
     for token in consul.call("GET", "/v1/acl/tokens") or []:

@@ -9,7 +9,8 @@
 #                                      (CONSUL_CACERT) for everything
 #   /NAME/consul/tokens/management     the initial management token (servers only)
 #   /NAME/consul/tokens/agent          the client agents' token (node write)
-#   /NAME/consul/tokens/controller     service identity "controller"
+#   /NAME/consul/tokens/controller     service identity "controller" and policy NAME-controller
+#                                      (read plugworker/pipelines/, the stored pipelines)
 #   /NAME/consul/tokens/prometheus     read-only: services and nodes, for consul_sd_configs
 #   /NAME/consul/tokens/runners/<name> one per runner: service identity <name>
 #   /NAME/consul/mesh                  what the servers' bootstrap script creates from: the
@@ -28,7 +29,7 @@ locals {
   roles = merge(
     {
       agent      = { parameter = "${local.prefix}/tokens/agent", policy = "agent", service = "" }
-      controller = { parameter = "${local.prefix}/tokens/controller", policy = "", service = var.controller_service }
+      controller = { parameter = "${local.prefix}/tokens/controller", policy = "controller", service = var.controller_service }
       prometheus = { parameter = "${local.prefix}/tokens/prometheus", policy = "prometheus", service = "" }
     },
     { for runner in var.runner_names : "runner:${runner}" => { parameter = "${local.prefix}/tokens/runners/${runner}", policy = "", service = runner } },
@@ -139,8 +140,8 @@ resource "aws_ssm_parameter" "mesh" {
       role        = role
       accessor_id = random_uuid.accessor[role].result
       parameter   = token.parameter
-      policy      = token.policy  # "agent" or "prometheus": a policy the script defines
-      service     = token.service # otherwise: a service identity
+      policy      = token.policy  # "agent", "prometheus" or "controller": a policy the script defines
+      service     = token.service # a service identity (the controller: both)
     }]
     # Default deny for every pair, then the controller allowed to each runner.
     intentions = concat(
