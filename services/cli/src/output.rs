@@ -5,11 +5,14 @@
 //! The table streams: each result is one row as it arrives, so the column widths are fixed
 //! up front from the terminal's width instead of measured over every row. Every cell is
 //! cut to its column (by display width, so CJK text lines up), and the summary column
-//! takes whatever the terminal has left.
+//! takes whatever the terminal has left. A pipeline job's row names its pipeline and sums
+//! up each step (`label=distracted-boyfriend text="WHEN YOU…" lang=en`).
 
-use plugworker_jobs::{JobResult, Status};
+use plugworker_jobs::{JobResult, Status, StepReport};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
 use serde_json::Value;
+use serde_json::value::RawValue;
+use std::collections::BTreeMap;
 use std::io::{self, Write};
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
@@ -154,7 +157,7 @@ impl<W: Write> ResultWriter<W> {
         self.tally.add(result);
         match self.table {
             None => writeln!(self.out, "{}", serde_json::to_string(result)?)?,
-            Some((_, columns)) => self.row(columns, &Row::of(result))?,
+            Some((_, columns)) => self.row(columns, &Row::of(result, columns.summary))?,
         }
         self.out.flush()
     }
@@ -225,19 +228,33 @@ struct Row {
 }
 
 impl Row {
-    fn of(result: &JobResult) -> Self {
+    /// `width`: the summary column's, which a pipeline's steps share.
+    fn of(result: &JobResult, width: usize) -> Self {
         let job = result
             .job_id
             .clone()
             .unwrap_or_else(|| format!("({})", result.message_id));
-        let summary = match (&result.error, &result.result) {
-            (Some(error), _) => format!("{}: {}", error.code, one_line(&error.message)),
-            (None, Some(document)) => summarize(document.get()),
+        let summary = match (&result.error, &result.result, &result.steps) {
+            (error, _, Some(steps)) if !steps.is_empty() => {
+                let line = summarize_steps(result.result.as_deref(), steps, width);
+                match error {
+                    Some(error) => format!("{line} · {}: {}", error.code, one_line(&error.message)),
+                    None => line,
+                }
+            }
+            (Some(error), _, _) => format!("{}: {}", error.code, one_line(&error.message)),
+            (None, Some(document), _) => summarize(document.get()),
+            (None, None, _) => String::new(),
+        };
+        // A pipeline job names its pipeline where others name their algorithm.
+        let algorithm = match (&result.algorithm, &result.pipeline) {
+            (Some(algorithm), _) => algorithm.clone(),
+            (None, Some(pipeline)) => pipeline.name.clone(),
             (None, None) => String::new(),
         };
         Row {
             job,
-            algorithm: result.algorithm.clone().unwrap_or_default(),
+            algorithm,
             status: match result.status {
                 Status::Ok => "ok".into(),
                 Status::Error => "error".into(),
@@ -275,6 +292,90 @@ pub fn summarize(document: &str) -> String {
             Err(_) => one_line(document),
         },
     }
+}
+
+/// A pipeline job's steps in one line no wider than `width` (when it can be): each step as
+/// `name=` and its output's first field (the template, the text, the language: what the
+/// algorithm's output leads with), `name=✗ code` for a step that failed (an optional one
+/// included). Steps come in the result's order (the pipeline's), then any others by start.
+/// Long values are cut, the longest first, so every step stays on the line.
+fn summarize_steps(
+    document: Option<&RawValue>,
+    steps: &BTreeMap<String, StepReport>,
+    width: usize,
+) -> String {
+    let outputs = document
+        .and_then(|d| serde_json::from_str::<Ordered<Box<RawValue>>>(d.get()).ok())
+        .map(|Ordered(fields)| fields)
+        .unwrap_or_default();
+    let mut names: Vec<&str> = outputs.iter().map(|(name, _)| name.as_str()).collect();
+    let mut rest: Vec<(&String, &StepReport)> = steps
+        .iter()
+        .filter(|(name, _)| !names.contains(&name.as_str()))
+        .collect();
+    rest.sort_by(|a, b| a.1.timings.started_ms.total_cmp(&b.1.timings.started_ms));
+    names.extend(rest.iter().map(|(name, _)| name.as_str()));
+
+    // (label, value, quoted): the label is kept whole, the value may be cut.
+    let cells: Vec<(String, String, bool)> = names
+        .iter()
+        .map(|&name| {
+            let report = steps.get(name);
+            if let Some(error) = report.and_then(|r| r.error.as_ref()) {
+                // The code is what tells failures apart: kept whole, like the label.
+                return (format!("{name}=✗ {}", error.code), String::new(), false);
+            }
+            let output = outputs
+                .iter()
+                .find(|(n, _)| n == name)
+                .map(|(_, v)| v.get())
+                .or_else(|| report.and_then(|r| r.result.as_deref()).map(RawValue::get));
+            // An object's first field in the output's own order; any other value itself.
+            let lead = output.and_then(|text| match serde_json::from_str::<Ordered>(text) {
+                Ok(Ordered(fields)) => fields.into_iter().next().map(|(_, v)| v),
+                Err(_) => serde_json::from_str::<Value>(text).ok(),
+            });
+            match lead {
+                None | Some(Value::Null) => (format!("{name}="), "✗".into(), false),
+                Some(Value::String(text)) => {
+                    let text = one_line(&text);
+                    let quoted = text.is_empty() || text.contains(' ');
+                    (format!("{name}="), text, quoted)
+                }
+                Some(value) => (format!("{name}="), scalar(&value), false),
+            }
+        })
+        .collect();
+
+    // What the values may take: the width less the labels, quotes and separators, shared
+    // out so that short values keep their length and long ones split what is left.
+    let fixed: usize = cells
+        .iter()
+        .map(|(label, _, quoted)| UnicodeWidthStr::width(label.as_str()) + 2 * usize::from(*quoted))
+        .sum::<usize>()
+        + cells.len().saturating_sub(1);
+    let mut left = width.saturating_sub(fixed);
+    let mut order: Vec<usize> = (0..cells.len()).collect();
+    order.sort_by_key(|&i| UnicodeWidthStr::width(cells[i].1.as_str()));
+    let mut budget = vec![0; cells.len()];
+    for (done, &i) in order.iter().enumerate() {
+        let share = left / (cells.len() - done);
+        budget[i] = UnicodeWidthStr::width(cells[i].1.as_str()).min(share.max(2));
+        left = left.saturating_sub(budget[i]);
+    }
+    cells
+        .iter()
+        .zip(budget)
+        .map(|((label, value, quoted), room)| {
+            let value = fit(value, room);
+            if *quoted {
+                format!("{label}\"{value}\"")
+            } else {
+                format!("{label}{value}")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 fn scalar(value: &Value) -> String {
@@ -349,33 +450,32 @@ fn pad_left(text: &str, width: usize) -> String {
 
 /// A JSON object's fields in the order the document gives them (serde_json's `Value`
 /// sorts them, which would put `confidence` before `language`).
-struct Ordered(Vec<(String, Value)>);
+struct Ordered<V = Value>(Vec<(String, V)>);
 
-impl<'de> Deserialize<'de> for Ordered {
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Ordered<V> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Fields;
-        impl<'de> Visitor<'de> for Fields {
-            type Value = Ordered;
+        struct Fields<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Fields<V> {
+            type Value = Ordered<V>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a JSON object")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Ordered<V>, A::Error> {
                 let mut fields = Vec::new();
-                while let Some(entry) = map.next_entry::<String, Value>()? {
+                while let Some(entry) = map.next_entry::<String, V>()? {
                     fields.push(entry);
                 }
                 Ok(Ordered(fields))
             }
         }
-        deserializer.deserialize_map(Fields)
+        deserializer.deserialize_map(Fields(std::marker::PhantomData))
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use plugworker_jobs::{ErrorClass, ErrorInfo, Timings};
-    use serde_json::value::RawValue;
+    use plugworker_jobs::{ErrorClass, ErrorInfo, PipelineInfo, StepTimings, Timings};
 
     fn ok(id: &str, algorithm: &str, document: &str, ms: f64) -> JobResult {
         JobResult {
@@ -561,6 +661,141 @@ mod tests {
         assert!(text.contains("not a result document"), "{text}");
         assert_eq!(tally.unreadable, 1);
         assert!(text.ends_with("2 results: 1 ok, 0 error, 1 not a result document; total ms: median 1.5, slowest 1.5\n"), "{text}");
+    }
+
+    fn step(
+        algorithm: &str,
+        output: Option<&str>,
+        error: Option<&str>,
+        started: f64,
+    ) -> StepReport {
+        StepReport {
+            algorithm: algorithm.into(),
+            runner: None,
+            algorithm_version: None,
+            attempt: 1,
+            timings: StepTimings {
+                started_ms: started,
+                ..StepTimings::default()
+            },
+            result: output.map(|o| RawValue::from_string(o.into()).unwrap()),
+            error: error.map(|code| ErrorInfo {
+                code: code.into(),
+                message: format!("{code} happened"),
+                class: ErrorClass::Permanent,
+                step: None,
+            }),
+        }
+    }
+
+    const LABEL: &str = r#"{"label":"distracted-boyfriend","score":0.91}"#;
+    const TEXT: &str =
+        r#"{"text":"WHEN YOU SEE A NEW\nJAVASCRIPT FRAMEWORK","lines":[1,2],"engine":"ppocr"}"#;
+    const LANG: &str = r#"{"language":"en","iso639_3":"eng","confidence":0.99}"#;
+
+    /// The meme pipeline's result: `lang` as given (`None`: failed, optional).
+    fn meme(id: &str, lang: Option<&str>) -> JobResult {
+        let lang_output = lang.unwrap_or("null");
+        let document = format!(r#"{{"label":{LABEL},"text":{TEXT},"lang":{lang_output}}}"#);
+        let mut steps = BTreeMap::new();
+        steps.insert(
+            "label".to_string(),
+            step("meme_classifier", Some(LABEL), None, 1.0),
+        );
+        steps.insert("text".to_string(), step("ocr", Some(TEXT), None, 1.0));
+        let lang_step = match lang {
+            Some(output) => step("language_detection", Some(output), None, 300.0),
+            None => step(
+                "language_detection",
+                Some("null"),
+                Some("input_not_found"),
+                300.0,
+            ),
+        };
+        steps.insert("lang".to_string(), lang_step);
+        JobResult {
+            algorithm: None,
+            pipeline: Some(PipelineInfo {
+                name: "meme_report".into(),
+                revision: Some(7),
+            }),
+            steps: Some(steps),
+            ..ok(id, "x", &document, 320.0)
+        }
+    }
+
+    #[test]
+    fn a_pipeline_job_is_one_row_naming_the_pipeline_with_each_steps_lead_value() {
+        let (text, tally) = table(160, &[meme("meme-report-1", Some(LANG))]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("meme-report-1"), "{row}");
+        assert!(
+            row.contains("  meme_report  "),
+            "the pipeline's name: {row}"
+        );
+        assert!(
+            row.ends_with(r#"label=distracted-boyfriend text="WHEN YOU SEE A NEW / JAVASCRIPT FRAMEWORK" lang=en"#),
+            "steps in the pipeline's order, each by its output's first field: {row}"
+        );
+        assert_eq!(tally.ok, 1);
+        // Narrower: the long text is cut first, every step stays on the line.
+        for width in [40, 60, 100, 120] {
+            let (text, _) = table(width, &[meme("meme-report-1", Some(LANG))]);
+            let row = text.lines().nth(1).unwrap();
+            assert!(
+                UnicodeWidthStr::width(row) <= width,
+                "wider than {width}: {row:?}"
+            );
+            if width < 100 {
+                continue; // a summary column narrower than the three labels: cut at its end
+            }
+            let summary = &row[row.find("label=").expect("the label step")..];
+            assert!(
+                summary.contains(" text=\"WH") && summary.contains("…\""),
+                "{width}: {summary}"
+            );
+            assert!(summary.ends_with(" lang=en"), "{width}: {summary}");
+        }
+    }
+
+    #[test]
+    fn failed_steps_show_their_code_and_a_failed_job_its_error() {
+        let (text, _) = table(120, &[meme("no-text", None)]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.ends_with(" lang=✗ input_not_found"),
+            "an optional step that failed: {row}"
+        );
+        assert!(row.contains("  ok  "), "{row}");
+
+        let mut steps = BTreeMap::new();
+        steps.insert(
+            "label".to_string(),
+            step("meme_classifier", Some(LABEL), None, 1.0),
+        );
+        steps.insert(
+            "text".to_string(),
+            step("ocr", None, Some("invalid_payload"), 2.0),
+        );
+        let mut failed = failed(Some("broken"), "invalid_payload", "image: not a PNG");
+        failed.error.as_mut().unwrap().step = Some("text".into());
+        failed.algorithm = None;
+        failed.pipeline = Some(PipelineInfo {
+            name: "inline".into(),
+            revision: None,
+        });
+        failed.steps = Some(steps);
+        let (text, tally) = table(160, &[failed]);
+        let row = text.lines().nth(1).unwrap();
+        assert!(
+            row.contains("  inline  ") && row.contains("  error  "),
+            "{row}"
+        );
+        assert!(
+            row.ends_with("label=distracted-boyfriend text=✗ invalid_payload · invalid_payload: image: not a PNG"),
+            "finished steps by start, then the job's error: {row}"
+        );
+        assert_eq!(tally.error, 1);
     }
 
     #[test]
