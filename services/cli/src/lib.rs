@@ -39,8 +39,10 @@ pub enum Command {
     /// `consul agent -dev`: one node, ACLs off, state in memory).
     Registry(commands::registry::Args),
     /// List every algorithm the healthy and unhealthy runners in Consul announce, with
-    /// their instances, health, version and input schema.
+    /// their instances, health, version and input schema, and the stored pipelines.
     Algorithms(commands::algorithms::Args),
+    /// Store, print, list and delete named pipelines (Consul KV `plugworker/pipelines/`).
+    Pipeline(commands::pipeline::Args),
     /// Run one algorithm now on a healthy runner found through Consul, and print the result.
     Call(commands::call::Args),
     #[cfg(feature = "aws")]
@@ -85,6 +87,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Registry(args) => commands::registry::run(args).await,
             Command::Algorithms(args) => commands::algorithms::run(args).await,
+            Command::Pipeline(args) => commands::pipeline::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
             #[cfg(feature = "aws")]
             Command::Controller(args) => commands::controller::run(args).await,

@@ -5,7 +5,7 @@
 use super::runner_link::Link;
 use crate::ConsulArgs;
 use plugworker_consul_client::runners::all_runner_instances;
-use plugworker_consul_client::{CheckStatus, ServiceEntry};
+use plugworker_consul_client::{CheckStatus, ConsulClient, ServiceEntry};
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use serde::Serialize;
@@ -19,10 +19,18 @@ pub struct Args {
     /// Print JSON instead of text.
     #[arg(long)]
     pub json: bool,
-    /// Read versions, descriptions and input schemas from the runners over mTLS as this
+    #[command(flatten)]
+    pub runners: RunnerFlags,
+}
+
+/// How to read what the runners themselves say of their algorithms (version,
+/// description, schemas): `plugworker algorithms` and `plugworker pipeline put`.
+#[derive(clap::Args, Debug)]
+pub struct RunnerFlags {
+    /// Read versions, descriptions and schemas from the runners over mTLS as this
     /// Connect service (your token needs `service "<name>" write`, and the runners'
     /// intentions must allow it). Without it (or --insecure-plaintext) only what Consul
-    /// knows is listed: algorithms, instances and their health.
+    /// knows is used: algorithms, instances and their health.
     #[arg(long, env = "PLUGWORKER_MESH_SERVICE")]
     pub mesh_service: Option<String>,
     /// INSECURE: read them over plaintext gRPC, from runners started with
@@ -35,12 +43,26 @@ pub struct Args {
     pub insecure_plaintext: bool,
 }
 
+impl RunnerFlags {
+    /// The way to the runners these flags ask for; `None` when they ask for none.
+    pub async fn link(&self, consul: &ConsulClient) -> anyhow::Result<Option<Link>> {
+        Link::from_flags(
+            consul,
+            self.mesh_service.as_deref(),
+            self.insecure_plaintext,
+        )
+        .await
+    }
+}
+
 #[derive(Serialize, Debug, Default)]
 pub struct AlgorithmView {
     pub name: String,
     pub version: Option<String>,
     pub description: Option<String>,
     pub input_schema: Option<serde_json::Value>,
+    /// What the algorithm answers (`plugworker pipeline put` checks pointers into it).
+    pub output_schema: Option<serde_json::Value>,
     pub instances: Vec<InstanceView>,
 }
 
@@ -54,12 +76,7 @@ pub struct InstanceView {
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let consul = args.consul.client()?;
-    let link = Link::from_flags(
-        &consul,
-        args.mesh_service.as_deref(),
-        args.insecure_plaintext,
-    )
-    .await?;
+    let link = args.runners.link(&consul).await?;
     let views = collect(&all_runner_instances(&consul).await?, link.as_ref()).await;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&views)?);
@@ -70,7 +87,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             "no runners are registered in Consul at {}",
             consul.address()
         );
-        return Ok(());
+        println!();
     }
     for view in &views {
         let passing = view
@@ -106,6 +123,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             }
         }
         println!();
+    }
+    // Pipelines name algorithms that may come and go; a token that cannot read them
+    // still gets the algorithms.
+    match super::pipeline::stored_pipelines(&consul).await {
+        Ok(pipelines) if pipelines.is_empty() => {
+            println!("no pipelines stored (plugworker pipeline put NAME FILE stores one)")
+        }
+        Ok(pipelines) => {
+            println!("pipelines:");
+            for pipeline in &pipelines {
+                println!(
+                    "  {}  revision {}  {}",
+                    pipeline.name,
+                    pipeline.revision,
+                    pipeline.summary()
+                );
+            }
+        }
+        Err(error) => println!("pipelines: not read ({error:#})"),
     }
     Ok(())
 }
@@ -159,6 +195,7 @@ pub async fn collect(instances: &[ServiceEntry], link: Option<&Link>) -> Vec<Alg
                 view.version = Some(info.version);
                 view.description = Some(info.description);
                 view.input_schema = serde_json::from_str(&info.input_schema).ok();
+                view.output_schema = serde_json::from_str(&info.output_schema).ok();
             }
         }
     }

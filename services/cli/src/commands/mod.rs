@@ -7,6 +7,7 @@ pub mod controller;
 pub mod dev;
 pub mod dev_mesh;
 pub mod healthcheck;
+pub mod pipeline;
 pub mod registry;
 #[cfg(feature = "aws")]
 pub mod results;
