@@ -37,9 +37,9 @@ scripts/demo.sh >"$work/demo.out" 2>"$work/demo.err" || {
 python3 - "$work/demo.out" scripts/demo-jobs.jsonl <<'PY'
 import json, sys
 results = [json.loads(line) for line in open(sys.argv[1]) if line.startswith("{")]
-# One result per line of the jobs file (a line that is not JSON too), plus the two jobs
+# One result per line of the jobs file (a line that is not JSON too), plus the four jobs
 # demo.sh adds for its meme.
-jobs = sum(1 for line in open(sys.argv[2]) if line.strip()) + 2
+jobs = sum(1 for line in open(sys.argv[2]) if line.strip()) + 4
 by_id = {r["job_id"]: r for r in results}
 problems = []
 def expect(condition, what):
@@ -65,6 +65,29 @@ ocr = by_id.get("meme-ocr", {})
 expect(ocr.get("status") == "ok"
        and ocr["result"]["text"] == "WHEN THE JOB\nFINALLY REACHES THE\nRUNNER",
        f"ocr: the demo meme's three caption lines expected, got {json.dumps(ocr)[:300]}")
+# The meme_report pipeline (scripts/demo/pipelines): three steps on three runners' algorithms
+# in one job, the language detected in the text the OCR step read.
+report = by_id.get("meme-report-1", {})
+steps, outputs = report.get("steps") or {}, report.get("result") or {}
+expect(report.get("status") == "ok" and report.get("algorithm") is None
+       and (report.get("pipeline") or {}).get("name") == "meme_report"
+       and isinstance(report["pipeline"].get("revision"), int),
+       f"meme-report-1: an ok result of the stored pipeline meme_report expected, got {json.dumps(report)[:300]}")
+expect(list(outputs) == ["label", "text", "lang"] and sorted(steps) == ["label", "lang", "text"],
+       f"meme-report-1: the steps label, text and lang expected, got {sorted(outputs)} / {sorted(steps)}")
+expect(all((steps.get(name) or {}).get("algorithm") == algorithm and steps[name].get("runner")
+           for name, algorithm in [("label", "meme_classifier"), ("text", "ocr"), ("lang", "language_detection")]),
+       f"meme-report-1: each step's algorithm and runner expected, got {json.dumps(steps)[:300]}")
+expect((outputs.get("label") or {}).get("label") == "chelsea-the-cat",
+       f"meme-report-1: label chelsea-the-cat expected, got {json.dumps(outputs.get('label'))[:200]}")
+expect(bool((outputs.get("text") or {}).get("text", "").strip()),
+       f"meme-report-1: the meme's text expected, got {json.dumps(outputs.get('text'))[:200]}")
+expect((outputs.get("lang") or {}).get("language") == "en",
+       f"meme-report-1: the text's language (en) expected, got {json.dumps(outputs.get('lang'))[:200]}")
+inline = by_id.get("meme-inline", {})
+expect(inline.get("status") == "ok" and (inline.get("pipeline") or {}).get("name") == "inline"
+       and (inline.get("result") or {}).get("lang", {}).get("language") == "en",
+       f"meme-inline: the inline pipeline's language en expected, got {json.dumps(inline)[:300]}")
 if problems:
     sys.exit("check-demo: the demo's results are wrong:\n  " + "\n  ".join(problems))
 print(f"check-demo: {len(results)} results, each as expected")

@@ -4,9 +4,14 @@
 # `plugworker dev` starts the embedded Consul-compatible registry, this build's runners
 # as separate processes (they register over HTTP exactly as with Consul), and the
 # controller; it feeds it the jobs in scripts/demo-jobs.jsonl (or the file given) and
-# prints one result per job. With no file given, two image jobs are added: the meme in
-# scripts/demo/meme.jpg (a gallery template with captions) classified and its text read. Bad jobs get clear error results; a job for an algorithm no
-# runner serves is retried, then reported once its attempts are used up.
+# prints one result per job. The pipelines in scripts/demo/pipelines (meme_report: the
+# meme's template, its text, the text's language) are stored in the registry first, so
+# jobs can name them. With no file given, four image jobs are added for the meme in
+# scripts/demo/meme.jpg (a gallery template with captions): classified, its text read,
+# both and the text's language in one job of the meme_report pipeline, and its text and
+# language through a pipeline written in the job itself. Bad jobs get clear error
+# results; a job for an algorithm no runner serves is retried, then reported once its
+# attempts are used up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -24,6 +29,9 @@ else
     printf '{"id": "meme-%s", "algorithm": "%s", "payload": {"image_base64": "%s"}}\n' \
       "$algorithm" "$algorithm" "$meme" >>"$jobs"
   done
+  printf '{"id": "meme-report-1", "pipeline": "meme_report", "payload": {"image_base64": "%s"}}\n' "$meme" >>"$jobs"
+  printf '{"id": "meme-inline", "pipeline": {"text": {"algorithm": "ocr"}, "lang": {"algorithm": "language_detection", "input": {"text": "/text/text"}}}, "payload": {"image_base64": "%s"}}\n' \
+    "$meme" >>"$jobs"
 fi
 # Only what the demo runs: the plugworker command and the two deployable runners (the
 # test command builds the rest), without their default features, i.e. without what the
@@ -33,4 +41,4 @@ fi
 echo "==> building plugworker, image-runner and nlp-runner (first time: a few minutes)"
 cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins --no-default-features
 echo "==> plugworker dev --jobs $jobs"
-"$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --results - --max-attempts 3 --runner-wait 3s
+"$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --pipelines scripts/demo/pipelines --results - --max-attempts 3 --runner-wait 3s

@@ -7,9 +7,10 @@
 //! and writes one result line per job. It exits when every job has a final result.
 
 use crate::output::{Format, ResultWriter, terminal_width};
-use anyhow::{Context, bail};
+use anyhow::{Context, anyhow, bail};
 use plugworker_controller::Settings;
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
+use plugworker_jobs::pipeline::{self, Pipeline};
 use plugworker_jobs::{ErrorInfo, JobResult, Status, Timings, codes};
 use std::collections::HashSet;
 use std::io::{BufRead, IsTerminal, Write};
@@ -52,6 +53,49 @@ pub struct Args {
     /// Jobs running at once.
     #[arg(long, default_value_t = 16)]
     pub max_in_flight: usize,
+    /// Named pipelines: each `DIR/<name>.json` (a pipeline object, as `plugworker pipeline
+    /// put` takes) is checked and stored in the registry's KV as `plugworker/pipelines/<name>`
+    /// before any job runs, so jobs can say `"pipeline": "<name>"`.
+    #[arg(long, value_name = "DIR")]
+    pub pipelines: Option<PathBuf>,
+}
+
+/// The pipelines of `--pipelines DIR`: (name, the file's JSON), each parsed and checked
+/// with the controller's own [`Pipeline::parse`], sorted by name. A file that does not
+/// parse, or whose name cannot name a pipeline, is an error naming the file.
+fn read_pipelines(dir: &Path) -> anyhow::Result<Vec<(String, String)>> {
+    let entries = std::fs::read_dir(dir)
+        .with_context(|| format!("--pipelines {}: cannot read the folder", dir.display()))?;
+    let mut pipelines = Vec::new();
+    for entry in entries {
+        let path = entry?.path();
+        if path.extension().is_none_or(|e| e != "json") {
+            continue;
+        }
+        let name = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default()
+            .to_string();
+        if !pipeline::valid_pipeline_name(&name) {
+            bail!(
+                "{}: {name:?} cannot name a pipeline ([a-z][a-z0-9_-]{{0,127}}); rename the file",
+                path.display()
+            );
+        }
+        let json = std::fs::read_to_string(&path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        Pipeline::parse(&json).map_err(|error| anyhow!("{}: {error}", path.display()))?;
+        pipelines.push((name, json));
+    }
+    if pipelines.is_empty() {
+        bail!(
+            "--pipelines {}: no pipeline files (<name>.json) in it",
+            dir.display()
+        );
+    }
+    pipelines.sort();
+    Ok(pipelines)
 }
 
 /// A runner child process, stopped with SIGTERM (then killed) when dropped.
@@ -190,6 +234,11 @@ fn not_utf8(line: usize, error: std::str::Utf8Error) -> JobResult {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // Checked before anything starts: a bad file fails the command, naming it.
+    let pipelines = match &args.pipelines {
+        Some(dir) => read_pipelines(dir)?,
+        None => Vec::new(),
+    };
     let lines = read_jobs(&args.jobs)?;
     let total = lines.len();
     let mut jobs = Vec::new();
@@ -228,6 +277,12 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
 
     // ACLs and intentions on, default deny (dev_mesh.rs).
     let (registry, mesh) = super::dev_mesh::start_registry().await?;
+    // Stored before the controller starts: its first read of the store has them, so no
+    // job naming one waits (pipeline_unavailable) for the watch to catch up.
+    for (name, json) in &pipelines {
+        mesh.store_pipeline(name, json).await?;
+        tracing::info!(pipeline = %name, "pipeline stored");
+    }
     let logs = match &args.logs {
         Some(dir) => dir.clone(),
         None => std::env::temp_dir().join(format!("plugworker-dev-{}", std::process::id())),

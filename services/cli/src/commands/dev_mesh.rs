@@ -117,6 +117,19 @@ impl DevMesh {
         ])
     }
 
+    /// Stores the pipeline `name` (its JSON) where the controller watches for named
+    /// pipelines, with the management token (the controller's may only read them).
+    pub async fn store_pipeline(&self, name: &str, json: &str) -> anyhow::Result<()> {
+        let key = format!("{}{name}", plugworker_jobs::pipeline::KV_PREFIX);
+        let stored = self
+            .management
+            .kv_put(&key, json.as_bytes(), None)
+            .await
+            .with_context(|| format!("cannot store the pipeline {name}"))?;
+        anyhow::ensure!(stored, "the registry did not store the pipeline {name}");
+        Ok(())
+    }
+
     /// The controller's side: its token (policy `plugworker-controller`), its Connect
     /// identity, and a resolver of Connect-native runners.
     pub async fn controller(&self) -> anyhow::Result<(ConsulClient, (Mode, Transport))> {
