@@ -75,6 +75,17 @@ fn args(v: &[String]) -> Vec<&str> {
     v.iter().map(String::as_str).collect()
 }
 
+/// Writes `json` to `dir/NAME.json` and expects `put NAME` to refuse it; the lines that
+/// say why, with the file's path written `FILE`.
+fn refused_put(consul: &str, dir: &Path, name: &str, json: &str) -> Vec<String> {
+    let file = write(dir, &format!("{name}.json"), json);
+    let message = refused(consul, ROOT_TOKEN, &args(&put(name, &file)));
+    errors(&message)
+        .into_iter()
+        .map(|line| line.replace(file.to_str().unwrap(), "FILE"))
+        .collect()
+}
+
 fn write(dir: &Path, name: &str, json: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, json).unwrap();
@@ -188,56 +199,46 @@ async fn put_checks_graphs_and_schemas_and_get_list_delete_read_back() {
     );
 
     // Graph faults: refused, with one message naming the fault, and not stored.
-    let cycle = write(
-        &dir,
-        "cycle.json",
-        r#"{"a": {"algorithm": "echo", "input": {"message": "/b/message"}},
-            "b": {"algorithm": "echo", "input": {"message": "/a/message"}}}"#,
-    );
-    let message = refused(&consul, ROOT_TOKEN, &args(&put("loop", &cycle)));
     assert_eq!(
-        errors(&message),
-        [format!(
-            "plugworker: {}: not stored: the steps [\"a\", \"b\"] form a cycle (each reads from the next)",
-            cycle.display()
-        )],
-        "{message}"
+        refused_put(
+            &consul,
+            &dir,
+            "loop",
+            r#"{"a": {"algorithm": "echo", "input": {"message": "/b/message"}},
+                "b": {"algorithm": "echo", "input": {"message": "/a/message"}}}"#
+        ),
+        [
+            "plugworker: FILE: not stored: the steps [\"a\", \"b\"] form a cycle (each reads from the next)"
+        ]
     );
-    let dangling = write(
-        &dir,
-        "dangling.json",
-        r#"{"a": {"algorithm": "echo"},
-            "b": {"algorithm": "echo", "input": {"message": "/c/message"}}}"#,
-    );
-    let message = refused(&consul, ROOT_TOKEN, &args(&put("dangling", &dangling)));
     assert_eq!(
-        errors(&message),
-        [format!(
-            "plugworker: {}: not stored: step \"b\": input \"message\" points at \"/c/message\", but the pipeline has no step \"c\"",
-            dangling.display()
-        )],
-        "{message}"
+        refused_put(
+            &consul,
+            &dir,
+            "dangling",
+            r#"{"a": {"algorithm": "echo"},
+                "b": {"algorithm": "echo", "input": {"message": "/c/message"}}}"#
+        ),
+        [
+            "plugworker: FILE: not stored: step \"b\": input \"message\" points at \"/c/message\", but the pipeline has no step \"c\""
+        ]
     );
 
     // A schema mismatch: named, refused; stored with --force, still named.
-    let mismatch = write(
-        &dir,
-        "mismatch.json",
-        r#"{"e": {"algorithm": "echo"},
-            "s": {"algorithm": "add", "input": {"numbers": "/e/message"}}}"#,
-    );
-    let message = refused(&consul, ROOT_TOKEN, &args(&put("mismatch", &mismatch)));
     assert_eq!(
-        errors(&message),
+        refused_put(
+            &consul,
+            &dir,
+            "mismatch",
+            r#"{"e": {"algorithm": "echo"},
+                "s": {"algorithm": "add", "input": {"numbers": "/e/message"}}}"#
+        ),
         [
-            "schema mismatch: step \"s\": input \"numbers\": \"/e/message\" is a string, but \"add\"'s input \"numbers\" is an array".to_string(),
-            format!(
-                "plugworker: {}: 1 schema mismatch; not stored (--force stores it anyway)",
-                mismatch.display()
-            )
-        ],
-        "{message}"
+            "schema mismatch: step \"s\": input \"numbers\": \"/e/message\" is a string, but \"add\"'s input \"numbers\" is an array",
+            "plugworker: FILE: 1 schema mismatch; not stored (--force stores it anyway)"
+        ]
     );
+    let mismatch = dir.join("mismatch.json");
     let mut forced = put("mismatch", &mismatch);
     forced.push("--force".into());
     let output = plugworker(&consul, ROOT_TOKEN, &args(&forced));

@@ -434,6 +434,12 @@ pub fn check_schemas(
 mod tests {
     use super::*;
 
+    /// Asserts that `message` says `part`, showing the message when it does not.
+    #[track_caller]
+    pub(super) fn says(message: &str, part: &str) {
+        assert!(message.contains(part), "{message:?} does not say {part:?}");
+    }
+
     fn parse(json: &str) -> Result<Pipeline, PipelineError> {
         Pipeline::parse(json)
     }
@@ -561,15 +567,12 @@ mod tests {
     #[test]
     fn refuses_a_missing_or_empty_or_overlong_algorithm() {
         let message = fault(r#"{"a": {"input": {}}}"#);
-        assert!(
-            message.contains("step \"a\": no \"algorithm\""),
-            "{message}"
-        );
+        says(&message, "step \"a\": no \"algorithm\"");
         for bad in [r#""""#, r#"" ""#, "3", "null"] {
             let message = fault(&format!(r#"{{"a": {{"algorithm": {bad}}}}}"#));
-            assert!(
-                message.contains("step \"a\": \"algorithm\" must be a non-empty string"),
-                "{message}"
+            says(
+                &message,
+                "step \"a\": \"algorithm\" must be a non-empty string",
             );
         }
         let long = format!(r#"{{"a": {{"algorithm": "{}"}}}}"#, "x".repeat(100_000));
@@ -581,35 +584,29 @@ mod tests {
     #[test]
     fn refuses_unknown_step_fields() {
         let message = fault(r#"{"a": {"algorithm": "x", "inputs": {}}}"#);
-        assert!(
-            message.contains("step \"a\": unknown field \"inputs\""),
-            "{message}"
-        );
+        says(&message, "step \"a\": unknown field \"inputs\"");
     }
 
     #[test]
     fn refuses_an_input_that_is_not_an_object() {
         let message = fault(r#"{"a": {"algorithm": "x", "input": "/payload"}}"#);
-        assert!(
-            message.contains("step \"a\": \"input\" must be an object"),
-            "{message}"
-        );
+        says(&message, "step \"a\": \"input\" must be an object");
     }
 
     #[test]
     fn refuses_a_literal_with_other_fields() {
         let message =
             fault(r#"{"a": {"algorithm": "x", "input": {"f": {"$literal": 1, "b": 2}}}}"#);
-        assert!(message.contains("step \"a\": input \"f\""), "{message}");
-        assert!(message.contains("no other fields"), "{message}");
+        says(&message, "step \"a\": input \"f\"");
+        says(&message, "no other fields");
     }
 
     #[test]
     fn refuses_a_pointer_with_a_bad_escape() {
         let message = fault(r#"{"a": {"algorithm": "x", "input": {"f": "/payload/a~2b"}}}"#);
-        assert!(
-            message.contains("step \"a\": input \"f\": pointer \"/payload/a~2b\" has a '~'"),
-            "{message}"
+        says(
+            &message,
+            "step \"a\": input \"f\": pointer \"/payload/a~2b\" has a '~'",
         );
         assert!(
             fault(r#"{"a": {"algorithm": "x", "input": {"f": "/payload/a~"}}}"#).contains("~0")
@@ -619,10 +616,7 @@ mod tests {
     #[test]
     fn refuses_a_non_boolean_optional() {
         let message = fault(r#"{"a": {"algorithm": "x", "optional": "yes"}}"#);
-        assert!(
-            message.contains("step \"a\": \"optional\" must be true or false"),
-            "{message}"
-        );
+        says(&message, "step \"a\": \"optional\" must be true or false");
         let optional = parse(r#"{"a": {"algorithm": "x", "optional": true}}"#).unwrap();
         assert!(optional.step("a").unwrap().optional);
     }
@@ -668,7 +662,7 @@ mod tests {
         );
         // A pointer whose first segment is empty names no step either.
         let message = fault(r#"{"a": {"algorithm": "x", "input": {"f": "/"}}}"#);
-        assert!(message.contains("has no step \"\""), "{message}");
+        says(&message, "has no step \"\"");
     }
 
     #[test]
@@ -790,10 +784,7 @@ mod tests {
         ));
         assert_eq!(build("all", "null").unwrap().get(), r#"{"text":null}"#);
         let message = build("pay", "{}").unwrap_err().to_string();
-        assert!(
-            message.contains("\"/payload/missing\" selects nothing"),
-            "{message}"
-        );
+        says(&message, "\"/payload/missing\" selects nothing");
         // Array indexes are RFC 6901's: no leading zeros, no `-`.
         let list = parse(
             r#"{"a": {"algorithm": "l", "input": {"q": "/payload/x/01", "r": "/payload/x/-"}}}"#,

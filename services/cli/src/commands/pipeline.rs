@@ -10,7 +10,7 @@ use super::algorithms::{self, RunnerFlags};
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
 use plugworker_consul_client::runners::all_runner_instances;
-use plugworker_consul_client::{ConsulClient, QueryOptions};
+use plugworker_consul_client::{ConsulClient, KvPair, QueryOptions};
 use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, check_schemas, valid_pipeline_name};
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -140,12 +140,10 @@ pub async fn store(consul: &ConsulClient, name: &str, json: &str) -> anyhow::Res
         .await
         .map_err(|e| kv_context(e, "write"))
         .with_context(|| format!("cannot store pipeline {name}"))?;
-    let (stored, _) = consul
-        .kv_get(&key, QueryOptions::default())
+    let stored = read(consul, name)
         .await
-        .map_err(|e| kv_context(e, "read"))
         .with_context(|| format!("stored pipeline {name}, but cannot read it back"))?;
-    Ok(stored.map(|pair| pair.modify_index).unwrap_or_default())
+    Ok(stored.modify_index)
 }
 
 /// The pipeline's mismatches with the schemas of the algorithms announced now, read from
@@ -186,35 +184,28 @@ async fn schema_mismatches(
     Ok(check_schemas(pipeline, &schemas))
 }
 
-async fn get(args: NameArgs) -> anyhow::Result<()> {
-    let key = key(&args.name)?;
-    let consul = args.consul.client()?;
+/// The KV entry of the stored pipeline `name`, or an error saying there is none.
+async fn read(consul: &ConsulClient, name: &str) -> anyhow::Result<KvPair> {
     let (stored, _) = consul
-        .kv_get(&key, QueryOptions::default())
+        .kv_get(&key(name)?, QueryOptions::default())
         .await
         .map_err(|e| kv_context(e, "read"))
-        .with_context(|| format!("cannot read pipeline {}", args.name))?;
-    let Some(stored) = stored else {
-        bail!("no stored pipeline named {:?}", args.name);
-    };
+        .with_context(|| format!("cannot read pipeline {name}"))?;
+    stored.with_context(|| format!("no stored pipeline named {name:?}"))
+}
+
+async fn get(args: NameArgs) -> anyhow::Result<()> {
+    let stored = read(&args.consul.client()?, &args.name).await?;
     eprintln!("pipeline {} revision {}", args.name, stored.modify_index);
     println!("{}", String::from_utf8_lossy(&stored.value));
     Ok(())
 }
 
 async fn delete(args: NameArgs) -> anyhow::Result<()> {
-    let key = key(&args.name)?;
     let consul = args.consul.client()?;
-    let (stored, _) = consul
-        .kv_get(&key, QueryOptions::default())
-        .await
-        .map_err(|e| kv_context(e, "read"))
-        .with_context(|| format!("cannot read pipeline {}", args.name))?;
-    if stored.is_none() {
-        bail!("no stored pipeline named {:?}", args.name);
-    }
+    let stored = read(&consul, &args.name).await?;
     consul
-        .kv_delete(&key)
+        .kv_delete(&stored.key)
         .await
         .map_err(|e| kv_context(e, "write"))
         .with_context(|| format!("cannot delete pipeline {}", args.name))?;

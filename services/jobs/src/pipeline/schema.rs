@@ -396,6 +396,7 @@ fn short(value: &Value) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::super::tests::says;
     use super::super::{Pipeline, check_schemas};
     use serde_json::Value;
     use std::collections::BTreeMap;
@@ -454,13 +455,13 @@ mod tests {
         // Into a scalar, and past a fixed-size array.
         let message = one(r#"{"a": {"algorithm": "add", "input": {"numbers": [1]}},
                 "b": {"algorithm": "echo", "input": {"message": "/a/sum/x"}}}"#);
-        assert!(message.contains("\"/a/sum/x\" selects nothing: \"add\"'s output at \"/sum\" is a number, which has no \"x\""), "{message}");
+        says(
+            &message,
+            "\"/a/sum/x\" selects nothing: \"add\"'s output at \"/sum\" is a number, which has no \"x\"",
+        );
         let message = one(r#"{"t": {"algorithm": "ocr"},
                 "b": {"algorithm": "add", "input": {"numbers": "/t/lines/0/box/4"}}}"#);
-        assert!(
-            message.contains("has at most 4 items, so no item 4"),
-            "{message}"
-        );
+        says(&message, "has at most 4 items, so no item 4");
     }
 
     #[test]
@@ -474,9 +475,9 @@ mod tests {
         // An integer is no array; the same types fit.
         let message = one(r#"{"e": {"algorithm": "echo", "input": {"message": "x"}},
                 "a": {"algorithm": "add", "input": {"numbers": "/e/delayed_ms"}}}"#);
-        assert!(
-            message.contains("is an integer, but \"add\"'s input \"numbers\" is an array"),
-            "{message}"
+        says(
+            &message,
+            "is an integer, but \"add\"'s input \"numbers\" is an array",
         );
         assert_eq!(
             check(
@@ -497,11 +498,9 @@ mod tests {
         let message = one(
             r#"{"e": {"algorithm": "echo", "input": {"message": "hi", "delay_ms": {"$literal": 1.5}}}}"#,
         );
-        assert!(
-            message.contains(
-                "the literal 1.5 is a number, but \"echo\"'s input \"delay_ms\" is an integer"
-            ),
-            "{message}"
+        says(
+            &message,
+            "the literal 1.5 is a number, but \"echo\"'s input \"delay_ms\" is an integer",
         );
     }
 
@@ -530,9 +529,9 @@ mod tests {
             "step \"lang\": input has no \"text\", which \"language_detection\" requires"
         );
         let message = one(r#"{"o": {"algorithm": "ocr", "input": {"url": "/payload/u"}}}"#);
-        assert!(
-            message.contains("input has none of \"image_url\", \"image_base64\", \"image_s3\", one of which \"ocr\" requires"),
-            "{message}"
+        says(
+            &message,
+            "input has none of \"image_url\", \"image_base64\", \"image_s3\", one of which \"ocr\" requires",
         );
     }
 
