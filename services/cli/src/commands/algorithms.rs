@@ -16,7 +16,8 @@ use std::time::Duration;
 pub struct Args {
     #[command(flatten)]
     pub consul: ConsulArgs,
-    /// Print JSON instead of text.
+    /// Print the algorithms as JSON instead of text (`plugworker pipeline list --json`
+    /// prints the stored pipelines).
     #[arg(long)]
     pub json: bool,
     #[command(flatten)]
@@ -133,8 +134,19 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         Ok(pipelines) => {
             println!("pipelines:");
             for pipeline in &pipelines {
+                // A step whose algorithm no runner announces now fails its jobs with
+                // `no_runner` (transient) until one does.
+                let missing: Vec<&str> = (pipeline.steps.iter().flatten())
+                    .map(|step| step.algorithm.as_str())
+                    .filter(|algorithm| !views.iter().any(|view| view.name == *algorithm))
+                    .collect();
+                let missing = if missing.is_empty() {
+                    String::new()
+                } else {
+                    format!("  (not announced now: {})", missing.join(", "))
+                };
                 println!(
-                    "  {}  revision {}  {}",
+                    "  {}  revision {}  {}{missing}",
                     pipeline.name,
                     pipeline.revision,
                     pipeline.summary()
