@@ -70,15 +70,19 @@ async fn controller_and_runner_metrics_count_what_happened() {
     stack
         .submit(job("echo", json!({ "message": "slow", "delay_ms": 3000 })))
         .await;
+    // A pipeline job, so the pipeline series (and the dashboard's pipelines row) exist.
+    stack
+        .submit(json!({ "pipeline": { "say": { "algorithm": "echo" } }, "payload": { "message": "hi" } }))
+        .await;
     let results = stack
         .sqs
-        .collect_results(&stack.queues.results, 5, Duration::from_secs(60))
+        .collect_results(&stack.queues.results, 6, Duration::from_secs(60))
         .await;
-    assert_eq!(results.len(), 5, "{results:#?}");
+    assert_eq!(results.len(), 6, "{results:#?}");
 
-    let text = eventually(Duration::from_secs(10), "all five jobs counted", || async {
+    let text = eventually(Duration::from_secs(10), "all six jobs counted", || async {
         let text = http_get(&controller_metrics).await.ok()?;
-        (metric_value(&text, "plugworker_sqs_deletes_total", &[]) == Some(5.0)).then_some(text)
+        (metric_value(&text, "plugworker_sqs_deletes_total", &[]) == Some(6.0)).then_some(text)
     })
     .await;
     let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
@@ -124,7 +128,22 @@ async fn controller_and_runner_metrics_count_what_happened() {
     );
     assert_eq!(
         value("plugworker_sqs_messages_received_total", &[]),
-        Some(5.0)
+        Some(6.0)
+    );
+    assert_eq!(
+        value(
+            "plugworker_pipeline_jobs_total",
+            &[("pipeline", "inline"), ("status", "ok")]
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "plugworker_pipeline_steps_total",
+            &[("algorithm", "echo"), ("status", "ok")]
+        ),
+        Some(1.0)
     );
     assert!(value("plugworker_sqs_receives_total", &[]).unwrap() >= 1.0);
     assert!(
