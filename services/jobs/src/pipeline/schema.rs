@@ -550,6 +550,58 @@ mod tests {
     }
 
     #[test]
+    fn open_maps_let_any_field_through_and_draft_7_refs_are_followed() {
+        // Small hand-written schemas for what the runners' do not use: a map output
+        // (`additionalProperties` a schema, or `true`), `$ref` into `definitions`.
+        let schemas = BTreeMap::from([
+            (
+                "scores".to_string(),
+                (
+                    serde_json::json!({"type": "object"}),
+                    serde_json::json!({"type": "object", "properties": {
+                        "by_label": {"type": "object", "additionalProperties": {"type": "number"}},
+                        "extra": {"type": "object", "additionalProperties": true},
+                        "best": {"$ref": "#/definitions/Best"}},
+                        "definitions": {"Best": {"type": "object", "properties": {
+                            "label": {"type": "string"}}}}}),
+                ),
+            ),
+            (
+                "words".to_string(),
+                (
+                    serde_json::json!({"type": "object", "properties": {
+                        "text": {"type": "string"}}}),
+                    serde_json::json!({}),
+                ),
+            ),
+        ]);
+        let check = |input: &str| {
+            let pipeline = Pipeline::parse(&format!(
+                r#"{{"s": {{"algorithm": "scores"}}, "w": {{"algorithm": "words", "input": {input}}}}}"#
+            ))
+            .unwrap();
+            check_schemas(&pipeline, &schemas)
+        };
+        assert_eq!(check(r#"{"text": "/s/best/label"}"#), Vec::<String>::new());
+        assert_eq!(
+            check(r#"{"text": "/s/extra/anything"}"#),
+            Vec::<String>::new()
+        );
+        let mismatches = check(r#"{"text": "/s/by_label/cat"}"#);
+        assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+        says(
+            &mismatches[0],
+            "\"/s/by_label/cat\" is a number, but \"words\"'s input \"text\" is a string",
+        );
+        let mismatches = check(r#"{"text": "/s/best/score"}"#);
+        assert_eq!(mismatches.len(), 1, "{mismatches:?}");
+        says(
+            &mismatches[0],
+            "\"scores\"'s output at \"/best\" has no \"score\"",
+        );
+    }
+
+    #[test]
     fn an_optional_source_may_be_null() {
         // `lang` reads an optional step: null is one of the types it may get, and a
         // string fits; the pointer still has to exist.
