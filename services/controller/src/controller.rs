@@ -710,7 +710,8 @@ async fn handle_traced(
     }
     if let Some(steps) = &result.steps {
         // The runners' own run time, summed over the steps.
-        result.timings.run_ms = steps.values().map(|s| s.timings.run_ms).sum();
+        let run_ms: f64 = steps.values().map(|s| s.timings.run_ms).sum();
+        result.timings.run_ms = (run_ms * 1000.0).round() / 1000.0;
     }
     let algorithm = result.algorithm.clone();
     let pipeline = result.pipeline.clone();

@@ -45,7 +45,7 @@ pub(crate) async fn run(
     slot: &mut Option<OwnedSemaphorePermit>,
     started: Instant,
 ) -> Ran {
-    let (info, pipeline) = resolve(context, reference);
+    let (info, pipeline) = resolve(context, reference).await;
     tracing::Span::current().record("plugworker.pipeline", info.name.as_str());
     let pipeline = match pipeline {
         Ok(pipeline) => pipeline,
@@ -89,7 +89,7 @@ pub(crate) async fn run(
 }
 
 /// The pipeline a job names and what it is called in its result.
-fn resolve(
+async fn resolve(
     context: &Context,
     reference: PipelineRef,
 ) -> (PipelineInfo, Result<Arc<Pipeline>, ErrorInfo>) {
@@ -106,7 +106,7 @@ fn resolve(
         ),
         PipelineRef::Named(name) => {
             let key = format!("{}{name}", plugworker_jobs::pipeline::KV_PREFIX);
-            let (revision, pipeline) = match context.pipelines.get(&name) {
+            let (revision, pipeline) = match context.pipelines.get(&name).await {
                 Lookup::Found(stored) => (
                     Some(stored.revision),
                     stored.pipeline.map_err(|error| {

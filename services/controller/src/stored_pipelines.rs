@@ -8,11 +8,15 @@
 //! as its error, so jobs naming it fail `invalid_pipeline` with the reason.
 //!
 //! Before the first answer nothing is known: [`Lookup::NotYet`] (jobs naming a pipeline
-//! are transient then). A token that may not read the prefix gets 403 for ever: the
-//! watch logs the fix once and named pipelines stay unavailable; inline ones still run.
+//! are transient then). Consul answers a listing with only the entries the token may
+//! read (no error), so a token without read on the prefix would see no pipeline at all
+//! and fail every named job permanently: the watch therefore first reads one key under
+//! the prefix, which such a token is refused (403). Until that read passes, the watch
+//! logs the fix and named pipelines stay unavailable (transient); inline ones still run.
 
 use plugworker_consul_client::{ConsulClient, Error, KvPair, Watch};
 use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, valid_pipeline_name};
+use plugworker_lifecycle::Backoff;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
@@ -45,16 +49,18 @@ type View = Option<Arc<HashMap<String, Stored>>>;
 pub struct StoredPipelines {
     view: watch::Receiver<View>,
     task: Option<JoinHandle<()>>,
+    client: Option<ConsulClient>,
 }
 
 impl StoredPipelines {
     /// Follows `plugworker/pipelines/` with requests Consul may hold for up to `wait`.
     pub fn start(client: ConsulClient, wait: Duration) -> Self {
         let (sender, view) = watch::channel(None);
-        let task = tokio::spawn(follow(client, wait, sender));
+        let task = tokio::spawn(follow(client.clone(), wait, sender));
         Self {
             view,
             task: Some(task),
+            client: Some(client),
         }
     }
 
@@ -64,16 +70,34 @@ impl StoredPipelines {
         Self {
             view: watch::channel(None).1,
             task: None,
+            client: None,
         }
     }
 
-    /// The pipeline stored as `name` now.
-    pub fn get(&self, name: &str) -> Lookup {
-        match &*self.view.borrow() {
-            None => Lookup::NotYet,
-            Some(view) => view
-                .get(name)
-                .map_or(Lookup::Unknown, |stored| Lookup::Found(stored.clone())),
+    /// The pipeline stored as `name` now. A name the watch does not hold is read once
+    /// more from Consul: a pipeline put just before its first job (the watch a few
+    /// milliseconds behind) must not fail that job permanently.
+    pub async fn get(&self, name: &str) -> Lookup {
+        let cached = match &*self.view.borrow() {
+            None => return Lookup::NotYet,
+            Some(view) => view.get(name).cloned(),
+        };
+        if let Some(stored) = cached {
+            return Lookup::Found(stored);
+        }
+        let Some(client) = &self.client else {
+            return Lookup::Unknown;
+        };
+        match client
+            .kv_get(&format!("{KV_PREFIX}{name}"), Default::default())
+            .await
+        {
+            Ok((None, _)) => Lookup::Unknown,
+            Ok((Some(pair), _)) => Lookup::Found(parse(name, &pair)),
+            Err(error) => {
+                tracing::warn!(%error, pipeline = name, "cannot read a stored pipeline the watch does not hold yet");
+                Lookup::NotYet
+            }
         }
     }
 
@@ -92,26 +116,44 @@ impl Drop for StoredPipelines {
     }
 }
 
+/// Between refused permission checks: the operator has to change the token's policy.
+const PERMISSION_BACKOFF: Backoff =
+    Backoff::new(Duration::from_millis(500), Duration::from_secs(30));
+
+/// Waits until the token may read the prefix: a read of the prefix's own key is 404 (or
+/// the key) for a token that may, 403 for one that may not.
+async fn wait_for_permission(client: &ConsulClient) {
+    let mut failures = 0;
+    loop {
+        let error = match client.kv_get(KV_PREFIX, Default::default()).await {
+            Ok(_) => return,
+            Err(error) => error,
+        };
+        failures += 1;
+        if is_forbidden(&error) {
+            if failures == 1 {
+                tracing::error!(%error, "the controller's Consul token may not read {KV_PREFIX}: jobs naming a stored pipeline stay transient (pipeline_unavailable) until it can; grant the controller's policy key_prefix \"{KV_PREFIX}\" {{ policy = \"read\" }}");
+            }
+        } else {
+            tracing::warn!(%error, "cannot read the stored pipelines from Consul yet; retrying");
+        }
+        tokio::time::sleep(PERMISSION_BACKOFF.delay(failures)).await;
+    }
+}
+
 async fn follow(client: ConsulClient, wait: Duration, sender: watch::Sender<View>) {
+    wait_for_permission(&client).await;
     let mut watch = Watch::new(wait);
-    let mut forbidden_logged = false;
     loop {
         let result = watch
             .next(|options| client.kv_list(KV_PREFIX, options))
             .await;
         match result {
             Ok(pairs) => {
-                forbidden_logged = false;
                 let previous = sender.borrow().clone();
                 let view = read(&pairs, previous.as_deref());
                 tracing::debug!(pipelines = view.len(), "stored pipelines changed");
                 sender.send_replace(Some(Arc::new(view)));
-            }
-            Err(error) if is_forbidden(&error) => {
-                if !forbidden_logged {
-                    forbidden_logged = true;
-                    tracing::error!(%error, "the controller's Consul token may not read {KV_PREFIX}: jobs naming a stored pipeline stay transient (pipeline_unavailable) until it can; grant the controller's policy key_prefix \"{KV_PREFIX}\" {{ policy = \"read\" }}");
-                }
             }
             Err(error) => {
                 tracing::warn!(%error, "Consul watch of the stored pipelines failed; keeping the last known ones");
@@ -141,23 +183,26 @@ fn read(pairs: &[KvPair], previous: Option<&HashMap<String, Stored>>) -> HashMap
             .filter(|stored| stored.revision == pair.modify_index);
         let stored = match unchanged {
             Some(stored) => stored.clone(),
-            None => {
-                let pipeline = std::str::from_utf8(&pair.value)
-                    .map_err(|_| "the stored value is not UTF-8 text".to_string())
-                    .and_then(|text| Pipeline::parse(text).map_err(|e| e.to_string()))
-                    .map(Arc::new);
-                if let Err(error) = &pipeline {
-                    tracing::warn!(pipeline = name, revision = pair.modify_index, %error, "a stored pipeline is invalid; jobs naming it fail invalid_pipeline");
-                }
-                Stored {
-                    revision: pair.modify_index,
-                    pipeline,
-                }
-            }
+            None => parse(name, pair),
         };
         view.insert(name.to_string(), stored);
     }
     view
+}
+
+/// The pipeline `name` stored as `pair` (a value that does not parse is logged).
+fn parse(name: &str, pair: &KvPair) -> Stored {
+    let pipeline = std::str::from_utf8(&pair.value)
+        .map_err(|_| "the stored value is not UTF-8 text".to_string())
+        .and_then(|text| Pipeline::parse(text).map_err(|e| e.to_string()))
+        .map(Arc::new);
+    if let Err(error) = &pipeline {
+        tracing::warn!(pipeline = name, revision = pair.modify_index, %error, "a stored pipeline is invalid; jobs naming it fail invalid_pipeline");
+    }
+    Stored {
+        revision: pair.modify_index,
+        pipeline,
+    }
 }
 
 #[cfg(test)]
@@ -200,6 +245,6 @@ mod tests {
     #[tokio::test]
     async fn an_unanswered_store_says_not_yet() {
         let store = StoredPipelines::none();
-        assert!(matches!(store.get("x"), Lookup::NotYet));
+        assert!(matches!(store.get("x").await, Lookup::NotYet));
     }
 }

@@ -331,3 +331,20 @@ impl Stack {
 pub fn job(algorithm: &str, payload: serde_json::Value) -> serde_json::Value {
     serde_json::json!({ "algorithm": algorithm, "payload": payload })
 }
+
+/// A runner's `ok` runs of `algorithm` so far, from its `--metrics-address` (0 before the
+/// first).
+pub async fn runner_runs(metrics_address: &str, algorithm: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    plugworker_testkit::metric_value(
+        &text,
+        "plugworker_runner_runs_total",
+        &[("algorithm", algorithm), ("code", "ok")],
+    )
+    .unwrap_or(0.0)
+}

@@ -1,0 +1,652 @@
+//! Pipeline jobs end to end (docs/delivery.md, "Pipelines"): moto SQS, the embedded
+//! registry, real runner processes and a real `plugworker controller`. Each test checks
+//! one promise from what the processes themselves report: the runners' start and end
+//! times, their run counters, the one final result per job.
+
+mod common;
+
+use common::{Stack, runner_runs};
+use plugworker_consul_client::admin::{NewPolicy, NewToken, PolicyLink, controller_rules};
+use plugworker_jobs::pipeline::KV_PREFIX;
+use plugworker_testkit::otlp::{KIND_CLIENT, KIND_CONSUMER, KIND_SERVER, OtlpReceiver};
+use plugworker_testkit::{eventually, free_port, metric_value};
+use serde_json::{Value, json};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// Submits a job running `pipeline` (an object, or a stored pipeline's name).
+async fn submit(stack: &Stack, pipeline: Value, payload: Value) -> String {
+    stack
+        .submit(json!({"pipeline": pipeline, "payload": payload}))
+        .await
+}
+
+/// Waits for one result per message id in `ids`, and returns them by message id.
+async fn results_of(stack: &Stack, ids: &[&str], within: Duration) -> HashMap<String, Value> {
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, ids.len(), within)
+        .await;
+    let mut by_id = HashMap::new();
+    for result in results {
+        let id = result["message_id"].as_str().unwrap().to_string();
+        assert!(by_id.insert(id, result).is_none(), "two results for a job");
+    }
+    for id in ids {
+        assert!(by_id.contains_key(*id), "no result for {id}: {by_id:#?}");
+    }
+    by_id
+}
+
+/// A step's field as a number.
+fn ms(result: &Value, step: &str, field: &str) -> u64 {
+    result["result"][step][field]
+        .as_u64()
+        .unwrap_or_else(|| panic!("{step}.{field} in {result}"))
+}
+
+#[tokio::test]
+async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, health) = stack.controller(&[]);
+    let id = submit(
+        &stack,
+        json!({
+            "a": {"algorithm": "echo", "input": {"message": "from a", "delay_ms": 1500}},
+            "b": {"algorithm": "echo", "input": {"message": "from b", "delay_ms": 1500}},
+            "c": {"algorithm": "echo", "input": {"message": "/a/message", "delay_ms": {"$literal": 0}}},
+        }),
+        json!({}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["algorithm"], Value::Null);
+    assert_eq!(result["pipeline"], json!({"name": "inline"}));
+    assert_eq!(result["attempt"], 1);
+    // The runner's own clock: a and b overlapped, c began after both ended.
+    let (a_start, a_end) = (
+        ms(result, "a", "started_unix_ms"),
+        ms(result, "a", "finished_unix_ms"),
+    );
+    let (b_start, b_end) = (
+        ms(result, "b", "started_unix_ms"),
+        ms(result, "b", "finished_unix_ms"),
+    );
+    let c_start = ms(result, "c", "started_unix_ms");
+    assert!(
+        a_start < b_end && b_start < a_end,
+        "a ran {a_start}..{a_end}, b {b_start}..{b_end}: no overlap"
+    );
+    assert!(
+        c_start >= a_end.max(b_end),
+        "c began at {c_start}: {result}"
+    );
+    assert_eq!(result["result"]["c"]["message"], "from a");
+    let keys: Vec<&String> = result["result"].as_object().unwrap().keys().collect();
+    assert_eq!(keys, ["a", "b", "c"]);
+    for step in ["a", "b", "c"] {
+        let report = &result["steps"][step];
+        assert_eq!(report["algorithm"], "echo", "{report}");
+        assert_eq!(report["attempt"], 1);
+        assert!(report["runner"]["instance_id"].is_string(), "{report}");
+        assert_eq!(report["result"], result["result"][step]);
+    }
+    eprintln!(
+        "a {a_start}..{a_end}, b {b_start}..{b_end}, c from {c_start}; job total {} ms",
+        result["timings"]["total_ms"]
+    );
+
+    let metrics_url = health.replace("/healthz", "/metrics");
+    let text = eventually(Duration::from_secs(10), "the pipeline job counted", || {
+        let url = metrics_url.clone();
+        async move {
+            let text = reqwest::get(&url).await.ok()?.text().await.ok()?;
+            metric_value(
+                &text,
+                "plugworker_pipeline_jobs_total",
+                &[("pipeline", "inline"), ("status", "ok")],
+            )
+            .is_some()
+            .then_some(text)
+        }
+    })
+    .await;
+    let value = |name: &str, labels: &[(&str, &str)]| metric_value(&text, name, labels);
+    assert_eq!(
+        value(
+            "plugworker_pipeline_jobs_total",
+            &[("pipeline", "inline"), ("status", "ok")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            "plugworker_pipeline_steps_total",
+            &[("algorithm", "echo"), ("status", "ok")]
+        ),
+        Some(3.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(
+            "plugworker_pipeline_step_duration_seconds_count",
+            &[("algorithm", "echo")]
+        ),
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&[]);
+    let payload = json!({"message": "hello"});
+    // `add` refuses a string where its numbers go: invalid_payload, permanent.
+    let failing = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "bad": {"algorithm": "add", "input": {"numbers": "/first/message"}},
+            "after": {"algorithm": "echo", "input": {"message": "/bad/sum"}},
+        }),
+        payload.clone(),
+    )
+    .await;
+    let nothing_selected = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "next": {"algorithm": "echo", "input": {"message": "/first/no_such_field"}},
+        }),
+        payload.clone(),
+    )
+    .await;
+    // An optional step failing yields null; a step reading from it (optional too) as well;
+    // the rest goes on.
+    let optional = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "bad": {"algorithm": "add", "input": {"numbers": "/first/message"}, "optional": true},
+            "reads_bad": {"algorithm": "echo", "input": {"message": "/bad/sum"}, "optional": true},
+            "last": {"algorithm": "echo", "input": {"message": "/payload/message"}},
+        }),
+        payload.clone(),
+    )
+    .await;
+    let mut cycle = serde_json::Map::new();
+    cycle.insert(
+        "x".into(),
+        json!({"algorithm": "echo", "input": {"message": "/y/message"}}),
+    );
+    cycle.insert(
+        "y".into(),
+        json!({"algorithm": "echo", "input": {"message": "/x/message"}}),
+    );
+    let cycle = submit(&stack, Value::Object(cycle), payload.clone()).await;
+    let dangling = submit(
+        &stack,
+        json!({"x": {"algorithm": "echo", "input": {"message": "/ghost/message"}}}),
+        payload.clone(),
+    )
+    .await;
+    let many: serde_json::Map<String, Value> = (0..17)
+        .map(|i| (format!("s{i}"), json!({"algorithm": "echo"})))
+        .collect();
+    let too_many = submit(&stack, Value::Object(many), payload.clone()).await;
+    let ids = [
+        &failing,
+        &nothing_selected,
+        &optional,
+        &cycle,
+        &dangling,
+        &too_many,
+    ]
+    .map(String::as_str);
+    let results = results_of(&stack, &ids, Duration::from_secs(60)).await;
+
+    let result = &results[&failing];
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["error"]["code"], "invalid_payload");
+    assert_eq!(result["error"]["class"], "permanent");
+    assert_eq!(result["error"]["step"], "bad");
+    assert!(result.get("result").is_none(), "{result}");
+    assert_eq!(result["steps"]["first"]["result"]["message"], "hello");
+    assert_eq!(result["steps"]["bad"]["error"]["code"], "invalid_payload");
+    assert!(
+        result["steps"].get("after").is_none(),
+        "never started: {result}"
+    );
+    assert_eq!(result["attempt"], 1, "never retried");
+
+    let result = &results[&nothing_selected];
+    assert_eq!(result["error"]["code"], "input_not_found", "{result}");
+    assert_eq!(result["error"]["class"], "permanent");
+    assert_eq!(result["error"]["step"], "next");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_field"),
+        "names the pointer: {result}"
+    );
+    assert_eq!(result["steps"]["first"]["result"]["message"], "hello");
+
+    let result = &results[&optional];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["result"]["bad"], Value::Null);
+    assert_eq!(result["result"]["reads_bad"], Value::Null);
+    assert_eq!(result["result"]["last"]["message"], "hello");
+    assert_eq!(result["steps"]["bad"]["error"]["code"], "invalid_payload");
+    assert_eq!(
+        result["steps"]["reads_bad"]["error"]["code"],
+        "input_not_found"
+    );
+
+    for (id, names) in [
+        (&cycle, ["cycle", "\"x\""]),
+        (&dangling, ["ghost", "\"x\""]),
+        (&too_many, ["17 steps", "16"]),
+    ] {
+        let result = &results[id];
+        assert_eq!(result["status"], "error", "{result}");
+        assert_eq!(result["error"]["code"], "invalid_pipeline", "{result}");
+        assert_eq!(result["error"]["class"], "permanent");
+        assert_eq!(result["pipeline"]["name"], "inline");
+        let message = result["error"]["message"].as_str().unwrap();
+        for name in names {
+            assert!(message.contains(name), "{message:?} names {name}");
+        }
+    }
+    eventually(Duration::from_secs(20), "five jobs in the DLQ", || async {
+        let ((visible, hidden), (dead, _)) = stack.queue_depths().await;
+        (visible + hidden == 0 && dead == 5).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_steps_do_not_run_again()
+ {
+    // A 4 s visibility timeout: the job outlives it several times while its second step
+    // waits for a runner, kept invisible by the heartbeat.
+    let stack = Stack::start(Duration::from_secs(4), 3).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let (controller, health) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
+    let text = "The weather is lovely today and we are going for a long walk.";
+    let id = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "lang": {"algorithm": "language_detection", "input": {"text": "/first/message"}},
+        }),
+        json!({"message": text}),
+    )
+    .await;
+    eventually(Duration::from_secs(60), "the first step run", || async {
+        (runner_runs(&metrics, "echo").await >= 1.0).then_some(())
+    })
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the second step retried (no runner)",
+        || async { controller.log().contains("no_runner").then_some(()) },
+    )
+    .await;
+    // Past the visibility timeout before the runner comes: the heartbeat kept the job.
+    let metrics_url = health.replace("/healthz", "/metrics");
+    eventually(
+        Duration::from_secs(30),
+        "two visibility extensions",
+        || async {
+            let text = reqwest::get(&metrics_url).await.ok()?.text().await.ok()?;
+            let extensions = metric_value(&text, "plugworker_visibility_extensions_total", &[])?;
+            (extensions >= 2.0).then_some(())
+        },
+    )
+    .await;
+    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let results = results_of(&stack, &[&id], Duration::from_secs(120)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["attempt"], 1, "one delivery: {result}");
+    assert_eq!(result["result"]["lang"]["language"], "en");
+    assert!(
+        result["steps"]["lang"]["attempt"].as_u64().unwrap() >= 2,
+        "{result}"
+    );
+    assert_eq!(result["steps"]["first"]["attempt"], 1);
+    assert_eq!(
+        runner_runs(&metrics, "echo").await,
+        1.0,
+        "the finished step did not run again"
+    );
+    assert!(
+        result["timings"]["total_ms"].as_f64().unwrap() > 4000.0,
+        "longer than the visibility timeout: {result}"
+    );
+}
+
+#[tokio::test]
+async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_the_delivery() {
+    let stack = Stack::start(Duration::from_secs(10), 3).await;
+    let first_metrics = format!("127.0.0.1:{}", free_port());
+    let (first, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", first_metrics.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
+    let id = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "slow": {"algorithm": "echo", "input": {"message": "/first/message", "delay_ms": 5000}},
+        }),
+        json!({"message": "survive"}),
+    )
+    .await;
+    // The first step done and the slow one running on the only instance: a second one
+    // comes up, the first is killed.
+    let in_flight = |address: String| async move {
+        let text = reqwest::get(format!("http://{address}/metrics"))
+            .await
+            .ok()?
+            .text()
+            .await
+            .ok()?;
+        metric_value(
+            &text,
+            "plugworker_runner_runs_in_flight",
+            &[("algorithm", "echo")],
+        )
+    };
+    eventually(Duration::from_secs(60), "the slow step running", || async {
+        let ok = runner_runs(&first_metrics, "echo").await;
+        (ok == 1.0 && in_flight(first_metrics.clone()).await == Some(1.0)).then_some(())
+    })
+    .await;
+    let second_metrics = format!("127.0.0.1:{}", free_port());
+    let (_second, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", second_metrics.as_str())],
+    );
+    stack.wait_passing("test-runner", 2).await;
+    first.signal("KILL");
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["attempt"], 1, "one delivery: {result}");
+    assert_eq!(result["result"]["slow"]["message"], "survive");
+    assert_eq!(
+        runner_runs(&second_metrics, "echo").await,
+        1.0,
+        "only the slow step ran on the second instance"
+    );
+}
+
+#[tokio::test]
+async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_change() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&[]);
+    let consul = stack.consul();
+    let key = format!("{KV_PREFIX}report");
+    let version = |v: &str| json!({"say": {"algorithm": "echo", "input": {"message": v}}});
+    let put = |value: Value| {
+        let (consul, key) = (consul.clone(), key.clone());
+        async move {
+            assert!(
+                consul
+                    .kv_put(&key, value.to_string().as_bytes(), None)
+                    .await
+                    .unwrap()
+            );
+            let (pair, _) = consul.kv_get(&key, Default::default()).await.unwrap();
+            pair.unwrap().modify_index
+        }
+    };
+    let first = put(version("v1")).await;
+    // Put just before its first job: the job finds it, whether the watch has it yet or not.
+    let id = probe(&stack).await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    assert_eq!(results[&id]["status"], "ok", "{}", results[&id]);
+    assert_eq!(
+        results[&id]["pipeline"],
+        json!({"name": "report", "revision": first})
+    );
+
+    // Jobs keep coming while the pipeline changes under them.
+    let mut flowing = Vec::new();
+    for _ in 0..10 {
+        flowing.push(probe(&stack).await);
+    }
+    let second = put(version("v2")).await;
+    for _ in 0..10 {
+        flowing.push(probe(&stack).await);
+    }
+    let ids: Vec<&str> = flowing.iter().map(String::as_str).collect();
+    let results = results_of(&stack, &ids, Duration::from_secs(60)).await;
+    let mut seen = HashMap::new();
+    for result in results.values() {
+        assert_eq!(result["status"], "ok", "none fails: {result}");
+        let revision = result["pipeline"]["revision"].as_u64().unwrap();
+        let said = result["result"]["say"]["message"].as_str().unwrap();
+        let expected = if revision == first { "v1" } else { "v2" };
+        assert!(revision == first || revision == second, "{result}");
+        assert_eq!(
+            said, expected,
+            "the revision named is the one run: {result}"
+        );
+        *seen.entry(said.to_string()).or_insert(0) += 1;
+    }
+    eprintln!("while the pipeline changed: {seen:?}");
+    // Once one job has run the new revision, the watch has it: every later job does too.
+    eventually(
+        Duration::from_secs(30),
+        "a job on the new revision",
+        || async {
+            let id = probe(&stack).await;
+            let results = results_of(&stack, &[&id], Duration::from_secs(30)).await;
+            (results[&id]["pipeline"]["revision"] == second).then_some(())
+        },
+    )
+    .await;
+    let mut after = Vec::new();
+    for _ in 0..5 {
+        after.push(probe(&stack).await);
+    }
+    let unknown = submit(&stack, json!("no_such_pipeline"), json!({})).await;
+    let broken_key = format!("{KV_PREFIX}broken");
+    consul
+        .kv_put(&broken_key, b"{\"a\": {}}", None)
+        .await
+        .unwrap();
+    let broken = submit(&stack, json!("broken"), json!({})).await;
+    let mut ids: Vec<&str> = after.iter().map(String::as_str).collect();
+    ids.extend([unknown.as_str(), broken.as_str()]);
+    let results = results_of(&stack, &ids, Duration::from_secs(60)).await;
+    for id in &after {
+        assert_eq!(
+            results[id]["pipeline"]["revision"], second,
+            "{}",
+            results[id]
+        );
+        assert_eq!(results[id]["result"]["say"]["message"], "v2");
+    }
+    let result = &results[&unknown];
+    assert_eq!(result["error"]["code"], "invalid_pipeline", "{result}");
+    assert_eq!(result["error"]["class"], "permanent");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("no_such_pipeline"),
+        "{result}"
+    );
+    let result = &results[&broken];
+    assert_eq!(result["error"]["code"], "invalid_pipeline", "{result}");
+    assert!(result["pipeline"]["revision"].is_u64(), "{result}");
+    assert!(
+        result["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains(&broken_key),
+        "{result}"
+    );
+}
+
+/// A job running the stored pipeline `report`.
+async fn probe(stack: &Stack) -> String {
+    submit(stack, json!("report"), json!({})).await
+}
+
+#[tokio::test]
+async fn without_read_on_the_pipelines_prefix_named_pipelines_are_transient_and_inline_ones_run() {
+    let stack = Stack::start(Duration::from_secs(30), 2).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    // The controller's policy without its key_prefix rule: the KV watch never answers.
+    let consul = stack.consul();
+    let full = controller_rules("controller");
+    let rules = full[..full.find("key_prefix").unwrap()].to_string();
+    let policy = consul
+        .acl_policy_create(&NewPolicy {
+            name: "controller-without-kv".into(),
+            description: String::new(),
+            rules,
+        })
+        .await
+        .unwrap();
+    let token = consul
+        .acl_token_create(&NewToken {
+            description: "controller without kv".into(),
+            policies: vec![PolicyLink {
+                id: policy.id,
+                name: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    consul
+        .kv_put(
+            &format!("{KV_PREFIX}report"),
+            json!({"say": {"algorithm": "echo"}}).to_string().as_bytes(),
+            None,
+        )
+        .await
+        .unwrap();
+    let (controller, _) = stack.controller_with_env(
+        &["--retry-base", "300ms"],
+        &[("CONSUL_HTTP_TOKEN", token.secret_id.as_str())],
+    );
+    let named = submit(&stack, json!("report"), json!({"message": "m"})).await;
+    let inline = submit(
+        &stack,
+        json!({"say": {"algorithm": "echo"}}),
+        json!({"message": "m"}),
+    )
+    .await;
+    let results = results_of(&stack, &[&named, &inline], Duration::from_secs(60)).await;
+    let result = &results[&named];
+    assert_eq!(result["error"]["code"], "pipeline_unavailable", "{result}");
+    assert_eq!(result["error"]["class"], "transient");
+    assert_eq!(
+        result["attempt"], 2,
+        "retried as transient, to the last receive"
+    );
+    assert_eq!(results[&inline]["status"], "ok", "{}", results[&inline]);
+    assert!(
+        controller.log().contains("key_prefix"),
+        "the log says what to grant: {}",
+        controller.log()
+    );
+}
+
+#[tokio::test]
+async fn a_pipeline_job_is_one_trace_with_a_span_per_step() {
+    let receiver = OtlpReceiver::start().await;
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let envs = receiver.env("test-runner");
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (_runner, _) = stack.runner("test-runner", &envs);
+    stack.wait_passing("test-runner", 1).await;
+    let envs = receiver.env("plugworker-controller");
+    let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (_controller, _) = stack.controller_with_env(&[], &envs);
+    let id = submit(
+        &stack,
+        json!({
+            "a": {"algorithm": "echo"},
+            "b": {"algorithm": "echo", "input": {"message": "/a/message"}},
+        }),
+        json!({"message": "traced"}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    let trace_id = result["trace_id"].as_str().expect("a trace id").to_string();
+    let spans = eventually(Duration::from_secs(20), "the whole trace", || async {
+        let spans = receiver.trace(&trace_id);
+        let count = |kind| spans.iter().filter(|s| s.kind == kind).count();
+        (count(KIND_CONSUMER) == 1 && count(KIND_CLIENT) == 2 && count(KIND_SERVER) == 2)
+            .then_some(spans)
+    })
+    .await;
+    let consumer = spans.iter().find(|s| s.kind == KIND_CONSUMER).unwrap();
+    assert_eq!(consumer.attributes["plugworker.pipeline"], "inline");
+    assert_eq!(consumer.attributes["plugworker.outcome"], "ok");
+    for step in ["a", "b"] {
+        let span = spans
+            .iter()
+            .find(|s| {
+                s.attributes
+                    .get("plugworker.step")
+                    .is_some_and(|n| n == step)
+            })
+            .unwrap_or_else(|| panic!("no span for step {step}: {spans:#?}"));
+        assert_eq!(span.name, format!("step {step}"));
+        assert_eq!(span.parent_span_id, consumer.span_id, "step ← job");
+        assert_eq!(span.attributes["plugworker.algorithm"], "echo");
+        assert_eq!(span.attributes["plugworker.attempt"], "1");
+        assert_eq!(span.attributes["plugworker.outcome"], "ok");
+        assert_eq!(
+            span.attributes["plugworker.instance_id"],
+            result["steps"][step]["runner"]["instance_id"]
+                .as_str()
+                .unwrap()
+        );
+        let client = spans
+            .iter()
+            .find(|s| s.kind == KIND_CLIENT && s.parent_span_id == span.span_id)
+            .unwrap_or_else(|| panic!("no Run span under step {step}"));
+        assert!(
+            spans
+                .iter()
+                .any(|s| s.kind == KIND_SERVER && s.parent_span_id == client.span_id),
+            "the runner's span continues the step's call"
+        );
+    }
+    // One trace: every span about the job's message is in it.
+    assert!(
+        receiver
+            .spans()
+            .iter()
+            .filter(|s| s.attributes.get("messaging.message.id") == Some(&id))
+            .all(|s| s.trace_id == trace_id)
+    );
+}
