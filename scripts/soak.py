@@ -5,14 +5,25 @@ DLQ entries (with and without an error result) / missing, and checks every job's
 each valid job must end `ok` and each invalid one with its expected error code; the exit
 status is 1 otherwise. Not a test: a figure.
 
+SOAK_MODE=pipeline: the pipeline soak instead. The demo's meme_report pipeline
+(scripts/demo/pipelines/meme_report.json: label, text, lang) is stored in the registry's
+KV, and every job names it with the demo meme as payload; two image-runner instances and
+one nlp-runner serve the steps, and one image-runner is SIGKILLed once a third of the
+results are in (not restarted: the rest runs on the other). Each result must be ok with
+all three steps, each step's report naming its runner, the template chelsea-the-cat, the
+meme's text and its language (en). Also prints the jobs' latency (median, p95) and the
+step calls that were retried.
+
 The mesh runs as deployed: the registry enforces ACLs (default deny) and intentions
 (default deny); each process holds a token of its own (the controller the controller
 policy, each runner its service identity), one intention allows controller -> test-runner,
 and runners serve mTLS only (Connect native) while the controller dials them with its leaf.
 
-Environment: SOAK_JOBS (5000), SOAK_RUNNERS (3), SOAK_KILL_EVERY (seconds between runner
-kills, 4), SOAK_TIMEOUT (seconds to wait for every result, 1800), PLUGWORKER_BIN (the
-folder of the binaries), PLUGWORKER_MOTO_SERVER.
+Environment: SOAK_MODE (delivery, or pipeline), SOAK_JOBS (5000; pipeline: 1000),
+SOAK_RUNNERS (3 test-runners; pipeline: 2 image-runners), SOAK_KILL_EVERY (seconds between
+runner kills, 4; delivery only), SOAK_RESTARTS (controller restarts, 2; pipeline: 0),
+SOAK_TIMEOUT (seconds to wait for every result, 1800), PLUGWORKER_BIN (the folder of the
+binaries), PLUGWORKER_MOTO_SERVER. Run from the repository's root (the runners' ./models).
 """
 import collections
 import json
@@ -28,13 +39,20 @@ import threading
 import time
 import urllib.request
 
+import base64
+import statistics
+
 import boto3
 
 BIN = pathlib.Path(os.environ["PLUGWORKER_BIN"])
 MOTO = os.environ.get("PLUGWORKER_MOTO_SERVER") or str(pathlib.Path(sys.executable).parent / "moto_server")
-JOBS = int(os.environ.get("SOAK_JOBS", "5000"))
-RUNNERS = int(os.environ.get("SOAK_RUNNERS", "3"))
+PIPELINE = os.environ.get("SOAK_MODE", "delivery") == "pipeline"
+JOBS = int(os.environ.get("SOAK_JOBS", "1000" if PIPELINE else "5000"))
+RUNNERS = int(os.environ.get("SOAK_RUNNERS", "2" if PIPELINE else "3"))
 KILL_EVERY = float(os.environ.get("SOAK_KILL_EVERY", "4"))
+RESTARTS = int(os.environ.get("SOAK_RESTARTS", "0" if PIPELINE else "2"))
+REPO = pathlib.Path(__file__).resolve().parent.parent
+MEME_REPORT = REPO / "scripts/demo/pipelines/meme_report.json"
 TIMEOUT = float(os.environ.get("SOAK_TIMEOUT", "1800"))
 AWS_ENV = {"AWS_REGION": "us-east-1", "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"}
 LOGS = pathlib.Path(tempfile.mkdtemp(prefix="plugworker-soak-"))
@@ -86,8 +104,13 @@ class Stack:
                 time.sleep(0.1)
         policy = self.consul("PUT", "/v1/acl/policy", {"Name": "plugworker-controller", "Rules": CONTROLLER_RULES})
         self.controller_token = self.consul("PUT", "/v1/acl/token", {"Description": "controller", "Policies": [{"ID": policy["ID"]}]})["SecretID"]
-        self.runner_token = self.consul("PUT", "/v1/acl/token", {"Description": "test-runner", "ServiceIdentities": [{"ServiceName": "test-runner"}]})["SecretID"]
-        self.consul("PUT", "/v1/config", {"Kind": "service-intentions", "Name": "test-runner", "Sources": [{"Name": "controller", "Action": "allow"}]})
+        self.runner_tokens = {}
+        for service in ("image-runner", "nlp-runner") if PIPELINE else ("test-runner",):
+            self.runner_tokens[service] = self.consul("PUT", "/v1/acl/token", {"Description": service, "ServiceIdentities": [{"ServiceName": service}]})["SecretID"]
+            self.consul("PUT", "/v1/config", {"Kind": "service-intentions", "Name": service, "Sources": [{"Name": "controller", "Action": "allow"}]})
+        if PIPELINE:
+            # Stored with the management token: the controller's may only read pipelines.
+            self.consul("PUT", "/v1/kv/plugworker/pipelines/meme_report", json.loads(MEME_REPORT.read_text()))
         self.runners = []
         self.controller = None
         self.generation = 0
@@ -105,16 +128,18 @@ class Stack:
         self.processes.append(process)
         return process
 
-    def start_runner(self):
+    def start_runner(self, service="test-runner"):
         self.generation += 1
+        limits = ["--max-concurrent-runs", "16"] if service == "test-runner" else []
         process = self.spawn(
-            f"runner-{self.generation}",
-            [str(BIN / "test-runner"), "--listen", f"127.0.0.1:{free_port()}", "--consul-address", f"http://{self.registry_address}",
+            f"{service}-{self.generation}",
+            [str(BIN / service), "--listen", f"127.0.0.1:{free_port()}", "--consul-address", f"http://{self.registry_address}",
              "--health-listen", f"127.0.0.1:{free_port()}",
-             "--check-interval", "1s", "--deregister-critical-after", "3s", "--max-concurrent-runs", "16"],
-            {"CONSUL_HTTP_TOKEN": self.runner_token},
+             "--check-interval", "1s", "--deregister-critical-after", "3s", *limits],
+            {"CONSUL_HTTP_TOKEN": self.runner_tokens[service]},
         )
-        self.runners.append(process)
+        if service != "nlp-runner":
+            self.runners.append(process)
 
     def start_controller(self):
         self.generation += 1
@@ -136,14 +161,15 @@ class Stack:
         log(f"controller stopped (exit {code}); starting another")
         self.start_controller()
 
-    def kill_a_runner(self):
+    def kill_a_runner(self, replace=True):
         alive = [r for r in self.runners if r.poll() is None]
         if not alive:
             return
         victim = random.choice(alive)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
-        self.start_runner()
+        if replace:
+            self.start_runner()
 
     def stop(self):
         for process in reversed(self.processes):
@@ -169,6 +195,29 @@ def job(i: int):
     if kind < 0.5:
         return json.dumps({"id": f"j{i}", "algorithm": "add", "payload": {"numbers": [i, 1]}}), ("ok", "")
     return json.dumps({"id": f"j{i}", "algorithm": "echo", "payload": {"message": f"soak {i}", "delay_ms": random.choice([0, 20, 100, 400])}}), ("ok", "")
+
+
+def meme_job(i: int, meme: str):
+    return json.dumps({"id": f"meme-{i}", "pipeline": "meme_report", "payload": {"image_base64": meme}}), ("ok", "")
+
+
+def pipeline_problem(result: dict):
+    """What is wrong with a meme_report result, or None: all three steps, each with its
+    runner and output, the demo meme's template, text and language."""
+    steps, outputs = result.get("steps") or {}, result.get("result") or {}
+    if (result.get("pipeline") or {}).get("name") != "meme_report":
+        return f"pipeline {result.get('pipeline')}"
+    for name, algorithm in (("label", "meme_classifier"), ("text", "ocr"), ("lang", "language_detection")):
+        step = steps.get(name) or {}
+        if step.get("algorithm") != algorithm or not step.get("runner") or step.get("error") or step.get("result") is None:
+            return f"step {name}: {json.dumps(step)[:200]}"
+    if (outputs.get("label") or {}).get("label") != "chelsea-the-cat":
+        return f"label {outputs.get('label')}"
+    if "FINALLY REACHES" not in (outputs.get("text") or {}).get("text", ""):
+        return f"text {outputs.get('text')}"
+    if (outputs.get("lang") or {}).get("language") != "en":
+        return f"lang {outputs.get('lang')}"
+    return None
 
 
 def submit(stack: Stack, ids: set, jobs: list, expected: dict):
@@ -204,14 +253,23 @@ def main():
     stack = Stack()
     try:
         for _ in range(RUNNERS):
-            stack.start_runner()
+            stack.start_runner("image-runner" if PIPELINE else "test-runner")
+        if PIPELINE:
+            stack.start_runner("nlp-runner")
+            meme = base64.b64encode((REPO / "scripts/demo/meme.jpg").read_bytes()).decode()
+            jobs = [meme_job(i, meme) for i in range(JOBS)]
+        else:
+            jobs = [job(i) for i in range(JOBS)]
         time.sleep(2)
         stack.start_controller()
         started = time.time()
         submitted = set()
         expected = {}
         first = {}
-        sender = threading.Thread(target=submit, args=(stack, submitted, [job(i) for i in range(JOBS)], expected))
+        bad = {}
+        latency = []
+        retried = collections.Counter()
+        sender = threading.Thread(target=submit, args=(stack, submitted, jobs, expected))
         sender.start()
         log(f"submitting {JOBS} jobs; logs in {LOGS}")
         results = collections.Counter()
@@ -231,15 +289,27 @@ def main():
                 outcome = (result["status"], (result.get("error") or {}).get("code", ""))
                 statuses[outcome] += 1
                 first[result["message_id"]] = outcome
+                if PIPELINE:
+                    latency.append(result["timings"]["total_ms"])
+                    problem = pipeline_problem(result) if result["status"] == "ok" else None
+                    if problem:
+                        bad[result["message_id"]] = problem
+                    for name, step in (result.get("steps") or {}).items():
+                        if step.get("attempt", 1) > 1:
+                            retried[name] += 1
 
         while time.time() < deadline:
             for message in drain(stack.sqs, stack.results, limit=100):
                 record(message)
             done = len(set(submitted) & set(results))
-            if restarts < 2 and done >= JOBS * (restarts + 1) / 3:
+            if restarts < RESTARTS and done >= JOBS * (restarts + 1) / (RESTARTS + 1):
                 stack.restart_controller()
                 restarts += 1
-            if time.time() >= next_kill and done < JOBS:
+            if PIPELINE and kills == 0 and done >= JOBS / 3:
+                stack.kill_a_runner(replace=False)
+                kills += 1
+                log(f"SIGKILLed an image-runner with {done} of {JOBS} results in")
+            if not PIPELINE and time.time() >= next_kill and done < JOBS:
                 stack.kill_a_runner()
                 kills += 1
                 next_kill = time.time() + KILL_EVERY * random.uniform(0.5, 1.5)
@@ -266,10 +336,18 @@ def main():
         print(f"as expected:      {len(first) - len(wrong)} of {len(first)} ({valid} valid jobs must end ok, {len(expected) - valid} invalid ones with their code)")
         if wrong:
             print(f"UNEXPECTED:       {len(wrong)}, e.g. {list(wrong.items())[:5]} (got, expected)")
+        if PIPELINE:
+            print(f"pipeline results: {len(first) - len(bad) - len(wrong)} of {len(first)} ok with label, text and lang as expected")
+            if bad:
+                print(f"WRONG STEPS:      {len(bad)}, e.g. {list(bad.items())[:3]}")
+            if latency:
+                ordered = sorted(latency)
+                print(f"job latency:      median {statistics.median(ordered):.0f} ms, p95 {ordered[int(0.95 * (len(ordered) - 1))]:.0f} ms, max {ordered[-1]:.0f} ms")
+            print(f"steps retried:    {dict(retried) or 'none'} (a call to the killed runner, run again on the other)")
         print(f"chaos:            {kills} runner SIGKILLs, {restarts} controller restarts")
-        print(f"time:             {elapsed:.1f} s until every result")
+        print(f"time:             {elapsed:.1f} s until every result ({distinct / elapsed:.1f} jobs/s)")
         print(f"logs:             {LOGS}")
-        return 0 if distinct == len(submitted) and not silent and not wrong else 1
+        return 0 if distinct == len(submitted) and not silent and not wrong and not bad else 1
     finally:
         stack.stop()
 

@@ -5,6 +5,10 @@
 # submitted / distinct final results / duplicates / DLQ, and exits 1 unless every valid job
 # ended ok and every invalid one with its expected error code. Knobs in scripts/soak.py:
 #   SOAK_JOBS=5000 scripts/soak.sh
+# The pipeline soak: 1,000 jobs of the demo's meme_report pipeline (label, text, lang) on
+# two image-runners and an nlp-runner, one image-runner SIGKILLed mid-run; every result
+# must be ok with all three steps as expected:
+#   SOAK_MODE=pipeline scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/env.sh
@@ -14,6 +18,11 @@ cargo build --locked --workspace --bins
 # soak takes minutes) must not swap the controller restarted mid-run for another version.
 bin="$(mktemp -d)"
 trap 'rm -rf "$bin"' EXIT
-cp "$PLUGWORKER_BIN/plugworker" "$PLUGWORKER_BIN/test-runner" "$bin/"
+cp "$PLUGWORKER_BIN/plugworker" "$PLUGWORKER_BIN/test-runner" "$PLUGWORKER_BIN/image-runner" "$PLUGWORKER_BIN/nlp-runner" "$bin/"
 venv="${PLUGWORKER_VENV:-$HOME/.cache/plugworker/venv}"
-PLUGWORKER_BIN="$bin" "$venv/bin/python" scripts/soak.py
+# Arguments, if any, replace scripts/soak.py: another script on this stack (bench-pipeline.sh
+# passes its own, which imports soak.py's Stack, and its arguments).
+if [ $# -eq 0 ]; then
+  set -- scripts/soak.py
+fi
+PLUGWORKER_BIN="$bin" "$venv/bin/python" "$@"
