@@ -141,6 +141,87 @@ async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both()
 }
 
 #[tokio::test]
+async fn with_one_run_slot_independent_steps_take_turns_and_the_job_finishes() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--max-in-flight", "1"]);
+    let id = submit(
+        &stack,
+        json!({
+            "a": {"algorithm": "echo", "input": {"message": "a", "delay_ms": 300}},
+            "b": {"algorithm": "echo", "input": {"message": "b", "delay_ms": 300}},
+        }),
+        json!({}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    // The job's own slot only: one step after the other, never a wait for a second slot.
+    let (a_start, a_end) = (
+        ms(result, "a", "started_unix_ms"),
+        ms(result, "a", "finished_unix_ms"),
+    );
+    let (b_start, b_end) = (
+        ms(result, "b", "started_unix_ms"),
+        ms(result, "b", "finished_unix_ms"),
+    );
+    assert!(
+        b_start >= a_end || a_start >= b_end,
+        "overlapped on one slot: {result}"
+    );
+}
+
+#[tokio::test]
+async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pipeline_from_the_start()
+ {
+    let stack = Stack::start(Duration::from_secs(30), 2).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&[
+        "--job-timeout",
+        "4s",
+        "--retry-base",
+        "100ms",
+        "--retry-max",
+        "200ms",
+    ]);
+    // Each call of `slow` gives up after its 500 ms step timeout (some 5 calls fit in the
+    // job's 4 s; without the step timeout, the first call would take them all).
+    let id = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "slow": {"algorithm": "echo", "timeout": "500ms", "input": {"message": "/first/message", "delay_ms": 5000}},
+        }),
+        json!({"message": "m"}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(result["error"]["code"], "timeout", "{result}");
+    assert_eq!(result["error"]["class"], "transient");
+    assert_eq!(result["error"]["step"], "slow");
+    assert_eq!(result["attempt"], 2, "the last receive publishes: {result}");
+    assert!(
+        result["steps"]["slow"]["attempt"].as_u64().unwrap() >= 4,
+        "each call bounded by the step's timeout, retried within the delivery: {result}"
+    );
+    assert_eq!(result["steps"]["first"]["result"]["message"], "m");
+    assert_eq!(
+        runner_runs(&metrics, "echo").await,
+        2.0,
+        "the first step ran once per delivery"
+    );
+}
+
+#[tokio::test]
 async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let (_runner, _) = stack.runner("test-runner", &[]);
