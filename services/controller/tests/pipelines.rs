@@ -353,6 +353,34 @@ async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
 }
 
 #[tokio::test]
+async fn a_step_input_over_max_job_bytes_is_a_permanent_error_naming_the_step() {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = stack.runner("test-runner", &[]);
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--max-job-bytes", "1000"]);
+    // The payload fits; the second step's input, built from the first's output, does not.
+    let id = submit(
+        &stack,
+        json!({
+            "first": {"algorithm": "echo"},
+            "twice": {"algorithm": "echo", "input": {"message": "/first/message", "again": "/first/message"}},
+        }),
+        json!({"message": "x".repeat(600)}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["error"]["code"], "payload_too_large", "{result}");
+    assert_eq!(result["error"]["class"], "permanent");
+    assert_eq!(result["error"]["step"], "twice");
+    assert!(result["steps"]["first"]["result"].is_object(), "{result}");
+    assert_eq!(
+        result["steps"]["twice"]["attempt"], 0,
+        "never called: {result}"
+    );
+}
+
+#[tokio::test]
 async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_steps_do_not_run_again()
  {
     // A 4 s visibility timeout: the job outlives it several times while its second step
