@@ -305,6 +305,9 @@ pub(crate) enum Reason {
     GraceExpired,
     /// Mesh: authorize, asked again, no longer allows the client (GOAWAY).
     Deauthorized,
+    /// Mesh: the client certificate the connection was accepted with reached its
+    /// `NotAfter` (GOAWAY).
+    CertificateExpired,
     /// A call declaring a message over the port's `max_message_bytes`: refused at its
     /// prefix.
     MessageTooLarge,
@@ -321,6 +324,7 @@ impl Reason {
             Reason::MaxAge => "max_age",
             Reason::GraceExpired => "grace_expired",
             Reason::Deauthorized => "deauthorized",
+            Reason::CertificateExpired => "certificate_expired",
             Reason::MessageTooLarge => "message_too_large",
         }
     }
@@ -402,6 +406,7 @@ impl Port {
             closing: AtomicBool::new(false),
             grace_ms: AtomicU64::new(0),
             denied: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             task: OnceLock::new(),
         });
         open.insert(next_id, connection.clone());
@@ -445,6 +450,9 @@ struct Connection {
     /// Set when its client is no longer authorized: new calls are answered
     /// `PERMISSION_DENIED` (calls in flight finish within the grace).
     denied: AtomicBool,
+    /// Set when the client certificate the connection was accepted with has expired: new
+    /// calls are refused with `REFUSED_STREAM` (calls in flight finish within the grace).
+    expired: AtomicBool,
     /// Its task, aborted (the socket closed outright) when the port needs the room.
     task: OnceLock<tokio::task::AbortHandle>,
 }
@@ -799,16 +807,25 @@ impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<I
     for ConnectionService<P, C>
 {
     type Response = Response<ResponseBody>;
-    type Error = Infallible;
+    type Error = BoxError;
     type Future = StreamFuture<P::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
+        if self.connection.expired.load(Ordering::Relaxed) {
+            // Arrived after the GOAWAY of an expired client certificate: refused before
+            // any processing (`REFUSED_STREAM`), which tells the client to send it again
+            // on a new connection, with its renewed certificate.
+            return StreamFuture {
+                inner: None,
+                stream: None,
+            };
+        }
         let stream = StreamGuard::new(self.connection.clone());
         if self.connection.denied.load(Ordering::Relaxed) {
             // A client that ignores the GOAWAY of a deny gets no more calls served, for
             // the whole grace its calls in flight have.
             return StreamFuture {
-                inner: RouteFuture {
+                inner: Some(RouteFuture {
                     routed: Routed::Answered {
                         response: Some(
                             tonic::Status::permission_denied(
@@ -818,24 +835,25 @@ impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<I
                         ),
                     },
                     timeout: None,
-                },
+                }),
                 stream: Some(stream),
             };
         }
         let mut request = request.map(|body| RequestBody::new(body, self.connection.clone()));
         request.extensions_mut().insert(self.info.clone());
         StreamFuture {
-            inner: self.routes.route(request),
+            inner: Some(self.routes.route(request)),
             stream: Some(stream),
         }
     }
 }
 
 pin_project_lite::pin_project! {
-    /// A call's response, to which its stream's guard is attached.
+    /// A call's response, to which its stream's guard is attached; `inner` is `None` for
+    /// a call refused with `REFUSED_STREAM`.
     pub(crate) struct StreamFuture<F> {
         #[pin]
-        inner: RouteFuture<F>,
+        inner: Option<RouteFuture<F>>,
         stream: Option<StreamGuard>,
     }
 }
@@ -844,11 +862,15 @@ impl<F> Future for StreamFuture<F>
 where
     F: Future<Output = Result<Response<Body>, Infallible>>,
 {
-    type Output = Result<Response<ResponseBody>, Infallible>;
+    type Output = Result<Response<ResponseBody>, BoxError>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
-        let Ok(response) = std::task::ready!(this.inner.poll(cx));
+        let Some(inner) = this.inner.as_pin_mut() else {
+            // hyper resets the stream with the reason of an h2 error its service returns.
+            return Poll::Ready(Err(Box::new(h2::Error::from(h2::Reason::REFUSED_STREAM))));
+        };
+        let Ok(response) = std::task::ready!(inner.poll(cx));
         let stream = this
             .stream
             .take()
@@ -1020,7 +1042,12 @@ async fn drive<F>(
                 closing = Some(false);
             }
             reason = &mut revoked, if closing.is_none() => {
-                connection.denied.store(true, Ordering::Relaxed);
+                let refusing = if reason == Reason::CertificateExpired {
+                    &connection.expired
+                } else {
+                    &connection.denied
+                };
+                refusing.store(true, Ordering::Relaxed);
                 connection.close(reason, params.max_connection_age_grace);
             }
             () = &mut age, if closing.is_none() => {
@@ -1079,9 +1106,18 @@ impl Revocable for plugworker_mesh::MeshStream {
         let peer = self.info().peer.to_string();
         let remote = self.info().remote_addr;
         Some(Box::pin(async move {
-            let error = revoked.await;
-            tracing::warn!(%error, %peer, %remote, "mesh connection no longer authorized: closing it (GOAWAY)");
-            Reason::Deauthorized
+            match revoked.await {
+                // Routine: Connect renews leaves well before they end, and the client
+                // reconnects with the new one.
+                error @ plugworker_mesh::Error::CertificateExpired { .. } => {
+                    tracing::debug!(%error, %peer, %remote, "mesh connection's client certificate expired: closing it (GOAWAY)");
+                    Reason::CertificateExpired
+                }
+                error => {
+                    tracing::warn!(%error, %peer, %remote, "mesh connection no longer authorized: closing it (GOAWAY)");
+                    Reason::Deauthorized
+                }
+            }
         }))
     }
 }

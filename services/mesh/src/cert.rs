@@ -1,6 +1,6 @@
 //! Reading the certificates Connect hands out: PEM from the agent into rustls' types, and
-//! the two facts the mesh needs from a peer's certificate, its SPIFFE ID (the URI subject
-//! alternative name) and its serial number in Consul's text form.
+//! the three facts the mesh needs from a peer's certificate: its SPIFFE ID (the URI
+//! subject alternative name), its serial number in Consul's text form, and when it ends.
 
 use crate::error::Error;
 use crate::spiffe::SpiffeId;
@@ -9,6 +9,7 @@ use rustls::sign::CertifiedKey;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use x509_parser::extensions::GeneralName;
 use x509_parser::prelude::{FromDer, X509Certificate};
 
@@ -60,6 +61,8 @@ pub(crate) struct PeerCert {
     pub id: SpiffeId,
     /// Consul's form: lower-case hex bytes joined by colons, no leading zero byte.
     pub serial: String,
+    /// The end of its validity (`NotAfter`): a connection authenticated by it ends then.
+    pub not_after: SystemTime,
 }
 
 /// The SPIFFE ID and serial of a certificate. Connect leaves carry exactly one URI SAN.
@@ -83,10 +86,16 @@ pub(crate) fn peer_cert(der: &CertificateDer<'_>) -> Result<PeerCert, Error> {
         })
         .ok_or_else(|| bad("no spiffe:// URI in its subject alternative names".into()))?;
     let id = SpiffeId::parse(&uri)?;
+    // Before 1970 is not a time a certificate that verified today can end at.
+    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+        .map_or(UNIX_EPOCH, |seconds| {
+            UNIX_EPOCH + Duration::from_secs(seconds)
+        });
     Ok(PeerCert {
         uri,
         id,
         serial: serial_text(cert.raw_serial()),
+        not_after,
     })
 }
 

@@ -59,6 +59,11 @@ pub enum Error {
         reason: String,
     },
 
+    /// The client certificate a connection was accepted with has passed its `NotAfter`:
+    /// the connection ends (its client reconnects with its renewed certificate).
+    #[error("the client certificate of {client} expired at {not_after} (UNIX time, s)")]
+    CertificateExpired { client: String, not_after: u64 },
+
     #[error("TLS configuration: {0}")]
     Tls(#[from] rustls::Error),
 

@@ -16,7 +16,10 @@
 //!    ([`MeshStream::revoked`]; the agent is asked once per client certificate per TTL),
 //!    and ends when the answer is no, or when the agent has failed to answer two
 //!    re-checks in a row (one failure is tolerated): the kit's server sends GOAWAY then,
-//!    and answers new calls on it `PERMISSION_DENIED`.
+//!    and answers new calls on it `PERMISSION_DENIED`. An open connection also ends when
+//!    the client certificate it was accepted with reaches its `NotAfter` (GOAWAY; new
+//!    calls on it are refused with `REFUSED_STREAM`, which tells the client they were not
+//!    processed and may be sent again on a new connection, with the renewed certificate).
 //! 3. only then is the connection handed to tonic, carrying the peer's identity
 //!    ([`MeshConnectInfo`], in each request's extensions).
 //!
@@ -44,7 +47,7 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc};
@@ -141,6 +144,11 @@ impl MeshStream {
     /// The kit's server then closes the connection (GOAWAY), so a revoked intention ends
     /// open connections too, not only new ones. Independent of the stream: it can run in
     /// its own task.
+    ///
+    /// It also resolves ([`Error::CertificateExpired`]) when the client certificate the
+    /// connection was accepted with reaches its `NotAfter`: a connection lives no longer
+    /// than the credential that opened it. The client reconnects with its renewed
+    /// certificate (Connect renews leaves well before they end).
     pub fn revoked(&self) -> impl Future<Output = Error> + Send + 'static {
         let authorizer = self.authorizer.clone();
         let peer = self.peer.clone();
@@ -148,11 +156,29 @@ impl MeshStream {
             let period = authorizer.ttl.max(Duration::from_millis(100));
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                every.tick().await;
-                if let Err(error) = authorizer.check(&peer, Fresh::Ask).await {
-                    return error;
+            let rechecks = async {
+                loop {
+                    every.tick().await;
+                    if let Err(error) = authorizer.check(&peer, Fresh::Ask).await {
+                        return error;
+                    }
                 }
+            };
+            // The wall clock, as certificates are read: a duration from now, not an
+            // instant, so a clock stepped meanwhile moves it by at most that step.
+            let left = peer
+                .not_after
+                .duration_since(SystemTime::now())
+                .unwrap_or_default();
+            tokio::select! {
+                error = rechecks => error,
+                () = tokio::time::sleep(left) => Error::CertificateExpired {
+                    client: peer.uri.clone(),
+                    not_after: peer
+                        .not_after
+                        .duration_since(UNIX_EPOCH)
+                        .map_or(0, |since| since.as_secs()),
+                },
             }
         }
     }

@@ -7,12 +7,19 @@ mod common;
 
 use common::*;
 use plugworker_embedded_consul::{Registry, RegistryConfig};
+use plugworker_mesh::MeshConnector;
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use std::pin::Pin;
 use std::process::Output;
-use std::time::Duration;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::{Context, Poll};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::Endpoint;
+use tower::Service;
 
 fn start_runner(consul_url: &str, listen: &str, health: &str, envs: &[(&str, &str)]) -> Process {
     Process::spawn(
@@ -303,13 +310,7 @@ async fn a_denied_intention_closes_an_open_connection_within_the_authorize_ttl()
     intention(&registry, "controller", "test-runner", "deny").await;
     let denied = std::time::Instant::now();
     let deauthorized = eventually(Duration::from_secs(10), "the connection closed", || async {
-        let text = metrics(&metrics_address).await;
-        plugworker_testkit::metric_value(
-            &text,
-            "plugworker_runner_server_closed_total",
-            &[("port", "main"), ("reason", "deauthorized")],
-        )
-        .filter(|closed| *closed >= 1.0)
+        Some(closed(&metrics_address, "deauthorized").await).filter(|closed| *closed >= 1.0)
     })
     .await;
     let elapsed = denied.elapsed();
@@ -335,6 +336,308 @@ async fn a_denied_intention_closes_an_open_connection_within_the_authorize_ttl()
         "{}",
         runner.log()
     );
+}
+
+/// The server-to-client half of an HTTP/2 connection with its GOAWAY and PING frames
+/// taken out (and counted): what a client that ignores GOAWAY sees. Without the PING the
+/// server's graceful close never gets to its second GOAWAY, so it goes on receiving new
+/// calls on the connection until its grace ends, as from a client that sent them anyway.
+struct IgnoresGoAway<T> {
+    inner: T,
+    /// Bytes read from the server, not yet whole frames.
+    pending: Vec<u8>,
+    /// Whole frames kept, not yet handed to the reader.
+    ready: std::collections::VecDeque<u8>,
+    go_aways: Arc<AtomicU32>,
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for IgnoresGoAway<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        while this.ready.is_empty() {
+            let mut chunk = [0u8; 16 * 1024];
+            let mut read = ReadBuf::new(&mut chunk);
+            std::task::ready!(Pin::new(&mut this.inner).poll_read(cx, &mut read))?;
+            if read.filled().is_empty() {
+                return Poll::Ready(Ok(()));
+            }
+            this.pending.extend_from_slice(read.filled());
+            // A frame: 3 bytes of payload length, its type, flags, stream ID (4 bytes).
+            while this.pending.len() >= 9 {
+                let length =
+                    u32::from_be_bytes([0, this.pending[0], this.pending[1], this.pending[2]]);
+                let total = 9 + length as usize;
+                if this.pending.len() < total {
+                    break;
+                }
+                let frame: Vec<u8> = this.pending.drain(..total).collect();
+                match frame[3] {
+                    0x7 => {
+                        this.go_aways.fetch_add(1, Ordering::SeqCst);
+                    }
+                    0x6 => {}
+                    _ => this.ready.extend(frame),
+                }
+            }
+        }
+        let n = buf.remaining().min(this.ready.len());
+        let bytes: Vec<u8> = this.ready.drain(..n).collect();
+        buf.put_slice(&bytes);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for IgnoresGoAway<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// A unary `Run` call on a raw HTTP/2 connection: the gRPC status the runner answered
+/// (`0` for a result), and the response message's bytes.
+async fn raw_run(
+    client: &mut h2::client::SendRequest<bytes::Bytes>,
+    message: &str,
+    delay_ms: u64,
+) -> (String, Vec<u8>) {
+    let request = http::Request::post("http://runner/plugworker.runner.v1.Runner/Run")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut body) = client
+        .clone()
+        .ready()
+        .await
+        .unwrap()
+        .send_request(request, false)
+        .unwrap();
+    let message = prost::Message::encode_to_vec(&plugworker_rpc::runner::v1::RunRequest {
+        algorithm: "echo".into(),
+        payload: serde_json::to_vec(&serde_json::json!({"message": message, "delay_ms": delay_ms}))
+            .unwrap(),
+    });
+    let mut framed = vec![0u8];
+    framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    framed.extend_from_slice(&message);
+    body.send_data(framed.into(), true).unwrap();
+    let response = response.await.unwrap();
+    // A trailers-only answer (an error) has the status in its headers.
+    if let Some(status) = response.headers().get("grpc-status") {
+        return (status.to_str().unwrap().to_string(), Vec::new());
+    }
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    let trailers = body.trailers().await.unwrap().unwrap_or_default();
+    let status = trailers
+        .get("grpc-status")
+        .map_or("none".to_string(), |s| s.to_str().unwrap().to_string());
+    (status, data.get(5..).unwrap_or_default().to_vec())
+}
+
+/// A client that ignores the GOAWAY of a deny gets nothing more served: after the
+/// intention flips to deny, the runner sends GOAWAY on the open connection, and a new call
+/// sent on it anyway is answered `PERMISSION_DENIED` (not run), while the call already in
+/// flight finishes. tonic's and h2's clients stop sending after a GOAWAY, so this client
+/// is h2's with the server's GOAWAY and PING frames taken out of what it reads.
+#[tokio::test]
+async fn a_new_call_on_a_deauthorized_connection_is_refused_permission_denied() {
+    let registry = registry(RegistryConfig::default()).await;
+    let consul = consul(&registry);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let runner = start_runner(
+        &registry.url(),
+        &listen,
+        &health,
+        &[
+            ("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s"),
+            ("PLUGWORKER_METRICS_ADDRESS", &metrics_address),
+        ],
+    );
+    passing(&consul).await;
+    let controller = identity(&registry, "controller").await;
+    let tls = MeshConnector::new(controller, "test-runner")
+        .call(format!("http://{listen}").parse().unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let go_aways = Arc::new(AtomicU32::new(0));
+    let (mut client, connection) = h2::client::handshake(IgnoresGoAway {
+        inner: tls,
+        pending: Vec::new(),
+        ready: Default::default(),
+        go_aways: go_aways.clone(),
+    })
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+
+    let (status, _) = raw_run(&mut client, "allowed", 0).await;
+    assert_eq!(status, "0", "served while allowed");
+    // In flight across the deny (it keeps the connection open: 5 s).
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        async move { raw_run(&mut client, "in flight", 5_000).await }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    intention(&registry, "controller", "test-runner", "deny").await;
+    eventually(Duration::from_secs(10), "the connection closed", || async {
+        (closed(&metrics_address, "deauthorized").await >= 1.0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the GOAWAY received", || async {
+        (go_aways.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+
+    let (status, result) = raw_run(&mut client, "after the deny", 0).await;
+    assert_eq!(status, "7", "PERMISSION_DENIED (gRPC code 7)");
+    assert!(result.is_empty());
+    let (status, result) = in_flight.await.unwrap();
+    assert_eq!(status, "0", "the call in flight finishes");
+    let result: plugworker_rpc::runner::v1::RunResponse =
+        prost::Message::decode(result.as_slice()).unwrap();
+    assert!(String::from_utf8_lossy(&result.result).contains("in flight"));
+    assert!(
+        !runner.log().contains("after the deny"),
+        "the refused call reached the algorithm"
+    );
+}
+
+/// The `NotAfter` of `service`'s current leaf at the agent, and its serial.
+async fn leaf_not_after(
+    consul: &plugworker_consul_client::ConsulClient,
+    service: &str,
+) -> (SystemTime, String) {
+    let (leaf, _) = consul
+        .connect_ca_leaf(service, Default::default())
+        .await
+        .unwrap();
+    let (_, pem) = x509_parser::pem::parse_x509_pem(leaf.cert_pem.as_bytes()).unwrap();
+    let seconds = pem.parse_x509().unwrap().validity().not_after.timestamp();
+    (
+        UNIX_EPOCH + Duration::from_secs(seconds.try_into().unwrap()),
+        leaf.serial_number,
+    )
+}
+
+/// A connection lives no longer than the client certificate it was accepted with: at the
+/// certificate's `NotAfter` the runner sends GOAWAY (counted as `certificate_expired`), the
+/// call in flight across it finishes, and the client's next call goes over a new
+/// connection with its renewed certificate and is served. Leaves live 6 s here (renewed at
+/// 60-90 % of that). Without the close, the connection stayed open (and served) until
+/// `--max-connection-age`.
+#[tokio::test]
+async fn a_connection_ends_at_its_client_certificates_not_after_and_a_renewed_one_keeps_working() {
+    let registry = registry(RegistryConfig {
+        connect_leaf_ttl: Duration::from_secs(6),
+        ..RegistryConfig::default()
+    })
+    .await;
+    let consul = consul(&registry);
+    let listen = format!("127.0.0.1:{}", free_port());
+    let health = format!("127.0.0.1:{}", free_port());
+    let metrics_address = format!("127.0.0.1:{}", free_port());
+    let _runner = start_runner(
+        &registry.url(),
+        &listen,
+        &health,
+        &[("PLUGWORKER_METRICS_ADDRESS", &metrics_address)],
+    );
+    passing(&consul).await;
+    let controller = identity(&registry, "controller").await;
+    let mut client = RunnerClient::new(mesh_channel(
+        &controller,
+        "test-runner",
+        listen.parse().unwrap(),
+    ));
+    let run = |message: &str, delay_ms: u64| plugworker_rpc::runner::v1::RunRequest {
+        algorithm: "echo".into(),
+        payload: serde_json::to_vec(&serde_json::json!({"message": message, "delay_ms": delay_ms}))
+            .unwrap(),
+    };
+    // The connection opens with the leaf the agent holds now (read before and after, so
+    // a renewal in between shows).
+    let (not_after, serial) = leaf_not_after(&consul, "controller").await;
+    client.run(run("first", 0)).await.expect("served");
+    assert_eq!(
+        controller.leaf_serial(),
+        serial,
+        "renewed before the first call"
+    );
+    assert_eq!(closed(&metrics_address, "certificate_expired").await, 0.0);
+
+    // A call in flight across the NotAfter: 1 s before it, for 2 s.
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .expect("the leaf is still valid");
+    tokio::time::sleep(left.saturating_sub(Duration::from_secs(1))).await;
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        let request = run("across NotAfter", 2_000);
+        async move { client.run(request).await }
+    });
+    eventually(
+        Duration::from_secs(10),
+        "the connection closed at NotAfter",
+        || async { (closed(&metrics_address, "certificate_expired").await >= 1.0).then_some(()) },
+    )
+    .await;
+    let seen = SystemTime::now();
+    // Not before NotAfter (whole seconds in the certificate; the runner sleeps until it),
+    // and within a second after it on a loaded machine.
+    assert!(seen >= not_after, "closed before NotAfter");
+    let late = seen.duration_since(not_after).unwrap();
+    assert!(
+        late < Duration::from_millis(1_500),
+        "closed {late:?} after NotAfter"
+    );
+    assert_eq!(closed(&metrics_address, "deauthorized").await, 0.0);
+
+    let finished = in_flight
+        .await
+        .unwrap()
+        .expect("the call in flight finishes within the grace");
+    assert!(String::from_utf8_lossy(&finished.into_inner().result).contains("across NotAfter"));
+    // The next call: a new connection, with the renewed leaf.
+    assert_ne!(controller.leaf_serial(), serial, "the leaf was renewed");
+    let after = client
+        .run(run("renewed", 0))
+        .await
+        .expect("served on a new connection");
+    assert!(String::from_utf8_lossy(&after.into_inner().result).contains("renewed"));
+}
+
+/// Connections the runner's main port closed for `reason` (its metrics' counter).
+async fn closed(metrics_address: &str, reason: &str) -> f64 {
+    let text = metrics(metrics_address).await;
+    plugworker_testkit::metric_value(
+        &text,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
 }
 
 /// A TCP proxy to `target` that can be taken down: while down it closes every
@@ -410,15 +713,7 @@ async fn an_agent_outage_shorter_than_the_ttl_closes_no_connection_and_a_longer_
         payload: serde_json::to_vec(&serde_json::json!({"message": message})).unwrap(),
     };
     client.run(run("before")).await.expect("allowed");
-    let deauthorized = || async {
-        let text = metrics(&metrics_address).await;
-        plugworker_testkit::metric_value(
-            &text,
-            "plugworker_runner_server_closed_total",
-            &[("port", "main"), ("reason", "deauthorized")],
-        )
-        .unwrap_or(0.0)
-    };
+    let deauthorized = || closed(&metrics_address, "deauthorized");
 
     // Shorter than the TTL, over the connection's first re-check (2 s after it opened):
     // that re-check fails, and it is tolerated.
