@@ -14,7 +14,7 @@ use plugworker_consul_client::admin::IntentionAction;
 use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
 use plugworker_testkit::sqs::QueueOptions;
-use plugworker_testkit::{Process, bin_path, eventually, passing_instances};
+use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -122,10 +122,9 @@ fn by_message(results: &[Value]) -> HashMap<String, Value> {
     let mut map = HashMap::new();
     for result in results {
         let id = result["message_id"].as_str().unwrap().to_string();
-        assert!(
-            map.insert(id.clone(), result.clone()).is_none(),
-            "two final results for {id}"
-        );
+        if let Some(first) = map.insert(id.clone(), result.clone()) {
+            panic!("two final results for {id}: {first:#} and {result:#}");
+        }
     }
     map
 }
@@ -396,6 +395,9 @@ async fn a_runner_refuses_the_controller_until_an_intention_allows_it() {
     );
 }
 
+/// Leaves of 5 s, renewed during a 500-job run, and each runner closing every connection
+/// at its client certificate's `NotAfter` (GOAWAY): calls refused by a GOAWAY are sent
+/// again on a new connection, calls in flight finish, and every job ends `ok` exactly once.
 #[tokio::test]
 async fn leaves_expiring_during_500_jobs_lose_none() {
     // Leaves live 5 s and are renewed at 60-90 % of that.
@@ -412,7 +414,13 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         true,
     )
     .await;
-    let (first_runner, first_address) = stack.runner("test-runner", &[]);
+    // Each runner closes a connection when its client certificate expires: the
+    // controllers' connections end every few seconds, with calls on them.
+    let first_metrics = format!("127.0.0.1:{}", free_port());
+    let (first_runner, first_address) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", &first_metrics)],
+    );
     stack.wait_passing("test-runner", 1).await;
     // 4 at a time × 200 ms: about 25 s of work, so the run spans the renewals and the
     // newcomers still get jobs after them.
@@ -441,7 +449,11 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         },
     )
     .await;
-    let (second_runner, second_address) = stack.runner("test-runner", &[]);
+    let second_metrics = format!("127.0.0.1:{}", free_port());
+    let (second_runner, second_address) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", &second_metrics)],
+    );
     let (second_controller, _) = stack.controller(&["--max-in-flight", "4"]);
     let mut results = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
@@ -482,12 +494,39 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         .values()
         .filter(|r| r["runner"]["address"] == first_address.as_str())
         .count();
+    let mut expired = 0.0;
+    for metrics in [&first_metrics, &second_metrics] {
+        let text = reqwest::get(format!("http://{metrics}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        expired += plugworker_testkit::metric_value(
+            &text,
+            "plugworker_runner_server_closed_total",
+            &[("port", "main"), ("reason", "certificate_expired")],
+        )
+        .unwrap_or(0.0);
+    }
+    let resent = |process: &Process| {
+        process
+            .log()
+            .matches("the runner did not process the call")
+            .count()
+    };
     eprintln!(
-        "500 jobs in {elapsed:?}: {on_first} on the first runner, {on_second} on the second; renewals: runner {} / {}, controller {} / {}",
+        "500 jobs in {elapsed:?}: {on_first} on the first runner, {on_second} on the second; renewals: runner {} / {}, controller {} / {}; connections closed at their client certificate's NotAfter: {expired}; calls sent again (not processed): {} / {}",
         renewals(&first_runner),
         renewals(&second_runner),
         renewals(&first_controller),
-        renewals(&second_controller)
+        renewals(&second_controller),
+        resent(&first_controller),
+        resent(&second_controller),
+    );
+    assert!(
+        expired >= 4.0,
+        "connections were closed at NotAfter during the run ({expired})"
     );
     assert!(
         on_second > 0,
