@@ -857,16 +857,7 @@ async fn run_algorithm(
             drop(waiting);
         }
     }
-    if slot.is_none() {
-        *slot = Some(
-            context
-                .run_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed"),
-        );
-    }
+    context.hold_slot(slot).await;
     if resolver.snapshot().instances(&algorithm).is_empty() {
         let error = ErrorInfo::transient(
             codes::NO_RUNNER,
@@ -1128,6 +1119,14 @@ async fn heartbeat<T>(
 }
 
 impl Context {
+    /// Takes the job's run slot again if it gave it up (to wait for a runner).
+    pub(crate) async fn hold_slot(&self, slot: &mut Option<OwnedSemaphorePermit>) {
+        if slot.is_none() {
+            let permit = self.run_slots.clone().acquire_owned().await;
+            *slot = Some(permit.expect("never closed"));
+        }
+    }
+
     /// The limit of an algorithm runners announce (the caller checked the resolver).
     pub(crate) fn algorithm_limit(&self, algorithm: &str) -> Arc<Semaphore> {
         let mut limits = lock(&self.per_algorithm);

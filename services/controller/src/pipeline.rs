@@ -57,16 +57,7 @@ pub(crate) async fn run(
             };
         }
     };
-    if slot.is_none() {
-        *slot = Some(
-            context
-                .run_slots
-                .clone()
-                .acquire_owned()
-                .await
-                .expect("never closed"),
-        );
-    }
+    context.hold_slot(slot).await;
     let schedule = Schedule {
         context,
         pipeline: &pipeline,

@@ -1242,18 +1242,7 @@ async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs
 
 /// The runner's `ok` runs of `echo` so far (0 before the first).
 async fn echo_runs(metrics_address: &str) -> f64 {
-    let text = reqwest::get(format!("http://{metrics_address}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    metric_value(
-        &text,
-        "plugworker_runner_runs_total",
-        &[("algorithm", "echo"), ("code", "ok")],
-    )
-    .unwrap_or(0.0)
+    common::runner_runs(metrics_address, "echo").await
 }
 
 #[tokio::test]

@@ -6,10 +6,10 @@
 mod common;
 
 use common::{Stack, runner_runs};
-use plugworker_consul_client::admin::{NewPolicy, NewToken, PolicyLink, controller_rules};
+use plugworker_consul_client::admin::controller_rules;
 use plugworker_jobs::pipeline::KV_PREFIX;
 use plugworker_testkit::otlp::{KIND_CLIENT, KIND_CONSUMER, KIND_SERVER, OtlpReceiver};
-use plugworker_testkit::{eventually, free_port, metric_value};
+use plugworker_testkit::{Process, eventually, free_port, metric_value};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -38,6 +38,17 @@ async fn results_of(stack: &Stack, ids: &[&str], within: Duration) -> HashMap<St
     by_id
 }
 
+/// A passing `test-runner`, and the address of its metrics.
+async fn test_runner(stack: &Stack) -> (Process, String) {
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (runner, _) = stack.runner(
+        "test-runner",
+        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    (runner, metrics)
+}
+
 /// A step's field as a number.
 fn ms(result: &Value, step: &str, field: &str) -> u64 {
     result["result"][step][field]
@@ -48,8 +59,7 @@ fn ms(result: &Value, step: &str, field: &str) -> u64 {
 #[tokio::test]
 async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, _) = test_runner(&stack).await;
     let (_controller, health) = stack.controller(&[]);
     let id = submit(
         &stack,
@@ -143,8 +153,7 @@ async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both()
 #[tokio::test]
 async fn with_one_run_slot_independent_steps_take_turns_and_the_job_finishes() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, _) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&["--max-in-flight", "1"]);
     let id = submit(
         &stack,
@@ -177,12 +186,7 @@ async fn with_one_run_slot_independent_steps_take_turns_and_the_job_finishes() {
 async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pipeline_from_the_start()
  {
     let stack = Stack::start(Duration::from_secs(30), 2).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, metrics) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&[
         "--job-timeout",
         "4s",
@@ -224,8 +228,7 @@ async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pi
 #[tokio::test]
 async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, _) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&[]);
     let payload = json!({"message": "hello"});
     // `add` refuses a string where its numbers go: invalid_payload, permanent.
@@ -355,8 +358,7 @@ async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
 #[tokio::test]
 async fn a_step_input_over_max_job_bytes_is_a_permanent_error_naming_the_step() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, _) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&["--max-job-bytes", "1000"]);
     // The payload fits; the second step's input, built from the first's output, does not.
     let id = submit(
@@ -386,12 +388,7 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
     // A 4 s visibility timeout: the job outlives it several times while its second step
     // waits for a runner, kept invisible by the heartbeat.
     let stack = Stack::start(Duration::from_secs(4), 3).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, metrics) = test_runner(&stack).await;
     let (controller, health) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
     let text = "The weather is lovely today and we are going for a long walk.";
     let id = submit(
@@ -450,12 +447,7 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
 #[tokio::test]
 async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_the_delivery() {
     let stack = Stack::start(Duration::from_secs(10), 3).await;
-    let first_metrics = format!("127.0.0.1:{}", free_port());
-    let (first, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", first_metrics.as_str())],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    let (first, first_metrics) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
     let id = submit(
         &stack,
@@ -508,8 +500,7 @@ async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_t
 #[tokio::test]
 async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_change() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
+    let (_runner, _) = test_runner(&stack).await;
     let (_controller, _) = stack.controller(&[]);
     let consul = stack.consul();
     let key = format!("{KV_PREFIX}report");
@@ -625,31 +616,13 @@ async fn probe(stack: &Stack) -> String {
 #[tokio::test]
 async fn without_read_on_the_pipelines_prefix_named_pipelines_are_transient_and_inline_ones_run() {
     let stack = Stack::start(Duration::from_secs(30), 2).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
-    stack.wait_passing("test-runner", 1).await;
-    // The controller's policy without its key_prefix rule: the KV watch never answers.
-    let consul = stack.consul();
+    let (_runner, _) = test_runner(&stack).await;
+    // The controller's policy without its key_prefix rule: Consul lists no stored
+    // pipeline to it, and refuses it any single key.
     let full = controller_rules("controller");
-    let rules = full[..full.find("key_prefix").unwrap()].to_string();
-    let policy = consul
-        .acl_policy_create(&NewPolicy {
-            name: "controller-without-kv".into(),
-            description: String::new(),
-            rules,
-        })
-        .await
-        .unwrap();
-    let token = consul
-        .acl_token_create(&NewToken {
-            description: "controller without kv".into(),
-            policies: vec![PolicyLink {
-                id: policy.id,
-                name: String::new(),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    let rules = &full[..full.find("key_prefix").unwrap()];
+    let token = stack.policy_token("controller-without-kv", rules).await;
+    let consul = stack.consul();
     consul
         .kv_put(
             &format!("{KV_PREFIX}report"),
@@ -660,7 +633,7 @@ async fn without_read_on_the_pipelines_prefix_named_pipelines_are_transient_and_
         .unwrap();
     let (controller, _) = stack.controller_with_env(
         &["--retry-base", "300ms"],
-        &[("CONSUL_HTTP_TOKEN", token.secret_id.as_str())],
+        &[("CONSUL_HTTP_TOKEN", token.as_str())],
     );
     let named = submit(&stack, json!("report"), json!({"message": "m"})).await;
     let inline = submit(

@@ -110,20 +110,28 @@ impl Stack {
             .unwrap();
     }
 
-    /// Creates the controller's policy and token; returns the secret.
+    /// Creates the controller's policy and token.
     async fn admit_controller(&mut self) {
+        let secret = self
+            .policy_token("plugworker-controller", &controller_rules("controller"))
+            .await;
+        self.tokens.insert("controller".into(), secret);
+    }
+
+    /// Creates a policy `name` with `rules` and a token holding it; returns the secret.
+    pub async fn policy_token(&self, name: &str, rules: &str) -> String {
         let consul = self.consul();
         let policy = consul
             .acl_policy_create(&NewPolicy {
-                name: "plugworker-controller".into(),
-                description: "controller".into(),
-                rules: controller_rules("controller"),
+                name: name.into(),
+                description: name.into(),
+                rules: rules.into(),
             })
             .await
             .unwrap();
         let token = consul
             .acl_token_create(&NewToken {
-                description: "controller".into(),
+                description: name.into(),
                 policies: vec![PolicyLink {
                     id: policy.id,
                     name: String::new(),
@@ -132,7 +140,7 @@ impl Stack {
             })
             .await
             .unwrap();
-        self.tokens.insert("controller".into(), token.secret_id);
+        token.secret_id
     }
 
     /// Waits until `count` instances of `service` pass their checks.
