@@ -701,12 +701,7 @@ async fn handle_traced(
         }
     }
     if let Some(error) = &result.error {
-        span.record("otel.status_code", "ERROR");
-        span.record("otel.status_description", error.message.as_str());
-        span.record(
-            "error.type",
-            format!("{}/{}", class_name(error.class), error.code).as_str(),
-        );
+        record_error(&span, error);
     }
     if let Some(steps) = &result.steps {
         // The runners' own run time, summed over the steps.
@@ -878,7 +873,17 @@ async fn run_algorithm(
     Ran::new(Some(algorithm), id, verdict, queued)
 }
 
-pub(crate) fn class_name(class: ErrorClass) -> &'static str {
+/// Marks `span` failed with `error` (`error.type` = `<class>/<code>`).
+pub(crate) fn record_error(span: &tracing::Span, error: &ErrorInfo) {
+    span.record("otel.status_code", "ERROR");
+    span.record("otel.status_description", error.message.as_str());
+    span.record(
+        "error.type",
+        format!("{}/{}", class_name(error.class), error.code).as_str(),
+    );
+}
+
+fn class_name(class: ErrorClass) -> &'static str {
     match class {
         ErrorClass::Permanent => "permanent",
         ErrorClass::Transient => "transient",

@@ -17,7 +17,7 @@
 //!   A permanent one ends the job (running steps are cancelled, none starts), unless the
 //!   step is optional: it then yields `null` and the job goes on.
 
-use crate::controller::{Context, Ran, Verdict, millis};
+use crate::controller::{Context, Ran, Verdict, millis, record_error};
 use crate::dispatch::Failure;
 use crate::stored_pipelines::Lookup;
 use futures::stream::{FuturesUnordered, StreamExt};
@@ -318,17 +318,7 @@ impl<'a> Schedule<'a> {
                 "ok"
             }
             Err(error) => {
-                span.record("otel.status_code", "ERROR");
-                span.record("otel.status_description", error.message.as_str());
-                span.record(
-                    "error.type",
-                    format!(
-                        "{}/{}",
-                        crate::controller::class_name(error.class),
-                        error.code
-                    )
-                    .as_str(),
-                );
+                record_error(&span, error);
                 report.error = Some(error.clone().at_step(&step.name));
                 if step.optional && error.class == ErrorClass::Permanent {
                     report.result = Some(null());
