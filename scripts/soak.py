@@ -297,6 +297,8 @@ def main():
                     for name, step in (result.get("steps") or {}).items():
                         if step.get("attempt", 1) > 1:
                             retried[name] += 1
+                    if result.get("attempt", 1) > 1:
+                        retried["(job redelivered)"] += 1
 
         while time.time() < deadline:
             for message in drain(stack.sqs, stack.results, limit=100):
@@ -343,7 +345,8 @@ def main():
             if latency:
                 ordered = sorted(latency)
                 print(f"job latency:      median {statistics.median(ordered):.0f} ms, p95 {ordered[int(0.95 * (len(ordered) - 1))]:.0f} ms, max {ordered[-1]:.0f} ms")
-            print(f"steps retried:    {dict(retried) or 'none'} (a call to the killed runner, run again on the other)")
+            print(f"steps retried:    {dict(retried) or 'none'} (a call to the killed runner, run again on the other;"
+                  " a redelivered job ran its pipeline again from the start)")
         print(f"chaos:            {kills} runner SIGKILLs, {restarts} controller restarts")
         print(f"time:             {elapsed:.1f} s until every result ({distinct / elapsed:.1f} jobs/s)")
         print(f"logs:             {LOGS}")
