@@ -19,7 +19,7 @@ use std::collections::HashMap;
 use std::io::{Cursor, Read, Write};
 use std::path::{Path, PathBuf};
 
-const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif"];
+pub(crate) const IMAGE_EXTENSIONS: &[&str] = &["png", "jpg", "jpeg", "webp", "gif"];
 const MANIFEST: &str = "manifest.json";
 const CACHE_MAGIC: &[u8] = b"plugworker-gallery-embeddings/1\n";
 
@@ -59,6 +59,11 @@ pub struct Template {
 pub struct Gallery {
     templates: Vec<Template>,
     index: EmbeddingIndex,
+    /// The version id (see [`crate::GalleryStore`]); empty for a gallery built from parts.
+    version: String,
+    /// [`Embedder::cache_key`] of the model that computed the rows, so a reload can reuse
+    /// them only when the model is the same.
+    embedding_model: String,
 }
 
 #[derive(Deserialize)]
@@ -86,7 +91,51 @@ impl Gallery {
     /// Builds a gallery from templates already embedded (benchmarks, tests).
     pub fn from_parts(templates: Vec<Template>, index: EmbeddingIndex) -> Self {
         assert_eq!(templates.len(), index.len(), "one embedding per template");
-        Self { templates, index }
+        Self {
+            templates,
+            index,
+            version: String::new(),
+            embedding_model: String::new(),
+        }
+    }
+
+    /// Row `i` is `embeddings[templates[i].sha256]`; `None` if one is missing.
+    pub(crate) fn assemble(
+        templates: Vec<Template>,
+        embeddings: &HashMap<String, Vec<f32>>,
+        version: String,
+        embedding_model: String,
+    ) -> Option<Self> {
+        let mut index = EmbeddingIndex::new(EMBEDDING_DIM);
+        for template in &templates {
+            index.push(embeddings.get(&template.sha256)?);
+        }
+        Some(Self {
+            templates,
+            index,
+            version,
+            embedding_model,
+        })
+    }
+
+    /// The version this gallery is: the manifest's id in a versioned gallery, the hash of
+    /// its (label, file sha256) list in a read-only folder (see [`legacy_version`]).
+    pub fn version(&self) -> &str {
+        &self.version
+    }
+
+    /// The model key ([`Embedder::cache_key`]) its embeddings were computed with.
+    pub fn embedding_model(&self) -> &str {
+        &self.embedding_model
+    }
+
+    /// Embedding of each template, by file sha256 (rows a reload can reuse).
+    pub(crate) fn embeddings_by_sha(&self) -> HashMap<String, Vec<f32>> {
+        self.templates
+            .iter()
+            .enumerate()
+            .map(|(row, t)| (t.sha256.clone(), self.index.row(row).to_vec()))
+            .collect()
     }
 
     /// Reads the gallery at `root`, embedding each template or reading its embedding from
@@ -119,7 +168,7 @@ impl Gallery {
                 path: path.clone(),
                 source,
             })?;
-            let sha256 = hex(&Sha256::digest(&bytes));
+            let sha256 = sha256_hex(&bytes);
             let embedding = if let Some(embedding) =
                 cached.get(&sha256).or_else(|| fresh.get(&sha256))
             {
@@ -158,7 +207,16 @@ impl Gallery {
                 tracing::warn!(cache = %path.display(), error = %e, "cannot write gallery cache");
             }
         }
-        Ok((Self { templates, index }, stats))
+        let version = legacy_version(&templates);
+        Ok((
+            Self {
+                templates,
+                index,
+                version,
+                embedding_model: embedder.cache_key(),
+            },
+            stats,
+        ))
     }
 
     pub fn templates(&self) -> &[Template] {
@@ -176,6 +234,40 @@ impl Gallery {
         labels.dedup();
         labels
     }
+}
+
+/// The version id of a read-only folder gallery: the sha256 of its sorted (label, file
+/// sha256) list, so it changes exactly when what the classifier answers can change.
+pub fn legacy_version(templates: &[Template]) -> String {
+    let mut pairs: Vec<(&str, &str)> = templates
+        .iter()
+        .map(|t| (t.label.as_str(), t.sha256.as_str()))
+        .collect();
+    pairs.sort_unstable();
+    let mut hasher = Sha256::new();
+    for (label, sha) in pairs {
+        hasher.update(label.as_bytes());
+        hasher.update([0]);
+        hasher.update(sha.as_bytes());
+        hasher.update([b'\n']);
+    }
+    hex(&hasher.finalize())
+}
+
+/// The templates of a read-only folder gallery, each file read and hashed (not decoded).
+pub fn scan(root: &Path) -> Result<Vec<Template>, GalleryError> {
+    discover(root)?
+        .into_iter()
+        .map(|(label, file)| {
+            let path = root.join(&file);
+            let bytes = std::fs::read(&path).map_err(|source| GalleryError::Io { path, source })?;
+            Ok(Template {
+                label,
+                file,
+                sha256: sha256_hex(&bytes),
+            })
+        })
+        .collect()
 }
 
 /// (label, path relative to root) of every template, in a stable order.
@@ -285,7 +377,7 @@ fn is_image(name: &str) -> bool {
         .unwrap_or(false)
 }
 
-fn validate_label(label: &str) -> Result<(), String> {
+pub(crate) fn validate_label(label: &str) -> Result<(), String> {
     if label.trim().is_empty() {
         return Err("empty label".into());
     }
@@ -299,7 +391,7 @@ fn validate_label(label: &str) -> Result<(), String> {
 
 /// Templates are the operator's own files: decoded with EXIF orientation, like inputs,
 /// so a template and a photo of it agree, but without the untrusted-input limits.
-fn decode_template(bytes: &[u8]) -> Result<RgbImage, String> {
+pub(crate) fn decode_template(bytes: &[u8]) -> Result<RgbImage, String> {
     let reader = ImageReader::new(Cursor::new(bytes))
         .with_guessed_format()
         .map_err(|e| e.to_string())?;
@@ -311,26 +403,36 @@ fn decode_template(bytes: &[u8]) -> Result<RgbImage, String> {
 }
 
 fn read_cache(path: &Path, key: &str) -> std::io::Result<HashMap<String, Vec<f32>>> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut bytes = Vec::new();
     std::fs::File::open(path)?.read_to_end(&mut bytes)?;
+    decode_embeddings(bytes, key)
+}
+
+/// Parses the embeddings file format (the cache's, and a versioned gallery's embedding
+/// blobs): magic, model key, width, count, then (template sha256, row) pairs.
+pub(crate) fn decode_embeddings(
+    bytes: Vec<u8>,
+    key: &str,
+) -> std::io::Result<HashMap<String, Vec<f32>>> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
     let mut cursor = Cursor::new(bytes);
     let mut magic = vec![0u8; CACHE_MAGIC.len()];
     cursor.read_exact(&mut magic)?;
     if magic != CACHE_MAGIC {
-        return Err(invalid("not a gallery cache"));
+        return Err(invalid("not a gallery embeddings file"));
     }
     let stored_key = read_string(&mut cursor)?;
     if stored_key != key {
-        return Err(invalid("cache belongs to another model"));
+        return Err(invalid("embeddings of another model"));
     }
     let dim = read_u32(&mut cursor)? as usize;
     let count = read_u32(&mut cursor)? as usize;
     if dim != EMBEDDING_DIM {
-        return Err(invalid("cache has embeddings of another width"));
+        return Err(invalid("embeddings of another width"));
     }
-    let mut entries = HashMap::with_capacity(count);
+    // Bounded by what the bytes can hold, so a corrupt count cannot reserve gigabytes.
+    let mut entries = HashMap::with_capacity(count.min(cursor.get_ref().len() / (dim * 4)));
     let mut buffer = vec![0u8; dim * 4];
     for _ in 0..count {
         let sha = read_string(&mut cursor)?;
@@ -346,12 +448,9 @@ fn read_cache(path: &Path, key: &str) -> std::io::Result<HashMap<String, Vec<f32
     Ok(entries)
 }
 
-/// Written to a temporary file then renamed, so a crash or a concurrent runner never
-/// leaves a torn cache behind.
-fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> std::io::Result<()> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
+/// The embeddings file format (see [`decode_embeddings`]), rows sorted by sha256 so equal
+/// contents give equal bytes (the blobs are content-addressed).
+pub(crate) fn encode_embeddings(key: &str, entries: &HashMap<String, Vec<f32>>) -> Vec<u8> {
     let mut bytes = Vec::with_capacity(64 + entries.len() * (EMBEDDING_DIM * 4 + 72));
     bytes.extend_from_slice(CACHE_MAGIC);
     write_string(&mut bytes, key);
@@ -365,9 +464,32 @@ fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> s
             bytes.extend_from_slice(&value.to_le_bytes());
         }
     }
-    let temporary = path.with_extension(format!("tmp-{}", std::process::id()));
+    bytes
+}
+
+/// Written to a temporary file then renamed, so a crash or a concurrent runner never
+/// leaves a torn cache behind.
+fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> std::io::Result<()> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let bytes = encode_embeddings(key, entries);
+    write_atomically(path, &bytes)
+}
+
+/// Writes to a temporary file in the same folder, syncs it, then renames it over `path`:
+/// a reader sees the old file or the whole new one, never a torn one.
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    // Unique per process and call: two writers (processes or tasks) never share a temporary.
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let temporary = path.with_extension(format!(
+        "tmp-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    ));
     let mut file = std::fs::File::create(&temporary)?;
-    file.write_all(&bytes)?;
+    file.write_all(bytes)?;
     file.sync_all()?;
     std::fs::rename(&temporary, path)
 }
@@ -394,6 +516,10 @@ fn read_string(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<String> {
 fn write_string(bytes: &mut Vec<u8>, value: &str) {
     bytes.extend_from_slice(&(value.len() as u32).to_le_bytes());
     bytes.extend_from_slice(value.as_bytes());
+}
+
+pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
+    hex(&Sha256::digest(bytes))
 }
 
 fn hex(bytes: &[u8]) -> String {

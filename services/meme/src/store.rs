@@ -1,0 +1,1199 @@
+//! A versioned gallery in a folder or under an S3 prefix (docs/gallery.md).
+//!
+//! Layout at a location:
+//! - `templates/<sha256>.<ext>`: template image bytes, content-addressed;
+//! - `embeddings/<model key>/<sha256>.bin`: one version's embeddings, in the embedding
+//!   cache's format ([`Embedder::cache_key`] is the model key), content-addressed;
+//! - `versions/<version>.json`: an immutable manifest, `<version>` the sha256 of its bytes;
+//! - `current`: `{"version": "<version>"}`, the live version.
+//!
+//! Everything but `current` is immutable and named by its content, so writing it twice
+//! (two publishers, a retry) is harmless, and `current` is replaced last by a conditional
+//! write (S3 `If-Match`/`If-None-Match`, a folder's lock file and rename): a reader sees the
+//! old version or the new one, and of two concurrent publishers the second re-applies its
+//! change on top of the first instead of overwriting it. A folder without `current` is a
+//! read-only gallery in the older format ([`Gallery::load`]); publishing to it converts it.
+
+use crate::embedder::{Embedder, EmbedderError};
+use crate::gallery::{
+    self, Gallery, GalleryError, Template, decode_embeddings, decode_template, encode_embeddings,
+    sha256_hex, validate_label, write_atomically,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+const CURRENT: &str = "current";
+const FORMAT: u32 = 1;
+/// A publisher that loses the race for `current` this many times in a row gives up: each
+/// loss means another version landed, so only a storm of publishers gets here.
+const MAX_ATTEMPTS: usize = 20;
+/// A folder's lock older than this was left by a publisher that died: the critical section
+/// it guards (re-read `current`, rename) takes milliseconds.
+const STALE_LOCK: Duration = Duration::from_secs(60);
+/// Similarity from which a new template is reported as a near-duplicate of a template of
+/// another label: copies of one template with captions and crops score 0.46–0.82 with SSCD
+/// distilled and unrelated photos at most 0.17 (runners/image's meme tests), so at 0.5
+/// queries of one label would often be answered with the other.
+pub const NEAR_DUPLICATE_SIMILARITY: f32 = 0.5;
+/// Length of a short version id (as in `algorithm_version`'s `+gallery.<short>`).
+pub const SHORT_VERSION: usize = 12;
+
+/// The first [`SHORT_VERSION`] characters of a version id.
+pub fn short_version(version: &str) -> &str {
+    &version[..version.len().min(SHORT_VERSION)]
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("gallery location {text:?}: {reason}")]
+    InvalidLocation { text: String, reason: String },
+    #[error("{path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{url}: {message}")]
+    S3 { url: String, message: String },
+    #[error("S3 gallery locations need plugworker-meme's `s3` feature")]
+    S3Disabled,
+    #[error("gallery {location} is corrupt: {object}: {reason}")]
+    Corrupt {
+        location: String,
+        object: String,
+        reason: String,
+    },
+    #[error("gallery {location}: {object} does not exist")]
+    Missing { location: String, object: String },
+    #[error(
+        "gallery {0} has no version yet (no `current`): publish one with `plugworker gallery add`"
+    )]
+    NoVersion(String),
+    #[error(transparent)]
+    Gallery(#[from] GalleryError),
+    #[error("template {name}: {reason}")]
+    Template { name: String, reason: String },
+    #[error("template {name}: {source}")]
+    Embed { name: String, source: EmbedderError },
+    #[error("{0}")]
+    Change(String),
+    #[error("no version of {location} starts with {prefix:?}{}", if *.ambiguous { " uniquely" } else { "" })]
+    UnknownVersion {
+        location: String,
+        prefix: String,
+        ambiguous: bool,
+    },
+    #[error("gallery {location}: lost the race for `current` {attempts} times in a row; try again")]
+    Contended { location: String, attempts: usize },
+    #[error("gallery {0}: the lock file .lock is held (another publisher); try again")]
+    Locked(String),
+}
+
+/// Where a gallery lives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Location {
+    /// A folder, absolute (canonical when it exists).
+    Folder(PathBuf),
+    /// `s3://bucket/prefix`; `prefix` without leading or trailing `/`, possibly empty.
+    S3 { bucket: String, prefix: String },
+}
+
+impl Location {
+    /// `s3://bucket[/prefix]` or a folder path (relative paths are made absolute).
+    pub fn parse(text: &str) -> Result<Self, StoreError> {
+        let invalid = |reason: &str| StoreError::InvalidLocation {
+            text: text.to_string(),
+            reason: reason.to_string(),
+        };
+        if text.trim().is_empty() {
+            return Err(invalid("empty"));
+        }
+        if let Some(rest) = text.strip_prefix("s3://") {
+            let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+            if bucket.is_empty() {
+                return Err(invalid("no bucket (s3://bucket/prefix)"));
+            }
+            if !bucket
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            {
+                return Err(invalid("not an S3 bucket name"));
+            }
+            return Ok(Self::S3 {
+                bucket: bucket.to_string(),
+                prefix: prefix.trim_matches('/').to_string(),
+            });
+        }
+        if text.contains("://") {
+            return Err(invalid("a folder or s3://bucket/prefix"));
+        }
+        let absolute = std::path::absolute(text).map_err(|e| invalid(&e.to_string()))?;
+        // Canonical, so two spellings of one folder share one KV key.
+        Ok(Self::Folder(
+            std::fs::canonicalize(&absolute).unwrap_or(absolute),
+        ))
+    }
+
+    /// `plugworker/galleries/<first 16 hex of sha256 of the location>`: the Consul KV key
+    /// holding the current version, which runners watch.
+    pub fn kv_key(&self) -> String {
+        format!(
+            "plugworker/galleries/{}",
+            &sha256_hex(self.to_string().as_bytes())[..16]
+        )
+    }
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Folder(path) => write!(f, "{}", path.display()),
+            Self::S3 { bucket, prefix } if prefix.is_empty() => write!(f, "s3://{bucket}"),
+            Self::S3 { bucket, prefix } => write!(f, "s3://{bucket}/{prefix}"),
+        }
+    }
+}
+
+/// One template in a version's manifest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoredTemplate {
+    pub label: String,
+    /// Path relative to the location (`templates/<sha256>.<ext>`).
+    pub file: String,
+    pub sha256: String,
+    /// The file name it was added as (what `list` shows and `remove --file` matches).
+    pub name: String,
+}
+
+/// An immutable version: `versions/<sha256 of these bytes>.json`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: u32,
+    pub parent: Option<String>,
+    /// RFC 3339, UTC.
+    pub created_at: String,
+    pub created_by: String,
+    /// One line: what this version changed.
+    pub change: String,
+    /// [`Embedder::cache_key`] of the model the embeddings were computed with.
+    pub embedding_model: String,
+    /// The embeddings blob, relative to the location.
+    pub embeddings: String,
+    pub templates: Vec<StoredTemplate>,
+}
+
+/// One entry of [`GalleryStore::history`], newest first.
+#[derive(Clone, Debug, Serialize)]
+pub struct VersionInfo {
+    pub version: String,
+    pub parent: Option<String>,
+    pub created_at: String,
+    pub created_by: String,
+    pub change: String,
+    pub templates: usize,
+}
+
+/// An image to add.
+#[derive(Clone, Debug)]
+pub struct NewImage {
+    /// File name, for the manifest's `name` and messages; its extension names the format.
+    pub name: String,
+    pub bytes: Vec<u8>,
+}
+
+/// A change [`GalleryStore::publish`] applies on top of the current version.
+#[derive(Clone, Debug)]
+pub enum Change {
+    Add {
+        label: String,
+        images: Vec<NewImage>,
+    },
+    /// Every template of `label`, or only those whose `name` or `file` is `file`.
+    Remove { label: String, file: Option<String> },
+    /// A new version with the templates of `to` (a version id or a unique prefix of one in
+    /// the history), so the history records the way back too.
+    Rollback { to: String },
+}
+
+/// What [`GalleryStore::publish`] did.
+#[derive(Clone, Debug)]
+pub struct Published {
+    /// The new version; `None` when the change changed nothing (nothing was written).
+    pub version: Option<String>,
+    /// The version it was applied on (`None`: an empty location).
+    pub parent: Option<String>,
+    /// The manifest's `change` line.
+    pub change: String,
+    /// Near-duplicates under other labels, templates already present: published anyway.
+    pub warnings: Vec<String>,
+    /// How many times another publisher's version landed first and the change was re-applied.
+    pub retries: usize,
+}
+
+/// A gallery location and the client to reach it.
+pub struct GalleryStore {
+    location: Location,
+    backend: Backend,
+    cache_dir: Option<PathBuf>,
+}
+
+enum Backend {
+    Folder(PathBuf),
+    #[cfg(feature = "s3")]
+    S3 {
+        client: aws_sdk_s3::Client,
+        bucket: String,
+        prefix: String,
+    },
+}
+
+/// `current` as read, with what a conditional replace compares against.
+struct CurrentRead {
+    version: Option<String>,
+    /// S3: the object's ETag; a folder: its bytes.
+    tag: Option<String>,
+}
+
+/// The templates and embeddings a change applies to.
+struct Base {
+    version: Option<String>,
+    templates: Vec<StoredTemplate>,
+    /// Bytes of templates not yet under `templates/` (a read-only folder being converted).
+    unstored: HashMap<String, PathBuf>,
+}
+
+impl GalleryStore {
+    /// A store at `location`. S3 uses the standard AWS configuration chain (endpoint from
+    /// `AWS_ENDPOINT_URL_S3`/`AWS_ENDPOINT_URL`, path-style then, as for moto).
+    pub async fn open(location: Location) -> Result<Self, StoreError> {
+        let backend = match &location {
+            Location::Folder(path) => Backend::Folder(path.clone()),
+            #[cfg(feature = "s3")]
+            Location::S3 { bucket, prefix } => Backend::S3 {
+                client: plugworker_claim_check::s3_client(None, None).await,
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+            },
+            #[cfg(not(feature = "s3"))]
+            Location::S3 { .. } => return Err(StoreError::S3Disabled),
+        };
+        Ok(Self {
+            location,
+            backend,
+            cache_dir: None,
+        })
+    }
+
+    /// A store at `location` reached with `client` (tests, callers that built one).
+    #[cfg(feature = "s3")]
+    pub fn with_s3_client(location: Location, client: aws_sdk_s3::Client) -> Self {
+        let backend = match &location {
+            Location::Folder(path) => Backend::Folder(path.clone()),
+            Location::S3 { bucket, prefix } => Backend::S3 {
+                client,
+                bucket: bucket.clone(),
+                prefix: prefix.clone(),
+            },
+        };
+        Self {
+            location,
+            backend,
+            cache_dir: None,
+        }
+    }
+
+    /// Where a read-only folder's embeddings are cached ([`Gallery::load`]); versioned
+    /// galleries carry theirs.
+    pub fn with_cache_dir(mut self, cache_dir: Option<PathBuf>) -> Self {
+        self.cache_dir = cache_dir;
+        self
+    }
+
+    pub fn location(&self) -> &Location {
+        &self.location
+    }
+
+    /// The live version: `current`'s, or a read-only folder's content hash.
+    pub async fn current(&self) -> Result<String, StoreError> {
+        if let Some(version) = self.read_current().await?.version {
+            return Ok(version);
+        }
+        match &self.backend {
+            Backend::Folder(root) => Ok(gallery::legacy_version(&gallery::scan(root)?)),
+            #[cfg(feature = "s3")]
+            Backend::S3 { .. } => Err(StoreError::NoVersion(self.location.to_string())),
+        }
+    }
+
+    /// Loads `version`: templates and embeddings. Rows of `previous` (same model) are
+    /// reused, the rest read from the version's embeddings blob; templates without a
+    /// stored embedding (another model) are embedded here, and logged.
+    pub async fn load(
+        &self,
+        version: &str,
+        embedder: &Embedder,
+        previous: Option<&Gallery>,
+    ) -> Result<Gallery, StoreError> {
+        let manifest = match self.manifest(version).await {
+            Ok(manifest) => manifest,
+            Err(StoreError::Missing { .. }) if self.is_read_only_folder().await? => {
+                let Backend::Folder(root) = &self.backend else {
+                    unreachable!("only folders are read-only galleries")
+                };
+                let (gallery, stats) = Gallery::load(root, embedder, self.cache_dir.as_deref())?;
+                tracing::info!(gallery = %self.location, version = short_version(gallery.version()), ?stats, "loaded read-only gallery folder");
+                return Ok(gallery);
+            }
+            Err(e) => return Err(e),
+        };
+        let key = embedder.cache_key();
+        let mut rows = previous
+            .filter(|p| p.embedding_model() == key)
+            .map(Gallery::embeddings_by_sha)
+            .unwrap_or_default();
+        rows.retain(|sha, _| manifest.templates.iter().any(|t| &t.sha256 == sha));
+        let missing = |rows: &HashMap<String, Vec<f32>>| {
+            manifest
+                .templates
+                .iter()
+                .any(|t| !rows.contains_key(&t.sha256))
+        };
+        if missing(&rows) && manifest.embedding_model == key {
+            let stored = self.read_embeddings(&manifest.embeddings, &key).await?;
+            for template in &manifest.templates {
+                if !rows.contains_key(&template.sha256)
+                    && let Some(row) = stored.get(&template.sha256)
+                {
+                    rows.insert(template.sha256.clone(), row.clone());
+                }
+            }
+        }
+        let mut embedded = 0;
+        for template in &manifest.templates {
+            if !rows.contains_key(&template.sha256) {
+                let row = self.embed_stored(template, embedder).await?;
+                rows.insert(template.sha256.clone(), row);
+                embedded += 1;
+            }
+        }
+        if embedded > 0 {
+            tracing::warn!(gallery = %self.location, version = short_version(version), embedded, model = %key, stored_model = %manifest.embedding_model, "embedded templates the version holds no embeddings for (another model)");
+        }
+        let templates = manifest
+            .templates
+            .iter()
+            .map(|t| Template {
+                label: t.label.clone(),
+                file: t.file.clone(),
+                sha256: t.sha256.clone(),
+            })
+            .collect();
+        Gallery::assemble(templates, &rows, version.to_string(), key)
+            .ok_or_else(|| self.corrupt(version, "a template has no embedding".into()))
+    }
+
+    /// The versions from the current one back to the first, newest first.
+    pub async fn history(&self) -> Result<Vec<VersionInfo>, StoreError> {
+        let mut next = match self.read_current().await?.version {
+            Some(version) => Some(version),
+            None => {
+                let version = self.current().await?;
+                let templates = self.templates(&version).await?.len();
+                return Ok(vec![VersionInfo {
+                    version,
+                    parent: None,
+                    created_at: String::new(),
+                    created_by: String::new(),
+                    change: "read-only folder gallery (no versions yet)".into(),
+                    templates,
+                }]);
+            }
+        };
+        let mut history = Vec::new();
+        while let Some(version) = next {
+            let manifest = self.manifest(&version).await?;
+            next = manifest.parent.clone();
+            history.push(VersionInfo {
+                version,
+                parent: manifest.parent,
+                created_at: manifest.created_at,
+                created_by: manifest.created_by,
+                change: manifest.change,
+                templates: manifest.templates.len(),
+            });
+        }
+        Ok(history)
+    }
+
+    /// The templates of `version` (a read-only folder's: `file` and `name` are its path).
+    pub async fn templates(&self, version: &str) -> Result<Vec<StoredTemplate>, StoreError> {
+        match self.manifest(version).await {
+            Ok(manifest) => Ok(manifest.templates),
+            Err(StoreError::Missing { .. }) if self.is_read_only_folder().await? => {
+                let Backend::Folder(root) = &self.backend else {
+                    unreachable!("only folders are read-only galleries")
+                };
+                Ok(gallery::scan(root)?
+                    .into_iter()
+                    .map(|t| StoredTemplate {
+                        name: t.file.clone(),
+                        label: t.label,
+                        file: t.file,
+                        sha256: t.sha256,
+                    })
+                    .collect())
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// A version's manifest, checked against its id (the sha256 of its bytes).
+    pub async fn manifest(&self, version: &str) -> Result<Manifest, StoreError> {
+        if version.len() != 64 || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(StoreError::Change(format!(
+                "{version:?} is not a version id (64 hex digits)"
+            )));
+        }
+        let object = format!("versions/{version}.json");
+        let bytes = self
+            .get(&object)
+            .await?
+            .ok_or_else(|| StoreError::Missing {
+                location: self.location.to_string(),
+                object: object.clone(),
+            })?;
+        if sha256_hex(&bytes) != version {
+            return Err(self.corrupt(&object, "its sha256 is not its name".into()));
+        }
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(&object, format!("not a version manifest: {e}")))?;
+        if manifest.format != FORMAT {
+            return Err(self.corrupt(
+                &object,
+                format!(
+                    "format {} (this build reads format {FORMAT})",
+                    manifest.format
+                ),
+            ));
+        }
+        Ok(manifest)
+    }
+
+    /// Applies `change` to the current version and publishes the result as the new current
+    /// version. New images are decoded and embedded once; when another publisher's version
+    /// lands first, the change is re-applied on top of it.
+    pub async fn publish(
+        &self,
+        change: Change,
+        embedder: &Embedder,
+        author: &str,
+    ) -> Result<Published, StoreError> {
+        let key = embedder.cache_key();
+        // Embeddings known so far, by template sha256: the new images', then each base's.
+        let mut known: HashMap<String, Vec<f32>> = HashMap::new();
+        let mut additions: Vec<(StoredTemplate, &NewImage)> = Vec::new();
+        if let Change::Add { label, images } = &change {
+            validate_label(label)
+                .map_err(|reason| StoreError::Change(format!("label {label:?}: {reason}")))?;
+            if images.is_empty() {
+                return Err(StoreError::Change("no images to add".into()));
+            }
+            for image in images {
+                let sha256 = sha256_hex(&image.bytes);
+                let decoded =
+                    decode_template(&image.bytes).map_err(|reason| StoreError::Template {
+                        name: image.name.clone(),
+                        reason,
+                    })?;
+                if !known.contains_key(&sha256) {
+                    let row = embedder
+                        .embed(&decoded)
+                        .map_err(|source| StoreError::Embed {
+                            name: image.name.clone(),
+                            source,
+                        })?;
+                    known.insert(sha256.clone(), row);
+                }
+                additions.push((
+                    StoredTemplate {
+                        label: label.clone(),
+                        file: format!(
+                            "templates/{sha256}.{}",
+                            extension(&image.name, &image.bytes)
+                        ),
+                        sha256,
+                        name: file_name(&image.name),
+                    },
+                    image,
+                ));
+            }
+        }
+        for attempt in 0..MAX_ATTEMPTS {
+            let current = self.read_current().await?;
+            let base = self.base(current.version.as_deref()).await?;
+            let (templates, description, warnings) = match &change {
+                Change::Add { label, .. } => {
+                    self.fill_embeddings(&base, &key, embedder, &mut known)
+                        .await?;
+                    let mut templates = base.templates.clone();
+                    let mut warnings = Vec::new();
+                    let mut added = 0;
+                    for (new, _) in &additions {
+                        if templates
+                            .iter()
+                            .any(|t| t.sha256 == new.sha256 && t.label == new.label)
+                        {
+                            warnings.push(format!(
+                                "{}: already a template of {:?}, skipped",
+                                new.name, new.label
+                            ));
+                            continue;
+                        }
+                        warnings.extend(near_duplicates(new, &templates, &known));
+                        templates.push(new.clone());
+                        added += 1;
+                    }
+                    if added == 0 {
+                        return Ok(Published {
+                            version: None,
+                            parent: base.version,
+                            change: "nothing to add".into(),
+                            warnings,
+                            retries: attempt,
+                        });
+                    }
+                    let plural = if added == 1 { "image" } else { "images" };
+                    (
+                        templates,
+                        format!("add {label} ({added} {plural})"),
+                        warnings,
+                    )
+                }
+                Change::Remove { label, file } => {
+                    let matches = |t: &StoredTemplate| {
+                        &t.label == label
+                            && file.as_ref().is_none_or(|f| &t.name == f || &t.file == f)
+                    };
+                    let removed = base.templates.iter().filter(|t| matches(t)).count();
+                    if removed == 0 {
+                        return Err(StoreError::Change(match file {
+                            Some(file) => format!("no template {file:?} labelled {label:?}"),
+                            None => format!("no template labelled {label:?}"),
+                        }));
+                    }
+                    let templates: Vec<StoredTemplate> = base
+                        .templates
+                        .iter()
+                        .filter(|t| !matches(t))
+                        .cloned()
+                        .collect();
+                    if templates.is_empty() {
+                        return Err(StoreError::Change(
+                            "that would remove the last template; a gallery needs one".into(),
+                        ));
+                    }
+                    let plural = if removed == 1 { "image" } else { "images" };
+                    let what = match file {
+                        Some(file) => format!("remove {label} {file}"),
+                        None => format!("remove {label} ({removed} {plural})"),
+                    };
+                    (templates, what, Vec::new())
+                }
+                Change::Rollback { to } => {
+                    let target = self.resolve(to).await?;
+                    let manifest = self.manifest(&target).await?;
+                    if manifest.embedding_model == key {
+                        let stored = self.read_embeddings(&manifest.embeddings, &key).await?;
+                        known.extend(stored);
+                    }
+                    (
+                        manifest.templates,
+                        format!("rollback to {}", short_version(&target)),
+                        Vec::new(),
+                    )
+                }
+            };
+            if same_templates(&templates, &base.templates) {
+                return Ok(Published {
+                    version: None,
+                    parent: base.version,
+                    change: format!("nothing changed ({description})"),
+                    warnings,
+                    retries: attempt,
+                });
+            }
+            // Every template's bytes and embedding stored before the manifest names them,
+            // and the manifest before `current`: whatever a reader can reach is complete.
+            for template in &templates {
+                if let Some((_, image)) =
+                    additions.iter().find(|(t, _)| t.sha256 == template.sha256)
+                {
+                    self.put_immutable(&template.file, &image.bytes).await?;
+                } else if let Some(path) = base.unstored.get(&template.sha256) {
+                    let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+                        path: path.clone(),
+                        source,
+                    })?;
+                    self.put_immutable(&template.file, &bytes).await?;
+                }
+                if !known.contains_key(&template.sha256) {
+                    let row = self
+                        .embed_stored_or_local(template, &base, embedder)
+                        .await?;
+                    known.insert(template.sha256.clone(), row);
+                }
+            }
+            let rows: HashMap<String, Vec<f32>> = templates
+                .iter()
+                .map(|t| (t.sha256.clone(), known[&t.sha256].clone()))
+                .collect();
+            let blob = encode_embeddings(&key, &rows);
+            let embeddings = format!("embeddings/{key}/{}.bin", sha256_hex(&blob));
+            self.put_immutable(&embeddings, &blob).await?;
+            let manifest = Manifest {
+                format: FORMAT,
+                parent: base.version.clone(),
+                created_at: humantime::format_rfc3339_seconds(SystemTime::now()).to_string(),
+                created_by: author.to_string(),
+                change: description.clone(),
+                embedding_model: key.clone(),
+                embeddings,
+                templates,
+            };
+            let bytes = serde_json::to_vec_pretty(&manifest).expect("a manifest serializes");
+            let version = sha256_hex(&bytes);
+            self.put_immutable(&format!("versions/{version}.json"), &bytes)
+                .await?;
+            let pointer = serde_json::to_vec(&serde_json::json!({ "version": version }))
+                .expect("a pointer serializes");
+            if self
+                .replace_current(current.tag.as_deref(), &pointer)
+                .await?
+            {
+                return Ok(Published {
+                    version: Some(version),
+                    parent: base.version,
+                    change: description,
+                    warnings,
+                    retries: attempt,
+                });
+            }
+            tracing::info!(gallery = %self.location, attempt, "another version landed first; re-applying the change on top of it");
+        }
+        Err(StoreError::Contended {
+            location: self.location.to_string(),
+            attempts: MAX_ATTEMPTS,
+        })
+    }
+
+    /// A version id from a full id or a unique prefix of one in the history.
+    pub async fn resolve(&self, prefix: &str) -> Result<String, StoreError> {
+        let prefix = prefix.to_ascii_lowercase();
+        let candidates: Vec<String> = self
+            .history()
+            .await?
+            .into_iter()
+            .map(|v| v.version)
+            .filter(|v| !prefix.is_empty() && v.starts_with(&prefix))
+            .collect();
+        match candidates.as_slice() {
+            [one] => Ok(one.clone()),
+            many => Err(StoreError::UnknownVersion {
+                location: self.location.to_string(),
+                prefix,
+                ambiguous: many.len() > 1,
+            }),
+        }
+    }
+
+    async fn base(&self, version: Option<&str>) -> Result<Base, StoreError> {
+        if let Some(version) = version {
+            return Ok(Base {
+                version: Some(version.to_string()),
+                templates: self.manifest(version).await?.templates,
+                unstored: HashMap::new(),
+            });
+        }
+        // No version yet: an empty location, or a read-only folder whose templates become
+        // the first version.
+        let Backend::Folder(root) = &self.backend else {
+            return Ok(Base {
+                version: None,
+                templates: Vec::new(),
+                unstored: HashMap::new(),
+            });
+        };
+        let scanned = match gallery::scan(root) {
+            Ok(scanned) => scanned,
+            Err(GalleryError::Missing(_) | GalleryError::Empty(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
+        let mut unstored = HashMap::new();
+        let templates = scanned
+            .into_iter()
+            .map(|t| {
+                let path = root.join(&t.file);
+                let stored = StoredTemplate {
+                    label: t.label,
+                    file: format!("templates/{}.{}", t.sha256, extension(&t.file, &[])),
+                    sha256: t.sha256.clone(),
+                    name: t.file,
+                };
+                unstored.insert(t.sha256, path);
+                stored
+            })
+            .collect();
+        Ok(Base {
+            version: None,
+            templates,
+            unstored,
+        })
+    }
+
+    /// Adds the base's stored embeddings (same model) to `known`, for near-duplicate checks.
+    async fn fill_embeddings(
+        &self,
+        base: &Base,
+        key: &str,
+        embedder: &Embedder,
+        known: &mut HashMap<String, Vec<f32>>,
+    ) -> Result<(), StoreError> {
+        if base.templates.iter().all(|t| known.contains_key(&t.sha256)) {
+            return Ok(());
+        }
+        if let Some(version) = &base.version {
+            let manifest = self.manifest(version).await?;
+            if manifest.embedding_model == key {
+                known.extend(self.read_embeddings(&manifest.embeddings, key).await?);
+            }
+        }
+        for template in &base.templates {
+            if !known.contains_key(&template.sha256) {
+                let row = self.embed_stored_or_local(template, base, embedder).await?;
+                known.insert(template.sha256.clone(), row);
+            }
+        }
+        Ok(())
+    }
+
+    async fn embed_stored_or_local(
+        &self,
+        template: &StoredTemplate,
+        base: &Base,
+        embedder: &Embedder,
+    ) -> Result<Vec<f32>, StoreError> {
+        match base.unstored.get(&template.sha256) {
+            Some(path) => {
+                let bytes = std::fs::read(path).map_err(|source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                })?;
+                embed_bytes(&template.name, &bytes, embedder)
+            }
+            None => self.embed_stored(template, embedder).await,
+        }
+    }
+
+    async fn embed_stored(
+        &self,
+        template: &StoredTemplate,
+        embedder: &Embedder,
+    ) -> Result<Vec<f32>, StoreError> {
+        let bytes = self
+            .get(&template.file)
+            .await?
+            .ok_or_else(|| StoreError::Missing {
+                location: self.location.to_string(),
+                object: template.file.clone(),
+            })?;
+        if sha256_hex(&bytes) != template.sha256 {
+            return Err(self.corrupt(&template.file, "its sha256 is not the manifest's".into()));
+        }
+        embed_bytes(&template.name, &bytes, embedder)
+    }
+
+    async fn read_embeddings(
+        &self,
+        object: &str,
+        key: &str,
+    ) -> Result<HashMap<String, Vec<f32>>, StoreError> {
+        let bytes = self.get(object).await?.ok_or_else(|| StoreError::Missing {
+            location: self.location.to_string(),
+            object: object.to_string(),
+        })?;
+        decode_embeddings(bytes, key).map_err(|e| self.corrupt(object, e.to_string()))
+    }
+
+    async fn is_read_only_folder(&self) -> Result<bool, StoreError> {
+        Ok(matches!(self.backend, Backend::Folder(_))
+            && self.read_current().await?.version.is_none())
+    }
+
+    fn corrupt(&self, object: &str, reason: String) -> StoreError {
+        StoreError::Corrupt {
+            location: self.location.to_string(),
+            object: object.to_string(),
+            reason,
+        }
+    }
+
+    async fn read_current(&self) -> Result<CurrentRead, StoreError> {
+        let (bytes, tag) = match &self.backend {
+            Backend::Folder(_) => match self.get(CURRENT).await? {
+                Some(bytes) => {
+                    let tag = String::from_utf8_lossy(&bytes).into_owned();
+                    (bytes, tag)
+                }
+                None => {
+                    return Ok(CurrentRead {
+                        version: None,
+                        tag: None,
+                    });
+                }
+            },
+            #[cfg(feature = "s3")]
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = s3_key(prefix, CURRENT);
+                match client.get_object().bucket(bucket).key(&key).send().await {
+                    Ok(output) => {
+                        let tag = output.e_tag().unwrap_or_default().to_string();
+                        let bytes = output
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| s3_error(bucket, &key, e))?
+                            .into_bytes()
+                            .to_vec();
+                        (bytes, tag)
+                    }
+                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
+                        return Ok(CurrentRead {
+                            version: None,
+                            tag: None,
+                        });
+                    }
+                    Err(e) => return Err(s3_error(bucket, &key, e)),
+                }
+            }
+        };
+        #[derive(Deserialize)]
+        struct Pointer {
+            version: String,
+        }
+        let pointer: Pointer = serde_json::from_slice(&bytes)
+            .map_err(|e| self.corrupt(CURRENT, format!("not {{\"version\": ...}}: {e}")))?;
+        if pointer.version.len() != 64 || !pointer.version.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(self.corrupt(
+                CURRENT,
+                format!("{:?} is not a version id", pointer.version),
+            ));
+        }
+        Ok(CurrentRead {
+            version: Some(pointer.version),
+            tag: Some(tag),
+        })
+    }
+
+    /// Replaces `current` if it is still what was read (`expected`; `None`: absent).
+    /// `Ok(false)`: another publisher replaced it first.
+    async fn replace_current(
+        &self,
+        expected: Option<&str>,
+        bytes: &[u8],
+    ) -> Result<bool, StoreError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let _lock = FolderLock::acquire(root, &self.location).await?;
+                let now = self.read_current().await?.tag;
+                if now.as_deref() != expected {
+                    return Ok(false);
+                }
+                let path = root.join(CURRENT);
+                write_atomically(&path, bytes).map_err(|source| StoreError::Io { path, source })?;
+                Ok(true)
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = s3_key(prefix, CURRENT);
+                let request = client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .content_type("application/json")
+                    .body(bytes.to_vec().into());
+                let request = match expected {
+                    Some(etag) => request.if_match(etag),
+                    None => request.if_none_match("*"),
+                };
+                match request.send().await {
+                    Ok(_) => Ok(true),
+                    Err(e) if is_lost_race(&e) => Ok(false),
+                    Err(e) => Err(s3_error(bucket, &key, e)),
+                }
+            }
+        }
+    }
+
+    async fn get(&self, object: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let path = root.join(object);
+                match std::fs::read(&path) {
+                    Ok(bytes) => Ok(Some(bytes)),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StoreError::Io { path, source }),
+                }
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = s3_key(prefix, object);
+                match client.get_object().bucket(bucket).key(&key).send().await {
+                    Ok(output) => Ok(Some(
+                        output
+                            .body
+                            .collect()
+                            .await
+                            .map_err(|e| s3_error(bucket, &key, e))?
+                            .into_bytes()
+                            .to_vec(),
+                    )),
+                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+                    Err(e) => Err(s3_error(bucket, &key, e)),
+                }
+            }
+        }
+    }
+
+    /// Writes a content-addressed object unless it exists (its content is then the same).
+    async fn put_immutable(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let path = root.join(object);
+                if path.is_file() {
+                    return Ok(());
+                }
+                let io = |source| StoreError::Io {
+                    path: path.clone(),
+                    source,
+                };
+                if let Some(dir) = path.parent() {
+                    std::fs::create_dir_all(dir).map_err(io)?;
+                }
+                write_atomically(&path, bytes).map_err(io)
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3 {
+                client,
+                bucket,
+                prefix,
+            } => {
+                let key = s3_key(prefix, object);
+                let result = client
+                    .put_object()
+                    .bucket(bucket)
+                    .key(&key)
+                    .if_none_match("*")
+                    .body(bytes.to_vec().into())
+                    .send()
+                    .await;
+                match result {
+                    Ok(_) => Ok(()),
+                    // Already there (or being written by another publisher): same bytes.
+                    Err(e) if is_lost_race(&e) => Ok(()),
+                    Err(e) => Err(s3_error(bucket, &key, e)),
+                }
+            }
+        }
+    }
+}
+
+fn embed_bytes(name: &str, bytes: &[u8], embedder: &Embedder) -> Result<Vec<f32>, StoreError> {
+    let image = decode_template(bytes).map_err(|reason| StoreError::Template {
+        name: name.to_string(),
+        reason,
+    })?;
+    embedder.embed(&image).map_err(|source| StoreError::Embed {
+        name: name.to_string(),
+        source,
+    })
+}
+
+/// Warnings for templates of other labels `new` is (nearly) the same image as.
+fn near_duplicates(
+    new: &StoredTemplate,
+    templates: &[StoredTemplate],
+    known: &HashMap<String, Vec<f32>>,
+) -> Vec<String> {
+    let Some(row) = known.get(&new.sha256) else {
+        return Vec::new();
+    };
+    templates
+        .iter()
+        .filter(|t| t.label != new.label)
+        .filter_map(|t| {
+            let other = known.get(&t.sha256)?;
+            let score: f32 = row.iter().zip(other).map(|(a, b)| a * b).sum();
+            (score >= NEAR_DUPLICATE_SIMILARITY).then(|| {
+                format!(
+                    "{} looks like template {} of {:?} (similarity {score:.2}): queries of one may be answered with the other",
+                    new.name, t.name, t.label
+                )
+            })
+        })
+        .collect()
+}
+
+fn same_templates(a: &[StoredTemplate], b: &[StoredTemplate]) -> bool {
+    let key = |t: &[StoredTemplate]| {
+        let mut pairs: Vec<(String, String)> = t
+            .iter()
+            .map(|t| (t.label.clone(), t.sha256.clone()))
+            .collect();
+        pairs.sort();
+        pairs
+    };
+    key(a) == key(b)
+}
+
+/// The file name without folders.
+fn file_name(name: &str) -> String {
+    Path::new(name)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| name.to_string())
+}
+
+/// A lower-case image extension: the name's, else the format the bytes start with.
+fn extension(name: &str, bytes: &[u8]) -> String {
+    let from_name = Path::new(name)
+        .extension()
+        .map(|e| e.to_string_lossy().to_ascii_lowercase())
+        .filter(|e| gallery::IMAGE_EXTENSIONS.contains(&e.as_str()));
+    from_name
+        .or_else(|| {
+            image::guess_format(bytes)
+                .ok()
+                .and_then(|f| f.extensions_str().first().map(|e| e.to_string()))
+        })
+        .unwrap_or_else(|| "img".into())
+}
+
+/// The folder's exclusive `.lock` (created with O_EXCL), removed when dropped.
+struct FolderLock {
+    path: PathBuf,
+}
+
+impl FolderLock {
+    async fn acquire(root: &Path, location: &Location) -> Result<Self, StoreError> {
+        let path = root.join(".lock");
+        let started = std::time::Instant::now();
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&path)
+            {
+                Ok(_) => return Ok(Self { path }),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    let age = std::fs::metadata(&path)
+                        .and_then(|m| m.modified())
+                        .ok()
+                        .and_then(|m| m.elapsed().ok());
+                    if age.is_some_and(|age| age > STALE_LOCK) {
+                        tracing::warn!(lock = %path.display(), "removing a stale gallery lock (its publisher died)");
+                        let _ = std::fs::remove_file(&path);
+                        continue;
+                    }
+                    if started.elapsed() > STALE_LOCK + Duration::from_secs(5) {
+                        return Err(StoreError::Locked(location.to_string()));
+                    }
+                    // The holder is between its re-read and its rename: milliseconds.
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+                Err(source) => return Err(StoreError::Io { path, source }),
+            }
+        }
+    }
+}
+
+impl Drop for FolderLock {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+#[cfg(feature = "s3")]
+fn s3_key(prefix: &str, object: &str) -> String {
+    if prefix.is_empty() {
+        object.to_string()
+    } else {
+        format!("{prefix}/{object}")
+    }
+}
+
+#[cfg(feature = "s3")]
+fn s3_error(bucket: &str, key: &str, error: impl std::error::Error) -> StoreError {
+    StoreError::S3 {
+        url: format!("s3://{bucket}/{key}"),
+        message: aws_sdk_s3::error::DisplayErrorContext(error).to_string(),
+    }
+}
+
+/// A conditional write refused: 412 (the condition failed) or 409 (a concurrent
+/// conditional write to the key is in progress; S3 answers it, the loser retries).
+#[cfg(feature = "s3")]
+fn is_lost_race<E>(error: &aws_sdk_s3::error::SdkError<E>) -> bool {
+    error
+        .raw_response()
+        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_parse_and_normalise() {
+        assert_eq!(
+            Location::parse("s3://b/p/q/").unwrap(),
+            Location::S3 {
+                bucket: "b".into(),
+                prefix: "p/q".into()
+            }
+        );
+        assert_eq!(Location::parse("s3://b").unwrap().to_string(), "s3://b");
+        assert_eq!(
+            Location::parse("s3://b/x/").unwrap().kv_key(),
+            Location::parse("s3://b/x").unwrap().kv_key()
+        );
+        assert!(Location::parse("s3:///x").is_err());
+        assert!(Location::parse("http://x/y").is_err());
+        assert!(Location::parse("").is_err());
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("a")).unwrap();
+        let Location::Folder(path) =
+            Location::parse(&dir.path().join("a/..").to_string_lossy()).unwrap()
+        else {
+            panic!("a folder")
+        };
+        assert_eq!(path, std::fs::canonicalize(dir.path()).unwrap());
+        let key = Location::parse("s3://b/x").unwrap().kv_key();
+        assert!(key.starts_with("plugworker/galleries/") && key.len() == 21 + 16);
+    }
+}

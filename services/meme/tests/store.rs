@@ -1,0 +1,169 @@
+//! The versioned gallery store on a real folder and on S3 (moto), with the real SSCD model.
+
+use plugworker_meme::{
+    Change, Embedder, Gallery, GalleryStore, Location, NewImage, StoreError, legacy_version,
+};
+use plugworker_onnx::Runtime;
+use plugworker_testkit::memes::models_dir;
+use std::path::Path;
+
+fn embedder() -> Embedder {
+    let models = models_dir();
+    let runtime = Runtime::load(&models.join("cache"), Some(1))
+        .expect("ONNX Runtime (scripts/fetch-models.sh)");
+    Embedder::new(
+        runtime
+            .open(&models.join("cache/sscd/sscd_distilled.onnx"))
+            .expect("SSCD model (scripts/fetch-models.sh)"),
+    )
+}
+
+fn demo(name: &str) -> NewImage {
+    let path = models_dir().join("gallery").join(name);
+    NewImage {
+        name: path.file_name().unwrap().to_string_lossy().into_owned(),
+        bytes: std::fs::read(&path).unwrap(),
+    }
+}
+
+fn add(label: &str, images: &[&str]) -> Change {
+    Change::Add {
+        label: label.into(),
+        images: images.iter().map(|i| demo(i)).collect(),
+    }
+}
+
+fn labels(gallery: &Gallery) -> Vec<String> {
+    gallery.labels().into_iter().map(str::to_owned).collect()
+}
+
+async fn folder_store(path: &Path) -> GalleryStore {
+    GalleryStore::open(Location::parse(&path.to_string_lossy()).unwrap())
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let first = store
+        .publish(
+            add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+            &embedder,
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v1 = first.version.clone().unwrap();
+    assert_eq!(store.current().await.unwrap(), v1);
+    let second = store
+        .publish(
+            add("cup", &["coffee-cup/coffee.jpg"]),
+            &embedder,
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v2 = second.version.unwrap();
+    assert_eq!(second.parent.as_deref(), Some(v1.as_str()));
+
+    let gallery = store.load(&v2, &embedder, None).await.unwrap();
+    assert_eq!(gallery.version(), v2);
+    assert_eq!(labels(&gallery), ["cat", "cup"]);
+    // Reloading on top of the previous version reuses its rows: same index.
+    let again = store.load(&v2, &embedder, Some(&gallery)).await.unwrap();
+    assert_eq!(again.index().row(1), gallery.index().row(1));
+
+    let removed = store
+        .publish(
+            Change::Remove {
+                label: "cat".into(),
+                file: None,
+            },
+            &embedder,
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v3 = removed.version.unwrap();
+    assert_eq!(
+        labels(&store.load(&v3, &embedder, None).await.unwrap()),
+        ["cup"]
+    );
+
+    let back = store
+        .publish(
+            Change::Rollback { to: v2[..8].into() },
+            &embedder,
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v4 = back.version.unwrap();
+    assert_eq!(back.change, format!("rollback to {}", &v2[..12]));
+    assert_eq!(
+        labels(&store.load(&v4, &embedder, None).await.unwrap()),
+        ["cat", "cup"]
+    );
+    let history = store.history().await.unwrap();
+    let versions: Vec<&str> = history.iter().map(|v| v.version.as_str()).collect();
+    assert_eq!(versions, [&v4, &v3, &v2, &v1]);
+    assert_eq!(history[0].created_by, "tester@host");
+    assert_eq!(history[2].change, "add cup (1 image)");
+    assert_eq!(history[1].change, "remove cat (1 image)");
+}
+
+#[tokio::test]
+async fn a_folder_without_current_is_a_read_only_gallery_and_add_converts_it() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("cat")).unwrap();
+    std::fs::copy(
+        models_dir().join("gallery/chelsea-the-cat/chelsea.jpg"),
+        dir.path().join("cat/chelsea.jpg"),
+    )
+    .unwrap();
+    let store = folder_store(dir.path()).await;
+    let legacy = store.current().await.unwrap();
+    let gallery = store.load(&legacy, &embedder, None).await.unwrap();
+    assert_eq!(gallery.version(), legacy);
+    assert_eq!(legacy, legacy_version(gallery.templates()));
+    assert_eq!(store.history().await.unwrap().len(), 1);
+
+    let published = store
+        .publish(add("cup", &["coffee-cup/coffee.jpg"]), &embedder, "t")
+        .await
+        .unwrap();
+    assert_eq!(published.parent, None);
+    let gallery = store
+        .load(&published.version.unwrap(), &embedder, None)
+        .await
+        .unwrap();
+    assert_eq!(labels(&gallery), ["cat", "cup"]);
+}
+
+#[tokio::test]
+async fn a_corrupt_manifest_or_current_is_a_clear_error() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let version = store
+        .publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "t")
+        .await
+        .unwrap()
+        .version
+        .unwrap();
+    let manifest = dir.path().join(format!("versions/{version}.json"));
+    let mut bytes = std::fs::read(&manifest).unwrap();
+    bytes[10] ^= 1;
+    std::fs::write(&manifest, &bytes).unwrap();
+    let error = store.load(&version, &embedder, None).await.err().unwrap();
+    assert!(matches!(error, StoreError::Corrupt { .. }), "{error}");
+    assert!(error.to_string().contains("is corrupt"), "{error}");
+
+    std::fs::write(dir.path().join("current"), b"{\"version\": 3").unwrap();
+    let error = store.current().await.unwrap_err();
+    assert!(error.to_string().contains("current"), "{error}");
+}
