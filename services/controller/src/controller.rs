@@ -34,8 +34,7 @@ use plugworker_jobs::{
 };
 use plugworker_lifecycle::Backoff;
 use serde_json::value::RawValue;
-use std::collections::BTreeMap;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -255,8 +254,14 @@ impl Controller {
         let mut shutdown = std::pin::pin!(shutdown);
         // No job is received before Consul has answered once: an empty runner view then
         // means "not heard yet", and failing jobs `no_runner` on it would lose them.
+        // Stored pipelines are waited for until Consul was asked once (an answer, or a
+        // refusal that keeps them unavailable).
+        let ready = async {
+            context.dispatcher.wait_ready().await;
+            context.pipelines.first_attempt().await;
+        };
         tokio::select! {
-            () = context.dispatcher.wait_ready() => {}
+            () = ready => {}
             () = &mut shutdown => {
                 tracing::info!("controller stopped before Consul first answered; no job was received");
                 return;

@@ -48,6 +48,8 @@ type View = Option<Arc<HashMap<String, Stored>>>;
 /// The named pipelines, kept live by a blocking query; the task stops when this is dropped.
 pub struct StoredPipelines {
     view: watch::Receiver<View>,
+    /// True once the watch has tried Consul (answered, refused or failed).
+    tried: watch::Receiver<bool>,
     task: Option<JoinHandle<()>>,
     client: Option<ConsulClient>,
 }
@@ -56,9 +58,11 @@ impl StoredPipelines {
     /// Follows `plugworker/pipelines/` with requests Consul may hold for up to `wait`.
     pub fn start(client: ConsulClient, wait: Duration) -> Self {
         let (sender, view) = watch::channel(None);
-        let task = tokio::spawn(follow(client.clone(), wait, sender));
+        let (tried_sender, tried) = watch::channel(false);
+        let task = tokio::spawn(follow(client.clone(), wait, sender, tried_sender));
         Self {
             view,
+            tried,
             task: Some(task),
             client: Some(client),
         }
@@ -69,6 +73,7 @@ impl StoredPipelines {
     pub fn none() -> Self {
         Self {
             view: watch::channel(None).1,
+            tried: watch::channel(true).1,
             task: None,
             client: None,
         }
@@ -101,10 +106,12 @@ impl StoredPipelines {
         }
     }
 
-    /// Resolves once the watch has answered (for tests and readiness).
-    pub async fn wait_answered(&self) {
-        let mut view = self.view.clone();
-        let _ = view.wait_for(Option::is_some).await;
+    /// Resolves once the watch has tried Consul once, whatever came of it: the
+    /// controller receives jobs only then, so that jobs naming a stored pipeline do not
+    /// find it unavailable for the few milliseconds the first read takes.
+    pub async fn first_attempt(&self) {
+        let mut tried = self.tried.clone();
+        let _ = tried.wait_for(|tried| *tried).await;
     }
 }
 
@@ -122,13 +129,14 @@ const PERMISSION_BACKOFF: Backoff =
 
 /// Waits until the token may read the prefix: a read of the prefix's own key is 404 (or
 /// the key) for a token that may, 403 for one that may not.
-async fn wait_for_permission(client: &ConsulClient) {
+async fn wait_for_permission(client: &ConsulClient, tried: &watch::Sender<bool>) {
     let mut failures = 0;
     loop {
         let error = match client.kv_get(KV_PREFIX, Default::default()).await {
             Ok(_) => return,
             Err(error) => error,
         };
+        tried.send_replace(true);
         failures += 1;
         if is_forbidden(&error) {
             if failures == 1 {
@@ -141,13 +149,19 @@ async fn wait_for_permission(client: &ConsulClient) {
     }
 }
 
-async fn follow(client: ConsulClient, wait: Duration, sender: watch::Sender<View>) {
-    wait_for_permission(&client).await;
+async fn follow(
+    client: ConsulClient,
+    wait: Duration,
+    sender: watch::Sender<View>,
+    tried: watch::Sender<bool>,
+) {
+    wait_for_permission(&client, &tried).await;
     let mut watch = Watch::new(wait);
     loop {
         let result = watch
             .next(|options| client.kv_list(KV_PREFIX, options))
             .await;
+        tried.send_replace(true);
         match result {
             Ok(pairs) => {
                 let previous = sender.borrow().clone();
