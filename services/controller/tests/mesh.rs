@@ -494,21 +494,8 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         .values()
         .filter(|r| r["runner"]["address"] == first_address.as_str())
         .count();
-    let mut expired = 0.0;
-    for metrics in [&first_metrics, &second_metrics] {
-        let text = reqwest::get(format!("http://{metrics}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        expired += plugworker_testkit::metric_value(
-            &text,
-            "plugworker_runner_server_closed_total",
-            &[("port", "main"), ("reason", "certificate_expired")],
-        )
-        .unwrap_or(0.0);
-    }
+    let expired = runner_closed(&first_metrics, "certificate_expired").await
+        + runner_closed(&second_metrics, "certificate_expired").await;
     let resent = |process: &Process| {
         process
             .log()
@@ -536,6 +523,75 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         stack.queue_depths().await.1,
         (0, 0),
         "nothing dead-lettered"
+    );
+}
+
+/// The closed-connection counter of a runner's main port for `reason`, from its metrics.
+async fn runner_closed(metrics: &str, reason: &str) -> f64 {
+    let text = reqwest::get(format!("http://{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    plugworker_testkit::metric_value(
+        &text,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
+}
+
+/// A runner closing its connections under load (GOAWAY every 300 ms: its maximum
+/// connection age) costs no job, even with one attempt per job and no other instance to
+/// retry on: the calls its GOAWAYs refuse were never processed, and the controller sends
+/// them again on a new connection. Without that, some of them failed (`INTERNAL` "h2
+/// protocol error" for a stream refused by a GOAWAY, `CANCELLED` for a request hyper never
+/// wrote) and, with one attempt, ended as final errors.
+#[tokio::test]
+async fn a_runner_closing_connections_mid_load_loses_no_call() {
+    // One receive per message: a failed call would be the job's final result.
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[
+            ("PLUGWORKER_METRICS_ADDRESS", &metrics),
+            ("PLUGWORKER_MAX_CONNECTION_AGE", "300ms"),
+        ],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let (controller, _) = stack.controller(&["--max-in-flight", "16"]);
+    let total = 300;
+    for i in 0..total {
+        stack
+            .submit(job(
+                "echo",
+                json!({"message": format!("goaway-{i}"), "delay_ms": 20}),
+            ))
+            .await;
+    }
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, total, Duration::from_secs(120))
+        .await;
+    let by_id = by_message(&results);
+    let failed: Vec<_> = by_id.values().filter(|r| r["status"] != "ok").collect();
+    let closed = runner_closed(&metrics, "max_age").await;
+    let resent = controller
+        .log()
+        .matches("the runner did not process the call")
+        .count();
+    eprintln!(
+        "{total} jobs: {} results, {} failed; connections closed at their maximum age: {closed}; calls sent again: {resent}",
+        by_id.len(),
+        failed.len()
+    );
+    assert!(failed.is_empty(), "{failed:#?}");
+    assert_eq!(by_id.len(), total);
+    assert!(
+        closed >= 5.0,
+        "the runner closed connections mid-load ({closed})"
     );
 }
 
