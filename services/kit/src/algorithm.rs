@@ -7,14 +7,18 @@
 //! no hand-written list anywhere.
 
 use futures::future::BoxFuture;
+use plugworker_consul_client::ConsulClient;
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
+use std::any::Any;
+use std::borrow::Cow;
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
+use crate::settings::AlgorithmSettings;
 use crate::slots::Slot;
 
 /// An algorithm a runner can serve.
@@ -26,7 +30,8 @@ pub trait Algorithm: Sized + Send + Sync + 'static {
 
     /// Name used in jobs, Consul tags and gRPC calls (snake_case, unique in a runner).
     const NAME: &'static str;
-    /// Version reported with every result (bump it when results may change).
+    /// Version reported with every result (bump it when results may change); see also
+    /// [`Algorithm::version`].
     const VERSION: &'static str;
     /// One sentence for `ListAlgorithms` and `plugworker algorithms`.
     const DESCRIPTION: &'static str;
@@ -42,6 +47,20 @@ pub trait Algorithm: Sized + Send + Sync + 'static {
         input: Self::Input,
         context: &RunContext,
     ) -> impl Future<Output = Result<Self::Output, RunError>> + Send;
+
+    /// The version answering now, for `ListAlgorithms` and for results whose run did not
+    /// say otherwise ([`RunContext::report_version`]). An algorithm whose results change
+    /// with data it reloads while serving (a gallery) says which data: `VERSION+data`.
+    fn version(&self) -> Cow<'_, str> {
+        Cow::Borrowed(Self::VERSION)
+    }
+
+    /// Something wrong the algorithm is serving through (stale data it cannot refresh),
+    /// for the runner's health details and its `plugworker_runner_algorithm_degraded`
+    /// metric; `None` when all is well. Asked when those are read, so keep it cheap.
+    fn degraded(&self) -> Option<String> {
+        None
+    }
 }
 
 /// What an algorithm may use while loading.
@@ -49,12 +68,53 @@ pub trait Algorithm: Sized + Send + Sync + 'static {
 pub struct LoadContext {
     /// Folder holding model files (`--models-dir`).
     pub models_dir: PathBuf,
+    settings: AlgorithmSettings,
+    consul: Option<ConsulClient>,
 }
 
 impl LoadContext {
+    /// A context with no registered settings and no Consul (an algorithm's own tests).
+    pub fn new(models_dir: impl Into<PathBuf>) -> Self {
+        Self {
+            models_dir: models_dir.into(),
+            settings: AlgorithmSettings::default(),
+            consul: None,
+        }
+    }
+
+    pub(crate) fn with(
+        models_dir: PathBuf,
+        settings: AlgorithmSettings,
+        consul: Option<ConsulClient>,
+    ) -> Self {
+        Self {
+            models_dir,
+            settings,
+            consul,
+        }
+    }
+
     /// A path inside the models folder.
     pub fn model_path(&self, relative: impl AsRef<Path>) -> PathBuf {
         self.models_dir.join(relative)
+    }
+
+    /// The settings of type `T`, parsed from the runner's flags and environment at start
+    /// (see [`crate::settings`]). Fails when `T` was never registered with
+    /// [`register_settings!`](crate::register_settings): a build mistake, said at load.
+    pub fn settings<T: Any + Send + Sync>(&self) -> Result<&T, LoadError> {
+        self.settings.get::<T>().ok_or_else(|| {
+            LoadError::other(format!(
+                "settings {} are not registered (plugworker_kit::register_settings!)",
+                std::any::type_name::<T>()
+            ))
+        })
+    }
+
+    /// The runner's Consul client, when it has one (it registers, or serves over the
+    /// mesh): for algorithms that watch Consul's KV.
+    pub fn consul(&self) -> Option<&ConsulClient> {
+        self.consul.as_ref()
     }
 }
 
@@ -91,6 +151,8 @@ pub struct RunContext {
     pub deadline: Option<Instant>,
     /// The run slot this run occupies; every blocking task of the run holds it too.
     slot: Option<Slot>,
+    /// The version this run's result comes from, if the algorithm said so.
+    version: OnceLock<String>,
 }
 
 impl RunContext {
@@ -101,6 +163,7 @@ impl RunContext {
             algorithm,
             deadline,
             slot: None,
+            version: OnceLock::new(),
         }
     }
 
@@ -109,7 +172,20 @@ impl RunContext {
             algorithm,
             deadline,
             slot: Some(slot),
+            version: OnceLock::new(),
         }
+    }
+
+    /// Says which version produced this run's result, when it may differ from what
+    /// [`Algorithm::version`] answers by the time the run ends: data reloaded during the
+    /// run must not relabel a result computed with the data before. The first call counts.
+    pub fn report_version(&self, version: impl Into<String>) {
+        let _ = self.version.set(version.into());
+    }
+
+    /// What [`RunContext::report_version`] recorded.
+    pub fn reported_version(&self) -> Option<&str> {
+        self.version.get().map(String::as_str)
     }
 
     /// Whether the caller's deadline has passed (the caller already has its answer).
@@ -196,13 +272,21 @@ fn load_erased<A: Algorithm>(context: &LoadContext) -> Result<Arc<dyn LoadedAlgo
     Ok(Arc::new(Erased(A::load(context)?)))
 }
 
+/// A run's JSON result, and the version it reported ([`RunContext::report_version`]).
+pub(crate) type Answer = (Vec<u8>, Option<String>);
+
 /// A loaded algorithm with its types erased: JSON in, JSON bytes out.
 pub(crate) trait LoadedAlgorithm: Send + Sync {
+    /// The result, and the version the run reported if it did.
     fn run(
         self: Arc<Self>,
         payload: serde_json::Value,
         context: RunContext,
-    ) -> BoxFuture<'static, Result<Vec<u8>, RunError>>;
+    ) -> BoxFuture<'static, Result<Answer, RunError>>;
+
+    fn version(&self) -> Cow<'_, str>;
+
+    fn degraded(&self) -> Option<String>;
 }
 
 struct Erased<A>(A);
@@ -212,17 +296,26 @@ impl<A: Algorithm> LoadedAlgorithm for Erased<A> {
         self: Arc<Self>,
         payload: serde_json::Value,
         context: RunContext,
-    ) -> BoxFuture<'static, Result<Vec<u8>, RunError>> {
+    ) -> BoxFuture<'static, Result<Answer, RunError>> {
         Box::pin(async move {
             // The schema already passed; this only fails where serde is stricter than it.
             let input: A::Input = serde_json::from_value(payload).map_err(|e| {
                 RunError::InvalidInput(format!("payload does not fit {}: {e}", A::NAME))
             })?;
             let output = self.0.run(input, &context).await?;
-            serde_json::to_vec(&output).map_err(|e| {
+            let bytes = serde_json::to_vec(&output).map_err(|e| {
                 RunError::Internal(format!("cannot serialise {} output: {e}", A::NAME))
-            })
+            })?;
+            Ok((bytes, context.version.into_inner()))
         })
+    }
+
+    fn version(&self) -> Cow<'_, str> {
+        self.0.version()
+    }
+
+    fn degraded(&self) -> Option<String> {
+        self.0.degraded()
     }
 }
 

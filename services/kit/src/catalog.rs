@@ -196,13 +196,9 @@ mod tests {
             serde_json::from_str::<serde_json::Value>(&info.input_schema).unwrap()["type"],
             "number"
         );
-        let loaded = catalog
-            .load_all(&LoadContext {
-                models_dir: ".".into(),
-            })
-            .unwrap();
+        let loaded = catalog.load_all(&LoadContext::new(".")).unwrap();
         let context = RunContext::new("twice", None);
-        let output = loaded[catalog.algorithms["twice"].index]
+        let (output, _) = loaded[catalog.algorithms["twice"].index]
             .clone()
             .run(serde_json::json!(21.0), context)
             .await

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
+use crate::settings::AlgorithmSettings;
 use crate::transport::ServerParams;
 
 /// Streams per connection beyond the run slots and their queue, by default: room for
@@ -190,6 +191,11 @@ pub struct RunnerConfig {
     /// standard `CONSUL_*` variables: one definition shared with the `plugworker` command.
     #[command(flatten)]
     pub consul: ConsulArgs,
+
+    /// The algorithms' own settings (`register_settings!`), parsed from the same command
+    /// line by [`crate::main`].
+    #[arg(skip)]
+    pub settings: AlgorithmSettings,
 }
 
 impl RunnerConfig {

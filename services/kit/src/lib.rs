@@ -38,6 +38,7 @@ mod probe;
 mod registration;
 mod runtime;
 mod service;
+pub mod settings;
 mod slots;
 #[cfg(test)]
 mod test_algorithms;
@@ -77,12 +78,16 @@ pub fn main(runner_name: &'static str) -> ExitCode {
             info.name, info.description, info.version
         ));
     }
-    let command = RunnerConfig::command()
+    // The algorithms' settings are flags of the runner's own command, so `--help` lists
+    // them and a bad value stops the start like a bad flag.
+    let command = settings::augment(RunnerConfig::command())
         .name(runner_name)
         .bin_name(runner_name)
         .after_help(list);
-    let config =
-        RunnerConfig::from_arg_matches(&command.get_matches()).unwrap_or_else(|e| e.exit());
+    let matches = command.get_matches();
+    let mut config = RunnerConfig::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    config.settings =
+        settings::AlgorithmSettings::from_matches(&matches).unwrap_or_else(|e| e.exit());
     // A health probe runs every few seconds and has nothing to log or trace.
     let telemetry = (!config.health_probe).then(|| {
         (

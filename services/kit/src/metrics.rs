@@ -35,6 +35,84 @@ pub(crate) struct RunnerMetrics {
     pub run_seconds: Family<AlgorithmLabel, Histogram>,
     pub in_flight: Family<AlgorithmLabel, Gauge>,
     pub server: ServerMetrics,
+    /// Each algorithm's current version and whether it serves degraded, asked at scrape.
+    pub status: Arc<AlgorithmStatus>,
+}
+
+/// One loaded algorithm's state, for the health details and the metrics.
+#[derive(Clone, Debug, serde::Serialize)]
+pub(crate) struct AlgorithmDetail {
+    pub algorithm: &'static str,
+    /// What it answers with now ([`crate::Algorithm::version`]).
+    pub version: String,
+    /// What it is serving through, if anything ([`crate::Algorithm::degraded`]).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub degraded: Option<String>,
+}
+
+type ReadDetails = Box<dyn Fn() -> Vec<AlgorithmDetail> + Send + Sync>;
+
+/// `plugworker_runner_algorithm_version_info` and `plugworker_runner_algorithm_degraded`,
+/// read from the loaded algorithms at scrape time: a version that changes while serving
+/// (a reloaded gallery) needs no bookkeeping of its own.
+#[derive(Default)]
+pub(crate) struct AlgorithmStatus {
+    read: OnceLock<ReadDetails>,
+}
+
+impl std::fmt::Debug for AlgorithmStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AlgorithmStatus").finish_non_exhaustive()
+    }
+}
+
+impl AlgorithmStatus {
+    /// Where the details come from (the runner's state, once it exists).
+    pub fn read_from(&self, read: ReadDetails) {
+        let _ = self.read.set(read);
+    }
+
+    pub fn details(&self) -> Vec<AlgorithmDetail> {
+        self.read.get().map(|read| read()).unwrap_or_default()
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct VersionLabels {
+    algorithm: &'static str,
+    version: String,
+}
+
+impl Collector for AlgorithmStatus {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+        let details = self.details();
+        let mut family = encoder.encode_descriptor(
+            "plugworker_runner_algorithm_version_info",
+            "The version each loaded algorithm answers with now (1 per algorithm)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for detail in &details {
+            ConstGauge::new(1).encode(family.encode_family(&VersionLabels {
+                algorithm: detail.algorithm,
+                version: detail.version.clone(),
+            })?)?;
+        }
+        let mut family = encoder.encode_descriptor(
+            "plugworker_runner_algorithm_degraded",
+            "1 while an algorithm serves through a problem (stale data it cannot refresh; see the health details)",
+            None,
+            MetricType::Gauge,
+        )?;
+        for detail in &details {
+            ConstGauge::new(i64::from(detail.degraded.is_some())).encode(family.encode_family(
+                &AlgorithmLabel {
+                    algorithm: detail.algorithm,
+                },
+            )?)?;
+        }
+        Ok(())
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -151,8 +229,10 @@ impl RunnerMetrics {
             run_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
             in_flight: Family::default(),
             server: ServerMetrics::default(),
+            status: Arc::default(),
         };
         metrics.server.register(registry);
+        registry.register_collector(Box::new(metrics.status.clone()));
         registry.register(
             "plugworker_runner_runs",
             "Runs answered, by algorithm and gRPC status code",

@@ -111,6 +111,14 @@ async fn run_until(
         slots: RunSlots::new(config.max_concurrent_runs(), config.max_queued_runs),
         catalog,
     });
+    // The metrics ask the algorithms themselves; weak, so the collector never keeps the
+    // runner's state alive.
+    let weak = Arc::downgrade(&state);
+    state.metrics.status.read_from(Box::new(move || {
+        weak.upgrade()
+            .map(|state| state.details())
+            .unwrap_or_default()
+    }));
     // Cancelled last: stops every server and the registration loop.
     let servers = CancellationToken::new();
     let _stop_servers_on_return = servers.clone().drop_guard();
@@ -141,7 +149,8 @@ async fn run_until(
     if let Some(address) = &config.metrics_address {
         let router = plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(
             metrics_registry,
-        )));
+        )))
+        .route("/health", health_details(&state));
         let bound = plugworker_telemetry::metrics::serve(
             address,
             router,
@@ -162,13 +171,12 @@ async fn run_until(
         algorithms = ?state.catalog.names(),
         "runner started; loading algorithms"
     );
-    let loader = load(&state, &config);
-
     let consul = if config.no_register && config.insecure_plaintext {
         None
     } else {
         Some(config.consul.client()?)
     };
+    let loader = load(&state, &config, consul.clone());
     let identity = match (&consul, config.insecure_plaintext) {
         (Some(consul), false) => {
             match acquire_identity(consul, &service_name, &shutdown).await {
@@ -349,15 +357,34 @@ fn incoming(listener: TcpListener) -> TcpIncoming {
 fn load(
     state: &Arc<RunnerState>,
     config: &RunnerConfig,
+    consul: Option<ConsulClient>,
 ) -> JoinHandle<Result<(), crate::CatalogError>> {
-    let context = LoadContext {
-        models_dir: config.models_dir.clone(),
-    };
+    let context = LoadContext::with(config.models_dir.clone(), config.settings.clone(), consul);
     let state = state.clone();
     tokio::task::spawn_blocking(move || {
         let loaded = state.catalog.load_all(&context)?;
         let _ = state.loaded.set(loaded);
         Ok(())
+    })
+}
+
+/// `GET /health` beside `/metrics`: the runner's state and each algorithm's version and
+/// what it is serving through (a gallery it cannot refresh): what gRPC health's one
+/// status cannot say.
+fn health_details(state: &Arc<RunnerState>) -> axum::routing::MethodRouter {
+    let state = Arc::downgrade(state);
+    axum::routing::get(move || {
+        let details = state.upgrade().map(|state| {
+            let status = if state.draining.load(Ordering::Acquire) {
+                "draining"
+            } else if state.loaded.get().is_some() {
+                "serving"
+            } else {
+                "loading"
+            };
+            serde_json::json!({ "status": status, "algorithms": state.details() })
+        });
+        async move { axum::Json(details.unwrap_or_else(|| serde_json::json!({ "status": "stopped" }))) }
     })
 }
 

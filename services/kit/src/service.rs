@@ -45,6 +45,40 @@ pub(crate) struct RunnerState {
     pub metrics: crate::metrics::RunnerMetrics,
 }
 
+impl RunnerState {
+    /// The catalog's descriptions, each with the version its algorithm answers now once
+    /// loaded (it may change while serving: [`crate::Algorithm::version`]).
+    pub fn infos(&self) -> Vec<plugworker_rpc::runner::v1::AlgorithmInfo> {
+        let mut infos = self.catalog.infos();
+        if let Some(loaded) = self.loaded.get() {
+            for (info, described) in infos.iter_mut().zip(self.catalog.algorithms.values()) {
+                info.version = loaded[described.index].version().into_owned();
+            }
+        }
+        infos
+    }
+
+    /// Each loaded algorithm's current version and what it is serving through, if
+    /// anything: the runner's health details (empty while loading).
+    pub fn details(&self) -> Vec<crate::metrics::AlgorithmDetail> {
+        let Some(loaded) = self.loaded.get() else {
+            return Vec::new();
+        };
+        self.catalog
+            .algorithms
+            .values()
+            .map(|described| {
+                let algorithm = &loaded[described.index];
+                crate::metrics::AlgorithmDetail {
+                    algorithm: described.entry.name,
+                    version: algorithm.version().into_owned(),
+                    degraded: algorithm.degraded(),
+                }
+            })
+            .collect()
+    }
+}
+
 #[derive(Clone)]
 pub(crate) struct RunnerService {
     pub state: Arc<RunnerState>,
@@ -101,7 +135,7 @@ impl Runner for RunnerService {
         _request: Request<ListAlgorithmsRequest>,
     ) -> Result<Response<ListAlgorithmsResponse>, Status> {
         Ok(Response::new(ListAlgorithmsResponse {
-            algorithms: self.state.catalog.infos(),
+            algorithms: self.state.infos(),
             service_name: self.state.service_name.clone(),
             instance_id: self.state.instance_id.clone(),
         }))
@@ -222,10 +256,11 @@ async fn run_traced(
         None => run.await,
     };
     hold.finish();
-    let result = outcome.map_err(|e| status_of(name, e))?;
+    let (result, reported) = outcome.map_err(|e| status_of(name, e))?;
+    let algorithm_version = reported.unwrap_or_else(|| algorithm.version().into_owned());
     Ok(Response::new(RunResponse {
         result,
-        algorithm_version: described.entry.version.to_string(),
+        algorithm_version,
         instance_id: state.instance_id.clone(),
         queued_micros: started.duration_since(received).as_micros() as u64,
         run_micros: started.elapsed().as_micros() as u64,
@@ -310,11 +345,7 @@ mod tests {
 
     fn service() -> (RunnerService, Registry) {
         let catalog = Catalog::from_entries([&TWICE, &FOREVER]).unwrap();
-        let loaded = catalog
-            .load_all(&LoadContext {
-                models_dir: ".".into(),
-            })
-            .unwrap();
+        let loaded = catalog.load_all(&LoadContext::new(".")).unwrap();
         let mut registry = Registry::default();
         let state = RunnerState {
             metrics: RunnerMetrics::new(&mut registry),
