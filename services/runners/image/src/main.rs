@@ -1,7 +1,9 @@
 //! `image-runner`: image algorithms. Each module in `src/algorithms/` is one algorithm;
-//! `algorithm_env` reads and checks the environment variables that configure them.
+//! `settings` holds what they share, `live_gallery` how `meme_classifier` follows its
+//! gallery while serving.
 
-mod algorithm_env;
+mod live_gallery;
+mod settings;
 
 plugworker_kit::algorithms!();
 

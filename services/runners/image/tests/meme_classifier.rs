@@ -171,7 +171,7 @@ async fn adding_a_template_is_adding_an_image_and_known_templates_come_from_the_
             "{brick_name} is not a template yet: {before}"
         );
         assert!(
-            plain(&runner.process.log()).contains(&format!("embedded={templates} from_cache=0")),
+            plain(&runner.process.log()).contains(&format!("embedded: {templates}, from_cache: 0")),
             "{}",
             runner.process.log()
         );
@@ -196,8 +196,7 @@ async fn adding_a_template_is_adding_an_image_and_known_templates_come_from_the_
     assert_eq!(after["candidates"][0]["template"], "brick-wall/brick.png");
     assert!(
         plain(&runner.process.log()).contains(&format!(
-            "templates={} labels={} embedded=1 from_cache={templates}",
-            templates + 1,
+            "templates: {}, embedded: 1, from_cache: {templates}",
             templates + 1
         )),
         "only the new template is embedded: {}",

@@ -1,21 +1,53 @@
 //! `meme_classifier`: which known meme template an image uses.
 //!
 //! An SSCD copy-detection embedding of the image is compared with the embeddings of a
-//! gallery of labelled template images (see `plugworker_meme`). Settings:
-//! - `PLUGWORKER_MEME_MODEL`: embedding model (default `<models>/cache/sscd/sscd_distilled.onnx`);
-//! - `PLUGWORKER_MEME_GALLERY`: gallery folder (default `<models>/gallery`);
-//! - `PLUGWORKER_MEME_GALLERY_CACHE`: where template embeddings are cached (default
-//!   `$XDG_CACHE_HOME/plugworker/gallery` or `~/.cache/plugworker/gallery`; `off` disables);
-//! - `PLUGWORKER_MEME_THRESHOLD`: lowest cosine similarity answered with a label.
+//! gallery of labelled template images (see `plugworker_meme`). The gallery is a folder
+//! or an S3 prefix ([`MemeSettings::gallery`]) the runner follows while serving
+//! ([`crate::live_gallery`]); results name the gallery version that answered
+//! (`algorithm_version` `1.1.0+gallery.<short version>`).
 
-use crate::algorithm_env::{self, image_loader};
+use crate::live_gallery::LiveGallery;
+use crate::settings::{image_loader, onnx_runtime};
 use plugworker_image_input::{ImageLoader, ImageSource};
+use plugworker_kit::settings::value;
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
-use plugworker_meme::{Embedder, EmbedderError, Gallery, MemeClassifier as Classifier};
+use plugworker_meme::{Embedder, EmbedderError, Gallery, GalleryStore, Location, rank, short_version};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// The code a run answers (as `UNAVAILABLE`, transient) while no gallery version has loaded.
+pub const GALLERY_UNAVAILABLE: &str = "gallery_unavailable";
+
+/// `meme_classifier`'s settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct MemeSettings {
+    /// Embedding model (any SSCD-style uint8 NHWC → 512-d ONNX model) [default:
+    /// <models>/cache/sscd/sscd_distilled.onnx].
+    #[arg(long = "meme-model", env = "PLUGWORKER_MEME_MODEL", value_parser = value::<PathBuf>())]
+    pub model: Option<PathBuf>,
+    /// Gallery location: a folder or s3://bucket/prefix, followed while serving
+    /// [default: <models>/gallery].
+    #[arg(long = "meme-gallery", env = "PLUGWORKER_MEME_GALLERY", value_parser = value::<String>())]
+    pub gallery: Option<String>,
+    /// Embedding cache of a read-only gallery folder (`off` disables) [default:
+    /// $XDG_CACHE_HOME/plugworker/gallery or ~/.cache/plugworker/gallery].
+    #[arg(long = "meme-gallery-cache", env = "PLUGWORKER_MEME_GALLERY_CACHE", value_parser = value::<String>())]
+    pub gallery_cache: Option<String>,
+    /// How often the gallery's current version is checked (also at once when its
+    /// Consul KV key changes).
+    #[arg(long = "meme-gallery-poll", env = "PLUGWORKER_MEME_GALLERY_POLL", default_value = "5s", value_parser = value::<Duration>())]
+    pub gallery_poll: Duration,
+    /// Lowest cosine similarity answered with a label (-1 to 1; measured: edited copies
+    /// 0.46–0.82, unrelated photos ≤ 0.17).
+    #[arg(long = "meme-threshold", env = "PLUGWORKER_MEME_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = value::<f32>())]
+    pub threshold: f32,
+}
+
+plugworker_kit::register_settings!(MemeSettings, "meme_classifier");
 
 /// Default similarity threshold, between the two populations of
 /// `tests/meme_classifier.rs` with SSCD distilled: captioned, cropped, bannered and
@@ -55,7 +87,9 @@ pub struct Candidate {
 }
 
 pub struct MemeClassifier {
-    classifier: Arc<Classifier>,
+    embedder: Arc<Embedder>,
+    gallery: Arc<LiveGallery>,
+    threshold: f32,
     images: ImageLoader,
 }
 
@@ -71,71 +105,94 @@ impl Algorithm for MemeClassifier {
     type Input = Input;
     type Output = Output;
     const NAME: &'static str = "meme_classifier";
-    const VERSION: &'static str = "1.0.0";
+    const VERSION: &'static str = "1.1.0";
     const DESCRIPTION: &'static str = "Which meme template an image uses (SSCD copy-detection embedding against a gallery of labelled templates), or unknown.";
 
     fn load(context: &LoadContext) -> Result<Self, LoadError> {
-        let model_path = algorithm_env::path(
-            "PLUGWORKER_MEME_MODEL",
-            context,
-            "cache/sscd/sscd_distilled.onnx",
-        );
-        let gallery_path = algorithm_env::path("PLUGWORKER_MEME_GALLERY", context, "gallery");
-        let threshold: f32 = algorithm_env::parse("PLUGWORKER_MEME_THRESHOLD", DEFAULT_THRESHOLD)?;
+        let settings = context.settings::<MemeSettings>()?;
+        let threshold = settings.threshold;
         if !(-1.0..=1.0).contains(&threshold) {
             return Err(LoadError::other(format!(
                 "PLUGWORKER_MEME_THRESHOLD={threshold}: a cosine similarity is between -1 and 1"
             )));
         }
-        let cache_dir = match std::env::var_os("PLUGWORKER_MEME_GALLERY_CACHE") {
-            Some(v) if v == "off" => None,
-            Some(v) if !v.is_empty() => Some(PathBuf::from(v)),
-            _ => default_cache_dir(),
+        let model_path = settings
+            .model
+            .clone()
+            .unwrap_or_else(|| context.model_path("cache/sscd/sscd_distilled.onnx"));
+        let location = match &settings.gallery {
+            Some(text) => Location::parse(text.trim())
+                .map_err(|e| LoadError::other(format!("PLUGWORKER_MEME_GALLERY: {e}")))?,
+            None => Location::Folder(context.model_path("gallery")),
+        };
+        let cache_dir = match settings.gallery_cache.as_deref().map(str::trim) {
+            Some("off") => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => default_cache_dir(),
         };
         // Every setting is checked before the model and gallery take their time to load.
         let images = image_loader()?;
-        let runtime = algorithm_env::onnx_runtime(context)?;
+        let runtime = onnx_runtime(context)?;
         let model = runtime
             .open(&model_path)
             .map_err(|e| LoadError::file(&model_path, e))?;
-        let embedder = Embedder::new(model);
-        let (gallery, stats) = Gallery::load(&gallery_path, &embedder, cache_dir.as_deref())
-            .map_err(|e| LoadError::file(&gallery_path, e))?;
-        tracing::info!(
-            gallery = %gallery_path.display(),
-            templates = stats.templates,
-            labels = gallery.labels().len(),
-            embedded = stats.embedded,
-            from_cache = stats.from_cache,
-            %threshold,
-            "meme gallery loaded"
-        );
+        let embedder = Arc::new(Embedder::new(model));
+        let handle = tokio::runtime::Handle::current();
+        let store = handle
+            .block_on(GalleryStore::open(location))
+            .map_err(|e| LoadError::other(format!("PLUGWORKER_MEME_GALLERY: {e}")))?
+            .with_cache_dir(cache_dir);
+        let gallery = Arc::new(LiveGallery::new(store, Arc::clone(&embedder)));
+        // The first version loads before the runner serves, as any model does; a gallery
+        // that cannot be read does not stop the runner: its other algorithms serve, this
+        // one answers gallery_unavailable until the follower loads a version.
+        handle.block_on(gallery.refresh());
+        gallery.follow(settings.gallery_poll, context.consul().cloned());
         Ok(Self {
-            classifier: Arc::new(Classifier::new(embedder, gallery, threshold)),
+            embedder,
+            gallery,
+            threshold,
             images,
         })
     }
 
     async fn run(&self, input: Input, context: &RunContext) -> Result<Output, RunError> {
+        // The version the run starts with is the one it answers with, whatever loads meanwhile.
+        let gallery = self.gallery.current().ok_or_else(|| {
+            RunError::Unavailable(format!(
+                "{GALLERY_UNAVAILABLE}: no version of the meme gallery {} has loaded yet{}",
+                self.gallery.location(),
+                self.gallery
+                    .problem()
+                    .map(|p| format!(" ({p})"))
+                    .unwrap_or_default()
+            ))
+        })?;
+        context.report_version(version_with(&gallery));
         let image = self.images.load(&input.image, context).await?;
         let (width, height) = image.dimensions();
-        let classifier = Arc::clone(&self.classifier);
+        let embedder = Arc::clone(&self.embedder);
         let candidates = input.candidates.unwrap_or(3);
+        let threshold = self.threshold;
         let result = context
             .blocking(move || {
-                classifier
-                    .classify(&image, candidates)
-                    .map_err(|e| match e {
-                        // No retry gives an empty image pixels: permanent, as for OCR.
-                        EmbedderError::EmptyImage => RunError::Unprocessable(e.to_string()),
-                        other => RunError::Internal(format!("embedding failed: {other}")),
-                    })
+                let embedding = embedder.embed(&image).map_err(|e| match e {
+                    // No retry gives an empty image pixels: permanent, as for OCR.
+                    EmbedderError::EmptyImage => RunError::Unprocessable(e.to_string()),
+                    other => RunError::Internal(format!("embedding failed: {other}")),
+                })?;
+                let _lookup = tracing::info_span!(
+                    "gallery.lookup",
+                    plugworker.templates = gallery.templates().len()
+                )
+                .entered();
+                Ok(rank(&gallery, &embedding, threshold, candidates))
             })
             .await?;
         Ok(Output {
             label: result.label,
             score: result.score,
-            threshold: self.classifier.threshold(),
+            threshold,
             candidates: result
                 .candidates
                 .into_iter()
@@ -149,6 +206,37 @@ impl Algorithm for MemeClassifier {
             height,
         })
     }
+
+    fn version(&self) -> Cow<'_, str> {
+        match self.gallery.current() {
+            Some(gallery) => Cow::Owned(version_with(&gallery)),
+            None => Cow::Borrowed(Self::VERSION),
+        }
+    }
+
+    fn degraded(&self) -> Option<String> {
+        let problem = self.gallery.problem()?;
+        Some(match self.gallery.current() {
+            Some(gallery) => format!(
+                "gallery {}: {problem}; serving version {}",
+                self.gallery.location(),
+                short_version(gallery.version())
+            ),
+            None => format!(
+                "gallery {}: {problem}; no version loaded ({GALLERY_UNAVAILABLE})",
+                self.gallery.location()
+            ),
+        })
+    }
+}
+
+/// `1.1.0+gallery.<short version>`: which gallery answered.
+fn version_with(gallery: &Gallery) -> String {
+    format!(
+        "{}+gallery.{}",
+        MemeClassifier::VERSION,
+        short_version(gallery.version())
+    )
 }
 
 plugworker_kit::register_algorithm!(MemeClassifier);

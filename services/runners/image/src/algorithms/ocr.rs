@@ -1,17 +1,30 @@
 //! `ocr`: the text in an image, as lines with boxes and confidences.
 //!
-//! Engine (`PLUGWORKER_OCR_ENGINE`): `ppocr` (default; PaddleOCR PP-OCRv6 small models
-//! from `scripts/fetch-models.sh`) or `ocrs` (the `ocrs` crate; models from
-//! `scripts/fetch-ocrs-models.sh`). `PLUGWORKER_OCR_MIN_CONFIDENCE` drops lines read with
-//! less confidence (ppocr only, default 0.5).
+//! Engine ([`OcrSettings`]): `ppocr` (default; PaddleOCR PP-OCRv6 small models from
+//! `scripts/fetch-models.sh`) or `ocrs` (the `ocrs` crate; models from
+//! `scripts/fetch-ocrs-models.sh`).
 
-use crate::algorithm_env::{self, image_loader};
+use crate::settings::{image_loader, onnx_runtime};
 use plugworker_image_input::{ImageLoader, ImageSource};
+use plugworker_kit::settings::value;
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
 use plugworker_ocr::{OcrEngine, OcrError, PpOcr, PpOcrConfig};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
+
+/// `ocr`'s settings.
+#[derive(Clone, Debug, clap::Args)]
+pub struct OcrSettings {
+    /// OCR engine: `ppocr` or `ocrs` (when built with the `ocrs` feature).
+    #[arg(long = "ocr-engine", env = "PLUGWORKER_OCR_ENGINE", default_value = "ppocr", value_parser = value::<String>())]
+    pub engine: String,
+    /// Lines read with less confidence are dropped (ppocr) [default: 0.5].
+    #[arg(long = "ocr-min-confidence", env = "PLUGWORKER_OCR_MIN_CONFIDENCE", value_parser = value::<f32>())]
+    pub min_confidence: Option<f32>,
+}
+
+plugworker_kit::register_settings!(OcrSettings, "ocr");
 
 #[derive(Debug, Deserialize, JsonSchema)]
 pub struct Input {
@@ -46,17 +59,19 @@ pub struct Ocr {
 }
 
 fn load_engine(context: &LoadContext) -> Result<Arc<dyn OcrEngine>, LoadError> {
-    let engine: String = algorithm_env::parse("PLUGWORKER_OCR_ENGINE", "ppocr".to_string())?;
+    let settings = context.settings::<OcrSettings>()?;
+    let engine = settings.engine.trim();
     let failed = |e: OcrError| match paths_of(&e) {
         Some(path) => LoadError::file(path, e),
         None => LoadError::other(e),
     };
-    match engine.as_str() {
+    match engine {
         "ppocr" => {
             let mut config = PpOcrConfig::in_models_dir(&context.models_dir);
-            config.min_confidence =
-                algorithm_env::parse("PLUGWORKER_OCR_MIN_CONFIDENCE", config.min_confidence)?;
-            let runtime = algorithm_env::onnx_runtime(context)?;
+            if let Some(min_confidence) = settings.min_confidence {
+                config.min_confidence = min_confidence;
+            }
+            let runtime = onnx_runtime(context)?;
             Ok(Arc::new(PpOcr::load(runtime, config).map_err(failed)?))
         }
         #[cfg(feature = "ocrs")]

@@ -1,0 +1,540 @@
+//! `meme_classifier` follows its gallery live, on real image-runner processes with the
+//! real SSCD model: versions published while jobs flow are served without a restart and
+//! without a failed job; a gallery that turns unreadable or corrupt keeps the last good
+//! version serving (and says so); replicas converge through Consul's KV; a runner that
+//! starts without a readable gallery answers `gallery_unavailable` until one appears.
+
+mod support;
+
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_embedded_consul::{Registry, RegistryConfig};
+use plugworker_meme::{Change, Embedder, GalleryStore, Location, NewImage, short_version};
+use plugworker_onnx::Runtime;
+use plugworker_rpc::runner::v1::RunRequest;
+use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use plugworker_testkit::memes::{self, models_dir};
+use plugworker_testkit::{Process, bin_path, eventually, metric_value, runner_client};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use support::{base64_payload, templates, unrelated_photos};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tonic::Code;
+use tonic::transport::Channel;
+
+/// The issue's bound: a published version is served within this.
+const SERVED_WITHIN: Duration = Duration::from_secs(10);
+
+/// The embedder the CLI would use, to publish versions from the test.
+fn embedder() -> Embedder {
+    let models = models_dir();
+    let runtime = Runtime::load(&models.join("cache"), None).unwrap();
+    Embedder::new(
+        runtime
+            .open(&models.join("cache/sscd/sscd_distilled.onnx"))
+            .unwrap(),
+    )
+}
+
+/// A fresh folder holding a copy of the demo gallery (a read-only folder gallery).
+fn demo_gallery_copy() -> PathBuf {
+    let dir = temp_dir().join("gallery");
+    copy_dir(&models_dir().join("gallery"), &dir);
+    dir
+}
+
+/// The brick-wall photo as a new template, and a captioned copy of it as the query.
+fn brick() -> (Vec<u8>, Vec<u8>) {
+    let (_, brick) = unrelated_photos()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("brick"))
+        .unwrap();
+    let query = memes::jpeg_bytes(
+        &memes::caption(&brick, "new template", "who dis", &memes::fonts()[0]),
+        70,
+    );
+    (memes::png_bytes(&brick), query)
+}
+
+async fn publish(store: &GalleryStore, embedder: &Embedder, change: Change) -> String {
+    store
+        .publish(change, embedder, "gallery-test")
+        .await
+        .unwrap()
+        .version
+        .expect("the change changed the gallery")
+}
+
+fn add_brick(bytes: &[u8]) -> Change {
+    Change::Add {
+        label: "brick-wall".into(),
+        images: vec![NewImage {
+            name: "brick.png".into(),
+            bytes: bytes.to_vec(),
+        }],
+    }
+}
+
+/// `1.1.0+gallery.<short>`: what results of `version` carry.
+fn label_of(version: &str) -> String {
+    format!("1.1.0+gallery.{}", short_version(version))
+}
+
+/// An image-runner on port 0 serving `gallery`, with its metrics (and health details)
+/// on port 0 too; both addresses are read from its log.
+struct Runner {
+    process: Process,
+    client: RunnerClient<Channel>,
+    metrics: String,
+}
+
+async fn start(gallery: &str, extra_args: &[&str]) -> Runner {
+    let models = models_dir();
+    let mut args = vec![
+        "--listen",
+        "127.0.0.1:0",
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--insecure-plaintext",
+        "--models-dir",
+        models.to_str().unwrap(),
+        "--meme-gallery",
+        gallery,
+    ];
+    if !extra_args.contains(&"--consul-address") {
+        args.push("--no-register");
+    }
+    args.extend_from_slice(extra_args);
+    let process = Process::spawn(
+        &bin_path("image-runner"),
+        &args,
+        &[("PLUGWORKER_MEME_GALLERY_CACHE", "off")],
+    );
+    let (listen, metrics) = eventually(
+        Duration::from_secs(30),
+        "the runner's bound addresses in its log",
+        || {
+            let log = plain(&process.log());
+            async move {
+                // The line with the bound address (a warning before it names --listen's 0).
+                let started = log.lines().find(|l| l.contains("runner started"))?;
+                let listen = field(started, "listen=")?;
+                let metrics = field(&log, "metrics=http://")?;
+                Some((listen, metrics.trim_end_matches("/metrics").to_string()))
+            }
+        },
+    )
+    .await;
+    let client = runner_client(&listen, Duration::from_secs(30)).await;
+    Runner {
+        process,
+        client,
+        metrics,
+    }
+}
+
+/// The value after `key` in a log line, up to the next space.
+fn field(log: &str, key: &str) -> Option<String> {
+    let start = log.find(key)? + key.len();
+    Some(
+        log[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
+}
+
+/// One `meme_classifier` run: its result and the version that answered. Waits out the
+/// runner's own loading.
+async fn classify(
+    client: &mut RunnerClient<Channel>,
+    query: &[u8],
+) -> Result<(serde_json::Value, String), tonic::Status> {
+    let payload = serde_json::to_vec(&base64_payload(query)).unwrap();
+    let started = Instant::now();
+    loop {
+        let answer = client
+            .run(RunRequest {
+                algorithm: "meme_classifier".into(),
+                payload: payload.clone(),
+            })
+            .await;
+        match answer {
+            Err(status)
+                if status.code() == Code::Unavailable
+                    && status.message().contains("still loading")
+                    && started.elapsed() < Duration::from_secs(60) =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await
+            }
+            Err(status) => return Err(status),
+            Ok(response) => {
+                let response = response.into_inner();
+                return Ok((
+                    serde_json::from_slice(&response.result).unwrap(),
+                    response.algorithm_version,
+                ));
+            }
+        }
+    }
+}
+
+/// Waits until the runner answers with `version`; returns how long that took.
+async fn wait_for_version(runner: &mut Runner, query: &[u8], version: &str) -> Duration {
+    let started = Instant::now();
+    let wanted = label_of(version);
+    let client = runner.client.clone();
+    eventually(
+        SERVED_WITHIN + Duration::from_secs(20),
+        &format!("the runner answering with {wanted}"),
+        || {
+            let mut client = client.clone();
+            let wanted = wanted.clone();
+            async move {
+                let (_, answered) = classify(&mut client, query).await.ok()?;
+                (answered == wanted).then_some(())
+            }
+        },
+    )
+    .await;
+    started.elapsed()
+}
+
+/// `GET http://{address}{path}`'s body (HTTP/1.0: the server closes after answering).
+async fn http_get(address: &str, path: &str) -> String {
+    let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+    stream
+        .write_all(format!("GET {path} HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut response = String::new();
+    stream.read_to_string(&mut response).await.unwrap();
+    response
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or_default()
+}
+
+/// The runner's health details for `meme_classifier`.
+async fn meme_details(runner: &Runner) -> serde_json::Value {
+    let health: serde_json::Value =
+        serde_json::from_str(&http_get(&runner.metrics, "/health").await).unwrap();
+    health["algorithms"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["algorithm"] == "meme_classifier")
+        .cloned()
+        .unwrap()
+}
+
+async fn degraded_metric(runner: &Runner) -> Option<f64> {
+    metric_value(
+        &http_get(&runner.metrics, "/metrics").await,
+        "plugworker_runner_algorithm_degraded",
+        &[("algorithm", "meme_classifier")],
+    )
+}
+
+#[tokio::test]
+async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed_job() {
+    // Inputs first: the runner closes a connection whose first call does not come within
+    // its --header-read-timeout, and rendering and the embedder take seconds.
+    let (brick_png, query) = brick();
+    let embedder = embedder();
+    let folder = demo_gallery_copy();
+    let location = Location::parse(folder.to_str().unwrap()).unwrap();
+    let store = GalleryStore::open(location.clone()).await.unwrap();
+    let first = store.current().await.unwrap();
+    let mut runner = start(folder.to_str().unwrap(), &["--meme-gallery-poll", "1s"]).await;
+    wait_for_version(&mut runner, &query, &first).await;
+
+    // Jobs flow from two clients until told to stop; every answer is kept in order.
+    let stop = Arc::new(AtomicBool::new(false));
+    let flows: Vec<_> = (0..2)
+        .map(|_| {
+            let mut client = runner.client.clone();
+            let (stop, query) = (stop.clone(), query.clone());
+            tokio::spawn(async move {
+                let mut answers = Vec::new();
+                while !stop.load(Ordering::Acquire) {
+                    answers.push(classify(&mut client, &query).await);
+                }
+                answers
+            })
+        })
+        .collect();
+
+    let added = publish(&store, &embedder, add_brick(&brick_png)).await;
+    let took_add = wait_for_version(&mut runner, &query, &added).await;
+    let removed = publish(
+        &store,
+        &embedder,
+        Change::Remove {
+            label: "brick-wall".into(),
+            file: None,
+        },
+    )
+    .await;
+    let took_remove = wait_for_version(&mut runner, &query, &removed).await;
+    stop.store(true, Ordering::Release);
+    println!("added served after {took_add:?}, removed after {took_remove:?}");
+    assert!(took_add < SERVED_WITHIN, "{took_add:?}");
+    assert!(took_remove < SERVED_WITHIN, "{took_remove:?}");
+
+    let (first, added, removed) = (label_of(&first), label_of(&added), label_of(&removed));
+    let mut counts = [0usize; 3];
+    for flow in flows {
+        let answers = flow.await.unwrap();
+        // Each client's answers step through the versions in order, never back.
+        let mut stage = 0;
+        for answer in answers {
+            let (result, version) = answer.expect("no job fails while the gallery changes");
+            let now = [&first, &added, &removed]
+                .iter()
+                .position(|v| **v == version)
+                .unwrap_or_else(|| panic!("unexpected version {version}"));
+            assert!(now >= stage, "{version} answered after a newer version");
+            stage = now;
+            counts[now] += 1;
+            let label = result["label"].as_str().unwrap();
+            if version == added {
+                assert_eq!(label, "brick-wall", "{result}");
+                let template = result["candidates"][0]["template"].as_str().unwrap();
+                assert!(!template.is_empty(), "the matched template file is named");
+            } else {
+                assert_eq!(label, "unknown", "{version}: {result}");
+            }
+        }
+    }
+    println!("answers by version (before, added, removed): {counts:?}");
+    assert!(
+        counts[0] > 0 && counts[1] > 0,
+        "jobs ran before and after: {counts:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() {
+    let (brick_png, query) = brick();
+    let embedder = embedder();
+    let folder = demo_gallery_copy();
+    let location = Location::parse(folder.to_str().unwrap()).unwrap();
+    let store = GalleryStore::open(location).await.unwrap();
+    let good = publish(&store, &embedder, add_brick(&brick_png)).await;
+    let mut runner = start(folder.to_str().unwrap(), &["--meme-gallery-poll", "300ms"]).await;
+    wait_for_version(&mut runner, &query, &good).await;
+    assert_eq!(degraded_metric(&runner).await, Some(0.0));
+
+    // Corrupt: a new version whose manifest is garbage.
+    let corrupt = publish(
+        &store,
+        &embedder,
+        Change::Remove {
+            label: "brick-wall".into(),
+            file: None,
+        },
+    )
+    .await;
+    let manifest = folder.join(format!("versions/{corrupt}.json"));
+    let intact = std::fs::read(&manifest).unwrap();
+    std::fs::write(&manifest, b"{ not a manifest").unwrap();
+    let details = eventually(
+        SERVED_WITHIN,
+        "the runner reporting the corrupt version",
+        || async {
+            let details = meme_details(&runner).await;
+            details.get("degraded").is_some().then_some(details)
+        },
+    )
+    .await;
+    println!("{details}");
+    assert!(
+        details["degraded"]
+            .as_str()
+            .unwrap()
+            .contains(short_version(&corrupt)),
+        "{details}"
+    );
+    assert_eq!(details["version"], label_of(&good), "{details}");
+    assert_eq!(degraded_metric(&runner).await, Some(1.0));
+    let (result, version) = classify(&mut runner.client, &query).await.unwrap();
+    assert_eq!(
+        (result["label"].as_str(), version),
+        (Some("brick-wall"), label_of(&good))
+    );
+
+    // Unreachable: the whole folder gone.
+    let moved = folder.with_file_name("moved-away");
+    std::fs::rename(&folder, &moved).unwrap();
+    eventually(
+        SERVED_WITHIN,
+        "the runner reporting the missing gallery",
+        || async {
+            let details = meme_details(&runner).await;
+            let degraded = details["degraded"].as_str()?.to_string();
+            (!degraded.contains(short_version(&corrupt))).then_some(())
+        },
+    )
+    .await;
+    let (result, version) = classify(&mut runner.client, &query).await.unwrap();
+    assert_eq!(
+        (result["label"].as_str(), version),
+        (Some("brick-wall"), label_of(&good))
+    );
+    let log = plain(&runner.process.log());
+    assert!(log.contains("still serving the last good version"), "{log}");
+
+    // Back and repaired: the newer version loads and the problem clears.
+    std::fs::rename(&moved, &folder).unwrap();
+    std::fs::write(&manifest, intact).unwrap();
+    wait_for_version(&mut runner, &query, &corrupt).await;
+    assert_eq!(meme_details(&runner).await.get("degraded"), None);
+    assert_eq!(degraded_metric(&runner).await, Some(0.0));
+    assert!(plain(&runner.process.log()).contains("meme gallery readable again"));
+}
+
+#[tokio::test]
+async fn two_replicas_converge_on_the_version_consul_announces() {
+    let (brick_png, query) = brick();
+    let embedder = embedder();
+    let folder = demo_gallery_copy();
+    let location = Location::parse(folder.to_str().unwrap()).unwrap();
+    let store = GalleryStore::open(location.clone()).await.unwrap();
+    let first = store.current().await.unwrap();
+    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default())
+        .await
+        .unwrap();
+    let consul = ConsulClient::new(ConsulConfig {
+        address: registry.url(),
+        ..Default::default()
+    })
+    .unwrap();
+    // The poll is an hour: only the KV watch can bring the new version within the bound.
+    let args = [
+        "--consul-address",
+        &registry.url(),
+        "--meme-gallery-poll",
+        "1h",
+        "--service-name",
+    ];
+    let mut replicas = Vec::new();
+    for name in ["image-runner-a", "image-runner-b"] {
+        let mut args = args.to_vec();
+        args.push(name);
+        replicas.push(start(folder.to_str().unwrap(), &args).await);
+    }
+    for replica in &mut replicas {
+        wait_for_version(replica, &query, &first).await;
+    }
+
+    // What `plugworker gallery add` does: publish, then announce the version in the KV.
+    let added = publish(&store, &embedder, add_brick(&brick_png)).await;
+    assert!(
+        consul
+            .kv_put(&location.kv_key(), added.as_bytes(), None)
+            .await
+            .unwrap()
+    );
+    for replica in &mut replicas {
+        let took = wait_for_version(replica, &query, &added).await;
+        assert!(took < SERVED_WITHIN, "{took:?}");
+        let (result, _) = classify(&mut replica.client, &query).await.unwrap();
+        assert_eq!(result["label"], "brick-wall", "{result}");
+    }
+}
+
+#[tokio::test]
+async fn a_runner_started_without_a_readable_gallery_answers_gallery_unavailable_then_recovers() {
+    let (_, query) = brick();
+    let (label, template) = templates().remove(0);
+    let meme = memes::jpeg_bytes(
+        &memes::caption(
+            &template,
+            "when the gallery",
+            "comes back",
+            &memes::fonts()[0],
+        ),
+        80,
+    );
+    let ocr_input = memes::png_bytes(&memes::caption(
+        &template,
+        "hello",
+        "world",
+        &memes::fonts()[0],
+    ));
+    let root = temp_dir();
+    let folder = root.join("not-yet");
+    let mut runner = start(folder.to_str().unwrap(), &["--meme-gallery-poll", "300ms"]).await;
+
+    let refused = classify(&mut runner.client, &query).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().starts_with("gallery_unavailable"),
+        "{refused:?}"
+    );
+    // The controller's reading of it: transient, retried later.
+    let error = plugworker_controller::classify::status_error(&refused);
+    assert_eq!(error.class, plugworker_jobs::ErrorClass::Transient);
+    let ocr = support::call(&mut runner.client, "ocr", &base64_payload(&ocr_input))
+        .await
+        .expect("the other algorithm serves");
+    assert!(ocr["text"].as_str().unwrap().contains("HELLO"), "{ocr}");
+    let details = meme_details(&runner).await;
+    assert!(
+        details["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("gallery_unavailable"),
+        "{details}"
+    );
+
+    copy_dir(&models_dir().join("gallery"), &folder);
+    let store = GalleryStore::open(Location::parse(folder.to_str().unwrap()).unwrap())
+        .await
+        .unwrap();
+    let version = store.current().await.unwrap();
+    wait_for_version(&mut runner, &meme, &version).await;
+    let (result, _) = classify(&mut runner.client, &meme).await.unwrap();
+    assert_eq!(result["label"], label.as_str(), "{result}");
+    assert_eq!(meme_details(&runner).await.get("degraded"), None);
+}
+
+/// The log without terminal colour codes.
+fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+fn temp_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let dir = std::env::temp_dir().join(format!(
+        "plugworker-gallery-test-{}-{n}",
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
