@@ -45,6 +45,10 @@ pub enum Command {
     Pipeline(commands::pipeline::Args),
     /// Run one algorithm now on a healthy runner found through Consul, and print the result.
     Call(commands::call::Args),
+    #[cfg(feature = "gallery")]
+    /// Change, list and roll back meme_classifier's gallery of templates (a folder or
+    /// s3://bucket/prefix), one atomically published version at a time.
+    Gallery(commands::gallery::Args),
     #[cfg(feature = "aws")]
     /// Run the controller: jobs from SQS, runners from Consul, results to SQS.
     Controller(commands::controller::Args),
@@ -89,6 +93,8 @@ pub fn main() -> ExitCode {
             Command::Algorithms(args) => commands::algorithms::run(args).await,
             Command::Pipeline(args) => commands::pipeline::run(args).await,
             Command::Call(args) => commands::call::run(args).await,
+            #[cfg(feature = "gallery")]
+            Command::Gallery(args) => commands::gallery::run(args).await,
             #[cfg(feature = "aws")]
             Command::Controller(args) => commands::controller::run(args).await,
             #[cfg(feature = "aws")]

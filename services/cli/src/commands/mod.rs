@@ -6,6 +6,8 @@ pub mod call;
 pub mod controller;
 pub mod dev;
 pub mod dev_mesh;
+#[cfg(feature = "gallery")]
+pub mod gallery;
 pub mod healthcheck;
 pub mod pipeline;
 pub mod registry;
