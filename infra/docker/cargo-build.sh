@@ -3,7 +3,7 @@
 # stripped, to OUT_DIR. The cargo registry and target folders are BuildKit cache mounts
 # (see the Dockerfiles), so dependencies compile once and a code change rebuilds only
 # plugworker's own crates; a cache mount is gone after its RUN step, hence the copy.
-# Usage: cargo-build.sh BINARY OUT_DIR [PACKAGE]
+# Usage: cargo-build.sh BINARY OUT_DIR [PACKAGE [CARGO_FLAGS...]]
 # Without PACKAGE, cargo finds the workspace member that has the binary: a runner's image
 # needs only its binary's name (runner.Dockerfile's RUNNER).
 set -eu
@@ -12,8 +12,9 @@ if [ -z "$binary" ]; then
   echo "cargo-build.sh: no binary named (runner images: --build-arg RUNNER=<runner binary>)" >&2
   exit 2
 fi
+if [ $# -ge 3 ]; then shift 3; else set --; fi
 if [ -n "$package" ]; then
-  cargo build --release --locked -p "$package" --bin "$binary"
+  cargo build --release --locked -p "$package" --bin "$binary" "$@"
 else
   cargo build --release --locked --bin "$binary"
 fi

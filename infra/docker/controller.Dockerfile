@@ -10,9 +10,11 @@ ARG DEBIAN=bookworm
 FROM rust:${RUST_VERSION}-${DEBIAN} AS build
 WORKDIR /src
 COPY . .
+# Without the `gallery` feature: `plugworker gallery` embeds templates with the meme
+# model, which the controller never needs (operators run it where models are).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    infra/docker/cargo-build.sh plugworker /out plugworker-cli
+    infra/docker/cargo-build.sh plugworker /out plugworker-cli --no-default-features --features aws
 
 FROM debian:${DEBIAN}-slim
 # ca-certificates: SQS and the OTLP endpoint are reached over TLS on AWS.
