@@ -528,18 +528,12 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
 
 /// The closed-connection counter of a runner's main port for `reason`, from its metrics.
 async fn runner_closed(metrics: &str, reason: &str) -> f64 {
-    let text = reqwest::get(format!("http://{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    plugworker_testkit::metric_value(
-        &text,
+    common::runner_metric(
+        metrics,
         "plugworker_runner_server_closed_total",
         &[("port", "main"), ("reason", reason)],
     )
-    .unwrap_or(0.0)
+    .await
 }
 
 /// A runner closing its connections under load (GOAWAY every 300 ms: its maximum

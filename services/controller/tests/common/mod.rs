@@ -343,16 +343,22 @@ pub fn job(algorithm: &str, payload: serde_json::Value) -> serde_json::Value {
 /// A runner's `ok` runs of `algorithm` so far, from its `--metrics-address` (0 before the
 /// first).
 pub async fn runner_runs(metrics_address: &str, algorithm: &str) -> f64 {
+    runner_metric(
+        metrics_address,
+        "plugworker_runner_runs_total",
+        &[("algorithm", algorithm), ("code", "ok")],
+    )
+    .await
+}
+
+/// The value of a runner's metric `name` with `labels`, from its `--metrics-address` (0
+/// while it has none).
+pub async fn runner_metric(metrics_address: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     let text = reqwest::get(format!("http://{metrics_address}/metrics"))
         .await
         .unwrap()
         .text()
         .await
         .unwrap();
-    plugworker_testkit::metric_value(
-        &text,
-        "plugworker_runner_runs_total",
-        &[("algorithm", algorithm), ("code", "ok")],
-    )
-    .unwrap_or(0.0)
+    plugworker_testkit::metric_value(&text, name, labels).unwrap_or(0.0)
 }
