@@ -90,6 +90,11 @@ struct Runner {
 }
 
 async fn start(gallery: &str, extra_args: &[&str]) -> Runner {
+    start_with_env(gallery, extra_args, &[]).await
+}
+
+/// [`start`] with more environment variables.
+async fn start_with_env(gallery: &str, extra_args: &[&str], env: &[(&str, &str)]) -> Runner {
     let models = models_dir();
     let mut args = vec![
         "--listen",
@@ -106,11 +111,9 @@ async fn start(gallery: &str, extra_args: &[&str]) -> Runner {
         args.push("--no-register");
     }
     args.extend_from_slice(extra_args);
-    let process = Process::spawn(
-        &bin_path("image-runner"),
-        &args,
-        &[("PLUGWORKER_MEME_GALLERY_CACHE", "off")],
-    );
+    let mut env = env.to_vec();
+    env.push(("PLUGWORKER_MEME_GALLERY_CACHE", "off"));
+    let process = Process::spawn(&bin_path("image-runner"), &args, &env);
     let (listen, metrics) = eventually(
         Duration::from_secs(30),
         "the runner's bound addresses in its log",
@@ -500,6 +503,63 @@ async fn a_runner_started_without_a_readable_gallery_answers_gallery_unavailable
     let (result, _) = classify(&mut runner.client, &meme).await.unwrap();
     assert_eq!(result["label"], label.as_str(), "{result}");
     assert_eq!(meme_details(&runner).await.get("degraded"), None);
+}
+
+#[tokio::test]
+async fn a_gallery_under_an_s3_prefix_is_followed_and_an_unreachable_s3_keeps_the_last_version() {
+    let (brick_png, query) = brick();
+    let embedder = embedder();
+    let moto = plugworker_testkit::sqs::Sqs::start().await;
+    let s3 = plugworker_testkit::s3::S3::on(&moto);
+    s3.create_bucket("galleries").await;
+    let location = Location::parse("s3://galleries/memes/board").unwrap();
+    let store = GalleryStore::with_s3_client(location.clone(), s3.client.clone());
+    let first = publish(
+        &store,
+        &embedder,
+        Change::Add {
+            label: templates()[0].0.clone(),
+            images: vec![NewImage {
+                name: "template.png".into(),
+                bytes: memes::png_bytes(&templates()[0].1),
+            }],
+        },
+    )
+    .await;
+    // Only the standard AWS variables, as in a deployment.
+    let mut env = plugworker_testkit::sqs::AWS_ENV.to_vec();
+    env.push(("AWS_ENDPOINT_URL_S3", moto.endpoint.as_str()));
+    env.push(("AWS_EC2_METADATA_DISABLED", "true"));
+    let mut runner = start_with_env(
+        &location.to_string(),
+        &["--meme-gallery-poll", "300ms"],
+        &env,
+    )
+    .await;
+    wait_for_version(&mut runner, &query, &first).await;
+
+    let added = publish(&store, &embedder, add_brick(&brick_png)).await;
+    let took = wait_for_version(&mut runner, &query, &added).await;
+    assert!(took < SERVED_WITHIN, "{took:?}");
+
+    // S3 gone: the runner keeps answering with what it has, and says why.
+    drop(moto);
+    let details = eventually(
+        SERVED_WITHIN,
+        "the runner reporting S3 unreachable",
+        || async {
+            let details = meme_details(&runner).await;
+            details.get("degraded").is_some().then_some(details)
+        },
+    )
+    .await;
+    println!("{details}");
+    assert_eq!(details["version"], label_of(&added), "{details}");
+    let (result, version) = classify(&mut runner.client, &query).await.unwrap();
+    assert_eq!(
+        (result["label"].as_str(), version),
+        (Some("brick-wall"), label_of(&added))
+    );
 }
 
 /// The log without terminal colour codes.
