@@ -167,3 +167,154 @@ async fn a_corrupt_manifest_or_current_is_a_clear_error() {
     let error = store.current().await.unwrap_err();
     assert!(error.to_string().contains("current"), "{error}");
 }
+
+/// A reader polling `current` and loading it while versions are published back to back
+/// always loads a whole version: every object a version names is written before
+/// `current` names it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_never_sees_half_a_change() {
+    let embedder = std::sync::Arc::new(embedder());
+    let dir = tempfile::tempdir().unwrap();
+    let store = std::sync::Arc::new(folder_store(dir.path()).await);
+    store
+        .publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "t")
+        .await
+        .unwrap();
+    let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (store, embedder, done) = (store.clone(), embedder.clone(), done.clone());
+        tokio::spawn(async move {
+            let mut loads = 0;
+            let mut seen = std::collections::BTreeSet::new();
+            while !done.load(std::sync::atomic::Ordering::SeqCst) {
+                let version = store.current().await.expect("current reads");
+                let gallery = store
+                    .load(&version, &embedder, None)
+                    .await
+                    .expect("the current version loads whole");
+                assert_eq!(gallery.version(), version);
+                // The cat alone, or the cat and both cups: never one cup.
+                let templates = gallery.templates().len();
+                assert!(templates == 1 || templates == 3, "{templates} templates");
+                seen.insert(templates);
+                loads += 1;
+            }
+            (loads, seen.len())
+        })
+    };
+    for _ in 0..8 {
+        // One change of two templates, then back to the cat alone by a rollback.
+        store
+            .publish(
+                add("cup", &["coffee-cup/coffee.jpg", "cameraman/camera.jpg"]),
+                &embedder,
+                "t",
+            )
+            .await
+            .unwrap();
+        let first = store
+            .history()
+            .await
+            .unwrap()
+            .last()
+            .unwrap()
+            .version
+            .clone();
+        store
+            .publish(Change::Rollback { to: first }, &embedder, "t")
+            .await
+            .unwrap();
+    }
+    done.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (loads, states) = reader.await.unwrap();
+    eprintln!("{loads} loads while 16 versions were published, {states} distinct states seen");
+    assert!(loads > 10, "the reader ran alongside ({loads} loads)");
+}
+
+mod s3 {
+    use super::*;
+    use plugworker_testkit::s3::S3;
+    use plugworker_testkit::sqs::Sqs;
+
+    async fn s3_store(s3: &S3, location: &str) -> GalleryStore {
+        GalleryStore::with_s3_client(Location::parse(location).unwrap(), s3.client.clone())
+    }
+
+    #[tokio::test]
+    async fn an_s3_gallery_publishes_concurrently_without_losing_a_change() {
+        let embedder = embedder();
+        let moto = Sqs::start().await;
+        let s3 = S3::on(&moto);
+        s3.create_bucket("galleries").await;
+        let one = s3_store(&s3, "s3://galleries/board/").await;
+        let other = s3_store(&s3, "s3://galleries/board").await;
+        assert!(matches!(one.current().await, Err(StoreError::NoVersion(_))));
+        // Both read "no current" and race for If-None-Match: *, then If-Match: the loser
+        // re-applies its change on the winner's version.
+        let (a, b) = tokio::join!(
+            one.publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "a"),
+            other.publish(add("cup", &["coffee-cup/coffee.jpg"]), &embedder, "b"),
+        );
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert_eq!(a.retries + b.retries, 1, "exactly one lost the race");
+        let current = one.current().await.unwrap();
+        let gallery = other.load(&current, &embedder, None).await.unwrap();
+        assert_eq!(labels(&gallery), ["cat", "cup"]);
+        assert_eq!(one.history().await.unwrap().len(), 2);
+
+        let removed = one
+            .publish(
+                Change::Remove {
+                    label: "cup".into(),
+                    file: Some("coffee.jpg".into()),
+                },
+                &embedder,
+                "a",
+            )
+            .await
+            .unwrap()
+            .version
+            .unwrap();
+        let reloaded = one.load(&removed, &embedder, Some(&gallery)).await.unwrap();
+        assert_eq!(labels(&reloaded), ["cat"]);
+        let back = one
+            .publish(
+                Change::Rollback {
+                    to: current[..6].into(),
+                },
+                &embedder,
+                "a",
+            )
+            .await
+            .unwrap()
+            .version
+            .unwrap();
+        assert_eq!(
+            labels(&one.load(&back, &embedder, None).await.unwrap()),
+            ["cat", "cup"]
+        );
+
+        // The race's loser wrote a manifest that never became current: harmless, as
+        // nothing names it. The history is the four that did.
+        assert_eq!(one.history().await.unwrap().len(), 4);
+        let keys = s3.keys("galleries").await;
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.starts_with("board/versions/"))
+                .count(),
+            5,
+            "{keys:?}"
+        );
+        // Two templates, each stored once, whatever the number of versions naming them.
+        assert_eq!(
+            keys.iter()
+                .filter(|k| k.starts_with("board/templates/"))
+                .count(),
+            2
+        );
+        s3.put("galleries", "board/current", b"not json".to_vec())
+            .await;
+        let error = one.current().await.unwrap_err();
+        assert!(error.to_string().contains("is corrupt: current"), "{error}");
+    }
+}
