@@ -344,7 +344,13 @@ mod tests {
     static FOREVER: AlgorithmEntry = AlgorithmEntry::of::<Forever>();
 
     fn service() -> (RunnerService, Registry) {
-        let catalog = Catalog::from_entries([&TWICE, &FOREVER]).unwrap();
+        service_of([&TWICE, &FOREVER])
+    }
+
+    fn service_of(
+        entries: impl IntoIterator<Item = &'static AlgorithmEntry>,
+    ) -> (RunnerService, Registry) {
+        let catalog = Catalog::from_entries(entries).unwrap();
         let loaded = catalog.load_all(&LoadContext::new(".")).unwrap();
         let mut registry = Registry::default();
         let state = RunnerState {
@@ -356,10 +362,80 @@ mod tests {
             draining: false.into(),
             slots: RunSlots::new(4, 4),
         };
-        let service = RunnerService {
-            state: Arc::new(state),
+        let state = Arc::new(state);
+        let weak = Arc::downgrade(&state);
+        state.metrics.status.read_from(Box::new(move || {
+            weak.upgrade().map(|s| s.details()).unwrap_or_default()
+        }));
+        (RunnerService { state }, registry)
+    }
+
+    /// Data "reloaded" by each run: the generation a run starts with is the one its result
+    /// comes from; odd generations are degraded.
+    static GENERATION: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+    struct Reloading;
+
+    impl Algorithm for Reloading {
+        type Input = f64;
+        type Output = f64;
+        const NAME: &'static str = "reloading";
+        const VERSION: &'static str = "2";
+        const DESCRIPTION: &'static str = "Reloads its data during every run.";
+        fn load(_: &LoadContext) -> Result<Self, LoadError> {
+            Ok(Self)
+        }
+        async fn run(&self, input: f64, context: &RunContext) -> Result<f64, RunError> {
+            let generation = GENERATION.fetch_add(1, Ordering::SeqCst);
+            context.report_version(format!("2+data.{generation}"));
+            Ok(input)
+        }
+        fn version(&self) -> Cow<'_, str> {
+            Cow::Owned(format!("2+data.{}", GENERATION.load(Ordering::SeqCst)))
+        }
+        fn degraded(&self) -> Option<String> {
+            (GENERATION.load(Ordering::SeqCst) % 2 == 1).then(|| "stale data".to_string())
+        }
+    }
+
+    static RELOADING: AlgorithmEntry = AlgorithmEntry::of::<Reloading>();
+
+    #[tokio::test]
+    async fn results_carry_the_version_their_run_reported_and_listings_the_current_one() {
+        let (service, registry) = service_of([&RELOADING]);
+        let listed = |service: &RunnerService| {
+            let service = service.clone();
+            async move {
+                service
+                    .list_algorithms(Request::new(ListAlgorithmsRequest {}))
+                    .await
+                    .unwrap()
+                    .into_inner()
+                    .algorithms[0]
+                    .version
+                    .clone()
+            }
         };
-        (service, registry)
+        assert_eq!(listed(&service).await, "2+data.0");
+        let answer = service.run(call("reloading", "1")).await.unwrap();
+        // The data changed during the run: the result still names what it came from.
+        assert_eq!(answer.get_ref().algorithm_version, "2+data.0");
+        assert_eq!(listed(&service).await, "2+data.1");
+
+        let text = plugworker_telemetry::metrics::render(&registry);
+        for line in [
+            r#"plugworker_runner_algorithm_version_info{algorithm="reloading",version="2+data.1"} 1"#,
+            r#"plugworker_runner_algorithm_degraded{algorithm="reloading"} 1"#,
+        ] {
+            assert!(
+                text.lines().any(|l| l == line),
+                "{line} missing in:\n{text}"
+            );
+        }
+        let details = service.state.details();
+        assert_eq!(details[0].degraded.as_deref(), Some("stale data"));
+        service.run(call("reloading", "1")).await.unwrap();
+        assert_eq!(service.state.details()[0].degraded, None);
     }
 
     fn call(algorithm: &str, payload: &str) -> Request<RunRequest> {

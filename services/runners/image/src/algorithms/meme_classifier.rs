@@ -137,7 +137,11 @@ impl Algorithm for MemeClassifier {
             .open(&model_path)
             .map_err(|e| LoadError::file(&model_path, e))?;
         let embedder = Arc::new(Embedder::new(model));
-        let handle = tokio::runtime::Handle::current();
+        // The kit loads on a blocking thread of its runtime, where the gallery follower
+        // lives too; anything else (a bare thread) is a caller's mistake, said as one.
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            LoadError::other("meme_classifier loads on a tokio runtime's blocking thread")
+        })?;
         let store = handle
             .block_on(GalleryStore::open(location))
             .map_err(|e| LoadError::other(format!("PLUGWORKER_MEME_GALLERY: {e}")))?
