@@ -13,7 +13,9 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 
 echo "check-demo: the lean build has no AWS SDK and no ocrs engine"
-demo_packages=(-p plugworker-cli -p image-runner -p nlp-runner)
+demo_packages="$(scripts/runners.sh -p)"
+mapfile -t demo_packages <<<"$demo_packages"
+demo_packages=(-p plugworker-cli "${demo_packages[@]}")
 lean="$(cargo tree --locked "${demo_packages[@]}" --no-default-features -e normal,build --prefix none)"
 full="$(cargo tree --locked "${demo_packages[@]}" -e normal,build --prefix none)"
 for crate in aws-config aws-sdk-sqs aws-sdk-s3 aws-smithy-runtime aws-lc-sys rten ocrs; do

@@ -33,12 +33,14 @@ else
   printf '{"id": "meme-inline", "pipeline": {"text": {"algorithm": "ocr"}, "lang": {"algorithm": "language_detection", "input": {"text": "/text/text"}}}, "payload": {"image_base64": "%s"}}\n' \
     "$meme" >>"$jobs"
 fi
-# Only what the demo runs: the plugworker command and the two deployable runners (the
+# Only what the demo runs: the plugworker command and the deployed runners (the
 # test command builds the rest), without their default features, i.e. without what the
 # demo never touches: the AWS SDK (SQS, the S3 claim-check, `image_s3` inputs) and the
 # optional ocrs engine. A quarter of the crates and the longest builds go
 # (docs/benchmarks.md, First run). Cargo shows its own progress.
-echo "==> building plugworker, image-runner and nlp-runner (first time: a few minutes)"
-cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins --no-default-features
+runners="$(scripts/runners.sh -p)"
+mapfile -t runners <<<"$runners"
+echo "==> building plugworker and the runners (first time: a few minutes)"
+cargo build --locked -p plugworker-cli "${runners[@]}" --bins --no-default-features
 echo "==> plugworker dev --jobs $jobs"
 "$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --pipelines scripts/demo/pipelines --results - --max-attempts 3 --runner-wait 3s

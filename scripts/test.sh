@@ -13,8 +13,10 @@ cargo fmt --all --check
 rustfmt --check --edition 2024 services/runners/*/src/algorithms/*.rs
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The demo's lean build (scripts/demo.sh: without the AWS SDK and the ocrs engine), its
-# binaries and the libraries whose features it leaves out.
-cargo clippy -p plugworker-cli -p image-runner -p nlp-runner --no-default-features --bins --locked -- -D warnings
+# binaries (plugworker and every deployed runner) and the libraries whose features it leaves out.
+runners="$(scripts/runners.sh -p)"
+mapfile -t runners <<<"$runners"
+cargo clippy -p plugworker-cli "${runners[@]}" --no-default-features --bins --locked -- -D warnings
 cargo clippy -p plugworker-controller -p plugworker-claim-check -p plugworker-image-input \
   -p plugworker-ocr --no-default-features --lib --locked -- -D warnings
 # The README's first command, end to end, with its results checked. Before the workspace
