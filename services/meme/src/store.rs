@@ -355,7 +355,12 @@ impl GalleryStore {
             .filter(|p| p.embedding_model() == key)
             .map(Gallery::embeddings_by_sha)
             .unwrap_or_default();
-        rows.retain(|sha, _| manifest.templates.iter().any(|t| &t.sha256 == sha));
+        let wanted: std::collections::HashSet<&str> = manifest
+            .templates
+            .iter()
+            .map(|t| t.sha256.as_str())
+            .collect();
+        rows.retain(|sha, _| wanted.contains(sha.as_str()));
         let missing = |rows: &HashMap<String, Vec<f32>>| {
             manifest
                 .templates
