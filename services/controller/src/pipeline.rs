@@ -142,7 +142,8 @@ struct Schedule<'a> {
 enum StepSlot {
     /// The job's own.
     Own,
-    /// One more, held until the step ends.
+    /// One more, released when the step's end is handled (the permit is only dropped,
+    /// never read).
     Extra(#[allow(dead_code)] OwnedSemaphorePermit),
 }
 

@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::proxy::FaultProxy;
 use common::{Stack, runner_runs};
 use plugworker_consul_client::admin::controller_rules;
 use plugworker_jobs::pipeline::KV_PREFIX;
@@ -501,25 +502,9 @@ async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_t
 async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_change() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let (_runner, _) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&[]);
     let consul = stack.consul();
-    let key = format!("{KV_PREFIX}report");
-    let version = |v: &str| json!({"say": {"algorithm": "echo", "input": {"message": v}}});
-    let put = |value: Value| {
-        let (consul, key) = (consul.clone(), key.clone());
-        async move {
-            assert!(
-                consul
-                    .kv_put(&key, value.to_string().as_bytes(), None)
-                    .await
-                    .unwrap()
-            );
-            let (pair, _) = consul.kv_get(&key, Default::default()).await.unwrap();
-            pair.unwrap().modify_index
-        }
-    };
-    let first = put(version("v1")).await;
-    // Put just before its first job: the job finds it, whether the watch has it yet or not.
+    let (_controller, _) = stack.controller(&[]);
+    let first = put(&stack, "report", "v1").await;
     let id = probe(&stack).await;
     let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
     assert_eq!(results[&id]["status"], "ok", "{}", results[&id]);
@@ -533,7 +518,7 @@ async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_
     for _ in 0..10 {
         flowing.push(probe(&stack).await);
     }
-    let second = put(version("v2")).await;
+    let second = put(&stack, "report", "v2").await;
     for _ in 0..10 {
         flowing.push(probe(&stack).await);
     }
@@ -606,6 +591,48 @@ async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_
             .contains(&broken_key),
         "{result}"
     );
+}
+
+/// Stores `name` as a one-step pipeline echoing `message`; returns its revision.
+async fn put(stack: &Stack, name: &str, message: &str) -> u64 {
+    let consul = stack.consul();
+    let key = format!("{KV_PREFIX}{name}");
+    let value = json!({"say": {"algorithm": "echo", "input": {"message": message}}});
+    assert!(
+        consul
+            .kv_put(&key, value.to_string().as_bytes(), None)
+            .await
+            .unwrap()
+    );
+    let (pair, _) = consul.kv_get(&key, Default::default()).await.unwrap();
+    pair.unwrap().modify_index
+}
+
+#[tokio::test]
+async fn with_a_slow_kv_store_jobs_wait_for_the_stored_pipelines_and_one_put_just_before_is_found()
+{
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (_runner, _) = test_runner(&stack).await;
+    // Every KV answer to the controller comes 2 s late: its watch learns of a change 2 s
+    // after it is made.
+    let proxy = FaultProxy::start(&stack.consul_url()).await;
+    proxy.delay_answers("/v1/kv/", Duration::from_secs(2));
+    let first = put(&stack, "report", "v1").await;
+    // Queued before the controller starts: it receives jobs only once it has read the
+    // store, so the job does not meet a store not read yet.
+    let queued = probe(&stack).await;
+    let (_controller, _) = stack.controller(&["--consul-address", &proxy.endpoint]);
+    let results = results_of(&stack, &[&queued], Duration::from_secs(60)).await;
+    let result = &results[&queued];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["attempt"], 1, "{result}");
+    assert_eq!(result["pipeline"]["revision"], first);
+    // Put just before its first job: the watch does not have it yet, a read does.
+    let fresh_revision = put(&stack, "fresh", "fresh").await;
+    let fresh = submit(&stack, json!("fresh"), json!({})).await;
+    let results = results_of(&stack, &[&fresh], Duration::from_secs(60)).await;
+    assert_eq!(results[&fresh]["status"], "ok", "{}", results[&fresh]);
+    assert_eq!(results[&fresh]["pipeline"]["revision"], fresh_revision);
 }
 
 /// A job running the stored pipeline `report`.

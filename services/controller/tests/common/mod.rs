@@ -294,8 +294,6 @@ impl Stack {
             &self.queues.jobs,
             "--results-queue-url",
             &self.queues.results,
-            "--consul-address",
-            &consul,
             "--health-address",
             &health,
             "--receive-wait",
@@ -308,7 +306,10 @@ impl Stack {
         } else {
             args.push("--insecure-plaintext");
         }
-        // moto, unless the test puts something in between.
+        // moto and the registry, unless the test puts something in between.
+        if !extra.contains(&"--consul-address") {
+            args.extend(["--consul-address", &consul]);
+        }
         if !extra.contains(&"--sqs-endpoint") {
             args.extend(["--sqs-endpoint", &self.sqs.endpoint]);
         }

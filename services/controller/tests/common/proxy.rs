@@ -4,6 +4,8 @@
 //! - trickle one object's bytes (a slow S3 GET), or serve it without `Content-Length`,
 //! - answer an SQS action (`SendMessage`, `ChangeMessageVisibility`...) on one queue with
 //!   HTTP 500 until a deadline (a results outage, extensions failing),
+//! - hold the answers to requests under a path (a slow Consul KV store, in front of the
+//!   registry),
 //!
 //! and it records every request and the bytes it handed back per path, so a test can
 //! assert that an object was never fetched, or not downloaded whole.
@@ -24,6 +26,8 @@ struct Rules {
     without_length: Vec<String>,
     /// (action, queue name, until): that action naming that queue fails with 500 until then.
     outages: Vec<(String, String, Instant)>,
+    /// (path prefix, delay): answers to requests under that path are held that long.
+    delayed: Vec<(String, Duration)>,
 }
 
 #[derive(Default)]
@@ -113,6 +117,13 @@ impl FaultProxy {
         ));
     }
 
+    /// Holds every answer to a request whose path starts with `prefix` for `delay`.
+    pub fn delay_answers(&self, prefix: &str, delay: Duration) {
+        lock(&self.shared.rules)
+            .delayed
+            .push((prefix.to_string(), delay));
+    }
+
     /// Requests seen whose line contains `needle`.
     pub fn requests_matching(&self, needle: &str) -> Vec<String> {
         lock(&self.shared.seen)
@@ -196,6 +207,14 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                 .unwrap();
         }
     };
+    let delay = lock(&shared.rules)
+        .delayed
+        .iter()
+        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+        .map(|(_, delay)| *delay);
+    if let Some(delay) = delay {
+        tokio::time::sleep(delay).await;
+    }
     let mut builder = Response::builder().status(response.status().as_u16());
     let without_length = lock(&shared.rules).without_length.contains(&path);
     for (name, value) in response.headers() {
