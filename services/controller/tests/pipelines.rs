@@ -39,6 +39,15 @@ async fn results_of(stack: &Stack, ids: &[&str], within: Duration) -> HashMap<St
     by_id
 }
 
+/// A stack (30 s visibility, 3 receives) with a passing `test-runner` and a controller
+/// started with `flags`; the processes, and the controller's health URL.
+async fn started(flags: &[&str]) -> (Stack, [Process; 2], String) {
+    let stack = Stack::start(Duration::from_secs(30), 3).await;
+    let (runner, _) = test_runner(&stack).await;
+    let (controller, health) = stack.controller(flags);
+    (stack, [runner, controller], health)
+}
+
 /// A passing `test-runner`, and the address of its metrics.
 async fn test_runner(stack: &Stack) -> (Process, String) {
     let metrics = format!("127.0.0.1:{}", free_port());
@@ -59,9 +68,7 @@ fn ms(result: &Value, step: &str, field: &str) -> u64 {
 
 #[tokio::test]
 async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both() {
-    let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = test_runner(&stack).await;
-    let (_controller, health) = stack.controller(&[]);
+    let (stack, _processes, health) = started(&[]).await;
     let id = submit(
         &stack,
         json!({
@@ -153,9 +160,7 @@ async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both()
 
 #[tokio::test]
 async fn with_one_run_slot_independent_steps_take_turns_and_the_job_finishes() {
-    let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&["--max-in-flight", "1"]);
+    let (stack, _processes, _) = started(&["--max-in-flight", "1"]).await;
     let id = submit(
         &stack,
         json!({
@@ -228,9 +233,7 @@ async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pi
 
 #[tokio::test]
 async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
-    let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&[]);
+    let (stack, _processes, _) = started(&[]).await;
     let payload = json!({"message": "hello"});
     // `add` refuses a string where its numbers go: invalid_payload, permanent.
     let failing = submit(
@@ -358,9 +361,7 @@ async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
 
 #[tokio::test]
 async fn a_step_input_over_max_job_bytes_is_a_permanent_error_naming_the_step() {
-    let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&["--max-job-bytes", "1000"]);
+    let (stack, _processes, _) = started(&["--max-job-bytes", "1000"]).await;
     // The payload fits; the second step's input, built from the first's output, does not.
     let id = submit(
         &stack,
@@ -500,10 +501,7 @@ async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_t
 
 #[tokio::test]
 async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_change() {
-    let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = test_runner(&stack).await;
-    let consul = stack.consul();
-    let (_controller, _) = stack.controller(&[]);
+    let (stack, _processes, _) = started(&[]).await;
     let first = put(&stack, "report", "v1").await;
     let id = probe(&stack).await;
     let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
@@ -555,7 +553,8 @@ async fn a_named_pipeline_changed_while_jobs_flow_applies_to_the_jobs_after_the_
     }
     let unknown = submit(&stack, json!("no_such_pipeline"), json!({})).await;
     let broken_key = format!("{KV_PREFIX}broken");
-    consul
+    stack
+        .consul()
         .kv_put(&broken_key, b"{\"a\": {}}", None)
         .await
         .unwrap();
