@@ -310,6 +310,17 @@ impl MeshRunner {
     async fn closed(&self, reason: &str) -> f64 {
         closed(&self.metrics, reason).await
     }
+
+    /// `echo` runs that succeeded.
+    async fn echo_runs(&self) -> f64 {
+        let text = metrics(&self.metrics).await;
+        plugworker_testkit::metric_value(
+            &text,
+            "plugworker_runner_runs_total",
+            &[("algorithm", "echo"), ("code", "ok")],
+        )
+        .unwrap_or(0.0)
+    }
 }
 
 /// An `echo` run that answers `message` after `delay_ms`.
@@ -455,7 +466,7 @@ async fn raw_run(
     client: &mut h2::client::SendRequest<bytes::Bytes>,
     message: &str,
     delay_ms: u64,
-) -> (String, Vec<u8>) {
+) -> Result<(String, Vec<u8>), h2::Error> {
     let request = http::Request::post("http://runner/plugworker.runner.v1.Runner/Run")
         .header("content-type", "application/grpc")
         .header("te", "trailers")
@@ -477,10 +488,10 @@ async fn raw_run(
     framed.extend_from_slice(&(message.len() as u32).to_be_bytes());
     framed.extend_from_slice(&message);
     body.send_data(framed.into(), true).unwrap();
-    let response = response.await.unwrap();
+    let response = response.await?;
     // A trailers-only answer (an error) has the status in its headers.
     if let Some(status) = response.headers().get("grpc-status") {
-        return (status.to_str().unwrap().to_string(), Vec::new());
+        return Ok((status.to_str().unwrap().to_string(), Vec::new()));
     }
     let mut body = response.into_body();
     let mut data = Vec::new();
@@ -493,7 +504,30 @@ async fn raw_run(
     let status = trailers
         .get("grpc-status")
         .map_or("none".to_string(), |s| s.to_str().unwrap().to_string());
-    (status, data.get(5..).unwrap_or_default().to_vec())
+    Ok((status, data.get(5..).unwrap_or_default().to_vec()))
+}
+
+/// A raw HTTP/2 connection to `runner` as the controller that ignores the runner's GOAWAY
+/// ([`IgnoresGoAway`]), and the count of GOAWAY frames it took out.
+async fn ignoring_go_away(
+    runner: &MeshRunner,
+) -> (h2::client::SendRequest<bytes::Bytes>, Arc<AtomicU32>) {
+    let tls = MeshConnector::new(runner.controller.clone(), "test-runner")
+        .call(format!("http://{}", runner.listen).parse().unwrap())
+        .await
+        .unwrap()
+        .into_inner();
+    let go_aways = Arc::new(AtomicU32::new(0));
+    let (client, connection) = h2::client::handshake(IgnoresGoAway {
+        inner: tls,
+        pending: Vec::new(),
+        ready: Default::default(),
+        go_aways: go_aways.clone(),
+    })
+    .await
+    .unwrap();
+    tokio::spawn(connection);
+    (client, go_aways)
 }
 
 /// A client that ignores the GOAWAY of a deny gets nothing more served: after the
@@ -508,28 +542,14 @@ async fn a_new_call_on_a_deauthorized_connection_is_refused_permission_denied() 
         &[("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s")],
     )
     .await;
-    let tls = MeshConnector::new(runner.controller.clone(), "test-runner")
-        .call(format!("http://{}", runner.listen).parse().unwrap())
-        .await
-        .unwrap()
-        .into_inner();
-    let go_aways = Arc::new(AtomicU32::new(0));
-    let (mut client, connection) = h2::client::handshake(IgnoresGoAway {
-        inner: tls,
-        pending: Vec::new(),
-        ready: Default::default(),
-        go_aways: go_aways.clone(),
-    })
-    .await
-    .unwrap();
-    tokio::spawn(connection);
+    let (mut client, go_aways) = ignoring_go_away(&runner).await;
 
-    let (status, _) = raw_run(&mut client, "allowed", 0).await;
+    let (status, _) = raw_run(&mut client, "allowed", 0).await.unwrap();
     assert_eq!(status, "0", "served while allowed");
     // In flight across the deny (it keeps the connection open: 5 s).
     let in_flight = tokio::spawn({
         let mut client = client.clone();
-        async move { raw_run(&mut client, "in flight", 5_000).await }
+        async move { raw_run(&mut client, "in flight", 5_000).await.unwrap() }
     });
     tokio::time::sleep(Duration::from_millis(200)).await;
     intention(&runner.registry, "controller", "test-runner", "deny").await;
@@ -542,7 +562,7 @@ async fn a_new_call_on_a_deauthorized_connection_is_refused_permission_denied() 
     })
     .await;
 
-    let (status, result) = raw_run(&mut client, "after the deny", 0).await;
+    let (status, result) = raw_run(&mut client, "after the deny", 0).await.unwrap();
     assert_eq!(status, "7", "PERMISSION_DENIED (gRPC code 7)");
     assert!(result.is_empty());
     let (status, result) = in_flight.await.unwrap();
@@ -550,9 +570,66 @@ async fn a_new_call_on_a_deauthorized_connection_is_refused_permission_denied() 
     let result: plugworker_rpc::runner::v1::RunResponse =
         prost::Message::decode(result.as_slice()).unwrap();
     assert!(String::from_utf8_lossy(&result.result).contains("in flight"));
-    assert!(
-        !runner.process.log().contains("after the deny"),
-        "the refused call reached the algorithm"
+    assert_eq!(
+        runner.echo_runs().await,
+        2.0,
+        "the refused call was not run"
+    );
+}
+
+/// A call that still arrives on a connection after its client certificate's `NotAfter` (from
+/// a client that ignores the GOAWAY) is refused with `REFUSED_STREAM`, before any
+/// processing: the controller sends such a call again on a new connection. The call in
+/// flight across `NotAfter` finishes. (h2's and tonic's clients stop sending after a
+/// GOAWAY; this one does not.)
+#[tokio::test]
+async fn a_new_call_after_the_client_certificates_not_after_is_refused_unprocessed() {
+    let runner = MeshRunner::start(
+        RegistryConfig {
+            connect_leaf_ttl: Duration::from_secs(5),
+            ..RegistryConfig::default()
+        },
+        &[],
+    )
+    .await;
+    let (mut client, go_aways) = ignoring_go_away(&runner).await;
+    let (not_after, serial) = leaf_not_after(&runner.consul, "controller").await;
+    assert_eq!(runner.controller.leaf_serial(), serial, "renewed meanwhile");
+    let (status, _) = raw_run(&mut client, "before", 0).await.unwrap();
+    assert_eq!(status, "0", "served before NotAfter");
+    // In flight until 2 s after NotAfter (it keeps the connection open).
+    let left = not_after
+        .duration_since(SystemTime::now())
+        .expect("the leaf is still valid");
+    let in_flight = tokio::spawn({
+        let mut client = client.clone();
+        let delay = left.as_millis() as u64 + 2_000;
+        async move { raw_run(&mut client, "in flight", delay).await.unwrap() }
+    });
+    eventually(Duration::from_secs(10), "the connection closed", || async {
+        (runner.closed("certificate_expired").await >= 1.0).then_some(())
+    })
+    .await;
+    eventually(Duration::from_secs(5), "the GOAWAY received", || async {
+        (go_aways.load(Ordering::SeqCst) >= 1).then_some(())
+    })
+    .await;
+
+    let refused = raw_run(&mut client, "after NotAfter", 0)
+        .await
+        .expect_err("refused");
+    assert_eq!(
+        refused.reason(),
+        Some(h2::Reason::REFUSED_STREAM),
+        "{refused:?}"
+    );
+    assert!(refused.is_remote(), "{refused:?}");
+    let (status, _) = in_flight.await.unwrap();
+    assert_eq!(status, "0", "the call in flight finishes");
+    assert_eq!(
+        runner.echo_runs().await,
+        2.0,
+        "the refused call was not run"
     );
 }
 
