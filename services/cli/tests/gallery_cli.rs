@@ -7,10 +7,9 @@ use plugworker_meme::Location;
 use plugworker_testkit::memes::{crop, jpeg_bytes, load, models_dir, png_bytes};
 use plugworker_testkit::s3::S3;
 use plugworker_testkit::sqs::{AWS_ENV, Sqs};
-use plugworker_testkit::{Process, bin_path, eventually};
+use plugworker_testkit::{Process, bin_path, registry_address};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::time::Duration;
 
 fn command(args: &[&str], env: &[(&str, &str)]) -> Command {
     let mut command = Command::new(bin_path("plugworker"));
@@ -54,6 +53,22 @@ fn refused(args: &[&str], env: &[(&str, &str)]) -> String {
     text(&output.stderr)
 }
 
+/// `gallery add --gallery GALLERY --label LABEL [FLAGS] <demo image>`; must succeed:
+/// (stdout, stderr).
+fn add(
+    gallery: &str,
+    label: &str,
+    flags: &[&str],
+    image: &str,
+    env: &[(&str, &str)],
+) -> (String, String) {
+    let image = demo(image);
+    let mut args = vec!["add", "--gallery", gallery, "--label", label];
+    args.extend_from_slice(flags);
+    args.push(&image);
+    ok(&args, env)
+}
+
 fn demo(relative: &str) -> String {
     models_dir()
         .join("gallery")
@@ -86,17 +101,6 @@ fn labels(gallery: &str, env: &[(&str, &str)]) -> Vec<String> {
 fn history(gallery: &str, env: &[(&str, &str)]) -> Vec<serde_json::Value> {
     let (out, _) = ok(&["history", "--gallery", gallery, "--json"], env);
     serde_json::from_str(&out).unwrap()
-}
-
-async fn registry_address(registry: &Process) -> String {
-    eventually(Duration::from_secs(10), "the registry's address", || {
-        let log = registry.log();
-        async move {
-            let (_, rest) = log.split_once("CONSUL_HTTP_ADDR=http://")?;
-            Some(rest.split_whitespace().next()?.to_string())
-        }
-    })
-    .await
 }
 
 async fn kv(consul: &str, key: &str) -> Option<String> {
@@ -138,17 +142,7 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
     assert!(error.contains("at least 32"), "{error}");
     assert!(!gallery_dir.join("current").exists());
 
-    let (out, err) = ok(
-        &[
-            "add",
-            "--gallery",
-            &gallery,
-            "--label",
-            "cat",
-            &demo("chelsea-the-cat/chelsea.jpg"),
-        ],
-        &env,
-    );
+    let (out, err) = add(&gallery, "cat", &[], "chelsea-the-cat/chelsea.jpg", &env);
     let v1 = out.trim().to_string();
     assert_eq!(v1.len(), 64, "{out}");
     assert!(err.contains("add cat (1 image)"), "{err}");
@@ -240,17 +234,7 @@ async fn concurrent_adds_from_separate_processes_all_land() {
     let dir = tempfile::tempdir().unwrap();
     let gallery = dir.path().join("gallery").to_string_lossy().into_owned();
     let env = [("CONSUL_HTTP_ADDR", "127.0.0.1:1")];
-    ok(
-        &[
-            "add",
-            "--gallery",
-            &gallery,
-            "--label",
-            "cat",
-            &demo("chelsea-the-cat/chelsea.jpg"),
-        ],
-        &env,
-    );
+    add(&gallery, "cat", &[], "chelsea-the-cat/chelsea.jpg", &env);
     // Four publishers started together, each reading the same `current`: every one of
     // them must land (the losers of the race re-apply their change on the winner's).
     let images = [
@@ -302,17 +286,7 @@ async fn a_corrupt_version_is_a_clear_error() {
     let gallery = dir.path().join("gallery");
     let location = gallery.to_string_lossy().into_owned();
     let env = [("CONSUL_HTTP_ADDR", "127.0.0.1:1")];
-    let (out, err) = ok(
-        &[
-            "add",
-            "--gallery",
-            &location,
-            "--label",
-            "cat",
-            &demo("chelsea-the-cat/chelsea.jpg"),
-        ],
-        &env,
-    );
+    let (out, err) = add(&location, "cat", &[], "chelsea-the-cat/chelsea.jpg", &env);
     // Without a registry the version is still published; the KV write is a warning.
     assert!(
         err.contains("warning: cannot write plugworker/galleries/"),
@@ -339,29 +313,19 @@ async fn an_s3_gallery_on_moto() {
     env.push(("AWS_ENDPOINT_URL", &sqs.endpoint));
     env.push(("CONSUL_HTTP_ADDR", "127.0.0.1:1"));
     let gallery = "s3://memes/galleries/board";
-    let (out, _) = ok(
-        &[
-            "add",
-            "--gallery",
-            gallery,
-            "--label",
-            "cat",
-            "--no-registry",
-            &demo("chelsea-the-cat/chelsea.jpg"),
-        ],
+    let (out, _) = add(
+        gallery,
+        "cat",
+        &["--no-registry"],
+        "chelsea-the-cat/chelsea.jpg",
         &env,
     );
     let v1 = out.trim().to_string();
-    ok(
-        &[
-            "add",
-            "--gallery",
-            gallery,
-            "--label",
-            "cup",
-            "--no-registry",
-            &demo("coffee-cup/coffee.jpg"),
-        ],
+    add(
+        gallery,
+        "cup",
+        &["--no-registry"],
+        "coffee-cup/coffee.jpg",
         &env,
     );
     assert_eq!(labels(gallery, &env), ["cat", "cup"]);

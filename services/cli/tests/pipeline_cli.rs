@@ -2,7 +2,7 @@
 //! registry with ACLs enforced (default deny), and a test-runner whose `echo` and `add`
 //! announce the schemas `put` checks pipelines against.
 
-use plugworker_testkit::{Process, bin_path, eventually};
+use plugworker_testkit::{Process, bin_path, eventually, registry_address};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -90,18 +90,6 @@ fn write(dir: &Path, name: &str, json: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, json).unwrap();
     path
-}
-
-/// The registry's address, from its log line (it listens on port 0).
-async fn registry_address(registry: &Process) -> String {
-    eventually(Duration::from_secs(10), "the registry's address", || {
-        let log = registry.log();
-        async move {
-            let (_, rest) = log.split_once("CONSUL_HTTP_ADDR=http://")?;
-            Some(rest.split_whitespace().next()?.to_string())
-        }
-    })
-    .await
 }
 
 #[tokio::test]

@@ -847,47 +847,11 @@ impl GalleryStore {
     }
 
     async fn read_current(&self) -> Result<CurrentRead, StoreError> {
-        let (bytes, tag) = match &self.backend {
-            Backend::Folder(_) => match self.get(CURRENT).await? {
-                Some(bytes) => {
-                    let tag = String::from_utf8_lossy(&bytes).into_owned();
-                    (bytes, tag)
-                }
-                None => {
-                    return Ok(CurrentRead {
-                        version: None,
-                        tag: None,
-                    });
-                }
-            },
-            #[cfg(feature = "s3")]
-            Backend::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let key = s3_key(prefix, CURRENT);
-                match client.get_object().bucket(bucket).key(&key).send().await {
-                    Ok(output) => {
-                        let tag = output.e_tag().unwrap_or_default().to_string();
-                        let bytes = output
-                            .body
-                            .collect()
-                            .await
-                            .map_err(|e| s3_error(bucket, &key, e))?
-                            .into_bytes()
-                            .to_vec();
-                        (bytes, tag)
-                    }
-                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => {
-                        return Ok(CurrentRead {
-                            version: None,
-                            tag: None,
-                        });
-                    }
-                    Err(e) => return Err(s3_error(bucket, &key, e)),
-                }
-            }
+        let Some((bytes, tag)) = self.get_tagged(CURRENT).await? else {
+            return Ok(CurrentRead {
+                version: None,
+                tag: None,
+            });
         };
         #[derive(Deserialize)]
         struct Pointer {
@@ -932,31 +896,26 @@ impl GalleryStore {
                 prefix,
             } => {
                 let key = s3_key(prefix, CURRENT);
-                let request = client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .content_type("application/json")
-                    .body(bytes.to_vec().into());
-                let request = match expected {
-                    Some(etag) => request.if_match(etag),
-                    None => request.if_none_match("*"),
-                };
-                match request.send().await {
-                    Ok(_) => Ok(true),
-                    Err(e) if is_lost_race(&e) => Ok(false),
-                    Err(e) => Err(s3_error(bucket, &key, e)),
-                }
+                s3_put_if(client, bucket, &key, bytes, expected).await
             }
         }
     }
 
     async fn get(&self, object: &str) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(self.get_tagged(object).await?.map(|(bytes, _)| bytes))
+    }
+
+    /// An object's bytes and what a conditional replace compares against: its ETag on
+    /// S3, its bytes (as text) in a folder.
+    async fn get_tagged(&self, object: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
         match &self.backend {
             Backend::Folder(root) => {
                 let path = root.join(object);
                 match std::fs::read(&path) {
-                    Ok(bytes) => Ok(Some(bytes)),
+                    Ok(bytes) => {
+                        let tag = String::from_utf8_lossy(&bytes).into_owned();
+                        Ok(Some((bytes, tag)))
+                    }
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                     Err(source) => Err(StoreError::Io { path, source }),
                 }
@@ -969,15 +928,17 @@ impl GalleryStore {
             } => {
                 let key = s3_key(prefix, object);
                 match client.get_object().bucket(bucket).key(&key).send().await {
-                    Ok(output) => Ok(Some(
-                        output
+                    Ok(output) => {
+                        let tag = output.e_tag().unwrap_or_default().to_string();
+                        let bytes = output
                             .body
                             .collect()
                             .await
                             .map_err(|e| s3_error(bucket, &key, e))?
                             .into_bytes()
-                            .to_vec(),
-                    )),
+                            .to_vec();
+                        Ok(Some((bytes, tag)))
+                    }
                     Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
                     Err(e) => Err(s3_error(bucket, &key, e)),
                 }
@@ -1008,21 +969,9 @@ impl GalleryStore {
                 bucket,
                 prefix,
             } => {
-                let key = s3_key(prefix, object);
-                let result = client
-                    .put_object()
-                    .bucket(bucket)
-                    .key(&key)
-                    .if_none_match("*")
-                    .body(bytes.to_vec().into())
-                    .send()
-                    .await;
-                match result {
-                    Ok(_) => Ok(()),
-                    // Already there (or being written by another publisher): same bytes.
-                    Err(e) if is_lost_race(&e) => Ok(()),
-                    Err(e) => Err(s3_error(bucket, &key, e)),
-                }
+                // Already there (or being written by another publisher): same bytes.
+                s3_put_if(client, bucket, &s3_key(prefix, object), bytes, None).await?;
+                Ok(())
             }
         }
     }
@@ -1149,6 +1098,32 @@ fn s3_key(prefix: &str, object: &str) -> String {
         object.to_string()
     } else {
         format!("{prefix}/{object}")
+    }
+}
+
+/// Puts `bytes` at `key` if the object's ETag is still `expected` (`None`: if there is
+/// no object). `Ok(false)`: the condition failed.
+#[cfg(feature = "s3")]
+async fn s3_put_if(
+    client: &aws_sdk_s3::Client,
+    bucket: &str,
+    key: &str,
+    bytes: &[u8],
+    expected: Option<&str>,
+) -> Result<bool, StoreError> {
+    let request = client
+        .put_object()
+        .bucket(bucket)
+        .key(key)
+        .body(bytes.to_vec().into());
+    let request = match expected {
+        Some(etag) => request.if_match(etag),
+        None => request.if_none_match("*"),
+    };
+    match request.send().await {
+        Ok(_) => Ok(true),
+        Err(e) if is_lost_race(&e) => Ok(false),
+        Err(e) => Err(s3_error(bucket, key, e)),
     }
 }
 

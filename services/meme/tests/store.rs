@@ -1,7 +1,8 @@
 //! The versioned gallery store on a real folder and on S3 (moto), with the real SSCD model.
 
 use plugworker_meme::{
-    Change, Embedder, Gallery, GalleryStore, Location, NewImage, StoreError, legacy_version,
+    Change, Embedder, Gallery, GalleryStore, Location, NewImage, Published, StoreError,
+    legacy_version,
 };
 use plugworker_onnx::Runtime;
 use plugworker_testkit::memes::models_dir;
@@ -37,6 +38,14 @@ fn labels(gallery: &Gallery) -> Vec<String> {
     gallery.labels().into_iter().map(str::to_owned).collect()
 }
 
+/// Publishes `change` as tester@host; it must succeed.
+async fn publish(store: &GalleryStore, change: Change, embedder: &Embedder) -> Published {
+    store
+        .publish(change, embedder, "tester@host")
+        .await
+        .unwrap_or_else(|e| panic!("publishing failed: {e}"))
+}
+
 async fn folder_store(path: &Path) -> GalleryStore {
     GalleryStore::open(Location::parse(&path.to_string_lossy()).unwrap())
         .await
@@ -48,24 +57,15 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     let embedder = embedder();
     let dir = tempfile::tempdir().unwrap();
     let store = folder_store(dir.path()).await;
-    let first = store
-        .publish(
-            add("cat", &["chelsea-the-cat/chelsea.jpg"]),
-            &embedder,
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let first = publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await;
     let v1 = first.version.clone().unwrap();
     assert_eq!(store.current().await.unwrap(), v1);
-    let second = store
-        .publish(
-            add("cup", &["coffee-cup/coffee.jpg"]),
-            &embedder,
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let second = publish(&store, add("cup", &["coffee-cup/coffee.jpg"]), &embedder).await;
     let v2 = second.version.unwrap();
     assert_eq!(second.parent.as_deref(), Some(v1.as_str()));
 
@@ -76,31 +76,22 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     let again = store.load(&v2, &embedder, Some(&gallery)).await.unwrap();
     assert_eq!(again.index().row(1), gallery.index().row(1));
 
-    let removed = store
-        .publish(
-            Change::Remove {
-                label: "cat".into(),
-                file: None,
-            },
-            &embedder,
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let removed = publish(
+        &store,
+        Change::Remove {
+            label: "cat".into(),
+            file: None,
+        },
+        &embedder,
+    )
+    .await;
     let v3 = removed.version.unwrap();
     assert_eq!(
         labels(&store.load(&v3, &embedder, None).await.unwrap()),
         ["cup"]
     );
 
-    let back = store
-        .publish(
-            Change::Rollback { to: v2[..8].into() },
-            &embedder,
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let back = publish(&store, Change::Rollback { to: v2[..8].into() }, &embedder).await;
     let v4 = back.version.unwrap();
     assert_eq!(back.change, format!("rollback to {}", &v2[..12]));
     assert_eq!(
@@ -132,10 +123,7 @@ async fn a_folder_without_current_is_a_read_only_gallery_and_add_converts_it() {
     assert_eq!(legacy, legacy_version(gallery.templates()));
     assert_eq!(store.history().await.unwrap().len(), 1);
 
-    let published = store
-        .publish(add("cup", &["coffee-cup/coffee.jpg"]), &embedder, "t")
-        .await
-        .unwrap();
+    let published = publish(&store, add("cup", &["coffee-cup/coffee.jpg"]), &embedder).await;
     assert_eq!(published.parent, None);
     let gallery = store
         .load(&published.version.unwrap(), &embedder, None)
@@ -149,12 +137,14 @@ async fn a_corrupt_manifest_or_current_is_a_clear_error() {
     let embedder = embedder();
     let dir = tempfile::tempdir().unwrap();
     let store = folder_store(dir.path()).await;
-    let version = store
-        .publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "t")
-        .await
-        .unwrap()
-        .version
-        .unwrap();
+    let version = publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await
+    .version
+    .unwrap();
     let manifest = dir.path().join(format!("versions/{version}.json"));
     let mut bytes = std::fs::read(&manifest).unwrap();
     bytes[10] ^= 1;
@@ -176,10 +166,12 @@ async fn a_reader_never_sees_half_a_change() {
     let embedder = std::sync::Arc::new(embedder());
     let dir = tempfile::tempdir().unwrap();
     let store = std::sync::Arc::new(folder_store(dir.path()).await);
-    store
-        .publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "t")
-        .await
-        .unwrap();
+    publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await;
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let reader = {
         let (store, embedder, done) = (store.clone(), embedder.clone(), done.clone());
@@ -204,14 +196,12 @@ async fn a_reader_never_sees_half_a_change() {
     };
     for _ in 0..8 {
         // One change of two templates, then back to the cat alone by a rollback.
-        store
-            .publish(
-                add("cup", &["coffee-cup/coffee.jpg", "cameraman/camera.jpg"]),
-                &embedder,
-                "t",
-            )
-            .await
-            .unwrap();
+        publish(
+            &store,
+            add("cup", &["coffee-cup/coffee.jpg", "cameraman/camera.jpg"]),
+            &embedder,
+        )
+        .await;
         let first = store
             .history()
             .await
@@ -220,10 +210,7 @@ async fn a_reader_never_sees_half_a_change() {
             .unwrap()
             .version
             .clone();
-        store
-            .publish(Change::Rollback { to: first }, &embedder, "t")
-            .await
-            .unwrap();
+        publish(&store, Change::Rollback { to: first }, &embedder).await;
     }
     done.store(true, std::sync::atomic::Ordering::SeqCst);
     let (loads, states) = reader.await.unwrap();
@@ -262,33 +249,29 @@ mod s3 {
         assert_eq!(labels(&gallery), ["cat", "cup"]);
         assert_eq!(one.history().await.unwrap().len(), 2);
 
-        let removed = one
-            .publish(
-                Change::Remove {
-                    label: "cup".into(),
-                    file: Some("coffee.jpg".into()),
-                },
-                &embedder,
-                "a",
-            )
-            .await
-            .unwrap()
-            .version
-            .unwrap();
+        let removed = publish(
+            &one,
+            Change::Remove {
+                label: "cup".into(),
+                file: Some("coffee.jpg".into()),
+            },
+            &embedder,
+        )
+        .await
+        .version
+        .unwrap();
         let reloaded = one.load(&removed, &embedder, Some(&gallery)).await.unwrap();
         assert_eq!(labels(&reloaded), ["cat"]);
-        let back = one
-            .publish(
-                Change::Rollback {
-                    to: current[..6].into(),
-                },
-                &embedder,
-                "a",
-            )
-            .await
-            .unwrap()
-            .version
-            .unwrap();
+        let back = publish(
+            &one,
+            Change::Rollback {
+                to: current[..6].into(),
+            },
+            &embedder,
+        )
+        .await
+        .version
+        .unwrap();
         assert_eq!(
             labels(&one.load(&back, &embedder, None).await.unwrap()),
             ["cat", "cup"]

@@ -175,6 +175,19 @@ where
     }
 }
 
+/// The address (`host:port`) of a `plugworker registry` started with `--listen
+/// 127.0.0.1:0`, from the line it logs once it listens.
+pub async fn registry_address(registry: &Process) -> String {
+    eventually(Duration::from_secs(10), "the registry's address", || {
+        let log = registry.log();
+        async move {
+            let (_, rest) = log.split_once("CONSUL_HTTP_ADDR=http://")?;
+            Some(rest.split_whitespace().next()?.to_string())
+        }
+    })
+    .await
+}
+
 /// A gRPC client for the runner at `address` (`host:port`), retrying the connection until
 /// `timeout` so callers need not race the runner's start-up.
 pub async fn runner_client(
