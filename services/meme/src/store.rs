@@ -244,11 +244,7 @@ pub struct GalleryStore {
 enum Backend {
     Folder(PathBuf),
     #[cfg(feature = "s3")]
-    S3 {
-        client: aws_sdk_s3::Client,
-        bucket: String,
-        prefix: String,
-    },
+    S3(S3Prefix),
 }
 
 /// `current` as read, with what a conditional replace compares against.
@@ -273,11 +269,11 @@ impl GalleryStore {
         let backend = match &location {
             Location::Folder(path) => Backend::Folder(path.clone()),
             #[cfg(feature = "s3")]
-            Location::S3 { bucket, prefix } => Backend::S3 {
+            Location::S3 { bucket, prefix } => Backend::S3(S3Prefix {
                 client: plugworker_claim_check::s3_client(None, None).await,
                 bucket: bucket.clone(),
                 prefix: prefix.clone(),
-            },
+            }),
             #[cfg(not(feature = "s3"))]
             Location::S3 { .. } => return Err(StoreError::S3Disabled),
         };
@@ -293,11 +289,11 @@ impl GalleryStore {
     pub fn with_s3_client(location: Location, client: aws_sdk_s3::Client) -> Self {
         let backend = match &location {
             Location::Folder(path) => Backend::Folder(path.clone()),
-            Location::S3 { bucket, prefix } => Backend::S3 {
+            Location::S3 { bucket, prefix } => Backend::S3(S3Prefix {
                 client,
                 bucket: bucket.clone(),
                 prefix: prefix.clone(),
-            },
+            }),
         };
         Self {
             location,
@@ -325,7 +321,7 @@ impl GalleryStore {
         match &self.backend {
             Backend::Folder(root) => Ok(gallery::legacy_version(&gallery::scan(root)?)),
             #[cfg(feature = "s3")]
-            Backend::S3 { .. } => Err(StoreError::NoVersion(self.location.to_string())),
+            Backend::S3(_) => Err(StoreError::NoVersion(self.location.to_string())),
         }
     }
 
@@ -341,7 +337,7 @@ impl GalleryStore {
         let manifest = match self.manifest(version).await {
             Ok(manifest) => manifest,
             Err(StoreError::Missing { .. }) if self.is_read_only_folder().await? => {
-                let Backend::Folder(root) = &self.backend else {
+                let Some(root) = self.folder() else {
                     unreachable!("only folders are read-only galleries")
                 };
                 let (gallery, stats) = Gallery::load(root, embedder, self.cache_dir.as_deref())?;
@@ -439,7 +435,7 @@ impl GalleryStore {
         match self.manifest(version).await {
             Ok(manifest) => Ok(manifest.templates),
             Err(StoreError::Missing { .. }) if self.is_read_only_folder().await? => {
-                let Backend::Folder(root) = &self.backend else {
+                let Some(root) = self.folder() else {
                     unreachable!("only folders are read-only galleries")
                 };
                 Ok(gallery::scan(root)?
@@ -725,7 +721,7 @@ impl GalleryStore {
         }
         // No version yet: an empty location, or a read-only folder whose templates become
         // the first version.
-        let Backend::Folder(root) = &self.backend else {
+        let Some(root) = self.folder() else {
             return Ok(Base {
                 version: None,
                 templates: Vec::new(),
@@ -833,6 +829,15 @@ impl GalleryStore {
         decode_embeddings(bytes, key).map_err(|e| self.corrupt(object, e.to_string()))
     }
 
+    /// The folder of a folder location.
+    fn folder(&self) -> Option<&Path> {
+        match &self.backend {
+            Backend::Folder(root) => Some(root),
+            #[cfg(feature = "s3")]
+            Backend::S3(_) => None,
+        }
+    }
+
     async fn is_read_only_folder(&self) -> Result<bool, StoreError> {
         Ok(matches!(self.backend, Backend::Folder(_))
             && self.read_current().await?.version.is_none())
@@ -890,14 +895,7 @@ impl GalleryStore {
                 Ok(true)
             }
             #[cfg(feature = "s3")]
-            Backend::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let key = s3_key(prefix, CURRENT);
-                s3_put_if(client, bucket, &key, bytes, expected).await
-            }
+            Backend::S3(s3) => s3.put_if(CURRENT, bytes, expected).await,
         }
     }
 
@@ -921,28 +919,7 @@ impl GalleryStore {
                 }
             }
             #[cfg(feature = "s3")]
-            Backend::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                let key = s3_key(prefix, object);
-                match client.get_object().bucket(bucket).key(&key).send().await {
-                    Ok(output) => {
-                        let tag = output.e_tag().unwrap_or_default().to_string();
-                        let bytes = output
-                            .body
-                            .collect()
-                            .await
-                            .map_err(|e| s3_error(bucket, &key, e))?
-                            .into_bytes()
-                            .to_vec();
-                        Ok(Some((bytes, tag)))
-                    }
-                    Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
-                    Err(e) => Err(s3_error(bucket, &key, e)),
-                }
-            }
+            Backend::S3(s3) => s3.get_tagged(object).await,
         }
     }
 
@@ -964,15 +941,8 @@ impl GalleryStore {
                 write_atomically(&path, bytes).map_err(io)
             }
             #[cfg(feature = "s3")]
-            Backend::S3 {
-                client,
-                bucket,
-                prefix,
-            } => {
-                // Already there (or being written by another publisher): same bytes.
-                s3_put_if(client, bucket, &s3_key(prefix, object), bytes, None).await?;
-                Ok(())
-            }
+            // Already there (or being written by another publisher): same bytes.
+            Backend::S3(s3) => s3.put_if(object, bytes, None).await.map(drop),
         }
     }
 }
@@ -1092,38 +1062,64 @@ impl Drop for FolderLock {
     }
 }
 
+/// The objects under one S3 prefix.
 #[cfg(feature = "s3")]
-fn s3_key(prefix: &str, object: &str) -> String {
-    if prefix.is_empty() {
-        object.to_string()
-    } else {
-        format!("{prefix}/{object}")
-    }
+struct S3Prefix {
+    client: aws_sdk_s3::Client,
+    bucket: String,
+    prefix: String,
 }
 
-/// Puts `bytes` at `key` if the object's ETag is still `expected` (`None`: if there is
-/// no object). `Ok(false)`: the condition failed.
 #[cfg(feature = "s3")]
-async fn s3_put_if(
-    client: &aws_sdk_s3::Client,
-    bucket: &str,
-    key: &str,
-    bytes: &[u8],
-    expected: Option<&str>,
-) -> Result<bool, StoreError> {
-    let request = client
-        .put_object()
-        .bucket(bucket)
-        .key(key)
-        .body(bytes.to_vec().into());
-    let request = match expected {
-        Some(etag) => request.if_match(etag),
-        None => request.if_none_match("*"),
-    };
-    match request.send().await {
-        Ok(_) => Ok(true),
-        Err(e) if is_lost_race(&e) => Ok(false),
-        Err(e) => Err(s3_error(bucket, key, e)),
+impl S3Prefix {
+    fn key(&self, object: &str) -> String {
+        if self.prefix.is_empty() {
+            object.to_string()
+        } else {
+            format!("{}/{object}", self.prefix)
+        }
+    }
+
+    /// The object's bytes and ETag; `None` if it does not exist.
+    async fn get_tagged(&self, object: &str) -> Result<Option<(Vec<u8>, String)>, StoreError> {
+        let key = self.key(object);
+        let request = self.client.get_object().bucket(&self.bucket).key(&key);
+        match request.send().await {
+            Ok(output) => {
+                let tag = output.e_tag().unwrap_or_default().to_string();
+                let body = output.body.collect().await;
+                let bytes = body.map_err(|e| s3_error(&self.bucket, &key, e))?;
+                Ok(Some((bytes.into_bytes().to_vec(), tag)))
+            }
+            Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            Err(e) => Err(s3_error(&self.bucket, &key, e)),
+        }
+    }
+
+    /// Puts `bytes` if the object's ETag is still `expected` (`None`: if there is no
+    /// object). `Ok(false)`: the condition failed.
+    async fn put_if(
+        &self,
+        object: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> Result<bool, StoreError> {
+        let key = self.key(object);
+        let request = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(&key)
+            .body(bytes.to_vec().into());
+        let request = match expected {
+            Some(etag) => request.if_match(etag),
+            None => request.if_none_match("*"),
+        };
+        match request.send().await {
+            Ok(_) => Ok(true),
+            Err(e) if is_lost_race(&e) => Ok(false),
+            Err(e) => Err(s3_error(&self.bucket, &key, e)),
+        }
     }
 }
 

@@ -218,6 +218,7 @@ async fn a_reader_never_sees_half_a_change() {
     assert!(loads > 10, "the reader ran alongside ({loads} loads)");
 }
 
+#[cfg(feature = "s3")]
 mod s3 {
     use super::*;
     use plugworker_testkit::s3::S3;
