@@ -6,19 +6,16 @@
 
 mod support;
 
-use plugworker_consul_client::{ConsulClient, ConsulConfig};
-use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_meme::{Change, Embedder, GalleryStore, Location, NewImage, short_version};
 use plugworker_onnx::Runtime;
-use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::memes::{self, models_dir};
 use plugworker_testkit::{Process, bin_path, eventually, metric_value, runner_client};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{base64_payload, templates, unrelated_photos};
+use support::{base64_payload, copy_dir, plain, temp_dir, templates};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tonic::Code;
 use tonic::transport::Channel;
@@ -44,17 +41,38 @@ fn demo_gallery_copy() -> PathBuf {
     dir
 }
 
-/// The brick-wall photo as a new template, and a captioned copy of it as the query.
+/// The brick-wall photo as a new template (PNG), and a captioned copy of it as the query.
 fn brick() -> (Vec<u8>, Vec<u8>) {
-    let (_, brick) = unrelated_photos()
-        .into_iter()
-        .find(|(n, _)| n.starts_with("brick"))
-        .unwrap();
-    let query = memes::jpeg_bytes(
-        &memes::caption(&brick, "new template", "who dis", &memes::fonts()[0]),
-        70,
-    );
+    let (brick, query) = support::brick_wall();
     (memes::png_bytes(&brick), query)
+}
+
+/// What most tests start from: the brick-wall template and its query (rendered first:
+/// the runner closes a connection whose first call does not come within its
+/// --header-read-timeout), the publisher's embedder, and a copy of the demo gallery.
+struct Setup {
+    brick_png: Vec<u8>,
+    query: Vec<u8>,
+    embedder: Embedder,
+    folder: PathBuf,
+    location: Location,
+    store: GalleryStore,
+}
+
+async fn setup() -> Setup {
+    let (brick_png, query) = brick();
+    let embedder = embedder();
+    let folder = demo_gallery_copy();
+    let location = Location::parse(folder.to_str().unwrap()).unwrap();
+    let store = GalleryStore::open(location.clone()).await.unwrap();
+    Setup {
+        brick_png,
+        query,
+        embedder,
+        folder,
+        location,
+        store,
+    }
 }
 
 async fn publish(store: &GalleryStore, embedder: &Embedder, change: Change) -> String {
@@ -149,39 +167,16 @@ fn field(log: &str, key: &str) -> Option<String> {
     )
 }
 
-/// One `meme_classifier` run: its result and the version that answered. Waits out the
-/// runner's own loading.
+/// One `meme_classifier` run: its result and the version that answered.
 async fn classify(
     client: &mut RunnerClient<Channel>,
     query: &[u8],
 ) -> Result<(serde_json::Value, String), tonic::Status> {
-    let payload = serde_json::to_vec(&base64_payload(query)).unwrap();
-    let started = Instant::now();
-    loop {
-        let answer = client
-            .run(RunRequest {
-                algorithm: "meme_classifier".into(),
-                payload: payload.clone(),
-            })
-            .await;
-        match answer {
-            Err(status)
-                if status.code() == Code::Unavailable
-                    && status.message().contains("still loading")
-                    && started.elapsed() < Duration::from_secs(60) =>
-            {
-                tokio::time::sleep(Duration::from_millis(100)).await
-            }
-            Err(status) => return Err(status),
-            Ok(response) => {
-                let response = response.into_inner();
-                return Ok((
-                    serde_json::from_slice(&response.result).unwrap(),
-                    response.algorithm_version,
-                ));
-            }
-        }
-    }
+    let response = support::run(client, "meme_classifier", &base64_payload(query)).await?;
+    Ok((
+        serde_json::from_slice(&response.result).unwrap(),
+        response.algorithm_version,
+    ))
 }
 
 /// Waits until the runner answers with `version`; returns how long that took.
@@ -233,6 +228,21 @@ async fn meme_details(runner: &Runner) -> serde_json::Value {
         .unwrap()
 }
 
+/// Waits until the runner's health details say `meme_classifier` is degraded (by `what`).
+async fn degraded_details(runner: &Runner, what: &str) -> serde_json::Value {
+    let details = eventually(
+        SERVED_WITHIN,
+        &format!("the runner reporting {what}"),
+        || async {
+            let details = meme_details(runner).await;
+            details.get("degraded").is_some().then_some(details)
+        },
+    )
+    .await;
+    println!("{details}");
+    details
+}
+
 async fn degraded_metric(runner: &Runner) -> Option<f64> {
     metric_value(
         &http_get(&runner.metrics, "/metrics").await,
@@ -243,13 +253,14 @@ async fn degraded_metric(runner: &Runner) -> Option<f64> {
 
 #[tokio::test]
 async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed_job() {
-    // Inputs first: the runner closes a connection whose first call does not come within
-    // its --header-read-timeout, and rendering and the embedder take seconds.
-    let (brick_png, query) = brick();
-    let embedder = embedder();
-    let folder = demo_gallery_copy();
-    let location = Location::parse(folder.to_str().unwrap()).unwrap();
-    let store = GalleryStore::open(location.clone()).await.unwrap();
+    let Setup {
+        brick_png,
+        query,
+        embedder,
+        folder,
+        store,
+        ..
+    } = setup().await;
     let first = store.current().await.unwrap();
     let mut runner = start(folder.to_str().unwrap(), &["--meme-gallery-poll", "1s"]).await;
     wait_for_version(&mut runner, &query, &first).await;
@@ -321,11 +332,14 @@ async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed
 
 #[tokio::test]
 async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() {
-    let (brick_png, query) = brick();
-    let embedder = embedder();
-    let folder = demo_gallery_copy();
-    let location = Location::parse(folder.to_str().unwrap()).unwrap();
-    let store = GalleryStore::open(location).await.unwrap();
+    let Setup {
+        brick_png,
+        query,
+        embedder,
+        folder,
+        store,
+        ..
+    } = setup().await;
     let good = publish(&store, &embedder, add_brick(&brick_png)).await;
     let mut runner = start(folder.to_str().unwrap(), &["--meme-gallery-poll", "300ms"]).await;
     wait_for_version(&mut runner, &query, &good).await;
@@ -344,16 +358,7 @@ async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() 
     let manifest = folder.join(format!("versions/{corrupt}.json"));
     let intact = std::fs::read(&manifest).unwrap();
     std::fs::write(&manifest, b"{ not a manifest").unwrap();
-    let details = eventually(
-        SERVED_WITHIN,
-        "the runner reporting the corrupt version",
-        || async {
-            let details = meme_details(&runner).await;
-            details.get("degraded").is_some().then_some(details)
-        },
-    )
-    .await;
-    println!("{details}");
+    let details = degraded_details(&runner, "the corrupt version").await;
     assert!(
         details["degraded"]
             .as_str()
@@ -401,20 +406,16 @@ async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() 
 
 #[tokio::test]
 async fn two_replicas_converge_on_the_version_consul_announces() {
-    let (brick_png, query) = brick();
-    let embedder = embedder();
-    let folder = demo_gallery_copy();
-    let location = Location::parse(folder.to_str().unwrap()).unwrap();
-    let store = GalleryStore::open(location.clone()).await.unwrap();
+    let Setup {
+        brick_png,
+        query,
+        embedder,
+        folder,
+        location,
+        store,
+    } = setup().await;
     let first = store.current().await.unwrap();
-    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default())
-        .await
-        .unwrap();
-    let consul = ConsulClient::new(ConsulConfig {
-        address: registry.url(),
-        ..Default::default()
-    })
-    .unwrap();
+    let (registry, consul) = support::registry().await;
     // The poll is an hour: only the KV watch can bring the new version within the bound.
     let args = [
         "--consul-address",
@@ -544,57 +545,11 @@ async fn a_gallery_under_an_s3_prefix_is_followed_and_an_unreachable_s3_keeps_th
 
     // S3 gone: the runner keeps answering with what it has, and says why.
     drop(moto);
-    let details = eventually(
-        SERVED_WITHIN,
-        "the runner reporting S3 unreachable",
-        || async {
-            let details = meme_details(&runner).await;
-            details.get("degraded").is_some().then_some(details)
-        },
-    )
-    .await;
-    println!("{details}");
+    let details = degraded_details(&runner, "S3 unreachable").await;
     assert_eq!(details["version"], label_of(&added), "{details}");
     let (result, version) = classify(&mut runner.client, &query).await.unwrap();
     assert_eq!(
         (result["label"].as_str(), version),
         (Some("brick-wall"), label_of(&added))
     );
-}
-
-/// The log without terminal colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
-fn temp_dir() -> PathBuf {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!(
-        "plugworker-gallery-test-{}-{n}",
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
 }

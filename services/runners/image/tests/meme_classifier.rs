@@ -4,7 +4,9 @@
 mod support;
 
 use plugworker_testkit::memes::{self, Lcg};
-use support::{CAPTIONS, base64_payload, call, start, templates, unrelated_photos};
+use support::{
+    CAPTIONS, base64_payload, call, copy_dir, plain, start, templates, unrelated_photos,
+};
 
 /// Eight edited memes per template: captions in varying fonts, then a mix of JPEG
 /// recompression, crops, banners and rescaling.
@@ -149,14 +151,7 @@ async fn adding_a_template_is_adding_an_image_and_known_templates_come_from_the_
         ("PLUGWORKER_MEME_GALLERY_CACHE", cache_env.as_str()),
     ];
     let templates = templates().len();
-    let (brick_name, brick) = unrelated_photos()
-        .into_iter()
-        .find(|(n, _)| n.starts_with("brick"))
-        .unwrap();
-    let query = memes::jpeg_bytes(
-        &memes::caption(&brick, "new template", "who dis", &memes::fonts()[0]),
-        70,
-    );
+    let (brick, query) = support::brick_wall();
     {
         let mut runner = start(&env).await;
         let before = call(
@@ -168,7 +163,7 @@ async fn adding_a_template_is_adding_an_image_and_known_templates_come_from_the_
         .unwrap();
         assert_eq!(
             before["label"], "unknown",
-            "{brick_name} is not a template yet: {before}"
+            "the brick wall is not a template yet: {before}"
         );
         assert!(
             plain(&runner.process.log()).contains(&format!("embedded: {templates}, from_cache: 0")),
@@ -204,36 +199,6 @@ async fn adding_a_template_is_adding_an_image_and_known_templates_come_from_the_
     );
 }
 
-/// The log without terminal colour codes.
-fn plain(log: &str) -> String {
-    let mut out = String::with_capacity(log.len());
-    let mut chars = log.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            chars.by_ref().find(|&c| c == 'm');
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for entry in std::fs::read_dir(from).unwrap() {
-        let entry = entry.unwrap();
-        if entry.path().is_dir() {
-            copy_dir(&entry.path(), &to.join(entry.file_name()));
-        } else {
-            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
-        }
-    }
-}
-
 fn tempfile_dir() -> String {
-    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let dir = std::env::temp_dir().join(format!("plugworker-meme-test-{}-{n}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.to_string_lossy().into_owned()
+    support::temp_dir().to_string_lossy().into_owned()
 }

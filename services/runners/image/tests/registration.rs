@@ -4,8 +4,7 @@
 
 mod support;
 
-use plugworker_consul_client::{ConsulClient, ConsulConfig, QueryOptions};
-use plugworker_embedded_consul::{Registry, RegistryConfig};
+use plugworker_consul_client::QueryOptions;
 use plugworker_testkit::memes::{self, models_dir};
 use plugworker_testkit::{Process, bin_path, eventually, free_port, runner_client};
 use std::time::Duration;
@@ -13,14 +12,7 @@ use support::{base64_payload, call};
 
 #[tokio::test]
 async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_grpc() {
-    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default())
-        .await
-        .unwrap();
-    let consul = ConsulClient::new(ConsulConfig {
-        address: registry.url(),
-        ..Default::default()
-    })
-    .unwrap();
+    let (registry, consul) = support::registry().await;
     let address = format!("127.0.0.1:{}", free_port());
     let models = models_dir();
     let _runner = Process::spawn(

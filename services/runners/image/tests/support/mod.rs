@@ -3,11 +3,13 @@
 #![allow(dead_code)]
 
 use base64::Engine;
-use plugworker_rpc::runner::v1::RunRequest;
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use plugworker_rpc::runner::v1::{RunRequest, RunResponse};
 use plugworker_testkit::memes::models_dir;
 use plugworker_testkit::{Process, bin_path, free_port, runner_client};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
@@ -81,6 +83,25 @@ pub fn unrelated_photos() -> Vec<(String, image::RgbImage)> {
         .collect()
 }
 
+/// A template the gallery does not have: the brick-wall photo, and a captioned copy of
+/// it to query with.
+pub fn brick_wall() -> (image::RgbImage, Vec<u8>) {
+    let (_, brick) = unrelated_photos()
+        .into_iter()
+        .find(|(n, _)| n.starts_with("brick"))
+        .unwrap();
+    let query = plugworker_testkit::memes::jpeg_bytes(
+        &plugworker_testkit::memes::caption(
+            &brick,
+            "new template",
+            "who dis",
+            &plugworker_testkit::memes::fonts()[0],
+        ),
+        70,
+    );
+    (brick, query)
+}
+
 pub struct Runner {
     pub process: Process,
     pub client: RunnerClient<Channel>,
@@ -126,6 +147,17 @@ pub async fn call(
     algorithm: &str,
     payload: &serde_json::Value,
 ) -> Result<serde_json::Value, tonic::Status> {
+    run(client, algorithm, payload)
+        .await
+        .map(|response| serde_json::from_slice(&response.result).unwrap())
+}
+
+/// [`call`], answering the whole response (the version that answered, the timings).
+pub async fn run(
+    client: &mut RunnerClient<Channel>,
+    algorithm: &str,
+    payload: &serde_json::Value,
+) -> Result<RunResponse, tonic::Status> {
     let payload = serde_json::to_vec(payload).unwrap();
     let started = std::time::Instant::now();
     loop {
@@ -144,7 +176,56 @@ pub async fn call(
             {
                 tokio::time::sleep(Duration::from_millis(100)).await
             }
-            other => return other.map(|r| serde_json::from_slice(&r.into_inner().result).unwrap()),
+            other => return other.map(tonic::Response::into_inner),
         }
     }
+}
+
+/// An embedded Consul-compatible registry and a client of it.
+pub async fn registry() -> (RunningRegistry, ConsulClient) {
+    let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default())
+        .await
+        .unwrap();
+    let consul = ConsulClient::new(ConsulConfig {
+        address: registry.url(),
+        ..Default::default()
+    })
+    .unwrap();
+    (registry, consul)
+}
+
+/// A runner's log without terminal colour codes.
+pub fn plain(log: &str) -> String {
+    let mut out = String::with_capacity(log.len());
+    let mut chars = log.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            chars.by_ref().find(|&c| c == 'm');
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        if entry.path().is_dir() {
+            copy_dir(&entry.path(), &to.join(entry.file_name()));
+        } else {
+            std::fs::copy(entry.path(), to.join(entry.file_name())).unwrap();
+        }
+    }
+}
+
+/// A fresh folder of this test process.
+pub fn temp_dir() -> PathBuf {
+    static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let dir =
+        std::env::temp_dir().join(format!("plugworker-image-test-{}-{n}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
 }
