@@ -7,6 +7,10 @@
 //! cut to its column (by display width, so CJK text lines up), and the summary column
 //! takes whatever the terminal has left. A pipeline job's row names its pipeline and sums
 //! up each step (`label=distracted-boyfriend text="WHEN YOU…" lang=en`).
+//!
+//! On a terminal, `plugworker dev` also keeps one progress line under the rows (jobs done
+//! of the total, ok, failed, time elapsed), redrawn in place and cleared before each row,
+//! so the rows stay together and the last line says where the run is.
 
 use plugworker_jobs::{JobResult, Status, StepReport};
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -14,6 +18,7 @@ use serde_json::Value;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
 use std::io::{self, Write};
+use std::time::Duration;
 use unicode_width::{UnicodeWidthChar, UnicodeWidthStr};
 
 /// `--format`.
@@ -139,6 +144,31 @@ pub struct ResultWriter<W: Write> {
     table: Option<(usize, Columns)>,
     header_written: bool,
     tally: Tally,
+    progress: Option<Progress>,
+}
+
+/// The live progress line: `total` jobs expected, drawn `width` columns at most.
+#[derive(Clone, Copy, Debug)]
+struct Progress {
+    total: usize,
+    width: usize,
+    elapsed: Duration,
+    /// Whether the line is on screen now (the cursor is at its end).
+    drawn: bool,
+}
+
+/// Moves to the start of the line and erases it (VT100, which every terminal speaks).
+const ERASE_LINE: &str = "\r\x1b[2K";
+
+/// `12.3s` under a minute, `4m05s` after.
+fn elapsed_text(elapsed: Duration) -> String {
+    let seconds = elapsed.as_secs_f64();
+    if seconds < 60.0 {
+        format!("{seconds:.1}s")
+    } else {
+        let whole = elapsed.as_secs();
+        format!("{}m{:02}s", whole / 60, whole % 60)
+    }
 }
 
 impl<W: Write> ResultWriter<W> {
@@ -149,15 +179,79 @@ impl<W: Write> ResultWriter<W> {
             table: table_width.map(|w| (w.max(MIN_WIDTH), Columns::for_width(w))),
             header_written: false,
             tally: Tally::default(),
+            progress: None,
         }
+    }
+
+    /// Keeps a progress line under the results (for a terminal `width` columns wide):
+    /// `total` jobs expected.
+    pub fn with_progress(mut self, total: usize, width: usize) -> Self {
+        self.progress = Some(Progress {
+            total,
+            // One column short of the width: a line that fills it makes some terminals
+            // wrap, and the erase would then clear only the wrapped part.
+            width: width.max(MIN_WIDTH) - 1,
+            elapsed: Duration::ZERO,
+            drawn: false,
+        });
+        self
+    }
+
+    /// The progress line's text now.
+    pub fn progress_line(&self) -> Option<String> {
+        let progress = self.progress?;
+        let done = self.tally.ok + self.tally.error + self.tally.unreadable;
+        let line = format!(
+            "{done}/{} done · {} ok · {} failed · {}",
+            progress.total,
+            self.tally.ok,
+            self.tally.error + self.tally.unreadable,
+            elapsed_text(progress.elapsed)
+        );
+        Some(fit(&line, progress.width))
+    }
+
+    /// Redraws the progress line with the time elapsed since the start.
+    pub fn tick(&mut self, elapsed: Duration) -> io::Result<()> {
+        if let Some(progress) = &mut self.progress {
+            progress.elapsed = elapsed;
+            self.draw_progress()?;
+        }
+        Ok(())
+    }
+
+    fn draw_progress(&mut self) -> io::Result<()> {
+        let Some(line) = self.progress_line() else {
+            return Ok(());
+        };
+        write!(self.out, "{ERASE_LINE}{line}")?;
+        if let Some(progress) = &mut self.progress {
+            progress.drawn = true;
+        }
+        self.out.flush()
+    }
+
+    /// Erases the progress line, so that what comes next starts a clean line.
+    fn erase_progress(&mut self) -> io::Result<()> {
+        if let Some(progress) = &mut self.progress
+            && progress.drawn
+        {
+            progress.drawn = false;
+            write!(self.out, "{ERASE_LINE}")?;
+        }
+        Ok(())
     }
 
     /// One result document.
     pub fn result(&mut self, result: &JobResult) -> io::Result<()> {
         self.tally.add(result);
+        self.erase_progress()?;
         match self.table {
             None => writeln!(self.out, "{}", serde_json::to_string(result)?)?,
             Some((_, columns)) => self.row(columns, &Row::of(result, columns.summary))?,
+        }
+        if self.progress.is_some() {
+            return self.draw_progress();
         }
         self.out.flush()
     }
@@ -192,6 +286,8 @@ impl<W: Write> ResultWriter<W> {
 
     /// The closing summary (table only: JSON lines stay pure documents), and the tally.
     pub fn finish(mut self) -> io::Result<Tally> {
+        // The summary says what the progress line said, and dev's last line how long.
+        self.erase_progress()?;
         if let Some((width, _)) = self.table
             && self.header_written
         {
@@ -796,6 +892,87 @@ mod tests {
             "finished steps by start, then the job's error: {row}"
         );
         assert_eq!(tally.error, 1);
+    }
+
+    #[test]
+    fn a_terminal_gets_one_progress_line_redrawn_under_the_rows_then_erased() {
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, Some(100)).with_progress(3, 100);
+        writer.tick(Duration::from_millis(500)).unwrap();
+        writer
+            .result(&ok("a", "echo", r#"{"echo":1}"#, 1.0))
+            .unwrap();
+        writer.tick(Duration::from_millis(1500)).unwrap();
+        writer
+            .result(&failed(Some("b"), "invalid_payload", "no"))
+            .unwrap();
+        assert_eq!(
+            writer.progress_line().unwrap(),
+            "2/3 done · 1 ok · 1 failed · 1.5s"
+        );
+        writer.tick(Duration::from_secs(65)).unwrap();
+        writer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        // What a terminal shows: each erase goes back to the start of the line and clears it.
+        let mut screen: Vec<String> = vec![String::new()];
+        for (i, piece) in text.split(ERASE_LINE).enumerate() {
+            if i > 0 {
+                screen.last_mut().unwrap().clear();
+            }
+            let mut lines = piece.split('\n');
+            screen.last_mut().unwrap().push_str(lines.next().unwrap());
+            screen.extend(lines.map(str::to_string));
+        }
+        let screen: Vec<&str> = screen.iter().map(String::as_str).collect();
+        assert!(screen[0].starts_with("JOB"), "{screen:#?}");
+        assert!(
+            screen[1].starts_with("a ") && screen[2].starts_with("b "),
+            "{screen:#?}"
+        );
+        assert!(
+            screen[3].starts_with('─'),
+            "rows together, no progress between: {screen:#?}"
+        );
+        assert!(
+            screen[4].starts_with("2 results: 1 ok, 1 error"),
+            "{screen:#?}"
+        );
+        assert_eq!(screen[5], "", "the progress line is gone: {screen:#?}");
+        // Each redraw: after the first row, and at each tick.
+        assert!(
+            text.contains("0/3 done · 0 ok · 0 failed · 0.5s"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("1/3 done · 1 ok · 0 failed · 0.5s"),
+            "{text:?}"
+        );
+        assert!(
+            text.contains("2/3 done · 1 ok · 1 failed · 1m05s"),
+            "{text:?}"
+        );
+
+        // A narrow terminal: the line is cut short of the width, so it never wraps.
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, Some(40)).with_progress(12345, 40);
+        writer.tick(Duration::from_secs(3)).unwrap();
+        let line = writer.progress_line().unwrap();
+        assert!(UnicodeWidthStr::width(line.as_str()) < 40, "{line}");
+    }
+
+    #[test]
+    fn without_progress_nothing_but_rows_is_written() {
+        let mut out = Vec::new();
+        let mut writer = ResultWriter::new(&mut out, None);
+        writer.tick(Duration::from_secs(1)).unwrap();
+        writer
+            .result(&ok("a", "echo", r#"{"echo":1}"#, 1.0))
+            .unwrap();
+        assert!(writer.progress_line().is_none());
+        writer.finish().unwrap();
+        let text = String::from_utf8(out).unwrap();
+        assert!(!text.contains('\r') && !text.contains('\x1b'), "{text:?}");
+        assert_eq!(text.lines().count(), 1);
     }
 
     #[test]

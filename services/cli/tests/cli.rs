@@ -64,7 +64,8 @@ async fn registry_algorithms_and_call_work_together() {
         },
     )
     .await;
-    // Without an identity, only what Consul knows: the instances, no schema.
+    // Without flags: the `operator` identity, which this registry (no ACLs) lets anyone
+    // take, so versions and schemas too.
     let output = Command::new(bin_path("plugworker"))
         .args(["algorithms", "--json"])
         .env("CONSUL_HTTP_ADDR", &consul)
@@ -73,7 +74,8 @@ async fn registry_algorithms_and_call_work_together() {
         .unwrap();
     let bare: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(bare[0]["instances"][0]["service"], "nlp-runner", "{bare}");
-    assert!(bare[0]["input_schema"].is_null(), "{bare}");
+    assert_eq!(bare[0]["version"], "1.0.0", "{bare}");
+    assert!(bare[0]["input_schema"].is_object(), "{bare}");
     let algorithm = &listing[0];
     assert_eq!(algorithm["version"], "1.0.0");
     assert_eq!(algorithm["instances"][0]["service"], "nlp-runner");

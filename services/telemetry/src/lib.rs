@@ -1,7 +1,8 @@
 //! Telemetry shared by every plugworker binary: logs, traces and metrics.
 //!
 //! - **Logs** go to stderr through `tracing`, human-readable or JSON, filtered by
-//!   `RUST_LOG` (default `info`).
+//!   `RUST_LOG` (default `info`); [`redirect_logs`] sends them to a file instead from then
+//!   on (`plugworker dev` on a terminal, where they would break up its table).
 //! - **Traces**: `tracing` spans are exported as OpenTelemetry spans over OTLP/gRPC when an
 //!   exporter is configured with the standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 //!   `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, or `OTEL_TRACES_EXPORTER=otlp`), sampled by
@@ -24,8 +25,9 @@ use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 use std::io::IsTerminal as _;
+use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
-use tracing_subscriber::filter::LevelFilter;
+use tracing_subscriber::filter::{FilterExt, LevelFilter, filter_fn};
 use tracing_subscriber::prelude::*;
 use tracing_subscriber::{EnvFilter, Layer, fmt};
 
@@ -140,19 +142,41 @@ fn exporter_configured(var: impl Fn(&str) -> Option<String>) -> bool {
 /// Tokio runtime context (`runtime.enter()`) when an exporter may be configured. Safe to
 /// call more than once: later calls install nothing and return an inert guard.
 pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = || EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     // Colour only on a terminal: escape codes garble log files and collectors, and
     // writing them into every span's fields costs a runner's hot path about a microsecond.
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    // Two writers, one live at a time: stderr until [`redirect_logs`], then the file
+    // (never coloured). Each event costs one more atomic load.
+    let on_stderr = filter_fn(|_| !LOGS_REDIRECTED.load(Ordering::Relaxed));
+    let in_file = filter_fn(|_| LOGS_REDIRECTED.load(Ordering::Relaxed));
     let logs = match format {
-        LogFormat::Human => fmt::layer()
-            .with_ansi(colour)
-            .with_writer(std::io::stderr)
-            .boxed(),
-        LogFormat::Json => fmt::layer().json().with_writer(std::io::stderr).boxed(),
-    }
-    .with_filter(filter);
+        LogFormat::Human => vec![
+            fmt::layer()
+                .with_ansi(colour)
+                .with_writer(std::io::stderr)
+                .with_filter(filter().and(on_stderr))
+                .boxed(),
+            fmt::layer()
+                .with_ansi(false)
+                .with_writer(|| LogFile)
+                .with_filter(filter().and(in_file))
+                .boxed(),
+        ],
+        LogFormat::Json => vec![
+            fmt::layer()
+                .json()
+                .with_writer(std::io::stderr)
+                .with_filter(filter().and(on_stderr))
+                .boxed(),
+            fmt::layer()
+                .json()
+                .with_writer(|| LogFile)
+                .with_filter(filter().and(in_file))
+                .boxed(),
+        ],
+    };
 
     let mut provider = None;
     let mut exporter_error = None;
@@ -211,6 +235,45 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
 }
 
 static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+static LOG_FILE: OnceLock<std::fs::File> = OnceLock::new();
+static LOGS_REDIRECTED: AtomicBool = AtomicBool::new(false);
+
+/// From now on, this process's log lines go to `file` (appended, without colour) instead
+/// of stderr. Once per process: returns false, and changes nothing, if logs were already
+/// redirected.
+pub fn redirect_logs(file: std::fs::File) -> bool {
+    if LOG_FILE.set(file).is_err() {
+        return false;
+    }
+    LOGS_REDIRECTED.store(true, Ordering::Relaxed);
+    true
+}
+
+/// Whether [`redirect_logs`] sent the logs to a file.
+pub fn logs_redirected() -> bool {
+    LOGS_REDIRECTED.load(Ordering::Relaxed)
+}
+
+/// The writer of redirected log lines: the file given to [`redirect_logs`] (stderr
+/// before, which its filter never lets happen).
+struct LogFile;
+
+impl std::io::Write for LogFile {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        match LOG_FILE.get() {
+            Some(mut file) => file.write(bytes),
+            None => std::io::stderr().write(bytes),
+        }
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match LOG_FILE.get() {
+            Some(mut file) => file.flush(),
+            None => std::io::stderr().flush(),
+        }
+    }
+}
 
 /// Whether this process exports spans ([`init`] installed an OTLP pipeline). Hot paths
 /// use it to leave out span fields only a trace backend reads.

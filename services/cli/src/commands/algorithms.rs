@@ -1,6 +1,8 @@
 //! `plugworker algorithms`: one view of every algorithm Consul knows, instead of visiting
 //! each runner. Instances come from Consul's catalog and health endpoints; version,
-//! description and schemas from `ListAlgorithms` on a passing instance.
+//! description and schemas from `ListAlgorithms` on a passing instance, asked over mTLS as
+//! `operator` (or `--mesh-service`). Without `--consul-address` or `CONSUL_HTTP_ADDR` it
+//! finds a running `plugworker dev` through dev.json.
 
 use super::runner_link::Link;
 use crate::ConsulArgs;
@@ -30,8 +32,9 @@ pub struct Args {
 pub struct RunnerFlags {
     /// Read versions, descriptions and schemas from the runners over mTLS as this
     /// Connect service (your token needs `service "<name>" write`, and the runners'
-    /// intentions must allow it). Without it (or --insecure-plaintext) only what Consul
-    /// knows is used: algorithms, instances and their health.
+    /// intentions must allow it). Default: `operator` when your token may take it (a
+    /// running `plugworker dev`'s does, through dev.json); otherwise only what Consul
+    /// knows is shown: algorithms, instances and their health.
     #[arg(long, env = "PLUGWORKER_MESH_SERVICE")]
     pub mesh_service: Option<String>,
     /// INSECURE: read them over plaintext gRPC, from runners started with
@@ -45,8 +48,12 @@ pub struct RunnerFlags {
 }
 
 impl RunnerFlags {
-    /// The way to the runners these flags ask for; `None` when they ask for none.
+    /// The way to the runners these flags ask for; without flags, the `operator`
+    /// identity if the token may take it ([`Link::operator`]), else `None`.
     pub async fn link(&self, consul: &ConsulClient) -> anyhow::Result<Option<Link>> {
+        if self.mesh_service.is_none() && !self.insecure_plaintext {
+            return Ok(Link::operator(consul).await);
+        }
         Link::from_flags(
             consul,
             self.mesh_service.as_deref(),
@@ -76,7 +83,7 @@ pub struct InstanceView {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
-    let consul = args.consul.client()?;
+    let consul = super::dev::state::client(&args.consul)?;
     let link = args.runners.link(&consul).await?;
     let views = collect(&all_runner_instances(&consul).await?, link.as_ref()).await;
     if args.json {
@@ -117,7 +124,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         match &view.input_schema {
             Some(schema) => println!("  input schema: {schema}"),
             None if link.is_none() => println!(
-                "  input schema: not read (pass --mesh-service NAME to ask the runners over mTLS)"
+                "  input schema: not read (your Consul token cannot take the Connect identity `operator`; pass --mesh-service NAME, an identity the runners' intentions allow)"
             ),
             None => {
                 println!("  input schema: unknown (no passing instance answered ListAlgorithms)")

@@ -2,8 +2,10 @@
 //! payload on it, printing the JSON result. Useful to try a runner without the queue.
 //!
 //! In the mesh (the default) the call is made over mTLS as the Connect service named by
-//! `--mesh-service`: the Consul token must be allowed to get that service's certificate
-//! (`service "<name>" { policy = "write" }`) and the runner's intentions must allow it.
+//! `--mesh-service` (default `operator`): the Consul token must be allowed to get that
+//! service's certificate (`service "<name>" { policy = "write" }`) and the runner's
+//! intentions must allow it. Without `--consul-address` or `CONSUL_HTTP_ADDR` it finds a
+//! running `plugworker dev` through dev.json, whose operator token allows both.
 //! `--insecure-plaintext` calls runners started with `--insecure-plaintext`.
 
 use super::runner_link::{Link, error_chain};
@@ -36,12 +38,8 @@ pub struct Args {
     pub timeout: Duration,
     /// Who you are in the mesh: the Connect service whose certificate the call presents.
     /// Your Consul token needs `service "<name>" { policy = "write" }`, and the runner's
-    /// intentions must allow <name> (e.g. an operator identity such as `operator`).
-    #[arg(
-        long,
-        env = "PLUGWORKER_MESH_SERVICE",
-        required_unless_present = "insecure_plaintext"
-    )]
+    /// intentions must allow <name>. Default: `operator` (what `plugworker dev` grants).
+    #[arg(long, env = "PLUGWORKER_MESH_SERVICE")]
     pub mesh_service: Option<String>,
     /// INSECURE: call over plaintext gRPC, with no certificate on either side. Only
     /// runners started with --insecure-plaintext answer; a mesh runner refuses.
@@ -63,14 +61,14 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(text)) => serde_json::json!({ "text": text }).to_string(),
         (None, None) => unreachable!("clap requires one input"),
     };
-    let consul = args.consul.client()?;
-    let link = Link::from_flags(
-        &consul,
-        args.mesh_service.as_deref(),
-        args.insecure_plaintext,
-    )
-    .await?
-    .expect("clap requires --mesh-service or --insecure-plaintext");
+    let consul = super::dev::state::client(&args.consul)?;
+    let mesh_service = args
+        .mesh_service
+        .as_deref()
+        .unwrap_or(super::runner_link::OPERATOR);
+    let link = Link::from_flags(&consul, Some(mesh_service), args.insecure_plaintext)
+        .await?
+        .expect("an identity or plaintext is always asked for");
     let mesh = link.is_mesh().then_some(());
     let mode = if mesh.is_some() {
         Mode::Connect
@@ -125,11 +123,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let result: serde_json::Value = serde_json::from_slice(&response.result)
         .context("runner returned a result that is not JSON")?;
     println!("{}", serde_json::to_string_pretty(&result)?);
-    tracing::info!(
-        instance = %response.instance_id,
-        version = %response.algorithm_version,
-        run_ms = response.run_micros as f64 / 1000.0,
-        "ran {}", args.algorithm
+    // Who answered, beside the result (which stays pure JSON on stdout).
+    eprintln!(
+        "{} {} on {} in {} ms",
+        args.algorithm,
+        response.algorithm_version,
+        response.instance_id,
+        response.run_micros as f64 / 1000.0
     );
     Ok(())
 }

@@ -4,7 +4,15 @@
 //! this build start as child processes and register with it over HTTP exactly as with
 //! Consul; the controller (the same code as on SQS) takes jobs, one JSON document per
 //! line, from a file or stdin through an in-process queue with SQS's delivery semantics,
-//! and writes one result line per job. It exits when every job has a final result.
+//! and writes one result line per job. It exits when every job has a final result, or
+//! with `--keep-running` at Ctrl-C.
+//!
+//! On a terminal it shows the results table under one live progress line and writes its
+//! logs to `plugworker.log` in the log folder (named at the end) unless `-v` or `RUST_LOG`
+//! asks for them on the terminal; piped, it writes JSON lines and logs to stderr. While it
+//! runs, dev.json ([`state`]) lets `call`, `algorithms`, `pipeline` and `gallery` find it.
+
+pub mod state;
 
 use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::{Context, anyhow, bail};
@@ -58,6 +66,16 @@ pub struct Args {
     /// before any job runs, so jobs can say `"pipeline": "<name>"`.
     #[arg(long, value_name = "DIR")]
     pub pipelines: Option<PathBuf>,
+    /// Stay up after the jobs (or with none) until Ctrl-C or SIGTERM: the registry, the
+    /// runners and dev.json stay for `plugworker call`, `algorithms`, `pipeline` and
+    /// `gallery`.
+    #[arg(long)]
+    pub keep_running: bool,
+    /// Logs on the terminal. Without it, when results go to a terminal and RUST_LOG is
+    /// unset, logs go to `plugworker.log` in the log folder instead, so that only the
+    /// table and the progress line show.
+    #[arg(short, long)]
+    pub verbose: bool,
 }
 
 /// The pipelines of `--pipelines DIR`: (name, the file's JSON), each parsed and checked
@@ -233,7 +251,30 @@ fn not_utf8(line: usize, error: std::str::Utf8Error) -> JobResult {
     }
 }
 
+/// Resolves at SIGINT or SIGTERM. The handlers are installed when this is called, so a
+/// Ctrl-C during the start is not lost (and does not kill the process before it cleans up):
+/// it is seen as soon as the run waits for results.
+fn stop_signal() -> anyhow::Result<impl Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut terminate = signal(SignalKind::terminate()).context("cannot handle SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot handle SIGINT")?;
+    Ok(async move {
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM received; stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT received; stopping"),
+        }
+    })
+}
+
+/// Whether logs leave the terminal for the log folder: the results are on it, and neither
+/// `-v` nor `RUST_LOG` asks for logs there.
+fn quiet(results_on_terminal: bool, verbose: bool, rust_log: Option<&std::ffi::OsStr>) -> bool {
+    results_on_terminal && !verbose && rust_log.is_none()
+}
+
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut stop = std::pin::pin!(stop_signal()?);
     // Checked before anything starts: a bad file fails the command, naming it.
     let pipelines = match &args.pipelines {
         Some(dir) => read_pipelines(dir)?,
@@ -260,12 +301,15 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     };
     let table = args.format.is_table(on_terminal);
     let mut output = ResultWriter::new(output, table.then(terminal_width));
+    if on_terminal && total > 0 {
+        output = output.with_progress(total, terminal_width());
+    }
     let (mut ok, mut failed) = (0usize, 0usize);
     for result in &unreadable {
         output.result(result)?;
         failed += 1;
     }
-    if jobs.is_empty() {
+    if jobs.is_empty() && !args.keep_running {
         output.finish()?;
         if total == 0 {
             tracing::warn!("no jobs given");
@@ -275,19 +319,53 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
 
+    let logs = match &args.logs {
+        Some(dir) => dir.clone(),
+        None => std::env::temp_dir().join(format!("plugworker-dev-{}", std::process::id())),
+    };
+    std::fs::create_dir_all(&logs)?;
+    if quiet(
+        on_terminal,
+        args.verbose,
+        std::env::var_os("RUST_LOG").as_deref(),
+    ) {
+        let file = std::fs::File::options()
+            .create(true)
+            .append(true)
+            .open(logs.join("plugworker.log"))
+            .with_context(|| format!("cannot create the log file in {}", logs.display()))?;
+        plugworker_telemetry::redirect_logs(file);
+    }
+
     // ACLs and intentions on, default deny (dev_mesh.rs).
     let (registry, mesh) = super::dev_mesh::start_registry().await?;
+    let session = state::DevSession {
+        pid: std::process::id(),
+        registry: mesh.address().to_string(),
+        token: mesh.operator().await?,
+        mesh_service: super::dev_mesh::OPERATOR_SERVICE.to_string(),
+    };
+    // Removed when dropped: at the end, on an error, or when the stop signal ends the run.
+    let published = match state::publish(&session) {
+        Ok(Some(published)) => Some(published),
+        Ok(None) => {
+            tracing::warn!(
+                "another plugworker dev already runs ({}): commands without --consul-address find that one",
+                state::path().display()
+            );
+            None
+        }
+        Err(error) => {
+            tracing::warn!("{error:#}; commands need --consul-address to find this dev");
+            None
+        }
+    };
     // Stored before the controller starts: its first read of the store has them, so no
     // job naming one waits (pipeline_unavailable) for the watch to catch up.
     for (name, json) in &pipelines {
         mesh.store_pipeline(name, json).await?;
         tracing::info!(pipeline = %name, "pipeline stored");
     }
-    let logs = match &args.logs {
-        Some(dir) => dir.clone(),
-        None => std::env::temp_dir().join(format!("plugworker-dev-{}", std::process::id())),
-    };
-    std::fs::create_dir_all(&logs)?;
     let mut children = Vec::new();
     for binary in runner_binaries(&args.runners)? {
         let name = binary
@@ -351,18 +429,21 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         link,
         settings,
     );
-    let (stop, stopped) = oneshot::channel::<()>();
+    let (stop_controller, stopped) = oneshot::channel::<()>();
     let running = tokio::spawn(controller.run(async {
         let _ = stopped.await;
     }));
 
     let mut finished = HashSet::new();
     let mut duplicates = 0usize;
-    let mut interrupted = std::pin::pin!(super::shutdown_signal());
+    let mut stopped_by_signal = false;
+    // The progress line's clock: redrawn every half second while nothing else changes.
+    let mut ticks = tokio::time::interval(Duration::from_millis(500));
     while finished.len() < jobs.len() {
         let result = tokio::select! {
             result = received.recv() => match result { Some(result) => result, None => break },
-            () = &mut interrupted => { tracing::warn!("interrupted"); break }
+            _ = ticks.tick() => { output.tick(started.elapsed())?; continue }
+            () = &mut stop => { stopped_by_signal = true; tracing::warn!("interrupted"); break }
         };
         // Every result the controller publishes is final; a second one for a message id
         // (possible only after a failure between publishing and deleting) is not printed.
@@ -377,21 +458,62 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             Status::Error => failed += 1,
         }
     }
-    let _ = stop.send(());
-    let _ = running.await;
-    for child in children {
-        child.stop().await;
-    }
-    registry.stop().await;
+    output.tick(started.elapsed())?;
     output.finish()?;
-    eprintln!(
-        "plugworker dev: {total} jobs, {ok} ok, {failed} failed{} (runner logs in {})",
+    let summary = format!(
+        "plugworker dev: {total} jobs, {ok} ok, {failed} failed{} in {:.1} s",
         if duplicates > 0 {
             format!(", {duplicates} duplicate results dropped")
         } else {
             String::new()
         },
-        logs.display()
+        started.elapsed().as_secs_f64()
     );
+    if args.keep_running && !stopped_by_signal {
+        if jobs.is_empty() {
+            eprintln!("plugworker dev: running until Ctrl-C");
+        } else {
+            eprintln!("{summary}; running until Ctrl-C");
+        }
+        eprintln!("  registry: {}", registry.url());
+        if let Some(published) = &published {
+            eprintln!(
+                "  found by plugworker call, algorithms, pipeline and gallery through {}",
+                published.path().display()
+            );
+        }
+        eprintln!("  logs: {}", logs.display());
+        stop.as_mut().await;
+    }
+    let _ = stop_controller.send(());
+    let _ = running.await;
+    for child in children {
+        child.stop().await;
+    }
+    registry.stop().await;
+    drop(published);
+    eprintln!("{summary} (logs in {})", logs.display());
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quiet;
+
+    #[test]
+    fn logs_leave_the_terminal_only_for_the_table_and_only_unasked() {
+        assert!(
+            quiet(true, false, None),
+            "results on a terminal: logs to the folder"
+        );
+        assert!(
+            !quiet(false, false, None),
+            "piped: logs on stderr as before"
+        );
+        assert!(!quiet(true, true, None), "-v keeps them on the terminal");
+        assert!(
+            !quiet(true, false, Some("warn".as_ref())),
+            "so does RUST_LOG"
+        );
+    }
 }

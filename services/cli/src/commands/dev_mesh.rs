@@ -7,7 +7,12 @@
 //!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog),
 //!   and a `service-intentions` entry allowing the controller to call that service;
 //! - for the controller, a token with the `plugworker-controller` policy
-//!   ([`plugworker_consul_client::admin::controller_rules`]).
+//!   ([`plugworker_consul_client::admin::controller_rules`]);
+//! - for the person at the keyboard, an `operator` token ([`DevMesh::operator`]): the
+//!   service identity `operator` (its Connect certificate, read the catalog), intentions
+//!   `operator → each runner`, and KV write on `plugworker/pipelines/` and
+//!   `plugworker/galleries/`: what `call`, `algorithms`, `pipeline` and `gallery` need.
+//!   It reaches them through dev.json ([`super::dev::state`]).
 //!
 //! Each child gets its token through `CONSUL_HTTP_TOKEN`; the management token never
 //! leaves this process.
@@ -25,6 +30,12 @@ use std::time::Duration;
 
 /// The controller's Connect service name in `dev`.
 pub const CONTROLLER_SERVICE: &str = "controller";
+/// The Connect identity of the operator token (dev.json).
+pub const OPERATOR_SERVICE: &str = "operator";
+
+/// The operator's rules besides its service identity: write (and read) the stored
+/// pipelines and the galleries' announced versions.
+const OPERATOR_RULES: &str = "key_prefix \"plugworker/pipelines/\" {\n  policy = \"write\"\n}\nkey_prefix \"plugworker/galleries/\" {\n  policy = \"write\"\n}\n";
 
 /// The embedded registry with ACLs and intentions on, and the management client.
 pub struct DevMesh {
@@ -99,14 +110,23 @@ impl DevMesh {
         self.management
             .apply_service_intentions(&ServiceIntentions {
                 name: service.to_string(),
-                sources: vec![IntentionSource {
-                    name: CONTROLLER_SERVICE.to_string(),
-                    action: IntentionAction::Allow,
-                    description: "plugworker dev: the controller runs jobs".into(),
-                }],
+                sources: vec![
+                    IntentionSource {
+                        name: CONTROLLER_SERVICE.to_string(),
+                        action: IntentionAction::Allow,
+                        description: "plugworker dev: the controller runs jobs".into(),
+                    },
+                    IntentionSource {
+                        name: OPERATOR_SERVICE.to_string(),
+                        action: IntentionAction::Allow,
+                        description: "plugworker dev: call and algorithms (dev.json)".into(),
+                    },
+                ],
             })
             .await
-            .with_context(|| format!("cannot allow the controller to call {service}"))?;
+            .with_context(|| {
+                format!("cannot allow the controller and the operator to call {service}")
+            })?;
         Ok(vec![
             ("CONSUL_HTTP_ADDR", self.address.clone()),
             ("CONSUL_HTTP_TOKEN", token.secret_id),
@@ -128,6 +148,39 @@ impl DevMesh {
             .with_context(|| format!("cannot store the pipeline {name}"))?;
         anyhow::ensure!(stored, "the registry did not store the pipeline {name}");
         Ok(())
+    }
+
+    /// The operator token's secret (see the module's documentation).
+    pub async fn operator(&self) -> anyhow::Result<String> {
+        let policy = self
+            .management
+            .acl_policy_create(&NewPolicy {
+                name: "plugworker-operator".into(),
+                description: "plugworker dev: write pipelines and gallery versions".into(),
+                rules: OPERATOR_RULES.into(),
+            })
+            .await
+            .context("cannot create the operator's ACL policy")?;
+        let token = self
+            .management
+            .acl_token_create(&NewToken {
+                description: "plugworker dev: operator (dev.json)".into(),
+                policies: vec![PolicyLink {
+                    id: policy.id,
+                    name: String::new(),
+                }],
+                service_identities: vec![ServiceIdentity {
+                    service_name: OPERATOR_SERVICE.to_string(),
+                }],
+            })
+            .await
+            .context("cannot create the operator's ACL token")?;
+        Ok(token.secret_id)
+    }
+
+    /// The registry's address.
+    pub fn address(&self) -> &str {
+        &self.address
     }
 
     /// The controller's side: its token (policy `plugworker-controller`), its Connect

@@ -4,9 +4,14 @@
 //! runners started that way (docs/security.md).
 
 use anyhow::Context;
-use plugworker_consul_client::{ConsulClient, ServiceEntry};
+use plugworker_consul_client::{ConsulClient, QueryOptions, ServiceEntry};
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
+
+/// The Connect identity the CLI takes when no `--mesh-service` names one: the operator's
+/// (`plugworker dev` grants it through dev.json; give yours `service "operator" write`
+/// and intentions from `operator` to have the same on a real Consul).
+pub const OPERATOR: &str = "operator";
 
 /// The way to a runner: who the CLI is in the mesh, or no identity at all.
 #[derive(Clone)]
@@ -44,6 +49,30 @@ impl Link {
                     )
                 })?;
         Ok(Some(Link::Mesh(identity)))
+    }
+
+    /// The [`OPERATOR`] identity when the caller's token may take it (`plugworker dev`'s
+    /// operator token may; see dev.json), else `None`: what `algorithms` and `pipeline
+    /// put` use when no flag names a way to the runners.
+    pub async fn operator(consul: &ConsulClient) -> Option<Link> {
+        // One request first: without the right to the identity, `Identity::start` would
+        // retry until its deadline before saying so.
+        if let Err(error) = consul
+            .connect_ca_leaf(OPERATOR, QueryOptions::default())
+            .await
+        {
+            tracing::debug!(%error, "no Connect certificate for {OPERATOR:?}; runners not asked");
+            return None;
+        }
+        match plugworker_mesh::Identity::start(consul.clone(), OPERATOR, Duration::from_secs(5))
+            .await
+        {
+            Ok(identity) => Some(Link::Mesh(identity)),
+            Err(error) => {
+                tracing::debug!(%error, "no Connect identity {OPERATOR:?}; runners not asked");
+                None
+            }
+        }
     }
 
     pub fn is_mesh(&self) -> bool {
