@@ -444,6 +444,7 @@ async fn two_replicas_converge_on_the_version_consul_announces() {
     );
     for replica in &mut replicas {
         let took = wait_for_version(replica, &query, &added).await;
+        println!("a replica served the announced version after {took:?}");
         assert!(took < SERVED_WITHIN, "{took:?}");
         let (result, _) = classify(&mut replica.client, &query).await.unwrap();
         assert_eq!(result["label"], "brick-wall", "{result}");
