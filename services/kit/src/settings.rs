@@ -350,6 +350,20 @@ mod tests {
     }
 
     #[test]
+    fn an_algorithm_gets_its_settings_typed_or_a_load_error_naming_the_type() {
+        let command = augment_one(clap::Command::new("runner").no_binary_name(true), &EXAMPLE);
+        let matches = command
+            .try_get_matches_from(["--example-threads", "2"])
+            .unwrap();
+        let settings = AlgorithmSettings::from_entries([&EXAMPLE], &matches).unwrap();
+        let context = crate::LoadContext::with(".".into(), settings, None);
+        assert_eq!(context.settings::<Example>().unwrap().threads, 2);
+        let error = context.settings::<String>().unwrap_err().to_string();
+        assert!(error.contains("alloc::string::String"), "{error}");
+        assert!(error.contains("register_settings!"), "{error}");
+    }
+
+    #[test]
     fn flags_parse_like_the_variables() {
         let example = Example::from_arg_matches(
             &Example::augment_args(clap::Command::new("r").no_binary_name(true))
