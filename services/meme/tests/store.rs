@@ -65,6 +65,19 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     .await;
     let v1 = first.version.clone().unwrap();
     assert_eq!(store.current().await.unwrap(), v1);
+    // The same image under the same label again: nothing to publish.
+    let again = publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await;
+    assert_eq!(again.version, None);
+    assert!(
+        again.warnings[0].contains("already a template"),
+        "{:?}",
+        again.warnings
+    );
     let second = publish(&store, add("cup", &["coffee-cup/coffee.jpg"]), &embedder).await;
     let v2 = second.version.unwrap();
     assert_eq!(second.parent.as_deref(), Some(v1.as_str()));
@@ -104,6 +117,28 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     assert_eq!(history[0].created_by, "tester@host");
     assert_eq!(history[2].change, "add cup (1 image)");
     assert_eq!(history[1].change, "remove cat (1 image)");
+}
+
+/// A publisher that died holding `.lock` blocks publishing for at most a minute: an older
+/// lock is removed.
+#[tokio::test]
+async fn a_stale_folder_lock_is_removed() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let lock = std::fs::File::create(dir.path().join(".lock")).unwrap();
+    lock.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let published = publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await;
+    assert!(published.version.is_some());
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    assert!(!dir.path().join(".lock").exists());
 }
 
 #[tokio::test]
