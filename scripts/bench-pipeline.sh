@@ -12,7 +12,11 @@
 # (receipt to result), so SQS polling does not count. The first BENCH_PIPELINE_WARMUP
 # rounds (default 3) are left out. Prints each kind's p50 and p95, the sum and the max of
 # the steps' p50s, the critical path (max(label, text) + lang), the pipeline's p50, and
-# the median over rounds of pipeline / sum and pipeline / max within a round.
+# the median over rounds of pipeline / sum and pipeline / max within a round. Every job
+# must come back as the result of that job (its id), ok, with a non-null output and, for
+# the pipeline, each of its three steps answered (no step error, no null output: `lang`
+# is optional, so an ok job could otherwise time two steps as three); one that does not
+# fails the bench.
 #   BENCH_PIPELINE_ROUNDS=40 scripts/bench-pipeline.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,18 +37,36 @@ rounds, warmup = int(sys.argv[1]), int(sys.argv[2])
 meme = {"image_base64": base64.b64encode(open("scripts/demo/meme.jpg", "rb").read()).decode()}
 
 
+def problem(body, result):
+    """Why `result` is not the full answer to `body`, or None."""
+    if result.get("job_id") != body["id"]:
+        return f"the result of job {result.get('job_id')!r}, not {body['id']!r}"
+    if result.get("status") != "ok" or result.get("result") is None:
+        return "not ok"
+    if "pipeline" in body:
+        steps, outputs = result.get("steps") or {}, result["result"]
+        if sorted(steps) != ["label", "lang", "text"]:
+            return f"steps {sorted(steps)}"
+        for name, step in steps.items():
+            if step.get("error") or step.get("result") is None or outputs.get(name) is None:
+                return f"step {name} has no output"
+    return None
+
+
 def run(stack, body):
-    """Sends one job and waits for its result; the result document."""
+    """Sends one job and waits for its result; the result document. Exits unless it is
+    the full answer to that job."""
     stack.sqs.send_message(QueueUrl=stack.jobs, MessageBody=json.dumps(body))
     deadline = time.time() + 120
     while time.time() < deadline:
         for message in stack.sqs.receive_message(QueueUrl=stack.results, MaxNumberOfMessages=1, WaitTimeSeconds=1).get("Messages", []):
             stack.sqs.delete_message(QueueUrl=stack.results, ReceiptHandle=message["ReceiptHandle"])
             result = json.loads(message["Body"])
-            if result["status"] != "ok":
-                sys.exit(f"bench-pipeline: {body.get('algorithm') or body.get('pipeline')} failed: {message['Body'][:300]}")
+            wrong = problem(body, result)
+            if wrong:
+                sys.exit(f"bench-pipeline: job {body['id']} failed ({wrong}): {message['Body'][:300]}")
             return result
-    sys.exit("bench-pipeline: no result within 120 s")
+    sys.exit(f"bench-pipeline: no result for job {body['id']} within 120 s")
 
 
 random.seed(7)
@@ -54,7 +76,7 @@ try:
     stack.start_runner("nlp-runner")
     stack.start_controller()
     # The meme's text, the `lang` step's input when it runs alone.
-    text = run(stack, {"algorithm": "ocr", "payload": meme})["result"]["text"]
+    text = run(stack, {"id": "text-of-the-meme", "algorithm": "ocr", "payload": meme})["result"]["text"]
     kinds = {
         "label": {"algorithm": "meme_classifier", "payload": meme},
         "text": {"algorithm": "ocr", "payload": meme},
@@ -66,7 +88,7 @@ try:
         order = list(kinds)
         random.shuffle(order)
         for kind in order:
-            ms = run(stack, kinds[kind])["timings"]["total_ms"]
+            ms = run(stack, dict(kinds[kind], id=f"{kind}-{n}"))["timings"]["total_ms"]
             if n >= warmup:
                 samples[kind].append(ms)
 finally:
