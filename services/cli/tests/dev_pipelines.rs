@@ -5,19 +5,12 @@
 
 use base64::Engine;
 use plugworker_testkit::bin_path;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod dev_support;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("plugworker-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use dev_support::{root, scratch};
 
 fn dev(args: &[&str]) -> Output {
     Command::new(bin_path("plugworker"))

@@ -1,26 +1,20 @@
 //! `plugworker dev` found by the other commands through dev.json, with real processes:
 //! `dev --keep-running` (no jobs) writes it private with its live pid; `algorithms` and
 //! `call`, given no registry, reach that dev's runners as `operator` and show versions and
-//! schemas; SIGINT and SIGTERM each end dev with the file removed; a dev.json whose pid is
+//! schemas; its token writes pipelines and gallery versions (`pipeline put`) and no other
+//! key; SIGINT and SIGTERM each end dev with the file removed; a dev.json whose pid is
 //! gone is ignored (and replaced by the next dev).
 
 use plugworker_testkit::{bin_path, eventually};
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
+mod dev_support;
 
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("plugworker-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
+use dev_support::{root, scratch};
 
 /// `plugworker ARGS` as a user runs it on this machine: no registry named anywhere, the
 /// runtime folder `runtime`.
@@ -152,8 +146,17 @@ async fn dev_keep_running_is_found_through_dev_json_until_a_signal_removes_it() 
                 serde_json::json!(["text"]),
                 "{algorithm}"
             );
-            let text = plugworker(&runtime, &["algorithms"]);
-            let text = String::from_utf8_lossy(&text.stdout);
+            // As a user runs it (no RUST_LOG): the answer on stdout, no INFO lines on stderr.
+            let output = Command::new(bin_path("plugworker"))
+                .arg("algorithms")
+                .env("XDG_RUNTIME_DIR", &runtime)
+                .env_remove("CONSUL_HTTP_ADDR")
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            let stderr = String::from_utf8_lossy(&output.stderr);
+            assert!(!stderr.contains("INFO"), "{stderr}");
+            let text = String::from_utf8_lossy(&output.stdout);
             assert!(text.contains("language_detection  v1.0.0"), "{text}");
             assert!(text.contains("input schema: {"), "{text}");
 
@@ -175,6 +178,36 @@ async fn dev_keep_running_is_found_through_dev_json_until_a_signal_removes_it() 
                 stderr.contains("language_detection 1.0.0 on "),
                 "the version that answered: {stderr}"
             );
+
+            // The operator token writes pipelines and gallery versions, and nothing else.
+            let pipeline = root().join("scripts/demo/pipelines/meme_report.json");
+            let output = plugworker(
+                &runtime,
+                &["pipeline", "put", "meme_report", pipeline.to_str().unwrap()],
+            );
+            assert!(output.status.success(), "{output:?}");
+            let output = plugworker(&runtime, &["pipeline", "list"]);
+            assert!(
+                String::from_utf8_lossy(&output.stdout).contains("meme_report"),
+                "{output:?}"
+            );
+            let registry = session["registry"].as_str().unwrap();
+            let token = session["token"].as_str().unwrap();
+            let http = reqwest::Client::new();
+            for (key, allowed) in [
+                ("plugworker/galleries/0123456789abcdef", true),
+                ("plugworker/elsewhere", false),
+            ] {
+                let status = http
+                    .put(format!("{registry}/v1/kv/{key}"))
+                    .header("X-Consul-Token", token)
+                    .body("v1")
+                    .send()
+                    .await
+                    .unwrap()
+                    .status();
+                assert_eq!(status.is_success(), allowed, "{key}: {status}");
+            }
         }
 
         signal(&dev.0, sig);

@@ -148,9 +148,15 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
     let colour = std::io::stderr().is_terminal()
         && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     // Two writers, one live at a time: stderr until [`redirect_logs`], then the file
-    // (never coloured). Each event costs one more atomic load.
-    let on_stderr = filter_fn(|_| !LOGS_REDIRECTED.load(Ordering::Relaxed));
-    let in_file = filter_fn(|_| LOGS_REDIRECTED.load(Ordering::Relaxed));
+    // (never coloured); without RUST_LOG, also [`quiet_by_default`]. Each event costs an
+    // atomic load or two.
+    let rust_log = std::env::var_os("RUST_LOG").is_some();
+    let on_stderr = filter_fn(move |meta| {
+        !LOGS_REDIRECTED.load(Ordering::Relaxed) && (rust_log || within_default(meta))
+    });
+    let in_file = filter_fn(move |meta| {
+        LOGS_REDIRECTED.load(Ordering::Relaxed) && (rust_log || within_default(meta))
+    });
     let logs = match format {
         LogFormat::Human => vec![
             fmt::layer()
@@ -235,6 +241,20 @@ pub fn init(service_name: &str, format: LogFormat) -> Telemetry {
 }
 
 static TRACES_EXPORTED: AtomicBool = AtomicBool::new(false);
+
+/// Whether, without RUST_LOG, only warnings and errors are logged ([`quiet_by_default`]).
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+fn within_default(meta: &tracing::Metadata<'_>) -> bool {
+    !QUIET.load(Ordering::Relaxed) || *meta.level() <= tracing::Level::WARN
+}
+
+/// From now on, unless RUST_LOG says otherwise, log warnings and errors only: for a
+/// one-shot command whose output is its answer (`plugworker algorithms`, `call`), where
+/// INFO lines (a certificate issued, a connection made) are noise.
+pub fn quiet_by_default() {
+    QUIET.store(true, Ordering::Relaxed);
+}
 
 static LOG_FILE: OnceLock<std::fs::File> = OnceLock::new();
 static LOGS_REDIRECTED: AtomicBool = AtomicBool::new(false);

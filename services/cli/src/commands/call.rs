@@ -52,6 +52,8 @@ pub struct Args {
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
+    // The answer is the output; INFO lines (a certificate issued) would only bury it.
+    plugworker_telemetry::quiet_by_default();
     let payload = match (&args.payload, &args.text) {
         (Some(payload), _) => {
             serde_json::from_str::<serde_json::Value>(payload)

@@ -152,29 +152,44 @@ impl DevMesh {
 
     /// The operator token's secret (see the module's documentation).
     pub async fn operator(&self) -> anyhow::Result<String> {
-        let policy = self
-            .management
-            .acl_policy_create(&NewPolicy {
+        self.policy_token(
+            "operator",
+            NewPolicy {
                 name: "plugworker-operator".into(),
                 description: "plugworker dev: write pipelines and gallery versions".into(),
                 rules: OPERATOR_RULES.into(),
-            })
+            },
+            vec![ServiceIdentity {
+                service_name: OPERATOR_SERVICE.to_string(),
+            }],
+        )
+        .await
+    }
+
+    /// A token of `policy` (created here) and `identities`, for `role`; its secret.
+    async fn policy_token(
+        &self,
+        role: &str,
+        policy: NewPolicy,
+        identities: Vec<ServiceIdentity>,
+    ) -> anyhow::Result<String> {
+        let policy = self
+            .management
+            .acl_policy_create(&policy)
             .await
-            .context("cannot create the operator's ACL policy")?;
+            .with_context(|| format!("cannot create the {role}'s ACL policy"))?;
         let token = self
             .management
             .acl_token_create(&NewToken {
-                description: "plugworker dev: operator (dev.json)".into(),
+                description: format!("plugworker dev: {role}"),
                 policies: vec![PolicyLink {
                     id: policy.id,
                     name: String::new(),
                 }],
-                service_identities: vec![ServiceIdentity {
-                    service_name: OPERATOR_SERVICE.to_string(),
-                }],
+                service_identities: identities,
             })
             .await
-            .context("cannot create the operator's ACL token")?;
+            .with_context(|| format!("cannot create the {role}'s ACL token"))?;
         Ok(token.secret_id)
     }
 
@@ -186,29 +201,19 @@ impl DevMesh {
     /// The controller's side: its token (policy `plugworker-controller`), its Connect
     /// identity, and a resolver of Connect-native runners.
     pub async fn controller(&self) -> anyhow::Result<(ConsulClient, (Mode, Transport))> {
-        let policy = self
-            .management
-            .acl_policy_create(&NewPolicy {
-                name: "plugworker-controller".into(),
-                description: "plugworker controller: its own Connect identity, read the catalog"
-                    .into(),
-                rules: controller_rules(CONTROLLER_SERVICE),
-            })
-            .await
-            .context("cannot create the controller's ACL policy")?;
         let token = self
-            .management
-            .acl_token_create(&NewToken {
-                description: "plugworker dev: controller".into(),
-                policies: vec![PolicyLink {
-                    id: policy.id,
-                    name: String::new(),
-                }],
-                ..Default::default()
-            })
-            .await
-            .context("cannot create the controller's ACL token")?;
-        let consul = client(&self.address, &token.secret_id)?;
+            .policy_token(
+                "controller",
+                NewPolicy {
+                    name: "plugworker-controller".into(),
+                    description:
+                        "plugworker controller: its own Connect identity, read the catalog".into(),
+                    rules: controller_rules(CONTROLLER_SERVICE),
+                },
+                Vec::new(),
+            )
+            .await?;
+        let consul = client(&self.address, &token)?;
         let identity = plugworker_mesh::Identity::start(
             consul.clone(),
             CONTROLLER_SERVICE,
