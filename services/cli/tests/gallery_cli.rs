@@ -180,6 +180,11 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
     assert_eq!(kv(&consul, &key).await.as_deref(), Some(v2.as_str()));
     assert_eq!(labels(&gallery, &env), ["cat", "kitten"]);
 
+    // Removing and rolling back reuse the stored embeddings: no model needed.
+    let no_models = [
+        ("CONSUL_HTTP_ADDR", consul.as_str()),
+        ("PLUGWORKER_MODELS_DIR", "/nonexistent"),
+    ];
     let (out, _) = ok(
         &[
             "remove",
@@ -190,7 +195,7 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
             "--file",
             "cat-copy.jpg",
         ],
-        &env,
+        &no_models,
     );
     let v3 = out.trim().to_string();
     let (listing, _) = ok(&["list", "--gallery", &gallery], &env);
@@ -204,7 +209,7 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
     // Back to the first version, as a new version: the history keeps every step.
     let (out, _) = ok(
         &["rollback", "--gallery", &gallery, "--to", &v1[..10]],
-        &env,
+        &no_models,
     );
     let v4 = out.trim().to_string();
     assert_eq!(labels(&gallery, &env), ["cat"]);

@@ -87,6 +87,10 @@ pub enum StoreError {
     },
     #[error("gallery {location}: lost the race for `current` {attempts} times in a row; try again")]
     Contended { location: String, attempts: usize },
+    #[error(
+        "this change needs the embedding model: templates have no stored embedding of the gallery's model"
+    )]
+    NeedsModel,
     #[error("gallery {0}: the lock file .lock is held (another publisher); try again")]
     Locked(String),
 }
@@ -258,6 +262,9 @@ struct CurrentRead {
 struct Base {
     version: Option<String>,
     templates: Vec<StoredTemplate>,
+    /// The version's model key and embeddings blob (`None`: no version yet).
+    embedding_model: Option<String>,
+    embeddings: Option<String>,
     /// Bytes of templates not yet under `templates/` (a read-only folder being converted).
     unstored: HashMap<String, PathBuf>,
 }
@@ -487,17 +494,21 @@ impl GalleryStore {
     /// Applies `change` to the current version and publishes the result as the new current
     /// version. New images are decoded and embedded once; when another publisher's version
     /// lands first, the change is re-applied on top of it.
+    ///
+    /// Without `embedder`, the version keeps the current version's model and its stored
+    /// rows; a change that needs a row computed (an `add`, a template without a stored row)
+    /// is then [`StoreError::NeedsModel`], before anything is written.
     pub async fn publish(
         &self,
         change: Change,
-        embedder: &Embedder,
+        embedder: Option<&Embedder>,
         author: &str,
     ) -> Result<Published, StoreError> {
-        let key = embedder.cache_key();
         // Embeddings known so far, by template sha256: the new images', then each base's.
         let mut known: HashMap<String, Vec<f32>> = HashMap::new();
         let mut additions: Vec<(StoredTemplate, &NewImage)> = Vec::new();
         if let Change::Add { label, images } = &change {
+            let embedder = embedder.ok_or(StoreError::NeedsModel)?;
             validate_label(label)
                 .map_err(|reason| StoreError::Change(format!("label {label:?}: {reason}")))?;
             if images.is_empty() {
@@ -536,9 +547,14 @@ impl GalleryStore {
         for attempt in 0..MAX_ATTEMPTS {
             let current = self.read_current().await?;
             let base = self.base(current.version.as_deref()).await?;
+            let key = match (embedder, &base.embedding_model) {
+                (Some(embedder), _) => embedder.cache_key(),
+                (None, Some(model)) => model.clone(),
+                (None, None) => return Err(StoreError::NeedsModel),
+            };
             let (templates, description, warnings) = match &change {
                 Change::Add { label, .. } => {
-                    self.fill_embeddings(&base, &key, embedder, &mut known)
+                    self.fill_embeddings(&base, &base.templates, &key, embedder, &mut known)
                         .await?;
                     let mut templates = base.templates.clone();
                     let mut warnings = Vec::new();
@@ -627,6 +643,8 @@ impl GalleryStore {
                     retries: attempt,
                 });
             }
+            self.fill_embeddings(&base, &templates, &key, embedder, &mut known)
+                .await?;
             // Every template's bytes and embedding stored before the manifest names them,
             // and the manifest before `current`: whatever a reader can reach is complete.
             for template in &templates {
@@ -640,12 +658,6 @@ impl GalleryStore {
                         source,
                     })?;
                     self.put_immutable(&template.file, &bytes).await?;
-                }
-                if !known.contains_key(&template.sha256) {
-                    let row = self
-                        .embed_stored_or_local(template, &base, embedder)
-                        .await?;
-                    known.insert(template.sha256.clone(), row);
                 }
             }
             let rows: HashMap<String, Vec<f32>> = templates
@@ -713,9 +725,12 @@ impl GalleryStore {
 
     async fn base(&self, version: Option<&str>) -> Result<Base, StoreError> {
         if let Some(version) = version {
+            let manifest = self.manifest(version).await?;
             return Ok(Base {
                 version: Some(version.to_string()),
-                templates: self.manifest(version).await?.templates,
+                templates: manifest.templates,
+                embedding_model: Some(manifest.embedding_model),
+                embeddings: Some(manifest.embeddings),
                 unstored: HashMap::new(),
             });
         }
@@ -725,6 +740,8 @@ impl GalleryStore {
             return Ok(Base {
                 version: None,
                 templates: Vec::new(),
+                embedding_model: None,
+                embeddings: None,
                 unstored: HashMap::new(),
             });
         };
@@ -751,28 +768,38 @@ impl GalleryStore {
         Ok(Base {
             version: None,
             templates,
+            embedding_model: None,
+            embeddings: None,
             unstored,
         })
     }
 
-    /// Adds the base's stored embeddings (same model) to `known`, for near-duplicate checks.
+    /// Makes sure `known` has a row of model `key` for each of `templates`: from the base
+    /// version's blob (same model), else computed (which needs `embedder`).
     async fn fill_embeddings(
         &self,
         base: &Base,
+        templates: &[StoredTemplate],
         key: &str,
-        embedder: &Embedder,
+        embedder: Option<&Embedder>,
         known: &mut HashMap<String, Vec<f32>>,
     ) -> Result<(), StoreError> {
-        if base.templates.iter().all(|t| known.contains_key(&t.sha256)) {
+        let complete = |known: &HashMap<String, Vec<f32>>| {
+            templates.iter().all(|t| known.contains_key(&t.sha256))
+        };
+        if complete(known) {
             return Ok(());
         }
-        if let Some(version) = &base.version {
-            let manifest = self.manifest(version).await?;
-            if manifest.embedding_model == key {
-                known.extend(self.read_embeddings(&manifest.embeddings, key).await?);
-            }
+        if let (Some(model), Some(blob)) = (&base.embedding_model, &base.embeddings)
+            && model == key
+        {
+            known.extend(self.read_embeddings(blob, key).await?);
         }
-        for template in &base.templates {
+        if complete(known) {
+            return Ok(());
+        }
+        let embedder = embedder.ok_or(StoreError::NeedsModel)?;
+        for template in templates {
             if !known.contains_key(&template.sha256) {
                 let row = self.embed_stored_or_local(template, base, embedder).await?;
                 known.insert(template.sha256.clone(), row);

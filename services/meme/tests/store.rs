@@ -41,7 +41,7 @@ fn labels(gallery: &Gallery) -> Vec<String> {
 /// Publishes `change` as tester@host; it must succeed.
 async fn publish(store: &GalleryStore, change: Change, embedder: &Embedder) -> Published {
     store
-        .publish(change, embedder, "tester@host")
+        .publish(change, Some(embedder), "tester@host")
         .await
         .unwrap_or_else(|e| panic!("publishing failed: {e}"))
 }
@@ -89,15 +89,21 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     let again = store.load(&v2, &embedder, Some(&gallery)).await.unwrap();
     assert_eq!(again.index().row(1), gallery.index().row(1));
 
-    let removed = publish(
-        &store,
-        Change::Remove {
-            label: "cat".into(),
-            file: None,
-        },
-        &embedder,
-    )
-    .await;
+    // Adding needs the model; removing keeps the stored rows and does not.
+    let error = store
+        .publish(
+            add("dog", &["astronaut/astronaut.jpg"]),
+            None,
+            "tester@host",
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::NeedsModel), "{error}");
+    let remove = Change::Remove {
+        label: "cat".into(),
+        file: None,
+    };
+    let removed = store.publish(remove, None, "tester@host").await.unwrap();
     let v3 = removed.version.unwrap();
     assert_eq!(
         labels(&store.load(&v3, &embedder, None).await.unwrap()),
@@ -275,8 +281,12 @@ mod s3 {
         // Both read "no current" and race for If-None-Match: *, then If-Match: the loser
         // re-applies its change on the winner's version.
         let (a, b) = tokio::join!(
-            one.publish(add("cat", &["chelsea-the-cat/chelsea.jpg"]), &embedder, "a"),
-            other.publish(add("cup", &["coffee-cup/coffee.jpg"]), &embedder, "b"),
+            one.publish(
+                add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+                Some(&embedder),
+                "a"
+            ),
+            other.publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(&embedder), "b"),
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a.retries + b.retries, 1, "exactly one lost the race");

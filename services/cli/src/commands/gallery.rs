@@ -12,7 +12,7 @@ use crate::ConsulArgs;
 use anyhow::{Context, bail};
 use plugworker_image_input::ImageLimits;
 use plugworker_meme::{
-    Change, Embedder, GalleryStore, Location, NewImage, Published, short_version,
+    Change, Embedder, GalleryStore, Location, NewImage, Published, StoreError, short_version,
 };
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -56,7 +56,8 @@ pub struct GalleryArg {
 /// What publishing needs: the embedding model and who publishes.
 #[derive(clap::Args, Debug)]
 pub struct PublishArgs {
-    /// Models folder, as the runners': the SSCD model is read from
+    /// Models folder, as the runners' (needed by `add`; `remove` and `rollback` reuse the
+    /// stored embeddings): the SSCD model is read from
     /// <models-dir>/cache/sscd/sscd_distilled.onnx (or --model) and ONNX Runtime from
     /// <models-dir>/cache/onnxruntime (or ORT_DYLIB_PATH); scripts/fetch-models.sh fetches both.
     #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
@@ -230,11 +231,25 @@ fn author(args: &PublishArgs) -> String {
 /// happened on stderr.
 async fn publish(gallery: &GalleryArg, change: Change, args: &PublishArgs) -> anyhow::Result<()> {
     let store = open(gallery).await?;
-    let embedder = embedder(args)?;
-    let published: Published = store
-        .publish(change, &embedder, &author(args))
-        .await
-        .with_context(|| format!("cannot publish to gallery {}", store.location()))?;
+    let author = author(args);
+    // `remove` and `rollback` reuse the stored embeddings, so they need the model (and ONNX
+    // Runtime) only when some template has no row of the gallery's model.
+    let attempt = match change {
+        Change::Add { .. } => Err(change),
+        _ => match store.publish(change.clone(), None, &author).await {
+            Err(StoreError::NeedsModel) => Err(change),
+            outcome => Ok(outcome),
+        },
+    };
+    let outcome = match attempt {
+        Ok(outcome) => outcome,
+        Err(change) => {
+            let embedder = embedder(args)?;
+            store.publish(change, Some(&embedder), &author).await
+        }
+    };
+    let published: Published =
+        outcome.with_context(|| format!("cannot publish to gallery {}", store.location()))?;
     for warning in &published.warnings {
         eprintln!("warning: {warning}");
     }
@@ -268,7 +283,7 @@ async fn publish(gallery: &GalleryArg, change: Change, args: &PublishArgs) -> an
 async fn announce(store: &GalleryStore, version: &str, consul: &ConsulArgs) {
     let key = store.location().kv_key();
     let outcome = async {
-        let client = consul.client()?;
+        let client = super::dev::state::client(consul)?;
         tokio::time::timeout(KV_TIMEOUT, client.kv_put(&key, version.as_bytes(), None))
             .await
             .context("timed out")??;
