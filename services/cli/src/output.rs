@@ -770,6 +770,7 @@ mod tests {
             runner: None,
             algorithm_version: None,
             attempt: 1,
+            calls: 1,
             timings: StepTimings {
                 started_ms: started,
                 ..StepTimings::default()

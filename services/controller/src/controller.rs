@@ -56,6 +56,9 @@ pub(crate) const MAX_INVISIBLE: Duration = Duration::from_secs(12 * 3600);
 const MAX_LEASE_MARGIN: Duration = Duration::from_secs(10);
 /// Message ids whose final result this controller published, remembered for redeliveries.
 const FINALS_REMEMBERED: usize = 100_000;
+/// Message ids of stored-pipeline jobs this controller started, with the revision each
+/// ran, remembered so a redelivery runs the same revision.
+const REVISIONS_REMEMBERED: usize = 100_000;
 /// After the grace period, how long jobs get to put their messages back before they are
 /// abandoned (their messages then reappear after the visibility timeout).
 const REQUEUE_GRACE: Duration = Duration::from_secs(15);
@@ -103,10 +106,7 @@ impl From<Result<Success, Failure>> for Verdict {
 /// In memory, so it covers redeliveries to this controller only; bounded (oldest
 /// forgotten first), so it covers redeliveries within the last [`FINALS_REMEMBERED`]
 /// results.
-#[derive(Default)]
-struct Finals {
-    inner: Mutex<FinalsInner>,
-}
+type Finals = Remembered<Final>;
 
 /// A published final result: whether it is an error, and the DLQ copy still to make.
 #[derive(Clone, Debug, PartialEq)]
@@ -115,26 +115,41 @@ struct Final {
     dead_letter: Option<ErrorInfo>,
 }
 
-#[derive(Default)]
-struct FinalsInner {
-    /// Message id → its final state.
-    by_id: HashMap<String, Final>,
+/// Something remembered per message id, in memory and bounded: past `limit` ids the
+/// oldest is forgotten first.
+pub(crate) struct Remembered<V> {
+    limit: usize,
+    inner: Mutex<RememberedInner<V>>,
+}
+
+struct RememberedInner<V> {
+    by_id: HashMap<String, V>,
     /// Oldest first, for forgetting.
     order: VecDeque<String>,
 }
 
-impl Finals {
-    fn get(&self, message_id: &str) -> Option<Final> {
+impl<V: Clone> Remembered<V> {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            inner: Mutex::new(RememberedInner {
+                by_id: HashMap::new(),
+                order: VecDeque::new(),
+            }),
+        }
+    }
+
+    pub(crate) fn get(&self, message_id: &str) -> Option<V> {
         lock(&self.inner).by_id.get(message_id).cloned()
     }
 
-    /// Records a published final result and the DLQ copy still to make.
-    fn record(&self, message_id: &str, state: Final) {
+    /// Records (or replaces) what is remembered for `message_id`.
+    pub(crate) fn record(&self, message_id: &str, value: V) {
         let mut inner = lock(&self.inner);
-        let FinalsInner { by_id, order } = &mut *inner;
-        if by_id.insert(message_id.to_string(), state).is_none() {
+        let RememberedInner { by_id, order } = &mut *inner;
+        if by_id.insert(message_id.to_string(), value).is_none() {
             order.push_back(message_id.to_string());
-            while order.len() > FINALS_REMEMBERED {
+            while order.len() > self.limit {
                 if let Some(oldest) = order.pop_front() {
                     by_id.remove(&oldest);
                 }
@@ -171,11 +186,13 @@ pub(crate) struct Context {
     pub(crate) dispatcher: Arc<Dispatcher>,
     pub(crate) settings: Settings,
     pub(crate) run_slots: Arc<Semaphore>,
-    waiting_for_runner: Arc<Semaphore>,
+    pub(crate) waiting_for_runner: Arc<Semaphore>,
     /// Per-algorithm limits, for algorithms runners announce only: a producer inventing
     /// names cannot grow this map.
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
     finals: Finals,
+    /// Stored-pipeline jobs started here: message id → (pipeline name, revision run).
+    pub(crate) revisions: Remembered<(String, u64)>,
     groups: Mutex<Groups>,
     /// Turns true when the shutdown grace is over: unfinished jobs put their messages back.
     give_up: watch::Receiver<bool>,
@@ -206,7 +223,8 @@ impl Controller {
                 waiting_for_runner: Arc::new(Semaphore::new(settings.max_waiting_for_runner)),
                 settings,
                 per_algorithm: Mutex::new(HashMap::new()),
-                finals: Finals::default(),
+                finals: Finals::new(FINALS_REMEMBERED),
+                revisions: Remembered::new(REVISIONS_REMEMBERED),
                 groups: Mutex::new(Groups::default()),
                 give_up: give_up_receiver,
                 metrics: ControllerMetrics::new(),
@@ -806,9 +824,13 @@ async fn run_job(
         Ok(job) => job,
         Err(error) => {
             let error = ErrorInfo::permanent(error.code(), error.to_string());
-            // Whatever is wrong, a valid id is echoed: the producer can tell which job failed.
+            // Whatever is wrong, a valid id (and the pipeline named) is echoed: the
+            // producer can tell which job failed.
             let id = plugworker_jobs::job_id(&delivery.body);
-            return Ran::new(None, id, Verdict::failed(error, None), Duration::ZERO);
+            return Ran {
+                pipeline: plugworker_jobs::job_pipeline(&delivery.body),
+                ..Ran::new(None, id, Verdict::failed(error, None), Duration::ZERO)
+            };
         }
     };
     if let Some(id) = &id {
@@ -819,7 +841,7 @@ async fn run_job(
             run_algorithm(context, delivery, slot, started, id, algorithm, &payload).await
         }
         Work::Pipeline(pipeline) => {
-            crate::pipeline::run(context, pipeline, id, &payload, slot, started).await
+            crate::pipeline::run(context, delivery, pipeline, id, &payload, slot, started).await
         }
     }
 }
@@ -1304,7 +1326,7 @@ mod tests {
 
     #[test]
     fn finals_are_remembered_up_to_a_bound() {
-        let finals = Finals::default();
+        let finals = Finals::new(FINALS_REMEMBERED);
         let done = |failed| Final {
             failed,
             dead_letter: None,

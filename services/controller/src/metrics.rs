@@ -312,7 +312,7 @@ impl ControllerMetrics {
     ) {
         let name = match pipeline.revision {
             Some(_) => pipeline.name.clone(),
-            None => crate::pipeline::INLINE.to_string(),
+            None => plugworker_jobs::pipeline::INLINE.to_string(),
         };
         self.pipeline_jobs
             .get_or_create(&PipelineLabels {

@@ -7,6 +7,16 @@
 //! value is parsed once per revision (its `ModifyIndex`); one that does not parse is kept
 //! as its error, so jobs naming it fail `invalid_pipeline` with the reason.
 //!
+//! A name the watch does not hold is read from Consul once per watch answer (a pipeline
+//! put just before its first job is found while the watch is behind): what that read
+//! found, or that it found nothing, serves the next jobs naming it until the watch
+//! answers again (a miss at most [`MISS_KEPT`]), so jobs naming an unknown pipeline cost
+//! Consul one read per answer, not one each.
+//!
+//! The last [`REVISIONS_KEPT`] revisions the watch saw of each stored pipeline stay
+//! parsed, so a redelivered job can run the revision its first delivery ran
+//! ([`StoredPipelines::revision`]).
+//!
 //! Before the first answer nothing is known: [`Lookup::NotYet`] (jobs naming a pipeline
 //! are transient then). Consul answers a listing with only the entries the token may
 //! read (no error), so a token without read on the prefix would see no pipeline at all
@@ -15,11 +25,11 @@
 //! logs the fix and named pipelines stay unavailable (transient); inline ones still run.
 
 use plugworker_consul_client::{ConsulClient, Error, KvPair, Watch};
-use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, valid_pipeline_name};
+use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, pipeline_name_of_key};
 use plugworker_lifecycle::Backoff;
-use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::collections::{HashMap, VecDeque};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
@@ -42,8 +52,31 @@ pub enum Lookup {
     NotYet,
 }
 
-/// Stored pipelines by name; `None` until Consul first answers.
-type View = Option<Arc<HashMap<String, Stored>>>;
+/// Revisions kept parsed per stored pipeline, for redeliveries of jobs that ran them.
+pub const REVISIONS_KEPT: usize = 8;
+/// The longest a read that found no pipeline answers for later jobs naming it.
+pub const MISS_KEPT: Duration = Duration::from_secs(1);
+/// Names read outside the watch that are remembered until it answers again (a producer
+/// naming many unknown pipelines cannot grow this).
+const LOOKUPS_KEPT: usize = 1024;
+
+/// One answer of the watch: the stored pipelines by name, and which answer it is.
+#[derive(Debug, Default)]
+struct Answer {
+    generation: u64,
+    pipelines: HashMap<String, Stored>,
+}
+
+/// The watch's last answer; `None` until Consul first answers.
+type View = Option<Arc<Answer>>;
+
+/// Reads of names the watch did not hold, valid while the watch's answer is `generation`.
+#[derive(Default)]
+struct Lookups {
+    generation: u64,
+    /// Name → what the read found (`None`: no such key) and when.
+    by_name: HashMap<String, (Option<Stored>, Instant)>,
+}
 
 /// The named pipelines, kept live by a blocking query; the task stops when this is dropped.
 pub struct StoredPipelines {
@@ -52,6 +85,10 @@ pub struct StoredPipelines {
     tried: watch::Receiver<bool>,
     task: Option<JoinHandle<()>>,
     client: Option<ConsulClient>,
+    lookups: Mutex<Lookups>,
+    /// The last [`REVISIONS_KEPT`] revisions of each pipeline the watch holds, oldest
+    /// first.
+    history: Arc<Mutex<HashMap<String, VecDeque<Stored>>>>,
 }
 
 impl StoredPipelines {
@@ -59,12 +96,21 @@ impl StoredPipelines {
     pub fn start(client: ConsulClient, wait: Duration) -> Self {
         let (sender, view) = watch::channel(None);
         let (tried_sender, tried) = watch::channel(false);
-        let task = tokio::spawn(follow(client.clone(), wait, sender, tried_sender));
+        let history = Arc::default();
+        let task = tokio::spawn(follow(
+            client.clone(),
+            wait,
+            sender,
+            tried_sender,
+            Arc::clone(&history),
+        ));
         Self {
             view,
             tried,
             task: Some(task),
             client: Some(client),
+            lookups: Mutex::default(),
+            history,
         }
     }
 
@@ -76,16 +122,29 @@ impl StoredPipelines {
             tried: watch::channel(true).1,
             task: None,
             client: None,
+            lookups: Mutex::default(),
+            history: Arc::default(),
         }
+    }
+
+    /// Revision `revision` of the pipeline `name`, while it is among the last
+    /// [`REVISIONS_KEPT`] the watch saw of a pipeline still stored.
+    pub fn revision(&self, name: &str, revision: u64) -> Option<Stored> {
+        lock(&self.history)
+            .get(name)?
+            .iter()
+            .find(|stored| stored.revision == revision)
+            .cloned()
     }
 
     /// The pipeline stored as `name` now. A name the watch does not hold is read once
     /// more from Consul: a pipeline put just before its first job (the watch a few
-    /// milliseconds behind) must not fail that job permanently.
+    /// milliseconds behind) must not fail that job permanently. That read serves later
+    /// jobs until the watch answers again (a miss at most [`MISS_KEPT`]).
     pub async fn get(&self, name: &str) -> Lookup {
-        let cached = match &*self.view.borrow() {
+        let (generation, cached) = match &*self.view.borrow() {
             None => return Lookup::NotYet,
-            Some(view) => view.get(name).cloned(),
+            Some(view) => (view.generation, view.pipelines.get(name).cloned()),
         };
         if let Some(stored) = cached {
             return Lookup::Found(stored);
@@ -93,17 +152,50 @@ impl StoredPipelines {
         let Some(client) = &self.client else {
             return Lookup::Unknown;
         };
+        if let Some(known) = self.looked_up(generation, name) {
+            return known;
+        }
         match client
             .kv_get(&format!("{KV_PREFIX}{name}"), Default::default())
             .await
         {
-            Ok((None, _)) => Lookup::Unknown,
-            Ok((Some(pair), _)) => Lookup::Found(parse(name, &pair)),
+            Ok((pair, _)) => {
+                let found = pair.map(|pair| parse(name, &pair));
+                self.remember(generation, name, found.clone());
+                found.map_or(Lookup::Unknown, Lookup::Found)
+            }
             Err(error) => {
                 tracing::warn!(%error, pipeline = name, "cannot read a stored pipeline the watch does not hold yet");
                 Lookup::NotYet
             }
         }
+    }
+
+    /// What an earlier read of `name` found, while the watch's answer is still
+    /// `generation` (and, for a miss, for at most [`MISS_KEPT`]).
+    fn looked_up(&self, generation: u64, name: &str) -> Option<Lookup> {
+        let lookups = lock(&self.lookups);
+        if lookups.generation != generation {
+            return None;
+        }
+        match lookups.by_name.get(name)? {
+            (Some(stored), _) => Some(Lookup::Found(stored.clone())),
+            (None, at) if at.elapsed() < MISS_KEPT => Some(Lookup::Unknown),
+            (None, _) => None,
+        }
+    }
+
+    fn remember(&self, generation: u64, name: &str, found: Option<Stored>) {
+        let mut lookups = lock(&self.lookups);
+        if lookups.generation != generation || lookups.by_name.len() >= LOOKUPS_KEPT {
+            *lookups = Lookups {
+                generation,
+                by_name: HashMap::new(),
+            };
+        }
+        lookups
+            .by_name
+            .insert(name.to_string(), (found, Instant::now()));
     }
 
     /// Resolves once the watch has tried Consul once, whatever came of it: the
@@ -154,9 +246,11 @@ async fn follow(
     wait: Duration,
     sender: watch::Sender<View>,
     tried: watch::Sender<bool>,
+    history: Arc<Mutex<HashMap<String, VecDeque<Stored>>>>,
 ) {
     wait_for_permission(&client, &tried).await;
     let mut watch = Watch::new(wait);
+    let mut generation = 0;
     loop {
         let result = watch
             .next(|options| client.kv_list(KV_PREFIX, options))
@@ -165,15 +259,39 @@ async fn follow(
         match result {
             Ok(pairs) => {
                 let previous = sender.borrow().clone();
-                let view = read(&pairs, previous.as_deref());
+                let view = read(&pairs, previous.as_ref().map(|p| &p.pipelines));
                 tracing::debug!(pipelines = view.len(), "stored pipelines changed");
-                sender.send_replace(Some(Arc::new(view)));
+                keep_history(&mut lock(&history), &view);
+                generation += 1;
+                sender.send_replace(Some(Arc::new(Answer {
+                    generation,
+                    pipelines: view,
+                })));
             }
             Err(error) => {
                 tracing::warn!(%error, "Consul watch of the stored pipelines failed; keeping the last known ones");
             }
         }
     }
+}
+
+/// Adds the revisions of `view` to `history`, keeping the last [`REVISIONS_KEPT`] of each
+/// pipeline `view` holds (a deleted pipeline's are dropped).
+fn keep_history(history: &mut HashMap<String, VecDeque<Stored>>, view: &HashMap<String, Stored>) {
+    history.retain(|name, _| view.contains_key(name));
+    for (name, stored) in view {
+        let kept = history.entry(name.clone()).or_default();
+        if kept.iter().all(|k| k.revision != stored.revision) {
+            kept.push_back(stored.clone());
+            while kept.len() > REVISIONS_KEPT {
+                kept.pop_front();
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 fn is_forbidden(error: &Error) -> bool {
@@ -186,12 +304,9 @@ fn is_forbidden(error: &Error) -> bool {
 fn read(pairs: &[KvPair], previous: Option<&HashMap<String, Stored>>) -> HashMap<String, Stored> {
     let mut view = HashMap::new();
     for pair in pairs {
-        let Some(name) = pair.key.strip_prefix(KV_PREFIX) else {
+        let Some(name) = pipeline_name_of_key(&pair.key) else {
             continue;
         };
-        if !valid_pipeline_name(name) {
-            continue;
-        }
         let unchanged = previous
             .and_then(|previous| previous.get(name))
             .filter(|stored| stored.revision == pair.modify_index);
@@ -254,6 +369,28 @@ mod tests {
         assert_eq!(again["ok"].revision, 9);
         assert!(again["ok"].pipeline.is_err());
         assert!(again["broken"].pipeline.is_err());
+    }
+
+    #[test]
+    fn the_last_revisions_of_each_stored_pipeline_are_kept() {
+        let good = |n: u64| format!(r#"{{"a": {{"algorithm": "echo{n}"}}}}"#);
+        let mut history = HashMap::new();
+        let mut view = None;
+        for revision in 1..=12 {
+            let next = read(
+                &[pair("p", &good(revision), revision), pair("q", &good(0), 1)],
+                view.as_ref(),
+            );
+            keep_history(&mut history, &next);
+            view = Some(next);
+        }
+        let revisions: Vec<u64> = history["p"].iter().map(|s| s.revision).collect();
+        assert_eq!(revisions, (5..=12).collect::<Vec<_>>());
+        assert_eq!(history["q"].len(), 1, "an unchanged revision is kept once");
+        let step = &history["p"][0].pipeline.as_ref().unwrap().steps()[0];
+        assert_eq!(step.algorithm, "echo5", "each revision as it was");
+        keep_history(&mut history, &read(&[pair("q", &good(0), 1)], None));
+        assert!(!history.contains_key("p"), "a deleted pipeline's go");
     }
 
     #[tokio::test]

@@ -10,7 +10,7 @@ use common::{Stack, runner_runs};
 use plugworker_consul_client::admin::controller_rules;
 use plugworker_jobs::pipeline::KV_PREFIX;
 use plugworker_testkit::otlp::{KIND_CLIENT, KIND_CONSUMER, KIND_SERVER, OtlpReceiver};
-use plugworker_testkit::{Process, eventually, free_port, metric_value};
+use plugworker_testkit::{Process, eventually, metric_value};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::time::Duration;
@@ -50,13 +50,43 @@ async fn started(flags: &[&str]) -> (Stack, [Process; 2], String) {
 
 /// A passing `test-runner`, and the address of its metrics.
 async fn test_runner(stack: &Stack) -> (Process, String) {
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (runner, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    test_runner_with(stack, &[], 1).await
+}
+
+/// A `test-runner` with `envs`, once `passing` instances are, and the address its
+/// metrics are served on (bound to port 0; the runner logs the address it got).
+async fn test_runner_with(
+    stack: &Stack,
+    envs: &[(&str, &str)],
+    passing: usize,
+) -> (Process, String) {
+    let mut envs = envs.to_vec();
+    envs.push(("PLUGWORKER_METRICS_ADDRESS", "127.0.0.1:0"));
+    let (runner, _) = stack.runner("test-runner", &envs);
+    let metrics = eventually(
+        Duration::from_secs(30),
+        "the runner's metrics address",
+        || {
+            let log = runner.log();
+            async move {
+                let (_, rest) = log.split_once("serving metrics")?;
+                let (_, rest) = rest.split_once("http://")?;
+                Some(rest.split_once("/metrics")?.0.to_string())
+            }
+        },
+    )
+    .await;
+    stack.wait_passing("test-runner", passing).await;
     (runner, metrics)
+}
+
+/// The instance id a runner logged at start.
+fn instance_id(runner: &Process) -> String {
+    let log = runner.log();
+    let (_, rest) = log
+        .split_once(" instance=")
+        .unwrap_or_else(|| panic!("no instance id in the runner's log: {log}"));
+    rest.split_whitespace().next().unwrap().to_string()
 }
 
 /// A step's field as a number.
@@ -109,7 +139,8 @@ async fn independent_steps_run_at_the_same_time_and_a_dependent_one_after_both()
     for step in ["a", "b", "c"] {
         let report = &result["steps"][step];
         assert_eq!(report["algorithm"], "echo", "{report}");
-        assert_eq!(report["attempt"], 1);
+        assert_eq!(report["attempt"], 1, "the delivery count");
+        assert_eq!(report["calls"], 1);
         assert!(report["runner"]["instance_id"].is_string(), "{report}");
         assert_eq!(report["result"], result["result"][step]);
     }
@@ -220,9 +251,10 @@ async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pi
     assert_eq!(result["error"]["step"], "slow");
     assert_eq!(result["attempt"], 2, "the last receive publishes: {result}");
     assert!(
-        result["steps"]["slow"]["attempt"].as_u64().unwrap() >= 4,
+        result["steps"]["slow"]["calls"].as_u64().unwrap() >= 4,
         "each call bounded by the step's timeout, retried within the delivery: {result}"
     );
+    assert_eq!(result["steps"]["slow"]["attempt"], 2, "the delivery count");
     assert_eq!(result["steps"]["first"]["result"]["message"], "m");
     assert_eq!(
         runner_runs(&metrics, "echo").await,
@@ -379,8 +411,12 @@ async fn a_step_input_over_max_job_bytes_is_a_permanent_error_naming_the_step() 
     assert_eq!(result["error"]["step"], "twice");
     assert!(result["steps"]["first"]["result"].is_object(), "{result}");
     assert_eq!(
-        result["steps"]["twice"]["attempt"], 0,
+        result["steps"]["twice"]["calls"], 0,
         "never called: {result}"
+    );
+    assert!(
+        result["steps"]["twice"].get("result").is_none(),
+        "a failed step has its error only: {result}"
     );
 }
 
@@ -431,10 +467,11 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
     assert_eq!(result["attempt"], 1, "one delivery: {result}");
     assert_eq!(result["result"]["lang"]["language"], "en");
     assert!(
-        result["steps"]["lang"]["attempt"].as_u64().unwrap() >= 2,
+        result["steps"]["lang"]["calls"].as_u64().unwrap() >= 2,
         "{result}"
     );
-    assert_eq!(result["steps"]["first"]["attempt"], 1);
+    assert_eq!(result["steps"]["lang"]["attempt"], 1);
+    assert_eq!(result["steps"]["first"]["calls"], 1);
     assert_eq!(
         runner_runs(&metrics, "echo").await,
         1.0,
@@ -480,18 +517,23 @@ async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_t
         (ok == 1.0 && in_flight(first_metrics.clone()).await == Some(1.0)).then_some(())
     })
     .await;
-    let second_metrics = format!("127.0.0.1:{}", free_port());
-    let (_second, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", second_metrics.as_str())],
-    );
-    stack.wait_passing("test-runner", 2).await;
+    let (second, second_metrics) = test_runner_with(&stack, &[], 2).await;
+    let second_instance = instance_id(&second);
     first.signal("KILL");
     let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
     let result = &results[&id];
     assert_eq!(result["status"], "ok", "{result}");
     assert_eq!(result["attempt"], 1, "one delivery: {result}");
     assert_eq!(result["result"]["slow"]["message"], "survive");
+    let slow = &result["steps"]["slow"];
+    assert!(
+        slow["calls"].as_u64().unwrap() >= 2,
+        "called again after the kill: {result}"
+    );
+    assert_eq!(
+        slow["runner"]["instance_id"], second_instance,
+        "the surviving instance answered: {result}"
+    );
     assert_eq!(
         runner_runs(&second_metrics, "echo").await,
         1.0,
@@ -756,5 +798,188 @@ async fn a_pipeline_job_is_one_trace_with_a_span_per_step() {
             .iter()
             .filter(|s| s.attributes.get("messaging.message.id") == Some(&id))
             .all(|s| s.trace_id == trace_id)
+    );
+}
+
+#[tokio::test]
+async fn a_redelivery_runs_the_revision_its_first_delivery_ran() {
+    let stack = Stack::start(Duration::from_secs(30), 8).await;
+    let (_runner, _) = test_runner(&stack).await;
+    let (controller, _) = stack.controller(&[
+        "--job-timeout",
+        "3s",
+        "--retry-base",
+        "2s",
+        "--retry-max",
+        "4s",
+    ]);
+    // Revision 1 needs language_detection, which no runner serves yet: its first
+    // delivery ends transient.
+    let consul = stack.consul();
+    let key = format!("{KV_PREFIX}report");
+    let first = json!({
+        "say": {"algorithm": "echo", "input": {"message": "v1"}},
+        "lang": {"algorithm": "language_detection",
+                 "input": {"text": "The weather is lovely today and we are going for a long walk."}},
+    });
+    assert!(
+        consul
+            .kv_put(&key, first.to_string().as_bytes(), None)
+            .await
+            .unwrap()
+    );
+    let (pair, _) = consul.kv_get(&key, Default::default()).await.unwrap();
+    let first_revision = pair.unwrap().modify_index;
+    let id = probe(&stack).await;
+    eventually(
+        Duration::from_secs(60),
+        "the first delivery ended transient",
+        || async {
+            controller
+                .log()
+                .contains("it will be redelivered")
+                .then_some(())
+        },
+    )
+    .await;
+    // Changed before the redelivery: revision 2 would run at once (echo only).
+    let second_revision = put(&stack, "report", "v2").await;
+    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let results = results_of(&stack, &[&id], Duration::from_secs(120)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert!(result["attempt"].as_u64().unwrap() >= 2, "{result}");
+    assert_eq!(
+        result["pipeline"],
+        json!({"name": "report", "revision": first_revision}),
+        "not revision {second_revision}: {result}"
+    );
+    assert_eq!(result["result"]["say"]["message"], "v1");
+    assert_eq!(result["result"]["lang"]["language"], "en");
+    // A job received after the change runs the new revision.
+    let later = probe(&stack).await;
+    let results = results_of(&stack, &[&later], Duration::from_secs(60)).await;
+    assert_eq!(results[&later]["pipeline"]["revision"], second_revision);
+}
+
+#[tokio::test]
+async fn a_step_out_of_time_reports_its_last_error_and_makes_no_call_past_the_deadline() {
+    // One receive: the first delivery's result is the final one.
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let (_runner, _) =
+        test_runner_with(&stack, &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")], 1).await;
+    // The wait after the first failure (2.5 to 5 s) is cut to what is left of 1.5 s.
+    let (_controller, _) = stack.controller(&[
+        "--job-timeout",
+        "1500ms",
+        "--retry-base",
+        "5s",
+        "--retry-max",
+        "5s",
+    ]);
+    let id = submit(
+        &stack,
+        json!({"s": {"algorithm": "echo"}}),
+        json!({"message": "m"}),
+    )
+    .await;
+    let results = results_of(&stack, &[&id], Duration::from_secs(60)).await;
+    let result = &results[&id];
+    assert_eq!(result["status"], "error", "{result}");
+    assert_eq!(
+        result["error"]["code"], "runner_unavailable",
+        "the step's own error, not a zero-timeout call's: {result}"
+    );
+    assert_eq!(result["error"]["step"], "s");
+    assert_eq!(
+        result["steps"]["s"]["calls"], 1,
+        "no call once the deadline passed: {result}"
+    );
+}
+
+#[tokio::test]
+async fn pipeline_steps_waiting_for_a_runner_do_not_hold_run_slots_from_other_jobs() {
+    let (stack, processes, _) = started(&[
+        "--max-in-flight",
+        "1",
+        "--job-timeout",
+        "30s",
+        "--retry-base",
+        "500ms",
+        "--retry-max",
+        "1s",
+    ])
+    .await;
+    let [_, controller] = &processes;
+    // Two pipeline jobs whose every step waits for a runner that never comes (the one
+    // slot, and the job the receive loop takes next).
+    let text = "The weather is lovely today and we are going for a long walk.";
+    let mut waiting = Vec::new();
+    for _ in 0..2 {
+        let id = submit(
+            &stack,
+            json!({
+                "a": {"algorithm": "language_detection", "input": {"text": text}},
+                "b": {"algorithm": "language_detection", "input": {"text": text}},
+            }),
+            json!({}),
+        )
+        .await;
+        waiting.push(id);
+    }
+    eventually(Duration::from_secs(30), "the steps waiting", || async {
+        (controller.log().matches("no_runner").count() >= 4).then_some(())
+    })
+    .await;
+    let mut ids = Vec::new();
+    for i in 0..3 {
+        ids.push(
+            stack
+                .submit(json!({"algorithm": "echo", "payload": {"message": format!("job {i}")}}))
+                .await,
+        );
+    }
+    // Long before the pipelines' 30 s --job-timeout: their slot was given back.
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 3, Duration::from_secs(15))
+        .await;
+    let done: Vec<&str> = results
+        .iter()
+        .map(|r| r["message_id"].as_str().unwrap())
+        .collect();
+    for id in &ids {
+        assert!(
+            done.contains(&id.as_str()),
+            "{id} did not run: {results:#?}"
+        );
+    }
+    for result in &results {
+        assert_eq!(result["status"], "ok", "{result}");
+    }
+}
+
+#[tokio::test]
+async fn jobs_naming_an_unknown_pipeline_read_consul_once_per_watch_answer() {
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let (_runner, _) = test_runner(&stack).await;
+    let proxy = FaultProxy::start(&stack.consul_url()).await;
+    let (_controller, _) = stack.controller(&["--consul-address", &proxy.endpoint]);
+    let mut ids = Vec::new();
+    for _ in 0..20 {
+        ids.push(submit(&stack, json!("no_such_pipeline"), json!({})).await);
+    }
+    let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+    let results = results_of(&stack, &ids, Duration::from_secs(60)).await;
+    for result in results.values() {
+        assert_eq!(result["error"]["code"], "invalid_pipeline", "{result}");
+    }
+    let reads = proxy
+        .requests_matching("/v1/kv/plugworker/pipelines/no_such_pipeline")
+        .len();
+    eprintln!("20 jobs, {reads} reads of the unknown key");
+    assert!(
+        (1..=6).contains(&reads),
+        "one read per watch answer (a miss kept 1 s), not one per job: {reads}"
     );
 }

@@ -91,6 +91,7 @@ impl JobError {
         match self {
             JobError::NotJson(_) => codes::BAD_JSON,
             JobError::MissingAlgorithm => codes::MISSING_ALGORITHM,
+            JobError::BadPipeline => codes::INVALID_PIPELINE,
             _ => codes::INVALID_JOB,
         }
     }
@@ -110,7 +111,10 @@ pub fn parse_job(body: &str) -> Result<Job, JobError> {
             }
         };
     let field = |raw: Box<RawValue>| serde_json::from_str::<Value>(raw.get()).ok();
-    let work = match (fields.remove("algorithm"), fields.remove("pipeline")) {
+    // A `null` field is an absent one: `{"algorithm": "ocr", "pipeline": null}` is an
+    // algorithm job.
+    let mut present = |name: &str| fields.remove(name).filter(|raw| raw.get().trim() != "null");
+    let work = match (present("algorithm"), present("pipeline")) {
         (Some(_), Some(_)) => return Err(JobError::AlgorithmAndPipeline),
         (None, Some(pipeline)) => Work::Pipeline(parse_pipeline_ref(pipeline)?),
         (algorithm, None) => {
@@ -151,6 +155,23 @@ fn parse_id(raw: Option<Box<RawValue>>) -> Result<Option<String>, JobError> {
         Some(Some(Value::String(id))) if id.chars().count() <= MAX_JOB_ID_CHARS => Ok(Some(id)),
         Some(_) => Err(JobError::BadId),
     }
+}
+
+/// The pipeline a job names when its body is a JSON object with a well-formed
+/// `pipeline` field, whatever else is wrong with it (`{"name": "inline"}` for an object,
+/// the stored pipeline's name, without revision, for a name): an error result for a job
+/// [`parse_job`] refuses still says which pipeline it was for, as it echoes the `id`.
+pub fn job_pipeline(body: &str) -> Option<PipelineInfo> {
+    let mut fields: std::collections::HashMap<String, Box<RawValue>> =
+        serde_json::from_str(body).ok()?;
+    let name = match parse_pipeline_ref(fields.remove("pipeline")?).ok()? {
+        PipelineRef::Inline(_) => pipeline::INLINE.to_string(),
+        PipelineRef::Named(name) => name,
+    };
+    Some(PipelineInfo {
+        name,
+        revision: None,
+    })
 }
 
 /// The job's `id` when the body is a JSON object whose `id` is valid, whatever else is
@@ -356,11 +377,14 @@ pub struct StepReport {
     pub runner: Option<RunnerInfo>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub algorithm_version: Option<String>,
-    /// Calls made for this step in this delivery (1 unless a transient failure was
-    /// retried).
+    /// The delivery count, as the job's `attempt` (1 for the first delivery).
     pub attempt: u32,
+    /// Calls made for this step in this delivery (1 unless a transient failure was
+    /// retried; 0 for a step whose input could not be built).
+    pub calls: u32,
     pub timings: StepTimings,
-    /// The step's output (`null` for an optional step that failed permanently).
+    /// The step's output; absent for a step that failed (its `error` says why; an
+    /// optional one's `null` is in the job's `result`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<Box<RawValue>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -406,24 +430,31 @@ impl JobResult {
         }
         if let Some(steps) = self.steps.take() {
             // The controller reports at most one entry per step of a checked pipeline;
-            // the bound holds even if a caller passes more.
-            let steps = steps
-                .into_iter()
-                .take(pipeline::MAX_STEPS)
-                .map(|(name, mut step)| {
-                    cap(&mut step.algorithm, MAX_ALGORITHM_CHARS);
-                    if let Some(runner) = &mut step.runner {
-                        runner.cap();
-                    }
-                    if let Some(version) = &mut step.algorithm_version {
-                        cap(version, MAX_VERSION_CHARS);
-                    }
-                    if let Some(error) = &mut step.error {
-                        error.cap();
-                    }
-                    (text::cap(&name, MAX_STEP_NAME_CHARS).into_owned(), step)
-                });
-            self.steps = Some(steps.collect());
+            // the bound holds even if a caller passes more. Names are capped before they
+            // become keys and a capped name already taken is skipped: no report silently
+            // replaces another's, and the count stays at most MAX_STEPS.
+            let mut capped = std::collections::BTreeMap::new();
+            for (name, mut step) in steps {
+                if capped.len() == pipeline::MAX_STEPS {
+                    break;
+                }
+                let name = text::cap(&name, MAX_STEP_NAME_CHARS).into_owned();
+                if capped.contains_key(&name) {
+                    continue;
+                }
+                cap(&mut step.algorithm, MAX_ALGORITHM_CHARS);
+                if let Some(runner) = &mut step.runner {
+                    runner.cap();
+                }
+                if let Some(version) = &mut step.algorithm_version {
+                    cap(version, MAX_VERSION_CHARS);
+                }
+                if let Some(error) = &mut step.error {
+                    error.cap();
+                }
+                capped.insert(name, step);
+            }
+            self.steps = Some(capped);
         }
         self
     }
@@ -485,6 +516,48 @@ mod tests {
         assert_eq!(too_long.code(), codes::INVALID_JOB);
         assert!(too_long.to_string().len() < 200, "the name is not echoed");
         assert_eq!(error("nope").code(), codes::BAD_JSON);
+    }
+
+    #[test]
+    fn a_malformed_pipeline_is_invalid_pipeline_and_null_fields_are_absent() {
+        for pipeline in ["[]", "5", r#""Meme Report""#, r#""""#, "true"] {
+            let body = format!(r#"{{"pipeline": {pipeline}, "payload": {{}}}}"#);
+            let error = parse_job(&body).unwrap_err();
+            assert_eq!(error, JobError::BadPipeline, "{body}");
+            assert_eq!(error.code(), codes::INVALID_PIPELINE, "{body}");
+        }
+        let job = parse_job(r#"{"algorithm": "ocr", "pipeline": null, "payload": {}}"#).unwrap();
+        assert!(matches!(&job.work, Work::Algorithm(a) if a == "ocr"));
+        let job =
+            parse_job(r#"{"algorithm": null, "pipeline": "meme_report", "payload": {}}"#).unwrap();
+        assert!(matches!(&job.work, Work::Pipeline(PipelineRef::Named(n)) if n == "meme_report"));
+        assert_eq!(
+            parse_job(r#"{"algorithm": null, "pipeline": null, "payload": {}}"#).unwrap_err(),
+            JobError::MissingAlgorithm
+        );
+        assert_eq!(
+            parse_job(r#"{"algorithm": "ocr", "pipeline": "p", "payload": {}}"#).unwrap_err(),
+            JobError::AlgorithmAndPipeline
+        );
+    }
+
+    #[test]
+    fn a_refused_job_still_names_its_pipeline() {
+        let pipeline = |body: &str| {
+            assert!(parse_job(body).is_err(), "{body} is refused");
+            job_pipeline(body).map(|p| (p.name, p.revision))
+        };
+        assert_eq!(
+            pipeline(r#"{"pipeline": "meme_report"}"#),
+            Some(("meme_report".to_string(), None))
+        );
+        assert_eq!(
+            pipeline(r#"{"pipeline": {"a": {"algorithm": "x"}}, "id": 5, "payload": {}}"#),
+            Some((pipeline::INLINE.to_string(), None))
+        );
+        assert_eq!(pipeline(r#"{"pipeline": "Bad Name", "payload": {}}"#), None);
+        assert_eq!(pipeline(r#"{"algorithm": "ocr"}"#), None);
+        assert_eq!(pipeline("{not json"), None);
     }
 
     #[test]
@@ -615,6 +688,7 @@ mod tests {
             runner: Some(runner.clone()),
             algorithm_version: Some(huge("v")),
             attempt: 1,
+            calls: 1,
             timings: StepTimings::default(),
             result: None,
             error: Some(error.clone()),
@@ -645,5 +719,55 @@ mod tests {
         // 16 steps of at most ~5 KiB each (the error message dominates), plus the job's.
         assert!(body.len() < 120_000, "{} bytes", body.len());
         assert_eq!(result.steps.unwrap().len(), pipeline::MAX_STEPS);
+    }
+
+    #[test]
+    fn capped_step_names_never_replace_one_another() {
+        let step = |algorithm: &str| StepReport {
+            algorithm: algorithm.to_string(),
+            runner: None,
+            algorithm_version: None,
+            attempt: 1,
+            calls: 1,
+            timings: StepTimings::default(),
+            result: None,
+            error: None,
+        };
+        // Two names that cap to the same text (same first 64 characters, same length),
+        // and one that caps to a distinct text.
+        let long = |last: char| format!("{}{last}", "s".repeat(100));
+        let steps = [
+            (long('a'), step("first")),
+            (long('b'), step("second")),
+            ("s".repeat(120), step("third")),
+            ("short".to_string(), step("fourth")),
+        ]
+        .into_iter()
+        .collect();
+        let result = JobResult {
+            job_id: None,
+            message_id: "m1".into(),
+            algorithm: None,
+            pipeline: None,
+            status: Status::Ok,
+            result: None,
+            error: None,
+            runner: None,
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings::default(),
+            steps: Some(steps),
+        }
+        .capped();
+        let steps = result.steps.unwrap();
+        assert_eq!(steps.len(), 3, "{steps:?}");
+        let algorithms: Vec<&str> = steps.values().map(|s| s.algorithm.as_str()).collect();
+        assert!(
+            algorithms.contains(&"first"),
+            "the first kept: {algorithms:?}"
+        );
+        assert!(algorithms.contains(&"third") && algorithms.contains(&"fourth"));
+        assert!(steps.keys().all(|name| name.chars().count() < 100));
     }
 }

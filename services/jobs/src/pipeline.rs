@@ -30,6 +30,8 @@ pub const MAX_STEPS: usize = 16;
 pub const PAYLOAD: &str = "payload";
 /// Where named pipelines are stored in Consul's KV store: `<prefix><name>`.
 pub const KV_PREFIX: &str = "plugworker/pipelines/";
+/// The name a pipeline written in the job goes by in its result and metrics.
+pub const INLINE: &str = "inline";
 
 /// Whether `name` can name a stored pipeline: `[a-z][a-z0-9_-]{0,127}` (a KV key segment
 /// that needs no escaping).
@@ -38,6 +40,15 @@ pub fn valid_pipeline_name(name: &str) -> bool {
     matches!(chars.next(), Some('a'..='z'))
         && name.len() <= 128
         && chars.all(|c| matches!(c, 'a'..='z' | '0'..='9' | '_' | '-'))
+}
+
+/// The stored pipeline a KV key holds: the name after [`KV_PREFIX`], if it is one a job
+/// can give ([`valid_pipeline_name`]; keys nested below a further `/` are not). The
+/// controller's watch and `plugworker pipeline list` both read keys through this, so the
+/// CLI lists exactly the pipelines jobs can run.
+pub fn pipeline_name_of_key(key: &str) -> Option<&str> {
+    key.strip_prefix(KV_PREFIX)
+        .filter(|name| valid_pipeline_name(name))
 }
 
 /// Whether `name` can name a step: `[a-z][a-z0-9_]{0,63}`, and not `payload`.
@@ -451,6 +462,20 @@ mod tests {
 
     fn raw(json: &str) -> Box<RawValue> {
         RawValue::from_string(json.to_string()).unwrap()
+    }
+
+    #[test]
+    fn only_keys_a_job_can_name_are_pipelines() {
+        let name = pipeline_name_of_key;
+        assert_eq!(
+            name("plugworker/pipelines/meme_report"),
+            Some("meme_report")
+        );
+        assert_eq!(name("plugworker/pipelines/a-1"), Some("a-1"));
+        assert_eq!(name("plugworker/pipelines/"), None, "the prefix's own key");
+        assert_eq!(name("plugworker/pipelines/nested/deeper"), None);
+        assert_eq!(name("plugworker/pipelines/Meme Report"), None);
+        assert_eq!(name("plugworker/galleries/meme"), None);
     }
 
     fn names(pipeline: &Pipeline) -> Vec<&str> {
