@@ -77,7 +77,7 @@ async fn setup() -> Setup {
 
 async fn publish(store: &GalleryStore, embedder: &Embedder, change: Change) -> String {
     store
-        .publish(change, embedder, "gallery-test")
+        .publish(change, Some(embedder), "gallery-test")
         .await
         .unwrap()
         .version
@@ -274,7 +274,9 @@ async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed
             tokio::spawn(async move {
                 let mut answers = Vec::new();
                 while !stop.load(Ordering::Acquire) {
-                    answers.push(classify(&mut client, &query).await);
+                    let sent = Instant::now();
+                    let answer = classify(&mut client, &query).await;
+                    answers.push((answer, sent.elapsed()));
                 }
                 answers
             })
@@ -300,11 +302,12 @@ async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed
 
     let (first, added, removed) = (label_of(&first), label_of(&added), label_of(&removed));
     let mut counts = [0usize; 3];
+    let mut latencies: [Vec<Duration>; 3] = Default::default();
     for flow in flows {
         let answers = flow.await.unwrap();
         // Each client's answers step through the versions in order, never back.
         let mut stage = 0;
-        for answer in answers {
+        for (answer, latency) in answers {
             let (result, version) = answer.expect("no job fails while the gallery changes");
             let now = [&first, &added, &removed]
                 .iter()
@@ -313,6 +316,7 @@ async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed
             assert!(now >= stage, "{version} answered after a newer version");
             stage = now;
             counts[now] += 1;
+            latencies[now].push(latency);
             let label = result["label"].as_str().unwrap();
             if version == added {
                 assert_eq!(label, "brick-wall", "{result}");
@@ -324,6 +328,17 @@ async fn templates_added_and_removed_while_jobs_flow_are_served_without_a_failed
         }
     }
     println!("answers by version (before, added, removed): {counts:?}");
+    // Reported, not asserted (latency belongs to benchmarks): what a reload costs the
+    // jobs beside it on this machine.
+    for (name, mut latency) in ["before", "added", "removed"].into_iter().zip(latencies) {
+        latency.sort();
+        if let (Some(median), Some(max)) = (latency.get(latency.len() / 2), latency.last()) {
+            println!(
+                "{name}: p50 {median:?}, max {max:?} over {} jobs",
+                latency.len()
+            );
+        }
+    }
     assert!(
         counts[0] > 0 && counts[1] > 0,
         "jobs ran before and after: {counts:?}"
