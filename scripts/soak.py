@@ -9,10 +9,12 @@ SOAK_MODE=pipeline: the pipeline soak instead. The demo's meme_report pipeline
 (scripts/demo/pipelines/meme_report.json: label, text, lang) is stored in the registry's
 KV, and every job names it with the demo meme as payload; two image-runner instances and
 one nlp-runner serve the steps, and one image-runner is SIGKILLed once a third of the
-results are in (not restarted: the rest runs on the other). Each result must be ok with
-all three steps, each step's report naming its runner, the template chelsea-the-cat, the
-meme's text and its language (en). Also prints the jobs' latency (median, p95) and the
-step calls that were retried.
+results are in, at a moment its metrics show a run in flight (not restarted: the rest runs
+on the other). Each result must be ok with all three steps, each step's report naming its
+runner, the template chelsea-the-cat, the meme's text and its language (en); and at least
+one step must have been retried on the surviving image-runner (a kill that interrupted no
+call would prove nothing). Also prints the jobs' latency (median, p95) and the step calls
+that were retried.
 
 The mesh runs as deployed: the registry enforces ACLs (default deny) and intentions
 (default deny); each process holds a token of its own (the controller the controller
@@ -131,15 +133,19 @@ class Stack:
     def start_runner(self, service="test-runner"):
         self.generation += 1
         limits = ["--max-concurrent-runs", "16"] if service == "test-runner" else []
+        listen, metrics = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
         process = self.spawn(
             f"{service}-{self.generation}",
-            [str(BIN / service), "--listen", f"127.0.0.1:{free_port()}", "--consul-address", f"http://{self.registry_address}",
-             "--health-listen", f"127.0.0.1:{free_port()}",
+            [str(BIN / service), "--listen", listen, "--consul-address", f"http://{self.registry_address}",
+             "--health-listen", f"127.0.0.1:{free_port()}", "--metrics-address", metrics,
              "--check-interval", "1s", "--deregister-critical-after", "3s", *limits],
             {"CONSUL_HTTP_TOKEN": self.runner_tokens[service]},
         )
+        # The port a step report's runner address names, and where its runs in flight show.
+        process.port, process.metrics = listen.rsplit(":", 1)[1], metrics
         if service != "nlp-runner":
             self.runners.append(process)
+        return process
 
     def start_controller(self):
         self.generation += 1
@@ -161,15 +167,23 @@ class Stack:
         log(f"controller stopped (exit {code}); starting another")
         self.start_controller()
 
-    def kill_a_runner(self, replace=True):
+    def kill_a_runner(self, replace=True, busy=False):
+        """SIGKILLs a live runner (with `busy`, once its metrics show a run in flight, so
+        the kill interrupts calls); the killed process, or None."""
         alive = [r for r in self.runners if r.poll() is None]
         if not alive:
-            return
+            return None
         victim = random.choice(alive)
+        deadline = time.time() + 60
+        while busy and runs_in_flight(victim) == 0:
+            if time.time() > deadline:
+                raise SystemExit("soak: the runner to kill had no run in flight for 60 s")
+            time.sleep(0.01)
         victim.send_signal(signal.SIGKILL)
         victim.wait()
         if replace:
             self.start_runner()
+        return victim
 
     def stop(self):
         for process in reversed(self.processes):
@@ -180,6 +194,13 @@ class Stack:
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 process.kill()
+
+
+def runs_in_flight(runner) -> float:
+    """The runner's plugworker_runner_runs_in_flight, summed over its algorithms."""
+    with urllib.request.urlopen(f"http://{runner.metrics}/metrics", timeout=5) as response:
+        lines = response.read().decode().splitlines()
+    return sum(float(line.rsplit(" ", 1)[1]) for line in lines if line.startswith("plugworker_runner_runs_in_flight{"))
 
 
 def job(i: int):
@@ -269,6 +290,9 @@ def main():
         bad = {}
         latency = []
         retried = collections.Counter()
+        # Step calls retried and answered by each runner (by its port), for the kill's check.
+        retried_on = collections.Counter()
+        survivors = []
         sender = threading.Thread(target=submit, args=(stack, submitted, jobs, expected))
         sender.start()
         log(f"submitting {JOBS} jobs; logs in {LOGS}")
@@ -295,8 +319,10 @@ def main():
                     if problem:
                         bad[result["message_id"]] = problem
                     for name, step in (result.get("steps") or {}).items():
-                        if step.get("attempt", 1) > 1:
+                        # `calls`: the step's calls in this delivery (`attempt` is the delivery count).
+                        if step.get("calls", 1) > 1:
                             retried[name] += 1
+                            retried_on[(step.get("runner") or {}).get("address", "").rsplit(":", 1)[-1]] += 1
                     if result.get("attempt", 1) > 1:
                         retried["(job redelivered)"] += 1
 
@@ -308,9 +334,10 @@ def main():
                 stack.restart_controller()
                 restarts += 1
             if PIPELINE and kills == 0 and done >= JOBS / 3:
-                stack.kill_a_runner(replace=False)
+                victim = stack.kill_a_runner(replace=False, busy=True)
+                survivors = [r for r in stack.runners if r is not victim]
                 kills += 1
-                log(f"SIGKILLed an image-runner with {done} of {JOBS} results in")
+                log(f"SIGKILLed an image-runner with runs in flight, {done} of {JOBS} results in")
             if not PIPELINE and time.time() >= next_kill and done < JOBS:
                 stack.kill_a_runner()
                 kills += 1
@@ -347,10 +374,15 @@ def main():
                 print(f"job latency:      median {statistics.median(ordered):.0f} ms, p95 {ordered[int(0.95 * (len(ordered) - 1))]:.0f} ms, max {ordered[-1]:.0f} ms")
             print(f"steps retried:    {dict(retried) or 'none'} (a call to the killed runner, run again on the other;"
                   " a redelivered job ran its pipeline again from the start)")
+            on_survivor = sum(retried_on[r.port] for r in survivors)
+            print(f"retried on the surviving image-runner: {on_survivor} step calls")
+            if not on_survivor:
+                print("NO STEP RETRIED:  the SIGKILL interrupted no call that the other image-runner then answered")
         print(f"chaos:            {kills} runner SIGKILLs, {restarts} controller restarts")
         print(f"time:             {elapsed:.1f} s until every result ({distinct / elapsed:.1f} jobs/s)")
         print(f"logs:             {LOGS}")
-        return 0 if distinct == len(submitted) and not silent and not wrong and not bad else 1
+        exercised = not PIPELINE or sum(retried_on[r.port] for r in survivors) > 0
+        return 0 if distinct == len(submitted) and not silent and not wrong and not bad and exercised else 1
     finally:
         stack.stop()
 
