@@ -336,7 +336,11 @@ fn from_folders(root: &Path) -> Result<Vec<(String, String)>, GalleryError> {
     let mut files = Vec::new();
     for entry in read_dir(root)? {
         let name = entry.file_name().to_string_lossy().into_owned();
-        if name.starts_with('.') {
+        // A versioned gallery's own folders are never labels: a folder being converted
+        // holds them before its `current` is written, and its version must not change
+        // under a runner reading it meanwhile.
+        if name.starts_with('.') || ["templates", "embeddings", "versions"].contains(&name.as_str())
+        {
             continue;
         }
         let path = entry.path();
