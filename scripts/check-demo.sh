@@ -63,9 +63,9 @@ for job, code in [("wrong-type", "invalid_payload"), ("unknown-algorithm", "no_r
 meme = by_id.get("meme-meme_classifier", {})
 expect(meme.get("status") == "ok" and meme["result"]["label"] == "chelsea-the-cat",
        f"meme_classifier: chelsea-the-cat expected, got {json.dumps(meme)[:300]}")
+meme_text = "WHEN THE JOB\nFINALLY REACHES THE\nRUNNER"
 ocr = by_id.get("meme-ocr", {})
-expect(ocr.get("status") == "ok"
-       and ocr["result"]["text"] == "WHEN THE JOB\nFINALLY REACHES THE\nRUNNER",
+expect(ocr.get("status") == "ok" and ocr["result"]["text"] == meme_text,
        f"ocr: the demo meme's three caption lines expected, got {json.dumps(ocr)[:300]}")
 # The meme_report pipeline (scripts/demo/pipelines): three steps on three runners' algorithms
 # in one job, the language detected in the text the OCR step read.
@@ -82,8 +82,9 @@ expect(all((steps.get(name) or {}).get("algorithm") == algorithm and steps[name]
        f"meme-report-1: each step's algorithm and runner expected, got {json.dumps(steps)[:300]}")
 expect((outputs.get("label") or {}).get("label") == "chelsea-the-cat",
        f"meme-report-1: label chelsea-the-cat expected, got {json.dumps(outputs.get('label'))[:200]}")
-expect(bool((outputs.get("text") or {}).get("text", "").strip()),
-       f"meme-report-1: the meme's text expected, got {json.dumps(outputs.get('text'))[:200]}")
+# The `text` step is the same call as the standalone ocr job: the same output.
+expect((outputs.get("text") or {}).get("text") == meme_text and outputs.get("text") == ocr.get("result"),
+       f"meme-report-1: the standalone ocr job's output (the three caption lines) expected, got {json.dumps(outputs.get('text'))[:200]}")
 expect((outputs.get("lang") or {}).get("language") == "en",
        f"meme-report-1: the text's language (en) expected, got {json.dumps(outputs.get('lang'))[:200]}")
 inline = by_id.get("meme-inline", {})
