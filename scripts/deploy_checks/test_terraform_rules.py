@@ -18,9 +18,9 @@ import urllib.request
 import uuid
 
 from . import binaries, shutdown_rules, terraform_rules
-from .test_deploy_checks import REPO, Case, _moto_python
+from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case, _moto_python
 
-RUNNERS = "terraform/runners.auto.tfvars"
+TFVARS = "terraform/runners.auto.tfvars"
 SERVER = "terraform/modules/consul/server.sh.tftpl"
 MESH_SCRIPT = "terraform/modules/consul/mesh.py"
 MESH = "terraform/modules/mesh/main.tf"
@@ -41,38 +41,38 @@ class RunnersAsData(Rules):
         self.assertEqual(self.check(), [])
 
     def test_runner_names_are_the_keys_of_runners_auto_tfvars(self):
-        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), ["image-runner", "nlp-runner"])
+        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), RUNNERS)
 
     def test_a_fourth_runner_is_one_entry_and_passes(self):
-        self.scratch.edit(RUNNERS, "runners = {\n", "runners = {\n  sound-runner = { cpu = 1024, memory = 2048, min_count = 1, max_count = 3, cpu_target = 70, port = 50061 }\n")
-        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), ["image-runner", "nlp-runner", "sound-runner"])
+        self.scratch.edit(TFVARS, "runners = {\n", "runners = {\n  sound-runner = { cpu = 1024, memory = 2048, min_count = 1, max_count = 3, cpu_target = 70, port = 50061 }\n")
+        self.assertEqual(terraform_rules.runner_names(self.scratch.root / "terraform"), sorted([*RUNNERS, "sound-runner"]))
         self.assertEqual(self.check(), [])
         self.assertEqual(shutdown_rules.run(self.scratch.root / "terraform"), [])
 
     def test_a_fixed_repository_list_fails(self):
         self.scratch.edit("terraform/modules/ecr/main.tf", "  for_each             = toset(var.deployables)",
-                          '  for_each             = toset(["controller", "image-runner", "nlp-runner"])')
+                          f"  for_each             = toset({json.dumps(['controller', *RUNNERS])})")
         problems = self.check()
-        self.assertReports(problems, r"\[runner_names_only_in_tfvars\].*modules/ecr/main\.tf:\d+: names the runner image-runner")
-        self.assertReports(problems, r"modules/ecr/main\.tf:\d+: names the runner nlp-runner")
+        for name in RUNNERS:
+            self.assertReports(problems, rf"\[runner_names_only_in_tfvars\].*modules/ecr/main\.tf:\d+: names the runner {name}")
 
     def test_a_runner_literal_not_deployed_yet_fails_too(self):
         self.scratch.edit("terraform/variables.tf", '!contains(["controller", "observability"], name)', '!contains(["controller", "observability", "ocr-runner"], name)')
         self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*variables\.tf:\d+: names the runner ocr-runner")
 
     def test_a_runner_named_in_a_comment_or_the_example_fails(self):
-        self.scratch.edit(SERVICES, "# runner images carry x86_64 builds (ONNX Runtime)", "# the image-runner carries the x86_64 ONNX Runtime")
-        self.scratch.edit("terraform/terraform.tfvars.example", "log_retention_days = 365", "# nlp-runner = { cpu = 512 }\nlog_retention_days = 365")
+        self.scratch.edit(SERVICES, "# runner images carry x86_64 builds (ONNX Runtime)", f"# the {RUNNERS[0]} carries the x86_64 ONNX Runtime")
+        self.scratch.edit("terraform/terraform.tfvars.example", "log_retention_days = 365", f"# {RUNNER} = {{ cpu = 512 }}\nlog_retention_days = 365")
         problems = self.check()
-        self.assertReports(problems, r"modules/ecs/services\.tf:\d+: names the runner image-runner")
-        self.assertReports(problems, r"terraform\.tfvars\.example:\d+: names the runner nlp-runner")
+        self.assertReports(problems, rf"modules/ecs/services\.tf:\d+: names the runner {RUNNERS[0]}")
+        self.assertReports(problems, rf"terraform\.tfvars\.example:\d+: names the runner {RUNNER}")
 
     def test_an_operators_own_settings_and_terraforms_working_files_are_not_code(self):
         root = self.scratch.root / "terraform"
-        (root / "terraform.tfvars").write_text('image_tag = "x"\n# nlp-runner is slow\n')
+        (root / "terraform.tfvars").write_text(f'image_tag = "x"\n# {RUNNER} is slow\n')
         (root / ".terraform" / "modules").mkdir(parents=True)
-        (root / ".terraform" / "modules" / "modules.json").write_text('{"image-runner": 1}')
-        (root / "terraform.tfstate").write_text('{"image-runner": 1}')
+        (root / ".terraform" / "modules" / "modules.json").write_text(json.dumps({RUNNER: 1}))
+        (root / "terraform.tfstate").write_text(json.dumps({RUNNER: 1}))
         self.assertEqual(self.check(), [])
 
     def test_a_default_for_runners_fails(self):
@@ -94,7 +94,7 @@ class RunnersAsData(Rules):
         self.assertReports(self.check(), r"\[images_pushed\].*module ecr must get deployables")
 
     def test_no_runners_file_fails(self):
-        (self.scratch.root / RUNNERS).unlink()
+        (self.scratch.root / TFVARS).unlink()
         self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*runners\.auto\.tfvars: missing")
 
 
