@@ -6,8 +6,9 @@
 # ended ok and every invalid one with its expected error code. Knobs in scripts/soak.py:
 #   SOAK_JOBS=5000 scripts/soak.sh
 # The pipeline soak: 1,000 jobs of the demo's meme_report pipeline (label, text, lang) on
-# two image-runners and an nlp-runner, one image-runner SIGKILLed mid-run; every result
-# must be ok with all three steps as expected:
+# two image-runners and an nlp-runner, one image-runner SIGKILLed mid-run while it has runs
+# in flight; every result must be ok with all three steps as expected, and some step must
+# have been retried on the surviving image-runner:
 #   SOAK_MODE=pipeline scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
