@@ -28,4 +28,7 @@ cargo build --workspace --bins --locked
 # Deployment files: HCL rules, checkov, compose against the binaries' --help, and the
 # tests proving each check can fail.
 scripts/check-deploy.sh
+# Adding a runner as the README says, on a copy of the repository: its crate builds with the
+# lock file updated, and the deploy checks and their self-tests pass with it.
+scripts/check-add-runner.sh
 cargo nextest run --workspace --locked

@@ -1,6 +1,6 @@
 # The runners this stack deploys: the one place in terraform/ a runner is named (the deploy
 # checks fail on a runner name anywhere else). Adding a runner is one entry here, after its
-# image is pushed to the repository NAME/<runner> (docs/deploy-aws.md, "Adding a runner").
+# image is pushed to the repository NAME/<runner> (docs/deploy-aws.md, "Images first").
 #
 # Each entry: task size (cpu units, memory MiB), autoscaling on average CPU (min_count,
 # max_count, cpu_target percent) and, optionally, its ports:
