@@ -284,22 +284,38 @@ async fn put_checks_graphs_and_schemas_and_get_list_delete_read_back() {
         message.contains("no stored pipeline named \"mismatch\""),
         "{message}"
     );
+    // Keys no job can name (nested, or not a pipeline name) are not listed: the
+    // controller does not run them either.
+    let admin = admin(&consul);
+    for key in ["nested/deeper", "Meme_Report"] {
+        let key = format!("{}{key}", plugworker_jobs::pipeline::KV_PREFIX);
+        assert!(
+            admin
+                .kv_put(&key, br#"{"a": {"algorithm": "echo"}}"#, None)
+                .await
+                .unwrap()
+        );
+    }
     let listed = ok(&consul, &["pipeline", "list"]);
     let names: Vec<&str> = listed.lines().filter_map(|l| l.split(' ').next()).collect();
     assert_eq!(names, ["echo_twice", "later"], "{listed}");
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// A client with the registry's root token.
+fn admin(consul: &str) -> plugworker_consul_client::ConsulClient {
+    plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
+        address: consul.to_string(),
+        token: Some(ROOT_TOKEN.into()),
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// A token whose policy reads (but cannot write) the stored pipelines.
 async fn reader_token(consul: &str) -> String {
     use plugworker_consul_client::admin::{NewPolicy, NewToken, PolicyLink};
-    let admin =
-        plugworker_consul_client::ConsulClient::new(plugworker_consul_client::ConsulConfig {
-            address: consul.to_string(),
-            token: Some(ROOT_TOKEN.into()),
-            ..Default::default()
-        })
-        .unwrap();
+    let admin = admin(consul);
     let policy = admin
         .acl_policy_create(&NewPolicy {
             name: "pipelines-reader".into(),

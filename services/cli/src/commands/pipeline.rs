@@ -11,7 +11,9 @@ use crate::ConsulArgs;
 use anyhow::{Context, bail};
 use plugworker_consul_client::runners::all_runner_instances;
 use plugworker_consul_client::{ConsulClient, KvPair, QueryOptions};
-use plugworker_jobs::pipeline::{KV_PREFIX, Pipeline, check_schemas, valid_pipeline_name};
+use plugworker_jobs::pipeline::{
+    KV_PREFIX, Pipeline, check_schemas, pipeline_name_of_key, valid_pipeline_name,
+};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -111,7 +113,7 @@ async fn put(args: PutArgs) -> anyhow::Result<()> {
         (args.file.display().to_string(), text)
     };
     let pipeline = Pipeline::parse(&text).with_context(|| format!("{source}: not stored"))?;
-    let consul = args.consul.client()?;
+    let consul = super::dev::state::client(&args.consul)?;
     let mismatches = schema_mismatches(&consul, &pipeline, &args.runners).await?;
     for mismatch in &mismatches {
         eprintln!("schema mismatch: {mismatch}");
@@ -195,14 +197,14 @@ async fn read(consul: &ConsulClient, name: &str) -> anyhow::Result<KvPair> {
 }
 
 async fn get(args: NameArgs) -> anyhow::Result<()> {
-    let stored = read(&args.consul.client()?, &args.name).await?;
+    let stored = read(&super::dev::state::client(&args.consul)?, &args.name).await?;
     eprintln!("pipeline {} revision {}", args.name, stored.modify_index);
     println!("{}", String::from_utf8_lossy(&stored.value));
     Ok(())
 }
 
 async fn delete(args: NameArgs) -> anyhow::Result<()> {
-    let consul = args.consul.client()?;
+    let consul = super::dev::state::client(&args.consul)?;
     let stored = read(&consul, &args.name).await?;
     consul
         .kv_delete(&stored.key)
@@ -279,7 +281,9 @@ pub async fn stored_pipelines(consul: &ConsulClient) -> anyhow::Result<Vec<Store
     Ok(pairs
         .into_iter()
         .filter_map(|pair| {
-            let name = pair.key.strip_prefix(KV_PREFIX)?.to_string();
+            // The keys jobs can name, as the controller reads them: no nested keys, no
+            // names a job could not give.
+            let name = pipeline_name_of_key(&pair.key)?.to_string();
             let text = String::from_utf8_lossy(&pair.value);
             Some(match Pipeline::parse(&text) {
                 Ok(pipeline) => view(&name, pair.modify_index, &pipeline),
@@ -291,12 +295,11 @@ pub async fn stored_pipelines(consul: &ConsulClient) -> anyhow::Result<Vec<Store
                 },
             })
         })
-        .filter(|view| !view.name.is_empty())
         .collect())
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let consul = args.consul.client()?;
+    let consul = super::dev::state::client(&args.consul)?;
     let views = stored_pipelines(&consul).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&views)?);
