@@ -453,6 +453,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             continue;
         }
         output.result(&result)?;
+        // The time on the progress line as of this result, not of the last tick.
+        output.tick(started.elapsed())?;
         match result.status {
             Status::Ok => ok += 1,
             Status::Error => failed += 1,
