@@ -125,6 +125,14 @@ def _insert_tfvars_entry(path: pathlib.Path, entry: str) -> None:
         raise Refused(f"README.md, {HEADING}: its tfvars line is not aligned as terraform fmt leaves {path.name}")
 
 
+def example_name(text: str) -> str:
+    """The runner the section adds: its compose block's service."""
+    name = re.match(r"  ([\w-]+):\n", _one(blocks(text), "yaml"))
+    if name is None:
+        raise Refused(f"README.md, {HEADING}: the compose block does not start with a service name")
+    return name.group(1)
+
+
 def add(root: pathlib.Path) -> str:
     """Adds the README's example runner to the copy at `root`; returns its name."""
     text = section((root / "README.md").read_text())
@@ -133,13 +141,12 @@ def add(root: pathlib.Path) -> str:
     _check_references(root, TFVARS, (root / TFVARS).read_text())
     files = _template_files(root, found)
     entry = _one(found, "yaml")
-    name = re.match(r"  ([\w-]+):\n", entry)
-    if name is None:
-        raise Refused(f"README.md, {HEADING}: the compose block does not start with a service name")
-    name = name.group(1)
+    name = example_name(text)
     if _one(found, "sh").strip() != "cargo update --workspace":
         raise Refused(f"README.md, {HEADING}: the lock file command is not `cargo update --workspace`")
     crate = root / "services" / "runners" / name.removesuffix("-runner")
+    if crate.exists() or f"\n  {name}:\n" in (root / COMPOSE).read_text():
+        raise Refused(f"README.md, {HEADING}: its example {name} is a runner of the repository already; the example needs a new name")
     (crate / "src" / "algorithms").mkdir(parents=True)
     (crate / "Cargo.toml").write_text(_crate_manifest(files["Cargo.toml"], name))
     (crate / "build.rs").write_text(files["build.rs"])

@@ -17,7 +17,7 @@ import tempfile
 import unittest
 from unittest import mock
 
-from . import compose_rules, dockerfile_rules, terraform_rules
+from . import add_runner, compose_rules, dockerfile_rules, terraform_rules
 from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case
 
 FIRST = RUNNERS[0]  # a second runner, where a rule is about two (RUNNER is another)
@@ -185,6 +185,52 @@ class RunnerRecipe(Case):
     def test_run_time_files_not_from_the_runner_declaration_fail(self):
         self.scratch.edit("infra/docker/runner.Dockerfile", 'scripts/fetch-models.sh --runner "${RUNNER}" --into', "scripts/fetch-models.sh --into")
         self.assertReports(self.check(), r"fetched and checksummed by scripts/fetch-models.sh --runner")
+
+
+class AddRunner(unittest.TestCase):
+    """add_runner.py, what scripts/check-add-runner.sh follows: the README's section is
+    followed as written, and refused where a user following it would fail."""
+
+    def setUp(self):
+        if add_runner.example_name(add_runner.section((REPO / "README.md").read_text())) in RUNNERS:
+            self.skipTest("the README's runner is added already (scripts/check-add-runner.sh's copy)")
+        self.root = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+        for name in ("infra", "terraform", "docs", "services/runners/nlp"):
+            shutil.copytree(REPO / name, self.root / name, ignore=shutil.ignore_patterns(".terraform*", "*.tfstate*"))
+        shutil.copy(REPO / "README.md", self.root / "README.md")
+
+    def edit(self, relative, old, new):
+        path = self.root / relative
+        self.assertIn(old, path.read_text(), f"{relative}: the test is out of date")
+        path.write_text(path.read_text().replace(old, new, 1))
+
+    def assertRefused(self, pattern):
+        with self.assertRaisesRegex(add_runner.Refused, pattern):
+            add_runner.add(self.root)
+
+    def test_the_readme_runner_is_its_crate_and_two_entries(self):
+        name = add_runner.add(self.root)
+        self.assertNotIn(name, RUNNERS)
+        self.assertIn(name, compose_rules.runner_names(self.root))
+        self.assertEqual(terraform_rules.runner_names(self.root / "terraform"), sorted([*RUNNERS, name]))
+        crate = self.root / "services/runners" / name.removesuffix("-runner")
+        self.assertIn(f'name = "{name}"', (crate / "Cargo.toml").read_text())
+        self.assertTrue((crate / "build.rs").exists() and any((crate / "src/algorithms").glob("*.rs")))
+
+    def test_a_readme_file_that_is_not_the_runners_is_refused(self):
+        self.edit("README.md", "fn main() {\n    plugworker_kit_build", "fn main() {\n    // the algorithms\n    plugworker_kit_build")
+        self.assertRefused(r"its services/runners/nlp/build\.rs is not the file's text")
+
+    def test_a_tfvars_line_terraform_fmt_would_change_is_refused(self):
+        text = (self.root / "README.md").read_text()
+        line = next(line for line in text.splitlines() if line.startswith("  ") and "= { cpu =" in line)
+        name = line.split()[0]
+        self.edit("README.md", line, f'  "{name}" = ' + line.split("= ", 1)[1])
+        self.assertRefused(r"its tfvars line is not aligned as terraform fmt leaves")
+
+    def test_a_pointer_to_a_doc_section_that_does_not_exist_is_refused(self):
+        self.edit("terraform/runners.auto.tfvars", '(docs/deploy-aws.md, "Images first")', '(docs/deploy-aws.md, "Adding a runner")')
+        self.assertRefused(r'runners\.auto\.tfvars points to docs/deploy-aws\.md, "Adding a runner", which has no such section')
 
 
 def _fetch_models():
