@@ -368,6 +368,18 @@ async fn each_permanent_failure_ends_the_job_with_one_result_naming_the_step() {
         result["steps"]["reads_bad"]["error"]["code"],
         "input_not_found"
     );
+    for step in ["bad", "reads_bad"] {
+        assert!(
+            result["steps"][step].get("result").is_none(),
+            "a failed step has its error, not a result: {result}"
+        );
+    }
+    assert_eq!(result["steps"]["reads_bad"]["calls"], 0);
+    // Queued until the first call: a step never called (reads_bad) does not count.
+    assert!(
+        result["timings"]["queued_ms"].as_f64().unwrap() > 0.0,
+        "{result}"
+    );
 
     for (id, names) in [
         (&cycle, ["cycle", "\"x\""]),
