@@ -405,8 +405,7 @@ impl Port {
             close: CancellationToken::new(),
             closing: AtomicBool::new(false),
             grace_ms: AtomicU64::new(0),
-            denied: AtomicBool::new(false),
-            expired: AtomicBool::new(false),
+            refusing: AtomicBool::new(false),
             task: OnceLock::new(),
         });
         open.insert(next_id, connection.clone());
@@ -447,20 +446,19 @@ struct Connection {
     close: CancellationToken,
     closing: AtomicBool,
     grace_ms: AtomicU64,
-    /// Set when its client is no longer authorized: new calls are answered
-    /// `PERMISSION_DENIED` (calls in flight finish within the grace).
-    denied: AtomicBool,
-    /// Set when the client certificate the connection was accepted with has expired: new
-    /// calls are refused with `REFUSED_STREAM` (calls in flight finish within the grace).
-    expired: AtomicBool,
+    /// Set when its client is no longer authorized, or the client certificate it was
+    /// accepted with has expired: new calls are refused with `REFUSED_STREAM` (calls in
+    /// flight finish within the grace).
+    refusing: AtomicBool,
     /// Its task, aborted (the socket closed outright) when the port needs the room.
     task: OnceLock<tokio::task::AbortHandle>,
 }
 
 impl Connection {
-    /// Tells the connection to close (once), counting why.
-    fn close(&self, reason: Reason, grace: Duration) {
-        if !self.closing.swap(true, Ordering::AcqRel) {
+    /// Tells the connection to close (once), counting why; `false` if it already was.
+    fn close(&self, reason: Reason, grace: Duration) -> bool {
+        let first = !self.closing.swap(true, Ordering::AcqRel);
+        if first {
             self.grace_ms.store(
                 grace.as_millis().min(u64::MAX as u128) as u64,
                 Ordering::Release,
@@ -468,6 +466,7 @@ impl Connection {
             self.port.metrics.closed(reason);
             self.close.cancel();
         }
+        first
     }
 
     /// When the connection will have been idle too long (and why), or `None` while a
@@ -811,34 +810,19 @@ impl<P: GrpcService, C: Send + Sync + 'static> hyper::service::Service<Request<I
     type Future = StreamFuture<P::Future>;
 
     fn call(&self, request: Request<Incoming>) -> Self::Future {
-        if self.connection.expired.load(Ordering::Relaxed) {
-            // Arrived after the GOAWAY of an expired client certificate: refused before
-            // any processing (`REFUSED_STREAM`), which tells the client to send it again
-            // on a new connection, with its renewed certificate.
+        if self.connection.refusing.load(Ordering::Relaxed) {
+            // Arrived after the GOAWAY of a deny or of an expired client certificate (from
+            // a client that ignores it): refused before any processing (`REFUSED_STREAM`).
+            // The controller sends a refused call again on a new connection, whose
+            // handshake is authorized afresh: served with a renewed certificate, refused
+            // (`UNAVAILABLE`, retried elsewhere) after a deny. An answer such as
+            // `PERMISSION_DENIED` would spend a delivery attempt on a call never run.
             return StreamFuture {
                 inner: None,
                 stream: None,
             };
         }
         let stream = StreamGuard::new(self.connection.clone());
-        if self.connection.denied.load(Ordering::Relaxed) {
-            // A client that ignores the GOAWAY of a deny gets no more calls served, for
-            // the whole grace its calls in flight have.
-            return StreamFuture {
-                inner: Some(RouteFuture {
-                    routed: Routed::Answered {
-                        response: Some(
-                            tonic::Status::permission_denied(
-                                "this connection's client is no longer authorized",
-                            )
-                            .into_http(),
-                        ),
-                    },
-                    timeout: None,
-                }),
-                stream: Some(stream),
-            };
-        }
         let mut request = request.map(|body| RequestBody::new(body, self.connection.clone()));
         request.extensions_mut().insert(self.info.clone());
         StreamFuture {
@@ -1013,6 +997,7 @@ async fn drive<F>(
     let grace = tokio::time::sleep(Duration::ZERO);
     let mut grace = std::pin::pin!(grace);
     let mut revoked = revoked.unwrap_or_else(|| Box::pin(std::future::pending()));
+    let mut revoked_fired = false;
     // `Some` once GOAWAY was sent with a deadline to close by.
     let mut closing: Option<bool> = None;
     // Whether the grace is already the full one (a short one is extended once for calls
@@ -1041,14 +1026,16 @@ async fn drive<F>(
                 served.as_mut().graceful_shutdown();
                 closing = Some(false);
             }
-            reason = &mut revoked, if closing.is_none() => {
-                let refusing = if reason == Reason::CertificateExpired {
-                    &connection.expired
-                } else {
-                    &connection.denied
-                };
-                refusing.store(true, Ordering::Relaxed);
-                connection.close(reason, params.max_connection_age_grace);
+            // Polled whether or not the connection is already closing (max age, idle,
+            // eviction, stop): a deny or `NotAfter` during a grace of up to
+            // `max_connection_age_grace` still refuses every new call at once.
+            reason = &mut revoked, if !revoked_fired => {
+                revoked_fired = true;
+                connection.refusing.store(true, Ordering::Relaxed);
+                if !connection.close(reason, params.max_connection_age_grace) {
+                    // Already closing: counted all the same.
+                    connection.port.metrics.closed(reason);
+                }
             }
             () = &mut age, if closing.is_none() => {
                 connection.close(Reason::MaxAge, params.max_connection_age_grace);
