@@ -697,28 +697,39 @@ mod tests {
             .map(|i| (format!("{i}{}", huge("n")), step.clone()))
             .collect();
         let result = JobResult {
-            job_id: None,
-            message_id: "m1".into(),
-            algorithm: None,
             pipeline: Some(PipelineInfo {
                 name: huge("p"),
                 revision: Some(7),
             }),
             status: Status::Error,
-            result: None,
             error: Some(error),
             runner: Some(runner),
-            algorithm_version: None,
-            trace_id: None,
-            attempt: 1,
-            timings: Timings::default(),
-            steps: Some(steps),
+            ..pipeline_result(steps)
         }
         .capped();
         let body = result.to_body().unwrap();
         // 16 steps of at most ~5 KiB each (the error message dominates), plus the job's.
         assert!(body.len() < 120_000, "{} bytes", body.len());
         assert_eq!(result.steps.unwrap().len(), pipeline::MAX_STEPS);
+    }
+
+    /// An `ok` result of a pipeline job with `steps`.
+    fn pipeline_result(steps: std::collections::BTreeMap<String, StepReport>) -> JobResult {
+        JobResult {
+            job_id: None,
+            message_id: "m1".into(),
+            algorithm: None,
+            pipeline: None,
+            status: Status::Ok,
+            result: None,
+            error: None,
+            runner: None,
+            algorithm_version: None,
+            trace_id: None,
+            attempt: 1,
+            timings: Timings::default(),
+            steps: Some(steps),
+        }
     }
 
     #[test]
@@ -744,22 +755,7 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let result = JobResult {
-            job_id: None,
-            message_id: "m1".into(),
-            algorithm: None,
-            pipeline: None,
-            status: Status::Ok,
-            result: None,
-            error: None,
-            runner: None,
-            algorithm_version: None,
-            trace_id: None,
-            attempt: 1,
-            timings: Timings::default(),
-            steps: Some(steps),
-        }
-        .capped();
+        let result = pipeline_result(steps).capped();
         let steps = result.steps.unwrap();
         assert_eq!(steps.len(), 3, "{steps:?}");
         let algorithms: Vec<&str> = steps.values().map(|s| s.algorithm.as_str()).collect();
