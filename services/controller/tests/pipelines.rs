@@ -995,3 +995,38 @@ async fn jobs_naming_an_unknown_pipeline_read_consul_once_per_watch_answer() {
         "one read per watch answer (a miss kept 1 s), not one per job: {reads}"
     );
 }
+
+#[tokio::test]
+async fn the_job_timeout_counts_from_when_the_pipeline_starts_not_from_its_wait_behind_its_group() {
+    let stack = Stack::start_with(plugworker_testkit::sqs::QueueOptions {
+        fifo: true,
+        ..Default::default()
+    })
+    .await;
+    let (_runner, _) = test_runner(&stack).await;
+    // Queued together in one group: the pipeline job waits 2.5 s for the job before it,
+    // then its step takes 2 s; 4.5 s from its receive, 2 s from its start, under 3 s.
+    let send = |body: Value| {
+        let sqs = &stack.sqs;
+        let queue = &stack.queues.jobs;
+        async move { sqs.send_to_group(queue, &body.to_string(), "g").await }
+    };
+    let before =
+        send(json!({"algorithm": "echo", "payload": {"message": "before", "delay_ms": 2500}}))
+            .await;
+    let pipeline = send(json!({
+        "pipeline": {"s": {"algorithm": "echo", "input": {"message": "after", "delay_ms": 2000}}},
+        "payload": {},
+    }))
+    .await;
+    let (_controller, _) = stack.controller(&["--job-timeout", "3s"]);
+    let results = results_of(&stack, &[&before, &pipeline], Duration::from_secs(60)).await;
+    let result = &results[&pipeline];
+    assert_eq!(result["status"], "ok", "{result}");
+    assert_eq!(result["attempt"], 1, "not timed out by its wait: {result}");
+    assert_eq!(result["steps"]["s"]["calls"], 1, "{result}");
+    assert!(
+        result["timings"]["total_ms"].as_f64().unwrap() > 3000.0,
+        "it did wait behind the job before it: {result}"
+    );
+}
