@@ -65,6 +65,10 @@ pub const MAX_RESENDS: u32 = 4;
 /// the channel has seen the connection end and dials a new one; the pause lets it.
 pub const RESEND_PAUSE: Duration = Duration::from_millis(5);
 
+/// Less than this left before the caller's deadline: no call is sent (again); the last
+/// failure is the answer. A call given less could not reach a runner and run anyway.
+pub const MIN_CALL_TIME: Duration = Duration::from_millis(1);
+
 /// How the dispatcher reaches runners.
 #[derive(Clone)]
 pub enum Transport {
@@ -166,11 +170,13 @@ impl Dispatcher {
         &self.resolver
     }
 
-    /// Runs `algorithm` on `payload` on a healthy instance, each call bounded by `timeout`
-    /// (sent as `grpc-timeout`); on `UNAVAILABLE` (or an instance that lost the
-    /// algorithm), once more on a different one. A call the runner did not process is sent
-    /// again first (see the module's documentation). Instances whose address cannot be
-    /// dialled are skipped.
+    /// Runs `algorithm` on `payload` on a healthy instance, all of it within `timeout`
+    /// from now: each call (its wait for the instance's concurrency permit included) is
+    /// bounded by, and sends as `grpc-timeout`, what is left of it. On `UNAVAILABLE` (or
+    /// an instance that lost the algorithm), once more on a different one. A call the
+    /// runner did not process is sent again first (see the module's documentation). With
+    /// under [`MIN_CALL_TIME`] left, nothing more is sent: the last failure is the answer.
+    /// Instances whose address cannot be dialled are skipped.
     pub async fn run(
         &self,
         algorithm: &str,
@@ -180,7 +186,7 @@ impl Dispatcher {
         let job = Call {
             algorithm,
             payload,
-            timeout,
+            deadline: Instant::now() + timeout,
         };
         let snapshot = self.resolver.snapshot();
         let candidates = snapshot.instances(algorithm);
@@ -192,7 +198,20 @@ impl Dispatcher {
         let skipped_refused = !refused.is_empty();
         // Calls sent again because the runner provably did not process them.
         let mut resent = 0u32;
+        // What the last call sent failed with: the answer if the deadline comes first.
+        let mut last_failure: Option<(tonic::Status, Option<RunnerInfo>)> = None;
         loop {
+            if job.left() < MIN_CALL_TIME {
+                let (status, runner) = last_failure.unwrap_or_else(|| {
+                    (
+                        tonic::Status::deadline_exceeded(format!(
+                            "no time left to call a runner (the job's {timeout:?})"
+                        )),
+                        None,
+                    )
+                });
+                return Err(failure(&status, runner));
+            }
             let Some(instance) = pick(candidates, &excluded, |i| self.load(i)) else {
                 return Err(match first_failure {
                     Some((status, runner)) => failure(&status, runner),
@@ -230,7 +249,9 @@ impl Dispatcher {
                             // the GOAWAY and dial a new connection.
                             tracing::info!(instance = %instance.id, reason = why.label(), error = %status.message(), "the runner did not process the call; sending it again on a new connection");
                             excluded.pop();
-                            tokio::time::sleep(RESEND_PAUSE * 4u32.pow(resent)).await;
+                            last_failure = Some((status, runner));
+                            tokio::time::sleep((RESEND_PAUSE * 4u32.pow(resent)).min(job.left()))
+                                .await;
                             resent += 1;
                             continue;
                         }
@@ -256,6 +277,7 @@ impl Dispatcher {
                         return Err(failure(&status, runner));
                     }
                     tracing::info!(instance = %instance.id, code = ?status.code(), error = %status.message(), "retrying on another instance");
+                    last_failure = Some((status.clone(), runner.clone()));
                     first_failure = Some((status, runner));
                 }
             }
@@ -375,7 +397,8 @@ impl Dispatcher {
             payload,
         });
         // Sent as `grpc-timeout`: the runner stops waiting when the controller does.
-        request.set_timeout(job.timeout);
+        let left = job.left();
+        request.set_timeout(left);
         // The CLIENT span of the job's trace; its context travels in the request metadata
         // so the runner's SERVER span continues it.
         let span = tracing::info_span!(
@@ -396,7 +419,16 @@ impl Dispatcher {
         let outcome = {
             // Counted down however the call ends, cancelled futures included.
             let _in_flight = InFlightCall::new(&connection.in_flight);
-            client.run(request).instrument(span.clone()).await
+            // The instance's concurrency permit is waited for inside `client.run`, before
+            // tonic's own timeout starts: bounded here, so a call ends by the deadline
+            // however long the permit takes.
+            tokio::time::timeout(left, client.run(request).instrument(span.clone()))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(tonic::Status::deadline_exceeded(format!(
+                        "the call did not end within the {left:?} left before the job's deadline"
+                    )))
+                })
         };
         match &outcome {
             Ok(_) => {
@@ -441,11 +473,17 @@ impl Dispatcher {
     }
 }
 
-/// One algorithm run: what [`Dispatcher::run`] sends.
+/// One algorithm run: what [`Dispatcher::run`] sends, and when its caller stops waiting.
 struct Call<'a> {
     algorithm: &'a str,
     payload: &'a RawValue,
-    timeout: Duration,
+    deadline: Instant,
+}
+
+impl Call<'_> {
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
 }
 
 /// One call in flight on an instance, for power of two choices.

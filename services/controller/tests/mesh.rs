@@ -587,6 +587,68 @@ async fn a_runner_closing_connections_mid_load_loses_no_call() {
         closed >= 5.0,
         "the runner closed connections mid-load ({closed})"
     );
+    // Only calls never processed were sent again: each job ran exactly once.
+    assert_eq!(
+        common::runner_runs(&metrics, "echo").await,
+        total as f64,
+        "runs of echo"
+    );
+}
+
+/// A job's deadline bounds all of its call, the wait for the instance's concurrency
+/// permit included: with one call at a time per instance and two 1.5 s jobs under a 2 s
+/// `--job-timeout`, the second waits 1.5 s for the permit and has 0.5 s left, so it ends
+/// `timeout` by its deadline. Without the bound, the permit wait was outside the call's
+/// timeout and the second job ran its full 1.5 s after it (done 3 s after it started, ok).
+#[tokio::test]
+async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline() {
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner("test-runner", &[("PLUGWORKER_METRICS_ADDRESS", &metrics)]);
+    stack.wait_passing("test-runner", 1).await;
+    for i in 0..2 {
+        stack
+            .submit(job(
+                "echo",
+                json!({"message": format!("permit-{i}"), "delay_ms": 1_500}),
+            ))
+            .await;
+    }
+    let (_controller, _) = stack.controller(&[
+        "--max-in-flight",
+        "2",
+        "--max-calls-per-instance",
+        "1",
+        "--job-timeout",
+        "2s",
+    ]);
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, 2, Duration::from_secs(60))
+        .await;
+    let statuses: Vec<_> = results
+        .iter()
+        .map(|r| {
+            (
+                r["status"].as_str().unwrap_or_default().to_string(),
+                r["error"]["code"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(results.len(), 2, "{results:#?}");
+    assert!(
+        statuses.contains(&("ok".into(), String::new())),
+        "the first job ran: {statuses:?}"
+    );
+    assert!(
+        statuses.iter().any(|(_, code)| code == "timeout"),
+        "the job that waited for the permit ended by its deadline: {statuses:?}"
+    );
+    assert_eq!(
+        common::runner_runs(&metrics, "echo").await,
+        1.0,
+        "only the first job's run finished ok"
+    );
 }
 
 #[tokio::test]
