@@ -313,6 +313,34 @@ mod tests {
         })
     }
 
+    /// `plugworker dev` on a terminal: after the redirect, log lines land in the file,
+    /// without colour, and not before it. (One process per test: the subscriber is global;
+    /// ERROR, which any RUST_LOG the tests run with lets through.)
+    #[test]
+    fn redirected_logs_go_to_the_file_from_then_on() {
+        let _telemetry = super::init("test", super::LogFormat::Human);
+        tracing::error!("before the redirect");
+        let path = std::env::temp_dir().join(format!("telemetry-{}.log", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        assert!(super::redirect_logs(file));
+        assert!(super::logs_redirected());
+        tracing::error!(answer = 42, "after the redirect");
+        let again = std::fs::File::create(path.with_extension("other")).unwrap();
+        assert!(!super::redirect_logs(again), "once per process");
+        let text = std::fs::read_to_string(&path).unwrap();
+        let _ = std::fs::remove_file(&path);
+        let _ = std::fs::remove_file(path.with_extension("other"));
+        assert!(
+            text.contains("after the redirect") && text.contains("answer=42"),
+            "{text}"
+        );
+        assert!(!text.contains("before the redirect"), "{text}");
+        assert!(
+            !text.contains('\x1b'),
+            "no colour codes in a file: {text:?}"
+        );
+    }
+
     #[test]
     fn an_exporter_exists_only_when_the_environment_asks_for_one() {
         assert!(!with(&[]), "nothing configured: no exporter, no traffic");
