@@ -14,17 +14,25 @@
 //! algorithm's degraded state (health details, `plugworker_runner_algorithm_degraded`).
 
 use arc_swap::ArcSwapOption;
-use plugworker_consul_client::{ConsulClient, QueryOptions};
+use plugworker_consul_client::{ConsulClient, Watch};
 use plugworker_meme::{Embedder, Gallery, GalleryStore, Location, short_version};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 
 /// How long one blocking query on the KV key may wait before Consul answers unchanged.
 const KV_WAIT: Duration = Duration::from_secs(60);
-/// Longest pause between attempts to reach Consul after failures (an agent restarting, a
-/// token without read on the key): the poll keeps the gallery fresh meanwhile.
-const KV_MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// Least time between two queries on the KV key: an agent or proxy that answers at once
+/// (index 0, or the same index) makes the watch poll once a second, not spin.
+const KV_INTERVAL: Duration = Duration::from_secs(1);
+/// Longest one read of `current`, or one load, may take: a stalled S3 call (no answer,
+/// no error) then counts as a failed check instead of stopping the follower for good.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
+/// First wait before a version that failed to load is tried again, doubled on each
+/// further failure up to [`RETRY_MAX`]: a broken version costs a manifest read, an
+/// embeddings download (and maybe re-embedding) per attempt, not per poll.
+const RETRY_FIRST: Duration = Duration::from_secs(10);
+const RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// The gallery version serving now, and how to get the next.
 pub struct LiveGallery {
@@ -33,6 +41,62 @@ pub struct LiveGallery {
     live: ArcSwapOption<Gallery>,
     /// Why the last check failed, until one succeeds.
     problem: Mutex<Option<String>>,
+    /// The version that last failed to load, and when it may be tried again.
+    retry: Mutex<Retry>,
+    timeout: Duration,
+}
+
+/// When a version that failed to load is tried again: after a wait that doubles with
+/// each failure of that same version, at once for any other version.
+#[derive(Debug, Default)]
+struct Retry {
+    failed: Option<Failed>,
+}
+
+#[derive(Debug)]
+struct Failed {
+    version: String,
+    failures: u32,
+    not_before: Instant,
+}
+
+impl Retry {
+    /// Whether `version` may be loaded at `now`.
+    fn due(&self, version: &str, now: Instant) -> bool {
+        match &self.failed {
+            Some(failed) if failed.version == version => now >= failed.not_before,
+            _ => true,
+        }
+    }
+
+    /// `version` failed to load at `now`.
+    fn failed(&mut self, version: &str, now: Instant) {
+        let failures = match &self.failed {
+            Some(failed) if failed.version == version => failed.failures.saturating_add(1),
+            _ => 1,
+        };
+        let wait = RETRY_FIRST
+            .saturating_mul(2u32.saturating_pow(failures - 1))
+            .min(RETRY_MAX);
+        self.failed = Some(Failed {
+            version: version.to_string(),
+            failures,
+            not_before: now + wait,
+        });
+    }
+
+    fn loaded(&mut self) {
+        self.failed = None;
+    }
+}
+
+/// What one check found.
+enum Checked {
+    /// `current` names the version serving.
+    Serving,
+    /// `current` names a version that failed to load and whose retry is not due yet.
+    Waiting,
+    Loaded(Gallery),
 }
 
 impl LiveGallery {
@@ -42,6 +106,8 @@ impl LiveGallery {
             embedder,
             live: ArcSwapOption::empty(),
             problem: Mutex::new(None),
+            retry: Mutex::new(Retry::default()),
+            timeout: CHECK_TIMEOUT,
         }
     }
 
@@ -62,30 +128,35 @@ impl LiveGallery {
             .clone()
     }
 
+    fn retry(&self) -> std::sync::MutexGuard<'_, Retry> {
+        self.retry.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// One check: reads the store's current version and, when it is not the one serving,
-    /// loads and swaps it in. Failures keep what serves and are recorded.
+    /// loads and swaps it in. Failures keep what serves and are recorded; a version that
+    /// failed to load is tried again with a growing wait ([`Retry`]).
     pub async fn refresh(self: &Arc<Self>) {
-        let version = match self.store.current().await {
-            Ok(version) => version,
-            Err(error) => {
-                return self.failed(format!("cannot read the current version: {error}"));
-            }
-        };
-        let serving = self.current();
-        if serving.as_ref().is_some_and(|g| g.version() == version) {
-            return self.recovered();
-        }
         let this = Arc::clone(self);
         let handle = tokio::runtime::Handle::current();
-        let wanted = version.clone();
-        // Reading the blobs is I/O, but embedding templates without stored embeddings is
-        // CPU work: the whole load runs on a blocking thread, off the runs' I/O threads.
-        let loaded = tokio::task::spawn_blocking(move || {
-            handle.block_on(this.store.load(&wanted, &this.embedder, serving.as_deref()))
-        })
-        .await;
-        match loaded {
-            Ok(Ok(gallery)) => {
+        // Everything runs on a blocking thread, off the runs' I/O threads: reading
+        // `current` of a read-only folder hashes every template file, and a load reads
+        // blobs and embeds templates without stored embeddings (CPU work).
+        let checked = tokio::task::spawn_blocking(move || handle.block_on(this.check()));
+        // The check bounds each store call; this bound is for a call that blocks its
+        // thread (a hung file system), which no future can cancel.
+        let checked = match tokio::time::timeout(self.timeout * 2, checked).await {
+            Ok(Ok(checked)) => checked,
+            Ok(Err(panic)) => Err(format!("the check panicked: {panic}")),
+            Err(_) => Err(format!(
+                "the check took more than {:?}; abandoned",
+                self.timeout * 2
+            )),
+        };
+        match checked {
+            Ok(Checked::Serving) => self.recovered(),
+            // The problem recorded when it failed stands until it loads.
+            Ok(Checked::Waiting) => {}
+            Ok(Checked::Loaded(gallery)) => {
                 let gallery = Arc::new(gallery);
                 let previous = self.live.swap(Some(Arc::clone(&gallery)));
                 tracing::info!(
@@ -96,17 +167,52 @@ impl LiveGallery {
                     labels = gallery.labels().len(),
                     "meme gallery version loaded; serving it"
                 );
+                // The previous version is dropped here, not kept beside the new one
+                // while runs that started on it finish (they hold their own Arc).
+                drop(previous);
+                self.retry().loaded();
                 self.recovered();
             }
-            Ok(Err(error)) => self.failed(format!(
-                "cannot load version {}: {error}",
-                short_version(&version)
-            )),
-            Err(panic) => self.failed(format!(
-                "loading version {} panicked: {panic}",
-                short_version(&version)
-            )),
+            Err(problem) => self.failed(problem),
         }
+    }
+
+    /// Reads `current` and loads it when it is new and due, each store call bounded by
+    /// the timeout. Runs on a blocking thread ([`Self::refresh`]).
+    async fn check(&self) -> Result<Checked, String> {
+        let version = match tokio::time::timeout(self.timeout, self.store.current()).await {
+            Ok(Ok(version)) => version,
+            Ok(Err(error)) => return Err(format!("cannot read the current version: {error}")),
+            Err(_) => {
+                return Err(format!(
+                    "reading the current version took more than {:?}",
+                    self.timeout
+                ));
+            }
+        };
+        let serving = self.current();
+        if serving.as_ref().is_some_and(|g| g.version() == version) {
+            return Ok(Checked::Serving);
+        }
+        if !self.retry().due(&version, Instant::now()) {
+            return Ok(Checked::Waiting);
+        }
+        let short = short_version(&version);
+        let loaded = tokio::time::timeout(
+            self.timeout,
+            self.store
+                .load(&version, &self.embedder, serving.as_deref()),
+        )
+        .await;
+        // Only the previous version's rows are needed while loading.
+        drop(serving);
+        let problem = match loaded {
+            Ok(Ok(gallery)) => return Ok(Checked::Loaded(gallery)),
+            Ok(Err(error)) => format!("cannot load version {short}: {error}"),
+            Err(_) => format!("loading version {short} took more than {:?}", self.timeout),
+        };
+        self.retry().failed(&version, Instant::now());
+        Err(problem)
     }
 
     /// Records a failed check; logs it when it is new, so a gallery unreadable for an
@@ -170,33 +276,23 @@ impl LiveGallery {
 }
 
 /// Watches `key` with blocking queries and wakes the follower whenever its value changes.
+/// [`Watch`] keeps the index (0 read as 1, reset when it goes backwards), spaces the
+/// queries at least [`KV_INTERVAL`] apart and backs off after errors.
 async fn watch_key(
     consul: ConsulClient,
     key: String,
     changed: Arc<Notify>,
     gallery: Weak<LiveGallery>,
 ) {
-    let mut index = 0;
+    let mut watch = Watch::new(KV_WAIT).with_rate_limit(1, KV_INTERVAL);
     let mut seen: Option<Option<Vec<u8>>> = None;
-    let mut failures = 0u32;
+    let mut failing = false;
     while gallery.strong_count() > 0 {
-        let options = QueryOptions {
-            index,
-            wait: Some(KV_WAIT),
-        };
-        match consul.kv_get(&key, options).await {
-            Ok((pair, meta)) => {
-                if failures > 0 {
+        match watch.next(|options| consul.kv_get(&key, options)).await {
+            Ok(pair) => {
+                if std::mem::take(&mut failing) {
                     tracing::info!(%key, "watching the gallery's version in Consul again");
                 }
-                failures = 0;
-                // An index that went backwards (a restored or new Consul) restarts the
-                // watch from the current state.
-                index = if meta.last_index < index {
-                    0
-                } else {
-                    meta.last_index
-                };
                 let value = pair.map(|pair| pair.value);
                 if seen.as_ref() != Some(&value) {
                     if seen.is_some() {
@@ -206,18 +302,49 @@ async fn watch_key(
                 }
             }
             Err(error) => {
-                failures += 1;
-                if failures == 1 {
+                if !std::mem::replace(&mut failing, true) {
                     tracing::warn!(
                         %key,
                         %error,
                         "cannot watch the gallery's version in Consul; polling the gallery only"
                     );
                 }
-                index = 0;
-                let backoff = Duration::from_millis(500 * 2u64.pow(failures.min(6)));
-                tokio::time::sleep(backoff.min(KV_MAX_BACKOFF)).await;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_version_that_failed_is_retried_with_a_doubling_wait_another_at_once() {
+        let start = Instant::now();
+        let mut retry = Retry::default();
+        assert!(retry.due("a", start));
+        retry.failed("a", start);
+        // Every poll before the wait is over skips the broken version.
+        assert!(!retry.due("a", start + Duration::from_secs(5)));
+        assert!(retry.due("a", start + RETRY_FIRST));
+        // A new `current` is loaded at once.
+        assert!(retry.due("b", start + Duration::from_secs(1)));
+        let mut at = start + RETRY_FIRST;
+        let mut waits = Vec::new();
+        for _ in 0..8 {
+            retry.failed("a", at);
+            let not_before = retry.failed.as_ref().unwrap().not_before;
+            waits.push(not_before - at);
+            assert!(!retry.due("a", not_before - Duration::from_millis(1)));
+            at = not_before;
+        }
+        assert_eq!(waits[0], RETRY_FIRST * 2);
+        assert_eq!(waits[1], RETRY_FIRST * 4);
+        assert_eq!(*waits.last().unwrap(), RETRY_MAX, "capped: {waits:?}");
+        // Another version failing starts its own count; a load clears it.
+        retry.failed("b", at);
+        assert_eq!(retry.failed.as_ref().unwrap().failures, 1);
+        retry.loaded();
+        assert!(retry.due("b", at));
     }
 }

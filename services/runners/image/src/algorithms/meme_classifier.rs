@@ -116,6 +116,7 @@ impl Algorithm for MemeClassifier {
                 "PLUGWORKER_MEME_THRESHOLD={threshold}: a cosine similarity is between -1 and 1"
             )));
         }
+        check_poll(settings.gallery_poll)?;
         let model_path = settings
             .model
             .clone()
@@ -234,6 +235,22 @@ impl Algorithm for MemeClassifier {
     }
 }
 
+/// Shortest gallery poll interval: each check reads `current` (a read-only folder: hashes
+/// every template), so a shorter one (0s would be a busy loop) only burns CPU and S3
+/// requests; Consul's KV watch already brings a change at once.
+pub const MIN_GALLERY_POLL: Duration = Duration::from_millis(250);
+
+/// Refuses a poll interval under [`MIN_GALLERY_POLL`], as a typed setting refuses a value
+/// that does not read: the variable, the value and what it accepts.
+fn check_poll(poll: Duration) -> Result<(), LoadError> {
+    if poll < MIN_GALLERY_POLL {
+        return Err(LoadError::other(format!(
+            "PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)={poll:?}: expected a duration of at least {MIN_GALLERY_POLL:?}, such as 5s (0 would check without pause)"
+        )));
+    }
+    Ok(())
+}
+
 /// `1.1.0+gallery.<short version>`: which gallery answered.
 fn version_with(gallery: &Gallery) -> String {
     format!(
@@ -244,3 +261,23 @@ fn version_with(gallery: &Gallery) -> String {
 }
 
 plugworker_kit::register_algorithm!(MemeClassifier);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_poll_under_250ms_is_refused_naming_the_variable_and_what_it_accepts() {
+        for bad in [Duration::ZERO, Duration::from_millis(249)] {
+            let error = check_poll(bad).unwrap_err().to_string();
+            assert!(
+                error.contains("PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)="),
+                "{error}"
+            );
+            assert!(error.contains("at least 250ms"), "{error}");
+        }
+        assert!(check_poll(Duration::ZERO).unwrap_err().to_string().contains("=0ns:"));
+        check_poll(MIN_GALLERY_POLL).unwrap();
+        check_poll(Duration::from_secs(5)).unwrap();
+    }
+}
