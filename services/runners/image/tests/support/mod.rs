@@ -8,7 +8,7 @@ use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_rpc::runner::v1::{RunRequest, RunResponse};
 use plugworker_testkit::memes::models_dir;
-use plugworker_testkit::{Process, bin_path, free_port, runner_client};
+use plugworker_testkit::{Process, bin_path, eventually, runner_client};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use tonic::Code;
@@ -115,26 +115,82 @@ pub async fn start(extra_env: &[(&str, &str)]) -> Runner {
 
 /// [`start`], with more flags.
 pub async fn start_with(extra_args: &[&str], extra_env: &[(&str, &str)]) -> Runner {
-    let address = format!("127.0.0.1:{}", free_port());
     let models = models_dir();
-    let models = models.to_str().unwrap();
     let mut args = vec![
-        "--listen",
-        &address,
         "--no-register",
         // No Consul here to issue certificates: the tests call the runner in plaintext.
         "--insecure-plaintext",
         "--models-dir",
-        models,
+        models.to_str().unwrap(),
     ];
     args.extend_from_slice(extra_args);
-    let process = Process::spawn(&bin_path("image-runner"), &args, extra_env);
-    let client = runner_client(&address, Duration::from_secs(60)).await;
+    let spawned = spawn(&args, extra_env).await;
+    let client = runner_client(&spawned.listen, Duration::from_secs(60)).await;
     Runner {
-        process,
+        process: spawned.process,
         client,
-        address,
+        address: spawned.listen,
     }
+}
+
+/// An image-runner process and the addresses it bound.
+pub struct Spawned {
+    pub process: Process,
+    /// Its gRPC address.
+    pub listen: String,
+    /// Its metrics and health address (`host:port`), when `--metrics-address` was given.
+    pub metrics: Option<String>,
+}
+
+/// Spawns an image-runner listening on port 0 (and its metrics, if `args` has
+/// `--metrics-address 127.0.0.1:0`) and reads the addresses it bound from its log: no
+/// port is picked before the runner binds it, so parallel tests never race for one.
+/// No client connects yet: the runner closes a connection whose first call does not
+/// come within its --header-read-timeout, so the caller connects when it is ready to call.
+pub async fn spawn(args: &[&str], env: &[(&str, &str)]) -> Spawned {
+    let mut all = vec!["--listen", "127.0.0.1:0"];
+    all.extend_from_slice(args);
+    let process = Process::spawn(&bin_path("image-runner"), &all, env);
+    let with_metrics = args.contains(&"--metrics-address");
+    let (listen, metrics) = eventually(
+        Duration::from_secs(30),
+        "the runner's bound addresses in its log",
+        || {
+            let log = plain(&process.log());
+            async move {
+                // The line with the bound address (a warning before it names --listen's 0).
+                let started = log.lines().find(|l| l.contains("runner started"))?;
+                let listen = field(started, "listen=")?;
+                let metrics = match with_metrics {
+                    true => Some(
+                        field(&log, "metrics=http://")?
+                            .trim_end_matches("/metrics")
+                            .to_string(),
+                    ),
+                    false => None,
+                };
+                Some((listen, metrics))
+            }
+        },
+    )
+    .await;
+    Spawned {
+        process,
+        listen,
+        metrics,
+    }
+}
+
+/// The value after `key` in a log line, up to the next space.
+fn field(log: &str, key: &str) -> Option<String> {
+    let start = log.find(key)? + key.len();
+    Some(
+        log[start..]
+            .split_whitespace()
+            .next()?
+            .trim_matches('"')
+            .to_string(),
+    )
 }
 
 pub fn base64_payload(bytes: &[u8]) -> serde_json::Value {
