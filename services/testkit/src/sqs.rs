@@ -35,6 +35,20 @@ pub fn moto_server() -> PathBuf {
     PathBuf::from("moto_server")
 }
 
+/// moto's server with SQS's `ReceiveMessage` atomic (`python/moto_sqs_atomic.py`): moto
+/// picks a visible message and marks it received without a lock on a threaded server, so
+/// two consumers polling at once could both receive it; real SQS never does. Run by the
+/// Python beside [`moto_server`] (its venv's), or `python3` from `PATH`.
+fn atomic_moto_server() -> (PathBuf, String) {
+    let python = moto_server()
+        .parent()
+        .map(|bin| bin.join("python3"))
+        .filter(|python| python.exists())
+        .unwrap_or_else(|| PathBuf::from("python3"));
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/python/moto_sqs_atomic.py");
+    (python, wrapper.to_string())
+}
+
 /// A running moto server.
 pub struct Sqs {
     pub endpoint: String,
@@ -88,7 +102,8 @@ pub struct Queues {
 impl Sqs {
     pub async fn start() -> Self {
         let port = free_port().to_string();
-        let process = Process::spawn(&moto_server(), &["-H", "127.0.0.1", "-p", &port], &[]);
+        let (python, wrapper) = atomic_moto_server();
+        let process = Process::spawn(&python, &[&wrapper, "-H", "127.0.0.1", "-p", &port], &[]);
         let endpoint = format!("http://127.0.0.1:{port}");
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
@@ -323,5 +338,63 @@ impl Sqs {
             }
         }
         results
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Consumers long-polling one queue at once never receive the same message twice
+    /// within its visibility timeout, as with real SQS. Plain moto_server (without
+    /// `python/moto_sqs_atomic.py`) handed some messages to two of them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn concurrent_receivers_never_get_one_message_twice() {
+        let sqs = Sqs::start().await;
+        let queues = sqs
+            .create_queues("atomic", Duration::from_secs(120), 5)
+            .await;
+        let total = 400;
+        let receivers: Vec<_> = (0..12)
+            .map(|_| {
+                let client = sqs.client.clone();
+                let queue = queues.jobs.clone();
+                tokio::spawn(async move {
+                    let mut ids = Vec::new();
+                    let mut empty = 0;
+                    // Until two long polls in a row find nothing.
+                    while empty < 2 {
+                        let output = client
+                            .receive_message()
+                            .queue_url(&queue)
+                            .max_number_of_messages(10)
+                            .wait_time_seconds(1)
+                            .send()
+                            .await
+                            .unwrap();
+                        let messages = output.messages();
+                        empty = if messages.is_empty() { empty + 1 } else { 0 };
+                        ids.extend(messages.iter().map(|m| m.message_id().unwrap().to_string()));
+                    }
+                    ids
+                })
+            })
+            .collect();
+        // Sent while the receivers poll: long polls are woken by them.
+        for i in 0..total {
+            sqs.send(&queues.jobs, &i.to_string()).await;
+        }
+        let mut received = Vec::new();
+        for receiver in receivers {
+            received.extend(receiver.await.unwrap());
+        }
+        let distinct: std::collections::HashSet<_> = received.iter().collect();
+        assert_eq!(distinct.len(), total, "every message received");
+        assert_eq!(
+            received.len(),
+            total,
+            "{} receipts of a message already in flight",
+            received.len() - distinct.len()
+        );
     }
 }
