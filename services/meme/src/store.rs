@@ -30,9 +30,9 @@ const FORMAT: u32 = 1;
 /// A publisher that loses the race for `current` this many times in a row gives up: each
 /// loss means another version landed, so only a storm of publishers gets here.
 const MAX_ATTEMPTS: usize = 20;
-/// A folder's lock older than this was left by a publisher that died: the critical section
-/// it guards (re-read `current`, rename) takes milliseconds.
-const STALE_LOCK: Duration = Duration::from_secs(60);
+/// How long a publisher waits for a folder's lock before giving up: the critical section it
+/// guards (re-read `current`, rename) takes milliseconds, and a dead holder's lock is gone.
+const LOCK_WAIT: Duration = Duration::from_secs(30);
 /// Similarity from which a new template is reported as a near-duplicate of a template of
 /// another label: copies of one template with captions and crops score 0.46–0.82 with SSCD
 /// distilled and unrelated photos at most 0.17 (runners/image's meme tests), so at 0.5
@@ -968,8 +968,7 @@ impl GalleryStore {
                 write_atomically(&path, bytes).map_err(io)
             }
             #[cfg(feature = "s3")]
-            // Already there (or being written by another publisher): same bytes.
-            Backend::S3(s3) => s3.put_if(object, bytes, None).await.map(drop),
+            Backend::S3(s3) => s3.put_new(object, bytes).await,
         }
     }
 }
@@ -1045,47 +1044,46 @@ fn extension(name: &str, bytes: &[u8]) -> String {
         .unwrap_or_else(|| "img".into())
 }
 
-/// The folder's exclusive `.lock` (created with O_EXCL), removed when dropped.
+/// The folder's exclusive lock: an advisory `flock` on `.lock`, held while the value is
+/// alive. The kernel releases it when the holder's file is closed, including when its
+/// process dies, so a dead publisher never blocks the next one and no staleness rule (with
+/// its races and clock skew) is needed. The file itself stays: removing it would let a
+/// waiter lock an unlinked file while a newcomer locks a new one.
 struct FolderLock {
-    path: PathBuf,
+    _file: std::fs::File,
 }
 
 impl FolderLock {
     async fn acquire(root: &Path, location: &Location) -> Result<Self, StoreError> {
+        use std::os::fd::AsRawFd;
         let path = root.join(".lock");
+        let io = |source| StoreError::Io {
+            path: path.clone(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(io)?;
         let started = std::time::Instant::now();
         loop {
-            match std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(_) => return Ok(Self { path }),
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    let age = std::fs::metadata(&path)
-                        .and_then(|m| m.modified())
-                        .ok()
-                        .and_then(|m| m.elapsed().ok());
-                    if age.is_some_and(|age| age > STALE_LOCK) {
-                        tracing::warn!(lock = %path.display(), "removing a stale gallery lock (its publisher died)");
-                        let _ = std::fs::remove_file(&path);
-                        continue;
-                    }
-                    if started.elapsed() > STALE_LOCK + Duration::from_secs(5) {
-                        return Err(StoreError::Locked(location.to_string()));
-                    }
-                    // The holder is between its re-read and its rename: milliseconds.
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                Err(source) => return Err(StoreError::Io { path, source }),
+            // SAFETY: flock on a descriptor this function owns for the call's duration.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                return Ok(Self { _file: file });
             }
+            let error = std::io::Error::last_os_error();
+            match error.kind() {
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => {}
+                _ => return Err(io(error)),
+            }
+            if started.elapsed() > LOCK_WAIT {
+                return Err(StoreError::Locked(location.to_string()));
+            }
+            // The holder is between its re-read and its rename: milliseconds.
+            tokio::time::sleep(Duration::from_millis(10)).await;
         }
-    }
-}
-
-impl Drop for FolderLock {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.path);
     }
 }
 
@@ -1151,6 +1149,48 @@ impl S3Prefix {
 }
 
 #[cfg(feature = "s3")]
+impl S3Prefix {
+    /// Puts a content-addressed object unless it exists (its content is then the same).
+    /// Only 412 means "exists": a 409 means another conditional write of the key is in
+    /// progress and may still fail, so the put is retried (backing off) until it lands or
+    /// a 412 shows the other one did.
+    async fn put_new(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
+        let mut backoff = Duration::from_millis(50);
+        let started = std::time::Instant::now();
+        loop {
+            let key = self.key(object);
+            let request = self
+                .client
+                .put_object()
+                .bucket(&self.bucket)
+                .key(&key)
+                .body(bytes.to_vec().into())
+                .if_none_match("*");
+            match request.send().await {
+                Ok(_) => return Ok(()),
+                Err(e) if status(&e) == Some(412) => return Ok(()),
+                Err(e) if status(&e) == Some(409) && started.elapsed() < PUT_CONFLICT_WAIT => {
+                    tracing::debug!(object = %key, "a concurrent write of the object is in progress; retrying");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                }
+                Err(e) => return Err(s3_error(&self.bucket, &key, e)),
+            }
+        }
+    }
+}
+
+/// How long a put of an immutable object keeps retrying S3's 409 (a concurrent
+/// conditional write of the same key in progress): such a write takes well under a second.
+#[cfg(feature = "s3")]
+const PUT_CONFLICT_WAIT: Duration = Duration::from_secs(10);
+
+#[cfg(feature = "s3")]
+fn status<E>(error: &aws_sdk_s3::error::SdkError<E>) -> Option<u16> {
+    error.raw_response().map(|r| r.status().as_u16())
+}
+
+#[cfg(feature = "s3")]
 fn s3_error(bucket: &str, key: &str, error: impl std::error::Error) -> StoreError {
     StoreError::S3 {
         url: format!("s3://{bucket}/{key}"),
@@ -1158,13 +1198,13 @@ fn s3_error(bucket: &str, key: &str, error: impl std::error::Error) -> StoreErro
     }
 }
 
-/// A conditional write refused: 412 (the condition failed) or 409 (a concurrent
-/// conditional write to the key is in progress; S3 answers it, the loser retries).
+/// A conditional replace of `current` refused: 412 (the condition failed) or 409 (a
+/// concurrent conditional write of the key is in progress). Either way the publisher
+/// re-reads `current` and re-applies its change: if the other write failed, `current` is
+/// unchanged and the next attempt replaces it.
 #[cfg(feature = "s3")]
 fn is_lost_race<E>(error: &aws_sdk_s3::error::SdkError<E>) -> bool {
-    error
-        .raw_response()
-        .is_some_and(|r| matches!(r.status().as_u16(), 409 | 412))
+    matches!(status(error), Some(409 | 412))
 }
 
 #[cfg(test)]
@@ -1198,5 +1238,95 @@ mod tests {
         assert_eq!(path, std::fs::canonicalize(dir.path()).unwrap());
         let key = Location::parse("s3://b/x").unwrap().kv_key();
         assert!(key.starts_with("plugworker/galleries/") && key.len() == 21 + 16);
+    }
+
+    /// An S3 endpoint on a local port answering PutObject with the given statuses in turn
+    /// (the last repeated); returns its address and the count of requests it answered.
+    #[cfg(feature = "s3")]
+    async fn scripted_s3(
+        statuses: Vec<u16>,
+    ) -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+        use std::sync::atomic::Ordering;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = format!("http://{}", listener.local_addr().unwrap());
+        let served = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let count = served.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                // Read the head, then the body its Content-Length announces.
+                let mut request = Vec::new();
+                let mut buffer = [0u8; 4096];
+                let head_end = loop {
+                    let n = stream.read(&mut buffer).await.unwrap();
+                    assert!(n > 0, "the client closed mid-request");
+                    request.extend_from_slice(&buffer[..n]);
+                    if let Some(i) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+                        break i + 4;
+                    }
+                };
+                let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+                let length: usize = head
+                    .lines()
+                    .find_map(|l| l.strip_prefix("content-length:"))
+                    .map_or(0, |v| v.trim().parse().unwrap());
+                while request.len() < head_end + length {
+                    let n = stream.read(&mut buffer).await.unwrap();
+                    request.extend_from_slice(&buffer[..n]);
+                }
+                let n = count.fetch_add(1, Ordering::SeqCst);
+                let status = statuses[n.min(statuses.len() - 1)];
+                let (reason, code) = match status {
+                    200 => ("OK", ""),
+                    409 => ("Conflict", "ConditionalRequestConflict"),
+                    _ => ("Precondition Failed", "PreconditionFailed"),
+                };
+                let body = if code.is_empty() {
+                    String::new()
+                } else {
+                    format!("<Error><Code>{code}</Code><Message>scripted</Message></Error>")
+                };
+                let response = format!(
+                    "HTTP/1.1 {status} {reason}\r\nContent-Length: {}\r\nETag: \"e\"\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                stream.write_all(response.as_bytes()).await.unwrap();
+            }
+        });
+        (address, served)
+    }
+
+    /// S3 answers 409 to a conditional put while another conditional write of the key is
+    /// in progress, which may still fail: an immutable object is then put again until it
+    /// lands (200) or exists (412), never taken as present on the 409.
+    #[cfg(feature = "s3")]
+    #[tokio::test]
+    async fn an_immutable_put_retries_on_409_and_takes_only_412_as_present() {
+        use std::sync::atomic::Ordering;
+        for (statuses, requests) in [(vec![409, 409, 200], 3), (vec![409, 412], 2)] {
+            let (endpoint, served) = scripted_s3(statuses.clone()).await;
+            let store = GalleryStore::with_s3_client(
+                Location::parse("s3://galleries/board").unwrap(),
+                plugworker_testkit::s3::S3::at(&endpoint).client,
+            );
+            store
+                .put_immutable("templates/x.jpg", b"bytes")
+                .await
+                .unwrap_or_else(|e| panic!("{statuses:?}: {e}"));
+            assert_eq!(served.load(Ordering::SeqCst), requests, "{statuses:?}");
+        }
+        // Anything else is an error.
+        let (endpoint, _) = scripted_s3(vec![403]).await;
+        let store = GalleryStore::with_s3_client(
+            Location::parse("s3://galleries/board").unwrap(),
+            plugworker_testkit::s3::S3::at(&endpoint).client,
+        );
+        assert!(
+            store
+                .put_immutable("templates/x.jpg", b"bytes")
+                .await
+                .is_err()
+        );
     }
 }

@@ -125,26 +125,97 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     assert_eq!(history[1].change, "remove cat (1 image)");
 }
 
-/// A publisher that died holding `.lock` blocks publishing for at most a minute: an older
-/// lock is removed.
+/// A real process holding the folder lock `lock` (util-linux flock(1) on its descriptor 9:
+/// the same flock(2) lock the store takes) until killed, once it holds it.
+async fn hold_lock(lock: &Path) -> std::process::Child {
+    let holder = std::process::Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>"$1" && flock 9 && exec sleep 600"#)
+        .arg("sh")
+        .arg(lock)
+        .spawn()
+        .expect("sh and flock(1)");
+    // Held once a non-blocking attempt fails.
+    while std::process::Command::new("flock")
+        .arg("-n")
+        .arg(lock)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    holder
+}
+
+/// Two publishers on one folder, both past their read of `current` when the lock frees
+/// (a process holds it until both wait): exactly one loses the race, re-applies its
+/// change on the winner's version, and both changes land.
 #[tokio::test]
-async fn a_stale_folder_lock_is_removed() {
+async fn a_folder_gallery_publishes_concurrently_without_losing_a_change() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let one = folder_store(dir.path()).await;
+    let other = folder_store(dir.path()).await;
+    let mut holder = hold_lock(&dir.path().join(".lock")).await;
+    let release = async {
+        // Both embed, store their objects and wait for the lock within this time.
+        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        holder.kill().unwrap();
+        holder.wait().unwrap();
+    };
+    let (a, b, ()) = tokio::join!(
+        one.publish(
+            add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+            Some(&embedder),
+            "a"
+        ),
+        other.publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(&embedder), "b"),
+        release,
+    );
+    let (a, b) = (a.unwrap(), b.unwrap());
+    assert_eq!(a.retries + b.retries, 1, "exactly one lost the race");
+    let current = one.current().await.unwrap();
+    let gallery = other.load(&current, &embedder, None).await.unwrap();
+    assert_eq!(labels(&gallery), ["cat", "cup"]);
+    assert_eq!(one.history().await.unwrap().len(), 2);
+}
+
+/// A publisher that died holding `.lock` does not block the next one: the lock is an
+/// advisory `flock` the kernel drops with its holder, whatever the file's age. While a live
+/// process holds it, publishing waits.
+#[tokio::test]
+async fn a_killed_lock_holder_does_not_block_the_next_publisher() {
     let embedder = embedder();
     let dir = tempfile::tempdir().unwrap();
     let store = folder_store(dir.path()).await;
-    let lock = std::fs::File::create(dir.path().join(".lock")).unwrap();
-    lock.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(120))
-        .unwrap();
-    let started = std::time::Instant::now();
-    let published = publish(
+    let lock = dir.path().join(".lock");
+    let mut holder = hold_lock(&lock).await;
+    let publishing = publish(
         &store,
         add("cat", &["chelsea-the-cat/chelsea.jpg"]),
         &embedder,
-    )
-    .await;
+    );
+    tokio::pin!(publishing);
+    // Held: the publish cannot replace `current` (it embeds and stores the objects, then
+    // waits for the lock).
+    let waited = tokio::time::timeout(std::time::Duration::from_secs(5), &mut publishing).await;
+    assert!(
+        waited.is_err(),
+        "published while another process held .lock"
+    );
+    assert!(!dir.path().join("current").exists());
+    holder.kill().unwrap();
+    holder.wait().unwrap();
+    let started = std::time::Instant::now();
+    let published = publishing.await;
     assert!(published.version.is_some());
-    assert!(started.elapsed() < std::time::Duration::from_secs(10));
-    assert!(!dir.path().join(".lock").exists());
+    // The lock file stays behind, fresh, and blocks nobody.
+    assert!(lock.exists());
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    let again = publish(&store, add("cup", &["coffee-cup/coffee.jpg"]), &embedder).await;
+    assert!(again.version.is_some());
 }
 
 #[tokio::test]
