@@ -153,12 +153,25 @@ impl MeshStream {
         let authorizer = self.authorizer.clone();
         let peer = self.peer.clone();
         async move {
+            let expired = || Error::CertificateExpired {
+                client: peer.uri.clone(),
+                not_after: peer
+                    .not_after
+                    .duration_since(UNIX_EPOCH)
+                    .map_or(0, |since| since.as_secs()),
+            };
             let period = authorizer.ttl.max(Duration::from_millis(100));
             let mut every = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
             every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let rechecks = async {
                 loop {
                     every.tick().await;
+                    // The timer below runs on the monotonic clock, which stands still
+                    // while the machine is suspended: the wall clock, read on each
+                    // re-check, ends the connection within a TTL of waking past NotAfter.
+                    if SystemTime::now() >= peer.not_after {
+                        return expired();
+                    }
                     if let Err(error) = authorizer.check(&peer, Fresh::Ask).await {
                         return error;
                     }
@@ -172,13 +185,7 @@ impl MeshStream {
                 .unwrap_or_default();
             tokio::select! {
                 error = rechecks => error,
-                () = tokio::time::sleep(left) => Error::CertificateExpired {
-                    client: peer.uri.clone(),
-                    not_after: peer
-                        .not_after
-                        .duration_since(UNIX_EPOCH)
-                        .map_or(0, |since| since.as_secs()),
-                },
+                () = tokio::time::sleep(left) => expired(),
             }
         }
     }
