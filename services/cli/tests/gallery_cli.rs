@@ -234,14 +234,44 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
     );
 }
 
+/// Four publishers as separate processes, all past their read of `current` when the
+/// folder's lock frees (a process holds it until each has stored its manifest): every
+/// change lands, at least three re-applied theirs on another's version, and the registry's
+/// KV ends on the gallery's current version, whichever publisher wrote it last.
 #[tokio::test]
 async fn concurrent_adds_from_separate_processes_all_land() {
+    let registry = Process::spawn(
+        &bin_path("plugworker"),
+        &["registry", "--listen", "127.0.0.1:0"],
+        &[],
+    );
+    let consul = registry_address(&registry).await;
+    let env = [("CONSUL_HTTP_ADDR", consul.as_str())];
     let dir = tempfile::tempdir().unwrap();
-    let gallery = dir.path().join("gallery").to_string_lossy().into_owned();
-    let env = [("CONSUL_HTTP_ADDR", "127.0.0.1:1")];
+    let gallery_dir = dir.path().join("gallery");
+    let gallery = gallery_dir.to_string_lossy().into_owned();
     add(&gallery, "cat", &[], "chelsea-the-cat/chelsea.jpg", &env);
-    // Four publishers started together, each reading the same `current`: every one of
-    // them must land (the losers of the race re-apply their change on the winner's).
+    // util-linux flock(1) on descriptor 9: the flock(2) lock the store takes on `.lock`.
+    let lock = gallery_dir.join(".lock");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(r#"exec 9>"$1" && flock 9 && exec sleep 600"#)
+        .arg("sh")
+        .arg(&lock)
+        .spawn()
+        .expect("sh and flock(1)");
+    let held = || {
+        !Command::new("flock")
+            .arg("-n")
+            .arg(&lock)
+            .arg("true")
+            .status()
+            .unwrap()
+            .success()
+    };
+    while !held() {
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
     let images = [
         ("astronaut", "astronaut/astronaut.jpg"),
         ("cameraman", "cameraman/camera.jpg"),
@@ -252,15 +282,7 @@ async fn concurrent_adds_from_separate_processes_all_land() {
         .iter()
         .map(|(label, image)| {
             command(
-                &[
-                    "add",
-                    "--gallery",
-                    &gallery,
-                    "--label",
-                    label,
-                    "--no-registry",
-                    &demo(image),
-                ],
+                &["add", "--gallery", &gallery, "--label", label, &demo(image)],
                 &env,
             )
             .stdout(Stdio::piped())
@@ -269,6 +291,22 @@ async fn concurrent_adds_from_separate_processes_all_land() {
             .unwrap()
         })
         .collect();
+    // Each publisher stores its manifest after reading `current`, then waits for the lock.
+    let manifests = || {
+        std::fs::read_dir(gallery_dir.join("versions"))
+            .unwrap()
+            .count()
+    };
+    let started = std::time::Instant::now();
+    while manifests() < 1 + images.len() {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(60),
+            "publishers did not reach the lock"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    holder.kill().unwrap();
+    holder.wait().unwrap();
     let mut retried = 0;
     for child in children {
         let output = child.wait_with_output().unwrap();
@@ -276,13 +314,20 @@ async fn concurrent_adds_from_separate_processes_all_land() {
         assert!(output.status.success(), "{err}");
         retried += usize::from(err.contains("re-applied"));
     }
+    assert!(retried >= images.len() - 1, "{retried} re-applied");
     assert_eq!(
         labels(&gallery, &env),
         ["astronaut", "cameraman", "cat", "cup", "rocket"]
     );
     let entries = history(&gallery, &env);
     assert_eq!(entries.len(), 5, "{entries:?}");
-    eprintln!("{retried} of 4 publishers lost a race and re-applied their change");
+    let current: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gallery_dir.join("current")).unwrap()).unwrap();
+    let key = Location::parse(&gallery).unwrap().kv_key();
+    assert_eq!(
+        kv(&consul, &key).await.as_deref(),
+        current["version"].as_str()
+    );
 }
 
 #[tokio::test]

@@ -93,6 +93,13 @@ pub enum StoreError {
     NeedsModel,
     #[error("gallery {0}: the lock file .lock is held (another publisher); try again")]
     Locked(String),
+    #[error(
+        "the gallery's embeddings are of model {gallery_model}, this embedder is {model}: publishing would re-embed every template and switch the runners' model (allow it with --reembed)"
+    )]
+    ModelChange {
+        gallery_model: String,
+        model: String,
+    },
 }
 
 /// Where a gallery lives.
@@ -243,6 +250,7 @@ pub struct GalleryStore {
     location: Location,
     backend: Backend,
     cache_dir: Option<PathBuf>,
+    reembed: bool,
 }
 
 enum Backend {
@@ -288,6 +296,7 @@ impl GalleryStore {
             location,
             backend,
             cache_dir: None,
+            reembed: false,
         })
     }
 
@@ -306,6 +315,7 @@ impl GalleryStore {
             location,
             backend,
             cache_dir: None,
+            reembed: false,
         }
     }
 
@@ -313,6 +323,13 @@ impl GalleryStore {
     /// galleries carry theirs.
     pub fn with_cache_dir(mut self, cache_dir: Option<PathBuf>) -> Self {
         self.cache_dir = cache_dir;
+        self
+    }
+
+    /// Whether [`GalleryStore::publish`] may switch the gallery to the embedder's model,
+    /// re-embedding every template (otherwise [`StoreError::ModelChange`]).
+    pub fn with_reembed(mut self, reembed: bool) -> Self {
+        self.reembed = reembed;
         self
     }
 
@@ -548,6 +565,14 @@ impl GalleryStore {
             let current = self.read_current().await?;
             let base = self.base(current.version.as_deref()).await?;
             let key = match (embedder, &base.embedding_model) {
+                (Some(embedder), Some(model))
+                    if !self.reembed && &embedder.cache_key() != model =>
+                {
+                    return Err(StoreError::ModelChange {
+                        gallery_model: model.clone(),
+                        model: embedder.cache_key(),
+                    });
+                }
                 (Some(embedder), _) => embedder.cache_key(),
                 (None, Some(model)) => model.clone(),
                 (None, None) => return Err(StoreError::NeedsModel),

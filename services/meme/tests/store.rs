@@ -125,6 +125,40 @@ async fn a_folder_gallery_publishes_versions_with_history_and_rollback() {
     assert_eq!(history[1].change, "remove cat (1 image)");
 }
 
+/// `add` with another model than the gallery's would re-embed every template and switch
+/// the runners' model: refused unless asked for (`--reembed`).
+#[tokio::test]
+async fn publishing_with_another_model_is_refused_unless_reembedding() {
+    let embedder = embedder();
+    let models = models_dir();
+    let runtime = Runtime::load(&models.join("cache"), Some(1)).unwrap();
+    let other = Embedder::new(runtime.open(&models.join("cache/sscd/sscd.onnx")).unwrap());
+    assert_ne!(other.cache_key(), embedder.cache_key());
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let first = publish(
+        &store,
+        add("cat", &["chelsea-the-cat/chelsea.jpg"]),
+        &embedder,
+    )
+    .await
+    .version
+    .unwrap();
+    let error = store
+        .publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(&other), "b")
+        .await
+        .unwrap_err();
+    assert!(matches!(error, StoreError::ModelChange { .. }), "{error}");
+    assert_eq!(store.current().await.unwrap(), first);
+    let store = store.with_reembed(true);
+    let switched = publish(&store, add("cup", &["coffee-cup/coffee.jpg"]), &other)
+        .await
+        .version
+        .unwrap();
+    let manifest = store.manifest(&switched).await.unwrap();
+    assert_eq!(manifest.embedding_model, other.cache_key());
+}
+
 /// A real process holding the folder lock `lock` (util-linux flock(1) on its descriptor 9:
 /// the same flock(2) lock the store takes) until killed, once it holds it.
 async fn hold_lock(lock: &Path) -> std::process::Child {

@@ -10,6 +10,7 @@
 
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
+use plugworker_consul_client::QueryOptions;
 use plugworker_image_input::ImageLimits;
 use plugworker_meme::{
     Change, Embedder, GalleryStore, Location, NewImage, Published, StoreError, short_version,
@@ -22,6 +23,9 @@ use std::time::Duration;
 const MIN_SIDE: u32 = 32;
 /// The KV write is a hint for runners (they poll `current` anyway): never worth a hang.
 const KV_TIMEOUT: Duration = Duration::from_secs(5);
+/// Check-and-set writes of the KV key lost in a row before giving up: each loss means
+/// another publisher wrote it meanwhile.
+const KV_ATTEMPTS: usize = 10;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {
@@ -66,6 +70,10 @@ pub struct PublishArgs {
     /// the templates again themselves.
     #[arg(long, env = "PLUGWORKER_MEME_MODEL", value_name = "FILE")]
     pub model: Option<PathBuf>,
+    /// Allow a model other than the gallery's: every template is embedded again and the
+    /// gallery (so every runner) switches to this model. Refused without it.
+    #[arg(long)]
+    pub reembed: bool,
     /// Recorded in the version as who made the change [default: $USER@hostname].
     #[arg(long, env = "PLUGWORKER_GALLERY_AUTHOR")]
     pub author: Option<String>,
@@ -230,7 +238,7 @@ fn author(args: &PublishArgs) -> String {
 /// Publishes `change`; prints the new version on stdout (alone, for scripts) and what
 /// happened on stderr.
 async fn publish(gallery: &GalleryArg, change: Change, args: &PublishArgs) -> anyhow::Result<()> {
-    let store = open(gallery).await?;
+    let store = open(gallery).await?.with_reembed(args.reembed);
     let author = author(args);
     // `remove` and `rollback` reuse the stored embeddings, so they need the model (and ONNX
     // Runtime) only when some template has no row of the gallery's model.
@@ -273,25 +281,42 @@ async fn publish(gallery: &GalleryArg, change: Change, args: &PublishArgs) -> an
     );
     println!("{version}");
     if !args.no_registry {
-        announce(&store, version, &args.consul).await;
+        announce(&store, &args.consul).await;
     }
     Ok(())
 }
 
-/// Writes the version to Consul's KV: a hint that makes runners reload now. Best effort:
-/// the version is published already, and runners poll the gallery anyway.
-async fn announce(store: &GalleryStore, version: &str, consul: &ConsulArgs) {
+/// Writes the gallery's current version to Consul's KV: a hint that makes runners reload
+/// now. Best effort: the version is published already, and runners poll the gallery anyway.
+///
+/// The value is `current` re-read after the key's index was read, and written only if the
+/// key still has that index (check-and-set), else again: of two publishers, the last KV
+/// write read `current` after every other one, so the key never ends on the older version.
+async fn announce(store: &GalleryStore, consul: &ConsulArgs) {
     let key = store.location().kv_key();
     let outcome = async {
         let client = super::dev::state::client(consul)?;
-        tokio::time::timeout(KV_TIMEOUT, client.kv_put(&key, version.as_bytes(), None))
+        let write = async {
+            for _ in 0..KV_ATTEMPTS {
+                let (pair, _) = client.kv_get(&key, QueryOptions::default()).await?;
+                let index = pair.map_or(0, |p| p.modify_index);
+                let version = store.current().await?;
+                if client.kv_put(&key, version.as_bytes(), Some(index)).await? {
+                    return anyhow::Ok(version);
+                }
+            }
+            anyhow::bail!("{KV_ATTEMPTS} concurrent writes of the key in a row")
+        };
+        let version = tokio::time::timeout(KV_TIMEOUT, write)
             .await
             .context("timed out")??;
-        anyhow::Ok(client.address().to_string())
+        anyhow::Ok((client.address().to_string(), version))
     }
     .await;
     match outcome {
-        Ok(address) => eprintln!("registry {address}: {key} = {}", short_version(version)),
+        Ok((address, version)) => {
+            eprintln!("registry {address}: {key} = {}", short_version(&version))
+        }
         Err(e) => eprintln!(
             "warning: cannot write {key} to the registry ({e:#}); runners see the new version at their next poll"
         ),
