@@ -135,6 +135,7 @@ mod tests {
             label: label.into(),
             file: file.into(),
             sha256: String::new(),
+            name: file.into(),
         };
         let mut index = EmbeddingIndex::new(3);
         for row in [

@@ -53,6 +53,9 @@ pub struct Template {
     pub file: String,
     /// Hex sha256 of the file's bytes.
     pub sha256: String,
+    /// What people call the file, for results: the name it was added as in a versioned
+    /// gallery (`file` is then `templates/<sha256>.<ext>`), else `file`.
+    pub name: String,
 }
 
 /// Templates and their embeddings, row `i` of the index belonging to template `i`.
@@ -192,6 +195,7 @@ impl Gallery {
             index.push(&embedding);
             templates.push(Template {
                 label,
+                name: relative.clone(),
                 file: relative,
                 sha256,
             });
@@ -263,6 +267,7 @@ pub fn scan(root: &Path) -> Result<Vec<Template>, GalleryError> {
             let bytes = std::fs::read(&path).map_err(|source| GalleryError::Io { path, source })?;
             Ok(Template {
                 label,
+                name: file.clone(),
                 file,
                 sha256: sha256_hex(&bytes),
             })
@@ -484,11 +489,16 @@ fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> s
 /// Writes to a temporary file in the same folder, syncs it, then renames it over `path`:
 /// a reader sees the old file or the whole new one, never a torn one.
 pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::hash::{BuildHasher, Hasher};
     use std::sync::atomic::{AtomicU64, Ordering};
-    // Unique per process and call: two writers (processes or tasks) never share a temporary.
+    // Unique per call: the counter within a process, random bits across processes (two
+    // containers sharing a volume can both be pid 1); RandomState is seeded from the OS.
     static NEXT: AtomicU64 = AtomicU64::new(0);
+    let random = std::collections::hash_map::RandomState::new()
+        .build_hasher()
+        .finish();
     let temporary = path.with_extension(format!(
-        "tmp-{}-{}",
+        "tmp-{}-{}-{random:016x}",
         std::process::id(),
         NEXT.fetch_add(1, Ordering::Relaxed)
     ));

@@ -415,6 +415,7 @@ impl GalleryStore {
                 label: t.label.clone(),
                 file: t.file.clone(),
                 sha256: t.sha256.clone(),
+                name: t.name.clone(),
             })
             .collect();
         Gallery::assemble(templates, &rows, version.to_string(), key)

@@ -276,6 +276,15 @@ async fn a_folder_without_current_is_a_read_only_gallery_and_add_converts_it() {
         .await
         .unwrap();
     assert_eq!(labels(&gallery), ["cat", "cup"]);
+    // Stored content-addressed, named (for results) as added or as the folder had it.
+    let names: Vec<(&str, &str)> = gallery
+        .templates()
+        .iter()
+        .map(|t| (t.name.as_str(), t.file.as_str()))
+        .collect();
+    assert_eq!(names[0].0, "cat/chelsea.jpg");
+    assert_eq!(names[1].0, "coffee.jpg");
+    assert!(names.iter().all(|(_, file)| file.starts_with("templates/")));
 }
 
 #[tokio::test]

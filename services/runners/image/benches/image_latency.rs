@@ -162,6 +162,7 @@ fn main() {
             label: format!("template-{}", i / 2),
             file: format!("t{i}.jpg"),
             sha256: String::new(),
+            name: format!("t{i}.jpg"),
         });
     }
     let large = Gallery::from_parts(templates, index);
