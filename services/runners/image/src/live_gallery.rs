@@ -25,8 +25,9 @@ const KV_WAIT: Duration = Duration::from_secs(60);
 /// Least time between two queries on the KV key: an agent or proxy that answers at once
 /// (index 0, or the same index) makes the watch poll once a second, not spin.
 const KV_INTERVAL: Duration = Duration::from_secs(1);
-/// Longest one read of `current`, or one load, may take: a stalled S3 call (no answer,
-/// no error) then counts as a failed check instead of stopping the follower for good.
+/// Longest one read of `current`, or one load, may take by default
+/// (`PLUGWORKER_MEME_GALLERY_TIMEOUT`): a stalled S3 call (no answer, no error) then
+/// counts as a failed check instead of stopping the follower for good.
 pub const CHECK_TIMEOUT: Duration = Duration::from_secs(60);
 /// First wait before a version that failed to load is tried again, doubled on each
 /// further failure up to [`RETRY_MAX`]: a broken version costs a manifest read, an
@@ -109,6 +110,12 @@ impl LiveGallery {
             retry: Mutex::new(Retry::default()),
             timeout: CHECK_TIMEOUT,
         }
+    }
+
+    /// Bounds each read of `current` and each load by `timeout` (default [`CHECK_TIMEOUT`]).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     pub fn location(&self) -> &Location {
@@ -198,6 +205,7 @@ impl LiveGallery {
             return Ok(Checked::Waiting);
         }
         let short = short_version(&version);
+        tracing::info!(gallery = %self.location(), version = short, "loading meme gallery version");
         let loaded = tokio::time::timeout(
             self.timeout,
             self.store

@@ -201,15 +201,20 @@ async fn http_get(address: &str, path: &str) -> String {
 
 /// The runner's health details for `meme_classifier`.
 async fn meme_details(runner: &Runner) -> serde_json::Value {
+    meme_details_if_loaded(runner)
+        .await
+        .expect("meme_classifier in the health details")
+}
+
+/// [`meme_details`], `None` while the runner has not listed the algorithm yet (loading).
+async fn meme_details_if_loaded(runner: &Runner) -> Option<serde_json::Value> {
     let health: serde_json::Value =
-        serde_json::from_str(&http_get(&runner.metrics, "/health").await).unwrap();
+        serde_json::from_str(&http_get(&runner.metrics, "/health").await).ok()?;
     health["algorithms"]
-        .as_array()
-        .unwrap()
+        .as_array()?
         .iter()
         .find(|a| a["algorithm"] == "meme_classifier")
         .cloned()
-        .unwrap()
 }
 
 /// Waits until the runner's health details say `meme_classifier` is degraded (by `what`).
@@ -218,7 +223,7 @@ async fn degraded_details(runner: &Runner, what: &str) -> serde_json::Value {
         SERVED_WITHIN,
         &format!("the runner reporting {what}"),
         || async {
-            let details = meme_details(runner).await;
+            let details = meme_details_if_loaded(runner).await?;
             details.get("degraded").is_some().then_some(details)
         },
     )
@@ -371,6 +376,11 @@ async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() 
     );
     assert_eq!(details["version"], label_of(&good), "{details}");
     assert_eq!(degraded_metric(&runner).await, Some(1.0));
+    // A broken version is not reloaded every poll: over ten polls (300 ms each) it is
+    // tried once, then again only after the retry wait (10 s, doubling).
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attempts = load_attempts(&runner, &corrupt);
+    assert_eq!(attempts, 1, "loads of the corrupt version within 3 s");
     let (result, version) = classify(&mut runner.client, &query).await.unwrap();
     assert_eq!(
         (result["label"].as_str(), version),
@@ -405,6 +415,89 @@ async fn a_corrupt_or_unreachable_gallery_keeps_the_last_good_version_serving() 
     assert_eq!(meme_details(&runner).await.get("degraded"), None);
     assert_eq!(degraded_metric(&runner).await, Some(0.0));
     assert!(plain(&runner.process.log()).contains("meme gallery readable again"));
+}
+
+/// How often the runner started loading `version` (its log says so each time).
+fn load_attempts(runner: &Runner, version: &str) -> usize {
+    plain(&runner.process.log())
+        .lines()
+        .filter(|l| l.contains("loading meme gallery version"))
+        .filter(|l| l.contains(short_version(version)))
+        .count()
+}
+
+#[tokio::test]
+async fn a_stalled_s3_gallery_is_a_failed_check_not_a_stuck_runner() {
+    // An S3 endpoint that accepts connections and never answers: no error, no reply.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", silent.local_addr().unwrap());
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((stream, _)) = silent.accept().await {
+            open.push(stream);
+        }
+    });
+    let mut env = plugworker_testkit::sqs::AWS_ENV.to_vec();
+    env.push(("AWS_ENDPOINT_URL_S3", endpoint.as_str()));
+    env.push(("AWS_EC2_METADATA_DISABLED", "true"));
+    let started = Instant::now();
+    let mut runner = start_with_env(
+        "s3://galleries/stalled",
+        &[
+            "--meme-gallery-poll",
+            "300ms",
+            "--meme-gallery-timeout",
+            "1s",
+        ],
+        &env,
+    )
+    .await;
+    // The runner loads and serves (without a bound it would wait on S3 forever): its
+    // gallery check failed, said as a timeout, and meme_classifier answers
+    // gallery_unavailable while the follower keeps trying.
+    let details = degraded_details(&runner, "the stalled S3 call").await;
+    println!("degraded after {:?}", started.elapsed());
+    assert!(
+        details["degraded"]
+            .as_str()
+            .unwrap()
+            .contains("took more than 1s"),
+        "{details}"
+    );
+    let refused = classify(&mut runner.client, &brick().1).await.unwrap_err();
+    assert_eq!(refused.code(), Code::Unavailable, "{refused:?}");
+    assert!(
+        refused.message().contains("took more than 1s"),
+        "{refused:?}"
+    );
+    held.abort();
+}
+
+#[tokio::test]
+async fn a_gallery_poll_under_250ms_stops_the_runner_naming_the_setting() {
+    let models = models_dir();
+    let mut runner = Process::spawn(
+        &plugworker_testkit::bin_path("image-runner"),
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-register",
+            "--insecure-plaintext",
+            "--models-dir",
+            models.to_str().unwrap(),
+        ],
+        &[
+            ("PLUGWORKER_MEME_GALLERY_POLL", "0s"),
+            ("PLUGWORKER_MEME_GALLERY_CACHE", "off"),
+        ],
+    );
+    let status = runner.wait_exit(Duration::from_secs(60)).await;
+    assert!(!status.success());
+    let log = plain(&runner.log());
+    assert!(
+        log.contains("PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)=0ns: expected a duration of at least 250ms"),
+        "{log}"
+    );
 }
 
 #[tokio::test]

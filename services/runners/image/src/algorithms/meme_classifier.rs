@@ -41,6 +41,10 @@ pub struct MemeSettings {
     /// Consul KV key changes).
     #[arg(long = "meme-gallery-poll", env = "PLUGWORKER_MEME_GALLERY_POLL", default_value = "5s", value_parser = value::<Duration>())]
     pub gallery_poll: Duration,
+    /// Longest one read of the gallery's current version, or one load of a version, may
+    /// take before it counts as failed (the last good version keeps serving).
+    #[arg(long = "meme-gallery-timeout", env = "PLUGWORKER_MEME_GALLERY_TIMEOUT", default_value = "60s", value_parser = value::<Duration>())]
+    pub gallery_timeout: Duration,
     /// Lowest cosine similarity answered with a label (-1 to 1; measured: edited copies
     /// 0.46–0.82, unrelated photos ≤ 0.17).
     #[arg(long = "meme-threshold", env = "PLUGWORKER_MEME_THRESHOLD", default_value_t = DEFAULT_THRESHOLD, value_parser = value::<f32>())]
@@ -116,7 +120,18 @@ impl Algorithm for MemeClassifier {
                 "PLUGWORKER_MEME_THRESHOLD={threshold}: a cosine similarity is between -1 and 1"
             )));
         }
-        check_poll(settings.gallery_poll)?;
+        at_least(
+            "PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)",
+            settings.gallery_poll,
+            MIN_GALLERY_POLL,
+            " (0 would check without pause)",
+        )?;
+        at_least(
+            "PLUGWORKER_MEME_GALLERY_TIMEOUT (or --meme-gallery-timeout)",
+            settings.gallery_timeout,
+            Duration::from_millis(1),
+            "",
+        )?;
         let model_path = settings
             .model
             .clone()
@@ -147,7 +162,9 @@ impl Algorithm for MemeClassifier {
             .block_on(GalleryStore::open(location))
             .map_err(|e| LoadError::other(format!("PLUGWORKER_MEME_GALLERY: {e}")))?
             .with_cache_dir(cache_dir);
-        let gallery = Arc::new(LiveGallery::new(store, Arc::clone(&embedder)));
+        let gallery = Arc::new(
+            LiveGallery::new(store, Arc::clone(&embedder)).with_timeout(settings.gallery_timeout),
+        );
         // The first version loads before the runner serves, as any model does; a gallery
         // that cannot be read does not stop the runner: its other algorithms serve, this
         // one answers gallery_unavailable until the follower loads a version.
@@ -240,12 +257,12 @@ impl Algorithm for MemeClassifier {
 /// requests; Consul's KV watch already brings a change at once.
 pub const MIN_GALLERY_POLL: Duration = Duration::from_millis(250);
 
-/// Refuses a poll interval under [`MIN_GALLERY_POLL`], as a typed setting refuses a value
-/// that does not read: the variable, the value and what it accepts.
-fn check_poll(poll: Duration) -> Result<(), LoadError> {
-    if poll < MIN_GALLERY_POLL {
+/// Refuses a duration setting under `min`, as a typed setting refuses a value that does
+/// not read: the variable, the value and what it accepts.
+fn at_least(name: &str, value: Duration, min: Duration, why: &str) -> Result<(), LoadError> {
+    if value < min {
         return Err(LoadError::other(format!(
-            "PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)={poll:?}: expected a duration of at least {MIN_GALLERY_POLL:?}, such as 5s (0 would check without pause)"
+            "{name}={value:?}: expected a duration of at least {min:?}, such as 5s{why}"
         )));
     }
     Ok(())
@@ -268,16 +285,15 @@ mod tests {
 
     #[test]
     fn a_poll_under_250ms_is_refused_naming_the_variable_and_what_it_accepts() {
+        let poll = "PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)";
         for bad in [Duration::ZERO, Duration::from_millis(249)] {
-            let error = check_poll(bad).unwrap_err().to_string();
-            assert!(
-                error.contains("PLUGWORKER_MEME_GALLERY_POLL (or --meme-gallery-poll)="),
-                "{error}"
-            );
+            let error = at_least(poll, bad, MIN_GALLERY_POLL, "")
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains(&format!("{poll}={bad:?}:")), "{error}");
             assert!(error.contains("at least 250ms"), "{error}");
         }
-        assert!(check_poll(Duration::ZERO).unwrap_err().to_string().contains("=0ns:"));
-        check_poll(MIN_GALLERY_POLL).unwrap();
-        check_poll(Duration::from_secs(5)).unwrap();
+        at_least(poll, MIN_GALLERY_POLL, MIN_GALLERY_POLL, "").unwrap();
+        at_least(poll, Duration::from_secs(5), MIN_GALLERY_POLL, "").unwrap();
     }
 }
