@@ -404,7 +404,9 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
     let stack = Stack::start_with_registry(
         QueueOptions {
             visibility: Duration::from_secs(30),
-            max_receive_count: Some(5),
+            // One receive per message: a call lost to a closing connection would be the
+            // job's final result (or a dead letter), not hidden by a redelivery.
+            max_receive_count: Some(1),
             ..QueueOptions::default()
         },
         plugworker_embedded_consul::RegistryConfig {
@@ -469,12 +471,22 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
                 .await,
         );
     }
-    // Late duplicates would arrive now.
+    // A duplicate (a second delivery of a job, e.g. after its visibility timeout) is
+    // published before its copy is deleted: once the jobs queue holds nothing, visible or
+    // in flight, every result there will be is in the results queue.
+    eventually(
+        Duration::from_secs(60),
+        "the jobs queue empty, nothing in flight",
+        || async { (stack.queue_depths().await.0 == (0, 0)).then_some(()) },
+    )
+    .await;
     results.extend(
         stack
             .sqs
-            .collect_results(&stack.queues.results, 1, Duration::from_secs(2))
-            .await,
+            .drain(&stack.queues.results)
+            .await
+            .iter()
+            .map(|m| serde_json::from_str::<Value>(m.body().unwrap()).unwrap()),
     );
     let elapsed = started.elapsed();
     let by_id = by_message(&results);
@@ -649,6 +661,66 @@ async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline()
         1.0,
         "only the first job's run finished ok"
     );
+}
+
+/// An intention flipped to deny in the middle of 200 jobs (one receive each, the runner
+/// re-checking every 1 s) loses none: every job has exactly one result, `ok` (run before
+/// the deny, or in flight across it) or a transient error, and every run the runner
+/// finished is an `ok` result (no job ran twice or ran without its result).
+#[tokio::test]
+async fn a_deny_mid_load_loses_no_job() {
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let (_runner, _) = stack.runner(
+        "test-runner",
+        &[
+            ("PLUGWORKER_METRICS_ADDRESS", &metrics),
+            ("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s"),
+        ],
+    );
+    stack.wait_passing("test-runner", 1).await;
+    let (_controller, _) = stack.controller(&["--max-in-flight", "16"]);
+    let total = 200;
+    for i in 0..total {
+        stack
+            .submit(job(
+                "echo",
+                json!({"message": format!("deny-{i}"), "delay_ms": 500}),
+            ))
+            .await;
+    }
+    eventually(Duration::from_secs(60), "some jobs run", || async {
+        (common::runner_runs(&metrics, "echo").await >= 20.0).then_some(())
+    })
+    .await;
+    stack
+        .set_intention("test-runner", IntentionAction::Deny)
+        .await;
+    let results = stack
+        .sqs
+        .collect_results(&stack.queues.results, total, Duration::from_secs(120))
+        .await;
+    let by_id = by_message(&results);
+    assert_eq!(results.len(), total, "one result per job");
+    assert_eq!(by_id.len(), total);
+    let misreported: Vec<_> = by_id
+        .values()
+        .filter(|r| r["status"] != "ok" && r["error"]["class"] != "transient")
+        .collect();
+    let ok = by_id.values().filter(|r| r["status"] == "ok").count();
+    let mut errors: HashMap<String, usize> = HashMap::new();
+    for r in by_id.values().filter(|r| r["status"] != "ok") {
+        *errors
+            .entry(format!(
+                "{} ({})",
+                r["error"]["code"], r["error"]["message"]
+            ))
+            .or_default() += 1;
+    }
+    let runs = common::runner_runs(&metrics, "echo").await;
+    eprintln!("{total} jobs with a deny mid-load: {ok} ok, {runs} runs; errors: {errors:?}");
+    assert!(misreported.is_empty(), "{misreported:#?}");
+    assert_eq!(runs, ok as f64, "every run that finished is an ok result");
 }
 
 #[tokio::test]

@@ -15,11 +15,11 @@
 //!    refused (fail closed). An open connection is checked again every TTL
 //!    ([`MeshStream::revoked`]; the agent is asked once per client certificate per TTL),
 //!    and ends when the answer is no, or when the agent has failed to answer two
-//!    re-checks in a row (one failure is tolerated): the kit's server sends GOAWAY then,
-//!    and answers new calls on it `PERMISSION_DENIED`. An open connection also ends when
-//!    the client certificate it was accepted with reaches its `NotAfter` (GOAWAY; new
-//!    calls on it are refused with `REFUSED_STREAM`, which tells the client they were not
-//!    processed and may be sent again on a new connection, with the renewed certificate).
+//!    re-checks in a row (one failure is tolerated): the kit's server sends GOAWAY then.
+//!    An open connection also ends when the client certificate it was accepted with
+//!    reaches its `NotAfter` (GOAWAY). Either way new calls on it are refused with
+//!    `REFUSED_STREAM`, which tells the client they were not processed and may be sent
+//!    again on a new connection (authorized afresh, with the renewed certificate).
 //! 3. only then is the connection handed to tonic, carrying the peer's identity
 //!    ([`MeshConnectInfo`], in each request's extensions).
 //!
