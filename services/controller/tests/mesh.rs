@@ -548,6 +548,31 @@ async fn runner_closed(metrics: &str, reason: &str) -> f64 {
     .await
 }
 
+/// A mesh stack whose jobs queue gives each message one receive (a failed call is the
+/// job's final result), with one passing test-runner started with `envs`: the stack, the
+/// runner and its metrics address.
+async fn one_runner(envs: &[(&str, &str)]) -> (Stack, Process, String) {
+    let stack = Stack::start(Duration::from_secs(30), 1).await;
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let mut all = vec![("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())];
+    all.extend_from_slice(envs);
+    let (runner, _) = stack.runner("test-runner", &all);
+    stack.wait_passing("test-runner", 1).await;
+    (stack, runner, metrics)
+}
+
+/// Submits `count` echo jobs answering `<prefix>-<i>` after `delay_ms`.
+async fn submit_echoes(stack: &Stack, prefix: &str, count: usize, delay_ms: u64) {
+    for i in 0..count {
+        stack
+            .submit(job(
+                "echo",
+                json!({"message": format!("{prefix}-{i}"), "delay_ms": delay_ms}),
+            ))
+            .await;
+    }
+}
+
 /// A runner closing its connections under load (GOAWAY every 300 ms: its maximum
 /// connection age) costs no job, even with one attempt per job and no other instance to
 /// retry on: the calls its GOAWAYs refuse were never processed, and the controller sends
@@ -556,27 +581,10 @@ async fn runner_closed(metrics: &str, reason: &str) -> f64 {
 /// wrote) and, with one attempt, ended as final errors.
 #[tokio::test]
 async fn a_runner_closing_connections_mid_load_loses_no_call() {
-    // One receive per message: a failed call would be the job's final result.
-    let stack = Stack::start(Duration::from_secs(30), 1).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[
-            ("PLUGWORKER_METRICS_ADDRESS", &metrics),
-            ("PLUGWORKER_MAX_CONNECTION_AGE", "300ms"),
-        ],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    let (stack, _runner, metrics) = one_runner(&[("PLUGWORKER_MAX_CONNECTION_AGE", "300ms")]).await;
     let (controller, _) = stack.controller(&["--max-in-flight", "16"]);
     let total = 300;
-    for i in 0..total {
-        stack
-            .submit(job(
-                "echo",
-                json!({"message": format!("goaway-{i}"), "delay_ms": 20}),
-            ))
-            .await;
-    }
+    submit_echoes(&stack, "goaway", total, 20).await;
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, total, Duration::from_secs(120))
@@ -614,18 +622,8 @@ async fn a_runner_closing_connections_mid_load_loses_no_call() {
 /// timeout and the second job ran its full 1.5 s after it (done 3 s after it started, ok).
 #[tokio::test]
 async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline() {
-    let stack = Stack::start(Duration::from_secs(30), 1).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner("test-runner", &[("PLUGWORKER_METRICS_ADDRESS", &metrics)]);
-    stack.wait_passing("test-runner", 1).await;
-    for i in 0..2 {
-        stack
-            .submit(job(
-                "echo",
-                json!({"message": format!("permit-{i}"), "delay_ms": 1_500}),
-            ))
-            .await;
-    }
+    let (stack, _runner, metrics) = one_runner(&[]).await;
+    submit_echoes(&stack, "permit", 2, 1_500).await;
     let (_controller, _) = stack.controller(&[
         "--max-in-flight",
         "2",
@@ -669,26 +667,11 @@ async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline()
 /// finished is an `ok` result (no job ran twice or ran without its result).
 #[tokio::test]
 async fn a_deny_mid_load_loses_no_job() {
-    let stack = Stack::start(Duration::from_secs(30), 1).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[
-            ("PLUGWORKER_METRICS_ADDRESS", &metrics),
-            ("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s"),
-        ],
-    );
-    stack.wait_passing("test-runner", 1).await;
+    let (stack, _runner, metrics) =
+        one_runner(&[("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s")]).await;
     let (_controller, _) = stack.controller(&["--max-in-flight", "16"]);
     let total = 200;
-    for i in 0..total {
-        stack
-            .submit(job(
-                "echo",
-                json!({"message": format!("deny-{i}"), "delay_ms": 500}),
-            ))
-            .await;
-    }
+    submit_echoes(&stack, "deny", total, 500).await;
     eventually(Duration::from_secs(60), "some jobs run", || async {
         (common::runner_runs(&metrics, "echo").await >= 20.0).then_some(())
     })
