@@ -113,14 +113,20 @@ async fn kv(consul: &str, key: &str) -> Option<String> {
     pair.map(|p| text(&p.value))
 }
 
-#[tokio::test]
-async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry() {
+/// An embedded registry process and its address.
+async fn registry() -> (Process, String) {
     let registry = Process::spawn(
         &bin_path("plugworker"),
         &["registry", "--listen", "127.0.0.1:0"],
         &[],
     );
     let consul = registry_address(&registry).await;
+    (registry, consul)
+}
+
+#[tokio::test]
+async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry() {
+    let (_registry, consul) = registry().await;
     let env = [("CONSUL_HTTP_ADDR", consul.as_str())];
     let dir = tempfile::tempdir().unwrap();
     let gallery_dir = dir.path().join("gallery");
@@ -240,12 +246,7 @@ async fn add_checks_images_publishes_versions_and_announces_them_in_the_registry
 /// KV ends on the gallery's current version, whichever publisher wrote it last.
 #[tokio::test]
 async fn concurrent_adds_from_separate_processes_all_land() {
-    let registry = Process::spawn(
-        &bin_path("plugworker"),
-        &["registry", "--listen", "127.0.0.1:0"],
-        &[],
-    );
-    let consul = registry_address(&registry).await;
+    let (_registry, consul) = registry().await;
     let env = [("CONSUL_HTTP_ADDR", consul.as_str())];
     let dir = tempfile::tempdir().unwrap();
     let gallery_dir = dir.path().join("gallery");

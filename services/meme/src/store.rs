@@ -1143,6 +1143,15 @@ impl S3Prefix {
                 Ok(Some((bytes.into_bytes().to_vec(), tag)))
             }
             Err(e) if e.as_service_error().is_some_and(|e| e.is_no_such_key()) => Ok(None),
+            // Without s3:ListBucket, S3 answers a missing key 403, not 404: say what to
+            // grant rather than take a refusal for "no version yet".
+            Err(e) if status(&e) == Some(403) => {
+                let mut error = s3_error(&self.bucket, &key, e);
+                if let StoreError::S3 { message, .. } = &mut error {
+                    message.push_str(LIST_BUCKET_HINT);
+                }
+                Err(error)
+            }
             Err(e) => Err(s3_error(&self.bucket, &key, e)),
         }
     }
@@ -1156,26 +1165,34 @@ impl S3Prefix {
         expected: Option<&str>,
     ) -> Result<bool, StoreError> {
         let key = self.key(object);
+        match self.send_put(&key, bytes, expected).await {
+            Ok(()) => Ok(true),
+            Err(e) if is_lost_race(&e) => Ok(false),
+            Err(e) => Err(s3_error(&self.bucket, &key, e)),
+        }
+    }
+
+    /// One conditional `PutObject` of `key`: `If-Match: expected`, or `If-None-Match: *`.
+    async fn send_put(
+        &self,
+        key: &str,
+        bytes: &[u8],
+        expected: Option<&str>,
+    ) -> Result<(), aws_sdk_s3::error::SdkError<aws_sdk_s3::operation::put_object::PutObjectError>>
+    {
         let request = self
             .client
             .put_object()
             .bucket(&self.bucket)
-            .key(&key)
+            .key(key)
             .body(bytes.to_vec().into());
         let request = match expected {
             Some(etag) => request.if_match(etag),
             None => request.if_none_match("*"),
         };
-        match request.send().await {
-            Ok(_) => Ok(true),
-            Err(e) if is_lost_race(&e) => Ok(false),
-            Err(e) => Err(s3_error(&self.bucket, &key, e)),
-        }
+        request.send().await.map(drop)
     }
-}
 
-#[cfg(feature = "s3")]
-impl S3Prefix {
     /// Puts a content-addressed object unless it exists (its content is then the same).
     /// Only 412 means "exists": a 409 means another conditional write of the key is in
     /// progress and may still fail, so the put is retried (backing off) until it lands or
@@ -1183,17 +1200,10 @@ impl S3Prefix {
     async fn put_new(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
         let mut backoff = Duration::from_millis(50);
         let started = std::time::Instant::now();
+        let key = self.key(object);
         loop {
-            let key = self.key(object);
-            let request = self
-                .client
-                .put_object()
-                .bucket(&self.bucket)
-                .key(&key)
-                .body(bytes.to_vec().into())
-                .if_none_match("*");
-            match request.send().await {
-                Ok(_) => return Ok(()),
+            match self.send_put(&key, bytes, None).await {
+                Ok(()) => return Ok(()),
                 Err(e) if status(&e) == Some(412) => return Ok(()),
                 Err(e) if status(&e) == Some(409) && started.elapsed() < PUT_CONFLICT_WAIT => {
                     tracing::debug!(object = %key, "a concurrent write of the object is in progress; retrying");
@@ -1210,6 +1220,11 @@ impl S3Prefix {
 /// conditional write of the same key in progress): such a write takes well under a second.
 #[cfg(feature = "s3")]
 const PUT_CONFLICT_WAIT: Duration = Duration::from_secs(10);
+
+/// Added to a 403 on a read: S3 answers a missing key 403 to a principal without
+/// s3:ListBucket, so a gallery without `current` yet looks like a refusal.
+#[cfg(feature = "s3")]
+const LIST_BUCKET_HINT: &str = " (access denied: reading a gallery needs s3:GetObject on its prefix and s3:ListBucket on the bucket limited to the prefix; without ListBucket S3 answers a missing object, such as the `current` of a gallery not yet published, 403 instead of 404)";
 
 #[cfg(feature = "s3")]
 fn status<E>(error: &aws_sdk_s3::error::SdkError<E>) -> Option<u16> {
@@ -1328,7 +1343,7 @@ mod tests {
     /// lands (200) or exists (412), never taken as present on the 409.
     #[cfg(feature = "s3")]
     #[tokio::test]
-    async fn an_immutable_put_retries_on_409_and_takes_only_412_as_present() {
+    async fn s3_writes_retry_409_take_only_412_as_present_and_explain_403() {
         use std::sync::atomic::Ordering;
         for (statuses, requests) in [(vec![409, 409, 200], 3), (vec![409, 412], 2)] {
             let (endpoint, served) = scripted_s3(statuses.clone()).await;
@@ -1354,5 +1369,8 @@ mod tests {
                 .await
                 .is_err()
         );
+        // A 403 on `current` says which permission tells "absent" from "refused".
+        let error = store.current().await.unwrap_err().to_string();
+        assert!(error.contains("s3:ListBucket"), "{error}");
     }
 }

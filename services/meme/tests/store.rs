@@ -199,21 +199,34 @@ async fn a_folder_gallery_publishes_concurrently_without_losing_a_change() {
         holder.kill().unwrap();
         holder.wait().unwrap();
     };
+    race_cat_and_cup(&one, &other, &embedder, release).await;
+}
+
+/// `one` adds "cat" and `other` "cup" together (with `alongside`), on a gallery without
+/// `current`: exactly one loses the race and re-applies its change, and both land. The
+/// gallery's current version, loaded.
+async fn race_cat_and_cup(
+    one: &GalleryStore,
+    other: &GalleryStore,
+    embedder: &Embedder,
+    alongside: impl std::future::Future<Output = ()>,
+) -> (String, Gallery) {
     let (a, b, ()) = tokio::join!(
         one.publish(
             add("cat", &["chelsea-the-cat/chelsea.jpg"]),
-            Some(&embedder),
+            Some(embedder),
             "a"
         ),
-        other.publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(&embedder), "b"),
-        release,
+        other.publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(embedder), "b"),
+        alongside,
     );
     let (a, b) = (a.unwrap(), b.unwrap());
     assert_eq!(a.retries + b.retries, 1, "exactly one lost the race");
     let current = one.current().await.unwrap();
-    let gallery = other.load(&current, &embedder, None).await.unwrap();
+    let gallery = other.load(&current, embedder, None).await.unwrap();
     assert_eq!(labels(&gallery), ["cat", "cup"]);
     assert_eq!(one.history().await.unwrap().len(), 2);
+    (current, gallery)
 }
 
 /// A publisher that died holding `.lock` does not block the next one: the lock is an
@@ -394,20 +407,7 @@ mod s3 {
         assert!(matches!(one.current().await, Err(StoreError::NoVersion(_))));
         // Both read "no current" and race for If-None-Match: *, then If-Match: the loser
         // re-applies its change on the winner's version.
-        let (a, b) = tokio::join!(
-            one.publish(
-                add("cat", &["chelsea-the-cat/chelsea.jpg"]),
-                Some(&embedder),
-                "a"
-            ),
-            other.publish(add("cup", &["coffee-cup/coffee.jpg"]), Some(&embedder), "b"),
-        );
-        let (a, b) = (a.unwrap(), b.unwrap());
-        assert_eq!(a.retries + b.retries, 1, "exactly one lost the race");
-        let current = one.current().await.unwrap();
-        let gallery = other.load(&current, &embedder, None).await.unwrap();
-        assert_eq!(labels(&gallery), ["cat", "cup"]);
-        assert_eq!(one.history().await.unwrap().len(), 2);
+        let (current, gallery) = race_cat_and_cup(&one, &other, &embedder, async {}).await;
 
         let removed = publish(
             &one,
