@@ -474,6 +474,58 @@ async fn a_stalled_s3_gallery_is_a_failed_check_not_a_stuck_runner() {
 }
 
 #[tokio::test]
+async fn a_consul_answering_index_0_at_once_is_queried_once_a_second_not_in_a_loop() {
+    // A Consul-compatible agent that answers every blocking query on the gallery's key at
+    // once with index 0 (as a proxy in front of a misconfigured agent can), and accepts
+    // the runner's registration.
+    let kv_reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = Arc::clone(&kv_reads);
+    let app = axum::Router::new().fallback(move |uri: axum::http::Uri| {
+        let counted = Arc::clone(&counted);
+        async move {
+            if uri.path().starts_with("/v1/kv/plugworker/galleries/") {
+                counted.fetch_add(1, Ordering::Relaxed);
+                return (
+                    axum::http::StatusCode::NOT_FOUND,
+                    [("X-Consul-Index", "0")],
+                    String::new(),
+                );
+            }
+            (
+                axum::http::StatusCode::OK,
+                [("X-Consul-Index", "1")],
+                "[]".to_string(),
+            )
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let consul = format!("http://{}", listener.local_addr().unwrap());
+    let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    let folder = demo_gallery_copy();
+    let runner = start(
+        folder.to_str().unwrap(),
+        &["--consul-address", &consul, "--meme-gallery-poll", "1h"],
+    )
+    .await;
+    eventually(
+        Duration::from_secs(30),
+        "the runner watching the key",
+        || {
+            let kv_reads = Arc::clone(&kv_reads);
+            async move { (kv_reads.load(Ordering::Relaxed) > 0).then_some(()) }
+        },
+    )
+    .await;
+    let before = kv_reads.load(Ordering::Relaxed);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let during = kv_reads.load(Ordering::Relaxed) - before;
+    println!("{during} KV reads in 3 s");
+    assert!(during <= 5, "{during} KV reads in 3 s: the watch spins");
+    drop(runner);
+    server.abort();
+}
+
+#[tokio::test]
 async fn a_gallery_poll_under_250ms_stops_the_runner_naming_the_setting() {
     let models = models_dir();
     let mut runner = Process::spawn(
