@@ -42,7 +42,8 @@ pub struct MemeSettings {
     #[arg(long = "meme-gallery-poll", env = "PLUGWORKER_MEME_GALLERY_POLL", default_value = "5s", value_parser = value::<Duration>())]
     pub gallery_poll: Duration,
     /// Longest one read of the gallery's current version, or one load of a version, may
-    /// take before it counts as failed (the last good version keeps serving).
+    /// take before it counts as failed (the last good version keeps serving); a load
+    /// includes embedding templates without stored embeddings for this model.
     #[arg(long = "meme-gallery-timeout", env = "PLUGWORKER_MEME_GALLERY_TIMEOUT", default_value = "60s", value_parser = value::<Duration>())]
     pub gallery_timeout: Duration,
     /// Lowest cosine similarity answered with a label (-1 to 1; measured: edited copies
