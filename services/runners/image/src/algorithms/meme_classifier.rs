@@ -11,7 +11,9 @@ use crate::settings::{image_loader, onnx_runtime};
 use plugworker_image_input::{ImageLoader, ImageSource};
 use plugworker_kit::settings::value;
 use plugworker_kit::{Algorithm, LoadContext, LoadError, RunContext, RunError};
-use plugworker_meme::{Embedder, EmbedderError, Gallery, GalleryStore, Location, rank, short_version};
+use plugworker_meme::{
+    Embedder, EmbedderError, Gallery, GalleryStore, Location, rank, short_version,
+};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::borrow::Cow;
