@@ -14,7 +14,8 @@ pub struct Candidate {
     pub label: String,
     /// Cosine similarity of the image to the label's closest template.
     pub score: f32,
-    /// That template, relative to the gallery folder.
+    /// That template's file: the name it was added as (a versioned gallery), or its path
+    /// relative to a read-only gallery folder.
     pub template: String,
 }
 
@@ -94,14 +95,14 @@ pub fn rank(
                 Some(&i) if best[i].score >= score => {}
                 Some(&i) => {
                     best[i].score = score;
-                    best[i].template = template.file.clone();
+                    best[i].template = template.name.clone();
                 }
                 None => {
                     position.insert(&template.label, best.len());
                     best.push(Candidate {
                         label: template.label.clone(),
                         score,
-                        template: template.file.clone(),
+                        template: template.name.clone(),
                     });
                 }
             }

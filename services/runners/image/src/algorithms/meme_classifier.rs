@@ -89,7 +89,8 @@ pub struct Output {
 pub struct Candidate {
     pub label: String,
     pub score: f32,
-    /// The label's closest template, relative to the gallery folder.
+    /// The label's closest template: the file name it was added as (a versioned gallery),
+    /// or its path relative to a read-only gallery folder.
     pub template: String,
 }
 
