@@ -86,6 +86,8 @@ pub struct StoredPipelines {
     task: Option<JoinHandle<()>>,
     client: Option<ConsulClient>,
     lookups: Mutex<Lookups>,
+    /// Held while a name the watch does not hold is read from Consul.
+    reading: tokio::sync::Mutex<()>,
     /// The last [`REVISIONS_KEPT`] revisions of each pipeline the watch holds, oldest
     /// first.
     history: Arc<Mutex<HashMap<String, VecDeque<Stored>>>>,
@@ -110,6 +112,7 @@ impl StoredPipelines {
             task: Some(task),
             client: Some(client),
             lookups: Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
             history,
         }
     }
@@ -123,6 +126,7 @@ impl StoredPipelines {
             task: None,
             client: None,
             lookups: Mutex::default(),
+            reading: tokio::sync::Mutex::default(),
             history: Arc::default(),
         }
     }
@@ -152,6 +156,12 @@ impl StoredPipelines {
         let Some(client) = &self.client else {
             return Lookup::Unknown;
         };
+        if let Some(known) = self.looked_up(generation, name) {
+            return known;
+        }
+        // One read at a time: jobs arriving together with the same unknown name wait for
+        // the first one's answer instead of each asking Consul.
+        let _one_read = self.reading.lock().await;
         if let Some(known) = self.looked_up(generation, name) {
             return known;
         }
