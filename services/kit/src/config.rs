@@ -172,6 +172,16 @@ pub struct RunnerConfig {
     #[arg(long, env = "PLUGWORKER_METRICS_ADDRESS")]
     pub metrics_address: Option<String>,
 
+    /// Once every port is bound (gRPC, health, metrics when served), write their
+    /// addresses to this file as JSON, e.g.
+    /// `{"grpc": "127.0.0.1:PORT", "health": "127.0.0.1:PORT", "metrics": "127.0.0.1:PORT"}`
+    /// (a key only for what is served; with --insecure-plaintext "health" is the gRPC
+    /// port; an all-interfaces address is written as loopback). Written to PATH.tmp, then
+    /// renamed to PATH, so a reader never sees half a file: with port 0 in the listen
+    /// flags, this is how a test or supervisor learns the ports.
+    #[arg(long, env = "PLUGWORKER_ADDRESS_FILE")]
+    pub address_file: Option<PathBuf>,
+
     /// Folder holding model files.
     #[arg(long, env = "PLUGWORKER_MODELS_DIR", default_value = "models")]
     pub models_dir: PathBuf,

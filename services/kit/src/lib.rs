@@ -47,7 +47,7 @@ mod transport;
 pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
 pub use catalog::{Catalog, CatalogError};
 pub use config::RunnerConfig;
-pub use runtime::run;
+pub use runtime::{BoundAddresses, run};
 
 /// Re-exported for [`register_algorithm!`]; not part of the API.
 #[doc(hidden)]

@@ -146,6 +146,7 @@ async fn run_until(
         })
     });
     let mut metrics_port = None;
+    let mut metrics_address = None;
     if let Some(address) = &config.metrics_address {
         let router = plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(
             metrics_registry,
@@ -160,6 +161,17 @@ async fn run_until(
         .with_context(|| format!("cannot serve metrics on {address}"))?;
         tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
         metrics_port = Some(bound.port());
+        metrics_address = Some(bound);
+    }
+    if let Some(path) = &config.address_file {
+        let addresses = BoundAddresses {
+            grpc: listeners.main_address,
+            health: listeners.health_address,
+            metrics: metrics_address,
+        };
+        // A few bytes to a local file: written in place rather than on a blocking thread.
+        write_address_file(path, &addresses)
+            .with_context(|| format!("cannot write --address-file {}", path.display()))?;
     }
     tracing::info!(
         listen = %listeners.main_address,
@@ -345,6 +357,42 @@ async fn bind(config: &RunnerConfig) -> anyhow::Result<Listeners> {
         health: Some(health),
         health_address,
     })
+}
+
+/// The addresses a runner serves on, once bound.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BoundAddresses {
+    /// The gRPC port (`--listen`).
+    pub grpc: SocketAddr,
+    /// The health port (`--health-listen`; the gRPC port with `--insecure-plaintext`).
+    pub health: SocketAddr,
+    /// The metrics port (`--metrics-address`), when served.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// `--address-file`: the bound addresses as JSON, written beside `path` and renamed onto
+/// it, so a reader waiting for the file never reads half of it. An all-interfaces address
+/// is written as loopback: the file says where a local client can connect.
+fn write_address_file(path: &std::path::Path, addresses: &BoundAddresses) -> std::io::Result<()> {
+    fn reachable(address: SocketAddr) -> String {
+        let ip = match address.ip() {
+            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
+            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+            ip => ip,
+        };
+        SocketAddr::new(ip, address.port()).to_string()
+    }
+    let mut json = serde_json::Map::new();
+    json.insert("grpc".into(), reachable(addresses.grpc).into());
+    json.insert("health".into(), reachable(addresses.health).into());
+    if let Some(metrics) = addresses.metrics {
+        json.insert("metrics".into(), reachable(metrics).into());
+    }
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".tmp");
+    let partial = std::path::PathBuf::from(partial);
+    std::fs::write(&partial, serde_json::Value::Object(json).to_string())?;
+    std::fs::rename(&partial, path)
 }
 
 /// Accepted sockets get TCP_NODELAY: gRPC writes small frames, and Nagle's algorithm
@@ -578,4 +626,52 @@ async fn advertised_address(
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     tracing::info!(%resolved, "listening on all interfaces; advertising this host's address (set --advertise-address to override)");
     Ok((resolved.to_string(), local.port()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The file F's testkit and the process tests read: exactly these keys, reachable
+    /// addresses, and no `.tmp` left behind.
+    #[test]
+    fn the_address_file_names_each_bound_port_and_appears_whole() {
+        let folder = std::env::temp_dir().join(format!(
+            "plugworker-kit-address-file-{}-{}",
+            std::process::id(),
+            rand::random::<u32>()
+        ));
+        std::fs::create_dir_all(&folder).unwrap();
+        let path = folder.join("addresses.json");
+        let mesh = BoundAddresses {
+            grpc: "0.0.0.0:5001".parse().unwrap(),
+            health: "127.0.0.1:5002".parse().unwrap(),
+            metrics: Some("[::]:5003".parse().unwrap()),
+        };
+        write_address_file(&path, &mesh).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"grpc": "127.0.0.1:5001", "health": "127.0.0.1:5002", "metrics": "[::1]:5003"})
+        );
+        let plaintext = BoundAddresses {
+            grpc: "127.0.0.1:6001".parse().unwrap(),
+            health: "127.0.0.1:6001".parse().unwrap(),
+            metrics: None,
+        };
+        write_address_file(&path, &plaintext).unwrap();
+        let written: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        assert_eq!(
+            written,
+            serde_json::json!({"grpc": "127.0.0.1:6001", "health": "127.0.0.1:6001"})
+        );
+        let left: Vec<_> = std::fs::read_dir(&folder)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, vec![std::ffi::OsString::from("addresses.json")]);
+        std::fs::remove_dir_all(&folder).unwrap();
+    }
 }
