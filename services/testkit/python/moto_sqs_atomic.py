@@ -8,15 +8,22 @@ queue). Real SQS never hands one visible message to two receivers within its vis
 timeout. This wrapper serializes the pick-and-mark under one lock; a long poll waits outside
 it (on the queue's own condition, as moto does), then picks again under the lock.
 
-Usage: python moto_sqs_atomic.py [moto_server's arguments]
+With ``--address-file PATH`` (tests start it on ``-p 0``), once listening it writes
+``{"http": "127.0.0.1:PORT"}`` to PATH.tmp and renames it to PATH, as plugworker's
+processes do, so a test learns the port the kernel gave it.
+
+Usage: python moto_sqs_atomic.py [--address-file PATH] [moto_server's arguments]
 """
 
+import json
+import os
 import sys
 import threading
 import time
 
-from moto.server import main
+import moto.server
 from moto.sqs.models import SQSBackend
+from werkzeug.serving import make_server
 
 _pick = threading.Lock()
 _receive = SQSBackend.receive_message
@@ -40,5 +47,28 @@ def receive_message(self, queue_name, count, wait_seconds_timeout, visibility_ti
 
 SQSBackend.receive_message = receive_message
 
+
+def serving_reporting(address_file):
+    """moto's run_simple, reporting the bound port in address_file."""
+
+    def run(host, port, app, threaded, request_handler, ssl_context=None, **_):
+        server = make_server(host, port, app, threaded=threaded,
+                             request_handler=request_handler, ssl_context=ssl_context)
+        # What moto_server sets from -p, for the services that build URLs from it.
+        os.environ["MOTO_PORT"] = str(server.port)
+        partial = address_file + ".tmp"
+        with open(partial, "w") as out:
+            json.dump({"http": f"{host}:{server.port}"}, out)
+        os.rename(partial, address_file)
+        server.serve_forever()
+
+    return run
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    args = sys.argv[1:]
+    if "--address-file" in args:
+        at = args.index("--address-file")
+        moto.server.run_simple = serving_reporting(args[at + 1])
+        del args[at:at + 2]
+    moto.server.main(args)

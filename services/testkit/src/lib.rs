@@ -8,6 +8,7 @@ pub mod s3;
 pub mod sqs;
 
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
@@ -43,6 +44,87 @@ pub fn free_port() -> u16 {
         .expect("can bind an ephemeral port")
 }
 
+/// A TCP address on 127.0.0.1 that refuses connections, for tests of what a client does
+/// when nothing listens: a socket bound but never listening (a connection attempt gets a
+/// reset at once), held for the guard's life so that no other process can take the port.
+/// Without `SO_REUSEADDR`, which every listener of std and tokio sets: the kernel lets
+/// two sockets share a port only when both set it.
+pub struct ClosedPort {
+    _socket: socket2::Socket,
+    address: std::net::SocketAddr,
+}
+
+impl ClosedPort {
+    pub fn new() -> Self {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("can create a socket");
+        let any_port = std::net::SocketAddr::from(([127, 0, 0, 1], 0));
+        socket
+            .bind(&any_port.into())
+            .expect("can bind an ephemeral port");
+        let address = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("a bound socket has an address");
+        Self {
+            _socket: socket,
+            address,
+        }
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn address(&self) -> String {
+        self.address.to_string()
+    }
+
+    /// `http://127.0.0.1:PORT`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+}
+
+impl Default for ClosedPort {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The addresses a process bound, from the JSON object it wrote to its `--address-file`
+/// (a runner: `grpc`, `health`, and `metrics` when served; `plugworker controller`:
+/// `health`; the moto wrapper: `http`).
+#[derive(Clone, Debug)]
+pub struct Addresses(BTreeMap<String, String>);
+
+impl Addresses {
+    /// The address under `key` (`host:port`); panics naming the keys present if absent.
+    pub fn get(&self, key: &str) -> &str {
+        self.0.get(key).map(String::as_str).unwrap_or_else(|| {
+            panic!(
+                "no {key:?} in the address file (it has {:?})",
+                self.0.keys().collect::<Vec<_>>()
+            )
+        })
+    }
+
+    pub fn grpc(&self) -> &str {
+        self.get("grpc")
+    }
+
+    pub fn health(&self) -> &str {
+        self.get("health")
+    }
+
+    /// The metrics address (a runner started with `--metrics-address`).
+    pub fn metrics(&self) -> &str {
+        self.get("metrics")
+    }
+}
+
+/// How long [`Process::spawn_reporting`] waits for the address file: a bound on a busy
+/// 2-core machine where other tests start processes too, not a timing.
+pub const ADDRESS_FILE_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// A child process killed when dropped. Its stderr goes to a log file that is printed if
 /// the test fails, so a failing test shows what the process said.
 pub struct Process {
@@ -77,6 +159,54 @@ impl Process {
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", program.display()));
         Self { name, child, log }
+    }
+
+    /// Starts `program` with `args` and `--address-file <temporary file>`, and waits for
+    /// the addresses it writes there once its listeners are bound (so `args` can ask for
+    /// port 0 everywhere). Panics with the process's log if it exits first or writes
+    /// nothing within [`ADDRESS_FILE_TIMEOUT`].
+    pub async fn spawn_reporting(
+        program: &Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (Self, Addresses) {
+        let file = std::env::temp_dir().join(format!(
+            "plugworker-test-addresses-{}-{}.json",
+            std::process::id(),
+            unique()
+        ));
+        let file_arg = file.to_string_lossy().into_owned();
+        let mut all_args = args.to_vec();
+        all_args.extend(["--address-file", &file_arg]);
+        let mut process = Self::spawn(program, &all_args, envs);
+        let deadline = Instant::now() + ADDRESS_FILE_TIMEOUT;
+        loop {
+            // The writer renames a complete file into place: present means whole.
+            if let Ok(text) = std::fs::read_to_string(&file) {
+                let _ = std::fs::remove_file(&file);
+                let addresses = serde_json::from_str(&text).unwrap_or_else(|e| {
+                    panic!(
+                        "{}'s address file is not a JSON object of strings ({e}): {text}",
+                        process.name
+                    )
+                });
+                return (process, Addresses(addresses));
+            }
+            if let Some(status) = process.child.try_wait().expect("can poll a child") {
+                panic!(
+                    "{} exited ({status}) before writing its address file; log:\n{}",
+                    process.name,
+                    process.log()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} wrote no address file within {ADDRESS_FILE_TIMEOUT:?}; log:\n{}",
+                process.name,
+                process.log()
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -257,4 +387,39 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
                 .all(|(k, v)| present.iter().any(|(pk, pv)| pk == k && pv == v))
                 .then(|| value.parse().ok())?
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_closed_port_refuses_connections_and_cannot_be_taken() {
+        let closed = ClosedPort::new();
+        let refused = std::net::TcpStream::connect(closed.address()).unwrap_err();
+        assert_eq!(refused.kind(), std::io::ErrorKind::ConnectionRefused);
+        // std's listener sets SO_REUSEADDR, as tokio's does: still refused the port.
+        let taken = std::net::TcpListener::bind(closed.address()).unwrap_err();
+        assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+    }
+
+    #[tokio::test]
+    async fn a_process_that_exits_before_its_address_file_fails_with_its_log() {
+        let outcome = tokio::spawn(async {
+            Process::spawn_reporting(
+                Path::new("/bin/sh"),
+                &["-c", "echo about to fail >&2; exit 3", "sh"],
+                &[],
+            )
+            .await
+        })
+        .await;
+        let Err(failure) = outcome else {
+            panic!("a process that exited reported addresses");
+        };
+        let panic = failure.into_panic();
+        let message = panic.downcast_ref::<String>().unwrap();
+        assert!(message.contains("exited"), "{message}");
+        assert!(message.contains("about to fail"), "{message}");
+    }
 }

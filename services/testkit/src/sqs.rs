@@ -1,7 +1,7 @@
 //! A real SQS emulator for tests: moto in server mode (docs/architecture.md §10), one process per test,
 //! with helpers to create the jobs/results/dead-letter queues and inspect them.
 
-use crate::{Process, eventually, free_port};
+use crate::Process;
 use aws_sdk_sqs::Client;
 use aws_sdk_sqs::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName, QueueAttributeName};
@@ -100,11 +100,14 @@ pub struct Queues {
 }
 
 impl Sqs {
+    /// Starts moto on a port the kernel picks (S3 is served on it too: [`crate::s3`]).
     pub async fn start() -> Self {
-        let port = free_port().to_string();
         let (python, wrapper) = atomic_moto_server();
-        let process = Process::spawn(&python, &[&wrapper, "-H", "127.0.0.1", "-p", &port], &[]);
-        let endpoint = format!("http://127.0.0.1:{port}");
+        // Listening once the address file exists (moto binds and listens before it
+        // writes it), so the first request needs no retry.
+        let (process, addresses) =
+            Process::spawn_reporting(&python, &[&wrapper, "-H", "127.0.0.1", "-p", "0"], &[]).await;
+        let endpoint = format!("http://{}", addresses.get("http"));
         let config = aws_sdk_sqs::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
@@ -118,11 +121,6 @@ impl Sqs {
             .endpoint_url(&endpoint)
             .build();
         let client = Client::from_conf(config);
-        eventually(Duration::from_secs(30), "moto_server to answer", || {
-            let client = client.clone();
-            async move { client.list_queues().send().await.ok() }
-        })
-        .await;
         Self {
             endpoint,
             client,
