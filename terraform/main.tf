@@ -85,6 +85,18 @@ module "payloads" {
   expiration_days = var.payload_expiration_days
 }
 
+# Meme galleries (docs/gallery.md): a runner reads the prefix its entry names (`gallery`),
+# operators publish with the policy this module makes.
+module "galleries" {
+  source             = "./modules/galleries"
+  name               = var.name
+  kms_key_arn        = aws_kms_key.this.arn
+  noncurrent_days    = var.gallery_noncurrent_days
+  consul_token_arn   = module.mesh.gallery_operator_token_arn
+  consul_ca_cert_arn = module.mesh.ca_cert_arn
+  operator_roles     = var.gallery_operator_roles
+}
+
 module "ecr" {
   source      = "./modules/ecr"
   name        = var.name
@@ -98,6 +110,7 @@ module "mesh" {
   name               = var.name
   datacenter         = local.datacenter
   runner_names       = keys(var.runners)
+  gallery_runners    = [for name, runner in var.runners : name if runner.gallery != null]
   controller_service = local.controller_service
   existing           = { retry_join = var.consul_retry_join, parameters_prefix = var.consul_parameters_prefix }
   previous_ca_cert   = var.consul_previous_ca_cert
@@ -133,6 +146,7 @@ module "ecs" {
   }
   queue_kms_key_arn   = aws_kms_key.this.arn
   payloads            = module.payloads.bucket
+  galleries           = module.galleries.bucket
   job_timeout_seconds = var.job_timeout_seconds
   consul = {
     retry_join = local.create_consul ? module.consul[0].retry_join : var.consul_retry_join

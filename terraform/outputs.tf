@@ -18,6 +18,26 @@ output "payload_bucket" {
   value       = module.payloads.bucket.name
 }
 
+output "galleries_bucket" {
+  description = "The meme galleries' bucket: a runner entry's `gallery` is a prefix in it (PLUGWORKER_MEME_GALLERY=s3://BUCKET/PREFIX)."
+  value       = module.galleries.bucket.name
+}
+
+output "galleries" {
+  description = "The gallery each runner follows (the --gallery of `plugworker gallery`), by runner; runners without one are left out."
+  value       = { for name, runner in var.runners : name => "s3://${module.galleries.bucket.name}/${runner.gallery}" if runner.gallery != null }
+}
+
+output "gallery_operator_policy_arn" {
+  description = "Attach to the IAM roles of the operators who publish galleries (or list them in gallery_operator_roles)."
+  value       = module.galleries.operators_policy_arn
+}
+
+output "gallery_operator_token_parameter" {
+  description = "SSM parameter holding the Consul token `plugworker gallery` announces a new version with (write plugworker/galleries/)."
+  value       = "${module.mesh.prefix}/tokens/gallery-operator"
+}
+
 output "jobs_visibility_timeout_seconds" {
   description = "The jobs queue's visibility timeout (job timeout + margin)."
   value       = module.queues.visibility_timeout_seconds

@@ -146,7 +146,7 @@ variable "controller" {
 }
 
 variable "runners" {
-  description = "Runner services by name (set in runners.auto.tfvars, the one place runners are named): task size, autoscaling on CPU and, optionally, ports."
+  description = "Runner services by name (set in runners.auto.tfvars, the one place runners are named): task size, autoscaling on CPU and, optionally, ports and the gallery it reads."
   type = map(object({
     cpu          = number
     memory       = number
@@ -156,6 +156,7 @@ variable "runners" {
     port         = optional(number, 50051) # gRPC over Connect mTLS (PLUGWORKER_LISTEN)
     health_port  = optional(number, 50052) # plaintext gRPC health (PLUGWORKER_HEALTH_LISTEN)
     metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)
+    gallery      = optional(string)        # prefix in the galleries bucket it follows (PLUGWORKER_MEME_GALLERY), read-only
   }))
   validation {
     condition     = length(var.runners) >= 1
@@ -177,6 +178,30 @@ variable "runners" {
     ])])
     error_message = "runners: port, health_port and metrics_port differ, lie in 1024-65535 and are not the Consul agent's 8301 or 8501."
   }
+  validation {
+    # A prefix, not a pattern: no wildcard, no empty or dot segment, no leading or trailing
+    # slash (the runner's role may read exactly <prefix>/*).
+    condition = alltrue([for _, r in var.runners : r.gallery == null ? true : (
+      can(regex("^[A-Za-z0-9_-][A-Za-z0-9._-]*(/[A-Za-z0-9_-][A-Za-z0-9._-]*)*$", r.gallery)) && length(r.gallery) <= 200
+    )])
+    error_message = "runners: gallery is a prefix in the galleries bucket such as \"memes\" or \"boards/main\": letters, digits, '.', '_', '-' in '/'-separated segments, none starting with '.', at most 200 characters."
+  }
+}
+
+variable "gallery_noncurrent_days" {
+  description = "Days the galleries bucket keeps an object's previous version (a `current` replaced or an object deleted outside `plugworker gallery`)."
+  type        = number
+  default     = 90
+  validation {
+    condition     = var.gallery_noncurrent_days >= 1 && var.gallery_noncurrent_days <= 3650
+    error_message = "gallery_noncurrent_days must be between 1 and 3650."
+  }
+}
+
+variable "gallery_operator_roles" {
+  description = "Names of IAM roles (made outside this stack) that publish galleries: each gets the operators' policy (output gallery_operator_policy_arn). Empty: attach that policy yourself."
+  type        = list(string)
+  default     = []
 }
 
 variable "log_retention_days" {

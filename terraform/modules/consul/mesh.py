@@ -10,12 +10,14 @@ Idempotent. A timer runs it every minute on each server of a cluster the stack c
     CONSUL_HTTP_TOKEN=<management token> python3 mesh.py
 
 - Policies: STACK-agent (client agents: write their node, read services),
-  STACK-prometheus (read services and nodes, for consul_sd_configs) and STACK-controller
-  (read the stored pipelines, plugworker/pipelines/, which the controller watches).
+  STACK-prometheus (read services and nodes, for consul_sd_configs), STACK-controller
+  (read the stored pipelines, plugworker/pipelines/, which the controller watches),
+  STACK-gallery-reader (runners following a gallery: read plugworker/galleries/) and
+  STACK-gallery-operator (operators publishing galleries: write plugworker/galleries/).
 - Tokens get the accessor and secret IDs terraform generated (the secret read from its
   SSM parameter): runners and the controller a service identity (write their own service
-  and its Connect certificate, read the catalog), agents and Prometheus a policy, the
-  controller its policy too. A token whose secret changed in SSM is replaced (rotation,
+  and its Connect certificate, read the catalog), agents, Prometheus and gallery operators
+  a policy, the controller and a runner following a gallery their policy too. A token whose secret changed in SSM is replaced (rotation,
   docs/deploy-aws.md); one whose policies or service identities differ is updated.
 - Intentions: the config entries listed (default deny "*" from "*", the controller allowed
   to each runner), each marked Meta plugworker-stack = STACK.
@@ -41,6 +43,11 @@ POLICIES = {
     "prometheus": ("Prometheus service discovery, read only", 'service_prefix "" { policy = "read" }\nnode_prefix "" { policy = "read" }\n'),
     # Beside its service identity (consul_client::admin::controller_rules).
     "controller": ("the controller: read the stored pipelines", 'key_prefix "plugworker/pipelines/" { policy = "read" }\n'),
+    # Beside the service identity of a runner that follows a gallery: its version's key
+    # (plugworker/galleries/<location hash>, services/meme/src/store.rs), watched.
+    "gallery-reader": ("runners following a gallery: read the galleries' versions", 'key_prefix "plugworker/galleries/" { policy = "read" }\n'),
+    # Operators' `plugworker gallery add|remove|rollback`: announce the new version.
+    "gallery-operator": ("gallery operators: announce the galleries' versions", 'key_prefix "plugworker/galleries/" { policy = "write" }\n'),
 }
 META = "plugworker-stack"
 
@@ -161,7 +168,7 @@ def apply_tokens(consul, stack, tokens):
         current = consul.get_or_none(f"/v1/acl/token/{accessor}")
         if current is not None and current.get("SecretID") == secret:
             if _grants(current) != _grants(body):
-                # A grant added since the token was made (the controller's pipelines read).
+                # A grant added or removed since the token was made (a runner's gallery).
                 consul.call("PUT", f"/v1/acl/token/{accessor}", body)
                 log(f"token {role} updated")
             continue

@@ -131,8 +131,11 @@ resource "aws_iam_role_policy" "controller" {
 }
 
 # Runners touch no queue: ECS Exec, Consul auto-join, and reading input images (image_s3)
-# under the payload bucket's inputs prefix.
+# under the payload bucket's inputs prefix. One role per runner: a runner whose entry of
+# var.runners names a gallery (`gallery`) also reads that prefix of the galleries bucket,
+# and nothing else of it; no runner writes a gallery (operators do, modules/galleries).
 data "aws_iam_policy_document" "runner" {
+  for_each                = var.runners
   source_policy_documents = [data.aws_iam_policy_document.task_common.json]
   statement {
     sid       = "ReadInputImages"
@@ -142,22 +145,55 @@ data "aws_iam_policy_document" "runner" {
   statement {
     sid       = "InputDecryption"
     actions   = ["kms:Decrypt"]
-    resources = [var.payloads.kms_key_arn]
+    resources = distinct([var.payloads.kms_key_arn, var.galleries.kms_key_arn])
     condition {
       test     = "StringEquals"
       variable = "kms:ViaService"
       values   = ["s3.${data.aws_region.current.name}.amazonaws.com"]
     }
   }
+  # GetObject: `current`, manifests, embeddings and templates (services/meme/src/store.rs
+  # reads nothing else, and lists nothing).
+  dynamic "statement" {
+    for_each = each.value.gallery == null ? [] : [each.value.gallery]
+    content {
+      sid       = "ReadGallery"
+      actions   = ["s3:GetObject"]
+      resources = ["${var.galleries.arn}/${statement.value}/*"]
+    }
+  }
+  # ListBucket only so that S3 answers a missing object 404, not 403 (a gallery whose
+  # `current` is not yet published); limited to the gallery's prefix.
+  dynamic "statement" {
+    for_each = each.value.gallery == null ? [] : [each.value.gallery]
+    content {
+      sid       = "ListGallery"
+      actions   = ["s3:ListBucket"]
+      resources = [var.galleries.arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values   = ["${statement.value}/*"]
+      }
+    }
+  }
 }
 
 resource "aws_iam_role" "runner" {
-  name               = "${var.name}-runner"
+  for_each           = var.runners
+  name               = "${var.name}-${each.key}"
   assume_role_policy = data.aws_iam_policy_document.ecs_tasks_assume.json
+  lifecycle {
+    precondition {
+      condition     = length("${var.name}-${each.key}") <= 64
+      error_message = "The IAM role name ${var.name}-${each.key} is longer than IAM's 64 characters: use a shorter var.name or runner name."
+    }
+  }
 }
 
 resource "aws_iam_role_policy" "runner" {
-  name   = "runner"
-  role   = aws_iam_role.runner.id
-  policy = data.aws_iam_policy_document.runner.json
+  for_each = var.runners
+  name     = "runner"
+  role     = aws_iam_role.runner[each.key].id
+  policy   = data.aws_iam_policy_document.runner[each.key].json
 }

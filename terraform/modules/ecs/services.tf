@@ -73,6 +73,10 @@ locals {
         { name = "PLUGWORKER_HEALTH_LISTEN", value = "0.0.0.0:${runner.health_port}" },
         { name = "PLUGWORKER_METRICS_ADDRESS", value = "0.0.0.0:${runner.metrics_port}" },
         { name = "OTEL_SERVICE_NAME", value = name },
+        ], runner.gallery == null ? [] : [
+        # The gallery it follows (docs/gallery.md); its role may read that prefix only.
+        { name = "PLUGWORKER_MEME_GALLERY", value = "s3://${var.galleries.name}/${runner.gallery}" },
+        { name = "AWS_REGION", value = data.aws_region.current.name },
       ])
       secrets     = [{ name = "CONSUL_HTTP_TOKEN", valueFrom = var.mesh.runner_token_arns[name] }]
       mountPoints = [local.consul_ca_mount]
@@ -107,7 +111,7 @@ locals {
         container = local.runner_containers[name]
         cpu       = runner.cpu
         memory    = runner.memory
-        task_role = aws_iam_role.runner.arn
+        task_role = aws_iam_role.runner[name].arn
         min_count = runner.min_count
       }
     },

@@ -43,6 +43,11 @@ variable "payloads" {
   type        = object({ name = string, arn = string, key_prefix = string, inputs_prefix = string, kms_key_arn = string })
 }
 
+variable "galleries" {
+  description = "The galleries bucket (modules/galleries): name, arn and kms_key_arn; a runner with `gallery` reads that prefix of it."
+  type        = object({ name = string, arn = string, kms_key_arn = string })
+}
+
 variable "job_timeout_seconds" {
   description = "The controller's --job-timeout."
   type        = number
@@ -94,7 +99,7 @@ variable "controller" {
 }
 
 variable "runners" {
-  description = "Runner task sizes, autoscaling and ports, by runner name (the root's var.runners)."
+  description = "Runner task sizes, autoscaling, ports and gallery prefix (null: none), by runner name (the root's var.runners)."
   type = map(object({
     cpu          = number
     memory       = number
@@ -104,6 +109,7 @@ variable "runners" {
     port         = number
     health_port  = number
     metrics_port = number
+    gallery      = string
   }))
 }
 

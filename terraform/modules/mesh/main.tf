@@ -12,7 +12,12 @@
 #   /NAME/consul/tokens/controller     service identity "controller" and policy NAME-controller
 #                                      (read plugworker/pipelines/, the stored pipelines)
 #   /NAME/consul/tokens/prometheus     read-only: services and nodes, for consul_sd_configs
-#   /NAME/consul/tokens/runners/<name> one per runner: service identity <name>
+#   /NAME/consul/tokens/runners/<name> one per runner: service identity <name>, and for a
+#                                      runner that follows a gallery policy NAME-gallery-reader
+#                                      (read plugworker/galleries/, the galleries' versions)
+#   /NAME/consul/tokens/gallery-operator policy NAME-gallery-operator (write
+#                                      plugworker/galleries/): what `plugworker gallery`
+#                                      announces a new version with; for operators, no task
 #   /NAME/consul/mesh                  what the servers' bootstrap script creates from: the
 #                                      tokens' accessor IDs and roles, and the intentions
 #
@@ -31,8 +36,15 @@ locals {
       agent      = { parameter = "${local.prefix}/tokens/agent", policy = "agent", service = "" }
       controller = { parameter = "${local.prefix}/tokens/controller", policy = "controller", service = var.controller_service }
       prometheus = { parameter = "${local.prefix}/tokens/prometheus", policy = "prometheus", service = "" }
+      # Operators publishing galleries; held by no task (docs/deploy-aws.md, "Galleries").
+      gallery-operator = { parameter = "${local.prefix}/tokens/gallery-operator", policy = "gallery-operator", service = "" }
     },
-    { for runner in var.runner_names : "runner:${runner}" => { parameter = "${local.prefix}/tokens/runners/${runner}", policy = "", service = runner } },
+    { for runner in var.runner_names : "runner:${runner}" => {
+      parameter = "${local.prefix}/tokens/runners/${runner}"
+      # A runner that follows a gallery watches its version in the KV; others read no key.
+      policy  = contains(var.gallery_runners, runner) ? "gallery-reader" : ""
+      service = runner
+    } },
   )
 }
 
@@ -140,7 +152,7 @@ resource "aws_ssm_parameter" "mesh" {
       role        = role
       accessor_id = random_uuid.accessor[role].result
       parameter   = token.parameter
-      policy      = token.policy  # "agent", "prometheus" or "controller": a policy the script defines
+      policy      = token.policy  # "agent", "prometheus", "controller", "gallery-reader" or "gallery-operator": a policy the script defines
       service     = token.service # a service identity (the controller: both)
     }]
     # Default deny for every pair, then the controller allowed to each runner.

@@ -41,3 +41,8 @@ output "runner_token_arns" {
   description = "SSM parameter holding each runner's token, by runner."
   value       = { for runner in var.runner_names : runner => aws_ssm_parameter.token["runner:${runner}"].arn }
 }
+
+output "gallery_operator_token_arn" {
+  description = "SSM parameter holding the operators' token for publishing galleries (write plugworker/galleries/)."
+  value       = aws_ssm_parameter.token["gallery-operator"].arn
+}

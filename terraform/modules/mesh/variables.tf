@@ -13,6 +13,15 @@ variable "runner_names" {
   type        = list(string)
 }
 
+variable "gallery_runners" {
+  description = "The runners that follow a gallery (var.runners entries with `gallery`): their tokens may also read plugworker/galleries/."
+  type        = list(string)
+  validation {
+    condition     = alltrue([for runner in var.gallery_runners : contains(var.runner_names, runner)])
+    error_message = "gallery_runners: every one must be a runner (runner_names)."
+  }
+}
+
 variable "controller_service" {
   description = "Consul service name of the controller (its Connect identity, the source of every intention)."
   type        = string
