@@ -7,17 +7,24 @@
 #  - the agent's own token (node identity);
 #  - one token per process, each in a volume only its holders mount:
 #      every runner: service identity of its own name (write its own service, read the
-#        catalog), in runner-tokens/<runner>;
+#        catalog), in runner-tokens/<runner>; a runner following the meme gallery (its
+#        environment merges x-gallery-runner-env) also policy plugworker-gallery-reader
+#        (key_prefix "plugworker/galleries/" read: the galleries' versions it watches);
 #      the controller: policy plugworker-controller (service "controller" write,
 #        service_prefix "" read, node_prefix "" read, key_prefix "plugworker/pipelines/"
 #        read: the stored pipelines it watches), in controller-token/token;
 #      Prometheus: policy plugworker-prometheus (service_prefix "" read,
 #        node_prefix "" read), in prometheus-token/token;
+#      the gallery operators (`plugworker gallery`, compose service gallery): policy
+#        plugworker-gallery-operator (key_prefix "plugworker/galleries/" write: announce
+#        a new version), in gallery-operator-token/token;
 #  - intentions: default deny (`*` -> `*`), then controller -> each runner allowed.
 # The runners are the compose entries built with RUNNER=<name> (infra/docker-compose.yml,
 # mounted read-only): a new entry gets its token and intention with no change here.
-# `init.sh --list-runners FILE` prints those names (the deploy checks compare them with
-# their own reading of the compose file).
+# `init.sh --list-runners FILE` prints those names, `--list-gallery-runners FILE` those
+# following the gallery (the deploy checks compare both with their own reading of the
+# compose file). A token that already works keeps its policies: after changing which
+# runners follow the gallery, start from clean volumes (scripts/stack-up.sh down).
 set -euf  # -f: no globbing (the wildcard intention is named "*")
 
 list_runners() {
@@ -26,8 +33,18 @@ list_runners() {
   sed -n 's/.*[{ ,]RUNNER: *\([A-Za-z0-9_-][A-Za-z0-9_-]*\).*/\1/p' "$1"
 }
 
+list_gallery_runners() {
+  # Their entries' environment is `{<<: *gallery-runner-env, CONSUL_HTTP_TOKEN_FILE:
+  # /run/consul-tokens/<name>}` (the deploy checks enforce that shape).
+  sed -n 's|.*<<: *\*gallery-runner-env, *CONSUL_HTTP_TOKEN_FILE: */run/consul-tokens/\([A-Za-z0-9_-][A-Za-z0-9_-]*\).*|\1|p' "$1"
+}
+
 if [ "${1:-}" = --list-runners ]; then
   list_runners "$2"
+  exit 0
+fi
+if [ "${1:-}" = --list-gallery-runners ]; then
+  list_gallery_runners "$2"
   exit 0
 fi
 
@@ -39,10 +56,12 @@ TOKENS="${CONSUL_INIT_TOKENS_DIR:-/tokens}"
 RUNNER_TOKENS="$TOKENS/runners"
 CONTROLLER_TOKEN="$TOKENS/controller/token"
 PROMETHEUS_TOKEN="$TOKENS/prometheus/token"
+GALLERY_OPERATOR_TOKEN="$TOKENS/gallery-operator/token"
 PLUGWORKER_UID=10001    # the plugworker images' user
 PROMETHEUS_UID=65534    # prom/prometheus runs as nobody
 
 runners="$(list_runners "$COMPOSE_FILE")"
+gallery_runners=" $(list_gallery_runners "$COMPOSE_FILE" | tr '\n' ' ')"
 if [ -z "$runners" ]; then
   echo "consul-init: no runner entries (RUNNER: <name>) in $COMPOSE_FILE" >&2
   exit 1
@@ -111,10 +130,21 @@ key_prefix "plugworker/pipelines/" { policy = "read" }'
 ensure_policy plugworker-prometheus '
 service_prefix "" { policy = "read" }
 node_prefix "" { policy = "read" }'
+ensure_policy plugworker-gallery-reader '
+key_prefix "plugworker/galleries/" { policy = "read" }'
+ensure_policy plugworker-gallery-operator '
+key_prefix "plugworker/galleries/" { policy = "write" }'
 ensure_token "$CONTROLLER_TOKEN" "$PLUGWORKER_UID" "plugworker controller (local stack)" -policy-name=plugworker-controller
 ensure_token "$PROMETHEUS_TOKEN" "$PROMETHEUS_UID" "prometheus (local stack)" -policy-name=plugworker-prometheus
+ensure_token "$GALLERY_OPERATOR_TOKEN" "$PLUGWORKER_UID" "plugworker gallery operators (local stack)" -policy-name=plugworker-gallery-operator
 for runner in $runners; do
-  ensure_token "$RUNNER_TOKENS/$runner" "$PLUGWORKER_UID" "plugworker runner $runner (local stack)" -service-identity="$runner"
+  case "$gallery_runners" in
+    *" $runner "*)
+      ensure_token "$RUNNER_TOKENS/$runner" "$PLUGWORKER_UID" "plugworker runner $runner (local stack)" -service-identity="$runner" \
+        -policy-name=plugworker-gallery-reader ;;
+    *)
+      ensure_token "$RUNNER_TOKENS/$runner" "$PLUGWORKER_UID" "plugworker runner $runner (local stack)" -service-identity="$runner" ;;
+  esac
 done
 
 # 4. Intentions: everything denied, then the controller may call each runner.
@@ -144,4 +174,4 @@ for name in $(consul config list -kind=service-intentions); do
        echo "consul-init: removed the intention to $name (no longer a runner)" ;;
   esac
 done
-echo "consul-init: tokens and intentions ready for: controller, prometheus," $runners
+echo "consul-init: tokens and intentions ready for: controller, prometheus, gallery operators," $runners

@@ -4,17 +4,22 @@
 # (`submit`, `results`, `algorithms`, `call`) work from the same image.
 #
 #   docker build -f infra/docker/controller.Dockerfile -t plugworker/controller .
+#
+# With --build-arg CLI_FEATURES=aws,gallery it is the operators' image instead, whose
+# `plugworker gallery` publishes meme galleries (the compose service `gallery`; it reads
+# the embedding model from a mounted models folder, PLUGWORKER_MODELS_DIR).
 ARG RUST_VERSION=1.95
 ARG DEBIAN=bookworm
 
 FROM rust:${RUST_VERSION}-${DEBIAN} AS build
+# The controller's default leaves out the `gallery` feature: `plugworker gallery` embeds
+# templates with the meme model, which the controller never needs.
+ARG CLI_FEATURES=aws
 WORKDIR /src
 COPY . .
-# Without the `gallery` feature: `plugworker gallery` embeds templates with the meme
-# model, which the controller never needs (operators run it where models are).
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target,sharing=locked \
-    infra/docker/cargo-build.sh plugworker /out plugworker-cli --no-default-features --features aws
+    infra/docker/cargo-build.sh plugworker /out plugworker-cli --no-default-features --features "${CLI_FEATURES}"
 
 FROM debian:${DEBIAN}-slim
 # ca-certificates: SQS and the OTLP endpoint are reached over TLS on AWS.

@@ -1,10 +1,12 @@
 # syntax=docker/dockerfile:1.7
 # Every runner's image, from one recipe: the runner is the build argument RUNNER (its
 # binary name, which is also its Consul service name). What the runner needs at run time
-# (model files, ONNX Runtime, committed data such as the meme gallery) is what it declares
-# in its own section of models/manifest.json ("runners"), fetched and sha256-checked by
+# (model files, ONNX Runtime, committed files it lists) is what it declares in its own
+# section of models/manifest.json ("runners"), fetched and sha256-checked by
 # scripts/fetch-models.sh, the script developers run; a runner without a section gets an
-# empty models folder. Nothing in this file names a runner.
+# empty models folder. Data that changes while runners serve is not in the image: the meme
+# gallery is a folder or S3 prefix named by PLUGWORKER_MEME_GALLERY (docs/gallery.md).
+# Nothing in this file names a runner.
 #
 #   docker build --platform linux/amd64 --build-arg RUNNER=<runner binary> \
 #     -f infra/docker/runner.Dockerfile -t plugworker/<runner binary> .
@@ -38,8 +40,9 @@ FROM debian:${DEBIAN}-slim
 ARG RUNNER
 LABEL org.opencontainers.image.title="${RUNNER}"
 # ca-certificates: Consul's HTTPS, image_url fetches and S3 are TLS. /var/cache/plugworker
-# is writable for caches algorithms keep (e.g. the meme gallery's embeddings, under
-# $XDG_CACHE_HOME/plugworker; mount a volume there to keep them across restarts).
+# is writable for caches algorithms keep (e.g. the embeddings of a folder gallery without
+# stored ones, under $XDG_CACHE_HOME/plugworker; mount a volume there to keep them across
+# restarts).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends ca-certificates \
  && rm -rf /var/lib/apt/lists/* \
