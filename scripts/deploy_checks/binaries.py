@@ -42,6 +42,18 @@ def parse_help(text: str) -> Interface:
     return Interface(known, {flag: flag_env.get(flag, "") for flag in required_flags})
 
 
+def subcommands(binary: str, args: list) -> list:
+    """The subcommands `binary args --help` lists (none for a leaf command)."""
+    path = bin_dir() / binary
+    if not path.exists():
+        return []
+    text = subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, check=True).stdout
+    section = re.search(r"^Commands:\n((?:  .*\n)+)", text, re.M)
+    if not section:
+        return []
+    return [m for m in re.findall(r"^  (\w[\w-]*)", section.group(1), re.M) if m != "help"]
+
+
 def interface(binary: str, args: list) -> Interface:
     path = bin_dir() / binary
     if not path.exists():

@@ -20,6 +20,11 @@
   token file, in a volume that only that role mounts (read-only) and the init job writes;
   no token literal; nothing runs with --insecure-plaintext; the controller's policy
   (init.sh) grants exactly what the code's controller_rules does;
+- the gallery (`galleries`): a runner following it merges x-gallery-runner and
+  x-gallery-runner-env (x-runner's and x-runner-env's own plus the `gallery` volume
+  read-only as PLUGWORKER_MEME_GALLERY); consul-init lists the same runners and gives their
+  tokens exactly the galleries' KV read, the operators' token exactly its write (the key
+  services/meme/src/store.rs writes); no runner mounts the gallery writable;
 - Prometheus finds the controller and the runners through Consul (`consul_sd_configs`
   filtered on Meta plugworker_role, scraped at plugworker_metrics_port), with its own
   token; no static target names a plugworker service.
@@ -36,6 +41,9 @@ from . import binaries, consul_rules, dockerfile_rules
 
 RUNNER_DOCKERFILE = "infra/docker/runner.Dockerfile"
 RUNNER_ANCHORS = {"service": "x-runner", "build": "x-runner-build", "environment": "x-runner-env"}
+# A runner following the gallery merges these instead of x-runner and x-runner-env.
+GALLERY_ANCHORS = {"service": "x-gallery-runner", "environment": "x-gallery-runner-env"}
+GALLERY_VARIABLE = "PLUGWORKER_MEME_GALLERY"
 # What a runner entry may add to the anchors: its name (build arg, token file) and replicas.
 RUNNER_ENTRY_KEYS = {"build", "environment", "deploy"}
 RUNNER_ANCHOR_ENV = ("PLUGWORKER_LISTEN", "PLUGWORKER_HEALTH_LISTEN", "PLUGWORKER_METRICS_ADDRESS", "CONSUL_HTTP_ADDR")
@@ -161,10 +169,12 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
         env = _environment(service)
         command = service.get("command", dockerfile.cmd)
         command = shlex.split(command) if isinstance(command, str) else list(command or [])
-        if not dockerfile.entrypoint:
+        entrypoint = service.get("entrypoint") or dockerfile.entrypoint
+        entrypoint = shlex.split(entrypoint) if isinstance(entrypoint, str) else list(entrypoint)
+        if not entrypoint:
             problems.append(f"{where}: service {name}: its Dockerfile has no ENTRYPOINT")
             continue
-        binary, *entry_args = dockerfile.entrypoint
+        binary, *entry_args = entrypoint
         runner = _build_args(service).get(dockerfile_rules.RUNNER_ARG)
         if binary == dockerfile_rules.DEPLOYABLES["runner"] and runner:
             binary = runner  # the one runner recipe installs the RUNNER binary under this name
@@ -174,6 +184,11 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
         # Subcommands only (flags in `command` are handled below).
         args = entry_args + [a for a in command if not a.startswith("-")][:1]
         interface = binaries.interface(binary, args)
+        if service.get("entrypoint") and binaries.subcommands(binary, entry_args):
+            # A command group as the entry point (`plugworker gallery`, run with a
+            # subcommand): its environment serves every subcommand.
+            interface = binaries.Interface(set().union(*(binaries.interface(binary, entry_args + [s]).known
+                                                         for s in binaries.subcommands(binary, entry_args))), {})
         for variable in env:
             if variable in interface.known or variable in documented or variable.startswith(STANDARD_PREFIXES):
                 continue
@@ -200,6 +215,7 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
     problems += _terraform_runners(repo, where, runners)
     problems += _trust(where, services, plugworker, infra, set(runners))
     problems += _controller_policy(repo, infra)
+    problems += _galleries(repo, where, text, services, runners)
     problems += _prometheus(infra, services, plugworker, runners)
     return problems
 
@@ -349,6 +365,7 @@ def _runner_entries(where, text, runners) -> list:
             anchors[role] = root[key][1]
     if problems:
         return problems
+    gallery = {role: root[key][1] for role, key in GALLERY_ANCHORS.items() if key in root}
     shared = yaml.safe_load(yaml.serialize(anchors["service"])) or {}
     shared_env = yaml.safe_load(yaml.serialize(anchors["environment"])) or {}
     for key in ("healthcheck", "stop_grace_period", "volumes", "depends_on"):
@@ -362,8 +379,8 @@ def _runner_entries(where, text, runners) -> list:
     for name, (service, node) in sorted(runners.items()):
         entry = f"{where}: runner {name}"
         keys = _mapping(node)
-        if not any(m is anchors["service"] for m in _merged(node)):
-            problems.append(f"{entry} does not merge the x-runner anchor (<<: *runner)")
+        if not any(m is anchors["service"] or m is gallery.get("service") for m in _merged(node)):
+            problems.append(f"{entry} does not merge the x-runner anchor (<<: *runner, or <<: *gallery-runner)")
         extra = set(keys) - {"<<"} - RUNNER_ENTRY_KEYS
         if extra:
             problems.append(f"{entry} sets {sorted(extra)} itself; a runner entry adds only {sorted(RUNNER_ENTRY_KEYS)} to x-runner (put what every runner needs in the anchor)")
@@ -377,12 +394,18 @@ def _runner_entries(where, text, runners) -> list:
             if args != {dockerfile_rules.RUNNER_ARG: name}:
                 problems.append(f"{entry}: build args must be exactly {{RUNNER: {name}}} (the binary is the service name), got {args}")
         environment = keys.get("environment", (None, None))[1]
-        if environment is None or not any(m is anchors["environment"] for m in _merged(environment)):
-            problems.append(f"{entry}: environment must be {{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: ...}}")
+        follows = any(m is gallery.get("service") for m in _merged(node))
+        wanted_env = gallery.get("environment") if follows else anchors["environment"]
+        if environment is None or not any(m is wanted_env for m in _merged(environment)):
+            anchor = "gallery-runner-env" if follows else "runner-env"
+            problems.append(f"{entry}: environment must be {{<<: *{anchor}, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{name}}}"
+                            + (" (it merges x-gallery-runner)" if follows else ""))
         else:
             own = set(_mapping(environment)) - {"<<"}
             if own != {"CONSUL_HTTP_TOKEN_FILE"}:
                 problems.append(f"{entry}: environment adds {sorted(own)} to x-runner-env; only its own CONSUL_HTTP_TOKEN_FILE belongs in the entry")
+            elif _environment(service).get("CONSUL_HTTP_TOKEN_FILE") != f"/run/consul-tokens/{name}":
+                problems.append(f"{entry}: its token file must be /run/consul-tokens/{name} (consul-init names each runner's token after it)")
         deploy = service.get("deploy") or {}
         if set(deploy) - {"replicas"}:
             problems.append(f"{entry}: deploy sets {sorted(set(deploy) - {'replicas'})}; only replicas belong in a runner entry")
@@ -444,6 +467,106 @@ def _terraform_runners(repo, where, runners) -> list:
         problems.append(f"{where}: runner {name} has a compose entry but no entry in {tfvars}")
     for name in sorted(declared - set(runners)):
         problems.append(f"{tfvars}: runner {name} has no compose entry in {where}")
+    return problems
+
+
+# --- galleries -------------------------------------------------------------------------
+
+def gallery_runner_names(compose_path: pathlib.Path) -> list:
+    """The runner entries that follow the gallery: those merging x-gallery-runner."""
+    text = compose_path.read_text()
+    root = _mapping(_compose(text))
+    anchor = root.get(GALLERY_ANCHORS["service"], (None, None))[1]
+    if anchor is None:
+        return []
+    return sorted(name for name, (_, node) in runner_entries(compose_path).items() if any(m is anchor for m in _merged(node)))
+
+
+def _tfvars_galleries(tfvars: pathlib.Path):
+    """runner -> whether its runners.auto.tfvars entry names a gallery; None without the file."""
+    if not tfvars.is_file():
+        return None
+    import hcl2
+    with open(tfvars) as handle:
+        runners = _one(hcl2.load(handle).get("runners")) or {}
+    return {str(name).strip('"'): bool(_one(entry).get("gallery")) if isinstance(_one(entry), dict) else False
+            for name, entry in runners.items() if not str(name).startswith("__")}
+
+
+def _init_policy(init_text: str, name: str) -> set:
+    found = re.search(rf"ensure_policy {re.escape(name)} '([^']*)'", init_text)
+    return consul_rules.parse(found.group(1)) if found else set()
+
+
+def _galleries(repo, where, text, services, runners) -> list:
+    """x-gallery-runner is x-runner plus the gallery volume read-only, x-gallery-runner-env
+    is x-runner-env plus PLUGWORKER_MEME_GALLERY at that mount; no runner writes the
+    gallery; consul-init grants exactly the galleries' KV read to those runners and its
+    write to the operators' token."""
+    root = _mapping(_compose(text))
+    problems = []
+    # The image carries no gallery: a runner reading one must be given one, here and on AWS.
+    gallery_runners = gallery_runner_names(where)
+    tfvars = repo / "terraform" / "runners.auto.tfvars"
+    tf_galleries = _tfvars_galleries(tfvars)
+    for name in sorted(runners):
+        if not (binaries.bin_dir() / name).exists():
+            continue  # reported with the binaries
+        if GALLERY_VARIABLE not in binaries.interface(name, []).known:
+            continue
+        if name not in gallery_runners:
+            problems.append(f"{where}: runner {name} reads {GALLERY_VARIABLE} (its --help) but does not follow the gallery (<<: *gallery-runner): its image carries none")
+        if tf_galleries is not None and name in tf_galleries and not tf_galleries[name]:
+            problems.append(f"{tfvars}: runner {name} reads {GALLERY_VARIABLE} (its --help) but its entry names no gallery: its image carries none")
+    if not any(key in root for key in GALLERY_ANCHORS.values()):
+        return problems
+    nodes = {}
+    for role, key in GALLERY_ANCHORS.items():
+        if key not in root:
+            problems.append(f"{where}: {key} without {GALLERY_ANCHORS['environment' if role == 'service' else 'service']}: a runner following the gallery needs both")
+        else:
+            nodes[role] = root[key][1]
+    if problems:
+        return problems
+    base_service, base_env = root[RUNNER_ANCHORS["service"]][1], root[RUNNER_ANCHORS["environment"]][1]
+    if not any(m is base_service for m in _merged(nodes["service"])):
+        problems.append(f"{where}: x-gallery-runner does not merge x-runner (<<: *runner)")
+    if not any(m is base_env for m in _merged(nodes["environment"])):
+        problems.append(f"{where}: x-gallery-runner-env does not merge x-runner-env (<<: *runner-env)")
+    own_env = set(_mapping(nodes["environment"])) - {"<<"}
+    if own_env != {GALLERY_VARIABLE}:
+        problems.append(f"{where}: x-gallery-runner-env sets {sorted(own_env)}; it adds {GALLERY_VARIABLE} alone to x-runner-env")
+    service = yaml.safe_load(yaml.serialize(nodes["service"])) or {}
+    base = yaml.safe_load(yaml.serialize(base_service)) or {}
+    env = yaml.safe_load(yaml.serialize(nodes["environment"])) or {}
+    extra_keys = {k for k in service if k not in ("volumes", "depends_on") and service[k] != base.get(k)}
+    if extra_keys:
+        problems.append(f"{where}: x-gallery-runner changes {sorted(extra_keys)} of x-runner; it adds the gallery volume (and what starts it) only")
+    added = [str(v) for v in service.get("volumes") or [] if str(v) not in [str(b) for b in base.get("volumes") or []]]
+    missing = [str(b) for b in base.get("volumes") or [] if str(b) not in [str(v) for v in service.get("volumes") or []]]
+    if missing:
+        problems.append(f"{where}: x-gallery-runner drops x-runner's mounts {missing}")
+    mount = str(env.get(GALLERY_VARIABLE, ""))
+    if len(added) != 1 or added[0].split(":")[1:2] != [mount]:
+        problems.append(f"{where}: x-gallery-runner must add exactly one mount, the gallery at {GALLERY_VARIABLE}={mount or '?'} (got {added})")
+        return problems
+    parts = added[0].split(":")
+    if "ro" not in parts[2:]:
+        problems.append(f"{where}: x-gallery-runner mounts the gallery {added[0]} writable; runners only read it (operators publish)")
+    volume = parts[0]
+    for name, svc in services.items():
+        for v in svc.get("volumes") or []:
+            bits = str(v).split(":")
+            if bits[0] == volume and name in runners and "ro" not in bits[2:]:
+                problems.append(f"{where}: runner {name} mounts the gallery volume {volume} writable; runners only read it")
+    init = repo / "infra" / "consul" / "init.sh"
+    init_text = init.read_text() if init.exists() else ""
+    for policy, wanted in (("plugworker-gallery-reader", consul_rules.gallery_reader(repo)), ("plugworker-gallery-operator", consul_rules.gallery_publisher(repo))):
+        granted = _init_policy(init_text, policy)
+        if granted != wanted:
+            problems.append(f"{init}: policy {policy} grants {consul_rules.describe(granted) or 'nothing'}; it must grant exactly {consul_rules.describe(wanted)} (the key services/meme/src/store.rs writes)")
+    if gallery_runners and not re.search(r'-service-identity="\$runner" \\\n\s+-policy-name=plugworker-gallery-reader', init_text):
+        problems.append(f"{init}: the runners following the gallery ({', '.join(gallery_runners)}) get no plugworker-gallery-reader policy on their token")
     return problems
 
 

@@ -322,10 +322,26 @@ def _root_value(tree, module: str, expression):
     return _defaults(blocks).get(name)
 
 
+def _gallery_bucket(tree, blocks, bucket, lifecycle) -> list:
+    """A galleries bucket: no current object ever expires (a template would vanish from a
+    gallery that names it), versioning on, noncurrent versions expiring."""
+    problems, where, name = [], bucket.where(), bucket.name
+    rules = [rule for config in lifecycle for rule in config.blocks("rule") if _first(rule, "status") == "Enabled"]
+    if any(_first(rule, "expiration") is not None for rule in rules):
+        problems.append(f"{where}: aws_s3_bucket.{name} expires current objects (a lifecycle expiration): a gallery's templates, embeddings or `current` would vanish while a version names them")
+    if not any(_first(rule, "noncurrent_version_expiration", "noncurrent_days") is not None for rule in rules):
+        problems.append(f"{where}: aws_s3_bucket.{name} has no lifecycle rule expiring noncurrent versions")
+    versioning = _of_bucket(blocks, "aws_s3_bucket_versioning", name)
+    if not versioning or _first(versioning[0].body, "versioning_configuration", "status") != "Enabled":
+        problems.append(f"{where}: aws_s3_bucket.{name} is not versioned (aws_s3_bucket_versioning Enabled): a stray delete or overwrite of `current` could not be undone")
+    return problems
+
+
 def s3_buckets(tree) -> list:
     """Every bucket: SSE-KMS with a key, public access blocked (all four settings), a
     policy refusing plain HTTP, and objects expiring after every message that may point at
-    them (claim-check payloads) is gone: no sooner than the longest queue retention."""
+    them (claim-check payloads) is gone: no sooner than the longest queue retention. The
+    galleries bucket instead keeps its current objects for good (_gallery_bucket)."""
     problems = []
     retention = max([int(q.attr("message_retention_seconds", 345600)) for _, q in queues(tree)
                      if isinstance(q.attr("message_retention_seconds", 345600), int)] or [0])
@@ -348,6 +364,9 @@ def s3_buckets(tree) -> list:
         if not any(m and m.group(1) in documents and _denies_plain_http(documents[m.group(1)], name) for m in referenced):
             problems.append(f"{where}: aws_s3_bucket.{name} has no bucket policy denying s3:* to everyone without TLS (aws:SecureTransport false) on the bucket and its objects")
         lifecycle = _of_bucket(blocks, "aws_s3_bucket_lifecycle_configuration", name)
+        if module == GALLERIES_MODULE:
+            problems += _gallery_bucket(tree, blocks, bucket, lifecycle)
+            continue
         days = [_root_value(tree, module, _first(rule, "expiration", "days"))
                 for config in lifecycle for rule in config.blocks("rule")
                 if _first(rule, "status") == "Enabled" and _first(rule, "expiration", "days") is not None]
@@ -360,6 +379,137 @@ def s3_buckets(tree) -> list:
                 problems.append(
                     f"{where}: objects of aws_s3_bucket.{name} expire after {value} days, not after the longest queue retention ({retention // 86400} days): a message could outlive the body it points at"
                 )
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Galleries: a runner entry's `gallery` gives that runner read on that prefix, and nothing
+# else; operators (a policy no task gets) write.
+
+GALLERIES_MODULE = "galleries"
+GALLERY_ARN = "${var.galleries.arn}"
+# The dynamic statements of a runner's document exist only for a runner with a gallery.
+GALLERY_FOR_EACH = "${each.value.gallery == None ? [] : ['${each.value.gallery}']}"
+GALLERY_OBJECTS = "${var.galleries.arn}/${statement.value}/*"
+GALLERY_PREFIX = "${statement.value}/*"
+
+
+def _strings(value) -> list:
+    value = hcl.unwrap(value)
+    if value is None:
+        return []
+    values = value if isinstance(value, list) else [value]
+    flat = []
+    for v in values:
+        flat += v if isinstance(v, list) else [v]
+    return [str(v) for v in flat]
+
+
+def _runner_gallery_statements(document: Block) -> list:
+    """Problems with how a runner's policy document reaches the galleries bucket: only
+    GetObject on its prefix's objects and ListBucket limited to its prefix, each in a
+    `dynamic "statement"` present only for a runner with a gallery."""
+    problems, granted = [], set()
+    for statement in document.blocks("statement"):
+        resources = _strings(statement.get("resources"))
+        if any("var.galleries" in r for r in resources if "kms_key_arn" not in r):
+            problems.append(f"{document.where()}: statement {_strings(statement.get('sid'))} grants {_strings(statement.get('actions'))} on the galleries bucket to every runner; only a runner whose entry names a gallery may read, and only its prefix")
+    for dynamic in document.body.get("dynamic", []) or []:
+        dynamic = _one(dynamic)
+        body = _one(dynamic.get("statement")) if isinstance(dynamic, dict) else None
+        if not isinstance(body, dict):
+            continue
+        content = _one(body.get("content"))
+        if not isinstance(content, dict):
+            continue
+        actions, resources = set(_strings(content.get("actions"))), _strings(content.get("resources"))
+        if not any("var.galleries" in r for r in resources):
+            continue
+        for_each = str(_one(body.get("for_each")))
+        if for_each != GALLERY_FOR_EACH:
+            problems.append(f"{document.where()}: a statement on the galleries bucket exists for runners {for_each!r}; it must exist only for a runner with a gallery (for_each = each.value.gallery == null ? [] : [each.value.gallery])")
+            continue
+        conditions = [c for c in content.get("condition", []) or [] if isinstance(c, dict)]
+        limited = any(_first(c, "test") == "StringLike" and _first(c, "variable") == "s3:prefix" and _strings(c.get("values")) == [GALLERY_PREFIX] for c in conditions)
+        if actions == {"s3:GetObject"} and resources == [GALLERY_OBJECTS]:
+            granted.add("get")
+        elif actions == {"s3:ListBucket"} and resources == [GALLERY_ARN] and limited:
+            granted.add("list")
+        else:
+            problems.append(
+                f"{document.where()}: a runner with a gallery gets {sorted(actions)} on {resources}{'' if limited else ' (no s3:prefix limit)'}; it may have only s3:GetObject on {GALLERY_OBJECTS} and s3:ListBucket on {GALLERY_ARN} limited by StringLike s3:prefix {GALLERY_PREFIX}")
+    if "get" not in granted:
+        problems.append(f"{document.where()}: a runner whose entry names a gallery is not granted s3:GetObject on {GALLERY_OBJECTS}")
+    if "list" not in granted:
+        problems.append(f"{document.where()}: a runner whose entry names a gallery is not granted s3:ListBucket limited to its prefix (S3 would answer a missing `current` 403)")
+    return problems
+
+
+def runner_galleries(tree, root: pathlib.Path) -> list:
+    """A runner entry of var.runners with `gallery` gets exactly read on that prefix of the
+    galleries bucket (its own role: GetObject on the prefix's objects, ListBucket limited to
+    it) and read on the galleries' KV versions (its Consul token), and PLUGWORKER_MEME_GALLERY
+    naming that same prefix; a runner without one gets neither. Only the operators' policy
+    (modules/galleries, attached to no task) and the operators' Consul token write."""
+    problems = []
+    variables = [b for b in tree.get("", []) if b.kind == "variable" and b.name == "runners"]
+    if not variables or "'gallery': '${optional(string)}'" not in str(variables[0].attr("type")):
+        problems.append(f"{root}/variables.tf: the runners' entries have no optional `gallery` (gallery = optional(string))")
+    ecs = tree.get("ecs", [])
+    documents = {b.name: b for b in ecs if b.kind == "data" and b.type == "aws_iam_policy_document"}
+    roles = {b.name: b for b in ecs if b.kind == "resource" and b.type == "aws_iam_role"}
+    policies = {b.name: b for b in ecs if b.kind == "resource" and b.type == "aws_iam_role_policy"}
+    document, role, policy = documents.get("runner"), roles.get("runner"), policies.get("runner")
+    if not (document and role and policy) or not all(b.attr("for_each") == "${var.runners}" for b in (document, role, policy)):
+        problems.append("terraform/modules/ecs: each runner needs its own policy document, role and role policy (data.aws_iam_policy_document.runner, aws_iam_role.runner, aws_iam_role_policy.runner, each for_each = var.runners): a gallery is read by the runners that name it only")
+    else:
+        if policy.attr("policy") != "${data.aws_iam_policy_document.runner[each.key].json}" or policy.attr("role") != "${aws_iam_role.runner[each.key].id}":
+            problems.append(f"{policy.where()}: each runner's role must get its own document (role = aws_iam_role.runner[each.key].id, policy = data.aws_iam_policy_document.runner[each.key].json)")
+        problems += _runner_gallery_statements(document)
+    for module, block in all_blocks(tree):
+        if block.kind != "data" or block.type != "aws_iam_policy_document":
+            continue
+        if module == "ecs" and block.name == "runner":
+            continue
+        if module == GALLERIES_MODULE and block.name in ("operators", "galleries"):
+            continue
+        text = str(block.body)
+        if re.search(r"var\.galleries\.arn|aws_s3_bucket\.galleries\.arn|module\.galleries\.bucket", text):
+            problems.append(f"{block.where()}: policy {block.name} grants access to the galleries bucket; runners read through their own document, operators write through modules/galleries' operators policy")
+    # The operators' policy and token reach no task.
+    for module in ("ecs", "observability"):
+        for block in tree.get(module, []):
+            text = str(block.body)
+            if "gallery_operator" in text or "operators_policy_arn" in text:
+                problems.append(f"{block.where()}: {block.kind} {block.name} hands a task the gallery operators' policy or Consul token; operators publish, no task does")
+    calls = {b.name: b for b in tree.get("", []) if b.kind == "module"}
+    galleries = calls.get("galleries")
+    if galleries is None or galleries.attr("operator_roles") != "${var.gallery_operator_roles}":
+        problems.append(f"{root}/main.tf: module galleries must attach the operators' policy to var.gallery_operator_roles only (operator_roles = var.gallery_operator_roles)")
+    # The environment names the prefix the role may read.
+    _, containers = _local(tree, "ecs", "runner_containers")
+    text = str(containers)
+    loop = re.match(r"\$\{\{for \w+ , (\w+) in var\.runners :", text)
+    runner = loop.group(1) if loop else "runner"
+    if not re.search(rf"{runner}\.gallery == None \? \[\] : \[\{{'name': 'PLUGWORKER_MEME_GALLERY', 'value': 's3://\$\{{var\.galleries\.name\}}/\$\{{{runner}\.gallery\}}'\}}", text):
+        problems.append("terraform/modules/ecs: a runner with a gallery must get PLUGWORKER_MEME_GALLERY = \"s3://${var.galleries.name}/${runner.gallery}\" (the prefix its role may read), and a runner without one none")
+    # Consul: the runner's token reads the KV versions exactly when its entry names a gallery.
+    mesh_call = calls.get("mesh")
+    if mesh_call is None or not re.fullmatch(r"\$\{\[for (\w+) , (\w+) in var\.runners : \1 if \2\.gallery != None\]\}", str(mesh_call.attr("gallery_runners"))):
+        problems.append(f"{root}/main.tf: module mesh must get gallery_runners = [for name, runner in var.runners : name if runner.gallery != null]")
+    _, roles_value = _local(tree, "mesh", "roles")
+    roles_text = str(roles_value)
+    if not re.search(r"for (\w+) in var\.runner_names : \"runner:\$\{\1\}\" => \{'parameter': '[^']*', 'policy': '\$\{contains\(var\.gallery_runners,\1\) \? \"gallery-reader\" : \"\"\}', 'service': '\$\{\1\}'\}", roles_text):
+        problems.append("terraform/modules/mesh: a runner's token must get policy \"gallery-reader\" exactly when it is one of var.gallery_runners (policy = contains(var.gallery_runners, runner) ? \"gallery-reader\" : \"\")")
+    if not re.search(r"'gallery-operator': \{'parameter': '[^']*', 'policy': 'gallery-operator', 'service': ''\}", roles_text):
+        problems.append("terraform/modules/mesh: no role gallery-operator (policy \"gallery-operator\", no service identity) for the operators' token")
+    script = (root / MESH_SCRIPT).read_text() if (root / MESH_SCRIPT).exists() else ""
+    repo = root.parent
+    for short, wanted in (("gallery-reader", consul_rules.gallery_reader(repo)), ("gallery-operator", consul_rules.gallery_publisher(repo))):
+        found = re.search(rf'"{short}": \("[^"]*", \'([^\']*)\'\)', script)
+        granted = consul_rules.parse(found.group(1).replace("\\n", "\n")) if found else set()
+        if granted != wanted:
+            problems.append(f"{root / MESH_SCRIPT}: policy {short} grants {consul_rules.describe(granted) or 'nothing'}; it must grant exactly {consul_rules.describe(wanted)} (the key services/meme/src/store.rs writes)")
     return problems
 
 
@@ -892,7 +1042,7 @@ def run(root: pathlib.Path) -> list:
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree)]
     problems += [f"[visibility] {p}" for p in visibility(tree, root)]
     for rule in (images_pushed, consul_acls, gossip_encryption, consul_tls, connect_enabled, intentions, controller_grants, tokens_from_ssm, client_address,
-                 prometheus_discovery):
+                 prometheus_discovery, runner_galleries):
         problems += [f"[{rule.__name__}] {p}" for p in rule(tree, root)]
     problems += [f"[runner_ingress] {p}" for p in runner_ingress(tree)]
     problems += [f"[runner_ports] {p}" for p in runner_ports(tree)]

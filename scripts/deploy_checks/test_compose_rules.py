@@ -280,6 +280,84 @@ class RunnerDeclarations(unittest.TestCase):
         self.assertTrue((target / "packages").is_dir(), "the image copies this folder whatever the runner declares")
 
 
+class Galleries(Case):
+    """The compose gallery: read-only in the runners that follow it, their tokens reading
+    the galleries' KV versions exactly, the operators' token writing them."""
+
+    def check(self):
+        return compose_rules.run(self.scratch.root)
+
+    def gallery_runners(self):
+        return compose_rules.gallery_runner_names(self.scratch.root / "infra/docker-compose.yml")
+
+    def test_the_repository_has_a_gallery_runner(self):
+        self.assertTrue(self.gallery_runners(), "a runner entry follows the gallery (x-gallery-runner)")
+
+    def test_init_lists_the_runners_following_the_gallery_from_their_entries(self):
+        runner, compose = self.gallery_runners()[0], "infra/docker-compose.yml"
+        self.scratch.edit(compose, f"  {runner}:\n    <<: *gallery-runner\n", f"  {runner}:\n    <<: *runner\n")
+        self.scratch.edit(compose, f"{{<<: *gallery-runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}",
+                          f"{{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}")
+        self.assertNotIn(runner, self.gallery_runners())
+        run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh"), "--list-gallery-runners", str(self.scratch.root / compose)],
+                             capture_output=True, text=True, check=True)
+        self.assertEqual(sorted(run.stdout.split()), self.gallery_runners())
+
+    def test_a_runner_that_does_not_read_the_gallery_setting_fails(self):
+        other = next(name for name in RUNNERS if name not in self.gallery_runners())
+        compose = "infra/docker-compose.yml"
+        self.scratch.edit(compose, f"  {other}:\n    <<: *runner\n", f"  {other}:\n    <<: *gallery-runner\n")
+        self.scratch.edit(compose, f"{{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{other}}}",
+                          f"{{<<: *gallery-runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{other}}}")
+        self.assertReports(self.check(), rf"service {other} sets PLUGWORKER_MEME_GALLERY, which `{other}` does not read")
+
+    def test_a_runner_reading_a_gallery_without_one_fails(self):
+        runner, compose = self.gallery_runners()[0], "infra/docker-compose.yml"
+        self.scratch.edit(compose, f"  {runner}:\n    <<: *gallery-runner\n", f"  {runner}:\n    <<: *runner\n")
+        self.scratch.edit(compose, f"{{<<: *gallery-runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}",
+                          f"{{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}")
+        tfvars = self.scratch.root / "terraform/runners.auto.tfvars"
+        tfvars.write_text(re.sub(r', gallery = "[^"]*"', "", tfvars.read_text()))
+        problems = self.check()
+        self.assertReports(problems, rf"runner {runner} reads PLUGWORKER_MEME_GALLERY \(its --help\) but does not follow the gallery")
+        self.assertReports(problems, rf"runners\.auto\.tfvars: runner {runner} reads PLUGWORKER_MEME_GALLERY \(its --help\) but its entry names no gallery")
+
+    def test_a_gallery_runner_without_the_gallery_environment_fails(self):
+        runner = self.gallery_runners()[0]
+        self.scratch.edit("infra/docker-compose.yml", f"{{<<: *gallery-runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}",
+                          f"{{<<: *runner-env, CONSUL_HTTP_TOKEN_FILE: /run/consul-tokens/{runner}}}")
+        self.assertReports(self.check(), rf"runner {runner}: environment must be \{{<<: \*gallery-runner-env, .*\(it merges x-gallery-runner\)")
+
+    def test_a_writable_gallery_in_the_runners_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "    - gallery:/gallery:ro\n", "    - gallery:/gallery\n")
+        self.assertReports(self.check(), r"x-gallery-runner mounts the gallery gallery:/gallery writable; runners only read it")
+
+    def test_a_gallery_mounted_elsewhere_than_the_variable_says_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  PLUGWORKER_MEME_GALLERY: /gallery\n", "  PLUGWORKER_MEME_GALLERY: /opt/gallery\n")
+        self.assertReports(self.check(), r"x-gallery-runner must add exactly one mount, the gallery at PLUGWORKER_MEME_GALLERY=/opt/gallery")
+
+    def test_more_than_the_gallery_in_its_anchors_fails(self):
+        self.scratch.edit("infra/docker-compose.yml", "  PLUGWORKER_MEME_GALLERY: /gallery\n", "  PLUGWORKER_MEME_GALLERY: /gallery\n  RUST_LOG: debug\n")
+        self.scratch.edit("infra/docker-compose.yml", "    - gallery:/gallery:ro\n", "    - gallery:/gallery:ro\n    - payloads:/payloads\n")
+        problems = self.check()
+        self.assertReports(problems, r"x-gallery-runner-env sets \['PLUGWORKER_MEME_GALLERY', 'RUST_LOG'\]")
+        self.assertReports(problems, r"x-gallery-runner must add exactly one mount")
+
+    def test_a_reader_policy_that_writes_or_an_operator_policy_that_reads_fails(self):
+        init = "infra/consul/init.sh"
+        self.scratch.edit(init, "ensure_policy plugworker-gallery-reader '\nkey_prefix \"plugworker/galleries/\" { policy = \"read\" }'",
+                          "ensure_policy plugworker-gallery-reader '\nkey_prefix \"plugworker/galleries/\" { policy = \"write\" }'")
+        self.scratch.edit(init, "ensure_policy plugworker-gallery-operator '\nkey_prefix \"plugworker/galleries/\" { policy = \"write\" }'",
+                          "ensure_policy plugworker-gallery-operator '\nkey_prefix \"plugworker/\" { policy = \"write\" }'")
+        problems = self.check()
+        self.assertReports(problems, r'policy plugworker-gallery-reader grants key_prefix "plugworker/galleries/" write; it must grant exactly key_prefix "plugworker/galleries/" read')
+        self.assertReports(problems, r'policy plugworker-gallery-operator grants key_prefix "plugworker/" write; it must grant exactly key_prefix "plugworker/galleries/" write')
+
+    def test_gallery_runners_without_the_reader_policy_fail(self):
+        self.scratch.edit("infra/consul/init.sh", '-service-identity="$runner" \\\n        -policy-name=plugworker-gallery-reader ;;', '-service-identity="$runner" ;;')
+        self.assertReports(self.check(), r"the runners following the gallery \(.*\) get no plugworker-gallery-reader policy")
+
+
 class ConsulInit(unittest.TestCase):
     """infra/consul/init.sh derives the runners from the compose file as the rules do."""
 
@@ -290,6 +368,11 @@ class ConsulInit(unittest.TestCase):
     def test_it_lists_the_runner_entries(self):
         compose = REPO / "infra/docker-compose.yml"
         self.assertEqual(self.list_runners(compose), compose_rules.runner_names(REPO))
+
+    def test_it_lists_the_runners_following_the_gallery(self):
+        compose = REPO / "infra/docker-compose.yml"
+        run = subprocess.run(["sh", str(REPO / "infra/consul/init.sh"), "--list-gallery-runners", str(compose)], capture_output=True, text=True, check=True)
+        self.assertEqual(sorted(run.stdout.split()), compose_rules.gallery_runner_names(compose))
 
 
 # A stand-in for the consul CLI, for the commands init.sh uses: state in $FAKE_CONSUL.
@@ -357,12 +440,23 @@ class ConsulInitRun(unittest.TestCase):
         (self.state / "intentions" / "retired-runner.hcl").write_text('Name = "retired-runner"\n')
         self.init()
         secrets = set()
+        following = compose_rules.gallery_runner_names(REPO / "infra/docker-compose.yml")
+        self.assertTrue(following)
         for runner in compose_rules.runner_names(REPO):
             secret, created_with = self.token(f"runners/{runner}")
             self.assertIn(f"-service-identity={runner}", created_with)
+            # Only a runner following the gallery reads its versions in the KV.
+            self.assertEqual("-policy-name=plugworker-gallery-reader" in created_with, runner in following, created_with)
             secrets.add(secret)
             intention = (self.state / "intentions" / f"{runner}.hcl").read_text()
             self.assertIn('Sources = [{ Name = "controller", Action = "allow" }]', intention)
+        operator, created_with = self.token("gallery-operator/token")
+        self.assertIn("-policy-name=plugworker-gallery-operator", created_with)
+        self.assertNotIn(operator, secrets)
+        self.assertEqual((self.state / "policies" / "plugworker-gallery-reader").read_text().split(),
+                         'key_prefix "plugworker/galleries/" { policy = "read" }'.split())
+        self.assertEqual((self.state / "policies" / "plugworker-gallery-operator").read_text().split(),
+                         'key_prefix "plugworker/galleries/" { policy = "write" }'.split())
         controller, created_with = self.token("controller/token")
         self.assertIn("-policy-name=plugworker-controller", created_with)
         prometheus, created_with = self.token("prometheus/token")

@@ -76,8 +76,8 @@ class RunnersAsData(Rules):
         self.assertEqual(self.check(), [])
 
     def test_a_default_for_runners_fails(self):
-        self.scratch.edit("terraform/variables.tf", "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n",
-                          "    metrics_port = optional(number, 9464)  # Prometheus /metrics (PLUGWORKER_METRICS_ADDRESS)\n  }))\n  default = {}\n")
+        self.scratch.edit("terraform/variables.tf", "    gallery      = optional(string)        # prefix in the galleries bucket it follows (PLUGWORKER_MEME_GALLERY), read-only\n  }))\n",
+                          "    gallery      = optional(string)        # prefix in the galleries bucket it follows (PLUGWORKER_MEME_GALLERY), read-only\n  }))\n  default = {}\n")
         self.assertReports(self.check(), r"\[runner_names_only_in_tfvars\].*variable runners has a default")
 
     def test_repository_names_known_only_after_apply_fail(self):
@@ -157,7 +157,7 @@ class ConsulTrust(Rules):
         self.assertReports(self.check(), r"\[intentions\].*not every runner has the intention controller -> runner allow")
 
     def test_intentions_for_a_fixed_list_fail(self):
-        self.scratch.edit("terraform/main.tf", "  runner_names       = keys(var.runners)\n  controller_service", '  runner_names       = ["only-one"]\n  controller_service')
+        self.scratch.edit("terraform/main.tf", "  runner_names       = keys(var.runners)\n", '  runner_names       = ["only-one"]\n')
         self.assertReports(self.check(), r"\[intentions\].*module mesh must get runner_names = keys\(var\.runners\)")
 
     def test_a_controller_token_without_the_pipelines_read_fails(self):
@@ -202,6 +202,87 @@ class ConsulTrust(Rules):
     def test_the_plaintext_mode_fails(self):
         self.scratch.edit(SERVICES, '{ name = "OTEL_SERVICE_NAME", value = name },', '{ name = "OTEL_SERVICE_NAME", value = name },\n        { name = "PLUGWORKER_INSECURE_PLAINTEXT", value = "true" },')
         self.assertReports(self.check(), r"\[no_insecure_plaintext\].*modules/ecs/services\.tf:\d+")
+
+
+IAM = "terraform/modules/ecs/iam.tf"
+GALLERIES = "terraform/modules/galleries/main.tf"
+
+
+class Galleries(Rules):
+    """A runner entry's `gallery`: read on that prefix and its KV versions, nothing else."""
+
+    def test_a_runner_added_with_a_gallery_passes(self):
+        self.scratch.edit(TFVARS, "runners = {\n", 'runners = {\n  sound-runner = { cpu = 1024, memory = 2048, min_count = 1, max_count = 3, cpu_target = 70, gallery = "sounds/main" }\n')
+        self.assertEqual(self.check(), [])
+
+    def test_a_gallery_statement_for_every_runner_fails(self):
+        self.scratch.edit(IAM, 'resources = ["${var.payloads.arn}/${var.payloads.inputs_prefix}*"]',
+                          'resources = ["${var.payloads.arn}/${var.payloads.inputs_prefix}*", "${var.galleries.arn}/*"]')
+        self.assertReports(self.check(), r"\[runner_galleries\].*grants \['s3:GetObject'\] on the galleries bucket to every runner")
+
+    def test_a_runner_that_may_write_its_gallery_fails(self):
+        self.scratch.edit(IAM, 'sid       = "ReadGallery"\n      actions   = ["s3:GetObject"]', 'sid       = "ReadGallery"\n      actions   = ["s3:GetObject", "s3:PutObject"]')
+        problems = self.check()
+        self.assertReports(problems, r"\[runner_galleries\].*a runner with a gallery gets \['s3:GetObject', 's3:PutObject'\]")
+        self.assertReports(problems, r"\[runner_galleries\].*is not granted s3:GetObject on")
+
+    def test_a_runner_reading_the_whole_bucket_fails(self):
+        self.scratch.edit(IAM, 'resources = ["${var.galleries.arn}/${statement.value}/*"]', 'resources = ["${var.galleries.arn}/*"]')
+        self.assertReports(self.check(), r"\[runner_galleries\].*gets \['s3:GetObject'\] on \['\$\{var\.galleries\.arn\}/\*'\]")
+
+    def test_a_listing_not_limited_to_the_prefix_fails(self):
+        self.scratch.edit(IAM, 'values   = ["${statement.value}/*"]', 'values   = ["*"]')
+        self.assertReports(self.check(), r"\[runner_galleries\].*\['s3:ListBucket'\] .*\(no s3:prefix limit\)")
+
+    def test_gallery_statements_for_every_runner_fail(self):
+        self.scratch.edit(IAM, "for_each = each.value.gallery == null ? [] : [each.value.gallery]", 'for_each = ["memes"]', count=2)
+        self.assertReports(self.check(), r"\[runner_galleries\].*a statement on the galleries bucket exists for runners")
+
+    def test_one_role_shared_by_every_runner_fails(self):
+        self.scratch.edit(IAM, 'resource "aws_iam_role" "runner" {\n  for_each           = var.runners\n', 'resource "aws_iam_role" "runner" {\n')
+        self.assertReports(self.check(), r"\[runner_galleries\].*each runner needs its own policy document, role and role policy")
+
+    def test_another_policy_on_the_galleries_bucket_fails(self):
+        self.scratch.edit(IAM, 'resources = ["${var.payloads.arn}/${var.payloads.key_prefix}*"]',
+                          'resources = ["${var.payloads.arn}/${var.payloads.key_prefix}*", "${var.galleries.arn}/*"]')
+        self.assertReports(self.check(), r"\[runner_galleries\].*policy controller grants access to the galleries bucket")
+
+    def test_a_gallery_location_other_than_the_readable_prefix_fails(self):
+        self.scratch.edit(SERVICES, 'value = "s3://${var.galleries.name}/${runner.gallery}"', 'value = "s3://${var.galleries.name}/memes"')
+        self.assertReports(self.check(), r"\[runner_galleries\].*must get PLUGWORKER_MEME_GALLERY")
+
+    def test_every_runner_token_reading_the_galleries_fails(self):
+        self.scratch.edit(MESH, 'policy  = contains(var.gallery_runners, runner) ? "gallery-reader" : ""', 'policy  = "gallery-reader"')
+        self.assertReports(self.check(), r'\[runner_galleries\].*policy "gallery-reader" exactly when')
+
+    def test_a_reader_policy_that_writes_or_an_operator_policy_that_reads_fails(self):
+        reader = 'read the galleries\' versions", \'key_prefix "plugworker/galleries/" { policy = "'
+        operator = 'announce the galleries\' versions", \'key_prefix "plugworker/galleries/" { policy = "'
+        self.scratch.edit(MESH_SCRIPT, reader + 'read"', reader + 'write"')
+        self.scratch.edit(MESH_SCRIPT, operator + 'write"', operator + 'read"')
+        problems = self.check()
+        self.assertReports(problems, r'\[runner_galleries\].*policy gallery-reader grants key_prefix "plugworker/galleries/" write; it must grant exactly key_prefix "plugworker/galleries/" read')
+        self.assertReports(problems, r'\[runner_galleries\].*policy gallery-operator grants key_prefix "plugworker/galleries/" read; it must grant exactly key_prefix "plugworker/galleries/" write')
+
+    def test_a_task_holding_the_operators_token_fails(self):
+        self.scratch.edit(IAM, "    values(var.mesh.runner_token_arns),\n", "    values(var.mesh.runner_token_arns), [var.mesh.gallery_operator_token_arn],\n")
+        self.assertReports(self.check(), r"\[runner_galleries\].*hands a task the gallery operators' policy or Consul token")
+
+    def test_operators_policy_attached_elsewhere_fails(self):
+        self.scratch.edit("terraform/main.tf", "operator_roles     = var.gallery_operator_roles", 'operator_roles     = ["${var.name}-ecs-execution"]')
+        self.assertReports(self.check(), r"\[runner_galleries\].*module galleries must attach the operators' policy to var\.gallery_operator_roles only")
+
+    def test_a_gallery_bucket_expiring_templates_or_unversioned_fails(self):
+        self.scratch.edit(GALLERIES, "noncurrent_version_expiration {\n      noncurrent_days = var.noncurrent_days\n    }", "expiration {\n      days = 400\n    }")
+        self.scratch.edit(GALLERIES, 'status = "Enabled" # see the comment at the top', 'status = "Suspended"')
+        problems = self.check()
+        self.assertReports(problems, r"\[s3_buckets\].*aws_s3_bucket\.galleries expires current objects")
+        self.assertReports(problems, r"\[s3_buckets\].*aws_s3_bucket\.galleries has no lifecycle rule expiring noncurrent versions")
+        self.assertReports(problems, r"\[s3_buckets\].*aws_s3_bucket\.galleries is not versioned")
+
+    def test_runner_entries_without_a_gallery_field_fail(self):
+        self.scratch.edit("terraform/variables.tf", "    gallery      = optional(string)", "    image_gallery = optional(string)")
+        self.assertReports(self.check(), r"\[runner_galleries\].*the runners' entries have no optional `gallery`")
 
 
 class RunnerSecurityGroups(Rules):
@@ -336,11 +417,13 @@ class MeshScript(unittest.TestCase):
         code = ("import boto3, sys; boto3.client('ssm').put_parameter(Name=sys.argv[1], Value=sys.argv[2], Type='SecureString', Overwrite=True)")
         subprocess.run([str(MOTO_PYTHON), "-c", code, name, value], env=self.env, check=True, capture_output=True)
 
-    def write_mesh(self, runners):
-        """The parameters modules/mesh writes, for the controller, Prometheus, the agents and
-        `runners`: a token parameter per role and the mesh document."""
-        roles = {"agent": ("agent", ""), "controller": (self.controller_policy, "controller"), "prometheus": ("prometheus", "")}
-        roles.update({f"runner:{r}": ("", r) for r in runners})
+    def write_mesh(self, runners, galleries=()):
+        """The parameters modules/mesh writes, for the controller, Prometheus, the agents, the
+        gallery operators and `runners` (those in `galleries` following a gallery): a token
+        parameter per role and the mesh document."""
+        roles = {"agent": ("agent", ""), "controller": (self.controller_policy, "controller"), "prometheus": ("prometheus", ""),
+                 "gallery-operator": ("gallery-operator", "")}
+        roles.update({f"runner:{r}": ("gallery-reader" if r in galleries else "", r) for r in runners})
         tokens = []
         for role, (policy, service) in roles.items():
             accessor, secret = self.secrets.setdefault(role, (str(uuid.uuid4()), str(uuid.uuid4())))
@@ -451,6 +534,26 @@ class MeshScript(unittest.TestCase):
         self.assertEqual(self.register("sound-runner", self.secret("runner:sound-runner")), 200)
         self.assertEqual(self.consul("GET", "/v1/config/service-intentions/text-runner", self.MANAGEMENT)[0], 404)
         self.assertEqual(self.consul("GET", "/v1/config/service-intentions/billing", self.MANAGEMENT)[0], 200)
+
+    def test_a_gallery_runner_reads_the_galleries_versions_and_only_the_operators_write_them(self):
+        self.write_mesh(["sound-runner", "text-runner"], galleries=["sound-runner"])
+        self.run_mesh()
+        key = "/v1/kv/plugworker/galleries/0123456789abcdef"
+        operator, reader, other = self.secret("gallery-operator"), self.secret("runner:sound-runner"), self.secret("runner:text-runner")
+        self.assertEqual(self.consul("PUT", key, operator, {"version": "1"})[0], 200)
+        self.assertEqual(self.consul("GET", key, reader)[0], 200)
+        self.assertEqual(self.consul("PUT", key, reader, {"version": "2"})[0], 403)
+        self.assertEqual(self.consul("GET", key, other)[0], 403)
+        # The operators' token announces versions and does nothing else.
+        self.assertEqual(self.consul("GET", "/v1/kv/plugworker/pipelines/meme_report", operator)[0], 403)
+        self.assertEqual(self.register("sound-runner", operator), 403)
+        self.assertEqual(self.register("sound-runner", reader), 200)
+        # The gallery taken out of the runner's entry: its token loses the read.
+        self.write_mesh(["sound-runner", "text-runner"])
+        self.assertIn("token runner:sound-runner updated", self.run_mesh())
+        self.assertEqual(self.consul("GET", key, reader)[0], 403)
+        self.assertEqual(self.register("sound-runner", reader), 200)
+        self.assertEqual(self.run_mesh(), "")
 
     def test_proxy_variables_do_not_catch_the_local_agent(self):
         # A proxy that accepts and never answers; SSM (here moto, named localhost so
