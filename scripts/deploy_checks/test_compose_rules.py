@@ -17,6 +17,8 @@ import tempfile
 import unittest
 from unittest import mock
 
+import yaml
+
 from . import add_runner, compose_rules, dockerfile_rules, terraform_rules
 from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case
 
@@ -356,6 +358,43 @@ class Galleries(Case):
     def test_gallery_runners_without_the_reader_policy_fail(self):
         self.scratch.edit("infra/consul/init.sh", '-service-identity="$runner" \\\n        -policy-name=plugworker-gallery-reader ;;', '-service-identity="$runner" ;;')
         self.assertReports(self.check(), r"the runners following the gallery \(.*\) get no plugworker-gallery-reader policy")
+
+
+class GalleryInit(unittest.TestCase):
+    """The compose service gallery-init's own command, run here on folders standing in for
+    its mounts: an empty volume gets the demo gallery, one holding anything keeps it."""
+
+    def run_init(self, seed: pathlib.Path, gallery: pathlib.Path):
+        compose = yaml.safe_load((REPO / "infra/docker-compose.yml").read_text())
+        service = compose["services"]["gallery-init"]
+        mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in service["volumes"]}
+        self.assertEqual(mounts, {"/seed": "../models/gallery", "/gallery": "gallery"})
+        shell, flag, script = service["entrypoint"]
+        self.assertEqual((shell, flag), ("/bin/sh", "-c"))
+        # Compose turns $$ into $; the mounts become the stand-in folders.
+        script = script.replace("$$", "$").replace("/seed", "\0seed").replace("/gallery", str(gallery)).replace("\0seed", str(seed))
+        bin_dir = gallery.parent / "bin"
+        bin_dir.mkdir(exist_ok=True)
+        (bin_dir / "chown").write_text(f"#!/bin/sh\necho \"$@\" >> {gallery.parent}/chown\n")  # ownership needs root
+        (bin_dir / "chown").chmod(0o755)
+        env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}")
+        return subprocess.run([shell, flag, script], env=env, capture_output=True, text=True, check=True)
+
+    def test_an_empty_volume_gets_the_demo_gallery_and_a_used_one_is_kept(self):
+        tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+        gallery = tmp / "gallery"
+        gallery.mkdir()
+        self.run_init(REPO / "models/gallery", gallery)
+        demo = sorted(p.relative_to(REPO / "models/gallery") for p in (REPO / "models/gallery").rglob("*") if p.is_file())
+        self.assertTrue(demo)
+        self.assertEqual(sorted(p.relative_to(gallery) for p in gallery.rglob("*") if p.is_file()), demo)
+        self.assertIn(f"-R 10001:10001 {gallery}", (tmp / "chown").read_text())
+        # A published gallery: nothing copied over it, nothing removed.
+        shutil.rmtree(gallery)
+        gallery.mkdir()
+        (gallery / "current").write_text('{"version": "' + "0" * 64 + '"}')
+        self.run_init(REPO / "models/gallery", gallery)
+        self.assertEqual([p.name for p in gallery.iterdir()], ["current"])
 
 
 class ConsulInit(unittest.TestCase):
