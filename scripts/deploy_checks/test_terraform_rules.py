@@ -1,23 +1,26 @@
 """The terraform rules of issues 13 and 14 pass on the repository and each fails when the
 thing it guards is broken in a copy: runners named only in runners.auto.tfvars, Consul's
 ACLs, gossip encryption, TLS, Connect and intentions, tokens only from SSM, the runners'
-security groups, Consul's client address, no plaintext mode, and Prometheus finding its
-targets in Consul. MeshScript runs the
+security groups, Consul's client address, no plaintext mode, Prometheus finding its
+targets in Consul, and a runner's gallery read (Galleries). MeshScript runs the
 servers' token and intention bootstrap (modules/consul/mesh.py) against moto's SSM and
-plugworker's Consul-compatible registry. Run with the other deploy-check tests
+plugworker's Consul-compatible registry; GalleryPolicies runs `plugworker gallery` with the
+runner's and the operators' S3 policies on an emulator enforcing IAM. Run with the other deploy-check tests
 (test_deploy_checks loads these), or alone: python -m unittest deploy_checks.test_terraform_rules
 """
 import json
 import os
+import pathlib
 import socket
 import subprocess
+import tempfile
 import time
 import unittest
 import urllib.error
 import urllib.request
 import uuid
 
-from . import binaries, shutdown_rules, terraform_rules
+from . import binaries, hcl, shutdown_rules, terraform_rules
 from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case, _moto_python
 
 TFVARS = "terraform/runners.auto.tfvars"
@@ -576,3 +579,122 @@ class MeshScript(unittest.TestCase):
         run = subprocess.run([str(MOTO_PYTHON), str(REPO / "terraform/modules/consul/mesh.py")], env=self.env, capture_output=True, text=True, timeout=60)
         self.assertNotEqual(run.returncode, 0)
         self.assertIn("HTTP 403", run.stderr)
+
+
+MOTO_WRAPPER = REPO / "services/testkit/python/moto_sqs_atomic.py"
+# What the test's moto does unauthenticated before it enforces IAM: the bucket, then for
+# each of two users CreateUser, PutUserPolicy and CreateAccessKey.
+SETUP_ACTIONS = 7
+SETUP = """
+import boto3, json, sys
+policies = json.loads(sys.argv[1])
+s3, iam = boto3.client("s3"), boto3.client("iam")
+s3.create_bucket(Bucket="galleries")
+keys = {}
+for user, policy in policies.items():
+    iam.create_user(UserName=user)
+    iam.put_user_policy(UserName=user, PolicyName=user, PolicyDocument=json.dumps(policy))
+    key = iam.create_access_key(UserName=user)["AccessKey"]
+    keys[user] = [key["AccessKeyId"], key["SecretAccessKey"]]
+print(json.dumps(keys))
+"""
+
+
+def _iam_json(document, values: dict, gallery: bool) -> dict:
+    """The S3 statements of a terraform aws_iam_policy_document (its `dynamic "statement"`
+    contents too, when `gallery`: a runner whose entry names one) as an IAM policy, the
+    references it makes replaced by `values`."""
+    def resolve(text):
+        for reference, value in values.items():
+            text = text.replace(reference, value)
+        if "${" in text:
+            raise AssertionError(f"{document.where()}: {text}: a reference the test does not resolve")
+        return text
+
+    bodies = list(document.blocks("statement"))
+    if gallery:
+        bodies += [terraform_rules._one(terraform_rules._one(d)["statement"])["content"] for d in document.body.get("dynamic", [])]
+    statements = []
+    for body in bodies:
+        body = terraform_rules._one(body)
+        actions = terraform_rules._strings(body.get("actions"))
+        if not all(a.startswith("s3:") for a in actions):
+            continue  # KMS, SSM, ECS Exec: nothing the emulator's S3 asks
+        statement = {"Effect": "Allow", "Action": actions, "Resource": [resolve(r) for r in terraform_rules._strings(body.get("resources"))]}
+        for condition in body.get("condition", []) or []:
+            test, variable = terraform_rules._first(condition, "test"), terraform_rules._first(condition, "variable")
+            statement.setdefault("Condition", {}).setdefault(test, {})[variable] = [resolve(v) for v in terraform_rules._strings(condition.get("values"))]
+        statements.append(statement)
+    return {"Version": "2012-10-17", "Statement": statements}
+
+
+@unittest.skipUnless(MOTO_SERVER.exists(), "the S3 emulator venv (scripts/setup.sh) is not installed")
+@unittest.skipUnless(PLUGWORKER.exists(), "the plugworker binary is not built (cargo build --workspace --bins)")
+@unittest.skipUnless((REPO / "models/cache/sscd").is_dir(), "the meme model is not fetched (scripts/fetch-models.sh)")
+class GalleryPolicies(unittest.TestCase):
+    """The policies terraform gives a runner with a gallery and the gallery operators, as
+    IAM users of an S3 emulator that enforces IAM (moto, INITIAL_NO_AUTH_ACTION_COUNT), used
+    by the real `plugworker gallery` against the real store: the operators publish, the
+    runner reads its prefix and cannot publish there or read another. (moto evaluates
+    actions and resources; how AWS applies the ListBucket prefix condition to a missing
+    object is not modelled.)"""
+
+    def setUp(self):
+        tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
+        address = tmp / "moto.json"
+        env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_ACTIONS), AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
+                   AWS_ACCESS_KEY_ID="setup", AWS_SECRET_ACCESS_KEY="setup")
+        moto = subprocess.Popen([str(MOTO_PYTHON), str(MOTO_WRAPPER), "--address-file", str(address), "-p", "0"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.addCleanup(moto.wait)
+        self.addCleanup(moto.terminate)
+        deadline = time.time() + 30
+        while not address.exists():
+            if moto.poll() is not None or time.time() > deadline:
+                raise AssertionError(f"moto did not start (exit {moto.poll()})")
+            time.sleep(0.05)
+        self.endpoint = "http://" + json.loads(address.read_text())["http"]
+        tree = hcl.modules(REPO / "terraform")
+        documents = {(m, b.name): b for m, b in terraform_rules.all_blocks(tree) if b.kind == "data" and b.type == "aws_iam_policy_document"}
+        bucket = "arn:aws:s3:::galleries"
+        runner = _iam_json(documents[("ecs", "runner")], {"${var.galleries.arn}": bucket, "${statement.value}": "memes",
+                                                            "${var.payloads.arn}": "arn:aws:s3:::payloads", "${var.payloads.inputs_prefix}": "inputs/"}, gallery=True)
+        operators = _iam_json(documents[("galleries", "operators")], {"${aws_s3_bucket.galleries.arn}": bucket}, gallery=False)
+        setup = subprocess.run([str(MOTO_PYTHON), "-c", SETUP, json.dumps({"runner": runner, "operator": operators})],
+                               env=dict(env, AWS_ENDPOINT_URL=self.endpoint), capture_output=True, text=True, timeout=60)
+        self.assertEqual(setup.returncode, 0, setup.stderr)
+        self.keys = json.loads(setup.stdout)
+        self.images = REPO / "models/gallery"
+
+    def gallery(self, who, *args):
+        key, secret = self.keys.get(who, ["unknown", "unknown"])
+        env = dict(os.environ, AWS_ENDPOINT_URL=self.endpoint, AWS_REGION="us-east-1", AWS_ACCESS_KEY_ID=key, AWS_SECRET_ACCESS_KEY=secret,
+                   PLUGWORKER_MODELS_DIR=str(REPO / "models"), PLUGWORKER_GALLERY_AUTHOR=who)
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "PLUGWORKER_MEME_GALLERY", "CONSUL_HTTP_ADDR"):
+            env.pop(name, None)
+        # No Consul here: a publishing command skips the KV announcement.
+        publishes = ["--no-registry"] if args[0] in ("add", "remove", "rollback") else []
+        return subprocess.run([str(PLUGWORKER), "gallery", *args, *publishes], env=env, capture_output=True, text=True, timeout=300)
+
+    def test_operators_publish_and_a_runner_reads_its_prefix_only(self):
+        cat = self.gallery("operator", "add", "--gallery", "s3://galleries/memes", "--label", "cat", str(self.images / "chelsea-the-cat/chelsea.jpg"))
+        self.assertEqual(cat.returncode, 0, cat.stderr)
+        cup = self.gallery("operator", "add", "--gallery", "s3://galleries/memes", "--label", "cup", str(self.images / "coffee-cup/coffee.jpg"))
+        self.assertEqual(cup.returncode, 0, cup.stderr)
+        other = self.gallery("operator", "add", "--gallery", "s3://galleries/other", "--label", "cat", str(self.images / "chelsea-the-cat/chelsea.jpg"))
+        self.assertEqual(other.returncode, 0, other.stderr)
+        # The runner reads its gallery (what it loads: current, manifest, embeddings, templates).
+        listed = self.gallery("runner", "list", "--gallery", "s3://galleries/memes")
+        self.assertEqual(listed.returncode, 0, listed.stderr)
+        self.assertIn("cup", listed.stdout)
+        # It cannot publish there, nor read another gallery; without a key nothing works.
+        for refused in (self.gallery("runner", "rollback", "--gallery", "s3://galleries/memes", "--to", cat.stdout.strip()),
+                        self.gallery("runner", "remove", "--gallery", "s3://galleries/memes", "--label", "cup"),
+                        self.gallery("runner", "list", "--gallery", "s3://galleries/other"),
+                        self.gallery("nobody", "list", "--gallery", "s3://galleries/memes")):
+            self.assertNotEqual(refused.returncode, 0, refused.stdout)
+            self.assertRegex(refused.stderr, r"AccessDenied|InvalidAccessKeyId|403", refused.stderr)
+        # The operators roll back (the way back needs no model).
+        back = self.gallery("operator", "rollback", "--gallery", "s3://galleries/memes", "--to", cat.stdout.strip())
+        self.assertEqual(back.returncode, 0, back.stderr)
+        self.assertNotIn("cup", self.gallery("runner", "list", "--gallery", "s3://galleries/memes").stdout)
