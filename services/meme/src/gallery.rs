@@ -102,23 +102,20 @@ impl Gallery {
         }
     }
 
-    /// Row `i` is `embeddings[templates[i].sha256]`; `None` if one is missing.
-    pub(crate) fn assemble(
+    /// A gallery whose row `i` (of `index`) is the embedding of `templates[i]`.
+    pub(crate) fn from_index(
         templates: Vec<Template>,
-        embeddings: &HashMap<String, Vec<f32>>,
+        index: EmbeddingIndex,
         version: String,
         embedding_model: String,
-    ) -> Option<Self> {
-        let mut index = EmbeddingIndex::new(EMBEDDING_DIM);
-        for template in &templates {
-            index.push(embeddings.get(&template.sha256)?);
-        }
-        Some(Self {
+    ) -> Self {
+        assert_eq!(templates.len(), index.len(), "one embedding per template");
+        Self {
             templates,
             index,
             version,
             embedding_model,
-        })
+        }
     }
 
     /// The version this gallery is: the manifest's id in a versioned gallery, the hash of
@@ -132,12 +129,13 @@ impl Gallery {
         &self.embedding_model
     }
 
-    /// Embedding of each template, by file sha256 (rows a reload can reuse).
-    pub(crate) fn embeddings_by_sha(&self) -> HashMap<String, Vec<f32>> {
+    /// The row of each template, by file sha256: what a reload copies instead of reading
+    /// or computing again. Borrowed, so finding them costs no copy of the rows.
+    pub(crate) fn rows_by_sha(&self) -> HashMap<&str, usize> {
         self.templates
             .iter()
             .enumerate()
-            .map(|(row, t)| (t.sha256.clone(), self.index.row(row).to_vec()))
+            .map(|(row, t)| (t.sha256.as_str(), row))
             .collect()
     }
 
@@ -148,6 +146,17 @@ impl Gallery {
         root: &Path,
         embedder: &Embedder,
         cache_dir: Option<&Path>,
+    ) -> Result<(Self, LoadStats), GalleryError> {
+        Self::load_with(root, embedder, cache_dir, &FileHashes::default())
+    }
+
+    /// [`Gallery::load`], taking the sha256 of files unchanged since `hashes` last saw
+    /// them from it instead of reading them.
+    pub(crate) fn load_with(
+        root: &Path,
+        embedder: &Embedder,
+        cache_dir: Option<&Path>,
+        hashes: &FileHashes,
     ) -> Result<(Self, LoadStats), GalleryError> {
         let files = discover(root)?;
         let cache_file =
@@ -167,17 +176,19 @@ impl Gallery {
         let mut fresh: HashMap<String, Vec<f32>> = HashMap::new();
         for (label, relative) in files {
             let path = root.join(&relative);
-            let bytes = std::fs::read(&path).map_err(|source| GalleryError::Io {
+            let io = |source| GalleryError::Io {
                 path: path.clone(),
                 source,
-            })?;
-            let sha256 = sha256_hex(&bytes);
-            let embedding = if let Some(embedding) =
-                cached.get(&sha256).or_else(|| fresh.get(&sha256))
-            {
+            };
+            let known = hashes.sha256(&path).map_err(io)?;
+            let sha256 = if let Some(embedding) = cached.get(&known).or_else(|| fresh.get(&known)) {
                 stats.from_cache += 1;
-                embedding.clone()
+                index.push(embedding);
+                known
             } else {
+                // Hashed again from the bytes embedded: the file may have changed since.
+                let bytes = std::fs::read(&path).map_err(io)?;
+                let sha256 = sha256_hex(&bytes);
                 let image = decode_template(&bytes).map_err(|reason| GalleryError::Template {
                     path: path.clone(),
                     reason,
@@ -189,10 +200,13 @@ impl Gallery {
                         source,
                     })?;
                 stats.embedded += 1;
-                fresh.insert(sha256.clone(), embedding.clone());
-                embedding
+                index.push(&embedding);
+                fresh.insert(sha256.clone(), embedding);
+                if sha256 != known {
+                    hashes.forget(&path);
+                }
+                sha256
             };
-            index.push(&embedding);
             templates.push(Template {
                 label,
                 name: relative.clone(),
@@ -258,21 +272,122 @@ pub fn legacy_version(templates: &[Template]) -> String {
     hex(&hasher.finalize())
 }
 
-/// The templates of a read-only folder gallery, each file read and hashed (not decoded).
-pub fn scan(root: &Path) -> Result<Vec<Template>, GalleryError> {
-    discover(root)?
+/// The templates of a read-only folder gallery, each file hashed (not decoded): read only
+/// when `hashes` has not seen it as it is now.
+pub(crate) fn scan(root: &Path, hashes: &FileHashes) -> Result<Vec<Template>, GalleryError> {
+    let files = discover(root)?;
+    let mut seen = Vec::with_capacity(files.len());
+    let templates = files
         .into_iter()
         .map(|(label, file)| {
             let path = root.join(&file);
-            let bytes = std::fs::read(&path).map_err(|source| GalleryError::Io { path, source })?;
+            let sha256 = hashes.sha256(&path).map_err(|source| GalleryError::Io {
+                path: path.clone(),
+                source,
+            })?;
+            seen.push(path);
             Ok(Template {
                 label,
                 name: file.clone(),
                 file,
-                sha256: sha256_hex(&bytes),
+                sha256,
             })
         })
-        .collect()
+        .collect::<Result<Vec<_>, GalleryError>>()?;
+    hashes.retain(&seen);
+    Ok(templates)
+}
+
+/// The sha256 of files by path, valid while the file's status is unchanged: polling a
+/// read-only folder of 10,000 templates then costs a listing and a `stat` per file, not
+/// reading and hashing every byte (docs/benchmarks.md, gallery scale).
+///
+/// A file is rehashed when its size, modification or status-change time, inode or device
+/// differ from when it was hashed. Writing a file updates its status-change time, which
+/// no tool can set back, so an edit that restores the old size and modification time is
+/// seen too. A file modified within [`RACY`] of being hashed is not remembered: a second
+/// write in the same timestamp tick would leave its status unchanged (git's "racy clean").
+#[derive(Debug)]
+pub(crate) struct FileHashes {
+    known: std::sync::Mutex<HashMap<PathBuf, (FileStamp, String)>>,
+    racy: std::time::Duration,
+}
+
+impl Default for FileHashes {
+    fn default() -> Self {
+        Self {
+            known: Default::default(),
+            racy: RACY,
+        }
+    }
+}
+
+/// What a file's status says about its content.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct FileStamp {
+    device: u64,
+    inode: u64,
+    len: u64,
+    modified: (i64, i64),
+    changed: (i64, i64),
+}
+
+/// Files changed this recently are hashed again at the next look (see [`FileHashes`]).
+const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+impl FileStamp {
+    fn of(metadata: &std::fs::Metadata) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        Self {
+            device: metadata.dev(),
+            inode: metadata.ino(),
+            len: metadata.len(),
+            modified: (metadata.mtime(), metadata.mtime_nsec()),
+            changed: (metadata.ctime(), metadata.ctime_nsec()),
+        }
+    }
+
+    /// Whether the last change is at least `racy` old by the clock now.
+    fn settled(&self, racy: std::time::Duration) -> bool {
+        let (seconds, nanos) = self.modified.max(self.changed);
+        let last = std::time::UNIX_EPOCH
+            + std::time::Duration::new(seconds.max(0) as u64, nanos.clamp(0, 999_999_999) as u32);
+        std::time::SystemTime::now()
+            .duration_since(last)
+            .is_ok_and(|age| age >= racy)
+    }
+}
+
+impl FileHashes {
+    /// The sha256 of the file at `path`: remembered if its status is unchanged, else read.
+    pub(crate) fn sha256(&self, path: &Path) -> std::io::Result<String> {
+        let stamp = FileStamp::of(&std::fs::metadata(path)?);
+        if let Some((known, sha256)) = self.lock().get(path)
+            && *known == stamp
+        {
+            return Ok(sha256.clone());
+        }
+        let sha256 = sha256_hex(&std::fs::read(path)?);
+        if stamp.settled(self.racy) {
+            self.lock().insert(path.to_owned(), (stamp, sha256.clone()));
+        }
+        Ok(sha256)
+    }
+
+    /// Forgets `path` (its bytes were seen to differ from what its status promised).
+    pub(crate) fn forget(&self, path: &Path) {
+        self.lock().remove(path);
+    }
+
+    /// Keeps only `paths`: files gone from the gallery are not remembered for ever.
+    fn retain(&self, paths: &[PathBuf]) {
+        let keep: std::collections::HashSet<&PathBuf> = paths.iter().collect();
+        self.lock().retain(|path, _| keep.contains(path));
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<PathBuf, (FileStamp, String)>> {
+        self.known.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 /// (label, path relative to root) of every template, in a stable order.
@@ -423,53 +538,68 @@ pub(crate) fn decode_embeddings(
     bytes: Vec<u8>,
     key: &str,
 ) -> std::io::Result<HashMap<String, Vec<f32>>> {
-    let invalid =
-        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
-    let mut cursor = Cursor::new(bytes);
-    let mut magic = vec![0u8; CACHE_MAGIC.len()];
-    cursor.read_exact(&mut magic)?;
-    if magic != CACHE_MAGIC {
-        return Err(invalid("not a gallery embeddings file"));
-    }
-    let stored_key = read_string(&mut cursor)?;
-    if stored_key != key {
-        return Err(invalid("embeddings of another model"));
-    }
-    let dim = read_u32(&mut cursor)? as usize;
-    let count = read_u32(&mut cursor)? as usize;
-    if dim != EMBEDDING_DIM {
-        return Err(invalid("embeddings of another width"));
-    }
     // Bounded by what the bytes can hold, so a corrupt count cannot reserve gigabytes.
-    let mut entries = HashMap::with_capacity(count.min(cursor.get_ref().len() / (dim * 4)));
-    let mut buffer = vec![0u8; dim * 4];
-    for _ in 0..count {
-        let sha = read_string(&mut cursor)?;
-        cursor.read_exact(&mut buffer)?;
-        let embedding = buffer
-            .as_chunks::<4>()
-            .0
-            .iter()
-            .map(|b| f32::from_le_bytes(*b))
-            .collect();
-        entries.insert(sha, embedding);
-    }
+    let mut entries = HashMap::with_capacity(bytes.len() / (EMBEDDING_DIM * 4));
+    for_each_embedding(Cursor::new(bytes), key, |sha, row| {
+        entries.insert(sha.to_string(), row.to_vec());
+    })?;
     Ok(entries)
 }
 
-/// The embeddings file format (see [`decode_embeddings`]), rows sorted by sha256 so equal
-/// contents give equal bytes (the blobs are content-addressed).
-pub(crate) fn encode_embeddings(key: &str, entries: &HashMap<String, Vec<f32>>) -> Vec<u8> {
+/// Reads the embeddings format from `reader` row by row, handing each (template sha256,
+/// row) to `visit`: a reload takes the rows it lacks without holding the whole blob
+/// decoded (10,000 rows are 20 MB).
+pub(crate) fn for_each_embedding(
+    mut reader: impl Read,
+    key: &str,
+    mut visit: impl FnMut(&str, &[f32]),
+) -> std::io::Result<()> {
+    let invalid =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::InvalidData, what.to_string());
+    let mut magic = vec![0u8; CACHE_MAGIC.len()];
+    reader.read_exact(&mut magic)?;
+    if magic != CACHE_MAGIC {
+        return Err(invalid("not a gallery embeddings file"));
+    }
+    let stored_key = read_string(&mut reader)?;
+    if stored_key != key {
+        return Err(invalid("embeddings of another model"));
+    }
+    let dim = read_u32(&mut reader)? as usize;
+    let count = read_u32(&mut reader)? as usize;
+    if dim != EMBEDDING_DIM {
+        return Err(invalid("embeddings of another width"));
+    }
+    let mut buffer = vec![0u8; dim * 4];
+    let mut row = vec![0f32; dim];
+    for _ in 0..count {
+        let sha = read_string(&mut reader)?;
+        reader.read_exact(&mut buffer)?;
+        for (value, bytes) in row.iter_mut().zip(buffer.as_chunks::<4>().0) {
+            *value = f32::from_le_bytes(*bytes);
+        }
+        visit(&sha, &row);
+    }
+    Ok(())
+}
+
+/// The embeddings file format (see [`decode_embeddings`]): one row per distinct sha256,
+/// sorted by it so equal contents give equal bytes (the blobs are content-addressed).
+pub(crate) fn encode_embeddings<'a>(
+    key: &str,
+    entries: impl IntoIterator<Item = (&'a str, &'a [f32])>,
+) -> Vec<u8> {
+    let mut entries: Vec<(&str, &[f32])> = entries.into_iter().collect();
+    entries.sort_unstable_by_key(|(sha, _)| *sha);
+    entries.dedup_by_key(|(sha, _)| *sha);
     let mut bytes = Vec::with_capacity(64 + entries.len() * (EMBEDDING_DIM * 4 + 72));
     bytes.extend_from_slice(CACHE_MAGIC);
     write_string(&mut bytes, key);
     bytes.extend_from_slice(&(EMBEDDING_DIM as u32).to_le_bytes());
     bytes.extend_from_slice(&(entries.len() as u32).to_le_bytes());
-    let mut keys: Vec<&String> = entries.keys().collect();
-    keys.sort();
-    for sha in keys {
+    for (sha, row) in entries {
         write_string(&mut bytes, sha);
-        for value in &entries[sha] {
+        for value in row {
             bytes.extend_from_slice(&value.to_le_bytes());
         }
     }
@@ -482,7 +612,12 @@ fn write_cache(path: &Path, key: &str, entries: &HashMap<String, Vec<f32>>) -> s
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir)?;
     }
-    let bytes = encode_embeddings(key, entries);
+    let bytes = encode_embeddings(
+        key,
+        entries
+            .iter()
+            .map(|(sha, row)| (sha.as_str(), row.as_slice())),
+    );
     write_atomically(path, &bytes)
 }
 
@@ -508,14 +643,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
     std::fs::rename(&temporary, path)
 }
 
-fn read_u32(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<u32> {
+fn read_u32(reader: &mut impl Read) -> std::io::Result<u32> {
     let mut buffer = [0u8; 4];
-    cursor.read_exact(&mut buffer)?;
+    reader.read_exact(&mut buffer)?;
     Ok(u32::from_le_bytes(buffer))
 }
 
-fn read_string(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<String> {
-    let length = read_u32(cursor)? as usize;
+fn read_string(reader: &mut impl Read) -> std::io::Result<String> {
+    let length = read_u32(reader)? as usize;
     if length > 4096 {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
@@ -523,7 +658,7 @@ fn read_string(cursor: &mut Cursor<Vec<u8>>) -> std::io::Result<String> {
         ));
     }
     let mut buffer = vec![0u8; length];
-    cursor.read_exact(&mut buffer)?;
+    reader.read_exact(&mut buffer)?;
     String::from_utf8(buffer).map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
 }
 
@@ -622,6 +757,38 @@ mod tests {
             discover(&dir.path().join("nope")),
             Err(GalleryError::Missing(_))
         ));
+    }
+
+    #[test]
+    fn a_file_whose_status_is_unchanged_is_not_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("drake/a.jpg");
+        touch(&path);
+        let hashes = FileHashes {
+            known: Default::default(),
+            racy: std::time::Duration::ZERO,
+        };
+        let first = scan(dir.path(), &hashes).unwrap()[0].sha256.clone();
+        assert_eq!(first, sha256_hex(b"not read by discover"));
+        // What is remembered is what is answered while the status is unchanged: plant
+        // another hash to see the file is not read.
+        hashes.lock().get_mut(&path).unwrap().1 = "planted".into();
+        assert_eq!(scan(dir.path(), &hashes).unwrap()[0].sha256, "planted");
+        // Any write changes the status (the change time at least): read again.
+        std::fs::write(&path, b"new bytes, other template").unwrap();
+        assert_eq!(
+            scan(dir.path(), &hashes).unwrap()[0].sha256,
+            sha256_hex(b"new bytes, other template")
+        );
+        // A file written within the racy window is not remembered.
+        let fresh = FileHashes::default();
+        scan(dir.path(), &fresh).unwrap();
+        assert!(fresh.lock().is_empty());
+        // Files that left the gallery are forgotten.
+        std::fs::remove_file(&path).unwrap();
+        touch(&dir.path().join("doge.jpg"));
+        scan(dir.path(), &hashes).unwrap();
+        assert!(!hashes.lock().contains_key(&path));
     }
 
     #[test]

@@ -28,6 +28,15 @@ impl EmbeddingIndex {
         }
     }
 
+    /// `count` rows of zeros, to be filled with [`EmbeddingIndex::row_mut`]: one allocation
+    /// of the final size, so a reload never holds a second copy of the rows it assembles.
+    pub fn zeroed(dim: usize, count: usize) -> Self {
+        Self {
+            dim,
+            rows: vec![0.0; dim * count],
+        }
+    }
+
     /// Appends a row; `embedding` must have the index's width.
     pub fn push(&mut self, embedding: &[f32]) {
         assert_eq!(embedding.len(), self.dim, "embedding width");
@@ -44,6 +53,10 @@ impl EmbeddingIndex {
 
     pub fn row(&self, row: usize) -> &[f32] {
         &self.rows[row * self.dim..(row + 1) * self.dim]
+    }
+
+    pub fn row_mut(&mut self, row: usize) -> &mut [f32] {
+        &mut self.rows[row * self.dim..(row + 1) * self.dim]
     }
 
     /// Similarity of `query` to every row, in row order.

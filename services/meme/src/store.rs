@@ -14,11 +14,12 @@
 //! change on top of the first instead of overwriting it. A folder without `current` is a
 //! read-only gallery in the older format ([`Gallery::load`]); publishing to it converts it.
 
-use crate::embedder::{Embedder, EmbedderError};
+use crate::embedder::{EMBEDDING_DIM, Embedder, EmbedderError};
 use crate::gallery::{
-    self, Gallery, GalleryError, Template, decode_embeddings, decode_template, encode_embeddings,
-    sha256_hex, validate_label, write_atomically,
+    self, FileHashes, Gallery, GalleryError, Template, decode_embeddings, decode_template,
+    encode_embeddings, sha256_hex, validate_label, write_atomically,
 };
+use crate::index::EmbeddingIndex;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fmt;
@@ -223,6 +224,9 @@ pub enum Change {
         label: String,
         images: Vec<NewImage>,
     },
+    /// Templates under several labels in one version, each (label, image): a bulk import
+    /// (a whole collection at once, rather than one version per label).
+    Import { templates: Vec<(String, NewImage)> },
     /// Every template of `label`, or only those whose `name` or `file` is `file`.
     Remove { label: String, file: Option<String> },
     /// A new version with the templates of `to` (a version id or a unique prefix of one in
@@ -251,6 +255,8 @@ pub struct GalleryStore {
     backend: Backend,
     cache_dir: Option<PathBuf>,
     reembed: bool,
+    /// A read-only folder's file hashes, so a poll of `current` reads only changed files.
+    hashes: FileHashes,
 }
 
 enum Backend {
@@ -297,6 +303,7 @@ impl GalleryStore {
             backend,
             cache_dir: None,
             reembed: false,
+            hashes: FileHashes::default(),
         })
     }
 
@@ -316,6 +323,7 @@ impl GalleryStore {
             backend,
             cache_dir: None,
             reembed: false,
+            hashes: FileHashes::default(),
         }
     }
 
@@ -343,7 +351,9 @@ impl GalleryStore {
             return Ok(version);
         }
         match &self.backend {
-            Backend::Folder(root) => Ok(gallery::legacy_version(&gallery::scan(root)?)),
+            Backend::Folder(root) => {
+                Ok(gallery::legacy_version(&gallery::scan(root, &self.hashes)?))
+            }
             #[cfg(feature = "s3")]
             Backend::S3(_) => Err(StoreError::NoVersion(self.location.to_string())),
         }
@@ -364,51 +374,15 @@ impl GalleryStore {
                 let Some(root) = self.folder() else {
                     unreachable!("only folders are read-only galleries")
                 };
-                let (gallery, stats) = Gallery::load(root, embedder, self.cache_dir.as_deref())?;
+                let (gallery, stats) =
+                    Gallery::load_with(root, embedder, self.cache_dir.as_deref(), &self.hashes)?;
                 tracing::info!(gallery = %self.location, version = short_version(gallery.version()), ?stats, "loaded read-only gallery folder");
                 return Ok(gallery);
             }
             Err(e) => return Err(e),
         };
         let key = embedder.cache_key();
-        let mut rows = previous
-            .filter(|p| p.embedding_model() == key)
-            .map(Gallery::embeddings_by_sha)
-            .unwrap_or_default();
-        let wanted: std::collections::HashSet<&str> = manifest
-            .templates
-            .iter()
-            .map(|t| t.sha256.as_str())
-            .collect();
-        rows.retain(|sha, _| wanted.contains(sha.as_str()));
-        let missing = |rows: &HashMap<String, Vec<f32>>| {
-            manifest
-                .templates
-                .iter()
-                .any(|t| !rows.contains_key(&t.sha256))
-        };
-        if missing(&rows) && manifest.embedding_model == key {
-            let stored = self.read_embeddings(&manifest.embeddings, &key).await?;
-            for template in &manifest.templates {
-                if !rows.contains_key(&template.sha256)
-                    && let Some(row) = stored.get(&template.sha256)
-                {
-                    rows.insert(template.sha256.clone(), row.clone());
-                }
-            }
-        }
-        let mut embedded = 0;
-        for template in &manifest.templates {
-            if !rows.contains_key(&template.sha256) {
-                let row = self.embed_stored(template, embedder).await?;
-                rows.insert(template.sha256.clone(), row);
-                embedded += 1;
-            }
-        }
-        if embedded > 0 {
-            tracing::warn!(gallery = %self.location, version = short_version(version), embedded, model = %key, stored_model = %manifest.embedding_model, "embedded templates the version holds no embeddings for (another model)");
-        }
-        let templates = manifest
+        let templates: Vec<Template> = manifest
             .templates
             .iter()
             .map(|t| Template {
@@ -418,8 +392,68 @@ impl GalleryStore {
                 name: t.name.clone(),
             })
             .collect();
-        Gallery::assemble(templates, &rows, version.to_string(), key)
-            .ok_or_else(|| self.corrupt(version, "a template has no embedding".into()))
+        // The new version's rows are written straight into its index: copied from the
+        // version serving (same model), then the rows still missing taken from the blob
+        // as it is read, then computed. Nothing else holds a row, so adding one template
+        // to 10,000 costs the new index and a read of the blob, not copies of every row.
+        let mut index = EmbeddingIndex::zeroed(EMBEDDING_DIM, templates.len());
+        let mut missing: HashMap<&str, Vec<usize>> = HashMap::new();
+        let reusable = previous
+            .filter(|p| p.embedding_model() == key)
+            .map(|p| (p, p.rows_by_sha()));
+        for (position, template) in templates.iter().enumerate() {
+            match &reusable {
+                Some((previous, rows)) if rows.contains_key(template.sha256.as_str()) => {
+                    let row = rows[template.sha256.as_str()];
+                    index
+                        .row_mut(position)
+                        .copy_from_slice(previous.index().row(row));
+                }
+                _ => missing
+                    .entry(template.sha256.as_str())
+                    .or_default()
+                    .push(position),
+            }
+        }
+        let reused = templates.len() - missing.values().map(Vec::len).sum::<usize>();
+        if !missing.is_empty() && manifest.embedding_model == key {
+            let object = &manifest.embeddings;
+            let reader = self
+                .reader(object)
+                .await?
+                .ok_or_else(|| StoreError::Missing {
+                    location: self.location.to_string(),
+                    object: object.clone(),
+                })?;
+            gallery::for_each_embedding(reader, &key, |sha, row| {
+                if let Some(positions) = missing.remove(sha) {
+                    for position in positions {
+                        index.row_mut(position).copy_from_slice(row);
+                    }
+                }
+            })
+            .map_err(|e| self.corrupt(object, e.to_string()))?;
+        }
+        let mut embedded = 0;
+        for (sha, positions) in missing {
+            let template = &manifest.templates[positions[0]];
+            debug_assert_eq!(template.sha256, sha);
+            let row = self.embed_stored(template, embedder).await?;
+            for position in positions {
+                index.row_mut(position).copy_from_slice(&row);
+            }
+            embedded += 1;
+        }
+        if embedded > 0 {
+            tracing::warn!(gallery = %self.location, version = short_version(version), embedded, model = %key, stored_model = %manifest.embedding_model, "embedded templates the version holds no embeddings for (another model)");
+        }
+        tracing::debug!(gallery = %self.location, version = short_version(version), templates = templates.len(), reused, embedded, "loaded gallery version");
+        Ok(Gallery::from_index(
+            templates,
+            index,
+            version.to_string(),
+            key,
+        ))
     }
 
     /// The versions from the current one back to the first, newest first.
@@ -463,7 +497,7 @@ impl GalleryStore {
                 let Some(root) = self.folder() else {
                     unreachable!("only folders are read-only galleries")
                 };
-                Ok(gallery::scan(root)?
+                Ok(gallery::scan(root, &self.hashes)?
                     .into_iter()
                     .map(|t| StoredTemplate {
                         name: t.file.clone(),
@@ -525,14 +559,19 @@ impl GalleryStore {
         // Embeddings known so far, by template sha256: the new images', then each base's.
         let mut known: HashMap<String, Vec<f32>> = HashMap::new();
         let mut additions: Vec<(StoredTemplate, &NewImage)> = Vec::new();
-        if let Change::Add { label, images } = &change {
+        let incoming: Vec<(&String, &NewImage)> = match &change {
+            Change::Add { label, images } => images.iter().map(|image| (label, image)).collect(),
+            Change::Import { templates } => templates.iter().map(|(l, i)| (l, i)).collect(),
+            Change::Remove { .. } | Change::Rollback { .. } => Vec::new(),
+        };
+        if matches!(change, Change::Add { .. } | Change::Import { .. }) {
             let embedder = embedder.ok_or(StoreError::NeedsModel)?;
-            validate_label(label)
-                .map_err(|reason| StoreError::Change(format!("label {label:?}: {reason}")))?;
-            if images.is_empty() {
+            if incoming.is_empty() {
                 return Err(StoreError::Change("no images to add".into()));
             }
-            for image in images {
+            for (label, image) in incoming {
+                validate_label(label)
+                    .map_err(|reason| StoreError::Change(format!("label {label:?}: {reason}")))?;
                 let sha256 = sha256_hex(&image.bytes);
                 let decoded =
                     decode_template(&image.bytes).map_err(|reason| StoreError::Template {
@@ -579,17 +618,18 @@ impl GalleryStore {
                 (None, None) => return Err(StoreError::NeedsModel),
             };
             let (templates, description, warnings) = match &change {
-                Change::Add { label, .. } => {
+                Change::Add { .. } | Change::Import { .. } => {
                     self.fill_embeddings(&base, &base.templates, &key, embedder, &mut known)
                         .await?;
                     let mut templates = base.templates.clone();
+                    let mut present: std::collections::HashSet<(String, String)> = templates
+                        .iter()
+                        .map(|t| (t.label.clone(), t.sha256.clone()))
+                        .collect();
                     let mut warnings = Vec::new();
                     let mut added = 0;
                     for (new, _) in &additions {
-                        if templates
-                            .iter()
-                            .any(|t| t.sha256 == new.sha256 && t.label == new.label)
-                        {
+                        if !present.insert((new.label.clone(), new.sha256.clone())) {
                             warnings.push(format!(
                                 "{}: already a template of {:?}, skipped",
                                 new.name, new.label
@@ -610,11 +650,15 @@ impl GalleryStore {
                         });
                     }
                     let plural = if added == 1 { "image" } else { "images" };
-                    (
-                        templates,
-                        format!("add {label} ({added} {plural})"),
-                        warnings,
-                    )
+                    let description = match &change {
+                        Change::Add { label, .. } => format!("add {label} ({added} {plural})"),
+                        _ => {
+                            let labels: std::collections::HashSet<&str> =
+                                additions.iter().map(|(t, _)| t.label.as_str()).collect();
+                            format!("import {added} {plural} ({} labels)", labels.len())
+                        }
+                    };
+                    (templates, description, warnings)
                 }
                 Change::Remove { label, file } => {
                     let matches = |t: &StoredTemplate| {
@@ -686,11 +730,12 @@ impl GalleryStore {
                     self.put_immutable(&template.file, &bytes).await?;
                 }
             }
-            let rows: HashMap<String, Vec<f32>> = templates
-                .iter()
-                .map(|t| (t.sha256.clone(), known[&t.sha256].clone()))
-                .collect();
-            let blob = encode_embeddings(&key, &rows);
+            let blob = encode_embeddings(
+                &key,
+                templates
+                    .iter()
+                    .map(|t| (t.sha256.as_str(), known[&t.sha256].as_slice())),
+            );
             let embeddings = format!("embeddings/{key}/{}.bin", sha256_hex(&blob));
             self.put_immutable(&embeddings, &blob).await?;
             let manifest = Manifest {
@@ -771,7 +816,7 @@ impl GalleryStore {
                 unstored: HashMap::new(),
             });
         };
-        let scanned = match gallery::scan(root) {
+        let scanned = match gallery::scan(root, &self.hashes) {
             Ok(scanned) => scanned,
             Err(GalleryError::Missing(_) | GalleryError::Empty(_)) => Vec::new(),
             Err(e) => return Err(e.into()),
@@ -949,6 +994,31 @@ impl GalleryStore {
             }
             #[cfg(feature = "s3")]
             Backend::S3(s3) => s3.put_if(CURRENT, bytes, expected).await,
+        }
+    }
+
+    /// An object to read through: a folder's file (buffered, so a 20 MB embeddings blob is
+    /// never wholly in memory), an S3 object's body.
+    async fn reader(
+        &self,
+        object: &str,
+    ) -> Result<Option<Box<dyn std::io::Read + Send>>, StoreError> {
+        match &self.backend {
+            Backend::Folder(root) => {
+                let path = root.join(object);
+                match std::fs::File::open(&path) {
+                    Ok(file) => Ok(Some(Box::new(std::io::BufReader::with_capacity(
+                        1 << 16,
+                        file,
+                    )))),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+                    Err(source) => Err(StoreError::Io { path, source }),
+                }
+            }
+            #[cfg(feature = "s3")]
+            Backend::S3(_) => Ok(self.get(object).await?.map(|bytes| {
+                Box::new(std::io::Cursor::new(bytes)) as Box<dyn std::io::Read + Send>
+            })),
         }
     }
 

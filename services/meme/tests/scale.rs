@@ -1,0 +1,179 @@
+//! The gallery at scale, scaled down to run with the tests: 200 synthetic templates (50
+//! look-alike families of 4) embedded with the real SSCD model, loaded, then reloaded after
+//! one template is added and after one is removed, each reload taking the rows of the
+//! version serving. The full-size figures (10,000 templates, accuracy at 1,000) are
+//! `scripts/bench-gallery.sh`'s.
+
+// Shared with benches/gallery_scale.rs, which uses all of it.
+#[allow(dead_code)]
+#[path = "support/synthetic.rs"]
+mod synthetic;
+
+use plugworker_meme::{
+    Change, Embedder, Gallery, GalleryStore, Location, MemeClassifier, NewImage, rank,
+};
+use plugworker_onnx::Runtime;
+use plugworker_testkit::memes::{self, models_dir};
+use std::path::Path;
+use synthetic::Edit;
+
+const TEMPLATES: usize = 200;
+const FAMILY: usize = 4;
+const SEED: u64 = 27;
+
+fn embedder() -> Embedder {
+    let models = models_dir();
+    let runtime = Runtime::load(&models.join("cache"), Some(1))
+        .expect("ONNX Runtime (scripts/fetch-models.sh)");
+    Embedder::new(
+        runtime
+            .open(&models.join("cache/sscd/sscd_distilled.onnx"))
+            .expect("SSCD model (scripts/fetch-models.sh)"),
+    )
+}
+
+fn label(index: usize) -> String {
+    format!("synthetic-{index:05}")
+}
+
+fn image(index: usize) -> NewImage {
+    NewImage {
+        name: format!("{}.png", label(index)),
+        bytes: memes::png_bytes(&synthetic::template(SEED, index, FAMILY)),
+    }
+}
+
+async fn folder_store(path: &Path) -> GalleryStore {
+    GalleryStore::open(Location::parse(&path.to_string_lossy()).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Loaded from scratch (no rows to reuse): what an incremental reload must equal.
+async fn fresh(store: &GalleryStore, version: &str, embedder: &Embedder) -> Gallery {
+    store.load(version, embedder, None).await.unwrap()
+}
+
+fn assert_same(reloaded: &Gallery, fresh: &Gallery) {
+    assert_eq!(reloaded.version(), fresh.version());
+    assert_eq!(reloaded.templates(), fresh.templates());
+    for row in 0..fresh.templates().len() {
+        assert_eq!(
+            reloaded.index().row(row),
+            fresh.index().row(row),
+            "row {row} ({})",
+            fresh.templates()[row].label
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_gallery_of_200_look_alikes_loads_and_reloads_one_change_at_a_time() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let imported = store
+        .publish(
+            Change::Import {
+                templates: (0..TEMPLATES).map(|i| (label(i), image(i))).collect(),
+            },
+            Some(&embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    assert_eq!(imported.change, "import 200 images (200 labels)");
+    let v1 = imported.version.unwrap();
+    let first = store.load(&v1, &embedder, None).await.unwrap();
+    assert_eq!(first.templates().len(), TEMPLATES);
+    // Every template is its own nearest row, look-alikes included.
+    for row in 0..TEMPLATES {
+        let top = first.index().top(first.index().row(row), 1)[0];
+        assert_eq!(top.row, row, "{}", first.templates()[row].label);
+    }
+
+    // One template added: the reload takes 200 rows from the version serving and one
+    // from the new version's blob, and equals a load from scratch.
+    let added = store
+        .publish(
+            Change::Add {
+                label: label(TEMPLATES),
+                images: vec![image(TEMPLATES)],
+            },
+            Some(&embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v2 = added.version.unwrap();
+    let second = store.load(&v2, &embedder, Some(&first)).await.unwrap();
+    assert_eq!(second.templates().len(), TEMPLATES + 1);
+    assert_same(&second, &fresh(&store, &v2, &embedder).await);
+
+    // The added template answers its captioned, cropped and recoloured memes; its
+    // look-alikes (the same family) are not taken for it.
+    let fonts = memes::fonts();
+    let classifier = MemeClassifier::new(embedder, second, 0.3);
+    let template = synthetic::template(SEED, TEMPLATES, FAMILY);
+    for edit in Edit::ALL {
+        let meme = synthetic::query(&template, edit, 1, &fonts);
+        let answer = classifier.classify(&meme, 3).unwrap();
+        assert_eq!(answer.label, label(TEMPLATES), "{edit:?}: {answer:?}");
+    }
+    let (embedder, second) = (classifier.embedder(), classifier.gallery());
+
+    // One removed: the reload keeps the other rows where they were.
+    let removed = store
+        .publish(
+            Change::Remove {
+                label: label(7),
+                file: None,
+            },
+            Some(embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v3 = removed.version.unwrap();
+    let third = store.load(&v3, embedder, Some(second)).await.unwrap();
+    assert_eq!(third.templates().len(), TEMPLATES);
+    assert!(!third.labels().contains(&label(7).as_str()));
+    assert_same(&third, &fresh(&store, &v3, embedder).await);
+    for row in [0, 7, TEMPLATES - 1] {
+        let own = rank(&third, third.index().row(row), 0.99, 1);
+        assert_eq!(own.label, third.templates()[row].label);
+    }
+}
+
+/// A read-only folder's `current` is the hash of its templates: each poll lists and
+/// stats the files and reads only those whose status changed, and still sees every change.
+#[tokio::test]
+async fn a_read_only_folder_poll_sees_each_change_without_rereading_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |index: usize, seed: u64| {
+        let path = dir.path().join(label(index)).join("template.png");
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(
+            &path,
+            memes::png_bytes(&synthetic::template(seed, index, FAMILY)),
+        )
+        .unwrap();
+    };
+    for index in 0..TEMPLATES {
+        write(index, SEED);
+    }
+    let store = folder_store(dir.path()).await;
+    let first = store.current().await.unwrap();
+    assert_eq!(store.current().await.unwrap(), first);
+    // Replaced content, an added template, a removed one: each a new version.
+    write(3, SEED + 1);
+    let replaced = store.current().await.unwrap();
+    assert_ne!(replaced, first);
+    write(TEMPLATES, SEED);
+    let grown = store.current().await.unwrap();
+    assert_ne!(grown, replaced);
+    std::fs::remove_dir_all(dir.path().join(label(TEMPLATES))).unwrap();
+    assert_eq!(store.current().await.unwrap(), replaced);
+    let templates = store.templates(&replaced).await.unwrap();
+    assert_eq!(templates.len(), TEMPLATES);
+}
