@@ -118,7 +118,7 @@ pub fn main() -> ExitCode {
 
 /// The error and its causes on one line, each said once: some errors (the Consul client's
 /// transport errors) already carry their causes in their own message, for log lines.
-fn describe(error: &anyhow::Error) -> String {
+pub(crate) fn describe(error: &anyhow::Error) -> String {
     let mut text = String::new();
     for cause in error.chain() {
         let cause = cause.to_string();

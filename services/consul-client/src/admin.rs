@@ -1,13 +1,10 @@
 //! Operator calls: ACL bootstrap, policies, tokens, and `service-intentions` config entries.
 //!
-//! These are what `plugworker dev` (and an operator's set-up script) needs to run the mesh
-//! with ACLs and intentions on: a management token, one least-privilege token per process,
-//! and an intention per allowed caller → runner pair. The wire formats are Consul's
-//! (`agent/acl_endpoint.go`, `agent/config_endpoint.go`), so the same calls work against a
-//! real Consul agent and the embedded registry.
-//!
-//! The policies plugworker documents (docs/security.md) are here as text, so the code that
-//! creates tokens and the documentation cannot drift apart.
+//! What running a service mesh with ACLs and intentions on takes: a management token,
+//! one least-privilege token per process, and an intention per allowed caller → service
+//! pair. The wire formats are Consul's (`agent/acl_endpoint.go`,
+//! `agent/config_endpoint.go`), so the same calls work against a real Consul agent and any
+//! registry that speaks its API.
 
 use crate::client::{ConsulClient, Error as ConsulError};
 use reqwest::Method;
@@ -31,16 +28,6 @@ pub enum Error {
     },
 }
 
-/// The rules of the controller's policy for the Connect identity `service`: register (and
-/// obtain a leaf certificate for) its own service name only; read every service and node,
-/// which resolving runners through `/v1/health/connect/<service>` needs; read the stored
-/// pipelines (`plugworker/pipelines/`), which it watches.
-pub fn controller_rules(service: &str) -> String {
-    format!(
-        "service \"{service}\" {{\n  policy = \"write\"\n}}\nservice_prefix \"\" {{\n  policy = \"read\"\n}}\nnode_prefix \"\" {{\n  policy = \"read\"\n}}\nkey_prefix \"plugworker/pipelines/\" {{\n  policy = \"read\"\n}}\n"
-    )
-}
-
 /// An ACL policy as Consul returns it.
 #[derive(Clone, Debug, Default, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "PascalCase", default)]
@@ -58,7 +45,7 @@ pub struct AclPolicy {
 pub struct NewPolicy {
     pub name: String,
     pub description: String,
-    /// HCL rules, e.g. [`controller_rules`].
+    /// HCL rules (`service "web" { policy = "write" }`).
     pub rules: String,
 }
 
@@ -297,14 +284,6 @@ fn check_name(what: &'static str, name: &str) -> Result<(), Error> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_controller_policy_is_the_documented_one() {
-        assert_eq!(
-            controller_rules("controller"),
-            "service \"controller\" {\n  policy = \"write\"\n}\nservice_prefix \"\" {\n  policy = \"read\"\n}\nnode_prefix \"\" {\n  policy = \"read\"\n}\nkey_prefix \"plugworker/pipelines/\" {\n  policy = \"read\"\n}\n"
-        );
-    }
 
     #[test]
     fn tokens_are_sent_and_read_in_consuls_shape() {

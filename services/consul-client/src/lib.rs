@@ -1,7 +1,8 @@
-//! Typed access to Consul for plugworker.
+//! A typed client for Consul's HTTP API, with no plugworker convention in it (how plugworker's
+//! processes appear in Consul and find each other is `plugworker-discovery`).
 //!
 //! Why a thin client of our own: the `consulrs` crate has been unmaintained since 2021 and
-//! has no health endpoint, and plugworker needs only a handful of endpoints. Owning them
+//! has no health endpoint, and only a handful of endpoints are needed. Owning them
 //! means we control blocking-query semantics (index handling, rate limiting, jittered
 //! backoff) exactly as Consul documents them, with one HTTP stack (`reqwest`) shared with
 //! the rest of the code.
@@ -16,9 +17,6 @@
 //! - [`admin`]: ACL bootstrap, policies, tokens and `service-intentions` entries (operator
 //!   calls), and the intention check.
 //! - [`watch`]: [`Watch`], the blocking-query loop that keeps a view fresh.
-//! - [`registration`]: keeping one instance registered (runners and the controller).
-//! - [`runners`]: how plugworker runners look in Consul, and finding them.
-//! - [`resolver`]: [`Resolver`], the live algorithm → healthy instances view.
 
 pub mod admin;
 pub mod client;
@@ -26,9 +24,6 @@ pub mod config;
 pub mod duration;
 pub mod kv;
 pub mod model;
-pub mod registration;
-pub mod resolver;
-pub mod runners;
 mod tls;
 pub mod watch;
 
@@ -40,5 +35,4 @@ pub use model::{
     CheckDefinition, CheckStatus, HealthCheck, LeafCert, Node, ServiceConnect, ServiceEntry,
     ServiceRegistration,
 };
-pub use resolver::{Admission, Instance, Resolver, Snapshot};
 pub use watch::Watch;

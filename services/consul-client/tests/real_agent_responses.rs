@@ -10,8 +10,9 @@ mod common;
 use common::{Agent, fixture, plugworker, serve_http};
 use plugworker_consul_client::model::nullable;
 use plugworker_consul_client::{
-    AgentService, CheckStatus, ConsulClient, ConsulConfig, QueryOptions, Resolver,
+    AgentService, CheckStatus, ConsulClient, ConsulConfig, QueryOptions,
 };
+use plugworker_discovery::Resolver;
 use plugworker_testkit::{Process, bin_path, eventually, free_port};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;

@@ -9,10 +9,11 @@
 //! `scripts/bench-controller.sh`; BENCH_JOBS per round (default 10000), BENCH_CONCURRENCY
 //! (32), BENCH_SQS_JOBS (100; moto slows down with queue depth).
 
-use plugworker_consul_client::{ConsulClient, ConsulConfig, Resolver};
+use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_controller::memory::{ChannelSink, MemoryQueue};
 use plugworker_controller::sqs::{JobsQueueOptions, SqsJobQueue, SqsResults};
 use plugworker_controller::{Controller, Dispatcher, Settings};
+use plugworker_discovery::Resolver;
 use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;

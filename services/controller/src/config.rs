@@ -236,15 +236,10 @@ impl MeshArgs {
     pub async fn transport(
         &self,
         consul: &plugworker_consul_client::ConsulClient,
-    ) -> Result<
-        (
-            plugworker_consul_client::resolver::Mode,
-            crate::dispatch::Transport,
-        ),
-        plugworker_mesh::Error,
-    > {
+    ) -> Result<(plugworker_discovery::Mode, crate::dispatch::Transport), plugworker_mesh::Error>
+    {
         use crate::dispatch::Transport;
-        use plugworker_consul_client::resolver::Mode;
+        use plugworker_discovery::Mode;
         if self.insecure_plaintext {
             tracing::warn!(
                 "--insecure-plaintext: runners are called over plaintext gRPC with no identity check; anyone who can register in Consul or reach the network can read and answer jobs"

@@ -1237,7 +1237,7 @@ mod tests {
                 ..Default::default()
             })
             .unwrap();
-        let resolver = Arc::new(plugworker_consul_client::Resolver::start(
+        let resolver = Arc::new(plugworker_discovery::Resolver::start(
             consul,
             Duration::from_secs(1),
         ));

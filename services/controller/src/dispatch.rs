@@ -35,7 +35,7 @@
 //! [`IDENTITY_FAILURE_COOL_DOWN`], so it costs one failed handshake, not one per job.
 
 use crate::classify;
-use plugworker_consul_client::{Instance, Resolver};
+use plugworker_discovery::{Instance, Resolver};
 use plugworker_jobs::{ErrorInfo, RunnerInfo, codes};
 use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
@@ -151,7 +151,7 @@ impl Dispatcher {
     }
 
     /// Calls runners over `transport`. [`Transport::Mesh`] needs a resolver in
-    /// [`plugworker_consul_client::resolver::Mode::Connect`]: plain instances cannot do mTLS.
+    /// [`plugworker_discovery::Mode::Connect`]: plain instances cannot do mTLS.
     pub fn with_transport(mut self, transport: Transport) -> Self {
         self.transport = transport;
         self

@@ -1,5 +1,5 @@
 //! The plugworker controller: the only component that talks to the job queue. It knows no
-//! algorithm by name; the [`Resolver`](plugworker_consul_client::Resolver) says which healthy
+//! algorithm by name; the [`Resolver`](plugworker_discovery::Resolver) says which healthy
 //! runners serve what, live, from Consul.
 //!
 //! - [`queue`]: what the controller needs of a queue and a result destination;
@@ -31,7 +31,8 @@ pub use dispatch::{Dispatcher, Transport};
 
 #[cfg(feature = "sqs")]
 use anyhow::Context as _;
-use plugworker_consul_client::{Admission, ConsulClient, Resolver};
+use plugworker_consul_client::ConsulClient;
+use plugworker_discovery::{Admission, Resolver};
 use std::sync::Arc;
 
 #[cfg(feature = "sqs")]
@@ -130,10 +131,7 @@ pub fn assemble(
     sink: Arc<dyn queue::ResultSink>,
     consul: ConsulClient,
     consul_wait: std::time::Duration,
-    (mode, transport): (
-        plugworker_consul_client::resolver::Mode,
-        dispatch::Transport,
-    ),
+    (mode, transport): (plugworker_discovery::Mode, dispatch::Transport),
     settings: Settings,
 ) -> Controller {
     // In the mesh, runners are admitted by intentions naming this controller's identity,

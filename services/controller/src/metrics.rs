@@ -5,7 +5,7 @@
 
 use crate::queue::JobQueue;
 use futures::future::BoxFuture;
-use plugworker_consul_client::{Resolver, Snapshot};
+use plugworker_discovery::{Resolver, Snapshot};
 use plugworker_telemetry::metrics::{MetricsRegistry, latency_buckets};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;

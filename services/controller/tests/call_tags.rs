@@ -7,8 +7,8 @@
 mod common;
 
 use common::Stack;
-use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
+use plugworker_discovery::{META_ROLE, ROLE_RUNNER};
 use plugworker_testkit::bin_path;
 use serde_json::Value;
 use std::time::Duration;

@@ -537,8 +537,8 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
                 address: address.into(),
                 port,
                 meta: [(
-                    plugworker_consul_client::runners::META_ROLE.to_string(),
-                    plugworker_consul_client::runners::ROLE_RUNNER.to_string(),
+                    plugworker_discovery::META_ROLE.to_string(),
+                    plugworker_discovery::ROLE_RUNNER.to_string(),
                 )]
                 .into(),
                 check: None,

@@ -8,8 +8,8 @@ mod common;
 
 use common::{Stack, job};
 use plugworker_consul_client::admin::{NewToken, ServiceIdentity};
-use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
+use plugworker_discovery::{META_ROLE, ROLE_RUNNER};
 use plugworker_testkit::metric_value;
 use serde_json::json;
 use std::sync::Arc;

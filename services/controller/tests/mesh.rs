@@ -11,8 +11,8 @@ mod common;
 
 use common::{BOOTSTRAP_TOKEN, Stack, job, mesh_registry_config};
 use plugworker_consul_client::admin::IntentionAction;
-use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
+use plugworker_discovery::{META_ROLE, ROLE_RUNNER};
 use plugworker_testkit::sqs::QueueOptions;
 use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
 use serde_json::{Value, json};

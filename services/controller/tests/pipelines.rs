@@ -7,7 +7,7 @@ mod common;
 
 use common::proxy::FaultProxy;
 use common::{Stack, runner_runs};
-use plugworker_consul_client::admin::controller_rules;
+use plugworker_discovery::policy::controller_rules;
 use plugworker_jobs::pipeline::KV_PREFIX;
 use plugworker_testkit::otlp::{KIND_CLIENT, KIND_CONSUMER, KIND_SERVER, OtlpReceiver};
 use plugworker_testkit::{Process, eventually, metric_value};

@@ -6,8 +6,8 @@
 mod common;
 
 use common::Stack;
-use plugworker_consul_client::runners::{META_ROLE, ROLE_RUNNER};
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
+use plugworker_discovery::{META_ROLE, ROLE_RUNNER};
 use plugworker_testkit::eventually;
 use std::time::Duration;
 
@@ -37,7 +37,7 @@ async fn plaintext_only_instances_are_named_once_per_service() {
     // Debug for the resolver: its "runner instances changed" lines show each new view.
     // (Processes inherit the test's RUST_LOG; nextest runs each test in its own process,
     // and nothing else reads the environment concurrently here.)
-    unsafe { std::env::set_var("RUST_LOG", "info,plugworker_consul_client::resolver=debug") };
+    unsafe { std::env::set_var("RUST_LOG", "info,plugworker_discovery::resolver=debug") };
     let (controller, _) = stack.controller(&[]);
     let views = || {
         controller

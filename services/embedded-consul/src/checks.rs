@@ -120,7 +120,7 @@ async fn probe_loop(shared: Weak<Shared>, check_id: String, definition: CheckTyp
                 Status::Critical,
                 format!(
                     "Timeout exceeded ({})",
-                    crate::go::format_duration(timeout.as_nanos() as i64)
+                    plugworker_consul_client::duration::format(timeout)
                 ),
             ),
         };

@@ -139,7 +139,7 @@ fn ca_config_view(mesh: &Mesh) -> Value {
         "Provider": "consul",
         "Config": {
             "IntermediateCertTTL": "8760h",
-            "LeafCertTTL": crate::go::format_duration(mesh.leaf_ttl.as_nanos() as i64),
+            "LeafCertTTL": plugworker_consul_client::duration::format(mesh.leaf_ttl),
             "PrivateKeyType": "ec",
             "PrivateKeyBits": 256,
             "RootCertTTL": "87600h",
@@ -201,7 +201,7 @@ async fn ca_set_configuration(
         match name.to_ascii_lowercase().as_str() {
             "leafcertttl" | "leaf_cert_ttl" => {
                 let text = value.as_str().unwrap_or_default();
-                let nanos = crate::go::parse_duration(text).map_err(|e| {
+                let nanos = plugworker_consul_client::duration::parse_nanos(text).map_err(|e| {
                     bad_request(format!("error parsing Consul CA config: LeafCertTTL: {e}"))
                 })?;
                 if nanos <= 0 {

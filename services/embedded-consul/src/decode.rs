@@ -8,7 +8,7 @@
 //! its `UnmarshalJSON` methods declare (`structs.ServiceDefinition`, `structs.CheckType`);
 //! they are listed here, and nothing else is.
 
-use crate::go::{self, Nanos};
+use plugworker_consul_client::duration::{self, Nanos};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
@@ -696,7 +696,7 @@ pub(crate) fn intention(body: &[u8]) -> Result<Intention, DecodeError> {
 /// nanoseconds; any other JSON type is silently ignored.
 fn duration(value: &Value) -> Result<Nanos, DecodeError> {
     match value {
-        Value::String(text) => go::parse_duration(text).map_err(DecodeError),
+        Value::String(text) => duration::parse_nanos(text).map_err(DecodeError),
         Value::Number(n) => Ok(n.as_f64().unwrap_or(0.0) as Nanos),
         _ => Ok(0),
     }
@@ -859,7 +859,7 @@ mod tests {
             "v",
             "meta keys are user data"
         );
-        assert_eq!(def.checks[0].ttl, 10 * go::SECOND);
+        assert_eq!(def.checks[0].ttl, 10 * duration::SECOND);
         assert_eq!(def.tagged_addresses["lan"].address, "10.0.0.1");
     }
 
@@ -871,7 +871,10 @@ mod tests {
         }))
         .unwrap();
         assert!(check.grpc_use_tls && check.tls_skip_verify);
-        assert_eq!(check.deregister_critical_service_after, 60 * go::SECOND);
+        assert_eq!(
+            check.deregister_critical_service_after,
+            60 * duration::SECOND
+        );
         assert_eq!(
             check_type(&serde_json::json!({"check_id": "c", "ttl": "1s"})).unwrap_err(),
             DecodeError(r#"json: unknown field "check_id""#.into())
@@ -904,8 +907,8 @@ mod tests {
     #[test]
     fn check_validation_matches_consul() {
         let both = CheckType {
-            ttl: go::SECOND,
-            interval: go::SECOND,
+            ttl: duration::SECOND,
+            interval: duration::SECOND,
             ..Default::default()
         };
         assert_eq!(

@@ -12,6 +12,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, put};
 use axum::{Extension, Json, Router};
+use plugworker_consul_client::duration;
 use rand::Rng;
 use serde_json::{Value, json};
 use std::sync::Arc;
@@ -199,7 +200,8 @@ impl Blocking {
             wait: DEFAULT_WAIT,
         };
         if let Some(wait) = query.get("wait").filter(|w| !w.is_empty()) {
-            let nanos = go::parse_duration(wait).map_err(|_| bad_request("Invalid wait time"))?;
+            let nanos =
+                duration::parse_nanos(wait).map_err(|_| bad_request("Invalid wait time"))?;
             if nanos > 0 {
                 blocking.wait = crate::store::nanos(nanos).min(MAX_WAIT);
             }

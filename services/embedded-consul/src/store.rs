@@ -11,7 +11,7 @@
 //! "last extinction" index that a service with no instances reports.
 
 use crate::decode::{CheckType, Locality, ServiceAddress, ServiceDefinition, Weights};
-use crate::go::Nanos;
+use plugworker_consul_client::duration::Nanos;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};

@@ -201,7 +201,7 @@ pub(crate) fn health_check(
         if nanos == 0 {
             String::new()
         } else {
-            go::format_duration(nanos)
+            plugworker_consul_client::duration::format_nanos(nanos)
         }
     };
     let (create, modify) = if with_indexes {

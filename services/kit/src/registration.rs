@@ -5,14 +5,13 @@
 //! targets the plaintext health port, since Consul's agent has no client certificate.
 //!
 //! Keeping it registered (retries, re-registering with an agent that forgot it) is
-//! `plugworker_consul_client::registration`, shared with the controller.
+//! `plugworker_discovery::registration`, shared with the controller.
 
-use plugworker_consul_client::registration::Registration;
-use plugworker_consul_client::runners::{
-    META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER,
-};
 use plugworker_consul_client::{
     CheckDefinition, ConsulClient, ServiceConnect, ServiceRegistration,
+};
+use plugworker_discovery::{
+    META_KIT_VERSION, META_METRICS_PORT, META_ROLE, ROLE_RUNNER, Registration,
 };
 use std::collections::BTreeMap;
 

@@ -22,6 +22,7 @@ use crate::error::Error;
 use crate::spiffe::SpiffeId;
 use arc_swap::ArcSwap;
 use plugworker_consul_client::{CaRoots, ConsulClient, LeafCert, QueryOptions};
+use plugworker_lifecycle::Backoff;
 use rustls::RootCertStore;
 use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
@@ -117,7 +118,7 @@ impl Identity {
                 Ok(material) => break material,
                 Err(error) => {
                     attempt += 1;
-                    let delay = backoff(attempt);
+                    let delay = BACKOFF.delay(attempt);
                     if Instant::now() + delay >= deadline {
                         return Err(Error::NotReady {
                             service: service.to_string(),
@@ -196,10 +197,9 @@ impl Identity {
     }
 }
 
-/// Fast retries first (a start-up race with the agent), then at most every 5 s.
-fn backoff(attempt: u32) -> Duration {
-    (Duration::from_millis(100) * 2u32.saturating_pow(attempt.min(6))).min(Duration::from_secs(5))
-}
+/// Fast retries first (a start-up race with the agent), then at most every 5 s; jittered,
+/// so runners that lost the agent together do not come back in step.
+const BACKOFF: Backoff = Backoff::new(Duration::from_millis(200), Duration::from_secs(5));
 
 /// The usual reason behind an error, for the operator reading the log.
 fn hint(error: &Error) -> &'static str {
@@ -391,7 +391,7 @@ async fn follow<T, Fetch, FetchFut, Apply, Expiry>(
                     current_valid_before = %expires,
                     "cannot refresh the Connect {what}; keeping the current one and retrying"
                 );
-                tokio::time::sleep(backoff(failures)).await;
+                tokio::time::sleep(BACKOFF.delay(failures)).await;
             }
         }
     }

@@ -6,8 +6,8 @@
 
 use super::runner_link::Link;
 use crate::ConsulArgs;
-use plugworker_consul_client::runners::all_runner_instances;
 use plugworker_consul_client::{CheckStatus, ConsulClient, ServiceEntry};
+use plugworker_discovery::all_runner_instances;
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use serde::Serialize;

@@ -8,12 +8,11 @@
 //! running `plugworker dev` through dev.json, whose operator token allows both.
 //! `--insecure-plaintext` calls runners started with `--insecure-plaintext`.
 
-use super::runner_link::{Link, error_chain};
+use super::runner_link::Link;
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
-use plugworker_consul_client::resolver::Mode;
-use plugworker_consul_client::runners::passing_instances_for;
 use plugworker_consul_client::{ConsulClient, QueryOptions, ServiceEntry};
+use plugworker_discovery::{Mode, passing_instances_for};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use rand::seq::IndexedRandom;
@@ -104,17 +103,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let response = match client.run(request).await {
         Ok(response) => response.into_inner(),
         Err(status) => {
+            let code = status.code();
+            // The status with its causes, which tonic keeps out of its own message.
             let mut message = format!(
-                "{} failed on {id}: {:?}: {}",
+                "{} failed on {id}: {code:?}: {}",
                 args.algorithm,
-                status.code(),
-                error_chain(&status)
+                crate::describe(&status.into())
             );
             if mesh.is_none() && is_connect_native(&consul, instance).await {
                 message.push_str(
                     "\nthis runner serves mTLS only (it is Connect-native): call it with --mesh-service NAME, an identity its intentions allow, instead of --insecure-plaintext",
                 );
-            } else if mesh.is_some() && status.code() == tonic::Code::Unavailable {
+            } else if mesh.is_some() && code == tonic::Code::Unavailable {
                 message.push_str(
                     "\nif the runner closed the connection at once, its intentions may not allow your --mesh-service identity",
                 );

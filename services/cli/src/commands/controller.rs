@@ -3,10 +3,9 @@
 use crate::ConsulArgs;
 use anyhow::Context;
 use axum::http::StatusCode;
-use plugworker_consul_client::registration::Registration;
-use plugworker_consul_client::runners::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER};
 use plugworker_consul_client::{CheckDefinition, ServiceRegistration};
 use plugworker_controller::ControllerArgs;
+use plugworker_discovery::{META_METRICS_PORT, META_ROLE, ROLE_CONTROLLER, Registration};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -130,7 +129,7 @@ async fn registration(
     service: &str,
     local: std::net::SocketAddr,
 ) -> Registration {
-    let host = plugworker_consul_client::registration::host_address(local.ip()).await;
+    let host = plugworker_discovery::host_address(local.ip()).await;
     let port = local.port();
     let id = format!(
         "{service}-{}-{port}",

@@ -7,7 +7,7 @@
 //!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog),
 //!   and a `service-intentions` entry allowing the controller to call that service;
 //! - for the controller, a token with the `plugworker-controller` policy
-//!   ([`plugworker_consul_client::admin::controller_rules`]);
+//!   ([`plugworker_discovery::policy::controller_rules`]);
 //! - for the person at the keyboard, an `operator` token ([`DevMesh::operator`]): the
 //!   service identity `operator` (its Connect certificate, read the catalog), intentions
 //!   `operator → each runner`, and KV write on `plugworker/pipelines/` and
@@ -20,11 +20,12 @@
 use anyhow::Context;
 use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
-    ServiceIntentions, controller_rules,
+    ServiceIntentions,
 };
-use plugworker_consul_client::resolver::Mode;
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_controller::Transport;
+use plugworker_discovery::Mode;
+use plugworker_discovery::policy::controller_rules;
 use plugworker_embedded_consul::{IntentionAction as RegistryAction, Registry, RegistryConfig};
 use std::time::Duration;
 

@@ -9,8 +9,8 @@
 use super::algorithms::{self, RunnerFlags};
 use crate::ConsulArgs;
 use anyhow::{Context, bail};
-use plugworker_consul_client::runners::all_runner_instances;
 use plugworker_consul_client::{ConsulClient, KvPair, QueryOptions};
+use plugworker_discovery::all_runner_instances;
 use plugworker_jobs::pipeline::{
     KV_PREFIX, Pipeline, check_schemas, pipeline_name_of_key, valid_pipeline_name,
 };

@@ -99,7 +99,6 @@ impl Link {
                     &instance.service.service,
                 ))
                 .await
-                .map_err(|e| anyhow::anyhow!("{}", error_chain(&e)))
                 .with_context(|| format!("cannot connect to runner {id} at {address} over mTLS")),
             Link::Plaintext => endpoint
                 .connect()
@@ -107,19 +106,4 @@ impl Link {
                 .with_context(|| format!("cannot connect to runner {id} at {address}")),
         }
     }
-}
-
-/// An error with its causes, which tonic keeps out of its own message.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
 }

@@ -16,9 +16,10 @@ pub mod proxy;
 
 use plugworker_consul_client::admin::{
     IntentionAction, IntentionSource, NewPolicy, NewToken, PolicyLink, ServiceIdentity,
-    ServiceIntentions, controller_rules,
+    ServiceIntentions,
 };
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
+use plugworker_discovery::policy::controller_rules;
 use plugworker_embedded_consul::{
     IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry,
 };

@@ -7,7 +7,7 @@
 //! Consul may be down when the process starts, or restart later; the process must not
 //! care about start-up order, so nothing here ever gives up on its own.
 
-use crate::{ConsulClient, ServiceRegistration};
+use plugworker_consul_client::{ConsulClient, ServiceRegistration};
 use plugworker_lifecycle::Backoff;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;

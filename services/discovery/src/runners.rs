@@ -4,9 +4,7 @@
 //! the algorithm names it serves. Anything that needs runners finds them here, never by a
 //! static list.
 
-use crate::client::{ConsulClient, Error, QueryOptions};
-use crate::model::{CheckStatus, ServiceEntry};
-use crate::resolver::Mode;
+use plugworker_consul_client::{CheckStatus, ConsulClient, Error, QueryOptions, ServiceEntry};
 
 /// Meta key holding the service's plugworker role; runners set it to [`ROLE_RUNNER`].
 pub const META_ROLE: &str = "plugworker_role";
@@ -19,6 +17,18 @@ pub const ROLE_CONTROLLER: &str = "controller";
 pub const META_METRICS_PORT: &str = "plugworker_metrics_port";
 /// Meta key holding the runner kit version a runner was built with.
 pub const META_KIT_VERSION: &str = "plugworker_kit_version";
+
+/// Which instances the resolver hands out.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Mode {
+    /// Connect-native instances only (`/v1/health/connect/:service`): callers dial them
+    /// with mTLS and check the service name in their certificate.
+    #[default]
+    Connect,
+    /// Every instance (`/v1/health/service/:service`), for plaintext callers
+    /// (`--insecure-plaintext`).
+    Plain,
+}
 
 /// Whether a health entry is a plugworker runner instance.
 pub fn is_runner(entry: &ServiceEntry) -> bool {

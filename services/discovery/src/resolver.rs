@@ -19,10 +19,8 @@
 //!   admission. An empty snapshot before that means "not heard from Consul", not "no
 //!   runner", and callers must not fail jobs on it.
 
-use crate::CheckStatus;
-use crate::client::{ConsulClient, Error};
-use crate::runners::is_runner;
-use crate::watch::Watch;
+use crate::runners::{Mode, is_runner};
+use plugworker_consul_client::{CheckStatus, ConsulClient, Error, Watch};
 use plugworker_lifecycle::Backoff;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -62,18 +60,6 @@ impl Snapshot {
             .map(Vec::as_slice)
             .unwrap_or(&[])
     }
-}
-
-/// Which instances the resolver hands out.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum Mode {
-    /// Connect-native instances only (`/v1/health/connect/:service`): callers dial them
-    /// with mTLS and check the service name in their certificate.
-    #[default]
-    Connect,
-    /// Every instance (`/v1/health/service/:service`), for plaintext callers
-    /// (`--insecure-plaintext`).
-    Plain,
 }
 
 /// Which services may receive work: those an intention lets `source` call, and those
@@ -463,7 +449,7 @@ async fn follow_admission(state: Arc<State>, name: String) {
             Ok(allowed) => Some(allowed),
             // Consul refused the question (a token without `service:read` on the
             // service): nothing admits it. Any other failure keeps the last decision.
-            Err(Error::Status { status, body, .. }) if status == reqwest::StatusCode::FORBIDDEN => {
+            Err(Error::Status { status, body, .. }) if status.as_u16() == 403 => {
                 tracing::warn!(service = %name, %status, %body, "Consul refused the intention check; the service gets no jobs");
                 Some(false)
             }
