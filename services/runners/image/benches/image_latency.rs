@@ -9,7 +9,10 @@
 //!
 //! `cargo bench -p image-runner --bench image_latency -- INPUT_DIR` writes the rendered
 //! test memes (500 px on the longer side) into INPUT_DIR first, with each one's caption
-//! text beside it (`meme-00.jpg`, `meme-00.txt`), for the reference to read.
+//! text and template label beside it (`meme-00.jpg`, `meme-00.txt`, `meme-00.label`), for
+//! the reference to read. `--meme-only` measures `meme_classifier` alone (the script's
+//! alternating rounds). Every classification is checked against its template's label, so
+//! a run that answers wrongly fails instead of printing a figure.
 
 // The tests' gallery reader: one template per label, in label order.
 #[path = "../tests/support/mod.rs"]
@@ -61,6 +64,7 @@ fn main() {
         .skip(1)
         .find(|a| !a.starts_with('-'))
         .map(PathBuf::from);
+    let meme_only = std::env::args().any(|a| a == "--meme-only");
     let models = models_dir();
 
     // Rendered memes at 500 px, as JPEG bytes: what a job carries.
@@ -68,18 +72,21 @@ fn main() {
     let mut random = Lcg::new(3);
     let mut images = Vec::new();
     let mut expected = Vec::new();
-    for (i, (_, template)) in support::templates().iter().enumerate() {
+    let mut labels = Vec::new();
+    for (i, (label, template)) in support::templates().iter().enumerate() {
         let (top, bottom) = CAPTIONS[i % CAPTIONS.len()];
         let meme = memes::caption(template, top, bottom, random.pick(&fonts));
         let factor = 500.0 / meme.width().max(meme.height()) as f32;
         images.push(memes::jpeg_bytes(&memes::scale(&meme, factor), 85));
         expected.push(format!("{top} {bottom}").to_uppercase());
+        labels.push(label.clone());
     }
     if let Some(dir) = &inputs {
         std::fs::create_dir_all(dir).unwrap();
         for (i, bytes) in images.iter().enumerate() {
             std::fs::write(dir.join(format!("meme-{i:02}.jpg")), bytes).unwrap();
             std::fs::write(dir.join(format!("meme-{i:02}.txt")), &expected[i]).unwrap();
+            std::fs::write(dir.join(format!("meme-{i:02}.label")), &labels[i]).unwrap();
         }
     }
 
@@ -95,8 +102,68 @@ fn main() {
 
     let (meme_p50, meme_p95) = measure(60, 5, |i| {
         let image = decode(&images[i % images.len()]);
-        std::hint::black_box(classifier.classify(&image, 3).unwrap());
+        let answer = classifier.classify(&image, 3).unwrap();
+        assert_eq!(
+            answer.label,
+            labels[i % labels.len()],
+            "meme {i}: {answer:?}"
+        );
     });
+
+    // Where the time goes: each stage alone, over the same images.
+    let decoded: Vec<_> = images.iter().map(|b| decode(b)).collect();
+    let scaled: Vec<_> = decoded.iter().map(Embedder::preprocess).collect();
+    let stage = |work: &mut dyn FnMut(usize)| measure(60, 5, work).0;
+    let mut stages = serde_json::json!({
+        "decode": stage(&mut |i| {
+            std::hint::black_box(decode(&images[i % images.len()]));
+        }),
+        "resize": stage(&mut |i| {
+            std::hint::black_box(Embedder::preprocess(&decoded[i % decoded.len()]));
+        }),
+        // The resize plugworker used before (image's f32 triangle filter), same sizes.
+        "resize_image_crate": stage(&mut |i| {
+            let (width, height) = scaled[i % scaled.len()].dimensions();
+            std::hint::black_box(image::imageops::resize(
+                &decoded[i % decoded.len()],
+                width,
+                height,
+                image::imageops::FilterType::Triangle,
+            ));
+        }),
+        "inference": stage(&mut |i| {
+            let input = scaled[i % scaled.len()].clone();
+            std::hint::black_box(classifier.embedder().embed_preprocessed(input).unwrap());
+        }),
+    });
+    // How far the former resize moves an embedding: the lowest cosine similarity, over
+    // the set, between an image's embedding through either resize (1 = identical).
+    let former_resize_cosine = decoded
+        .iter()
+        .zip(&scaled)
+        .map(|(image, now)| {
+            let before = image::imageops::resize(
+                image,
+                now.width(),
+                now.height(),
+                image::imageops::FilterType::Triangle,
+            );
+            let embed = |input| classifier.embedder().embed_preprocessed(input).unwrap();
+            let (a, b) = (embed(before), embed(now.clone()));
+            a.iter().zip(&b).map(|(x, y)| x * y).sum::<f32>()
+        })
+        .fold(f32::INFINITY, f32::min);
+    stages["former_resize_min_cosine"] = former_resize_cosine.into();
+    if meme_only {
+        println!(
+            "meme_classifier p50 {meme_p50:.2} ms  p95 {meme_p95:.2} ms  stages (p50 ms) {stages}"
+        );
+        println!(
+            "RESULT {}",
+            serde_json::json!({"meme_p50_ms": meme_p50, "meme_p95_ms": meme_p95, "stages_ms": stages})
+        );
+        return;
+    }
 
     let ocr = PpOcr::load(runtime, PpOcrConfig::in_models_dir(&models)).unwrap();
     let mut upscaled = PpOcrConfig::in_models_dir(&models);
@@ -186,7 +253,7 @@ fn main() {
     println!(
         "RESULT {}",
         serde_json::json!({
-            "meme_p50_ms": meme_p50, "meme_p95_ms": meme_p95,
+            "meme_p50_ms": meme_p50, "meme_p95_ms": meme_p95, "stages_ms": stages,
             "ocr_p50_ms": ocr_p50, "ocr_p95_ms": ocr_p95, "ocr_accuracy": ocr_accuracy,
             "ocr_736_p50_ms": ocr_736_p50, "ocr_736_p95_ms": ocr_736_p95,
             "ocr_736_accuracy": ocr_736_accuracy,
