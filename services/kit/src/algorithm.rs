@@ -8,15 +8,18 @@
 
 use futures::future::BoxFuture;
 use plugworker_consul_client::ConsulClient;
+use plugworker_mesh::{MeshConnectInfo, SpiffeId};
 use schemars::JsonSchema;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::any::Any;
 use std::borrow::Cow;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
 use std::time::Instant;
+use tonic::transport::server::TcpConnectInfo;
 
 use crate::settings::AlgorithmSettings;
 use crate::slots::Slot;
@@ -143,12 +146,55 @@ impl LoadError {
     }
 }
 
+/// Who made a call, as the kit's server knows it from the call's connection.
+#[derive(Clone, Debug)]
+pub struct Caller(Connection);
+
+/// The connection's details the server put in the call's extensions (one `Arc` per
+/// connection, cloned per call: see `transport`).
+#[derive(Clone, Debug)]
+enum Connection {
+    Plaintext(Arc<TcpConnectInfo>),
+    Mesh(Arc<MeshConnectInfo>),
+}
+
+impl Caller {
+    /// The caller of a request the kit's server received, from its extensions.
+    pub(crate) fn of(extensions: &tonic::Extensions) -> Option<Self> {
+        if let Some(mesh) = extensions.get::<Arc<MeshConnectInfo>>() {
+            return Some(Self(Connection::Mesh(mesh.clone())));
+        }
+        extensions
+            .get::<Arc<TcpConnectInfo>>()
+            .map(|tcp| Self(Connection::Plaintext(tcp.clone())))
+    }
+
+    /// The address the call came from.
+    pub fn remote_address(&self) -> Option<SocketAddr> {
+        match &self.0 {
+            Connection::Plaintext(tcp) => tcp.remote_addr,
+            Connection::Mesh(mesh) => Some(mesh.remote_addr),
+        }
+    }
+
+    /// The caller's SPIFFE ID, from the client certificate the mesh verified and
+    /// intentions authorized; `None` on a plaintext port (`--insecure-plaintext`).
+    pub fn spiffe_id(&self) -> Option<&SpiffeId> {
+        match &self.0 {
+            Connection::Plaintext(_) => None,
+            Connection::Mesh(mesh) => Some(&mesh.peer),
+        }
+    }
+}
+
 /// What an algorithm knows about the run in progress.
 #[derive(Clone, Debug)]
 pub struct RunContext {
     pub algorithm: &'static str,
     /// When the caller stops waiting, if it set a deadline.
     pub deadline: Option<Instant>,
+    /// Who asked for the run (`None` outside the kit's server).
+    caller: Option<Caller>,
     /// The run slot this run occupies; every blocking task of the run holds it too.
     slot: Option<Slot>,
     /// The version this run's result comes from, if the algorithm said so.
@@ -162,18 +208,30 @@ impl RunContext {
         Self {
             algorithm,
             deadline,
+            caller: None,
             slot: None,
             version: OnceLock::new(),
         }
     }
 
-    pub(crate) fn in_slot(algorithm: &'static str, deadline: Option<Instant>, slot: Slot) -> Self {
+    pub(crate) fn in_slot(
+        algorithm: &'static str,
+        deadline: Option<Instant>,
+        slot: Slot,
+        caller: Option<Caller>,
+    ) -> Self {
         Self {
             algorithm,
             deadline,
+            caller,
             slot: Some(slot),
             version: OnceLock::new(),
         }
+    }
+
+    /// Who asked for this run: its address and, over the mesh, its SPIFFE ID.
+    pub fn caller(&self) -> Option<&Caller> {
+        self.caller.as_ref()
     }
 
     /// Says which version produced this run's result, when it may differ from what
@@ -351,7 +409,7 @@ mod tests {
     async fn blocking_work_keeps_the_slot_after_its_run_is_dropped() {
         let slots = RunSlots::new(1, 0);
         let slot = slots.acquire(None).await.unwrap();
-        let context = RunContext::in_slot("test", None, slot.clone());
+        let context = RunContext::in_slot("test", None, slot.clone(), None);
         let release = Arc::new(AtomicBool::new(false));
         let started = Arc::new(AtomicBool::new(false));
         let run = {

@@ -57,7 +57,10 @@ impl Catalog {
         Self::from_entries(inventory::iter::<AlgorithmEntry>)
     }
 
-    pub(crate) fn from_entries(
+    /// The algorithms of `entries` alone ([`AlgorithmEntry::of`]), checked as
+    /// [`Catalog::discover`] checks them: for a runner served in-process
+    /// ([`crate::Runner`]) with the algorithms a test chose.
+    pub fn from_entries(
         entries: impl IntoIterator<Item = &'static AlgorithmEntry>,
     ) -> Result<Self, CatalogError> {
         let mut algorithms = BTreeMap::new();

@@ -44,10 +44,12 @@ mod slots;
 mod test_algorithms;
 mod transport;
 
-pub use algorithm::{Algorithm, AlgorithmEntry, LoadContext, LoadError, RunContext, RunError};
+pub use algorithm::{
+    Algorithm, AlgorithmEntry, Caller, LoadContext, LoadError, RunContext, RunError,
+};
 pub use catalog::{Catalog, CatalogError};
 pub use config::RunnerConfig;
-pub use runtime::{BoundAddresses, run};
+pub use runtime::{BoundAddresses, Listeners, Runner, run};
 
 /// Re-exported for [`register_algorithm!`]; not part of the API.
 #[doc(hidden)]

@@ -14,10 +14,14 @@
 //!    grace period);
 //! 9. **deregister**, stop serving, exit 0.
 //!
+//! [`run`] (the binary) and [`Runner`] (in-process: tests) serve the same way: both bind
+//! (step 1) and hand the listeners to one task running steps 2 to 9, which reports its
+//! bound addresses back once every port is bound.
+//!
 //! One stop mechanism throughout: [`CancellationToken`]s. `shutdown` is cancelled by the
-//! signal and ends steps 4 and 7; `keep_registered` ends the registration loop before
-//! deregistering; `servers` is cancelled last (also when `run` returns early) and stops
-//! the gRPC, health and metrics servers.
+//! signal (or [`Runner::stop`]) and ends steps 4 and 7; `keep_registered` ends the
+//! registration loop before deregistering; `servers` is cancelled last (also when the
+//! runner fails) and stops the gRPC, health and metrics servers.
 
 use crate::RunnerConfig;
 use crate::algorithm::LoadContext;
@@ -28,7 +32,7 @@ use crate::slots::RunSlots;
 use crate::transport::{self, Routes};
 use anyhow::{Context, anyhow};
 use plugworker_consul_client::ConsulClient;
-use plugworker_discovery::Registration;
+use plugworker_consul_client::registration::Registration;
 use plugworker_mesh::{Identity, ServerSettings};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
@@ -36,6 +40,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::net::TcpListener;
+use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::transport::server::TcpIncoming;
@@ -57,7 +62,7 @@ fn server_ended(server: &str, ended: Result<(), tokio::task::JoinError>) -> anyh
     }
 }
 
-/// Runs a runner until it is told to stop. `Err` means it could not start or an algorithm
+/// Runs a runner until SIGTERM/SIGINT. `Err` means it could not start or an algorithm
 /// failed to load; the message says which and why.
 pub async fn run(
     config: RunnerConfig,
@@ -72,29 +77,192 @@ pub async fn run(
             shutdown.cancel();
         }
     });
-    run_until(config, catalog, default_service_name, shutdown).await
+    let listeners = Listeners::bind(&config).await?;
+    Runner::launch(listeners, config, catalog, default_service_name, shutdown)
+        .await?
+        .finished()
+        .await
 }
 
-/// [`run`], stopping when `shutdown` is cancelled instead of on a signal.
+/// A runner served inside this process: what [`run`] serves, minus the signal handling,
+/// with its bound addresses and a stop handle. Tests use it to serve a catalog on port 0
+/// and call it without a process; dropping it stops the runner (in the background).
+pub struct Runner {
+    addresses: BoundAddresses,
+    shutdown: CancellationToken,
+    task: Option<JoinHandle<anyhow::Result<()>>>,
+    /// Set once every algorithm has loaded and health says `SERVING`.
+    serving: CancellationToken,
+    mesh_stats: plugworker_mesh::ServerStats,
+    identity: Arc<OnceLock<Identity>>,
+}
+
+impl Runner {
+    /// Binds the addresses `config` names (port 0 picks a free port) and serves `catalog`
+    /// there. Returns once every port is bound; the algorithms load, and in mesh mode the
+    /// Connect identity is fetched, in the background ([`Runner::serving`] waits for both).
+    pub async fn start(
+        config: RunnerConfig,
+        catalog: Catalog,
+        default_service_name: &str,
+    ) -> anyhow::Result<Self> {
+        let listeners = Listeners::bind(&config).await?;
+        Self::serve(listeners, config, catalog, default_service_name).await
+    }
+
+    /// [`Runner::start`] on listeners already bound (`config`'s addresses are then not
+    /// bound again: `--listen` and `--health-listen` are ignored).
+    pub async fn serve(
+        listeners: Listeners,
+        config: RunnerConfig,
+        catalog: Catalog,
+        default_service_name: &str,
+    ) -> anyhow::Result<Self> {
+        Self::launch(
+            listeners,
+            config,
+            catalog,
+            default_service_name,
+            CancellationToken::new(),
+        )
+        .await
+    }
+
+    async fn launch(
+        listeners: Listeners,
+        config: RunnerConfig,
+        catalog: Catalog,
+        default_service_name: &str,
+        shutdown: CancellationToken,
+    ) -> anyhow::Result<Self> {
+        if config.insecure_plaintext != listeners.health.is_none() {
+            anyhow::bail!(
+                "a runner in mesh mode serves health on a listener of its own, and only there; \
+                 with --insecure-plaintext, on the main one"
+            );
+        }
+        let (bound, addresses) = oneshot::channel();
+        let report = Report {
+            bound,
+            serving: CancellationToken::new(),
+            mesh_stats: plugworker_mesh::ServerStats::default(),
+            identity: Arc::new(OnceLock::new()),
+        };
+        let mut runner = Self {
+            addresses: BoundAddresses {
+                grpc: listeners.main_address,
+                health: listeners.health_address,
+                metrics: None,
+            },
+            shutdown: shutdown.clone(),
+            task: None,
+            serving: report.serving.clone(),
+            mesh_stats: report.mesh_stats.clone(),
+            identity: report.identity.clone(),
+        };
+        let name = default_service_name.to_string();
+        let mut task = tokio::spawn(run_until(
+            config, catalog, name, listeners, shutdown, report,
+        ));
+        match addresses.await {
+            Ok(addresses) => {
+                runner.addresses = addresses;
+                runner.task = Some(task);
+                Ok(runner)
+            }
+            // It stopped before it had bound everything: its error says why.
+            Err(_) => Err(joined((&mut task).await)
+                .err()
+                .unwrap_or_else(|| anyhow!("the runner stopped while starting"))),
+        }
+    }
+
+    /// Where it serves: gRPC, health, metrics (when `--metrics-address` was given).
+    pub fn addresses(&self) -> BoundAddresses {
+        self.addresses
+    }
+
+    /// The mesh acceptor's connection counters (all zero with `--insecure-plaintext`).
+    pub fn mesh_stats(&self) -> &plugworker_mesh::ServerStats {
+        &self.mesh_stats
+    }
+
+    /// The runner's Connect identity (its leaf kept renewed), once fetched; `None` before
+    /// and with `--insecure-plaintext`.
+    pub fn identity(&self) -> Option<Identity> {
+        self.identity.get().cloned()
+    }
+
+    /// Waits until every algorithm has loaded and health says `SERVING` (in mesh mode,
+    /// also until the identity arrived and jobs are served over it). `Err` if the runner
+    /// stopped first, with why.
+    pub async fn serving(&mut self) -> anyhow::Result<()> {
+        let Some(task) = self.task.as_mut() else {
+            anyhow::bail!("the runner has stopped");
+        };
+        tokio::select! {
+            () = self.serving.cancelled() => Ok(()),
+            ended = task => {
+                self.task = None;
+                Err(joined(ended).err().unwrap_or_else(|| anyhow!("the runner stopped before serving")))
+            }
+        }
+    }
+
+    /// Stops it as SIGTERM stops a runner process (drain, deregister, stop serving) and
+    /// waits for that: `Err` if it had failed.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        self.shutdown.cancel();
+        self.finished().await
+    }
+
+    /// Waits for it to stop, by [`Runner::stop`] or by itself (an error).
+    async fn finished(mut self) -> anyhow::Result<()> {
+        match self.task.take() {
+            Some(task) => joined(task.await),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Drop for Runner {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+/// The runner task's outcome, a panic included.
+fn joined(ended: Result<anyhow::Result<()>, tokio::task::JoinError>) -> anyhow::Result<()> {
+    ended.unwrap_or_else(|error| Err(anyhow!("the runner task failed: {error}")))
+}
+
+/// What the runner task tells its [`Runner`] handle as it goes.
+struct Report {
+    /// Every port bound (sent once the address file, if any, is written).
+    bound: oneshot::Sender<BoundAddresses>,
+    serving: CancellationToken,
+    mesh_stats: plugworker_mesh::ServerStats,
+    identity: Arc<OnceLock<Identity>>,
+}
+
+/// The runner: the steps in this module's documentation, until `shutdown` is cancelled.
 async fn run_until(
     config: RunnerConfig,
     catalog: Catalog,
-    default_service_name: &str,
+    default_service_name: String,
+    listeners: Listeners,
     shutdown: CancellationToken,
+    report: Report,
 ) -> anyhow::Result<()> {
-    let service_name = config
-        .service_name
-        .clone()
-        .unwrap_or_else(|| default_service_name.to_string());
+    let service_name = config.service_name.clone().unwrap_or(default_service_name);
     if config.insecure_plaintext {
         tracing::warn!(
-            listen = %config.listen,
+            listen = %listeners.main_address,
             "--insecure-plaintext: serving jobs over PLAINTEXT gRPC with no client authentication \
              and no intentions; anyone who can reach this port can send and read jobs"
         );
     }
     ensure_file_limit(&config);
-    let listeners = bind(&config).await?;
     let (host, port) = advertised_address(&config, listeners.main_address).await?;
     let instance_id = format!(
         "{service_name}-{}-{port}-{:04x}",
@@ -163,16 +331,17 @@ async fn run_until(
         metrics_port = Some(bound.port());
         metrics_address = Some(bound);
     }
+    let addresses = BoundAddresses {
+        grpc: listeners.main_address,
+        health: listeners.health_address,
+        metrics: metrics_address,
+    };
     if let Some(path) = &config.address_file {
-        let addresses = BoundAddresses {
-            grpc: listeners.main_address,
-            health: listeners.health_address,
-            metrics: metrics_address,
-        };
         // A few bytes to a local file: written in place rather than on a blocking thread.
         write_address_file(path, &addresses)
             .with_context(|| format!("cannot write --address-file {}", path.display()))?;
     }
+    let _ = report.bound.send(addresses);
     tracing::info!(
         listen = %listeners.main_address,
         health = %listeners.health_address,
@@ -192,7 +361,10 @@ async fn run_until(
     let identity = match (&consul, config.insecure_plaintext) {
         (Some(consul), false) => {
             match acquire_identity(consul, &service_name, &shutdown).await {
-                Some(identity) => Some(identity),
+                Some(identity) => {
+                    let _ = report.identity.set(identity.clone());
+                    Some(identity)
+                }
                 // Stopped before the identity arrived: nothing was registered or served.
                 None => {
                     tracing::info!("runner stopped before its Connect identity was ready");
@@ -209,6 +381,7 @@ async fn run_until(
         health_service,
         &state,
         identity.zip(consul.clone()),
+        report.mesh_stats,
         &servers,
     )?;
 
@@ -241,6 +414,7 @@ async fn run_until(
         &mut server,
         health_server,
         &shutdown,
+        &report.serving,
     )
     .await;
 
@@ -317,8 +491,9 @@ fn ensure_file_limit(config: &RunnerConfig) {
     }
 }
 
-/// The sockets a runner serves on.
-struct Listeners {
+/// The sockets a runner serves on: bound by [`Listeners::bind`] from its configuration,
+/// or by the caller ([`Listeners::new`]) and handed to [`Runner::serve`].
+pub struct Listeners {
     main: TcpListener,
     main_address: SocketAddr,
     /// The plaintext health port (mesh mode); `None` when health shares the main port.
@@ -326,37 +501,45 @@ struct Listeners {
     health_address: SocketAddr,
 }
 
-/// Step 1: bind every port before anything else, so a port in use fails the start.
-async fn bind(config: &RunnerConfig) -> anyhow::Result<Listeners> {
-    let main = TcpListener::bind(config.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.listen))?;
-    let main_address = main.local_addr().context("listener has no local address")?;
-    if config.insecure_plaintext {
-        return Ok(Listeners {
+impl Listeners {
+    /// `main` serves gRPC; `health`, the plaintext health port, is for mesh mode (with
+    /// `--insecure-plaintext` health is served on `main`, and `health` must be `None`).
+    pub fn new(main: TcpListener, health: Option<TcpListener>) -> std::io::Result<Self> {
+        let main_address = main.local_addr()?;
+        let health_address = match &health {
+            Some(health) => health.local_addr()?,
+            None => main_address,
+        };
+        Ok(Self {
             main,
             main_address,
-            health: None,
-            health_address: main_address,
-        });
+            health,
+            health_address,
+        })
     }
-    let health = TcpListener::bind(config.health_listen)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen on {} (--health-listen)",
-                config.health_listen
+
+    /// Step 1: binds `--listen` (and `--health-listen` in mesh mode) before anything
+    /// else, so a port in use fails the start.
+    pub async fn bind(config: &RunnerConfig) -> anyhow::Result<Self> {
+        let main = TcpListener::bind(config.listen)
+            .await
+            .with_context(|| format!("cannot listen on {}", config.listen))?;
+        let health = if config.insecure_plaintext {
+            None
+        } else {
+            Some(
+                TcpListener::bind(config.health_listen)
+                    .await
+                    .with_context(|| {
+                        format!(
+                            "cannot listen on {} (--health-listen)",
+                            config.health_listen
+                        )
+                    })?,
             )
-        })?;
-    let health_address = health
-        .local_addr()
-        .context("health listener has no local address")?;
-    Ok(Listeners {
-        main,
-        main_address,
-        health: Some(health),
-        health_address,
-    })
+        };
+        Self::new(main, health).context("a bound listener has no local address")
+    }
 }
 
 /// The addresses a runner serves on, once bound.
@@ -480,6 +663,7 @@ fn serve(
     >,
     state: &Arc<RunnerState>,
     mesh: Option<(Identity, ConsulClient)>,
+    mesh_stats: plugworker_mesh::ServerStats,
     servers: &CancellationToken,
 ) -> anyhow::Result<ServerTask> {
     let reflection = tonic_reflection::server::Builder::configure()
@@ -508,7 +692,7 @@ fn serve(
                 // here, within the open-file budget of `ensure_file_limit`.
                 max_concurrent_handshakes: config.max_connections.div_ceil(2),
                 handshake_timeout: config.header_read_timeout,
-                ..ServerSettings::default()
+                stats: mesh_stats,
             };
             tracing::info!(spiffe_id = %identity.spiffe_id(), "serving over Connect mTLS");
             let incoming = plugworker_mesh::incoming(listener, identity, consul, settings);
@@ -533,6 +717,7 @@ async fn wait(
     server: &mut ServerTask,
     health_server: Option<ServerTask>,
     shutdown: &CancellationToken,
+    serving: &CancellationToken,
 ) -> Option<anyhow::Error> {
     let health_died = async move {
         match health_server {
@@ -552,6 +737,7 @@ async fn wait(
         ended = &mut health_died => return Some(server_ended("health", ended)),
     }
     set_health(health, ServingStatus::Serving).await;
+    serving.cancel();
     tracing::info!(instance = %state.instance_id, "all algorithms loaded; serving");
     tokio::select! {
         () = shutdown.cancelled() => None,

@@ -11,7 +11,7 @@
 //! [`AlgorithmMetrics`] with its in-flight drop guard, [`gate`], and
 //! [`deadline::deadline`] on the arrival time [`deadline::StampArrival`] stamps.
 
-use crate::algorithm::{LoadedAlgorithm, RunContext, RunError};
+use crate::algorithm::{Caller, LoadedAlgorithm, RunContext, RunError};
 use crate::catalog::{Catalog, Described};
 use crate::deadline;
 use crate::metrics::AlgorithmMetrics;
@@ -88,7 +88,9 @@ pub(crate) struct RunnerService {
 impl Runner for RunnerService {
     async fn run(&self, request: Request<RunRequest>) -> Result<Response<RunResponse>, Status> {
         let state = &*self.state;
-        let (metadata, _, RunRequest { algorithm, payload }) = request.into_parts();
+        let (metadata, extensions, RunRequest { algorithm, payload }) = request.into_parts();
+        let caller = Caller::of(&extensions);
+        drop(extensions);
         let described = state.catalog.algorithms.get(algorithm.as_str());
         let span = server_span(described, &algorithm, &state.instance_id);
         plugworker_telemetry::propagation::continue_from_metadata(&span, &metadata);
@@ -105,7 +107,13 @@ impl Runner for RunnerService {
         let deadline = deadline::deadline(&metadata, received);
         // Only the payload lives on into the run: a smaller future to move around.
         drop(metadata);
-        let outcome = run_traced(state, described, &algorithm, received, deadline, payload)
+        let run = Run {
+            requested: &algorithm,
+            received,
+            deadline,
+            caller,
+        };
+        let outcome = run_traced(state, described, run, payload)
             .instrument(span.clone())
             .await;
         drop(in_flight);
@@ -201,14 +209,26 @@ fn gate<'a>(
         .ok_or_else(|| Status::unavailable("runner is still loading its algorithms"))
 }
 
-/// The run of one call: `requested` is the algorithm name as the caller gave it, and
-/// `deadline` when the kit answers `DEADLINE_EXCEEDED`, if the caller set a timeout.
+/// One call, as it arrived.
+struct Run<'a> {
+    /// The algorithm name as the caller gave it.
+    requested: &'a str,
+    received: Instant,
+    /// When the kit answers `DEADLINE_EXCEEDED`, if the caller set a timeout.
+    deadline: Option<Instant>,
+    caller: Option<Caller>,
+}
+
+/// The run of one call.
 async fn run_traced(
     state: &RunnerState,
     described: Option<&Described>,
-    requested: &str,
-    received: Instant,
-    deadline: Option<Instant>,
+    Run {
+        requested,
+        received,
+        deadline,
+        caller,
+    }: Run<'_>,
     bytes: Vec<u8>,
 ) -> Result<Response<RunResponse>, Status> {
     let Some(described) = described else {
@@ -245,7 +265,7 @@ async fn run_traced(
     // The context shares the slot with every blocking task the run starts: if the
     // caller stops waiting (deadline, cancellation), `hold` goes, but the slot stays
     // taken until that work has ended.
-    let context = RunContext::in_slot(name, deadline, hold.slot().clone());
+    let context = RunContext::in_slot(name, deadline, hold.slot().clone(), caller);
     let run = algorithm.clone().run(payload, context);
     let outcome = match deadline {
         Some(deadline) => tokio::time::timeout_at(deadline.into(), run)

@@ -149,6 +149,15 @@ impl AlgorithmSettings {
         })
     }
 
+    /// These settings and `value`, set in code rather than parsed from flags: for a
+    /// runner served in-process ([`crate::Runner`]), whose algorithms then read it with
+    /// [`LoadContext::settings`](crate::LoadContext::settings) (it replaces a value of the
+    /// same type).
+    pub fn with<T: Any + Send + Sync>(mut self, value: T) -> Self {
+        Arc::make_mut(&mut self.values).insert(TypeId::of::<T>(), Arc::new(value));
+        self
+    }
+
     /// The settings of type `T`, if it is registered.
     pub fn get<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.values.get(&TypeId::of::<T>())?.downcast_ref()

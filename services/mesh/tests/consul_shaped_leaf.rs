@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::{EchoServer, echo, mesh_channel, settings};
+use common::{EchoServer, echo, mesh_channel};
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_mesh::Identity;
 use rcgen::{
@@ -351,17 +351,21 @@ async fn consul_shaped_leaves_work_on_both_sides_of_a_mesh_call() {
                 .unwrap_or_else(|e| panic!("{service}: a Consul-shaped leaf must load: {e}"))
         }
     };
-    let runner = start("runner").await;
     let controller = start("controller").await;
-    assert_eq!(runner.spiffe_id(), uri("runner"));
     assert_eq!(controller.leaf_serial(), "5a:02");
 
-    let server = EchoServer::start(runner, consul.clone(), settings(Duration::from_secs(10))).await;
+    // The runner loads its own leaf from the agent, as a runner process does. Authorize
+    // decisions are cached past the test's end, so the one authorize asserted below is
+    // not joined by a periodic re-check of the open connection.
+    let server = EchoServer::start(&address, "runner", Duration::from_secs(600)).await;
+    let runner = server.identity();
+    assert_eq!(runner.spiffe_id(), uri("runner"));
+    assert_eq!(runner.leaf_serial(), "5a:01");
     let channel = mesh_channel(&controller, "runner", server.address);
-    let answer = echo(channel, b"consul-shaped").await.unwrap();
-    assert_eq!(answer.result, b"consul-shaped");
+    let answer = echo(channel, "consul-shaped").await.unwrap();
+    assert_eq!(answer.text, "consul-shaped");
     assert_eq!(
-        answer.instance_id,
+        answer.caller,
         uri("controller"),
         "the server read the client's identity"
     );
@@ -372,7 +376,7 @@ async fn consul_shaped_leaves_work_on_both_sides_of_a_mesh_call() {
     assert_eq!(server.stats.accepted(), 1);
 
     let bare = start("controller-without-intermediate").await;
-    let refused = echo(mesh_channel(&bare, "runner", server.address), b"x").await;
+    let refused = echo(mesh_channel(&bare, "runner", server.address), "x").await;
     assert!(refused.is_err(), "{refused:?}");
     assert_eq!(server.stats.accepted(), 1);
     assert_eq!(

@@ -1,20 +1,23 @@
-//! A Connect-native echo server and clients for the mesh tests, with identities from an
-//! embedded registry (the same endpoints a Consul agent serves).
+//! A Connect-native echo server (the kit's own server, in-process) and clients for the
+//! mesh tests, with identities from an embedded registry (the same endpoints a Consul
+//! agent serves).
 #![allow(dead_code)]
 
+use clap::Parser;
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
-use plugworker_mesh::{Identity, MeshConnectInfo, MeshConnector, ServerSettings, ServerStats};
-use plugworker_rpc::runner::v1::runner_client::RunnerClient;
-use plugworker_rpc::runner::v1::runner_server::{Runner, RunnerServer};
-use plugworker_rpc::runner::v1::{
-    ListAlgorithmsRequest, ListAlgorithmsResponse, RunRequest, RunResponse,
+use plugworker_kit::settings::AlgorithmSettings;
+use plugworker_kit::{
+    Algorithm, AlgorithmEntry, Catalog, LoadContext, LoadError, RunContext, RunError, Runner,
+    RunnerConfig,
 };
+use plugworker_mesh::{Identity, MeshConnector, ServerStats};
+use plugworker_rpc::runner::v1::RunRequest;
+use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::sync::oneshot;
 use tonic::transport::{Channel, Endpoint};
 
 pub async fn registry(config: RegistryConfig) -> RunningRegistry {
@@ -50,86 +53,121 @@ pub async fn intention(registry: &RunningRegistry, source: &str, destination: &s
     assert!(answer.status().is_success(), "{:?}", answer.text().await);
 }
 
-/// Echoes payloads back; answers with the caller's SPIFFE ID as `instance_id`.
+/// Calls [`EchoAlgorithm`] has run, shared with the test through the runner's settings.
 #[derive(Clone, Default)]
-pub struct Echo {
-    pub calls: Arc<AtomicU64>,
+pub struct Calls(Arc<AtomicU64>);
+
+/// Echoes its input's `text` back, with the caller's SPIFFE ID as the kit's server saw it
+/// (from the client certificate the mesh verified).
+pub struct EchoAlgorithm {
+    calls: Calls,
 }
 
-#[tonic::async_trait]
-impl Runner for Echo {
-    async fn run(
-        &self,
-        request: tonic::Request<RunRequest>,
-    ) -> Result<tonic::Response<RunResponse>, tonic::Status> {
-        self.calls.fetch_add(1, Ordering::SeqCst);
-        let peer = request
-            .extensions()
-            .get::<MeshConnectInfo>()
-            .map(|info| info.peer.to_string())
+#[derive(serde::Deserialize, schemars::JsonSchema)]
+pub struct EchoInput {
+    pub text: String,
+}
+
+#[derive(Debug, serde::Serialize, serde::Deserialize, schemars::JsonSchema)]
+pub struct Echoed {
+    pub text: String,
+    /// The caller's SPIFFE ID (empty if the server knew none).
+    pub caller: String,
+}
+
+impl Algorithm for EchoAlgorithm {
+    type Input = EchoInput;
+    type Output = Echoed;
+    const NAME: &'static str = "echo";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Echoes the text, naming the caller.";
+    fn load(context: &LoadContext) -> Result<Self, LoadError> {
+        Ok(Self {
+            calls: context.settings::<Calls>()?.clone(),
+        })
+    }
+    async fn run(&self, input: EchoInput, context: &RunContext) -> Result<Echoed, RunError> {
+        self.calls.0.fetch_add(1, Ordering::SeqCst);
+        let caller = context
+            .caller()
+            .and_then(|caller| caller.spiffe_id())
+            .map(ToString::to_string)
             .unwrap_or_default();
-        let request = request.into_inner();
-        Ok(tonic::Response::new(RunResponse {
-            result: request.payload,
-            algorithm_version: "1".into(),
-            instance_id: peer,
-            queued_micros: 0,
-            run_micros: 0,
-        }))
-    }
-
-    async fn list_algorithms(
-        &self,
-        _: tonic::Request<ListAlgorithmsRequest>,
-    ) -> Result<tonic::Response<ListAlgorithmsResponse>, tonic::Status> {
-        Ok(tonic::Response::new(ListAlgorithmsResponse::default()))
+        Ok(Echoed {
+            text: input.text,
+            caller,
+        })
     }
 }
 
-/// An echo server behind the mesh acceptor.
+static ECHO: AlgorithmEntry = AlgorithmEntry::of::<EchoAlgorithm>();
+
+/// The kit's runner, served in this process in mesh mode as `service`, with the echo
+/// algorithm: it gets its Connect identity from the agent at `consul_address` as a runner
+/// process does (not registered: these tests dial it directly).
 pub struct EchoServer {
     pub address: SocketAddr,
-    pub echo: Echo,
     pub stats: ServerStats,
-    stop: Option<oneshot::Sender<()>>,
+    calls: Calls,
+    runner: Runner,
 }
 
 impl EchoServer {
-    pub async fn start(identity: Identity, consul: ConsulClient, settings: ServerSettings) -> Self {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let address = listener.local_addr().unwrap();
-        let stats = settings.stats.clone();
-        let echo = Echo::default();
-        let incoming = plugworker_mesh::incoming(listener, identity, consul, settings);
-        let (stop, stopped) = oneshot::channel::<()>();
-        let service = RunnerServer::new(echo.clone());
-        tokio::spawn(async move {
-            tonic::transport::Server::builder()
-                .add_service(service)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await
-                .unwrap();
-        });
+    /// Serving once it returns; intention decisions cached for `authorize_cache_ttl`.
+    pub async fn start(consul_address: &str, service: &str, authorize_cache_ttl: Duration) -> Self {
+        let ttl = format!("{}ms", authorize_cache_ttl.as_millis());
+        let mut config = RunnerConfig::parse_from([
+            "mesh-test",
+            "--listen",
+            "127.0.0.1:0",
+            "--health-listen",
+            "127.0.0.1:0",
+            "--no-register",
+            "--service-name",
+            service,
+            "--consul-address",
+            consul_address,
+            "--mesh-authorize-cache-ttl",
+            &ttl,
+            // Also the TLS handshake's timeout.
+            "--header-read-timeout",
+            "5s",
+        ]);
+        let calls = Calls::default();
+        config.settings = AlgorithmSettings::default().with(calls.clone());
+        let catalog = Catalog::from_entries([&ECHO]).unwrap();
+        let mut runner = Runner::start(config, catalog, service).await.unwrap();
+        // A bound, not a timing: a runner without its identity retries forever.
+        tokio::time::timeout(Duration::from_secs(60), runner.serving())
+            .await
+            .expect("the runner serves within 60 s (its identity from the agent)")
+            .unwrap();
         Self {
-            address,
-            echo,
-            stats,
-            stop: Some(stop),
+            address: runner.addresses().grpc,
+            stats: runner.mesh_stats().clone(),
+            calls,
+            runner,
         }
+    }
+
+    /// [`EchoServer::start`] with the agent of `registry`.
+    pub async fn on(
+        registry: &RunningRegistry,
+        service: &str,
+        authorize_cache_ttl: Duration,
+    ) -> Self {
+        Self::start(&registry.url(), service, authorize_cache_ttl).await
     }
 
     pub fn calls(&self) -> u64 {
-        self.echo.calls.load(Ordering::SeqCst)
+        self.calls.0.load(Ordering::SeqCst)
     }
-}
 
-impl Drop for EchoServer {
-    fn drop(&mut self) {
-        if let Some(stop) = self.stop.take() {
-            let _ = stop.send(());
-        }
+    /// The runner's own Connect identity (its leaf, as it renews it).
+    pub fn identity(&self) -> Identity {
+        self.runner
+            .identity()
+            .expect("a serving mesh runner has its identity")
     }
 }
 
@@ -142,21 +180,14 @@ pub fn mesh_channel(identity: &Identity, expected_service: &str, address: Socket
         .connect_with_connector_lazy(MeshConnector::new(identity.clone(), expected_service))
 }
 
-pub async fn echo(channel: Channel, payload: &[u8]) -> Result<RunResponse, tonic::Status> {
-    RunnerClient::new(channel)
+/// Runs the echo algorithm on `text` over `channel`.
+pub async fn echo(channel: Channel, text: &str) -> Result<Echoed, tonic::Status> {
+    let answer = RunnerClient::new(channel)
         .run(RunRequest {
             algorithm: "echo".into(),
-            payload: payload.to_vec(),
+            payload: serde_json::json!({ "text": text }).to_string().into_bytes(),
         })
-        .await
-        .map(tonic::Response::into_inner)
-}
-
-/// Settings with a short authorize cache, so intention changes show quickly.
-pub fn settings(authorize_cache_ttl: Duration) -> ServerSettings {
-    ServerSettings {
-        authorize_cache_ttl,
-        handshake_timeout: Duration::from_secs(5),
-        ..ServerSettings::default()
-    }
+        .await?
+        .into_inner();
+    Ok(serde_json::from_slice(&answer.result).expect("the echo's output"))
 }
