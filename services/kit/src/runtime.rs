@@ -32,7 +32,7 @@ use crate::slots::RunSlots;
 use crate::transport::{self, Routes};
 use anyhow::{Context, anyhow};
 use plugworker_consul_client::ConsulClient;
-use plugworker_consul_client::registration::Registration;
+use plugworker_discovery::Registration;
 use plugworker_mesh::{Identity, ServerSettings};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
