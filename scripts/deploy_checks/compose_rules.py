@@ -565,6 +565,12 @@ def _galleries(repo, where, text, services, runners) -> list:
         granted = _init_policy(init_text, policy)
         if granted != wanted:
             problems.append(f"{init}: policy {policy} grants {consul_rules.describe(granted) or 'nothing'}; it must grant exactly {consul_rules.describe(wanted)} (the key services/meme/src/store.rs writes)")
+    # `plugworker dev` grants its runners the same read, its operator token the write.
+    dev = repo / consul_rules.DEV_MESH
+    if consul_rules.dev_rules(repo, "GALLERY_READER_RULES") != consul_rules.gallery_reader(repo):
+        problems.append(f"{dev}: GALLERY_READER_RULES grants {consul_rules.describe(consul_rules.dev_rules(repo, 'GALLERY_READER_RULES')) or 'nothing'}; dev's runners need exactly {consul_rules.describe(consul_rules.gallery_reader(repo))}")
+    if not consul_rules.gallery_publisher(repo) <= consul_rules.dev_rules(repo, "OPERATOR_RULES"):
+        problems.append(f"{dev}: OPERATOR_RULES lacks {consul_rules.describe(consul_rules.gallery_publisher(repo))} (dev's `plugworker gallery` announces versions with it)")
     if gallery_runners and not re.search(r'-service-identity="\$runner" \\\n\s+-policy-name=plugworker-gallery-reader', init_text):
         problems.append(f"{init}: the runners following the gallery ({', '.join(gallery_runners)}) get no plugworker-gallery-reader policy on their token")
     return problems

@@ -59,3 +59,15 @@ def gallery_reader(repo: pathlib.Path) -> set:
 def gallery_publisher(repo: pathlib.Path) -> set:
     """What an operator running `plugworker gallery add/remove/rollback` needs."""
     return {("key_prefix", gallery_prefix(repo), "write")}
+
+
+DEV_MESH = "services/cli/src/commands/dev_mesh.rs"
+
+
+def dev_rules(repo: pathlib.Path, constant: str) -> set:
+    """The rules of a `const NAME: &str = "...";` in `plugworker dev`'s mesh set-up."""
+    path = repo / DEV_MESH
+    found = re.search(rf'const {constant}: &str =\s*"((?:[^"\\]|\\.)*)";', path.read_text()) if path.is_file() else None
+    if not found:
+        return set()
+    return parse(found.group(1).replace('\\"', '"').replace("\\n", "\n"))

@@ -355,6 +355,17 @@ class Galleries(Case):
         self.assertReports(problems, r'policy plugworker-gallery-reader grants key_prefix "plugworker/galleries/" write; it must grant exactly key_prefix "plugworker/galleries/" read')
         self.assertReports(problems, r'policy plugworker-gallery-operator grants key_prefix "plugworker/" write; it must grant exactly key_prefix "plugworker/galleries/" write')
 
+    def test_dev_granting_other_gallery_rules_fails(self):
+        dev = self.scratch.root / "services"
+        dev.unlink()
+        shutil.copytree(REPO / "services", dev, ignore=shutil.ignore_patterns("target", "tests", "benches"))
+        path = "services/cli/src/commands/dev_mesh.rs"
+        self.scratch.edit(path, '"key_prefix \\"plugworker/galleries/\\" {\\n  policy = \\"read\\"', '"key_prefix \\"plugworker/\\" {\\n  policy = \\"read\\"')
+        self.scratch.edit(path, 'key_prefix \\"plugworker/galleries/\\" {\\n  policy = \\"write\\"', 'key_prefix \\"plugworker/galleries/\\" {\\n  policy = \\"read\\"')
+        problems = self.check()
+        self.assertReports(problems, r'dev_mesh\.rs: GALLERY_READER_RULES grants key_prefix "plugworker/" read; dev\'s runners need exactly key_prefix "plugworker/galleries/" read')
+        self.assertReports(problems, r'dev_mesh\.rs: OPERATOR_RULES lacks key_prefix "plugworker/galleries/" write')
+
     def test_gallery_runners_without_the_reader_policy_fail(self):
         self.scratch.edit("infra/consul/init.sh", '-service-identity="$runner" \\\n        -policy-name=plugworker-gallery-reader ;;', '-service-identity="$runner" ;;')
         self.assertReports(self.check(), r"the runners following the gallery \(.*\) get no plugworker-gallery-reader policy")

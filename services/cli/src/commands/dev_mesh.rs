@@ -3,9 +3,11 @@
 //! Consul, so `plugworker dev` exercises the same trust rules as production.
 //!
 //! With a random bootstrap (management) token, `dev` creates:
-//! - for each runner, a token whose only rule is the runner's service identity
-//!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog),
-//!   and a `service-intentions` entry allowing the controller to call that service;
+//! - for each runner, a token with the runner's service identity
+//!   (`ServiceIdentities: [{ServiceName}]`: write its own service, read the catalog) and
+//!   the `plugworker-gallery-reader` policy (read `plugworker/galleries/`, the galleries'
+//!   versions a runner following a gallery watches), and a `service-intentions` entry
+//!   allowing the controller to call that service;
 //! - for the controller, a token with the `plugworker-controller` policy
 //!   ([`plugworker_discovery::policy::controller_rules`]);
 //! - for the person at the keyboard, an `operator` token ([`DevMesh::operator`]): the
@@ -38,10 +40,19 @@ pub const OPERATOR_SERVICE: &str = "operator";
 /// pipelines and the galleries' announced versions.
 const OPERATOR_RULES: &str = "key_prefix \"plugworker/pipelines/\" {\n  policy = \"write\"\n}\nkey_prefix \"plugworker/galleries/\" {\n  policy = \"write\"\n}\n";
 
+/// What a runner's token may do beside its service identity: read the galleries'
+/// versions (`plugworker/galleries/<location hash>`, written by `plugworker gallery`), so
+/// a runner following a gallery reloads as soon as one is published, not at its next poll.
+/// The deployments grant the same (infra/consul/init.sh, terraform's mesh.py).
+const GALLERY_READER_RULES: &str =
+    "key_prefix \"plugworker/galleries/\" {\n  policy = \"read\"\n}\n";
+
 /// The embedded registry with ACLs and intentions on, and the management client.
 pub struct DevMesh {
     management: ConsulClient,
     address: String,
+    /// The runners' `plugworker-gallery-reader` policy, created once at start.
+    gallery_reader: PolicyLink,
 }
 
 /// Starts the embedded registry with ACLs (default deny) and intentions (default deny).
@@ -62,11 +73,23 @@ pub async fn start_registry()
     .context("cannot start the embedded registry")?;
     let address = registry.url();
     let management = client(&address, &bootstrap)?;
+    let gallery_reader = management
+        .acl_policy_create(&NewPolicy {
+            name: "plugworker-gallery-reader".into(),
+            description: "plugworker dev: runners read the galleries' versions".into(),
+            rules: GALLERY_READER_RULES.into(),
+        })
+        .await
+        .context("cannot create the runners' ACL policy")?;
     Ok((
         registry,
         DevMesh {
             management,
             address,
+            gallery_reader: PolicyLink {
+                id: gallery_reader.id,
+                name: String::new(),
+            },
         },
     ))
 }
@@ -101,10 +124,10 @@ impl DevMesh {
             .management
             .acl_token_create(&NewToken {
                 description: format!("plugworker dev: runner {service}"),
+                policies: vec![self.gallery_reader.clone()],
                 service_identities: vec![ServiceIdentity {
                     service_name: service.to_string(),
                 }],
-                ..Default::default()
             })
             .await
             .with_context(|| format!("cannot create the ACL token of runner {service}"))?;
@@ -228,6 +251,38 @@ impl DevMesh {
 
 #[cfg(test)]
 mod tests {
+    use plugworker_consul_client::QueryOptions;
+
+    #[tokio::test]
+    async fn a_runner_reads_the_galleries_versions_and_writes_no_key() {
+        let (_registry, mesh) = super::start_registry().await.unwrap();
+        let env = mesh.admit_runner("image-runner").await.unwrap();
+        let token = &env
+            .iter()
+            .find(|(k, _)| *k == "CONSUL_HTTP_TOKEN")
+            .unwrap()
+            .1;
+        let runner = super::client(mesh.address(), token).unwrap();
+        let key = "plugworker/galleries/0123456789abcdef";
+        assert!(mesh.management.kv_put(key, b"v1", None).await.unwrap());
+        let (pair, _) = runner.kv_get(key, QueryOptions::default()).await.unwrap();
+        assert_eq!(pair.unwrap().value, b"v1");
+        assert!(runner.kv_put(key, b"v2", None).await.is_err());
+        let pipelines = "plugworker/pipelines/meme_report";
+        assert!(
+            mesh.management
+                .kv_put(pipelines, b"{}", None)
+                .await
+                .unwrap()
+        );
+        assert!(
+            runner
+                .kv_get(pipelines, QueryOptions::default())
+                .await
+                .is_err()
+        );
+    }
+
     #[test]
     fn secrets_look_like_consuls_and_differ() {
         let a = super::random_secret();
