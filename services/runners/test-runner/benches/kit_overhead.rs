@@ -11,7 +11,8 @@
 
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
-use std::process::{Child, Command, Stdio};
+use plugworker_testkit::Process;
+use std::path::Path;
 use std::time::{Duration, Instant};
 use tonic::transport::Channel;
 
@@ -26,40 +27,19 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 struct Server {
     name: &'static str,
-    child: Child,
+    _process: Process,
     address: String,
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-fn start(name: &'static str, program: &str, extra: &[&str]) -> Server {
-    let address = format!("127.0.0.1:{}", free_port());
-    let child = Command::new(program)
-        .arg("--listen")
-        .arg(&address)
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot start {program}: {e}"));
+/// Starts `program` on port 0 and reads the address it bound from its address file.
+async fn start(name: &'static str, program: &str, extra: &[&str]) -> Server {
+    let mut args = vec!["--listen", "127.0.0.1:0"];
+    args.extend_from_slice(extra);
+    let (process, addresses) = Process::spawn_reporting(Path::new(program), &args, &[]).await;
     Server {
         name,
-        child,
-        address,
+        _process: process,
+        address: addresses.grpc().to_string(),
     }
 }
 
@@ -156,8 +136,9 @@ fn main() {
             "kit (test-runner, echo)",
             env!("CARGO_BIN_EXE_test-runner"),
             &["--no-register", "--insecure-plaintext", "--max-concurrent-runs", "256", "--max-queued-runs", "1024"],
-        );
-        let bare = start("bare tonic echo", env!("CARGO_BIN_EXE_bare-echo"), &[]);
+        )
+        .await;
+        let bare = start("bare tonic echo", env!("CARGO_BIN_EXE_bare-echo"), &[]).await;
         let mut sets = Vec::new();
         for server in [&kit, &bare] {
             let mut set = clients(&server.address, concurrency).await;

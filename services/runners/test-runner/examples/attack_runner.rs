@@ -43,9 +43,14 @@ const HELD: Duration = Duration::from_secs(15);
 
 /// Each size against a fresh runner (`start`), so that one size's freed memory does not
 /// count in the next one's figure.
-async fn never_finished(start: impl Fn() -> Runner, port: &str, path: &str, per_connection: usize) {
+async fn never_finished<F: std::future::Future<Output = Runner>>(
+    start: impl Fn() -> F,
+    port: &str,
+    path: &str,
+    per_connection: usize,
+) {
     for streams in [275, 550, 1_100] {
-        let runner = start();
+        let runner = start().await;
         attack::serving(&runner.health).await;
         let address = if port == "health" {
             runner.health.clone()
@@ -100,11 +105,19 @@ async fn main() {
 
     println!("1a. never-finished 4 MB calls, health port of a mesh-mode runner (default bounds)");
     let url = registry.url();
-    let mesh = || attack::start(&binary, Some(&url), None, &["--service-name", "attacked"]);
+    let (binary_path, url) = (binary.as_path(), url.as_str());
+    let mesh = move || {
+        attack::start(
+            binary_path,
+            Some(url),
+            None,
+            &["--service-name", "attacked"],
+        )
+    };
     never_finished(mesh, "health", "/grpc.health.v1.Health/Check", 8).await;
 
     println!("1b. never-finished 4 MB calls, main port of a plaintext runner (default bounds)");
-    let plain = || attack::start(&binary, None, None, &[]);
+    let plain = move || attack::start(binary_path, None, None, &[]);
     // Streams per connection: the default cap on a 2-core machine (2 + 64 + 16).
     never_finished(plain, "main", "/plugworker.runner.v1.Runner/Run", 82).await;
 
@@ -114,7 +127,8 @@ async fn main() {
         Some(&registry.url()),
         Some(1024),
         &["--service-name", "flooded"],
-    );
+    )
+    .await;
     attack::serving(&mesh.health).await;
     let flood = idle_flood(&mesh, &mesh.health, "health").await;
     let checked = Instant::now();
@@ -131,7 +145,7 @@ async fn main() {
     drop(mesh);
 
     println!("2b. 3,000 idle connections, main port of a plaintext runner, ulimit -n 1024");
-    let plain = attack::start(&binary, None, Some(1024), &[]);
+    let plain = attack::start(&binary, None, Some(1024), &[]).await;
     attack::serving(&plain.main).await;
     let flood = idle_flood(&plain, &plain.main, "main").await;
     let mut ok = 0;

@@ -21,7 +21,7 @@ async fn started(extra_args: &[&str]) -> (plugworker_testkit::Process, RunnerCli
 async fn started_at(
     extra_args: &[&str],
 ) -> (plugworker_testkit::Process, String, RunnerClient<Channel>) {
-    let (process, address) = start_unregistered("test-runner", extra_args, &[]);
+    let (process, address) = start_unregistered("test-runner", extra_args, &[]).await;
     let client = runner_client(&address, Duration::from_secs(15)).await;
     wait_until_serving(&address).await;
     (process, address, client)
@@ -263,7 +263,7 @@ async fn server_reflection_lists_the_runner_and_health_services() {
     use tonic_reflection::pb::v1::server_reflection_request::MessageRequest;
     use tonic_reflection::pb::v1::server_reflection_response::MessageResponse;
 
-    let (process, address) = start_unregistered("test-runner", &[], &[]);
+    let (process, address) = start_unregistered("test-runner", &[], &[]).await;
     let _ = runner_client(&address, Duration::from_secs(15)).await;
     let channel = Channel::from_shared(format!("http://{address}"))
         .unwrap()
@@ -313,9 +313,10 @@ fn probe(listen: &str) -> std::process::Output {
 
 #[tokio::test]
 async fn the_health_probe_fails_without_a_runner_and_passes_once_it_serves() {
-    let (process, address) = start_unregistered("test-runner", &[], &[]);
+    let (process, address) = start_unregistered("test-runner", &[], &[]).await;
     let port = address.rsplit_once(':').unwrap().1.to_string();
-    let absent = probe(&format!("127.0.0.1:{}", plugworker_testkit::free_port()));
+    let closed = plugworker_testkit::ClosedPort::new();
+    let absent = probe(&closed.address());
     assert!(!absent.status.success());
     assert!(
         String::from_utf8_lossy(&absent.stderr).contains("no runner answers at 127.0.0.1:"),

@@ -6,7 +6,7 @@ mod common;
 use common::{CHECK_INTERVAL_SECS, algorithm_modules, registry, registry_on, start_runner};
 use plugworker_consul_client::{CheckStatus, QueryOptions};
 use plugworker_rpc::runner::v1::RunRequest;
-use plugworker_testkit::{eventually, free_port, passing_instances, runner_client};
+use plugworker_testkit::{eventually, passing_instances, runner_client};
 use std::time::{Duration, Instant};
 
 const INTERVAL: Duration = Duration::from_secs(CHECK_INTERVAL_SECS);
@@ -14,7 +14,7 @@ const INTERVAL: Duration = Duration::from_secs(CHECK_INTERVAL_SECS);
 #[tokio::test]
 async fn two_runners_register_with_exactly_their_algorithm_tags_and_pass_only_once_loaded() {
     let (registry, consul) = registry().await;
-    let (_nlp, _) = start_runner("nlp-runner", "nlp-runner", &registry.url(), &[], &[]);
+    let (_nlp, _) = start_runner("nlp-runner", "nlp-runner", &registry.url(), &[], &[]).await;
     // The test runner takes 2 s to load, so its instance is visible before it may pass.
     let (_test, _) = start_runner(
         "test-runner",
@@ -22,7 +22,8 @@ async fn two_runners_register_with_exactly_their_algorithm_tags_and_pass_only_on
         &registry.url(),
         &[],
         &[("TEST_RUNNER_LOAD_DELAY_MS", "2000")],
-    );
+    )
+    .await;
 
     let catalog = eventually(
         Duration::from_secs(20),
@@ -107,7 +108,7 @@ async fn two_runners_register_with_exactly_their_algorithm_tags_and_pass_only_on
 #[tokio::test]
 async fn sigkilled_runner_drops_out_of_passing_within_two_check_intervals() {
     let (registry, consul) = registry().await;
-    let (runner, _) = start_runner("test-runner", "killed-runner", &registry.url(), &[], &[]);
+    let (runner, _) = start_runner("test-runner", "killed-runner", &registry.url(), &[], &[]).await;
     eventually(Duration::from_secs(20), "the runner to pass", || async {
         (!passing_instances(&consul, "killed-runner").await.is_empty()).then_some(())
     })
@@ -147,7 +148,7 @@ async fn sigkilled_runner_drops_out_of_passing_within_two_check_intervals() {
 async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
     let (registry, consul) = registry().await;
     let (mut runner, address) =
-        start_runner("test-runner", "drained-runner", &registry.url(), &[], &[]);
+        start_runner("test-runner", "drained-runner", &registry.url(), &[], &[]).await;
     eventually(Duration::from_secs(20), "the runner to pass", || async {
         (!passing_instances(&consul, "drained-runner")
             .await
@@ -241,10 +242,12 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
 
 #[tokio::test]
 async fn runner_registers_again_when_the_agent_forgets_it() {
-    let port = free_port();
-    let address = format!("127.0.0.1:{port}");
-    let (registry, consul) = registry_on(&address).await;
-    let (_runner, _) = start_runner("test-runner", "phoenix-runner", &registry.url(), &[], &[]);
+    let (registry, consul) = registry().await;
+    // The restarted agent comes back where the runner knows it: the port the first one
+    // bound.
+    let address = registry.url().trim_start_matches("http://").to_string();
+    let (_runner, _) =
+        start_runner("test-runner", "phoenix-runner", &registry.url(), &[], &[]).await;
     eventually(
         Duration::from_secs(20),
         "the runner to register",
@@ -293,7 +296,8 @@ async fn a_model_that_fails_to_load_stops_the_runner_with_a_message_naming_algor
             ("TEST_RUNNER_REQUIRED_FILE", missing),
             ("TEST_RUNNER_LOAD_DELAY_MS", "500"),
         ],
-    );
+    )
+    .await;
     let status = runner.wait_exit(Duration::from_secs(20)).await;
     assert!(!status.success(), "a failed load must exit non-zero");
     let log = runner.log();

@@ -48,7 +48,8 @@ async fn deadlines_answer_on_time_but_blocking_work_keeps_its_slot() {
         "test-runner",
         &["--max-concurrent-runs", &slots, "--max-queued-runs", "16"],
         &[],
-    );
+    )
+    .await;
     let mut client = runner_client(&address, Duration::from_secs(15)).await;
     serving(&mut client).await;
     let (_, idle_rss) = rss(runner.pid());

@@ -16,8 +16,8 @@ use tokio::net::TcpStream;
 use tonic::Code;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-fn start(consul: Option<&str>, open_files: Option<u32>, extra: &[&str]) -> Runner {
-    common::attack::start(&bin_path("test-runner"), consul, open_files, extra)
+async fn start(consul: Option<&str>, open_files: Option<u32>, extra: &[&str]) -> Runner {
+    common::attack::start(&bin_path("test-runner"), consul, open_files, extra).await
 }
 
 /// Connections closed (or calls reset) on `port` for `reason`, as the runner counts them.
@@ -122,7 +122,7 @@ async fn growth_under_never_finished_calls(
 #[tokio::test]
 async fn never_finished_calls_to_the_health_port_do_not_grow_the_runner() {
     let (registry, _consul) = registry().await;
-    let runner = start(Some(&registry.url()), None, &["--body-read-timeout", "60s"]);
+    let runner = start(Some(&registry.url()), None, &["--body-read-timeout", "60s"]).await;
     serving(&runner.health).await;
     let (at_100, at_400) = growth_under_never_finished_calls(
         &runner,
@@ -159,7 +159,8 @@ async fn never_finished_calls_to_the_main_port_are_bounded_by_the_receiving_budg
             "--body-read-timeout",
             "60s",
         ],
-    );
+    )
+    .await;
     serving(&runner.main).await;
     let (at_100, at_400) = growth_under_never_finished_calls(
         &runner,
@@ -192,7 +193,8 @@ async fn idle_connections_beyond_the_cap_do_not_lock_out_the_health_check() {
         Some(&registry.url()),
         Some(256),
         &["--health-max-connections", "16", "--max-connections", "16"],
-    );
+    )
+    .await;
     serving(&runner.health).await;
     let _flood = idle_connections(&runner.health, 400).await;
     let status = check(&runner.health).await;
@@ -228,7 +230,7 @@ async fn idle_connections_beyond_the_cap_do_not_lock_out_the_health_check() {
 /// still succeeds.
 #[tokio::test]
 async fn idle_connections_beyond_the_cap_do_not_lock_out_run_calls() {
-    let runner = start(None, Some(256), &["--max-connections", "16"]);
+    let runner = start(None, Some(256), &["--max-connections", "16"]).await;
     serving(&runner.main).await;
     let _flood = idle_connections(&runner.main, 400).await;
     let mut client = plugworker_testkit::runner_client(&runner.main, Duration::from_secs(5)).await;
@@ -258,7 +260,7 @@ async fn idle_connections_beyond_the_cap_do_not_lock_out_run_calls() {
 /// --body-read-timeout, instead of holding its stream and bytes until the client gives up.
 #[tokio::test]
 async fn a_body_that_stops_arriving_is_reset_within_the_body_timeout() {
-    let runner = start(None, None, &["--body-read-timeout", "1s"]);
+    let runner = start(None, None, &["--body-read-timeout", "1s"]).await;
     serving(&runner.main).await;
     let tcp = TcpStream::connect(&runner.main).await.unwrap();
     let (sender, connection) = h2::client::handshake(tcp).await.unwrap();
@@ -321,7 +323,8 @@ async fn silent_idle_and_old_connections_are_closed_in_time() {
             "--max-connection-age",
             "3s",
         ],
-    );
+    )
+    .await;
     serving(&runner.main).await;
 
     // Silent: closed by the runner (EOF) at the header timeout.
@@ -457,7 +460,8 @@ async fn large_calls_beyond_the_receiving_budget_together_all_succeed() {
             "--body-read-timeout",
             "3s",
         ],
-    );
+    )
+    .await;
     serving(&runner.main).await;
     let client = plugworker_testkit::runner_client(&runner.main, Duration::from_secs(5)).await;
     let message = "x".repeat(1_000_000);
@@ -491,7 +495,7 @@ async fn large_calls_beyond_the_receiving_budget_together_all_succeed() {
 /// the job would run twice).
 #[tokio::test]
 async fn a_call_arriving_with_the_goaway_of_an_eviction_completes() {
-    let runner = start(None, None, &["--max-connections", "2"]);
+    let runner = start(None, None, &["--max-connections", "2"]).await;
     serving(&runner.main).await;
     let connections = || async {
         metric(
@@ -595,7 +599,7 @@ async fn a_call_arriving_with_the_goaway_of_an_eviction_completes() {
 #[tokio::test]
 async fn a_health_watch_ends_within_the_health_ports_idle_timeout() {
     let (registry, _consul) = registry().await;
-    let runner = start(Some(&registry.url()), None, &[]);
+    let runner = start(Some(&registry.url()), None, &[]).await;
     serving(&runner.health).await;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", runner.health))
         .unwrap()
@@ -626,7 +630,7 @@ async fn a_health_watch_ends_within_the_health_ports_idle_timeout() {
 #[tokio::test]
 async fn a_fresh_connection_is_not_evicted_before_its_first_call_could_arrive() {
     use tokio::io::AsyncReadExt;
-    let runner = start(None, None, &["--max-connections", "4"]);
+    let runner = start(None, None, &["--max-connections", "4"]).await;
     serving(&runner.main).await;
     let connections = || async {
         metric(

@@ -34,13 +34,25 @@ struct Args {
     /// Address to listen on; the bound address is printed on stdout.
     #[arg(long, default_value = "127.0.0.1:0")]
     listen: std::net::SocketAddr,
+
+    /// Once bound, write `{"grpc": "ADDRESS"}` to this file (to PATH.tmp, renamed to PATH,
+    /// as a runner's --address-file does).
+    #[arg(long)]
+    address_file: Option<std::path::PathBuf>,
 }
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = <Args as clap::Parser>::parse();
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
-    println!("listening on {}", listener.local_addr()?);
+    let bound = listener.local_addr()?;
+    println!("listening on {bound}");
+    if let Some(path) = &args.address_file {
+        let mut partial = path.as_os_str().to_owned();
+        partial.push(".tmp");
+        std::fs::write(&partial, format!(r#"{{"grpc": "{bound}"}}"#))?;
+        std::fs::rename(&partial, path)?;
+    }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
     };

@@ -4,7 +4,7 @@
 
 #![allow(dead_code)]
 
-use plugworker_testkit::{Process, eventually, free_port, metric_value};
+use plugworker_testkit::{Process, eventually, metric_value};
 use prost::bytes::Bytes;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -23,35 +23,22 @@ pub struct Runner {
     pub metrics: String,
 }
 
-/// Starts a test-runner with metrics, under an open-file limit of `open_files` when given
-/// (a shell sets it, hard and soft, then becomes the runner). In mesh mode (`consul`
-/// given) it registers there and serves health on its own plaintext port; otherwise it
-/// serves everything in plaintext on its main port.
-pub fn start(
+/// Starts a test-runner with metrics, on port 0 everywhere, under an open-file limit of
+/// `open_files` when given (a shell sets it, hard and soft, then becomes the runner). In
+/// mesh mode (`consul` given) it registers there and serves health on its own plaintext
+/// port; otherwise it serves everything in plaintext on its main port. Its addresses come
+/// from its address file.
+pub async fn start(
     runner: &Path,
     consul: Option<&str>,
     open_files: Option<u32>,
     extra: &[&str],
 ) -> Runner {
-    // Three different ports: `free_port` can hand out the same one twice.
-    let mut ports = Vec::new();
-    while ports.len() < 3 {
-        let port = free_port();
-        if !ports.contains(&port) {
-            ports.push(port);
-        }
-    }
-    let main = format!("127.0.0.1:{}", ports[0]);
-    let metrics = format!("127.0.0.1:{}", ports[1]);
-    let health = match consul {
-        Some(_) => format!("127.0.0.1:{}", ports[2]),
-        None => main.clone(),
-    };
     let mut args: Vec<String> = [
         "--listen",
-        &main,
+        "127.0.0.1:0",
         "--metrics-address",
-        &metrics,
+        "127.0.0.1:0",
         "--check-interval",
         "1s",
         "--check-timeout",
@@ -60,29 +47,29 @@ pub fn start(
     .map(String::from)
     .to_vec();
     match consul {
-        Some(url) => {
-            args.extend(["--health-listen", &health, "--consul-address", url].map(String::from))
-        }
+        Some(url) => args
+            .extend(["--health-listen", "127.0.0.1:0", "--consul-address", url].map(String::from)),
         None => args.extend(["--no-register", "--insecure-plaintext"].map(String::from)),
     }
     args.extend(extra.iter().map(|a| a.to_string()));
-    let process = match open_files {
+    let (process, addresses) = match open_files {
         None => {
             let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            Process::spawn(runner, &args, &[])
+            Process::spawn_reporting(runner, &args, &[]).await
         }
         Some(limit) => {
+            // The address file's flag, appended last, reaches the runner through "$@".
             let script = format!("ulimit -n {limit} && exec \"$0\" \"$@\"");
             let mut shell = vec!["-c", script.as_str(), runner.to_str().unwrap()];
             shell.extend(args.iter().map(String::as_str));
-            Process::spawn(std::path::Path::new("/bin/sh"), &shell, &[])
+            Process::spawn_reporting(Path::new("/bin/sh"), &shell, &[]).await
         }
     };
     Runner {
         process,
-        main,
-        health,
-        metrics,
+        main: addresses.grpc().to_string(),
+        health: addresses.health().to_string(),
+        metrics: addresses.metrics().to_string(),
     }
 }
 

@@ -6,7 +6,7 @@ pub mod attack;
 
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
-use plugworker_testkit::{Process, bin_path, free_port};
+use plugworker_testkit::{Process, bin_path};
 use std::path::PathBuf;
 
 pub const CHECK_INTERVAL_SECS: u64 = 1;
@@ -29,19 +29,19 @@ pub async fn registry_on(address: &str) -> (RunningRegistry, ConsulClient) {
 }
 
 /// Starts `binary` registered in the registry at `consul_url` under `service_name`, with
-/// a 1 s check interval. Returns the process and its gRPC address.
-pub fn start_runner(
+/// a 1 s check interval, on port 0. Returns the process and its gRPC address (from its
+/// address file).
+pub async fn start_runner(
     binary: &str,
     service_name: &str,
     consul_url: &str,
     extra_args: &[&str],
     envs: &[(&str, &str)],
 ) -> (Process, String) {
-    let address = format!("127.0.0.1:{}", free_port());
     let interval = format!("{CHECK_INTERVAL_SECS}s");
     let mut args = vec![
         "--listen",
-        &address,
+        "127.0.0.1:0",
         "--service-name",
         service_name,
         "--consul-address",
@@ -57,26 +57,27 @@ pub fn start_runner(
         "--insecure-plaintext",
     ];
     args.extend_from_slice(extra_args);
-    let process = Process::spawn(&bin_path(binary), &args, envs);
-    (process, address)
+    let (process, addresses) = Process::spawn_reporting(&bin_path(binary), &args, envs).await;
+    (process, addresses.grpc().to_string())
 }
 
-/// Starts `binary` without Consul registration. Returns the process and its gRPC address.
-pub fn start_unregistered(
+/// Starts `binary` without Consul registration, on port 0. Returns the process and its
+/// gRPC address.
+pub async fn start_unregistered(
     binary: &str,
     extra_args: &[&str],
     envs: &[(&str, &str)],
 ) -> (Process, String) {
-    let address = format!("127.0.0.1:{}", free_port());
     // No Consul: no Connect certificate, so plaintext.
     let mut args = vec![
         "--listen",
-        address.as_str(),
+        "127.0.0.1:0",
         "--no-register",
         "--insecure-plaintext",
     ];
     args.extend_from_slice(extra_args);
-    (Process::spawn(&bin_path(binary), &args, envs), address)
+    let (process, addresses) = Process::spawn_reporting(&bin_path(binary), &args, envs).await;
+    (process, addresses.grpc().to_string())
 }
 
 /// The algorithm module names of a runner crate, read from its `src/algorithms/` folder:
