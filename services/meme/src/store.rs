@@ -225,7 +225,8 @@ pub enum Change {
         images: Vec<NewImage>,
     },
     /// Templates under several labels in one version, each (label, image): a bulk import
-    /// (a whole collection at once, rather than one version per label).
+    /// (a whole collection at once, rather than one version per label). Near-duplicates
+    /// are looked for among the gallery's templates, not among the imported ones.
     Import { templates: Vec<(String, NewImage)> },
     /// Every template of `label`, or only those whose `name` or `file` is `file`.
     Remove { label: String, file: Option<String> },
@@ -636,7 +637,13 @@ impl GalleryStore {
                             ));
                             continue;
                         }
-                        warnings.extend(near_duplicates(new, &templates, &known));
+                        // Against the gallery it joins, not within an import: a collection
+                        // of look-alikes would warn quadratically (and cost as much).
+                        let checked = match &change {
+                            Change::Import { .. } => &templates[..base.templates.len()],
+                            _ => &templates[..],
+                        };
+                        warnings.extend(near_duplicates(new, checked, &known));
                         templates.push(new.clone());
                         added += 1;
                     }

@@ -177,3 +177,31 @@ async fn a_read_only_folder_poll_sees_each_change_without_rereading_the_rest() {
     let templates = store.templates(&replaced).await.unwrap();
     assert_eq!(templates.len(), TEMPLATES);
 }
+
+#[test]
+fn synthetic_templates_are_deterministic_and_look_alikes_share_layout_and_size() {
+    assert_eq!(synthetic::template(7, 3, 4), synthetic::template(7, 3, 4));
+    assert_ne!(synthetic::template(7, 3, 4), synthetic::template(8, 3, 4));
+    // Members 0..4 of one family: same size, different pixels.
+    let family: Vec<image::RgbImage> = (4..8).map(|i| synthetic::template(7, i, 4)).collect();
+    for member in &family[1..] {
+        assert_eq!(member.dimensions(), family[0].dimensions());
+        assert_ne!(member, &family[0]);
+    }
+}
+
+#[test]
+fn a_synthetic_recolour_turns_hues_and_keeps_greys() {
+    let image = image::RgbImage::from_fn(4, 1, |x, _| match x {
+        0 => image::Rgb([200, 40, 40]),
+        _ => image::Rgb([128, 128, 128]),
+    });
+    let turned = synthetic::recolour(&image, 120.0, 1.0, 1.0);
+    let red = turned.get_pixel(0, 0).0;
+    assert!(
+        red[1] > red[0] && red[1] > red[2],
+        "red turned to green: {red:?}"
+    );
+    let grey = turned.get_pixel(1, 0).0;
+    assert!(grey.iter().all(|&c| c.abs_diff(128) <= 1), "{grey:?}");
+}
