@@ -32,6 +32,12 @@ pub struct Args {
     /// plugworker_metrics_port, so Prometheus finds it through Consul).
     #[arg(long, env = "PLUGWORKER_NO_REGISTER")]
     pub no_register: bool,
+    /// Once the health endpoint is bound, write its address as JSON
+    /// (`{"health": "127.0.0.1:PORT"}`) to PATH.tmp and rename it to PATH, so whoever
+    /// started the controller with `--health-address 127.0.0.1:0` learns the port (a
+    /// reader never sees half a file; an all-interfaces address is written as loopback).
+    #[arg(long, env = "PLUGWORKER_ADDRESS_FILE", value_name = "PATH")]
+    pub address_file: Option<std::path::PathBuf>,
 }
 
 pub async fn run(args: Args) -> anyhow::Result<()> {
@@ -42,6 +48,13 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot listen on {}", args.health_address))?;
     tracing::info!(address = %listener.local_addr()?, "health endpoint at /healthz, metrics at /metrics");
     let local = listener.local_addr()?;
+    // Written once bound, before the controller's start-up (SQS checks, the mesh identity)
+    // that can fail: a request queues on the bound socket until the endpoint serves.
+    if let Some(path) = &args.address_file {
+        write_address_file(path, local)
+            .await
+            .with_context(|| format!("cannot write --address-file {}", path.display()))?;
+    }
     let mesh_service = args.controller.mesh.mesh_service.clone();
     let registration =
         (!args.no_register).then(|| registration(consul.clone(), &mesh_service, local));
@@ -120,6 +133,25 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     health_server.abort();
     Ok(())
+}
+
+/// `--address-file`: `{"health": ADDRESS}`, written beside `path` and renamed onto it.
+async fn write_address_file(
+    path: &std::path::Path,
+    health: std::net::SocketAddr,
+) -> std::io::Result<()> {
+    let mut reachable = health;
+    if health.ip().is_unspecified() {
+        reachable.set_ip(match health {
+            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
+            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
+        });
+    }
+    let json = serde_json::json!({ "health": reachable.to_string() });
+    let mut partial = path.as_os_str().to_owned();
+    partial.push(".tmp");
+    tokio::fs::write(&partial, json.to_string()).await?;
+    tokio::fs::rename(&partial, path).await
 }
 
 /// The controller's own registration: found by Prometheus through Consul
