@@ -50,7 +50,7 @@ pub fn free_port() -> u16 {
 /// Without `SO_REUSEADDR`, which every listener of std and tokio sets: the kernel lets
 /// two sockets share a port only when both set it.
 pub struct ClosedPort {
-    _socket: socket2::Socket,
+    socket: socket2::Socket,
     address: std::net::SocketAddr,
 }
 
@@ -67,10 +67,7 @@ impl ClosedPort {
             .ok()
             .and_then(|a| a.as_socket())
             .expect("a bound socket has an address");
-        Self {
-            _socket: socket,
-            address,
-        }
+        Self { socket, address }
     }
 
     /// `127.0.0.1:PORT`.
@@ -81,6 +78,18 @@ impl ClosedPort {
     /// `http://127.0.0.1:PORT`.
     pub fn url(&self) -> String {
         format!("http://{}", self.address)
+    }
+
+    /// Starts listening on the same port (a service that comes up where nothing answered):
+    /// the port is never released in between.
+    pub fn open(self) -> std::net::TcpListener {
+        self.socket
+            .listen(128)
+            .expect("can listen on a bound socket");
+        self.socket
+            .set_nonblocking(true)
+            .expect("can make a socket non-blocking");
+        self.socket.into()
     }
 }
 
@@ -401,6 +410,11 @@ mod tests {
         // std's listener sets SO_REUSEADDR, as tokio's does: still refused the port.
         let taken = std::net::TcpListener::bind(closed.address()).unwrap_err();
         assert_eq!(taken.kind(), std::io::ErrorKind::AddrInUse);
+        let address = closed.address();
+        let listener = closed.open();
+        listener.set_nonblocking(false).unwrap();
+        std::net::TcpStream::connect(&address).unwrap();
+        listener.accept().unwrap();
     }
 
     #[tokio::test]
