@@ -18,7 +18,7 @@ use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
 use plugworker_testkit::sqs::Sqs;
-use plugworker_testkit::{Process, bin_path, free_port};
+use plugworker_testkit::{Process, bin_path};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -160,12 +160,13 @@ fn main() {
         .unwrap();
     runtime.block_on(async {
         let registry = Registry::spawn("127.0.0.1:0", RegistryConfig::default()).await.unwrap();
-        let address = format!("127.0.0.1:{}", free_port());
-        let _runner = Process::spawn(
+        let (_runner, addresses) = Process::spawn_reporting(
             &bin_path("test-runner"),
-            &["--listen", &address, "--consul-address", &registry.url(), "--check-interval", "1s", "--max-concurrent-runs", "256", "--max-queued-runs", "4096", "--insecure-plaintext"],
+            &["--listen", "127.0.0.1:0", "--consul-address", &registry.url(), "--check-interval", "1s", "--max-concurrent-runs", "256", "--max-queued-runs", "4096", "--insecure-plaintext"],
             &[("RUST_LOG", "warn")],
-        );
+        )
+        .await;
+        let address = addresses.grpc().to_string();
         let consul = ConsulClient::new(ConsulConfig { address: registry.url(), ..Default::default() }).unwrap();
         let resolver = Arc::new(Resolver::start(consul, Duration::from_secs(60)));
         let mut snapshots = resolver.subscribe();

@@ -16,7 +16,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn call_skips_instances_of_the_service_that_lack_the_algorithms_tag() {
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let operator = stack.admit_runner("operator").await;
     stack

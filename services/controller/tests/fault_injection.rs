@@ -21,7 +21,7 @@ use plugworker_claim_check::{ClaimCheck, ClaimCheckConfig, Pointer, RESERVED_ATT
 use plugworker_consul_client::ServiceRegistration;
 use plugworker_testkit::s3::S3;
 use plugworker_testkit::sqs::QueueOptions;
-use plugworker_testkit::{Process, bin_path, eventually, free_port, metric_value};
+use plugworker_testkit::{Process, bin_path, eventually, metric_value};
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
@@ -83,6 +83,9 @@ impl Ledger {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // A bounded wait, not a timing: a duplicate is the absence of nothing observable,
+        // so late copies get 1.5 s to arrive (a duplicate publish follows its original by
+        // one SendMessage, well within it).
         tokio::time::sleep(Duration::from_millis(1500)).await;
         for message in stack.sqs.drain(&stack.queues.results).await {
             results.push(read(message).await);
@@ -190,9 +193,9 @@ async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job
         ..QueueOptions::default()
     })
     .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, health) = stack.controller(&[]);
+    let (_controller, health) = stack.controller(&[]).await;
     let big = stack
         .submit(job("echo", json!({"message": "x".repeat(AWS_256_KIB)})))
         .await;
@@ -223,9 +226,9 @@ async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job
 #[tokio::test]
 async fn a_131_kb_algorithm_name_gets_a_small_error_result_and_small_logs() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (controller, _) = stack.controller(&[]);
+    let (controller, _) = stack.controller(&[]).await;
     let name = "a".repeat(131_072);
     let huge = stack
         .submit(json!({"id": "huge", "algorithm": name, "payload": {}}))
@@ -270,7 +273,7 @@ async fn fifo_queues_keep_the_group_for_results_and_dlq_copies_and_run_a_group_i
         ..QueueOptions::default()
     })
     .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let mut submitted = Vec::new();
     let mut order: BTreeMap<&str, Vec<String>> = BTreeMap::new();
@@ -294,7 +297,7 @@ async fn fifo_queues_keep_the_group_for_results_and_dlq_copies_and_run_a_group_i
         .send_to_group(&stack.queues.jobs, "{not json", "gamma")
         .await;
     submitted.push(bad.clone());
-    let (_controller, _) = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
     for (group, ids) in &order {
@@ -334,7 +337,7 @@ async fn a_jobs_queue_without_a_redrive_policy_is_refused_and_with_allow_no_dlq_
         ..QueueOptions::default()
     })
     .await;
-    let (mut refused, _) = stack.controller(&[]);
+    let (mut refused, _) = stack.controller(&[]).await;
     let status = refused.wait_exit(Duration::from_secs(30)).await;
     assert!(!status.success());
     let log = refused.log();
@@ -344,13 +347,15 @@ async fn a_jobs_queue_without_a_redrive_policy_is_refused_and_with_allow_no_dlq_
     );
     assert!(log.contains("--allow-no-dlq"), "{log}");
 
-    let (_controller, _) = stack.controller(&[
-        "--allow-no-dlq",
-        "--runner-wait",
-        "0s",
-        "--retry-base",
-        "100ms",
-    ]);
+    let (_controller, _) = stack
+        .controller(&[
+            "--allow-no-dlq",
+            "--runner-wait",
+            "0s",
+            "--retry-base",
+            "100ms",
+        ])
+        .await;
     let id = stack.submit(job("no-such-algorithm", json!({}))).await;
     let submitted = vec![id.clone()];
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
@@ -373,7 +378,9 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
     // maxReceiveCount 2: were each shutdown to spend a receive, the job would be
     // dead-lettered by the third.
     let stack = Stack::start(Duration::from_secs(30), 2).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, runner) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
     stack.wait_passing("test-runner", 1).await;
     let id = stack
         .submit(job(
@@ -382,12 +389,12 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
         ))
         .await;
     for round in 0..3 {
-        let (mut controller, _) = stack.controller(&["--shutdown-grace", "300ms"]);
-        eventually(Duration::from_secs(30), "the job in flight", || async {
-            (stack.sqs.counts(&stack.queues.jobs).await.1 == 1).then_some(())
+        let (mut controller, _) = stack.controller(&["--shutdown-grace", "300ms"]).await;
+        // Each shutdown catches the job running on the runner, not merely received.
+        eventually(Duration::from_secs(30), "the job running", || async {
+            (echo_in_flight(runner.metrics()).await == 1.0).then_some(())
         })
         .await;
-        tokio::time::sleep(Duration::from_millis(300)).await;
         controller.signal("TERM");
         let status = controller.wait_exit(Duration::from_secs(30)).await;
         assert!(status.success(), "round {round}: {status:?}");
@@ -401,7 +408,7 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
             "round {round}: back at once"
         );
     }
-    let (_last, _) = stack.controller(&[]);
+    let (_last, _) = stack.controller(&[]).await;
     let submitted = vec![id.clone()];
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
@@ -420,7 +427,7 @@ async fn a_job_caught_by_three_controller_shutdowns_is_finished_by_the_fourth() 
 async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisible() {
     let stack = Stack::start(Duration::from_secs(60), 5).await;
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let jobs_queue = stack.queues.jobs.rsplit('/').next().unwrap().to_string();
     // Every copy the controller sends to the jobs queue fails.
@@ -428,12 +435,14 @@ async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisibl
     let id = stack
         .submit(job("echo", json!({"message": "back", "delay_ms": 3000})))
         .await;
-    let (mut controller, _) = stack.controller(&[
-        "--sqs-endpoint",
-        proxy.endpoint.as_str(),
-        "--shutdown-grace",
-        "300ms",
-    ]);
+    let (mut controller, _) = stack
+        .controller(&[
+            "--sqs-endpoint",
+            proxy.endpoint.as_str(),
+            "--shutdown-grace",
+            "300ms",
+        ])
+        .await;
     eventually(Duration::from_secs(30), "the job in flight", || async {
         (stack.sqs.counts(&stack.queues.jobs).await.1 == 1).then_some(())
     })
@@ -453,7 +462,7 @@ async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisibl
         "{}",
         controller.log()
     );
-    let (_next, _) = stack.controller(&[]);
+    let (_next, _) = stack.controller(&[]).await;
     let submitted = vec![id.clone()];
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(30)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
@@ -463,9 +472,9 @@ async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisibl
 #[tokio::test]
 async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
     let stack = Stack::start(Duration::from_secs(30), 10).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, health) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, health) = stack.controller(&["--retry-base", "300ms"]).await;
     metrics(&health).await;
     // The controller found the DLQ at start-up; now it is gone.
     let dlq_name = stack.queues.dlq.rsplit('/').next().unwrap().to_string();
@@ -519,14 +528,20 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
     // Plaintext: the instances are registered by hand, without certificates.
     let stack = Stack::start_plain(Duration::from_secs(30), 5).await;
     // A runner on IPv6 loopback, registered with the address Consul hands out unbracketed.
-    let port = free_port();
-    let listen = format!("[::1]:{port}");
-    let _runner = Process::spawn(
+    let (_runner, addresses) = Process::spawn_reporting(
         &bin_path("test-runner"),
-        &["--listen", &listen, "--no-register", "--insecure-plaintext"],
+        &[
+            "--listen",
+            "[::1]:0",
+            "--no-register",
+            "--insecure-plaintext",
+        ],
         &[],
-    );
-    plugworker_testkit::runner_client(&listen, Duration::from_secs(30)).await;
+    )
+    .await;
+    let listen = addresses.grpc();
+    let port = listen.parse::<std::net::SocketAddr>().unwrap().port();
+    plugworker_testkit::runner_client(listen, Duration::from_secs(30)).await;
     let client = stack.consul();
     for (id, address, port) in [("v6", "::1", port), ("broken", "not a host!", 1)] {
         client
@@ -550,7 +565,7 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
     }
     stack.wait_passing("test-runner-v6", 1).await;
     stack.wait_passing("test-runner-broken", 1).await;
-    let (mut controller, _) = stack.controller(&[]);
+    let (mut controller, _) = stack.controller(&[]).await;
     let submitted = submit_echoes(&stack, "v6-", 6).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
@@ -571,10 +586,12 @@ async fn instances_at_ipv6_addresses_work_and_undialable_ones_are_skipped() {
 #[tokio::test]
 async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (doomed, _) = stack.runner("test-runner", &[]);
-    let (_survivor, _) = stack.runner("test-runner", &[]);
+    let (doomed, doomed_addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let (_survivor, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 2).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
     let mut submitted = Vec::new();
     for i in 0..8 {
         submitted.push(
@@ -586,8 +603,18 @@ async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    // The kill lands on calls in flight: that is what the promise is about.
+    let killed = eventually(
+        Duration::from_secs(60),
+        "echo calls running on the doomed runner",
+        || async {
+            let running = echo_in_flight(doomed_addresses.metrics()).await;
+            (running >= 1.0).then_some(running)
+        },
+    )
+    .await;
     doomed.signal("KILL");
+    eprintln!("killed with {killed} calls in flight");
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(
         &submitted,
@@ -602,9 +629,11 @@ async fn a_runner_sigkilled_mid_job_costs_no_job_its_result() {
 async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
     // Plaintext: the embedded registry restarts empty, as a new cluster with a new CA.
     let mut stack = Stack::start_plain(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, runner) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
     let mut submitted = Vec::new();
     for i in 0..30 {
         submitted.push(
@@ -616,7 +645,13 @@ async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
                 .await,
         );
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Mid-load: once the first jobs ran, with most still to run.
+    let ran = eventually(Duration::from_secs(60), "the first echo runs", || async {
+        let runs = echo_runs(runner.metrics()).await;
+        (runs >= 1.0).then_some(runs)
+    })
+    .await;
+    assert!(ran < 30.0, "the restart lands mid-load: {ran} of 30 ran");
     stack.restart_registry().await;
     for i in 30..40 {
         submitted.push(stack.submit(job("add", json!({"numbers": [i, 1]}))).await);
@@ -631,17 +666,20 @@ async fn the_registry_restarted_mid_load_costs_no_job_its_result() {
 #[tokio::test]
 async fn jobs_waiting_for_a_missing_runner_hold_no_run_slot() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let mut submitted = Vec::new();
     for i in 0..8 {
         submitted.push(stack.submit(job(&format!("missing-{i}"), json!({}))).await);
     }
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // The eight are in the queue ahead of the valid job (no controller runs yet).
+    assert_eq!(stack.sqs.counts(&stack.queues.jobs).await, (8, 0));
     let valid = stack.submit(job("add", json!({"numbers": [1, 2]}))).await;
     submitted.push(valid.clone());
     // Four slots, eight jobs waiting up to 20 s for runners that never come.
-    let (_controller, health) = stack.controller(&["--max-in-flight", "4", "--runner-wait", "20s"]);
+    let (_controller, health) = stack
+        .controller(&["--max-in-flight", "4", "--runner-wait", "20s"])
+        .await;
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, 1, Duration::from_secs(15))
@@ -743,12 +781,14 @@ async fn with_a_payload_bucket_large_jobs_and_results_travel_through_s3_and_a_ba
     .await;
     let s3 = S3::on(&stack.sqs);
     s3.create_bucket("payloads").await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller_with_env(
-        &["--payload-bucket", "payloads"],
-        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
-    );
+    let (_controller, _) = stack
+        .controller_with_env(
+            &["--payload-bucket", "payloads"],
+            &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+        )
+        .await;
     // A producer using the extended client format: the 300 KB job goes through S3.
     let claim = ClaimCheck::new(
         s3.client.clone(),
@@ -874,12 +914,14 @@ async fn a_5_mb_job_sent_by_aws_python_extended_client_gets_its_result_read_back
     })
     .await;
     S3::on(&stack.sqs).create_bucket("payloads").await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller_with_env(
-        &["--payload-bucket", "payloads"],
-        &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
-    );
+    let (_controller, _) = stack
+        .controller_with_env(
+            &["--payload-bucket", "payloads"],
+            &[("AWS_ENDPOINT_URL_S3", stack.sqs.endpoint.as_str())],
+        )
+        .await;
     let dir = std::env::temp_dir().join(format!("plugworker-5mb-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let body = dir.join("job.json");
@@ -991,18 +1033,22 @@ async fn a_slow_s3_object_delays_only_its_own_job_and_two_controllers_publish_si
     let body = job("echo", json!({"message": "slow"})).to_string();
     s3.put("payloads", "slow-job", body.clone().into_bytes())
         .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let mut submitted = vec![send_pointer(&stack, "payloads", "slow-job", body.len() as u64).await];
     submitted.extend(submit_echoes(&stack, "quick-", 5).await);
     let s3_env = [("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())];
-    let (_first, _) = stack.controller_with_env(&["--payload-bucket", "payloads"], &s3_env);
+    let (_first, _) = stack
+        .controller_with_env(&["--payload-bucket", "payloads"], &s3_env)
+        .await;
     // The first controller takes the whole batch before the second starts.
     eventually(Duration::from_secs(60), "the batch received", || async {
         (stack.sqs.counts(&stack.queues.jobs).await.0 == 0).then_some(())
     })
     .await;
-    let (_second, _) = stack.controller_with_env(&["--payload-bucket", "payloads"], &s3_env);
+    let (_second, _) = stack
+        .controller_with_env(&["--payload-bucket", "payloads"], &s3_env)
+        .await;
     let started = Instant::now();
     let quick = stack
         .sqs
@@ -1054,20 +1100,22 @@ async fn an_s3_body_not_read_within_the_job_timeout_is_a_transient_error_not_a_w
     let body = job("echo", json!({"message": "stalled"})).to_string();
     s3.put("payloads", "stalled-job", body.clone().into_bytes())
         .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let id = send_pointer(&stack, "payloads", "stalled-job", body.len() as u64).await;
-    let (_controller, _) = stack.controller_with_env(
-        &[
-            "--payload-bucket",
-            "payloads",
-            "--job-timeout",
-            "2s",
-            "--retry-base",
-            "200ms",
-        ],
-        &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())],
-    );
+    let (_controller, _) = stack
+        .controller_with_env(
+            &[
+                "--payload-bucket",
+                "payloads",
+                "--job-timeout",
+                "2s",
+                "--retry-base",
+                "200ms",
+            ],
+            &[("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str())],
+        )
+        .await;
     let started = Instant::now();
     let submitted = vec![id.clone()];
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
@@ -1110,17 +1158,19 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
     proxy.without_length("/payloads/big-unmeasured-job");
     s3.put("payloads", "tiny-job", small.clone().into_bytes())
         .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (controller, _) = stack.controller_with_env(
-        &["--payload-bucket", "payloads"],
-        // As the environment, which a controller without the setting ignores (so the
-        // test can be run against one, to see it fail).
-        &[
-            ("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str()),
-            ("PLUGWORKER_PAYLOAD_READ_BUCKETS", "shared"),
-        ],
-    );
+    let (controller, _) = stack
+        .controller_with_env(
+            &["--payload-bucket", "payloads"],
+            // As the environment, which a controller without the setting ignores (so the
+            // test can be run against one, to see it fail).
+            &[
+                ("AWS_ENDPOINT_URL_S3", proxy.endpoint.as_str()),
+                ("PLUGWORKER_PAYLOAD_READ_BUCKETS", "shared"),
+            ],
+        )
+        .await;
     let other_bucket = send_pointer(&stack, "elsewhere", "secret-job", small.len() as u64).await;
     let listed = send_pointer(&stack, "shared", "listed-job", small.len() as u64).await;
     // The object is 24 MB, the pointer says 10 bytes.
@@ -1195,17 +1245,18 @@ async fn pointers_outside_the_payload_bucket_or_over_max_job_bytes_are_permanent
 async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs() {
     let stack = Stack::start(Duration::from_secs(10), 5).await;
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
-    let metrics_address = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", metrics_address.as_str())],
-    );
+    let (_runner, addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let metrics_address = addresses.metrics().to_string();
     stack.wait_passing("test-runner", 1).await;
     // Scaled down from the 40 s (PLUGWORKER_ATTACK_OUTAGE_SECS).
     let outage = Duration::from_secs(attack_size("OUTAGE_SECS", 20));
     let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
     proxy.outage(&results_queue, outage);
-    let (_controller, health) = stack.controller(&["--sqs-endpoint", proxy.endpoint.as_str()]);
+    let (_controller, health) = stack
+        .controller(&["--sqs-endpoint", proxy.endpoint.as_str()])
+        .await;
     let submitted = submit_echoes(&stack, "o", 10).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(120)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
@@ -1245,30 +1296,41 @@ async fn echo_runs(metrics_address: &str) -> f64 {
     common::runner_runs(metrics_address, "echo").await
 }
 
+/// The runner's `echo` calls running now.
+async fn echo_in_flight(metrics_address: &str) -> f64 {
+    common::runner_metric(
+        metrics_address,
+        "plugworker_runner_runs_in_flight",
+        &[("algorithm", "echo")],
+    )
+    .await
+}
+
 #[tokio::test]
 async fn held_results_keep_their_run_slots_so_an_outage_runs_no_more_than_max_in_flight_jobs() {
     let stack = Stack::start(Duration::from_secs(10), 5).await;
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
-    let metrics_address = format!("127.0.0.1:{}", free_port());
-    let (_runner, _) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", metrics_address.as_str())],
-    );
+    let (_runner, addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let metrics_address = addresses.metrics().to_string();
     stack.wait_passing("test-runner", 1).await;
     let outage = Duration::from_secs(15);
     let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
     proxy.outage(&results_queue, outage);
     let outage_ends = tokio::time::Instant::now() + outage;
-    let (controller, _) = stack.controller(&[
-        "--sqs-endpoint",
-        proxy.endpoint.as_str(),
-        "--max-in-flight",
-        "2",
-        "--retry-base",
-        "500ms",
-        "--retry-max",
-        "2s",
-    ]);
+    let (controller, _) = stack
+        .controller(&[
+            "--sqs-endpoint",
+            proxy.endpoint.as_str(),
+            "--max-in-flight",
+            "2",
+            "--retry-base",
+            "500ms",
+            "--retry-max",
+            "2s",
+        ])
+        .await;
     let submitted = submit_echoes(&stack, "h", 10).await;
     eventually(Duration::from_secs(60), "two jobs run", || async {
         (echo_runs(&metrics_address).await >= 2.0).then_some(())
@@ -1303,20 +1365,22 @@ async fn a_held_result_whose_message_may_be_visible_again_is_dropped_not_publish
     // each delivery's message comes back while its result is held.
     let stack = Stack::start(Duration::from_secs(4), 10).await;
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let name = |url: &str| url.rsplit('/').next().unwrap().to_string();
     let outage = Duration::from_secs(12);
     proxy.outage(&name(&stack.queues.results), outage);
     proxy.failing("ChangeMessageVisibility", &name(&stack.queues.jobs), outage);
-    let (controller, _) = stack.controller(&[
-        "--sqs-endpoint",
-        proxy.endpoint.as_str(),
-        "--retry-base",
-        "500ms",
-        "--retry-max",
-        "1s",
-    ]);
+    let (controller, _) = stack
+        .controller(&[
+            "--sqs-endpoint",
+            proxy.endpoint.as_str(),
+            "--retry-base",
+            "500ms",
+            "--retry-max",
+            "1s",
+        ])
+        .await;
     let submitted = submit_echoes(&stack, "v", 3).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(90)).await;
     // Before: every delivery held its result and published it after the outage.
@@ -1336,7 +1400,7 @@ async fn a_held_result_whose_message_may_be_visible_again_is_dropped_not_publish
 #[tokio::test]
 async fn a_producer_set_plugworker_message_id_on_ten_jobs_costs_none_its_result() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let string = |value: &str| {
         aws_sdk_sqs::types::MessageAttributeValue::builder()
@@ -1366,7 +1430,7 @@ async fn a_producer_set_plugworker_message_id_on_ten_jobs_costs_none_its_result(
             .to_string();
         submitted.push(id);
     }
-    let (controller, _) = stack.controller(&[]);
+    let (controller, _) = stack.controller(&[]).await;
     let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(60)).await;
     ledger.assert_promise(&submitted, (0, "none expected"));
     for (i, id) in submitted.iter().enumerate() {
@@ -1390,9 +1454,9 @@ async fn a_job_within_a_kib_of_the_queue_limit_is_dead_lettered_with_its_error_a
         ..QueueOptions::default()
     })
     .await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
     let padding = limit - 600 - job("add", json!({"numbers": ""})).to_string().len();
     let body = job("add", json!({"numbers": "x".repeat(padding)})).to_string();
     assert!(
@@ -1452,7 +1516,7 @@ fn first_retry_in(log: &str, what: &str) -> Option<Duration> {
 async fn the_publish_backoff_continues_on_the_copy_another_controller_receives() {
     let stack = Stack::start(Duration::from_secs(10), 5).await;
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
     proxy.outage(&results_queue, Duration::from_secs(300));
@@ -1462,7 +1526,7 @@ async fn the_publish_backoff_continues_on_the_copy_another_controller_receives()
         "--shutdown-grace",
         "1s",
     ];
-    let (mut first, _) = stack.controller(&args);
+    let (mut first, _) = stack.controller(&args).await;
     let id = stack.submit(job("echo", json!({"message": "kept"}))).await;
     let held = "keeping it to publish again";
     eventually(Duration::from_secs(90), "three failed publishes", || {
@@ -1477,7 +1541,7 @@ async fn the_publish_backoff_continues_on_the_copy_another_controller_receives()
         "{}",
         first.log()
     );
-    let (second, _) = stack.controller(&args);
+    let (second, _) = stack.controller(&args).await;
     let delay = eventually(Duration::from_secs(60), "a failed publish there", || {
         let log = second.log();
         async move { first_retry_in(&log, held) }

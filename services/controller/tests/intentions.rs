@@ -89,7 +89,7 @@ async fn run_jobs(stack: &Stack, count: usize, runner_address: &str, log: impl F
 #[tokio::test]
 async fn a_squatter_with_its_own_identity_and_a_runners_tags_gets_no_job_byte() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, runner_address) = stack.runner("test-runner", &[]);
+    let (_runner, runner_address) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
 
     // `intruder` holds a valid token of its own (its service identity: it may register
@@ -122,7 +122,7 @@ async fn a_squatter_with_its_own_identity_and_a_runners_tags_gets_no_job_byte() 
         .unwrap();
     stack.wait_passing("intruder", 1).await;
 
-    let (mut controller, health) = stack.controller(&["--retry-base", "300ms"]);
+    let (mut controller, health) = stack.controller(&["--retry-base", "300ms"]).await;
     run_jobs(&stack, 12, &runner_address, || controller.log()).await;
     assert_eq!(
         squatter.seen(),
@@ -148,7 +148,9 @@ async fn a_squatter_with_its_own_identity_and_a_runners_tags_gets_no_job_byte() 
 
     // The check is what kept it out: named in --allow-service, the same registration is
     // dialled (and, holding no certificate, fails the handshake; the jobs go elsewhere).
-    let (allowing, _) = stack.controller(&["--retry-base", "300ms", "--allow-service", "intruder"]);
+    let (allowing, _) = stack
+        .controller(&["--retry-base", "300ms", "--allow-service", "intruder"])
+        .await;
     run_jobs(&stack, 12, &runner_address, || allowing.log()).await;
     assert!(
         squatter.seen().0 > 0,
@@ -167,9 +169,11 @@ async fn an_intention_written_later_admits_its_service_within_one_authorize_ttl(
             plugworker_consul_client::admin::IntentionAction::Deny,
         )
         .await;
-    let (_runner, runner_address) = stack.runner("test-runner", &[]);
+    let (_runner, runner_address) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (controller, _) = stack.controller(&["--retry-base", "500ms", "--retry-max", "1s"]);
+    let (controller, _) = stack
+        .controller(&["--retry-base", "500ms", "--retry-max", "1s"])
+        .await;
     for i in 0..3 {
         stack
             .submit(job("echo", json!({"message": format!("later-{i}")})))

@@ -11,7 +11,7 @@ use std::time::Duration;
 #[tokio::test]
 async fn refused_jobs_with_a_valid_id_echo_it_in_their_error_result() {
     let stack = Stack::start_plain(Duration::from_secs(30), 3).await;
-    let (controller, _) = stack.controller(&[]);
+    let (controller, _) = stack.controller(&[]).await;
     let cases = [
         (
             json!({"id": "long-name", "algorithm": "a".repeat(300), "payload": {}}),

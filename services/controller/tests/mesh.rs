@@ -14,7 +14,7 @@ use plugworker_consul_client::admin::IntentionAction;
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};
 use plugworker_discovery::{META_ROLE, ROLE_RUNNER};
 use plugworker_testkit::sqs::QueueOptions;
-use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
+use plugworker_testkit::{Process, bin_path, eventually, passing_instances};
 use serde_json::{Value, json};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -132,7 +132,7 @@ fn by_message(results: &[Value]) -> HashMap<String, Value> {
 #[tokio::test]
 async fn a_rogue_listener_registered_under_a_runners_name_receives_no_job_bytes() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, runner_address) = stack.runner("test-runner", &[]);
+    let (_runner, runner_address) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     // The rogue registers as a Connect-native test-runner serving `echo`, with a token
     // that may write the service `test-runner` (the runner's own: the most a registration
@@ -146,7 +146,7 @@ async fn a_rogue_listener_registered_under_a_runners_name_receives_no_job_bytes(
         .await
         .unwrap();
     stack.wait_passing("test-runner", 2).await;
-    let (controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
 
     // Runs long enough that the real instance has calls in flight when the next job is
     // placed, so power of two choices sends jobs toward the idle rogue.
@@ -197,7 +197,7 @@ async fn a_rogue_listener_registered_under_a_runners_name_receives_no_job_bytes(
 #[tokio::test]
 async fn registrations_without_a_token_or_under_another_services_name_are_refused() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let real = passing_instances(&stack.consul(), "test-runner").await;
     let real_id = real[0].service.id.clone();
@@ -265,13 +265,13 @@ async fn registrations_without_a_token_or_under_another_services_name_are_refuse
 #[tokio::test]
 async fn a_re_registered_instance_id_cannot_redirect_jobs() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_first, _) = stack.runner("test-runner", &[]);
+    let (_first, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     let hijacked = passing_instances(&stack.consul(), "test-runner").await[0]
         .service
         .id
         .clone();
-    let (_second, second_address) = stack.runner("test-runner", &[]);
+    let (_second, second_address) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 2).await;
     // Same instance ID, the rogue's address, with a token allowed to write test-runner.
     let rogue = Rogue::start().await;
@@ -292,7 +292,7 @@ async fn a_re_registered_instance_id_cannot_redirect_jobs() {
         }
     })
     .await;
-    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
     let marker = "REDIRECTED-PAYLOAD";
     let n = 12;
     let mut submitted = Vec::new();
@@ -335,18 +335,20 @@ async fn a_runner_refuses_the_controller_until_an_intention_allows_it() {
     stack
         .set_intention("test-runner", IntentionAction::Deny)
         .await;
-    let (runner, _) = stack.runner("test-runner", &[]);
+    let (runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     // Allow-listed, so the controller dials the runner despite the deny: what is tested
     // here is the runner's own enforcement (the controller's: tests/intentions.rs).
-    let (_controller, _) = stack.controller(&[
-        "--retry-base",
-        "1s",
-        "--retry-max",
-        "2s",
-        "--allow-service",
-        "test-runner",
-    ]);
+    let (_controller, _) = stack
+        .controller(&[
+            "--retry-base",
+            "1s",
+            "--retry-max",
+            "2s",
+            "--allow-service",
+            "test-runner",
+        ])
+        .await;
     let id = stack
         .submit(job("echo", json!({"message": "after the allow"})))
         .await;
@@ -375,7 +377,8 @@ async fn a_runner_refuses_the_controller_until_an_intention_allows_it() {
         .sqs
         .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
         .await;
-    // Exactly one final result, and it is the job's success.
+    // Exactly one final result, and it is the job's success. A bounded wait for a
+    // second one: an absence has no event to wait for.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let mut all = results;
     all.extend(
@@ -418,15 +421,15 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
     .await;
     // Each runner closes a connection when its client certificate expires: the
     // controllers' connections end every few seconds, with calls on them.
-    let first_metrics = format!("127.0.0.1:{}", free_port());
-    let (first_runner, first_address) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", &first_metrics)],
-    );
+    let (first_runner, first_addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let first_address = first_addresses.grpc().to_string();
+    let first_metrics = first_addresses.metrics().to_string();
     stack.wait_passing("test-runner", 1).await;
     // 4 at a time × 200 ms: about 25 s of work, so the run spans the renewals and the
     // newcomers still get jobs after them.
-    let (first_controller, _) = stack.controller(&["--max-in-flight", "4"]);
+    let (first_controller, _) = stack.controller(&["--max-in-flight", "4"]).await;
     let started = Instant::now();
     let total = 500;
     let mut submitted = HashSet::new();
@@ -451,12 +454,12 @@ async fn leaves_expiring_during_500_jobs_lose_none() {
         },
     )
     .await;
-    let second_metrics = format!("127.0.0.1:{}", free_port());
-    let (second_runner, second_address) = stack.runner(
-        "test-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", &second_metrics)],
-    );
-    let (second_controller, _) = stack.controller(&["--max-in-flight", "4"]);
+    let (second_runner, second_addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let second_address = second_addresses.grpc().to_string();
+    let second_metrics = second_addresses.metrics().to_string();
+    let (second_controller, _) = stack.controller(&["--max-in-flight", "4"]).await;
     let mut results = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(240);
     while results.len() < total && Instant::now() < deadline {
@@ -553,12 +556,11 @@ async fn runner_closed(metrics: &str, reason: &str) -> f64 {
 /// runner and its metrics address.
 async fn one_runner(envs: &[(&str, &str)]) -> (Stack, Process, String) {
     let stack = Stack::start(Duration::from_secs(30), 1).await;
-    let metrics = format!("127.0.0.1:{}", free_port());
-    let mut all = vec![("PLUGWORKER_METRICS_ADDRESS", metrics.as_str())];
+    let mut all = vec![common::METRICS_ON_ANY_PORT];
     all.extend_from_slice(envs);
-    let (runner, _) = stack.runner("test-runner", &all);
+    let (runner, addresses) = stack.runner_reporting("test-runner", &all).await;
     stack.wait_passing("test-runner", 1).await;
-    (stack, runner, metrics)
+    (stack, runner, addresses.metrics().to_string())
 }
 
 /// Submits `count` echo jobs answering `<prefix>-<i>` after `delay_ms`.
@@ -582,7 +584,7 @@ async fn submit_echoes(stack: &Stack, prefix: &str, count: usize, delay_ms: u64)
 #[tokio::test]
 async fn a_runner_closing_connections_mid_load_loses_no_call() {
     let (stack, _runner, metrics) = one_runner(&[("PLUGWORKER_MAX_CONNECTION_AGE", "300ms")]).await;
-    let (controller, _) = stack.controller(&["--max-in-flight", "16"]);
+    let (controller, _) = stack.controller(&["--max-in-flight", "16"]).await;
     let total = 300;
     submit_echoes(&stack, "goaway", total, 20).await;
     let results = stack
@@ -624,14 +626,16 @@ async fn a_runner_closing_connections_mid_load_loses_no_call() {
 async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline() {
     let (stack, _runner, metrics) = one_runner(&[]).await;
     submit_echoes(&stack, "permit", 2, 1_500).await;
-    let (_controller, _) = stack.controller(&[
-        "--max-in-flight",
-        "2",
-        "--max-calls-per-instance",
-        "1",
-        "--job-timeout",
-        "2s",
-    ]);
+    let (_controller, _) = stack
+        .controller(&[
+            "--max-in-flight",
+            "2",
+            "--max-calls-per-instance",
+            "1",
+            "--job-timeout",
+            "2s",
+        ])
+        .await;
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, 2, Duration::from_secs(60))
@@ -669,7 +673,7 @@ async fn the_wait_for_an_instances_call_permit_counts_against_the_job_deadline()
 async fn a_deny_mid_load_loses_no_job() {
     let (stack, _runner, metrics) =
         one_runner(&[("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "1s")]).await;
-    let (_controller, _) = stack.controller(&["--max-in-flight", "16"]);
+    let (_controller, _) = stack.controller(&["--max-in-flight", "16"]).await;
     let total = 200;
     submit_echoes(&stack, "deny", total, 500).await;
     eventually(Duration::from_secs(60), "some jobs run", || async {
@@ -709,7 +713,7 @@ async fn a_deny_mid_load_loses_no_job() {
 #[tokio::test]
 async fn plugworker_call_needs_an_allowed_identity_and_a_plaintext_call_gets_nothing() {
     let mut stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     // An operator identity: a token that may write the service `operator` (its leaf).
     let operator = stack.admit_runner("operator").await;

@@ -5,7 +5,7 @@
 mod common;
 
 use common::{Stack, job};
-use plugworker_testkit::{eventually, free_port, metric_value};
+use plugworker_testkit::{eventually, metric_value};
 use serde_json::json;
 use std::time::Duration;
 
@@ -18,13 +18,12 @@ async fn http_get(url: &str) -> reqwest::Result<String> {
 async fn controller_and_runner_metrics_count_what_happened() {
     // A 2 s visibility timeout so a 3 s job needs extensions.
     let stack = Stack::start(Duration::from_secs(2), 3).await;
-    let runner_metrics = format!("127.0.0.1:{}", free_port());
-    let (_nlp, _) = stack.runner(
-        "nlp-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", runner_metrics.as_str())],
-    );
-    let (_test, _) = stack.runner("test-runner", &[]);
-    let (_controller, health) = stack.controller(&[]);
+    let (_nlp, nlp_addresses) = stack
+        .runner_reporting("nlp-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let runner_metrics = nlp_addresses.metrics().to_string();
+    let (_test, _) = stack.runner("test-runner", &[]).await;
+    let (_controller, health) = stack.controller(&[]).await;
     let controller_metrics = health.replace("/healthz", "/metrics");
 
     let before = eventually(
@@ -224,12 +223,11 @@ fn check_dashboard(scraped: &str) {
 #[tokio::test]
 async fn prometheus_finds_the_controller_and_runners_through_consul() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let runner_metrics = format!("127.0.0.1:{}", free_port());
-    let (_nlp, _) = stack.runner(
-        "nlp-runner",
-        &[("PLUGWORKER_METRICS_ADDRESS", runner_metrics.as_str())],
-    );
-    let (_controller, health) = stack.controller(&[]);
+    let (_nlp, nlp_addresses) = stack
+        .runner_reporting("nlp-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let runner_metrics = nlp_addresses.metrics().to_string();
+    let (_controller, health) = stack.controller(&[]).await;
     stack.wait_passing("nlp-runner", 1).await;
     stack.wait_passing("controller", 1).await;
 

@@ -44,7 +44,7 @@ async fn results_of(stack: &Stack, ids: &[&str], within: Duration) -> HashMap<St
 async fn started(flags: &[&str]) -> (Stack, [Process; 2], String) {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let (runner, _) = test_runner(&stack).await;
-    let (controller, health) = stack.controller(flags);
+    let (controller, health) = stack.controller(flags).await;
     (stack, [runner, controller], health)
 }
 
@@ -62,7 +62,7 @@ async fn test_runner_with(
 ) -> (Process, String) {
     let mut envs = envs.to_vec();
     envs.push(("PLUGWORKER_METRICS_ADDRESS", "127.0.0.1:0"));
-    let (runner, _) = stack.runner("test-runner", &envs);
+    let (runner, _) = stack.runner("test-runner", &envs).await;
     let metrics = eventually(
         Duration::from_secs(30),
         "the runner's metrics address",
@@ -224,14 +224,16 @@ async fn a_step_past_the_job_timeout_is_transient_and_the_redelivery_runs_the_pi
  {
     let stack = Stack::start(Duration::from_secs(30), 2).await;
     let (_runner, metrics) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&[
-        "--job-timeout",
-        "4s",
-        "--retry-base",
-        "100ms",
-        "--retry-max",
-        "200ms",
-    ]);
+    let (_controller, _) = stack
+        .controller(&[
+            "--job-timeout",
+            "4s",
+            "--retry-base",
+            "100ms",
+            "--retry-max",
+            "200ms",
+        ])
+        .await;
     // Each call of `slow` gives up after its 500 ms step timeout (some 5 calls fit in the
     // job's 4 s; without the step timeout, the first call would take them all).
     let id = submit(
@@ -439,7 +441,9 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
     // waits for a runner, kept invisible by the heartbeat.
     let stack = Stack::start(Duration::from_secs(4), 3).await;
     let (_runner, metrics) = test_runner(&stack).await;
-    let (controller, health) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
+    let (controller, health) = stack
+        .controller(&["--retry-base", "500ms", "--retry-max", "2s"])
+        .await;
     let text = "The weather is lovely today and we are going for a long walk.";
     let id = submit(
         &stack,
@@ -472,7 +476,7 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
         },
     )
     .await;
-    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]).await;
     let results = results_of(&stack, &[&id], Duration::from_secs(120)).await;
     let result = &results[&id];
     assert_eq!(result["status"], "ok", "{result}");
@@ -499,7 +503,9 @@ async fn a_step_without_a_runner_is_retried_in_the_same_delivery_and_finished_st
 async fn a_step_whose_runner_is_killed_is_run_again_on_another_instance_within_the_delivery() {
     let stack = Stack::start(Duration::from_secs(10), 3).await;
     let (first, first_metrics) = test_runner(&stack).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "500ms", "--retry-max", "2s"]);
+    let (_controller, _) = stack
+        .controller(&["--retry-base", "500ms", "--retry-max", "2s"])
+        .await;
     let id = submit(
         &stack,
         json!({
@@ -674,7 +680,9 @@ async fn with_a_slow_kv_store_jobs_wait_for_the_stored_pipelines_and_one_put_jus
     // Queued before the controller starts: it receives jobs only once it has read the
     // store, so the job does not meet a store not read yet.
     let queued = probe(&stack).await;
-    let (_controller, _) = stack.controller(&["--consul-address", &proxy.endpoint]);
+    let (_controller, _) = stack
+        .controller(&["--consul-address", &proxy.endpoint])
+        .await;
     let results = results_of(&stack, &[&queued], Duration::from_secs(60)).await;
     let result = &results[&queued];
     assert_eq!(result["status"], "ok", "{result}");
@@ -711,10 +719,12 @@ async fn without_read_on_the_pipelines_prefix_named_pipelines_are_transient_and_
         )
         .await
         .unwrap();
-    let (controller, _) = stack.controller_with_env(
-        &["--retry-base", "300ms"],
-        &[("CONSUL_HTTP_TOKEN", token.as_str())],
-    );
+    let (controller, _) = stack
+        .controller_with_env(
+            &["--retry-base", "300ms"],
+            &[("CONSUL_HTTP_TOKEN", token.as_str())],
+        )
+        .await;
     let named = submit(&stack, json!("report"), json!({"message": "m"})).await;
     let inline = submit(
         &stack,
@@ -744,11 +754,11 @@ async fn a_pipeline_job_is_one_trace_with_a_span_per_step() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
     let envs = receiver.env("test-runner");
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (_runner, _) = stack.runner("test-runner", &envs);
+    let (_runner, _) = stack.runner("test-runner", &envs).await;
     stack.wait_passing("test-runner", 1).await;
     let envs = receiver.env("plugworker-controller");
     let envs: Vec<(&str, &str)> = envs.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-    let (_controller, _) = stack.controller_with_env(&[], &envs);
+    let (_controller, _) = stack.controller_with_env(&[], &envs).await;
     let id = submit(
         &stack,
         json!({
@@ -817,14 +827,16 @@ async fn a_pipeline_job_is_one_trace_with_a_span_per_step() {
 async fn a_redelivery_runs_the_revision_its_first_delivery_ran() {
     let stack = Stack::start(Duration::from_secs(30), 8).await;
     let (_runner, _) = test_runner(&stack).await;
-    let (controller, _) = stack.controller(&[
-        "--job-timeout",
-        "3s",
-        "--retry-base",
-        "2s",
-        "--retry-max",
-        "4s",
-    ]);
+    let (controller, _) = stack
+        .controller(&[
+            "--job-timeout",
+            "3s",
+            "--retry-base",
+            "2s",
+            "--retry-max",
+            "4s",
+        ])
+        .await;
     // Revision 1 needs language_detection, which no runner serves yet: its first
     // delivery ends transient.
     let consul = stack.consul();
@@ -856,7 +868,7 @@ async fn a_redelivery_runs_the_revision_its_first_delivery_ran() {
     .await;
     // Changed before the redelivery: revision 2 would run at once (echo only).
     let second_revision = put(&stack, "report", "v2").await;
-    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]).await;
     let results = results_of(&stack, &[&id], Duration::from_secs(120)).await;
     let result = &results[&id];
     assert_eq!(result["status"], "ok", "{result}");
@@ -881,14 +893,16 @@ async fn a_step_out_of_time_reports_its_last_error_and_makes_no_call_past_the_de
     let (_runner, _) =
         test_runner_with(&stack, &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")], 1).await;
     // The wait after the first failure (2.5 to 5 s) is cut to what is left of 1.5 s.
-    let (_controller, _) = stack.controller(&[
-        "--job-timeout",
-        "1500ms",
-        "--retry-base",
-        "5s",
-        "--retry-max",
-        "5s",
-    ]);
+    let (_controller, _) = stack
+        .controller(&[
+            "--job-timeout",
+            "1500ms",
+            "--retry-base",
+            "5s",
+            "--retry-max",
+            "5s",
+        ])
+        .await;
     let id = submit(
         &stack,
         json!({"s": {"algorithm": "echo"}}),
@@ -976,7 +990,9 @@ async fn jobs_naming_an_unknown_pipeline_read_consul_once_per_watch_answer() {
     let stack = Stack::start(Duration::from_secs(30), 1).await;
     let (_runner, _) = test_runner(&stack).await;
     let proxy = FaultProxy::start(&stack.consul_url()).await;
-    let (_controller, _) = stack.controller(&["--consul-address", &proxy.endpoint]);
+    let (_controller, _) = stack
+        .controller(&["--consul-address", &proxy.endpoint])
+        .await;
     let mut ids = Vec::new();
     for _ in 0..20 {
         ids.push(submit(&stack, json!("no_such_pipeline"), json!({})).await);
@@ -1019,7 +1035,7 @@ async fn the_job_timeout_counts_from_when_the_pipeline_starts_not_from_its_wait_
         "payload": {},
     }))
     .await;
-    let (_controller, _) = stack.controller(&["--job-timeout", "3s"]);
+    let (_controller, _) = stack.controller(&["--job-timeout", "3s"]).await;
     let results = results_of(&stack, &[&before, &pipeline], Duration::from_secs(60)).await;
     let result = &results[&pipeline];
     assert_eq!(result["status"], "ok", "{result}");

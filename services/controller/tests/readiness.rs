@@ -6,14 +6,14 @@
 mod common;
 
 use common::{Stack, job};
-use plugworker_testkit::{eventually, free_port, metric_value};
+use plugworker_testkit::{ClosedPort, eventually, metric_value};
 use serde_json::json;
 use std::time::Duration;
 
-/// Forwards every connection on `listen` to `target`: the controller's way to the registry,
-/// opened only when the test says Consul is back for it.
-async fn forward(listen: &str, target: String) -> tokio::task::JoinHandle<()> {
-    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+/// Forwards every connection on `closed`, from now on, to `target`: the controller's way to
+/// the registry, opened only when the test says Consul is back for it.
+fn forward(closed: ClosedPort, target: String) -> tokio::task::JoinHandle<()> {
+    let listener = tokio::net::TcpListener::from_std(closed.open()).unwrap();
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
             let target = target.clone();
@@ -35,23 +35,25 @@ async fn jobs_queued_before_consul_first_answers_wait_and_then_all_succeed() {
     // Two receives per job, a 1 s wait for a runner, fast retries: a controller that
     // failed jobs on an empty view would give all five a final `no_runner` within ~4 s.
     let mut stack = Stack::start_plain(Duration::from_secs(30), 2).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
 
     // The controller's Consul is an address where nothing listens yet: the registry (and
     // the runner in it) is up, but this controller has never heard from it.
     let registry = stack.registry_address.clone();
-    let unreachable = format!("127.0.0.1:{}", free_port());
-    stack.registry_address = unreachable.clone();
-    let (controller, health) = stack.controller(&[
-        "--runner-wait",
-        "1s",
-        "--retry-base",
-        "200ms",
-        "--retry-max",
-        "500ms",
-        "--no-register",
-    ]);
+    let unreachable = ClosedPort::new();
+    stack.registry_address = unreachable.address();
+    let (controller, health) = stack
+        .controller(&[
+            "--runner-wait",
+            "1s",
+            "--retry-base",
+            "200ms",
+            "--retry-max",
+            "500ms",
+            "--no-register",
+        ])
+        .await;
     stack.registry_address = registry.clone();
     let readyz = health.replace("/healthz", "/readyz");
     let metrics = health.replace("/healthz", "/metrics");
@@ -89,7 +91,7 @@ async fn jobs_queued_before_consul_first_answers_wait_and_then_all_succeed() {
     assert_eq!(status(&health).await, Some(200), "alive while waiting");
     assert_eq!(status(&readyz).await, Some(503));
 
-    let _path = forward(&unreachable, registry).await;
+    let _path = forward(unreachable, registry);
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, 5, Duration::from_secs(60))

@@ -12,9 +12,9 @@ use std::time::Duration;
 #[tokio::test]
 async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_nlp, _) = stack.runner("nlp-runner", &[]);
-    let (_test, _) = stack.runner("test-runner", &[]);
-    let (_controller, _) = stack.controller(&[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]).await;
+    let (_test, _) = stack.runner("test-runner", &[]).await;
+    let (_controller, _) = stack.controller(&[]).await;
     let texts = [
         "The weather is lovely today and we are going for a long walk.",
         "Il fait très beau aujourd'hui et nous allons nous promener.",
@@ -65,15 +65,27 @@ async fn fifty_jobs_over_two_algorithms_all_succeed_and_leave_nothing_behind() {
 #[tokio::test]
 async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     let stack = Stack::start(Duration::from_secs(6), 5).await;
-    let (first, first_address) = stack.runner("test-runner", &[]);
+    let (first, first_addresses) = stack
+        .runner_reporting("test-runner", &[common::METRICS_ON_ANY_PORT])
+        .await;
+    let first_address = first_addresses.grpc();
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "500ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "500ms"]).await;
     let message_id = stack
         .submit(job("echo", json!({"message": "survive", "delay_ms": 3000})))
         .await;
-    // The job is now running on the only instance; a second one comes up.
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (_second, _) = stack.runner("test-runner", &[]);
+    // The job runs on the only instance; then a second one comes up.
+    eventually(Duration::from_secs(30), "the job running", || async {
+        let running = common::runner_metric(
+            first_addresses.metrics(),
+            "plugworker_runner_runs_in_flight",
+            &[("algorithm", "echo")],
+        )
+        .await;
+        (running == 1.0).then_some(())
+    })
+    .await;
+    let (_second, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 2).await;
     first.signal("KILL");
 
@@ -87,8 +99,7 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
     assert_eq!(ok[0]["message_id"], message_id.as_str());
     assert_eq!(ok[0]["result"]["message"], "survive");
     assert_ne!(
-        ok[0]["runner"]["address"],
-        first_address.as_str(),
+        ok[0]["runner"]["address"], first_address,
         "completed by the other instance"
     );
     for result in &results {
@@ -107,10 +118,19 @@ async fn a_job_on_a_killed_runner_is_completed_by_another_instance() {
 #[tokio::test]
 async fn a_job_waits_for_a_runner_that_starts_later() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "1s", "--runner-wait", "3s"]);
+    let (controller, _) = stack
+        .controller(&["--retry-base", "1s", "--runner-wait", "3s"])
+        .await;
     let message_id = stack.submit(job("add", json!({"numbers": [40, 2]}))).await;
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    // The runner comes once the wait for it ended without one.
+    eventually(Duration::from_secs(30), "a failed attempt", || async {
+        controller
+            .log()
+            .contains("job failed transiently; it will be redelivered")
+            .then_some(())
+    })
+    .await;
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     let results = stack
         .sqs
         .collect_results(&stack.queues.results, 1, Duration::from_secs(60))
@@ -128,9 +148,9 @@ async fn a_job_waits_for_a_runner_that_starts_later() {
 #[tokio::test]
 async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]).await;
     let bodies = [
         ("{this is not json", "bad_json"),
         (r#"{"payload": {"numbers": [1]}}"#, "missing_algorithm"),
@@ -184,9 +204,11 @@ async fn malformed_jobs_get_an_error_result_and_go_to_the_dlq_after_one_receive(
 #[tokio::test]
 async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_receive_count() {
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")]);
+    let (_runner, _) = stack
+        .runner("test-runner", &[("TEST_RUNNER_ALWAYS_UNAVAILABLE", "1")])
+        .await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]);
+    let (_controller, _) = stack.controller(&["--retry-base", "300ms"]).await;
     let message_id = stack
         .submit(job("echo", json!({"message": "doomed"})))
         .await;
@@ -224,9 +246,9 @@ async fn a_runner_that_is_always_unavailable_sends_the_job_to_the_dlq_after_max_
 async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after() {
     // Plaintext: the embedded registry restarts empty, as a new cluster with a new CA.
     let mut stack = Stack::start_plain(Duration::from_secs(30), 5).await;
-    let (_nlp, _) = stack.runner("nlp-runner", &[]);
+    let (_nlp, _) = stack.runner("nlp-runner", &[]).await;
     stack.wait_passing("nlp-runner", 1).await;
-    let (_controller, _) = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]).await;
     let text = json!({"text": "This is an English sentence about the registry going away."});
     for _ in 0..3 {
         stack.submit(job("language_detection", text.clone())).await;
@@ -253,7 +275,7 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
 
     // Back, empty: the runner registers again, and a new runner kind is picked up.
     stack.restart_registry().await;
-    let (_test, _) = stack.runner("test-runner", &[]);
+    let (_test, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
     stack
         .submit(job("add", json!({"numbers": [1, 2, 3]})))
@@ -270,9 +292,9 @@ async fn jobs_keep_flowing_while_the_registry_is_down_and_changes_resume_after()
 #[tokio::test]
 async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered() {
     let stack = Stack::start(Duration::from_secs(2), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (_controller, _) = stack.controller(&[]);
+    let (_controller, _) = stack.controller(&[]).await;
     let message_id = stack
         .submit(job("echo", json!({"message": "slow", "delay_ms": 6000})))
         .await;
@@ -287,7 +309,8 @@ async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered
         results[0]["attempt"], 1,
         "the message was not delivered again while it ran"
     );
-    // Nothing else arrives: no second run finishes later.
+    // Nothing else arrives: no second run finishes later. A bounded wait: an absence has
+    // no event to wait for.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert!(stack.sqs.drain(&stack.queues.results).await.is_empty());
     assert_eq!(stack.sqs.counts(&stack.queues.jobs).await, (0, 0));
@@ -296,10 +319,11 @@ async fn a_job_three_times_longer_than_the_visibility_timeout_is_not_redelivered
 #[tokio::test]
 async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
-    let (_runner, _) = stack.runner("test-runner", &[]);
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let (mut controller, health) =
-        stack.controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"]);
+    let (mut controller, health) = stack
+        .controller(&["--max-in-flight", "4", "--shutdown-grace", "10s"])
+        .await;
     let healthy = eventually(Duration::from_secs(10), "the controller's /healthz", || {
         let health = health.clone();
         async move { reqwest::get(&health).await.ok() }
@@ -363,7 +387,7 @@ async fn sigterm_under_load_exits_zero_and_loses_nothing() {
     );
     assert!(visible > 0, "the test should stop the controller mid-load");
 
-    let (_next, _) = stack.controller(&[]);
+    let (_next, _) = stack.controller(&[]).await;
     let rest = stack
         .sqs
         .collect_results(

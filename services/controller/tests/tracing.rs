@@ -75,9 +75,12 @@ async fn whole_trace(receiver: &OtlpReceiver, trace_id: &str) -> Vec<ReceivedSpa
 async fn a_submitted_job_is_one_trace_across_producer_controller_and_runner() {
     let receiver = OtlpReceiver::start().await;
     let stack = Stack::start(Duration::from_secs(30), 3).await;
-    let (_runner, _) = stack.runner("nlp-runner", &refs(&receiver.env("nlp-runner")));
-    let (_controller, _) =
-        stack.controller_with_env(&[], &refs(&receiver.env("plugworker-controller")));
+    let (_runner, _) = stack
+        .runner("nlp-runner", &refs(&receiver.env("nlp-runner")))
+        .await;
+    let (_controller, _) = stack
+        .controller_with_env(&[], &refs(&receiver.env("plugworker-controller")))
+        .await;
 
     let ok_id = submit(
         &stack,

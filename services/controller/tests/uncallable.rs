@@ -38,7 +38,7 @@ async fn plaintext_only_instances_are_named_once_per_service() {
     // (Processes inherit the test's RUST_LOG; nextest runs each test in its own process,
     // and nothing else reads the environment concurrently here.)
     unsafe { std::env::set_var("RUST_LOG", "info,plugworker_discovery::resolver=debug") };
-    let (controller, _) = stack.controller(&[]);
+    let (controller, _) = stack.controller(&[]).await;
     let views = || {
         controller
             .log()

@@ -24,9 +24,13 @@ use plugworker_embedded_consul::{
     IntentionAction as Policy, Registry, RegistryConfig, RunningRegistry,
 };
 use plugworker_testkit::sqs::{AWS_ENV, QueueOptions, Queues, Sqs};
-use plugworker_testkit::{Process, bin_path, eventually, free_port, passing_instances};
+use plugworker_testkit::{Addresses, Process, bin_path, eventually, passing_instances};
 use std::collections::HashMap;
 use std::time::Duration;
+
+/// The environment variable asking a runner to serve metrics, on a port the kernel picks
+/// (read back from [`Stack::runner_reporting`]'s addresses).
+pub const METRICS_ON_ANY_PORT: (&str, &str) = ("PLUGWORKER_METRICS_ADDRESS", "127.0.0.1:0");
 
 /// The runner services every mesh stack admits at start (token + intention).
 pub const RUNNER_SERVICES: &[&str] = &["test-runner", "nlp-runner", "image-runner"];
@@ -205,8 +209,8 @@ impl Stack {
     ) -> Self {
         let sqs = Sqs::start().await;
         let queues = sqs.create_queues_with("plugworker", &options).await;
-        let registry_address = format!("127.0.0.1:{}", free_port());
-        let registry = Registry::spawn(&registry_address, config).await.unwrap();
+        let registry = Registry::spawn("127.0.0.1:0", config).await.unwrap();
+        let registry_address = registry.address().to_string();
         let mut stack = Self {
             sqs,
             queues,
@@ -239,6 +243,9 @@ impl Stack {
     pub async fn restart_registry(&mut self) {
         assert!(!self.mesh, "restart_registry needs Stack::start_plain");
         self.stop_registry().await;
+        // The same address, as a restarted Consul agent keeps its own: the port is the one
+        // the first registry bound and just released (the kernel hands out ephemeral ports
+        // in turn, so another test taking it in these few milliseconds is not expected).
         self.registry = Some(
             Registry::spawn(&self.registry_address, RegistryConfig::default())
                 .await
@@ -248,13 +255,22 @@ impl Stack {
 
     /// Starts a runner (service name: the binary's, or `PLUGWORKER_SERVICE_NAME` in
     /// `envs`, admitted beforehand); returns it with its gRPC address.
-    pub fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> (Process, String) {
-        let listen = format!("127.0.0.1:{}", free_port());
-        let health = format!("127.0.0.1:{}", free_port());
+    pub async fn runner(&self, binary: &str, envs: &[(&str, &str)]) -> (Process, String) {
+        let (process, addresses) = self.runner_reporting(binary, envs).await;
+        (process, addresses.grpc().to_string())
+    }
+
+    /// [`Stack::runner`], returning every address the runner bound (its metrics address
+    /// too when `envs` has `PLUGWORKER_METRICS_ADDRESS=127.0.0.1:0`).
+    pub async fn runner_reporting(
+        &self,
+        binary: &str,
+        envs: &[(&str, &str)],
+    ) -> (Process, Addresses) {
         let consul = self.consul_url();
         let mut args = vec![
             "--listen",
-            &listen,
+            "127.0.0.1:0",
             "--consul-address",
             &consul,
             "--check-interval",
@@ -268,7 +284,7 @@ impl Stack {
             .find(|(k, _)| *k == "PLUGWORKER_SERVICE_NAME")
             .map_or(binary, |(_, v)| v);
         if self.mesh {
-            args.extend(["--health-listen", &health]);
+            args.extend(["--health-listen", "127.0.0.1:0"]);
             let token = self.tokens.get(service).unwrap_or_else(|| {
                 panic!("runner service {service} has no token: call stack.admit_runner first")
             });
@@ -276,19 +292,21 @@ impl Stack {
         } else {
             args.push("--insecure-plaintext");
         }
-        let process = Process::spawn(&bin_path(binary), &args, &all_envs);
-        (process, listen)
+        Process::spawn_reporting(&bin_path(binary), &args, &all_envs).await
     }
 
     /// Starts `plugworker controller`; returns it with its health URL.
-    pub fn controller(&self, extra: &[&str]) -> (Process, String) {
-        self.controller_with_env(extra, &[])
+    pub async fn controller(&self, extra: &[&str]) -> (Process, String) {
+        self.controller_with_env(extra, &[]).await
     }
 
     /// Starts `plugworker controller` with extra environment variables.
-    pub fn controller_with_env(&self, extra: &[&str], envs: &[(&str, &str)]) -> (Process, String) {
+    pub async fn controller_with_env(
+        &self,
+        extra: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (Process, String) {
         let consul = self.consul_url();
-        let health = format!("127.0.0.1:{}", free_port());
         let mut args = vec![
             "controller",
             "--jobs-queue-url",
@@ -296,7 +314,7 @@ impl Stack {
             "--results-queue-url",
             &self.queues.results,
             "--health-address",
-            &health,
+            "127.0.0.1:0",
             "--receive-wait",
             "1s",
             "--consul-wait",
@@ -321,8 +339,9 @@ impl Stack {
             all_envs.push(("CONSUL_HTTP_TOKEN", token));
         }
         all_envs.extend_from_slice(envs);
-        let process = Process::spawn(&bin_path("plugworker"), &args, &all_envs);
-        (process, format!("http://{health}/healthz"))
+        let (process, addresses) =
+            Process::spawn_reporting(&bin_path("plugworker"), &args, &all_envs).await;
+        (process, format!("http://{}/healthz", addresses.health()))
     }
 
     pub async fn submit(&self, job: serde_json::Value) -> String {
