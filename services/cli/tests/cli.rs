@@ -2,7 +2,7 @@
 //! nlp-runner registered there, and `algorithms` / `call` reading it back.
 
 use base64::Engine;
-use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use plugworker_testkit::{Process, bin_path, eventually, registry_address};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -24,27 +24,28 @@ fn plugworker(consul: &str, args: &[&str]) -> std::process::Output {
 
 #[tokio::test]
 async fn registry_algorithms_and_call_work_together() {
-    let consul = format!("127.0.0.1:{}", free_port());
-    let _registry = Process::spawn(
+    let registry = Process::spawn(
         &bin_path("plugworker"),
-        &["registry", "--listen", &consul],
+        &["registry", "--listen", "127.0.0.1:0"],
         &[],
     );
-    let runner_address = format!("127.0.0.1:{}", free_port());
-    let _runner = Process::spawn(
+    let consul = registry_address(&registry).await;
+    let (_runner, runner_addresses) = Process::spawn_reporting(
         &bin_path("nlp-runner"),
         // In the mesh: mTLS on --listen, plaintext health alone on its own port. A
         // plaintext call refused by a mesh runner: services/controller/tests/mesh.rs.
         &[
             "--listen",
-            &runner_address,
+            "127.0.0.1:0",
             "--health-listen",
             "127.0.0.1:0",
             "--check-interval",
             "1s",
         ],
         &[("CONSUL_HTTP_ADDR", consul.as_str())],
-    );
+    )
+    .await;
+    let runner_address = runner_addresses.grpc();
 
     let listing: serde_json::Value = eventually(
         Duration::from_secs(30),

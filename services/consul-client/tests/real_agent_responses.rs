@@ -13,7 +13,7 @@ use plugworker_consul_client::{
     AgentService, CheckStatus, ConsulClient, ConsulConfig, QueryOptions,
 };
 use plugworker_discovery::Resolver;
-use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use plugworker_testkit::{Process, bin_path, eventually};
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -28,15 +28,24 @@ fn client(address: &str) -> ConsulClient {
 
 /// A test-runner serving `add` and `echo`, not registered anywhere: the fake agent's
 /// fixture points at it.
-fn start_runner() -> (Process, u16) {
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let process = Process::spawn(
+async fn start_runner() -> (Process, u16) {
+    let (process, addresses) = Process::spawn_reporting(
         &bin_path("test-runner"),
         // Plaintext: the fake agent issues no Connect certificates.
-        &["--listen", &listen, "--no-register", "--insecure-plaintext"],
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--no-register",
+            "--insecure-plaintext",
+        ],
         &[],
-    );
+    )
+    .await;
+    let port = addresses
+        .grpc()
+        .parse::<std::net::SocketAddr>()
+        .unwrap()
+        .port();
     (process, port)
 }
 
@@ -136,7 +145,7 @@ fn null_reads_as_empty_in_every_field() {
 
 #[tokio::test]
 async fn plugworker_algorithms_lists_the_runner_beside_services_it_does_not_own() {
-    let (_runner, port) = start_runner();
+    let (_runner, port) = start_runner().await;
     let agent = Agent {
         runner_port: Some(port),
         ..Agent::default()
@@ -253,25 +262,32 @@ async fn a_live_resolver_serves_the_runner_and_never_fails_on_other_services() {
     // wait): each service was read, none failed, and none is retrying.
     eventually(
         Duration::from_secs(10),
-        "a health watch per service",
+        "a blocked health watch per service, and a blocked catalog watch",
         || {
             let requests = agent.requests();
             async move {
                 ["redis", "legacy-web", "billing-api", "test-runner"]
                     .iter()
-                    .all(|s| {
+                    .map(|s| format!("/v1/health/service/{s}"))
+                    .chain(["/v1/catalog/services".to_string()])
+                    .all(|path| {
+                        // The latest request on the path carries the current index: the
+                        // agent holds it.
                         requests
                             .iter()
-                            .any(|r| r.path == format!("/v1/health/service/{s}"))
+                            .rev()
+                            .find(|r| r.path == path)
+                            .and_then(|r| r.query.get("index")?.parse::<u64>().ok())
+                            .is_some_and(|index| index >= common::INDEX)
                     })
                     .then_some(())
             }
         },
     )
     .await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(resolver.stats().consul_errors.load(Ordering::Relaxed), 0);
     let requests = agent.requests().len();
+    // A bounded wait: that nothing more is sent has no event to wait for.
     tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         agent.requests().len(),

@@ -391,11 +391,9 @@ async fn fetch_failures_that_can_heal_are_transient_and_the_rest_permanent() {
         );
     }
     // Nothing listens there: a connection error, which a restarted server heals.
-    let closed = plugworker_testkit::free_port();
+    let closed = plugworker_testkit::ClosedPort::new();
     assert_error(
-        allowed
-            .load(&url(format!("http://127.0.0.1:{closed}/a.png")))
-            .await,
+        allowed.load(&url(format!("{}/a.png", closed.url()))).await,
         "unavailable",
         "cannot fetch image_url",
     );

@@ -11,7 +11,8 @@ use axum::response::{IntoResponse, Response};
 use image::RgbImage;
 use plugworker_image_input::{ImageLimits, ImageLoader, ImageSource, S3Reference};
 use plugworker_kit::{RunContext, RunError};
-use plugworker_testkit::{Process, eventually, free_port};
+use plugworker_testkit::ClosedPort;
+use plugworker_testkit::sqs::Sqs;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -30,29 +31,18 @@ fn client(endpoint: &str) -> aws_sdk_s3::Client {
     aws_sdk_s3::Client::from_conf(config)
 }
 
-/// moto in server mode, serving S3.
+/// moto in server mode (the test kit's, which serves S3 beside SQS).
 struct Moto {
     client: aws_sdk_s3::Client,
-    _process: Process,
+    _server: Sqs,
 }
 
 impl Moto {
     async fn start() -> Self {
-        let port = free_port().to_string();
-        let process = Process::spawn(
-            &plugworker_testkit::sqs::moto_server(),
-            &["-H", "127.0.0.1", "-p", &port],
-            &[],
-        );
-        let client = client(&format!("http://127.0.0.1:{port}"));
-        eventually(Duration::from_secs(30), "moto_server to answer", || {
-            let client = client.clone();
-            async move { client.list_buckets().send().await.ok() }
-        })
-        .await;
+        let server = Sqs::start().await;
         Self {
-            client,
-            _process: process,
+            client: client(&server.endpoint),
+            _server: server,
         }
     }
 
@@ -185,11 +175,8 @@ async fn images_are_read_from_s3_under_the_same_caps() {
 
 #[tokio::test]
 async fn an_unreachable_s3_is_transient() {
-    let loader = ImageLoader::with_s3_client(
-        limits(),
-        client(&format!("http://127.0.0.1:{}", free_port())),
-    )
-    .unwrap();
+    let closed = ClosedPort::new();
+    let loader = ImageLoader::with_s3_client(limits(), client(&closed.url())).unwrap();
     expect(
         load(&loader, &s3(serde_json::json!("s3://inputs/a.png"))).await,
         "transient",

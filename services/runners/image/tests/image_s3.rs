@@ -7,40 +7,25 @@ mod support;
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
-use plugworker_testkit::{Process, eventually, free_port};
+use plugworker_testkit::ClosedPort;
+use plugworker_testkit::sqs::Sqs;
 use std::path::Path;
-use std::time::Duration;
 use support::{call, start};
 use tonic::Code;
 
-/// moto in server mode, with a bucket holding the demo meme.
-struct Moto {
-    endpoint: String,
-    _process: Process,
-}
-
-async fn moto_with_the_demo_meme(bucket: &str, key: &str) -> Moto {
-    let port = free_port().to_string();
-    let process = Process::spawn(
-        &plugworker_testkit::sqs::moto_server(),
-        &["-H", "127.0.0.1", "-p", &port],
-        &[],
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
+/// moto in server mode (the test kit's, which serves S3 beside SQS), with a bucket
+/// holding the demo meme.
+async fn moto_with_the_demo_meme(bucket: &str, key: &str) -> Sqs {
+    let moto = Sqs::start().await;
     let client = aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new("us-east-1"))
             .credentials_provider(Credentials::new("test", "test", None, None, "tests"))
-            .endpoint_url(&endpoint)
+            .endpoint_url(&moto.endpoint)
             .force_path_style(true)
             .build(),
     );
-    eventually(Duration::from_secs(30), "moto_server to answer", || {
-        let client = client.clone();
-        async move { client.list_buckets().send().await.ok() }
-    })
-    .await;
     client.create_bucket().bucket(bucket).send().await.unwrap();
     let meme = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../scripts/demo/meme.jpg");
     client
@@ -51,10 +36,7 @@ async fn moto_with_the_demo_meme(bucket: &str, key: &str) -> Moto {
         .send()
         .await
         .unwrap();
-    Moto {
-        endpoint,
-        _process: process,
-    }
+    moto
 }
 
 #[tokio::test]
@@ -123,7 +105,8 @@ async fn the_demo_meme_is_classified_from_s3() {
 
 #[tokio::test]
 async fn an_unreachable_s3_is_unavailable_for_the_controller_to_retry() {
-    let closed = format!("http://127.0.0.1:{}", free_port());
+    let closed_port = ClosedPort::new();
+    let closed = closed_port.url();
     let mut env = plugworker_testkit::sqs::AWS_ENV.to_vec();
     env.push(("AWS_ENDPOINT_URL_S3", closed.as_str()));
     env.push(("AWS_EC2_METADATA_DISABLED", "true"));

@@ -86,7 +86,7 @@ async fn the_ocrs_engine_reads_text_or_without_its_model_files_names_them() {
         &plugworker_testkit::bin_path("image-runner"),
         &[
             "--listen",
-            &format!("127.0.0.1:{}", plugworker_testkit::free_port()),
+            "127.0.0.1:0",
             "--no-register",
             "--insecure-plaintext",
             "--models-dir",

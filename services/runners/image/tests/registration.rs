@@ -6,20 +6,19 @@ mod support;
 
 use plugworker_consul_client::QueryOptions;
 use plugworker_testkit::memes::{self, models_dir};
-use plugworker_testkit::{Process, bin_path, eventually, free_port, runner_client};
+use plugworker_testkit::{Process, bin_path, eventually, runner_client};
 use std::time::Duration;
 use support::{base64_payload, call};
 
 #[tokio::test]
 async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_grpc() {
     let (registry, consul) = support::registry().await;
-    let address = format!("127.0.0.1:{}", free_port());
     let models = models_dir();
-    let _runner = Process::spawn(
+    let (_runner, addresses) = Process::spawn_reporting(
         &bin_path("image-runner"),
         &[
             "--listen",
-            &address,
+            "127.0.0.1:0",
             "--consul-address",
             &registry.url(),
             "--check-interval",
@@ -30,7 +29,9 @@ async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_
             models.to_str().unwrap(),
         ],
         &[],
-    );
+    )
+    .await;
+    let address = addresses.grpc();
 
     let (services, _) = eventually(
         Duration::from_secs(30),
@@ -67,7 +68,7 @@ async fn image_runner_registers_its_two_algorithms_as_tags_and_serves_both_over_
         assert_eq!(registered, address);
     }
 
-    let mut client = runner_client(&address, Duration::from_secs(10)).await;
+    let mut client = runner_client(address, Duration::from_secs(10)).await;
     let meme = std::fs::read(models.join("../scripts/demo/meme.jpg")).unwrap();
     let classified = call(&mut client, "meme_classifier", &base64_payload(&meme))
         .await

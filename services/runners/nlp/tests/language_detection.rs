@@ -2,24 +2,24 @@
 
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
-use plugworker_testkit::{Process, bin_path, free_port, runner_client};
+use plugworker_testkit::{Process, bin_path, runner_client};
 use std::time::Duration;
 use tonic::Code;
 use tonic::transport::Channel;
 
 async fn runner() -> (Process, RunnerClient<Channel>) {
-    let address = format!("127.0.0.1:{}", free_port());
-    let process = Process::spawn(
+    let (process, addresses) = Process::spawn_reporting(
         &bin_path("nlp-runner"),
         &[
             "--listen",
-            &address,
+            "127.0.0.1:0",
             "--no-register",
             "--insecure-plaintext",
         ],
         &[],
-    );
-    let client = runner_client(&address, Duration::from_secs(15)).await;
+    )
+    .await;
+    let client = runner_client(addresses.grpc(), Duration::from_secs(15)).await;
     (process, client)
 }
 
