@@ -90,6 +90,13 @@ impl Registry {
         Self { shared }
     }
 
+    /// Blocking queries parked now, waiting for a change or the end of their wait: a test
+    /// waits for one before making the change it must wake (otherwise a query that arrives
+    /// after the change is answered at once, and nothing woke).
+    pub fn parked_queries(&self) -> usize {
+        self.shared.changes.receiver_count()
+    }
+
     /// Rotates the Connect CA to a fresh root key, like a `PUT /v1/connect/ca/configuration`
     /// with a new `PrivateKey`: the old root stays listed (inactive) so certificates it
     /// signed keep verifying, leaves are re-issued under the new root, and blocked leaf

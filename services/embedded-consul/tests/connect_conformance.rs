@@ -28,6 +28,21 @@ impl Target {
     fn is_real_consul(&self) -> bool {
         self.embedded.is_none()
     }
+
+    /// Waits until a blocking query is parked at the embedded registry, so that the change
+    /// made next wakes it rather than meeting a query that would answer at once. A real
+    /// agent does not say: there, a bounded 200 ms.
+    async fn parked(&self) {
+        let Some(registry) = &self.embedded else {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return;
+        };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while registry.registry().parked_queries() == 0 {
+            assert!(Instant::now() < deadline, "no blocking query was parked");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
 }
 
 async fn target() -> Target {
@@ -525,7 +540,7 @@ async fn rotating_through_the_registry_wakes_blocked_queries() {
     );
     let blocked =
         tokio::spawn(async move { reqwest::get(url).await.unwrap().json::<Value>().await });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.parked().await;
     registry.rotate_ca_root().unwrap();
     let renewed = blocked.await.unwrap().unwrap();
     assert_ne!(renewed["SerialNumber"], leaf.json()["SerialNumber"]);
@@ -616,7 +631,7 @@ async fn connect_native_instances_show_in_views_and_alone_in_the_connect_endpoin
         }
         request.send().await.unwrap().json::<Value>().await.unwrap()
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    t.parked().await;
     let fail = t
         .api
         .put(

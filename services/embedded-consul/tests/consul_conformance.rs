@@ -33,6 +33,26 @@ impl Target {
     fn is_real_consul(&self) -> bool {
         self.embedded.is_none()
     }
+
+    /// The embedded registry, for [`parked`] (none against a real agent).
+    fn registry(&self) -> Option<plugworker_embedded_consul::Registry> {
+        self.embedded.as_ref().map(|r| r.registry().clone())
+    }
+}
+
+/// Waits until a blocking query is parked at `registry`, so that the change a test makes
+/// next wakes a held query instead of meeting a new one that would answer at once. A real
+/// agent does not say how many queries it holds: there, a bounded 300 ms.
+async fn parked(registry: Option<plugworker_embedded_consul::Registry>) {
+    let Some(registry) = registry else {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        return;
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while registry.parked_queries() == 0 {
+        assert!(Instant::now() < deadline, "no blocking query was parked");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 async fn target() -> Target {
@@ -472,7 +492,7 @@ async fn blocking_queries_wake_on_change_and_otherwise_hold_for_the_wait() {
             }
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(target.registry()).await;
     client
         .register_service(&registration(&name, &name, &["x"], None))
         .await
@@ -500,7 +520,7 @@ async fn blocking_queries_wake_on_change_and_otherwise_hold_for_the_wait() {
                 .unwrap()
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(target.registry()).await;
     client.deregister_service(&name).await.unwrap();
     let (entries, gone) = waiter.await.unwrap();
     assert!(entries.is_empty());
@@ -1042,7 +1062,7 @@ async fn agent_service_views_carry_weights_and_block_on_the_content_hash() {
             (body, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(target.registry()).await;
     api.register(json!({"Name": name, "Tags": ["b"], "Port": 7000,
                         "Weights": {"Passing": 3, "Warning": 2}, "EnableTagOverride": true}))
         .await;
@@ -1324,7 +1344,7 @@ async fn kv_blocking_reads_wake_on_a_write_and_otherwise_hold() {
             (body, index, started.elapsed())
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    parked(target.registry()).await;
     api.put(&format!("/v1/kv/{key}"), "two").await;
     let (body, after, elapsed) = blocked.await.unwrap();
     assert_eq!(kv_value(&body[0]), b"two");
@@ -1422,13 +1442,17 @@ async fn a_watch_follows_a_service_through_registration_health_and_removal() {
     };
     let registrar = {
         let client = target.client.clone();
+        let registry = target.registry();
         let (name, check_id) = (name.clone(), check_id.clone());
         tokio::spawn(async move {
-            tokio::time::sleep(Duration::from_millis(200)).await;
+            parked(registry.clone()).await;
             client
                 .register_service(&registration(&name, &name, &["w"], Some(check)))
                 .await
                 .unwrap();
+            // The watch woke on the registration (its passing view still empty) and
+            // blocks again; a bounded pause lets it, as nothing counts a second parking
+            // apart from the first.
             tokio::time::sleep(Duration::from_millis(200)).await;
             client
                 .update_ttl_check(&check_id, CheckStatus::Passing, "up")
