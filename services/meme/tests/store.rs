@@ -193,9 +193,18 @@ async fn a_folder_gallery_publishes_concurrently_without_losing_a_change() {
     let one = folder_store(dir.path()).await;
     let other = folder_store(dir.path()).await;
     let mut holder = hold_lock(&dir.path().join(".lock")).await;
+    let versions = dir.path().join("versions");
     let release = async {
-        // Both embed, store their objects and wait for the lock within this time.
-        tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+        // Both past their read of `current`: each stores its manifest last, then waits for
+        // the lock to replace `current`.
+        let started = std::time::Instant::now();
+        while std::fs::read_dir(&versions).map_or(0, |d| d.count()) < 2 {
+            assert!(
+                started.elapsed() < std::time::Duration::from_secs(60),
+                "the publishers did not reach the lock"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
         holder.kill().unwrap();
         holder.wait().unwrap();
     };
