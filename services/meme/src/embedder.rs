@@ -175,17 +175,17 @@ fn clip8(sum: i32) -> u8 {
 
 const HALF: i32 = 1 << (PRECISION_BITS - 1);
 
-/// Embeddings of the set through this resize and through the former one
-/// (`image::imageops::resize`, triangle filter) agree to a cosine similarity of at least
-/// 0.9997 (scripts/bench-image.sh prints it), far inside the gaps the threshold sits in,
-/// so embeddings a gallery stored before stay valid and the cache key is unchanged.
-///
 /// Resizes `image` to `width`×`height` exactly as Pillow's `Image.resize(size,
 /// Image.BILINEAR)` does (the Python reference's preprocessing, scripts/bench_image_reference.py):
 /// a horizontal pass over the rows the vertical pass will read, rounded to bytes, then a
 /// vertical pass, both in 22-bit fixed point. The vertical pass runs along whole rows,
 /// which the compiler vectorises; `image::imageops::resize` works in `f32` pixel by pixel
 /// through a generic pixel API and took several times as long (docs/benchmarks.md).
+///
+/// Embeddings of the bench set through this resize and through that former one agree to
+/// a cosine similarity of at least 0.9997 (scripts/bench-image.sh prints it), far inside
+/// the gaps the threshold sits in, so embeddings a gallery stored before stay valid and
+/// the cache key is unchanged.
 fn resize_bilinear(image: &RgbImage, width: u32, height: u32) -> RgbImage {
     let (in_width, in_height) = (image.width() as usize, image.height() as usize);
     let (width, height) = (width as usize, height as usize);
