@@ -107,3 +107,35 @@ impl Link {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// tonic's own message for a failed connection is only "transport error"; why it failed
+    /// reaches the user through the error's chain, which `describe` prints once.
+    #[tokio::test]
+    async fn a_refused_dial_says_why() {
+        let closed = plugworker_testkit::ClosedPort::new();
+        let (host, port) = closed
+            .address()
+            .rsplit_once(':')
+            .map(|(h, p)| (h.to_string(), p.parse().unwrap()))
+            .unwrap();
+        let mut instance = ServiceEntry::default();
+        instance.service.id = "runner-1".into();
+        instance.service.address = host;
+        instance.service.port = port;
+        let error = Link::Plaintext
+            .dial(&instance, Duration::from_secs(5))
+            .await
+            .unwrap_err();
+        let text = crate::describe(&error);
+        assert!(
+            text.starts_with("cannot connect to runner runner-1 at 127.0.0.1:"),
+            "{text}"
+        );
+        assert!(text.contains("transport error"), "{text}");
+        assert!(text.to_lowercase().contains("refused"), "the cause: {text}");
+    }
+}
