@@ -338,17 +338,25 @@ fn main() {
     );
     assert!(lookup_p50 < 50.0, "lookup p50 {lookup_p50} ms");
     assert!(
-        folder_warm_ms * 5.0 < folder_cold_ms,
+        folder_warm_ms < folder_cold_ms,
         "polls of unchanged files still read them"
     );
-    assert!(score.top1 >= 0.85, "top-1 {:.3} collapsed", score.top1);
+    // Floors a little under this machine's figures (docs/benchmarks.md): a collapse, not
+    // noise, fails.
     assert!(
-        score.rejected >= 0.5,
+        score.nearest >= 0.9,
+        "nearest template right {:.3}",
+        score.nearest
+    );
+    assert!(score.top1 >= 0.55, "top-1 {:.3} collapsed", score.top1);
+    assert!(score.wrong <= 0.03, "wrong template {:.3}", score.wrong);
+    assert!(
+        score.rejected >= 0.8,
         "unknowns rejected {:.3}",
         score.rejected
     );
     assert!(
-        captioned_top1_scale >= 0.9,
+        captioned_top1_scale >= 0.85,
         "captioned nearest template at scale {captioned_top1_scale}"
     );
 
@@ -414,6 +422,10 @@ fn measure_load(dir: &Path, templates: usize) {
             ms(started)
         })
         .collect();
+    // The publish's freed memory is handed back to the system first, or the reload would
+    // reuse it unseen.
+    // SAFETY: malloc_trim only releases free heap pages.
+    unsafe { libc::malloc_trim(0) };
     reset_peak();
     let (resident, _) = memory();
     let started = Instant::now();

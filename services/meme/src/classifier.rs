@@ -87,32 +87,42 @@ pub fn rank(
     {
         let scores = gallery.index().scores(embedding);
         // Best template per label: a label with many templates must not crowd out the
-        // runners-up, so candidates are distinct labels.
-        let mut best: Vec<Candidate> = Vec::new();
-        let mut position: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
-        for (template, score) in gallery.templates().iter().zip(scores) {
-            match position.get(template.label.as_str()) {
-                Some(&i) if best[i].score >= score => {}
-                Some(&i) => {
-                    best[i].score = score;
-                    best[i].template = template.name.clone();
-                }
-                None => {
-                    position.insert(&template.label, best.len());
-                    best.push(Candidate {
-                        label: template.label.clone(),
-                        score,
-                        template: template.name.clone(),
-                    });
-                }
-            }
+        // runners-up, so candidates are distinct labels. Rows are kept as indices and only
+        // the candidates returned are copied: at 10,000 labels, copying every label's name
+        // per lookup cost more than the scan.
+        let mut by_label: std::collections::HashMap<&str, (f32, usize)> =
+            std::collections::HashMap::with_capacity(scores.len());
+        for (row, (template, score)) in gallery.templates().iter().zip(scores).enumerate() {
+            by_label
+                .entry(template.label.as_str())
+                .and_modify(|best| {
+                    if score > best.0 {
+                        *best = (score, row);
+                    }
+                })
+                .or_insert((score, row));
         }
-        best.sort_by(|a, b| {
-            b.score
-                .total_cmp(&a.score)
-                .then_with(|| a.label.cmp(&b.label))
-        });
-        best.truncate(candidates.max(1));
+        let mut ranked: Vec<(&str, f32, usize)> = by_label
+            .into_iter()
+            .map(|(label, (score, row))| (label, score, row))
+            .collect();
+        let order = |a: &(&str, f32, usize), b: &(&str, f32, usize)| {
+            b.1.total_cmp(&a.1).then_with(|| a.0.cmp(b.0))
+        };
+        let keep = candidates.max(1);
+        if ranked.len() > keep {
+            ranked.select_nth_unstable_by(keep - 1, order);
+            ranked.truncate(keep);
+        }
+        ranked.sort_by(order);
+        let best: Vec<Candidate> = ranked
+            .into_iter()
+            .map(|(label, score, row)| Candidate {
+                label: label.to_string(),
+                score,
+                template: gallery.templates()[row].name.clone(),
+            })
+            .collect();
         let (label, score) = match best.first() {
             Some(top) if top.score >= threshold => (top.label.clone(), top.score),
             Some(top) => (UNKNOWN_LABEL.to_string(), top.score),
