@@ -21,7 +21,7 @@ use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_mesh::{Identity, MeshConnector};
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
-use plugworker_testkit::{Process, eventually, free_port};
+use plugworker_testkit::{Process, eventually};
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -90,23 +90,23 @@ fn main() {
             .unwrap();
         let binary = runner_binary();
         let common = ["--no-register", "--max-concurrent-runs", "256", "--max-queued-runs", "4096"];
-        let plain_address = format!("127.0.0.1:{}", free_port());
-        let mut plain_args = vec!["--listen", &plain_address, "--insecure-plaintext"];
+        // Port 0 everywhere; each runner's bound address comes from its address file.
+        let mut plain_args = vec!["--listen", "127.0.0.1:0", "--insecure-plaintext"];
         plain_args.extend(common);
-        let _plain = Process::spawn(&binary, &plain_args, &[("RUST_LOG", "warn")]);
-        let mesh_address = format!("127.0.0.1:{}", free_port());
-        let health_address = format!("127.0.0.1:{}", free_port());
+        let (_plain, plain) = Process::spawn_reporting(&binary, &plain_args, &[]).await;
+        let plain_address = plain.grpc().to_string();
         let consul_url = registry.url();
         let mut mesh_args = vec![
             "--listen",
-            &mesh_address,
+            "127.0.0.1:0",
             "--health-listen",
-            &health_address,
+            "127.0.0.1:0",
             "--consul-address",
             &consul_url,
         ];
         mesh_args.extend(common);
-        let _mesh = Process::spawn(&binary, &mesh_args, &[("RUST_LOG", "warn")]);
+        let (_mesh, mesh) = Process::spawn_reporting(&binary, &mesh_args, &[]).await;
+        let mesh_address = mesh.grpc().to_string();
 
         let consul = ConsulClient::new(ConsulConfig {
             address: registry.url(),

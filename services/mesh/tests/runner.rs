@@ -10,7 +10,7 @@ use plugworker_embedded_consul::{Registry, RegistryConfig};
 use plugworker_mesh::MeshConnector;
 use plugworker_rpc::runner::v1::ListAlgorithmsRequest;
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;
-use plugworker_testkit::{Process, bin_path, eventually, free_port};
+use plugworker_testkit::{Addresses, ClosedPort, Process, bin_path, eventually};
 use std::pin::Pin;
 use std::process::Output;
 use std::sync::Arc;
@@ -21,14 +21,17 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tonic::transport::Endpoint;
 use tower::Service;
 
-fn start_runner(consul_url: &str, listen: &str, health: &str, envs: &[(&str, &str)]) -> Process {
-    Process::spawn(
+/// A mesh test-runner registering with the agent at `consul_url`, every port 0: its
+/// process and the addresses it bound (gRPC, health; metrics when asked for through
+/// `PLUGWORKER_METRICS_ADDRESS`).
+async fn start_runner(consul_url: &str, envs: &[(&str, &str)]) -> (Process, Addresses) {
+    Process::spawn_reporting(
         &bin_path("test-runner"),
         &[
             "--listen",
-            listen,
+            "127.0.0.1:0",
             "--health-listen",
-            health,
+            "127.0.0.1:0",
             "--consul-address",
             consul_url,
             "--check-interval",
@@ -38,6 +41,7 @@ fn start_runner(consul_url: &str, listen: &str, health: &str, envs: &[(&str, &st
         ],
         envs,
     )
+    .await
 }
 
 fn probe(health: &str) -> Output {
@@ -57,10 +61,9 @@ fn probe(health: &str) -> Output {
 async fn a_mesh_runner_registers_connect_native_and_serves_jobs_over_mtls_only() {
     let registry = registry(RegistryConfig::default()).await;
     let consul = consul(&registry);
-    let port = free_port();
-    let listen = format!("127.0.0.1:{port}");
-    let health = format!("127.0.0.1:{}", free_port());
-    let mut runner = start_runner(&registry.url(), &listen, &health, &[]);
+    let (mut runner, addresses) = start_runner(&registry.url(), &[]).await;
+    let (listen, health) = (addresses.grpc().to_string(), addresses.health().to_string());
+    let port: u16 = listen.rsplit_once(':').unwrap().1.parse().unwrap();
 
     // Listed by the Connect health view, passing: the check reached the health port.
     let entry = eventually(
@@ -147,12 +150,11 @@ async fn a_mesh_runner_registers_connect_native_and_serves_jobs_over_mtls_only()
 #[tokio::test]
 async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_until_it_gets_one()
 {
-    // No agent yet at this address.
-    let consul_port = free_port();
-    let consul_url = format!("http://127.0.0.1:{consul_port}");
-    let listen = format!("127.0.0.1:{}", free_port());
-    let health = format!("127.0.0.1:{}", free_port());
-    let runner = start_runner(&consul_url, &listen, &health, &[]);
+    // No agent yet at this address: held, refusing connections, until the agent starts.
+    let no_agent = ClosedPort::new();
+    let consul_address = no_agent.address();
+    let (runner, addresses) = start_runner(&no_agent.url(), &[]).await;
+    let health = addresses.health().to_string();
 
     eventually(
         Duration::from_secs(30),
@@ -179,12 +181,10 @@ async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_
     );
 
     // The agent comes up: the runner gets its leaf, registers and turns SERVING.
-    let registry = Registry::spawn(
-        &format!("127.0.0.1:{consul_port}"),
-        RegistryConfig::default(),
-    )
-    .await
-    .unwrap();
+    drop(no_agent);
+    let registry = Registry::spawn(&consul_address, RegistryConfig::default())
+        .await
+        .unwrap();
     let consul = consul(&registry);
     passing(&consul).await;
     assert!(probe(&health).status.success());
@@ -199,14 +199,9 @@ async fn a_mesh_runner_whose_token_may_not_write_its_service_says_so() {
         ..RegistryConfig::default()
     })
     .await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let health = format!("127.0.0.1:{}", free_port());
-    let runner = start_runner(
-        &registry.url(),
-        &listen,
-        &health,
-        &[("CONSUL_HTTP_TOKEN", "not-a-token")],
-    );
+    let (runner, addresses) =
+        start_runner(&registry.url(), &[("CONSUL_HTTP_TOKEN", "not-a-token")]).await;
+    let health = addresses.health().to_string();
     eventually(
         Duration::from_secs(30),
         "the runner's explanation",
@@ -279,12 +274,13 @@ impl MeshRunner {
     async fn start(config: RegistryConfig, envs: &[(&str, &str)]) -> Self {
         let registry = registry(config).await;
         let consul = consul(&registry);
-        let listen = format!("127.0.0.1:{}", free_port());
-        let health = format!("127.0.0.1:{}", free_port());
-        let metrics = format!("127.0.0.1:{}", free_port());
         let mut all = envs.to_vec();
-        all.push(("PLUGWORKER_METRICS_ADDRESS", &metrics));
-        let process = start_runner(&registry.url(), &listen, &health, &all);
+        all.push(("PLUGWORKER_METRICS_ADDRESS", "127.0.0.1:0"));
+        let (process, addresses) = start_runner(&registry.url(), &all).await;
+        let (listen, metrics) = (
+            addresses.grpc().to_string(),
+            addresses.metrics().to_string(),
+        );
         passing(&consul).await;
         let controller = identity(&registry, "controller").await;
         Self {
@@ -841,17 +837,17 @@ async fn an_agent_outage_shorter_than_the_ttl_closes_no_connection_and_a_longer_
     let registry = registry(RegistryConfig::default()).await;
     let consul = consul(&registry);
     let agent = Outage::start(registry.url().trim_start_matches("http://").to_string()).await;
-    let listen = format!("127.0.0.1:{}", free_port());
-    let health = format!("127.0.0.1:{}", free_port());
-    let metrics_address = format!("127.0.0.1:{}", free_port());
-    let runner = start_runner(
+    let (runner, addresses) = start_runner(
         &format!("http://{}", agent.address),
-        &listen,
-        &health,
         &[
             ("PLUGWORKER_MESH_AUTHORIZE_CACHE_TTL", "2s"),
-            ("PLUGWORKER_METRICS_ADDRESS", &metrics_address),
+            ("PLUGWORKER_METRICS_ADDRESS", "127.0.0.1:0"),
         ],
+    )
+    .await;
+    let (listen, metrics_address) = (
+        addresses.grpc().to_string(),
+        addresses.metrics().to_string(),
     );
     passing(&consul).await;
     let controller = identity(&registry, "controller").await;
