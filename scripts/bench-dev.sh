@@ -32,7 +32,7 @@ fi
 
 echo "== building: the release benchmark and the demo's debug build"
 cargo bench --locked -q -p image-runner --bench image_latency --no-run
-cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins --no-default-features
+cargo build --locked -p plugworker-cli -p image-runner -p nlp-runner --bins --no-default-features --features plugworker-cli/dev
 
 for round in $(seq 1 "$rounds"); do
   echo "== round $round/$rounds: release benchmark (renders the bench memes into $work/inputs)"

@@ -16,7 +16,7 @@ echo "check-demo: the lean build has no AWS SDK and no ocrs engine"
 demo_packages="$(scripts/runners.sh -p)"
 mapfile -t demo_packages <<<"$demo_packages"
 demo_packages=(-p plugworker-cli "${demo_packages[@]}")
-lean="$(cargo tree --locked "${demo_packages[@]}" --no-default-features -e normal,build --prefix none)"
+lean="$(cargo tree --locked "${demo_packages[@]}" --no-default-features --features plugworker-cli/dev -e normal,build --prefix none)"
 full="$(cargo tree --locked "${demo_packages[@]}" -e normal,build --prefix none)"
 for crate in aws-config aws-sdk-sqs aws-sdk-s3 aws-smithy-runtime aws-lc-sys rten ocrs; do
   if ! grep -q "^$crate v" <<<"$full"; then
@@ -25,7 +25,7 @@ for crate in aws-config aws-sdk-sqs aws-sdk-s3 aws-smithy-runtime aws-lc-sys rte
   fi
   if grep -q "^$crate v" <<<"$lean"; then
     echo "check-demo: $crate is in the demo's lean build; what brings it:" >&2
-    cargo tree --locked "${demo_packages[@]}" --no-default-features -e normal,build -i "$crate" >&2
+    cargo tree --locked "${demo_packages[@]}" --no-default-features --features plugworker-cli/dev -e normal,build -i "$crate" >&2
     exit 1
   fi
 done

@@ -16,6 +16,19 @@ if [ ! -x "$venv/bin/checkov" ]; then
   echo "check-deploy: $venv has no checkov; run scripts/setup.sh" >&2
   exit 1
 fi
+# The controller image builds plugworker with the Dockerfile's default CLI_FEATURES: only
+# production code, so neither the embedded registry (`dev`, `registry`) nor the meme model
+# (`gallery`). Each name is checked against the default build first, so a renamed crate
+# cannot pass unseen.
+features="$(sed -n 's/^ARG CLI_FEATURES=//p' infra/docker/controller.Dockerfile)"
+image_tree="$(cargo tree --locked -p plugworker-cli --no-default-features --features "$features" -e normal,build --prefix none)"
+default_tree="$(cargo tree --locked -p plugworker-cli -e normal,build --prefix none)"
+for crate in plugworker-embedded-consul plugworker-meme ort; do
+  if ! grep -q "^$crate v" <<<"$default_tree" || grep -q "^$crate v" <<<"$image_tree"; then
+    echo "check-deploy: $crate must be in plugworker's default build and not in the controller image's (--features $features)" >&2
+    exit 1
+  fi
+done
 cd scripts
 "$venv/bin/python" -m deploy_checks ..
 if [ "${1:-}" = --runners ]; then

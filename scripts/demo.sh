@@ -41,6 +41,6 @@ fi
 runners="$(scripts/runners.sh -p)"
 mapfile -t runners <<<"$runners"
 echo "==> building plugworker and the runners (first time: a few minutes)"
-cargo build --locked -p plugworker-cli "${runners[@]}" --bins --no-default-features
+cargo build --locked -p plugworker-cli "${runners[@]}" --bins --no-default-features --features plugworker-cli/dev
 echo "==> plugworker dev --jobs $jobs"
 "$PLUGWORKER_BIN/plugworker" dev --jobs "$jobs" --pipelines scripts/demo/pipelines --results - --max-attempts 3 --runner-wait 3s

@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1.7
 # The controller image: the `plugworker` binary, run as `plugworker controller`
 # (jobs from SQS, runners from Consul, results to SQS). Its other subcommands
-# (`submit`, `results`, `algorithms`, `call`) work from the same image.
+# (`submit`, `results`, `algorithms`, `call`) work from the same image; `dev` and
+# `registry` (the embedded registry, for machines without Consul) are not built into it
+# (scripts/check-deploy.sh checks that).
 #
 #   docker build -f infra/docker/controller.Dockerfile -t plugworker/controller .
 #

@@ -35,6 +35,7 @@ pub use plugworker_consul_client::ConsulArgs;
 #[allow(clippy::large_enum_variant)]
 #[derive(Subcommand, Debug)]
 pub enum Command {
+    #[cfg(feature = "dev")]
     /// Serve the embedded Consul-compatible registry (for machines without Consul; like
     /// `consul agent -dev`: one node, ACLs off, state in memory).
     Registry(commands::registry::Args),
@@ -58,6 +59,7 @@ pub enum Command {
     #[cfg(feature = "aws")]
     /// Print (and remove) results from the results queue.
     Results(commands::results::Args),
+    #[cfg(feature = "dev")]
     /// Run everything on this machine: embedded registry, this build's runners and the
     /// controller, with jobs from a JSONL file and results as JSON lines. No AWS, no Consul.
     Dev(commands::dev::Args),
@@ -71,6 +73,7 @@ pub fn main() -> ExitCode {
     // Traces name the role, not the binary: the producer and the controller are both
     // `plugworker`. A health probe runs every few seconds and has nothing to trace or log.
     let service_name = match &cli.command {
+        #[cfg(feature = "dev")]
         Command::Dev(_) => "plugworker-controller",
         #[cfg(feature = "aws")]
         Command::Controller(_) => "plugworker-controller",
@@ -89,6 +92,7 @@ pub fn main() -> ExitCode {
     };
     let outcome = process.block_on(async {
         match cli.command {
+            #[cfg(feature = "dev")]
             Command::Registry(args) => commands::registry::run(args).await,
             Command::Algorithms(args) => commands::algorithms::run(args).await,
             Command::Pipeline(args) => commands::pipeline::run(args).await,
@@ -101,6 +105,7 @@ pub fn main() -> ExitCode {
             Command::Submit(args) => commands::submit::run(args).await,
             #[cfg(feature = "aws")]
             Command::Results(args) => commands::results::run(args).await,
+            #[cfg(feature = "dev")]
             Command::Dev(args) => commands::dev::run(args).await,
             Command::Healthcheck(args) => commands::healthcheck::run(args).await,
         }

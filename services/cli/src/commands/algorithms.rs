@@ -85,7 +85,7 @@ pub struct InstanceView {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     // The answer is the output; INFO lines (a certificate issued) would only bury it.
     plugworker_telemetry::quiet_by_default();
-    let consul = super::dev::state::client(&args.consul)?;
+    let consul = super::dev_session::client(&args.consul)?;
     let link = args.runners.link(&consul).await?;
     let views = collect(&all_runner_instances(&consul).await?, link.as_ref()).await;
     if args.json {

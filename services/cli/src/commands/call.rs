@@ -62,7 +62,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
         (None, Some(text)) => serde_json::json!({ "text": text }).to_string(),
         (None, None) => unreachable!("clap requires one input"),
     };
-    let consul = super::dev::state::client(&args.consul)?;
+    let consul = super::dev_session::client(&args.consul)?;
     let mesh_service = args
         .mesh_service
         .as_deref()

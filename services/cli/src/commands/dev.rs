@@ -10,10 +10,9 @@
 //! On a terminal it shows the results table under one live progress line and writes its
 //! logs to `plugworker.log` in the log folder (named at the end) unless `-v` or `RUST_LOG`
 //! asks for them on the terminal; piped, it writes JSON lines and logs to stderr. While it
-//! runs, dev.json ([`state`]) lets `call`, `algorithms`, `pipeline` and `gallery` find it.
+//! runs, dev.json ([`dev_session`](super::dev_session)) lets `call`, `algorithms`, `pipeline` and `gallery` find it.
 
-pub mod state;
-
+use super::dev_session as state;
 use crate::output::{Format, ResultWriter, terminal_width};
 use anyhow::{Context, anyhow, bail};
 use plugworker_controller::Settings;

@@ -14,7 +14,7 @@
 //!   service identity `operator` (its Connect certificate, read the catalog), intentions
 //!   `operator → each runner`, and KV write on `plugworker/pipelines/` and
 //!   `plugworker/galleries/`: what `call`, `algorithms`, `pipeline` and `gallery` need.
-//!   It reaches them through dev.json ([`super::dev::state`]).
+//!   It reaches them through dev.json ([`super::dev_session`]).
 //!
 //! Each child gets its token through `CONSUL_HTTP_TOKEN`; the management token never
 //! leaves this process.

@@ -295,7 +295,7 @@ async fn publish(gallery: &GalleryArg, change: Change, args: &PublishArgs) -> an
 async fn announce(store: &GalleryStore, consul: &ConsulArgs) {
     let key = store.location().kv_key();
     let outcome = async {
-        let client = super::dev::state::client(consul)?;
+        let client = super::dev_session::client(consul)?;
         let write = async {
             for _ in 0..KV_ATTEMPTS {
                 let (pair, _) = client.kv_get(&key, QueryOptions::default()).await?;

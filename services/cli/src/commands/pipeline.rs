@@ -113,7 +113,7 @@ async fn put(args: PutArgs) -> anyhow::Result<()> {
         (args.file.display().to_string(), text)
     };
     let pipeline = Pipeline::parse(&text).with_context(|| format!("{source}: not stored"))?;
-    let consul = super::dev::state::client(&args.consul)?;
+    let consul = super::dev_session::client(&args.consul)?;
     let mismatches = schema_mismatches(&consul, &pipeline, &args.runners).await?;
     for mismatch in &mismatches {
         eprintln!("schema mismatch: {mismatch}");
@@ -197,14 +197,14 @@ async fn read(consul: &ConsulClient, name: &str) -> anyhow::Result<KvPair> {
 }
 
 async fn get(args: NameArgs) -> anyhow::Result<()> {
-    let stored = read(&super::dev::state::client(&args.consul)?, &args.name).await?;
+    let stored = read(&super::dev_session::client(&args.consul)?, &args.name).await?;
     eprintln!("pipeline {} revision {}", args.name, stored.modify_index);
     println!("{}", String::from_utf8_lossy(&stored.value));
     Ok(())
 }
 
 async fn delete(args: NameArgs) -> anyhow::Result<()> {
-    let consul = super::dev::state::client(&args.consul)?;
+    let consul = super::dev_session::client(&args.consul)?;
     let stored = read(&consul, &args.name).await?;
     consul
         .kv_delete(&stored.key)
@@ -299,7 +299,7 @@ pub async fn stored_pipelines(consul: &ConsulClient) -> anyhow::Result<Vec<Store
 }
 
 async fn list(args: ListArgs) -> anyhow::Result<()> {
-    let consul = super::dev::state::client(&args.consul)?;
+    let consul = super::dev_session::client(&args.consul)?;
     let views = stored_pipelines(&consul).await?;
     if args.json {
         println!("{}", serde_json::to_string_pretty(&views)?);
