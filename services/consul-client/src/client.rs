@@ -1,4 +1,4 @@
-//! [`ConsulClient`]: one method per Consul endpoint plugworker uses.
+//! [`ConsulClient`]: one method per Consul HTTP API endpoint it covers.
 
 use crate::config::{HttpAuth, Setting, settings};
 use crate::duration;
@@ -48,9 +48,14 @@ pub enum Error {
     },
 }
 
+/// The message of a reqwest error followed by those of its causes, each said once.
+///
 /// reqwest's own message is only "error sending request for url (...)"; the reason (a
-/// refused connection, an unknown certificate issuer) is in its sources, and log lines
-/// print only the top error, so the message carries the whole chain.
+/// refused connection, an unknown certificate issuer) is in its sources. A library error
+/// usually leaves its causes to `source()`, but this client's callers log an error's
+/// message alone (`%error` in a tracing field), so the message itself carries the
+/// reason. A caller that does print the causes too (the CLI's `describe()`) skips a cause
+/// whose text the message already contains.
 fn chain(error: &reqwest::Error) -> String {
     let mut text = error.to_string();
     let mut source = std::error::Error::source(error);

@@ -1,4 +1,5 @@
-//! Consul's KV store (`/v1/kv/`): the reads and writes plugworker's stored pipelines use.
+//! Consul's KV store (`/v1/kv/`): reading a key or a prefix (blocking or not), and
+//! writing a key (optionally check-and-set) and deleting one.
 //! A missing key (or an empty prefix) is Consul's 404, read here as nothing found, with
 //! the index a blocking read continues from.
 

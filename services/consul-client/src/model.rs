@@ -1,4 +1,4 @@
-//! The JSON shapes of the Consul HTTP API endpoints plugworker uses.
+//! The JSON shapes of the Consul HTTP API endpoints this client calls.
 //!
 //! Field names follow Consul's (PascalCase, with its own capitalisation of `ID`, `GRPC`,
 //! `TTL`...). Parsing is as lenient as Consul's own Go decoder, so that any agent's answer

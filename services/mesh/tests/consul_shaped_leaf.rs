@@ -17,6 +17,7 @@
 
 mod common;
 
+use base64::Engine as _;
 use common::{EchoServer, echo, mesh_channel};
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_mesh::Identity;
@@ -173,7 +174,7 @@ fn sec1_pem(key: &KeyPair) -> String {
     assert!(content.len() < 0x80, "short form length");
     let mut der = vec![0x30, content.len() as u8];
     der.extend_from_slice(&content);
-    let text = base64(&der);
+    let text = base64::engine::general_purpose::STANDARD.encode(&der);
     let lines: Vec<&str> = text
         .as_bytes()
         .chunks(64)
@@ -183,25 +184,6 @@ fn sec1_pem(key: &KeyPair) -> String {
         "-----BEGIN EC PRIVATE KEY-----\n{}\n-----END EC PRIVATE KEY-----\n",
         lines.join("\n")
     )
-}
-
-fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut text = String::new();
-    for chunk in bytes.chunks(3) {
-        let n = chunk
-            .iter()
-            .enumerate()
-            .fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
-        for i in 0..4 {
-            if i <= chunk.len() {
-                text.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                text.push('=');
-            }
-        }
-    }
-    text
 }
 
 /// What the test agent was asked to authorize: (target, client URI).
