@@ -36,14 +36,6 @@ pub fn bin_path(name: &str) -> PathBuf {
     path
 }
 
-/// A free TCP port on 127.0.0.1 (bound and released; fine for tests on one machine).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("can bind an ephemeral port")
-}
-
 /// A TCP address on 127.0.0.1 that refuses connections, for tests of what a client does
 /// when nothing listens: a socket bound but never listening (a connection attempt gets a
 /// reset at once), held for the guard's life so that no other process can take the port.
