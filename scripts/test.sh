@@ -16,7 +16,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 # binaries (plugworker and every deployed runner) and the libraries whose features it leaves out.
 runners="$(scripts/runners.sh -p)"
 mapfile -t runners <<<"$runners"
-cargo clippy -p plugworker-cli "${runners[@]}" --no-default-features --bins --locked -- -D warnings
+cargo clippy -p plugworker-cli "${runners[@]}" --no-default-features --features plugworker-cli/dev \
+  --bins --locked -- -D warnings
+# The controller image's plugworker (infra/docker/controller.Dockerfile: `aws` alone, no
+# `dev` and no `gallery`).
+cargo clippy -p plugworker-cli --no-default-features --features aws --bins --locked -- -D warnings
 cargo clippy -p plugworker-controller -p plugworker-claim-check -p plugworker-image-input \
   -p plugworker-ocr --no-default-features --lib --locked -- -D warnings
 # The README's first command, end to end, with its results checked. Before the workspace
