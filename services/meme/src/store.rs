@@ -1275,17 +1275,19 @@ impl S3Prefix {
     /// progress and may still fail, so the put is retried (backing off) until it lands or
     /// a 412 shows the other one did.
     async fn put_new(&self, object: &str, bytes: &[u8]) -> Result<(), StoreError> {
-        let mut backoff = Duration::from_millis(50);
+        let backoff =
+            plugworker_lifecycle::Backoff::new(Duration::from_millis(50), Duration::from_secs(1));
         let started = std::time::Instant::now();
         let key = self.key(object);
+        let mut attempt = 0;
         loop {
+            attempt += 1;
             match self.send_put(&key, bytes, None).await {
                 Ok(()) => return Ok(()),
                 Err(e) if status(&e) == Some(412) => return Ok(()),
                 Err(e) if status(&e) == Some(409) && started.elapsed() < PUT_CONFLICT_WAIT => {
                     tracing::debug!(object = %key, "a concurrent write of the object is in progress; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(1));
+                    tokio::time::sleep(backoff.delay(attempt)).await;
                 }
                 Err(e) => return Err(s3_error(&self.bucket, &key, e)),
             }
