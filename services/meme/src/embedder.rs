@@ -101,8 +101,9 @@ fn scale_to_longer_side(image: &RgbImage, side: u32) -> RgbImage {
         return image.clone();
     }
     let scale = side as f64 / longer as f64;
-    let new_width = ((width as f64 * scale).round() as u32).max(1);
-    let new_height = ((height as f64 * scale).round() as u32).max(1);
+    // Halves to even, as the reference's Python `round` (640×425 → 320×212).
+    let new_width = ((width as f64 * scale).round_ties_even() as u32).max(1);
+    let new_height = ((height as f64 * scale).round_ties_even() as u32).max(1);
     resize_bilinear(image, new_width, new_height)
 }
 
@@ -126,6 +127,8 @@ impl Taps {
     fn bilinear(in_size: usize, out_size: usize) -> Self {
         let scale = in_size as f64 / out_size as f64;
         let filter_scale = scale.max(1.0);
+        // Pillow multiplies by the reciprocal; dividing can differ in the last bit.
+        let reciprocal = 1.0 / filter_scale;
         let support = filter_scale; // the triangle's support is 1 input pixel, stretched
         let stride = support.ceil() as usize * 2 + 1;
         let mut spans = Vec::with_capacity(out_size);
@@ -139,7 +142,7 @@ impl Taps {
             let count = end.saturating_sub(first);
             let mut total = 0.0;
             for (i, w) in row[..count].iter_mut().enumerate() {
-                let x = ((i + first) as f64 - center + 0.5) / filter_scale;
+                let x = ((i + first) as f64 - center + 0.5) * reciprocal;
                 *w = (1.0 - x.abs()).max(0.0);
                 total += *w;
             }
@@ -269,7 +272,8 @@ mod tests {
     #[test]
     fn resizing_matches_pillow_bilinear_bit_for_bit() {
         // Pillow 13's `Image.frombytes("RGB", size, pattern).resize(out, Image.BILINEAR)`:
-        // both axes shrunk, only the height, only the width (upscaling the other).
+        // both axes shrunk, only the height, only the width, and one-pixel-wide and
+        // one-pixel-high images (the other axis kept).
         let cases = [
             (
                 (37, 23),
@@ -285,6 +289,16 @@ mod tests {
                 (37, 23),
                 (12, 23),
                 "98cec8b0ba8967848b6998a4679bb0935bb15d7a9ca78a9f73948e6eaaae6074aea469937c5693806caab1afb08394a86084ab746779407b9f25829f72815d515c59a47c84943be1b26e4f6a797e66ad90473b30242a32779167639084677781aa915b9a509878818a8c92637279b558a79675775497835c7e745f7abd916c7b526e9071639983924484c8227e93996ca384a8896d749b42c98e6b776d66a491707ca0918573767da06b8560817b93835165b29e80814b6f555c655e788062b754bca6898473569a808477a269625d79857b7e9e83629268a8b0356fc121aa8282847d826b97659547b09d649985915c9f7b59b19f90c4c6af72865b6089b177b09b7b66b46172ae98739386a7947680a854b0ab925a958a5a9e725691a79cb59ea9b85f7b9a6976a16576721a70ba5997675e58567a796ca551c6a154728868804fa582705e4e1b1a1a596b5b6b907c608b7e95976aab95787382988380759a6c8d52bca88060b8707e51a6886c56887688a6646b85a26391956d748abb1b6fb661839da78f886a85a06199954c9b6b7f877b5190b09a8675717093788a797196767ea181a7645da1768e566b514d518b64b657aba677838b6ba7746875988274785d616794ac7c60897b9a885978c11a86aa4b8f8581728a7f886b729443c48f946a9a7f56998069c5bfbb9fad706686a06899995294b69c5cb468788f9e959d71869362b6aa7063a79861937652928e7daeaeafb470849b6187b07a595b2a78af328b8c6e715658625ba96f99923eafaa6863568981719c82312821222a3483a3675b8b8272767caebe5c8a6f9f75817e997b736b97a66285b76e83769f7f5b725d4a9ad99c617470668cab649582a02f7ac32f8195a279997ea1916973923cc78475746958a6a3876d92877e7978839665816182b1918e615aaf8f81705c664e5a6a67847569b24fbfb18e975f4d8e888d78975c595882927c7497817a826492b12f73b92cad788c77827b66954d8f36dd9a76808888569b7b5db8ab9fb9be9c6c8475628da86aa6a48c5bad5175a5a0799178a08f7287ab5499ab9b5c8c80539b735b9aaaa4af919eae5f7fa1696988547887126bc26e984b584d578880729d42caa55c62786b7d5dab8a575345191b1f667b5f67907f4d8684",
+            ),
+            (
+                (1, 37),
+                (1, 10),
+                "9fccc799a9766086a66da5a58762b56b7999969799778aa45b9eab9a5d97",
+            ),
+            (
+                (37, 1),
+                (12, 1),
+                "98cec8b0ba8967848b6998a4679bb0935bb15d7a9ca78a9f73948e6eaaae6074aea46993",
             ),
         ];
         for ((width, height), (out_width, out_height), pillow) in cases {
@@ -305,6 +319,11 @@ mod tests {
         assert_eq!(
             scale_to_longer_side(&pattern(500, 333), 320).dimensions(),
             (320, 213)
+        );
+        // 425 × 0.5 = 212.5: the reference's Python `round` takes the even 212.
+        assert_eq!(
+            scale_to_longer_side(&pattern(640, 425), 320).dimensions(),
+            (320, 212)
         );
         assert_eq!(
             scale_to_longer_side(&pattern(10, 1000), 320).dimensions(),
