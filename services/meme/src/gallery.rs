@@ -311,14 +311,13 @@ pub(crate) fn scan(root: &Path, hashes: &FileHashes) -> Result<Vec<Template>, Ga
 pub(crate) struct FileHashes {
     known: std::sync::Mutex<HashMap<PathBuf, (FileStamp, String)>>,
     racy: std::time::Duration,
+    /// Files read so far, so tests and benchmarks can see that unchanged ones are not.
+    reads: std::sync::atomic::AtomicU64,
 }
 
 impl Default for FileHashes {
     fn default() -> Self {
-        Self {
-            known: Default::default(),
-            racy: RACY,
-        }
+        Self::new(RACY)
     }
 }
 
@@ -359,6 +358,21 @@ impl FileStamp {
 }
 
 impl FileHashes {
+    /// Remembering files whose last change is at least `racy` old (the default, [`RACY`],
+    /// covers coarse timestamps; a test whose files are all fresh needs less).
+    pub(crate) fn new(racy: std::time::Duration) -> Self {
+        Self {
+            known: Default::default(),
+            racy,
+            reads: Default::default(),
+        }
+    }
+
+    /// How many files have been read and hashed.
+    pub(crate) fn reads(&self) -> u64 {
+        self.reads.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
     /// The sha256 of the file at `path`: remembered if its status is unchanged, else read.
     pub(crate) fn sha256(&self, path: &Path) -> std::io::Result<String> {
         let stamp = FileStamp::of(&std::fs::metadata(path)?);
@@ -367,6 +381,8 @@ impl FileHashes {
         {
             return Ok(sha256.clone());
         }
+        self.reads
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let sha256 = sha256_hex(&std::fs::read(path)?);
         if stamp.settled(self.racy) {
             self.lock().insert(path.to_owned(), (stamp, sha256.clone()));
@@ -671,6 +687,36 @@ pub(crate) fn sha256_hex(bytes: &[u8]) -> String {
     hex(&Sha256::digest(bytes))
 }
 
+/// Reads through `R`, hashing what passes: a streamed blob is checked against the sha256
+/// in its name without being held whole.
+pub(crate) struct HashingReader<R> {
+    inner: R,
+    hasher: Sha256,
+}
+
+impl<R: Read> HashingReader<R> {
+    pub(crate) fn new(inner: R) -> Self {
+        Self {
+            inner,
+            hasher: Sha256::new(),
+        }
+    }
+
+    /// Reads what is left, then the sha256 of all the bytes.
+    pub(crate) fn finish(mut self) -> std::io::Result<String> {
+        std::io::copy(&mut self, &mut std::io::sink())?;
+        Ok(hex(&self.hasher.finalize()))
+    }
+}
+
+impl<R: Read> Read for HashingReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let read = self.inner.read(buf)?;
+        self.hasher.update(&buf[..read]);
+        Ok(read)
+    }
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -759,27 +805,85 @@ mod tests {
         ));
     }
 
+    /// Waits until the file system's clock has moved past `path`'s status-change time, so
+    /// the next write gives it another one (the racy window is zero in these tests).
+    fn wait_for_a_later_change_time(path: &Path) {
+        use std::os::unix::fs::MetadataExt;
+        let changed = |p: &Path| {
+            let m = std::fs::metadata(p).unwrap();
+            (m.ctime(), m.ctime_nsec())
+        };
+        let before = changed(path);
+        let probe = path.with_extension("probe");
+        loop {
+            std::fs::write(&probe, b"").unwrap();
+            if changed(&probe) > before {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+        std::fs::remove_file(&probe).unwrap();
+    }
+
+    /// Writes `bytes` over `path` in place, then sets its modification time back: only
+    /// the status-change time tells.
+    fn rewrite_keeping_mtime(path: &Path, bytes: &[u8]) {
+        let modified = std::fs::metadata(path).unwrap().modified().unwrap();
+        std::fs::write(path, bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(path)
+            .unwrap()
+            .set_modified(modified)
+            .unwrap();
+        assert_eq!(
+            std::fs::metadata(path).unwrap().modified().unwrap(),
+            modified
+        );
+    }
+
     #[test]
-    fn a_file_whose_status_is_unchanged_is_not_read_again() {
+    fn a_file_is_read_again_exactly_when_its_status_changes() {
+        use std::os::unix::fs::MetadataExt;
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("drake/a.jpg");
         touch(&path);
-        let hashes = FileHashes {
-            known: Default::default(),
-            racy: std::time::Duration::ZERO,
-        };
-        let first = scan(dir.path(), &hashes).unwrap()[0].sha256.clone();
-        assert_eq!(first, sha256_hex(b"not read by discover"));
-        // What is remembered is what is answered while the status is unchanged: plant
-        // another hash to see the file is not read.
-        hashes.lock().get_mut(&path).unwrap().1 = "planted".into();
-        assert_eq!(scan(dir.path(), &hashes).unwrap()[0].sha256, "planted");
-        // Any write changes the status (the change time at least): read again.
-        std::fs::write(&path, b"new bytes, other template").unwrap();
+        let hashes = FileHashes::new(std::time::Duration::ZERO);
+        let sha = |hashes: &FileHashes| scan(dir.path(), hashes).unwrap()[0].sha256.clone();
+        assert_eq!(sha(&hashes), sha256_hex(b"not read by discover"));
+        assert_eq!(hashes.reads(), 1);
+        assert_eq!(sha(&hashes), sha256_hex(b"not read by discover"));
+        assert_eq!(hashes.reads(), 1, "an unchanged file was read again");
+
+        // The same length and modification time: the status-change time gives it away.
+        wait_for_a_later_change_time(&path);
+        let len = std::fs::metadata(&path).unwrap().len();
+        rewrite_keeping_mtime(&path, b"NOT READ BY DISCOVER");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), len);
+        assert_eq!(sha(&hashes), sha256_hex(b"NOT READ BY DISCOVER"));
+        assert_eq!(hashes.reads(), 2);
+
+        // Renamed over: the same length and modification time, another inode.
+        let elsewhere = tempfile::tempdir().unwrap(); // the same file system, outside the gallery
+        let replacement = elsewhere.path().join("a.jpg");
+        let old = std::fs::metadata(&path).unwrap();
+        let bytes = &b"renamed over the file"[..old.len() as usize];
+        std::fs::write(&replacement, bytes).unwrap();
+        std::fs::File::options()
+            .write(true)
+            .open(&replacement)
+            .unwrap()
+            .set_modified(old.modified().unwrap())
+            .unwrap();
+        std::fs::rename(&replacement, &path).unwrap();
+        let new = std::fs::metadata(&path).unwrap();
         assert_eq!(
-            scan(dir.path(), &hashes).unwrap()[0].sha256,
-            sha256_hex(b"new bytes, other template")
+            (new.len(), new.modified().unwrap()),
+            (old.len(), old.modified().unwrap())
         );
+        assert_ne!(new.ino(), old.ino());
+        assert_eq!(sha(&hashes), sha256_hex(bytes));
+        assert_eq!(hashes.reads(), 3);
         // A file written within the racy window is not remembered.
         let fresh = FileHashes::default();
         scan(dir.path(), &fresh).unwrap();

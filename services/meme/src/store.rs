@@ -335,6 +335,19 @@ impl GalleryStore {
         self
     }
 
+    /// A read-only folder's files are remembered by status once their last change is
+    /// `racy` old (2 s by default, as timestamps may be coarse): a test whose files are
+    /// all fresh sets less to see the unchanged ones skipped ([`GalleryStore::files_read`]).
+    pub fn with_racy_window(mut self, racy: Duration) -> Self {
+        self.hashes = FileHashes::new(racy);
+        self
+    }
+
+    /// How many of a read-only folder's files polls and loads have read and hashed.
+    pub fn files_read(&self) -> u64 {
+        self.hashes.reads()
+    }
+
     /// Whether [`GalleryStore::publish`] may switch the gallery to the embedder's model,
     /// re-embedding every template (otherwise [`StoreError::ModelChange`]).
     pub fn with_reembed(mut self, reembed: bool) -> Self {
@@ -426,14 +439,21 @@ impl GalleryStore {
                     location: self.location.to_string(),
                     object: object.clone(),
                 })?;
-            gallery::for_each_embedding(reader, &key, |sha, row| {
+            // Hashed as it streams: rows of a blob that is not what its name says are
+            // refused before the index is served, and the version serving stays.
+            let mut reader = gallery::HashingReader::new(reader);
+            let sha256 = gallery::for_each_embedding(&mut reader, &key, |sha, row| {
                 if let Some(positions) = missing.remove(sha) {
                     for position in positions {
                         index.row_mut(position).copy_from_slice(row);
                     }
                 }
             })
+            .and_then(|()| reader.finish())
             .map_err(|e| self.corrupt(object, e.to_string()))?;
+            if Path::new(object).file_stem() != Some(std::ffi::OsStr::new(&sha256)) {
+                return Err(self.corrupt(object, "its sha256 is not its name".into()));
+            }
         }
         let mut embedded = 0;
         for (sha, positions) in missing {
@@ -1005,7 +1025,7 @@ impl GalleryStore {
     }
 
     /// An object to read through: a folder's file (buffered, so a 20 MB embeddings blob is
-    /// never wholly in memory), an S3 object's body.
+    /// never wholly in memory there), an S3 object's body (read whole into memory first).
     async fn reader(
         &self,
         object: &str,

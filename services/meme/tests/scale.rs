@@ -162,20 +162,35 @@ async fn a_read_only_folder_poll_sees_each_change_without_rereading_the_rest() {
     for index in 0..TEMPLATES {
         write(index, SEED);
     }
-    let store = folder_store(dir.path()).await;
+    // Every file is younger than the default racy window (2 s), which would have each
+    // poll read them all: none here, so the skipping is what is seen.
+    let store = folder_store(dir.path())
+        .await
+        .with_racy_window(std::time::Duration::ZERO);
     let first = store.current().await.unwrap();
+    let read = store.files_read();
+    assert_eq!(read, TEMPLATES as u64);
     assert_eq!(store.current().await.unwrap(), first);
-    // Replaced content, an added template, a removed one: each a new version.
+    assert_eq!(
+        store.files_read(),
+        read,
+        "a poll of unchanged files read some"
+    );
+    // Replaced content, an added template, a removed one: each a new version, and only
+    // the changed file read.
     write(3, SEED + 1);
     let replaced = store.current().await.unwrap();
     assert_ne!(replaced, first);
+    assert_eq!(store.files_read(), read + 1);
     write(TEMPLATES, SEED);
     let grown = store.current().await.unwrap();
     assert_ne!(grown, replaced);
+    assert_eq!(store.files_read(), read + 2);
     std::fs::remove_dir_all(dir.path().join(label(TEMPLATES))).unwrap();
     assert_eq!(store.current().await.unwrap(), replaced);
     let templates = store.templates(&replaced).await.unwrap();
     assert_eq!(templates.len(), TEMPLATES);
+    assert_eq!(store.files_read(), read + 2);
 }
 
 #[test]
@@ -204,4 +219,79 @@ fn a_synthetic_recolour_turns_hues_and_keeps_greys() {
     );
     let grey = turned.get_pixel(1, 0).0;
     assert!(grey.iter().all(|&c| c.abs_diff(128) <= 1), "{grey:?}");
+}
+
+/// Every `.bin` under the gallery's `embeddings/`.
+fn embedding_blobs(root: &Path) -> std::collections::HashSet<std::path::PathBuf> {
+    let mut blobs = std::collections::HashSet::new();
+    let mut folders = vec![root.join("embeddings")];
+    while let Some(folder) = folders.pop() {
+        for entry in std::fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else if path.extension().is_some_and(|e| e == "bin") {
+                blobs.insert(path);
+            }
+        }
+    }
+    blobs
+}
+
+/// A reload hashes the embeddings blob as it streams it: a blob that is not what the
+/// sha256 in its name says is refused before its rows are served, and the caller keeps
+/// the version serving.
+#[tokio::test]
+async fn a_reload_refuses_an_embeddings_blob_whose_bytes_are_not_its_name() {
+    let embedder = embedder();
+    let dir = tempfile::tempdir().unwrap();
+    let store = folder_store(dir.path()).await;
+    let imported = store
+        .publish(
+            Change::Import {
+                templates: (0..3).map(|i| (label(i), image(i))).collect(),
+            },
+            Some(&embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let first = store
+        .load(&imported.version.unwrap(), &embedder, None)
+        .await
+        .unwrap();
+    let before = embedding_blobs(dir.path());
+    let added = store
+        .publish(
+            Change::Add {
+                label: label(3),
+                images: vec![image(3)],
+            },
+            Some(&embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap();
+    let v2 = added.version.unwrap();
+    let blob = embedding_blobs(dir.path())
+        .difference(&before)
+        .next()
+        .cloned()
+        .expect("the new version's embeddings blob");
+    // One bit of the last float: the blob still parses, its rows are just not the ones
+    // its name promises.
+    let mut bytes = std::fs::read(&blob).unwrap();
+    *bytes.last_mut().unwrap() ^= 1;
+    let mut permissions = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    permissions.set_readonly(false);
+    std::fs::set_permissions(&blob, permissions).unwrap();
+    std::fs::write(&blob, &bytes).unwrap();
+    let Err(error) = store.load(&v2, &embedder, Some(&first)).await else {
+        panic!("the corrupted blob was loaded");
+    };
+    assert!(
+        error.to_string().contains("its sha256 is not its name"),
+        "{error}"
+    );
 }
