@@ -50,11 +50,18 @@ result() {
   sed -n 's/^RESULT //p' <<<"$out"
 }
 
-echo "meme_classifier: $rounds alternating rounds (Rust, Python), $(nproc) cores, $(date -u '+%F %H:%M UTC')"
+echo "meme_classifier: $rounds rounds of Rust and Python (Rust first in odd rounds, Python first in even ones), $(nproc) cores, $(date -u '+%F %H:%M UTC')"
 for round in $(seq 1 "$rounds"); do
   load="$(cut -d' ' -f1 /proc/loadavg)"
-  rust="$(result "$bench" "$inputs" --meme-only)"
-  python="$(result "$venv/bin/python" scripts/bench_image_reference.py "$inputs" models --meme-only)"
+  # Alternating which side goes first keeps a warm page cache or a load trend from
+  # favouring one side.
+  if (( round % 2 )); then
+    rust="$(result "$bench" "$inputs" --meme-only)"
+    python="$(result "$venv/bin/python" scripts/bench_image_reference.py "$inputs" models --meme-only)"
+  else
+    python="$(result "$venv/bin/python" scripts/bench_image_reference.py "$inputs" models --meme-only)"
+    rust="$(result "$bench" "$inputs" --meme-only)"
+  fi
   echo "{\"round\": $round, \"load\": $load, \"rust\": $rust, \"python\": $python}" | tee -a "$results"
 done
 
