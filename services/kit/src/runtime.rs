@@ -33,7 +33,7 @@ use crate::transport::{self, Routes};
 use anyhow::{Context, anyhow};
 use plugworker_consul_client::ConsulClient;
 use plugworker_discovery::Registration;
-use plugworker_mesh::{Identity, ServerSettings};
+use plugworker_mesh::{Identity, ServerSettings, WeakIdentity};
 use plugworker_rpc::runner::v1::runner_server::RunnerServer;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::atomic::Ordering;
@@ -94,7 +94,9 @@ pub struct Runner {
     /// Set once every algorithm has loaded and health says `SERVING`.
     serving: CancellationToken,
     mesh_stats: plugworker_mesh::ServerStats,
-    identity: Arc<OnceLock<Identity>>,
+    /// Weak on purpose: the mesh acceptor's copy is what keeps the leaf renewing, so a
+    /// test observing the identity through this handle cannot keep it alive by itself.
+    identity: Arc<OnceLock<WeakIdentity>>,
 }
 
 impl Runner {
@@ -187,10 +189,12 @@ impl Runner {
         &self.mesh_stats
     }
 
-    /// The runner's Connect identity (its leaf kept renewed), once fetched; `None` before
-    /// and with `--insecure-plaintext`.
+    /// The runner's Connect identity (its leaf kept renewed by the server that serves
+    /// over it), once fetched; `None` before, after the runner stopped, and with
+    /// `--insecure-plaintext`. The handle holds it weakly: only the runner's own copies
+    /// keep it renewing.
     pub fn identity(&self) -> Option<Identity> {
-        self.identity.get().cloned()
+        self.identity.get().and_then(WeakIdentity::upgrade)
     }
 
     /// Waits until every algorithm has loaded and health says `SERVING` (in mesh mode,
@@ -242,7 +246,7 @@ struct Report {
     bound: oneshot::Sender<BoundAddresses>,
     serving: CancellationToken,
     mesh_stats: plugworker_mesh::ServerStats,
-    identity: Arc<OnceLock<Identity>>,
+    identity: Arc<OnceLock<WeakIdentity>>,
 }
 
 /// The runner: the steps in this module's documentation, until `shutdown` is cancelled.
@@ -362,7 +366,7 @@ async fn run_until(
         (Some(consul), false) => {
             match acquire_identity(consul, &service_name, &shutdown).await {
                 Some(identity) => {
-                    let _ = report.identity.set(identity.clone());
+                    let _ = report.identity.set(identity.downgrade());
                     Some(identity)
                 }
                 // Stopped before the identity arrived: nothing was registered or served.

@@ -28,7 +28,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::WebPkiClientVerifier;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::sign::CertifiedKey;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::task::AbortHandle;
 
@@ -60,10 +60,25 @@ pub(crate) struct Material {
 /// A service's live Connect identity: its leaf certificate and the CA roots, fetched from
 /// the local agent and kept fresh with blocking queries (renewed before expiry; roots
 /// rotation picked up); cheap to clone (Arc inside). The refresh task stops when the last
-/// clone is dropped.
+/// clone is dropped; a [`WeakIdentity`] (see [`Identity::downgrade`]) observes it without
+/// keeping it renewed.
 #[derive(Clone)]
 pub struct Identity {
     inner: Arc<Inner>,
+}
+
+/// A non-owning handle on an [`Identity`]: it does not keep the refresh task running, so
+/// whoever holds only this one leaves the renewal to the identity's owners.
+#[derive(Clone, Debug)]
+pub struct WeakIdentity {
+    inner: Weak<Inner>,
+}
+
+impl WeakIdentity {
+    /// The identity, while some owner still holds it (its leaf then still renews).
+    pub fn upgrade(&self) -> Option<Identity> {
+        self.inner.upgrade().map(|inner| Identity { inner })
+    }
 }
 
 struct Inner {
@@ -161,6 +176,13 @@ impl Identity {
                 refresh,
             }),
         })
+    }
+
+    /// A handle that does not keep this identity (and its renewal) alive.
+    pub fn downgrade(&self) -> WeakIdentity {
+        WeakIdentity {
+            inner: Arc::downgrade(&self.inner),
+        }
     }
 
     /// The Consul service this identity is for.

@@ -28,6 +28,6 @@ pub mod spiffe;
 
 pub use client::MeshConnector;
 pub use error::Error;
-pub use identity::Identity;
+pub use identity::{Identity, WeakIdentity};
 pub use server::{MeshConnectInfo, MeshStream, ServerSettings, ServerStats, incoming};
 pub use spiffe::SpiffeId;

@@ -249,16 +249,6 @@ async fn passing(consul: &plugworker_consul_client::ConsulClient) {
     .await;
 }
 
-/// The runner's metrics text.
-async fn metrics(address: &str) -> String {
-    reqwest::get(format!("http://{address}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
-}
-
 /// A mesh test-runner on its own embedded registry, passing, with its metrics served, and
 /// the controller's identity to call it with.
 struct MeshRunner {
@@ -775,17 +765,6 @@ async fn a_connection_ends_at_its_client_certificates_not_after_and_a_renewed_on
         .await
         .expect("served on a new connection");
     assert!(String::from_utf8_lossy(&after.into_inner().result).contains("renewed"));
-}
-
-/// Connections the runner's main port closed for `reason` (its metrics' counter).
-async fn closed(metrics_address: &str, reason: &str) -> f64 {
-    let text = metrics(metrics_address).await;
-    plugworker_testkit::metric_value(
-        &text,
-        "plugworker_runner_server_closed_total",
-        &[("port", "main"), ("reason", reason)],
-    )
-    .unwrap_or(0.0)
 }
 
 /// A TCP proxy to `target` that can be taken down: while down it closes every

@@ -107,6 +107,8 @@ static ECHO: AlgorithmEntry = AlgorithmEntry::of::<EchoAlgorithm>();
 /// process does (not registered: these tests dial it directly).
 pub struct EchoServer {
     pub address: SocketAddr,
+    /// Where its metrics are served.
+    pub metrics: SocketAddr,
     pub stats: ServerStats,
     calls: Calls,
     runner: Runner,
@@ -132,6 +134,8 @@ impl EchoServer {
             // Also the TLS handshake's timeout.
             "--header-read-timeout",
             "5s",
+            "--metrics-address",
+            "127.0.0.1:0",
         ]);
         let calls = Calls::default();
         config.settings = AlgorithmSettings::default().with(calls.clone());
@@ -144,6 +148,10 @@ impl EchoServer {
             .unwrap();
         Self {
             address: runner.addresses().grpc,
+            metrics: runner
+                .addresses()
+                .metrics
+                .expect("the runner serves metrics"),
             stats: runner.mesh_stats().clone(),
             calls,
             runner,
@@ -159,6 +167,11 @@ impl EchoServer {
         Self::start(&registry.url(), service, authorize_cache_ttl).await
     }
 
+    /// Connections its main port closed for `reason` (`deauthorized`, …).
+    pub async fn closed(&self, reason: &str) -> f64 {
+        closed(&self.metrics.to_string(), reason).await
+    }
+
     pub fn calls(&self) -> u64 {
         self.calls.0.load(Ordering::SeqCst)
     }
@@ -167,7 +180,12 @@ impl EchoServer {
     pub fn identity(&self) -> Identity {
         self.runner
             .identity()
-            .expect("a serving mesh runner has its identity")
+            .expect("a serving mesh runner has its identity (the server's copy keeps it)")
+    }
+
+    /// The runner's current leaf serial, read without keeping its identity afterwards.
+    pub fn leaf_serial(&self) -> String {
+        self.identity().leaf_serial()
     }
 }
 
@@ -190,4 +208,25 @@ pub async fn echo(channel: Channel, text: &str) -> Result<Echoed, tonic::Status>
         .await?
         .into_inner();
     Ok(serde_json::from_slice(&answer.result).expect("the echo's output"))
+}
+
+/// The runner's metrics text.
+pub async fn metrics(address: &str) -> String {
+    reqwest::get(format!("http://{address}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Connections the runner's main port closed for `reason` (its metrics' counter).
+pub async fn closed(metrics_address: &str, reason: &str) -> f64 {
+    let text = metrics(metrics_address).await;
+    plugworker_testkit::metric_value(
+        &text,
+        "plugworker_runner_server_closed_total",
+        &[("port", "main"), ("reason", reason)],
+    )
+    .unwrap_or(0.0)
 }
