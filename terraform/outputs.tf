@@ -33,6 +33,11 @@ output "gallery_operator_policy_arn" {
   value       = module.galleries.operators_policy_arn
 }
 
+output "consul_ca_cert_parameter" {
+  description = "SSM parameter holding Consul's CA certificate (CONSUL_CACERT): /NAME/consul/ca-cert, or consul_parameters_prefix/ca-cert with an existing cluster."
+  value       = module.mesh.ca_cert_parameter
+}
+
 output "gallery_operator_token_parameter" {
   description = "SSM parameter holding the Consul token `plugworker gallery` announces a new version with (write plugworker/galleries/)."
   value       = "${module.mesh.prefix}/tokens/gallery-operator"

@@ -163,10 +163,11 @@ variable "runners" {
     error_message = "runners: at least one runner (runners.auto.tfvars)."
   }
   validation {
-    # Runner names become ECR repositories, ECS services, Consul services and log groups,
-    # beside the controller's and the observability task's.
-    condition     = alltrue([for name, _ in var.runners : can(regex("^[a-z][a-z0-9-]{1,40}$", name)) && !contains(["controller", "observability"], name)])
-    error_message = "runners: names are 2-41 lowercase letters, digits or dashes starting with a letter, and neither \"controller\" nor \"observability\"."
+    # Runner names become ECR repositories, ECS services, Consul services, log groups and
+    # IAM roles (<name>-<runner>), beside the controller's, the observability task's and
+    # the roles <name>-ecs-execution, <name>-consul-server and <name>-vpc-flow-logs.
+    condition     = alltrue([for name, _ in var.runners : can(regex("^[a-z][a-z0-9-]{1,40}$", name)) && !contains(["controller", "observability"], name) && !contains(["ecs-execution", "consul-server", "vpc-flow-logs"], name)])
+    error_message = "runners: names are 2-41 lowercase letters, digits or dashes starting with a letter, and none of \"controller\", \"observability\", \"ecs-execution\", \"consul-server\" or \"vpc-flow-logs\"."
   }
   validation {
     condition     = alltrue([for _, r in var.runners : r.min_count >= 1 && r.max_count >= r.min_count && r.cpu_target > 0 && r.cpu_target <= 100])

@@ -17,6 +17,11 @@ output "gossip_key_arn" {
   value       = "${local.parameter_arn}${local.shared_prefix}/gossip-key"
 }
 
+output "ca_cert_parameter" {
+  description = "Name of the SSM parameter holding the CA certificate: this stack's, or the existing cluster's under its parameters prefix."
+  value       = "${local.shared_prefix}/ca-cert"
+}
+
 output "ca_cert_arn" {
   description = "SSM parameter holding the CA certificate (CONSUL_CACERT of every process)."
   value       = "${local.parameter_arn}${local.shared_prefix}/ca-cert"
