@@ -141,8 +141,18 @@ impl Registry {
                 address: address.to_string(),
                 source,
             })?;
+        Self::spawn_on(listener, config)
+    }
+
+    /// Starts a registry on a listener already bound, in the background: a test that held
+    /// the port (so nothing else could take it) starts the registry there without
+    /// releasing it first.
+    pub fn spawn_on(
+        listener: TcpListener,
+        config: RegistryConfig,
+    ) -> Result<RunningRegistry, Error> {
         let local_addr = listener.local_addr().map_err(|source| Error::Bind {
-            address: address.to_string(),
+            address: "the given listener".to_string(),
             source,
         })?;
         let registry = Registry::new(config);

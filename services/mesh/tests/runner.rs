@@ -180,11 +180,10 @@ async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_
         runner.log()
     );
 
-    // The agent comes up: the runner gets its leaf, registers and turns SERVING.
-    drop(no_agent);
-    let registry = Registry::spawn(&consul_address, RegistryConfig::default())
-        .await
-        .unwrap();
+    // The agent comes up on the port held all along: the runner gets its leaf, registers
+    // and turns SERVING.
+    let listener = tokio::net::TcpListener::from_std(no_agent.open()).unwrap();
+    let registry = Registry::spawn_on(listener, RegistryConfig::default()).unwrap();
     let consul = consul(&registry);
     passing(&consul).await;
     assert!(probe(&health).status.success());

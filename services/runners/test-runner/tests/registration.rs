@@ -242,10 +242,11 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
 
 #[tokio::test]
 async fn runner_registers_again_when_the_agent_forgets_it() {
-    let (registry, consul) = registry().await;
-    // The restarted agent comes back where the runner knows it: the port the first one
-    // bound.
-    let address = registry.url().trim_start_matches("http://").to_string();
+    // The restarted agent comes back where the runner knows it: on the first one's port,
+    // held (a clone of its listener) so that nothing else can take it meanwhile.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let kept = listener.try_clone().unwrap();
+    let (registry, consul) = registry_on(listener);
     let (_runner, _) =
         start_runner("test-runner", "phoenix-runner", &registry.url(), &[], &[]).await;
     eventually(
@@ -257,7 +258,7 @@ async fn runner_registers_again_when_the_agent_forgets_it() {
 
     // A dev agent restart forgets everything.
     registry.stop().await;
-    let (_registry, consul) = registry_on(&address).await;
+    let (_registry, consul) = registry_on(kept);
     let restarted = Instant::now();
     eventually(
         Duration::from_secs(10),

@@ -13,13 +13,15 @@ pub const CHECK_INTERVAL_SECS: u64 = 1;
 
 /// An embedded registry and a client for it.
 pub async fn registry() -> (RunningRegistry, ConsulClient) {
-    registry_on("127.0.0.1:0").await
+    registry_on(std::net::TcpListener::bind("127.0.0.1:0").unwrap())
 }
 
-pub async fn registry_on(address: &str) -> (RunningRegistry, ConsulClient) {
-    let registry = Registry::spawn(address, RegistryConfig::default())
-        .await
-        .unwrap();
+/// [`registry`] on a listener already bound: a test restarting the agent keeps a clone of
+/// the first one's listener, so the port is never released between the two.
+pub fn registry_on(listener: std::net::TcpListener) -> (RunningRegistry, ConsulClient) {
+    listener.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+    let registry = Registry::spawn_on(listener, RegistryConfig::default()).unwrap();
     let client = ConsulClient::new(ConsulConfig {
         address: registry.url(),
         ..Default::default()
