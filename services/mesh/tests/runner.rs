@@ -152,7 +152,6 @@ async fn a_mesh_runner_without_a_certificate_stays_not_serving_and_unregistered_
 {
     // No agent yet at this address: held, refusing connections, until the agent starts.
     let no_agent = ClosedPort::new();
-    let consul_address = no_agent.address();
     let (runner, addresses) = start_runner(&no_agent.url(), &[]).await;
     let health = addresses.health().to_string();
 
