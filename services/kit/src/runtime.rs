@@ -214,7 +214,8 @@ impl Runner {
     }
 
     /// Stops it as SIGTERM stops a runner process (drain, deregister, stop serving) and
-    /// waits for that: `Err` if it had failed.
+    /// waits for that, every server's port closed (each given at most 5 s together):
+    /// `Err` if it had failed.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.cancel();
         self.finished().await
@@ -301,7 +302,7 @@ async fn run_until(
         .max_decoding_message_size(crate::config::HEALTH_MAX_MESSAGE_BYTES)
         .max_encoding_message_size(crate::config::HEALTH_MAX_MESSAGE_BYTES);
     set_health(&health, ServingStatus::NotServing).await;
-    let health_server = listeners.health.map(|listener| {
+    let mut health_server = listeners.health.map(|listener| {
         let state = state.clone();
         let params = config.health_server_params();
         let health_service = health_service.clone();
@@ -319,12 +320,13 @@ async fn run_until(
     });
     let mut metrics_port = None;
     let mut metrics_address = None;
+    let mut metrics_server = None;
     if let Some(address) = &config.metrics_address {
         let router = plugworker_telemetry::metrics::router(Arc::new(std::sync::Mutex::new(
             metrics_registry,
         )))
         .route("/health", health_details(&state));
-        let bound = plugworker_telemetry::metrics::serve(
+        let (bound, task) = plugworker_telemetry::metrics::serve(
             address,
             router,
             servers.clone().cancelled_owned(),
@@ -334,6 +336,7 @@ async fn run_until(
         tracing::info!(metrics = %format!("http://{bound}/metrics"), "serving metrics");
         metrics_port = Some(bound.port());
         metrics_address = Some(bound);
+        metrics_server = Some(task);
     }
     let addresses = BoundAddresses {
         grpc: listeners.main_address,
@@ -372,6 +375,7 @@ async fn run_until(
                 // Stopped before the identity arrived: nothing was registered or served.
                 None => {
                     tracing::info!("runner stopped before its Connect identity was ready");
+                    stop_servers(&servers, [health_server.as_mut(), metrics_server.as_mut()]).await;
                     return Ok(());
                 }
             }
@@ -416,7 +420,7 @@ async fn run_until(
         &health,
         loader,
         &mut server,
-        health_server,
+        &mut health_server,
         &shutdown,
         &report.serving,
     )
@@ -430,11 +434,15 @@ async fn run_until(
     if let Some(registration) = &registration {
         deregister(registration).await;
     }
-    servers.cancel();
-    if !server.is_finished() {
-        // Responses of finished runs are still being written; give them a moment.
-        let _ = tokio::time::timeout(Duration::from_secs(5), &mut server).await;
-    }
+    stop_servers(
+        &servers,
+        [
+            Some(&mut server),
+            health_server.as_mut(),
+            metrics_server.as_mut(),
+        ],
+    )
+    .await;
     match failure {
         Some(error) => Err(error),
         None => {
@@ -442,6 +450,25 @@ async fn run_until(
             Ok(())
         }
     }
+}
+
+/// Cancels `servers` and waits for the tasks serving (at most 5 s together: responses of
+/// finished runs are still being written), so that once `Runner::stop` returns no port is
+/// served any more.
+async fn stop_servers<const N: usize>(
+    servers: &CancellationToken,
+    tasks: [Option<&mut ServerTask>; N],
+) {
+    servers.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        for task in tasks.into_iter().flatten() {
+            // One that ended (a server that died) was already awaited.
+            if !task.is_finished() {
+                let _ = task.await;
+            }
+        }
+    })
+    .await;
 }
 
 /// Files a runner holds besides its gRPC connections: listeners, Consul and metrics
@@ -719,7 +746,7 @@ async fn wait(
     health: &HealthReporter,
     loader: JoinHandle<Result<(), crate::CatalogError>>,
     server: &mut ServerTask,
-    health_server: Option<ServerTask>,
+    health_server: &mut Option<ServerTask>,
     shutdown: &CancellationToken,
     serving: &CancellationToken,
 ) -> Option<anyhow::Error> {

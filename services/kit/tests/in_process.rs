@@ -197,5 +197,11 @@ async fn listeners_bound_by_the_caller_are_served_and_named_in_the_address_file(
         tonic_health::pb::health_check_response::ServingStatus::NotServing
     );
     runner.stop().await.unwrap();
+    // Stopped: every port is closed once stop() returns, the health and metrics ports
+    // included.
+    for address in [main_address, health_address, metrics] {
+        let refused = tokio::net::TcpStream::connect(address).await;
+        assert!(refused.is_err(), "{address}: {refused:?}");
+    }
     std::fs::remove_dir_all(&folder).unwrap();
 }

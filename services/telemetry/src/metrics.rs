@@ -43,15 +43,16 @@ pub fn router(registry: Arc<Mutex<MetricsRegistry>>) -> Router {
     )
 }
 
-/// Serves `router` on `address` until `shutdown` resolves; returns the bound address.
+/// Serves `router` on `address` until `shutdown` resolves; returns the bound address and
+/// the serving task, which ends once the port is closed (await it to know).
 pub async fn serve(
     address: &str,
     router: Router,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> std::io::Result<std::net::SocketAddr> {
+) -> std::io::Result<(std::net::SocketAddr, tokio::task::JoinHandle<()>)> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let bound = listener.local_addr()?;
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router)
             .with_graceful_shutdown(shutdown)
             .await
@@ -59,5 +60,5 @@ pub async fn serve(
             tracing::warn!(%error, "metrics server stopped");
         }
     });
-    Ok(bound)
+    Ok((bound, task))
 }
