@@ -205,3 +205,98 @@ async fn listeners_bound_by_the_caller_are_served_and_named_in_the_address_file(
     }
     std::fs::remove_dir_all(&folder).unwrap();
 }
+
+/// Blocks each run until released: a call provably in flight.
+struct Blocker {
+    gate: Arc<Gate>,
+}
+
+#[derive(Default)]
+struct Gate {
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+impl Algorithm for Blocker {
+    type Input = serde_json::Value;
+    type Output = serde_json::Value;
+    const NAME: &'static str = "blocker";
+    const VERSION: &'static str = "1";
+    const DESCRIPTION: &'static str = "Answers once released.";
+    fn load(context: &LoadContext) -> Result<Self, LoadError> {
+        Ok(Self {
+            gate: context.settings::<Arc<Gate>>()?.clone(),
+        })
+    }
+    async fn run(
+        &self,
+        input: serde_json::Value,
+        _: &RunContext,
+    ) -> Result<Self::Output, RunError> {
+        self.gate.entered.notify_one();
+        self.gate.release.notified().await;
+        Ok(input)
+    }
+}
+
+static BLOCKER: AlgorithmEntry = AlgorithmEntry::of::<Blocker>();
+
+#[tokio::test]
+async fn stop_drains_as_sigterm_does_health_first_new_calls_refused_the_call_in_flight_answered() {
+    let gate = Arc::new(Gate::default());
+    let mut config = config(&[]);
+    config.settings = plugworker_kit::settings::AlgorithmSettings::default().with(gate.clone());
+    let catalog = Catalog::from_entries([&BLOCKER]).unwrap();
+    let mut runner = Runner::start(config, catalog, "in-process").await.unwrap();
+    runner.serving().await.unwrap();
+    let address = runner.addresses().grpc;
+    let channel = Endpoint::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    let call = |channel: Channel| async move {
+        RunnerClient::new(channel)
+            .run(RunRequest {
+                algorithm: "blocker".into(),
+                payload: b"\"in flight\"".to_vec(),
+            })
+            .await
+    };
+    let in_flight = tokio::spawn(call(channel.clone()));
+    gate.entered.notified().await;
+
+    let stopped = tokio::spawn(runner.stop());
+    // Health turns NOT_SERVING first (polled: the drain starts in the runner's task).
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel.clone());
+    tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let status = health
+                .check(tonic_health::pb::HealthCheckRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .status();
+            if status == tonic_health::pb::health_check_response::ServingStatus::NotServing {
+                break;
+            }
+            tokio::task::yield_now().await;
+        }
+    })
+    .await
+    .expect("health NOT_SERVING once stop() was called");
+    // A new call is refused, unprocessed, while the one in flight goes on.
+    let refused = call(channel.clone()).await.unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("shutting down"), "{refused:?}");
+    assert!(
+        !stopped.is_finished(),
+        "stop() waits for the call in flight"
+    );
+    gate.release.notify_one();
+    let answer = in_flight.await.unwrap().unwrap().into_inner();
+    assert_eq!(answer.result, b"\"in flight\"".to_vec());
+    tokio::time::timeout(Duration::from_secs(10), stopped)
+        .await
+        .expect("stop() returns once the call in flight answered")
+        .unwrap()
+        .unwrap();
+}
