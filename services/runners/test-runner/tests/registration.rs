@@ -3,11 +3,18 @@
 
 mod common;
 
-use common::{CHECK_INTERVAL_SECS, algorithm_modules, registry, registry_on, start_runner};
+use common::attack::scrape;
+use common::{
+    CHECK_INTERVAL_SECS, algorithm_modules, registry, registry_on, start_runner,
+    start_runner_reporting,
+};
 use plugworker_consul_client::{CheckStatus, QueryOptions};
 use plugworker_rpc::runner::v1::RunRequest;
-use plugworker_testkit::{eventually, passing_instances, runner_client};
+use plugworker_testkit::{eventually, metric_value, passing_instances, runner_client};
 use std::time::{Duration, Instant};
+use tonic_health::pb::HealthCheckRequest;
+use tonic_health::pb::health_check_response::ServingStatus;
+use tonic_health::pb::health_client::HealthClient;
 
 const INTERVAL: Duration = Duration::from_secs(CHECK_INTERVAL_SECS);
 
@@ -147,8 +154,15 @@ async fn sigkilled_runner_drops_out_of_passing_within_two_check_intervals() {
 #[tokio::test]
 async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
     let (registry, consul) = registry().await;
-    let (mut runner, address) =
-        start_runner("test-runner", "drained-runner", &registry.url(), &[], &[]).await;
+    let (mut runner, addresses) = start_runner_reporting(
+        "test-runner",
+        "drained-runner",
+        &registry.url(),
+        &["--metrics-address", "127.0.0.1:0"],
+        &[],
+    )
+    .await;
+    let address = addresses.grpc().to_string();
     eventually(Duration::from_secs(20), "the runner to pass", || async {
         (!passing_instances(&consul, "drained-runner")
             .await
@@ -198,12 +212,39 @@ async fn sigterm_finishes_the_run_in_flight_then_deregisters_then_exits_zero() {
             (response, started)
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually(Duration::from_secs(10), "the run in flight", || async {
+        let text = scrape(addresses.metrics()).await?;
+        let in_flight = metric_value(
+            &text,
+            "plugworker_runner_runs_in_flight",
+            &[("algorithm", "echo")],
+        )?;
+        (in_flight >= 1.0).then_some(())
+    })
+    .await;
     runner.signal("TERM");
     let terminated = Instant::now();
 
-    // Draining: new runs are refused so callers retry elsewhere.
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Draining (health NOT_SERVING first): new runs are refused so callers retry
+    // elsewhere.
+    let health = HealthClient::new(
+        tonic::transport::Endpoint::from_shared(format!("http://{address}"))
+            .unwrap()
+            .connect_lazy(),
+    );
+    eventually(Duration::from_secs(10), "health NOT_SERVING", || {
+        let mut health = health.clone();
+        async move {
+            let status = health
+                .check(HealthCheckRequest::default())
+                .await
+                .ok()?
+                .into_inner()
+                .status();
+            (status == ServingStatus::NotServing).then_some(())
+        }
+    })
+    .await;
     let refused = client
         .run(RunRequest {
             algorithm: "echo".into(),

@@ -6,7 +6,7 @@ pub mod attack;
 
 use plugworker_consul_client::{ConsulClient, ConsulConfig};
 use plugworker_embedded_consul::{Registry, RegistryConfig, RunningRegistry};
-use plugworker_testkit::{Process, bin_path};
+use plugworker_testkit::{Addresses, Process, bin_path};
 use std::path::PathBuf;
 
 pub const CHECK_INTERVAL_SECS: u64 = 1;
@@ -40,6 +40,20 @@ pub async fn start_runner(
     extra_args: &[&str],
     envs: &[(&str, &str)],
 ) -> (Process, String) {
+    let (process, addresses) =
+        start_runner_reporting(binary, service_name, consul_url, extra_args, envs).await;
+    (process, addresses.grpc().to_string())
+}
+
+/// [`start_runner`], returning every address the runner reported (metrics when
+/// `--metrics-address` is among `extra_args`).
+pub async fn start_runner_reporting(
+    binary: &str,
+    service_name: &str,
+    consul_url: &str,
+    extra_args: &[&str],
+    envs: &[(&str, &str)],
+) -> (Process, Addresses) {
     let interval = format!("{CHECK_INTERVAL_SECS}s");
     let mut args = vec![
         "--listen",
@@ -59,8 +73,7 @@ pub async fn start_runner(
         "--insecure-plaintext",
     ];
     args.extend_from_slice(extra_args);
-    let (process, addresses) = Process::spawn_reporting(&bin_path(binary), &args, envs).await;
-    (process, addresses.grpc().to_string())
+    Process::spawn_reporting(&bin_path(binary), &args, envs).await
 }
 
 /// Starts `binary` without Consul registration, on port 0. Returns the process and its
