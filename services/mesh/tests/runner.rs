@@ -305,6 +305,20 @@ impl MeshRunner {
         )
         .unwrap_or(0.0)
     }
+
+    /// Waits until an `echo` run is in flight (the runner's own gauge says so).
+    async fn echo_in_flight(&self) {
+        eventually(Duration::from_secs(10), "an echo run in flight", || async {
+            let text = metrics(&self.metrics).await;
+            plugworker_testkit::metric_value(
+                &text,
+                "plugworker_runner_runs_in_flight",
+                &[("algorithm", "echo")],
+            )
+            .filter(|in_flight| *in_flight >= 1.0)
+        })
+        .await;
+    }
 }
 
 /// An `echo` run that answers `message` after `delay_ms`.
@@ -342,7 +356,7 @@ async fn a_denied_intention_closes_an_open_connection_within_the_authorize_ttl()
         let request = run("in flight", 2_500);
         async move { client.run(request).await }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runner.echo_in_flight().await;
     intention(&runner.registry, "controller", "test-runner", "deny").await;
     let denied = std::time::Instant::now();
     let deauthorized = eventually(Duration::from_secs(10), "the connection closed", || async {
@@ -537,7 +551,7 @@ async fn a_new_call_on_a_deauthorized_connection_is_refused_unprocessed() {
         let mut client = client.clone();
         async move { raw_run(&mut client, "in flight", 5_000).await.unwrap() }
     });
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    runner.echo_in_flight().await;
     intention(&runner.registry, "controller", "test-runner", "deny").await;
     eventually(Duration::from_secs(10), "the connection closed", || async {
         (runner.closed("deauthorized").await >= 1.0).then_some(())
