@@ -76,10 +76,11 @@ async fn a_denied_intention_refuses_the_connection_until_an_allow_lands() {
     assert_eq!(server.stats.accepted(), 0);
 
     intention(&registry, "controller", "runner", "allow").await;
-    // The cached deny expires after the TTL; a new connection then asks again (refused
-    // until then).
+    // The cached deny expires after the TTL (300 ms); a new connection then asks again
+    // (refused until then). 3 s: the TTL plus handshakes on a busy machine, well below
+    // the default TTL (10 s), so a server ignoring the configured one fails.
     let answer = plugworker_testkit::eventually(
-        Duration::from_secs(10),
+        Duration::from_secs(3),
         "a new connection allowed once the cached deny expired",
         || async {
             echo(mesh_channel(&controller, "runner", server.address), "ok")
