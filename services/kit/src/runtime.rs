@@ -77,6 +77,7 @@ pub async fn run(
             shutdown.cancel();
         }
     });
+    clear_address_file(&config)?;
     let listeners = Listeners::bind(&config).await?;
     Runner::launch(listeners, config, catalog, default_service_name, shutdown)
         .await?
@@ -108,8 +109,16 @@ impl Runner {
         catalog: Catalog,
         default_service_name: &str,
     ) -> anyhow::Result<Self> {
+        clear_address_file(&config)?;
         let listeners = Listeners::bind(&config).await?;
-        Self::serve(listeners, config, catalog, default_service_name).await
+        Self::launch(
+            listeners,
+            config,
+            catalog,
+            default_service_name,
+            CancellationToken::new(),
+        )
+        .await
     }
 
     /// [`Runner::start`] on listeners already bound (`config`'s addresses are then not
@@ -120,6 +129,7 @@ impl Runner {
         catalog: Catalog,
         default_service_name: &str,
     ) -> anyhow::Result<Self> {
+        clear_address_file(&config)?;
         Self::launch(
             listeners,
             config,
@@ -584,29 +594,21 @@ pub struct BoundAddresses {
     pub metrics: Option<SocketAddr>,
 }
 
-/// `--address-file`: the bound addresses as JSON, written beside `path` and renamed onto
-/// it, so a reader waiting for the file never reads half of it. An all-interfaces address
-/// is written as loopback: the file says where a local client can connect.
+/// `--address-file`: each bound port by name (`grpc`, `health`, `metrics` when served).
 fn write_address_file(path: &std::path::Path, addresses: &BoundAddresses) -> std::io::Result<()> {
-    fn reachable(address: SocketAddr) -> String {
-        let ip = match address.ip() {
-            IpAddr::V4(ip) if ip.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
-            IpAddr::V6(ip) if ip.is_unspecified() => IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-            ip => ip,
-        };
-        SocketAddr::new(ip, address.port()).to_string()
+    let mut named = vec![("grpc", addresses.grpc), ("health", addresses.health)];
+    named.extend(addresses.metrics.map(|metrics| ("metrics", metrics)));
+    plugworker_lifecycle::address_file::write(path, &named)
+}
+
+/// `--address-file`: a stale one from an earlier run is removed before binding.
+fn clear_address_file(config: &RunnerConfig) -> anyhow::Result<()> {
+    if let Some(path) = &config.address_file {
+        plugworker_lifecycle::address_file::clear(path).with_context(|| {
+            format!("cannot remove the stale --address-file {}", path.display())
+        })?;
     }
-    let mut json = serde_json::Map::new();
-    json.insert("grpc".into(), reachable(addresses.grpc).into());
-    json.insert("health".into(), reachable(addresses.health).into());
-    if let Some(metrics) = addresses.metrics {
-        json.insert("metrics".into(), reachable(metrics).into());
-    }
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".tmp");
-    let partial = std::path::PathBuf::from(partial);
-    std::fs::write(&partial, serde_json::Value::Object(json).to_string())?;
-    std::fs::rename(&partial, path)
+    Ok(())
 }
 
 /// Accepted sockets get TCP_NODELAY: gRPC writes small frames, and Nagle's algorithm
@@ -843,52 +845,4 @@ async fn advertised_address(
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST));
     tracing::info!(%resolved, "listening on all interfaces; advertising this host's address (set --advertise-address to override)");
     Ok((resolved.to_string(), local.port()))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The file F's testkit and the process tests read: exactly these keys, reachable
-    /// addresses, and no `.tmp` left behind.
-    #[test]
-    fn the_address_file_names_each_bound_port_and_appears_whole() {
-        let folder = std::env::temp_dir().join(format!(
-            "plugworker-kit-address-file-{}-{}",
-            std::process::id(),
-            rand::random::<u32>()
-        ));
-        std::fs::create_dir_all(&folder).unwrap();
-        let path = folder.join("addresses.json");
-        let mesh = BoundAddresses {
-            grpc: "0.0.0.0:5001".parse().unwrap(),
-            health: "127.0.0.1:5002".parse().unwrap(),
-            metrics: Some("[::]:5003".parse().unwrap()),
-        };
-        write_address_file(&path, &mesh).unwrap();
-        let written: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(
-            written,
-            serde_json::json!({"grpc": "127.0.0.1:5001", "health": "127.0.0.1:5002", "metrics": "[::1]:5003"})
-        );
-        let plaintext = BoundAddresses {
-            grpc: "127.0.0.1:6001".parse().unwrap(),
-            health: "127.0.0.1:6001".parse().unwrap(),
-            metrics: None,
-        };
-        write_address_file(&path, &plaintext).unwrap();
-        let written: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        assert_eq!(
-            written,
-            serde_json::json!({"grpc": "127.0.0.1:6001", "health": "127.0.0.1:6001"})
-        );
-        let left: Vec<_> = std::fs::read_dir(&folder)
-            .unwrap()
-            .map(|e| e.unwrap().file_name())
-            .collect();
-        assert_eq!(left, vec![std::ffi::OsString::from("addresses.json")]);
-        std::fs::remove_dir_all(&folder).unwrap();
-    }
 }

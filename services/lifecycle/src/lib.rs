@@ -2,12 +2,14 @@
 //!
 //! - [`Backoff`]: how long to wait before retrying something that failed (Consul
 //!   registration, a blocking query, an SQS receive, a job's redelivery);
-//! - [`shutdown_signal`]: when to start stopping (SIGTERM or SIGINT).
+//! - [`shutdown_signal`]: when to start stopping (SIGTERM or SIGINT);
+//! - [`address_file`]: telling whoever started the process which ports it bound.
 //!
 //! The process bootstrap (runtime + logs + traces) is `plugworker_telemetry::bootstrap`,
 //! next to the telemetry it installs. This crate depends on nothing of ours, so every
 //! crate, the Consul client included, can use it without a dependency cycle.
 
+pub mod address_file;
 mod backoff;
 mod shutdown;
 

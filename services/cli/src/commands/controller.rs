@@ -43,6 +43,11 @@ pub struct Args {
 pub async fn run(args: Args) -> anyhow::Result<()> {
     let consul = args.consul.client()?;
     let serving = Arc::new(AtomicBool::new(true));
+    if let Some(path) = &args.address_file {
+        plugworker_lifecycle::address_file::clear(path).with_context(|| {
+            format!("cannot remove the stale --address-file {}", path.display())
+        })?;
+    }
     let listener = tokio::net::TcpListener::bind(&args.health_address)
         .await
         .with_context(|| format!("cannot listen on {}", args.health_address))?;
@@ -51,8 +56,8 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     // Written once bound, before the controller's start-up (SQS checks, the mesh identity)
     // that can fail: a request queues on the bound socket until the endpoint serves.
     if let Some(path) = &args.address_file {
-        write_address_file(path, local)
-            .await
+        // A few bytes to a local file: written in place rather than on a blocking thread.
+        plugworker_lifecycle::address_file::write(path, &[("health", local)])
             .with_context(|| format!("cannot write --address-file {}", path.display()))?;
     }
     let mesh_service = args.controller.mesh.mesh_service.clone();
@@ -133,25 +138,6 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     }
     health_server.abort();
     Ok(())
-}
-
-/// `--address-file`: `{"health": ADDRESS}`, written beside `path` and renamed onto it.
-async fn write_address_file(
-    path: &std::path::Path,
-    health: std::net::SocketAddr,
-) -> std::io::Result<()> {
-    let mut reachable = health;
-    if health.ip().is_unspecified() {
-        reachable.set_ip(match health {
-            std::net::SocketAddr::V4(_) => std::net::Ipv4Addr::LOCALHOST.into(),
-            std::net::SocketAddr::V6(_) => std::net::Ipv6Addr::LOCALHOST.into(),
-        });
-    }
-    let json = serde_json::json!({ "health": reachable.to_string() });
-    let mut partial = path.as_os_str().to_owned();
-    partial.push(".tmp");
-    tokio::fs::write(&partial, json.to_string()).await?;
-    tokio::fs::rename(&partial, path).await
 }
 
 /// The controller's own registration: found by Prometheus through Consul

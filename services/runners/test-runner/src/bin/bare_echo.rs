@@ -44,14 +44,14 @@ struct Args {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = <Args as clap::Parser>::parse();
+    if let Some(path) = &args.address_file {
+        plugworker_lifecycle::address_file::clear(path)?;
+    }
     let listener = tokio::net::TcpListener::bind(args.listen).await?;
     let bound = listener.local_addr()?;
     println!("listening on {bound}");
     if let Some(path) = &args.address_file {
-        let mut partial = path.as_os_str().to_owned();
-        partial.push(".tmp");
-        std::fs::write(&partial, format!(r#"{{"grpc": "{bound}"}}"#))?;
-        std::fs::rename(&partial, path)?;
+        plugworker_lifecycle::address_file::write(path, &[("grpc", bound)])?;
     }
     let shutdown = async {
         let _ = tokio::signal::ctrl_c().await;
