@@ -15,7 +15,12 @@
 //!   with health alone in plaintext on `--health-listen` for Consul's checks; or plaintext
 //!   on one port with `--insecure-plaintext`,
 //! - registers in Consul (`Connect: {"Native": true}`), tagged with exactly its algorithm
-//!   names, re-registers if the agent forgets it, and deregisters after draining on SIGTERM.
+//!   names, re-registers if the agent forgets it, and deregisters after draining on SIGTERM;
+//! - tells each call who made it ([`RunContext::caller`]: the peer's address, and its
+//!   SPIFFE ID in mesh mode),
+//! - also serves inside another process: [`Runner::start`] binds (port 0 picks a free
+//!   port), reports the bound addresses and stops on [`Runner::stop`] as SIGTERM stops a
+//!   runner process (tests serve a catalog that way, without a process).
 //!
 //! A runner's `main.rs` is three lines:
 //!

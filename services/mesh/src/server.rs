@@ -109,8 +109,9 @@ impl ServerStats {
     }
 }
 
-/// Who is on the other end of a [`MeshStream`]; tonic puts it in every request's
-/// extensions (`request.extensions().get::<MeshConnectInfo>()`).
+/// Who is on the other end of a [`MeshStream`]. The runner kit's server, which serves
+/// these streams, hands it to each call: an algorithm reads its caller with
+/// `plugworker_kit::RunContext::caller()`.
 #[derive(Clone, Debug)]
 pub struct MeshConnectInfo {
     pub remote_addr: SocketAddr,
@@ -121,8 +122,9 @@ pub struct MeshConnectInfo {
     pub peer_serial: String,
 }
 
-/// An authenticated, authorized connection, ready for
-/// `Server::serve_with_incoming_shutdown`.
+/// An authenticated, authorized connection, as the runner kit's server
+/// (`plugworker_kit::Runner`) serves it: it closes the connection when
+/// [`MeshStream::revoked`] fires.
 pub struct MeshStream {
     tls: TlsStream<TcpStream>,
     info: MeshConnectInfo,
@@ -239,9 +241,9 @@ impl tonic::transport::server::Connected for MeshStream {
 /// client certificate that chains to the current roots, and then be allowed by
 /// `/v1/agent/connect/authorize` for `identity.service()` (decision cached per client
 /// certificate serial+URI for a short TTL); otherwise it is closed and counted.
-/// The stream yields connections ready for `Server::serve_with_incoming_shutdown`; it
-/// never yields an error (refusals are handled here). Dropping the stream stops accepting
-/// and closes the listener.
+/// The stream yields connections for the runner kit's server (`plugworker_kit::Runner`
+/// serves them); it never yields an error (refusals are handled here). Dropping the stream
+/// stops accepting and closes the listener.
 pub fn incoming(
     listener: TcpListener,
     identity: Identity,
