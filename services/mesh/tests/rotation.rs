@@ -160,18 +160,20 @@ async fn no_call_lost(
     resent
 }
 
-/// The resends a leaf renewal may cause: a connection opened with an expiring client
-/// leaf is closed with GOAWAY, and calls racing the close are refused. Five per leaf seen
-/// is far above that (one long-lived connection, a few calls in flight on it), and far
-/// below a loop resending without end.
-fn resends_bound(leaves_seen: usize) -> u64 {
-    5 * leaves_seen as u64
+/// The resends leaf renewals may cause: a connection opened with an expiring client leaf
+/// is closed with GOAWAY, and the long-lived connection's calls are refused while it is
+/// replaced. Measured on 2 cores: 0–8 per test run alone, up to 356 of ~45,000 calls
+/// (0.8 %) with both leaf tests running at once. 2 % of the calls is above that, and far
+/// below a loop resending without end (each call is also resent at most [`RESENDS`]
+/// times, or it fails).
+fn resends_bound(calls: u64) -> u64 {
+    calls / 50
 }
 
 /// Waits until each of `serials` (a leaf serial as one identity currently has it) has
 /// shown `generations` different leaves (polled: a leaf lives seconds, the poll is every
-/// 50 ms). Returns how many leaves were seen, all together.
-async fn leaf_generations(serials: &[&dyn Fn() -> String], generations: usize) -> usize {
+/// 50 ms).
+async fn leaf_generations(serials: &[&dyn Fn() -> String], generations: usize) {
     let mut seen = vec![BTreeSet::new(); serials.len()];
     eventually(PATIENCE, "leaves renewed", || {
         for (serial, seen) in serials.iter().zip(seen.iter_mut()) {
@@ -181,7 +183,6 @@ async fn leaf_generations(serials: &[&dyn Fn() -> String], generations: usize) -
         async move { done.then_some(()) }
     })
     .await;
-    seen.iter().map(BTreeSet::len).sum()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -208,15 +209,15 @@ async fn leaves_renewed_during_continuous_calls_lose_none() {
     // Two renewals on each side (three leaves), so calls ran on connections made with
     // leaves that had expired; then calls go on, on the long-lived connection and on new
     // ones made with renewed leaves.
-    let leaves =
-        leaf_generations(&[&|| runner.leaf_serial(), &|| controller.leaf_serial()], 3).await;
+    leaf_generations(&[&|| runner.leaf_serial(), &|| controller.leaf_serial()], 3).await;
     progress
         .goes_on("calls after the second renewal", 20, 3)
         .await;
     let resent = no_call_lost(&stop, load, &progress, &server).await;
+    let calls = progress.calls();
     assert!(
-        resent <= resends_bound(leaves),
-        "{resent} resends for {leaves} leaves"
+        resent <= resends_bound(calls),
+        "{resent} resends for {calls} calls"
     );
 }
 
@@ -242,15 +243,15 @@ async fn a_server_given_its_only_identity_keeps_renewing_its_leaf() {
         progress.clone(),
     );
     // Three leaves of the server's: the first has expired by then.
-    let leaves =
-        leaf_generations(&[&|| server.leaf_serial(), &|| controller.leaf_serial()], 3).await;
+    leaf_generations(&[&|| server.leaf_serial(), &|| controller.leaf_serial()], 3).await;
     progress
         .goes_on("new connections after the first leaf expired", 10, 3)
         .await;
     let resent = no_call_lost(&stop, load, &progress, &server).await;
+    let calls = progress.calls();
     assert!(
-        resent <= resends_bound(leaves),
-        "{resent} resends for {leaves} leaves"
+        resent <= resends_bound(calls),
+        "{resent} resends for {calls} calls"
     );
 }
 
