@@ -8,7 +8,7 @@ use plugworker_testkit::bin_path;
 use std::path::Path;
 use std::process::{Command, Output};
 
-mod dev_support;
+use crate::dev_support;
 
 use dev_support::{root, scratch};
 

@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::Duration;
 
-mod dev_support;
+use crate::dev_support;
 
 use dev_support::{root, scratch};
 

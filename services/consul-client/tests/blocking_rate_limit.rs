@@ -3,7 +3,7 @@
 //! to rate-limit the loop. Measured over real HTTP, with a generous bound: a loop without
 //! the limit sends thousands of requests in the window.
 
-mod common;
+use crate::common;
 
 use axum::Router;
 use axum::routing::get;

@@ -2,7 +2,7 @@
 //! token file), basic auth, the namespace and partition parameters, a path prefix, a Unix
 //! socket; and addresses that cannot work are refused naming `CONSUL_HTTP_ADDR`.
 
-mod common;
+use crate::common;
 
 use axum::Router;
 use common::{Agent, plugworker, serve_http};

@@ -6,7 +6,7 @@
 //! Alone in its test binary because it sets process-wide environment variables, as a
 //! shell with a proxy configured does, before any runtime thread or HTTP client exists.
 
-mod common;
+use crate::common;
 
 use axum::Router;
 use common::{Agent, serve_http};

@@ -5,7 +5,7 @@
 //! runner. The real `plugworker algorithms` binary and the `Resolver` must both see the
 //! runner, and only the runner, without a single failed request.
 
-mod common;
+use crate::common;
 
 use common::{Agent, fixture, plugworker, serve_http};
 use plugworker_consul_client::model::nullable;

@@ -4,7 +4,7 @@
 //! the loopback address the client dials, so the connection only verifies when the
 //! server name setting is honoured, as with a real Consul's TLS certificates.
 
-mod common;
+use crate::common;
 
 use common::{Agent, plugworker};
 use hyper_util::rt::TokioIo;

@@ -4,7 +4,7 @@
 //! registry). Real processes: the embedded registry with ACLs and intentions, a mesh
 //! `test-runner`, and the `plugworker` binary.
 
-mod common;
+use crate::common;
 
 use common::Stack;
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};

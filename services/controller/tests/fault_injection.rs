@@ -12,7 +12,7 @@
 //! controller applies AWS's rules itself, and these tests check the published bodies
 //! against AWS's character set.
 
-mod common;
+use crate::common;
 
 use aws_sdk_sqs::types::{Message, MessageSystemAttributeName};
 use common::proxy::FaultProxy;

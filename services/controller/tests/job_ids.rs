@@ -2,7 +2,7 @@
 //! with it (issue 25): a consumer matching results on ids can tell which job failed. Real
 //! processes: moto SQS, the embedded registry and `plugworker controller`.
 
-mod common;
+use crate::common;
 
 use common::Stack;
 use serde_json::json;

@@ -7,7 +7,7 @@
 //! re-registered instance ID. And the mesh must cost no job: not when an intention denies
 //! the controller for a while, not when leaf certificates expire during a run.
 
-mod common;
+use crate::common;
 
 use common::{BOOTSTRAP_TOKEN, Stack, job, mesh_registry_config};
 use plugworker_consul_client::admin::IntentionAction;

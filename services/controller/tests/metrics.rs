@@ -2,7 +2,7 @@
 //! runner (`--metrics-address`) expose the documented series, and their values follow
 //! the jobs that ran.
 
-mod common;
+use crate::common;
 
 use common::{Stack, job};
 use plugworker_testkit::{eventually, metric_value};

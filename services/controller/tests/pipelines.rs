@@ -3,7 +3,7 @@
 //! one promise from what the processes themselves report: the runners' start and end
 //! times, their run counters, the one final result per job.
 
-mod common;
+use crate::common;
 
 use common::proxy::FaultProxy;
 use common::{Stack, runner_runs};

@@ -3,7 +3,7 @@
 //! queued during the outage are not failed `no_runner`. Real processes: moto SQS, the
 //! embedded registry, a `test-runner` and `plugworker controller`.
 
-mod common;
+use crate::common;
 
 use common::{Stack, job};
 use plugworker_testkit::{ClosedPort, eventually, metric_value};

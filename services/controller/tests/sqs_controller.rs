@@ -1,7 +1,7 @@
 //! The controller end to end: moto SQS, the embedded registry, real runner processes and
 //! real `plugworker controller` processes.
 
-mod common;
+use crate::common;
 
 use common::{Stack, job};
 use plugworker_testkit::eventually;

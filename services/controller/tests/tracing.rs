@@ -2,7 +2,7 @@
 //! `plugworker controller` (consumer, gRPC client) → `nlp-runner` (gRPC server), all
 //! exporting OTLP to an in-process receiver.
 
-mod common;
+use crate::common;
 
 use common::Stack;
 use plugworker_testkit::otlp::{

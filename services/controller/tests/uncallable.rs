@@ -3,7 +3,7 @@
 //! their jobs `no_runner`. Real processes: the embedded registry with ACLs and intentions,
 //! moto SQS and `plugworker controller`.
 
-mod common;
+use crate::common;
 
 use common::Stack;
 use plugworker_consul_client::{ServiceConnect, ServiceRegistration};

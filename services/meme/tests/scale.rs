@@ -4,10 +4,7 @@
 //! version serving. The full-size figures (10,000 templates, accuracy at 1,000) are
 //! `scripts/bench-gallery.sh`'s.
 
-// Shared with benches/gallery_scale.rs, which uses all of it.
-#[allow(dead_code)]
-#[path = "support/synthetic.rs"]
-mod synthetic;
+use crate::synthetic;
 
 use plugworker_meme::{
     Change, Embedder, Gallery, GalleryStore, Location, MemeClassifier, NewImage, rank,

@@ -15,7 +15,7 @@
 //! no registry issues them) stands behind both identities; the server acceptor and the
 //! client connector must take them as they are.
 
-mod common;
+use crate::common;
 
 use base64::Engine as _;
 use common::{EchoServer, echo, mesh_channel};

@@ -4,7 +4,7 @@
 //! foreign CA, a denied intention, a server that is not the expected service). The server
 //! is the runner kit's own, in-process.
 
-mod common;
+use crate::common;
 
 use common::*;
 use hyper_util::rt::TokioIo;

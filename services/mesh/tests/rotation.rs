@@ -14,7 +14,7 @@
 //! (GOAWAY; calls arriving meanwhile are refused `REFUSED_STREAM`), so with 4 s leaves
 //! some calls are refused that way; none may fail otherwise.
 
-mod common;
+use crate::common;
 
 use common::*;
 use plugworker_controller::classify::unprocessed;
@@ -32,8 +32,14 @@ use tonic::transport::Channel;
 /// busy machine, not a timing.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// Times a call refused unprocessed is sent again before it counts as failed.
-const RESENDS: usize = 5;
+/// Times a call refused unprocessed is sent again before it counts as failed, and the
+/// pause before the first resend, each next one 4 times longer: the controller's
+/// (`plugworker_controller::dispatch::{MAX_RESENDS, RESEND_PAUSE}`, 5 to 320 ms), which
+/// lets a channel see its connection end and dial anew. Sent again at once, every resend
+/// can land on the closing connection and be refused too (seen with three process-heavy
+/// tests at a time).
+const RESENDS: u32 = 4;
+const RESEND_PAUSE: Duration = Duration::from_millis(5);
 
 /// Calls made so far, on the shared long-lived connection and on new connections, and
 /// what failed.
@@ -125,6 +131,7 @@ async fn call(channel: &Channel, text: &str, progress: &Progress) -> Result<Echo
     loop {
         match echo(channel.clone(), text).await {
             Err(status) if resends < RESENDS && unprocessed(&status).is_some() => {
+                tokio::time::sleep(RESEND_PAUSE * 4u32.pow(resends)).await;
                 resends += 1;
                 progress.resent.fetch_add(1, Ordering::SeqCst);
             }

@@ -3,7 +3,7 @@
 //! its own port for Consul's check and `--health-probe`. And what it does when it cannot
 //! get a certificate.
 
-mod common;
+use crate::common;
 
 use common::*;
 use plugworker_embedded_consul::{Registry, RegistryConfig};

@@ -1,7 +1,7 @@
 //! Bad image input through a real image-runner: each case is a clear error with the
 //! right status, the runner keeps serving, and its memory stays bounded.
 
-mod support;
+use crate::support;
 
 use axum::Router;
 use axum::http::{StatusCode, header};

@@ -4,7 +4,7 @@
 //! version serving (and says so); replicas converge through Consul's KV; a runner that
 //! starts without a readable gallery answers `gallery_unavailable` until one appears.
 
-mod support;
+use crate::support;
 
 use plugworker_meme::{Change, Embedder, GalleryStore, Location, NewImage, short_version};
 use plugworker_onnx::Runtime;

@@ -2,7 +2,7 @@
 //! emulator (moto in server mode) is classified through `image_s3`, read with the
 //! runner's own AWS configuration from the standard environment variables.
 
-mod support;
+use crate::support;
 
 use aws_sdk_s3::config::{BehaviorVersion, Credentials, Region};
 use aws_sdk_s3::primitives::ByteStream;

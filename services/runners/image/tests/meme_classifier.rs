@@ -1,7 +1,7 @@
 //! `meme_classifier` on a real image-runner: memes rendered from the gallery's templates
 //! are recognised, unrelated photos are `unknown`.
 
-mod support;
+use crate::support;
 
 use plugworker_testkit::memes::{self, Lcg};
 use support::{

@@ -1,6 +1,6 @@
 //! `ocr` on a real image-runner: the text of rendered memes is read back.
 
-mod support;
+use crate::support;
 
 use plugworker_testkit::memes::{self, Lcg, character_accuracy, edit_distance};
 use support::{CAPTIONS, base64_payload, call, start, templates};

@@ -4,7 +4,7 @@
 //! image-runner. Stars and specks look like "0", "O" or "C" to a text detector; the
 //! result must hold the captions and nothing else.
 
-mod support;
+use crate::support;
 
 use plugworker_testkit::memes::{self, character_accuracy, substring_distance};
 use support::{CAPTIONS, base64_payload, call, start, templates};

@@ -2,7 +2,7 @@
 //! with exactly its algorithms as tags, found by tag, and called over gRPC at the
 //! address it registered.
 
-mod support;
+use crate::support;
 
 use plugworker_consul_client::QueryOptions;
 use plugworker_testkit::memes::{self, models_dir};

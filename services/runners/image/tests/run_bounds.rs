@@ -2,7 +2,7 @@
 //! images are answered on time, but the image each one started decoding keeps its run
 //! slot until it is done, so peak memory stays that of `--max-concurrent-runs` images.
 
-mod support;
+use crate::support;
 
 use plugworker_rpc::runner::v1::RunRequest;
 use plugworker_testkit::memes;

@@ -2,7 +2,7 @@
 //! modules, published schemas, validation, error codes, deadlines, bounded concurrency,
 //! health and reflection.
 
-mod common;
+use crate::common;
 
 use common::{algorithm_modules, start_unregistered};
 use plugworker_rpc::runner::v1::runner_client::RunnerClient;

@@ -1,7 +1,7 @@
 //! Runner processes against the embedded Consul-compatible registry: registration, tags,
 //! health, SIGKILL, SIGTERM draining, re-registration and failed loads.
 
-mod common;
+use crate::common;
 
 use common::attack::scrape;
 use common::{

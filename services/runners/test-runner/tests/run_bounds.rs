@@ -3,7 +3,7 @@
 //! work has really ended, so blocking work (and its memory) never exceeds
 //! `--max-concurrent-runs`, however many callers give up.
 
-mod common;
+use crate::common;
 
 use common::{rss, start_unregistered};
 use plugworker_rpc::runner::v1::RunRequest;

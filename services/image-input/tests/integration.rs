@@ -1,0 +1,8 @@
+//! Every integration test of this crate, one module per file beside this one, in one
+//! binary: the dependencies are linked once rather than once per file (docs/testing.md).
+//! One file's tests: `cargo nextest run -p <this crate> <file>::`.
+
+mod image_input;
+#[cfg(feature = "s3")]
+mod image_s3;
+mod proxy_env;
