@@ -32,8 +32,8 @@ done
 cd scripts
 "$venv/bin/python" -m deploy_checks ..
 if [ "${1:-}" = --runners ]; then
-  "$venv/bin/python" -m unittest deploy_checks.test_compose_rules deploy_checks.test_terraform_rules.RunnersAsData \
-    deploy_checks.test_deploy_checks.Compose
+  "$venv/bin/python" -m deploy_checks.selftests deploy_checks.test_compose_rules \
+    deploy_checks.test_terraform_rules.RunnersAsData deploy_checks.test_deploy_checks.Compose
 else
-  "$venv/bin/python" -m unittest deploy_checks.test_deploy_checks deploy_checks.test_compose_rules
+  "$venv/bin/python" -m deploy_checks.selftests deploy_checks.test_deploy_checks deploy_checks.test_compose_rules
 fi

@@ -6,6 +6,7 @@ that sets a misspelt variable, or misses a required one, is caught without a lis
 by hand.
 """
 import dataclasses
+import functools
 import os
 import pathlib
 import re
@@ -47,7 +48,7 @@ def subcommands(binary: str, args: list) -> list:
     path = bin_dir() / binary
     if not path.exists():
         return []
-    text = subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, check=True).stdout
+    text = _help(path, tuple(args), path.stat().st_mtime_ns)
     section = re.search(r"^Commands:\n((?:  .*\n)+)", text, re.M)
     if not section:
         return []
@@ -58,5 +59,10 @@ def interface(binary: str, args: list) -> Interface:
     path = bin_dir() / binary
     if not path.exists():
         raise SystemExit(f"deploy checks: {path} is missing; build the workspace binaries first (cargo build --workspace --bins)")
-    output = subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, check=True)
-    return parse_help(output.stdout)
+    return parse_help(_help(path, tuple(args), path.stat().st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=None)
+def _help(path: pathlib.Path, args: tuple, mtime_ns: int) -> str:
+    """`path args --help`, run once per binary build (the checks ask a hundred times a run)."""
+    return subprocess.run([str(path), *args, "--help"], capture_output=True, text=True, check=True).stdout

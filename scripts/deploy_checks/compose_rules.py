@@ -29,6 +29,7 @@
   filtered on Meta plugworker_role, scraped at plugworker_metrics_port), with its own
   token; no static target names a plugworker service.
 """
+import copy
 import functools
 import json
 import pathlib
@@ -37,7 +38,7 @@ import shlex
 
 import yaml
 
-from . import binaries, consul_rules, dockerfile_rules
+from . import binaries, consul_rules, dockerfile_rules, hcl
 
 RUNNER_DOCKERFILE = "infra/docker/runner.Dockerfile"
 RUNNER_ANCHORS = {"service": "x-runner", "build": "x-runner-build", "environment": "x-runner-env"}
@@ -79,7 +80,7 @@ def _third_party_ports(name: str, service: dict, infra: pathlib.Path) -> set:
     if "prometheus" in image:
         return {9090}
     if "opentelemetry-collector" in image:
-        config = yaml.safe_load((infra / "otel-collector.yaml").read_text())
+        config = _yaml((infra / "otel-collector.yaml").read_text())
         ports = set()
         for protocol in config["receivers"]["otlp"]["protocols"].values():
             ports.add(_port(protocol["endpoint"]))
@@ -90,7 +91,7 @@ def _third_party_ports(name: str, service: dict, infra: pathlib.Path) -> set:
             ports.add(_port(extension["endpoint"]))
         return ports
     if "tempo" in image:
-        config = yaml.safe_load((infra / "tempo.yaml").read_text())
+        config = _yaml((infra / "tempo.yaml").read_text())
         ports = {int(config["server"]["http_listen_port"])}
         for protocol in config["distributor"]["receivers"]["otlp"]["protocols"].values():
             ports.add(_port(protocol["endpoint"]))
@@ -123,7 +124,7 @@ def run(repo: pathlib.Path, compose_path: pathlib.Path = None) -> list:
     infra = repo / "infra"
     compose_path = compose_path or infra / "docker-compose.yml"
     text = compose_path.read_text()
-    document = yaml.safe_load(text)
+    document = _yaml(text)
     services = document.get("services", {})
     names = set(services)
     problems = []
@@ -237,7 +238,7 @@ def _controller_policy(repo, infra) -> list:
 
 def _config_references(infra, names, listening) -> list:
     problems = []
-    prometheus = yaml.safe_load((infra / "prometheus.yml").read_text())
+    prometheus = _yaml((infra / "prometheus.yml").read_text())
     for job in prometheus.get("scrape_configs", []):
         for static in job.get("static_configs", []):
             for target in static.get("targets", []):
@@ -248,12 +249,12 @@ def _config_references(infra, names, listening) -> list:
             for host in sd.get("names", []):
                 if host not in names or int(sd["port"]) not in listening[host]:
                     problems.append(f"{infra}/prometheus.yml: job {job['job_name']} scrapes {host}:{sd['port']}, which no service listens on")
-    collector = yaml.safe_load((infra / "otel-collector.yaml").read_text())
+    collector = _yaml((infra / "otel-collector.yaml").read_text())
     for exporter_name, exporter in (collector.get("exporters") or {}).items():
         endpoint = str((exporter or {}).get("endpoint", ""))
         for host, port in _closed_ports(endpoint, listening):
             problems.append(f"{infra}/otel-collector.yaml: exporter {exporter_name} sends to {endpoint}, but {host} listens on {sorted(listening[host])}")
-    datasources = yaml.safe_load((infra / "grafana/provisioning/datasources/datasources.yaml").read_text())
+    datasources = _yaml((infra / "grafana/provisioning/datasources/datasources.yaml").read_text())
     for source in datasources.get("datasources", []):
         for host, port in _closed_ports(str(source.get("url", "")), listening):
             problems.append(f"{infra}/grafana/provisioning/datasources/datasources.yaml: {source['name']} at {source['url']}, but {host} listens on {sorted(listening[host])}")
@@ -322,6 +323,22 @@ def _merged(node) -> list:
     return merged
 
 
+# libyaml's loader where PyYAML has it (the same documents, several times faster).
+_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+@functools.lru_cache(maxsize=64)
+def _parsed(text: str):
+    return yaml.load(text, Loader=_LOADER)
+
+
+def _yaml(text: str):
+    """`text` as YAML: a fresh copy of a cached parse. One check run reads the compose
+    file and its neighbours many times, and the self-tests run the checks some hundred
+    times on copies with one edit each; parsing was most of their time."""
+    return copy.deepcopy(_parsed(text))
+
+
 @functools.lru_cache(maxsize=8)
 def _compose(text: str):
     """The YAML node graph of a file, once per text: anchors are recognised by node
@@ -333,7 +350,7 @@ def runner_entries(compose_path: pathlib.Path) -> dict:
     """Runner entries of a compose file: service name -> (resolved service, YAML node),
     for every service built from the runner recipe or merging the x-runner anchor."""
     text = compose_path.read_text()
-    document = yaml.safe_load(text) or {}
+    document = _yaml(text) or {}
     root = _mapping(_compose(text))
     anchor = root.get(RUNNER_ANCHORS["service"], (None, None))[1]
     service_nodes = _mapping(root.get("services", (None, None))[1])
@@ -366,8 +383,8 @@ def _runner_entries(where, text, runners) -> list:
     if problems:
         return problems
     gallery = {role: root[key][1] for role, key in GALLERY_ANCHORS.items() if key in root}
-    shared = yaml.safe_load(yaml.serialize(anchors["service"])) or {}
-    shared_env = yaml.safe_load(yaml.serialize(anchors["environment"])) or {}
+    shared = _yaml(yaml.serialize(anchors["service"])) or {}
+    shared_env = _yaml(yaml.serialize(anchors["environment"])) or {}
     for key in ("healthcheck", "stop_grace_period", "volumes", "depends_on"):
         if key not in shared:
             problems.append(f"{where}: x-runner has no {key} (every runner needs it)")
@@ -456,12 +473,7 @@ def _terraform_runners(repo, where, runners) -> list:
     if not tfvars.is_file():
         return []  # terraform not yet driven by runners.auto.tfvars
     from . import terraform_rules
-    if hasattr(terraform_rules, "runner_names"):
-        declared = set(terraform_rules.runner_names(repo / "terraform"))
-    else:
-        import hcl2
-        with open(tfvars) as handle:
-            declared = {str(k).strip('"') for k in (_one(hcl2.load(handle).get("runners")) or {})}
+    declared = set(terraform_rules.runner_names(repo / "terraform"))
     problems = []
     for name in sorted(set(runners) - declared):
         problems.append(f"{where}: runner {name} has a compose entry but no entry in {tfvars}")
@@ -486,9 +498,7 @@ def _tfvars_galleries(tfvars: pathlib.Path):
     """runner -> whether its runners.auto.tfvars entry names a gallery; None without the file."""
     if not tfvars.is_file():
         return None
-    import hcl2
-    with open(tfvars) as handle:
-        runners = _one(hcl2.load(handle).get("runners")) or {}
+    runners = _one(hcl.parse(tfvars).get("runners")) or {}
     return {str(name).strip('"'): bool(_one(entry).get("gallery")) if isinstance(_one(entry), dict) else False
             for name, entry in runners.items() if not str(name).startswith("__")}
 
@@ -536,9 +546,9 @@ def _galleries(repo, where, text, services, runners) -> list:
     own_env = set(_mapping(nodes["environment"])) - {"<<"}
     if own_env != {GALLERY_VARIABLE}:
         problems.append(f"{where}: x-gallery-runner-env sets {sorted(own_env)}; it adds {GALLERY_VARIABLE} alone to x-runner-env")
-    service = yaml.safe_load(yaml.serialize(nodes["service"])) or {}
-    base = yaml.safe_load(yaml.serialize(base_service)) or {}
-    env = yaml.safe_load(yaml.serialize(nodes["environment"])) or {}
+    service = _yaml(yaml.serialize(nodes["service"])) or {}
+    base = _yaml(yaml.serialize(base_service)) or {}
+    env = _yaml(yaml.serialize(nodes["environment"])) or {}
     extra_keys = {k for k in service if k not in ("volumes", "depends_on") and service[k] != base.get(k)}
     if extra_keys:
         problems.append(f"{where}: x-gallery-runner changes {sorted(extra_keys)} of x-runner; it adds the gallery volume (and what starts it) only")
@@ -580,15 +590,17 @@ def _galleries(repo, where, text, services, runners) -> list:
 
 def consul_config(service: dict, infra: pathlib.Path):
     """The Consul agent configuration mounted into a consul service (merged), or None."""
-    import hcl2
     config = {}
     found = False
     for volume in service.get("volumes", []) or []:
         parts = str(volume).split(":")
         if len(parts) >= 2 and parts[0].startswith(".") and parts[1].startswith("/consul/config") and parts[0].endswith((".hcl", ".json")):
             found = True
-            with open(infra / parts[0]) as handle:
-                loaded = hcl2.load(handle) if parts[0].endswith(".hcl") else json.load(handle)
+            if parts[0].endswith(".hcl"):
+                loaded = hcl.parse(infra / parts[0])
+            else:
+                with open(infra / parts[0]) as handle:
+                    loaded = json.load(handle)
             config.update(loaded)
     return config if found else None
 
@@ -687,7 +699,7 @@ def _trust(where, services, plugworker, infra, runners) -> list:
             clients[name] = env.get("CONSUL_HTTP_TOKEN_FILE", "")
     prometheus = next((n for n, s in services.items() if "prom/prometheus" in str(s.get("image", ""))), None)
     if prometheus:
-        config_file = yaml.safe_load((infra / "prometheus.yml").read_text())
+        config_file = _yaml((infra / "prometheus.yml").read_text())
         for job in config_file.get("scrape_configs", []):
             for sd in job.get("consul_sd_configs", []) or []:
                 if "token" in sd:
@@ -751,7 +763,7 @@ def _keeps(job: dict, role: str) -> bool:
 
 def _prometheus(infra, services, plugworker, runners) -> list:
     path = infra / "prometheus.yml"
-    config = yaml.safe_load(path.read_text())
+    config = _yaml(path.read_text())
     problems = []
     plugworker_names = set(plugworker) | set(runners)
     for job in config.get("scrape_configs", []):

@@ -1,4 +1,5 @@
 """Loading terraform/ with python-hcl2 into something easy to query."""
+import copy
 import dataclasses
 import pathlib
 import re
@@ -40,15 +41,28 @@ def unwrap(value):
     return value
 
 
+# Parsed documents by file text. The self-tests load a copy of terraform/ well over a
+# hundred times, one file changed in each, and parsing was most of their time; a copy of
+# the cached document is what each load gets, so no check can change another's.
+_parsed: dict = {}
+
+
+def parse(path: pathlib.Path) -> dict:
+    """`path` parsed by python-hcl2 (a fresh copy; SystemExit naming the file if it does not parse)."""
+    text = path.read_text()
+    if text not in _parsed:
+        try:
+            _parsed[text] = hcl2.loads(text)
+        except Exception as error:  # the parser's errors have no common base
+            raise SystemExit(f"{path}: does not parse as HCL: {error}")
+    return copy.deepcopy(_parsed[text])
+
+
 def load_dir(directory: pathlib.Path) -> list:
     """Every block of every .tf file directly in `directory`."""
     blocks = []
     for path in sorted(directory.glob("*.tf")):
-        with open(path) as handle:
-            try:
-                document = hcl2.load(handle)
-            except Exception as error:  # the parser's errors have no common base
-                raise SystemExit(f"{path}: does not parse as HCL: {error}")
+        document = parse(path)
         for entry in document.get("resource", []):
             for rtype, named in entry.items():
                 for name, body in named.items():

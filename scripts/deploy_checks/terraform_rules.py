@@ -528,12 +528,7 @@ def runner_names(terraform_dir) -> list:
     path = pathlib.Path(terraform_dir) / RUNNERS_FILE
     if not path.exists():
         raise SystemExit(f"{path}: missing; it names the runners the stack deploys")
-    with open(path) as handle:
-        try:
-            document = hcl2.load(handle)
-        except Exception as error:  # the parser's errors have no common base
-            raise SystemExit(f"{path}: does not parse as HCL: {error}")
-    runners = _one(document.get("runners"))
+    runners = _one(hcl.parse(path).get("runners"))
     if not isinstance(runners, dict) or not runners:
         raise SystemExit(f"{path}: sets no `runners` map")
     return sorted(name for name in runners if not name.startswith("__"))

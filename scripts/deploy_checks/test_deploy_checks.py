@@ -133,10 +133,8 @@ class TerraformRules(Case):
 
 
 class Checkov(Case):
-    def test_the_repository_passes(self):
-        self.assertEqual(tools.checkov(self.scratch.root / "terraform", "terraform"), [])
-        self.assertEqual(tools.checkov(self.scratch.root / "infra" / "docker", "dockerfile"), [])
-
+    # That the repository passes checkov is `python -m deploy_checks`'s own first run (a
+    # checkov run takes seconds); these show each failure is reported.
     def test_a_key_without_rotation_fails(self):
         self.scratch.edit("terraform/main.tf", "  enable_key_rotation     = true\n", "")
         self.assertReports(tools.checkov(self.scratch.root / "terraform", "terraform"), r"checkov CKV_AWS_7 .*aws_kms_key\.this")
