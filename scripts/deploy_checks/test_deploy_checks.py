@@ -9,14 +9,12 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
-import time
 import unittest
 
-from . import compose_rules, dockerfile_rules, terraform_rules, tools
+from . import compose_rules, dockerfile_rules, emulators, terraform_rules, tools
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 # The runners the repository deploys (its compose entries; the rules keep the tfvars keys
@@ -238,34 +236,14 @@ class Compose(Case):
         self.assertReports(problems, r"PLUGWORKER_RESULTS_QUEUE_URL=.* is not the queue plugworker-results")
 
 
-def _moto_python():
-    venv = pathlib.Path(os.environ.get("PLUGWORKER_VENV", pathlib.Path.home() / ".cache/plugworker/venv"))
-    return venv / "bin" / "python", venv / "bin" / "moto_server"
-
-
-@unittest.skipUnless(_moto_python()[1].exists(), "the SQS emulator venv (scripts/setup.sh) is not installed")
+@unittest.skipUnless(emulators.MOTO_INSTALLED, "the SQS emulator venv (scripts/setup.sh) is not installed")
 class CreateQueues(unittest.TestCase):
     """infra/sqs/create_queues.py against the same emulator the tests use (moto)."""
 
     def setUp(self):
-        python, server = _moto_python()
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.server = subprocess.Popen([str(server), "-p", str(self.port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(self.server.wait)
-        self.addCleanup(self.server.terminate)
-        self.python = str(python)
-        self.env = dict(os.environ, SQS_ENDPOINT=f"http://127.0.0.1:{self.port}", AWS_REGION="us-east-1",
+        self.python = str(emulators.MOTO_PYTHON)
+        self.env = dict(os.environ, SQS_ENDPOINT=emulators.moto(self), AWS_REGION="us-east-1",
                         AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local", JOB_TIMEOUT_SECONDS="120")
-        deadline = time.time() + 20
-        while time.time() < deadline:
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                time.sleep(0.1)
-        self.fail("moto_server did not start")
 
     def run_script(self, **env):
         return subprocess.run([self.python, str(REPO / "infra/sqs/create_queues.py")], env=dict(self.env, **env), capture_output=True, text=True)

@@ -13,15 +13,14 @@ import os
 import pathlib
 import socket
 import subprocess
-import tempfile
 import time
 import unittest
 import urllib.error
 import urllib.request
 import uuid
 
-from . import binaries, hcl, shutdown_rules, terraform_rules
-from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case, _moto_python
+from . import emulators, hcl, shutdown_rules, terraform_rules
+from .test_deploy_checks import REPO, RUNNER, RUNNERS, Case
 
 TFVARS = "terraform/runners.auto.tfvars"
 SERVER = "terraform/modules/consul/server.sh.tftpl"
@@ -363,30 +362,10 @@ class PrometheusDiscovery(Rules):
         self.assertReports(self.check(), r"\[prometheus_discovery\].*Prometheus's policy must be read-only")
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+PLUGWORKER, MOTO_PYTHON = emulators.PLUGWORKER, emulators.MOTO_PYTHON
 
 
-def _wait_for_port(port, process, what):
-    deadline = time.time() + 30
-    while time.time() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"{what} exited with {process.returncode}")
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            time.sleep(0.1)
-    raise AssertionError(f"{what} did not listen on {port}")
-
-
-PLUGWORKER = binaries.bin_dir() / "plugworker"
-MOTO_PYTHON, MOTO_SERVER = _moto_python()
-
-
-@unittest.skipUnless(MOTO_SERVER.exists(), "the SQS/SSM emulator venv (scripts/setup.sh) is not installed")
+@unittest.skipUnless(emulators.MOTO_INSTALLED, "the SQS/SSM emulator venv (scripts/setup.sh) is not installed")
 @unittest.skipUnless(PLUGWORKER.exists(), "the plugworker binary is not built (cargo build --workspace --bins)")
 class MeshScript(unittest.TestCase):
     """modules/consul/mesh.py, the servers' token and intention bootstrap, against real
@@ -398,20 +377,11 @@ class MeshScript(unittest.TestCase):
     controller_policy = "controller"  # what modules/mesh gives the controller's token
 
     def setUp(self):
-        self.moto_port, self.consul_port = _free_port(), _free_port()
-        moto = subprocess.Popen([str(MOTO_SERVER), "-p", str(self.moto_port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(moto.wait)
-        self.addCleanup(moto.terminate)
-        registry = subprocess.Popen([str(PLUGWORKER), "registry", "--listen", f"127.0.0.1:{self.consul_port}", "--acl-enabled",
-                                     "--acl-default-policy", "deny", "--acl-bootstrap-token", self.MANAGEMENT],
-                                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(registry.wait)
-        self.addCleanup(registry.terminate)
-        _wait_for_port(self.moto_port, moto, "moto_server")
-        _wait_for_port(self.consul_port, registry, "plugworker registry")
+        self.moto_url = emulators.moto(self)
+        self.consul_address = emulators.registry(self, "--acl-enabled", "--acl-default-policy", "deny", "--acl-bootstrap-token", self.MANAGEMENT)
         self.env = dict(os.environ, AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1", AWS_ACCESS_KEY_ID="local", AWS_SECRET_ACCESS_KEY="local",
-                        AWS_ENDPOINT_URL_SSM=f"http://127.0.0.1:{self.moto_port}", MESH_PREFIX=self.PREFIX, MESH_ANY_NODE="1",
-                        CONSUL_HTTP_ADDR=f"http://127.0.0.1:{self.consul_port}")
+                        AWS_ENDPOINT_URL_SSM=self.moto_url, MESH_PREFIX=self.PREFIX, MESH_ANY_NODE="1",
+                        CONSUL_HTTP_ADDR=f"http://{self.consul_address}")
         self.env.pop("CONSUL_HTTP_TOKEN", None)  # the script reads the management token from SSM
         self.secrets = {}
         self.put(f"{self.PREFIX}/tokens/management", self.MANAGEMENT)
@@ -444,7 +414,7 @@ class MeshScript(unittest.TestCase):
         return run.stdout
 
     def consul(self, method, path, token, body=None):
-        request = urllib.request.Request(f"http://127.0.0.1:{self.consul_port}{path}", method=method,
+        request = urllib.request.Request(f"http://{self.consul_address}{path}", method=method,
                                          data=None if body is None else json.dumps(body).encode(), headers={"X-Consul-Token": token})
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -567,7 +537,7 @@ class MeshScript(unittest.TestCase):
         self.addCleanup(black_hole.close)
         proxy = f"http://127.0.0.1:{black_hole.getsockname()[1]}"
         self.env.update({name: proxy for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy")})
-        self.env.update(NO_PROXY="localhost", no_proxy="localhost", AWS_ENDPOINT_URL_SSM=f"http://localhost:{self.moto_port}")
+        self.env.update(NO_PROXY="localhost", no_proxy="localhost", AWS_ENDPOINT_URL_SSM=self.moto_url.replace("127.0.0.1", "localhost"))
         self.write_mesh(["sound-runner"])
         started = time.time()
         self.assertIn("token runner:sound-runner created", self.run_mesh())
@@ -581,7 +551,6 @@ class MeshScript(unittest.TestCase):
         self.assertIn("HTTP 403", run.stderr)
 
 
-MOTO_WRAPPER = REPO / "services/testkit/python/moto_sqs_atomic.py"
 # What the test's moto does unauthenticated before it enforces IAM: the bucket, then for
 # each of two users CreateUser, PutUserPolicy and CreateAccessKey.
 SETUP_ACTIONS = 7
@@ -628,7 +597,7 @@ def _iam_json(document, values: dict, gallery: bool) -> dict:
     return {"Version": "2012-10-17", "Statement": statements}
 
 
-@unittest.skipUnless(MOTO_SERVER.exists(), "the S3 emulator venv (scripts/setup.sh) is not installed")
+@unittest.skipUnless(emulators.MOTO_INSTALLED, "the S3 emulator venv (scripts/setup.sh) is not installed")
 @unittest.skipUnless(PLUGWORKER.exists(), "the plugworker binary is not built (cargo build --workspace --bins)")
 @unittest.skipUnless((REPO / "models/cache/sscd").is_dir(), "the meme model is not fetched (scripts/fetch-models.sh)")
 class GalleryPolicies(unittest.TestCase):
@@ -640,20 +609,9 @@ class GalleryPolicies(unittest.TestCase):
     object is not modelled.)"""
 
     def setUp(self):
-        tmp = pathlib.Path(self.enterContext(tempfile.TemporaryDirectory()))
-        address = tmp / "moto.json"
         env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT=str(SETUP_ACTIONS), AWS_REGION="us-east-1", AWS_DEFAULT_REGION="us-east-1",
                    AWS_ACCESS_KEY_ID="setup", AWS_SECRET_ACCESS_KEY="setup")
-        moto = subprocess.Popen([str(MOTO_PYTHON), str(MOTO_WRAPPER), "--address-file", str(address), "-p", "0"], env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        self.addCleanup(moto.wait)
-        self.addCleanup(moto.terminate)
-        deadline = time.time() + 30
-        while not address.exists():
-            if moto.poll() is not None or time.time() > deadline:
-                raise AssertionError(f"moto did not start (exit {moto.poll()})")
-            time.sleep(0.05)
-        self.endpoint = "http://" + json.loads(address.read_text())["http"]
+        self.endpoint = emulators.moto(self, env)
         tree = hcl.modules(REPO / "terraform")
         documents = {(m, b.name): b for m, b in terraform_rules.all_blocks(tree) if b.kind == "data" and b.type == "aws_iam_policy_document"}
         bucket = "arn:aws:s3:::galleries"
