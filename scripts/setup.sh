@@ -44,7 +44,10 @@ if $demo_only; then
   exit 0
 fi
 
-if ! cargo nextest --version >/dev/null 2>&1; then
+nextest_required="$(sed -n 's/^nextest-version = "\(.*\)"$/\1/p' .config/nextest.toml)"
+nextest_found="$(cargo nextest --version 2>/dev/null | sed -n 's/^cargo-nextest \([0-9.]*\).*/\1/p')"
+if [ -z "$nextest_found" ] ||
+  [ "$(printf '%s\n%s\n' "$nextest_required" "$nextest_found" | sort -V | head -n1)" != "$nextest_required" ]; then
   echo "setup: installing cargo-nextest from crates.io"
   cargo install --locked cargo-nextest
 fi
