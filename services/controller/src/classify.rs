@@ -23,9 +23,27 @@ pub fn status_error(status: &tonic::Status) -> ErrorInfo {
         format!(
             "{:?}: {}",
             status.code(),
-            plugworker_jobs::text::cap(status.message(), plugworker_jobs::MAX_ERROR_MESSAGE_CHARS)
+            plugworker_jobs::text::cap(
+                &described(status),
+                plugworker_jobs::MAX_ERROR_MESSAGE_CHARS
+            )
         ),
     )
+}
+
+/// The status's message, then each error behind it that the text does not already say: a
+/// call that failed in the transport carries only "transport error" as its message, and
+/// the causes are what tell a reset connection from a refused handshake.
+fn described(status: &tonic::Status) -> String {
+    let mut text = status.message().to_string();
+    for cause in causes(status) {
+        let cause = cause.to_string();
+        if !text.contains(&cause) {
+            text.push_str(": ");
+            text.push_str(&cause);
+        }
+    }
+    text
 }
 
 /// Whether a failed call should be tried once more on another instance right away.
@@ -101,6 +119,28 @@ pub fn causes(status: &tonic::Status) -> impl Iterator<Item = &(dyn std::error::
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The error behind a transport failure is in its result, not only "transport error";
+    /// what the message already says is not repeated.
+    #[test]
+    fn a_transport_failure_names_its_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("transport error")]
+        struct Transport(#[source] std::io::Error);
+        let reset = std::io::Error::new(
+            std::io::ErrorKind::ConnectionReset,
+            "connection reset by peer",
+        );
+        let status = tonic::Status::from_error(Box::new(Transport(reset)));
+        assert_eq!(
+            status_error(&status).message,
+            "Unknown: transport error: connection reset by peer"
+        );
+        assert_eq!(
+            status_error(&tonic::Status::unavailable("runner draining")).message,
+            "Unavailable: runner draining"
+        );
+    }
     use plugworker_rpc::runner::v1::RunRequest;
     use plugworker_rpc::runner::v1::runner_client::RunnerClient;
     use std::future::poll_fn;
