@@ -7,7 +7,7 @@
 use crate::synthetic;
 
 use plugworker_meme::{
-    Change, Embedder, Gallery, GalleryStore, Location, MemeClassifier, NewImage, rank,
+    Change, Embedder, Gallery, GalleryStore, Location, MemeClassifier, NewImage, Published, rank,
 };
 use plugworker_onnx::Runtime;
 use plugworker_testkit::memes::{self, models_dir};
@@ -46,6 +46,20 @@ async fn folder_store(path: &Path) -> GalleryStore {
         .unwrap()
 }
 
+/// Publishes the first `count` look-alike templates to `store` in one import.
+async fn import(store: &GalleryStore, embedder: &Embedder, count: usize) -> Published {
+    store
+        .publish(
+            Change::Import {
+                templates: (0..count).map(|i| (label(i), image(i))).collect(),
+            },
+            Some(embedder),
+            "tester@host",
+        )
+        .await
+        .unwrap()
+}
+
 /// Loaded from scratch (no rows to reuse): what an incremental reload must equal.
 async fn fresh(store: &GalleryStore, version: &str, embedder: &Embedder) -> Gallery {
     store.load(version, embedder, None).await.unwrap()
@@ -69,16 +83,7 @@ async fn a_gallery_of_200_look_alikes_loads_and_reloads_one_change_at_a_time() {
     let embedder = embedder();
     let dir = tempfile::tempdir().unwrap();
     let store = folder_store(dir.path()).await;
-    let imported = store
-        .publish(
-            Change::Import {
-                templates: (0..TEMPLATES).map(|i| (label(i), image(i))).collect(),
-            },
-            Some(&embedder),
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let imported = import(&store, &embedder, TEMPLATES).await;
     assert_eq!(imported.change, "import 200 images (200 labels)");
     let v1 = imported.version.unwrap();
     let first = store.load(&v1, &embedder, None).await.unwrap();
@@ -243,16 +248,7 @@ async fn a_reload_refuses_an_embeddings_blob_whose_bytes_are_not_its_name() {
     let embedder = embedder();
     let dir = tempfile::tempdir().unwrap();
     let store = folder_store(dir.path()).await;
-    let imported = store
-        .publish(
-            Change::Import {
-                templates: (0..3).map(|i| (label(i), image(i))).collect(),
-            },
-            Some(&embedder),
-            "tester@host",
-        )
-        .await
-        .unwrap();
+    let imported = import(&store, &embedder, 3).await;
     let first = store
         .load(&imported.version.unwrap(), &embedder, None)
         .await
