@@ -191,6 +191,9 @@ pub(crate) struct Context {
     /// names cannot grow this map.
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
     finals: Finals,
+    /// Messages whose publish was in flight when their lease ran out, until its answer
+    /// (a closed channel): a redelivery received here meanwhile waits for it.
+    unresolved: Mutex<HashMap<String, watch::Receiver<()>>>,
     /// Stored-pipeline jobs started here: message id → (pipeline name, revision run).
     pub(crate) revisions: Remembered<(String, u64)>,
     groups: Mutex<Groups>,
@@ -224,6 +227,7 @@ impl Controller {
                 settings,
                 per_algorithm: Mutex::new(HashMap::new()),
                 finals: Finals::new(FINALS_REMEMBERED),
+                unresolved: Mutex::default(),
                 revisions: Remembered::new(REVISIONS_REMEMBERED),
                 groups: Mutex::new(Groups::default()),
                 give_up: give_up_receiver,
@@ -614,6 +618,11 @@ async fn handle_traced(
     let received_at = SystemTime::now();
     let started = Instant::now();
 
+    let unresolved = lock(&context.unresolved).get(&delivery.message_id).cloned();
+    if let Some(mut unresolved) = unresolved {
+        tracing::info!(message_id = %delivery.message_id, "its last delivery's publish is in flight here; waiting for its answer");
+        let _ = unresolved.changed().await;
+    }
     if let Some(pending) = context.finals.get(&delivery.message_id) {
         // Published already (by this controller): finish what failed after publishing,
         // never run it or publish it again.
@@ -938,6 +947,8 @@ async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Op
 /// (FIFO), or at shutdown, the job is re-queued carrying n, and its next copy backs off
 /// from there. A result is published only while its message is known invisible
 /// ([`Lease`]): once it may be visible again it is dropped, and the redelivery makes it.
+/// A request in flight then is awaited: a redelivery received here meanwhile waits for
+/// its answer, and finds the final (it landed) instead of running the job again.
 async fn deliver(
     context: &Context,
     delivery: &Delivery,
@@ -947,6 +958,8 @@ async fn deliver(
     let message_id = &delivery.message_id;
     let hold_until = lease.hold_until(delivery.group_id.is_some(), Instant::now());
     let mut failures = 0u32;
+    // Held until the final is recorded and the message finished.
+    let mut in_flight = None;
     let result = loop {
         if !lease.holds() {
             tracing::warn!(%message_id, "the message may be visible again (its visibility could not be extended): the result is dropped, the redelivery makes it");
@@ -954,13 +967,26 @@ async fn deliver(
         }
         // Under the heartbeat, and abandoned (its retries with it) before the lease ends:
         // a publish the SDK retries may outlast the margin.
-        let publishing = std::pin::pin!(publish(context, delivery, result.clone()));
-        let error = match heartbeat(context, delivery, lease, publishing, true).await {
+        let mut publishing = std::pin::pin!(publish(context, delivery, result.clone()));
+        let error = match heartbeat(context, delivery, lease, publishing.as_mut(), true).await {
             Some(Ok(published)) => break published,
             Some(Err(error)) => error,
             None => {
-                tracing::warn!(%message_id, "the message may be visible again before the result was published: the publish is abandoned, the redelivery makes the result");
-                return Outcome::Unpublished;
+                // The request in flight may still land, and its answer says whether it
+                // did: wait for it (no other attempt starts: the sink does not retry), so
+                // a redelivery received here meanwhile finds the final instead of running
+                // the job again.
+                in_flight = Some(context.unresolved(message_id));
+                match tokio::time::timeout(lease.visibility, publishing).await {
+                    Ok(Ok(published)) => {
+                        tracing::warn!(%message_id, "the result was published as its message may have become visible again; a redelivery here finishes it without running it");
+                        break published;
+                    }
+                    _ => {
+                        tracing::warn!(%message_id, "the message may be visible again before the result was published: the publish is abandoned, the redelivery makes the result");
+                        return Outcome::Unpublished;
+                    }
+                }
             }
         };
         context.metrics.unpublishable(&error);
@@ -1004,7 +1030,9 @@ async fn deliver(
         dead_letter: result.error,
     };
     context.finals.record(message_id, state.clone());
-    finish(context, delivery, state).await
+    let outcome = finish(context, delivery, state).await;
+    drop(in_flight);
+    outcome
 }
 
 /// Publishes the result, or, if the queue refuses it (too large, content), a small error
@@ -1150,7 +1178,38 @@ async fn heartbeat<T>(
     }
 }
 
+/// A publish awaited past its lease (`Context::unresolved`); dropped once it is settled.
+struct Unresolved<'a> {
+    context: &'a Context,
+    message_id: String,
+    _settled: watch::Sender<()>,
+    waiting: watch::Receiver<()>,
+}
+
+impl Drop for Unresolved<'_> {
+    fn drop(&mut self) {
+        let mut unresolved = lock(&self.context.unresolved);
+        if unresolved
+            .get(&self.message_id)
+            .is_some_and(|waiting| waiting.same_channel(&self.waiting))
+        {
+            unresolved.remove(&self.message_id);
+        }
+    }
+}
+
 impl Context {
+    fn unresolved(&self, message_id: &str) -> Unresolved<'_> {
+        let (settled, waiting) = watch::channel(());
+        lock(&self.unresolved).insert(message_id.to_string(), waiting.clone());
+        Unresolved {
+            context: self,
+            message_id: message_id.to_string(),
+            _settled: settled,
+            waiting,
+        }
+    }
+
     /// Takes the job's run slot again if it gave it up (to wait for a runner).
     pub(crate) async fn hold_slot(&self, slot: &mut Option<OwnedSemaphorePermit>) {
         if slot.is_none() {

@@ -1194,7 +1194,16 @@ impl ResultSink for SqsResults {
                 )
                 .message_deduplication_id(deduplication_id("result", &result.message_id));
         }
-        let sent = request.send().await;
+        // One attempt: deliver() retries under the message's lease, and an SDK retry
+        // could start after the lease ran out.
+        let sent = request
+            .customize()
+            .config_override(
+                aws_sdk_sqs::config::Builder::default()
+                    .retry_config(aws_sdk_sqs::config::retry::RetryConfig::disabled()),
+            )
+            .send()
+            .await;
         if sent.is_err()
             && let Some(pointer) = &outgoing.pointer
         {

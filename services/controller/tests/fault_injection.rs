@@ -1399,6 +1399,45 @@ async fn a_held_result_whose_message_may_be_visible_again_is_dropped_not_publish
 }
 
 #[tokio::test]
+async fn a_publish_that_lands_after_its_lease_ran_out_is_not_made_again_by_the_redelivery() {
+    // Visibility 4 s and no extension succeeds, so each lease runs out 4 s after its
+    // receive; the results queue takes each result at once but answers 5 s later, so every
+    // publish is in flight when its lease runs out, lands, and the message comes back.
+    let stack = Stack::start(Duration::from_secs(4), 10).await;
+    let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
+    let (_runner, _) = stack.runner("test-runner", &[]).await;
+    stack.wait_passing("test-runner", 1).await;
+    let name = |url: &str| url.rsplit('/').next().unwrap().to_string();
+    let hour = Duration::from_secs(3600);
+    proxy.failing("ChangeMessageVisibility", &name(&stack.queues.jobs), hour);
+    let late = Duration::from_secs(5);
+    proxy.answer_late("SendMessage", &name(&stack.queues.results), late);
+    let (controller, _) = stack
+        .controller(&["--sqs-endpoint", proxy.endpoint.as_str()])
+        .await;
+    let submitted = submit_echoes(&stack, "w", 3).await;
+    // Every message finished (deleted), each redelivery with it.
+    eventually(Duration::from_secs(60), "the jobs queue empty", || async {
+        (stack.sqs.counts(&stack.queues.jobs).await == (0, 0)).then_some(())
+    })
+    .await;
+    let ledger = Ledger::settle(&stack, &submitted, Duration::from_secs(30)).await;
+    ledger.assert_promise(
+        &submitted,
+        (0, "none: a redelivery waits for the publish in flight"),
+    );
+    for id in &submitted {
+        assert_eq!(ledger.result(id)["status"], "ok");
+    }
+    assert!(ledger.dead.is_empty());
+    let log = controller.log();
+    assert!(
+        log.contains("waiting for its answer") && log.contains("finishes it without running it"),
+        "{log}"
+    );
+}
+
+#[tokio::test]
 async fn a_producer_set_plugworker_message_id_on_ten_jobs_costs_none_its_result() {
     let stack = Stack::start(Duration::from_secs(30), 5).await;
     let (_runner, _) = stack.runner("test-runner", &[]).await;

@@ -28,6 +28,9 @@ struct Rules {
     outages: Vec<(String, String, Instant)>,
     /// (path prefix, delay): answers to requests under that path are held that long.
     delayed: Vec<(String, Duration)>,
+    /// (action, queue name, delay): answers to that action naming that queue are held
+    /// that long, after moto has carried the request out.
+    late: Vec<(String, String, Duration)>,
 }
 
 #[derive(Default)]
@@ -124,6 +127,15 @@ impl FaultProxy {
             .push((prefix.to_string(), delay));
     }
 
+    /// The SQS `action` on the queue whose URL ends in `queue_name` is carried out at once
+    /// but answered `delay` later: a request whose client may give up before it learns
+    /// that it landed.
+    pub fn answer_late(&self, action: &str, queue_name: &str, delay: Duration) {
+        lock(&self.shared.rules)
+            .late
+            .push((action.to_string(), queue_name.to_string(), delay));
+    }
+
     /// Requests seen whose line contains `needle`.
     pub fn requests_matching(&self, needle: &str) -> Vec<String> {
         lock(&self.shared.seen)
@@ -165,15 +177,20 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
         .requests
         .push(format!("{} {path} {target}", parts.method));
     let contains = |needle: &[u8]| body.windows(needle.len()).any(|w| w == needle);
+    let names = |action: &str, queue: &str| {
+        (target.strip_suffix(action) == Some("AmazonSQS.")
+            || contains(format!("Action={action}&").as_bytes()))
+            && contains(queue.as_bytes())
+    };
     let refused = lock(&shared.rules)
         .outages
         .iter()
-        .any(|(action, queue, until)| {
-            (target.strip_suffix(action.as_str()) == Some("AmazonSQS.")
-                || contains(format!("Action={action}&").as_bytes()))
-                && Instant::now() < *until
-                && contains(queue.as_bytes())
-        });
+        .any(|(action, queue, until)| Instant::now() < *until && names(action, queue));
+    let late = lock(&shared.rules)
+        .late
+        .iter()
+        .find(|(action, queue, _)| names(action, queue))
+        .map(|(_, _, delay)| *delay);
     if refused {
         lock(&shared.seen).refused += 1;
         return Response::builder()
@@ -207,11 +224,15 @@ async fn forward(State(shared): State<Arc<Shared>>, request: Request) -> Respons
                 .unwrap();
         }
     };
-    let delay = lock(&shared.rules)
-        .delayed
-        .iter()
-        .find(|(prefix, _)| path.starts_with(prefix.as_str()))
-        .map(|(_, delay)| *delay);
+    let delay = {
+        let rules = lock(&shared.rules);
+        let by_path = rules
+            .delayed
+            .iter()
+            .find(|(prefix, _)| path.starts_with(prefix.as_str()))
+            .map(|(_, delay)| *delay);
+        by_path.or(late)
+    };
     if let Some(delay) = delay {
         tokio::time::sleep(delay).await;
     }
