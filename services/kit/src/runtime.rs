@@ -485,18 +485,19 @@ async fn stop_servers<const N: usize>(
 /// connections, model files, the runtime's own.
 const FILES_BESIDES_CONNECTIONS: libc::rlim_t = 128;
 
-/// The connection caps bound the sockets a runner holds (1.5 × each port's cap, counting
-/// connections still closing, plus the mesh's handshakes in progress: half the main
-/// port's cap); the open-file limit must be above that, or accepts fail
+/// The connection caps bound the sockets a runner holds (2 × each port's cap: 1.5 × for
+/// connections open or still closing, half of it lingering after they ended, plus the
+/// mesh's handshakes in progress: half the main port's cap); the open-file limit must
+/// be above that, or accepts fail
 /// with EMFILE before the caps act (and the health port with them). Raises the soft limit
 /// towards the hard one when needed; warns when even the hard limit is too low.
 fn ensure_file_limit(config: &RunnerConfig) {
     // Mesh mode: the main port's handshakes (half its cap) and the health port too.
     let sockets = if config.insecure_plaintext {
-        config.max_connections.saturating_mul(3) / 2
-    } else {
         config.max_connections.saturating_mul(2)
-            + config.health_max_connections.saturating_mul(3) / 2
+    } else {
+        config.max_connections.saturating_mul(5) / 2
+            + config.health_max_connections.saturating_mul(2)
     };
     let needed = sockets as libc::rlim_t + FILES_BESIDES_CONNECTIONS;
     let mut limit = libc::rlimit {

@@ -284,6 +284,10 @@ const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
 /// [`drive`]).
 const IDLE_CLOSE_GRACE: Duration = Duration::from_secs(1);
 
+/// How long a connection's socket is still read (and what arrives discarded) after the
+/// server is done with it, before it is closed: see [`Lingering`].
+const LINGER: Duration = Duration::from_secs(2);
+
 /// Why the server refused or closed a connection, or reset a stream: the `reason` label
 /// of `plugworker_runner_server_closed_total`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -337,6 +341,9 @@ struct Port {
     budget: Arc<Semaphore>,
     metrics: crate::metrics::PortMetrics,
     open: Mutex<HashMap<u64, Arc<Connection>>>,
+    /// Sockets lingering after their connection ended ([`Lingering`]): half the cap at
+    /// most, so a port holds at most 2 × `max_connections` sockets in all.
+    lingering: Arc<Semaphore>,
 }
 
 impl Port {
@@ -349,7 +356,8 @@ impl Port {
     /// Connections told to close hold their sockets until they have (an idle one within
     /// [`IDLE_CLOSE_GRACE`]); when those fill the slack of half the cap again, the oldest
     /// of them is closed outright. So a port never holds more than 1.5 × `max_connections`
-    /// sockets, and a new connection (the next health check) is always served.
+    /// connections (and half a cap of sockets [`Lingering`] after theirs ended), and a new
+    /// connection (the next health check) is always served.
     fn open(self: &Arc<Self>, next_id: u64) -> Arc<Connection> {
         let mut open = self.open.lock().expect("connection table lock");
         let cap = self.params.max_connections.max(1);
@@ -407,6 +415,7 @@ impl Port {
             grace_ms: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             task: OnceLock::new(),
+            ended: AtomicBool::new(false),
         });
         open.insert(next_id, connection.clone());
         self.metrics.connections.inc();
@@ -452,6 +461,8 @@ struct Connection {
     refusing: AtomicBool,
     /// Its task, aborted (the socket closed outright) when the port needs the room.
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Set when its task ends by itself (not aborted): its socket then lingers.
+    ended: AtomicBool,
 }
 
 impl Connection {
@@ -915,6 +926,7 @@ pub(crate) async fn serve<I, IO, P>(
                 .min(Semaphore::MAX_PERMITS),
         )),
         metrics: metrics.port(params.port),
+        lingering: Arc::new(Semaphore::new(params.max_connections.max(1).div_ceil(2))),
         params,
         open: Mutex::new(HashMap::new()),
     });
@@ -953,7 +965,10 @@ pub(crate) async fn serve<I, IO, P>(
             let info = Arc::new(io.connect_info());
             let revoked = io.revoked();
             let served = builder.serve_connection(
-                TokioIo::new(io),
+                TokioIo::new(Lingering {
+                    io: Some(io),
+                    connection: connection.clone(),
+                }),
                 ConnectionService {
                     routes: routes.clone(),
                     connection: connection.clone(),
@@ -1068,6 +1083,93 @@ async fn drive<F>(
                 break;
             }
         }
+    }
+    connection.ended.store(true, Ordering::Release);
+}
+
+/// A connection's socket that, once the server is done with it (its GOAWAY and FIN
+/// sent), is read for up to [`LINGER`] more, what arrives discarded, instead of being
+/// closed at once: closing a socket with unread bytes in it makes the kernel answer with
+/// a reset, and a client that sent a call as the GOAWAY left then gets a broken pipe on
+/// its next write, possibly before it has read the GOAWAY that says the call was not
+/// processed (so it cannot resend it safely). Read to its end, the socket closes cleanly
+/// once the client closes its side. A connection closed outright (aborted at 1.5 × the
+/// cap) does not linger, nor one that ends while half the cap already lingers.
+struct Lingering<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> {
+    io: Option<IO>,
+    connection: Arc<Connection>,
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Lingering<IO> {
+    fn io(&mut self) -> Pin<&mut IO> {
+        Pin::new(self.io.as_mut().expect("taken only on drop"))
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Lingering<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        self.io().poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncWrite for Lingering<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        self.io().poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.as_ref().is_some_and(|io| io.is_write_vectored())
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        self.io().poll_shutdown(cx)
+    }
+}
+
+impl<IO: AsyncRead + AsyncWrite + Unpin + Send + 'static> Drop for Lingering<IO> {
+    fn drop(&mut self) {
+        if !self.connection.ended.load(Ordering::Acquire) {
+            return;
+        }
+        let (Some(mut io), Ok(runtime), Ok(permit)) = (
+            self.io.take(),
+            tokio::runtime::Handle::try_current(),
+            self.connection.port.lingering.clone().try_acquire_owned(),
+        ) else {
+            return;
+        };
+        runtime.spawn(async move {
+            let _permit = permit;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut discarded = [0u8; 4096];
+            let _ = tokio::time::timeout(LINGER, async {
+                // The FIN (after TLS's close_notify), if hyper has not sent it: a grace
+                // that ran out leaves the connection unfinished.
+                let _ = io.shutdown().await;
+                while matches!(io.read(&mut discarded).await, Ok(read) if read > 0) {}
+            })
+            .await;
+        });
     }
 }
 

@@ -306,6 +306,45 @@ async fn a_body_that_stops_arriving_is_reset_within_the_body_timeout() {
     assert_eq!(resets, 1.0);
 }
 
+/// After the runner closes a connection (its GOAWAY and FIN sent), what the client still
+/// sends is read and discarded for a while, not answered with a TCP reset: a client that
+/// sent a call as the GOAWAY left must be able to read that GOAWAY (which says the call
+/// was not processed) instead of meeting a broken pipe on its next write.
+#[tokio::test]
+async fn bytes_sent_after_the_runner_closed_a_connection_meet_no_reset() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let runner = start(None, None, &["--header-read-timeout", "1s"]).await;
+    serving(&runner.main).await;
+    // A client preface and its SETTINGS, then silence: the runner closes the connection at
+    // the header timeout. Everything it sends is read, up to its FIN.
+    let mut tcp = TcpStream::connect(&runner.main).await.unwrap();
+    tcp.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    tokio::time::timeout(Duration::from_secs(30), tcp.read_to_end(&mut received))
+        .await
+        .expect("the runner closes a silent connection")
+        .expect("read up to its FIN, no reset");
+    let mut frames = Vec::new();
+    let mut rest = &received[..];
+    while rest.len() >= 9 {
+        let length = u32::from_be_bytes([0, rest[0], rest[1], rest[2]]) as usize;
+        frames.push(rest[3]);
+        rest = &rest[(9 + length).min(rest.len())..];
+    }
+    const GOAWAY: u8 = 7;
+    assert!(frames.contains(&GOAWAY), "a GOAWAY came first: {frames:?}");
+    // A call's worth of bytes, then more: without the linger, the first meets a closed
+    // socket (the kernel resets it) and the second fails with a broken pipe.
+    for _ in 0..3 {
+        tcp.write_all(&[0; 64])
+            .await
+            .expect("the socket still reads what the client sends");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// A connection's time bounds: one that sends nothing is closed at
 /// --header-read-timeout, one that goes idle after a call at --idle-timeout, and a busy
 /// one gets GOAWAY at --max-connection-age (then closes once its calls are done). Each is
