@@ -124,16 +124,5 @@ pub fn main() -> ExitCode {
 /// The error and its causes on one line, each said once: some errors (the Consul client's
 /// transport errors) already carry their causes in their own message, for log lines.
 pub(crate) fn describe(error: &anyhow::Error) -> String {
-    let mut text = String::new();
-    for cause in error.chain() {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
+    plugworker_jobs::text::with_causes(String::new(), error.chain())
 }
