@@ -28,26 +28,39 @@ cargo clippy -p plugworker-controller -p plugworker-claim-check -p plugworker-im
 # replaces them, so the tests (and whatever runs next) find the full binaries.
 scripts/check-demo.sh
 # Integration tests start the workspace's binaries as real processes: build them first,
-# and the test binaries.
+# and the test binaries, and note where they are, so the test run below needs no cargo
+# (and no lock on the target folder: the add-a-runner check builds beside it).
 cargo build --workspace --bins --locked
-cargo nextest run --workspace --locked --no-run
-# Adding a runner as the README says, on a copy of the repository: its crate builds with the
-# lock file updated, and the deploy checks and their self-tests pass with it.
-scripts/check-add-runner.sh
-# Deployment files: HCL rules, checkov, compose against the binaries' --help, and the
-# tests proving each check can fail. Beside the tests: those mostly wait on their
-# processes (the CPUs were idle about 40 % of the test run), these mostly compute; one
-# after the other they took 70 s longer. Their output is shown when both are done.
-deploy_log="$(mktemp)"
-trap 'rm -f "$deploy_log"' EXIT
+built="$(mktemp -d)"
+deploy_log="$built/deploy.log"
+add_runner_log="$built/add-runner.log"
+trap 'rm -rf "$built"' EXIT
+cargo nextest list --workspace --locked --list-type binaries-only --message-format json \
+  >"$built/binaries.json"
+cargo metadata --format-version 1 --locked \
+  --filter-platform "$(rustc -vV | sed -n 's/^host: //p')" >"$built/cargo.json"
+# Beside the tests, their output shown when all are done: the deployment files (HCL
+# rules, checkov, compose against the binaries' --help, and the tests proving each check
+# can fail), and adding a runner as the README says, on a copy of the repository (its
+# crate builds with the lock file updated; the deploy checks and their self-tests pass
+# with it). The tests mostly wait on their processes (the CPUs were idle about 40 % of
+# the test run), these mostly compute; one after the other they took 100 s longer.
 scripts/check-deploy.sh >"$deploy_log" 2>&1 &
 deploy=$!
+scripts/check-add-runner.sh >"$add_runner_log" 2>&1 &
+add_runner=$!
 tests=0
-cargo nextest run --workspace --locked || tests=$?
-deployed=0
-wait "$deploy" || deployed=$?
-cat "$deploy_log"
-if [ "$deployed" -ne 0 ]; then
-  echo "test: scripts/check-deploy.sh failed (exit $deployed); its output is above" >&2
-fi
-[ "$tests" -eq 0 ] && [ "$deployed" -eq 0 ]
+cargo nextest run --binaries-metadata "$built/binaries.json" \
+  --cargo-metadata "$built/cargo.json" || tests=$?
+failed=0
+for check in deploy add_runner; do
+  status=0
+  wait "${!check}" || status=$?
+  log="${check}_log"
+  cat "${!log}"
+  if [ "$status" -ne 0 ]; then
+    echo "test: the ${check//_/-} check failed (exit $status); its output is above" >&2
+    failed=1
+  fi
+done
+[ "$tests" -eq 0 ] && [ "$failed" -eq 0 ]
