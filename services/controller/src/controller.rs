@@ -15,7 +15,9 @@
 //!   counted in `plugworker_results_unpublishable_total`;
 //! - a result is published only while its message is known to be invisible (its receive
 //!   or last extension plus the visibility timeout, less a margin); after that it is
-//!   dropped, and the redelivery makes it;
+//!   dropped, and the redelivery makes it (a publish then in flight is awaited); a
+//!   redelivery received here while a result is being delivered waits for it to be
+//!   published or dropped;
 //! - while a job runs (or waits for a runner), its message's visibility is extended, so a
 //!   long job is not delivered twice;
 //! - a job waiting for a runner to appear holds no run slot, unless its body came from S3
@@ -191,9 +193,10 @@ pub(crate) struct Context {
     /// names cannot grow this map.
     per_algorithm: Mutex<HashMap<String, Arc<Semaphore>>>,
     finals: Finals,
-    /// Messages whose publish was in flight when their lease ran out, until its answer
-    /// (a closed channel): a redelivery received here meanwhile waits for it.
-    unresolved: Mutex<HashMap<String, watch::Receiver<()>>>,
+    /// Messages whose result is being delivered here, until it is published or dropped
+    /// (a closed channel): a redelivery received meanwhile (its lease ran out, or SQS's
+    /// clock ran ahead of ours) waits for that, then finds the final or runs the job.
+    delivering: Mutex<HashMap<String, watch::Receiver<()>>>,
     /// Stored-pipeline jobs started here: message id → (pipeline name, revision run).
     pub(crate) revisions: Remembered<(String, u64)>,
     groups: Mutex<Groups>,
@@ -227,7 +230,7 @@ impl Controller {
                 settings,
                 per_algorithm: Mutex::new(HashMap::new()),
                 finals: Finals::new(FINALS_REMEMBERED),
-                unresolved: Mutex::default(),
+                delivering: Mutex::default(),
                 revisions: Remembered::new(REVISIONS_REMEMBERED),
                 groups: Mutex::new(Groups::default()),
                 give_up: give_up_receiver,
@@ -618,10 +621,10 @@ async fn handle_traced(
     let received_at = SystemTime::now();
     let started = Instant::now();
 
-    let unresolved = lock(&context.unresolved).get(&delivery.message_id).cloned();
-    if let Some(mut unresolved) = unresolved {
-        tracing::info!(message_id = %delivery.message_id, "its last delivery's publish is in flight here; waiting for its answer");
-        let _ = unresolved.changed().await;
+    let delivering = lock(&context.delivering).get(&delivery.message_id).cloned();
+    if let Some(mut delivering) = delivering {
+        tracing::info!(message_id = %delivery.message_id, "its last delivery is still delivering its result here; waiting for its answer");
+        let _ = delivering.changed().await;
     }
     if let Some(pending) = context.finals.get(&delivery.message_id) {
         // Published already (by this controller): finish what failed after publishing,
@@ -947,8 +950,9 @@ async fn retry(context: &Context, delivery: &Delivery, result: &JobResult) -> Op
 /// (FIFO), or at shutdown, the job is re-queued carrying n, and its next copy backs off
 /// from there. A result is published only while its message is known invisible
 /// ([`Lease`]): once it may be visible again it is dropped, and the redelivery makes it.
-/// A request in flight then is awaited: a redelivery received here meanwhile waits for
-/// its answer, and finds the final (it landed) instead of running the job again.
+/// A request in flight then is awaited. A redelivery received here while a result is
+/// being delivered waits until it is published (then finds the final instead of running
+/// the job again) or dropped.
 async fn deliver(
     context: &Context,
     delivery: &Delivery,
@@ -958,15 +962,16 @@ async fn deliver(
     let message_id = &delivery.message_id;
     let hold_until = lease.hold_until(delivery.group_id.is_some(), Instant::now());
     let mut failures = 0u32;
-    // Held until the final is recorded and the message finished.
-    let mut in_flight = None;
+    // Until the final is recorded and the message finished, or the result dropped.
+    let _delivering = context.delivering(message_id);
     let result = loop {
         if !lease.holds() {
             tracing::warn!(%message_id, "the message may be visible again (its visibility could not be extended): the result is dropped, the redelivery makes it");
             return Outcome::Unpublished;
         }
-        // Under the heartbeat, and abandoned (its retries with it) before the lease ends:
-        // a publish the SDK retries may outlast the margin.
+        // Under the heartbeat, until half a margin before the lease ends; no attempt
+        // starts after that (the sink makes one per call), and the one in flight is
+        // awaited below.
         let mut publishing = std::pin::pin!(publish(context, delivery, result.clone()));
         let error = match heartbeat(context, delivery, lease, publishing.as_mut(), true).await {
             Some(Ok(published)) => break published,
@@ -976,7 +981,6 @@ async fn deliver(
                 // did: wait for it (no other attempt starts: the sink does not retry), so
                 // a redelivery received here meanwhile finds the final instead of running
                 // the job again.
-                in_flight = Some(context.unresolved(message_id));
                 match tokio::time::timeout(lease.visibility, publishing).await {
                     Ok(Ok(published)) => {
                         tracing::warn!(%message_id, "the result was published as its message may have become visible again; a redelivery here finishes it without running it");
@@ -1030,9 +1034,7 @@ async fn deliver(
         dead_letter: result.error,
     };
     context.finals.record(message_id, state.clone());
-    let outcome = finish(context, delivery, state).await;
-    drop(in_flight);
-    outcome
+    finish(context, delivery, state).await
 }
 
 /// Publishes the result, or, if the queue refuses it (too large, content), a small error
@@ -1158,13 +1160,17 @@ async fn heartbeat<T>(
         return Some(work.await);
     }
     let mut next = lease.renewal_due();
+    // An extension in progress, polled beside `work` and the deadline: one that SQS is
+    // slow to answer (the SDK retrying it) must hold up neither.
+    let mut extending: Option<std::pin::Pin<Box<dyn Future<Output = bool> + Send + '_>>> = None;
     loop {
         let deadline = lease.publish_deadline();
         tokio::select! {
             output = &mut work => return Some(output),
             () = tokio::time::sleep_until(deadline), if abandon => return None,
-            () = tokio::time::sleep_until(next) => {
-                if lease.extend(context, delivery).await {
+            extended = async { extending.as_mut().expect("guarded").await }, if extending.is_some() => {
+                extending = None;
+                if extended {
                     context.metrics.visibility_extensions.inc();
                     tracing::debug!(message_id = %delivery.message_id, visibility = ?lease.visibility, "visibility extended");
                     next = lease.renewal_due();
@@ -1174,35 +1180,38 @@ async fn heartbeat<T>(
                     next = tokio::time::Instant::now() + lease.period / 4;
                 }
             }
+            () = tokio::time::sleep_until(next), if extending.is_none() => {
+                extending = Some(Box::pin(lease.extend(context, delivery)));
+            }
         }
     }
 }
 
-/// A publish awaited past its lease (`Context::unresolved`); dropped once it is settled.
-struct Unresolved<'a> {
+/// A result being delivered (`Context::delivering`), until this is dropped.
+struct Delivering<'a> {
     context: &'a Context,
     message_id: String,
     _settled: watch::Sender<()>,
     waiting: watch::Receiver<()>,
 }
 
-impl Drop for Unresolved<'_> {
+impl Drop for Delivering<'_> {
     fn drop(&mut self) {
-        let mut unresolved = lock(&self.context.unresolved);
-        if unresolved
+        let mut delivering = lock(&self.context.delivering);
+        if delivering
             .get(&self.message_id)
             .is_some_and(|waiting| waiting.same_channel(&self.waiting))
         {
-            unresolved.remove(&self.message_id);
+            delivering.remove(&self.message_id);
         }
     }
 }
 
 impl Context {
-    fn unresolved(&self, message_id: &str) -> Unresolved<'_> {
+    fn delivering(&self, message_id: &str) -> Delivering<'_> {
         let (settled, waiting) = watch::channel(());
-        lock(&self.unresolved).insert(message_id.to_string(), waiting.clone());
-        Unresolved {
+        lock(&self.delivering).insert(message_id.to_string(), waiting.clone());
+        Delivering {
             context: self,
             message_id: message_id.to_string(),
             _settled: settled,
