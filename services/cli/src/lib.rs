@@ -124,5 +124,5 @@ pub fn main() -> ExitCode {
 /// The error and its causes on one line, each said once: some errors (the Consul client's
 /// transport errors) already carry their causes in their own message, for log lines.
 pub(crate) fn describe(error: &anyhow::Error) -> String {
-    plugworker_jobs::text::with_causes(String::new(), error.chain())
+    plugworker_lifecycle::error_chain::with_causes(String::new(), error.chain())
 }

@@ -54,20 +54,13 @@ pub enum Error {
 /// refused connection, an unknown certificate issuer) is in its sources. A library error
 /// usually leaves its causes to `source()`, but this client's callers log an error's
 /// message alone (`%error` in a tracing field), so the message itself carries the
-/// reason. A caller that does print the causes too (the CLI's `describe()`) skips a cause
-/// whose text the message already contains.
+/// reason. A caller that does print the causes too (the CLI's `describe()`, with the same
+/// `with_causes`) skips a cause whose text the message already contains.
 fn chain(error: &reqwest::Error) -> String {
-    let mut text = error.to_string();
-    let mut source = std::error::Error::source(error);
-    while let Some(cause) = source {
-        let cause_text = cause.to_string();
-        if !text.contains(&cause_text) {
-            text.push_str(": ");
-            text.push_str(&cause_text);
-        }
-        source = cause.source();
-    }
-    text
+    plugworker_lifecycle::error_chain::with_causes(
+        error.to_string(),
+        std::iter::successors(std::error::Error::source(error), |cause| cause.source()),
+    )
 }
 
 /// Blocking-query parameters (`index`, `wait`). The default asks for the current state.

@@ -35,7 +35,7 @@ pub fn status_error(status: &tonic::Status) -> ErrorInfo {
 /// call that failed in the transport carries only "transport error" as its message, and
 /// the causes are what tell a reset connection from a refused handshake.
 fn described(status: &tonic::Status) -> String {
-    plugworker_jobs::text::with_causes(status.message().to_string(), causes(status))
+    plugworker_lifecycle::error_chain::with_causes(status.message().to_string(), causes(status))
 }
 
 /// Whether a failed call should be tried once more on another instance right away.

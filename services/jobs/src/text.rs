@@ -5,31 +5,8 @@
 //! non-characters U+FFFE and U+FFFF, C0 controls) makes `SendMessage` fail with
 //! `InvalidMessageContents`. A result that echoes such a character would never be
 //! published, so the controller escapes them instead.
-//!
-//! And errors told in one line ([`with_causes`]), as a job's result or a command's last
-//! words carry them.
 
 use std::borrow::Cow;
-
-/// `text`, then each error of `causes` whose message it does not already say, joined
-/// with ": ": error layers often repeat what they wrap, and the innermost cause is what
-/// tells a reset connection from a refused handshake.
-pub fn with_causes<'a>(
-    mut text: String,
-    causes: impl IntoIterator<Item = &'a (dyn std::error::Error + 'static)>,
-) -> String {
-    for cause in causes {
-        let cause = cause.to_string();
-        if text.contains(&cause) {
-            continue;
-        }
-        if !text.is_empty() {
-            text.push_str(": ");
-        }
-        text.push_str(&cause);
-    }
-    text
-}
 
 /// Whether SQS accepts `c` in a message body or attribute value.
 pub fn sqs_allows(c: char) -> bool {
