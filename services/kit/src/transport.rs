@@ -315,6 +315,10 @@ pub(crate) enum Reason {
     /// A call declaring a message over the port's `max_message_bytes`: refused at its
     /// prefix.
     MessageTooLarge,
+    /// A call that would wait for the receiving budget behind as many calls of its own
+    /// connection as that connection's window can hold: answered `UNAVAILABLE` at once
+    /// (see [`RequestBody`]).
+    BudgetBusy,
 }
 
 impl Reason {
@@ -330,6 +334,7 @@ impl Reason {
             Reason::Deauthorized => "deauthorized",
             Reason::CertificateExpired => "certificate_expired",
             Reason::MessageTooLarge => "message_too_large",
+            Reason::BudgetBusy => "budget_busy",
         }
     }
 }
@@ -415,6 +420,7 @@ impl Port {
             grace_ms: AtomicU64::new(0),
             refusing: AtomicBool::new(false),
             task: OnceLock::new(),
+            waiting_for_budget: AtomicU32::new(0),
             ended: AtomicBool::new(false),
         });
         open.insert(next_id, connection.clone());
@@ -461,6 +467,8 @@ struct Connection {
     refusing: AtomicBool,
     /// Its task, aborted (the socket closed outright) when the port needs the room.
     task: OnceLock<tokio::task::AbortHandle>,
+    /// Its calls' bodies waiting for the receiving budget ([`RequestBody`]).
+    waiting_for_budget: AtomicU32,
     /// Set when its task ends by itself (not aborted): its socket then lingers.
     ended: AtomicBool,
 }
@@ -593,6 +601,15 @@ pin_project_lite::pin_project! {
     /// holds more than `max_message_bytes` + 5 bytes of budget. A body that cannot get its
     /// budget stops reading: its client's windows fill and it must wait (within
     /// `body_read_timeout`). Bytes read without the budget: under two frames per open stream.
+    ///
+    /// What a waiting body leaves unread also fills its connection's window, which the
+    /// calls holding the budget need for the rest of their messages: if the calls waiting
+    /// on one connection could fill its whole window, a call holding the budget on that
+    /// connection would starve, and everything on it would wait until the body timeout.
+    /// So a body waits only while its connection's waiting bodies, itself included, hold
+    /// less than the connection window at their stream windows (3 with the defaults);
+    /// beyond that the call is answered `UNAVAILABLE` at once, before its service has
+    /// seen its message (the controller retries it).
     pub(crate) struct RequestBody {
         #[pin]
         inner: Incoming,
@@ -614,6 +631,9 @@ pin_project_lite::pin_project! {
             let this = this.project();
             if *this.held > 0 {
                 this.connection.port.budget.add_permits(*this.held);
+            }
+            if this.acquiring.is_some() {
+                this.connection.waiting_for_budget.fetch_sub(1, Ordering::AcqRel);
             }
         }
     }
@@ -723,6 +743,22 @@ impl hyper::body::Body for RequestBody {
                         this.messages.wanted = 0;
                     }
                     Err(_) => {
+                        let connection = &this.connection;
+                        let params = &connection.port.params;
+                        let waiting =
+                            connection.waiting_for_budget.fetch_add(1, Ordering::AcqRel) + 1;
+                        if u64::from(waiting) * u64::from(params.stream_window_bytes)
+                            >= u64::from(params.connection_window_bytes)
+                        {
+                            connection.waiting_for_budget.fetch_sub(1, Ordering::AcqRel);
+                            connection.port.metrics.closed(Reason::BudgetBusy);
+                            return Poll::Ready(Some(Err(Box::new(tonic::Status::unavailable(
+                                format!(
+                                    "the runner's receiving budget is taken, and {} calls on this connection already wait for it (all its flow-control window could hold): sent again, the call can succeed",
+                                    waiting - 1
+                                ),
+                            )))));
+                        }
                         *this.acquiring = Some(Box::pin(
                             this.connection
                                 .port
@@ -740,6 +776,9 @@ impl hyper::body::Body for RequestBody {
                         *this.held += wanted;
                         this.messages.wanted = 0;
                         *this.acquiring = None;
+                        this.connection
+                            .waiting_for_budget
+                            .fetch_sub(1, Ordering::AcqRel);
                     }
                     // The budget's semaphore is never closed.
                     Poll::Ready(Err(closed)) => return Poll::Ready(Some(Err(closed.into()))),
