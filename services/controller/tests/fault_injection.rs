@@ -183,6 +183,11 @@ async fn metrics(health: &str) -> String {
     .await
 }
 
+/// A queue's name, the last part of its URL: what the proxy's rules match on.
+fn queue_name(url: &str) -> String {
+    url.rsplit('/').next().unwrap().to_string()
+}
+
 #[tokio::test]
 async fn a_result_over_the_results_queue_limit_gets_one_error_result_and_the_job_is_kept_in_the_dlq()
  {
@@ -429,7 +434,7 @@ async fn a_job_whose_re_queued_copy_cannot_be_sent_is_released_not_left_invisibl
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
     let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let jobs_queue = stack.queues.jobs.rsplit('/').next().unwrap().to_string();
+    let jobs_queue = queue_name(&stack.queues.jobs);
     // Every copy the controller sends to the jobs queue fails.
     proxy.failing("SendMessage", &jobs_queue, Duration::from_secs(600));
     let id = stack
@@ -477,7 +482,7 @@ async fn a_failing_dlq_copy_does_not_publish_the_result_again() {
     let (_controller, health) = stack.controller(&["--retry-base", "300ms"]).await;
     metrics(&health).await;
     // The controller found the DLQ at start-up; now it is gone.
-    let dlq_name = stack.queues.dlq.rsplit('/').next().unwrap().to_string();
+    let dlq_name = queue_name(&stack.queues.dlq);
     stack
         .sqs
         .client
@@ -1253,7 +1258,7 @@ async fn a_results_outage_keeps_results_to_publish_later_and_costs_no_extra_runs
     stack.wait_passing("test-runner", 1).await;
     // Scaled down from the 40 s (PLUGWORKER_ATTACK_OUTAGE_SECS).
     let outage = Duration::from_secs(attack_size("OUTAGE_SECS", 20));
-    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    let results_queue = queue_name(&stack.queues.results);
     proxy.outage(&results_queue, outage);
     let (_controller, health) = stack
         .controller(&["--sqs-endpoint", proxy.endpoint.as_str()])
@@ -1317,7 +1322,7 @@ async fn held_results_keep_their_run_slots_so_an_outage_runs_no_more_than_max_in
     let metrics_address = addresses.metrics().to_string();
     stack.wait_passing("test-runner", 1).await;
     let outage = Duration::from_secs(15);
-    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    let results_queue = queue_name(&stack.queues.results);
     proxy.outage(&results_queue, outage);
     let outage_ends = tokio::time::Instant::now() + outage;
     let (controller, _) = stack
@@ -1368,10 +1373,13 @@ async fn a_held_result_whose_message_may_be_visible_again_is_dropped_not_publish
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
     let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let name = |url: &str| url.rsplit('/').next().unwrap().to_string();
     let outage = Duration::from_secs(12);
-    proxy.outage(&name(&stack.queues.results), outage);
-    proxy.failing("ChangeMessageVisibility", &name(&stack.queues.jobs), outage);
+    proxy.outage(&queue_name(&stack.queues.results), outage);
+    proxy.failing(
+        "ChangeMessageVisibility",
+        &queue_name(&stack.queues.jobs),
+        outage,
+    );
     let (controller, _) = stack
         .controller(&[
             "--sqs-endpoint",
@@ -1407,11 +1415,14 @@ async fn a_publish_that_lands_after_its_lease_ran_out_is_not_made_again_by_the_r
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
     let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let name = |url: &str| url.rsplit('/').next().unwrap().to_string();
     let hour = Duration::from_secs(3600);
-    proxy.failing("ChangeMessageVisibility", &name(&stack.queues.jobs), hour);
+    proxy.failing(
+        "ChangeMessageVisibility",
+        &queue_name(&stack.queues.jobs),
+        hour,
+    );
     let late = Duration::from_secs(5);
-    proxy.answer_late("SendMessage", &name(&stack.queues.results), late);
+    proxy.answer_late("SendMessage", &queue_name(&stack.queues.results), late);
     let (controller, _) = stack
         .controller(&["--sqs-endpoint", proxy.endpoint.as_str()])
         .await;
@@ -1558,7 +1569,7 @@ async fn the_publish_backoff_continues_on_the_copy_another_controller_receives()
     let proxy = FaultProxy::start(&stack.sqs.endpoint).await;
     let (_runner, _) = stack.runner("test-runner", &[]).await;
     stack.wait_passing("test-runner", 1).await;
-    let results_queue = stack.queues.results.rsplit('/').next().unwrap().to_string();
+    let results_queue = queue_name(&stack.queues.results);
     proxy.outage(&results_queue, Duration::from_secs(300));
     let args = [
         "--sqs-endpoint",
