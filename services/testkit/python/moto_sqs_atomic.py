@@ -1,12 +1,20 @@
-"""moto_server with SQS's ReceiveMessage atomic, as real SQS's is.
+"""moto_server with SQS's ReceiveMessage, SendMessage and DeleteMessage atomic, as real
+SQS's are.
 
-moto 5.x's ``SQSBackend.receive_message`` checks ``message.visible`` and then calls
-``message.mark_received`` with no lock, while ``moto_server`` serves each request on its
-own thread: two consumers polling at once can both receive the same message, each with its
-own receipt handle (seen as two final results for one job when two controllers share a
-queue). Real SQS never hands one visible message to two receivers within its visibility
-timeout. This wrapper serializes the pick-and-mark under one lock; a long poll waits outside
-it (on the queue's own condition, as moto does), then picks again under the lock.
+``moto_server`` serves each request on its own thread, and moto 5.x changes a queue's
+messages with no lock held across the change:
+- ``SQSBackend.receive_message`` checks ``message.visible`` and then calls
+  ``message.mark_received``: two consumers polling at once can both receive the same
+  message, each with its own receipt handle (seen as two final results for one job when two
+  controllers share a queue);
+- ``Queue.delete_message`` builds the list of the messages it keeps and then replaces the
+  queue's list with it: two deletes at once can each keep the message the other deleted
+  (the one written last brings it back, in flight until its visibility timeout ends, then
+  received again: seen as a dead letter with ``maxReceiveCount`` 1), and a message sent
+  meanwhile is appended to the list being replaced (lost).
+Real SQS does neither. This wrapper serializes receive's pick-and-mark, ``add_message`` and
+``delete_message`` under one lock; a long poll waits outside it (on the queue's own
+condition, as moto does), then picks again under the lock.
 
 With ``--address-file PATH`` (tests start it on ``-p 0``), once listening it writes
 ``{"http": "127.0.0.1:PORT"}`` to PATH.tmp and renames it to PATH, as plugworker's
@@ -22,18 +30,31 @@ import threading
 import time
 
 import moto.server
-from moto.sqs.models import SQSBackend
+from moto.sqs.models import Queue, SQSBackend
 from werkzeug.serving import make_server
 
-_pick = threading.Lock()
+# Re-entrant: a receive moving a message to its dead-letter queue adds it there.
+_messages = threading.RLock()
 _receive = SQSBackend.receive_message
+
+
+def _holding_the_lock(change):
+    def locked(*args, **kwargs):
+        with _messages:
+            return change(*args, **kwargs)
+
+    return locked
+
+
+Queue.add_message = _holding_the_lock(Queue.add_message)
+Queue.delete_message = _holding_the_lock(Queue.delete_message)
 
 
 def receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout,
                     message_attribute_names=None):
     polling_end = time.monotonic() + wait_seconds_timeout
     while True:
-        with _pick:
+        with _messages:
             # One pass, no wait: moto picks and marks the visible messages.
             result = _receive(self, queue_name, count, 0, visibility_timeout,
                               message_attribute_names)
@@ -66,6 +87,9 @@ def serving_reporting(address_file):
 
 
 if __name__ == "__main__":
+    # Tests set it to make thread switches (and so races between requests) frequent.
+    if "PLUGWORKER_MOTO_SWITCH_INTERVAL" in os.environ:
+        sys.setswitchinterval(float(os.environ["PLUGWORKER_MOTO_SWITCH_INTERVAL"]))
     args = sys.argv[1:]
     if "--address-file" in args:
         at = args.index("--address-file")
