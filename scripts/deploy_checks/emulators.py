@@ -1,6 +1,6 @@
 """The processes the self-tests run scripts against, each on a port the OS chose and
 reported (never a port found free and then released, which another test could take in
-between): moto, AWS's emulator (services/testkit/python/moto_sqs_atomic.py writes its
+between): moto, AWS's emulator (services/testkit/python/moto_atomic.py writes its
 address to a file), and `plugworker registry` (prints its address)."""
 import json
 import os
@@ -16,7 +16,7 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 VENV = pathlib.Path(os.environ.get("PLUGWORKER_VENV", pathlib.Path.home() / ".cache/plugworker/venv"))
 MOTO_PYTHON = VENV / "bin" / "python"
 MOTO_INSTALLED = (VENV / "bin" / "moto_server").exists()
-MOTO_WRAPPER = REPO / "services/testkit/python/moto_sqs_atomic.py"
+MOTO_WRAPPER = REPO / "services/testkit/python/moto_atomic.py"
 PLUGWORKER = binaries.bin_dir() / "plugworker"
 
 

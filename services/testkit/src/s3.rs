@@ -114,3 +114,60 @@ impl S3 {
             });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Conditional writes of one key arriving at once let exactly one through, as with
+    /// real S3: creations (`If-None-Match: *`), then replacements of the version they
+    /// all read (`If-Match`). Plain moto checks the condition and then writes, with no
+    /// lock: two writers could both win (seen as two gallery publishers both replacing
+    /// `current`; 4-6 of 6 per key here).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn conditional_writes_of_one_key_at_once_let_exactly_one_through() {
+        // Each read of an object (the condition's check among them) takes 50 ms more:
+        // writes of one key sent together all reach their check before any has written.
+        let moto = Sqs::start_with(&[("PLUGWORKER_MOTO_S3_READ_DELAY", "0.05")]).await;
+        let s3 = S3::on(&moto);
+        s3.create_bucket("race").await;
+        let (keys, writers) = (4, 6);
+        let mut etags = vec![None; keys];
+        for round in ["If-None-Match", "If-Match"] {
+            let mut puts = Vec::new();
+            for (key, etag) in etags.iter().enumerate() {
+                for writer in 0..writers {
+                    let (client, etag) = (s3.client.clone(), etag.clone());
+                    puts.push(tokio::spawn(async move {
+                        let request = client
+                            .put_object()
+                            .bucket("race")
+                            .key(format!("key-{key}"))
+                            .body(format!("{round} {writer}").into_bytes().into());
+                        let request = match etag {
+                            Some(etag) => request.if_match(etag),
+                            None => request.if_none_match("*"),
+                        };
+                        let answer = match request.send().await {
+                            Ok(output) => Ok(output.e_tag().unwrap().to_string()),
+                            Err(e) => Err(e.raw_response().map(|r| r.status().as_u16())),
+                        };
+                        (key, answer)
+                    }));
+                }
+            }
+            let mut won = vec![0; keys];
+            for put in puts {
+                match put.await.unwrap() {
+                    (key, Ok(etag)) => {
+                        won[key] += 1;
+                        etags[key] = Some(etag);
+                    }
+                    (_, Err(Some(412))) => {}
+                    (key, Err(status)) => panic!("{round} put of key-{key}: {status:?}"),
+                }
+            }
+            assert_eq!(won, vec![1; keys], "{round}: one writer through per key");
+        }
+    }
+}

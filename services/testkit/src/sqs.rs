@@ -35,17 +35,19 @@ pub fn moto_server() -> PathBuf {
     PathBuf::from("moto_server")
 }
 
-/// moto's server with SQS's `ReceiveMessage` atomic (`python/moto_sqs_atomic.py`): moto
-/// picks a visible message and marks it received without a lock on a threaded server, so
-/// two consumers polling at once could both receive it; real SQS never does. Run by the
-/// Python beside [`moto_server`] (its venv's), or `python3` from `PATH`.
+/// moto's server with SQS's receive, send and delete and S3's conditional writes atomic
+/// (`python/moto_atomic.py`): moto serves each request on its own thread and changes a
+/// queue or checks a write's condition without a lock, so two consumers could both
+/// receive one message, two deletes could bring one message back, and two conditional
+/// writes could both pass; AWS does none of these. Run by the Python beside
+/// [`moto_server`] (its venv's), or `python3` from `PATH`.
 fn atomic_moto_server() -> (PathBuf, String) {
     let python = moto_server()
         .parent()
         .map(|bin| bin.join("python3"))
         .filter(|python| python.exists())
         .unwrap_or_else(|| PathBuf::from("python3"));
-    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/python/moto_sqs_atomic.py");
+    let wrapper = concat!(env!("CARGO_MANIFEST_DIR"), "/python/moto_atomic.py");
     (python, wrapper.to_string())
 }
 
@@ -352,7 +354,7 @@ mod tests {
 
     /// Consumers long-polling one queue at once never receive the same message twice
     /// within its visibility timeout, as with real SQS. Plain moto_server (without
-    /// `python/moto_sqs_atomic.py`) handed some messages to two of them.
+    /// `python/moto_atomic.py`) handed some messages to two of them.
     #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
     async fn concurrent_receivers_never_get_one_message_twice() {
         let sqs = Sqs::start().await;

@@ -1,5 +1,5 @@
-"""moto_server with SQS's ReceiveMessage, SendMessage and DeleteMessage atomic, as real
-SQS's are.
+"""moto_server with SQS's ReceiveMessage, SendMessage and DeleteMessage and S3's
+conditional PutObject atomic, as AWS's are.
 
 ``moto_server`` serves each request on its own thread, and moto 5.x changes a queue's
 messages with no lock held across the change:
@@ -11,16 +11,26 @@ messages with no lock held across the change:
   queue's list with it: two deletes at once can each keep the message the other deleted
   (the one written last brings it back, in flight until its visibility timeout ends, then
   received again: seen as a dead letter with ``maxReceiveCount`` 1), and a message sent
-  meanwhile is appended to the list being replaced (lost).
+  meanwhile can be appended to the list being replaced (lost).
 Real SQS does neither. This wrapper serializes receive's pick-and-mark, ``add_message`` and
 ``delete_message`` under one lock; a long poll waits outside it (on the queue's own
 condition, as moto does), then picks again under the lock.
+
+S3's conditional ``PutObject`` (``If-None-Match: *``, ``If-Match``) has the same gap in
+moto: ``S3Response.put_object`` checks the condition, then writes. Two conditional writes
+of one key at once could both pass (seen as two gallery publishers both winning the race
+for ``current``); real S3 lets one through. Every ``put_object`` runs under the lock.
+
+Two variables make races likelier, for the tests that show these locks are needed:
+``PLUGWORKER_MOTO_SWITCH_INTERVAL`` (seconds between Python's thread switches) and
+``PLUGWORKER_MOTO_S3_READ_DELAY`` (seconds each read of an S3 object is held after it is
+made).
 
 With ``--address-file PATH`` (tests start it on ``-p 0``), once listening it writes
 ``{"http": "127.0.0.1:PORT"}`` to PATH.tmp and renames it to PATH, as plugworker's
 processes do, so a test learns the port the kernel gave it.
 
-Usage: python moto_sqs_atomic.py [--address-file PATH] [moto_server's arguments]
+Usage: python moto_atomic.py [--address-file PATH] [moto_server's arguments]
 """
 
 import json
@@ -30,6 +40,8 @@ import threading
 import time
 
 import moto.server
+from moto.s3.models import S3Backend
+from moto.s3.responses import S3Response
 from moto.sqs.models import Queue, SQSBackend
 from werkzeug.serving import make_server
 
@@ -48,6 +60,7 @@ def _holding_the_lock(change):
 
 Queue.add_message = _holding_the_lock(Queue.add_message)
 Queue.delete_message = _holding_the_lock(Queue.delete_message)
+S3Response.put_object = _holding_the_lock(S3Response.put_object)
 
 
 def receive_message(self, queue_name, count, wait_seconds_timeout, visibility_timeout,
@@ -90,6 +103,17 @@ if __name__ == "__main__":
     # Tests set it to make thread switches (and so races between requests) frequent.
     if "PLUGWORKER_MOTO_SWITCH_INTERVAL" in os.environ:
         sys.setswitchinterval(float(os.environ["PLUGWORKER_MOTO_SWITCH_INTERVAL"]))
+    # Tests set it to widen the gap between a conditional write's check and its write.
+    if "PLUGWORKER_MOTO_S3_READ_DELAY" in os.environ:
+        _read_delay = float(os.environ["PLUGWORKER_MOTO_S3_READ_DELAY"])
+        _get_object = S3Backend.get_object
+
+        def slow_get_object(*args, **kwargs):
+            found = _get_object(*args, **kwargs)
+            time.sleep(_read_delay)
+            return found
+
+        S3Backend.get_object = slow_get_object
     args = sys.argv[1:]
     if "--address-file" in args:
         at = args.index("--address-file")
