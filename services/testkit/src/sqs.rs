@@ -350,7 +350,7 @@ impl Sqs {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use aws_sdk_sqs::types::SendMessageBatchRequestEntry;
+    use std::sync::Arc;
 
     /// Consumers long-polling one queue at once never receive the same message twice
     /// within its visibility timeout, as with real SQS. Plain moto_server (without
@@ -415,28 +415,14 @@ mod tests {
     async fn concurrent_deletes_and_sends_neither_restore_nor_lose_a_message() {
         // Python threads switch every 5 ms by default, which makes a race between two
         // requests rare; every 10 µs, this test meets it in plain moto every run.
-        let sqs = Sqs::start_with(&[("PLUGWORKER_MOTO_SWITCH_INTERVAL", "0.00001")]).await;
+        let sqs =
+            Arc::new(Sqs::start_with(&[("PLUGWORKER_MOTO_SWITCH_INTERVAL", "0.00001")]).await);
         let queues = sqs
             .create_queues("deletes", Duration::from_secs(120), 5)
             .await;
         let (received_total, sent_total) = (150, 100);
-        for batch in 0..received_total / 10 {
-            let entries = (0..10).map(|i| {
-                SendMessageBatchRequestEntry::builder()
-                    .id(i.to_string())
-                    .message_body(format!("{batch}-{i}"))
-                    .build()
-                    .unwrap()
-            });
-            let output = sqs
-                .client
-                .send_message_batch()
-                .queue_url(&queues.jobs)
-                .set_entries(Some(entries.collect()))
-                .send()
-                .await
-                .unwrap();
-            assert!(output.failed().is_empty(), "{:?}", output.failed());
+        for i in 0..received_total {
+            sqs.send(&queues.jobs, &i.to_string()).await;
         }
         let mut receipts = Vec::new();
         while receipts.len() < received_total {
@@ -470,16 +456,10 @@ mod tests {
             })
         });
         let senders = (0..4).map(|sender| {
-            let (client, queue) = (sqs.client.clone(), queues.jobs.clone());
+            let (sqs, queue) = (sqs.clone(), queues.jobs.clone());
             tokio::spawn(async move {
                 for i in 0..sent_total / 4 {
-                    client
-                        .send_message()
-                        .queue_url(&queue)
-                        .message_body(format!("new-{sender}-{i}"))
-                        .send()
-                        .await
-                        .unwrap();
+                    sqs.send(&queue, &format!("new-{sender}-{i}")).await;
                 }
             })
         });
