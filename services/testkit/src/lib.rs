@@ -2,7 +2,8 @@
 //! real gRPC, a real (embedded or external) Consul-compatible registry, a real SQS emulator.
 
 pub mod dashboard;
-pub mod memes;
+/// Rendering memes: its own crate, optimised in dev builds (Cargo.toml).
+pub use plugworker_test_memes as memes;
 pub mod otlp;
 pub mod s3;
 pub mod sqs;
