@@ -3,7 +3,7 @@
 # direct gRPC calls to the same runner, same run; then jobs/s through the SQS emulator.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh >/dev/null
 source scripts/env.sh
+scripts/setup.sh >/dev/null
 cargo build --locked --release -p test-runner
 cargo bench --locked -p plugworker-controller --bench controller_throughput

@@ -14,9 +14,9 @@
 # attempts are used up.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+source scripts/env.sh
 echo "==> setup: build tools and models (scripts/setup.sh --demo)"
 scripts/setup.sh --demo
-source scripts/env.sh
 
 if [ $# -ge 1 ]; then
   jobs="$1"

@@ -26,17 +26,12 @@ if ! $demo_only; then
   [ -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf ] || missing+=(fonts-dejavu-core)
   [ -f /usr/share/fonts/truetype/liberation2/LiberationSans-Bold.ttf ] || missing+=(fonts-liberation2)
 fi
-# mold, a faster linker, which scripts/env.sh uses when it is there: linking is most of
-# rebuilding the workspace's binaries after a change (docs/benchmarks.md#test-command).
-# Optional: without it (not root), builds link with the default linker.
-optional=()
-command -v mold >/dev/null 2>&1 || optional+=(mold)
-if ((${#missing[@]} + ${#optional[@]})); then
+if ((${#missing[@]})); then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-    echo "setup: installing ${missing[*]} ${optional[*]} from Debian"
+    echo "setup: installing ${missing[*]} from Debian"
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" "${optional[@]}"
-  elif ((${#missing[@]})); then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}"
+  else
     echo "setup: please install: ${missing[*]}" >&2
     exit 1
   fi

@@ -12,8 +12,8 @@
 #   SOAK_MODE=pipeline scripts/soak.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh >/dev/null
 source scripts/env.sh
+scripts/setup.sh >/dev/null
 cargo build --locked --workspace --bins
 # A private copy of the binaries: a build in the shared target folder during the run (the
 # soak takes minutes) must not swap the controller restarted mid-run for another version.

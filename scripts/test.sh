@@ -4,8 +4,8 @@
 # integration tests) with cargo-nextest; the demo runs too, its results checked.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-scripts/setup.sh
 source scripts/env.sh
+scripts/setup.sh
 
 cargo fmt --all --check
 # Algorithm modules reach the compiler through the kit's generated `include!`, which
