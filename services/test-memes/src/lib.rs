@@ -379,7 +379,25 @@ pub fn character_accuracy(expected: &str, read: &str) -> f64 {
 
 /// Levenshtein distance.
 pub fn edit_distance(a: &[char], b: &[char]) -> usize {
-    let mut previous: Vec<usize> = (0..=b.len()).collect();
+    last_row(a, b, (0..=b.len()).collect())[b.len()]
+}
+
+/// Edits needed to turn `needle` into the closest substring of `haystack` (free to start
+/// and end anywhere in it): how far a line read from an image is from being part of the
+/// text that was drawn.
+pub fn substring_distance(haystack: &[char], needle: &[char]) -> usize {
+    // Semi-global alignment: a first row of zeros lets it start anywhere in `haystack`,
+    // the least of the last row lets it end anywhere.
+    last_row(needle, haystack, vec![0; haystack.len() + 1])
+        .into_iter()
+        .min()
+        .unwrap_or(0)
+}
+
+/// The last row of the edit-distance table of `a` (rows) against `b` (columns), given its
+/// first row.
+fn last_row(a: &[char], b: &[char], first: Vec<usize>) -> Vec<usize> {
+    let mut previous = first;
     let mut current = vec![0; b.len() + 1];
     for (i, ca) in a.iter().enumerate() {
         current[0] = i + 1;
@@ -389,25 +407,7 @@ pub fn edit_distance(a: &[char], b: &[char]) -> usize {
         }
         std::mem::swap(&mut previous, &mut current);
     }
-    previous[b.len()]
-}
-
-/// Edits needed to turn `needle` into the closest substring of `haystack` (free to start
-/// and end anywhere in it): how far a line read from an image is from being part of the
-/// text that was drawn.
-pub fn substring_distance(haystack: &[char], needle: &[char]) -> usize {
-    // Edit distance with a free prefix and suffix of `haystack` (semi-global alignment).
-    let mut previous = vec![0usize; haystack.len() + 1];
-    let mut current = vec![0usize; haystack.len() + 1];
-    for (i, cn) in needle.iter().enumerate() {
-        current[0] = i + 1;
-        for (j, ch) in haystack.iter().enumerate() {
-            let substitution = previous[j] + usize::from(cn != ch);
-            current[j + 1] = substitution.min(previous[j + 1] + 1).min(current[j] + 1);
-        }
-        std::mem::swap(&mut previous, &mut current);
-    }
-    previous.into_iter().min().unwrap_or(0)
+    previous
 }
 
 /// A small deterministic generator, so every run renders the same test images.
